@@ -1,0 +1,3 @@
+"""ghl-consumer: Kafka identity events -> HighLevel (LeadConnector) contact upserts."""
+
+__version__ = "0.1.0"

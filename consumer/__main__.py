@@ -1,0 +1,7 @@
+"""`python -m consumer` is the `ghl-consumer` console script."""
+
+import sys
+
+from consumer.cli import main
+
+sys.exit(main())
