@@ -10,7 +10,8 @@
 #   jars-<version>/        the broker's runtime classpath (mvn dependency:copy-dependencies)
 #   port-<port>/           server.properties, data/, broker.log, broker.pid
 # Environment: KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (KAFKA_PORT+1), KAFKA_HEAP (512m),
-# KAFKA_START_TIMEOUT seconds (90), GHL_KAFKA_HOME.
+# KAFKA_START_TIMEOUT seconds (90), GHL_KAFKA_HOME, KAFKA_STATE_DIR (port-<port>/ above; the test
+# fixtures point it at a temporary directory so every test session starts from an empty broker).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -19,7 +20,7 @@ home=${GHL_KAFKA_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/ghl-consumer/kafka}
 port=${KAFKA_PORT:-9092}
 controller_port=${KAFKA_CONTROLLER_PORT:-$((port + 1))}
 jars="$home/jars-$version"
-state="$home/port-$port"
+state=${KAFKA_STATE_DIR:-$home/port-$port}
 log="$state/broker.log"
 pidfile="$state/broker.pid"
 timeout=${KAFKA_START_TIMEOUT:-90}
@@ -106,6 +107,7 @@ up() {
     if ! running_pid >/dev/null; then
       say "broker exited during start-up; last lines of $log:"
       log_tail
+      rm -f "$pidfile"
       exit 1
     fi
     if [ "$SECONDS" -ge "$deadline" ]; then

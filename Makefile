@@ -1,0 +1,44 @@
+# Developer entry points. `make test` is the README's test command and what CI runs.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: help deps venv test lint typecheck pytest kafka-up kafka-down clean
+
+help:
+	@echo "make test        lint, type-check and run the whole test suite (starts its own Kafka)"
+	@echo "make kafka-up    start (or reuse) a local Kafka on 127.0.0.1:\$${KAFKA_PORT:-9092}"
+	@echo "make kafka-down  stop it"
+
+# System packages (Java, Maven, redis-server) when missing; see tools/system-deps.sh.
+deps:
+	@tools/system-deps.sh
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+venv: $(BIN)/.installed
+
+lint: venv
+	$(BIN)/ruff check consumer tests bench tools
+
+typecheck: venv
+	$(BIN)/mypy
+
+pytest: venv deps
+	tools/kafka/kafka.sh jars
+	$(BIN)/python -m pytest
+
+test: lint typecheck pytest
+
+kafka-up:
+	@tools/kafka/kafka.sh up
+
+kafka-down:
+	@tools/kafka/kafka.sh down
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

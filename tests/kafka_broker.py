@@ -1,0 +1,101 @@
+"""Where the test suite's Kafka broker comes from.
+
+In order: ``KAFKA_BOOTSTRAP_SERVERS`` when set (a broker the caller runs); testcontainers'
+Kafka module when a Docker engine answers; else the same local KRaft launcher as
+``make kafka-up`` (``tools/kafka/kafka.sh``) on free ports with a temporary state directory,
+so every test session starts from an empty broker. Never skips: a broker that cannot be had
+fails the session with the launcher's log tail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from confluent_kafka.admin import AdminClient, NewTopic
+
+ROOT = Path(__file__).resolve().parent.parent
+LAUNCHER = ROOT / "tools" / "kafka" / "kafka.sh"
+# Kafka 4.x (KIP-848 consumer groups) inside the Confluent image testcontainers knows.
+CONTAINER_IMAGE = "confluentinc/cp-kafka:8.0.0"
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker  # installed with testcontainers
+
+        client = docker.from_env(timeout=3)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:  # noqa: BLE001 - any failure means "no engine here"
+        return False
+
+
+@contextlib.contextmanager
+def local_broker() -> Iterator[str]:
+    """Start ``tools/kafka/kafka.sh`` on free ports in a temporary state dir; stop it after."""
+    state = Path(tempfile.mkdtemp(prefix="ghl-kafka-"))
+    port = free_port()
+    env = {
+        **os.environ,
+        "KAFKA_PORT": str(port),
+        "KAFKA_CONTROLLER_PORT": str(free_port()),
+        "KAFKA_STATE_DIR": str(state),
+    }
+    try:
+        subprocess.run([str(LAUNCHER), "up"], env=env, check=True)
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([str(LAUNCHER), "down"], env=env, check=False)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def container_broker() -> Iterator[str]:
+    from testcontainers.community.kafka import KafkaContainer
+
+    with KafkaContainer(CONTAINER_IMAGE).with_kraft() as kafka:
+        yield kafka.get_bootstrap_server()
+
+
+@contextlib.contextmanager
+def session_broker() -> Iterator[str]:
+    """Yield a bootstrap address for the whole test session (see the module docstring)."""
+    given = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if given:
+        yield given
+    elif _docker_answers():
+        with container_broker() as bootstrap:
+            yield bootstrap
+    else:
+        with local_broker() as bootstrap:
+            yield bootstrap
+
+
+def create_topic(bootstrap: str, *, partitions: int = 1, prefix: str = "t", **config: str) -> str:
+    """Create a uniquely named topic and return its name once the broker has created it."""
+    name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics(
+        [NewTopic(name, num_partitions=partitions, replication_factor=1, config=config)],
+        operation_timeout=30,
+    )
+    futures[name].result(timeout=60)
+    return name

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Install the system packages the test suite needs, from Debian's archive, when they are missing.
+# Java 17 + Maven run the local Kafka broker; redis-server backs the shared rate limiter's tests.
+# Idempotent; needs root (or sudo) only when something is missing.
+set -euo pipefail
+
+need=()
+command -v java >/dev/null || need+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || need+=(maven)
+command -v redis-server >/dev/null || need+=(redis-server)
+
+if [ ${#need[@]} -eq 0 ]; then
+  exit 0
+fi
+echo "system-deps: installing ${need[*]}" >&2
+if [ "$(id -u)" -eq 0 ]; then sudo=(); else sudo=(sudo); fi
+"${sudo[@]}" apt-get update -qq
+DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
