@@ -1,0 +1,215 @@
+"""Key-ordered, coalescing work queue: the pure core of the engine's concurrency.
+
+Contract (what the engine relies on):
+
+- Work is addressed by a *key* (one contact of one integration) and belongs to a *lane* (the
+  HighLevel location whose rate budget it spends). Lanes are independent queues, so one busy
+  location never delays a quiet one.
+- A key has at most one piece of work in flight. While it is in flight, or while its own work
+  waits (for the coalescing window, for the lane's rate permit, for a retry backoff), later items
+  for the same key fold into one *pending* work with ``merge(older, newer)``: one delivery then
+  completes every token (source offset) folded into it.
+- Within a key, items are applied in the order offered; a retried work keeps its place ahead of
+  newer items (they merge *into* it, older first).
+- ``take`` hands out a lane's ready work, oldest ready time first.
+
+Pure: no clock, no I/O. Every method that depends on time takes ``now`` (seconds, any monotonic
+origin). Not thread-safe: the engine calls it from the event loop thread only.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable, Hashable, Iterator
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+T = TypeVar("T")  # the work item (a ContactUpsert in the engine)
+S = TypeVar("S")  # a completion token (a source offset in the engine)
+
+
+@dataclass(slots=True, eq=False)
+class Work(Generic[T, S]):
+    """One unit of delivery for one key: the merged item and every token folded into it.
+
+    ``first_at`` is when the oldest folded item arrived; ``attempts`` counts deliveries already
+    tried (0 for new work); ``coalesced`` counts items merged into the first one.
+    """
+
+    key: Hashable
+    lane: Hashable
+    item: T
+    tokens: list[S]
+    first_at: float
+    ready_at: float
+    attempts: int = 0
+    coalesced: int = 0
+    _version: int = field(default=0, repr=False)
+
+
+@dataclass(slots=True)
+class _KeyState(Generic[T, S]):
+    pending: Work[T, S] | None = None
+    in_flight: Work[T, S] | None = None
+
+
+class KeyedScheduler(Generic[T, S]):
+    """The queue described in the module docstring.
+
+    ``window`` (seconds, >= 0) is how long new work waits for more items to fold in before it is
+    ready; 0 turns the window off (work still coalesces while it waits for a permit or for an
+    in-flight delivery of the same key).
+    """
+
+    def __init__(self, *, window: float, merge: Callable[[T, T], T]) -> None:
+        if window < 0:
+            raise ValueError("window must be >= 0")
+        self._window = window
+        self._merge = merge
+        self._keys: dict[Hashable, _KeyState[T, S]] = {}
+        # lane -> heap of (ready_at, sequence, key, version); stale entries are skipped lazily.
+        self._lanes: dict[Hashable, list[tuple[float, int, Hashable, int]]] = {}
+        self._sequence = itertools.count()
+        self._in_flight = 0
+        self._tokens = 0
+
+    # -- intake ---------------------------------------------------------------------------
+
+    def offer(self, key: Hashable, lane: Hashable, item: T, token: S, *, now: float) -> bool:
+        """Add ``item`` for ``key``; return True when it folded into the key's pending work."""
+        self._tokens += 1
+        state = self._keys.get(key)
+        if state is None:
+            state = self._keys[key] = _KeyState()
+        pending = state.pending
+        if pending is not None:
+            pending.item = self._merge(pending.item, item)
+            pending.tokens.append(token)
+            pending.coalesced += 1
+            return True
+        state.pending = Work(key, lane, item, [token], first_at=now, ready_at=now + self._window)
+        if state.in_flight is None:
+            self._schedule(state.pending)
+        return False
+
+    # -- dispatch -------------------------------------------------------------------------
+
+    def take(self, lane: Hashable, *, now: float) -> Work[T, S] | None:
+        """Pop the lane's oldest ready work and mark its key in flight; None when none is ready."""
+        head = self._head(lane)
+        if head is None or head.ready_at > now:
+            return None
+        heapq.heappop(self._lanes[lane])
+        state = self._keys[head.key]
+        state.pending = None
+        state.in_flight = head
+        self._in_flight += 1
+        return head
+
+    def next_ready_at(self, lane: Hashable) -> float | None:
+        """When the lane's earliest work becomes ready (may be in the past); None when empty."""
+        head = self._head(lane)
+        return None if head is None else head.ready_at
+
+    def _head(self, lane: Hashable) -> Work[T, S] | None:
+        """The lane's earliest schedulable work, after dropping stale heap entries."""
+        heap = self._lanes.get(lane)
+        while heap:
+            _, _, key, version = heap[0]
+            state = self._keys.get(key)
+            pending = state.pending if state is not None else None
+            if (
+                state is not None
+                and pending is not None
+                and state.in_flight is None
+                and pending._version == version
+            ):
+                return pending
+            heapq.heappop(heap)
+        return None
+
+    def lanes(self) -> Iterator[Hashable]:
+        """Lanes that may hold pending work (some may turn out empty)."""
+        return iter([lane for lane, heap in self._lanes.items() if heap])
+
+    # -- completion -----------------------------------------------------------------------
+
+    def complete(self, work: Work[T, S]) -> None:
+        """The in-flight ``work`` is finished (delivered, dead-lettered or parked): its key may
+        dispatch its next pending work, which keeps its own ready time."""
+        state = self._finish(work)
+        self._tokens -= len(work.tokens)
+        if state.pending is not None:
+            self._schedule(state.pending)
+        else:
+            del self._keys[work.key]
+
+    def retry(self, work: Work[T, S], *, at: float) -> Work[T, S]:
+        """Put failed in-flight ``work`` back, ready at ``at``, ahead of newer items of its key:
+        any pending work of the key is merged into it (older first). Returns the new pending."""
+        state = self._finish(work)
+        newer = state.pending
+        if newer is not None:
+            work.item = self._merge(work.item, newer.item)
+            work.tokens.extend(newer.tokens)
+            work.coalesced += newer.coalesced + 1
+        work.attempts += 1
+        work.ready_at = at
+        state.pending = work
+        self._schedule(work)
+        return work
+
+    def _finish(self, work: Work[T, S]) -> _KeyState[T, S]:
+        state = self._keys.get(work.key)
+        if state is None or state.in_flight is not work:
+            raise ValueError("work is not in flight")
+        state.in_flight = None
+        self._in_flight -= 1
+        return state
+
+    # -- removal --------------------------------------------------------------------------
+
+    def discard(self, keep: Callable[[S], bool]) -> list[S]:
+        """Remove tokens for which ``keep`` is False from *pending* work (e.g. offsets of revoked
+        partitions) and return them; pending work left without tokens is dropped. In-flight
+        work is left alone: its delivery finishes, and the caller ignores its stale tokens."""
+        removed: list[S] = []
+        for key in list(self._keys):
+            state = self._keys[key]
+            pending = state.pending
+            if pending is None:
+                continue
+            kept = [t for t in pending.tokens if keep(t)]
+            if len(kept) == len(pending.tokens):
+                continue
+            removed.extend(t for t in pending.tokens if not keep(t))
+            pending.tokens = kept
+            if not kept:
+                state.pending = None
+                if state.in_flight is None:
+                    del self._keys[key]
+        self._tokens -= len(removed)
+        return removed
+
+    # -- introspection --------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        """Works currently handed out by ``take`` and not yet completed or retried."""
+        return self._in_flight
+
+    @property
+    def tokens(self) -> int:
+        """Tokens held (pending and in flight): the engine's measure of buffered records."""
+        return self._tokens
+
+    @property
+    def keys(self) -> int:
+        """Keys with pending or in-flight work."""
+        return len(self._keys)
+
+    def _schedule(self, work: Work[T, S]) -> None:
+        work._version += 1
+        heap = self._lanes.setdefault(work.lane, [])
+        heapq.heappush(heap, (work.ready_at, next(self._sequence), work.key, work._version))
