@@ -1,0 +1,718 @@
+"""The sandbox's HTTP side: HighLevel's contact endpoints, admin endpoints, the CLI.
+
+API (HighLevel's, ``Version: 2021-07-28``, ``Authorization: Bearer <token>``):
+  ``POST /contacts/upsert``, ``POST /contacts/{contactId}/tags``, ``GET /contacts/{contactId}``.
+Admin (no auth; bind to loopback): under ``/_sandbox/``, see :meth:`Sandbox.app`.
+
+Each API request passes, in order: the Version header (400), the token (401), the location's
+rate window (429), fault injection (latency, then hang / 5xx / reset), then the endpoint's own
+rules (400 body, 403 location, 422 schema). Every JSON answer carries a ``traceId``; every answer
+past the token check carries the five ``X-RateLimit-*`` headers (a 401 has no location, so none).
+
+Sandbox choices where HighLevel documents nothing:
+- Missing Version header: 400 ``Version header was not found``; another value: 400 in the shape
+  HighLevel uses for versions (highlevel-api-docs#304): ``Endpoint ... not available in API
+  version X.``. Checked before the token, as a gateway would.
+- 429 body ``{"statusCode":429,"message":"Too Many Requests","error":"Too Many Requests"}``, the
+  same for burst and daily exhaustion (tell them apart by ``X-RateLimit-Daily-Remaining: 0``);
+  ``Retry-After`` (whole seconds until the window or the UTC day ends) only with ``retry_after``.
+- A contact id unknown to the location: 400 ``Contact not found``; a contact of another
+  location: 403, like a ``locationId`` the token does not own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import random
+import signal
+import sys
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from consumer.sandbox.schema import (
+    BadRequest,
+    Unprocessable,
+    parse_object,
+    validate_tags,
+    validate_upsert,
+)
+from consumer.sandbox.settings import (
+    IDENTIFIERS,
+    DuplicateSettings,
+    FaultKind,
+    Faults,
+    RateLimits,
+)
+from consumer.sandbox.state import Location, RateDecision, SandboxState, iso_time
+
+logger = logging.getLogger(__name__)
+
+API_VERSION = "2021-07-28"
+DEFAULT_PORT = 8900
+DEMO_LOCATION = ("ve9EPM428h8vShlRW1KT", "sandbox-token")
+"""Served when no location is configured on the command line."""
+
+_JSON = "application/json; charset=utf-8"
+_UNAUTHORIZED = {
+    "statusCode": 401,
+    "message": "Invalid token: access token is invalid",
+    "error": "Unauthorized",
+}
+_FORBIDDEN = {"statusCode": 403, "message": "The token does not have access to this location."}
+_BAD_REQUEST = {"statusCode": 400, "message": "Bad Request"}
+_NOT_FOUND = {"statusCode": 400, "message": "Contact not found"}
+_TOO_MANY = {"statusCode": 429, "message": "Too Many Requests", "error": "Too Many Requests"}
+_FAILED = {"statusCode": 500, "message": "Internal server error"}
+
+_Handler = Callable[[web.Request, "_Admitted"], Awaitable[web.Response]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Admitted:
+    """A request that passed version, token and rate checks, ready for its endpoint."""
+
+    location: Location
+    trace_id: str
+    headers: dict[str, str]
+    fault: FaultKind
+    now: float
+
+
+class Sandbox:
+    """One sandbox: its state, request log and aiohttp application.
+
+    Build it, then serve :meth:`app` (``run_sandbox`` does both). ``url`` is set once listening.
+    ``clock`` gives epoch seconds (tests move it); ``seed`` makes fault draws reproducible.
+    In-process callers may read ``state`` directly and change settings with :meth:`configure`.
+    """
+
+    def __init__(
+        self,
+        state: SandboxState,
+        *,
+        clock: Callable[[], float] = time.time,
+        seed: int | None = None,
+        retry_after: bool = False,
+        request_log_size: int = 10_000,
+        state_file: Path | None = None,
+    ) -> None:
+        self.state = state
+        self.url = ""
+        self.retry_after = retry_after
+        self.state_file = state_file
+        self.requests: deque[dict[str, Any]] = deque(maxlen=request_log_size)
+        self.unauthorized = 0
+        self._clock = clock
+        self._random = random.Random(seed).random
+        self._stopping = asyncio.Event()
+        self._saved_changes = -1
+
+    def configure(
+        self,
+        location_id: str | None = None,
+        *,
+        limits: RateLimits | None = None,
+        duplicates: DuplicateSettings | None = None,
+        faults: Faults | None = None,
+    ) -> None:
+        """Replace settings of one location, or of all when ``location_id`` is None.
+
+        KeyError for an unknown location. Takes effect on the next request.
+        """
+        targets = (
+            [self.state.locations[location_id]]
+            if location_id is not None
+            else list(self.state.locations.values())
+        )
+        for location in targets:
+            if limits is not None:
+                location.limits = limits
+            if duplicates is not None:
+                location.duplicates = duplicates
+            if faults is not None:
+                location.faults = faults
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/contacts/upsert", self._api(self._upsert))
+        app.router.add_post("/contacts/{contactId}/tags", self._api(self._add_tags))
+        app.router.add_get("/contacts/{contactId}", self._api(self._get_contact))
+        app.router.add_get("/_sandbox/contacts", self._admin_contacts)
+        app.router.add_get("/_sandbox/requests", self._admin_requests)
+        app.router.add_get("/_sandbox/counters", self._admin_counters)
+        app.router.add_get("/_sandbox/settings", self._admin_settings)
+        app.router.add_put("/_sandbox/limits", self._admin_update)
+        app.router.add_put("/_sandbox/duplicates", self._admin_update)
+        app.router.add_put("/_sandbox/faults", self._admin_update)
+        app.router.add_post("/_sandbox/reset-daily", self._admin_reset_daily)
+        app.router.add_post("/_sandbox/reset", self._admin_reset)
+        app.router.add_post("/_sandbox/save", self._admin_save)
+        app.on_shutdown.append(self._release_hangs)
+        return app
+
+    # -- state file ------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Restore contacts and daily usage from ``state_file`` if it exists (startup)."""
+        if self.state_file is None or not self.state_file.exists():
+            return
+        skipped = self.state.restore(orjson.loads(self.state_file.read_bytes()))
+        if skipped:
+            logger.warning("state file has unconfigured locations, skipped: %s", skipped)
+        self._saved_changes = self.state.changes
+
+    async def save(self) -> bool:
+        """Write the state file (atomically) if anything changed since the last save.
+
+        Serialises on the loop (consistent snapshot), writes in a thread. Returns whether it wrote.
+        """
+        if self.state_file is None or self.state.changes == self._saved_changes:
+            return False
+        changes = self.state.changes
+        data = orjson.dumps(self.state.snapshot())
+        await asyncio.to_thread(_write_atomically, self.state_file, data)
+        self._saved_changes = changes
+        return True
+
+    async def autosave(self, interval: float) -> None:
+        """Save every ``interval`` seconds while anything changes; runs until cancelled."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.save()
+            except OSError:
+                logger.exception("could not write the sandbox state file")
+
+    # -- API -------------------------------------------------------------------------------
+
+    def _api(self, handler: _Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def serve(request: web.Request) -> web.StreamResponse:
+            admitted = await self._admit(request)
+            if isinstance(admitted, web.StreamResponse):
+                return admitted
+            fault = admitted.fault
+            location = admitted.location
+            if fault is FaultKind.HANG:
+                self._log(request, location.id, None, admitted.trace_id, fault="hang")
+                await self._stopping.wait()
+                _abort(request)
+                return web.Response(status=503)
+            if fault is FaultKind.FAIL:
+                status = location.faults.fail_status
+                body = {**_FAILED, "statusCode": status}
+                self._log(request, location.id, status, admitted.trace_id, fault="fail")
+                return _json(status, body, admitted.trace_id, admitted.headers)
+            response = await handler(request, admitted)
+            if fault is FaultKind.RESET:
+                return await _cut(request, response)
+            return response
+
+        return serve
+
+    async def _admit(self, request: web.Request) -> _Admitted | web.Response:
+        trace_id = str(uuid.uuid4())
+        version = request.headers.get("Version")
+        if version != API_VERSION:
+            message = (
+                "Version header was not found"
+                if version is None
+                else f"Endpoint {request.path} not available in API version {version}."
+            )
+            body = {"statusCode": 400, "message": message, "error": "Bad Request"}
+            self._log(request, None, 400, trace_id)
+            return _json(400, body, trace_id, {})
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        location = self.state.location_for_token(token) if scheme == "Bearer" else None
+        if location is None:
+            self.unauthorized += 1
+            self._log(request, None, 401, trace_id)
+            return _json(401, _UNAUTHORIZED, trace_id, {})
+        now = self._clock()
+        decision = location.rate.take(now, location.limits)
+        headers = _rate_headers(decision)
+        if not decision.allowed:
+            location.count(f"rateLimited.{decision.exhausted}")
+            if self.retry_after:
+                headers["Retry-After"] = str(max(1, math.ceil(decision.retry_after)))
+            self._log(request, location.id, 429, trace_id)
+            return _json(429, _TOO_MANY, trace_id, headers)
+        faults = location.faults
+        fault = FaultKind.NONE
+        if faults.active:
+            fault = faults.pick(self._random())
+            if fault is not FaultKind.NONE:
+                location.count(f"fault.{fault.value}")
+            if faults.latency_ms:
+                await asyncio.sleep(faults.latency_ms / 1000)
+        return _Admitted(location, trace_id, headers, fault, now)
+
+    async def _upsert(self, request: web.Request, admitted: _Admitted) -> web.Response:
+        location, trace_id = admitted.location, admitted.trace_id
+        try:
+            body = parse_object(await request.read())
+        except BadRequest:
+            self._done(request, admitted, 400)
+            return _json(400, _BAD_REQUEST, trace_id, admitted.headers)
+        requested = body.get("locationId")
+        if isinstance(requested, str) and requested and requested != location.id:
+            self._done(request, admitted, 403, body=body)
+            return _json(403, _FORBIDDEN, trace_id, admitted.headers)
+        try:
+            payload = validate_upsert(body)
+        except Unprocessable as error:
+            self._done(request, admitted, 422, body=body)
+            return _unprocessable(error, trace_id, admitted.headers)
+        result = self.state.upsert(location, payload, admitted.now)
+        contact = result.contact
+        self._done(
+            request,
+            admitted,
+            200,
+            body=body,
+            contactId=contact.id,
+            new=result.new,
+            ignored=list(result.ignored),
+        )
+        answer = {"new": result.new, "contact": contact.to_json(), "traceId": trace_id}
+        return _json(200, answer, trace_id, admitted.headers, with_trace=False)
+
+    async def _add_tags(self, request: web.Request, admitted: _Admitted) -> web.Response:
+        trace_id = admitted.trace_id
+        contact_id = request.match_info["contactId"]
+        try:
+            body = parse_object(await request.read())
+            tags = validate_tags(body)
+        except BadRequest:
+            self._done(request, admitted, 400)
+            return _json(400, _BAD_REQUEST, trace_id, admitted.headers)
+        except Unprocessable as error:
+            self._done(request, admitted, 422)
+            return _unprocessable(error, trace_id, admitted.headers)
+        refusal = self._contact_refusal(request, admitted, contact_id)
+        if refusal is not None:
+            return refusal
+        contact = self.state.contacts_by_id[contact_id]
+        self.state.add_tags(contact, tags, admitted.now)
+        self._done(request, admitted, 201, body=body, contactId=contact_id)
+        return _json(201, {"tags": list(contact.tags)}, trace_id, admitted.headers)
+
+    async def _get_contact(self, request: web.Request, admitted: _Admitted) -> web.Response:
+        contact_id = request.match_info["contactId"]
+        refusal = self._contact_refusal(request, admitted, contact_id)
+        if refusal is not None:
+            return refusal
+        contact = self.state.contacts_by_id[contact_id]
+        self._done(request, admitted, 200, contactId=contact_id)
+        return _json(200, {"contact": contact.to_json()}, admitted.trace_id, admitted.headers)
+
+    def _contact_refusal(
+        self, request: web.Request, admitted: _Admitted, contact_id: str
+    ) -> web.Response | None:
+        """400 for an unknown contact id, 403 for a contact of another location, else None."""
+        location, trace_id = admitted.location, admitted.trace_id
+        contact = self.state.contacts_by_id.get(contact_id)
+        if contact is None:
+            self._done(request, admitted, 400, contactId=contact_id)
+            return _json(400, _NOT_FOUND, trace_id, admitted.headers)
+        if contact.location_id != location.id:
+            self._done(request, admitted, 403, contactId=contact_id)
+            return _json(403, _FORBIDDEN, trace_id, admitted.headers)
+        return None
+
+    def _done(
+        self, request: web.Request, admitted: _Admitted, status: int, **extra: Any
+    ) -> None:
+        """Log an admitted request's answer (marked when a reset will cut it)."""
+        fault = "reset" if admitted.fault is FaultKind.RESET else None
+        self._log(request, admitted.location.id, status, admitted.trace_id, fault=fault, **extra)
+
+    def _log(
+        self,
+        request: web.Request,
+        location_id: str | None,
+        status: int | None,
+        trace_id: str,
+        *,
+        fault: str | None = None,
+        **extra: Any,
+    ) -> None:
+        """Append to the request log and count the status (never the token)."""
+        entry = {
+            "time": iso_time(self._clock()),
+            "method": request.method,
+            "path": request.path,
+            "locationId": location_id,
+            "status": status,
+            "traceId": trace_id,
+            "fault": fault,
+        }
+        entry.update(extra)
+        self.requests.append(entry)
+        if location_id is not None:
+            location = self.state.locations[location_id]
+            location.count("requests")
+            location.count(f"status.{status}" if status is not None else "status.none")
+
+    # -- admin -----------------------------------------------------------------------------
+
+    async def _admin_contacts(self, request: web.Request) -> web.Response:
+        location = self._admin_location(request.query.get("locationId"))
+        if isinstance(location, web.Response):
+            return location
+        contacts = [c.to_json() for c in location.contacts.values()]
+        return _admin_json({"locationId": location.id, "contacts": contacts})
+
+    async def _admin_requests(self, request: web.Request) -> web.Response:
+        location_id = request.query.get("locationId")
+        entries = [e for e in self.requests if location_id in (None, e["locationId"])]
+        try:
+            limit = int(request.query.get("limit", len(entries)))
+        except ValueError:
+            return _admin_error(400, "limit must be an integer")
+        return _admin_json({"requests": entries[-limit:] if limit > 0 else []})
+
+    async def _admin_counters(self, request: web.Request) -> web.Response:
+        locations = {
+            loc.id: {
+                **loc.counters,
+                "contacts": len(loc.contacts),
+                "dailyUsed": loc.rate.daily_used,
+            }
+            for loc in self.state.locations.values()
+        }
+        return _admin_json({"locations": locations, "unauthorized": self.unauthorized})
+
+    async def _admin_settings(self, request: web.Request) -> web.Response:
+        return _admin_json({"locations": self._settings()})
+
+    async def _admin_update(self, request: web.Request) -> web.Response:
+        """``PUT /_sandbox/{limits|duplicates|faults}``: body ``{"locationId"?: ID, ...changes}``
+        with the camelCase keys of ``GET /_sandbox/settings``; without locationId, every location.
+        """
+        kind = request.path.rsplit("/", 1)[1]
+        try:
+            changes = parse_object(await request.read())
+        except BadRequest:
+            return _admin_error(400, "body must be a JSON object")
+        location_id = changes.pop("locationId", None)
+        location = self._admin_location(location_id) if location_id is not None else None
+        if isinstance(location, web.Response):
+            return location
+        targets = [location] if location else list(self.state.locations.values())
+        try:
+            # validate against every target first, so a bad value changes nothing
+            updated = [(t.id, getattr(t, kind).updated(changes)) for t in targets]
+        except ValueError as error:
+            return _admin_error(400, str(error))
+        for target_id, value in updated:
+            self.configure(target_id, **{kind: value})
+        logger.info("sandbox %s changed", kind, extra={"locationId": location_id})
+        return _admin_json({"locations": self._settings()})
+
+    async def _admin_reset_daily(self, request: web.Request) -> web.Response:
+        location_id = request.query.get("locationId")
+        location = self._admin_location(location_id) if location_id is not None else None
+        if isinstance(location, web.Response):
+            return location
+        for target in [location] if location else self.state.locations.values():
+            target.rate.reset_daily()
+        return await self._admin_counters(request)
+
+    async def _admin_reset(self, request: web.Request) -> web.Response:
+        self.state.clear()
+        self.requests.clear()
+        self.unauthorized = 0
+        return _admin_json({"reset": True})
+
+    async def _admin_save(self, request: web.Request) -> web.Response:
+        if self.state_file is None:
+            return _admin_error(400, "the sandbox runs without --state-file")
+        return _admin_json({"saved": await self.save(), "path": str(self.state_file)})
+
+    def _admin_location(self, location_id: Any) -> Location | web.Response:
+        if not location_id:
+            return _admin_error(400, "locationId is required")
+        location = self.state.locations.get(location_id)
+        if location is None:
+            return _admin_error(404, f"unknown location {location_id}")
+        return location
+
+    def _settings(self) -> dict[str, Any]:
+        return {
+            loc.id: {
+                "limits": loc.limits.to_json(),
+                "duplicates": loc.duplicates.to_json(),
+                "faults": loc.faults.to_json(),
+            }
+            for loc in self.state.locations.values()
+        }
+
+    async def _release_hangs(self, app: web.Application) -> None:
+        self._stopping.set()
+
+
+def _rate_headers(decision: RateDecision) -> dict[str, str]:
+    limits = decision.limits
+    return {
+        "X-RateLimit-Max": str(limits.burst),
+        "X-RateLimit-Remaining": str(decision.remaining),
+        "X-RateLimit-Interval-Milliseconds": str(limits.interval_ms),
+        "X-RateLimit-Limit-Daily": str(limits.daily),
+        "X-RateLimit-Daily-Remaining": str(decision.daily_remaining),
+    }
+
+
+def _json(
+    status: int,
+    body: Mapping[str, Any],
+    trace_id: str,
+    headers: dict[str, str],
+    *,
+    with_trace: bool = True,
+) -> web.Response:
+    headers["Content-Type"] = _JSON
+    payload = {**body, "traceId": trace_id} if with_trace else body
+    return web.Response(status=status, body=orjson.dumps(payload), headers=headers)
+
+
+def _unprocessable(error: Unprocessable, trace_id: str, headers: dict[str, str]) -> web.Response:
+    body = {"statusCode": 422, "message": error.messages, "error": "Unprocessable Entity"}
+    return _json(422, body, trace_id, headers)
+
+
+def _admin_json(body: Mapping[str, Any], status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+
+def _admin_error(status: int, message: str) -> web.Response:
+    return _admin_json({"error": message}, status)
+
+
+def _abort(request: web.Request) -> None:
+    if request.transport is not None:
+        request.transport.abort()
+
+
+async def _cut(request: web.Request, response: web.Response) -> web.StreamResponse:
+    """Send ``response``'s head and half its body, then reset the connection."""
+    body = response.body
+    assert isinstance(body, bytes)  # _json always builds bytes bodies
+    cut = web.StreamResponse(status=response.status, headers=response.headers)
+    cut.content_length = len(body)
+    await cut.prepare(request)
+    await cut.write(body[: len(body) // 2])
+    _abort(request)
+    return cut
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)
+
+
+@contextlib.asynccontextmanager
+async def run_sandbox(
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    locations: Mapping[str, str] | Iterable[tuple[str, str]],
+    limits: RateLimits | None = None,
+    duplicates: DuplicateSettings | None = None,
+    faults: Faults | None = None,
+    retry_after: bool = False,
+    state_file: Path | None = None,
+    autosave_interval: float = 1.0,
+    seed: int | None = None,
+    clock: Callable[[], float] = time.time,
+    request_log_size: int = 10_000,
+) -> AsyncIterator[Sandbox]:
+    """Serve a sandbox in this event loop until the block exits; yields the :class:`Sandbox`.
+
+    ``locations`` is ``{location_id: token}`` or ``(location_id, token)`` pairs; ``port=0``
+    binds a free port (read ``sandbox.url``). With ``state_file`` the state is loaded at start,
+    saved every ``autosave_interval`` seconds when changed, and on exit. On exit hanging
+    requests are released (their connections reset) and the socket is closed.
+
+    Usage::
+
+        async with run_sandbox(locations={"loc1": "token1"}) as sandbox:
+            ...  # POST f"{sandbox.url}/contacts/upsert"
+    """
+    state = SandboxState(locations, limits=limits, duplicates=duplicates, faults=faults)
+    sandbox = Sandbox(
+        state,
+        clock=clock,
+        seed=seed,
+        retry_after=retry_after,
+        request_log_size=request_log_size,
+        state_file=state_file,
+    )
+    sandbox.load()
+    runner = web.AppRunner(sandbox.app(), access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    saver: asyncio.Task[None] | None = None
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound_host, bound_port = runner.addresses[0][:2]
+        url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
+        sandbox.url = f"http://{url_host}:{bound_port}"
+        if state_file is not None:
+            saver = asyncio.create_task(sandbox.autosave(autosave_interval))
+        yield sandbox
+    finally:
+        if saver is not None:
+            saver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await saver
+        await runner.cleanup()
+        await sandbox.save()
+
+
+# -- command line ------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``ghl-consumer sandbox`` (DESIGN.md section 4 plus sandbox extras)."""
+    defaults = RateLimits()
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help="port (default %(default)s; 0 picks a free one). The first stdout line is the URL.",
+    )
+    parser.add_argument(
+        "--location",
+        action="append",
+        default=[],
+        type=_location_argument,
+        metavar="LOCATION_ID:TOKEN",
+        help="a location and a token valid for it only (repeatable; default "
+        f"{DEMO_LOCATION[0]}:{DEMO_LOCATION[1]})",
+    )
+    limits = parser.add_argument_group("rate limits (per location)")
+    limits.add_argument("--burst", type=int, default=defaults.burst, help="requests per window")
+    limits.add_argument(
+        "--interval-ms", type=int, default=defaults.interval_ms, help="burst window length"
+    )
+    limits.add_argument("--daily", type=int, default=defaults.daily, help="requests per UTC day")
+    limits.add_argument(
+        "--unlimited", action="store_true", help="count and report, but never answer 429"
+    )
+    limits.add_argument(
+        "--retry-after",
+        action="store_true",
+        help="add Retry-After to 429 answers (HighLevel does not document one)",
+    )
+    matching = parser.add_argument_group("duplicate contacts (per location)")
+    matching.add_argument(
+        "--duplicate-priority",
+        type=_priority_argument,
+        default=IDENTIFIERS,
+        metavar="email,phone",
+        help="identifiers matched, in priority order (default email,phone)",
+    )
+    matching.add_argument(
+        "--allow-duplicates",
+        action="store_true",
+        help="location allows duplicates (honours createNewIfDuplicateAllowed)",
+    )
+    faults = parser.add_argument_group("fault injection (per location, changeable at runtime)")
+    faults.add_argument("--fail-rate", type=float, default=0.0, help="share answered 5xx")
+    faults.add_argument("--fail-status", type=int, default=500, help="status of those answers")
+    faults.add_argument("--latency-ms", type=float, default=0.0, help="delay added to answers")
+    faults.add_argument("--hang-rate", type=float, default=0.0, help="share never answered")
+    faults.add_argument(
+        "--reset-rate", type=float, default=0.0, help="share cut mid-response (after applying)"
+    )
+    faults.add_argument("--seed", type=int, default=None, help="seed of the fault draws")
+    parser.add_argument(
+        "--state-file", type=Path, default=None, help="load contacts from / save them to this file"
+    )
+    parser.add_argument(
+        "--request-log-size", type=int, default=10_000, help="requests kept for /_sandbox/requests"
+    )
+    parser.add_argument("--log-level", default="WARNING", help="stderr log level")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Serve until SIGINT/SIGTERM; print the base URL as the first stdout line. Exit code 0,
+    or 2 when the settings are invalid."""
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
+    try:
+        limits = RateLimits(args.burst, args.interval_ms, args.daily, enforced=not args.unlimited)
+        faults = Faults(
+            fail_rate=args.fail_rate,
+            fail_status=args.fail_status,
+            latency_ms=args.latency_ms,
+            hang_rate=args.hang_rate,
+            reset_rate=args.reset_rate,
+        )
+    except ValueError as error:
+        print(f"ghl-consumer sandbox: {error}", file=sys.stderr)
+        return 2
+    duplicates = DuplicateSettings(args.allow_duplicates, args.duplicate_priority)
+    locations: list[tuple[str, str]] = args.location or [DEMO_LOCATION]
+    if not args.location:
+        print(
+            f"no --location given: serving {DEMO_LOCATION[0]} with token {DEMO_LOCATION[1]}",
+            file=sys.stderr,
+        )
+    asyncio.run(
+        _serve(
+            args.host,
+            args.port,
+            locations=locations,
+            limits=limits,
+            duplicates=duplicates,
+            faults=faults,
+            retry_after=args.retry_after,
+            state_file=args.state_file,
+            seed=args.seed,
+            request_log_size=args.request_log_size,
+        )
+    )
+    return 0
+
+
+async def _serve(host: str, port: int, **options: Any) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with run_sandbox(host, port, **options) as sandbox:
+        print(sandbox.url, flush=True)
+        ids = sorted(sandbox.state.locations)
+        logger.warning("sandbox listening on %s for locations %s", sandbox.url, ", ".join(ids))
+        await stop.wait()
+
+
+def _location_argument(text: str) -> tuple[str, str]:
+    location_id, _, token = text.partition(":")
+    if not location_id or not token:
+        raise argparse.ArgumentTypeError("expected LOCATION_ID:TOKEN")
+    return location_id, token
+
+
+def _priority_argument(text: str) -> tuple[str, ...]:
+    priority = tuple(part.strip() for part in text.split(",") if part.strip())
+    try:
+        DuplicateSettings(priority=priority)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return priority

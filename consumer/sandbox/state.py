@@ -1,0 +1,388 @@
+"""Pure state of the HighLevel sandbox: contacts per location, matching, rate windows.
+
+Nothing here does I/O or reads a clock: every operation that depends on time takes ``now``
+(epoch seconds, float) from its caller, so unit tests drive it with a fake clock and the
+server (``consumer.sandbox.server``) passes its injected clock. Nothing here is thread-safe;
+the server calls it from its one event loop.
+
+Behaviour emulated (sources in ``highlevel/NOTES.md``):
+
+- Matching follows the location's duplicate setting (:class:`DuplicateSettings`): the
+  identifiers in ``priority`` are tried in order and the first one that finds a contact wins.
+  When the request's other identifier belongs to a *different* contact, that field is silently
+  not applied (spec description of the upsert, issue #37). With duplicates allowed and
+  ``createNewIfDuplicateAllowed: true`` a new contact is created without matching; otherwise the
+  duplicate setting does not change matching (spec, scenarios 2 and 3). Where several contacts
+  share an identifier (possible only with duplicates allowed), the oldest one is matched.
+- Fields present overwrite, fields absent are kept, ``null`` clears the field (the schema
+  keeps ``null`` only on the fields the spec marks nullable),
+  ``tags`` replace all tags, ``customFields`` overwrite per field id, ``dndSettings`` per channel.
+- ``gender`` is applied on creation only; on an existing contact it is silently discarded
+  (issue #313). Every silently discarded field is reported in :attr:`UpsertResult.ignored`,
+  which the real API never tells; the sandbox shows it in its request log.
+- Rate limits per location (:class:`RateWindow`): a fixed burst window that opens with the
+  first request after the previous one closed, and a daily budget per UTC day.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from consumer.sandbox.settings import IDENTIFIERS, DuplicateSettings, Faults, RateLimits
+
+# Request-only fields that are never stored on the contact.
+_NOT_STORED = frozenset({"locationId", "createNewIfDuplicateAllowed"})
+
+_DAY = 86_400.0
+_ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+
+@dataclass(frozen=True, slots=True)
+class RateDecision:
+    """The outcome of counting one request: admitted or not, and what the headers report."""
+
+    allowed: bool
+    limits: RateLimits
+    remaining: int
+    daily_remaining: int
+    retry_after: float
+    """Seconds until a request would be admitted again; 0 when admitted."""
+    exhausted: str | None
+    """``"burst"`` or ``"daily"`` when refused, else None."""
+
+
+class RateWindow:
+    """One location's rate counters: a fixed burst window and a per-UTC-day budget."""
+
+    __slots__ = ("count", "daily_used", "day", "window_start")
+
+    def __init__(self) -> None:
+        self.window_start = -math.inf
+        self.count = 0
+        self.day = -1
+        self.daily_used = 0
+
+    def take(self, now: float, limits: RateLimits) -> RateDecision:
+        """Count one request at ``now`` unless a limit is exhausted (refused ones do not count).
+
+        With ``limits.enforced`` false the request is always admitted and counted.
+        """
+        day = int(now // _DAY)
+        if day != self.day:
+            self.day = day
+            self.daily_used = 0
+        if now >= self.window_start + limits.interval_ms / 1000:
+            self.window_start = now
+            self.count = 0
+        exhausted: str | None = None
+        retry_after = 0.0
+        if limits.enforced:
+            if self.daily_used >= limits.daily:
+                exhausted, retry_after = "daily", (day + 1) * _DAY - now
+            elif self.count >= limits.burst:
+                exhausted = "burst"
+                retry_after = self.window_start + limits.interval_ms / 1000 - now
+        if exhausted is None:
+            self.count += 1
+            self.daily_used += 1
+        return RateDecision(
+            allowed=exhausted is None,
+            limits=limits,
+            remaining=max(0, limits.burst - self.count),
+            daily_remaining=max(0, limits.daily - self.daily_used),
+            retry_after=retry_after,
+            exhausted=exhausted,
+        )
+
+    def reset_daily(self) -> None:
+        """Give the location its full daily budget again (admin endpoint)."""
+        self.daily_used = 0
+
+
+class Contact:
+    """A stored contact. Mutable: the store updates it in place; render with :meth:`to_json`."""
+
+    __slots__ = (
+        "custom_fields",
+        "date_added",
+        "date_updated",
+        "fields",
+        "id",
+        "location_id",
+        "tags",
+    )
+
+    def __init__(self, contact_id: str, location_id: str, now: float) -> None:
+        self.id = contact_id
+        self.location_id = location_id
+        self.fields: dict[str, Any] = {}
+        self.tags: list[str] = []
+        self.custom_fields: dict[str, Any] = {}
+        self.date_added = now
+        self.date_updated = now
+
+    def to_json(self) -> dict[str, Any]:
+        """The contact as HighLevel returns it (GetContectByIdSchema), with derived fields."""
+        fields = self.fields
+        out: dict[str, Any] = {"id": self.id, "locationId": self.location_id, "type": "lead"}
+        out.update(fields)
+        first, last = fields.get("firstName"), fields.get("lastName")
+        name = fields.get("name") or " ".join(p for p in (first, last) if p) or None
+        if name:
+            out["name"] = name
+            out["fullNameLowerCase"] = name.lower()
+        if first:
+            out["firstNameLowerCase"] = first.lower()
+        if last:
+            out["lastNameLowerCase"] = last.lower()
+        email = fields.get("email")
+        if email:
+            out["emailLowerCase"] = email.lower()
+        out["dnd"] = fields.get("dnd", False)
+        out["tags"] = list(self.tags)
+        out["customFields"] = [{"id": k, "value": v} for k, v in self.custom_fields.items()]
+        out["dateAdded"] = iso_time(self.date_added)
+        out["dateUpdated"] = iso_time(self.date_updated)
+        return out
+
+    def to_record(self) -> dict[str, Any]:
+        """Internal form for the state file (round-trips through :meth:`from_record`)."""
+        return {
+            "id": self.id,
+            "fields": self.fields,
+            "tags": self.tags,
+            "customFields": self.custom_fields,
+            "dateAdded": self.date_added,
+            "dateUpdated": self.date_updated,
+        }
+
+    @classmethod
+    def from_record(cls, location_id: str, record: Mapping[str, Any]) -> Contact:
+        contact = cls(str(record["id"]), location_id, float(record["dateAdded"]))
+        contact.date_updated = float(record["dateUpdated"])
+        contact.fields = dict(record["fields"])
+        contact.tags = list(record["tags"])
+        contact.custom_fields = dict(record["customFields"])
+        return contact
+
+
+@dataclass(frozen=True, slots=True)
+class UpsertResult:
+    new: bool
+    contact: Contact
+    ignored: tuple[str, ...]
+    """Request fields HighLevel would silently not apply (not in the real response)."""
+
+
+@dataclass(slots=True)
+class Location:
+    """One sub-account: its settings, contacts, identifier indexes, rate window and counters."""
+
+    id: str
+    limits: RateLimits
+    duplicates: DuplicateSettings
+    faults: Faults
+    contacts: dict[str, Contact] = field(default_factory=dict)
+    # identifier kind -> normalised value -> ids of the contacts holding it, oldest first
+    index: dict[str, dict[str, list[str]]] = field(
+        default_factory=lambda: {kind: {} for kind in IDENTIFIERS}
+    )
+    rate: RateWindow = field(default_factory=RateWindow)
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+
+def iso_time(epoch: float) -> str:
+    """``2021-07-02T05:18:26.704Z``, the timestamp form HighLevel returns."""
+    stamp = datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
+
+
+def random_contact_id() -> str:
+    """A 20-character id shaped like HighLevel's (``seD4PfOuKoVMLkEZqohJ``)."""
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(20))
+
+
+class SandboxState:
+    """All locations, their tokens and contacts. Called by the server; pure and synchronous.
+
+    ``locations`` are ``(location_id, token)`` pairs (a location may have several tokens) or a
+    mapping ``{location_id: token}``. ``new_id`` makes contact ids (tests pass a counter).
+    """
+
+    def __init__(
+        self,
+        locations: Mapping[str, str] | Iterable[tuple[str, str]],
+        *,
+        limits: RateLimits | None = None,
+        duplicates: DuplicateSettings | None = None,
+        faults: Faults | None = None,
+        new_id: Callable[[], str] = random_contact_id,
+    ) -> None:
+        pairs = list(locations.items()) if isinstance(locations, Mapping) else list(locations)
+        self._new_id = new_id
+        self._tokens: dict[str, Location] = {}
+        self.locations: dict[str, Location] = {}
+        self.contacts_by_id: dict[str, Contact] = {}
+        self.changes = 0
+        """Incremented on every contact change; the persistence task saves when it moved."""
+        for location_id, token in pairs:
+            location = self.locations.get(location_id)
+            if location is None:
+                location = Location(
+                    location_id,
+                    limits or RateLimits(),
+                    duplicates or DuplicateSettings(),
+                    faults or Faults(),
+                )
+                self.locations[location_id] = location
+            self._tokens[token] = location
+
+    def location_for_token(self, token: str) -> Location | None:
+        return self._tokens.get(token)
+
+    def upsert(self, location: Location, payload: Mapping[str, Any], now: float) -> UpsertResult:
+        """Create or update the contact ``payload`` (validated by ``schema``) designates."""
+        email = payload.get("email")
+        keys = {"email": email.lower() if email else None, "phone": payload.get("phone")}
+        settings = location.duplicates
+        target: Contact | None = None
+        matched_by = ""
+        if not (settings.allow_duplicates and payload.get("createNewIfDuplicateAllowed")):
+            for kind in settings.priority:
+                value = keys[kind]
+                holders = location.index[kind].get(value) if value else None
+                if holders:
+                    target, matched_by = location.contacts[holders[0]], kind
+                    break
+        ignored: list[str] = []
+        new = target is None
+        if target is None:
+            target = Contact(self._new_id(), location.id, now)
+            location.contacts[target.id] = target
+            self.contacts_by_id[target.id] = target
+            location.count("created")
+        else:
+            for kind in settings.priority:
+                value = keys[kind]
+                holders = location.index[kind].get(value) if value else None
+                if kind != matched_by and holders and target.id not in holders:
+                    ignored.append(kind)
+            location.count("updated")
+        self._apply(location, target, payload, created=new, ignored=ignored)
+        target.date_updated = now
+        self.changes += 1
+        return UpsertResult(new=new, contact=target, ignored=tuple(ignored))
+
+    def add_tags(self, contact: Contact, tags: Iterable[str], now: float) -> None:
+        """Append ``tags`` the contact does not have yet (``POST /contacts/{id}/tags``)."""
+        for tag in tags:
+            if tag not in contact.tags:
+                contact.tags.append(tag)
+        contact.date_updated = now
+        self.changes += 1
+
+    def _apply(
+        self,
+        location: Location,
+        contact: Contact,
+        payload: Mapping[str, Any],
+        *,
+        created: bool,
+        ignored: list[str],
+    ) -> None:
+        fields = contact.fields
+        for key, value in payload.items():
+            if key in _NOT_STORED or key in ignored:
+                continue
+            if key == "gender" and not created:
+                if value is not None and value != fields.get("gender"):
+                    ignored.append("gender")
+                continue
+            if key == "tags":
+                if value is not None:
+                    contact.tags = list(dict.fromkeys(value))
+            elif key == "customFields":
+                contact.custom_fields.update(value or ())
+            elif key == "dndSettings":
+                if value is not None:
+                    fields["dndSettings"] = {**fields.get("dndSettings", {}), **value}
+            elif value is None:
+                # schema keeps null only on nullable fields: it clears them
+                self._set_identifier(location, contact, key, None)
+                fields.pop(key, None)
+            else:
+                self._set_identifier(location, contact, key, value)
+                fields[key] = value
+
+    @staticmethod
+    def _set_identifier(location: Location, contact: Contact, key: str, value: Any) -> None:
+        """Keep the email/phone index in step when ``key`` is an identifier being changed."""
+        if key not in location.index:
+            return
+        index = location.index[key]
+        old = contact.fields.get(key)
+        old_key = old.lower() if key == "email" and old else old
+        new_key = value.lower() if key == "email" and value else value
+        if old_key == new_key:
+            return
+        if old_key:
+            holders = index[old_key]
+            holders.remove(contact.id)
+            if not holders:
+                del index[old_key]
+        if new_key:
+            index.setdefault(new_key, []).append(contact.id)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Contacts and daily usage per location, for the state file (no tokens)."""
+        return {
+            "version": 1,
+            "locations": {
+                location.id: {
+                    "contacts": [c.to_record() for c in location.contacts.values()],
+                    "day": location.rate.day,
+                    "dailyUsed": location.rate.daily_used,
+                }
+                for location in self.locations.values()
+            },
+        }
+
+    def restore(self, snapshot: Mapping[str, Any]) -> list[str]:
+        """Load a :meth:`snapshot` into the configured locations; return the ids skipped."""
+        skipped = []
+        for location_id, saved in snapshot["locations"].items():
+            location = self.locations.get(location_id)
+            if location is None:
+                skipped.append(location_id)
+                continue
+            for record in saved["contacts"]:
+                contact = Contact.from_record(location_id, record)
+                location.contacts[contact.id] = contact
+                self.contacts_by_id[contact.id] = contact
+                for kind in IDENTIFIERS:
+                    value = contact.fields.get(kind)
+                    if value:
+                        key = value.lower() if kind == "email" else value
+                        location.index[kind].setdefault(key, []).append(contact.id)
+            location.rate.day = int(saved["day"])
+            location.rate.daily_used = int(saved["dailyUsed"])
+        return skipped
+
+    def clear(self) -> None:
+        """Forget every contact, counter and rate window (admin reset); settings stay."""
+        self.contacts_by_id.clear()
+        for location in self.locations.values():
+            location.contacts.clear()
+            location.index = {kind: {} for kind in IDENTIFIERS}
+            location.rate = RateWindow()
+            location.counters.clear()
+        self.changes += 1
+
