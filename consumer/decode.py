@@ -1,0 +1,128 @@
+"""Decode step: record value bytes -> ``Event``, or a ``Reject`` saying exactly what is wrong.
+
+Pure and total: ``decode`` never raises for any input, so the engine can dead-letter a poison
+record with the reject's reason and go on. It checks the envelope only (sizes, UTF-8, JSON,
+object, ``type``, the identifiers and the top-level containers); ``consumer.mapping`` checks the
+fields it reads inside them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+import orjson
+
+from consumer.events import EMPTY_OBJECT, Event, Reason, Reject, json_type
+
+EVENT_TYPES: Final = frozenset(("identify", "track", "page", "screen", "group", "alias"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """Size limits on input. Over either -> reject ``too_large``."""
+
+    max_event_bytes: int = 1_048_576  # Kafka's default max message size
+    max_field_chars: int = 1_024  # any single string the mapping reads or stores
+
+
+def _wrong_type(path: str, expected: str, value: object) -> Reject:
+    return Reject(Reason.WRONG_TYPE, f"{path}: expected {expected}, got {json_type(value)}")
+
+
+def _too_long(path: str, value: str, limits: Limits) -> Reject:
+    return Reject(
+        Reason.TOO_LARGE, f"{path}: {len(value)} characters, limit {limits.max_field_chars}"
+    )
+
+
+def _identifier(
+    obj: dict[str, object], name: str, limits: Limits
+) -> tuple[str | None, Reject | None]:
+    """An id field: string or integer (some SDKs send numeric user ids); empty -> None."""
+    value = obj.get(name)
+    if value is None:
+        return None, None
+    if isinstance(value, str):
+        if len(value) > limits.max_field_chars:
+            return None, _too_long(name, value, limits)
+        return value or None, None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value), None
+    return None, _wrong_type(name, "a string", value)
+
+
+def decode(value: bytes, limits: Limits = Limits()) -> Event | Reject:
+    """Decode one record value. Never raises; returns exactly one ``Event`` or ``Reject``."""
+    if len(value) > limits.max_event_bytes:
+        return Reject(
+            Reason.TOO_LARGE, f"record is {len(value)} bytes, limit {limits.max_event_bytes}"
+        )
+    try:
+        obj = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            return Reject(Reason.INVALID_UTF8, f"invalid UTF-8 at byte {bad.start}")
+        return Reject(Reason.INVALID_JSON, f"invalid JSON at character {exc.pos}: {exc.msg}")
+    if not isinstance(obj, dict):
+        return Reject(Reason.NOT_AN_OBJECT, f"expected a JSON object, got {json_type(obj)}")
+
+    kind = obj.get("type")
+    if kind is None:
+        return Reject(Reason.MISSING_TYPE, "type: required")
+    if not isinstance(kind, str):
+        return _wrong_type("type", "a string", kind)
+    if kind not in EVENT_TYPES:
+        shown = kind if len(kind) <= 40 else kind[:40] + "..."
+        return Reject(
+            Reason.UNKNOWN_TYPE,
+            f"type: unknown event type {shown!r}, expected one of {', '.join(sorted(EVENT_TYPES))}",
+        )
+
+    name: str | None = None
+    if kind == "track":
+        raw_name = obj.get("event")
+        if raw_name is None or raw_name == "":
+            return Reject(Reason.INVALID_EVENT, "event: required for track events")
+        if not isinstance(raw_name, str):
+            return _wrong_type("event", "a string", raw_name)
+        if len(raw_name) > limits.max_field_chars:
+            return _too_long("event", raw_name, limits)
+        name = raw_name
+
+    ids: list[str | None] = []
+    for id_name in ("userId", "anonymousId", "messageId"):
+        id_value, reject = _identifier(obj, id_name, limits)
+        if reject is not None:
+            return reject
+        ids.append(id_value)
+
+    containers = []
+    for container_name in ("traits", "context", "properties"):
+        container = obj.get(container_name)
+        if container is None:
+            containers.append(EMPTY_OBJECT)
+        elif isinstance(container, dict):
+            containers.append(container)
+        else:
+            return _wrong_type(container_name, "an object", container)
+
+    timestamp = obj.get("timestamp")
+    if not isinstance(timestamp, str):
+        original = obj.get("originalTimestamp")
+        timestamp = original if isinstance(original, str) else None
+
+    return Event(
+        type=kind,
+        event=name,
+        user_id=ids[0],
+        anonymous_id=ids[1],
+        message_id=ids[2],
+        traits=containers[0],
+        context=containers[1],
+        properties=containers[2],
+        timestamp=timestamp,
+        raw=obj,
+    )

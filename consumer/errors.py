@@ -1,0 +1,27 @@
+"""The consumer's exceptions, in one tree.
+
+::
+
+    ConsumerError                 base of every exception this package raises on purpose
+    +-- ConfigError               bad configuration; start-up stops. Not retriable: fix the config.
+    +-- ProfileDecodeError        a stored profile's bytes are not a profile. Not retriable for that
+                                  record; the caller decides (drop the stored profile, log, go on).
+
+Bad *events* are not exceptions: decoding and mapping return ``Reject`` values (see
+``consumer.events``), because a poison record is data to dead-letter, not a crash.
+"""
+
+from __future__ import annotations
+
+
+class ConsumerError(Exception):
+    """Base class of the consumer's own exceptions."""
+
+
+class ConfigError(ConsumerError):
+    """The configuration is invalid. The message names the field, e.g.
+    ``integrations[1].location_id: required``, and never contains a secret's value."""
+
+
+class ProfileDecodeError(ConsumerError, ValueError):
+    """``Profile.from_bytes`` was given bytes that are not an encoded profile."""

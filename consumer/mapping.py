@@ -1,0 +1,494 @@
+"""Map step: a decoded event plus the user's stored profile -> one outcome per routed integration.
+
+Rules (DESIGN.md sections 2-3):
+
+- Identity fields come from, highest precedence first: ``traits`` (not on group/alias calls,
+  whose traits describe a group), ``context.traits``, ``properties`` (only for track events an
+  integration maps), then the stored profile. Per field the first *usable* value wins (an
+  invalid email in ``traits`` falls through to ``context.traits``). snake_case wins over
+  camelCase within one container; a top-level ``city`` wins over ``address.city``.
+- Consent for the integration's category: first decision on the event (``context.consent``
+  views, then RudderStack's ``context.consentManagement``), else the last known one, else none
+  (no ``dnd`` key).
+- Default preset: identify / "Identified" / "Signed Up" / "Lead Generated" upsert, everything
+  else is dropped as ``not_mapped``; aliases map other event names onto these.
+- The profile is updated from every routed, valid, non-duplicate event (also ones not mapped
+  or rejected for ``no_identifier``), so consent and traits seen on page views count later.
+
+Pure apart from the profile store and deduper it is handed; deterministic for the same inputs.
+Called by the engine on its mapping thread, and by ``ghl-consumer map``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from consumer.config import Integration
+from consumer.decode import Limits, decode
+from consumer.dedupe import MessageDeduper
+from consumer.events import (
+    ContactUpsert,
+    CustomValue,
+    Drop,
+    Event,
+    FieldValue,
+    Outcome,
+    PresetEvent,
+    Reason,
+    Reject,
+    json_type,
+)
+from consumer.normalise import (
+    PHONE_REGIONS,
+    PhoneNormaliser,
+    normalise_country,
+    normalise_email,
+    normalise_text,
+)
+from consumer.profiles import EMPTY_PROFILE, Profile, ProfileStore
+from consumer.routing import Router
+
+_PRESET_NAMES: Final = {p.value: p for p in PresetEvent}
+
+# trait key (either spelling) -> HighLevel field; snake_case first so it wins within a container
+_TRAITS: Final = (
+    ("email", "email"),
+    ("phone", "phone"),
+    ("first_name", "firstName"),
+    ("firstName", "firstName"),
+    ("last_name", "lastName"),
+    ("lastName", "lastName"),
+    ("name", "name"),
+    ("website", "website"),
+    ("city", "city"),
+    ("state", "state"),
+    ("postal_code", "postalCode"),
+    ("postalCode", "postalCode"),
+    ("country", "country"),
+)
+_ADDRESS: Final = (
+    ("street", "address1"),
+    ("city", "city"),
+    ("state", "state"),
+    ("postal_code", "postalCode"),
+    ("postalCode", "postalCode"),
+    ("country", "country"),
+)
+# Fields where a JSON number is accepted and used as its decimal text.
+_NUMERIC_OK: Final = frozenset(("phone", "postalCode"))
+_NORMALISERS: Final[dict[str, Callable[[str], str | None]]] = {
+    "email": normalise_email,
+    "country": normalise_country,
+    **{
+        name: normalise_text
+        for name in (
+            "firstName",
+            "lastName",
+            "name",
+            "companyName",
+            "address1",
+            "city",
+            "state",
+            "postalCode",
+            "website",
+        )
+    },
+}
+
+
+class _Invalid(Exception):
+    """A field the mapping reads is unusable; becomes a record-level Reject."""
+
+    def __init__(self, reason: Reason, error: str) -> None:
+        super().__init__(error)
+        self.reason = reason
+        self.error = error
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    path: str  # where it was read, for error messages
+    value: str
+
+
+def _wrong_type(path: str, expected: str, value: object) -> _Invalid:
+    return _Invalid(Reason.WRONG_TYPE, f"{path}: expected {expected}, got {json_type(value)}")
+
+
+class Mapper:
+    """Maps records to outcomes for the configured integrations.
+
+    ``map_record`` is the engine's entry point; it never raises for any record content. It reads
+    and updates ``profiles`` and ``deduper``; it is not thread-safe (one mapper per thread).
+    """
+
+    def __init__(
+        self,
+        integrations: Sequence[Integration],
+        *,
+        profiles: ProfileStore,
+        deduper: MessageDeduper,
+        limits: Limits = Limits(),  # noqa: B008 - frozen value
+        phone_cache_size: int = 65_536,
+    ) -> None:
+        self._router = Router(integrations)
+        self._profiles = profiles
+        self._deduper = deduper
+        self._limits = limits
+        self.phones = PhoneNormaliser(phone_cache_size)  # cache_info() for metrics
+
+    def map_record(
+        self, *, value: bytes, key: bytes | None, topic: str, now: float
+    ) -> list[Outcome]:
+        """Decode and map one record. Returns one record-level Drop/Reject, or one outcome per
+        routed integration (in configuration order)."""
+        event = decode(value, self._limits)
+        if isinstance(event, Reject):
+            return [event]
+        contact_key = key.decode("utf-8", "backslashreplace") if key else None
+        return self.map_event(event, contact_key=contact_key, topic=topic, now=now)
+
+    def map_event(
+        self, event: Event, *, contact_key: str | None, topic: str, now: float
+    ) -> list[Outcome]:
+        """Map a decoded event. ``contact_key`` is the record key if any; else the event's
+        userId, else anonymousId, is used."""
+        targets = self._router.route(event, topic)
+        if not targets:
+            return [Drop(Reason.NOT_ROUTED)]
+        if event.message_id is not None and self._deduper.check(event.message_id, now):
+            return [Drop(Reason.DUPLICATE)]
+        user_key = contact_key or event.user_id or event.anonymous_id
+        if user_key is None:
+            return [
+                Reject(
+                    Reason.INVALID_EVENT,
+                    "no user: the record has no key and the event has no userId or anonymousId",
+                )
+            ]
+        actions = [self._action(event, integration) for integration in targets]
+        mapped = any(action is not None for action in actions)
+        try:
+            candidates = self._candidates(event, with_properties=mapped and event.type == "track")
+            decisions = _consent_decisions(event, {i.consent_category for i in targets})
+            extras = [
+                self._extras(event, integration, action)
+                if action is not None
+                else None
+                for integration, action in zip(targets, actions, strict=True)
+            ]
+        except _Invalid as invalid:
+            return [Reject(invalid.reason, invalid.error)]
+
+        if not mapped and not candidates and not decisions:
+            # The common analytics event: nothing to send, nothing to remember.
+            return [Drop(Reason.NOT_MAPPED, integration.id) for integration in targets]
+
+        stored = self._profiles.get(user_key) or EMPTY_PROFILE
+        common = self._resolve_common(candidates, stored)
+        phone_problems: list[str] = []
+        phones: dict[str | None, str | None] = {}
+
+        def phone_for(region: str | None) -> str | None:
+            if region not in phones:
+                phones[region] = self._resolve_phone(
+                    candidates.get("phone", ()), stored, region, phone_problems
+                )
+            return phones[region]
+
+        outcomes: list[Outcome] = []
+        for integration, action, extra in zip(targets, actions, extras, strict=True):
+            if action is None or extra is None:
+                outcomes.append(Drop(Reason.NOT_MAPPED, integration.id))
+                continue
+            region = self._region(common, integration.default_phone_region)
+            fields: dict[str, FieldValue] = dict(common)
+            phone = phone_for(region)
+            if phone is not None:
+                fields["phone"] = phone
+            source, tags, custom = extra
+            if source is not None:
+                fields["source"] = source
+            category = integration.consent_category
+            granted = decisions.get(category, stored.consent.get(category))
+            if granted is not None:
+                fields["dnd"] = not granted
+            removed = integration.removed_fields
+            for name in removed:
+                fields.pop(name, None)
+            if "email" not in fields and "phone" not in fields:
+                outcomes.append(
+                    Reject(
+                        Reason.NO_IDENTIFIER,
+                        _no_identifier_error(candidates, removed, phone_problems),
+                        integration.id,
+                    )
+                )
+                continue
+            outcomes.append(
+                ContactUpsert(
+                    integration_id=integration.id,
+                    location_id=integration.location_id,
+                    contact_key=user_key,
+                    fields=fields,
+                    tags=() if "tags" in removed else tags,
+                    custom_fields=custom,
+                    tag_mode=integration.tag_mode,
+                )
+            )
+
+        # Remember identity normalised for the first routed integration with a phone region.
+        profile_region = next(
+            (i.default_phone_region for i in targets if i.default_phone_region), None
+        )
+        remembered = dict(common)
+        phone = phone_for(self._region(common, profile_region))
+        if phone is not None:
+            remembered["phone"] = phone
+        consent = {**stored.consent, **decisions} if decisions else stored.consent
+        if remembered != stored.fields or consent != stored.consent:
+            self._profiles.put(user_key, Profile(fields=remembered, consent=consent))
+        return outcomes
+
+    # -- event name -> preset ---------------------------------------------------------------
+
+    @staticmethod
+    def _action(event: Event, integration: Integration) -> PresetEvent | None:
+        if event.type == "identify":
+            return PresetEvent.IDENTIFIED
+        if event.type != "track" or event.event is None:
+            return None
+        return integration.aliases.get(event.event) or _PRESET_NAMES.get(event.event)
+
+    # -- reading identity -----------------------------------------------------------------
+
+    def _candidates(self, event: Event, *, with_properties: bool) -> dict[str, list[_Candidate]]:
+        """Identity values by HighLevel field, in precedence order, type- and size-checked."""
+        candidates: dict[str, list[_Candidate]] = {}
+        if event.traits and event.type not in ("group", "alias"):
+            self._read_traits(event.traits, "traits", candidates)
+        context_traits = event.context.get("traits")
+        if context_traits is not None:
+            if not isinstance(context_traits, dict):
+                raise _wrong_type("context.traits", "an object", context_traits)
+            self._read_traits(context_traits, "context.traits", candidates)
+        if with_properties and event.properties:
+            self._read_traits(event.properties, "properties", candidates)
+        return candidates
+
+    def _read_traits(
+        self, container: Mapping[str, object], prefix: str, out: dict[str, list[_Candidate]]
+    ) -> None:
+        for key, field_name in _TRAITS:
+            value = container.get(key)
+            if value is not None:
+                self._add(out, field_name, f"{prefix}.{key}", value)
+        company = container.get("company")
+        if isinstance(company, dict):
+            name = company.get("name")
+            if name is not None:
+                self._add(out, "companyName", f"{prefix}.company.name", name)
+        elif company is not None:
+            self._add(out, "companyName", f"{prefix}.company", company, "a string or an object")
+        address = container.get("address")
+        if isinstance(address, dict):
+            for key, field_name in _ADDRESS:
+                value = address.get(key)
+                if value is not None:
+                    self._add(out, field_name, f"{prefix}.address.{key}", value)
+        elif address is not None:
+            self._add(out, "address1", f"{prefix}.address", address, "a string or an object")
+
+    def _add(
+        self,
+        out: dict[str, list[_Candidate]],
+        field_name: str,
+        path: str,
+        value: object,
+        expected: str = "a string",
+    ) -> None:
+        if isinstance(value, str):
+            self._check_length(path, value)
+            text = value
+        elif (
+            field_name in _NUMERIC_OK and isinstance(value, int) and not isinstance(value, bool)
+        ):
+            text = str(value)
+        else:
+            raise _wrong_type(path, expected, value)
+        out.setdefault(field_name, []).append(_Candidate(path, text))
+
+    def _check_length(self, path: str, value: str) -> None:
+        if len(value) > self._limits.max_field_chars:
+            raise _Invalid(
+                Reason.TOO_LARGE,
+                f"{path}: {len(value)} characters, limit {self._limits.max_field_chars}",
+            )
+
+    # -- per-integration extras -------------------------------------------------------------
+
+    def _extras(
+        self, event: Event, integration: Integration, action: PresetEvent
+    ) -> tuple[str | None, tuple[str, ...], dict[str, CustomValue]]:
+        """(source, tags, custom fields) of a mapped event for one integration."""
+        source: str | None = None
+        tags: tuple[str, ...] = ()
+        if action is PresetEvent.SIGNED_UP:
+            source = self._text_property(event, "method")
+        elif action is PresetEvent.LEAD_GENERATED:
+            source = self._text_property(event, "source")
+            tag = self._text_property(event, "lead_tag")
+            if tag is not None:
+                tags = (tag,)
+        custom: dict[str, CustomValue] = {}
+        for mapping in integration.custom_fields:
+            value = self._custom_value(mapping.source_text, event.lookup(mapping.source))
+            if value is not None:
+                custom[mapping.field_id] = value
+        return source, tags, custom
+
+    def _text_property(self, event: Event, key: str) -> str | None:
+        value = event.properties.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise _wrong_type(f"properties.{key}", "a string", value)
+        self._check_length(f"properties.{key}", value)
+        return normalise_text(value)
+
+    def _custom_value(self, path: str, value: object) -> CustomValue | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            self._check_length(path, value)
+            return normalise_text(value)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return value
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            for item in value:
+                self._check_length(path, item)
+            return tuple(value)
+        raise _wrong_type(path, "a string, number or list of strings", value)
+
+    # -- resolution -------------------------------------------------------------------------
+
+    @staticmethod
+    def _resolve_common(
+        candidates: Mapping[str, list[_Candidate]], stored: Profile
+    ) -> dict[str, str]:
+        """Every identity field but phone: first usable event value, else the stored one."""
+        fields: dict[str, str] = {}
+        for field_name, values in candidates.items():
+            if field_name == "phone":
+                continue
+            normalise = _NORMALISERS[field_name]
+            for candidate in values:
+                normalised = normalise(candidate.value)
+                if normalised is not None:
+                    fields[field_name] = normalised
+                    break
+        for field_name, value in stored.fields.items():
+            if field_name != "phone" and field_name not in fields:
+                fields[field_name] = value
+        return fields
+
+    @staticmethod
+    def _region(common: Mapping[str, str], default: str | None) -> str | None:
+        """Phone region: the resolved country when phonenumbers knows it, else the default."""
+        country = common.get("country")
+        if country is not None and country in PHONE_REGIONS:
+            return country
+        return default
+
+    def _resolve_phone(
+        self,
+        candidates: Sequence[_Candidate],
+        stored: Profile,
+        region: str | None,
+        problems: list[str],
+    ) -> str | None:
+        for candidate in candidates:
+            phone = self.phones(candidate.value, region)
+            if phone is not None:
+                return phone
+            problem = f"{candidate.path} is not a possible phone number" + (
+                f" for region {region}" if region else " (no region: add a country or +prefix)"
+            )
+            if problem not in problems:
+                problems.append(problem)
+        return stored.fields.get("phone")
+
+
+def _no_identifier_error(
+    candidates: Mapping[str, list[_Candidate]], removed: frozenset[str], phone_problems: list[str]
+) -> str:
+    details = [f"{c.path} is not a valid email address" for c in candidates.get("email", ())]
+    details += phone_problems
+    details += [f"the {name} mapping is removed" for name in ("email", "phone") if name in removed]
+    message = "neither a usable email nor phone on the event or in the stored profile"
+    return f"{message}: {'; '.join(details)}" if details else message
+
+
+def _consent_decisions(event: Event, categories: set[str]) -> dict[str, bool]:
+    """Consent decisions on the event for ``categories`` (granted -> True). First match wins:
+    ``context.consent.canonical``, ``.categories``, ``context.consent[cat]``,
+    ``.categoryPreferences``, then RudderStack's ``context.consentManagement`` (denied ids
+    checked before allowed ones, so a contradiction errs on the side of do-not-disturb)."""
+    context = event.context
+    consent = context.get("consent")
+    management = context.get("consentManagement")
+    if consent is None and management is None:
+        return {}
+    if consent is not None and not isinstance(consent, dict):
+        raise _wrong_type("context.consent", "an object", consent)
+    if management is not None and not isinstance(management, dict):
+        raise _wrong_type("context.consentManagement", "an object", management)
+    decisions: dict[str, bool] = {}
+    for category in sorted(categories):
+        decision = _consent_decision(consent or {}, management or {}, category)
+        if decision is not None:
+            decisions[category] = decision
+    return decisions
+
+
+def _consent_decision(
+    consent: Mapping[str, object], management: Mapping[str, object], category: str
+) -> bool | None:
+    for view in ("canonical", "categories"):
+        decision = _bool_view(consent, view, category)
+        if decision is not None:
+            return decision
+    direct = consent.get(category)
+    if direct is not None:
+        if isinstance(direct, bool):
+            return direct
+        if direct in ("granted", "denied"):
+            return direct == "granted"
+        raise _wrong_type(f"context.consent.{category}", 'a boolean, "granted" or "denied"', direct)
+    decision = _bool_view(consent, "categoryPreferences", category)
+    if decision is not None:
+        return decision
+    for ids_key, granted in (("deniedConsentIds", False), ("allowedConsentIds", True)):
+        ids = management.get(ids_key)
+        if ids is None:
+            continue
+        # A list of ids; older RudderStack SDKs send an object keyed by id.
+        if not isinstance(ids, list | dict):
+            raise _wrong_type(f"context.consentManagement.{ids_key}", "an array", ids)
+        if category in ids:
+            return granted
+    return None
+
+
+def _bool_view(consent: Mapping[str, object], view: str, category: str) -> bool | None:
+    table = consent.get(view)
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise _wrong_type(f"context.consent.{view}", "an object", table)
+    value = table.get(category)
+    if value is None or isinstance(value, bool):
+        return value
+    raise _wrong_type(f"context.consent.{view}.{category}", "a boolean", value)

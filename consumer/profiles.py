@@ -1,0 +1,122 @@
+"""What the consumer remembers per user: normalised identity fields and the last consent
+decision per consent category, so a later event without traits (e.g. "Lead Generated" after an
+identify) still produces a complete contact.
+
+``ProfileStore`` is the seam: the in-memory store here serves the dry run and tests; the engine
+supplies a durable one (profiles serialise with ``to_bytes``/``from_bytes`` for a compacted
+changelog topic).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Final, Protocol
+
+import orjson
+
+from consumer.errors import ProfileDecodeError
+
+# HighLevel field names a profile may hold, all normalised (phone in E.164).
+IDENTITY_FIELDS: Final = frozenset(
+    (
+        "email",
+        "phone",
+        "firstName",
+        "lastName",
+        "name",
+        "companyName",
+        "address1",
+        "city",
+        "state",
+        "postalCode",
+        "country",
+        "website",
+    )
+)
+_FORMAT_VERSION: Final = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """Identity fields (HighLevel names -> normalised values) and consent (category -> granted)."""
+
+    fields: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    consent: Mapping[str, bool] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        unknown = set(self.fields) - IDENTITY_FIELDS
+        if unknown:
+            raise ValueError(f"not identity fields: {sorted(unknown)}")
+        object.__setattr__(self, "fields", MappingProxyType(dict(self.fields)))
+        object.__setattr__(self, "consent", MappingProxyType(dict(self.consent)))
+
+    def to_bytes(self) -> bytes:
+        """Compact JSON: ``{"v": 1, "f": {...}, "c": {...}}``."""
+        return orjson.dumps({"v": _FORMAT_VERSION, "f": dict(self.fields), "c": dict(self.consent)})
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Profile:
+        """Inverse of ``to_bytes``. Raises ProfileDecodeError for anything else."""
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise ProfileDecodeError(f"profile is not JSON: {exc}") from None
+        if not isinstance(obj, dict) or obj.get("v") != _FORMAT_VERSION:
+            raise ProfileDecodeError("profile: not a version 1 profile object")
+        fields, consent = obj.get("f"), obj.get("c")
+        if not (
+            isinstance(fields, dict)
+            and isinstance(consent, dict)
+            and all(isinstance(v, str) for v in fields.values())
+            and all(isinstance(v, bool) for v in consent.values())
+        ):
+            raise ProfileDecodeError("profile: f must map to strings and c to booleans")
+        try:
+            return cls(fields=fields, consent=consent)
+        except ValueError as exc:
+            raise ProfileDecodeError(f"profile: {exc}") from None
+
+
+EMPTY_PROFILE: Final = Profile()
+
+
+class ProfileStore(Protocol):
+    """Profiles by user key (record key, else userId, else anonymousId).
+
+    Called by the mapper on its thread for every routed event: ``get`` then, when something
+    changed, ``put``. Implementations must not block for long (the durable one keeps a local
+    cache and writes the changelog asynchronously).
+    """
+
+    def get(self, key: str) -> Profile | None: ...
+
+    def put(self, key: str, profile: Profile) -> None: ...
+
+
+class InMemoryProfileStore:
+    """A ``ProfileStore`` in a dict, bounded: past ``max_entries`` the least recently used
+    profile is forgotten (that user's next event starts from what it carries)."""
+
+    def __init__(self, max_entries: int = 1_000_000) -> None:
+        self._profiles: OrderedDict[str, Profile] = OrderedDict()
+        self._max_entries = max_entries
+        self.evicted = 0  # for a metric
+
+    def __len__(self) -> int:
+        return len(self._profiles)
+
+    def get(self, key: str) -> Profile | None:
+        profile = self._profiles.get(key)
+        if profile is not None:
+            self._profiles.move_to_end(key)
+        return profile
+
+    def put(self, key: str, profile: Profile) -> None:
+        self._profiles[key] = profile
+        self._profiles.move_to_end(key)
+        if len(self._profiles) > self._max_entries:
+            self._profiles.popitem(last=False)
+            self.evicted += 1
