@@ -121,11 +121,9 @@ class Faults:
         """The fault for a request, given a uniform ``draw`` in [0, 1) from the caller's RNG."""
         if draw < self.hang_rate:
             return FaultKind.HANG
-        draw -= self.hang_rate
-        if draw < self.fail_rate:
+        if draw < self.hang_rate + self.fail_rate:
             return FaultKind.FAIL
-        draw -= self.fail_rate
-        if draw < self.reset_rate:
+        if draw < self.hang_rate + self.fail_rate + self.reset_rate:
             return FaultKind.RESET
         return FaultKind.NONE
 
