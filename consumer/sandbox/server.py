@@ -145,6 +145,10 @@ class Sandbox:
             if faults is not None:
                 location.faults = faults
 
+    def contacts(self, location_id: str) -> list[dict[str, Any]]:
+        """The location's contacts as the API renders them (KeyError for an unknown location)."""
+        return [c.to_json() for c in self.state.locations[location_id].contacts.values()]
+
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/contacts/upsert", self._api(self._upsert))
@@ -372,8 +376,7 @@ class Sandbox:
         location = self._admin_location(request.query.get("locationId"))
         if isinstance(location, web.Response):
             return location
-        contacts = [c.to_json() for c in location.contacts.values()]
-        return _admin_json({"locationId": location.id, "contacts": contacts})
+        return _admin_json({"locationId": location.id, "contacts": self.contacts(location.id)})
 
     async def _admin_requests(self, request: web.Request) -> web.Response:
         location_id = request.query.get("locationId")

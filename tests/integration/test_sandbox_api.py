@@ -1,0 +1,436 @@
+"""The sandbox's HighLevel endpoints over real sockets: auth, version, schema, matching, tags,
+rate limits. The clock is a fake one the tests move, so window edges are exact."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from consumer.sandbox import DuplicateSettings, RateLimits, Sandbox, run_sandbox
+
+pytestmark = pytest.mark.integration
+
+L1, T1, L2, T2 = "ve9EPM428h8vShlRW1KT", "pit-one", "otherLocation0000002", "pit-two"
+RATE_HEADERS = (
+    "X-RateLimit-Max",
+    "X-RateLimit-Remaining",
+    "X-RateLimit-Interval-Milliseconds",
+    "X-RateLimit-Limit-Daily",
+    "X-RateLimit-Daily-Remaining",
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_790_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def sandbox(clock: Clock) -> AsyncIterator[Sandbox]:
+    async with run_sandbox(
+        locations=[(L1, T1), (L2, T2)],
+        limits=RateLimits(burst=5, interval_ms=1000, daily=1000),
+        clock=clock,
+    ) as running:
+        yield running
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def headers(token: str = T1, version: str | None = "2021-07-28") -> dict[str, str]:
+    sent = {"Authorization": f"Bearer {token}"}
+    if version is not None:
+        sent["Version"] = version
+    return sent
+
+
+async def call(
+    http: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    body: Any = None,
+    *,
+    token: str = T1,
+    version: str | None = "2021-07-28",
+) -> tuple[int, Any, Any]:
+    """Send one request; return status, decoded JSON body and response headers."""
+    async with http.request(
+        method, url, json=body, headers=headers(token, version)
+    ) as response:
+        return response.status, await response.json(), response.headers
+
+
+async def upsert(
+    http: aiohttp.ClientSession, sandbox: Sandbox, token: str = T1, **fields: Any
+) -> tuple[int, Any, Any]:
+    body = {"locationId": L1 if token == T1 else L2, **fields}
+    return await call(http, "POST", f"{sandbox.url}/contacts/upsert", body, token=token)
+
+
+def is_trace_id(value: Any) -> bool:
+    return str(uuid.UUID(value)) == value
+
+
+# -- auth and version ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer nope", f"Basic {T1}", T1])
+async def test_unknown_or_missing_token_is_401(
+    sandbox: Sandbox, http: aiohttp.ClientSession, authorization: str | None
+) -> None:
+    sent = {"Version": "2021-07-28"}
+    if authorization is not None:
+        sent["Authorization"] = authorization
+    body = {"locationId": L1, "email": "sam@example.com"}
+    async with http.post(f"{sandbox.url}/contacts/upsert", json=body, headers=sent) as response:
+        answer = await response.json()
+        assert response.status == 401
+        assert not any(name in response.headers for name in RATE_HEADERS)
+    assert is_trace_id(answer.pop("traceId"))
+    assert answer == {
+        "statusCode": 401,
+        "message": "Invalid token: access token is invalid",
+        "error": "Unauthorized",
+    }
+    assert sandbox.contacts(L1) == []
+
+
+async def test_token_of_another_location_is_403(
+    sandbox: Sandbox, http: aiohttp.ClientSession
+) -> None:
+    body = {"locationId": L1, "email": "sam@example.com"}
+    status, answer, sent_headers = await call(
+        http, "POST", f"{sandbox.url}/contacts/upsert", body, token=T2
+    )
+    assert status == 403
+    assert is_trace_id(answer.pop("traceId"))
+    assert answer == {
+        "statusCode": 403,
+        "message": "The token does not have access to this location.",
+    }
+    assert sent_headers["X-RateLimit-Remaining"] == "4"  # counted against the token's location
+    assert sandbox.contacts(L1) == []
+    assert sandbox.contacts(L2) == []
+
+
+@pytest.mark.parametrize(
+    ("version", "message"),
+    [
+        (None, "Version header was not found"),
+        ("v3", "Endpoint /contacts/upsert not available in API version v3."),
+        ("2021-04-15", "Endpoint /contacts/upsert not available in API version 2021-04-15."),
+    ],
+)
+async def test_missing_or_other_version_is_400(
+    sandbox: Sandbox, http: aiohttp.ClientSession, version: str | None, message: str
+) -> None:
+    body = {"locationId": L1, "email": "sam@example.com"}
+    status, answer, _ = await call(
+        http, "POST", f"{sandbox.url}/contacts/upsert", body, version=version
+    )
+    assert status == 400
+    assert answer["message"] == message
+    assert answer["error"] == "Bad Request"
+    assert sandbox.contacts(L1) == []
+
+
+# -- body and schema ----------------------------------------------------------------------
+
+
+async def test_body_that_is_not_a_json_object_is_400(
+    sandbox: Sandbox, http: aiohttp.ClientSession
+) -> None:
+    async with http.post(
+        f"{sandbox.url}/contacts/upsert", data=b"{not json", headers=headers()
+    ) as response:
+        answer = await response.json()
+        assert response.status == 400
+    assert is_trace_id(answer.pop("traceId"))
+    assert answer == {"statusCode": 400, "message": "Bad Request"}
+
+
+@pytest.mark.parametrize(
+    ("fields", "messages"),
+    [
+        (
+            {"email": "sam@example.com", "additionalEmails": []},
+            ["property additionalEmails should not exist"],
+        ),
+        ({"email": "sam@example.com", "firstName": 7}, ["firstName must be a string"]),
+        ({"email": "sam@example"}, ["email must be an email"]),
+        ({"phone": "555"}, ["phone must be a valid phone number"]),
+        ({"email": "sam@example.com", "dnd": "false"}, ["dnd must be a boolean value"]),
+    ],
+)
+async def test_schema_violations_are_422_with_a_message_array(
+    sandbox: Sandbox, http: aiohttp.ClientSession, fields: dict[str, Any], messages: list[str]
+) -> None:
+    status, answer, sent_headers = await upsert(http, sandbox, **fields)
+    assert status == 422
+    assert is_trace_id(answer.pop("traceId"))
+    assert answer == {"statusCode": 422, "message": messages, "error": "Unprocessable Entity"}
+    assert all(name in sent_headers for name in RATE_HEADERS)
+    assert sandbox.contacts(L1) == []
+
+
+async def test_missing_location_id_is_422(sandbox: Sandbox, http: aiohttp.ClientSession) -> None:
+    status, answer, _ = await call(
+        http, "POST", f"{sandbox.url}/contacts/upsert", {"email": "sam@example.com"}
+    )
+    assert status == 422
+    assert answer["message"] == ["locationId must be a string", "locationId should not be empty"]
+
+
+# -- upsert semantics ---------------------------------------------------------------------
+
+
+async def test_upsert_creates_then_updates_with_the_documented_response(
+    sandbox: Sandbox, http: aiohttp.ClientSession
+) -> None:
+    status, created, _ = await upsert(
+        http,
+        sandbox,
+        email="sam@example.com",
+        phone="+1 415 555 0142",
+        firstName="Sam",
+        lastName="Rivera",
+        source="Pricing Page Form",
+        tags=["website-lead"],
+        dnd=False,
+        customFields=[{"id": "fld1", "field_value": "gold"}],
+    )
+    assert status == 200
+    assert created["new"] is True
+    assert is_trace_id(created["traceId"])
+    contact = created["contact"]
+    assert contact["id"]
+    assert contact["locationId"] == L1
+    assert contact["phone"] == "+14155550142"
+    assert contact["name"] == "Sam Rivera"
+    assert contact["firstNameLowerCase"] == "sam"
+    assert contact["emailLowerCase"] == "sam@example.com"
+    assert contact["customFields"] == [{"id": "fld1", "value": "gold"}]
+    assert contact["dateAdded"] == "2026-09-21T14:13:20.000Z"
+
+    status, updated, _ = await upsert(http, sandbox, email="SAM@example.com", city="Austin")
+    assert status == 200
+    assert updated["new"] is False
+    assert updated["contact"]["id"] == contact["id"]
+    assert updated["contact"]["city"] == "Austin"
+    assert updated["contact"]["firstName"] == "Sam"  # absent fields are kept
+    assert updated["contact"]["tags"] == ["website-lead"]
+    assert updated["traceId"] != created["traceId"]
+    assert len(sandbox.contacts(L1)) == 1
+
+
+@pytest.mark.parametrize(
+    ("priority", "winner", "dropped"),
+    [(["email", "phone"], "by_email", "phone"), (["phone", "email"], "by_phone", "email")],
+)
+async def test_email_and_phone_on_two_contacts_follow_the_priority(
+    sandbox: Sandbox,
+    http: aiohttp.ClientSession,
+    priority: list[str],
+    winner: str,
+    dropped: str,
+) -> None:
+    async with http.put(
+        f"{sandbox.url}/_sandbox/duplicates", json={"locationId": L1, "priority": priority}
+    ) as response:
+        assert response.status == 200
+    ids = {
+        "by_email": (await upsert(http, sandbox, email="sam@example.com"))[1]["contact"]["id"],
+        "by_phone": (await upsert(http, sandbox, phone="+14155550142"))[1]["contact"]["id"],
+    }
+    status, answer, _ = await upsert(
+        http, sandbox, email="sam@example.com", phone="+14155550142", lastName="Rivera"
+    )
+    assert status == 200
+    assert answer["new"] is False
+    assert answer["contact"]["id"] == ids[winner]
+    assert answer["contact"]["lastName"] == "Rivera"
+    assert dropped not in answer["contact"]  # silently not applied (issue #37)
+    assert len(sandbox.contacts(L1)) == 2
+    log = sandbox.requests[-1]
+    assert log["ignored"] == [dropped]
+    assert log["contactId"] == ids[winner]
+
+
+async def test_gender_on_an_existing_contact_is_silently_ignored(
+    sandbox: Sandbox, http: aiohttp.ClientSession
+) -> None:
+    await upsert(http, sandbox, email="sam@example.com", gender="male")
+    status, answer, _ = await upsert(http, sandbox, email="sam@example.com", gender="female")
+    assert status == 200
+    assert answer["contact"]["gender"] == "male"
+    assert sandbox.requests[-1]["ignored"] == ["gender"]
+
+
+async def test_upsert_tags_replace_and_the_tags_endpoint_adds(
+    sandbox: Sandbox, http: aiohttp.ClientSession
+) -> None:
+    _, created, _ = await upsert(http, sandbox, email="sam@example.com", tags=["a", "b"])
+    contact_id = created["contact"]["id"]
+    _, replaced, _ = await upsert(http, sandbox, email="sam@example.com", tags=["c"])
+    assert replaced["contact"]["tags"] == ["c"]
+
+    status, added, sent_headers = await call(
+        http, "POST", f"{sandbox.url}/contacts/{contact_id}/tags", {"tags": ["d", "c"]}
+    )
+    assert status == 201
+    assert added["tags"] == ["c", "d"]
+    assert all(name in sent_headers for name in RATE_HEADERS)
+
+    status, fetched, _ = await call(http, "GET", f"{sandbox.url}/contacts/{contact_id}")
+    assert status == 200
+    assert fetched["contact"]["tags"] == ["c", "d"]
+    assert fetched["contact"]["email"] == "sam@example.com"
+
+    status, refused, _ = await call(
+        http, "POST", f"{sandbox.url}/contacts/{contact_id}/tags", {"tags": "e"}
+    )
+    assert status == 422
+    assert refused["message"] == ["tags must be an array"]
+
+
+async def test_contacts_are_scoped_to_the_token_location(
+    sandbox: Sandbox, http: aiohttp.ClientSession
+) -> None:
+    _, created, _ = await upsert(http, sandbox, email="sam@example.com")
+    contact_id = created["contact"]["id"]
+    status, answer, _ = await call(http, "GET", f"{sandbox.url}/contacts/{contact_id}", token=T2)
+    assert status == 403
+    assert answer["message"] == "The token does not have access to this location."
+    status, answer, _ = await call(
+        http, "POST", f"{sandbox.url}/contacts/{contact_id}/tags", {"tags": ["x"]}, token=T2
+    )
+    assert status == 403
+    status, answer, _ = await call(http, "GET", f"{sandbox.url}/contacts/doesNotExist0000000")
+    assert status == 400
+    assert answer["message"] == "Contact not found"
+
+
+# -- rate limits --------------------------------------------------------------------------
+
+
+async def test_429_exactly_after_the_burst_and_headers_on_every_answer(
+    sandbox: Sandbox, http: aiohttp.ClientSession, clock: Clock
+) -> None:
+    remaining = []
+    for n in range(5):
+        status, _, sent_headers = await upsert(http, sandbox, email=f"u{n}@example.com")
+        assert status == 200
+        remaining.append(sent_headers["X-RateLimit-Remaining"])
+    assert remaining == ["4", "3", "2", "1", "0"]
+    status, answer, sent_headers = await upsert(http, sandbox, email="late@example.com")
+    assert status == 429
+    assert answer["statusCode"] == 429
+    assert is_trace_id(answer["traceId"])
+    assert {name: sent_headers[name] for name in RATE_HEADERS} == {
+        "X-RateLimit-Max": "5",
+        "X-RateLimit-Remaining": "0",
+        "X-RateLimit-Interval-Milliseconds": "1000",
+        "X-RateLimit-Limit-Daily": "1000",
+        "X-RateLimit-Daily-Remaining": "995",
+    }
+    assert "Retry-After" not in sent_headers
+    assert len(sandbox.contacts(L1)) == 5
+
+    # another location has its own bucket
+    status, _, sent_headers = await upsert(http, sandbox, token=T2, email="x@example.com")
+    assert status == 200
+    assert sent_headers["X-RateLimit-Remaining"] == "4"
+
+    clock.now += 1.0  # the window rolls over
+    status, _, sent_headers = await upsert(http, sandbox, email="late@example.com")
+    assert status == 200
+    assert sent_headers["X-RateLimit-Remaining"] == "4"
+
+
+async def test_daily_budget_429_until_the_admin_resets_it(
+    sandbox: Sandbox, http: aiohttp.ClientSession, clock: Clock
+) -> None:
+    sandbox.configure(L1, limits=RateLimits(burst=100, interval_ms=1000, daily=3))
+    for n in range(3):
+        assert (await upsert(http, sandbox, email=f"u{n}@example.com"))[0] == 200
+    status, _, sent_headers = await upsert(http, sandbox, email="late@example.com")
+    assert status == 429
+    assert sent_headers["X-RateLimit-Daily-Remaining"] == "0"
+    assert sent_headers["X-RateLimit-Remaining"] == "97"
+    clock.now += 5  # waiting seconds does not help with the daily budget
+    assert (await upsert(http, sandbox, email="late@example.com"))[0] == 429
+
+    async with http.post(f"{sandbox.url}/_sandbox/reset-daily?locationId={L1}") as response:
+        assert response.status == 200
+        counters = await response.json()
+    assert counters["locations"][L1]["dailyUsed"] == 0
+    assert counters["locations"][L1]["rateLimited.daily"] == 2
+    status, _, sent_headers = await upsert(http, sandbox, email="late@example.com")
+    assert status == 200
+    assert sent_headers["X-RateLimit-Daily-Remaining"] == "2"
+
+
+async def test_limits_change_at_runtime_over_the_admin_endpoint(
+    sandbox: Sandbox, http: aiohttp.ClientSession
+) -> None:
+    async with http.put(
+        f"{sandbox.url}/_sandbox/limits", json={"locationId": L1, "burst": 1}
+    ) as response:
+        assert response.status == 200
+        settings = await response.json()
+    assert settings["locations"][L1]["limits"]["burst"] == 1
+    assert settings["locations"][L2]["limits"]["burst"] == 5
+    assert (await upsert(http, sandbox, email="a@example.com"))[0] == 200
+    status, _, sent_headers = await upsert(http, sandbox, email="b@example.com")
+    assert status == 429
+    assert sent_headers["X-RateLimit-Max"] == "1"
+
+    async with http.put(f"{sandbox.url}/_sandbox/limits", json={"enforced": False}) as response:
+        assert response.status == 200
+    status, _, sent_headers = await upsert(http, sandbox, email="b@example.com")
+    assert status == 200
+    assert sent_headers["X-RateLimit-Remaining"] == "0"
+
+
+async def test_retry_after_is_sent_only_when_enabled(
+    http: aiohttp.ClientSession, clock: Clock
+) -> None:
+    limits = RateLimits(burst=1, interval_ms=10_000, daily=1000)
+    async with run_sandbox(
+        locations={L1: T1}, limits=limits, retry_after=True, clock=clock
+    ) as sandbox:
+        assert (await upsert(http, sandbox, email="a@example.com"))[0] == 200
+        clock.now += 2.5
+        status, _, sent_headers = await upsert(http, sandbox, email="b@example.com")
+    assert status == 429
+    assert sent_headers["Retry-After"] == "8"  # 7.5 s left in the window, rounded up
+
+
+async def test_duplicates_allowed_honours_create_new_if_duplicate_allowed(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with run_sandbox(
+        locations={L1: T1}, duplicates=DuplicateSettings(allow_duplicates=True)
+    ) as sandbox:
+        first = (await upsert(http, sandbox, email="sam@example.com"))[1]
+        second = (
+            await upsert(http, sandbox, email="sam@example.com", createNewIfDuplicateAllowed=True)
+        )[1]
+    assert second["new"] is True
+    assert second["contact"]["id"] != first["contact"]["id"]
