@@ -239,14 +239,16 @@ class Mapper:
                 )
             )
 
-        # Remember identity normalised for the first routed integration with a phone region.
-        profile_region = next(
-            (i.default_phone_region for i in targets if i.default_phone_region), None
-        )
+        # Remember the phone as E.164: parsed with the first routed integration's region under
+        # which it is a possible number (a national-format number needs a region to mean anything).
         remembered = dict(common)
-        phone = phone_for(self._region(common, profile_region))
-        if phone is not None:
-            remembered["phone"] = phone
+        for region in dict.fromkeys(
+            self._region(common, i.default_phone_region) for i in targets
+        ):
+            phone = phone_for(region)
+            if phone is not None:
+                remembered["phone"] = phone
+                break
         consent = {**stored.consent, **decisions} if decisions else stored.consent
         if remembered != stored.fields or consent != stored.consent:
             self._profiles.put(user_key, Profile(fields=remembered, consent=consent))

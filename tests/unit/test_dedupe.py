@@ -1,0 +1,40 @@
+"""messageId deduplication: TTL and bound."""
+
+from __future__ import annotations
+
+import pytest
+
+from consumer.dedupe import MessageDeduper
+
+
+def test_second_sighting_within_ttl_is_a_duplicate() -> None:
+    dedupe = MessageDeduper(max_entries=10, ttl_seconds=60)
+    assert dedupe.check("m1", now=0.0) is False
+    assert dedupe.check("m1", now=59.0) is True
+    assert dedupe.check("m2", now=59.0) is False
+
+
+def test_expired_ids_are_forgotten_and_duplicates_do_not_extend_the_ttl() -> None:
+    dedupe = MessageDeduper(max_entries=10, ttl_seconds=60)
+    dedupe.check("m1", now=0.0)
+    dedupe.check("m1", now=30.0)
+    assert dedupe.check("m1", now=60.0) is False  # 60 s after the first sighting
+    assert len(dedupe) == 1
+    assert dedupe.check("m2", now=200.0) is False
+    assert len(dedupe) == 1  # m1 expired and was purged
+
+
+def test_bound_forgets_the_oldest_first() -> None:
+    dedupe = MessageDeduper(max_entries=3, ttl_seconds=3600)
+    for index, message_id in enumerate(["a", "b", "c", "d"]):
+        dedupe.check(message_id, now=float(index))
+    assert len(dedupe) == 3
+    assert dedupe.evicted == 1
+    assert dedupe.check("b", now=10.0) is True
+    assert dedupe.check("a", now=10.0) is False  # evicted, so new again
+
+
+@pytest.mark.parametrize(("entries", "ttl"), [(0, 1.0), (1, 0.0)])
+def test_invalid_bounds(entries: int, ttl: float) -> None:
+    with pytest.raises(ValueError, match="max_entries"):
+        MessageDeduper(max_entries=entries, ttl_seconds=ttl)

@@ -1,0 +1,787 @@
+"""Mapping rules of DESIGN.md sections 2-3, one test (or table) per rule. Every payload any test
+produces is validated against HighLevel's strict upsert schema (see ``map_events``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from consumer.config import CustomFieldMapping, Integration, Routing, Secret
+from consumer.decode import Limits
+from consumer.dedupe import MessageDeduper
+from consumer.events import ContactUpsert, Drop, Outcome, PresetEvent, Reason, Reject, TagMode
+from consumer.mapping import Mapper
+from consumer.profiles import InMemoryProfileStore
+from tests.unit.upsert_schema import validate_payload
+
+LOCATION = "ve9EPM428h8vShlRW1KT"
+DEFAULT_LIMITS = Limits()
+GRANTED = {"consent": {"canonical": {"marketing": True}}}
+
+
+def integration(id: str = "default", **overrides: Any) -> Integration:
+    values: dict[str, Any] = {"location_id": LOCATION, "access_token": Secret("t", "test")}
+    values.update(overrides)
+    return Integration(id=id, **values)
+
+
+class Harness:
+    """A mapper with an in-memory profile store; validates every payload it produces."""
+
+    def __init__(self, *integrations: Integration, limits: Limits = DEFAULT_LIMITS) -> None:
+        self.profiles = InMemoryProfileStore()
+        self.deduper = MessageDeduper(max_entries=1000, ttl_seconds=3600)
+        self.mapper = Mapper(
+            integrations or (integration(),),
+            profiles=self.profiles,
+            deduper=self.deduper,
+            limits=limits,
+            phone_cache_size=128,
+        )
+
+    def record(
+        self, value: bytes, *, topic: str = "events", key: bytes | None = None, now: float = 0.0
+    ) -> list[Outcome]:
+        outcomes = self.mapper.map_record(value=value, key=key, topic=topic, now=now)
+        for outcome in outcomes:
+            if isinstance(outcome, ContactUpsert):
+                validate_payload(outcome.payload())
+        return outcomes
+
+    def one(self, event: dict[str, Any], **kwargs: Any) -> Outcome:
+        outcomes = self.record(orjson.dumps(event), **kwargs)
+        assert len(outcomes) == 1, outcomes
+        return outcomes[0]
+
+    def payload(self, event: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        outcome = self.one(event, **kwargs)
+        assert isinstance(outcome, ContactUpsert), outcome
+        return outcome.payload()
+
+
+def identify(traits: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    event: dict[str, Any] = {"type": "identify", "userId": "u1"}
+    if traits is not None:
+        event["traits"] = traits
+    event.update(extra)
+    return event
+
+
+def track(name: str, properties: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    event: dict[str, Any] = {"type": "track", "userId": "u1", "event": name}
+    if properties is not None:
+        event["properties"] = properties
+    event.update(extra)
+    return event
+
+
+# -- the integration guide's examples, exactly --------------------------------------------------
+
+
+def test_guide_lead_generated_example_produces_the_documented_payload() -> None:
+    h = Harness()
+    h.one(
+        identify(
+            {
+                "email": "sam@example.com",
+                "phone": "+1 415 555 0142",
+                "first_name": "Sam",
+                "last_name": "Rivera",
+            },
+            userId="lead-987",
+            context=GRANTED,
+        )
+    )
+    payload = h.payload(
+        track(
+            "Lead Generated",
+            {"source": "Pricing Page Form", "lead_tag": "website-lead"},
+            userId="lead-987",
+        )
+    )
+    expected = {
+        "locationId": "ve9EPM428h8vShlRW1KT",
+        "email": "sam@example.com",
+        "phone": "+14155550142",
+        "firstName": "Sam",
+        "lastName": "Rivera",
+        "source": "Pricing Page Form",
+        "tags": ["website-lead"],
+        "dnd": False,
+    }
+    assert payload == expected
+    assert list(payload) == list(expected)
+
+
+def test_guide_identify_example_produces_the_documented_fields() -> None:
+    payload = Harness().payload(
+        identify(
+            {
+                "email": "jane.doe@example.com",
+                "phone": "+44 7700 900123",
+                "first_name": "Jane",
+                "last_name": "Doe",
+                "company": "Acme Ltd",
+                "city": "London",
+                "country": "GB",
+            },
+            userId="user-123",
+        )
+    )
+    assert payload == {
+        "locationId": LOCATION,
+        "email": "jane.doe@example.com",
+        "phone": "+447700900123",
+        "firstName": "Jane",
+        "lastName": "Doe",
+        "companyName": "Acme Ltd",
+        "city": "London",
+        "country": "GB",
+    }
+
+
+# -- trait table ---------------------------------------------------------------------------------
+
+BASE = {"email": "x@example.com"}
+
+
+@pytest.mark.parametrize(
+    ("traits", "expected"),
+    [
+        ({"email": "  Sam@Example.COM "}, {"email": "sam@example.com"}),
+        ({"first_name": " Sam "}, {"firstName": "Sam"}),
+        ({"firstName": "Sam"}, {"firstName": "Sam"}),
+        ({"last_name": "Rivera"}, {"lastName": "Rivera"}),
+        ({"lastName": "Rivera"}, {"lastName": "Rivera"}),
+        ({"first_name": "Snake", "firstName": "Camel"}, {"firstName": "Snake"}),
+        ({"name": " Sam Rivera "}, {"name": "Sam Rivera"}),
+        ({"company": "Acme"}, {"companyName": "Acme"}),
+        ({"company": {"name": "Acme", "id": 7}}, {"companyName": "Acme"}),
+        ({"address": "1 Main St"}, {"address1": "1 Main St"}),
+        (
+            {
+                "address": {
+                    "street": "1 Main St",
+                    "city": "Springfield",
+                    "state": "IL",
+                    "postal_code": "62701",
+                    "country": "us",
+                }
+            },
+            {
+                "address1": "1 Main St",
+                "city": "Springfield",
+                "state": "IL",
+                "postalCode": "62701",
+                "country": "US",
+            },
+        ),
+        ({"address": {"postalCode": "62701"}}, {"postalCode": "62701"}),
+        ({"city": "Top", "address": {"city": "Nested"}}, {"city": "Top"}),
+        ({"city": "London", "state": "LDN"}, {"city": "London", "state": "LDN"}),
+        ({"postal_code": "SW1A 1AA"}, {"postalCode": "SW1A 1AA"}),
+        ({"postalCode": 10115}, {"postalCode": "10115"}),
+        ({"country": "gb"}, {"country": "GB"}),
+        ({"country": "United Kingdom"}, {}),
+        ({"country": "UK"}, {}),
+        ({"country": "XX"}, {}),
+        ({"website": "https://acme.test"}, {"website": "https://acme.test"}),
+        ({"first_name": "   "}, {}),
+        ({"first_name": None}, {}),
+    ],
+)
+def test_trait_table(traits: dict[str, Any], expected: dict[str, Any]) -> None:
+    payload = Harness().payload(identify({**BASE, **traits}))
+    expected = {"locationId": LOCATION, "email": "x@example.com", **expected}
+    assert payload == expected
+
+
+@pytest.mark.parametrize(
+    "bad", ["not-an-email", "a@b", "a b@example.com", "@example.com", "a@@x.io"]
+)
+def test_invalid_email_is_omitted(bad: str) -> None:
+    payload = Harness().payload(identify({"email": bad, "phone": "+14155550142"}))
+    assert "email" not in payload
+    assert payload["phone"] == "+14155550142"
+
+
+@pytest.mark.parametrize(
+    ("traits", "region", "expected"),
+    [
+        ({"phone": "+44 7700 900123"}, None, "+447700900123"),  # possible, not valid: kept
+        ({"phone": "+1 (415) 555-0142"}, None, "+14155550142"),
+        ({"phone": "07700 900123", "country": "GB"}, "US", "+447700900123"),  # country wins
+        ({"phone": "(415) 555-0142"}, "US", "+14155550142"),  # default region
+        ({"phone": 14155550142}, "US", "+14155550142"),  # a number is read as its digits
+        ({"phone": "07700 900123", "country": "Narnia"}, "GB", "+447700900123"),
+        ({"phone": "415 555 0142"}, None, None),  # national format, no region
+        ({"phone": "0142"}, "US", None),  # too short to be possible
+        ({"phone": "call me"}, "US", None),
+    ],
+)
+def test_phone_normalisation(
+    traits: dict[str, Any], region: str | None, expected: str | None
+) -> None:
+    h = Harness(integration(default_phone_region=region))
+    payload = h.payload(identify({**BASE, **traits}))
+    assert payload.get("phone") == expected
+
+
+# -- precedence ----------------------------------------------------------------------------------
+
+
+def test_traits_beat_context_traits_beat_properties_beat_profile() -> None:
+    h = Harness()
+    h.one(
+        identify(
+            {
+                "email": "p@example.com",
+                "first_name": "Profile",
+                "last_name": "Profile",
+                "name": "Profile",
+                "city": "Profile",
+            }
+        )
+    )
+    payload = h.payload(
+        track(
+            "Signed Up",
+            {"first_name": "Props", "last_name": "Props", "name": "Props"},
+            traits={"first_name": "Traits"},
+            context={"traits": {"first_name": "Context", "last_name": "Context"}},
+        )
+    )
+    assert payload["firstName"] == "Traits"
+    assert payload["lastName"] == "Context"
+    assert payload["name"] == "Props"
+    assert payload["city"] == "Profile"
+    assert payload["email"] == "p@example.com"
+
+
+def test_an_unusable_value_falls_through_to_the_next_source() -> None:
+    payload = Harness().payload(
+        identify({"email": "broken"}, context={"traits": {"email": "ok@example.com"}})
+    )
+    assert payload["email"] == "ok@example.com"
+
+
+def test_properties_count_only_for_mapped_track_events() -> None:
+    h = Harness()
+    assert h.one(track("Product Viewed", {"email": "viewer@example.com"})) == Drop(
+        Reason.NOT_MAPPED, "default"
+    )
+    assert h.profiles.get("u1") is None
+    outcome = h.one(track("Identified", {"first_name": "Only"}))
+    assert outcome == Reject(Reason.NO_IDENTIFIER, outcome.error, "default")  # type: ignore[union-attr]
+    payload = h.payload(track("Signed Up", {"email": "signup@example.com"}))
+    assert payload["email"] == "signup@example.com"
+    assert payload["firstName"] == "Only"  # remembered from the Identified event's properties
+
+
+def test_group_traits_describe_the_group_not_the_user() -> None:
+    h = Harness()
+    h.one(identify({"email": "u@example.com"}))
+    assert h.one({"type": "group", "userId": "u1", "traits": {"name": "Acme Inc"}}) == Drop(
+        Reason.NOT_MAPPED, "default"
+    )
+    assert "name" not in h.payload(identify())
+
+
+def test_profile_stores_normalised_fields_and_is_keyed_by_record_key_first() -> None:
+    h = Harness(integration(default_phone_region="US"))
+    h.one(identify({"email": " A@Example.com ", "phone": "(415) 555-0142"}), key=b"k-1")
+    profile = h.profiles.get("k-1")
+    assert profile is not None
+    assert dict(profile.fields) == {"email": "a@example.com", "phone": "+14155550142"}
+    assert h.profiles.get("u1") is None
+    h.one({"type": "identify", "anonymousId": "anon-1", "traits": {"email": "b@example.com"}})
+    assert h.profiles.get("anon-1") is not None
+
+
+def test_profile_is_updated_even_when_the_event_has_no_identifier() -> None:
+    h = Harness()
+    outcome = h.one(identify({"first_name": "Early"}))
+    assert isinstance(outcome, Reject)
+    assert outcome.reason is Reason.NO_IDENTIFIER
+    assert h.payload(identify({"email": "late@example.com"}))["firstName"] == "Early"
+
+
+# -- consent -------------------------------------------------------------------------------------
+
+CONSENT_SOURCES = {
+    "canonical": lambda v: {"consent": {"canonical": {"marketing": v}}},
+    "categories": lambda v: {"consent": {"categories": {"marketing": v}}},
+    "direct_bool": lambda v: {"consent": {"marketing": v}},
+    "direct_word": lambda v: {"consent": {"marketing": "granted" if v else "denied"}},
+    "categoryPreferences": lambda v: {"consent": {"categoryPreferences": {"marketing": v}}},
+    "consentManagement": lambda v: {
+        "consentManagement": {
+            "allowedConsentIds": ["marketing"] if v else [],
+            "deniedConsentIds": [] if v else ["marketing"],
+        }
+    },
+}
+
+
+@pytest.mark.parametrize("source", sorted(CONSENT_SOURCES))
+@pytest.mark.parametrize("granted", [True, False])
+def test_each_consent_source_sets_dnd(source: str, granted: bool) -> None:
+    payload = Harness().payload(identify(BASE, context=CONSENT_SOURCES[source](granted)))
+    assert payload["dnd"] is (not granted)
+
+
+ORDER = ["canonical", "categories", "direct_bool", "categoryPreferences", "consentManagement"]
+
+
+@pytest.mark.parametrize(
+    ("first", "second"), [(a, b) for i, a in enumerate(ORDER) for b in ORDER[i + 1 :]]
+)
+def test_first_consent_source_wins(first: str, second: str) -> None:
+    context: dict[str, Any] = {"consent": {}}
+    for name, value in ((second, False), (first, True)):
+        part = CONSENT_SOURCES[name](value)
+        context["consent"].update(part.get("consent", {}))
+        if "consentManagement" in part:
+            context["consentManagement"] = part["consentManagement"]
+    assert Harness().payload(identify(BASE, context=context))["dnd"] is False
+
+
+def test_consent_management_object_form_and_contradiction() -> None:
+    h = Harness()
+    legacy = {"consentManagement": {"allowedConsentIds": {"marketing": "Marketing"}}}
+    assert h.payload(identify(BASE, context=legacy))["dnd"] is False
+    both = {
+        "consentManagement": {
+            "allowedConsentIds": ["marketing"],
+            "deniedConsentIds": ["marketing"],
+        }
+    }
+    assert h.payload(identify(BASE, context=both))["dnd"] is True
+
+
+def test_no_decision_uses_last_known_and_never_known_means_no_dnd_key() -> None:
+    h = Harness()
+    assert "dnd" not in h.payload(identify(BASE))
+    # a page view carrying consent is remembered though it is not mapped
+    denied = {"consent": {"canonical": {"marketing": False}}}
+    assert h.one({"type": "page", "userId": "u1", "context": denied}) == Drop(
+        Reason.NOT_MAPPED, "default"
+    )
+    assert h.payload(identify(BASE))["dnd"] is True
+    assert h.payload(identify(BASE, context=GRANTED))["dnd"] is False
+    assert h.payload(track("Signed Up"))["dnd"] is False
+
+
+def test_consent_category_is_per_integration() -> None:
+    h = Harness(integration(consent_category="email_marketing"))
+    context = {"consent": {"canonical": {"marketing": False, "email_marketing": True}}}
+    assert h.payload(identify(BASE, context=context))["dnd"] is False
+    assert "dnd" not in Harness(integration(consent_category="sms")).payload(
+        identify(BASE, context=context)
+    )
+
+
+@pytest.mark.parametrize(
+    ("context", "error"),
+    [
+        ({"consent": "yes"}, "context.consent: expected an object, got string"),
+        (
+            {"consent": {"canonical": []}},
+            "context.consent.canonical: expected an object, got array",
+        ),
+        (
+            {"consent": {"categories": {"marketing": "true"}}},
+            "context.consent.categories.marketing: expected a boolean, got string",
+        ),
+        (
+            {"consent": {"marketing": "maybe"}},
+            'context.consent.marketing: expected a boolean, "granted" or "denied", got string',
+        ),
+        (
+            {"consentManagement": {"allowedConsentIds": "marketing"}},
+            "context.consentManagement.allowedConsentIds: expected an array, got string",
+        ),
+    ],
+)
+def test_malformed_consent_is_rejected_not_guessed(context: dict[str, Any], error: str) -> None:
+    assert Harness().one(identify(BASE, context=context)) == Reject(Reason.WRONG_TYPE, error)
+
+
+# -- Default preset and aliases ------------------------------------------------------------------
+
+
+def test_preset_actions() -> None:
+    h = Harness()
+    h.one(identify({"email": "u@example.com"}))
+    assert "source" not in h.payload(track("Identified"))
+    assert h.payload(track("Signed Up", {"method": "Google"}))["source"] == "Google"
+    lead = h.payload(track("Lead Generated", {"source": "Form"}))
+    assert lead["source"] == "Form"
+    assert "tags" not in lead
+    for other in (
+        track("Product Viewed"),
+        track("signed up"),
+        {"type": "page", "userId": "u1"},
+        {"type": "screen", "userId": "u1"},
+        {"type": "alias", "userId": "u1", "previousId": "a"},
+    ):
+        assert h.one(other) == Drop(Reason.NOT_MAPPED, "default")
+
+
+def test_aliases_map_other_event_names_onto_the_preset() -> None:
+    h = Harness(
+        integration(
+            aliases={"sign_up": PresetEvent.SIGNED_UP, "generate_lead": PresetEvent.LEAD_GENERATED}
+        )
+    )
+    h.one(identify({"email": "u@example.com"}))
+    assert h.payload(track("sign_up", {"method": "email"}))["source"] == "email"
+    assert h.payload(track("generate_lead", {"lead_tag": "ga4"}))["tags"] == ["ga4"]
+    assert h.payload(track("Signed Up", {"method": "still works"}))["source"] == "still works"
+
+
+def test_no_identifier_is_rejected_with_what_was_wrong() -> None:
+    outcome = Harness().one(identify({"email": "nope", "phone": "12", "first_name": "A"}))
+    assert isinstance(outcome, Reject)
+    assert outcome.reason is Reason.NO_IDENTIFIER
+    assert outcome.integration_id == "default"
+    assert "traits.email is not a valid email address" in outcome.error
+    assert "traits.phone is not a possible phone number" in outcome.error
+    assert "nope" not in outcome.error  # identity values are never quoted
+
+
+def test_event_without_any_user_is_invalid() -> None:
+    outcome = Harness().one({"type": "identify", "traits": BASE})
+    assert isinstance(outcome, Reject)
+    assert outcome.reason is Reason.INVALID_EVENT
+    assert Harness().payload({"type": "identify", "traits": BASE}, key=b"kafka-key")
+
+
+# -- field mappings ------------------------------------------------------------------------------
+
+
+def test_dnd_mapping_removed() -> None:
+    h = Harness(integration(removed_fields=frozenset({"dnd"})))
+    assert "dnd" not in h.payload(identify(BASE, context=GRANTED))
+    profile = h.profiles.get("u1")
+    assert profile is not None
+    assert profile.consent == {"marketing": True}  # still remembered
+
+
+def test_other_default_mappings_removed() -> None:
+    h = Harness(integration(removed_fields=frozenset({"tags", "source", "email"})))
+    h.one(identify({"email": "u@example.com", "phone": "+14155550142"}))
+    payload = h.payload(track("Lead Generated", {"source": "Form", "lead_tag": "t"}))
+    assert payload == {"locationId": LOCATION, "phone": "+14155550142"}
+    outcome = h.one(identify({"email": "only@example.com"}, userId="u2"))
+    assert isinstance(outcome, Reject)
+    assert "the email mapping is removed" in outcome.error
+
+
+def test_custom_fields_from_source_paths() -> None:
+    h = Harness(
+        integration(
+            custom_fields=(
+                CustomFieldMapping("fPlan", ("properties", "plan")),
+                CustomFieldMapping("fSeats", ("properties", "seats")),
+                CustomFieldMapping("fInterests", ("properties", "interests")),
+                CustomFieldMapping("fPage", ("context", "page", "url")),
+                CustomFieldMapping("fMissing", ("properties", "nothing", "here")),
+            )
+        )
+    )
+    h.one(identify(BASE))
+    payload = h.payload(
+        track(
+            "Signed Up",
+            {"plan": " pro ", "seats": 5, "interests": ["a", "b"]},
+            context={"page": {"url": "https://acme.test/pricing"}},
+        )
+    )
+    assert payload["customFields"] == [
+        {"id": "fPlan", "field_value": "pro"},
+        {"id": "fSeats", "field_value": 5},
+        {"id": "fInterests", "field_value": ["a", "b"]},
+        {"id": "fPage", "field_value": "https://acme.test/pricing"},
+    ]
+    assert "customFields" not in h.payload(track("Signed Up"))
+
+
+@pytest.mark.parametrize("value", [{"a": 1}, True, [1, 2]])
+def test_custom_field_of_unusable_type_is_rejected(value: object) -> None:
+    h = Harness(integration(custom_fields=(CustomFieldMapping("f1", ("traits", "plan")),)))
+    outcome = h.one(identify({**BASE, "plan": value}))
+    assert isinstance(outcome, Reject)
+    assert outcome.reason is Reason.WRONG_TYPE
+    assert outcome.error.startswith("traits.plan: expected a string, number or list of strings")
+
+
+def test_tag_mode_add_keeps_tags_out_of_the_upsert_body() -> None:
+    h = Harness(integration(tag_mode=TagMode.ADD))
+    h.one(identify(BASE))
+    outcome = h.one(track("Lead Generated", {"lead_tag": "website-lead"}))
+    assert isinstance(outcome, ContactUpsert)
+    assert "tags" not in outcome.payload()
+    assert outcome.tags_to_add() == ("website-lead",)
+
+
+# -- deduplication -------------------------------------------------------------------------------
+
+
+def test_duplicate_message_ids_are_dropped_within_the_ttl() -> None:
+    h = Harness()
+    event = orjson.dumps(identify(BASE, messageId="m-1"))
+    assert isinstance(h.record(event, now=0.0)[0], ContactUpsert)
+    assert h.record(event, now=10.0) == [Drop(Reason.DUPLICATE)]
+    assert isinstance(h.record(event, now=3601.0)[0], ContactUpsert)
+    assert isinstance(h.record(orjson.dumps(identify(BASE)), now=3602.0)[0], ContactUpsert)
+    assert isinstance(h.record(orjson.dumps(identify(BASE)), now=3603.0)[0], ContactUpsert)
+
+
+# -- routing -------------------------------------------------------------------------------------
+
+
+def test_routing_by_topic_and_by_event_field() -> None:
+    eu = integration("eu", location_id="LOC-EU", routing=Routing(topics=frozenset({"events-eu"})))
+    shop = integration(
+        "shop",
+        location_id="LOC-SHOP",
+        routing=Routing(field=("context", "app", "name"), values=frozenset({"shop"})),
+    )
+    both = integration(
+        "both",
+        location_id="LOC-BOTH",
+        routing=Routing(
+            topics=frozenset({"events-eu"}),
+            field=("context", "app", "name"),
+            values=frozenset({"shop"}),
+        ),
+    )
+    h = Harness(eu, shop, both)
+    shop_event = identify(BASE, context={"app": {"name": "shop"}})
+    outcomes = h.record(orjson.dumps(shop_event), topic="events-eu")
+    assert [o.integration_id for o in outcomes] == ["eu", "shop", "both"]
+    assert [o.payload()["locationId"] for o in outcomes if isinstance(o, ContactUpsert)] == [
+        "LOC-EU",
+        "LOC-SHOP",
+        "LOC-BOTH",
+    ]
+    assert [o.integration_id for o in h.record(orjson.dumps(shop_event), topic="other")] == ["shop"]
+    assert [
+        o.integration_id for o in h.record(orjson.dumps(identify(BASE)), topic="events-eu")
+    ] == ["eu"]
+    assert h.record(orjson.dumps(identify(BASE)), topic="other") == [Drop(Reason.NOT_ROUTED)]
+    numeric = identify(BASE, context={"app": {"name": 5}})
+    assert h.record(orjson.dumps(numeric), topic="other") == [Drop(Reason.NOT_ROUTED)]
+
+
+def test_multi_integration_outcomes_differ_per_integration() -> None:
+    us = integration("us", location_id="LOC-US", default_phone_region="US")
+    gb = integration(
+        "gb",
+        location_id="LOC-GB",
+        default_phone_region="GB",
+        consent_category="email",
+        aliases={"lead": PresetEvent.LEAD_GENERATED},
+    )
+    h = Harness(us, gb)
+    context = {"consent": {"canonical": {"marketing": True, "email": False}}}
+    outcomes = h.record(orjson.dumps(identify({"phone": "07700 900123"}, context=context)))
+    assert isinstance(outcomes[0], Reject)  # not a possible US number: no identifier for "us"
+    assert outcomes[0].integration_id == "us"
+    assert isinstance(outcomes[1], ContactUpsert)
+    assert outcomes[1].payload() == {"locationId": "LOC-GB", "phone": "+447700900123", "dnd": True}
+    outcomes = h.record(orjson.dumps(track("lead")))
+    assert outcomes[0] == Drop(Reason.NOT_MAPPED, "us")
+    assert isinstance(outcomes[1], ContactUpsert)
+    assert outcomes[1].payload()["phone"] == "+447700900123"
+    # the profile remembers the phone in E.164, parsed with the first region where it is possible
+    profile = h.profiles.get("u1")
+    assert profile is not None
+    assert profile.fields["phone"] == "+447700900123"
+
+
+# -- bad input -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("event", "reason", "error"),
+    [
+        (identify({"email": 42}), Reason.WRONG_TYPE, "traits.email: expected a string, got number"),
+        (
+            identify({"first_name": {"x": 1}}),
+            Reason.WRONG_TYPE,
+            "traits.first_name: expected a string, got object",
+        ),
+        (
+            identify({"company": 5}),
+            Reason.WRONG_TYPE,
+            "traits.company: expected a string or an object, got number",
+        ),
+        (
+            identify({"address": ["x"]}),
+            Reason.WRONG_TYPE,
+            "traits.address: expected a string or an object, got array",
+        ),
+        (
+            identify({"phone": True}),
+            Reason.WRONG_TYPE,
+            "traits.phone: expected a string, got boolean",
+        ),
+        (
+            identify(BASE, context={"traits": "x"}),
+            Reason.WRONG_TYPE,
+            "context.traits: expected an object, got string",
+        ),
+        (
+            track("Lead Generated", {"source": 5}),
+            Reason.WRONG_TYPE,
+            "properties.source: expected a string, got number",
+        ),
+        (
+            track("Signed Up", {"email": ["a"]}),
+            Reason.WRONG_TYPE,
+            "properties.email: expected a string, got array",
+        ),
+        (identify({"name": "x" * 65}), Reason.TOO_LARGE, "traits.name: 65 characters, limit 64"),
+        (
+            track("Lead Generated", {"lead_tag": "t" * 65}),
+            Reason.TOO_LARGE,
+            "properties.lead_tag: 65 characters, limit 64",
+        ),
+    ],
+)
+def test_bad_fields_are_rejected_with_a_readable_error(
+    event: dict[str, Any], reason: Reason, error: str
+) -> None:
+    h = Harness(limits=Limits(max_event_bytes=10_000, max_field_chars=64))
+    assert h.one(event) == Reject(reason, error)
+    assert h.profiles.get("u1") is None
+
+
+def test_record_level_rejects_from_decode() -> None:
+    h = Harness()
+    assert h.record(b"{")[0].reason is Reason.INVALID_JSON  # type: ignore[union-attr]
+    assert h.record(b"[]")[0] == Reject(Reason.NOT_AN_OBJECT, "expected a JSON object, got array")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_any_bytes_yield_exactly_one_outcome(value: bytes) -> None:
+    outcomes = Harness().record(value)
+    assert len(outcomes) == 1
+
+
+_json_leaf = (
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
+)
+_json = st.recursive(
+    _json_leaf,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+_trait_keys = st.sampled_from(
+    [
+        "email",
+        "phone",
+        "first_name",
+        "lastName",
+        "name",
+        "company",
+        "address",
+        "city",
+        "postal_code",
+        "country",
+        "website",
+    ]
+)
+_good_values = st.sampled_from(
+    ["a@example.com", " B@Example.com", "+44 7700 900123", "(415) 555-0142", "GB", "us", "x", ""]
+)
+# Mostly well-formed, sometimes junk: both the upsert path and every reject path get exercised.
+_trait_values = st.one_of(_good_values, _good_values, _good_values, st.text(max_size=12), _json)
+_traits = st.one_of(
+    st.dictionaries(_trait_keys, _trait_values, max_size=5),
+    st.dictionaries(_trait_keys, _good_values, max_size=5),
+    _json,
+)
+_consent = st.one_of(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "canonical": st.dictionaries(st.just("marketing"), st.booleans()),
+            "categories": st.dictionaries(st.just("marketing"), st.booleans()),
+            "marketing": st.sampled_from([True, False, "granted", "denied"]),
+            "categoryPreferences": st.dictionaries(st.just("marketing"), st.booleans()),
+        },
+    ),
+    _json,
+)
+_good_events = st.fixed_dictionaries(
+    {
+        "type": st.sampled_from(["identify", "track", "page", "group"]),
+        "userId": st.sampled_from(["u1", "u2"]),
+        "event": st.sampled_from(["Signed Up", "Lead Generated", "Identified", "x"]),
+        "traits": st.fixed_dictionaries(
+            {"email": _good_values},
+            optional={k: _good_values for k in ("phone", "first_name", "country", "address")},
+        ),
+    },
+    optional={
+        "messageId": st.sampled_from(["m1", "m2", "m3", "m4"]),
+        "properties": st.dictionaries(
+            _trait_keys | st.sampled_from(["source", "method", "lead_tag"]), _good_values
+        ),
+        "context": st.fixed_dictionaries(
+            {},
+            optional={
+                "traits": st.dictionaries(_trait_keys, _good_values, max_size=3),
+                "consent": _consent,
+            },
+        ),
+    },
+)
+_junk_events = st.fixed_dictionaries(
+    {
+        "type": st.one_of(
+            st.sampled_from(["identify", "track", "page", "group"]), st.just("nope"), _json_leaf
+        )
+    },
+    optional={
+        "userId": st.one_of(st.just("u1"), st.just("u2"), _json_leaf),
+        "messageId": st.sampled_from(["m1", "m2"]),
+        "event": st.one_of(
+            st.sampled_from(["Signed Up", "Lead Generated", "Identified", "x"]), _json_leaf
+        ),
+        "traits": _traits,
+        "properties": st.dictionaries(
+            _trait_keys | st.sampled_from(["source", "method", "lead_tag"]), _trait_values
+        ),
+        "context": st.fixed_dictionaries(
+            {}, optional={"traits": _traits, "consent": _consent, "consentManagement": _json}
+        ),
+    },
+)
+_events = st.one_of(_good_events, _junk_events)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_events, min_size=1, max_size=4))
+def test_event_shaped_input_never_raises_and_payloads_are_schema_valid(
+    events: list[dict[str, Any]],
+) -> None:
+    h = Harness(integration(default_phone_region="US"))
+    for event in events:
+        # json, not orjson: hypothesis makes integers beyond 64 bits, which orjson cannot write
+        outcomes = h.record(json.dumps(event).encode())
+        assert len(outcomes) == 1
+        outcome = outcomes[0]
+        if isinstance(outcome, ContactUpsert):
+            assert "email" in outcome.fields or "phone" in outcome.fields

@@ -1,0 +1,104 @@
+"""Normalisation tables, the phone cache, and log masking."""
+
+from __future__ import annotations
+
+import pytest
+
+from consumer.normalise import (
+    ISO_COUNTRIES,
+    PhoneNormaliser,
+    mask_email,
+    mask_phone,
+    normalise_country,
+    normalise_email,
+    normalise_text,
+    parse_phone,
+)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("sam@example.com", "sam@example.com"),
+        ("  Sam.Rivera+tag@Example.CO.uk \n", "sam.rivera+tag@example.co.uk"),
+        ("", None),
+        ("   ", None),
+        ("sam", None),
+        ("sam@example", None),
+        ("sam@@example.com", None),
+        ("sam rivera@example.com", None),
+        ("@example.com", None),
+        ("sam@.com", None),
+        ("sam@example..com", None),
+        ("a" * 250 + "@example.com", None),
+    ],
+)
+def test_email(raw: str, expected: str | None) -> None:
+    assert normalise_email(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("GB", "GB"),
+        (" us ", "US"),
+        ("de", "DE"),
+        ("AQ", "AQ"),
+        ("UK", None),
+        ("GBR", None),
+        ("United States", None),
+        ("ZZ", None),
+        ("", None),
+    ],
+)
+def test_country(raw: str, expected: str | None) -> None:
+    assert normalise_country(raw) == expected
+
+
+def test_country_list_is_the_249_iso_codes() -> None:
+    assert len(ISO_COUNTRIES) == 249
+    assert all(len(code) == 2 and code.isupper() for code in ISO_COUNTRIES)
+
+
+def test_text() -> None:
+    assert normalise_text("  Sam  ") == "Sam"
+    assert normalise_text(" \t ") is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "region", "expected"),
+    [
+        ("+44 7700 900123", None, "+447700900123"),  # reserved drama range: possible, not valid
+        ("+1 415 555 0142", None, "+14155550142"),
+        ("+1-415-555-0142", "GB", "+14155550142"),  # an explicit prefix beats the region
+        ("07700 900123", "GB", "+447700900123"),
+        ("(415) 555-0142", "US", "+14155550142"),
+        ("030 1234567", "DE", "+49301234567"),
+        ("415 555 0142", None, None),
+        ("0142", "US", None),
+        ("+1 415 555 0142 999 999 999", None, None),
+        ("not a number", "US", None),
+        ("", "US", None),
+    ],
+)
+def test_phone(raw: str, region: str | None, expected: str | None) -> None:
+    assert parse_phone(raw, region) == expected
+    assert PhoneNormaliser(4)(raw, region) == expected
+
+
+def test_phone_cache_is_bounded_and_keyed_by_region() -> None:
+    phones = PhoneNormaliser(cache_size=2)
+    assert phones("07700 900123", "GB") == "+447700900123"
+    assert phones("07700 900123", "GB") == "+447700900123"
+    assert phones.cache_info() == (1, 1, 1)
+    assert phones("07700 900123", "US") is None
+    phones("(415) 555-0142", "US")
+    assert phones.cache_info()[2] == 2
+
+
+def test_masking() -> None:
+    assert mask_email("sam@example.com") == "s***@example.com"
+    assert mask_email("not-an-email") == "***"
+    assert mask_phone("+14155550142") == "+1******0142"
+    assert mask_phone("+447700900123") == "+4*******0123"
+    assert mask_phone("12345") == "*****"
