@@ -213,7 +213,7 @@ class Sandbox:
                 self._log(request, location.id, None, admitted.trace_id, fault="hang")
                 await self._stopping.wait()
                 _abort(request)
-                return web.Response(status=503)
+                return web.Response(status=503)  # never reaches the client: reset above
             if fault is FaultKind.FAIL:
                 status = location.faults.fail_status
                 body = {**_FAILED, "statusCode": status}
@@ -700,8 +700,8 @@ async def _serve(host: str, port: int, **options: Any) -> None:
         loop.add_signal_handler(signum, stop.set)
     async with run_sandbox(host, port, **options) as sandbox:
         print(sandbox.url, flush=True)
-        ids = sorted(sandbox.state.locations)
-        logger.warning("sandbox listening on %s for locations %s", sandbox.url, ", ".join(ids))
+        ids = ", ".join(sorted(sandbox.state.locations))
+        print(f"sandbox listening on {sandbox.url} for locations {ids}", file=sys.stderr)
         await stop.wait()
 
 

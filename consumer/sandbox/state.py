@@ -13,7 +13,8 @@ Behaviour emulated (sources in ``highlevel/NOTES.md``):
   not applied (spec description of the upsert, issue #37). With duplicates allowed and
   ``createNewIfDuplicateAllowed: true`` a new contact is created without matching; otherwise the
   duplicate setting does not change matching (spec, scenarios 2 and 3). Where several contacts
-  share an identifier (possible only with duplicates allowed), the oldest one is matched.
+  share an identifier (after such a blind create, or for an identifier outside the priority),
+  the oldest one is matched.
 - Fields present overwrite, fields absent are kept, ``null`` clears the field (the schema
   keeps ``null`` only on the fields the spec marks nullable),
   ``tags`` replace all tags, ``customFields`` overwrite per field id, ``dndSettings`` per channel.
