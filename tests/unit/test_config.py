@@ -1,0 +1,310 @@
+"""Settings: file + environment, field-naming errors, secrets never printed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from consumer.config import (
+    CustomFieldMapping,
+    Routing,
+    Secret,
+    Settings,
+    load_settings,
+)
+from consumer.errors import ConfigError
+from consumer.events import PresetEvent, TagMode
+
+EXAMPLE = Path(__file__).parents[2] / "examples" / "config.toml"
+ENV = {"GHL_LOCATION_ID": "LOC", "GHL_ACCESS_TOKEN": "pit-secret-value"}
+
+
+def load(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -> Settings:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return load_settings(str(path), environ or {})
+
+
+def test_environment_only_gives_one_default_integration_receiving_everything() -> None:
+    settings = load_settings(None, ENV)
+    (default,) = settings.integrations
+    assert default.id == "default"
+    assert default.location_id == "LOC"
+    assert default.access_token.reveal() == "pit-secret-value"
+    assert default.consent_category == "marketing"
+    assert default.default_phone_region is None
+    assert default.tag_mode is TagMode.UPSERT
+    assert default.routing == Routing()
+    assert settings.kafka.topics == ("events",)
+    assert settings.kafka.bootstrap_servers == "localhost:9092"
+    assert settings.kafka.group_id == "ghl-consumer"
+    assert settings.kafka.auto_offset_reset == "earliest"
+    assert settings.highlevel.api_base_url == "https://services.leadconnectorhq.com"
+    assert settings.metrics.port == 9464
+    assert settings.redis.url == ""
+
+
+def test_environment_overrides() -> None:
+    settings = load_settings(
+        None,
+        {
+            **ENV,
+            "KAFKA_BOOTSTRAP_SERVERS": "k1:9092,k2:9092",
+            "KAFKA_TOPICS": "a, b,,a",
+            "KAFKA_GROUP_ID": "g",
+            "KAFKA_AUTO_OFFSET_RESET": "latest",
+            "GHL_API_BASE_URL": "http://127.0.0.1:8900/",
+            "GHL_CONSENT_CATEGORY": "email",
+            "GHL_DEFAULT_PHONE_REGION": "gb",
+            "METRICS_PORT": "9000",
+            "REDIS_URL": "redis://r:6379/0",
+        },
+    )
+    assert settings.kafka.client_config() == {
+        "bootstrap.servers": "k1:9092,k2:9092",
+        "group.id": "g",
+        "auto.offset.reset": "latest",
+    }
+    assert settings.kafka.topics == ("a", "b")
+    assert settings.highlevel.api_base_url == "http://127.0.0.1:8900"
+    assert settings.integrations[0].consent_category == "email"
+    assert settings.integrations[0].default_phone_region == "GB"
+    assert settings.metrics.port == 9000
+    assert settings.redis.url == "redis://r:6379/0"
+
+
+def test_the_documented_example(tmp_path: Path) -> None:
+    settings = load_settings(str(EXAMPLE), {}, read_secrets=False)
+    default, shop = settings.integrations
+    assert default.removed_fields == frozenset({"dnd"})
+    assert default.custom_fields == (
+        CustomFieldMapping("6dvNaf7VhkQ9snc5vnjJ", ("properties", "plan")),
+        CustomFieldMapping("q8XkT3bLm1NcVa0PzR2e", ("context", "campaign", "name")),
+    )
+    assert default.aliases == {
+        "sign_up": PresetEvent.SIGNED_UP,
+        "generate_lead": PresetEvent.LEAD_GENERATED,
+        "login": PresetEvent.IDENTIFIED,
+    }
+    assert default.routing == Routing(topics=frozenset({"events"}))
+    assert shop.tag_mode is TagMode.ADD
+    assert shop.routing == Routing(
+        topics=frozenset({"events-eu"}),
+        field=("context", "app", "name"),
+        values=frozenset({"shop"}),
+    )
+    with pytest.raises(ConfigError, match="was not read"):
+        shop.access_token.reveal()
+    assert settings.kafka.librdkafka["security.protocol"] == "SASL_SSL"
+    assert settings.mapping.limits().max_field_chars == 1024
+
+
+def test_secrets_from_env_and_file_are_read_and_never_printed(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("file-token-value\n")
+    settings = load(
+        tmp_path,
+        f"""
+        [kafka.librdkafka]
+        "sasl.password" = {{ env = "SASL_PW" }}
+        "ssl.key.password" = "literal-key-password"
+        "client.id" = "x"
+        [[integrations]]
+        id = "a"
+        location_id = "L1"
+        access_token = {{ env = "TOKEN_A" }}
+        [[integrations]]
+        id = "b"
+        location_id = "L2"
+        access_token = {{ file = "{token_file}" }}
+        """,
+        {"TOKEN_A": "env-token-value", "SASL_PW": "sasl-pw-value"},
+    )
+    a, b = settings.integrations
+    assert a.access_token.reveal() == "env-token-value"
+    assert b.access_token.reveal() == "file-token-value"
+    assert settings.kafka.client_config()["sasl.password"] == "sasl-pw-value"
+    assert settings.kafka.client_config()["client.id"] == "x"
+    printed = repr(settings) + str(settings) + str(a.access_token)
+    for secret in ("env-token-value", "file-token-value", "sasl-pw-value", "literal-key-password"):
+        assert secret not in printed
+    assert str(a.access_token) == "***"
+    assert repr(a.access_token) == "Secret('***')"
+
+
+def test_env_overrides_the_file_integration_named_default(tmp_path: Path) -> None:
+    settings = load(
+        tmp_path,
+        """
+        [[integrations]]
+        id = "default"
+        location_id = "FROM-FILE"
+        access_token = { env = "NOT_SET" }
+        """,
+        ENV,
+    )
+    assert settings.integrations[0].location_id == "LOC"
+    assert settings.integrations[0].access_token.reveal() == "pit-secret-value"
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "message"),
+    [
+        ("", {}, "integrations: none configured"),
+        ("", {"GHL_LOCATION_ID": "L"}, "GHL_ACCESS_TOKEN: required when GHL_LOCATION_ID is set"),
+        ("", {"GHL_ACCESS_TOKEN": "t"}, "GHL_LOCATION_ID: required when GHL_ACCESS_TOKEN is set"),
+        ("[kafak]\n", ENV, "kafak: unknown section"),
+        ("[kafka]\ntopics = []\n", ENV, "kafka.topics: at least one topic is required"),
+        ("[kafka]\ntopics = 'events'\n", ENV, "kafka.topics: expected a list of non-empty strings"),
+        ("[kafka]\nauto_offset_reset = 'first'\n", ENV, "kafka.auto_offset_reset: expected one of"),
+        ("", {**ENV, "KAFKA_AUTO_OFFSET_RESET": "x"}, "KAFKA_AUTO_OFFSET_RESET: expected one of"),
+        ("", {**ENV, "KAFKA_TOPICS": " , "}, "KAFKA_TOPICS: at least one topic is required"),
+        (
+            "[kafka.librdkafka]\n'group.id' = 'x'\n",
+            ENV,
+            "kafka.librdkafka.group.id: set kafka.group_id instead",
+        ),
+        ("", {**ENV, "METRICS_PORT": "http"}, "METRICS_PORT: expected a port number"),
+        ("[metrics]\nport = 70000\n", ENV, "metrics.port: must be at most 65535"),
+        ("[metrics]\nport = '9464'\n", ENV, "metrics.port: expected a number"),
+        ("[mapping]\nphone_cache_size = 0\n", ENV, "mapping.phone_cache_size: must be at least 1"),
+        (
+            "[mapping]\nphone_cache_size = 1.5\n",
+            ENV,
+            "mapping.phone_cache_size: expected an integer",
+        ),
+        ("[mapping]\nphone_cahce_size = 1\n", ENV, "mapping.phone_cahce_size: unknown setting"),
+        (
+            "[engine]\ncoalesce_window_ms = true\n",
+            ENV,
+            "engine.coalesce_window_ms: expected a number",
+        ),
+        (
+            "",
+            {**ENV, "GHL_API_BASE_URL": "ftp://x"},
+            "GHL_API_BASE_URL: expected an http(s):// URL",
+        ),
+        ("[[integrations]]\nlocation_id = 'L'\n", {}, "integrations[0].id: required"),
+        ("[[integrations]]\nid = 'a b'\n", {}, "integrations[0].id: expected letters"),
+        ("[[integrations]]\nid = 'a'\n", {}, "integrations[0].location_id: required"),
+        (
+            "[[integrations]]\nid = 'a'\nlocation_id = 'L'\n",
+            {},
+            "integrations[0].access_token: required",
+        ),
+        (
+            "[[integrations]]\nid = 'a'\nlocation_id = 'L'\naccess_token = 'pit-123'\n",
+            {},
+            'integrations[0].access_token: give { env = "NAME" } or { file = "PATH" }, not the '
+            "secret itself",
+        ),
+        (
+            "[[integrations]]\nid = 'a'\nlocation_id = 'L'\naccess_token = { env = 'MISSING' }\n",
+            {},
+            "integrations[0].access_token: environment variable MISSING is not set",
+        ),
+        (
+            "[[integrations]]\nid = 'a'\nlocation_id = 'L'\n"
+            "access_token = { file = '/nonexistent/token' }\n",
+            {},
+            "integrations[0].access_token: cannot read file /nonexistent/token",
+        ),
+        (
+            "[[integrations]]\nid = 'a'\nlocation_id = 'L'\naccess_token = { vault = 'x' }\n",
+            {},
+            "integrations[0].access_token: expected",
+        ),
+        (
+            "[[integrations]]\nid = 'a'\nlocation_id = 'L'\naccess_token = { env = 'T' }\n"
+            "[[integrations]]\nid = 'a'\nlocation_id = 'L2'\naccess_token = { env = 'T' }\n",
+            {"T": "t"},
+            "integrations[1].id: duplicate id 'a' (also integrations[0])",
+        ),
+        (
+            "[[integrations]]\nid = 'a'\nlocation_id = 'L'\naccess_token = { env = 'T' }\n",
+            {**ENV, "T": "t"},
+            "GHL_LOCATION_ID: set, but the config file defines integrations and none has id",
+        ),
+    ],
+)
+def test_errors_name_the_field(
+    text: str, environ: dict[str, str], message: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, text, environ)
+    assert str(caught.value).startswith(message)
+    assert "pit-secret-value" not in str(caught.value)
+
+
+INTEGRATION = "[[integrations]]\nid = 'a'\nlocation_id = 'L'\naccess_token = { env = 'T' }\n"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("lcoation = 1\n", "integrations[0].lcoation: unknown setting"),
+        (
+            "default_phone_region = 'XX'\n",
+            "integrations[0].default_phone_region: expected a region",
+        ),
+        (
+            "consent_category = ''\n",
+            "integrations[0].consent_category: expected a non-empty string",
+        ),
+        ("tag_mode = 'replace'\n", "integrations[0].tag_mode: expected one of upsert, add"),
+        (
+            "[integrations.fields]\nremove = ['dnd', 'gender']\n",
+            "integrations[0].fields.remove: 'gender'",
+        ),
+        (
+            "[integrations.fields]\nremove = ['email', 'phone']\n",
+            "integrations[0].fields.remove: removing both email and phone",
+        ),
+        (
+            "[[integrations.fields.custom]]\nsource = 'properties.x'\n",
+            "integrations[0].fields.custom[0].id: required",
+        ),
+        (
+            "[[integrations.fields.custom]]\nid = 'f'\n",
+            "integrations[0].fields.custom[0].source: required",
+        ),
+        (
+            "[[integrations.fields.custom]]\nid = 'f'\nsource = 'properties..x'\n",
+            "integrations[0].fields.custom[0].source: 'properties..x' is not a dotted path",
+        ),
+        (
+            "[[integrations.fields.custom]]\nid = 'f'\nsource = 'a'\n"
+            "[[integrations.fields.custom]]\nid = 'f'\nsource = 'b'\n",
+            "integrations[0].fields.custom[1].id: 'f' is mapped twice",
+        ),
+        (
+            "[integrations.events]\naliases = { signup = 'Signed In' }\n",
+            "integrations[0].events.aliases.signup: expected one of Identified, Lead Generated",
+        ),
+        (
+            "[integrations.routing]\nfield = 'context.app'\n",
+            "integrations[0].routing: field and values go together",
+        ),
+        (
+            "[integrations.routing]\ntopics = [1]\n",
+            "integrations[0].routing.topics: expected a list",
+        ),
+    ],
+)
+def test_integration_errors_name_the_field(extra: str, message: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, INTEGRATION + extra, {"T": "t"})
+    assert str(caught.value).startswith(message)
+
+
+def test_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(str(tmp_path / "missing.toml"), ENV)
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load(tmp_path, "[kafka\n", ENV)
+
+
+def test_unread_secret_cannot_be_revealed() -> None:
+    with pytest.raises(ConfigError, match="environment variable T was not read"):
+        Secret.unread("environment variable T").reveal()
