@@ -36,20 +36,15 @@ def _too_long(path: str, value: str, limits: Limits) -> Reject:
     )
 
 
-def _identifier(
-    obj: dict[str, object], name: str, limits: Limits
-) -> tuple[str | None, Reject | None]:
+def _identifier(value: object, name: str, limits: Limits) -> str | Reject | None:
     """An id field: string or integer (some SDKs send numeric user ids); empty -> None."""
-    value = obj.get(name)
-    if value is None:
-        return None, None
     if isinstance(value, str):
         if len(value) > limits.max_field_chars:
-            return None, _too_long(name, value, limits)
-        return value or None, None
+            return _too_long(name, value, limits)
+        return value or None
     if isinstance(value, int) and not isinstance(value, bool):
-        return str(value), None
-    return None, _wrong_type(name, "a string", value)
+        return str(value)
+    return _wrong_type(name, "a string", value)
 
 
 def decode(value: bytes, limits: Limits = Limits()) -> Event | Reject:
@@ -94,9 +89,14 @@ def decode(value: bytes, limits: Limits = Limits()) -> Event | Reject:
 
     ids: list[str | None] = []
     for id_name in ("userId", "anonymousId", "messageId"):
-        id_value, reject = _identifier(obj, id_name, limits)
-        if reject is not None:
-            return reject
+        id_value = obj.get(id_name)
+        # Short non-empty strings, the usual case, need no further look.
+        if id_value is not None and (
+            type(id_value) is not str or not id_value or len(id_value) > limits.max_field_chars
+        ):
+            id_value = _identifier(id_value, id_name, limits)
+            if isinstance(id_value, Reject):
+                return id_value
         ids.append(id_value)
 
     containers = []
@@ -104,7 +104,7 @@ def decode(value: bytes, limits: Limits = Limits()) -> Event | Reject:
         container = obj.get(container_name)
         if container is None:
             containers.append(EMPTY_OBJECT)
-        elif isinstance(container, dict):
+        elif type(container) is dict:
             containers.append(container)
         else:
             return _wrong_type(container_name, "an object", container)

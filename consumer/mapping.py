@@ -113,6 +113,16 @@ class _Candidate:
     value: str
 
 
+_NOT_ROUTED: Final = Drop(Reason.NOT_ROUTED)
+_DUPLICATE: Final = Drop(Reason.DUPLICATE)
+_NO_USER: Final = Reject(
+    Reason.INVALID_EVENT,
+    "no user: the record has no key and the event has no userId or anonymousId",
+)
+# (source, tags, custom fields) of a mapped event for one integration
+_Extras = tuple[str | None, tuple[str, ...], dict[str, CustomValue]]
+
+
 def _wrong_type(path: str, expected: str, value: object) -> _Invalid:
     return _Invalid(Reason.WRONG_TYPE, f"{path}: expected {expected}, got {json_type(value)}")
 
@@ -138,6 +148,10 @@ class Mapper:
         self._deduper = deduper
         self._limits = limits
         self.phones = PhoneNormaliser(phone_cache_size)  # cache_info() for metrics
+        # Outcomes are immutable values: build the frequent ones once.
+        self._not_mapped = {i.id: Drop(Reason.NOT_MAPPED, i.id) for i in integrations}
+        self._all_targets = self._router.route_all
+        self._all_categories = frozenset(i.consent_category for i in integrations)
 
     def map_record(
         self, *, value: bytes, key: bytes | None, topic: str, now: float
@@ -157,55 +171,58 @@ class Mapper:
         userId, else anonymousId, is used."""
         targets = self._router.route(event, topic)
         if not targets:
-            return [Drop(Reason.NOT_ROUTED)]
+            return [_NOT_ROUTED]
         if event.message_id is not None and self._deduper.check(event.message_id, now):
-            return [Drop(Reason.DUPLICATE)]
+            return [_DUPLICATE]
         user_key = contact_key or event.user_id or event.anonymous_id
         if user_key is None:
-            return [
-                Reject(
-                    Reason.INVALID_EVENT,
-                    "no user: the record has no key and the event has no userId or anonymousId",
-                )
-            ]
+            return [_NO_USER]
         actions = [self._action(event, integration) for integration in targets]
         mapped = any(action is not None for action in actions)
         try:
             candidates = self._candidates(event, with_properties=mapped and event.type == "track")
-            decisions = _consent_decisions(event, {i.consent_category for i in targets})
+            decisions = _consent_decisions(event, self._categories(targets))
             extras = [
-                self._extras(event, integration, action)
-                if action is not None
-                else None
+                self._extras(event, integration, action) if action is not None else None
                 for integration, action in zip(targets, actions, strict=True)
             ]
         except _Invalid as invalid:
             return [Reject(invalid.reason, invalid.error)]
 
-        if not mapped and not candidates and not decisions:
-            # The common analytics event: nothing to send, nothing to remember.
-            return [Drop(Reason.NOT_MAPPED, integration.id) for integration in targets]
+        if not mapped and not candidates:
+            # The common analytics event: nothing to send; at most a consent decision to keep.
+            if decisions:
+                self._remember_consent(user_key, decisions)
+            return [self._not_mapped[integration.id] for integration in targets]
+        return self._map_identity(user_key, targets, extras, candidates, decisions)
 
+    def _map_identity(
+        self,
+        user_key: str,
+        targets: Sequence[Integration],
+        extras: Sequence[_Extras | None],
+        candidates: Mapping[str, list[_Candidate]],
+        decisions: Mapping[str, bool],
+    ) -> list[Outcome]:
         stored = self._profiles.get(user_key) or EMPTY_PROFILE
         common = self._resolve_common(candidates, stored)
+        phone_candidates = candidates.get("phone", ())
         phone_problems: list[str] = []
-        phones: dict[str | None, str | None] = {}
-
-        def phone_for(region: str | None) -> str | None:
-            if region not in phones:
-                phones[region] = self._resolve_phone(
-                    candidates.get("phone", ()), stored, region, phone_problems
-                )
-            return phones[region]
+        phones: dict[str | None, str | None] = {}  # region -> resolved phone, for this event
 
         outcomes: list[Outcome] = []
-        for integration, action, extra in zip(targets, actions, extras, strict=True):
-            if action is None or extra is None:
-                outcomes.append(Drop(Reason.NOT_MAPPED, integration.id))
+        for integration, extra in zip(targets, extras, strict=True):
+            if extra is None:
+                outcomes.append(self._not_mapped[integration.id])
                 continue
-            region = self._region(common, integration.default_phone_region)
             fields: dict[str, FieldValue] = dict(common)
-            phone = phone_for(region)
+            phone = self._phone(
+                phone_candidates,
+                stored,
+                self._region(common, integration.default_phone_region),
+                phones,
+                phone_problems,
+            )
             if phone is not None:
                 fields["phone"] = phone
             source, tags, custom = extra
@@ -219,13 +236,8 @@ class Mapper:
             for name in removed:
                 fields.pop(name, None)
             if "email" not in fields and "phone" not in fields:
-                outcomes.append(
-                    Reject(
-                        Reason.NO_IDENTIFIER,
-                        _no_identifier_error(candidates, removed, phone_problems),
-                        integration.id,
-                    )
-                )
+                error = _no_identifier_error(candidates, removed, phone_problems)
+                outcomes.append(Reject(Reason.NO_IDENTIFIER, error, integration.id))
                 continue
             outcomes.append(
                 ContactUpsert(
@@ -242,10 +254,9 @@ class Mapper:
         # Remember the phone as E.164: parsed with the first routed integration's region under
         # which it is a possible number (a national-format number needs a region to mean anything).
         remembered = dict(common)
-        for region in dict.fromkeys(
-            self._region(common, i.default_phone_region) for i in targets
-        ):
-            phone = phone_for(region)
+        for integration in targets:
+            region = self._region(common, integration.default_phone_region)
+            phone = self._phone(phone_candidates, stored, region, phones, phone_problems)
             if phone is not None:
                 remembered["phone"] = phone
                 break
@@ -253,6 +264,17 @@ class Mapper:
         if remembered != stored.fields or consent != stored.consent:
             self._profiles.put(user_key, Profile(fields=remembered, consent=consent))
         return outcomes
+
+    def _remember_consent(self, user_key: str, decisions: Mapping[str, bool]) -> None:
+        stored = self._profiles.get(user_key) or EMPTY_PROFILE
+        consent = {**stored.consent, **decisions}
+        if consent != stored.consent:
+            self._profiles.put(user_key, Profile(fields=stored.fields, consent=consent))
+
+    def _categories(self, targets: Sequence[Integration]) -> frozenset[str]:
+        if targets is self._all_targets:
+            return self._all_categories
+        return frozenset(i.consent_category for i in targets)
 
     # -- event name -> preset ---------------------------------------------------------------
 
@@ -333,7 +355,7 @@ class Mapper:
 
     def _extras(
         self, event: Event, integration: Integration, action: PresetEvent
-    ) -> tuple[str | None, tuple[str, ...], dict[str, CustomValue]]:
+    ) -> _Extras:
         """(source, tags, custom fields) of a mapped event for one integration."""
         source: str | None = None
         tags: tuple[str, ...] = ()
@@ -404,23 +426,32 @@ class Mapper:
             return country
         return default
 
-    def _resolve_phone(
+    def _phone(
         self,
         candidates: Sequence[_Candidate],
         stored: Profile,
         region: str | None,
+        memo: dict[str | None, str | None],
         problems: list[str],
     ) -> str | None:
+        """The first event phone that is possible under ``region``, else the stored one.
+        ``memo`` caches by region within one event; unusable candidates go to ``problems``."""
+        if region in memo:
+            return memo[region]
+        phone = None
         for candidate in candidates:
             phone = self.phones(candidate.value, region)
             if phone is not None:
-                return phone
+                break
             problem = f"{candidate.path} is not a possible phone number" + (
                 f" for region {region}" if region else " (no region: add a country or +prefix)"
             )
             if problem not in problems:
                 problems.append(problem)
-        return stored.fields.get("phone")
+        if phone is None:
+            phone = stored.fields.get("phone")
+        memo[region] = phone
+        return phone
 
 
 def _no_identifier_error(
@@ -433,7 +464,7 @@ def _no_identifier_error(
     return f"{message}: {'; '.join(details)}" if details else message
 
 
-def _consent_decisions(event: Event, categories: set[str]) -> dict[str, bool]:
+def _consent_decisions(event: Event, categories: frozenset[str]) -> dict[str, bool]:
     """Consent decisions on the event for ``categories`` (granted -> True). First match wins:
     ``context.consent.canonical``, ``.categories``, ``context.consent[cat]``,
     ``.categoryPreferences``, then RudderStack's ``context.consentManagement`` (denied ids

@@ -24,11 +24,11 @@ class Router:
     integration restricts routing (the common single-integration case)."""
 
     def __init__(self, integrations: Sequence[Integration]) -> None:
-        self._integrations = tuple(integrations)
+        self.route_all = tuple(integrations)  # returned as is (same object) when all match
         unrestricted = Routing()
-        self._everything = all(i.routing == unrestricted for i in self._integrations)
+        self._everything = all(i.routing == unrestricted for i in self.route_all)
 
     def route(self, event: Event, topic: str) -> tuple[Integration, ...]:
         if self._everything:
-            return self._integrations
-        return tuple(i for i in self._integrations if matches(i.routing, event, topic))
+            return self.route_all
+        return tuple(i for i in self.route_all if matches(i.routing, event, topic))
