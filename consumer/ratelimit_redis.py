@@ -211,10 +211,14 @@ class RedisBackend:
         lease_s: float = 30.0,
         poll_s: float = 0.02,
         reconnect_interval_s: float = 5.0,
+        max_concurrent_calls: int = 30,
         owns_client: bool = False,
         rng: random.Random | None = None,
     ) -> None:
         self._client = client
+        # Fair queueing for connections here, so a busy pool is never mistaken for an outage;
+        # keep it below the pool's size (batches and reconnect pings use connections too).
+        self._calls = asyncio.Semaphore(max_concurrent_calls)
         self._owns_client = owns_client
         self._budget = budget
         self._rng = rng or random.Random()
@@ -258,6 +262,7 @@ class RedisBackend:
     ) -> RedisBackend:
         """Connect lazily to ``url`` (``redis://[:password@]host:port/db``). Commands fail
         fast (no client-side retries): a failure is the cue to fall back, not to wait."""
+        kwargs.setdefault("max_concurrent_calls", max(1, max_connections - 2))
         pool = BlockingConnectionPool.from_url(
             url,
             max_connections=max_connections,
@@ -292,9 +297,10 @@ class RedisBackend:
         member = f"{self._instance}:{next(self._ids)}"
         keys = self._location_keys(location_id)
         try:
-            code, ms, remaining, daily = await self._acquire_script(
-                keys=keys, args=[*self._config, member]
-            )
+            async with self._calls:
+                code, ms, remaining, daily = await self._acquire_script(
+                    keys=keys, args=[*self._config, member]
+                )
         except asyncio.CancelledError:
             # The script may have run: hand the slot back (a no-op if it did not).
             self._enqueue(self._release_script, keys, [*self._config, member, "0"])

@@ -34,6 +34,11 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def pid(self) -> int | None:
+        """The running server's process id (benchmarks read its CPU time)."""
+        return self._proc.pid if self._proc is not None else None
+
     def start(self, timeout_s: float = 10.0) -> None:
         """Start the server and wait until it accepts connections."""
         log = (self._dir / "redis.log").open("ab")
