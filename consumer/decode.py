@@ -26,11 +26,13 @@ class Limits:
     max_field_chars: int = 1_024  # any single string the mapping reads or stores
 
 
-def _wrong_type(path: str, expected: str, value: object) -> Reject:
+def wrong_type(path: str, expected: str, value: object) -> Reject:
+    """``wrong_type`` reject naming the field: ``traits.email: expected a string, got number``."""
     return Reject(Reason.WRONG_TYPE, f"{path}: expected {expected}, got {json_type(value)}")
 
 
-def _too_long(path: str, value: str, limits: Limits) -> Reject:
+def too_long(path: str, value: str, limits: Limits) -> Reject:
+    """``too_large`` reject for a string over ``limits.max_field_chars``."""
     return Reject(
         Reason.TOO_LARGE, f"{path}: {len(value)} characters, limit {limits.max_field_chars}"
     )
@@ -40,11 +42,11 @@ def _identifier(value: object, name: str, limits: Limits) -> str | Reject | None
     """An id field: string or integer (some SDKs send numeric user ids); empty -> None."""
     if isinstance(value, str):
         if len(value) > limits.max_field_chars:
-            return _too_long(name, value, limits)
+            return too_long(name, value, limits)
         return value or None
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
-    return _wrong_type(name, "a string", value)
+    return wrong_type(name, "a string", value)
 
 
 def decode(value: bytes, limits: Limits = Limits()) -> Event | Reject:
@@ -68,7 +70,7 @@ def decode(value: bytes, limits: Limits = Limits()) -> Event | Reject:
     if kind is None:
         return Reject(Reason.MISSING_TYPE, "type: required")
     if not isinstance(kind, str):
-        return _wrong_type("type", "a string", kind)
+        return wrong_type("type", "a string", kind)
     if kind not in EVENT_TYPES:
         shown = kind if len(kind) <= 40 else kind[:40] + "..."
         return Reject(
@@ -82,9 +84,9 @@ def decode(value: bytes, limits: Limits = Limits()) -> Event | Reject:
         if raw_name is None or raw_name == "":
             return Reject(Reason.INVALID_EVENT, "event: required for track events")
         if not isinstance(raw_name, str):
-            return _wrong_type("event", "a string", raw_name)
+            return wrong_type("event", "a string", raw_name)
         if len(raw_name) > limits.max_field_chars:
-            return _too_long("event", raw_name, limits)
+            return too_long("event", raw_name, limits)
         name = raw_name
 
     ids: list[str | None] = []
@@ -107,7 +109,7 @@ def decode(value: bytes, limits: Limits = Limits()) -> Event | Reject:
         elif type(container) is dict:
             containers.append(container)
         else:
-            return _wrong_type(container_name, "an object", container)
+            return wrong_type(container_name, "an object", container)
 
     timestamp = obj.get("timestamp")
     if not isinstance(timestamp, str):

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from consumer.config import Integration
-from consumer.decode import Limits, decode
+from consumer.decode import Limits, decode, too_long, wrong_type
 from consumer.dedupe import MessageDeduper
 from consumer.events import (
     ContactUpsert,
@@ -38,7 +38,6 @@ from consumer.events import (
     PresetEvent,
     Reason,
     Reject,
-    json_type,
 )
 from consumer.normalise import (
     PHONE_REGIONS,
@@ -99,12 +98,11 @@ _NORMALISERS: Final[dict[str, Callable[[str], str | None]]] = {
 
 
 class _Invalid(Exception):
-    """A field the mapping reads is unusable; becomes a record-level Reject."""
+    """A field the mapping reads is unusable: carries the record-level Reject to return."""
 
-    def __init__(self, reason: Reason, error: str) -> None:
-        super().__init__(error)
-        self.reason = reason
-        self.error = error
+    def __init__(self, reject: Reject) -> None:
+        super().__init__(reject.error)
+        self.reject = reject
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +122,7 @@ _Extras = tuple[str | None, tuple[str, ...], dict[str, CustomValue]]
 
 
 def _wrong_type(path: str, expected: str, value: object) -> _Invalid:
-    return _Invalid(Reason.WRONG_TYPE, f"{path}: expected {expected}, got {json_type(value)}")
+    return _Invalid(wrong_type(path, expected, value))
 
 
 class Mapper:
@@ -187,7 +185,7 @@ class Mapper:
                 for integration, action in zip(targets, actions, strict=True)
             ]
         except _Invalid as invalid:
-            return [Reject(invalid.reason, invalid.error)]
+            return [invalid.reject]
 
         if not mapped and not candidates:
             # The common analytics event: nothing to send; at most a consent decision to keep.
@@ -346,10 +344,7 @@ class Mapper:
 
     def _check_length(self, path: str, value: str) -> None:
         if len(value) > self._limits.max_field_chars:
-            raise _Invalid(
-                Reason.TOO_LARGE,
-                f"{path}: {len(value)} characters, limit {self._limits.max_field_chars}",
-            )
+            raise _Invalid(too_long(path, value, self._limits))
 
     # -- per-integration extras -------------------------------------------------------------
 
