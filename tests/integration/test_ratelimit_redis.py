@@ -180,3 +180,56 @@ async def test_outage_falls_back_to_a_local_share_and_recovers(
         assert backend.fallback_transitions == 1
     finally:
         await instances.aclose()
+
+
+async def test_daily_period_resets_and_a_probe_finds_the_servers_new_day(
+    redis_server: RedisServer,
+) -> None:
+    budget = Budget(daily=2, daily_period_s=1.0, daily_recheck_s=0.5)
+    instances = Instances(redis_server.url, 2, budget)
+    first, second = instances.limiters
+    try:
+        for limiter in (first, second):
+            (await limiter.acquire("loc-day")).release()
+        with pytest.raises(DailyBudgetExhausted) as caught:
+            await second.acquire("loc-day")
+        assert 0.3 < caught.value.until - asyncio.get_running_loop().time() <= 0.5
+        await asyncio.sleep(1.05)  # the local period (1 s from the first request) is over
+        (await second.acquire("loc-day")).release()
+
+        # The server says the day is spent: one probe per recheck, until it says otherwise.
+        permit = await first.acquire("loc-day")
+        first.observe("loc-day", status=429, headers={"X-RateLimit-Daily-Remaining": "0"})
+        permit.release()
+        await asyncio.sleep(0.05)
+        with pytest.raises(DailyBudgetExhausted):
+            await second.acquire("loc-day")
+        await asyncio.sleep(0.5)
+        probe = await second.acquire("loc-day")
+        with pytest.raises(DailyBudgetExhausted):
+            await first.acquire("loc-day")
+        second.observe("loc-day", status=200, headers={"X-RateLimit-Daily-Remaining": "500"})
+        probe.release()
+        await asyncio.sleep(0.05)
+        (await first.acquire("loc-day")).release()
+    finally:
+        await instances.aclose()
+
+
+async def test_unsent_and_cancelled_requests_give_their_slots_back(three: Instances) -> None:
+    first, second, _ = three.limiters
+    permits = [await first.acquire("loc-give") for _ in range(20)]
+    waiter = asyncio.create_task(second.acquire("loc-give"))
+    await asyncio.sleep(0.1)
+    assert not waiter.done()  # the window is full of unanswered requests
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    for permit in permits[:5]:
+        permit.release(sent=False)
+    await asyncio.sleep(0.05)
+    async with asyncio.timeout(0.3):  # long before any slot's interval could end
+        granted = [await second.acquire("loc-give") for _ in range(5)]
+    assert second.snapshot("loc-give").remaining == 0
+    for permit in granted + permits[5:]:
+        permit.release()
