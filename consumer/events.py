@@ -52,9 +52,9 @@ class PresetEvent(StrEnum):
     LEAD_GENERATED = "Lead Generated"
 
 
-# Standard HighLevel upsert fields the mapping may set, in payload order. ``tags`` and
-# ``customFields`` are carried separately; ``locationId`` comes from the integration.
-FIELD_ORDER: Final = (
+# HighLevel fields that describe the person (read from traits, remembered in profiles), in
+# payload order.
+IDENTITY_FIELDS: Final = (
     "email",
     "phone",
     "firstName",
@@ -67,8 +67,10 @@ FIELD_ORDER: Final = (
     "postalCode",
     "country",
     "website",
-    "source",
 )
+# Standard HighLevel upsert fields the mapping may set, in payload order. ``tags`` and
+# ``customFields`` are carried separately; ``locationId`` comes from the integration.
+FIELD_ORDER: Final = (*IDENTITY_FIELDS, "source")
 STANDARD_FIELDS: Final = frozenset((*FIELD_ORDER, "dnd"))
 # What an integration's field mappings may remove (``[integrations.fields] remove = [...]``).
 REMOVABLE_FIELDS: Final = frozenset((*STANDARD_FIELDS, "tags"))

@@ -29,6 +29,7 @@ from consumer.config import Integration
 from consumer.decode import Limits, decode, too_long, wrong_type
 from consumer.dedupe import MessageDeduper
 from consumer.events import (
+    IDENTITY_FIELDS,
     ContactUpsert,
     CustomValue,
     Drop,
@@ -77,23 +78,11 @@ _ADDRESS: Final = (
 )
 # Fields where a JSON number is accepted and used as its decimal text.
 _NUMERIC_OK: Final = frozenset(("phone", "postalCode"))
+# Every identity field but phone (its normalisation depends on a region): text is trimmed.
 _NORMALISERS: Final[dict[str, Callable[[str], str | None]]] = {
+    **{name: normalise_text for name in IDENTITY_FIELDS if name != "phone"},
     "email": normalise_email,
     "country": normalise_country,
-    **{
-        name: normalise_text
-        for name in (
-            "firstName",
-            "lastName",
-            "name",
-            "companyName",
-            "address1",
-            "city",
-            "state",
-            "postalCode",
-            "website",
-        )
-    },
 }
 
 

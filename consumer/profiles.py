@@ -18,24 +18,10 @@ from typing import Final, Protocol
 import orjson
 
 from consumer.errors import ProfileDecodeError
+from consumer.events import IDENTITY_FIELDS
 
 # HighLevel field names a profile may hold, all normalised (phone in E.164).
-IDENTITY_FIELDS: Final = frozenset(
-    (
-        "email",
-        "phone",
-        "firstName",
-        "lastName",
-        "name",
-        "companyName",
-        "address1",
-        "city",
-        "state",
-        "postalCode",
-        "country",
-        "website",
-    )
-)
+_PROFILE_FIELDS: Final = frozenset(IDENTITY_FIELDS)
 _FORMAT_VERSION: Final = 1
 
 
@@ -47,7 +33,7 @@ class Profile:
     consent: Mapping[str, bool] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:
-        unknown = set(self.fields) - IDENTITY_FIELDS
+        unknown = set(self.fields) - _PROFILE_FIELDS
         if unknown:
             raise ValueError(f"not identity fields: {sorted(unknown)}")
         object.__setattr__(self, "fields", MappingProxyType(dict(self.fields)))
