@@ -38,7 +38,7 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` (default ``sys.argv[1:]``), run the chosen subcommand, return its exit code."""
+    """Parse ``argv`` (default: ``sys.argv[1:]``), run the subcommand, return its exit code."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     selected = arguments[0] if arguments and arguments[0] in SUBCOMMANDS else None
     args = build_parser(selected).parse_args(arguments)
