@@ -1,5 +1,5 @@
-"""Frozen value types of the pure core: the decoded ``Event``, and the outcomes of mapping one
-record for one integration: ``ContactUpsert``, ``Drop`` or ``Reject``.
+"""Frozen value types of the pure core: the Kafka ``Record``, the decoded ``Event``, and the
+outcomes of mapping one record for one integration: ``ContactUpsert``, ``Drop`` or ``Reject``.
 
 Who uses them: ``consumer.decode`` builds ``Event``; ``consumer.mapping`` builds outcomes; the
 engine coalesces ``ContactUpsert`` values (``merged_with``) and sends ``payload()``; ``Reason``
@@ -97,6 +97,20 @@ def json_type(value: object) -> str:
     if isinstance(value, dict):
         return "object"
     return type(value).__name__
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One Kafka record as the engine sees it (built by ``consumer.kafka``; tests build them
+    directly). ``headers`` keep the producer's order; ``timestamp_ms`` is the record timestamp."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+    timestamp_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,140 @@
+"""In-memory stand-ins for the engine's seams: a Kafka source, a sink, and HighLevel.
+
+They exist for fast engine tests; the same behaviours are proven against a real broker and the
+sandbox over HTTP in tests/integration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from consumer.delivery import Answer, Verdict, classify
+from consumer.engine import Assignment, RebalanceListener
+from consumer.events import Record
+from consumer.offsets import CommitPoint
+
+TP = tuple[str, int]
+
+
+@dataclass
+class MemorySource:
+    """Partitions as lists of records; ``poll_batch`` reads unpaused partitions in order."""
+
+    records: dict[TP, list[Record]]
+    committed: dict[TP, tuple[int, str]] = field(default_factory=dict)
+    positions: dict[TP, int] = field(default_factory=dict)
+    paused: set[TP] = field(default_factory=set)
+    commits: list[list[CommitPoint]] = field(default_factory=list)
+    listener: RebalanceListener | None = None
+    closed: bool = False
+
+    async def start(self, listener: RebalanceListener) -> None:
+        self.listener = listener
+        await self.assign(list(self.records))
+
+    async def assign(self, partitions: Sequence[TP]) -> None:
+        assert self.listener is not None
+        assignments = []
+        for tp in partitions:
+            offset, metadata = self.committed.get(tp, (None, None))
+            self.positions[tp] = offset or 0
+            assignments.append(Assignment(tp[0], tp[1], offset, metadata))
+        await self.listener.on_assigned(assignments)
+
+    async def revoke(self, partitions: Sequence[TP]) -> None:
+        assert self.listener is not None
+        await self.listener.on_revoked(partitions)
+        for tp in partitions:
+            self.positions.pop(tp, None)
+            self.paused.discard(tp)
+
+    async def poll_batch(self, max_records: int, timeout_s: float) -> list[Record]:
+        batch: list[Record] = []
+        for tp, position in list(self.positions.items()):
+            if tp in self.paused:
+                continue
+            chunk = self.records[tp][position : position + max_records - len(batch)]
+            self.positions[tp] = position + len(chunk)
+            batch.extend(chunk)
+        if not batch:
+            await asyncio.sleep(min(timeout_s, 0.01))
+        return batch
+
+    async def pause(self, partitions: Sequence[TP]) -> None:
+        self.paused.update(partitions)
+
+    async def resume(self, partitions: Sequence[TP]) -> None:
+        self.paused.difference_update(partitions)
+
+    async def commit(self, points: Sequence[CommitPoint]) -> None:
+        self.commits.append(list(points))
+        for p in points:
+            self.committed[(p.topic, p.partition)] = (p.offset, p.metadata)
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+@dataclass
+class MemorySink:
+    produced: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]] = field(
+        default_factory=list
+    )
+
+    async def produce(
+        self,
+        topic: str,
+        *,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]],
+    ) -> None:
+        self.produced.append((topic, key, value, list(headers)))
+
+
+def answer(status: int | None, body: Mapping[str, object] | None = None) -> Answer:
+    return Answer(
+        verdict=classify(status) if status is not None else Verdict.RETRY,
+        status=status,
+        latency_s=0.001,
+        trace_id="trace-1",
+        message="" if status in (200, 201) else "property x should not exist",
+        error=None if status is not None else "timeout",
+        body=MappingProxyType(dict(body or {"contact": {"id": "c1"}})),
+    )
+
+
+@dataclass
+class FakeHighLevel:
+    """Records every call; ``script`` decides each answer (default: 200)."""
+
+    script: Callable[[Mapping[str, object]], int | None] = lambda payload: 200
+    delay: Callable[[Mapping[str, object]], float] = lambda payload: 0.0
+    upserts: list[dict[str, object]] = field(default_factory=list)
+    tag_calls: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
+    tokens: list[str] = field(default_factory=list)
+    in_flight: dict[object, int] = field(default_factory=dict)
+    max_in_flight_per_contact: int = 0
+
+    async def upsert(self, *, token: str, payload: Mapping[str, object]) -> Answer:
+        contact = payload.get("email") or payload.get("phone")
+        self.in_flight[contact] = self.in_flight.get(contact, 0) + 1
+        self.max_in_flight_per_contact = max(
+            self.max_in_flight_per_contact, self.in_flight[contact]
+        )
+        try:
+            await asyncio.sleep(self.delay(payload))
+            self.tokens.append(token)
+            status = self.script(payload)
+            if status in (200, 201):
+                self.upserts.append(dict(payload))
+            return answer(status)
+        finally:
+            self.in_flight[contact] -= 1
+
+    async def add_tags(self, *, token: str, contact_id: str, tags: Sequence[str]) -> Answer:
+        self.tag_calls.append((contact_id, tuple(tags)))
+        return answer(201)

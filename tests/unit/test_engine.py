@@ -1,0 +1,309 @@
+"""The engine against in-memory fakes: ordering, coalescing, commit-after-delivery, outcomes."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+
+import orjson
+import pytest
+
+from consumer.config import load_settings
+from consumer.dedupe import MessageDeduper
+from consumer.engine import Engine, EngineOptions
+from consumer.events import Record
+from consumer.mapping import Mapper
+from consumer.profiles import InMemoryProfileStore
+from consumer.ratelimit import Budget, LocalBackend, RateLimiter
+from tests.unit.engine_fakes import FakeHighLevel, MemorySink, MemorySource
+
+LOCATION = "ve9EPM428h8vShlRW1KT"
+TOKEN = "pit-secret-token"
+CONSENT = {"consent": {"canonical": {"marketing": True}}}
+
+
+def records(topic: str, partition: int, events: list[tuple[str, dict[str, object]]]) -> list[Record]:
+    return [
+        Record(topic, partition, offset, key.encode(), orjson.dumps(event))
+        for offset, (key, event) in enumerate(events)
+    ]
+
+
+def build(
+    source: MemorySource,
+    highlevel: FakeHighLevel,
+    *,
+    sink: MemorySink | None = None,
+    **options: float,
+) -> Engine:
+    settings = load_settings(
+        None, {"GHL_LOCATION_ID": LOCATION, "GHL_ACCESS_TOKEN": TOKEN}
+    )
+    mapper = Mapper(
+        settings.integrations,
+        profiles=InMemoryProfileStore(),
+        deduper=MessageDeduper(max_entries=10_000, ttl_seconds=3600),
+    )
+    limiter = RateLimiter(
+        LocalBackend(Budget(burst_max=10_000, sustained_per_interval=10_000, interval_s=1.0))
+    )
+    defaults: dict[str, float] = {
+        "coalesce_window": 0.0,
+        "poll_timeout": 0.01,
+        "commit_interval": 0.05,
+        "retry_base": 0.01,
+        "retry_max": 0.05,
+        "drain_timeout": 2.0,
+    }
+    return Engine(
+        source=source,
+        sink=sink or MemorySink(),
+        mapper=mapper,
+        limiter=limiter,
+        sender=highlevel,
+        integrations=settings.integrations,
+        dead_letter_topic="events.dlq",
+        options=EngineOptions(**{**defaults, **options}),  # type: ignore[arg-type]
+        rng=random.Random(1),
+    )
+
+
+async def run_until(engine: Engine, done: Callable[[], bool], timeout: float = 10.0) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(engine.run(stop))
+    async with asyncio.timeout(timeout):
+        while not done():
+            await asyncio.sleep(0.01)
+    stop.set()
+    await task
+
+
+def committed(source: MemorySource, topic: str = "events", partition: int = 0) -> int | None:
+    entry = source.committed.get((topic, partition))
+    return entry[0] if entry else None
+
+
+GUIDE_IDENTIFY = {
+    "type": "identify",
+    "userId": "lead-987",
+    "traits": {
+        "email": "sam@example.com",
+        "phone": "+1 415 555 0142",
+        "first_name": "Sam",
+        "last_name": "Rivera",
+    },
+    "context": CONSENT,
+}
+GUIDE_LEAD = {
+    "type": "track",
+    "userId": "lead-987",
+    "event": "Lead Generated",
+    "properties": {"source": "Pricing Page Form", "lead_tag": "website-lead"},
+}
+
+
+async def test_the_guides_flow_within_the_window_costs_one_call_with_the_exact_payload() -> None:
+    source = MemorySource(
+        {("events", 0): records("events", 0, [("lead-987", GUIDE_IDENTIFY), ("lead-987", GUIDE_LEAD)])}
+    )
+    highlevel = FakeHighLevel()
+    engine = build(source, highlevel, coalesce_window=0.2)
+    await run_until(engine, lambda: committed(source) == 2)
+    assert highlevel.upserts == [
+        {
+            "locationId": LOCATION,
+            "email": "sam@example.com",
+            "phone": "+14155550142",
+            "firstName": "Sam",
+            "lastName": "Rivera",
+            "source": "Pricing Page Form",
+            "tags": ["website-lead"],
+            "dnd": False,
+        }
+    ]
+    assert highlevel.tokens == [TOKEN]
+    assert (engine.stats.delivered_calls, engine.stats.coalesced) == (1, 1)
+
+
+async def test_each_contact_sees_its_events_in_order_with_one_call_in_flight() -> None:
+    rng = random.Random(5)
+    events = []
+    for version in range(8):
+        for user in range(30):
+            events.append(
+                (
+                    f"u{user}",
+                    {
+                        "type": "identify",
+                        "userId": f"u{user}",
+                        "traits": {"email": f"u{user}@example.com", "first_name": f"v{version}"},
+                    },
+                )
+            )
+    source = MemorySource(
+        {
+            ("events", p): records("events", p, [e for e in events if hash(e[0]) % 2 == p])
+            for p in (0, 1)
+        }
+    )
+    highlevel = FakeHighLevel(delay=lambda payload: rng.random() * 0.01)
+    engine = build(source, highlevel, max_in_flight=16)
+    total = len(events)
+    await run_until(
+        engine,
+        lambda: (committed(source, "events", 0) or 0) + (committed(source, "events", 1) or 0)
+        == total,
+    )
+    assert highlevel.max_in_flight_per_contact == 1
+    seen: dict[object, list[str]] = {}
+    for payload in highlevel.upserts:
+        seen.setdefault(payload["email"], []).append(str(payload["firstName"]))
+    assert len(seen) == 30
+    for versions in seen.values():
+        assert versions == sorted(versions), versions  # never an older version after a newer
+        assert versions[-1] == "v7"
+
+
+async def test_nothing_is_committed_before_delivery_and_everything_after() -> None:
+    gate = asyncio.Event()
+    source = MemorySource(
+        {("events", 0): records("events", 0, [("lead-987", GUIDE_IDENTIFY)] * 1)}
+    )
+    highlevel = FakeHighLevel(script=lambda payload: 200 if gate.is_set() else 503)
+    engine = build(source, highlevel)
+    stop = asyncio.Event()
+    task = asyncio.create_task(engine.run(stop))
+    await asyncio.sleep(0.3)  # several failed attempts, several commit ticks
+    assert committed(source) in (None, 0)  # never past the undelivered record
+    assert engine.stats.retries >= 2
+    gate.set()
+    async with asyncio.timeout(5):
+        while committed(source) != 1:
+            await asyncio.sleep(0.01)
+    stop.set()
+    await task
+    assert len(highlevel.upserts) == 1
+
+
+async def test_a_422_goes_to_the_dead_letter_topic_with_highlevels_answer() -> None:
+    sink = MemorySink()
+    source = MemorySource({("events", 0): records("events", 0, [("lead-987", GUIDE_IDENTIFY)])})
+    engine = build(source, FakeHighLevel(script=lambda payload: 422), sink=sink)
+    await run_until(engine, lambda: committed(source) == 1)
+    [(topic, key, value, headers)] = sink.produced
+    assert (topic, key) == ("events.dlq", b"lead-987")
+    assert value == orjson.dumps(GUIDE_IDENTIFY)
+    h = {k: v.decode() for k, v in headers}
+    assert h["ghl.reason"] == "rejected_by_highlevel"
+    assert h["ghl.status"] == "422"
+    assert h["ghl.message"] == "property x should not exist"
+    assert h["ghl.trace_id"] == "trace-1"
+    assert (h["ghl.source.topic"], h["ghl.source.partition"], h["ghl.source.offset"]) == (
+        "events",
+        "0",
+        "0",
+    )
+    assert TOKEN not in repr(sink.produced)
+
+
+async def test_poison_and_analytics_complete_without_a_call() -> None:
+    sink = MemorySink()
+    page = {"type": "page", "userId": "u1", "name": "Home"}
+    source = MemorySource(
+        {
+            ("events", 0): [
+                Record("events", 0, 0, b"u1", b"{not json"),
+                Record("events", 0, 1, b"u1", orjson.dumps(page)),
+                Record("events", 0, 2, b"u1", None),
+            ]
+        }
+    )
+    highlevel = FakeHighLevel()
+    engine = build(source, highlevel, sink=sink)
+    await run_until(engine, lambda: committed(source) == 3)
+    assert highlevel.upserts == []
+    reasons = [dict(h)["ghl.reason"] for _, _, _, h in sink.produced]
+    assert reasons == [b"invalid_json", b"invalid_json"]
+    assert engine.stats.dropped == {"not_mapped": 1}
+
+
+async def test_a_revoked_partition_commits_what_is_done_and_drops_its_waiting_work() -> None:
+    events = [
+        ("a", {**GUIDE_IDENTIFY, "userId": "a"}),
+        ("b", {"type": "page", "userId": "b"}),
+    ]
+    source = MemorySource({("events", 0): records("events", 0, events)})
+    highlevel = FakeHighLevel()
+    engine = build(source, highlevel, coalesce_window=30.0)  # the upsert waits in its window
+    stop = asyncio.Event()
+    task = asyncio.create_task(engine.run(stop))
+    async with asyncio.timeout(5):
+        while engine.stats.consumed < 2:
+            await asyncio.sleep(0.01)
+    await source.revoke([("events", 0)])
+    assert committed(source) in (None, 0)  # offset 0 is not done: nothing past it
+    assert engine.scheduler.tokens == 0
+    commits_at_revoke = len(source.commits)
+    await asyncio.sleep(0.2)
+    stop.set()
+    await task
+    assert highlevel.upserts == []
+    assert len(source.commits) == commits_at_revoke  # never again for the revoked partition
+
+
+async def test_a_full_partition_pauses_and_resumes_as_work_drains() -> None:
+    events = [
+        (f"u{i}", {"type": "identify", "userId": f"u{i}", "traits": {"email": f"u{i}@x.io"}})
+        for i in range(60)
+    ]
+    source = MemorySource({("events", 0): records("events", 0, events)})
+    highlevel = FakeHighLevel(delay=lambda payload: 0.005)
+    engine = build(source, highlevel, max_buffered_per_partition=10, max_in_flight=2, poll_batch=5)
+    paused_seen = False
+
+    def done() -> bool:
+        nonlocal paused_seen
+        paused_seen = paused_seen or bool(source.paused)
+        return committed(source) == 60
+
+    await run_until(engine, done)
+    assert paused_seen
+    assert not source.paused
+    assert len(highlevel.upserts) == 60
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_unauthorized_integration_holds_events_until_the_token_works(status: int) -> None:
+    answers: dict[str, int] = {"status": status}
+    source = MemorySource({("events", 0): records("events", 0, [("lead-987", GUIDE_IDENTIFY)])})
+    highlevel = FakeHighLevel(script=lambda payload: answers["status"])
+    engine = build(source, highlevel, unauthorized_probe_interval=0.1)
+    stop = asyncio.Event()
+    task = asyncio.create_task(engine.run(stop))
+    await asyncio.sleep(0.25)
+    assert committed(source) in (None, 0)
+    answers["status"] = 200
+    async with asyncio.timeout(5):
+        while committed(source) != 1:
+            await asyncio.sleep(0.01)
+    stop.set()
+    await task
+    assert len(highlevel.upserts) == 1
+
+
+async def test_shutdown_drains_in_flight_work_then_commits() -> None:
+    source = MemorySource({("events", 0): records("events", 0, [("lead-987", GUIDE_IDENTIFY)])})
+    highlevel = FakeHighLevel(delay=lambda payload: 0.3)
+    engine = build(source, highlevel)
+    stop = asyncio.Event()
+    task = asyncio.create_task(engine.run(stop))
+    async with asyncio.timeout(5):
+        while engine.scheduler.in_flight == 0:
+            await asyncio.sleep(0.005)
+    stop.set()
+    await task
+    assert committed(source) == 1
+    assert source.closed
+
+
