@@ -23,7 +23,9 @@ TOKEN = "pit-secret-token"
 CONSENT = {"consent": {"canonical": {"marketing": True}}}
 
 
-def records(topic: str, partition: int, events: list[tuple[str, dict[str, object]]]) -> list[Record]:
+def records(
+    topic: str, partition: int, events: list[tuple[str, dict[str, object]]]
+) -> list[Record]:
     return [
         Record(topic, partition, offset, key.encode(), orjson.dumps(event))
         for offset, (key, event) in enumerate(events)
@@ -69,10 +71,10 @@ def build(
     )
 
 
-async def run_until(engine: Engine, done: Callable[[], bool], timeout: float = 10.0) -> None:
+async def run_until(engine: Engine, done: Callable[[], bool], limit: float = 10.0) -> None:
     stop = asyncio.Event()
     task = asyncio.create_task(engine.run(stop))
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(limit):
         while not done():
             await asyncio.sleep(0.01)
     stop.set()
@@ -105,7 +107,11 @@ GUIDE_LEAD = {
 
 async def test_the_guides_flow_within_the_window_costs_one_call_with_the_exact_payload() -> None:
     source = MemorySource(
-        {("events", 0): records("events", 0, [("lead-987", GUIDE_IDENTIFY), ("lead-987", GUIDE_LEAD)])}
+        {
+            ("events", 0): records(
+                "events", 0, [("lead-987", GUIDE_IDENTIFY), ("lead-987", GUIDE_LEAD)]
+            )
+        }
     )
     highlevel = FakeHighLevel()
     engine = build(source, highlevel, coalesce_window=0.2)
