@@ -91,6 +91,12 @@ async def load(url: str, repeat: int, seconds: float, connections: int) -> tuple
     return run, time.perf_counter() - started
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (Linux /proc), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else 0.0
@@ -102,7 +108,10 @@ async def main(args: argparse.Namespace) -> int:
     async with sandbox_process({LOCATION: TOKEN}, ["--unlimited"]) as sandbox:
         await load(sandbox.url, 0, 1.0, args.connections)  # warm-up, not reported
         for repeat in range(1, args.repeats + 1):
+            server_cpu, generator_cpu = cpu_seconds(sandbox.pid), time.process_time()
             run, elapsed = await load(sandbox.url, repeat, args.seconds, args.connections)
+            server_cpu = cpu_seconds(sandbox.pid) - server_cpu
+            generator_cpu = time.process_time() - generator_cpu
             rows.append(
                 {
                     "repeat": repeat,
@@ -112,6 +121,10 @@ async def main(args: argparse.Namespace) -> int:
                     "upserts_per_s": round(run.requests / elapsed, 1),
                     "p50_ms": round(percentile(run.latencies, 0.50) * 1000, 2),
                     "p99_ms": round(percentile(run.latencies, 0.99) * 1000, 2),
+                    # share of one core each process used: ~1.0 for the sandbox means it is
+                    # CPU-bound; the generator must stay below that to not be the bottleneck
+                    "server_cpu": round(server_cpu / elapsed, 2),
+                    "generator_cpu": round(generator_cpu / elapsed, 2),
                 }
             )
     load_after = os.getloadavg()
@@ -131,14 +144,11 @@ async def main(args: argparse.Namespace) -> int:
         "loadavg_end": [round(x, 2) for x in load_after],
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    print(
-        f"{'repeat':>6} {'requests':>9} {'errors':>6} {'upserts/s':>10} {'p50 ms':>7} {'p99 ms':>7}"
-    )
+    columns = ("repeat", "requests", "errors", "upserts_per_s", "p50_ms", "p99_ms")
+    columns += ("server_cpu", "generator_cpu")
+    print(" ".join(f"{name:>13}" for name in columns))
     for row in rows:
-        print(
-            f"{row['repeat']:>6} {row['requests']:>9} {row['errors']:>6} "
-            f"{row['upserts_per_s']:>10} {row['p50_ms']:>7} {row['p99_ms']:>7}"
-        )
+        print(" ".join(f"{row[name]:>13}" for name in columns))
     print(
         f"median {summary['median_upserts_per_s']} upserts/s "
         f"(min {summary['min_upserts_per_s']}, max {summary['max_upserts_per_s']}); "
