@@ -609,11 +609,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"{DEMO_LOCATION[0]}:{DEMO_LOCATION[1]})",
     )
     limits = parser.add_argument_group("rate limits (per location)")
-    limits.add_argument("--burst", type=int, default=defaults.burst, help="requests per window")
     limits.add_argument(
-        "--interval-ms", type=int, default=defaults.interval_ms, help="burst window length"
+        "--burst", type=int, default=defaults.burst, help="requests per window (%(default)s)"
     )
-    limits.add_argument("--daily", type=int, default=defaults.daily, help="requests per UTC day")
+    limits.add_argument(
+        "--interval-ms", type=int, default=defaults.interval_ms, help="window length (%(default)s)"
+    )
+    limits.add_argument(
+        "--daily", type=int, default=defaults.daily, help="requests per UTC day (%(default)s)"
+    )
     limits.add_argument(
         "--unlimited", action="store_true", help="count and report, but never answer 429"
     )
