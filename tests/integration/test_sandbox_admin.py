@@ -117,7 +117,7 @@ async def test_stopping_releases_hanging_requests(http: aiohttp.ClientSession) -
     async with run_sandbox(locations={L1: T1}, faults=Faults(hang_rate=1)) as sandbox:
         pending = asyncio.ensure_future(upsert(http, sandbox.url, "sam@example.com"))
         async with asyncio.timeout(10):
-            while not sandbox.requests:  # noqa: ASYNC110 - polls the sandbox's log, no event
+            while not sandbox.requests:  # polls the log: the sandbox has no event for it
                 await asyncio.sleep(0.01)
         started = time.perf_counter()
     assert time.perf_counter() - started < 5
