@@ -56,7 +56,7 @@ from consumer.sandbox.settings import (
     Faults,
     RateLimits,
 )
-from consumer.sandbox.state import Location, RateDecision, SandboxState, iso_time
+from consumer.sandbox.state import Contact, Location, RateDecision, SandboxState, iso_time
 
 logger = logging.getLogger(__name__)
 
@@ -305,27 +305,25 @@ class Sandbox:
         except Unprocessable as error:
             self._done(request, admitted, 422)
             return _unprocessable(error, trace_id, admitted.headers)
-        refusal = self._contact_refusal(request, admitted, contact_id)
-        if refusal is not None:
-            return refusal
-        contact = self.state.contacts_by_id[contact_id]
+        contact = self._find_contact(request, admitted, contact_id)
+        if isinstance(contact, web.Response):
+            return contact
         self.state.add_tags(contact, tags, admitted.now)
         self._done(request, admitted, 201, body=body, contactId=contact_id)
         return _json(201, {"tags": list(contact.tags)}, trace_id, admitted.headers)
 
     async def _get_contact(self, request: web.Request, admitted: _Admitted) -> web.Response:
         contact_id = request.match_info["contactId"]
-        refusal = self._contact_refusal(request, admitted, contact_id)
-        if refusal is not None:
-            return refusal
-        contact = self.state.contacts_by_id[contact_id]
+        contact = self._find_contact(request, admitted, contact_id)
+        if isinstance(contact, web.Response):
+            return contact
         self._done(request, admitted, 200, contactId=contact_id)
         return _json(200, {"contact": contact.to_json()}, admitted.trace_id, admitted.headers)
 
-    def _contact_refusal(
+    def _find_contact(
         self, request: web.Request, admitted: _Admitted, contact_id: str
-    ) -> web.Response | None:
-        """400 for an unknown contact id, 403 for a contact of another location, else None."""
+    ) -> Contact | web.Response:
+        """The location's contact, or the answer: 400 unknown id, 403 another location's."""
         location, trace_id = admitted.location, admitted.trace_id
         contact = self.state.contacts_by_id.get(contact_id)
         if contact is None:
@@ -334,7 +332,7 @@ class Sandbox:
         if contact.location_id != location.id:
             self._done(request, admitted, 403, contactId=contact_id)
             return _json(403, _FORBIDDEN, trace_id, admitted.headers)
-        return None
+        return contact
 
     def _done(
         self, request: web.Request, admitted: _Admitted, status: int, **extra: Any
