@@ -106,8 +106,7 @@ def _string(name: str, value: Any, errors: list[str]) -> Any:
 
 
 def _location_id(name: str, value: Any, errors: list[str]) -> Any:
-    if not isinstance(value, str):
-        errors.append(f"{name} must be a string")
+    _string(name, value, errors)
     if not value:
         errors.append(f"{name} should not be empty")
     return value
