@@ -42,6 +42,7 @@ _OWNED_KAFKA_KEYS: Final = {
     "bootstrap.servers": "kafka.bootstrap_servers",
     "group.id": "kafka.group_id",
     "auto.offset.reset": "kafka.auto_offset_reset",
+    "group.protocol": "kafka.group_protocol",
 }
 _SENSITIVE_KEY = re.compile(r"password|secret|token|credential|private", re.IGNORECASE)
 
@@ -118,19 +119,18 @@ class KafkaSettings:
     topics: tuple[str, ...] = ("events",)
     group_id: str = "ghl-consumer"
     auto_offset_reset: str = "earliest"
+    group_protocol: str = "classic"  # classic (cooperative-sticky) | consumer (KIP-848)
+    dead_letter_topic: str = ""  # empty: "<group_id>.dead-letter"
     # extra librdkafka settings (security.protocol, sasl.*, ...), passed through as given
     librdkafka: Mapping[str, str | Secret] = field(default_factory=lambda: MappingProxyType({}))
 
-    def client_config(self) -> dict[str, str]:
-        """librdkafka settings for a consumer, secrets revealed: hand to the client, never log."""
-        config = {
-            "bootstrap.servers": self.bootstrap_servers,
-            "group.id": self.group_id,
-            "auto.offset.reset": self.auto_offset_reset,
+    def extra_settings(self) -> dict[str, str]:
+        """The ``[kafka.librdkafka]`` pass-through settings, secrets revealed: hand them to the
+        Kafka clients, never log them."""
+        return {
+            key: value.reveal() if isinstance(value, Secret) else value
+            for key, value in self.librdkafka.items()
         }
-        for key, value in self.librdkafka.items():
-            config[key] = value.reveal() if isinstance(value, Secret) else value
-        return config
 
 
 # Plain sections: every field has a default and a simple type (int, float, str, bool). To add
@@ -168,11 +168,28 @@ class MappingSettings:
 @dataclass(frozen=True, slots=True)
 class EngineSettings:
     coalesce_window_ms: int = field(default=250, metadata={"min": 0})
+    max_in_flight: int = field(default=64, metadata={"min": 1})
+    max_buffered: int = field(default=20_000, metadata={"min": 10})
+    max_buffered_per_partition: int = field(default=5_000, metadata={"min": 10})
+    commit_interval_ms: int = field(default=1_000, metadata={"min": 10})
+    drain_timeout_seconds: float = field(default=10.0, metadata={"min": 0})
+    progress_interval_seconds: float = field(default=10.0, metadata={"min": 0.1})
 
 
 @dataclass(frozen=True, slots=True)
 class DeliverySettings:
     timeout_seconds: float = field(default=10.0, metadata={"min": 0.1})
+    # Per-location budget: at most rate_burst requests per rate_interval_seconds (HighLevel's
+    # window), paced at rate_sustained per interval, and rate_daily per day.
+    rate_burst: int = field(default=100, metadata={"min": 1})
+    rate_interval_seconds: float = field(default=10.0, metadata={"min": 0.001})
+    rate_sustained: int = field(default=80, metadata={"min": 1})
+    rate_daily: int = field(default=200_000, metadata={"min": 1})
+    retry_base_seconds: float = field(default=0.5, metadata={"min": 0.001})
+    retry_max_seconds: float = field(default=30.0, metadata={"min": 0.001})
+    unauthorized_probe_seconds: float = field(default=30.0, metadata={"min": 0.01})
+    # With REDIS_URL: each instance's share of the budget while Redis is unreachable.
+    redis_expected_instances: int = field(default=3, metadata={"min": 1})
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,7 +321,15 @@ def _kafka(table: dict[str, Any], environ: Mapping[str, str], read_secrets: bool
     defaults = KafkaSettings()
     _unknown_keys(
         table,
-        ("bootstrap_servers", "topics", "group_id", "auto_offset_reset", "librdkafka"),
+        (
+            "bootstrap_servers",
+            "topics",
+            "group_id",
+            "auto_offset_reset",
+            "group_protocol",
+            "dead_letter_topic",
+            "librdkafka",
+        ),
         "kafka",
     )
 
@@ -325,6 +350,10 @@ def _kafka(table: dict[str, Any], environ: Mapping[str, str], read_secrets: bool
     reset, reset_where = text("auto_offset_reset", "KAFKA_AUTO_OFFSET_RESET", "earliest")
     if reset not in _OFFSET_RESETS:
         raise ConfigError(f"{reset_where}: expected one of {', '.join(sorted(_OFFSET_RESETS))}")
+    protocol, protocol_where = text("group_protocol", "KAFKA_GROUP_PROTOCOL", "classic")
+    if protocol not in ("classic", "consumer"):
+        raise ConfigError(f"{protocol_where}: expected classic or consumer")
+    dead_letter, _ = text("dead_letter_topic", "KAFKA_DEAD_LETTER_TOPIC", f"{group}.dead-letter")
 
     if "KAFKA_TOPICS" in environ:
         topics = [t.strip() for t in environ["KAFKA_TOPICS"].split(",") if t.strip()]
@@ -356,6 +385,8 @@ def _kafka(table: dict[str, Any], environ: Mapping[str, str], read_secrets: bool
         topics=tuple(dict.fromkeys(topics)),
         group_id=group,
         auto_offset_reset=reset,
+        group_protocol=protocol,
+        dead_letter_topic=dead_letter,
         librdkafka=MappingProxyType(passthrough),
     )
 

@@ -61,11 +61,13 @@ def test_environment_overrides() -> None:
             "REDIS_URL": "redis://r:6379/0",
         },
     )
-    assert settings.kafka.client_config() == {
-        "bootstrap.servers": "k1:9092,k2:9092",
-        "group.id": "g",
-        "auto.offset.reset": "latest",
-    }
+    kafka = settings.kafka
+    assert (kafka.bootstrap_servers, kafka.group_id, kafka.auto_offset_reset) == (
+        "k1:9092,k2:9092",
+        "g",
+        "latest",
+    )
+    assert kafka.extra_settings() == {}
     assert settings.kafka.topics == ("a", "b")
     assert settings.highlevel.api_base_url == "http://127.0.0.1:8900"
     assert settings.integrations[0].consent_category == "email"
@@ -124,8 +126,8 @@ def test_secrets_from_env_and_file_are_read_and_never_printed(tmp_path: Path) ->
     a, b = settings.integrations
     assert a.access_token.reveal() == "env-token-value"
     assert b.access_token.reveal() == "file-token-value"
-    assert settings.kafka.client_config()["sasl.password"] == "sasl-pw-value"
-    assert settings.kafka.client_config()["client.id"] == "x"
+    assert settings.kafka.extra_settings()["sasl.password"] == "sasl-pw-value"
+    assert settings.kafka.extra_settings()["client.id"] == "x"
     printed = repr(settings) + str(settings) + str(a.access_token)
     for secret in ("env-token-value", "file-token-value", "sasl-pw-value", "literal-key-password"):
         assert secret not in printed
@@ -308,3 +310,15 @@ def test_file_errors(tmp_path: Path) -> None:
 def test_unread_secret_cannot_be_revealed() -> None:
     with pytest.raises(ConfigError, match="environment variable T was not read"):
         Secret.unread("environment variable T").reveal()
+
+
+def test_group_protocol_and_dead_letter_topic_have_defaults_and_env_overrides() -> None:
+    base = {"GHL_LOCATION_ID": "L", "GHL_ACCESS_TOKEN": "t", "KAFKA_GROUP_ID": "g"}
+    defaults = load_settings(None, base).kafka
+    assert (defaults.group_protocol, defaults.dead_letter_topic) == ("classic", "g.dead-letter")
+    chosen = load_settings(
+        None, {**base, "KAFKA_GROUP_PROTOCOL": "consumer", "KAFKA_DEAD_LETTER_TOPIC": "dlq"}
+    ).kafka
+    assert (chosen.group_protocol, chosen.dead_letter_topic) == ("consumer", "dlq")
+    with pytest.raises(ConfigError, match="^KAFKA_GROUP_PROTOCOL: expected classic or consumer$"):
+        load_settings(None, {**base, "KAFKA_GROUP_PROTOCOL": "eager"})
