@@ -1,0 +1,507 @@
+"""Every Prometheus metric of the consumer, defined once, with bounded labels; and readiness.
+
+The closed list (all names start with ``ghl_``; ``integration`` / ``location`` / ``topic`` take
+only configured values, anything else is counted as ``other``; every ``reason`` / ``kind`` /
+``status_class`` / ``endpoint`` / ``field`` label comes from a closed set below):
+
+==========================================  =========  ==========================================
+metric                                      type       labels
+==========================================  =========  ==========================================
+ghl_events_consumed_total                   counter    topic
+ghl_events_skipped_total                    counter    topic (done per a restored offset map)
+ghl_events_dropped_total                    counter    reason (``DROP_REASONS``)
+ghl_events_rejected_total                   counter    reason (``REJECT_REASONS``)
+ghl_upserts_total                           counter    integration, status_class
+ghl_http_request_duration_seconds           histogram  integration, endpoint (upsert | add_tags)
+ghl_events_coalesced_total                  counter    integration
+ghl_ratelimit_wait_seconds                  histogram  location
+ghl_ratelimit_remaining                     gauge      location (window slots free)
+ghl_ratelimit_daily_remaining               gauge      location
+ghl_ratelimit_fallback_active               gauge      (1: Redis unreachable, local budgets)
+ghl_responses_429_total                     counter    location
+ghl_retries_total                           counter    integration, reason (``RETRY_REASONS``)
+ghl_dead_letters_total                      counter    reason (``DEAD_LETTER_REASONS``)
+ghl_parked_events_total                     counter    integration, reason (``PARK_REASONS``)
+ghl_replayed_events_total                   counter    integration
+ghl_partition_committed_offset              gauge      topic, partition
+ghl_partition_lag                           gauge      topic, partition
+ghl_partition_incomplete                    gauge      topic, partition
+ghl_partitions_paused                       gauge
+ghl_rebalances_total                        counter    kind (assigned | revoked | lost)
+ghl_profile_store_size                      gauge
+ghl_profile_restore_seconds                 gauge      (duration of the last restore)
+ghl_integration_healthy                     gauge      integration (0 while answering 401/403)
+ghl_ignored_fields_total                    counter    integration, field (HighLevel field names)
+ghl_buffered_records                        gauge
+ghl_requests_in_flight                      gauge
+==========================================  =========  ==========================================
+
+Two kinds of input. Counters and histograms are driven by the engine's hot path through small
+typed methods (``consumed``, ``dropped``, ``http`` ...) that look up label children bound once
+at construction, so an increment costs a dict lookup and a locked add. Gauges describing state
+(partitions, limiter budgets, buffers) are set by ``refresh(StateSnapshot)``, which the web
+server calls just before each scrape: nothing is computed between scrapes.
+
+Readiness: ``StallDetector`` (pure, takes ``now``) decides which partitions are stalled;
+``Readiness`` is what ``/readyz`` reports.
+
+Each ``Metrics`` owns its own ``CollectorRegistry`` (tests build fresh ones). Not thread-safe
+beyond what prometheus_client guarantees; the engine calls it from the event loop thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Final, TypeVar
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from consumer.deadletter import REJECTED_BY_HIGHLEVEL
+from consumer.delivery import Answer
+from consumer.events import STANDARD_FIELDS, Reason
+from consumer.offsets import PartitionStats
+from consumer.ratelimit import LimiterState
+
+_V = TypeVar("_V")
+
+OTHER: Final = "other"
+"""The label value that stands for anything outside a label's configured or closed set."""
+
+DROP_REASONS: Final = (Reason.NOT_ROUTED, Reason.NOT_MAPPED, Reason.DUPLICATE)
+REJECT_REASONS: Final = tuple(r for r in Reason if r not in DROP_REASONS)
+DEAD_LETTER_REASONS: Final = (*REJECT_REASONS, REJECTED_BY_HIGHLEVEL)
+
+
+class StatusClass(StrEnum):
+    """``status_class`` label of ``ghl_upserts_total``: how HighLevel answered."""
+
+    OK = "2xx"
+    AUTH = "401_403"
+    RATE_LIMITED = "429"
+    CLIENT_ERROR = "4xx"
+    SERVER_ERROR = "5xx"
+    ERROR = "error"  # no HTTP answer: timeout or connection failure
+
+
+def status_class(status: int | None) -> StatusClass:
+    """The class of an HTTP status; None (no answer) is ``error``."""
+    if status is None:
+        return StatusClass.ERROR
+    if 200 <= status < 300:
+        return StatusClass.OK
+    if status in (401, 403):
+        return StatusClass.AUTH
+    if status == 429:
+        return StatusClass.RATE_LIMITED
+    if 400 <= status < 500:
+        return StatusClass.CLIENT_ERROR
+    if status >= 500:
+        return StatusClass.SERVER_ERROR
+    return StatusClass.ERROR  # 1xx/3xx never reach the client's caller as final answers
+
+
+class Endpoint(StrEnum):
+    UPSERT = "upsert"
+    ADD_TAGS = "add_tags"
+
+
+class RetryReason(StrEnum):
+    """``reason`` label of ``ghl_retries_total``."""
+
+    RATE_LIMITED = "rate_limited"
+    UNAUTHORIZED = "unauthorized"
+    SERVER_ERROR = "server_error"  # 5xx, 408, 425
+    TIMEOUT = "timeout"
+    CONNECTION = "connection"
+
+
+def retry_reason(answer: Answer) -> RetryReason:
+    """Why ``answer`` (an answer the engine retries) is retried."""
+    if answer.status is None:
+        return RetryReason.TIMEOUT if answer.error == "timeout" else RetryReason.CONNECTION
+    if answer.status == 429:
+        return RetryReason.RATE_LIMITED
+    if answer.status in (401, 403):
+        return RetryReason.UNAUTHORIZED
+    return RetryReason.SERVER_ERROR
+
+
+class ParkReason(StrEnum):
+    """``reason`` label of ``ghl_parked_events_total``: why events were held on the parking
+    topic instead of being delivered now."""
+
+    UNAUTHORIZED = "unauthorized"
+    DAILY_BUDGET = "daily_budget"
+
+
+class RebalanceKind(StrEnum):
+    ASSIGNED = "assigned"
+    REVOKED = "revoked"
+    LOST = "lost"
+
+
+# Fields HighLevel may answer about (``ignored_fields``): the upsert schema's names we send.
+FIELD_NAMES: Final = frozenset((*STANDARD_FIELDS, "locationId", "tags", "customFields"))
+
+HTTP_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0)
+WAIT_BUCKETS: Final = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StateSnapshot:
+    """State read at scrape time; the composition root builds one per scrape.
+
+    ``high_watermarks``: (topic, partition) -> the partition's high watermark (from
+    ``KafkaSource.lag()``); lag is the watermark minus the committed offset (else the current
+    commit point). ``unhealthy``: integration ids currently answered 401/403.
+    ``profile_store_size`` None leaves the gauge as it was.
+    """
+
+    partitions: Sequence[PartitionStats] = ()
+    high_watermarks: Mapping[tuple[str, int], int] = field(default_factory=dict)
+    paused_partitions: int = 0
+    limiters: Sequence[LimiterState] = ()
+    unhealthy: Collection[str] = ()
+    buffered_records: int = 0
+    requests_in_flight: int = 0
+    profile_store_size: int | None = None
+
+
+def _bound(values: Iterable[str]) -> tuple[str, ...]:
+    """Configured label values plus ``other``, deduplicated, order kept."""
+    return tuple(dict.fromkeys((*values, OTHER)))
+
+
+class Metrics:
+    """The metrics of one consumer process (see the module docstring).
+
+    ``integrations``: configured integration id -> its location id. ``topics``: configured
+    topics. Label values outside these are counted under ``other`` (never a new series), so a
+    bug or a hostile input cannot grow the series count.
+    """
+
+    def __init__(
+        self, *, integrations: Mapping[str, str], topics: Iterable[str] = ()
+    ) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._location_of = dict(integrations)
+        self._integrations = _bound(integrations)
+        self._locations = _bound(integrations.values())
+        self._topics = _bound(topics)
+        reg = self.registry
+
+        def counter(name: str, doc: str, labels: Sequence[str] = ()) -> Counter:
+            return Counter(name, doc, labels, registry=reg)
+
+        def gauge(name: str, doc: str, labels: Sequence[str] = ()) -> Gauge:
+            return Gauge(name, doc, labels, registry=reg)
+
+        consumed = counter("ghl_events_consumed", "Records read from Kafka.", ["topic"])
+        skipped = counter(
+            "ghl_events_skipped", "Records skipped: done per a restored offset map.", ["topic"]
+        )
+        dropped = counter("ghl_events_dropped", "Events deliberately not sent.", ["reason"])
+        rejected = counter("ghl_events_rejected", "Events that cannot be used.", ["reason"])
+        upserts = counter(
+            "ghl_upserts",
+            "Upsert requests sent to HighLevel, by answer.",
+            ["integration", "status_class"],
+        )
+        http = Histogram(
+            "ghl_http_request_duration_seconds",
+            "HighLevel request latency.",
+            ["integration", "endpoint"],
+            buckets=HTTP_BUCKETS,
+            registry=reg,
+        )
+        coalesced = counter(
+            "ghl_events_coalesced",
+            "Events folded into an upsert already pending for the same contact.",
+            ["integration"],
+        )
+        wait = Histogram(
+            "ghl_ratelimit_wait_seconds",
+            "Time a delivery waited for its location's rate permit.",
+            ["location"],
+            buckets=WAIT_BUCKETS,
+            registry=reg,
+        )
+        self._remaining = gauge(
+            "ghl_ratelimit_remaining", "Requests the location's window allows now.", ["location"]
+        )
+        self._daily_remaining = gauge(
+            "ghl_ratelimit_daily_remaining", "Requests left in the location's day.", ["location"]
+        )
+        self._fallback = gauge(
+            "ghl_ratelimit_fallback_active",
+            "1 while the shared (Redis) limiter is unreachable and local budgets are used.",
+        )
+        responses_429 = counter(
+            "ghl_responses_429", "429 answers from HighLevel.", ["location"]
+        )
+        retries = counter(
+            "ghl_retries", "Deliveries scheduled again.", ["integration", "reason"]
+        )
+        dead_letters = counter(
+            "ghl_dead_letters", "Records written to the dead-letter topic.", ["reason"]
+        )
+        parked = counter(
+            "ghl_parked_events", "Events held on the parking topic.", ["integration", "reason"]
+        )
+        replayed = counter(
+            "ghl_replayed_events", "Parked events replayed for delivery.", ["integration"]
+        )
+        self._committed = gauge(
+            "ghl_partition_committed_offset",
+            "Last committed offset of an owned partition.",
+            ["topic", "partition"],
+        )
+        self._lag = gauge(
+            "ghl_partition_lag",
+            "High watermark minus committed offset of an owned partition.",
+            ["topic", "partition"],
+        )
+        self._incomplete = gauge(
+            "ghl_partition_incomplete",
+            "Records admitted and not done yet, per owned partition.",
+            ["topic", "partition"],
+        )
+        self._paused = gauge("ghl_partitions_paused", "Owned partitions paused (backpressure).")
+        rebalances = counter("ghl_rebalances", "Rebalance callbacks.", ["kind"])
+        self._profile_size = gauge("ghl_profile_store_size", "Profiles remembered.")
+        self._profile_restore = gauge(
+            "ghl_profile_restore_seconds", "Duration of the last profile store restore."
+        )
+        self._healthy = gauge(
+            "ghl_integration_healthy",
+            "0 while the integration's token is refused (401/403), else 1.",
+            ["integration"],
+        )
+        ignored = counter(
+            "ghl_ignored_fields",
+            "Fields sent that HighLevel's answer did not reflect.",
+            ["integration", "field"],
+        )
+        self._buffered = gauge("ghl_buffered_records", "Records admitted and not done yet.")
+        self._in_flight = gauge("ghl_requests_in_flight", "HighLevel requests in flight.")
+
+        # Label children bound once: the hot path is a dict lookup plus an increment.
+        self._consumed = {t: consumed.labels(t) for t in self._topics}
+        self._skipped = {t: skipped.labels(t) for t in self._topics}
+        self._dropped = {r: dropped.labels(r) for r in _bound(DROP_REASONS)}
+        self._rejected = {r: rejected.labels(r) for r in _bound(REJECT_REASONS)}
+        self._dead_letters = {r: dead_letters.labels(r) for r in _bound(DEAD_LETTER_REASONS)}
+        self._rebalances = {k: rebalances.labels(k) for k in RebalanceKind}
+        self._coalesced = {i: coalesced.labels(i) for i in self._integrations}
+        self._replayed = {i: replayed.labels(i) for i in self._integrations}
+        self._upserts = {
+            (i, c): upserts.labels(i, c) for i in self._integrations for c in StatusClass
+        }
+        self._http = {(i, e): http.labels(i, e) for i in self._integrations for e in Endpoint}
+        self._retries = {
+            (i, r): retries.labels(i, r) for i in self._integrations for r in RetryReason
+        }
+        self._parked = {
+            (i, r): parked.labels(i, r) for i in self._integrations for r in _bound(ParkReason)
+        }
+        self._wait = {loc: wait.labels(loc) for loc in self._locations}
+        self._429 = {loc: responses_429.labels(loc) for loc in self._locations}
+        self._ignored = ignored  # children made on first use: field names are a closed set
+        self._partition_labels: set[tuple[str, str]] = set()
+        for integration in integrations:
+            self._healthy.labels(integration).set(1)
+
+    # -- names ----------------------------------------------------------------------------------
+
+    def series_names(self) -> frozenset[str]:
+        """Every series name this registry can export (``_total``, ``_bucket`` ... included);
+        what dashboards and alert rules may query."""
+        names: set[str] = set()
+        for family in self.registry.collect():
+            if family.type == "counter":
+                names.update((family.name + "_total", family.name + "_created"))
+            elif family.type == "histogram":
+                names.update(family.name + s for s in ("_bucket", "_sum", "_count", "_created"))
+            else:
+                names.add(family.name)
+        return frozenset(names)
+
+    def exposition(self) -> bytes:
+        """The registry in Prometheus text format."""
+        return generate_latest(self.registry)
+
+    # -- hot path: called by the engine ---------------------------------------------------------
+
+    def consumed(self, topic: str) -> None:
+        """A record was read from Kafka."""
+        _child(self._consumed, topic).inc()
+
+    def skipped(self, topic: str) -> None:
+        """A record was skipped: the restored offset map says it is done."""
+        _child(self._skipped, topic).inc()
+
+    def dropped(self, reason: str) -> None:
+        """An event was deliberately not sent (a ``DROP_REASONS`` value)."""
+        _child(self._dropped, reason).inc()
+
+    def rejected(self, reason: str) -> None:
+        """An event could not be used (a ``REJECT_REASONS`` value)."""
+        _child(self._rejected, reason).inc()
+
+    def coalesced(self, integration: str) -> None:
+        """An upsert folded into one already pending for the same contact."""
+        _child(self._coalesced, integration).inc()
+
+    def http(self, integration: str, endpoint: Endpoint, answer: Answer) -> None:
+        """One HighLevel request finished: latency, and for upserts the answer's class; a 429
+        counts for the integration's location."""
+        key = (integration, endpoint) if integration in self._location_of else (OTHER, endpoint)
+        self._http[key].observe(answer.latency_s)
+        cls = status_class(answer.status)
+        if endpoint is Endpoint.UPSERT:
+            self._upserts[key[0], cls].inc()
+        if cls is StatusClass.RATE_LIMITED:
+            _child(self._429, self._location_of.get(integration, OTHER)).inc()
+
+    def retry(self, integration: str, answer: Answer) -> None:
+        """A delivery was scheduled again after ``answer``."""
+        integration = integration if integration in self._location_of else OTHER
+        self._retries[integration, retry_reason(answer)].inc()
+
+    def rate_wait(self, location: str, seconds: float) -> None:
+        """A delivery waited ``seconds`` for its location's rate permit."""
+        _child(self._wait, location).observe(seconds)
+
+    def dead_lettered(self, reason: str, count: int = 1) -> None:
+        """``count`` records were confirmed on the dead-letter topic."""
+        _child(self._dead_letters, reason).inc(count)
+
+    def parked(self, integration: str, reason: ParkReason, count: int = 1) -> None:
+        """``count`` events were confirmed on the parking topic."""
+        integration = integration if integration in self._location_of else OTHER
+        self._parked[integration, reason].inc(count)
+
+    def replayed(self, integration: str, count: int = 1) -> None:
+        """``count`` parked events were taken back for delivery."""
+        _child(self._replayed, integration).inc(count)
+
+    def rebalance(self, kind: RebalanceKind) -> None:
+        """A rebalance callback ran."""
+        self._rebalances[kind].inc()
+
+    def ignored_field(self, integration: str, field_name: str) -> None:
+        """HighLevel's answer did not reflect ``field_name`` that was sent."""
+        integration = integration if integration in self._location_of else OTHER
+        name = field_name if field_name in FIELD_NAMES else OTHER
+        self._ignored.labels(integration, name).inc()
+
+    def profile_restored(self, seconds: float, size: int) -> None:
+        """The profile store finished restoring: how long it took and what it holds."""
+        self._profile_restore.set(seconds)
+        self._profile_size.set(size)
+
+    # -- scrape time ----------------------------------------------------------------------------
+
+    def refresh(self, snapshot: StateSnapshot) -> None:
+        """Set every state gauge from ``snapshot``; partitions no longer owned lose their
+        series. Called by the web server before each exposition."""
+        seen: set[tuple[str, str]] = set()
+        for p in snapshot.partitions:
+            labels = (p.topic if p.topic in self._consumed else OTHER, str(p.partition))
+            seen.add(labels)
+            self._incomplete.labels(*labels).set(p.incomplete)
+            position = p.committed_offset if p.committed_offset is not None else p.commit_offset
+            if p.committed_offset is not None:
+                self._committed.labels(*labels).set(p.committed_offset)
+            high = snapshot.high_watermarks.get((p.topic, p.partition))
+            if high is not None and position is not None:
+                self._lag.labels(*labels).set(max(0, high - position))
+        for labels in self._partition_labels - seen:
+            for gauge in (self._incomplete, self._committed, self._lag):
+                gauge.remove(*labels)  # a label set never set is ignored
+        self._partition_labels = seen
+        self._paused.set(snapshot.paused_partitions)
+        fallback = False
+        for state in snapshot.limiters:
+            fallback = fallback or state.fallback_active
+            if state.location_id in self._wait and state.location_id != OTHER:
+                self._remaining.labels(state.location_id).set(state.remaining)
+                self._daily_remaining.labels(state.location_id).set(state.daily_remaining)
+        self._fallback.set(1 if fallback else 0)
+        unhealthy = set(snapshot.unhealthy)
+        for integration in self._location_of:
+            self._healthy.labels(integration).set(0 if integration in unhealthy else 1)
+        self._buffered.set(snapshot.buffered_records)
+        self._in_flight.set(snapshot.requests_in_flight)
+        if snapshot.profile_store_size is not None:
+            self._profile_size.set(snapshot.profile_store_size)
+
+
+def _child(children: Mapping[str, _V], value: str) -> _V:
+    child = children.get(value)
+    return child if child is not None else children[OTHER]
+
+
+# -- readiness -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Readiness:
+    """What ``/readyz`` answers. The composition root fills it: ``assigned`` (owns at least one
+    partition), ``broker_reachable`` (the Kafka client's last error is not "all brokers down"),
+    ``stalled`` (from ``StallDetector``)."""
+
+    assigned: bool
+    broker_reachable: bool
+    stalled: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def ready(self) -> bool:
+        return self.assigned and self.broker_reachable and not self.stalled
+
+    def reasons(self) -> list[str]:
+        """Why not ready (empty when ready), readable and free of personal data."""
+        reasons = []
+        if not self.assigned:
+            reasons.append("no partitions assigned")
+        if not self.broker_reachable:
+            reasons.append("Kafka broker unreachable")
+        reasons.extend(f"partition {t}[{p}] stalled" for t, p in self.stalled)
+        return reasons
+
+
+class StallDetector:
+    """Finds partitions that have work but make no progress.
+
+    A partition is stalled when it has incomplete records and its commit point has not moved
+    for ``after_s`` seconds, while deliveries are not held by the rate limiter (a 429 pause or a
+    spent daily budget is waiting, not stalling). Pure: the caller passes ``now``; keeps one
+    (position, since) pair per owned partition.
+    """
+
+    def __init__(self, *, after_s: float) -> None:
+        if after_s <= 0:
+            raise ValueError("after_s must be > 0")
+        self._after = after_s
+        self._since: dict[tuple[str, int], tuple[int | None, float]] = {}
+
+    def check(
+        self, partitions: Sequence[PartitionStats], *, throttled: bool, now: float
+    ) -> tuple[tuple[str, int], ...]:
+        """The stalled partitions among ``partitions`` (the owned ones now). ``throttled``: the
+        rate limiter holds deliveries; the stall clock restarts for every partition then."""
+        since: dict[tuple[str, int], tuple[int | None, float]] = {}
+        stalled = []
+        for p in partitions:
+            key = (p.topic, p.partition)
+            previous = self._since.get(key)
+            if throttled or p.incomplete == 0 or previous is None or previous[0] != p.commit_offset:
+                since[key] = (p.commit_offset, now)
+                continue
+            since[key] = previous
+            if now - previous[1] >= self._after:
+                stalled.append(key)
+        self._since = since
+        return tuple(sorted(stalled))
