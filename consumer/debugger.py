@@ -1,0 +1,205 @@
+"""The Event Debugger's memory: the most recent deliveries per integration, masked.
+
+Answers the operator's question "did this event reach HighLevel, with what payload, and what
+did HighLevel answer?". The engine calls ``Debugger.record`` after every HighLevel answer;
+``consumer.web`` serves ``recent`` as JSON and streams new entries to the page.
+
+Guarantees:
+
+* Bounded: at most ``capacity`` entries per configured integration (oldest evicted first);
+  recording for an integration that is not configured raises ValueError.
+* Masked: an entry never holds an email or phone in clear. ``email`` / ``phone`` in the payload
+  go through ``consumer.normalise.mask_email`` / ``mask_phone``; the contact key, HighLevel's
+  message and the error text have every email-like and phone-like substring masked the same
+  way. Tokens are never passed in: ``record`` takes no credentials.
+
+Pure: the caller passes the wall-clock time; no I/O. Subscribers are called synchronously from
+``record`` (the web server's live feed uses them to wake up). Not thread-safe: the engine and
+the web server share one event loop.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from consumer.delivery import Answer
+from consumer.normalise import mask_email, mask_phone
+
+MAX_EVENT_NAMES: Final = 10  # distinct event names kept per entry; ``event_count`` counts all
+
+# Anything shaped like an email, or like a phone number (optional +, 7 to 15 digits with
+# spaces, dots, dashes or brackets between them), in free text.
+_EMAIL_IN_TEXT = re.compile(r"[^\s@<>\"',;:()\[\]]+@[^\s@<>\"',;:()\[\]]+")
+_PHONE_IN_TEXT = re.compile(r"\+?\d(?:[\s().-]?\d){6,14}")
+
+
+def mask_text(text: str) -> str:
+    """``text`` with every email-like and phone-like substring masked."""
+    text = _EMAIL_IN_TEXT.sub(lambda m: mask_email(m.group()), text)
+    return _PHONE_IN_TEXT.sub(lambda m: mask_phone(m.group()), text)
+
+
+def mask_payload(payload: Mapping[str, object]) -> dict[str, object]:
+    """A copy of an upsert payload fit to show: ``email`` and ``phone`` masked, every other
+    field as sent (names, tags and custom fields help the operator and are not identifiers)."""
+    shown = dict(payload)
+    email = shown.get("email")
+    if isinstance(email, str):
+        shown["email"] = mask_email(email)
+    phone = shown.get("phone")
+    if isinstance(phone, str):
+        shown["phone"] = mask_phone(phone)
+    return shown
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeliveryEntry:
+    """One HighLevel request as the debugger shows it. ``outcome`` is the answer's verdict
+    (``delivered``, ``rate_limited``, ``retry``, ``unauthorized``, ``rejected``); ``status``
+    None means no HTTP answer (``error`` says why); ``at`` is wall-clock seconds."""
+
+    seq: int
+    at: float
+    integration: str
+    location_id: str
+    endpoint: str
+    events: tuple[str, ...]
+    event_count: int
+    contact_key: str
+    payload: Mapping[str, object]
+    outcome: str
+    status: int | None
+    message: str
+    trace_id: str | None
+    error: str | None
+    latency_ms: float
+    attempts: int
+
+    def to_json(self) -> dict[str, object]:
+        """A JSON-ready dict (what the page and ``/debug/deliveries.json`` get)."""
+        return {
+            "seq": self.seq,
+            "at": self.at,
+            "integration": self.integration,
+            "location_id": self.location_id,
+            "endpoint": self.endpoint,
+            "events": list(self.events),
+            "event_count": self.event_count,
+            "contact_key": self.contact_key,
+            "payload": dict(self.payload),
+            "outcome": self.outcome,
+            "status": self.status,
+            "message": self.message,
+            "trace_id": self.trace_id,
+            "error": self.error,
+            "latency_ms": self.latency_ms,
+            "attempts": self.attempts,
+        }
+
+
+Subscriber = Callable[[DeliveryEntry], None]
+
+
+class Debugger:
+    """Ring buffers of ``DeliveryEntry``, one per configured integration (see module doc)."""
+
+    def __init__(self, *, integrations: Iterable[str], capacity: int = 200) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        self._buffers: dict[str, deque[DeliveryEntry]] = {
+            i: deque(maxlen=capacity) for i in integrations
+        }
+        self._seq = itertools.count(1)
+        self._last_seq = 0
+        self._subscribers: list[Subscriber] = []
+
+    @property
+    def integrations(self) -> list[str]:
+        return list(self._buffers)
+
+    @property
+    def last_seq(self) -> int:
+        """Sequence number of the newest entry (0 before the first)."""
+        return self._last_seq
+
+    def record(
+        self,
+        *,
+        integration: str,
+        location_id: str,
+        endpoint: str,
+        events: Sequence[str],
+        contact_key: str,
+        payload: Mapping[str, object],
+        answer: Answer,
+        attempts: int,
+        now: float,
+    ) -> DeliveryEntry:
+        """Remember one HighLevel request and its answer; masks before storing. ``events``: the
+        names of the events folded into the request (``identify``, ``Lead Generated`` ...);
+        ``attempts``: this request's attempt number (1 for the first). Raises ValueError for an
+        integration that is not configured."""
+        buffer = self._buffers.get(integration)
+        if buffer is None:
+            raise ValueError(f"not a configured integration: {integration!r}")
+        entry = DeliveryEntry(
+            seq=next(self._seq),
+            at=now,
+            integration=integration,
+            location_id=location_id,
+            endpoint=endpoint,
+            events=tuple(itertools.islice(dict.fromkeys(events), MAX_EVENT_NAMES)),
+            event_count=len(events),
+            contact_key=mask_text(contact_key),
+            payload=mask_payload(payload),
+            outcome=str(answer.verdict),
+            status=answer.status,
+            message=mask_text(answer.message),
+            trace_id=answer.trace_id,
+            error=None if answer.error is None else mask_text(answer.error),
+            latency_ms=round(answer.latency_s * 1000, 1),
+            attempts=attempts,
+        )
+        buffer.append(entry)
+        self._last_seq = entry.seq
+        for subscriber in list(self._subscribers):
+            subscriber(entry)
+        return entry
+
+    def recent(
+        self,
+        *,
+        integration: str | None = None,
+        outcome: str | None = None,
+        after: int = 0,
+        limit: int | None = None,
+    ) -> list[DeliveryEntry]:
+        """Entries newest first, optionally only one integration's, one outcome's, and those
+        with ``seq > after``; at most ``limit``. An unknown integration gives an empty list."""
+        if integration is None:
+            buffers: Iterable[deque[DeliveryEntry]] = self._buffers.values()
+        else:
+            buffers = [self._buffers.get(integration, deque())]
+        entries = [
+            e
+            for buffer in buffers
+            for e in buffer
+            if e.seq > after and (outcome is None or e.outcome == outcome)
+        ]
+        entries.sort(key=lambda e: e.seq, reverse=True)
+        return entries if limit is None else entries[:limit]
+
+    def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
+        """Call ``subscriber`` with each new entry; returns the function that unsubscribes."""
+        self._subscribers.append(subscriber)
+
+        def unsubscribe() -> None:
+            if subscriber in self._subscribers:
+                self._subscribers.remove(subscriber)
+
+        return unsubscribe

@@ -1,0 +1,184 @@
+"""consumer.debugger: bounded per integration, masked, filtered, newest first, subscribable."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from consumer.debugger import Debugger, DeliveryEntry, mask_payload, mask_text
+from consumer.delivery import Answer, classify
+
+GUIDE_PAYLOAD = {
+    "locationId": "ve9EPM428h8vShlRW1KT",
+    "email": "sam@example.com",
+    "phone": "+14155550142",
+    "firstName": "Sam",
+    "lastName": "Rivera",
+    "source": "Pricing Page Form",
+    "tags": ["website-lead"],
+    "dnd": False,
+}
+
+
+def answer(
+    status: int | None = 201,
+    *,
+    message: str = "",
+    trace_id: str | None = "trace-1",
+    error: str | None = None,
+) -> Answer:
+    return Answer(
+        verdict=classify(status),
+        status=status,
+        latency_s=0.1234,
+        trace_id=trace_id,
+        message=message,
+        error=error,
+    )
+
+
+def record(
+    debugger: Debugger,
+    integration: str = "acme",
+    *,
+    status: int | None = 201,
+    message: str = "",
+    contact_key: str = "lead-987",
+    events: tuple[str, ...] = ("identify", "Lead Generated"),
+    now: float = 1_700_000_000.0,
+) -> DeliveryEntry:
+    return debugger.record(
+        integration=integration,
+        location_id="ve9EPM428h8vShlRW1KT",
+        endpoint="upsert",
+        events=events,
+        contact_key=contact_key,
+        payload=GUIDE_PAYLOAD,
+        answer=answer(status, message=message),
+        attempts=1,
+        now=now,
+    )
+
+
+def test_entry_holds_masked_payload_and_the_answer() -> None:
+    debugger = Debugger(integrations=["acme"])
+    entry = record(debugger)
+    assert entry.payload == {
+        **GUIDE_PAYLOAD,
+        "email": "s***@example.com",
+        "phone": "+1******0142",
+    }
+    assert entry.outcome == "delivered"
+    assert entry.status == 201
+    assert entry.trace_id == "trace-1"
+    assert entry.latency_ms == 123.4
+    assert entry.events == ("identify", "Lead Generated")
+    assert entry.event_count == 2
+    text = json.dumps(entry.to_json())
+    assert "sam@example.com" not in text
+    assert "4155550142" not in text
+
+
+def test_contact_key_and_highlevel_message_are_masked() -> None:
+    debugger = Debugger(integrations=["acme"])
+    entry = record(
+        debugger,
+        status=422,
+        contact_key="Sam.Rivera@Example.com",
+        message="duplicate contact sam@example.com / +1 (415) 555-0142",
+    )
+    assert entry.contact_key == "S***@Example.com"
+    assert "sam@example.com" not in entry.message
+    assert "555-0142" not in entry.message
+    assert entry.message.startswith("duplicate contact s***@example.com / +1")
+    assert entry.outcome == "rejected"
+
+
+def test_mask_helpers_leave_other_text_and_fields_alone() -> None:
+    assert mask_text("HighLevel answered 422: property foo should not exist") == (
+        "HighLevel answered 422: property foo should not exist"
+    )
+    assert mask_payload({"locationId": "L", "firstName": "Sam"}) == {
+        "locationId": "L",
+        "firstName": "Sam",
+    }
+
+
+def test_bounded_per_integration_oldest_evicted() -> None:
+    debugger = Debugger(integrations=["acme", "beta"], capacity=3)
+    for i in range(5):
+        record(debugger, "acme", now=float(i))
+    record(debugger, "beta")
+    acme = debugger.recent(integration="acme")
+    assert [e.seq for e in acme] == [5, 4, 3]
+    # one busy integration does not evict another's entries
+    assert len(debugger.recent(integration="beta")) == 1
+    assert debugger.last_seq == 6
+
+
+def test_recent_filters_by_integration_outcome_and_seq() -> None:
+    debugger = Debugger(integrations=["acme", "beta"])
+    record(debugger, "acme", status=201)
+    record(debugger, "beta", status=429)
+    record(debugger, "acme", status=422)
+    record(debugger, "beta", status=201)
+    assert [e.seq for e in debugger.recent()] == [4, 3, 2, 1]
+    assert [e.seq for e in debugger.recent(integration="beta")] == [4, 2]
+    assert [e.seq for e in debugger.recent(outcome="delivered")] == [4, 1]
+    assert [e.seq for e in debugger.recent(integration="acme", outcome="rejected")] == [3]
+    assert [e.seq for e in debugger.recent(after=2)] == [4, 3]
+    assert [e.seq for e in debugger.recent(limit=1)] == [4]
+    assert debugger.recent(integration="nobody") == []
+
+
+def test_unknown_integration_is_refused() -> None:
+    debugger = Debugger(integrations=["acme"])
+    with pytest.raises(ValueError, match="not a configured integration"):
+        record(debugger, "elsewhere")
+    assert debugger.recent() == []
+
+
+def test_event_names_are_deduplicated_and_capped() -> None:
+    debugger = Debugger(integrations=["acme"])
+    names = tuple(f"event {i % 15}" for i in range(100))
+    entry = record(debugger, events=names)
+    assert entry.events == tuple(f"event {i}" for i in range(10))
+    assert entry.event_count == 100
+
+
+def test_no_http_answer_is_shown_with_its_error() -> None:
+    debugger = Debugger(integrations=["acme"])
+    entry = debugger.record(
+        integration="acme",
+        location_id="L",
+        endpoint="upsert",
+        events=["identify"],
+        contact_key="u1",
+        payload={"locationId": "L"},
+        answer=answer(None, trace_id=None, error="timeout"),
+        attempts=3,
+        now=0.0,
+    )
+    assert (entry.status, entry.outcome, entry.error, entry.attempts) == (
+        None,
+        "retry",
+        "timeout",
+        3,
+    )
+
+
+def test_subscribers_see_new_entries_until_they_unsubscribe() -> None:
+    debugger = Debugger(integrations=["acme"])
+    seen: list[int] = []
+    unsubscribe = debugger.subscribe(lambda e: seen.append(e.seq))
+    record(debugger)
+    unsubscribe()
+    record(debugger)
+    unsubscribe()  # idempotent
+    assert seen == [1]
+
+
+def test_capacity_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="capacity"):
+        Debugger(integrations=["acme"], capacity=0)
