@@ -1,0 +1,438 @@
+"""The consumer's HTTP side: Prometheus metrics, health, readiness and the Event Debugger.
+
+``serve_web`` runs one aiohttp server in the engine's event loop (``METRICS_PORT``):
+
+- ``GET /metrics``: Prometheus text format; the state gauges are refreshed first (``state``).
+- ``GET /healthz``: 200 while the process serves requests.
+- ``GET /readyz``: 200 ``{"ready": true}``, or 503 ``{"ready": false, "reasons": [...]}`` when
+  no partition is assigned, the broker is unreachable or a partition is stalled
+  (``consumer.metrics.Readiness``).
+- ``GET /debug``: the Event Debugger page (recent deliveries, filters, live updates).
+- ``GET /debug/deliveries.json``: recent deliveries, newest first; query ``integration``,
+  ``outcome``, ``after`` (seq), ``limit``.
+- ``GET /debug/events``: Server-Sent Events, each new delivery as one ``data:`` JSON line
+  (``id:`` is its seq; ``after`` or ``Last-Event-ID`` resumes).
+
+Access: the server binds ``127.0.0.1`` unless told otherwise. With ``access_token`` set, every
+``/debug`` path needs it as ``?token=`` or ``Authorization: Bearer`` (compared in constant
+time); ``/metrics`` and the probes stay open for Prometheus and the kubelet. The access log is
+off, so a token in a query string is never logged; the page never displays it. Deliveries are
+masked by ``consumer.debugger`` before they get here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+import orjson
+from aiohttp import web
+
+from consumer.debugger import Debugger, DeliveryEntry
+from consumer.delivery import Verdict
+from consumer.metrics import Metrics, Readiness, StateSnapshot
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HOST: Final = "127.0.0.1"
+HEARTBEAT_S: Final = 15.0  # SSE comment line interval: proxies keep the stream, dead peers show
+MAX_LIMIT: Final = 1000
+# The classic text format: what ``generate_latest`` writes for our (all legacy-valid) names,
+# and what every Prometheus version parses.
+METRICS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass(frozen=True, slots=True)
+class WebServer:
+    """The running server: where it listens."""
+
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+@dataclass(slots=True, eq=False)
+class _Handlers:
+    metrics: Metrics
+    readiness: Callable[[], Readiness]
+    state: Callable[[], Awaitable[StateSnapshot]] | None
+    debugger: Debugger | None
+    token: bytes | None
+    heartbeat_s: float
+    closing: bool = False
+    streams: set[asyncio.Event] = field(default_factory=set)
+
+    # -- metrics and probes ------------------------------------------------------------------
+
+    async def metrics_page(self, request: web.Request) -> web.Response:
+        if self.state is not None:
+            try:
+                self.metrics.refresh(await self.state())
+            except Exception:
+                # Counters are still worth serving; the gauges keep their previous values.
+                logger.exception("reading state for /metrics failed")
+        return web.Response(
+            body=self.metrics.exposition(), headers={"Content-Type": METRICS_CONTENT_TYPE}
+        )
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return _json({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        readiness = self.readiness()
+        if readiness.ready:
+            return _json({"ready": True})
+        return _json({"ready": False, "reasons": readiness.reasons()}, status=503)
+
+    # -- the debugger ------------------------------------------------------------------------
+
+    def _check_access(self, request: web.Request) -> None:
+        if self.token is None:
+            return
+        offered = request.query.get("token", "")
+        header = request.headers.get("Authorization", "")
+        if header.startswith("Bearer "):
+            offered = header.removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(offered.encode(), self.token):
+            raise web.HTTPUnauthorized(
+                text='{"error": "access token required"}',
+                content_type="application/json",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    def _require_debugger(self, request: web.Request) -> Debugger:
+        self._check_access(request)
+        if self.debugger is None:
+            raise web.HTTPNotFound(text="the debugger is off")
+        return self.debugger
+
+    async def page(self, request: web.Request) -> web.Response:
+        self._require_debugger(request)
+        return web.Response(text=PAGE, content_type="text/html", headers=_PAGE_HEADERS)
+
+    async def deliveries(self, request: web.Request) -> web.Response:
+        debugger = self._require_debugger(request)
+        query = request.query
+        entries = debugger.recent(
+            integration=query.get("integration") or None,
+            outcome=query.get("outcome") or None,
+            after=_int_param(query.get("after"), 0),
+            limit=min(_int_param(query.get("limit"), MAX_LIMIT), MAX_LIMIT),
+        )
+        return _json(
+            {
+                "integrations": debugger.integrations,
+                "outcomes": [str(v) for v in Verdict],
+                "last_seq": debugger.last_seq,
+                "deliveries": [e.to_json() for e in entries],
+            }
+        )
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        debugger = self._require_debugger(request)
+        after = _int_param(request.query.get("after") or request.headers.get("Last-Event-ID"), 0)
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",  # nginx: do not buffer the stream
+            }
+        )
+        await response.prepare(request)
+        wake = asyncio.Event()
+        self.streams.add(wake)
+        unsubscribe = debugger.subscribe(lambda _entry: wake.set())
+        try:
+            with contextlib.suppress(ConnectionResetError):  # the page went away
+                while not self.closing:
+                    wake.clear()  # before reading: an entry recorded during the writes wakes us
+                    for entry in reversed(debugger.recent(after=after, limit=MAX_LIMIT)):
+                        await response.write(_sse(entry))
+                        after = entry.seq
+                    try:
+                        async with asyncio.timeout(self.heartbeat_s):
+                            await wake.wait()
+                    except TimeoutError:
+                        await response.write(b": ping\n\n")
+        finally:
+            unsubscribe()
+            self.streams.discard(wake)
+        return response
+
+    async def on_shutdown(self, app: web.Application) -> None:
+        self.closing = True
+        for wake in self.streams:
+            wake.set()
+
+
+@contextlib.asynccontextmanager
+async def serve_web(
+    *,
+    port: int,
+    metrics: Metrics,
+    readiness: Callable[[], Readiness],
+    host: str = DEFAULT_HOST,
+    state: Callable[[], Awaitable[StateSnapshot]] | None = None,
+    debugger: Debugger | None = None,
+    access_token: str | None = None,
+    heartbeat_s: float = HEARTBEAT_S,
+) -> AsyncIterator[WebServer]:
+    """Serve until the block exits; yields the bound ``WebServer`` (``port=0``: a free port).
+
+    ``readiness`` is called per ``/readyz`` request and must not block; ``state`` is awaited per
+    ``/metrics`` scrape to refresh the state gauges (its failure is logged; the scrape still
+    answers). ``debugger`` None disables the ``/debug`` paths (404). ``access_token`` (None or
+    empty: no token) guards ``/debug``. Raises OSError when the address cannot be bound. On
+    exit, live debugger streams end and the socket closes.
+    """
+    handlers = _Handlers(
+        metrics=metrics,
+        readiness=readiness,
+        state=state,
+        debugger=debugger,
+        token=access_token.encode() if access_token else None,
+        heartbeat_s=heartbeat_s,
+    )
+    app = web.Application()
+    app.router.add_get("/metrics", handlers.metrics_page)
+    app.router.add_get("/healthz", handlers.healthz)
+    app.router.add_get("/readyz", handlers.readyz)
+    app.router.add_get("/debug", handlers.page)
+    app.router.add_get("/debug/deliveries.json", handlers.deliveries)
+    app.router.add_get("/debug/events", handlers.events)
+    app.on_shutdown.append(handlers.on_shutdown)
+    # access_log=None: a ?token= must never reach a log line.
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        bound_host, bound_port = runner.addresses[0][:2]
+        server = WebServer(bound_host, bound_port)
+        logger.info(
+            "serving /metrics, /healthz, /readyz%s on %s",
+            ", /debug" if debugger is not None else "",
+            server.url,
+        )
+        yield server
+    finally:
+        await runner.cleanup()
+
+
+def _json(body: object, *, status: int = 200) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(body), status=status, content_type="application/json"
+    )
+
+
+def _int_param(text: str | None, default: int) -> int:
+    if not text:
+        return default
+    try:
+        return max(0, int(text))
+    except ValueError:
+        raise web.HTTPBadRequest(text="expected a non-negative integer") from None
+
+
+def _sse(entry: DeliveryEntry) -> bytes:
+    return b"id: %d\ndata: %s\n\n" % (entry.seq, orjson.dumps(entry.to_json()))
+
+
+# -- the page ------------------------------------------------------------------------------------
+# One self-contained document (no package data to ship). Rows are built with textContent only:
+# payload values are user input and must never be parsed as HTML.
+
+_STYLE: Final = """
+:root { --bg:#f6f7f9; --fg:#1d2430; --muted:#6b7686; --line:#e2e6ec; --ok:#127a3e;
+        --warn:#a25b00; --bad:#b3261e; --chip:#eef1f5; }
+* { box-sizing: border-box; }
+body { margin:0; font:14px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
+       background:var(--bg); color:var(--fg); }
+header { display:flex; align-items:center; gap:16px; padding:12px 20px; background:#14213d;
+         color:#fff; }
+header h1 { font-size:18px; margin:0; font-weight:600; }
+header .sub { color:#c9d2e3; font-size:13px; }
+#live { margin-left:auto; font-size:13px; color:#c9d2e3; }
+#live.on::before { content:"\\25CF "; color:#4ade80; }
+#live.off::before { content:"\\25CF "; color:#f87171; }
+.bar { display:flex; gap:16px; align-items:center; padding:10px 20px;
+       border-bottom:1px solid var(--line); background:#fff; }
+.bar label { color:var(--muted); font-size:13px; }
+.bar select { margin-left:6px; padding:3px 6px; font:inherit; }
+#count { margin-left:auto; color:var(--muted); font-size:13px; }
+#error { display:none; margin:12px 20px; padding:10px; background:#fde8e7; color:var(--bad);
+         border-radius:6px; }
+table { width:100%; border-collapse:collapse; background:#fff; }
+th, td { text-align:left; padding:7px 10px; border-bottom:1px solid var(--line);
+         vertical-align:top; }
+th { font-size:12px; text-transform:uppercase; letter-spacing:.04em; color:var(--muted);
+     background:#fafbfc; position:sticky; top:0; }
+td.mono, pre { font-family:ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
+               font-size:12px; }
+pre { margin:0; white-space:pre-wrap; word-break:break-all; max-width:520px; }
+.chip { display:inline-block; padding:1px 7px; margin:0 4px 2px 0; border-radius:10px;
+        background:var(--chip); font-size:12px; }
+.outcome { font-weight:600; }
+tr.delivered .outcome { color:var(--ok); }
+tr.rate_limited .outcome, tr.retry .outcome { color:var(--warn); }
+tr.rejected .outcome, tr.unauthorized .outcome { color:var(--bad); }
+.muted { color:var(--muted); }
+#empty { padding:24px 20px; color:var(--muted); }
+"""
+
+_SCRIPT: Final = """
+"use strict";
+const params = new URLSearchParams(location.search);
+const token = params.get("token");
+const withToken = (path) => token ? path + (path.includes("?") ? "&" : "?") + "token=" +
+  encodeURIComponent(token) : path;
+const KEEP = 1000;
+let entries = [];
+let lastSeq = 0;
+const $ = (id) => document.getElementById(id);
+
+function el(tag, text, cls) {
+  const node = document.createElement(tag);
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  if (cls) node.className = cls;
+  return node;
+}
+
+function fillSelect(select, values) {
+  for (const value of values) {
+    if (![...select.options].some((o) => o.value === value)) {
+      select.appendChild(el("option", value)).value = value;
+    }
+  }
+}
+
+function row(d) {
+  const tr = el("tr", null, "delivery " + d.outcome);
+  tr.dataset.seq = d.seq;
+  tr.dataset.integration = d.integration;
+  tr.dataset.outcome = d.outcome;
+  tr.appendChild(el("td", new Date(d.at * 1000).toLocaleTimeString(), "mono"));
+  const integ = el("td");
+  integ.appendChild(el("div", d.integration));
+  integ.appendChild(el("div", d.location_id, "muted mono"));
+  tr.appendChild(integ);
+  const events = el("td");
+  for (const name of d.events) events.appendChild(el("span", name, "chip"));
+  if (d.event_count > d.events.length) events.appendChild(el("span", "x" + d.event_count, "muted"));
+  tr.appendChild(events);
+  tr.appendChild(el("td", d.contact_key, "mono contact"));
+  const payload = el("td");
+  payload.appendChild(el("pre", JSON.stringify(d.payload, null, 1), "payload"));
+  tr.appendChild(payload);
+  const outcome = el("td");
+  outcome.appendChild(el("div", d.status === null ? "no answer" : d.status, "outcome status"));
+  outcome.appendChild(el("div", d.outcome, "muted"));
+  tr.appendChild(outcome);
+  tr.appendChild(el("td", d.message || d.error || "", "message"));
+  tr.appendChild(el("td", d.trace_id || "", "mono trace"));
+  tr.appendChild(el("td", d.latency_ms.toFixed(1) + " ms", "mono"));
+  tr.appendChild(el("td", d.attempts, "mono"));
+  return tr;
+}
+
+function render() {
+  const integration = $("integration").value;
+  const outcome = $("outcome").value;
+  const shown = entries.filter((d) => (!integration || d.integration === integration) &&
+                                      (!outcome || d.outcome === outcome));
+  const body = $("rows");
+  body.replaceChildren(...shown.map(row));
+  $("count").textContent = shown.length + " of " + entries.length + " deliveries";
+  $("empty").style.display = shown.length ? "none" : "block";
+}
+
+function add(d) {
+  if (d.seq <= lastSeq) return;
+  lastSeq = d.seq;
+  entries.unshift(d);
+  if (entries.length > KEEP) entries.length = KEEP;
+}
+
+function fail(message) {
+  $("error").textContent = message;
+  $("error").style.display = "block";
+  $("live").className = "off";
+  $("live").textContent = "offline";
+}
+
+async function start() {
+  const response = await fetch(withToken("debug/deliveries.json"));
+  if (!response.ok) { fail(response.status === 401 ? "Access token required." :
+                           "Could not load deliveries (" + response.status + ")."); return; }
+  const data = await response.json();
+  fillSelect($("integration"), data.integrations);
+  fillSelect($("outcome"), data.outcomes);
+  for (const d of data.deliveries.slice().reverse()) add(d);
+  render();
+  const source = new EventSource(withToken("debug/events?after=" + lastSeq));
+  source.onopen = () => { $("live").className = "on"; $("live").textContent = "live"; };
+  source.onerror = () => { $("live").className = "off"; $("live").textContent = "reconnecting"; };
+  source.onmessage = (message) => { add(JSON.parse(message.data)); render(); };
+}
+
+$("integration").addEventListener("change", render);
+$("outcome").addEventListener("change", render);
+start().catch((e) => fail(String(e)));
+"""
+
+
+def _csp_hash(source: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(source.encode()).digest()).decode() + "'"
+
+
+_PAGE_HEADERS: Final = {
+    # Only this page's own inline script and style run; data comes from this origin only.
+    "Content-Security-Policy": (
+        f"default-src 'none'; script-src {_csp_hash(_SCRIPT)}; style-src {_csp_hash(_STYLE)}; "
+        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+}
+
+PAGE: Final = f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Event Debugger - ghl-consumer</title>
+<style>{_STYLE}</style>
+</head>
+<body>
+<header>
+  <h1>Event Debugger</h1>
+  <span class="sub">recent HighLevel deliveries, email and phone masked</span>
+  <span id="live" class="off">connecting</span>
+</header>
+<div class="bar">
+  <label>Integration<select id="integration"><option value="">all</option></select></label>
+  <label>Outcome<select id="outcome"><option value="">all</option></select></label>
+  <span id="count"></span>
+</div>
+<div id="error"></div>
+<table>
+  <thead><tr><th>Time</th><th>Integration</th><th>Events</th><th>Contact</th><th>Payload sent</th>
+  <th>HighLevel</th><th>Message</th><th>traceId</th><th>Latency</th><th>Attempt</th></tr></thead>
+  <tbody id="rows"></tbody>
+</table>
+<div id="empty">No deliveries yet.</div>
+<script>{_SCRIPT}</script>
+</body>
+</html>
+"""
