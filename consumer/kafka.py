@@ -1,0 +1,843 @@
+"""The Kafka adapter, and the only module that imports ``confluent_kafka``.
+
+``KafkaSource`` is one member of a consumer group: it fetches record batches, pauses and resumes
+partitions, commits offsets with metadata, and reports assignment changes to a
+``RebalanceListener``. ``KafkaProducer`` writes the dead-letter, parking and profile-changelog
+records and confirms each delivery. ``ensure_topics`` creates missing topics.
+
+Threads and the event loop
+    ``KafkaSource`` is built on ``confluent_kafka.aio.AIOConsumer``: every librdkafka call runs
+    on a two-thread executor, never on the loop thread, and rebalance callbacks run as
+    coroutines ON THE EVENT LOOP while the librdkafka call that triggered them (``poll_batch``
+    or ``close``) waits in its worker thread. So the listener, the engine and
+    ``consumer.offsets`` all live on the loop thread and share state without locks.
+
+    Calls are serialised by an ``asyncio.Lock``: one librdkafka call at a time, so a ``pause``,
+    ``commit`` or ``lag`` issued while ``poll_batch`` waits for records starts when that poll
+    returns (after at most its ``timeout_s``). Calls made from inside a listener callback skip
+    the lock (they belong to the call in progress); they must be awaited inside the callback,
+    not spawned as tasks that outlive it. This bounds the executor at two threads: the call in
+    progress plus the one re-entrant call a callback may make at a time.
+
+    ``KafkaProducer`` uses the plain ``Producer`` (thread-safe): ``produce`` only enqueues and
+    runs on the loop; a dedicated thread serves delivery reports and resolves the futures via
+    ``call_soon_threadsafe``. (``AIOProducer`` is not used: its batching mode rejects headers,
+    which dead-letter records need.)
+
+Rebalance protocols
+    ``group_protocol="classic"`` uses the cooperative-sticky assignor, ``"consumer"`` the
+    KIP-848 protocol (Kafka 4.x; the broker assigns, ``session.timeout.ms``,
+    ``heartbeat.interval.ms``, ``partition.assignment.strategy`` and ``group.protocol.type`` are
+    broker-side and refused here). Both are incremental: callbacks name only the partitions that
+    move, and the others keep being fetched throughout.
+
+Pause across rebalances
+    librdkafka keeps an application pause on the partition object across unassign and
+    re-assign (only its own internal pause is reset on assign), and keeps it for partitions
+    that stay assigned. So nothing needs re-pausing after a rebalance, but a partition revoked
+    while paused would come back paused and stall: the source resumes revoked partitions
+    before unassigning them and forgets them in ``paused``.
+
+Errors (all subclass ``consumer.errors.ConsumerError``)::
+
+    KafkaAdapterError         a Kafka operation failed; ``retriable`` says whether trying again
+    |                         may help. Raised by poll_batch (fatal client errors), ensure_topics.
+    +-- CommitFailedError     a synchronous commit failed for some partitions (``failed``).
+    +-- ProduceFailedError    a record was not delivered (set on the delivery future).
+
+An exception raised by the listener propagates out of ``poll_batch`` or ``close``; treat it as
+fatal (librdkafka still applies the assignment change, but the engine missed it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Final, Literal, Protocol
+
+from confluent_kafka import (
+    OFFSET_INVALID,
+    TIMESTAMP_NOT_AVAILABLE,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+
+# NewTopic is documented as confluent_kafka.admin.NewTopic, but that module re-imports it
+# without marking the re-export, so mypy --strict does not see it there.
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.aio import AIOConsumer
+
+from consumer.errors import ConfigError, ConsumerError
+from consumer.offsets import CommitPoint
+
+logger = logging.getLogger(__name__)
+_librdkafka_logger = logging.getLogger(__name__ + ".librdkafka")
+
+GroupProtocol = Literal["classic", "consumer"]
+Setting = str | int | float | bool
+
+# Set by the keyword arguments, so refused in ``extra``.
+_OWN_SETTINGS: Final = frozenset(
+    {
+        "bootstrap.servers",
+        "group.id",
+        "group.protocol",
+        "auto.offset.reset",
+        "enable.auto.commit",
+        "enable.auto.offset.store",
+        "partition.assignment.strategy",
+        "session.timeout.ms",
+        "heartbeat.interval.ms",
+        "group.protocol.type",
+    }
+)
+_COMMITTED_TIMEOUT_S: Final = 10.0  # fetching committed offsets while being assigned
+_COMMITTED_ATTEMPTS: Final = 3
+
+# The KafkaSource whose rebalance callback is running in this context (see module docstring).
+_IN_CALLBACK: contextvars.ContextVar[KafkaSource | None] = contextvars.ContextVar(
+    "ghl_kafka_in_callback", default=None
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Values
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaRecord:
+    """One fetched record. Header values that are null in Kafka are given as b""."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+    timestamp_ms: int | None  # None when the record has no timestamp
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Partition:
+    """A topic partition, as a hashable value."""
+
+    topic: str
+    partition: int
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """A partition newly assigned to this member, with the group's commit for it: ``committed``
+    is the offset consumption starts at (None: the group has none, ``auto_offset_reset``
+    applies) and ``metadata`` the raw commit metadata (decode with ``consumer.offsets``)."""
+
+    topic: str
+    partition: int
+    committed: int | None
+    metadata: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionLag:
+    """Fetch position and high watermark of an assigned partition, both from local state
+    (None until known: nothing fetched yet)."""
+
+    topic: str
+    partition: int
+    position: int | None
+    high_watermark: int | None
+
+    @property
+    def lag(self) -> int | None:
+        """Records in the log beyond the fetch position."""
+        if self.position is None or self.high_watermark is None:
+            return None
+        return max(0, self.high_watermark - self.position)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """Where a produced record landed."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """A topic ``ensure_topics`` creates when missing; None means the broker's default."""
+
+    name: str
+    partitions: int | None = None
+    replication_factor: int | None = None
+    config: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+class RebalanceListener(Protocol):
+    """What the engine implements to follow assignment changes. Called on the event loop,
+    from inside ``poll_batch`` or ``close``; each call completes before records of the new
+    assignment are returned."""
+
+    async def on_assigned(self, partitions: list[Assignment]) -> None:
+        """New partitions, before any of their records is returned."""
+
+    async def on_revoked(self, partitions: list[Partition]) -> None:
+        """Partitions about to go (rebalance or close). Still owned during the call: commit
+        their final points now with ``await source.commit(points, sync=True)``; commits for
+        them are refused afterwards."""
+
+    async def on_lost(self, partitions: list[Partition]) -> None:
+        """Partitions already owned by someone else (session timed out, fenced): committing is
+        no longer possible; drop their work."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+
+
+class KafkaAdapterError(ConsumerError):
+    """A Kafka operation failed. ``retriable``: trying again later may succeed."""
+
+    def __init__(self, message: str, *, retriable: bool = False) -> None:
+        super().__init__(message)
+        self.retriable = retriable
+
+
+class CommitFailedError(KafkaAdapterError):
+    """A synchronous commit failed; ``failed`` pairs each partition with librdkafka's reason.
+    Offsets are not marked committed: the next commit point includes them again."""
+
+    def __init__(self, failed: Sequence[tuple[Partition, str]], *, retriable: bool) -> None:
+        names = ", ".join(f"{p.topic}[{p.partition}]: {why}" for p, why in failed)
+        super().__init__(f"commit failed for {names}", retriable=retriable)
+        self.failed = tuple(failed)
+
+
+class ProduceFailedError(KafkaAdapterError):
+    """A record was not delivered (after librdkafka's own retries, or the producer closed)."""
+
+
+def _from_kafka(exc: KafkaException, what: str) -> KafkaAdapterError:
+    err = exc.args[0] if exc.args else None
+    if isinstance(err, KafkaError):
+        return KafkaAdapterError(f"{what}: {err.str()}", retriable=err.retriable())
+    return KafkaAdapterError(f"{what}: {exc}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Consumer
+
+
+class KafkaSource:
+    """One consumer-group member. Create, ``await start(listener)``, then loop on
+    ``poll_batch``; ``close`` when done. Offsets are committed only by ``commit``
+    (``enable.auto.commit`` and ``enable.auto.offset.store`` are off).
+
+    Memory: librdkafka prefetches at most ``queued_max_messages_kbytes`` (per member, all
+    partitions together; may be overshot by one fetch of ``max_partition_fetch_bytes`` per
+    partition); a paused partition's prefetched records are discarded and fetched again on
+    resume. Keep calling ``poll_batch`` even while everything is paused: not polling for
+    ``max_poll_interval_ms`` makes librdkafka leave the group.
+    """
+
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        group_id: str,
+        topics: Sequence[str],
+        auto_offset_reset: Literal["earliest", "latest"] = "earliest",
+        group_protocol: GroupProtocol = "classic",
+        client_id: str = "ghl-consumer",
+        session_timeout_ms: int | None = None,
+        heartbeat_interval_ms: int | None = None,
+        max_poll_interval_ms: int = 300_000,
+        queued_max_messages_kbytes: int = 16_384,
+        fetch_max_bytes: int = 16 * 1024 * 1024,
+        max_partition_fetch_bytes: int = 1024 * 1024,
+        extra: Mapping[str, Setting] | None = None,
+    ) -> None:
+        """Validate and store the configuration; nothing connects before ``start``.
+
+        ``session_timeout_ms`` / ``heartbeat_interval_ms`` apply to the classic protocol only
+        (KIP-848 sets them broker-side). ``extra``: further librdkafka settings passed through
+        (``security.protocol``, ``sasl.*``, ``ssl.*``, ``group.remote.assignor``, ...); settings
+        these keywords own are refused. Raises ``ConfigError``.
+        """
+        if not topics:
+            raise ConfigError("kafka topics: at least one topic is required")
+        if auto_offset_reset not in ("earliest", "latest"):
+            raise ConfigError("kafka auto_offset_reset: must be 'earliest' or 'latest'")
+        if group_protocol not in ("classic", "consumer"):
+            raise ConfigError("kafka group_protocol: must be 'classic' or 'consumer'")
+        clash = sorted(_OWN_SETTINGS.intersection(extra or {}))
+        if clash:
+            raise ConfigError(f"kafka extra settings: set by the source itself: {clash}")
+        config: dict[str, Any] = {
+            "bootstrap.servers": bootstrap,
+            "group.id": group_id,
+            "client.id": client_id,
+            "auto.offset.reset": auto_offset_reset,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "max.poll.interval.ms": max_poll_interval_ms,
+            "queued.max.messages.kbytes": queued_max_messages_kbytes,
+            "fetch.max.bytes": fetch_max_bytes,
+            "max.partition.fetch.bytes": max_partition_fetch_bytes,
+        }
+        if group_protocol == "consumer":
+            if session_timeout_ms is not None or heartbeat_interval_ms is not None:
+                raise ConfigError(
+                    "kafka session/heartbeat timeouts are broker-side with group_protocol "
+                    "'consumer' (group.consumer.session.timeout.ms, "
+                    "group.consumer.heartbeat.interval.ms)"
+                )
+            config["group.protocol"] = "consumer"
+        else:
+            config["partition.assignment.strategy"] = "cooperative-sticky"
+            if session_timeout_ms is not None:
+                config["session.timeout.ms"] = session_timeout_ms
+            if heartbeat_interval_ms is not None:
+                config["heartbeat.interval.ms"] = heartbeat_interval_ms
+        config.update(extra or {})
+        self.group_protocol: GroupProtocol = group_protocol
+        self._config = config
+        self._topics = list(topics)
+        self._aio: AIOConsumer | None = None
+        self._listener: RebalanceListener | None = None
+        self._lock = asyncio.Lock()
+        self._inflight: asyncio.Task[list[Message]] | None = None
+        self._assigned: set[Partition] = set()
+        self._paused: set[Partition] = set()
+        self._fatal: KafkaError | None = None
+        self._closing = False
+        self._closed = False
+        # Counters for metrics (read them; never reset).
+        self.commits_refused = 0  # commit points dropped: partition no longer owned
+        self.commit_failures = 0  # partitions whose commit librdkafka reported as failed
+        self.records_dropped_unowned = 0  # fetched records of partitions revoked meanwhile
+        self.consume_errors = 0  # error events returned by consume (logged)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self, listener: RebalanceListener) -> None:
+        """Create the client and subscribe. Returns at once: joining the group and the first
+        ``on_assigned`` happen inside the following ``poll_batch`` calls. Raises
+        ``KafkaAdapterError`` (e.g. an invalid librdkafka setting in ``extra``)."""
+        if self._aio is not None:
+            raise RuntimeError("KafkaSource.start() called twice")
+        self._listener = listener
+        config = dict(self._config)
+        config["error_cb"] = self._on_error
+        config["on_commit"] = self._on_commit
+        config["logger"] = _librdkafka_logger
+        try:
+            self._aio = AIOConsumer(config, max_workers=2)
+            await self._aio.subscribe(
+                self._topics,
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_lost,
+            )
+        except KafkaException as exc:
+            raise _from_kafka(exc, "kafka consumer start") from exc
+
+    async def close(self) -> None:
+        """Leave the group cleanly: ``on_revoked`` runs for every owned partition (commit
+        there), then the member leaves so others take its partitions at once, without waiting
+        for a session timeout. Records fetched but not yet returned are dropped (they were
+        never admitted, so never committed). Idempotent."""
+        if self._aio is None or self._closed:
+            return
+        async with self._lock:
+            if self._inflight is not None:  # a cancelled poll's consume must finish first
+                with contextlib.suppress(Exception):
+                    await self._inflight
+                self._inflight = None
+            self._closing = True
+            await self._aio.close()
+            self._closed = True
+        logger.info("kafka consumer closed", extra={"group_protocol": self.group_protocol})
+
+    # -- fetching -------------------------------------------------------------------------------
+
+    async def poll_batch(self, max_records: int, timeout_s: float) -> list[KafkaRecord]:
+        """Up to ``max_records`` records, waiting at most ``timeout_s`` for the first (in a
+        worker thread; the loop stays free). Rebalance callbacks run during this call. Records
+        of paused partitions are not returned; records of partitions revoked during the call
+        are dropped. Cancelling the caller does not lose records: they are returned by the
+        next call. Raises ``KafkaAdapterError`` on a fatal client error, and whatever the
+        listener raised."""
+        aio = self._require_started()
+        if self._fatal is not None:
+            raise KafkaAdapterError(f"kafka consumer failed: {self._fatal.str()}")
+        if self._inflight is None:
+            self._inflight = asyncio.ensure_future(self._consume(aio, max_records, timeout_s))
+        task = self._inflight
+        # Shielded: a cancelled caller leaves the records in _inflight for the next call,
+        # and the lock stays held until librdkafka's call returns.
+        try:
+            messages = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled():
+                self._inflight = None
+            raise
+        except BaseException:
+            self._inflight = None
+            raise
+        self._inflight = None
+        return self._records(messages)
+
+    async def _consume(self, aio: AIOConsumer, max_records: int, timeout_s: float) -> list[Message]:
+        async with self._lock:
+            try:
+                messages: list[Message] = await aio.consume(
+                    num_messages=max_records, timeout=timeout_s
+                )
+            except KafkaException as exc:
+                raise _from_kafka(exc, "kafka consume") from exc
+            return messages
+
+    def _records(self, messages: list[Message]) -> list[KafkaRecord]:
+        records = []
+        for message in messages:
+            err = message.error()
+            if err is not None:
+                self.consume_errors += 1
+                logger.warning(
+                    "kafka consume error: %s",
+                    err.str(),
+                    extra={"topic": message.topic(), "partition": message.partition()},
+                )
+                if err.fatal():
+                    self._fatal = err
+                    raise KafkaAdapterError(f"kafka consumer failed: {err.str()}")
+                continue
+            record = _record(message)
+            if Partition(record.topic, record.partition) not in self._assigned:
+                self.records_dropped_unowned += 1
+                continue
+            records.append(record)
+        return records
+
+    # -- flow control ---------------------------------------------------------------------------
+
+    @property
+    def assignment(self) -> frozenset[Partition]:
+        """Partitions this member owns now."""
+        return frozenset(self._assigned)
+
+    @property
+    def paused(self) -> frozenset[Partition]:
+        """Owned partitions paused by ``pause`` and not resumed since."""
+        return frozenset(self._paused)
+
+    async def pause(self, partitions: Iterable[Partition]) -> None:
+        """Stop fetching these partitions (owned ones; others are ignored). Records of them
+        already prefetched are discarded by librdkafka and fetched again after ``resume``;
+        a batch returned before the pause may still hold some. Pause survives rebalances for
+        partitions that stay assigned."""
+        async with self._serial() as aio:
+            targets = sorted(p for p in partitions if p in self._assigned - self._paused)
+            if targets:
+                await aio.pause(_topic_partitions(targets))
+                self._paused.update(targets)
+
+    async def resume(self, partitions: Iterable[Partition]) -> None:
+        """Fetch these paused partitions again, from the next offset not yet returned."""
+        async with self._serial() as aio:
+            targets = sorted(p for p in partitions if p in self._paused)
+            if targets:
+                await aio.resume(_topic_partitions(targets))
+                self._paused.difference_update(targets)
+
+    # -- committing -----------------------------------------------------------------------------
+
+    async def commit(self, points: Sequence[CommitPoint], *, sync: bool) -> None:
+        """Commit offsets with their metadata. Points of partitions this member does not own
+        (any more) are dropped and counted in ``commits_refused``: a revoked partition never
+        commits again. ``sync=True`` waits for the broker and raises ``CommitFailedError``
+        (nothing is retried here); use it in ``on_revoked`` and at shutdown. ``sync=False``
+        returns once queued; failures are logged and counted in ``commit_failures``."""
+        async with self._serial() as aio:
+            owned = [p for p in points if Partition(p.topic, p.partition) in self._assigned]
+            refused = len(points) - len(owned)
+            if refused:
+                self.commits_refused += refused
+                logger.warning("refused %d commit point(s) of partitions not owned", refused)
+            if not owned:
+                return
+            offsets = [TopicPartition(p.topic, p.partition, p.offset, p.metadata) for p in owned]
+            try:
+                if not sync:
+                    await aio.commit(offsets=offsets, asynchronous=True)
+                    return
+                result: list[TopicPartition] = await aio.commit(
+                    offsets=offsets, asynchronous=False
+                )
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                why = err.str() if isinstance(err, KafkaError) else str(exc)
+                retriable = isinstance(err, KafkaError) and err.retriable()
+                failed = [(Partition(p.topic, p.partition), why) for p in owned]
+                raise CommitFailedError(failed, retriable=retriable) from exc
+            failed = [
+                (Partition(tp.topic, tp.partition), tp.error.str())
+                for tp in result
+                if tp.error is not None
+            ]
+            if failed:
+                retriable = all(tp.error.retriable() for tp in result if tp.error is not None)
+                raise CommitFailedError(failed, retriable=retriable)
+
+    # -- metrics --------------------------------------------------------------------------------
+
+    async def lag(self) -> list[PartitionLag]:
+        """Position and high watermark of each owned partition, from librdkafka's local state
+        (no broker round trip; the watermark is the one seen in the last fetch response)."""
+        async with self._serial() as aio:
+            owned = sorted(self._assigned)
+            if not owned:
+                return []
+            positions: list[TopicPartition] = await aio.position(_topic_partitions(owned))
+            lags = []
+            for tp in positions:
+                _low, high = await aio.get_watermark_offsets(
+                    TopicPartition(tp.topic, tp.partition), cached=True
+                )
+                lags.append(
+                    PartitionLag(
+                        tp.topic,
+                        tp.partition,
+                        position=tp.offset if tp.offset >= 0 else None,
+                        high_watermark=high if high >= 0 else None,
+                    )
+                )
+            return lags
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _require_started(self) -> AIOConsumer:
+        if self._aio is None:
+            raise RuntimeError("KafkaSource.start() has not been called")
+        if self._closed:
+            raise RuntimeError("KafkaSource is closed")
+        return self._aio
+
+    def _require_listener(self) -> RebalanceListener:
+        if self._listener is None:  # subscribe() comes after the listener is set
+            raise RuntimeError("KafkaSource.start() has not been called")
+        return self._listener
+
+    @contextlib.asynccontextmanager
+    async def _serial(self) -> AsyncIterator[AIOConsumer]:
+        """One librdkafka call at a time; calls from our own rebalance callback belong to the
+        call in progress and must not wait for it."""
+        aio = self._require_started()
+        if _IN_CALLBACK.get() is self:
+            yield aio
+            return
+        async with self._lock:
+            yield self._require_started()
+
+    async def _on_assign(self, aio: AIOConsumer, partitions: list[TopicPartition]) -> None:
+        token = _IN_CALLBACK.set(self)
+        try:
+            committed = await self._committed(aio, partitions)
+            assignments = [
+                Assignment(
+                    tp.topic,
+                    tp.partition,
+                    committed=tp.offset if tp.offset >= 0 else None,
+                    metadata=tp.metadata,
+                )
+                for tp in committed
+            ]
+            logger.info(
+                "kafka partitions assigned",
+                extra={"partitions": [f"{a.topic}[{a.partition}]" for a in assignments]},
+            )
+            await self._require_listener().on_assigned(assignments)
+            # Start exactly at the offsets the listener was given (one read of the commit).
+            await aio.incremental_assign(
+                [
+                    TopicPartition(a.topic, a.partition, OFFSET_INVALID)
+                    if a.committed is None
+                    else TopicPartition(a.topic, a.partition, a.committed)
+                    for a in assignments
+                ]
+            )
+            self._assigned.update(Partition(a.topic, a.partition) for a in assignments)
+        finally:
+            _IN_CALLBACK.reset(token)
+
+    async def _committed(
+        self, aio: AIOConsumer, partitions: list[TopicPartition]
+    ) -> list[TopicPartition]:
+        request = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
+        if self._closing:
+            # An assignment still pending when close() began: librdkafka no longer answers
+            # offset fetches then (it would time out), and nothing will be fetched anyway.
+            return request
+        for attempt in range(1, _COMMITTED_ATTEMPTS + 1):
+            try:
+                committed: list[TopicPartition] = await aio.committed(
+                    request, timeout=_COMMITTED_TIMEOUT_S
+                )
+                return committed
+            except KafkaException as exc:
+                logger.warning(
+                    "fetching committed offsets failed (attempt %d): %s", attempt, exc.args[0]
+                )
+        # At-least-once still holds: librdkafka fetches the committed offset itself; only the
+        # map of done offsets above it is unknown, so some delivered records may be re-sent.
+        logger.error("committed offsets unavailable; assigning without the done-offset map")
+        return request
+
+    async def _on_revoke(self, aio: AIOConsumer, partitions: list[TopicPartition]) -> None:
+        await self._release(aio, partitions, lost=False)
+
+    async def _on_lost(self, aio: AIOConsumer, partitions: list[TopicPartition]) -> None:
+        await self._release(aio, partitions, lost=True)
+
+    async def _release(
+        self, aio: AIOConsumer, partitions: list[TopicPartition], *, lost: bool
+    ) -> None:
+        token = _IN_CALLBACK.set(self)
+        gone = [Partition(tp.topic, tp.partition) for tp in partitions]
+        logger.info(
+            "kafka partitions %s", "lost" if lost else "revoked",
+            extra={"partitions": [f"{p.topic}[{p.partition}]" for p in gone]},
+        )
+        try:
+            if lost:
+                await self._require_listener().on_lost(gone)
+            else:
+                await self._require_listener().on_revoked(gone)
+        finally:
+            try:
+                # A pause would outlive the assignment in librdkafka (see module docstring).
+                stale = sorted(self._paused.intersection(gone))
+                if stale:
+                    await aio.resume(_topic_partitions(stale))
+                self._paused.difference_update(gone)
+                self._assigned.difference_update(gone)
+                await aio.incremental_unassign(_topic_partitions(gone))
+            finally:
+                _IN_CALLBACK.reset(token)
+
+    async def _on_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self._fatal = err
+            logger.error("kafka consumer fatal error: %s", err.str())
+        else:
+            logger.warning("kafka consumer error: %s", err.str())
+
+    async def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        failed = [tp for tp in partitions if tp.error is not None]
+        if err is not None and err.code() == KafkaError._NO_OFFSET:
+            return
+        if err is not None or failed:
+            self.commit_failures += max(1, len(failed))
+            logger.warning(
+                "kafka commit failed: %s",
+                err.str() if err is not None else "; ".join(str(tp.error) for tp in failed),
+            )
+
+
+def _topic_partitions(partitions: Iterable[Partition]) -> list[TopicPartition]:
+    return [TopicPartition(p.topic, p.partition) for p in partitions]
+
+
+def _record(message: Message) -> KafkaRecord:
+    kind, timestamp = message.timestamp()
+    headers = message.headers() or ()
+    if isinstance(headers, dict):  # the stubs allow a dict; a consumed message gives a list
+        headers = list(headers.items())
+    topic, partition, offset = message.topic(), message.partition(), message.offset()
+    if topic is None or partition is None or offset is None:  # only error events lack them
+        raise KafkaAdapterError("kafka returned a record without topic, partition or offset")
+    return KafkaRecord(
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        key=message.key(),
+        value=message.value(),
+        headers=tuple(
+            (name, value.encode() if isinstance(value, str) else value or b"")
+            for name, value in headers
+        ),
+        timestamp_ms=None if kind == TIMESTAMP_NOT_AVAILABLE else timestamp,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Producer
+
+
+class KafkaProducer:
+    """Idempotent producer for the consumer's own topics (dead letters, parking, profile
+    changelog). Create it inside the running loop's thread; ``close`` flushes."""
+
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        client_id: str = "ghl-consumer",
+        linger_ms: int = 5,
+        delivery_timeout_ms: int = 120_000,
+        extra: Mapping[str, Setting] | None = None,
+    ) -> None:
+        """``extra``: further librdkafka settings (security, compression, ...). Idempotence
+        (and with it ``acks=all``) is always on. Raises ``KafkaAdapterError`` on a bad
+        setting."""
+        config: dict[str, Any] = {
+            "bootstrap.servers": bootstrap,
+            "client.id": client_id,
+            "linger.ms": linger_ms,
+            "delivery.timeout.ms": delivery_timeout_ms,
+            **(extra or {}),
+            "enable.idempotence": True,
+            "error_cb": self._on_error,
+            "logger": _librdkafka_logger,
+        }
+        try:
+            self._producer = Producer(config)
+        except KafkaException as exc:
+            raise _from_kafka(exc, "kafka producer") from exc
+        self._closing = threading.Event()
+        self._closed = False
+        self._flush_timeout_s = 30.0
+        self._thread = threading.Thread(target=self._serve, name="kafka-producer", daemon=True)
+        self._thread.start()
+
+    async def produce(
+        self,
+        topic: str,
+        *,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]] = (),
+    ) -> asyncio.Future[Delivered]:
+        """Enqueue one record; the returned future resolves once the broker has it, to
+        ``Delivered``, or fails with ``ProduceFailedError``. Waits (without blocking the loop)
+        while librdkafka's local queue is full. Raises ``ProduceFailedError`` when closed or
+        the record is refused outright (e.g. too large)."""
+        if self._closed or self._closing.is_set():
+            raise ProduceFailedError("producer is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Delivered] = loop.create_future()
+        on_delivery = _delivery_callback(loop, future)
+        while True:
+            try:
+                # Enqueue only: librdkafka never blocks here, so the loop thread may call it.
+                self._producer.produce(
+                    topic, value=value, key=key, headers=list(headers), on_delivery=on_delivery
+                )
+                return future
+            except BufferError:
+                await asyncio.sleep(0.05)  # queue full: the serving thread drains it
+            except KafkaException as exc:
+                raise ProduceFailedError(str(_from_kafka(exc, "produce"))) from exc
+
+    async def close(self, timeout_s: float = 30.0) -> None:
+        """Deliver what is queued (up to ``timeout_s``), fail the rest with
+        ``ProduceFailedError``, stop the serving thread. Idempotent."""
+        if self._closed:
+            return
+        self._flush_timeout_s = timeout_s
+        self._closing.set()
+        await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+        self._closed = True
+
+    def _serve(self) -> None:
+        # Runs on the producer's own thread: delivery reports resolve futures on the loop.
+        while not self._closing.is_set():
+            self._producer.poll(0.1)
+        remaining = self._producer.flush(self._flush_timeout_s)
+        if remaining:
+            logger.error("kafka producer: %d record(s) undelivered at close", remaining)
+            self._producer.purge()
+            self._producer.poll(0)
+
+    def _on_error(self, err: KafkaError) -> None:
+        logger.warning("kafka producer error: %s", err.str())
+
+
+def _delivery_callback(
+    loop: asyncio.AbstractEventLoop, future: asyncio.Future[Delivered]
+) -> Callable[[KafkaError | None, Message], None]:
+    def settle(err: KafkaError | None, where: Delivered | None) -> None:
+        if future.done():  # the caller gave up waiting
+            return
+        if err is not None or where is None:
+            why = err.str() if err is not None else "no delivery report"
+            retriable = err is not None and err.retriable()
+            future.set_exception(ProduceFailedError(f"not delivered: {why}", retriable=retriable))
+        else:
+            future.set_result(where)
+
+    def on_delivery(err: KafkaError | None, message: Message) -> None:
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        where = (
+            Delivered(topic, partition, offset)
+            if err is None and topic is not None and partition is not None and offset is not None
+            else None
+        )
+        with contextlib.suppress(RuntimeError):  # the loop is already closed: nobody waits
+            loop.call_soon_threadsafe(settle, err, where)
+
+    return on_delivery
+
+
+# ---------------------------------------------------------------------------------------------
+# Admin
+
+
+async def ensure_topics(
+    *,
+    bootstrap: str,
+    topics: Sequence[TopicSpec],
+    extra: Mapping[str, Setting] | None = None,
+    timeout_s: float = 30.0,
+) -> list[str]:
+    """Create the topics that do not exist yet; returns the names created. Existing topics are
+    left as they are (their config is not altered). Raises ``KafkaAdapterError``."""
+    if not topics:
+        return []
+    admin = AdminClient({"bootstrap.servers": bootstrap, **(extra or {})})
+    new = [
+        NewTopic(
+            spec.name,
+            num_partitions=spec.partitions if spec.partitions is not None else -1,
+            replication_factor=(
+                spec.replication_factor if spec.replication_factor is not None else -1
+            ),
+            config=dict(spec.config),
+        )
+        for spec in topics
+    ]
+    futures = admin.create_topics(new, operation_timeout=timeout_s, request_timeout=timeout_s)
+    created = []
+    for name, future in futures.items():
+        try:
+            await asyncio.wrap_future(future)
+            created.append(name)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue
+            raise _from_kafka(exc, f"creating topic {name}") from exc
+    if created:
+        logger.info("kafka topics created", extra={"topics": created})
+    return created
