@@ -1,0 +1,207 @@
+"""docker-compose.yml, deploy/Dockerfile, deploy/k8s and deploy/prometheus.yml hold together.
+
+``docker compose config`` (or Debian's ``docker-compose``) validates the compose file without a
+Docker engine; ``promtool`` (Debian's ``prometheus``) validates the Prometheus config. Both are
+required: the tests fail, never skip, without them.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "deploy" / "Dockerfile"
+K8S = ROOT / "deploy" / "k8s"
+PROMETHEUS = ROOT / "deploy" / "prometheus.yml"
+METRICS_PORT = 9464  # DESIGN.md section 4 default
+
+
+def compose_command() -> list[str]:
+    docker = shutil.which("docker")
+    if docker:
+        probe = subprocess.run(
+            [docker, "compose", "version"], capture_output=True, text=True, check=False
+        )
+        if probe.returncode == 0:
+            return [docker, "compose"]
+    legacy = shutil.which("docker-compose")
+    assert legacy, "neither `docker compose` nor docker-compose: apt-get install docker-compose"
+    return [legacy]
+
+
+def compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    return loaded
+
+
+def k8s_objects() -> dict[str, dict[str, Any]]:
+    """kind -> object of every manifest named in kustomization.yaml."""
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    objects = {}
+    for name in kustomization["resources"]:
+        for document in yaml.safe_load_all((K8S / name).read_text()):
+            objects[document["kind"]] = document
+    return objects
+
+
+# -- docker compose -----------------------------------------------------------------------------
+
+
+def test_compose_config_is_valid() -> None:
+    result = subprocess.run(
+        [*compose_command(), "--file", str(COMPOSE), "config", "--quiet"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+        env={"PATH": "/usr/local/bin:/usr/bin:/bin"},  # no user overrides of the defaults
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_compose_has_the_pipeline() -> None:
+    services = compose()["services"]
+    assert {"kafka", "redis", "consumer", "sandbox", "prometheus", "grafana"} <= set(services)
+    kafka = services["kafka"]
+    assert kafka["image"].startswith("apache/kafka:")
+    assert "controller" in kafka["environment"]["KAFKA_PROCESS_ROLES"]  # KRaft: no ZooKeeper
+    assert not any("zookeeper" in name for name in services)
+    for name in ("consumer", "sandbox"):
+        assert services[name]["build"]["dockerfile"] == "deploy/Dockerfile"
+    assert services["sandbox"]["command"][0] == "sandbox"
+
+
+def test_compose_consumer_is_wired_to_its_neighbours() -> None:
+    services = compose()["services"]
+    env = services["consumer"]["environment"]
+    assert env["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
+    assert env["REDIS_URL"].startswith("redis://redis:")
+    assert "http://sandbox:8900" in env["GHL_API_BASE_URL"]
+    assert int(env["METRICS_PORT"]) == METRICS_PORT
+    prometheus = yaml.safe_load(PROMETHEUS.read_text())
+    targets = prometheus["scrape_configs"][0]["static_configs"][0]["targets"]
+    assert targets == [f"consumer:{METRICS_PORT}"]
+
+
+def test_compose_publishes_ports_on_loopback_only() -> None:
+    for name, service in compose()["services"].items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} publicly"
+
+
+def test_compose_mounts_files_that_exist() -> None:
+    for name, service in compose()["services"].items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (ROOT / source).exists(), f"{name} mounts missing {source}"
+    mounts = " ".join(compose()["services"]["grafana"]["volumes"])
+    assert "./grafana/provisioning" in mounts
+    assert "./grafana/dashboards" in mounts
+
+
+# -- the image ----------------------------------------------------------------------------------
+
+
+def test_dockerfile_is_small_and_runs_as_non_root() -> None:
+    text = DOCKERFILE.read_text()
+    stages = re.findall(r"^FROM (\S+)", text, re.MULTILINE)
+    assert stages
+    assert all("slim" in image for image in stages)
+    final = text[text.rindex("\nFROM ") :]
+    users = re.findall(r"^USER (\S+)", final, re.MULTILINE)
+    assert users, "the final stage must set USER"
+    assert users[-1].split(":")[0] not in {"0", "root"}
+    assert 'ENTRYPOINT ["ghl-consumer"]' in final
+    assert f"EXPOSE {METRICS_PORT}" in final
+    for source in re.findall(r"^COPY (?!--from)(.+) \S+$", text, re.MULTILINE):
+        for path in source.split():
+            assert (ROOT / path).exists(), path
+    ignore = (ROOT / "deploy" / "Dockerfile.dockerignore").read_text()
+    assert "*" in ignore.splitlines(), "the build context must exclude everything by default"
+
+
+# -- kubernetes ---------------------------------------------------------------------------------
+
+
+def test_k8s_has_every_piece() -> None:
+    kinds = set(k8s_objects())
+    assert {"Deployment", "ConfigMap", "Service", "ScaledObject", "PodDisruptionBudget"} <= kinds
+
+
+def test_k8s_deployment_probes_and_security() -> None:
+    objects = k8s_objects()
+    pod = objects["Deployment"]["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["metrics"] == METRICS_PORT
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    # tokens come from the Secret, never from the ConfigMap
+    secrets = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]["name"]
+        for e in container["env"]
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+    assert secrets["GHL_ACCESS_TOKEN"] == "ghl-consumer"
+    example = yaml.safe_load((K8S / "secret.example.yaml").read_text())
+    assert set(secrets) <= set(example["stringData"])
+    config = objects["ConfigMap"]["data"]
+    assert not any("TOKEN" in key for key in config)
+    assert int(config["METRICS_PORT"]) == METRICS_PORT
+
+
+def test_k8s_selectors_match_the_pods() -> None:
+    objects = k8s_objects()
+    labels = objects["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    for kind in ("Service", "PodDisruptionBudget"):
+        spec = objects[kind]["spec"]
+        selector = spec["selector"].get("matchLabels", spec["selector"])
+        assert selector.items() <= labels.items(), kind
+
+
+def test_scaled_object_follows_the_sizing_rule() -> None:
+    objects = k8s_objects()
+    scaled = objects["ScaledObject"]["spec"]
+    assert scaled["scaleTargetRef"]["name"] == objects["Deployment"]["metadata"]["name"]
+    trigger = scaled["triggers"][0]
+    assert trigger["type"] == "kafka"
+    config = objects["ConfigMap"]["data"]
+    assert trigger["metadata"]["consumerGroup"] == config["KAFKA_GROUP_ID"]
+    assert trigger["metadata"]["topic"] in config["KAFKA_TOPICS"].split(",")
+    assert trigger["metadata"]["allowIdleConsumers"] == "false"
+    # instances <= partitions: the topic the compose stack creates has as many partitions
+    init = " ".join(compose()["services"]["kafka-init"]["command"])
+    partitions = int(re.search(r"--partitions (\d+)", init).group(1))  # type: ignore[union-attr]
+    assert 1 <= scaled["minReplicaCount"] <= scaled["maxReplicaCount"] <= partitions
+
+
+# -- prometheus ---------------------------------------------------------------------------------
+
+
+def test_promtool_accepts_the_prometheus_config(tmp_path: Path) -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool not found: apt-get install prometheus"
+    shutil.copy(ROOT / "grafana" / "alerts.yml", tmp_path / "alerts.yml")
+    config = PROMETHEUS.read_text().replace("/etc/prometheus/alerts.yml", "alerts.yml")
+    (tmp_path / "prometheus.yml").write_text(config)
+    result = subprocess.run(
+        [promtool, "check", "config", "prometheus.yml"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
