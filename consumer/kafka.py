@@ -3,7 +3,8 @@
 ``KafkaSource`` is one member of a consumer group: it fetches record batches, pauses and resumes
 partitions, commits offsets with metadata, and reports assignment changes to a
 ``RebalanceListener``. ``KafkaProducer`` writes the dead-letter, parking and profile-changelog
-records and confirms each delivery. ``ensure_topics`` creates missing topics.
+records and confirms each delivery. ``ensure_topics`` creates missing topics. Records come
+out as ``consumer.events.Record``.
 
 Threads and the event loop
     ``KafkaSource`` is built on ``confluent_kafka.aio.AIOConsumer``: every librdkafka call runs
@@ -59,7 +60,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Literal, NamedTuple, Protocol
 
 from confluent_kafka import (
     OFFSET_INVALID,
@@ -77,7 +78,24 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 from confluent_kafka.aio import AIOConsumer
 
 from consumer.errors import ConfigError, ConsumerError
-from consumer.offsets import CommitPoint
+from consumer.events import Record
+from consumer.offsets import Assignment, CommitPoint
+
+__all__ = [
+    "Assignment",
+    "CommitFailedError",
+    "Delivered",
+    "GroupProtocol",
+    "KafkaAdapterError",
+    "KafkaProducer",
+    "KafkaSource",
+    "Partition",
+    "PartitionLag",
+    "ProduceFailedError",
+    "RebalanceListener",
+    "TopicSpec",
+    "ensure_topics",
+]
 
 logger = logging.getLogger(__name__)
 _librdkafka_logger = logging.getLogger(__name__ + ".librdkafka")
@@ -113,37 +131,12 @@ _IN_CALLBACK: contextvars.ContextVar[KafkaSource | None] = contextvars.ContextVa
 # Values
 
 
-@dataclass(frozen=True, slots=True)
-class KafkaRecord:
-    """One fetched record. Header values that are null in Kafka are given as b""."""
+class Partition(NamedTuple):
+    """A topic partition. A tuple, so it equals and hashes like the ``(topic, partition)``
+    keys of ``consumer.offsets.OffsetTracker`` and fits seams typed ``tuple[str, int]``."""
 
     topic: str
     partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: tuple[tuple[str, bytes], ...]
-    timestamp_ms: int | None  # None when the record has no timestamp
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class Partition:
-    """A topic partition, as a hashable value."""
-
-    topic: str
-    partition: int
-
-
-@dataclass(frozen=True, slots=True)
-class Assignment:
-    """A partition newly assigned to this member, with the group's commit for it: ``committed``
-    is the offset consumption starts at (None: the group has none, ``auto_offset_reset``
-    applies) and ``metadata`` the raw commit metadata (decode with ``consumer.offsets``)."""
-
-    topic: str
-    partition: int
-    committed: int | None
-    metadata: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,15 +181,15 @@ class RebalanceListener(Protocol):
     from inside ``poll_batch`` or ``close``; each call completes before records of the new
     assignment are returned."""
 
-    async def on_assigned(self, partitions: list[Assignment]) -> None:
+    async def on_assigned(self, partitions: Sequence[Assignment]) -> None:
         """New partitions, before any of their records is returned."""
 
-    async def on_revoked(self, partitions: list[Partition]) -> None:
+    async def on_revoked(self, partitions: Sequence[Partition]) -> None:
         """Partitions about to go (rebalance or close). Still owned during the call: commit
         their final points now with ``await source.commit(points, sync=True)``; commits for
         them are refused afterwards."""
 
-    async def on_lost(self, partitions: list[Partition]) -> None:
+    async def on_lost(self, partitions: Sequence[Partition]) -> None:
         """Partitions already owned by someone else (session timed out, fenced): committing is
         no longer possible; drop their work."""
 
@@ -371,7 +364,7 @@ class KafkaSource:
 
     # -- fetching -------------------------------------------------------------------------------
 
-    async def poll_batch(self, max_records: int, timeout_s: float) -> list[KafkaRecord]:
+    async def poll_batch(self, max_records: int, timeout_s: float) -> list[Record]:
         """Up to ``max_records`` records, waiting at most ``timeout_s`` for the first (in a
         worker thread; the loop stays free). Rebalance callbacks run during this call. Records
         of paused partitions are not returned; records of partitions revoked during the call
@@ -408,7 +401,7 @@ class KafkaSource:
                 raise _from_kafka(exc, "kafka consume") from exc
             return messages
 
-    def _records(self, messages: list[Message]) -> list[KafkaRecord]:
+    def _records(self, messages: list[Message]) -> list[Record]:
         records = []
         for message in messages:
             err = message.error()
@@ -442,28 +435,29 @@ class KafkaSource:
         """Owned partitions paused by ``pause`` and not resumed since."""
         return frozenset(self._paused)
 
-    async def pause(self, partitions: Iterable[Partition]) -> None:
+    async def pause(self, partitions: Iterable[tuple[str, int]]) -> None:
         """Stop fetching these partitions (owned ones; others are ignored). Records of them
         already prefetched are discarded by librdkafka and fetched again after ``resume``;
         a batch returned before the pause may still hold some. Pause survives rebalances for
         partitions that stay assigned."""
         async with self._serial() as aio:
-            targets = sorted(p for p in partitions if p in self._assigned - self._paused)
+            wanted = {Partition(*p) for p in partitions}
+            targets = sorted(wanted & (self._assigned - self._paused))
             if targets:
                 await aio.pause(_topic_partitions(targets))
                 self._paused.update(targets)
 
-    async def resume(self, partitions: Iterable[Partition]) -> None:
+    async def resume(self, partitions: Iterable[tuple[str, int]]) -> None:
         """Fetch these paused partitions again, from the next offset not yet returned."""
         async with self._serial() as aio:
-            targets = sorted(p for p in partitions if p in self._paused)
+            targets = sorted({Partition(*p) for p in partitions} & self._paused)
             if targets:
                 await aio.resume(_topic_partitions(targets))
                 self._paused.difference_update(targets)
 
     # -- committing -----------------------------------------------------------------------------
 
-    async def commit(self, points: Sequence[CommitPoint], *, sync: bool) -> None:
+    async def commit(self, points: Sequence[CommitPoint], *, sync: bool = True) -> None:
         """Commit offsets with their metadata. Points of partitions this member does not own
         (any more) are dropped and counted in ``commits_refused``: a revoked partition never
         commits again. ``sync=True`` waits for the broker and raises ``CommitFailedError``
@@ -659,7 +653,7 @@ def _topic_partitions(partitions: Iterable[Partition]) -> list[TopicPartition]:
     return [TopicPartition(p.topic, p.partition) for p in partitions]
 
 
-def _record(message: Message) -> KafkaRecord:
+def _record(message: Message) -> Record:
     kind, timestamp = message.timestamp()
     headers = message.headers() or ()
     if isinstance(headers, dict):  # the stubs allow a dict; a consumed message gives a list
@@ -667,7 +661,7 @@ def _record(message: Message) -> KafkaRecord:
     topic, partition, offset = message.topic(), message.partition(), message.offset()
     if topic is None or partition is None or offset is None:  # only error events lack them
         raise KafkaAdapterError("kafka returned a record without topic, partition or offset")
-    return KafkaRecord(
+    return Record(
         topic=topic,
         partition=partition,
         offset=offset,
@@ -728,11 +722,24 @@ class KafkaProducer:
         key: bytes | None,
         value: bytes | None,
         headers: Sequence[tuple[str, bytes]] = (),
+    ) -> None:
+        """Write one record and return once the broker has it (``send``, then await its
+        future; use ``send`` for where it landed). Raises ``ProduceFailedError``."""
+        await (await self.send(topic, key=key, value=value, headers=headers))
+
+    async def send(
+        self,
+        topic: str,
+        *,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]] = (),
     ) -> asyncio.Future[Delivered]:
-        """Enqueue one record; the returned future resolves once the broker has it, to
-        ``Delivered``, or fails with ``ProduceFailedError``. Waits (without blocking the loop)
-        while librdkafka's local queue is full. Raises ``ProduceFailedError`` when closed or
-        the record is refused outright (e.g. too large)."""
+        """Enqueue one record without waiting for the broker, to pipeline many: the returned
+        future resolves to ``Delivered`` once the broker has it, or fails with
+        ``ProduceFailedError``. Waits (without blocking the loop) while librdkafka's local
+        queue is full. Raises ``ProduceFailedError`` when closed or the record is refused
+        outright (e.g. too large)."""
         if self._closed or self._closing.is_set():
             raise ProduceFailedError("producer is closed")
         loop = asyncio.get_running_loop()
@@ -805,9 +812,9 @@ def _delivery_callback(
 
 
 async def ensure_topics(
-    *,
     bootstrap: str,
     topics: Sequence[TopicSpec],
+    *,
     extra: Mapping[str, Setting] | None = None,
     timeout_s: float = 30.0,
 ) -> list[str]:

@@ -60,6 +60,19 @@ class CommitPoint:
 
 
 @dataclass(frozen=True, slots=True)
+class Assignment:
+    """A partition newly assigned to this member, with the group's commit for it (what
+    ``OffsetTracker.assign`` takes): ``committed`` is the offset consumption starts at (None:
+    the group has none, the consumer's auto offset reset applies) and ``metadata`` that
+    commit's raw metadata. Built by ``consumer.kafka``; here so Kafka-free code can use it."""
+
+    topic: str
+    partition: int
+    committed: int | None
+    metadata: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class OffsetBudget:
     """Limits for one partition's tracking. Keyword-only configuration, shared by partitions.
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,7 @@ from confluent_kafka import ConsumerGroupTopicPartitions, Producer, TopicPartiti
 from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined]
 
 from consumer.errors import ConfigError
+from consumer.events import Record
 from consumer.kafka import (
     Assignment,
     CommitFailedError,
@@ -25,7 +26,6 @@ from consumer.kafka import (
     GroupProtocol,
     KafkaAdapterError,
     KafkaProducer,
-    KafkaRecord,
     KafkaSource,
     Partition,
     ProduceFailedError,
@@ -46,24 +46,24 @@ class Member:
     revocation, commits what ``final_points`` says (inside the callback)."""
 
     source: KafkaSource
-    records: list[KafkaRecord] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)
     assigned: list[list[Assignment]] = field(default_factory=list)
     revoked: list[list[Partition]] = field(default_factory=list)
     lost: list[list[Partition]] = field(default_factory=list)
     final_points: Callable[[list[Partition]], list[CommitPoint]] | None = None
 
-    async def on_assigned(self, partitions: list[Assignment]) -> None:
-        self.assigned.append(partitions)
+    async def on_assigned(self, partitions: Sequence[Assignment]) -> None:
+        self.assigned.append(list(partitions))
 
-    async def on_revoked(self, partitions: list[Partition]) -> None:
-        self.revoked.append(partitions)
+    async def on_revoked(self, partitions: Sequence[Partition]) -> None:
+        self.revoked.append(list(partitions))
         if self.final_points is not None:
-            await self.source.commit(self.final_points(partitions), sync=True)
+            await self.source.commit(self.final_points(list(partitions)), sync=True)
 
-    async def on_lost(self, partitions: list[Partition]) -> None:
-        self.lost.append(partitions)
+    async def on_lost(self, partitions: Sequence[Partition]) -> None:
+        self.lost.append(list(partitions))
 
-    async def poll(self, timeout_s: float = 0.2) -> list[KafkaRecord]:
+    async def poll(self, timeout_s: float = 0.2) -> list[Record]:
         batch = await self.source.poll_batch(500, timeout_s)
         self.records.extend(batch)
         return batch
@@ -386,9 +386,9 @@ async def test_ensure_topics_creates_missing_ones_once(kafka_bootstrap: str) -> 
         TopicSpec(f"dead-letters-{suffix}", partitions=2),
         TopicSpec(f"profiles-{suffix}", partitions=1, config={"cleanup.policy": "compact"}),
     ]
-    created = await ensure_topics(bootstrap=kafka_bootstrap, topics=specs)
+    created = await ensure_topics(kafka_bootstrap, specs)
     assert sorted(created) == sorted(s.name for s in specs)
-    assert await ensure_topics(bootstrap=kafka_bootstrap, topics=specs) == []
+    assert await ensure_topics(kafka_bootstrap, specs) == []
 
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     resource = ConfigResource("topic", f"profiles-{suffix}")
@@ -404,7 +404,7 @@ async def test_producer_confirms_delivery_with_headers(
     topic = new_topic(partitions=1)
     producer = KafkaProducer(bootstrap=kafka_bootstrap)
     futures = [
-        await producer.produce(
+        await producer.send(
             topic,
             key=f"k{i}".encode(),
             value=f"v{i}".encode(),
@@ -414,17 +414,19 @@ async def test_producer_confirms_delivery_with_headers(
     ]
     delivered = await asyncio.wait_for(asyncio.gather(*futures), 30)
     assert delivered == [Delivered(topic, 0, i) for i in range(3)]
+    await producer.produce(topic, key=b"k3", value=b"v3", headers=[])
     await producer.close()
     await producer.close()  # idempotent
     with pytest.raises(ProduceFailedError):
         await producer.produce(topic, key=None, value=b"late")
 
     reader = await members(topic, group_name())
-    await poll_until([reader], lambda: len(reader.records) == 3)
-    assert [(r.key, r.value, r.headers) for r in reader.records] == [
+    await poll_until([reader], lambda: len(reader.records) == 4)
+    assert [(r.key, r.value, r.headers) for r in reader.records[:3]] == [
         (f"k{i}".encode(), f"v{i}".encode(), (("reason", b"invalid_json"), ("status", b"422")))
         for i in range(3)
     ]
+    assert reader.records[3].headers == ()
 
 
 async def test_undeliverable_record_fails_its_future(kafka_bootstrap: str) -> None:
@@ -437,7 +439,7 @@ async def test_undeliverable_record_fails_its_future(kafka_bootstrap: str) -> No
         with pytest.raises(ProduceFailedError):
             await producer.produce("any-topic", key=None, value=b"x" * 5000)
         # A topic that does not exist and is not auto-created: times out, future fails.
-        future = await producer.produce(f"missing-{uuid.uuid4().hex}", key=None, value=b"x")
+        future = await producer.send(f"missing-{uuid.uuid4().hex}", key=None, value=b"x")
         with pytest.raises(ProduceFailedError, match="not delivered"):
             await asyncio.wait_for(future, 30)
     finally:
