@@ -277,11 +277,13 @@ th, td { text-align:left; padding:7px 10px; border-bottom:1px solid var(--line);
          vertical-align:top; }
 th { font-size:12px; text-transform:uppercase; letter-spacing:.04em; color:var(--muted);
      background:#fafbfc; position:sticky; top:0; }
-td.mono, pre { font-family:ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
+td.mono { white-space:nowrap; }
+td.mono, td.trace, pre { font-family:ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
                font-size:12px; }
-pre { margin:0; white-space:pre-wrap; word-break:break-all; max-width:520px; }
+pre { margin:0; white-space:pre-wrap; overflow-wrap:anywhere; min-width:340px;
+      max-width:560px; }
 .chip { display:inline-block; padding:1px 7px; margin:0 4px 2px 0; border-radius:10px;
-        background:var(--chip); font-size:12px; }
+        background:var(--chip); font-size:12px; white-space:nowrap; }
 .outcome { font-weight:600; }
 tr.delivered .outcome { color:var(--ok); }
 tr.rate_limited .outcome, tr.retry .outcome { color:var(--warn); }
@@ -321,7 +323,7 @@ function row(d) {
   tr.dataset.seq = d.seq;
   tr.dataset.integration = d.integration;
   tr.dataset.outcome = d.outcome;
-  tr.appendChild(el("td", new Date(d.at * 1000).toLocaleTimeString(), "mono"));
+  tr.appendChild(el("td", new Date(d.at * 1000).toLocaleTimeString([], {hour12: false}), "mono"));
   const integ = el("td");
   integ.appendChild(el("div", d.integration));
   integ.appendChild(el("div", d.location_id, "muted mono"));
@@ -332,14 +334,15 @@ function row(d) {
   tr.appendChild(events);
   tr.appendChild(el("td", d.contact_key, "mono contact"));
   const payload = el("td");
-  payload.appendChild(el("pre", JSON.stringify(d.payload, null, 1), "payload"));
+  const lines = Object.entries(d.payload).map(([k, v]) => k + ": " + JSON.stringify(v));
+  payload.appendChild(el("pre", lines.join("\\n"), "payload"));
   tr.appendChild(payload);
   const outcome = el("td");
   outcome.appendChild(el("div", d.status === null ? "no answer" : d.status, "outcome status"));
   outcome.appendChild(el("div", d.outcome, "muted"));
   tr.appendChild(outcome);
   tr.appendChild(el("td", d.message || d.error || "", "message"));
-  tr.appendChild(el("td", d.trace_id || "", "mono trace"));
+  tr.appendChild(el("td", d.trace_id || "", "trace"));
   tr.appendChild(el("td", d.latency_ms.toFixed(1) + " ms", "mono"));
   tr.appendChild(el("td", d.attempts, "mono"));
   return tr;

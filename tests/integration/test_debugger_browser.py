@@ -1,0 +1,217 @@
+"""The Event Debugger in a real headless browser (Debian's chromium driven by Playwright).
+
+Feeds deliveries into a ``Debugger``, serves it with ``serve_web`` and checks what an operator
+sees: rows, masking, filters, live updates, no token on the page, no HTML injection through
+payload values. Saves the README's screenshot to docs/event-debugger.png. Fails, never skips,
+without chromium (``apt-get install chromium``) or the ``playwright`` package (dev extras);
+Playwright's own browser download is never used.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from playwright.async_api import BrowserContext, Page, async_playwright, expect
+
+from consumer.debugger import Debugger
+from consumer.delivery import Answer, classify
+from consumer.metrics import Metrics, Readiness
+from consumer.web import WebServer, serve_web
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+SCREENSHOT = ROOT / "docs" / "event-debugger.png"
+TOKEN = "debugger-secret-5b1e"
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+GUIDE = {
+    "locationId": "ve9EPM428h8vShlRW1KT",
+    "email": "sam@example.com",
+    "phone": "+14155550142",
+    "firstName": "Sam",
+    "lastName": "Rivera",
+    "source": "Pricing Page Form",
+    "tags": ["website-lead"],
+    "dnd": False,
+}
+EU = {"locationId": "Qm7e2Xa9LpT4sVb1NcRz", "email": "jane.doe@example.org",
+      "phone": "+447700900123", "firstName": "Jane", "lastName": "Doe"}
+
+
+def deliver(
+    debugger: Debugger,
+    integration: str,
+    payload: dict[str, object],
+    status: int | None,
+    *,
+    events: tuple[str, ...] = ("identify",),
+    contact: str = "lead-987",
+    message: str = "",
+    trace_id: str | None = None,
+    error: str | None = None,
+    latency_s: float = 0.084,
+    attempts: int = 1,
+) -> None:
+    debugger.record(
+        integration=integration,
+        location_id=str(payload["locationId"]),
+        endpoint="upsert",
+        events=events,
+        contact_key=contact,
+        payload=payload,
+        answer=Answer(
+            verdict=classify(status),
+            status=status,
+            latency_s=latency_s,
+            trace_id=trace_id,
+            message=message,
+            error=error,
+        ),
+        attempts=attempts,
+        now=time.time(),
+    )
+
+
+def feed(debugger: Debugger) -> None:
+    deliver(debugger, "eu-shop", EU, 201, events=("Signed Up",), contact="user-311",
+            trace_id="3f1c9a2e-7d4b-4c1e-9a55-0c8e2b7d1f40", latency_s=0.112)
+    deliver(debugger, "default", {**GUIDE, "firstName": "<img src=x id=injected>"}, 422,
+            contact="lead-555",
+            message="property favouriteColour should not exist",
+            trace_id="a8b2c7d1-0e3f-4a6b-9c8d-7e6f5a4b3c2d", latency_s=0.061)
+    deliver(debugger, "default", GUIDE, 429, events=("identify", "Lead Generated"),
+            trace_id="c4d5e6f7-1a2b-4c3d-8e9f-0a1b2c3d4e5f", latency_s=0.019)
+    deliver(debugger, "eu-shop", EU, 401, contact="user-311",
+            message="Invalid JWT", trace_id="0d9e8f7a-6b5c-4d3e-2f1a-0b9c8d7e6f5a",
+            latency_s=0.044, attempts=2)
+    deliver(debugger, "default", GUIDE, None, contact="lead-987", error="timeout",
+            latency_s=10.0, attempts=1)
+    deliver(debugger, "default", GUIDE, 201, events=("identify", "Lead Generated"),
+            trace_id="5e0f4c3b-2a19-4d8e-b7c6-a5f4e3d2c1b0", latency_s=0.097, attempts=2)
+
+
+@pytest.fixture
+def debugger() -> Debugger:
+    return Debugger(integrations=["default", "eu-shop"])
+
+
+@pytest.fixture
+async def server(debugger: Debugger) -> AsyncIterator[WebServer]:
+    async with serve_web(
+        port=0,
+        metrics=Metrics(integrations={"default": "ve9EPM428h8vShlRW1KT"}),
+        readiness=lambda: Readiness(assigned=True, broker_reachable=True),
+        debugger=debugger,
+        access_token=TOKEN,
+    ) as running:
+        yield running
+
+
+@pytest.fixture
+async def browser(tmp_path: Path) -> AsyncIterator[BrowserContext]:
+    chromium = shutil.which("chromium")
+    assert chromium, "chromium not found: apt-get install chromium (tools/system-deps.sh)"
+    async with async_playwright() as playwright:
+        context = await playwright.chromium.launch_persistent_context(
+            tmp_path / "profile",  # a fresh --user-data-dir per test
+            executable_path=chromium,
+            headless=True,
+            args=CHROMIUM_FLAGS,
+            viewport={"width": 1500, "height": 760},
+        )
+        try:
+            yield context
+        finally:
+            await context.close()
+
+
+async def open_page(context: BrowserContext, url: str, errors: list[str]) -> Page:
+    page = await context.new_page()
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    return page
+
+
+async def test_event_debugger_in_a_browser(
+    server: WebServer, debugger: Debugger, browser: BrowserContext
+) -> None:
+    feed(debugger)
+    errors: list[str] = []
+    page = await open_page(browser, server.url, errors)
+    response = await page.goto(f"{server.url}/debug?token={TOKEN}")
+    assert response is not None
+    assert response.status == 200
+    rows = page.locator("tr.delivery")
+    await expect(rows).to_have_count(6)
+    await expect(page.locator("#live")).to_have_text("live")
+
+    # newest first, masked, HighLevel's answer shown
+    first = rows.nth(0)
+    await expect(first.locator(".payload")).to_contain_text('email: "s***@example.com"')
+    await expect(first.locator(".payload")).to_contain_text('phone: "+1******0142"')
+    await expect(first.locator(".status")).to_have_text("201")
+    await expect(first.locator(".trace")).to_have_text("5e0f4c3b-2a19-4d8e-b7c6-a5f4e3d2c1b0")
+    rejected = page.locator("tr.delivery.rejected")
+    await expect(rejected.locator(".message")).to_have_text(
+        "property favouriteColour should not exist"
+    )
+    await expect(page.locator("tr.delivery.retry .status")).to_have_text("no answer")
+    # a payload value is text, never markup
+    await expect(rejected.locator(".payload")).to_contain_text("<img src=x id=injected>")
+    assert await page.locator("#injected").count() == 0
+    body = await page.inner_text("body")
+    html = await page.content()
+    for secret in ("sam@example.com", "jane.doe@example.org", "4155550142", "7700900123", TOKEN):
+        assert secret not in body
+        assert secret not in html
+
+    # filters
+    await page.select_option("#integration", "eu-shop")
+    await expect(rows).to_have_count(2)
+    for integration in await rows.evaluate_all("rs => rs.map(r => r.dataset.integration)"):
+        assert integration == "eu-shop"
+    await page.select_option("#outcome", "unauthorized")
+    await expect(rows).to_have_count(1)
+    await expect(rows.nth(0).locator(".message")).to_have_text("Invalid JWT")
+    await page.select_option("#integration", "")
+    await page.select_option("#outcome", "rejected")
+    await expect(rows).to_have_count(1)
+    await page.select_option("#outcome", "")
+    await expect(page.locator("#count")).to_have_text("6 of 6 deliveries")
+
+    # live: a delivery recorded now appears without a reload
+    deliver(debugger, "eu-shop", EU, 200, events=("Lead Generated",), contact="user-311",
+            trace_id="9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d", latency_s=0.073, attempts=3)
+    await expect(rows).to_have_count(7)
+    await expect(rows.nth(0)).to_have_attribute("data-seq", "7")
+    await expect(rows.nth(0).locator(".payload")).to_contain_text("j***@example.org")
+    await expect(rows.nth(0).locator(".payload")).to_contain_text("+4*******0123")
+
+    assert errors == []  # no CSP violation, no script error
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    await page.screenshot(path=str(SCREENSHOT), full_page=True)
+    assert SCREENSHOT.stat().st_size > 10_000
+
+
+async def test_without_the_token_the_browser_gets_nothing(
+    server: WebServer, debugger: Debugger, browser: BrowserContext
+) -> None:
+    feed(debugger)
+    errors: list[str] = []
+    page = await open_page(browser, server.url, errors)
+    response = await page.goto(f"{server.url}/debug")
+    assert response is not None
+    assert response.status == 401
+    assert "lead-987" not in await page.content()
