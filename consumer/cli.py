@@ -15,6 +15,7 @@ from consumer import __version__
 
 # name -> (module, one-line help). Only subcommands that work are listed.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("consumer.app", "consume events and upsert contacts into HighLevel"),
     "map": ("consumer.dryrun", "dry run: map JSONL events from stdin to upsert payloads on stdout"),
     "sandbox": ("consumer.sandbox.server", "serve the HighLevel contacts API emulator"),
 }

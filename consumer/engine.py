@@ -44,7 +44,7 @@ from consumer.deadletter import REJECTED_BY_HIGHLEVEL, Failure, dead_letter_head
 from consumer.delivery import Answer, Verdict
 from consumer.events import ContactUpsert, Drop, Record, Reject
 from consumer.mapping import Mapper
-from consumer.offsets import CommitPoint, OffsetTracker, PartitionOffsets
+from consumer.offsets import Assignment, CommitPoint, OffsetTracker, PartitionOffsets
 from consumer.ratelimit import DailyBudgetExhausted, Permit
 from consumer.scheduler import KeyedScheduler, Work
 
@@ -52,17 +52,6 @@ logger = logging.getLogger(__name__)
 
 
 # -- seams ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Assignment:
-    """A partition given to this member, with the group's committed position (None: none yet)
-    and that commit's metadata."""
-
-    topic: str
-    partition: int
-    committed: int | None
-    metadata: str | None
 
 
 class Source(Protocol):

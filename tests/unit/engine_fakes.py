@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from consumer.delivery import Answer, Verdict, classify
-from consumer.engine import Assignment, RebalanceListener
+from consumer.engine import RebalanceListener
 from consumer.events import Record
-from consumer.offsets import CommitPoint
+from consumer.offsets import Assignment, CommitPoint
 
 TP = tuple[str, int]
 

@@ -1,0 +1,197 @@
+"""Composition root: builds the components from ``Settings``, owns their lifetimes, signals and
+shutdown. ``ghl-consumer run`` is ``main``; the demo and the integration tests call
+``run_consumer`` directly.
+
+Shutdown order (SIGTERM / SIGINT, or ``stop`` set by a caller): the engine stops fetching,
+drains in-flight work within ``drain_timeout_seconds``, commits, leaves the group; then the HTTP
+client, the producer (flushing queued dead letters) and the rate limiter close.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from consumer.config import Settings, load_settings
+from consumer.dedupe import MessageDeduper
+from consumer.delivery import HighLevelClient, Timeouts
+from consumer.engine import Engine, EngineOptions, EngineStats
+from consumer.errors import ConfigError
+from consumer.kafka import KafkaProducer, KafkaSource, TopicSpec, ensure_topics
+from consumer.mapping import Mapper
+from consumer.profiles import InMemoryProfileStore
+from consumer.ratelimit import Budget, LimiterBackend, LocalBackend, RateLimiter
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Components:
+    """What ``run_consumer`` built, for callers that inspect a running consumer (tests, demo)."""
+
+    engine: Engine
+    source: KafkaSource
+    producer: KafkaProducer
+    client: HighLevelClient
+    limiter: RateLimiter
+
+
+def engine_options(settings: Settings) -> EngineOptions:
+    """The engine's tuning from the ``[engine]`` and ``[delivery]`` sections."""
+    engine, delivery = settings.engine, settings.delivery
+    return EngineOptions(
+        coalesce_window=engine.coalesce_window_ms / 1000,
+        max_in_flight=engine.max_in_flight,
+        max_buffered=engine.max_buffered,
+        max_buffered_per_partition=engine.max_buffered_per_partition,
+        commit_interval=engine.commit_interval_ms / 1000,
+        drain_timeout=engine.drain_timeout_seconds,
+        progress_interval=engine.progress_interval_seconds,
+        retry_base=delivery.retry_base_seconds,
+        retry_max=delivery.retry_max_seconds,
+        unauthorized_probe_interval=delivery.unauthorized_probe_seconds,
+    )
+
+
+def budget(settings: Settings) -> Budget:
+    """One location's rate budget from the ``[delivery]`` section. Raises ConfigError."""
+    d = settings.delivery
+    try:
+        return Budget(
+            burst_max=d.rate_burst,
+            interval_s=d.rate_interval_seconds,
+            sustained_per_interval=d.rate_sustained,
+            daily=d.rate_daily,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"delivery.rate_*: {exc}") from None
+
+
+async def _limiter_backend(settings: Settings) -> LimiterBackend:
+    if not settings.redis.url:
+        return LocalBackend(budget(settings))
+    from consumer.ratelimit_redis import RedisBackend  # only with REDIS_URL
+
+    return RedisBackend.from_url(
+        settings.redis.url,
+        budget(settings),
+        expected_instances=settings.delivery.redis_expected_instances,
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_consumer(settings: Settings) -> AsyncIterator[Components]:
+    """Build every component, yield them, close them all on exit (the engine must have
+    returned by then). Raises ConfigError for settings the components refuse."""
+    kafka = settings.kafka
+    extra = kafka.extra_settings()
+    producer = KafkaProducer(bootstrap=kafka.bootstrap_servers, extra=extra)
+    client: HighLevelClient | None = None
+    limiter: RateLimiter | None = None
+    try:
+        await ensure_topics(
+            kafka.bootstrap_servers, [TopicSpec(kafka.dead_letter_topic)], extra=extra
+        )
+        source = KafkaSource(
+            bootstrap=kafka.bootstrap_servers,
+            group_id=kafka.group_id,
+            topics=kafka.topics,
+            auto_offset_reset="latest" if kafka.auto_offset_reset == "latest" else "earliest",
+            group_protocol="consumer" if kafka.group_protocol == "consumer" else "classic",
+            extra=extra,
+        )
+        client = HighLevelClient(
+            base_url=settings.highlevel.api_base_url,
+            timeouts=Timeouts(total=settings.delivery.timeout_seconds),
+            max_connections=settings.engine.max_in_flight,
+        )
+        limiter = RateLimiter(await _limiter_backend(settings))
+        mapping = settings.mapping
+        mapper = Mapper(
+            settings.integrations,
+            profiles=InMemoryProfileStore(mapping.profile_max_entries),
+            deduper=MessageDeduper(
+                max_entries=mapping.dedupe_max_entries, ttl_seconds=mapping.dedupe_ttl_seconds
+            ),
+            limits=mapping.limits(),
+            phone_cache_size=mapping.phone_cache_size,
+        )
+        engine = Engine(
+            source=source,
+            sink=producer,
+            mapper=mapper,
+            limiter=limiter,
+            sender=client,
+            integrations=settings.integrations,
+            dead_letter_topic=kafka.dead_letter_topic,
+            options=engine_options(settings),
+        )
+        yield Components(engine, source, producer, client, limiter)
+    finally:
+        if client is not None:
+            await client.close()
+        if limiter is not None:
+            await limiter.aclose()
+        await producer.close()
+
+
+async def run_consumer(settings: Settings, stop: asyncio.Event) -> EngineStats:
+    """Run until ``stop`` is set, then shut down in order; return the engine's counters."""
+    async with running_consumer(settings) as components:
+        await components.engine.run(stop)
+        return components.engine.stats
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=os.environ.get("GHL_CONFIG"),
+        help="TOML configuration file (default: $GHL_CONFIG; the environment overrides it)",
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    """``ghl-consumer run``: 0 after a clean shutdown, 2 for a configuration error."""
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        settings = load_settings(args.config, os.environ)
+        budget(settings)
+    except ConfigError as exc:
+        print(f"ghl-consumer: configuration error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(_serve(settings))
+    except ConfigError as exc:
+        print(f"ghl-consumer: configuration error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+async def _serve(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    logger.info(
+        "starting: topics=%s group=%s integrations=%s api=%s",
+        ",".join(settings.kafka.topics),
+        settings.kafka.group_id,
+        ",".join(i.id for i in settings.integrations),
+        settings.highlevel.api_base_url,
+    )
+    await run_consumer(settings, stop)

@@ -1,0 +1,110 @@
+"""Helpers for tests that run the real consumer against a real broker and the sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Iterable, Mapping
+
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
+
+from tests.kafka_broker import ROOT
+
+
+def produce(
+    bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes | None]]
+) -> int:
+    """Produce keyed records and wait for all of them; return how many."""
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    count = 0
+    for key, value in records:
+        producer.produce(topic, key=key, value=value)
+        count += 1
+        if count % 1000 == 0:
+            producer.poll(0)
+    assert producer.flush(60) == 0
+    return count
+
+
+def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "ghl-test-watermarks"})
+    try:
+        return {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in range(partitions)
+        }
+    finally:
+        consumer.close()
+
+
+_COORDINATOR_BUSY = frozenset(
+    (
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.NOT_COORDINATOR,
+    )
+)
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+    """The group's committed offsets ({} while the group coordinator is still loading)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    request = ConsumerGroupTopicPartitions(
+        group, [TopicPartition(topic, p) for p in range(partitions)]
+    )
+    try:
+        result = admin.list_consumer_group_offsets([request])[group].result(timeout=30)
+    except KafkaException as exc:
+        if exc.args and exc.args[0].code() in _COORDINATOR_BUSY:
+            return {}
+        raise
+    return {tp.partition: tp.offset for tp in result.topic_partitions}
+
+
+def read_all(bootstrap: str, topic: str, *, expect: int, seconds: float = 30.0) -> list[Message]:
+    """Read ``expect`` records from the start of ``topic`` (all partitions); return messages."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"ghl-test-reader-{topic}-{os.getpid()}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    messages: list[Message] = []
+    try:
+        deadline = time.monotonic() + seconds
+        while len(messages) < expect and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is not None and msg.error() is None:
+                messages.append(msg)
+    finally:
+        consumer.close()
+    return messages
+
+
+async def start_consumer(env: Mapping[str, str], *args: str) -> asyncio.subprocess.Process:
+    """Start ``python -m consumer run`` with ``env`` added to this process's environment."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "consumer",
+        "run",
+        *args,
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )

@@ -1,0 +1,100 @@
+"""`ghl-consumer run` end to end: a real broker, the sandbox over HTTP, the real process."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import uuid
+from collections.abc import Callable
+
+import orjson
+import pytest
+
+from consumer.sandbox.server import run_sandbox
+from tests.integration.consumer_harness import (
+    committed_offsets,
+    end_offsets,
+    produce,
+    read_all,
+    start_consumer,
+)
+
+pytestmark = pytest.mark.integration
+
+LOCATION, TOKEN = "ve9EPM428h8vShlRW1KT", "pit-e2e-secret-token"
+
+
+def identify(user: int, version: int) -> bytes:
+    return orjson.dumps(
+        {
+            "type": "identify",
+            "userId": f"user-{user}",
+            "messageId": f"m-{user}-{version}",
+            "traits": {
+                "email": f"user{user}@example.com",
+                "first_name": f"v{version}",
+                "phone": f"+1 415 555 {user:04d}",
+            },
+            "context": {"consent": {"marketing": "granted"}},
+        }
+    )
+
+
+async def test_run_delivers_commits_dead_letters_and_stops_cleanly_on_sigterm(
+    kafka_bootstrap: str, new_topic: Callable[..., str]
+) -> None:
+    topic = new_topic(partitions=3)
+    group = f"e2e-{uuid.uuid4().hex[:8]}"
+    dead_letters = f"{group}.dead-letter"
+    records: list[tuple[bytes | None, bytes | None]] = []
+    for version in range(3):
+        for user in range(20):
+            records.append((f"user-{user}".encode(), identify(user, version)))
+            records.append(
+                (
+                    f"user-{user}".encode(),
+                    orjson.dumps({"type": "page", "userId": f"user-{user}", "name": "Home"}),
+                )
+            )
+    records.append((b"user-0", b"{broken json"))
+    total = produce(kafka_bootstrap, topic, records)
+    ends = end_offsets(kafka_bootstrap, topic, 3)
+    assert sum(ends.values()) == total
+
+    async with run_sandbox(locations={LOCATION: TOKEN}) as sandbox:
+        process = await start_consumer(
+            {
+                "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+                "KAFKA_TOPICS": topic,
+                "KAFKA_GROUP_ID": group,
+                "GHL_LOCATION_ID": LOCATION,
+                "GHL_ACCESS_TOKEN": TOKEN,
+                "GHL_API_BASE_URL": sandbox.url,
+            }
+        )
+        try:
+            async with asyncio.timeout(90):
+                while committed_offsets(kafka_bootstrap, group, topic, 3) != ends:
+                    assert process.returncode is None, await process.stderr.read()  # type: ignore[union-attr]
+                    await asyncio.sleep(0.5)
+            contacts = sandbox.contacts(LOCATION)
+        finally:
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(30):
+                _, stderr = await process.communicate()
+    assert process.returncode == 0, stderr.decode()
+    log = stderr.decode()
+    assert TOKEN not in log
+    assert "user0@example.com" not in log  # personal data never logged in clear
+
+    # Every contact ends in its newest state, with consent mapped to dnd.
+    assert len(contacts) == 20
+    assert {c["firstName"] for c in contacts} == {"v2"}
+    assert all(c["dnd"] is False for c in contacts)
+    # The poison record is in the dead-letter topic with its reason.
+    [dead] = read_all(kafka_bootstrap, dead_letters, expect=1)
+    headers = dict(dead.headers() or [])
+    assert dead.value() == b"{broken json"
+    assert headers["ghl.reason"] == b"invalid_json"
+    assert headers["ghl.source.topic"] == topic.encode()
