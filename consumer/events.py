@@ -159,6 +159,9 @@ class ContactUpsert:
     tags: tuple[str, ...] = ()
     custom_fields: Mapping[str, CustomValue] = field(default_factory=lambda: MappingProxyType({}))
     tag_mode: TagMode = TagMode.UPSERT
+    # Names of the events folded into this upsert ("identify", "Lead Generated"), oldest first:
+    # for the debugger and logs, never sent, not part of equality.
+    events: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         unknown = set(self.fields) - STANDARD_FIELDS
@@ -215,6 +218,7 @@ class ContactUpsert:
             tags=tags,
             custom_fields={**self.custom_fields, **newer.custom_fields},
             tag_mode=self.tag_mode,
+            events=self.events + newer.events,
         )
 
 

@@ -181,11 +181,13 @@ class Mapper:
             if decisions:
                 self._remember_consent(user_key, decisions)
             return [self._not_mapped[integration.id] for integration in targets]
-        return self._map_identity(user_key, targets, extras, candidates, decisions)
+        label = event.event if event.type == "track" and event.event else event.type
+        return self._map_identity(user_key, label, targets, extras, candidates, decisions)
 
     def _map_identity(
         self,
         user_key: str,
+        label: str,
         targets: Sequence[Integration],
         extras: Sequence[_Extras | None],
         candidates: Mapping[str, list[_Candidate]],
@@ -235,6 +237,7 @@ class Mapper:
                     tags=() if "tags" in removed else tags,
                     custom_fields=custom,
                     tag_mode=integration.tag_mode,
+                    events=(label,),
                 )
             )
 

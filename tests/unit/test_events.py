@@ -126,3 +126,10 @@ def test_reasons_are_a_small_closed_set() -> None:
         "no_identifier",
     }
     assert len(Reason) <= 16
+
+
+def test_merged_with_keeps_the_names_of_folded_events_which_never_reach_the_payload() -> None:
+    merged = upsert(events=("identify",)).merged_with(upsert(events=("Lead Generated",)))
+    assert merged.events == ("identify", "Lead Generated")
+    assert "events" not in merged.payload()
+    assert upsert(events=("identify",)) == upsert(events=("page",))  # provenance, not value

@@ -118,6 +118,15 @@ def test_guide_lead_generated_example_produces_the_documented_payload() -> None:
     assert list(payload) == list(expected)
 
 
+def test_upserts_name_the_event_they_came_from() -> None:
+    h = Harness()
+    first = h.one(identify({"email": "sam@example.com"}))
+    lead = h.one(track("Lead Generated", {"source": "Form"}))
+    assert isinstance(first, ContactUpsert)
+    assert isinstance(lead, ContactUpsert)
+    assert (first.events, lead.events) == (("identify",), ("Lead Generated",))
+
+
 def test_guide_identify_example_produces_the_documented_fields() -> None:
     payload = Harness().payload(
         identify(
