@@ -20,14 +20,17 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from consumer.config import Settings, load_settings
+from consumer.debugger import Debugger
 from consumer.dedupe import MessageDeduper
 from consumer.delivery import HighLevelClient, Timeouts
 from consumer.engine import Engine, EngineOptions, EngineStats
 from consumer.errors import ConfigError
 from consumer.kafka import KafkaProducer, KafkaSource, TopicSpec, ensure_topics
 from consumer.mapping import Mapper
+from consumer.metrics import Metrics, Readiness, StallDetector, StateSnapshot
 from consumer.profiles import InMemoryProfileStore
 from consumer.ratelimit import Budget, LimiterBackend, LocalBackend, RateLimiter
+from consumer.web import WebServer, serve_web
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +44,10 @@ class Components:
     producer: KafkaProducer
     client: HighLevelClient
     limiter: RateLimiter
+    metrics: Metrics
+    debugger: Debugger
+    profiles: InMemoryProfileStore
+    web: WebServer
 
 
 def engine_options(settings: Settings) -> EngineOptions:
@@ -92,6 +99,13 @@ async def running_consumer(settings: Settings) -> AsyncIterator[Components]:
     returned by then). Raises ConfigError for settings the components refuse."""
     kafka = settings.kafka
     extra = kafka.extra_settings()
+    metrics = Metrics(
+        integrations={i.id: i.location_id for i in settings.integrations}, topics=kafka.topics
+    )
+    debugger = Debugger(
+        integrations=[i.id for i in settings.integrations],
+        capacity=settings.metrics.debugger_capacity,
+    )
     producer = KafkaProducer(bootstrap=kafka.bootstrap_servers, extra=extra)
     client: HighLevelClient | None = None
     limiter: RateLimiter | None = None
@@ -114,9 +128,10 @@ async def running_consumer(settings: Settings) -> AsyncIterator[Components]:
         )
         limiter = RateLimiter(await _limiter_backend(settings))
         mapping = settings.mapping
+        profiles = InMemoryProfileStore(mapping.profile_max_entries)
         mapper = Mapper(
             settings.integrations,
-            profiles=InMemoryProfileStore(mapping.profile_max_entries),
+            profiles=profiles,
             deduper=MessageDeduper(
                 max_entries=mapping.dedupe_max_entries, ttl_seconds=mapping.dedupe_ttl_seconds
             ),
@@ -131,15 +146,80 @@ async def running_consumer(settings: Settings) -> AsyncIterator[Components]:
             sender=client,
             integrations=settings.integrations,
             dead_letter_topic=kafka.dead_letter_topic,
+            metrics=metrics,
+            debugger=debugger,
             options=engine_options(settings),
         )
-        yield Components(engine, source, producer, client, limiter)
+        state = _Observed(engine, source, limiter, profiles, settings.metrics.stall_seconds)
+        token = settings.metrics.debug_token
+        async with serve_web(
+            host=settings.metrics.host,
+            port=settings.metrics.port,
+            metrics=metrics,
+            readiness=state.readiness,
+            state=state.snapshot,
+            debugger=debugger,
+            access_token=token.reveal() if token is not None else None,
+        ) as web:
+            logger.info("metrics on %s/metrics, event debugger on %s/debug", web.url, web.url)
+            yield Components(
+                engine, source, producer, client, limiter, metrics, debugger, profiles, web
+            )
     finally:
         if client is not None:
             await client.close()
         if limiter is not None:
             await limiter.aclose()
         await producer.close()
+
+
+class _Observed:
+    """Reads a running consumer's state for ``/metrics`` (per scrape) and ``/readyz``."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        source: KafkaSource,
+        limiter: RateLimiter,
+        profiles: InMemoryProfileStore,
+        stall_seconds: float,
+    ) -> None:
+        self._engine = engine
+        self._source = source
+        self._limiter = limiter
+        self._profiles = profiles
+        self._stalls = StallDetector(after_s=stall_seconds)
+
+    async def snapshot(self) -> StateSnapshot:
+        engine = self._engine
+        lags = await self._source.lag()
+        return StateSnapshot(
+            partitions=engine.tracker.stats(),
+            high_watermarks={
+                (lag.topic, lag.partition): lag.high_watermark
+                for lag in lags
+                if lag.high_watermark is not None
+            },
+            paused_partitions=engine.paused_partitions,
+            limiters=[self._limiter.snapshot(loc) for loc in self._limiter.locations()],
+            unhealthy=engine.unhealthy,
+            buffered_records=engine.buffered,
+            requests_in_flight=engine.scheduler.in_flight,
+            profile_store_size=len(self._profiles),
+        )
+
+    def readiness(self) -> Readiness:
+        engine = self._engine
+        now = asyncio.get_running_loop().time()
+        held = bool(engine.unhealthy) or any(
+            (state.paused_until or 0.0) > now or (state.daily_exhausted_until or 0.0) > now
+            for state in (self._limiter.snapshot(loc, now) for loc in self._limiter.locations())
+        )
+        return Readiness(
+            assigned=bool(engine.tracker.owned()),
+            broker_reachable=self._source.broker_reachable,
+            stalled=self._stalls.check(engine.tracker.stats(), throttled=held, now=now),
+        )
 
 
 async def run_consumer(settings: Settings, stop: asyncio.Event) -> EngineStats:

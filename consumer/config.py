@@ -145,6 +145,11 @@ class HighLevelSettings:
 @dataclass(frozen=True, slots=True)
 class MetricsSettings:
     port: int = field(default=9464, metadata={"min": 0})
+    host: str = "127.0.0.1"  # the debugger shows (masked) contact data: local-only by default
+    stall_seconds: float = field(default=300.0, metadata={"min": 1})
+    debugger_capacity: int = field(default=200, metadata={"min": 1})
+    # Guards /debug when set; from the environment only (DEBUG_ACCESS_TOKEN), never the file.
+    debug_token: Secret | None = field(default=None, metadata={"env_only": True})
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,7 +272,7 @@ def _unknown_keys(table: Mapping[str, Any], known: typing.Iterable[str], where: 
 
 
 def _plain_section(cls: type, table: Mapping[str, Any], where: str) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("env_only")}
     _unknown_keys(table, fields, where)
     hints = typing.get_type_hints(cls)
     values = {}
@@ -314,7 +319,16 @@ def _env_metrics(section: MetricsSettings, environ: Mapping[str, str]) -> Metric
     if port > 65535:
         where = "METRICS_PORT" if "METRICS_PORT" in environ else "metrics.port"
         raise ConfigError(f"{where}: must be at most 65535")
-    return MetricsSettings(port=port)
+    host = environ.get("METRICS_HOST", section.host).strip()
+    if not host:
+        raise ConfigError("METRICS_HOST: must not be empty")
+    token = environ.get("DEBUG_ACCESS_TOKEN", "")
+    return dataclasses.replace(
+        section,
+        port=port,
+        host=host,
+        debug_token=Secret(token, "environment variable DEBUG_ACCESS_TOKEN") if token else None,
+    )
 
 
 def _kafka(table: dict[str, Any], environ: Mapping[str, str], read_secrets: bool) -> KafkaSettings:

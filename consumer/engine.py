@@ -41,9 +41,11 @@ from typing import Protocol
 
 from consumer.config import Integration
 from consumer.deadletter import REJECTED_BY_HIGHLEVEL, Failure, dead_letter_headers
+from consumer.debugger import Debugger
 from consumer.delivery import Answer, Verdict
 from consumer.events import ContactUpsert, Drop, Record, Reject
 from consumer.mapping import Mapper
+from consumer.metrics import Endpoint, Metrics, RebalanceKind
 from consumer.offsets import Assignment, CommitPoint, OffsetTracker, PartitionOffsets
 from consumer.ratelimit import DailyBudgetExhausted, Permit
 from consumer.scheduler import KeyedScheduler, Work
@@ -186,6 +188,8 @@ class Engine:
         sender: Sender,
         integrations: Sequence[Integration],
         dead_letter_topic: str,
+        metrics: Metrics,
+        debugger: Debugger,
         options: EngineOptions = EngineOptions(),
         rng: random.Random | None = None,
         wall_clock: Callable[[], float] = time.time,
@@ -197,6 +201,8 @@ class Engine:
         self._sender = sender
         self._integrations = {i.id: i for i in integrations}
         self._dead_letter_topic = dead_letter_topic
+        self._metrics = metrics
+        self._debugger = debugger
         self._options = options
         self._rng = rng or random.Random()
         self._wall_clock = wall_clock
@@ -276,8 +282,10 @@ class Engine:
         if partition is None:
             return  # revoked while the batch was in flight; the new owner reads it
         self.stats.consumed += 1
+        self._metrics.consumed(record.topic)
         if not partition.admit(record.offset):
             self.stats.skipped_done += 1
+            self._metrics.skipped(record.topic)
             return
         outcomes = self._mapper.map_record(
             value=record.value or b"", key=record.key, topic=record.topic, now=wall
@@ -289,12 +297,15 @@ class Engine:
                 self.stats.upserts_offered += 1
                 if self.scheduler.offer(key, outcome.location_id, outcome, ticket, now=now):
                     self.stats.coalesced += 1
+                    self._metrics.coalesced(outcome.integration_id)
                 self._wake(outcome.location_id)
             elif isinstance(outcome, Drop):
                 self.stats.dropped[outcome.reason] += 1
+                self._metrics.dropped(outcome.reason)
                 ticket.settle()
             else:
                 self.stats.rejected[outcome.reason] += 1
+                self._metrics.rejected(outcome.reason)
                 self._spawn(self._dead_letter_reject(ticket, outcome))
 
     async def _dead_letter_reject(self, ticket: _Ticket, reject: Reject) -> None:
@@ -304,6 +315,7 @@ class Engine:
                 reason=reject.reason, error=reject.error, integration_id=reject.integration_id
             )
             await self._dead_letter(ticket.record, failure)
+            self._metrics.dead_lettered(reject.reason)
             ticket.settle()
         finally:
             self._side_work -= 1
@@ -383,8 +395,10 @@ class Engine:
                     async with asyncio.timeout(delay):
                         await wakeup.wait()
                 continue
+            asked = loop.time()
             try:
                 permit = await self._limiter.acquire(location_id)
+                self._metrics.rate_wait(location_id, loop.time() - asked)
             except DailyBudgetExhausted as exhausted:
                 wait = max(0.0, exhausted.until - loop.time())
                 logger.warning(
@@ -409,33 +423,60 @@ class Engine:
         integration = self._integrations[upsert.integration_id]
         token = integration.access_token.reveal()
         try:
+            payload = upsert.payload()
             with permit:
-                answer = await self._sender.upsert(token=token, payload=upsert.payload())
-            self._observe(upsert.location_id, answer)
+                answer = await self._sender.upsert(token=token, payload=payload)
+            self._observe(work, Endpoint.UPSERT, payload, answer)
             if answer.verdict is Verdict.DELIVERED and upsert.tags_to_add():
-                answer = await self._add_tags(upsert, token, answer)
+                answer = await self._add_tags(work, token, answer)
             await self._settle(work, answer, loop.time())
         finally:
             self._slots.release()
             self._wake(upsert.location_id)
 
-    async def _add_tags(self, upsert: ContactUpsert, token: str, upserted: Answer) -> Answer:
+    async def _add_tags(
+        self, work: Work[ContactUpsert, _Ticket], token: str, upserted: Answer
+    ) -> Answer:
+        upsert = work.item
         contact = upserted.contact
         contact_id = contact.get("id") if contact is not None else None
         if not isinstance(contact_id, str):
             return upserted  # nothing to tag; the upsert itself succeeded
+        body = {"tags": list(upsert.tags_to_add())}
         with await self._limiter.acquire(upsert.location_id):
             answer = await self._sender.add_tags(
                 token=token, contact_id=contact_id, tags=upsert.tags_to_add()
             )
-        self._observe(upsert.location_id, answer)
+        self._observe(work, Endpoint.ADD_TAGS, body, answer)
         return answer
 
-    def _observe(self, location_id: str, answer: Answer) -> None:
+    def _observe(
+        self,
+        work: Work[ContactUpsert, _Ticket],
+        endpoint: Endpoint,
+        payload: Mapping[str, object],
+        answer: Answer,
+    ) -> None:
+        """Account for one HighLevel answer: counters, metrics, the limiter, the debugger."""
+        upsert = work.item
         self.stats.http_calls += 1
         self.stats.answers[answer.verdict] += 1
+        self._metrics.http(upsert.integration_id, endpoint, answer)
         if answer.status is not None:
-            self._limiter.observe(location_id, status=answer.status, headers=answer.headers)
+            self._limiter.observe(
+                upsert.location_id, status=answer.status, headers=answer.headers
+            )
+        self._debugger.record(
+            integration=upsert.integration_id,
+            location_id=upsert.location_id,
+            endpoint=endpoint,
+            events=upsert.events,
+            contact_key=upsert.contact_key,
+            payload=payload,
+            answer=answer,
+            attempts=work.attempts + 1,
+            now=self._wall_clock(),
+        )
 
     async def _settle(
         self, work: Work[ContactUpsert, _Ticket], answer: Answer, now: float
@@ -458,9 +499,11 @@ class Engine:
             )
             for ticket in work.tokens:
                 await self._dead_letter(ticket.record, failure)
+            self._metrics.dead_lettered(REJECTED_BY_HIGHLEVEL, len(work.tokens))
             self._complete(work)
         else:
             self.stats.retries += 1
+            self._metrics.retry(integration_id, answer)
             if verdict is Verdict.RATE_LIMITED:
                 at = now  # the limiter holds the location until its pause ends
             elif verdict is Verdict.UNAUTHORIZED:
@@ -517,15 +560,18 @@ class Engine:
     async def on_assigned(self, partitions: Sequence[Assignment]) -> None:
         for a in partitions:
             self.tracker.assign(a.topic, a.partition, committed=a.committed, metadata=a.metadata)
+        self._metrics.rebalance(RebalanceKind.ASSIGNED)
         logger.info("assigned %s", [(a.topic, a.partition) for a in partitions])
 
     async def on_revoked(self, partitions: Sequence[tuple[str, int]]) -> None:
         await self._commit(only=partitions)
         self._forget(partitions)
+        self._metrics.rebalance(RebalanceKind.REVOKED)
         logger.info("revoked %s", list(partitions))
 
     async def on_lost(self, partitions: Sequence[tuple[str, int]]) -> None:
         self._forget(partitions)
+        self._metrics.rebalance(RebalanceKind.LOST)
         logger.warning("lost %s (no commit possible)", list(partitions))
 
     def _forget(self, partitions: Sequence[tuple[str, int]]) -> None:
@@ -533,6 +579,23 @@ class Engine:
             self.tracker.revoke(topic, partition)
             self._paused.discard((topic, partition))
         self.scheduler.discard(lambda ticket: not ticket.partition.revoked)
+
+    # -- state for metrics and readiness --------------------------------------------------------
+
+    @property
+    def paused_partitions(self) -> int:
+        """Partitions paused by backpressure now."""
+        return len(self._paused)
+
+    @property
+    def unhealthy(self) -> frozenset[str]:
+        """Integration ids whose last answer was 401/403."""
+        return frozenset(self._unauthorized)
+
+    @property
+    def buffered(self) -> int:
+        """Records admitted and not done: in the scheduler or being dead-lettered."""
+        return self.scheduler.tokens + self._side_work
 
     # -- progress -------------------------------------------------------------------------------
 

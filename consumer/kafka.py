@@ -315,6 +315,8 @@ class KafkaSource:
         self._fatal: KafkaError | None = None
         self._closing = False
         self._closed = False
+        # False after librdkafka reported all brokers down, until records or a commit succeed.
+        self.broker_reachable = True
         # Counters for metrics (read them; never reset).
         self.commits_refused = 0  # commit points dropped: partition no longer owned
         self.commit_failures = 0  # partitions whose commit librdkafka reported as failed
@@ -389,6 +391,8 @@ class KafkaSource:
             self._inflight = None
             raise
         self._inflight = None
+        if messages:
+            self.broker_reachable = True
         return self._records(messages)
 
     async def _consume(self, aio: AIOConsumer, max_records: int, timeout_s: float) -> list[Message]:
@@ -490,6 +494,7 @@ class KafkaSource:
                 for tp in result
                 if tp.error is not None
             ]
+            self.broker_reachable = True
             if failed:
                 retriable = all(tp.error.retriable() for tp in result if tp.error is not None)
                 raise CommitFailedError(failed, retriable=retriable)
@@ -631,6 +636,8 @@ class KafkaSource:
                 _IN_CALLBACK.reset(token)
 
     async def _on_error(self, err: KafkaError) -> None:
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            self.broker_reachable = False
         if err.fatal():
             self._fatal = err
             logger.error("kafka consumer fatal error: %s", err.str())

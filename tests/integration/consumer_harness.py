@@ -96,7 +96,8 @@ def read_all(bootstrap: str, topic: str, *, expect: int, seconds: float = 30.0) 
 
 
 async def start_consumer(env: Mapping[str, str], *args: str) -> asyncio.subprocess.Process:
-    """Start ``python -m consumer run`` with ``env`` added to this process's environment."""
+    """Start ``python -m consumer run`` with ``env`` added to this process's environment (and
+    ``METRICS_PORT=0`` unless given, so several consumers can run side by side)."""
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -104,7 +105,7 @@ async def start_consumer(env: Mapping[str, str], *args: str) -> asyncio.subproce
         "run",
         *args,
         cwd=ROOT,
-        env={**os.environ, **env},
+        env={**os.environ, "METRICS_PORT": "0", **env},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )

@@ -10,10 +10,12 @@ import orjson
 import pytest
 
 from consumer.config import load_settings
+from consumer.debugger import Debugger
 from consumer.dedupe import MessageDeduper
 from consumer.engine import Engine, EngineOptions
 from consumer.events import Record
 from consumer.mapping import Mapper
+from consumer.metrics import Metrics
 from consumer.profiles import InMemoryProfileStore
 from consumer.ratelimit import Budget, LocalBackend, RateLimiter
 from tests.unit.engine_fakes import FakeHighLevel, MemorySink, MemorySource
@@ -37,6 +39,8 @@ def build(
     highlevel: FakeHighLevel,
     *,
     sink: MemorySink | None = None,
+    metrics: Metrics | None = None,
+    debugger: Debugger | None = None,
     **options: float,
 ) -> Engine:
     settings = load_settings(
@@ -66,6 +70,8 @@ def build(
         sender=highlevel,
         integrations=settings.integrations,
         dead_letter_topic="events.dlq",
+        metrics=metrics or Metrics(integrations={"default": LOCATION}, topics=["events"]),
+        debugger=debugger or Debugger(integrations=["default"]),
         options=EngineOptions(**{**defaults, **options}),  # type: ignore[arg-type]
         rng=random.Random(1),
     )
@@ -114,7 +120,9 @@ async def test_the_guides_flow_within_the_window_costs_one_call_with_the_exact_p
         }
     )
     highlevel = FakeHighLevel()
-    engine = build(source, highlevel, coalesce_window=0.2)
+    metrics = Metrics(integrations={"default": LOCATION}, topics=["events"])
+    debugger = Debugger(integrations=["default"])
+    engine = build(source, highlevel, metrics=metrics, debugger=debugger, coalesce_window=0.2)
     await run_until(engine, lambda: committed(source) == 2)
     assert highlevel.upserts == [
         {
@@ -130,6 +138,17 @@ async def test_the_guides_flow_within_the_window_costs_one_call_with_the_exact_p
     ]
     assert highlevel.tokens == [TOKEN]
     assert (engine.stats.delivered_calls, engine.stats.coalesced) == (1, 1)
+    # What operators see: metrics and the event debugger, masked, without the token.
+    exposition = metrics.exposition().decode()
+    assert 'ghl_events_consumed_total{topic="events"} 2.0' in exposition
+    assert 'ghl_events_coalesced_total{integration="default"} 1.0' in exposition
+    assert 'ghl_upserts_total{integration="default",status_class="2xx"} 1.0' in exposition
+    [entry] = debugger.recent()
+    shown = orjson.dumps(entry.to_json()).decode()
+    assert entry.events == ("identify", "Lead Generated")
+    assert "sam@example.com" not in shown
+    assert "s***@example.com" in shown
+    assert TOKEN not in shown
 
 
 async def test_each_contact_sees_its_events_in_order_with_one_call_in_flight() -> None:
