@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Install the system packages the test suite needs, from Debian's archive, when they are missing.
-# Java 17 + Maven run the local Kafka broker; redis-server backs the shared rate limiter's tests.
+# Java 17 + Maven run the local Kafka broker; redis-server backs the shared rate limiter's tests;
+# prometheus (with promtool) checks the alert rules and scrapes a running consumer; chromium
+# (and fonts for a readable screenshot) drives the Event Debugger's browser test; docker-compose
+# validates docker-compose.yml without an engine.
 # Idempotent; needs root (or sudo) only when something is missing.
 set -euo pipefail
 
@@ -8,6 +11,9 @@ need=()
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need+=(maven)
 command -v redis-server >/dev/null || need+=(redis-server)
+command -v promtool >/dev/null && command -v prometheus >/dev/null || need+=(prometheus)
+command -v chromium >/dev/null || need+=(chromium fonts-liberation)
+command -v docker-compose >/dev/null || need+=(docker-compose)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
