@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: help deps venv test lint typecheck pytest kafka-up kafka-down clean
+.PHONY: help deps venv demo test lint typecheck pytest kafka-up kafka-down clean
 
 help:
+	@echo "make demo        local Kafka + the sandbox HighLevel + sample events, end to end"
 	@echo "make test        lint, type-check and run the whole test suite (starts its own Kafka)"
 	@echo "make kafka-up    start (or reuse) a local Kafka on 127.0.0.1:\$${KAFKA_PORT:-9092}"
 	@echo "make kafka-down  stop it"
@@ -21,6 +22,10 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 venv: $(BIN)/.installed
+
+demo: venv
+	@tools/system-deps.sh kafka
+	$(BIN)/ghl-consumer demo
 
 lint: venv
 	$(BIN)/ruff check consumer tests bench tools

@@ -5,15 +5,19 @@
 # (and fonts for a readable screenshot) drives the Event Debugger's browser test; docker-compose
 # validates docker-compose.yml without an engine.
 # Idempotent; needs root (or sudo) only when something is missing.
+#   tools/system-deps.sh          everything the tests need
+#   tools/system-deps.sh kafka    only what the local broker needs (the demo)
 set -euo pipefail
 
 need=()
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need+=(maven)
-command -v redis-server >/dev/null || need+=(redis-server)
-command -v promtool >/dev/null && command -v prometheus >/dev/null || need+=(prometheus)
-command -v chromium >/dev/null || need+=(chromium fonts-liberation)
-command -v docker-compose >/dev/null || need+=(docker-compose)
+if [ "${1:-}" != kafka ]; then
+  command -v redis-server >/dev/null || need+=(redis-server)
+  command -v promtool >/dev/null && command -v prometheus >/dev/null || need+=(prometheus)
+  command -v chromium >/dev/null || need+=(chromium fonts-liberation)
+  command -v docker-compose >/dev/null || need+=(docker-compose)
+fi
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
