@@ -1,0 +1,522 @@
+"""``ghl-consumer dlq``: inspect dead letters (``dlq list``) and re-send them after a fix
+(``dlq replay``).
+
+Replay reads the dead-letter topic (``kafka.dead_letter_topic``) with its own consumer group
+(``<group_id>.dlq-replay``), from that group's committed offsets (``--from-beginning``: from
+the start) up to the end offsets captured when it starts, so it never reads what it writes.
+Each selected dead letter is re-produced with its ORIGINAL key, value and headers (the ``ghl.*``
+headers removed, ``ghl.replayed_from: <dlq topic>/<partition>/<offset>`` added) to its source
+topic (``ghl.source.topic``) or ``--to``. The group's offset moves past a record only once the
+broker confirmed its copy (or the filter skipped it), so a second replay re-sends nothing the
+first already re-sent; per partition it stops moving at the first failure, so a rerun retries
+from there.
+
+Records are replayed as they were: a value the consumer rejects (``invalid_json``...) is
+dead-lettered again. Select by ``--reason`` (e.g. ``rejected_by_highlevel`` after fixing a
+mapping or a HighLevel setting).
+
+``dlq list`` reads the whole dead-letter topic and prints counts by reason, integration and
+source topic, with the errors; never keys or values (they hold personal data).
+
+Exit status: 0 done, 1 some records failed (or Kafka failed), 2 configuration error.
+The selection logic (``Selection``, ``replay_headers``, ``summarise``) is pure; I/O stays in
+``replay`` / ``list_dead_letters`` and ``main``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Final, Protocol, TextIO
+
+import orjson
+
+from consumer.config import Settings, load_settings
+from consumer.deadletter import HEADER_PREFIX, read_failure
+from consumer.errors import ConfigError
+from consumer.events import Record
+from consumer.kafka import (
+    Delivered,
+    KafkaAdapterError,
+    KafkaProducer,
+    ProduceFailedError,
+    TopicReader,
+)
+
+logger = logging.getLogger(__name__)
+
+REPLAYED_FROM: Final = HEADER_PREFIX + "replayed_from"
+"""Header naming the dead letter a replayed record was copied from: ``<topic>/<p>/<offset>``."""
+
+REPLAY_GROUP_SUFFIX: Final = ".dlq-replay"
+# dlq commands use only the [kafka] settings: integrations need not be configured for them.
+_PLACEHOLDER_LOCATION: Final = "DLQ_TOOL_LOCATION_ID"
+_MAX_ERRORS_SHOWN: Final = 3
+_MAX_TEXT: Final = 160
+
+
+# -- pure --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Which dead letters a command works on; an empty selection takes every record. All
+    given criteria must match. ``since``: ``ghl.failed_at`` at or after it (a record without
+    a readable ``failed_at`` does not match)."""
+
+    reasons: frozenset[str] = frozenset()
+    integration: str | None = None
+    source_topic: str | None = None
+    since: datetime | None = None
+
+    def selects(self, failure: Mapping[str, str]) -> bool:
+        """``failure``: the record's ``ghl.*`` headers, prefix removed (``read_failure``)."""
+        if self.reasons and failure.get("reason") not in self.reasons:
+            return False
+        if self.integration is not None and failure.get("integration") != self.integration:
+            return False
+        if self.source_topic is not None and failure.get("source.topic") != self.source_topic:
+            return False
+        if self.since is not None:
+            failed_at = parse_time(failure.get("failed_at", ""))
+            if failed_at is None or failed_at < self.since:
+                return False
+        return True
+
+
+def parse_time(text: str) -> datetime | None:
+    """An ISO 8601 time as an aware datetime (no zone = UTC), or None when unreadable."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def replay_headers(record: Record) -> list[tuple[str, bytes]]:
+    """The headers of a dead letter's replayed copy: the original record's own headers in
+    their order (every ``ghl.*`` header removed), then ``ghl.replayed_from``."""
+    headers = [(k, v) for k, v in record.headers if not k.startswith(HEADER_PREFIX)]
+    headers.append((REPLAYED_FROM, f"{record.topic}/{record.partition}/{record.offset}".encode()))
+    return headers
+
+
+def where(record: Record) -> str:
+    """``topic/partition/offset``: how reports name a record."""
+    return f"{record.topic}/{record.partition}/{record.offset}"
+
+
+@dataclass(slots=True)
+class CommitPoints:
+    """Per partition, the next offset the replay group may commit: past every record that is
+    finished (re-sent and confirmed, or skipped), never past a failed one."""
+
+    _next: dict[tuple[str, int], int] = field(default_factory=dict)
+    _blocked: set[tuple[str, int]] = field(default_factory=set)
+
+    def done(self, record: Record) -> None:
+        tp = (record.topic, record.partition)
+        if tp not in self._blocked:
+            self._next[tp] = record.offset + 1
+
+    def failed(self, record: Record) -> None:
+        self._blocked.add((record.topic, record.partition))
+
+    def take(self) -> dict[tuple[str, int], int]:
+        """The points gathered since the last ``take``."""
+        points, self._next = self._next, {}
+        return points
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """Dead letters sharing a reason, integration and source topic (``dlq list``)."""
+
+    reason: str
+    integration: str
+    source_topic: str
+    count: int
+    first_failed_at: str
+    last_failed_at: str
+    errors: tuple[tuple[str, int], ...]  # (error text, count), most frequent first
+
+
+def error_text(failure: Mapping[str, str]) -> str:
+    """One line describing why: the error, HighLevel's status and message when present. These
+    headers name fields, never their values (``consumer.deadletter``)."""
+    parts = [failure.get("error", "")]
+    if "status" in failure:
+        parts.append(f"status {failure['status']}")
+    if "message" in failure:
+        parts.append(failure["message"])
+    text = "; ".join(p for p in parts if p)
+    return text if len(text) <= _MAX_TEXT else text[: _MAX_TEXT - 3] + "..."
+
+
+def summarise(failures: Iterable[Mapping[str, str]]) -> list[Group]:
+    """Group dead letters (their ``read_failure`` headers) by (reason, integration, source
+    topic), largest group first."""
+    counts: Counter[tuple[str, str, str]] = Counter()
+    errors: dict[tuple[str, str, str], Counter[str]] = {}
+    times: dict[tuple[str, str, str], list[str]] = {}
+    for failure in failures:
+        key = (
+            failure.get("reason", "-"),
+            failure.get("integration", "-"),
+            failure.get("source.topic", "-"),
+        )
+        counts[key] += 1
+        errors.setdefault(key, Counter())[error_text(failure)] += 1
+        failed_at = failure.get("failed_at")
+        if failed_at:
+            span = times.setdefault(key, [failed_at, failed_at])
+            span[0], span[1] = min(span[0], failed_at), max(span[1], failed_at)
+    return [
+        Group(
+            reason=key[0],
+            integration=key[1],
+            source_topic=key[2],
+            count=count,
+            first_failed_at=times.get(key, ["-", "-"])[0],
+            last_failed_at=times.get(key, ["-", "-"])[1],
+            errors=tuple(errors[key].most_common(_MAX_ERRORS_SHOWN)),
+        )
+        for key, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    ]
+
+
+def render_groups(groups: Sequence[Group], total: int, out: TextIO) -> None:
+    """The ``dlq list`` table."""
+    header = ("REASON", "INTEGRATION", "SOURCE TOPIC", "COUNT", "FIRST FAILED", "LAST FAILED")
+    rows = [
+        (g.reason, g.integration, g.source_topic, str(g.count), g.first_failed_at, g.last_failed_at)
+        for g in groups
+    ]
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    for row in (header, *rows):
+        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        print("  ".join(cells).rstrip(), file=out)
+    print(f"{total} dead letter(s) in {len(groups)} group(s)", file=out)
+    for g in groups:
+        for text, count in g.errors:
+            print(f"  {g.reason} / {g.integration} / {g.source_topic}: {count} x {text}", file=out)
+
+
+@dataclass(slots=True)
+class ReplaySummary:
+    """Counts of one replay (``failed`` records stop their partition's commit point)."""
+
+    replayed: int = 0
+    skipped: int = 0
+    failed: int = 0
+    by_target: Counter[str] = field(default_factory=Counter)
+
+
+# -- I/O ---------------------------------------------------------------------------------------
+
+
+class DeadLetterReader(Protocol):
+    """The reading side of a replay (``consumer.kafka.TopicReader``; tests use a fake)."""
+
+    async def read(self) -> list[Record]: ...
+
+    async def commit(self, offsets: Mapping[tuple[str, int], int]) -> None: ...
+
+
+class Sender(Protocol):
+    """The writing side of a replay (``consumer.kafka.KafkaProducer``; tests use a fake)."""
+
+    async def send(
+        self,
+        topic: str,
+        *,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]] = (),
+    ) -> asyncio.Future[Delivered]: ...
+
+
+async def replay(
+    reader: DeadLetterReader,
+    producer: Sender | None,
+    *,
+    selection: Selection,
+    to: str | None,
+    existing_topics: frozenset[str],
+    out: TextIO,
+) -> ReplaySummary:
+    """Re-send the selected records ``reader`` yields (opened on the dead-letter topic, from
+    the replay group's offsets). ``producer`` None is the dry run: print what would be sent,
+    send and commit nothing. Commits the group's offsets after each batch, once the broker has
+    confirmed every copy in it. Raises ``KafkaAdapterError`` when reading or committing fails."""
+    summary = ReplaySummary()
+    points = CommitPoints()
+    while batch := await reader.read():
+        # Per record, in batch order: None = skipped, text = failed, else the copy's delivery.
+        steps: list[tuple[Record, str | None, str | asyncio.Future[Delivered] | None]] = []
+        for record in batch:
+            failure = read_failure(record.headers)
+            if not selection.selects(failure):
+                summary.skipped += 1
+                steps.append((record, None, None))
+                continue
+            target = to or failure.get("source.topic")
+            if target is None:
+                steps.append((record, None, "no ghl.source.topic header; give --to"))
+                continue
+            if target not in existing_topics:
+                steps.append((record, target, f"topic {target} does not exist"))
+                continue
+            if producer is None:
+                print(
+                    f"would replay {where(record)} -> {target} "
+                    f"(reason {failure.get('reason', '-')}, "
+                    f"integration {failure.get('integration', '-')}, "
+                    f"{len(record.value or b'')} bytes)",
+                    file=out,
+                )
+                summary.replayed += 1
+                summary.by_target[target] += 1
+                continue
+            try:
+                future = await producer.send(
+                    target, key=record.key, value=record.value, headers=replay_headers(record)
+                )
+            except ProduceFailedError as exc:
+                steps.append((record, target, str(exc)))
+                continue
+            steps.append((record, target, future))
+        # In order, so a partition's commit point never passes a record that failed before it.
+        for record, target, step in steps:
+            if isinstance(step, str):
+                _failed(summary, points, record, step)
+                continue
+            if step is not None:
+                try:
+                    await step
+                except ProduceFailedError as exc:
+                    _failed(summary, points, record, str(exc))
+                    continue
+                summary.replayed += 1
+                summary.by_target[str(target)] += 1
+            points.done(record)
+        if producer is not None:
+            await reader.commit(points.take())
+    return summary
+
+
+def _failed(summary: ReplaySummary, points: CommitPoints, record: Record, why: str) -> None:
+    summary.failed += 1
+    points.failed(record)
+    logger.error("dead letter %s not replayed: %s", where(record), why)
+
+
+async def _replay_command(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    kafka = settings.kafka
+    topic = args.topic or kafka.dead_letter_topic
+    group = args.group or kafka.group_id + REPLAY_GROUP_SUFFIX
+    extra = kafka.extra_settings()
+    reader = TopicReader(bootstrap=kafka.bootstrap_servers, group_id=group, extra=extra)
+    producer = (
+        None
+        if args.dry_run
+        else KafkaProducer(
+            bootstrap=kafka.bootstrap_servers,
+            client_id="ghl-consumer-dlq-replay",
+            delivery_timeout_ms=30_000,
+            extra=extra,
+        )
+    )
+    try:
+        existing = await reader.existing_topics()
+        if topic not in existing:
+            print(f"dead-letter topic {topic} does not exist: nothing to replay", file=out)
+            return 0
+        ranges = await reader.open([topic], from_committed=not args.from_beginning)
+        pending = sum(r.end - r.start for r in ranges)
+        print(
+            f"{'dry run: ' if args.dry_run else ''}reading {pending} dead letter(s) of {topic} "
+            f"({'from the beginning' if args.from_beginning else f'after group {group}'})",
+            file=out,
+        )
+        summary = await replay(
+            reader,
+            producer,
+            selection=args.selection,
+            to=args.to,
+            existing_topics=existing,
+            out=out,
+        )
+    finally:
+        if producer is not None:
+            await producer.close()
+        await reader.close()
+    targets = ", ".join(f"{t}: {n}" for t, n in sorted(summary.by_target.items()) if n)
+    print(
+        f"{'would replay' if args.dry_run else 'replayed'} {summary.replayed}"
+        f"{f' ({targets})' if targets else ''}, skipped by filter {summary.skipped}, "
+        f"failed {summary.failed}",
+        file=out,
+    )
+    return 1 if summary.failed else 0
+
+
+async def list_dead_letters(reader: TopicReader, selection: Selection) -> tuple[list[Group], int]:
+    """Read every record ``reader`` yields; group the selected ones. Returns (groups, total)."""
+    selected: list[dict[str, str]] = []
+    while batch := await reader.read():
+        for record in batch:
+            failure = read_failure(record.headers)
+            if selection.selects(failure):
+                selected.append(failure)
+    return summarise(selected), len(selected)
+
+
+async def _list_command(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    kafka = settings.kafka
+    topic = args.topic or kafka.dead_letter_topic
+    reader = TopicReader(bootstrap=kafka.bootstrap_servers, extra=kafka.extra_settings())
+    try:
+        ranges = await reader.open([topic])
+        if not ranges:
+            print(f"dead-letter topic {topic} does not exist", file=out)
+            return 0
+        groups, total = await list_dead_letters(reader, args.selection)
+    finally:
+        await reader.close()
+    if args.json:
+        out.write(
+            orjson.dumps(
+                {
+                    "topic": topic,
+                    "total": total,
+                    "groups": [
+                        {
+                            "reason": g.reason,
+                            "integration": g.integration,
+                            "source_topic": g.source_topic,
+                            "count": g.count,
+                            "first_failed_at": g.first_failed_at,
+                            "last_failed_at": g.last_failed_at,
+                            "errors": [{"error": t, "count": n} for t, n in g.errors],
+                        }
+                        for g in groups
+                    ],
+                },
+                option=orjson.OPT_INDENT_2,
+            ).decode()
+            + "\n"
+        )
+    else:
+        print(f"dead-letter topic {topic}", file=out)
+        render_groups(groups, total, out)
+    return 0
+
+
+# -- command line ------------------------------------------------------------------------------
+
+_REPLAY_HELP = """\
+Re-send dead letters to the topic they came from (ghl.source.topic, or --to), with their
+original key, value and headers (ghl.* removed, ghl.replayed_from added). Reads from the replay
+group's committed offsets up to the end captured at start; commits only after the broker
+confirmed each copy, so running it again re-sends nothing already re-sent. Records are replayed
+AS THEY ARE: a value the consumer rejects (invalid_json, no_identifier...) will be dead-lettered
+again. Filter by --reason (e.g. rejected_by_highlevel after fixing the cause). The group's
+offset also moves past records the filter skips: to reach those later, add --from-beginning.
+Exit status: 0 done, 1 some records failed, 2 configuration error."""
+
+_LIST_HELP = """\
+Summarise the dead-letter topic: counts by reason, integration and source topic, first and
+last failure times and the most frequent errors. Never prints keys or values."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    replay_parser = sub.add_parser(
+        "replay", help="re-send dead letters after a fix", description=_REPLAY_HELP
+    )
+    list_parser = sub.add_parser("list", help="summarise dead letters", description=_LIST_HELP)
+    for sub_parser in (replay_parser, list_parser):
+        sub_parser.add_argument(
+            "--config",
+            metavar="FILE",
+            default=os.environ.get("GHL_CONFIG"),
+            help="TOML configuration file (default: $GHL_CONFIG; the environment overrides it)",
+        )
+        sub_parser.add_argument(
+            "--topic", help="dead-letter topic (default: kafka.dead_letter_topic)"
+        )
+        sub_parser.add_argument(
+            "--reason",
+            action="append",
+            default=[],
+            metavar="REASON",
+            help="only this ghl.reason (repeatable), e.g. rejected_by_highlevel",
+        )
+        sub_parser.add_argument("--integration", metavar="ID", help="only this integration")
+        sub_parser.add_argument(
+            "--source-topic", metavar="TOPIC", help="only dead letters read from this topic"
+        )
+        sub_parser.add_argument(
+            "--since",
+            metavar="ISO",
+            type=_since,
+            help="only dead letters that failed at or after this time (ISO 8601; no zone = UTC)",
+        )
+    replay_parser.add_argument(
+        "--to", metavar="TOPIC", help="send every copy here instead of its ghl.source.topic"
+    )
+    replay_parser.add_argument(
+        "--group",
+        help="consumer group remembering what was replayed (default: <group_id>.dlq-replay)",
+    )
+    replay_parser.add_argument(
+        "--from-beginning",
+        action="store_true",
+        help="ignore the replay group's offsets: consider every dead letter in the topic",
+    )
+    replay_parser.add_argument(
+        "--dry-run", action="store_true", help="print what would be replayed; send nothing"
+    )
+    list_parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _since(text: str) -> datetime:
+    moment = parse_time(text)
+    if moment is None:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}")
+    return moment
+
+
+def main(args: argparse.Namespace) -> int:
+    """``ghl-consumer dlq replay|list``: see the module docstring for the exit status."""
+    logging.basicConfig(
+        level="WARNING", format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    environ = dict(os.environ)
+    if args.config is None and "GHL_LOCATION_ID" not in environ:
+        # Only the [kafka] settings are used here; integrations need not be configured.
+        environ["GHL_LOCATION_ID"] = _PLACEHOLDER_LOCATION
+    args.selection = Selection(
+        reasons=frozenset(args.reason),
+        integration=args.integration,
+        source_topic=args.source_topic,
+        since=args.since,
+    )
+    command = _replay_command if args.dlq_command == "replay" else _list_command
+    try:
+        settings = load_settings(args.config, environ, read_secrets=False)
+        return asyncio.run(command(args, settings, sys.stdout))
+    except ConfigError as exc:
+        print(f"ghl-consumer dlq: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KafkaAdapterError as exc:
+        print(f"ghl-consumer dlq: kafka: {exc}", file=sys.stderr)
+        return 1

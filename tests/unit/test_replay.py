@@ -1,0 +1,303 @@
+"""`ghl-consumer dlq`: selection, header rewrite, commit points, summaries, and the replay loop
+against fakes (the real broker is in tests/integration/test_dlq_replay.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+
+import pytest
+
+from consumer.deadletter import Failure, dead_letter_headers, read_failure
+from consumer.events import Record
+from consumer.kafka import Delivered, ProduceFailedError
+from consumer.replay import (
+    REPLAYED_FROM,
+    CommitPoints,
+    Selection,
+    error_text,
+    parse_time,
+    render_groups,
+    replay,
+    replay_headers,
+    summarise,
+)
+
+DLQ = "grp.dead-letter"
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC).timestamp()
+
+
+def original(
+    offset: int, *, topic: str = "events", headers: tuple[tuple[str, bytes], ...] = ()
+) -> Record:
+    return Record(topic, 0, offset, b"user-1", b'{"type":"identify"}', headers)
+
+
+def dead_letter(
+    dlq_offset: int,
+    *,
+    source_offset: int = 7,
+    reason: str = "rejected_by_highlevel",
+    integration: str | None = "default",
+    source_topic: str = "events",
+    now: float = T0,
+    original_headers: tuple[tuple[str, bytes], ...] = (("trace", b"abc"),),
+    partition: int = 0,
+) -> Record:
+    source = original(source_offset, topic=source_topic, headers=original_headers)
+    headers = dead_letter_headers(
+        source,
+        Failure(
+            reason=reason,
+            error="HighLevel answered 422",
+            integration_id=integration,
+            status=422,
+            message="email must be an email",
+        ),
+        now=now,
+    )
+    return Record(DLQ, partition, dlq_offset, source.key, source.value, tuple(headers))
+
+
+# -- selection -------------------------------------------------------------------------------
+
+
+def test_empty_selection_takes_everything() -> None:
+    assert Selection().selects(read_failure(dead_letter(0).headers))
+    assert Selection().selects({})
+
+
+@pytest.mark.parametrize(
+    ("selection", "selected"),
+    [
+        (Selection(reasons=frozenset({"rejected_by_highlevel"})), True),
+        (Selection(reasons=frozenset({"invalid_json", "rejected_by_highlevel"})), True),
+        (Selection(reasons=frozenset({"invalid_json"})), False),
+        (Selection(integration="default"), True),
+        (Selection(integration="other"), False),
+        (Selection(source_topic="events"), True),
+        (Selection(source_topic="orders"), False),
+        (Selection(since=datetime(2025, 3, 1, 12, 0, tzinfo=UTC)), True),
+        (Selection(since=datetime(2025, 3, 1, 12, 0, 1, tzinfo=UTC)), False),
+        (Selection(reasons=frozenset({"rejected_by_highlevel"}), integration="other"), False),
+    ],
+)
+def test_selection_criteria_all_must_match(selection: Selection, selected: bool) -> None:
+    assert selection.selects(read_failure(dead_letter(0).headers)) is selected
+
+
+def test_record_level_dead_letter_has_no_integration_and_does_not_match_one() -> None:
+    failure = read_failure(dead_letter(0, reason="invalid_json", integration=None).headers)
+    assert not Selection(integration="default").selects(failure)
+    assert Selection(reasons=frozenset({"invalid_json"})).selects(failure)
+
+
+def test_since_needs_a_readable_failed_at() -> None:
+    since = Selection(since=datetime(2020, 1, 1, tzinfo=UTC))
+    assert not since.selects({"reason": "x"})
+    assert not since.selects({"failed_at": "yesterday"})
+
+
+def test_parse_time_reads_iso_with_z_and_treats_naive_as_utc() -> None:
+    assert parse_time("2025-03-01T12:00:00Z") == datetime(2025, 3, 1, 12, tzinfo=UTC)
+    assert parse_time("2025-03-01T12:00:00") == datetime(2025, 3, 1, 12, tzinfo=UTC)
+    assert parse_time("2025-03-01T13:00:00+01:00") == datetime(2025, 3, 1, 12, tzinfo=UTC)
+    assert parse_time("not a time") is None
+
+
+# -- header rewrite ----------------------------------------------------------------------------
+
+
+def test_replay_headers_keep_original_headers_drop_ghl_and_name_the_dead_letter() -> None:
+    record = dead_letter(
+        42, original_headers=(("trace", b"abc"), ("ghl.replayed_from", b"old/0/1"), ("z", b"1"))
+    )
+    headers = replay_headers(record)
+    assert headers == [("trace", b"abc"), ("z", b"1"), (REPLAYED_FROM, f"{DLQ}/0/42".encode())]
+    assert not [k for k, _ in headers if k.startswith("ghl.") and k != REPLAYED_FROM]
+
+
+# -- commit points -------------------------------------------------------------------------------
+
+
+def test_commit_points_never_pass_a_failed_record_of_the_partition() -> None:
+    points = CommitPoints()
+    points.done(Record(DLQ, 0, 3, None, None))
+    points.done(Record(DLQ, 1, 8, None, None))
+    points.failed(Record(DLQ, 0, 4, None, None))
+    points.done(Record(DLQ, 0, 5, None, None))
+    points.done(Record(DLQ, 1, 9, None, None))
+    assert points.take() == {(DLQ, 0): 4, (DLQ, 1): 10}
+    points.done(Record(DLQ, 0, 6, None, None))
+    assert points.take() == {}
+
+
+# -- dlq list ------------------------------------------------------------------------------------
+
+
+def test_summarise_groups_by_reason_integration_and_source_topic() -> None:
+    failures = [
+        read_failure(dead_letter(0, now=T0 + 60).headers),
+        read_failure(dead_letter(1, now=T0).headers),
+        read_failure(dead_letter(2, reason="invalid_json", integration=None).headers),
+        read_failure(dead_letter(3, source_topic="orders", now=T0 + 120).headers),
+    ]
+    groups = summarise(failures)
+    assert [(g.reason, g.integration, g.source_topic, g.count) for g in groups] == [
+        ("rejected_by_highlevel", "default", "events", 2),
+        ("invalid_json", "-", "events", 1),
+        ("rejected_by_highlevel", "default", "orders", 1),
+    ]
+    first = groups[0]
+    assert first.first_failed_at.startswith("2025-03-01T12:00:00")
+    assert first.last_failed_at.startswith("2025-03-01T12:01:00")
+    assert first.errors == (("HighLevel answered 422; status 422; email must be an email", 2),)
+
+
+def test_error_text_is_bounded() -> None:
+    text = error_text({"error": "x" * 500})
+    assert len(text) == 160
+    assert text.endswith("...")
+
+
+def test_list_output_never_shows_keys_or_values() -> None:
+    record = dead_letter(0)
+    out = io.StringIO()
+    groups = summarise([read_failure(record.headers)])
+    render_groups(groups, 1, out)
+    text = out.getvalue()
+    assert "rejected_by_highlevel" in text
+    assert "1 dead letter(s) in 1 group(s)" in text
+    assert "user-1" not in text
+    assert "identify" not in text
+
+
+# -- the replay loop, against fakes ----------------------------------------------------------------
+
+
+class FakeReader:
+    def __init__(self, batches: list[list[Record]]) -> None:
+        self.batches = list(batches)
+        self.commits: list[dict[tuple[str, int], int]] = []
+
+    async def read(self) -> list[Record]:
+        return self.batches.pop(0) if self.batches else []
+
+    async def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        self.commits.append(dict(offsets))
+
+
+class FakeSender:
+    """Confirms every record, except those whose key is in ``refuse``."""
+
+    def __init__(self, refuse: frozenset[int] = frozenset()) -> None:
+        self.sent: list[tuple[str, bytes | None, list[tuple[str, bytes]]]] = []
+        self.refuse = refuse
+
+    async def send(
+        self,
+        topic: str,
+        *,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]] = (),
+    ) -> asyncio.Future[Delivered]:
+        future: asyncio.Future[Delivered] = asyncio.get_running_loop().create_future()
+        offset = len(self.sent)
+        self.sent.append((topic, value, list(headers)))
+        source_offset = int(dict(headers)[REPLAYED_FROM].decode().rsplit("/", 1)[1])
+        if source_offset in self.refuse:
+            future.set_exception(ProduceFailedError("not delivered: broker says no"))
+        else:
+            future.set_result(Delivered(topic, 0, offset))
+        return future
+
+
+async def test_replay_sends_selected_originals_and_commits_past_skipped_ones() -> None:
+    batch = [
+        dead_letter(0),
+        dead_letter(1, reason="invalid_json", integration=None),
+        dead_letter(2),
+    ]
+    reader, sender = FakeReader([batch]), FakeSender()
+    summary = await replay(
+        reader,
+        sender,
+        selection=Selection(reasons=frozenset({"rejected_by_highlevel"})),
+        to=None,
+        existing_topics=frozenset({"events"}),
+        out=io.StringIO(),
+    )
+    assert (summary.replayed, summary.skipped, summary.failed) == (2, 1, 0)
+    assert [topic for topic, _, _ in sender.sent] == ["events", "events"]
+    assert sender.sent[0][2] == [("trace", b"abc"), (REPLAYED_FROM, f"{DLQ}/0/0".encode())]
+    assert reader.commits == [{(DLQ, 0): 3}]
+
+
+async def test_replay_commit_stops_at_the_first_failure_of_a_partition() -> None:
+    batch = [
+        dead_letter(0),
+        dead_letter(1),  # refused by the broker
+        dead_letter(2, reason="invalid_json"),  # skipped after the failure: not committed past
+        dead_letter(5, partition=1),
+    ]
+    reader, sender = FakeReader([batch]), FakeSender(refuse=frozenset({1}))
+    summary = await replay(
+        reader,
+        sender,
+        selection=Selection(reasons=frozenset({"rejected_by_highlevel"})),
+        to=None,
+        existing_topics=frozenset({"events"}),
+        out=io.StringIO(),
+    )
+    assert (summary.replayed, summary.skipped, summary.failed) == (2, 1, 1)
+    assert reader.commits == [{(DLQ, 0): 1, (DLQ, 1): 6}]
+
+
+async def test_replay_fails_records_without_an_existing_target_and_honours_to() -> None:
+    batch = [dead_letter(0, source_topic="gone"), dead_letter(1)]
+    reader, sender = FakeReader([batch]), FakeSender()
+    summary = await replay(
+        reader,
+        sender,
+        selection=Selection(),
+        to=None,
+        existing_topics=frozenset({"events", "retry"}),
+        out=io.StringIO(),
+    )
+    assert (summary.replayed, summary.failed) == (1, 1)
+    assert reader.commits == [{}]  # partition 0 is blocked at its first record
+
+    reader, sender = FakeReader([batch]), FakeSender()
+    summary = await replay(
+        reader,
+        sender,
+        selection=Selection(),
+        to="retry",
+        existing_topics=frozenset({"events", "retry"}),
+        out=io.StringIO(),
+    )
+    assert (summary.replayed, summary.failed) == (2, 0)
+    assert [topic for topic, _, _ in sender.sent] == ["retry", "retry"]
+    assert dict(summary.by_target) == {"retry": 2}
+
+
+async def test_dry_run_prints_sends_and_commits_nothing() -> None:
+    reader = FakeReader([[dead_letter(0), dead_letter(1, reason="invalid_json")]])
+    out = io.StringIO()
+    summary = await replay(
+        reader,
+        None,
+        selection=Selection(reasons=frozenset({"rejected_by_highlevel"})),
+        to=None,
+        existing_topics=frozenset({"events"}),
+        out=out,
+    )
+    assert (summary.replayed, summary.skipped) == (1, 1)
+    assert reader.commits == []
+    assert out.getvalue().splitlines() == [
+        f"would replay {DLQ}/0/0 -> events (reason rejected_by_highlevel, integration default, "
+        "19 bytes)"
+    ]
