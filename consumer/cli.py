@@ -18,6 +18,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("consumer.app", "consume events and upsert contacts into HighLevel"),
     "map": ("consumer.dryrun", "dry run: map JSONL events from stdin to upsert payloads on stdout"),
     "sandbox": ("consumer.sandbox.server", "serve the HighLevel contacts API emulator"),
+    "dlq": ("consumer.replay", "dead letters: list them, replay them after a fix"),
+    "audit": ("consumer.audit", "check that every identity event is in HighLevel, DLQ or parking"),
     "demo": ("consumer.demo", "local Kafka + sandbox + sample events, end to end"),
 }
 

@@ -1,0 +1,393 @@
+"""The audit's accounting: folding records into expected contacts, finding them in the dead-letter
+and parking topics, and comparing with HighLevel's contacts (rendered by the sandbox's state)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import orjson
+
+from consumer.audit import (
+    MISMATCH,
+    MISSING,
+    NOT_DEAD_LETTERED,
+    Comparison,
+    Expected,
+    ExpectedContacts,
+    Ledger,
+    Report,
+    SourceIndex,
+    compare,
+    contact_mismatches,
+    fresh_mapper,
+)
+from consumer.config import CustomFieldMapping, Integration, Secret, load_settings
+from consumer.deadletter import REJECTED_BY_HIGHLEVEL, Failure, dead_letter_headers
+from consumer.dedupe import MessageDeduper
+from consumer.events import ContactUpsert, Record, TagMode
+from consumer.mapping import Mapper
+from consumer.profiles import InMemoryProfileStore
+from consumer.sandbox.schema import validate_upsert
+from consumer.sandbox.state import SandboxState
+
+LOCATION = "ve9EPM428h8vShlRW1KT"
+OTHER_LOCATION = "otherLocation000000X"
+
+
+def integration(id: str = "default", **overrides: Any) -> Integration:
+    values: dict[str, Any] = {"location_id": LOCATION, "access_token": Secret("t", "test")}
+    values.update(overrides)
+    return Integration(id=id, **values)
+
+
+def mapper(*integrations: Integration) -> Mapper:
+    return Mapper(
+        integrations or (integration(),),
+        profiles=InMemoryProfileStore(),
+        deduper=MessageDeduper(max_entries=1000, ttl_seconds=3600),
+    )
+
+
+def identify(user: int, version: int, **traits: Any) -> dict[str, Any]:
+    return {
+        "type": "identify",
+        "userId": f"user-{user}",
+        "messageId": f"m-{user}-{version}",
+        "traits": {
+            "email": f"User{user}@Example.com",
+            "phone": f"+1 415 555 {user:04d}",
+            "first_name": f"v{version}",
+            **traits,
+        },
+        "context": {"consent": {"marketing": "granted"}},
+    }
+
+
+def lead(user: int, version: int, tag: str) -> dict[str, Any]:
+    return {
+        "type": "track",
+        "event": "Lead Generated",
+        "userId": f"user-{user}",
+        "messageId": f"lead-{user}-{version}",
+        "properties": {"source": "Pricing Page Form", "lead_tag": tag, "plan": "pro"},
+    }
+
+
+class Stream:
+    """Records of one partition of topic ``events``, offsets from 0, keyed by userId."""
+
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+
+    def add(self, value: dict[str, Any] | bytes, key: bytes | None = None) -> Record:
+        raw = value if isinstance(value, bytes) else orjson.dumps(value)
+        if key is None and isinstance(value, dict):
+            key = str(value.get("userId")).encode()
+        record = Record("events", 0, len(self.records), key, raw, (), 1_700_000_000_000)
+        self.records.append(record)
+        return record
+
+
+def dead_letters(*entries: tuple[Record, Failure]) -> SourceIndex:
+    index = SourceIndex()
+    index.add(
+        Record("dlq", 0, n, r.key, r.value, tuple(dead_letter_headers(r, f, now=0.0)))
+        for n, (r, f) in enumerate(entries)
+    )
+    return index
+
+
+def ledger_of(
+    stream: Stream,
+    the_mapper: Mapper | None = None,
+    *,
+    dlq: SourceIndex | None = None,
+    parked: SourceIndex | None = None,
+) -> Ledger:
+    expected = ExpectedContacts(
+        the_mapper or mapper(),
+        dead_letters=dlq or SourceIndex(),
+        parked=parked or SourceIndex(),
+    )
+    expected.add(stream.records)
+    return expected.ledger()
+
+
+def upserts_of(stream: Stream, the_mapper: Mapper) -> list[ContactUpsert]:
+    """The upserts the consumer sends for ``stream`` when nothing coalesces."""
+    return [
+        outcome
+        for r in stream.records
+        for outcome in the_mapper.map_record(value=r.value or b"", key=r.key, topic=r.topic, now=0)
+        if isinstance(outcome, ContactUpsert)
+    ]
+
+
+def delivered(*upserts: ContactUpsert) -> dict[str, list[dict[str, Any]]]:
+    """The contacts a sandbox holds after receiving ``upserts`` (tags added in tag mode add)."""
+    state = SandboxState({LOCATION: "t1", OTHER_LOCATION: "t2"})
+    for upsert in upserts:
+        location = state.locations[upsert.location_id]
+        result = state.upsert(location, validate_upsert(upsert.payload()), now=0.0)
+        if upsert.tags_to_add():
+            state.add_tags(result.contact, upsert.tags_to_add(), now=0.0)
+    return {
+        location_id: [c.to_json() for c in location.contacts.values()]
+        for location_id, location in state.locations.items()
+    }
+
+
+# -- folding --------------------------------------------------------------------------------------
+
+
+def test_upserts_fold_in_offset_order_per_contact_key() -> None:
+    stream = Stream()
+    for version in range(3):
+        stream.add(identify(1, version))
+        stream.add(identify(2, version))
+    ledger = ledger_of(stream)
+    assert ledger.records == 6
+    assert ledger.identity_events == 6
+    assert set(ledger.contacts) == {("default", "user-1"), ("default", "user-2")}
+    want = ledger.contacts[("default", "user-1")]
+    assert want.events == 3
+    assert want.last == "events/0/4"
+    assert want.upsert.fields["firstName"] == "v2"
+    assert want.upsert.fields["email"] == "user1@example.com"
+    assert want.upsert.fields["dnd"] is False
+
+
+def test_later_events_use_the_profile_and_tags_accumulate() -> None:
+    stream = Stream()
+    stream.add(identify(1, 0))
+    stream.add(lead(1, 0, "website-lead"))
+    stream.add(lead(1, 1, "pricing"))
+    want = ledger_of(stream).contacts[("default", "user-1")]
+    assert want.upsert.fields["source"] == "Pricing Page Form"
+    assert want.upsert.tags == ("website-lead", "pricing")
+    assert want.events == 3
+
+
+def test_drops_count_by_reason_and_duplicates_are_accounted_as_duplicate() -> None:
+    stream = Stream()
+    stream.add(identify(1, 0))
+    stream.add(identify(1, 0))  # same messageId
+    stream.add({"type": "page", "userId": "user-1", "name": "Home"})
+    ledger = ledger_of(stream)
+    assert ledger.dropped == {"duplicate": 1, "not_mapped": 1}
+    assert ledger.identity_events == 1
+    assert ledger.contacts[("default", "user-1")].events == 1
+    assert ledger.unaccounted == ()
+
+
+def test_rejects_are_accounted_only_when_dead_lettered() -> None:
+    stream = Stream()
+    poison = stream.add(b"{broken json", key=b"user-1")
+    stream.add({"type": "identify", "userId": "user-2", "traits": {"first_name": "No Email"}})
+    dlq = dead_letters((poison, Failure(reason="invalid_json", error="not JSON")))
+    ledger = ledger_of(stream, dlq=dlq)
+    assert ledger.dead_lettered == 1
+    [missing] = ledger.unaccounted
+    assert missing.subject == "events/0/1"
+    assert missing.problem == f"{NOT_DEAD_LETTERED} (no_identifier)"
+
+
+def test_upserts_dead_lettered_or_parked_are_not_expected_in_highlevel() -> None:
+    stream = Stream()
+    stream.add(identify(1, 0))
+    rejected = stream.add(identify(1, 1, first_name="Bad"))
+    parked_record = stream.add(identify(2, 0))
+    dlq = dead_letters(
+        (rejected, Failure(reason=REJECTED_BY_HIGHLEVEL, error="422", integration_id="default"))
+    )
+    parked = dead_letters(
+        (parked_record, Failure(reason="unauthorized", error="401", integration_id="default"))
+    )
+    ledger = ledger_of(stream, dlq=dlq, parked=parked)
+    assert (ledger.dead_lettered, ledger.parked) == (1, 1)
+    assert set(ledger.contacts) == {("default", "user-1")}
+    assert ledger.contacts[("default", "user-1")].upsert.fields["firstName"] == "v0"
+
+
+def test_a_dead_letter_for_one_integration_does_not_account_for_another() -> None:
+    stream = Stream()
+    record = stream.add(identify(1, 0))
+    two = mapper(integration("a"), integration("b", location_id=OTHER_LOCATION))
+    dlq = dead_letters(
+        (record, Failure(reason=REJECTED_BY_HIGHLEVEL, error="422", integration_id="a"))
+    )
+    ledger = ledger_of(stream, two, dlq=dlq)
+    assert ledger.dead_lettered == 1
+    assert set(ledger.contacts) == {("b", "user-1")}
+
+
+def test_source_index_ignores_records_without_source_headers() -> None:
+    index = SourceIndex()
+    index.add([Record("parking", 0, 0, None, b"x", (("ghl.reason", b"held"),))])
+    assert (index.records, index.unmatched) == (1, 1)
+    assert not index.holds(("events", 0, 0), None)
+
+
+# -- comparison ---------------------------------------------------------------------------------
+
+
+def expected_after(*events: dict[str, Any], the_mapper: Mapper | None = None) -> Ledger:
+    stream = Stream()
+    for event in events:
+        stream.add(event)
+    return ledger_of(stream, the_mapper)
+
+
+def test_what_the_consumer_would_deliver_matches() -> None:
+    ledger = expected_after(identify(1, 0), identify(1, 1), lead(1, 0, "website-lead"))
+    # The sandbox received each upsert as the engine sends them (here, uncoalesced).
+    stream = Stream()
+    for event in (identify(1, 0), identify(1, 1), lead(1, 0, "website-lead")):
+        stream.add(event)
+    result = compare(ledger.contacts, delivered(*upserts_of(stream, mapper())))
+    assert result == Comparison(matching=1, delivered_events=3, unaccounted=())
+
+
+def test_a_missing_contact_is_unaccounted_with_its_events() -> None:
+    ledger = expected_after(identify(1, 0), identify(1, 1), identify(2, 0))
+    only_user_2 = delivered(ledger.contacts[("default", "user-2")].upsert)
+    result = compare(ledger.contacts, only_user_2)
+    assert result.matching == 1
+    [missing] = result.unaccounted
+    assert (missing.subject, missing.problem, missing.events) == ("default/user-1", MISSING, 2)
+
+
+def test_a_wrong_field_is_a_mismatch_naming_the_field() -> None:
+    ledger = expected_after(identify(1, 0), identify(1, 1))
+    contacts = delivered(ledger.contacts[("default", "user-1")].upsert)
+    contacts[LOCATION][0]["firstName"] = "v0"
+    [wrong] = compare(ledger.contacts, contacts).unaccounted
+    assert (wrong.subject, wrong.problem) == ("default/user-1", MISMATCH)
+    assert wrong.fields == ("firstName",)
+
+
+def test_field_rules() -> None:
+    upsert = ContactUpsert(
+        integration_id="default",
+        location_id=LOCATION,
+        contact_key="u",
+        fields={"email": "sam@example.com", "phone": "+14155550142", "dnd": False},
+        tags=("a", "b"),
+        custom_fields={"plan-id": "pro", "ints": ("x", "y")},
+    )
+    contact = {
+        "email": "Sam@Example.com",  # case does not matter
+        "phone": "+14155550142",
+        "dnd": False,
+        "tags": ["b", "c", "a"],  # expected tags must be a subset
+        "customFields": [{"id": "ints", "value": ["x", "y"]}, {"id": "plan-id", "value": "pro"}],
+    }
+    assert contact_mismatches(upsert, contact) == ()
+    assert contact_mismatches(upsert, {**contact, "dnd": True}) == ("dnd",)
+    assert contact_mismatches(upsert, {**contact, "phone": "+14155550143"}) == ("phone",)
+    assert contact_mismatches(upsert, {**contact, "tags": ["a"]}) == ("tags",)
+    assert contact_mismatches(upsert, {**contact, "customFields": []}) == (
+        "customFields.plan-id",
+        "customFields.ints",
+    )
+    assert contact_mismatches(upsert, {}) == (
+        "email",
+        "phone",
+        "dnd",
+        "tags",
+        "customFields.plan-id",
+        "customFields.ints",
+    )
+
+
+def test_contacts_are_found_by_email_else_phone_in_the_integrations_location() -> None:
+    by_phone = ContactUpsert(
+        integration_id="default",
+        location_id=LOCATION,
+        contact_key="u",
+        fields={"phone": "+14155550142", "firstName": "Sam"},
+    )
+    contacts = {LOCATION: [{"phone": "+14155550142", "firstName": "Sam", "email": "x@y.io"}]}
+    expected = {("default", "u"): Expected(by_phone, 1, "events/0/0")}
+    assert compare(expected, contacts).matching == 1
+    assert compare(expected, {OTHER_LOCATION: contacts[LOCATION]}).unaccounted[0].problem == MISSING
+    assert compare(expected, {}).unaccounted[0].problem == MISSING
+
+
+def test_tag_overwrite_in_upsert_mode_shows_as_a_tags_mismatch() -> None:
+    # HighLevel's pitfall: each upsert replaces the tags, so an earlier event's tag is lost.
+    ledger = expected_after(identify(1, 0), lead(1, 0, "website-lead"), lead(1, 1, "pricing"))
+    stream = Stream()
+    for event in (identify(1, 0), lead(1, 0, "website-lead"), lead(1, 1, "pricing")):
+        stream.add(event)
+    separately = upserts_of(stream, mapper())
+    [wrong] = compare(ledger.contacts, delivered(*separately)).unaccounted
+    assert wrong.fields == ("tags",)
+
+    # In tag mode add, the same deliveries keep every tag.
+    add_mode = mapper(integration(tag_mode=TagMode.ADD))
+    ledger = expected_after(
+        identify(1, 0), lead(1, 0, "website-lead"), lead(1, 1, "pricing"), the_mapper=add_mode
+    )
+    separately = upserts_of(stream, mapper(integration(tag_mode=TagMode.ADD)))
+    assert compare(ledger.contacts, delivered(*separately)).unaccounted == ()
+
+
+def test_custom_fields_are_compared_by_id() -> None:
+    custom = integration(custom_fields=(CustomFieldMapping("plan-field", ("properties", "plan")),))
+    ledger = expected_after(identify(1, 0), lead(1, 0, "t"), the_mapper=mapper(custom))
+    upsert = ledger.contacts[("default", "user-1")].upsert
+    assert dict(upsert.custom_fields) == {"plan-field": "pro"}
+    contacts = delivered(upsert)
+    assert compare(ledger.contacts, contacts).unaccounted == ()
+    contacts[LOCATION][0]["customFields"] = [{"id": "plan-field", "value": "free"}]
+    [wrong] = compare(ledger.contacts, contacts).unaccounted
+    assert wrong.fields == ("customFields.plan-field",)
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+
+def test_report_names_unaccounted_keys_and_fields_never_values() -> None:
+    stream = Stream()
+    stream.add(identify(1, 0))
+    stream.add(identify(2, 0))
+    stream.add({"type": "page", "userId": "user-1"})
+    ledger = ledger_of(stream)
+    contacts = delivered(ledger.contacts[("default", "user-1")].upsert)
+    contacts[LOCATION][0]["firstName"] = "tampered"
+    report = Report(ledger, compare(ledger.contacts, contacts), {"events": 3}, ("g.parking",))
+    out = io.StringIO()
+    report.render(out)
+    text = out.getvalue()
+    assert "UNACCOUNTED default/user-1: field mismatch: firstName (1 event(s))" in text
+    assert "UNACCOUNTED default/user-2: missing contact (1 event(s))" in text
+    assert "topic g.parking does not exist: treated as empty" in text
+    assert "user1@example.com" not in text.lower()
+    assert "tampered" not in text
+    data = report.to_json()
+    assert data["ok"] is False
+    assert data["contacts"] == {"expected": 2, "matching": 0}
+    assert data["dropped"] == {"not_mapped": 1}
+    assert [u["subject"] for u in data["unaccounted"]] == ["default/user-1", "default/user-2"]
+
+
+def test_fresh_mapper_follows_the_configuration() -> None:
+    settings = load_settings(
+        None,
+        {"GHL_LOCATION_ID": LOCATION, "GHL_DEFAULT_PHONE_REGION": "GB"},
+        read_secrets=False,
+    )
+    the_mapper = fresh_mapper(settings)
+    [upsert] = the_mapper.map_record(
+        value=orjson.dumps(
+            {"type": "identify", "userId": "u", "traits": {"phone": "07700 900123"}}
+        ),
+        key=None,
+        topic="events",
+        now=0,
+    )
+    assert isinstance(upsert, ContactUpsert)
+    assert upsert.fields["phone"] == "+447700900123"
+    assert upsert.location_id == LOCATION
