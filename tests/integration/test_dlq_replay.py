@@ -1,0 +1,210 @@
+"""`ghl-consumer dlq replay` and `dlq list` as operators run them: real subprocesses against a
+real broker. Dead letters are built exactly as the engine builds them (dead_letter_headers)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import uuid
+from collections.abc import Callable
+
+import orjson
+import pytest
+from confluent_kafka import Message
+
+from consumer.deadletter import REJECTED_BY_HIGHLEVEL, Failure, dead_letter_headers
+from consumer.events import Record
+from consumer.kafka import KafkaProducer
+from tests.integration.consumer_harness import end_offsets, read_all
+from tests.kafka_broker import ROOT
+
+pytestmark = pytest.mark.integration
+
+ORIGINAL_HEADERS = (("traceparent", b"00-abc-def-01"), ("source", b"web"))
+
+
+async def dlq(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    """Run ``python -m consumer dlq ARGS``; return (exit code, stdout, stderr)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("GHL_", "KAFKA_"))}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "consumer",
+        "dlq",
+        *args,
+        cwd=ROOT,
+        env={**base, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(90):
+        stdout, stderr = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+def event(n: int) -> bytes:
+    return orjson.dumps({"type": "identify", "userId": f"user-{n}", "traits": {"n": n}})
+
+
+async def put_dead_letters(
+    bootstrap: str, dead_letter_topic: str, letters: list[tuple[Record, Failure]]
+) -> None:
+    producer = KafkaProducer(bootstrap=bootstrap)
+    try:
+        for offset, (record, failure) in enumerate(letters):
+            headers = dead_letter_headers(record, failure, now=1_740_000_000.0 + offset)
+            await producer.produce(
+                dead_letter_topic, key=record.key, value=record.value, headers=headers
+            )
+    finally:
+        await producer.close()
+
+
+def total(bootstrap: str, topic: str, partitions: int = 1) -> int:
+    return sum(end_offsets(bootstrap, topic, partitions).values())
+
+
+def headers_of(message: Message) -> list[tuple[str, bytes]]:
+    return list(message.headers() or [])
+
+
+async def test_replay_resends_selected_originals_once_and_dry_run_sends_nothing(
+    kafka_bootstrap: str, new_topic: Callable[..., str]
+) -> None:
+    source, other_source, dead = new_topic(), new_topic(), new_topic(partitions=2)
+    group = f"replay-{uuid.uuid4().hex[:8]}"
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "KAFKA_GROUP_ID": group,
+        "KAFKA_DEAD_LETTER_TOPIC": dead,
+    }
+    rejected = Failure(
+        reason=REJECTED_BY_HIGHLEVEL,
+        error="HighLevel answered 422",
+        integration_id="default",
+        status=422,
+        message="email must be an email",
+    )
+    poison = Failure(reason="invalid_json", error="not JSON: unexpected end of data")
+    letters = [
+        (Record(source, 0, n, f"user-{n}".encode(), event(n), ORIGINAL_HEADERS), rejected)
+        for n in range(4)
+    ]
+    letters.append((Record(source, 0, 10, b"user-10", b"{broken", ORIGINAL_HEADERS), poison))
+    letters.append((Record(other_source, 0, 3, b"user-20", event(20), ()), rejected))
+    await put_dead_letters(kafka_bootstrap, dead, letters)
+    selection = ("--reason", REJECTED_BY_HIGHLEVEL, "--source-topic", source)
+
+    # Dry run: prints what would be replayed, produces and commits nothing.
+    code, out, err = await dlq(env, "replay", *selection, "--dry-run")
+    assert code == 0, err
+    assert out.count("would replay") == 5  # 4 lines + the summary
+    assert "would replay 4 (" in out
+    assert "skipped by filter 2, failed 0" in out
+    assert total(kafka_bootstrap, source) == 0
+
+    # The replay: exactly the four selected originals reach the source topic.
+    code, out, err = await dlq(env, "replay", *selection)
+    assert code == 0, err
+    assert f"replayed 4 ({source}: 4), skipped by filter 2, failed 0" in out
+    assert total(kafka_bootstrap, source) == 4
+    assert total(kafka_bootstrap, other_source) == 0
+    messages = read_all(kafka_bootstrap, source, expect=4)
+    assert sorted((m.key(), m.value()) for m in messages) == sorted(
+        (record.key, record.value) for record, _ in letters[:4]
+    )
+    for message in messages:
+        headers = headers_of(message)
+        assert headers[:2] == list(ORIGINAL_HEADERS)
+        [(name, value)] = headers[2:]
+        assert name == "ghl.replayed_from"
+        assert value.decode().startswith(f"{dead}/")
+        assert "ghl.reason" not in dict(headers)
+
+    # A second replay re-sends nothing: the replay group remembers.
+    code, out, err = await dlq(env, "replay", *selection)
+    assert code == 0, err
+    assert "replayed 0, skipped by filter 0, failed 0" in out
+    assert total(kafka_bootstrap, source) == 4
+
+    # The group moved past the records the filter skipped: reaching them takes
+    # --from-beginning, and then only the new selection is sent.
+    code, out, err = await dlq(env, "replay", "--reason", "invalid_json")
+    assert (code, "replayed 0" in out) == (0, True), err
+    code, out, err = await dlq(env, "replay", "--reason", "invalid_json", "--from-beginning")
+    assert code == 0, err
+    assert "replayed 1" in out
+    assert total(kafka_bootstrap, source) == 5
+    [*_, poisoned] = sorted(read_all(kafka_bootstrap, source, expect=5), key=lambda m: m.offset())
+    assert poisoned.value() == b"{broken"
+
+
+async def test_replay_to_a_missing_topic_fails_with_exit_1_and_commits_nothing(
+    kafka_bootstrap: str, new_topic: Callable[..., str]
+) -> None:
+    dead = new_topic()
+    gone = f"never-created-{uuid.uuid4().hex[:8]}"
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "KAFKA_GROUP_ID": f"replay-{uuid.uuid4().hex[:8]}",
+        "KAFKA_DEAD_LETTER_TOPIC": dead,
+    }
+    letter = (
+        Record(gone, 0, 0, b"user-1", event(1)),
+        Failure(reason=REJECTED_BY_HIGHLEVEL, error="422", integration_id="default"),
+    )
+    await put_dead_letters(kafka_bootstrap, dead, [letter])
+    code, out, err = await dlq(env, "replay")
+    assert code == 1
+    assert "replayed 0, skipped by filter 0, failed 1" in out
+    assert f"topic {gone} does not exist" in err
+    code, out, _ = await dlq(env, "replay", "--dry-run")
+    assert "failed 1" in out  # still pending: nothing was committed past it
+
+
+async def test_list_summarises_by_reason_without_keys_or_values(
+    kafka_bootstrap: str, new_topic: Callable[..., str]
+) -> None:
+    source, dead = new_topic(), new_topic()
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "KAFKA_DEAD_LETTER_TOPIC": dead,
+    }
+    secret_value = orjson.dumps({"type": "identify", "traits": {"email": "sam@example.com"}})
+    rejected = Failure(
+        reason=REJECTED_BY_HIGHLEVEL,
+        error="HighLevel answered 422",
+        integration_id="default",
+        status=422,
+        message="email must be an email",
+    )
+    await put_dead_letters(
+        kafka_bootstrap,
+        dead,
+        [
+            (Record(source, 0, 0, b"lead-987", secret_value), rejected),
+            (Record(source, 0, 1, b"lead-988", secret_value), rejected),
+            (Record(source, 0, 2, b"lead-989", b"{x"), Failure(reason="invalid_json", error="bad")),
+        ],
+    )
+    code, out, err = await dlq(env, "list")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == f"dead-letter topic {dead}"
+    assert lines[1].split() == [
+        "REASON", "INTEGRATION", "SOURCE", "TOPIC", "COUNT", "FIRST", "FAILED", "LAST", "FAILED"
+    ]
+    assert lines[2].split()[:4] == [REJECTED_BY_HIGHLEVEL, "default", source, "2"]
+    assert lines[3].split()[:4] == ["invalid_json", "-", source, "1"]
+    assert "3 dead letter(s) in 2 group(s)" in out
+    assert "2 x HighLevel answered 422; status 422; email must be an email" in out
+    assert "sam@example.com" not in out
+    assert "lead-98" not in out
+
+    code, out, err = await dlq(env, "list", "--json", "--reason", "invalid_json")
+    assert code == 0, err
+    data = orjson.loads(out)
+    assert data["total"] == 1
+    assert [g["reason"] for g in data["groups"]] == ["invalid_json"]
