@@ -1,0 +1,159 @@
+"""`ghl-consumer audit` end to end: a stream goes through the real consumer process into the
+sandbox; the audit (a real subprocess) accounts for every event, then names the contact keys
+whose HighLevel contact went missing or changed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import pytest
+
+from consumer.sandbox.server import run_sandbox
+from tests.integration.consumer_harness import (
+    committed_offsets,
+    end_offsets,
+    produce,
+    start_consumer,
+)
+from tests.kafka_broker import ROOT
+
+pytestmark = pytest.mark.integration
+
+LOCATION, TOKEN = "ve9EPM428h8vShlRW1KT", "pit-audit-secret-token"
+USERS = 12
+
+
+def identify(user: int, version: int) -> bytes:
+    return orjson.dumps(
+        {
+            "type": "identify",
+            "userId": f"user-{user}",
+            "messageId": f"m-{user}-{version}",
+            "traits": {
+                "email": f"User{user}@Example.com",
+                "first_name": f"v{version}",
+                "phone": f"+1 415 555 {user:04d}",
+            },
+            "context": {"consent": {"marketing": "granted" if user % 2 else "denied"}},
+        }
+    )
+
+
+def stream() -> list[tuple[bytes | None, bytes | None]]:
+    records: list[tuple[bytes | None, bytes | None]] = []
+    for version in range(3):
+        for user in range(USERS):
+            key = f"user-{user}".encode()
+            records.append((key, identify(user, version)))
+            records.append((key, orjson.dumps({"type": "page", "userId": f"user-{user}"})))
+    for user in range(0, USERS, 3):
+        lead = {
+            "type": "track",
+            "event": "Lead Generated",
+            "userId": f"user-{user}",
+            "messageId": f"lead-{user}",
+            "properties": {"source": "Pricing Page Form", "lead_tag": "website-lead"},
+        }
+        records.append((f"user-{user}".encode(), orjson.dumps(lead)))
+    records.append((b"user-1", identify(1, 2)))  # an SDK retry: same messageId
+    records.append((b"user-0", b"{broken json"))  # dead-lettered
+    records.append(  # no email or phone anywhere: dead-lettered as no_identifier
+        (b"anon-1", orjson.dumps({"type": "identify", "userId": "anon-1", "traits": {}}))
+    )
+    return records
+
+
+async def audit(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    """Run ``python -m consumer audit ARGS`` without blocking the loop (the sandbox serves on
+    it); return (exit code, stdout, stderr)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("GHL_", "KAFKA_"))}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "consumer",
+        "audit",
+        *args,
+        cwd=ROOT,
+        env={**base, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(120):
+        stdout, stderr = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+def contact_of(sandbox: Any, user: int) -> Any:
+    location = sandbox.state.locations[LOCATION]
+    return next(
+        c for c in location.contacts.values() if c.fields["email"] == f"user{user}@example.com"
+    )
+
+
+async def test_audit_accounts_for_everything_then_names_missing_and_changed_contacts(
+    kafka_bootstrap: str, new_topic: Callable[..., str]
+) -> None:
+    topic = new_topic(partitions=3)
+    group = f"audit-{uuid.uuid4().hex[:8]}"
+    total = produce(kafka_bootstrap, topic, stream())
+    ends = end_offsets(kafka_bootstrap, topic, 3)
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "KAFKA_TOPICS": topic,
+        "KAFKA_GROUP_ID": group,
+        "GHL_LOCATION_ID": LOCATION,
+    }
+
+    async with run_sandbox(locations={LOCATION: TOKEN}) as sandbox:
+        consumer = await start_consumer(
+            {**env, "GHL_ACCESS_TOKEN": TOKEN, "GHL_API_BASE_URL": sandbox.url}
+        )
+        try:
+            async with asyncio.timeout(90):
+                while committed_offsets(kafka_bootstrap, group, topic, 3) != ends:
+                    assert consumer.returncode is None, await consumer.stderr.read()  # type: ignore[union-attr]
+                    await asyncio.sleep(0.5)
+        finally:
+            if consumer.returncode is None:
+                consumer.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(30):
+                _, consumer_log = await consumer.communicate()
+        assert consumer.returncode == 0, consumer_log.decode()
+
+        # Everything is accounted for. No token is needed: the audit sends nothing.
+        code, out, err = await audit(env, "--sandbox", sandbox.url, "--json")
+        assert code == 0, out + err
+        report = orjson.loads(out)
+        assert report["ok"] is True
+        assert report["unaccounted"] == []
+        assert report["records"] == total
+        assert report["contacts"] == {"expected": USERS, "matching": USERS}
+        identity_events = USERS * 3 + len(range(0, USERS, 3))
+        assert report["identity_events"] == identity_events
+        assert report["delivered_events"] == identity_events
+        assert report["dead_lettered"] == 2
+        assert report["parked"] == 0
+        assert report["dropped"] == {"duplicate": 1, "not_mapped": USERS * 3}
+        assert report["absent_topics"] == [f"{group}.parking"]
+
+        # A contact disappears from HighLevel (user-3: three identifies, one lead) and another is
+        # edited there.
+        location = sandbox.state.locations[LOCATION]
+        del location.contacts[contact_of(sandbox, 3).id]
+        contact_of(sandbox, 4).fields["firstName"] = "Edited In HighLevel"
+
+        code, out, err = await audit(env, "--sandbox", sandbox.url)
+    assert code == 1, out + err
+    assert "UNACCOUNTED default/user-3: missing contact (4 event(s))" in out
+    assert "UNACCOUNTED default/user-4: field mismatch: firstName (3 event(s))" in out
+    assert "delivered and matching   10 contact(s)" in out
+    assert "Edited In HighLevel" not in out
+    assert "user4@example.com" not in out.lower()
