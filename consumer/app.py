@@ -19,6 +19,7 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from consumer.changelog import ProfileChangelog
 from consumer.config import Settings, load_settings
 from consumer.debugger import Debugger
 from consumer.dedupe import MessageDeduper
@@ -28,7 +29,7 @@ from consumer.errors import ConfigError
 from consumer.kafka import KafkaProducer, KafkaSource, TopicSpec, ensure_topics
 from consumer.mapping import Mapper
 from consumer.metrics import Metrics, Readiness, StallDetector, StateSnapshot
-from consumer.profiles import InMemoryProfileStore
+from consumer.profiles import ChangelogProfileStore
 from consumer.ratelimit import Budget, LimiterBackend, LocalBackend, RateLimiter
 from consumer.web import WebServer, serve_web
 
@@ -46,7 +47,7 @@ class Components:
     limiter: RateLimiter
     metrics: Metrics
     debugger: Debugger
-    profiles: InMemoryProfileStore
+    profiles: ChangelogProfileStore
     web: WebServer
 
 
@@ -111,7 +112,12 @@ async def running_consumer(settings: Settings) -> AsyncIterator[Components]:
     limiter: RateLimiter | None = None
     try:
         await ensure_topics(
-            kafka.bootstrap_servers, [TopicSpec(kafka.dead_letter_topic)], extra=extra
+            kafka.bootstrap_servers,
+            [
+                TopicSpec(kafka.dead_letter_topic),
+                TopicSpec(kafka.profile_topic, config={"cleanup.policy": "compact"}),
+            ],
+            extra=extra,
         )
         source = KafkaSource(
             bootstrap=kafka.bootstrap_servers,
@@ -119,6 +125,7 @@ async def running_consumer(settings: Settings) -> AsyncIterator[Components]:
             topics=kafka.topics,
             auto_offset_reset="latest" if kafka.auto_offset_reset == "latest" else "earliest",
             group_protocol="consumer" if kafka.group_protocol == "consumer" else "classic",
+            session_timeout_ms=kafka.session_timeout_ms,
             extra=extra,
         )
         client = HighLevelClient(
@@ -128,7 +135,7 @@ async def running_consumer(settings: Settings) -> AsyncIterator[Components]:
         )
         limiter = RateLimiter(await _limiter_backend(settings))
         mapping = settings.mapping
-        profiles = InMemoryProfileStore(mapping.profile_max_entries)
+        profiles = ChangelogProfileStore(mapping.profile_max_entries)
         mapper = Mapper(
             settings.integrations,
             profiles=profiles,
@@ -148,6 +155,13 @@ async def running_consumer(settings: Settings) -> AsyncIterator[Components]:
             dead_letter_topic=kafka.dead_letter_topic,
             metrics=metrics,
             debugger=debugger,
+            profile_log=ProfileChangelog(
+                store=profiles,
+                topic=kafka.profile_topic,
+                bootstrap=kafka.bootstrap_servers,
+                metrics=metrics,
+                extra=extra,
+            ),
             options=engine_options(settings),
         )
         state = _Observed(engine, source, limiter, profiles, settings.metrics.stall_seconds)
@@ -181,7 +195,7 @@ class _Observed:
         engine: Engine,
         source: KafkaSource,
         limiter: RateLimiter,
-        profiles: InMemoryProfileStore,
+        profiles: ChangelogProfileStore,
         stall_seconds: float,
     ) -> None:
         self._engine = engine

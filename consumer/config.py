@@ -121,6 +121,10 @@ class KafkaSettings:
     auto_offset_reset: str = "earliest"
     group_protocol: str = "classic"  # classic (cooperative-sticky) | consumer (KIP-848)
     dead_letter_topic: str = ""  # empty: "<group_id>.dead-letter"
+    profile_topic: str = ""  # compacted changelog of profiles; empty: "<group_id>.profiles"
+    # classic protocol only (KIP-848 sets it broker-side): how long a silent member keeps its
+    # partitions. None: librdkafka's default (45 s).
+    session_timeout_ms: int | None = None
     # extra librdkafka settings (security.protocol, sasl.*, ...), passed through as given
     librdkafka: Mapping[str, str | Secret] = field(default_factory=lambda: MappingProxyType({}))
 
@@ -342,6 +346,8 @@ def _kafka(table: dict[str, Any], environ: Mapping[str, str], read_secrets: bool
             "auto_offset_reset",
             "group_protocol",
             "dead_letter_topic",
+            "profile_topic",
+            "session_timeout_ms",
             "librdkafka",
         ),
         "kafka",
@@ -368,6 +374,8 @@ def _kafka(table: dict[str, Any], environ: Mapping[str, str], read_secrets: bool
     if protocol not in ("classic", "consumer"):
         raise ConfigError(f"{protocol_where}: expected classic or consumer")
     dead_letter, _ = text("dead_letter_topic", "KAFKA_DEAD_LETTER_TOPIC", f"{group}.dead-letter")
+    profiles, _ = text("profile_topic", "KAFKA_PROFILE_TOPIC", f"{group}.profiles")
+    session_timeout = _session_timeout(table, environ, protocol)
 
     if "KAFKA_TOPICS" in environ:
         topics = [t.strip() for t in environ["KAFKA_TOPICS"].split(",") if t.strip()]
@@ -401,8 +409,32 @@ def _kafka(table: dict[str, Any], environ: Mapping[str, str], read_secrets: bool
         auto_offset_reset=reset,
         group_protocol=protocol,
         dead_letter_topic=dead_letter,
+        profile_topic=profiles,
+        session_timeout_ms=session_timeout,
         librdkafka=MappingProxyType(passthrough),
     )
+
+
+def _session_timeout(
+    table: Mapping[str, Any], environ: Mapping[str, str], protocol: str
+) -> int | None:
+    if "KAFKA_SESSION_TIMEOUT_MS" in environ:
+        where, raw = "KAFKA_SESSION_TIMEOUT_MS", environ["KAFKA_SESSION_TIMEOUT_MS"].strip()
+        if not raw.isdigit():
+            raise ConfigError(f"{where}: expected a number of milliseconds")
+        value: object = int(raw)
+    elif "session_timeout_ms" in table:
+        where, value = "kafka.session_timeout_ms", table["session_timeout_ms"]
+    else:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1000:
+        raise ConfigError(f"{where}: expected milliseconds, at least 1000")
+    if protocol == "consumer":
+        raise ConfigError(
+            f"{where}: with group_protocol consumer (KIP-848) the broker sets the session "
+            "timeout (group.consumer.session.timeout.ms)"
+        )
+    return value
 
 
 def _string_list(value: object, where: str) -> list[str]:

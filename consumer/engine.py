@@ -103,6 +103,24 @@ class Sender(Protocol):
     async def add_tags(self, *, token: str, contact_id: str, tags: Sequence[str]) -> Answer: ...
 
 
+class ProfileLog(Protocol):
+    """Makes the mapper's profile store durable (``consumer.changelog.ProfileChangelog``)."""
+
+    topic: str
+
+    def take_writes(self) -> list[tuple[str, bytes]]:
+        """Profile changes made by the last ``map_record`` call, as (key, value) records."""
+        ...
+
+    def written(self, key: str) -> None:
+        """The broker confirmed one of those writes."""
+        ...
+
+    async def restore(self) -> None:
+        """Read the changelog into the store (called on every assignment)."""
+        ...
+
+
 class Limiter(Protocol):
     """Per-location rate budgets (``consumer.ratelimit.RateLimiter``)."""
 
@@ -190,6 +208,7 @@ class Engine:
         dead_letter_topic: str,
         metrics: Metrics,
         debugger: Debugger,
+        profile_log: ProfileLog | None = None,
         options: EngineOptions = EngineOptions(),
         rng: random.Random | None = None,
         wall_clock: Callable[[], float] = time.time,
@@ -203,6 +222,7 @@ class Engine:
         self._dead_letter_topic = dead_letter_topic
         self._metrics = metrics
         self._debugger = debugger
+        self._profile_log = profile_log
         self._options = options
         self._rng = rng or random.Random()
         self._wall_clock = wall_clock
@@ -290,7 +310,10 @@ class Engine:
         outcomes = self._mapper.map_record(
             value=record.value or b"", key=record.key, topic=record.topic, now=wall
         )
-        ticket = _Ticket(record, partition, len(outcomes))
+        writes = self._profile_log.take_writes() if self._profile_log is not None else []
+        ticket = _Ticket(record, partition, len(outcomes) + len(writes))
+        for user_key, profile in writes:
+            self._spawn(self._persist_profile(ticket, user_key, profile))
         for outcome in outcomes:
             if isinstance(outcome, ContactUpsert):
                 key: _Key = (outcome.integration_id, outcome.contact_key)
@@ -320,22 +343,40 @@ class Engine:
         finally:
             self._side_work -= 1
 
+    async def _persist_profile(self, ticket: _Ticket, user_key: str, profile: bytes) -> None:
+        assert self._profile_log is not None
+        self._side_work += 1
+        try:
+            await self._produce(self._profile_log.topic, user_key.encode(), profile, ())
+            self._profile_log.written(user_key)
+            ticket.settle()
+        finally:
+            self._side_work -= 1
+
     async def _dead_letter(self, record: Record, failure: Failure) -> None:
-        """Produce ``record``'s dead-letter copy; retries until the broker confirms (an
-        unconfirmed dead letter must not complete its offset)."""
+        """Produce ``record``'s dead-letter copy (see ``_produce``)."""
         headers = dead_letter_headers(record, failure, now=self._wall_clock())
+        await self._produce(self._dead_letter_topic, record.key, record.value, headers)
+        self.stats.dead_lettered += 1
+
+    async def _produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]],
+    ) -> None:
+        """Produce one record, retrying until the broker confirms: an offset whose dead letter
+        or profile write is unconfirmed must not complete."""
         delay = self._options.retry_base
         while True:
             try:
-                await self._sink.produce(
-                    self._dead_letter_topic, key=record.key, value=record.value, headers=headers
-                )
+                await self._sink.produce(topic, key=key, value=value, headers=headers)
             except Exception:
-                logger.exception("dead-letter produce failed; retrying in %.1fs", delay)
+                logger.exception("produce to %s failed; retrying in %.1fs", topic, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._options.retry_max)
                 continue
-            self.stats.dead_lettered += 1
             return
 
     async def _apply_backpressure(self) -> None:
@@ -558,6 +599,10 @@ class Engine:
     # -- rebalance (called by the source on the event loop) -------------------------------------
 
     async def on_assigned(self, partitions: Sequence[Assignment]) -> None:
+        if self._profile_log is not None and partitions:
+            # Before any record of the new partitions: profiles written by their previous
+            # owner (another instance, or this one before a restart) must be known here.
+            await self._profile_log.restore()
         for a in partitions:
             self.tracker.assign(a.topic, a.partition, committed=a.committed, metadata=a.metadata)
         self._metrics.rebalance(RebalanceKind.ASSIGNED)

@@ -106,3 +106,59 @@ class InMemoryProfileStore:
         if len(self._profiles) > self._max_entries:
             self._profiles.popitem(last=False)
             self.evicted += 1
+
+
+class ChangelogProfileStore(InMemoryProfileStore):
+    """The engine's store: in memory, with every change also written to a compacted Kafka topic
+    (the changelog, keyed by user key) so profiles survive restarts and rebalances.
+
+    Contract with the engine, which owns the Kafka side:
+
+    - ``put`` records a changed profile (an unchanged one records nothing) as an unsent write;
+      after mapping a record the engine calls ``take_writes`` and produces each write, and the
+      record's offset completes only once the broker confirmed them (``written``), so a
+      committed offset never refers to a profile change that could be lost.
+    - ``restore`` applies a changelog record read back from Kafka (at start-up and when
+      partitions are assigned). A key with a write of ours still unconfirmed is skipped: memory
+      holds a newer profile than the log can.
+
+    Pure: no I/O. Event-loop thread only.
+    """
+
+    def __init__(self, max_entries: int = 1_000_000) -> None:
+        super().__init__(max_entries)
+        self._unsent: list[tuple[str, bytes]] = []
+        self._unconfirmed: dict[str, int] = {}
+
+    def put(self, key: str, profile: Profile) -> None:
+        if self._profiles.get(key) == profile:
+            self._profiles.move_to_end(key)
+            return
+        super().put(key, profile)
+        self._unsent.append((key, profile.to_bytes()))
+        self._unconfirmed[key] = self._unconfirmed.get(key, 0) + 1
+
+    def take_writes(self) -> list[tuple[str, bytes]]:
+        """The changes recorded since the last call, oldest first, as (key, value) records."""
+        writes, self._unsent = self._unsent, []
+        return writes
+
+    def written(self, key: str) -> None:
+        """The broker confirmed one write of ``key`` (from ``take_writes``)."""
+        left = self._unconfirmed.get(key, 0) - 1
+        if left > 0:
+            self._unconfirmed[key] = left
+        else:
+            self._unconfirmed.pop(key, None)
+
+    def restore(self, key: str, value: bytes | None) -> bool:
+        """Apply one changelog record (None: a tombstone). Returns False when skipped (a write
+        of ours for the key is unconfirmed). Raises ProfileDecodeError for bytes that are not a
+        profile; the caller logs and goes on."""
+        if key in self._unconfirmed:
+            return False
+        if value is None:
+            self._profiles.pop(key, None)
+            return True
+        InMemoryProfileStore.put(self, key, Profile.from_bytes(value))
+        return True

@@ -320,5 +320,21 @@ def test_group_protocol_and_dead_letter_topic_have_defaults_and_env_overrides() 
         None, {**base, "KAFKA_GROUP_PROTOCOL": "consumer", "KAFKA_DEAD_LETTER_TOPIC": "dlq"}
     ).kafka
     assert (chosen.group_protocol, chosen.dead_letter_topic) == ("consumer", "dlq")
-    with pytest.raises(ConfigError, match="^KAFKA_GROUP_PROTOCOL: expected classic or consumer$"):
+    with pytest.raises(ConfigError, match=r"^KAFKA_GROUP_PROTOCOL: expected classic or consumer$"):
         load_settings(None, {**base, "KAFKA_GROUP_PROTOCOL": "eager"})
+
+
+def test_session_timeout_is_for_the_classic_protocol_only() -> None:
+    base = {"GHL_LOCATION_ID": "L", "GHL_ACCESS_TOKEN": "t"}
+    assert load_settings(None, base).kafka.session_timeout_ms is None
+    assert (
+        load_settings(None, {**base, "KAFKA_SESSION_TIMEOUT_MS": "6000"}).kafka.session_timeout_ms
+        == 6000
+    )
+    with pytest.raises(ConfigError, match=r"^KAFKA_SESSION_TIMEOUT_MS: .*KIP-848"):
+        load_settings(
+            None,
+            {**base, "KAFKA_SESSION_TIMEOUT_MS": "6000", "KAFKA_GROUP_PROTOCOL": "consumer"},
+        )
+    with pytest.raises(ConfigError, match=r"^KAFKA_SESSION_TIMEOUT_MS: expected"):
+        load_settings(None, {**base, "KAFKA_SESSION_TIMEOUT_MS": "soon"})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from consumer.errors import ProfileDecodeError
-from consumer.profiles import InMemoryProfileStore, Profile
+from consumer.profiles import ChangelogProfileStore, InMemoryProfileStore, Profile
 
 
 def test_round_trip() -> None:
@@ -50,3 +50,33 @@ def test_store_is_bounded_least_recently_used_first() -> None:
     assert store.get("a") is not None
     assert len(store) == 2
     assert store.evicted == 1
+
+
+def test_changelog_store_records_only_changes_and_hands_them_out_once() -> None:
+    store = ChangelogProfileStore()
+    sam = Profile(fields={"email": "sam@example.com"}, consent={"marketing": True})
+    store.put("u1", sam)
+    store.put("u1", Profile(fields={"email": "sam@example.com"}, consent={"marketing": True}))
+    assert store.take_writes() == [("u1", sam.to_bytes())]
+    assert store.take_writes() == []
+
+
+def test_changelog_store_restore_never_overwrites_an_unconfirmed_write() -> None:
+    store = ChangelogProfileStore()
+    newer = Profile(fields={"email": "new@example.com"})
+    older = Profile(fields={"email": "old@example.com"})
+    store.put("u1", newer)
+    store.take_writes()
+    assert store.restore("u1", older.to_bytes()) is False
+    assert store.get("u1") == newer
+    store.written("u1")
+    assert store.restore("u1", older.to_bytes()) is True
+    assert store.get("u1") == older
+    assert store.restore("u1", None) is True
+    assert store.get("u1") is None
+    assert store.take_writes() == []  # restoring is not a change to write back
+
+
+def test_changelog_store_restore_refuses_bytes_that_are_not_a_profile() -> None:
+    with pytest.raises(ProfileDecodeError):
+        ChangelogProfileStore().restore("u1", b"not a profile")
