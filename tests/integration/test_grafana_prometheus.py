@@ -8,13 +8,8 @@ the alert rules healthy. Fails, never skips, when ``prometheus`` is not installe
 
 from __future__ import annotations
 
-import asyncio
-import shutil
-import socket
-import subprocess
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -23,19 +18,9 @@ from consumer.delivery import Answer, Verdict
 from consumer.metrics import Endpoint, Metrics, Readiness, StateSnapshot
 from consumer.offsets import PartitionStats
 from consumer.web import WebServer, serve_web
+from tests.integration.prometheus_server import api, prometheus_scraping, query_until
 
 pytestmark = pytest.mark.integration
-
-ROOT = Path(__file__).resolve().parents[2]
-QUERY_TIMEOUT_S = 30  # Prometheus start-up plus a few 1 s scrapes, with room for a slow CI
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
 
 async def snapshot() -> StateSnapshot:
     return StateSnapshot(
@@ -63,68 +48,8 @@ async def consumer(metrics: Metrics) -> AsyncIterator[WebServer]:
 
 @pytest.fixture
 def prometheus(consumer: WebServer, tmp_path: Path) -> Iterator[str]:
-    binary = shutil.which("prometheus")
-    assert binary, "prometheus not found: apt-get install prometheus (tools/system-deps.sh)"
-    shutil.copy(ROOT / "grafana" / "alerts.yml", tmp_path / "alerts.yml")
-    (tmp_path / "prometheus.yml").write_text(
-        "global:\n"
-        "  scrape_interval: 1s\n"
-        "  evaluation_interval: 1s\n"
-        "rule_files: [alerts.yml]\n"
-        "scrape_configs:\n"
-        "  - job_name: ghl-consumer\n"
-        "    static_configs:\n"
-        f"      - targets: ['127.0.0.1:{consumer.port}']\n"
-    )
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            binary,
-            "--config.file=prometheus.yml",
-            f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "prometheus.log").open("wb"),
-    )
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-async def api(session: aiohttp.ClientSession, url: str, **params: str) -> Any:
-    async with session.get(url, params=params) as response:
-        body = await response.json()
-    assert body["status"] == "success", body
-    return body["data"]
-
-
-async def query_until(
-    session: aiohttp.ClientSession,
-    base: str,
-    promql: str,
-    expected: float | Callable[[float], bool],
-) -> list[dict[str, Any]]:
-    """Poll an instant query until its (single) result equals ``expected`` (or satisfies it,
-    when a predicate)."""
-    check = expected if callable(expected) else (lambda value: value == expected)
-    result: list[dict[str, Any]] = []
-    async with asyncio.timeout(QUERY_TIMEOUT_S):
-        while True:
-            try:
-                result = (await api(session, f"{base}/api/v1/query", query=promql))["result"]
-            except aiohttp.ClientConnectionError:
-                result = []  # Prometheus still starting
-            if len(result) == 1 and check(float(result[0]["value"][1])):
-                return result
-            await asyncio.sleep(0.5)
+    with prometheus_scraping(consumer.port, tmp_path) as url:
+        yield url
 
 
 async def test_prometheus_scrapes_the_consumer(metrics: Metrics, prometheus: str) -> None:
