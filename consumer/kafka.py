@@ -63,7 +63,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Final, Literal, NamedTuple, Protocol
+from typing import Any, Final, Literal, NamedTuple, Protocol, TypeVar
 
 from confluent_kafka import (
     OFFSET_INVALID,
@@ -984,9 +984,15 @@ class TopicReader:
             ]
             committed: dict[Partition, int] = {}
             if from_committed and partitions:
-                for tp in consumer.committed(partitions, timeout=self._timeout_s):
-                    if tp.error is not None:
-                        raise KafkaAdapterError(f"committed offsets: {tp.error.str()}")
+
+                def fetch() -> list[TopicPartition]:
+                    found: list[TopicPartition] = consumer.committed(
+                        partitions, timeout=self._timeout_s
+                    )
+                    _raise_partition_error(found)
+                    return found
+
+                for tp in self._with_retries(fetch):
                     if tp.offset >= 0:
                         committed[Partition(tp.topic, tp.partition)] = tp.offset
             ranges = []
@@ -1057,17 +1063,49 @@ class TopicReader:
 
     def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
         request = [TopicPartition(t, p, o) for (t, p), o in sorted(offsets.items())]
+
+        def commit() -> None:
+            _raise_partition_error(self._consumer.commit(offsets=request, asynchronous=False))
+
         try:
-            result = self._consumer.commit(offsets=request, asynchronous=False)
+            self._with_retries(commit)
         except KafkaException as exc:
             err = exc.args[0] if exc.args else None
             why = err.str() if isinstance(err, KafkaError) else str(exc)
             retriable = isinstance(err, KafkaError) and err.retriable()
             failed = [(Partition(tp.topic, tp.partition), why) for tp in request]
             raise CommitFailedError(failed, retriable=retriable) from exc
-        errors = [(tp, tp.error) for tp in result or () if tp.error is not None]
-        if errors:
-            raise CommitFailedError(
-                [(Partition(tp.topic, tp.partition), error.str()) for tp, error in errors],
-                retriable=all(error.retriable() for _, error in errors),
-            )
+
+    def _with_retries(self, call: Callable[[], _T]) -> _T:
+        """``call()``, again while it fails because the group coordinator is loading or moving
+        (a new group, a broker that just started), for up to ``timeout_s``."""
+        deadline = time.monotonic() + self._timeout_s
+        while True:
+            try:
+                return call()
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                busy = isinstance(err, KafkaError) and (
+                    err.code() in _COORDINATOR_BUSY or err.retriable()
+                )
+                if not busy or time.monotonic() > deadline:
+                    raise
+                logger.info("kafka reader: %s; retrying", exc)
+                time.sleep(0.2)  # on the reader's worker thread
+
+
+_T = TypeVar("_T")
+_COORDINATOR_BUSY: Final = frozenset(
+    (
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.NOT_COORDINATOR,
+    )
+)
+
+
+def _raise_partition_error(partitions: list[TopicPartition] | None) -> None:
+    """Offset requests report per-partition errors in their result: raise the first."""
+    for tp in partitions or ():
+        if tp.error is not None:
+            raise KafkaException(tp.error)

@@ -208,3 +208,27 @@ async def test_list_summarises_by_reason_without_keys_or_values(
     data = orjson.loads(out)
     assert data["total"] == 1
     assert [g["reason"] for g in data["groups"]] == ["invalid_json"]
+
+
+async def test_replay_stops_at_the_end_captured_at_start_even_into_its_own_topic(
+    kafka_bootstrap: str, new_topic: Callable[..., str]
+) -> None:
+    dead = new_topic()
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "KAFKA_GROUP_ID": f"replay-{uuid.uuid4().hex[:8]}",
+        "KAFKA_DEAD_LETTER_TOPIC": dead,
+    }
+    failure = Failure(reason=REJECTED_BY_HIGHLEVEL, error="422", integration_id="default")
+    await put_dead_letters(
+        kafka_bootstrap, dead, [(Record("events", 0, n, None, event(n)), failure) for n in range(3)]
+    )
+    code, out, err = await dlq(env, "replay", "--to", dead)
+    assert code == 0, err
+    assert f"replayed 3 ({dead}: 3), skipped by filter 0, failed 0" in out
+    assert total(kafka_bootstrap, dead) == 6
+    # The copies carry no ghl.reason, so a replay of everything now reads them as unselectable
+    # by reason, and still ends.
+    code, out, err = await dlq(env, "replay", "--to", dead, "--reason", REJECTED_BY_HIGHLEVEL)
+    assert code == 0, err
+    assert "replayed 0, skipped by filter 3, failed 0" in out
