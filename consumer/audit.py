@@ -182,6 +182,7 @@ class ExpectedContacts:
     def _add(self, record: Record) -> None:
         self._records += 1
         where = (record.topic, record.partition, record.offset)
+        label = f"{record.topic}/{record.partition}/{record.offset}"
         now = record.timestamp_ms / 1000 if record.timestamp_ms is not None else 0.0
         outcomes = self._mapper.map_record(
             value=record.value or b"", key=record.key, topic=record.topic, now=now
@@ -197,13 +198,10 @@ class ExpectedContacts:
                 self._parked_count += 1
             elif isinstance(outcome, Reject):
                 self._unaccounted.append(
-                    Unaccounted(
-                        f"{record.topic}/{record.partition}/{record.offset}",
-                        f"{NOT_DEAD_LETTERED} ({outcome.reason.value})",
-                    )
+                    Unaccounted(label, f"{NOT_DEAD_LETTERED} ({outcome.reason.value})")
                 )
             else:
-                self._fold(outcome, f"{record.topic}/{record.partition}/{record.offset}")
+                self._fold(outcome, label)
 
     def _fold(self, upsert: ContactUpsert, where: str) -> None:
         key = (upsert.integration_id, upsert.contact_key)

@@ -9,7 +9,8 @@ headers removed, ``ghl.replayed_from: <dlq topic>/<partition>/<offset>`` added) 
 topic (``ghl.source.topic``) or ``--to``. The group's offset moves past a record only once the
 broker confirmed its copy (or the filter skipped it), so a second replay re-sends nothing the
 first already re-sent; per partition it stops moving at the first failure, so a rerun retries
-from there.
+from there (re-sending the later records of that partition that did go through: the consumer's
+upsert absorbs such repeats).
 
 Records are replayed as they were: a value the consumer rejects (``invalid_json``...) is
 dead-lettered again. Select by ``--reason`` (e.g. ``rejected_by_highlevel`` after fixing a
