@@ -10,14 +10,10 @@ from collections.abc import Iterable, Mapping
 
 from confluent_kafka import (
     Consumer,
-    ConsumerGroupTopicPartitions,
-    KafkaError,
-    KafkaException,
     Message,
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient
 
 from tests.kafka_broker import ROOT
 
@@ -48,28 +44,22 @@ def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
         consumer.close()
 
 
-_COORDINATOR_BUSY = frozenset(
-    (
-        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
-        KafkaError.COORDINATOR_NOT_AVAILABLE,
-        KafkaError.NOT_COORDINATOR,
-    )
-)
-
-
 def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
-    """The group's committed offsets ({} while the group coordinator is still loading)."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    request = ConsumerGroupTopicPartitions(
-        group, [TopicPartition(topic, p) for p in range(partitions)]
+    """The group's committed offsets per partition (-1001 where none).
+
+    Read with a (non-subscribing) consumer of the group, not AdminClient: librdkafka's
+    ListConsumerGroupOffsets can crash the process when the group coordinator is still loading
+    (confluentinc/librdkafka#5040), which is exactly when tests start polling."""
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
     )
     try:
-        result = admin.list_consumer_group_offsets([request])[group].result(timeout=30)
-    except KafkaException as exc:
-        if exc.args and exc.args[0].code() in _COORDINATOR_BUSY:
-            return {}
-        raise
-    return {tp.partition: tp.offset for tp in result.topic_partitions}
+        committed = consumer.committed(
+            [TopicPartition(topic, p) for p in range(partitions)], timeout=30
+        )
+    finally:
+        consumer.close()
+    return {tp.partition: tp.offset for tp in committed}
 
 
 def read_all(bootstrap: str, topic: str, *, expect: int, seconds: float = 30.0) -> list[Message]:

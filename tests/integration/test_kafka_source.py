@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from confluent_kafka import ConsumerGroupTopicPartitions, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 # ConfigResource: documented in confluent_kafka.admin; the re-export is not marked for mypy.
 from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined]
@@ -141,10 +141,15 @@ async def poll_for(members: list[Member], seconds: float) -> None:
 
 
 def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, Any]:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    request = [TopicPartition(topic, p) for p in range(partitions)]
-    futures = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group, request)])
-    result = futures[group].result(timeout=30).topic_partitions
+    """Committed (offset, metadata) per partition, read by a non-subscribing group consumer (not
+    AdminClient, which can crash while the coordinator loads: confluentinc/librdkafka#5040)."""
+    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        result = reader.committed(
+            [TopicPartition(topic, p) for p in range(partitions)], timeout=30
+        )
+    finally:
+        reader.close()
     return {tp.partition: (tp.offset, tp.metadata) for tp in result}
 
 
