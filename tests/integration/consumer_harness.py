@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterable, Mapping
@@ -85,6 +87,18 @@ def read_all(bootstrap: str, topic: str, *, expect: int, seconds: float = 30.0) 
     return messages
 
 
+_PR_SET_PDEATHSIG = 1
+# Looked up here, in the parent: the child (forked from a process with librdkafka threads)
+# must not dlopen or allocate before exec, only make this one system call.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+
+def _die_with_parent() -> None:
+    """In the child: receive SIGKILL when the test process dies, even by a crash, so no
+    consumer outlives its test."""
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 async def start_consumer(env: Mapping[str, str], *args: str) -> asyncio.subprocess.Process:
     """Start ``python -m consumer run`` with ``env`` added to this process's environment (and
     ``METRICS_PORT=0`` unless given, so several consumers can run side by side)."""
@@ -98,4 +112,5 @@ async def start_consumer(env: Mapping[str, str], *args: str) -> asyncio.subproce
         env={**os.environ, "METRICS_PORT": "0", **env},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        preexec_fn=_die_with_parent,
     )
