@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping
 
 from confluent_kafka import (
     Consumer,
+    KafkaError,
+    KafkaException,
     Message,
     Producer,
     TopicPartition,
@@ -46,8 +48,18 @@ def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
         consumer.close()
 
 
+_COORDINATOR_BUSY = frozenset(
+    (
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+    )
+)
+
+
 def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
-    """The group's committed offsets per partition (-1001 where none).
+    """The group's committed offsets per partition (-1001 where none); waits out a group
+    coordinator that is still loading (a fresh broker).
 
     Read with a (non-subscribing) consumer of the group, not AdminClient: librdkafka's
     ListConsumerGroupOffsets can crash the process when the group coordinator is still loading
@@ -55,13 +67,20 @@ def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -
     consumer = Consumer(
         {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
     )
+    deadline = time.monotonic() + 30
     try:
-        committed = consumer.committed(
-            [TopicPartition(topic, p) for p in range(partitions)], timeout=30
-        )
+        while True:
+            try:
+                committed = consumer.committed(
+                    [TopicPartition(topic, p) for p in range(partitions)], timeout=30
+                )
+                return {tp.partition: tp.offset for tp in committed}
+            except KafkaException as exc:
+                if exc.args[0].code() not in _COORDINATOR_BUSY or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
     finally:
         consumer.close()
-    return {tp.partition: tp.offset for tp in committed}
 
 
 def read_all(bootstrap: str, topic: str, *, expect: int, seconds: float = 30.0) -> list[Message]:

@@ -150,7 +150,7 @@ def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -
         )
     finally:
         reader.close()
-    return {tp.partition: (tp.offset, tp.metadata) for tp in result}
+    return {tp.partition: (tp.offset, tp.metadata) for tp in result}  # called after commits
 
 
 def group_name() -> str:
