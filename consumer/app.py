@@ -22,12 +22,11 @@ from dataclasses import dataclass
 from consumer.changelog import ProfileChangelog
 from consumer.config import Settings, load_settings
 from consumer.debugger import Debugger
-from consumer.dedupe import MessageDeduper
 from consumer.delivery import HighLevelClient, Timeouts
 from consumer.engine import Engine, EngineOptions, EngineStats
 from consumer.errors import ConfigError
 from consumer.kafka import KafkaProducer, KafkaSource, TopicSpec, ensure_topics
-from consumer.mapping import Mapper
+from consumer.mapping import build_mapper
 from consumer.metrics import Metrics, Readiness, StallDetector, StateSnapshot
 from consumer.profiles import ChangelogProfileStore
 from consumer.ratelimit import Budget, LimiterBackend, LocalBackend, RateLimiter
@@ -134,17 +133,8 @@ async def running_consumer(settings: Settings) -> AsyncIterator[Components]:
             max_connections=settings.engine.max_in_flight,
         )
         limiter = RateLimiter(await _limiter_backend(settings))
-        mapping = settings.mapping
-        profiles = ChangelogProfileStore(mapping.profile_max_entries)
-        mapper = Mapper(
-            settings.integrations,
-            profiles=profiles,
-            deduper=MessageDeduper(
-                max_entries=mapping.dedupe_max_entries, ttl_seconds=mapping.dedupe_ttl_seconds
-            ),
-            limits=mapping.limits(),
-            phone_cache_size=mapping.phone_cache_size,
-        )
+        profiles = ChangelogProfileStore(settings.mapping.profile_max_entries)
+        mapper = build_mapper(settings, profiles)
         engine = Engine(
             source=source,
             sink=producer,

@@ -57,12 +57,10 @@ import orjson
 
 from consumer.config import Settings, load_settings
 from consumer.deadletter import read_failure
-from consumer.dedupe import MessageDeduper
 from consumer.errors import ConfigError
 from consumer.events import ContactUpsert, Drop, Record, Reject
 from consumer.kafka import KafkaAdapterError, TopicReader
-from consumer.mapping import Mapper
-from consumer.profiles import InMemoryProfileStore
+from consumer.mapping import Mapper, build_mapper
 
 logger = logging.getLogger(__name__)
 
@@ -382,20 +380,6 @@ class Report:
 # -- I/O ---------------------------------------------------------------------------------------
 
 
-def fresh_mapper(settings: Settings) -> Mapper:
-    """A mapper configured as the consumer's, with empty profiles and deduper."""
-    mapping = settings.mapping
-    return Mapper(
-        settings.integrations,
-        profiles=InMemoryProfileStore(mapping.profile_max_entries),
-        deduper=MessageDeduper(
-            max_entries=mapping.dedupe_max_entries, ttl_seconds=mapping.dedupe_ttl_seconds
-        ),
-        limits=mapping.limits(),
-        phone_cache_size=mapping.phone_cache_size,
-    )
-
-
 async def read_sandbox_contacts(
     url: str, location_ids: Iterable[str], *, timeout_s: float = 30.0
 ) -> dict[str, list[dict[str, Any]]]:
@@ -479,7 +463,7 @@ async def run_audit(
             finally:
                 await reader.close()
         expected = ExpectedContacts(
-            fresh_mapper(settings),
+            build_mapper(settings),
             dead_letters=indexes[dead_letter_topic],
             parked=indexes[parking_topic],
         )

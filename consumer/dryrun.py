@@ -28,11 +28,9 @@ from typing import BinaryIO
 import orjson
 
 from consumer.config import load_settings
-from consumer.dedupe import MessageDeduper
 from consumer.errors import ConfigError
 from consumer.events import ContactUpsert, Drop, Outcome
-from consumer.mapping import Mapper
-from consumer.profiles import InMemoryProfileStore
+from consumer.mapping import Mapper, build_mapper
 
 PLACEHOLDER_LOCATION = "DRY_RUN_LOCATION_ID"
 
@@ -63,16 +61,7 @@ def main(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"ghl-consumer map: configuration error: {exc}", file=sys.stderr)
         return 2
-    mapping = settings.mapping
-    mapper = Mapper(
-        settings.integrations,
-        profiles=InMemoryProfileStore(mapping.profile_max_entries),
-        deduper=MessageDeduper(
-            max_entries=mapping.dedupe_max_entries, ttl_seconds=mapping.dedupe_ttl_seconds
-        ),
-        limits=mapping.limits(),
-        phone_cache_size=mapping.phone_cache_size,
-    )
+    mapper = build_mapper(settings)
     topic = args.topic or settings.kafka.topics[0]
     try:
         run(

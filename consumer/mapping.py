@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from consumer.config import Integration
+from consumer.config import Integration, Settings
 from consumer.decode import Limits, decode, too_long, wrong_type
 from consumer.dedupe import MessageDeduper
 from consumer.events import (
@@ -47,7 +47,7 @@ from consumer.normalise import (
     normalise_email,
     normalise_text,
 )
-from consumer.profiles import EMPTY_PROFILE, Profile, ProfileStore
+from consumer.profiles import EMPTY_PROFILE, InMemoryProfileStore, Profile, ProfileStore
 from consumer.routing import Router
 
 _PRESET_NAMES: Final = {p.value: p for p in PresetEvent}
@@ -84,6 +84,21 @@ _NORMALISERS: Final[dict[str, Callable[[str], str | None]]] = {
     "email": normalise_email,
     "country": normalise_country,
 }
+
+
+def build_mapper(settings: Settings, profiles: ProfileStore | None = None) -> Mapper:
+    """A mapper for ``settings``' integrations and ``[mapping]`` section, with an empty
+    deduper and ``profiles`` (default: an empty in-memory store bounded as configured)."""
+    mapping = settings.mapping
+    return Mapper(
+        settings.integrations,
+        profiles=profiles or InMemoryProfileStore(mapping.profile_max_entries),
+        deduper=MessageDeduper(
+            max_entries=mapping.dedupe_max_entries, ttl_seconds=mapping.dedupe_ttl_seconds
+        ),
+        limits=mapping.limits(),
+        phone_cache_size=mapping.phone_cache_size,
+    )
 
 
 class _Invalid(Exception):

@@ -20,13 +20,12 @@ from consumer.audit import (
     SourceIndex,
     compare,
     contact_mismatches,
-    fresh_mapper,
 )
 from consumer.config import CustomFieldMapping, Integration, Secret, load_settings
 from consumer.deadletter import REJECTED_BY_HIGHLEVEL, Failure, dead_letter_headers
 from consumer.dedupe import MessageDeduper
 from consumer.events import ContactUpsert, Record, TagMode
-from consumer.mapping import Mapper
+from consumer.mapping import Mapper, build_mapper
 from consumer.profiles import InMemoryProfileStore
 from consumer.sandbox.schema import validate_upsert
 from consumer.sandbox.state import SandboxState
@@ -373,13 +372,13 @@ def test_report_names_unaccounted_keys_and_fields_never_values() -> None:
     assert [u["subject"] for u in data["unaccounted"]] == ["default/user-1", "default/user-2"]
 
 
-def test_fresh_mapper_follows_the_configuration() -> None:
+def test_build_mapper_follows_the_configuration() -> None:
     settings = load_settings(
         None,
         {"GHL_LOCATION_ID": LOCATION, "GHL_DEFAULT_PHONE_REGION": "GB"},
         read_secrets=False,
     )
-    the_mapper = fresh_mapper(settings)
+    the_mapper = build_mapper(settings)
     [upsert] = the_mapper.map_record(
         value=orjson.dumps(
             {"type": "identify", "userId": "u", "traits": {"phone": "07700 900123"}}
