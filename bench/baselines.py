@@ -1,0 +1,191 @@
+"""Baselines the consumer is compared with, in the same run, over the same topic and sandbox.
+
+- ``bare``: the ceiling of reading. A bare confluent-kafka consume loop (``consume`` in batches
+  of 500, nothing done per record) reading a topic from the start in a fresh group.
+- ``naive``: the consumer a typical engineer writes first. Poll one message, map it with the
+  same ``Mapper`` the consumer uses, one ``requests`` POST per upsert (on 429: sleep for
+  Retry-After, else one second, and retry; any other failure is printed and skipped), then a
+  synchronous commit of that message.
+- ``orjson_loads_rate``: the ceiling of decoding, ``orjson.loads`` over the same values
+  (called in-process by ``bench_e2e.py``).
+
+Each command runs in its own process, like the consumer, and prints one JSON line::
+
+    python bench/baselines.py bare --bootstrap B --topic T --expect N
+    python bench/baselines.py naive --bootstrap B --topic T --url URL --expect N --max-seconds S
+        (the integration from GHL_LOCATION_ID / GHL_ACCESS_TOKEN, as ``ghl-consumer run``)
+
+Timing excludes start-up and the group join: from the first record received to the last
+record handled (the same way the consumer is timed, from its first commit to its last).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+
+import orjson
+import requests
+from confluent_kafka import Consumer
+
+from consumer.config import load_settings
+from consumer.dedupe import MessageDeduper
+from consumer.events import ContactUpsert
+from consumer.mapping import Mapper
+from consumer.profiles import InMemoryProfileStore
+
+
+def orjson_loads_rate(values: Sequence[bytes], repeats: int = 3) -> float:
+    """Best-of-``repeats`` values per second of ``orjson.loads`` over ``values``."""
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for value in values:
+            orjson.loads(value)
+        best = min(best, time.perf_counter() - started)
+    return len(values) / best
+
+
+def _consumer(bootstrap: str, topic: str, group: str) -> Consumer:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    return consumer
+
+
+def bare(bootstrap: str, topic: str, group: str, expect: int, timeout: float) -> dict[str, object]:
+    consumer = _consumer(bootstrap, topic, group)
+    count = 0
+    first = last = 0.0
+    cpu_first = 0.0
+    timeline: list[list[float]] = []
+    started = time.monotonic()
+    try:
+        while count < expect and time.monotonic() - started < timeout:
+            messages = consumer.consume(500, 0.5)
+            if not messages:
+                continue
+            now = time.monotonic()
+            if count == 0:
+                first, cpu_first = now, time.process_time()
+            count += sum(1 for m in messages if m.error() is None)
+            last = now
+            if not timeline or now - started - timeline[-1][0] >= 0.1:
+                timeline.append([round(now - started, 3), count])
+        cpu = time.process_time() - cpu_first
+    finally:
+        consumer.close()
+    timeline.append([round(last - started, 3), count])
+    seconds = last - first
+    return {
+        "events": count,
+        "seconds": round(seconds, 3),
+        "events_per_s": round(count / seconds, 1) if seconds > 0 else 0.0,
+        "cpu_seconds": round(cpu, 3),
+        "wall_seconds": round(last - started, 3),
+        "timeline": timeline,
+    }
+
+
+def naive(
+    bootstrap: str, topic: str, group: str, url: str, expect: int, max_seconds: float
+) -> dict[str, object]:
+    settings = load_settings(None, os.environ)
+    integration = settings.integrations[0]
+    mapper = Mapper(
+        settings.integrations,
+        profiles=InMemoryProfileStore(),
+        deduper=MessageDeduper(max_entries=100_000, ttl_seconds=86_400),
+    )
+    session = requests.Session()
+    headers = {
+        "Authorization": f"Bearer {integration.access_token.reveal()}",
+        "Version": "2021-07-28",
+    }
+    consumer = _consumer(bootstrap, topic, group)
+    count = posts = rate_limited = failed = 0
+    first = last = 0.0
+    started = time.monotonic()
+    try:
+        while count < expect:
+            now = time.monotonic()
+            if (first and now - first > max_seconds) or now - started > max_seconds + 60:
+                break  # time-boxed: the naive consumer is far slower than a whole backlog
+            msg = consumer.poll(1.0)
+            if msg is None or msg.error() is not None:
+                continue
+            if count == 0:
+                first = time.monotonic()
+            outcomes = mapper.map_record(
+                value=msg.value() or b"", key=msg.key(), topic=msg.topic(), now=time.time()
+            )
+            for outcome in outcomes:
+                if not isinstance(outcome, ContactUpsert):
+                    continue
+                while True:
+                    response = session.post(
+                        f"{url}/contacts/upsert", json=outcome.payload(), headers=headers
+                    )
+                    posts += 1
+                    if response.status_code != 429:
+                        break
+                    rate_limited += 1
+                    time.sleep(float(response.headers.get("Retry-After", "1")))
+                if response.status_code >= 300:
+                    failed += 1
+                    print(f"upsert failed: {response.status_code}", file=sys.stderr)
+            consumer.commit(message=msg, asynchronous=False)
+            count += 1
+            last = time.monotonic()
+    finally:
+        consumer.close()
+        session.close()
+    seconds = last - first
+    return {
+        "events": count,
+        "http_calls": posts,
+        "answers_429": rate_limited,
+        "failed": failed,
+        "seconds": round(seconds, 3),
+        "events_per_s": round(count / seconds, 1) if seconds > 0 else 0.0,
+        "http_calls_per_s": round(posts / seconds, 1) if seconds > 0 else 0.0,
+        "finished": count >= expect,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("bare", "naive"):
+        p = sub.add_parser(name)
+        p.add_argument("--bootstrap", required=True)
+        p.add_argument("--topic", required=True)
+        p.add_argument("--expect", type=int, required=True, help="records to read, then stop")
+        p.add_argument("--group", default=f"bench-{name}-{uuid.uuid4().hex[:8]}")
+        p.add_argument("--max-seconds", type=float, default=600.0)
+        if name == "naive":
+            p.add_argument("--url", required=True, help="HighLevel (sandbox) base URL")
+    args = parser.parse_args(argv)
+    if args.command == "bare":
+        result = bare(args.bootstrap, args.topic, args.group, args.expect, args.max_seconds)
+    else:
+        result = naive(
+            args.bootstrap, args.topic, args.group, args.url, args.expect, args.max_seconds
+        )
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
