@@ -47,3 +47,16 @@ kafka-down:
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: bench bench-quick
+# Benchmarks: every scenario with its baselines on a real broker and the sandbox, then
+# BENCHMARKS.md and bench/plots/ regenerated from bench/results/*.json (about 20 minutes).
+bench: venv deps
+	tools/kafka/kafka.sh jars
+	$(BIN)/python bench/run_all.py
+
+# Small sizes, one repeat, a few minutes: run before and after a hot-path change. Writes
+# bench/results/quick/ only (never BENCHMARKS.md); CI does not run it.
+bench-quick: venv deps
+	tools/kafka/kafka.sh jars
+	$(BIN)/python bench/run_all.py --quick

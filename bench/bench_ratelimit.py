@@ -333,6 +333,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="smaller runs, for a smoke test")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results file (%(default)s)")
     args = parser.parse_args()
     load_start = os.getloadavg()
     results = asyncio.run(run(args))
@@ -358,9 +359,9 @@ def main() -> int:
                 key = f"{key} of_configured {extra}"
             print(f"{key:<52} {row['median']:>12} {row['min']:>12} {row['max']:>12}")
     if not args.no_write:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(summary, indent=2) + "\n")
-        print(f"wrote {RESULTS}")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(summary, indent=2) + "\n")
+        print(f"wrote {args.out}")
     failed = any(
         v.get("rejected_sliding", 0) or v.get("rejected_fixed", 0)
         for v in results["pace"].values()

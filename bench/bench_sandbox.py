@@ -156,9 +156,9 @@ async def main(args: argparse.Namespace) -> int:
         f"on {summary['cpus']} CPUs"
     )
     if not args.no_write:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(summary, indent=2) + "\n")
-        print(f"wrote {RESULTS}")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(summary, indent=2) + "\n")
+        print(f"wrote {args.out}")
     return 1 if any(row["errors"] for row in rows) else 0
 
 
@@ -168,4 +168,5 @@ if __name__ == "__main__":
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--no-write", action="store_true", help="do not write the results file")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results file (%(default)s)")
     sys.exit(asyncio.run(main(parser.parse_args())))

@@ -116,13 +116,20 @@ def machine_facts() -> dict[str, Any]:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal:"):
                 ram_kb = int(line.split()[1])
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else "unknown"
+
     return {
+        "git_commit": git("rev-parse", "--short", "HEAD"),
+        # uncommitted changes under consumer/ mean the figures are of a work in progress
+        "consumer_dirty": bool(git("status", "--porcelain", "--", "consumer")),
         "cpu_model": cpu,
         "cpus": os.cpu_count(),
         "ram_gb": round(ram_kb / 1024 / 1024, 1),
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
-        "confluent_kafka": confluent_kafka.version()[0],
+        "confluent_kafka": confluent_kafka.__version__,
         "librdkafka": confluent_kafka.libversion()[0],
         "kafka": os.environ.get("BENCH_KAFKA_VERSION")
         or (
@@ -333,9 +340,12 @@ async def consumer_processes(
                     runner += ["-m", "cProfile", "-o", str(profile)]
                 argv = [*runner, "-m", "consumer", "run", "--config", path]
                 argv += ["--log-level", "WARNING"]
+                # METRICS_PORT=0: each process serves /metrics on a free port, none collide
                 children.append(
                     await stack.enter_async_context(
-                        child_process(argv, env=env, name=f"{name}-{index}")
+                        child_process(
+                            argv, env={"METRICS_PORT": "0", **env}, name=f"{name}-{index}"
+                        )
                     )
                 )
             yield children

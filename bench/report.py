@@ -1,0 +1,561 @@
+"""Regenerate BENCHMARKS.md and the plots from the JSON results; never edit them by hand.
+
+Every figure in the report is read from a file in the results directory (``bench/results/``
+by default): ``mapping.json``, ``sandbox.json``, ``ratelimit.json`` (their own scripts),
+``e2e_<scenario>.json`` (``bench_e2e.py``) and ``run.json`` (``run_all.py``). A missing file
+leaves its rows marked "not run". Plots go to ``plots/`` beside the output file's results
+(``bench/plots/`` for the default output).
+
+    .venv/bin/python bench/report.py [--results DIR] [--output FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import PLOTS, RESULTS, ROOT
+
+Doc = dict[str, Any]
+
+COMMANDS = {
+    "mapping": ".venv/bin/python bench/bench_mapping.py",
+    "sandbox": ".venv/bin/python bench/bench_sandbox.py",
+    "ratelimit": ".venv/bin/python bench/bench_ratelimit.py",
+}
+
+
+def load(results: Path) -> dict[str, Doc]:
+    docs: dict[str, Doc] = {}
+    for path in sorted(results.glob("*.json")):
+        docs[path.stem] = json.loads(path.read_text())
+    return docs
+
+
+def num(value: float, digits: int = 0) -> str:
+    return f"{value:,.{digits}f}"
+
+
+def rng(s: dict[str, float], digits: int = 0, unit: str = "") -> str:
+    """``median (min..max)`` of a spread dict."""
+    text = f"{num(s['median'], digits)}{unit}"
+    if s.get("n", 2) > 1 and s["min"] != s["max"]:
+        text += f" ({num(s['min'], digits)}..{num(s['max'], digits)})"
+    return text
+
+
+def verdict(ok: bool) -> str:
+    return "**met**" if ok else "**NOT met**"
+
+
+def command_of(docs: dict[str, Doc], key: str) -> str:
+    run = docs.get("run", {}).get("commands", {})
+    if key.startswith("e2e_"):
+        return str(docs[key].get("command", ""))
+    return str(run.get(key, COMMANDS.get(key, "")))
+
+
+# -- plots --------------------------------------------------------------------------------------
+
+
+def plots(docs: dict[str, Doc], directory: Path) -> dict[str, str]:
+    """Draw what the results hold; return {name: file name}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    directory.mkdir(parents=True, exist_ok=True)
+    made: dict[str, str] = {}
+
+    def save(name: str, draw: Callable[[Any], None]) -> None:
+        fig, ax = plt.subplots(figsize=(7.5, 4))
+        draw(ax)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(directory / f"{name}.png", dpi=110)
+        plt.close(fig)
+        made[name] = f"{name}.png"
+
+    a90 = docs.get("e2e_analytics90", {}).get("timelines")
+    if a90:
+
+        def draw_a90(ax: Any) -> None:
+            c = a90["consumer"]
+            b = a90["bare"]
+            ax.plot([r[0] for r in c], [r[1] for r in c], label="ghl-consumer: committed")
+            ax.plot([r[0] for r in b], [r[1] for r in b], label="bare consume loop: read")
+            ax.set_xlabel("seconds since the process started")
+            ax.set_ylabel("events")
+            ax.set_title("Draining the 90%-analytics backlog (first repeat)")
+            ax.legend()
+
+        save("analytics90_throughput", draw_a90)
+
+    m1 = docs.get("e2e_backlog1m", {}).get("timeline")
+    if m1:
+
+        def draw_m1(ax: Any) -> None:
+            ax.plot([r[0] for r in m1], [r[2] for r in m1], color="tab:red", label="RSS (MB)")
+            ax.set_ylabel("consumer RSS, MB", color="tab:red")
+            ax.set_xlabel("seconds since the consumer started")
+            ax.axhline(300, color="tab:red", linestyle=":", label="target 300 MB")
+            twin = ax.twinx()
+            twin.plot([r[0] for r in m1], [r[1] for r in m1], label="committed events")
+            twin.set_ylabel("committed events")
+            ax.set_title(f"{docs['e2e_backlog1m']['events']:,}-event backlog: RSS and progress")
+            ax.legend(loc="center right")
+
+        save("backlog1m_rss", draw_m1)
+
+    blog = docs.get("e2e_backlogged")
+    if blog and blog.get("per_second"):
+
+        def draw_blog(ax: Any) -> None:
+            for name, style in (("consumer", "-"), ("naive", "--")):
+                rows = blog["per_second"].get(name, [])
+                ax.step([r[0] for r in rows], [r[1] for r in rows], style, where="post",
+                        label=f"{name}: 2xx per second")
+                bad = [r for r in rows if r[2]]
+                if bad:
+                    ax.scatter([r[0] for r in bad], [r[2] for r in bad], marker="x",
+                               color="red", label=f"{name}: 429 per second")
+            ax.axhline(blog["budget"]["per_s"], color="grey", linestyle=":", label="budget")
+            ax.set_xlabel("seconds since the first request")
+            ax.set_ylabel("requests per second")
+            ax.set_title("One backlogged location at (scaled) HighLevel limits")
+            ax.legend(fontsize=8)
+
+        save("backlogged_budget", draw_blog)
+
+    bursty = docs.get("e2e_bursty", {}).get("modes")
+    if bursty:
+
+        def draw_bursty(ax: Any) -> None:
+            names = list(bursty)
+            quantiles = ("p50", "p90", "p99")
+            width = 0.25
+            for i, q in enumerate(quantiles):
+                values = [bursty[m]["runs"][0]["latency_ms"][q] for m in names]
+                ax.bar([x + i * width for x in range(len(names))], values, width, label=q)
+            labels = [
+                f"{m}\n{bursty[m]['calls_per_contact']['median']:.2f} calls/contact"
+                for m in names
+            ]
+            ax.set_xticks([x + width for x in range(len(names))], labels)
+            ax.set_ylabel("ms from the flow's last event to the contact's update")
+            ax.set_title("Bursty identify -> Signed Up -> Lead Generated flows (first repeat)")
+            ax.legend()
+
+        save("bursty_latency", draw_bursty)
+
+    scaling = docs.get("e2e_scaling", {}).get("events_per_s")
+    if scaling:
+
+        def draw_scaling(ax: Any) -> None:
+            ks = sorted(scaling, key=int)
+            med = [scaling[k]["median"] for k in ks]
+            err = [
+                [scaling[k]["median"] - scaling[k]["min"] for k in ks],
+                [scaling[k]["max"] - scaling[k]["median"] for k in ks],
+            ]
+            ax.errorbar([int(k) for k in ks], med, yerr=err, marker="o", capsize=4,
+                        label="measured (median, min..max)")
+            ax.plot([int(k) for k in ks], [med[0] * int(k) for k in ks], ":", label="linear")
+            ax.set_xticks([int(k) for k in ks])
+            ax.set_xlabel("consumer processes in the group")
+            ax.set_ylabel("events per second")
+            ax.set_title("Scale-out on a 2-CPU machine")
+            ax.legend()
+
+        save("scaling", draw_scaling)
+    return made
+
+
+# -- the document -------------------------------------------------------------------------------
+
+
+def targets(docs: dict[str, Doc]) -> list[list[str]]:
+    """Rows: target, figure, baseline, ratio, verdict, command."""
+    rows: list[list[str]] = []
+    m = docs.get("mapping")
+    if m:
+        count = m["events"]
+        rate = m["map_record"]["events_per_s"]
+        low, high = count / m["map_record"]["max_s"], count / m["map_record"]["min_s"]
+        ceiling = m["orjson_loads"]["events_per_s"]
+        rows.append([
+            "Mapping core >= 50,000 events/s on one core",
+            f"{num(rate)} ev/s ({num(low)}..{num(high)})",
+            f"orjson.loads {num(ceiling)} ev/s (ceiling)",
+            f"{m['ratio_to_orjson_ceiling']:.3f} of ceiling",
+            verdict(rate >= 50_000),
+            command_of(docs, "mapping"),
+        ])
+    a = docs.get("e2e_analytics90")
+    if a:
+        ratio = a["ratio_to_bare"]
+        rows.append([
+            "E2E, 90% analytics: events/s >= 40% of a bare consume loop",
+            f"{rng(a['consumer_events_per_s'])} ev/s",
+            f"bare loop {rng(a['bare_events_per_s'])} ev/s; naive "
+            f"{rng(a['naive_events_per_s'])} ev/s",
+            f"{rng(ratio, 3)} of bare; {a['ratio_to_naive']}x naive",
+            verdict(ratio["median"] >= 0.40),
+            command_of(docs, "e2e_analytics90"),
+        ])
+    u = docs.get("e2e_upserts")
+    s = docs.get("sandbox")
+    if u:
+        ceiling = f"; sandbox alone {num(s['median_upserts_per_s'])}/s" if s else ""
+        rows.append([
+            "Upserts delivered/s to an unlimited sandbox >= 2,000 (one core)",
+            f"{rng(u['upserts_per_s'])} /s",
+            f"naive {rng(u['naive_upserts_per_s'])} /s{ceiling}",
+            f"{u['ratio_to_naive']}x naive"
+            + (f"; {u['upserts_per_s']['median'] / s['median_upserts_per_s']:.2f} of sandbox"
+               if s else ""),
+            verdict(u["upserts_per_s"]["median"] >= 2000),
+            command_of(docs, "e2e_upserts"),
+        ])
+    b = docs.get("e2e_backlog1m")
+    if b:
+        rows.append([
+            f"RSS <= 300 MB with a {b['events']:,}-event backlog over {b['users']:,} users",
+            f"peak RSS {rng(b['peak_rss_mb'], 1)} MB; drained in "
+            f"{rng(b['drain_seconds_from_launch'], 1)} s",
+            "-",
+            f"{b['peak_rss_mb']['median'] / 300:.2f} of the 300 MB target",
+            verdict(b["peak_rss_mb"]["max"] <= 300),
+            command_of(docs, "e2e_backlog1m"),
+        ])
+    if s:
+        rows.append([
+            "Sandbox >= 3,000 upserts/s",
+            f"{num(s['median_upserts_per_s'])} /s ({num(s['min_upserts_per_s'])}.."
+            f"{num(s['max_upserts_per_s'])})",
+            "-",
+            "-",
+            verdict(s["median_upserts_per_s"] >= 3000),
+            command_of(docs, "sandbox"),
+        ])
+    g = docs.get("e2e_backlogged")
+    if g:
+        rows.append([
+            "Backlogged location at HighLevel's limits: >= 95% of budget, zero 429s",
+            f"{rng(g['of_budget'], 3)} of budget, {g['answers_429']} x 429",
+            f"naive {rng(g['naive_of_budget'], 3)} of budget, {g['naive_429']} x 429",
+            f"{g['of_budget']['median'] / g['naive_of_budget']['median']:.2f}x naive",
+            verdict(g["of_budget"]["median"] >= 0.95 and g["answers_429"] == 0),
+            command_of(docs, "e2e_backlogged"),
+        ])
+    loc = docs.get("e2e_locations")
+    if loc:
+        r = docs.get("ratelimit", {}).get("cost", {})
+        limiter = r.get("local_concurrent_1000_cpu_us_per_request")
+        limiter_text = f"; limiter alone {limiter['median']} us CPU/request" if limiter else ""
+        rows.append([
+            f"{loc['locations']:,} locations, budgets to spare: >= 2,000 requests/s, "
+            "limiter CPU per request measured",
+            f"{rng(loc['requests_per_s'])} requests/s, {loc['answers_429']} x 429; consumer "
+            f"{rng(loc['consumer_cpu_us_per_request'])} us CPU/request{limiter_text}",
+            "-",
+            "-",
+            verdict(loc["requests_per_s"]["median"] >= 2000),
+            command_of(docs, "e2e_locations"),
+        ])
+    return rows
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return lines
+
+
+def loads_line(doc: Doc) -> str:
+    if "loadavg_start" in doc:
+        return f"{doc['loadavg_start'][0]} -> {doc['loadavg_end'][0]}"
+    if "load_average_1m" in doc:
+        la = doc["load_average_1m"]
+        return f"{la['before']:.2f} -> {la['after']:.2f}"
+    return "-"
+
+
+def render(docs: dict[str, Doc], made: dict[str, str], plot_dir: str) -> str:
+    out: list[str] = ["# Benchmarks", ""]
+    out += [
+        "Generated by `bench/report.py` from `bench/results/*.json`; do not edit by hand. "
+        "Reproduce everything with `make bench` (about 20 minutes; a quick smoke run, "
+        "`make bench-quick`, writes `bench/results/quick/` instead).",
+        "",
+        "Method: real Kafka broker and the sandbox as a separate process over loopback; the "
+        "consumer is `python -m consumer run` in its own process. Baselines run in the same "
+        "invocation, over the same topic and against a fresh sandbox: a bare confluent-kafka "
+        "consume loop, `orjson.loads` over the same values, and a naive consumer (poll, map "
+        "with the same `Mapper`, one `requests` POST per upsert, synchronous commit per "
+        "message; `bench/baselines.py`). Consumers are timed from their first commit to the "
+        "commit covering the backlog (commit interval 250 ms), baselines from their first "
+        "record to their last; start-up and group join are excluded from rates. Figures are "
+        "median (min..max) over the repeats stated.",
+        "",
+    ]
+    machine = next((d["machine"] for d in docs.values() if "machine" in d), None)
+    if machine:
+        run = docs.get("run", {})
+        out += ["## Machine", ""]
+        out += table(
+            ["fact", "value"],
+            [
+                ["CPU", f"{machine['cpu_model']}, {machine['cpus']} cores (shared, noisy)"],
+                ["RAM", f"{machine['ram_gb']} GB"],
+                ["OS", machine["os"]],
+                ["Python", machine["python"]],
+                ["confluent-kafka / librdkafka",
+                 f"{machine['confluent_kafka']} / {machine['librdkafka']}"],
+                ["Kafka", machine["kafka"]],
+                ["Run", f"{run.get('when', '?')}, {run.get('seconds', '?')} s, load average "
+                 f"{loads_line(run) if run else '-'}"],
+            ],
+        )
+        out.append("")
+    out += ["## Targets", ""]
+    out += table(["target", "figure", "baseline", "ratio", "verdict", "command"], targets(docs))
+    out += [""]
+
+    a = docs.get("e2e_analytics90")
+    if a:
+        out += ["## End to end, 90% analytics events", ""]
+        out += [
+            f"{a['events']:,} events on {a['partitions']} partitions ({a['mix']}), "
+            f"{a['repeats']} repeats. `orjson.loads` over the same values: "
+            f"{num(a['orjson_loads_per_s'])} values/s. The naive consumer is time-boxed to "
+            f"{a['naive_seconds']} s per repeat.",
+            "",
+        ]
+        rows = []
+        for i, r in enumerate(a["runs"], 1):
+            c = r["consumer"]
+            rows.append([
+                str(i), num(c["events_per_s"]), num(r["bare"]["events_per_s"]),
+                num(r["naive"]["events_per_s"]), f"{r['ratio_to_bare']:.3f}",
+                f"{c['consumer_cpu_share']:.2f}", num(c["consumer_cpu_us_per_event"], 1),
+                num(c["upserts_per_s"]), f"{c['peak_rss_mb']:.0f}",
+            ])
+        out += table(
+            ["repeat", "consumer ev/s", "bare loop ev/s", "naive ev/s", "consumer/bare",
+             "consumer CPU (cores)", "CPU us/event", "upserts/s", "peak RSS MB"],
+            rows,
+        )
+        out += [""]
+        if "analytics90_throughput" in made:
+            out += [f"![throughput]({plot_dir}/{made['analytics90_throughput']})", ""]
+        out += profile_section(a)
+
+    u = docs.get("e2e_upserts")
+    if u:
+        out += ["## Upsert-heavy stream to an unlimited sandbox", ""]
+        out += [
+            f"{u['events']:,} identify events, {u['distinct_contacts']:,} distinct contacts, "
+            f"coalescing window {u['coalesce_window_ms']} ms (raw delivery), sandbox `--unlimited`"
+            " in its own process: one core for the consumer, one for the sandbox (and the "
+            "broker).",
+            "",
+        ]
+        out += table(
+            ["measure", "median (min..max)"],
+            [
+                ["upserts delivered/s", rng(u["upserts_per_s"])],
+                ["naive consumer upserts/s", rng(u["naive_upserts_per_s"])],
+                ["consumer CPU (cores)", rng(u["consumer_cpu_share"], 2)],
+                ["sandbox CPU (cores)", rng(u["sandbox_cpu_share"], 2)],
+            ],
+        )
+        out += [""]
+
+    g = docs.get("e2e_backlogged")
+    if g:
+        out += ["## One backlogged location at HighLevel's limits", ""]
+        out += [
+            f"{g['scaled_from']}: the sandbox answers 429 past {g['budget']['burst']} requests "
+            f"per {g['budget']['interval_ms']} ms window and the consumer's budget is the same "
+            f"(burst = sustained = {g['budget']['burst']}). {g['seconds_per_run']} s per run; "
+            "the rate is counted over the server's own windows, leaving out the first (the "
+            "idle burst) and the last (cut by the stop). The naive consumer sleeps 1 s on a "
+            "429 and retries.",
+            "",
+        ]
+        out += table(
+            ["measure", "consumer", "naive"],
+            [
+                ["achieved / budget", rng(g["of_budget"], 4), rng(g["naive_of_budget"], 4)],
+                ["429 answers (all runs)", str(g["answers_429"]), str(g["naive_429"])],
+            ],
+        )
+        out += [""]
+        if "backlogged_budget" in made:
+            out += [f"![budget]({plot_dir}/{made['backlogged_budget']})", ""]
+
+    loc = docs.get("e2e_locations")
+    if loc:
+        out += [f"## {loc['locations']:,} locations", ""]
+        out += [
+            f"{loc['events']:,} identify events spread over {loc['locations']:,} locations "
+            f"({loc['routing']}); sandbox at {loc['sandbox_limits']}; consumer budget "
+            f"{loc['consumer_budget']}.",
+            "",
+        ]
+        rows = [
+            ["requests/s", rng(loc["requests_per_s"])],
+            ["429 answers (all runs)", str(loc["answers_429"])],
+            ["consumer CPU per request, us", rng(loc["consumer_cpu_us_per_request"])],
+            ["consumer CPU (cores)", rng(loc["consumer_cpu_share"], 2)],
+        ]
+        r = docs.get("ratelimit", {}).get("cost", {})
+        for key, label in (
+            ("local_concurrent_1000_cpu_us_per_request",
+             "limiter alone, 1,000 locations, us CPU/request (bench_ratelimit.py)"),
+            ("core_1000_ns_per_op", "limiter pure core, ns/request"),
+        ):
+            if key in r:
+                rows.append([label, rng(r[key], 1)])
+        out += table(["measure", "median (min..max)"], rows)
+        out += [""]
+        out += profile_section(loc)
+
+    bu = docs.get("e2e_bursty")
+    if bu:
+        out += ["## Bursty identify -> Signed Up -> Lead Generated", ""]
+        out += [
+            f"{bu['flow']}; {bu['contacts_per_run']:,} contacts per run, produced live for "
+            f"{bu['seconds_of_production']} s. Latency: from sending the flow's last event to "
+            "the contact's `dateUpdated` in the sandbox. `final state wrong` counts contacts "
+            "whose stored source or tags do not match the last event.",
+            "",
+        ]
+        rows = [
+            [mode, rng(v["calls_per_contact"], 3), rng(v["latency_p50_ms"]),
+             rng(v["latency_p99_ms"]), str(v["final_state_wrong"])]
+            for mode, v in bu["modes"].items()
+        ]
+        out += table(
+            ["consumer", "HTTP calls per contact", "latency p50 ms", "latency p99 ms",
+             "final state wrong"],
+            rows,
+        )
+        out += [""]
+        if "bursty_latency" in made:
+            out += [f"![bursty]({plot_dir}/{made['bursty_latency']})", ""]
+
+    b = docs.get("e2e_backlog1m")
+    if b:
+        out += [f"## {b['events']:,}-event backlog", ""]
+        out += [
+            f"{b['events']:,} events over {b['users']:,} users (90% analytics), "
+            f"{b['repeats']} run(s).",
+            "",
+        ]
+        out += table(
+            ["measure", "median (min..max)"],
+            [
+                ["peak RSS (VmHWM), MB", rng(b["peak_rss_mb"], 1)],
+                ["time from launch to all committed, s", rng(b["drain_seconds_from_launch"], 1)],
+                ["events/s (first to last commit)", rng(b["events_per_s"])],
+            ],
+        )
+        out += [""]
+        if "backlog1m_rss" in made:
+            out += [f"![rss]({plot_dir}/{made['backlog1m_rss']})", ""]
+
+    sc = docs.get("e2e_scaling")
+    if sc:
+        out += ["## 1, 2 and 3 instances", ""]
+        out += [f"The {sc['events']:,}-event 90%-analytics backlog, {sc['partitions']} "
+                f"partitions, drained by one consumer group. {sc['note']}.", ""]
+        out += table(
+            ["instances", "events/s", "ratio to 1", "consumers' CPU (cores)"],
+            [
+                [k, rng(v), f"{sc['scaling_ratio'][k]:.2f}",
+                 rng(sc["consumers_cpu_share"][k], 2)]
+                for k, v in sorted(sc["events_per_s"].items(), key=lambda kv: int(kv[0]))
+            ],
+        )
+        out += [""]
+        if "scaling" in made:
+            out += [f"![scaling]({plot_dir}/{made['scaling']})", ""]
+
+    m = docs.get("mapping")
+    if m:
+        out += ["## Mapping core", ""]
+        out += [
+            f"{m['events']:,} events ({m['mean_event_bytes']:.0f} B mean) over "
+            f"{m['users']:,} users, {m['repeats']} repeats, one core, in-process.",
+            "",
+        ]
+        out += table(
+            ["step", "events/s", "us/event", "spread %"],
+            [
+                ["orjson.loads (ceiling)", num(m["orjson_loads"]["events_per_s"]),
+                 num(m["orjson_loads"]["us_per_event"], 2),
+                 num(m["orjson_loads"]["spread_pct"], 1)],
+                ["map_record (full core)", num(m["map_record"]["events_per_s"]),
+                 num(m["map_record"]["us_per_event"], 2), num(m["map_record"]["spread_pct"], 1)],
+                ["phone parse, uncached", "-",
+                 num(m["phone_parse"]["uncached_us_per_call"], 2), "-"],
+            ],
+        )
+        out += [""]
+
+    out += ["## Load average during each benchmark", ""]
+    out += table(
+        ["results file", "load average (1 min) start -> end", "when"],
+        [[f"{name}.json", loads_line(doc), str(doc.get("when", "-"))]
+         for name, doc in sorted(docs.items())],
+    )
+    out += [""]
+    return "\n".join(out)
+
+
+def profile_section(doc: Doc) -> list[str]:
+    prof = doc.get("profile")
+    if not prof:
+        return []
+    out = [
+        "Profile of one extra (untimed) run of the consumer under cProfile "
+        f"({prof['total_s']:.1f} s in total), top functions by own time:",
+        "",
+    ]
+    out += table(
+        ["function", "calls", "own s", "cumulative s"],
+        [[f"`{r['function']}`", num(r["calls"]), f"{r['own_s']:.2f}", f"{r['cumulative_s']:.2f}"]
+         for r in prof["top_own"][:12]],
+    )
+    return [*out, ""]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
+    args = parser.parse_args()
+    docs = load(args.results)
+    plot_dir = PLOTS if args.results == RESULTS else args.results / "plots"
+    made = plots(docs, plot_dir)
+    relative = os.path.relpath(plot_dir, args.output.parent)
+    text = render(docs, made, relative)
+    args.output.write_text(text)
+    print(f"wrote {args.output} and {len(made)} plots in {plot_dir}")
+    for row in targets(docs):
+        print(f"  {row[4]:<13} {row[0]}: {row[1]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
