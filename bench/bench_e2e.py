@@ -921,13 +921,19 @@ SCENARIOS: dict[str, Callable[[Bench], Awaitable[dict[str, Any]]]] = {
 async def main_async(args: argparse.Namespace) -> int:
     names = args.scenario or list(SCENARIOS)
     out = results_dir(args.quick)
+    failed: list[str] = []
     with broker() as bootstrap:
         bench = Bench(bootstrap, args.quick, args.repeats, args.profile)
         for name in names:
             print(f"== {name}", flush=True)
             load_start = loadavg()
             started = time.monotonic()
-            result = await SCENARIOS[name](bench)
+            try:
+                result = await SCENARIOS[name](bench)
+            except Exception as exc:  # noqa: BLE001 - report it, run the other scenarios
+                print(f"   {name} FAILED: {exc!r}", flush=True)
+                failed.append(name)
+                continue
             doc = {
                 "benchmark": f"e2e {name}",
                 "quick": args.quick,
@@ -943,7 +949,7 @@ async def main_async(args: argparse.Namespace) -> int:
             }
             write_result(out / f"e2e_{name}.json", doc)
             print(f"   wrote {out / f'e2e_{name}.json'} ({doc['seconds']}s)", flush=True)
-    return 0
+    return 1 if failed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -321,6 +321,9 @@ def render(docs: dict[str, Doc], made: dict[str, str], plot_dir: str) -> str:
                 ["confluent-kafka / librdkafka",
                  f"{machine['confluent_kafka']} / {machine['librdkafka']}"],
                 ["Kafka", machine["kafka"]],
+                ["Code", f"git {machine.get('git_commit', '?')}"
+                 + (" + uncommitted changes in consumer/" if machine.get("consumer_dirty")
+                    else "")],
                 ["Run", f"{run.get('when', '?')}, {run.get('seconds', '?')} s, load average "
                  f"{loads_line(run) if run else '-'}"],
             ],
@@ -529,7 +532,8 @@ def profile_section(doc: Doc) -> list[str]:
         return []
     out = [
         "Profile of one extra (untimed) run of the consumer under cProfile "
-        f"({prof['total_s']:.1f} s in total), top functions by own time:",
+        f"({prof['total_s']:.1f} s in total), top functions by own time (cProfile counts "
+        "every resumption of a coroutine as a call):",
         "",
     ]
     out += table(
