@@ -16,7 +16,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from consumer.changelog import ProfileChangelog
@@ -25,7 +25,15 @@ from consumer.debugger import Debugger
 from consumer.delivery import HighLevelClient, Timeouts
 from consumer.engine import Engine, EngineOptions, EngineStats
 from consumer.errors import ConfigError
-from consumer.kafka import KafkaProducer, KafkaSource, TopicSpec, ensure_topics
+from consumer.events import Record
+from consumer.kafka import (
+    GroupProtocol,
+    KafkaProducer,
+    KafkaSource,
+    TopicReader,
+    TopicSpec,
+    ensure_topics,
+)
 from consumer.mapping import build_mapper
 from consumer.metrics import Metrics, Readiness, StallDetector, StateSnapshot
 from consumer.profiles import ChangelogProfileStore
@@ -63,6 +71,7 @@ def engine_options(settings: Settings) -> EngineOptions:
         progress_interval=engine.progress_interval_seconds,
         retry_base=delivery.retry_base_seconds,
         retry_max=delivery.retry_max_seconds,
+        max_retry=delivery.max_retry_seconds,
         unauthorized_probe_interval=delivery.unauthorized_probe_seconds,
     )
 
@@ -109,24 +118,28 @@ async def running_consumer(settings: Settings) -> AsyncIterator[Components]:
     producer = KafkaProducer(bootstrap=kafka.bootstrap_servers, extra=extra)
     client: HighLevelClient | None = None
     limiter: RateLimiter | None = None
+    parking: KafkaParkingLog | None = None
     try:
         await ensure_topics(
             kafka.bootstrap_servers,
             [
                 TopicSpec(kafka.dead_letter_topic),
                 TopicSpec(kafka.profile_topic, config={"cleanup.policy": "compact"}),
+                TopicSpec(kafka.parking_topic),
             ],
             extra=extra,
         )
+        protocol: GroupProtocol = "consumer" if kafka.group_protocol == "consumer" else "classic"
         source = KafkaSource(
             bootstrap=kafka.bootstrap_servers,
             group_id=kafka.group_id,
             topics=kafka.topics,
             auto_offset_reset="latest" if kafka.auto_offset_reset == "latest" else "earliest",
-            group_protocol="consumer" if kafka.group_protocol == "consumer" else "classic",
+            group_protocol=protocol,
             session_timeout_ms=kafka.session_timeout_ms,
             extra=extra,
         )
+        parking = KafkaParkingLog(settings, protocol)
         client = HighLevelClient(
             base_url=settings.highlevel.api_base_url,
             timeouts=Timeouts(total=settings.delivery.timeout_seconds),
@@ -143,6 +156,7 @@ async def running_consumer(settings: Settings) -> AsyncIterator[Components]:
             sender=client,
             integrations=settings.integrations,
             dead_letter_topic=kafka.dead_letter_topic,
+            parking=parking,
             metrics=metrics,
             debugger=debugger,
             profile_log=ProfileChangelog(
@@ -170,11 +184,54 @@ async def running_consumer(settings: Settings) -> AsyncIterator[Components]:
                 engine, source, producer, client, limiter, metrics, debugger, profiles, web
             )
     finally:
+        if parking is not None:
+            await parking.close()
         if client is not None:
             await client.close()
         if limiter is not None:
             await limiter.aclose()
         await producer.close()
+
+
+class KafkaParkingLog:
+    """The parking topic on Kafka: ``source`` is a member of the parking group
+    (``<parking topic>``, one group for all instances), which replays parked upserts."""
+
+    def __init__(self, settings: Settings, protocol: GroupProtocol) -> None:
+        kafka = settings.kafka
+        self.topic = kafka.parking_topic
+        self._group = kafka.parking_topic  # the parking group is named after its topic
+        self._bootstrap = kafka.bootstrap_servers
+        self._extra = kafka.extra_settings()
+        self.source = KafkaSource(
+            bootstrap=kafka.bootstrap_servers,
+            group_id=self._group,
+            topics=[self.topic],
+            group_protocol=protocol,
+            session_timeout_ms=kafka.session_timeout_ms,
+            client_id="ghl-consumer-parking",
+            extra=self._extra,
+        )
+        self._offsets = TopicReader(
+            bootstrap=self._bootstrap, group_id=self._group, extra=self._extra
+        )
+
+    async def committed(self, partitions: Sequence[int]) -> Mapping[int, int]:
+        return await self._offsets.committed(self.topic, partitions)
+
+    async def unreplayed(self) -> list[Record]:
+        reader = TopicReader(bootstrap=self._bootstrap, group_id=self._group, extra=self._extra)
+        records: list[Record] = []
+        try:
+            await reader.open([self.topic], from_committed=True)
+            while batch := await reader.read(5_000):
+                records.extend(batch)
+        finally:
+            await reader.close()
+        return records
+
+    async def close(self) -> None:
+        await self._offsets.close()
 
 
 class _Observed:

@@ -61,6 +61,7 @@ from consumer.errors import ConfigError
 from consumer.events import ContactUpsert, Drop, Record, Reject
 from consumer.kafka import KafkaAdapterError, TopicReader
 from consumer.mapping import Mapper, build_mapper
+from consumer.parking import parked_sources
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +85,8 @@ class AuditError(Exception):
 
 class SourceIndex:
     """Which source records a topic of the consumer's (dead letters, parking) holds, by the
-    ``ghl.source.*`` headers: coordinates -> integration ids named (None: the whole record).
+    ``ghl.source.*`` headers of dead letters or the ``ghl.park.source`` headers of parking
+    records: coordinates -> integration ids named (None: the whole record).
     Records without those headers are counted in ``unmatched`` and otherwise ignored."""
 
     def __init__(self) -> None:
@@ -96,6 +98,11 @@ class SourceIndex:
         for record in records:
             self.records += 1
             failure = read_failure(record.headers)
+            parked = parked_sources(record.headers)  # a parking record folds several sources
+            if parked:
+                for where in parked:
+                    self._entries.setdefault(where, set()).add(failure.get("integration"))
+                continue
             try:
                 where = (
                     failure["source.topic"],

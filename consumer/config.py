@@ -122,6 +122,7 @@ class KafkaSettings:
     group_protocol: str = "classic"  # classic (cooperative-sticky) | consumer (KIP-848)
     dead_letter_topic: str = ""  # empty: "<group_id>.dead-letter"
     profile_topic: str = ""  # compacted changelog of profiles; empty: "<group_id>.profiles"
+    parking_topic: str = ""  # parked upserts; empty: "<group_id>.parking" (its group: the same)
     # classic protocol only (KIP-848 sets it broker-side): how long a silent member keeps its
     # partitions. None: librdkafka's default (45 s).
     session_timeout_ms: int | None = None
@@ -197,6 +198,8 @@ class DeliverySettings:
     retry_base_seconds: float = field(default=0.5, metadata={"min": 0.001})
     retry_max_seconds: float = field(default=30.0, metadata={"min": 0.001})
     unauthorized_probe_seconds: float = field(default=30.0, metadata={"min": 0.01})
+    # a contact failing (5xx, timeouts) this long is parked so its partition moves on
+    max_retry_seconds: float = field(default=300.0, metadata={"min": 0.01})
     # With REDIS_URL: each instance's share of the budget while Redis is unreachable.
     redis_expected_instances: int = field(default=3, metadata={"min": 1})
 
@@ -347,6 +350,7 @@ def _kafka(table: dict[str, Any], environ: Mapping[str, str], read_secrets: bool
             "group_protocol",
             "dead_letter_topic",
             "profile_topic",
+            "parking_topic",
             "session_timeout_ms",
             "librdkafka",
         ),
@@ -375,6 +379,7 @@ def _kafka(table: dict[str, Any], environ: Mapping[str, str], read_secrets: bool
         raise ConfigError(f"{protocol_where}: expected classic or consumer")
     dead_letter, _ = text("dead_letter_topic", "KAFKA_DEAD_LETTER_TOPIC", f"{group}.dead-letter")
     profiles, _ = text("profile_topic", "KAFKA_PROFILE_TOPIC", f"{group}.profiles")
+    parking, _ = text("parking_topic", "KAFKA_PARKING_TOPIC", f"{group}.parking")
     session_timeout = _session_timeout(table, environ, protocol)
 
     if "KAFKA_TOPICS" in environ:
@@ -410,6 +415,7 @@ def _kafka(table: dict[str, Any], environ: Mapping[str, str], read_secrets: bool
         group_protocol=protocol,
         dead_letter_topic=dead_letter,
         profile_topic=profiles,
+        parking_topic=parking,
         session_timeout_ms=session_timeout,
         librdkafka=MappingProxyType(passthrough),
     )

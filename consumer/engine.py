@@ -9,8 +9,7 @@ Flow per record (DESIGN.md section 1), all on the event loop thread:
    (integration, contact) in the lane of their location, where they coalesce.
 3. ``deliver``: one worker task per lane takes ready work when the location's rate limiter
    grants a permit and a global in-flight slot is free, then sends it. The answer decides
-   (``consumer.delivery``): completed, retried with backoff, held while unauthorized, or
-   dead-lettered.
+   (``consumer.delivery``): completed, retried with backoff, parked, or dead-lettered.
 4. ``complete``: a record is done when every outcome of it is done; its offset completes.
 5. ``commit``: on a timer, on revoke and at shutdown, each owned partition commits its
    contiguous done offset plus the offset map of done offsets above it.
@@ -18,6 +17,14 @@ Flow per record (DESIGN.md section 1), all on the event loop thread:
 Backpressure: a partition pauses when its admitted-but-unfinished records reach
 ``max_buffered_per_partition`` or its offset map nears the metadata budget; every partition
 pauses when all buffered records reach ``max_buffered``; they resume at half.
+
+Parking (``consumer.parking``): work of an integration answering 401/403, of a location whose
+daily budget is spent, or of a contact failing past ``max_retry``, goes to the parking topic
+and its offsets complete, so the partitions move on. A second feed, a consumer group on the
+parking topic, brings parked upserts back through the same scheduler; they are delivered when
+the integration works again (one probe per ``unauthorized_probe_interval``) and never parked
+twice. A contact with an upsert in the parking topic parks its newer work too, until the
+parking group has committed past it.
 
 Revocation: partitions are committed inside ``on_revoked`` (before they move), then revoked in
 the tracker, whose guard ignores late completions; their not-yet-sent work is discarded (the
@@ -43,10 +50,11 @@ from consumer.config import Integration
 from consumer.deadletter import REJECTED_BY_HIGHLEVEL, Failure, dead_letter_headers
 from consumer.debugger import Debugger
 from consumer.delivery import Answer, Verdict
-from consumer.events import ContactUpsert, Drop, Record, Reject
+from consumer.events import ContactUpsert, Drop, Record
 from consumer.mapping import Mapper
 from consumer.metrics import Endpoint, Metrics, RebalanceKind
 from consumer.offsets import Assignment, CommitPoint, OffsetTracker, PartitionOffsets
+from consumer.parking import ParkingState, ParkReason, decode_parked, encode_parked
 from consumer.ratelimit import DailyBudgetExhausted, Permit
 from consumer.scheduler import KeyedScheduler, Work
 
@@ -82,8 +90,18 @@ class RebalanceListener(Protocol):
     async def on_lost(self, partitions: Sequence[tuple[str, int]]) -> None: ...
 
 
+class Landed(Protocol):
+    """Where a produced record landed (``consumer.kafka.Delivered``)."""
+
+    @property
+    def partition(self) -> int: ...
+
+    @property
+    def offset(self) -> int: ...
+
+
 class Sink(Protocol):
-    """Produces to the dead-letter (and parking) topics; returns once the broker confirmed."""
+    """Produces to the consumer's own topics; returns once the broker confirmed."""
 
     async def produce(
         self,
@@ -92,7 +110,27 @@ class Sink(Protocol):
         key: bytes | None,
         value: bytes | None,
         headers: Sequence[tuple[str, bytes]],
-    ) -> None: ...
+    ) -> Landed: ...
+
+
+class ParkingLog(Protocol):
+    """The parking topic seen from one instance (``consumer.app`` builds it on Kafka)."""
+
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def source(self) -> Source:
+        """A member of the parking group: the feed that replays parked upserts."""
+        ...
+
+    async def committed(self, partitions: Sequence[int]) -> Mapping[int, int]:
+        """The parking group's committed offset per parking partition (absent: none)."""
+        ...
+
+    async def unreplayed(self) -> list[Record]:
+        """The parking records past the group's committed offsets (read once at start)."""
+        ...
 
 
 class Sender(Protocol):
@@ -147,7 +185,9 @@ class EngineOptions:
     progress_interval: float = 10.0
     retry_base: float = 0.5
     retry_max: float = 30.0
+    max_retry: float = 300.0  # a contact failing this long (5xx, timeouts) is parked
     unauthorized_probe_interval: float = 30.0
+    parking_check_interval: float = 5.0  # how often replayed contacts are released
 
 
 @dataclass(slots=True)
@@ -165,6 +205,8 @@ class EngineStats:
     delivered_events: int = 0
     retries: int = 0
     dead_lettered: int = 0
+    parked: Counter[str] = field(default_factory=Counter)
+    replayed: int = 0
     answers: Counter[str] = field(default_factory=Counter)
 
 
@@ -173,11 +215,13 @@ class EngineStats:
 
 @dataclass(slots=True, eq=False)
 class _Ticket:
-    """One admitted record and how many of its outcomes are still open."""
+    """One admitted record and how many of its outcomes are still open. ``replay``: the record
+    comes from the parking topic (its work is never parked again)."""
 
     record: Record
     partition: PartitionOffsets
     open_parts: int
+    replay: bool = False
 
     def settle(self) -> None:
         self.open_parts -= 1
@@ -185,14 +229,41 @@ class _Ticket:
             self.partition.complete(self.record.offset)
 
 
-_Key = tuple[str, str]  # (integration id, contact key)
+_Key = tuple[str, str, str]  # (integration id, contact key, "replay" or "")
+
+
+class _Feed:
+    """One Kafka source the engine reads, its offsets and the partitions it paused."""
+
+    def __init__(self, name: str, source: Source) -> None:
+        self.name = name
+        self.source = source
+        self.tracker = OffsetTracker()
+        self.paused: set[tuple[str, int]] = set()
+
+
+class _FeedListener:
+    """Rebalance callbacks of one feed (called by its source, on the event loop)."""
+
+    def __init__(self, engine: Engine, feed: _Feed) -> None:
+        self._engine = engine
+        self._feed = feed
+
+    async def on_assigned(self, partitions: Sequence[Assignment]) -> None:
+        await self._engine._assigned(self._feed, partitions)
+
+    async def on_revoked(self, partitions: Sequence[tuple[str, int]]) -> None:
+        await self._engine._revoked(self._feed, partitions)
+
+    async def on_lost(self, partitions: Sequence[tuple[str, int]]) -> None:
+        self._engine._lost(self._feed, partitions)
 
 
 class Engine:
     """One consumer-group member's processing. Build it, then ``await run(stop)``.
 
     ``run`` returns after ``stop`` is set and the engine has drained (bounded by
-    ``drain_timeout``), committed and closed the source. Raises only for programming errors;
+    ``drain_timeout``), committed and closed the sources. Raises only for programming errors;
     delivery failures are outcomes, Kafka commit failures are logged and retried next time.
     """
 
@@ -206,6 +277,7 @@ class Engine:
         sender: Sender,
         integrations: Sequence[Integration],
         dead_letter_topic: str,
+        parking: ParkingLog,
         metrics: Metrics,
         debugger: Debugger,
         profile_log: ProfileLog | None = None,
@@ -213,13 +285,13 @@ class Engine:
         rng: random.Random | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        self._source = source
         self._sink = sink
         self._mapper = mapper
         self._limiter = limiter
         self._sender = sender
         self._integrations = {i.id: i for i in integrations}
         self._dead_letter_topic = dead_letter_topic
+        self._parking_log = parking
         self._metrics = metrics
         self._debugger = debugger
         self._profile_log = profile_log
@@ -227,63 +299,75 @@ class Engine:
         self._rng = rng or random.Random()
         self._wall_clock = wall_clock
         self.stats = EngineStats()
-        self.tracker = OffsetTracker()
+        self._main = _Feed("events", source)
+        self._replay = _Feed("parking", parking.source)
+        self.tracker = self._main.tracker
         self.scheduler: KeyedScheduler[ContactUpsert, _Ticket] = KeyedScheduler(
             window=options.coalesce_window, merge=ContactUpsert.merged_with
         )
+        self.parking = ParkingState(probe_interval=options.unauthorized_probe_interval)
         self._slots = asyncio.Semaphore(options.max_in_flight)
         self._lane_tasks: dict[Hashable, asyncio.Task[None]] = {}
         self._lane_wakeups: dict[Hashable, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._side_work = 0  # dead-letter produces in flight (outside the scheduler)
-        self._paused: set[tuple[str, int]] = set()
-        self._unauthorized: set[str] = set()  # integration ids answering 401/403
-        self._stopping = False
+        self._side_work = 0  # produces in flight outside the scheduler (dead letters, profiles)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; then drain, commit and close (see the class doc)."""
-        await self._source.start(self)
+        for record in await self._parking_log.unreplayed():
+            upsert = decode_parked(record.value)
+            if upsert is not None:
+                key = (upsert.integration_id, upsert.contact_key)
+                self.parking.parked(key, record.partition, record.offset)
+        feeds = (self._main, self._replay)
+        for feed in feeds:
+            await feed.source.start(_FeedListener(self, feed))
         background = [
             asyncio.create_task(self._commit_loop(), name="commit"),
             asyncio.create_task(self._progress_loop(), name="progress"),
+            asyncio.create_task(self._release_loop(), name="parking-release"),
         ]
-        intake = asyncio.create_task(self._intake_loop(stop), name="intake")
+        intakes = [
+            asyncio.create_task(self._intake_loop(feed, stop), name=f"intake-{feed.name}")
+            for feed in feeds
+        ]
         try:
-            await intake
+            await asyncio.gather(*intakes)
             await self._drain()
         finally:
-            for task in background:
+            for task in [*background, *intakes]:
                 task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
+            await asyncio.gather(*background, *intakes, return_exceptions=True)
             await self._cancel_workers()
-            await self._commit()
-            await self._source.close()
+            for feed in feeds:
+                await self._commit(feed)
+                await feed.source.close()
             logger.info("engine stopped: %s", self.progress_line())
 
-    async def _intake_loop(self, stop: asyncio.Event) -> None:
+    async def _intake_loop(self, feed: _Feed, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
+        ingest = self._ingest if feed is self._main else self._ingest_parked
         while not stop.is_set():
-            records = await self._source.poll_batch(
+            records = await feed.source.poll_batch(
                 self._options.poll_batch, self._options.poll_timeout
             )
             if records:
                 now = loop.time()
                 wall = self._wall_clock()
                 for record in records:
-                    self._ingest(record, now, wall)
-            await self._apply_backpressure()
-        self._stopping = True
+                    ingest(record, now, wall)
+            await self._apply_backpressure(feed)
 
     async def _drain(self) -> None:
         """Wait, bounded, for buffered work to finish after intake stopped."""
         deadline = asyncio.get_running_loop().time() + self._options.drain_timeout
-        while self.scheduler.tokens or self._side_work:
+        while self.buffered:
             if asyncio.get_running_loop().time() >= deadline:
                 logger.warning(
                     "drain timeout: %d buffered records left undone (they will be re-read)",
-                    self.scheduler.tokens + self._side_work,
+                    self.buffered,
                 )
                 return
             await asyncio.sleep(0.05)
@@ -298,7 +382,7 @@ class Engine:
     # -- intake ---------------------------------------------------------------------------------
 
     def _ingest(self, record: Record, now: float, wall: float) -> None:
-        partition = self.tracker.get(record.topic, record.partition)
+        partition = self._main.tracker.get(record.topic, record.partition)
         if partition is None:
             return  # revoked while the batch was in flight; the new owner reads it
         self.stats.consumed += 1
@@ -316,12 +400,7 @@ class Engine:
             self._spawn(self._persist_profile(ticket, user_key, profile))
         for outcome in outcomes:
             if isinstance(outcome, ContactUpsert):
-                key: _Key = (outcome.integration_id, outcome.contact_key)
-                self.stats.upserts_offered += 1
-                if self.scheduler.offer(key, outcome.location_id, outcome, ticket, now=now):
-                    self.stats.coalesced += 1
-                    self._metrics.coalesced(outcome.integration_id)
-                self._wake(outcome.location_id)
+                self._offer(outcome, ticket, now)
             elif isinstance(outcome, Drop):
                 self.stats.dropped[outcome.reason] += 1
                 self._metrics.dropped(outcome.reason)
@@ -329,16 +408,46 @@ class Engine:
             else:
                 self.stats.rejected[outcome.reason] += 1
                 self._metrics.rejected(outcome.reason)
-                self._spawn(self._dead_letter_reject(ticket, outcome))
+                failure = Failure(
+                    reason=outcome.reason,
+                    error=outcome.error,
+                    integration_id=outcome.integration_id,
+                )
+                self._spawn(self._dead_letter_ticket(ticket, failure))
 
-    async def _dead_letter_reject(self, ticket: _Ticket, reject: Reject) -> None:
+    def _ingest_parked(self, record: Record, now: float, wall: float) -> None:
+        partition = self._replay.tracker.get(record.topic, record.partition)
+        if partition is None or not partition.admit(record.offset):
+            return
+        upsert = decode_parked(record.value)
+        ticket = _Ticket(record, partition, 1, replay=True)
+        if upsert is None or upsert.integration_id not in self._integrations:
+            error = "not a parked upsert" if upsert is None else "integration not configured"
+            failure = Failure(reason="invalid_parked", error=error)
+            self._spawn(self._dead_letter_ticket(ticket, failure))
+            return
+        self.stats.replayed += 1
+        self._metrics.replayed(upsert.integration_id)
+        # A key of its own: replayed upserts never fold into new ones (which park behind them
+        # until the parking group has committed past the contact), so new events never wait
+        # on a replay that keeps failing.
+        self._offer(upsert, ticket, now, replay=True)
+
+    def _offer(
+        self, upsert: ContactUpsert, ticket: _Ticket, now: float, *, replay: bool = False
+    ) -> None:
+        key: _Key = (upsert.integration_id, upsert.contact_key, "replay" if replay else "")
+        self.stats.upserts_offered += 1
+        if self.scheduler.offer(key, upsert.location_id, upsert, ticket, now=now):
+            self.stats.coalesced += 1
+            self._metrics.coalesced(upsert.integration_id)
+        self._wake(upsert.location_id)
+
+    async def _dead_letter_ticket(self, ticket: _Ticket, failure: Failure) -> None:
         self._side_work += 1
         try:
-            failure = Failure(
-                reason=reject.reason, error=reject.error, integration_id=reject.integration_id
-            )
             await self._dead_letter(ticket.record, failure)
-            self._metrics.dead_lettered(reject.reason)
+            self._metrics.dead_lettered(failure.reason)
             ticket.settle()
         finally:
             self._side_work -= 1
@@ -365,50 +474,47 @@ class Engine:
         key: bytes | None,
         value: bytes | None,
         headers: Sequence[tuple[str, bytes]],
-    ) -> None:
-        """Produce one record, retrying until the broker confirms: an offset whose dead letter
-        or profile write is unconfirmed must not complete."""
+    ) -> Landed:
+        """Produce one record, retrying until the broker confirms: an offset whose dead letter,
+        parking record or profile write is unconfirmed must not complete."""
         delay = self._options.retry_base
         while True:
             try:
-                await self._sink.produce(topic, key=key, value=value, headers=headers)
+                return await self._sink.produce(topic, key=key, value=value, headers=headers)
             except Exception:
                 logger.exception("produce to %s failed; retrying in %.1fs", topic, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._options.retry_max)
-                continue
-            return
 
-    async def _apply_backpressure(self) -> None:
+    async def _apply_backpressure(self, feed: _Feed) -> None:
         options = self._options
-        owned = self.tracker.owned()
-        buffered = self.scheduler.tokens + self._side_work
+        buffered = self.buffered
         pause_all = buffered >= options.max_buffered
         resume_ok = buffered <= options.max_buffered // 2
         to_pause: list[tuple[str, int]] = []
         to_resume: list[tuple[str, int]] = []
-        for partition in owned:
+        for partition in feed.tracker.owned():
             tp = (partition.topic, partition.partition)
             full = partition.incomplete >= options.max_buffered_per_partition
-            if tp not in self._paused and (pause_all or full or partition.over_budget()):
+            if tp not in feed.paused and (pause_all or full or partition.over_budget()):
                 to_pause.append(tp)
             elif (
-                tp in self._paused
+                tp in feed.paused
                 and resume_ok
                 and partition.incomplete <= options.max_buffered_per_partition // 2
                 and partition.may_resume()
             ):
                 to_resume.append(tp)
         if to_pause:
-            await self._source.pause(to_pause)
-            self._paused.update(to_pause)
+            await feed.source.pause(to_pause)
+            feed.paused.update(to_pause)
             logger.debug("paused %s (buffered=%d)", to_pause, buffered)
         if to_resume:
-            await self._source.resume(to_resume)
-            self._paused.difference_update(to_resume)
+            await feed.source.resume(to_resume)
+            feed.paused.difference_update(to_resume)
             logger.debug("resumed %s (buffered=%d)", to_resume, buffered)
 
-    # -- delivery -------------------------------------------------------------------------------
+    # -- dispatch -------------------------------------------------------------------------------
 
     def _wake(self, lane: Hashable) -> None:
         wakeup = self._lane_wakeups.get(lane)
@@ -419,8 +525,9 @@ class Engine:
             self._lane_tasks[lane] = asyncio.create_task(self._lane_loop(lane), name=f"lane-{lane}")
 
     async def _lane_loop(self, lane: Hashable) -> None:
-        """One location's dispatcher: waits for ready work, a rate permit and a global slot,
-        then starts its delivery. Exits when the lane is empty (``_wake`` restarts it)."""
+        """One location's dispatcher: takes ready work; parks it when its integration, location
+        or contact parks; else waits for a rate permit and a global slot and delivers it. Exits
+        when the lane is empty (``_wake`` restarts it)."""
         loop = asyncio.get_running_loop()
         wakeup = self._lane_wakeups[lane]
         location_id = str(lane)
@@ -436,19 +543,28 @@ class Engine:
                     async with asyncio.timeout(delay):
                         await wakeup.wait()
                 continue
+            head = self.scheduler.peek(lane)
+            assert head is not None  # next_ready_at found it
+            now = loop.time()
+            if head.tokens[0].replay:  # replayed and new work never share a key
+                held_until = self.parking.holding(
+                    head.item.integration_id, head.item.location_id, now
+                )
+                if held_until is not None:  # wait for the probe or the budget, lane goes on
+                    self.scheduler.retry(self._take(lane, head, now), at=held_until)
+                    continue
+            else:
+                reason = self._park_reason(head, now)
+                if reason is not None:
+                    self._spawn(self._park(self._take(lane, head, now), reason))
+                    continue
             asked = loop.time()
             try:
                 permit = await self._limiter.acquire(location_id)
-                self._metrics.rate_wait(location_id, loop.time() - asked)
             except DailyBudgetExhausted as exhausted:
-                wait = max(0.0, exhausted.until - loop.time())
-                logger.warning(
-                    "location %s: daily budget spent; holding its events for %.0fs",
-                    location_id,
-                    wait,
-                )
-                await asyncio.sleep(min(wait, self._options.unauthorized_probe_interval))
+                self._daily_spent(location_id, exhausted.until)
                 continue
+            self._metrics.rate_wait(location_id, loop.time() - asked)
             await self._slots.acquire()
             work = self.scheduler.take(lane, now=loop.time())
             if work is None:
@@ -457,12 +573,38 @@ class Engine:
                 continue
             self._spawn(self._deliver(work, permit))
 
+    def _take(
+        self, lane: Hashable, head: Work[ContactUpsert, _Ticket], now: float
+    ) -> Work[ContactUpsert, _Ticket]:
+        work = self.scheduler.take(lane, now=now)
+        assert work is head  # nothing ran between peek and take
+        return work
+
+    def _park_reason(self, work: Work[ContactUpsert, _Ticket], now: float) -> ParkReason | None:
+        """Why new (not replayed) ``work`` goes to the parking topic now; None to deliver it."""
+        upsert = work.item
+        return self.parking.reason_to_park(
+            integration_id=upsert.integration_id,
+            location_id=upsert.location_id,
+            key=(upsert.integration_id, upsert.contact_key),
+            now=now,
+        )
+
+    def _daily_spent(self, location_id: str, until: float) -> None:
+        self.parking.daily_spent(location_id, until)
+        logger.warning(
+            "location %s: daily budget spent; parking its events for %.0fs",
+            location_id,
+            until - asyncio.get_running_loop().time(),
+        )
+
+    # -- delivery -------------------------------------------------------------------------------
+
     async def _deliver(self, work: Work[ContactUpsert, _Ticket], permit: Permit) -> None:
         """Send one work, act on the answer, release the slot. Never raises."""
         loop = asyncio.get_running_loop()
         upsert = work.item
-        integration = self._integrations[upsert.integration_id]
-        token = integration.access_token.reveal()
+        token = self._integrations[upsert.integration_id].access_token.reveal()
         try:
             payload = upsert.payload()
             with permit:
@@ -471,6 +613,9 @@ class Engine:
             if answer.verdict is Verdict.DELIVERED and upsert.tags_to_add():
                 answer = await self._add_tags(work, token, answer)
             await self._settle(work, answer, loop.time())
+        except Exception:  # a bug must not strand the key in flight forever
+            logger.exception("delivery failed unexpectedly; retrying")
+            self.scheduler.retry(work, at=loop.time() + self._backoff(work.attempts))
         finally:
             self._slots.release()
             self._wake(upsert.location_id)
@@ -484,7 +629,13 @@ class Engine:
         if not isinstance(contact_id, str):
             return upserted  # nothing to tag; the upsert itself succeeded
         body = {"tags": list(upsert.tags_to_add())}
-        with await self._limiter.acquire(upsert.location_id):
+        try:
+            permit = await self._limiter.acquire(upsert.location_id)
+        except DailyBudgetExhausted as exhausted:
+            self._daily_spent(upsert.location_id, exhausted.until)
+            # Retried (then parked): the upsert is sent again with its tags; upserts repeat.
+            return Answer(verdict=Verdict.RETRY, status=None, latency_s=0.0, error="daily budget")
+        with permit:
             answer = await self._sender.add_tags(
                 token=token, contact_id=contact_id, tags=upsert.tags_to_add()
             )
@@ -525,7 +676,8 @@ class Engine:
         integration_id = work.item.integration_id
         verdict = answer.verdict
         if verdict is Verdict.DELIVERED:
-            self._unauthorized.discard(integration_id)
+            if self.parking.healthy(integration_id):
+                logger.warning("integration %s: HighLevel accepts its token again", integration_id)
             self.stats.delivered_calls += 1
             self.stats.delivered_events += len(work.tokens)
             self._complete(work)
@@ -542,26 +694,63 @@ class Engine:
                 await self._dead_letter(ticket.record, failure)
             self._metrics.dead_lettered(REJECTED_BY_HIGHLEVEL, len(work.tokens))
             self._complete(work)
+        elif verdict is Verdict.UNAUTHORIZED:
+            if self.parking.unauthorized(integration_id, now):
+                logger.error(
+                    "integration %s: HighLevel answered %s (%s); parking its events, "
+                    "probing every %.0fs",
+                    integration_id,
+                    answer.status,
+                    answer.message,
+                    self._options.unauthorized_probe_interval,
+                )
+            await self._retry_or_park(work, answer, now, ParkReason.UNAUTHORIZED)
+        elif verdict is Verdict.RATE_LIMITED:
+            # The limiter pauses the location (or, daily budget spent, raises on acquire).
+            await self._retry_or_park(work, answer, now, None)
         else:
-            self.stats.retries += 1
-            self._metrics.retry(integration_id, answer)
-            if verdict is Verdict.RATE_LIMITED:
-                at = now  # the limiter holds the location until its pause ends
-            elif verdict is Verdict.UNAUTHORIZED:
-                if integration_id not in self._unauthorized:
-                    logger.error(
-                        "integration %s: HighLevel answered %s (%s); holding its events and "
-                        "probing every %.0fs",
-                        integration_id,
-                        answer.status,
-                        answer.message,
-                        self._options.unauthorized_probe_interval,
-                    )
-                self._unauthorized.add(integration_id)
-                at = now + self._options.unauthorized_probe_interval
-            else:
-                at = now + self._backoff(work.attempts)
-            self.scheduler.retry(work, at=at)
+            failing_for = now - (work.first_taken_at or now)
+            reason = ParkReason.RETRY_EXHAUSTED if failing_for >= self._options.max_retry else None
+            await self._retry_or_park(work, answer, now, reason)
+
+    async def _retry_or_park(
+        self,
+        work: Work[ContactUpsert, _Ticket],
+        answer: Answer,
+        now: float,
+        park: ParkReason | None,
+    ) -> None:
+        """Park ``work`` for ``park`` (None: retry it). Replayed work is never parked: it waits
+        for the integration's next probe, or retries with backoff."""
+        if park is not None and not work.tokens[0].replay:
+            await self._park(work, park)
+            return
+        self.stats.retries += 1
+        self._metrics.retry(work.item.integration_id, answer)
+        if answer.verdict is Verdict.RATE_LIMITED:
+            at = now
+        elif answer.verdict is Verdict.UNAUTHORIZED:
+            at = now + self._options.unauthorized_probe_interval
+        else:
+            at = now + self._backoff(work.attempts)
+        self.scheduler.retry(work, at=at)
+
+    async def _park(self, work: Work[ContactUpsert, _Ticket], reason: ParkReason) -> None:
+        """Write ``work`` to the parking topic, then complete its offsets. The contact parks
+        its newer work until this record is replayed."""
+        upsert = work.item
+        key, value, headers = encode_parked(upsert, [t.record for t in work.tokens], reason)
+        self._side_work += 1
+        try:
+            landed = await self._produce(self._parking_log.topic, key, value, headers)
+        finally:
+            self._side_work -= 1
+        key_of_contact = (upsert.integration_id, upsert.contact_key)
+        self.parking.parked(key_of_contact, landed.partition, landed.offset)
+        self.stats.parked[reason] += len(work.tokens)
+        self._metrics.parked(upsert.integration_id, reason, len(work.tokens))
+        self._complete(work)
+        self._wake(upsert.location_id)
 
     def _complete(self, work: Work[ContactUpsert, _Ticket]) -> None:
         self.scheduler.complete(work)
@@ -578,68 +767,84 @@ class Engine:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def _release_loop(self) -> None:
+        """Release contacts whose parked upserts the parking group has replayed."""
+        while True:
+            await asyncio.sleep(self._options.parking_check_interval)
+            partitions = sorted(self.parking.parked_partitions)
+            if not partitions:
+                continue
+            try:
+                committed = await self._parking_log.committed(partitions)
+            except Exception:
+                logger.exception("reading the parking group's offsets failed; will retry")
+                continue
+            for integration_id, _ in self.parking.replayed(committed):
+                self._wake(self._integrations[integration_id].location_id)
+
     # -- offsets --------------------------------------------------------------------------------
 
     async def _commit_loop(self) -> None:
         while True:
             await asyncio.sleep(self._options.commit_interval)
-            await self._commit()
+            for feed in (self._main, self._replay):
+                await self._commit(feed)
 
-    async def _commit(self, only: Sequence[tuple[str, int]] | None = None) -> None:
-        points = self.tracker.commit_points(only)
+    async def _commit(self, feed: _Feed, only: Sequence[tuple[str, int]] | None = None) -> None:
+        points = feed.tracker.commit_points(only)
         if not points:
             return
         try:
-            await self._source.commit(points)
+            await feed.source.commit(points)
         except Exception:
-            logger.exception("commit failed; will retry")
+            logger.exception("%s commit failed; will retry", feed.name)
             return
-        self.tracker.mark_committed(points)
+        feed.tracker.mark_committed(points)
 
-    # -- rebalance (called by the source on the event loop) -------------------------------------
+    # -- rebalance (called by the sources on the event loop) ------------------------------------
 
-    async def on_assigned(self, partitions: Sequence[Assignment]) -> None:
-        if self._profile_log is not None and partitions:
+    async def _assigned(self, feed: _Feed, partitions: Sequence[Assignment]) -> None:
+        if feed is self._main and self._profile_log is not None and partitions:
             # Before any record of the new partitions: profiles written by their previous
             # owner (another instance, or this one before a restart) must be known here.
             await self._profile_log.restore()
         for a in partitions:
-            self.tracker.assign(a.topic, a.partition, committed=a.committed, metadata=a.metadata)
+            feed.tracker.assign(a.topic, a.partition, committed=a.committed, metadata=a.metadata)
         self._metrics.rebalance(RebalanceKind.ASSIGNED)
-        logger.info("assigned %s", [(a.topic, a.partition) for a in partitions])
+        logger.info("%s: assigned %s", feed.name, [(a.topic, a.partition) for a in partitions])
 
-    async def on_revoked(self, partitions: Sequence[tuple[str, int]]) -> None:
-        await self._commit(only=partitions)
-        self._forget(partitions)
+    async def _revoked(self, feed: _Feed, partitions: Sequence[tuple[str, int]]) -> None:
+        await self._commit(feed, only=partitions)
+        self._forget(feed, partitions)
         self._metrics.rebalance(RebalanceKind.REVOKED)
-        logger.info("revoked %s", list(partitions))
+        logger.info("%s: revoked %s", feed.name, list(partitions))
 
-    async def on_lost(self, partitions: Sequence[tuple[str, int]]) -> None:
-        self._forget(partitions)
+    def _lost(self, feed: _Feed, partitions: Sequence[tuple[str, int]]) -> None:
+        self._forget(feed, partitions)
         self._metrics.rebalance(RebalanceKind.LOST)
-        logger.warning("lost %s (no commit possible)", list(partitions))
+        logger.warning("%s: lost %s (no commit possible)", feed.name, list(partitions))
 
-    def _forget(self, partitions: Sequence[tuple[str, int]]) -> None:
+    def _forget(self, feed: _Feed, partitions: Sequence[tuple[str, int]]) -> None:
         for topic, partition in partitions:
-            self.tracker.revoke(topic, partition)
-            self._paused.discard((topic, partition))
+            feed.tracker.revoke(topic, partition)
+            feed.paused.discard((topic, partition))
         self.scheduler.discard(lambda ticket: not ticket.partition.revoked)
 
     # -- state for metrics and readiness --------------------------------------------------------
 
     @property
     def paused_partitions(self) -> int:
-        """Partitions paused by backpressure now."""
-        return len(self._paused)
+        """Partitions (of the event topics) paused by backpressure now."""
+        return len(self._main.paused)
 
     @property
     def unhealthy(self) -> frozenset[str]:
-        """Integration ids whose last answer was 401/403."""
-        return frozenset(self._unauthorized)
+        """Integration ids whose last answer was 401/403 (their events park)."""
+        return self.parking.unhealthy
 
     @property
     def buffered(self) -> int:
-        """Records admitted and not done: in the scheduler or being dead-lettered."""
+        """Records admitted and not done: in the scheduler or being produced elsewhere."""
         return self.scheduler.tokens + self._side_work
 
     # -- progress -------------------------------------------------------------------------------
@@ -657,7 +862,8 @@ class Engine:
         return (
             f"consumed={s.consumed} delivered={s.delivered_events} (calls={s.delivered_calls}, "
             f"coalesced={s.coalesced}) dropped={dropped} rejected={rejected} "
-            f"dead_lettered={s.dead_lettered} retries={s.retries} "
+            f"dead_lettered={s.dead_lettered} parked={sum(s.parked.values())} "
+            f"replayed={s.replayed} retries={s.retries} "
             f"buffered={self.scheduler.tokens} in_flight={self.scheduler.in_flight} "
-            f"paused={len(self._paused)}"
+            f"paused={len(self._main.paused)}"
         )

@@ -735,10 +735,10 @@ class KafkaProducer:
         key: bytes | None,
         value: bytes | None,
         headers: Sequence[tuple[str, bytes]] = (),
-    ) -> None:
-        """Write one record and return once the broker has it (``send``, then await its
-        future; use ``send`` for where it landed). Raises ``ProduceFailedError``."""
-        await (await self.send(topic, key=key, value=value, headers=headers))
+    ) -> Delivered:
+        """Write one record; return where it landed once the broker has it (``send``, then
+        await its future). Raises ``ProduceFailedError``."""
+        return await (await self.send(topic, key=key, value=value, headers=headers))
 
     async def send(
         self,
@@ -957,6 +957,23 @@ class TopicReader:
             raise ValueError("TopicReader.commit needs a group_id")
         if offsets:
             await asyncio.to_thread(self._commit, dict(offsets))
+
+    async def committed(self, topic: str, partitions: Sequence[int]) -> dict[int, int]:
+        """The reader's group's committed offset per partition of ``topic`` (absent where the
+        group has none). Needs ``group_id``; waits out a loading coordinator."""
+        if not self._grouped:
+            raise ValueError("TopicReader.committed needs a group_id")
+        request = [TopicPartition(topic, p) for p in partitions]
+
+        def fetch() -> dict[int, int]:
+            result = self._consumer.committed(request, timeout=self._timeout_s)
+            _raise_partition_error(result)
+            return {tp.partition: tp.offset for tp in result if tp.offset >= 0}
+
+        try:
+            return await asyncio.to_thread(self._with_retries, fetch)
+        except KafkaException as exc:
+            raise _from_kafka(exc, "committed offsets") from exc
 
     async def close(self) -> None:
         """Release the client (nothing to leave: the reader never joined a group)."""

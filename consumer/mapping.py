@@ -90,9 +90,11 @@ def build_mapper(settings: Settings, profiles: ProfileStore | None = None) -> Ma
     """A mapper for ``settings``' integrations and ``[mapping]`` section, with an empty
     deduper and ``profiles`` (default: an empty in-memory store bounded as configured)."""
     mapping = settings.mapping
+    if profiles is None:  # not ``or``: an empty store is falsy (it has a length)
+        profiles = InMemoryProfileStore(mapping.profile_max_entries)
     return Mapper(
         settings.integrations,
-        profiles=profiles or InMemoryProfileStore(mapping.profile_max_entries),
+        profiles=profiles,
         deduper=MessageDeduper(
             max_entries=mapping.dedupe_max_entries, ttl_seconds=mapping.dedupe_ttl_seconds
         ),

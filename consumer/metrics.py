@@ -62,6 +62,7 @@ from consumer.deadletter import REJECTED_BY_HIGHLEVEL
 from consumer.delivery import Answer
 from consumer.events import STANDARD_FIELDS, Reason
 from consumer.offsets import PartitionStats
+from consumer.parking import ParkReason
 from consumer.ratelimit import LimiterState
 
 _V = TypeVar("_V")
@@ -126,14 +127,6 @@ def retry_reason(answer: Answer) -> RetryReason:
     if answer.status in (401, 403):
         return RetryReason.UNAUTHORIZED
     return RetryReason.SERVER_ERROR
-
-
-class ParkReason(StrEnum):
-    """``reason`` label of ``ghl_parked_events_total``: why events were held on the parking
-    topic instead of being delivered now."""
-
-    UNAUTHORIZED = "unauthorized"
-    DAILY_BUDGET = "daily_budget"
 
 
 class RebalanceKind(StrEnum):

@@ -33,8 +33,9 @@ S = TypeVar("S")  # a completion token (a source offset in the engine)
 class Work(Generic[T, S]):
     """One unit of delivery for one key: the merged item and every token folded into it.
 
-    ``first_at`` is when the oldest folded item arrived; ``attempts`` counts deliveries already
-    tried (0 for new work); ``coalesced`` counts items merged into the first one.
+    ``first_at`` is when the oldest folded item arrived; ``first_taken_at`` when the work was
+    first handed out (retries keep it: how long a contact has been failing); ``attempts`` counts
+    deliveries already tried (0 for new work); ``coalesced`` counts items merged into the first.
     """
 
     key: Hashable
@@ -45,6 +46,7 @@ class Work(Generic[T, S]):
     ready_at: float
     attempts: int = 0
     coalesced: int = 0
+    first_taken_at: float | None = None
     _version: int = field(default=0, repr=False)
 
 
@@ -104,8 +106,14 @@ class KeyedScheduler(Generic[T, S]):
         state = self._keys[head.key]
         state.pending = None
         state.in_flight = head
+        if head.first_taken_at is None:
+            head.first_taken_at = now
         self._in_flight += 1
         return head
+
+    def peek(self, lane: Hashable) -> Work[T, S] | None:
+        """The work ``take`` would consider next in ``lane`` (ready or not), without taking it."""
+        return self._head(lane)
 
     def next_ready_at(self, lane: Hashable) -> float | None:
         """When the lane's earliest work becomes ready (may be in the past); None when empty."""

@@ -78,11 +78,22 @@ class MemorySource:
         self.closed = True
 
 
+@dataclass(frozen=True)
+class Landed:
+    topic: str
+    partition: int
+    offset: int
+
+
 @dataclass
 class MemorySink:
+    """Records what is produced; topics in ``forward`` also land in that MemorySource's
+    partition 0 (so the engine can read back what it parked)."""
+
     produced: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]] = field(
         default_factory=list
     )
+    forward: dict[str, MemorySource] = field(default_factory=dict)
 
     async def produce(
         self,
@@ -91,8 +102,31 @@ class MemorySink:
         key: bytes | None,
         value: bytes | None,
         headers: Sequence[tuple[str, bytes]],
-    ) -> None:
+    ) -> Landed:
         self.produced.append((topic, key, value, list(headers)))
+        target = self.forward.get(topic)
+        if target is None:
+            return Landed(topic, 0, len(self.produced) - 1)
+        log = target.records[(topic, 0)]
+        log.append(Record(topic, 0, len(log), key, value, tuple(headers)))
+        return Landed(topic, 0, len(log) - 1)
+
+
+class MemoryParkingLog:
+    """The parking topic as one in-memory partition, read back by its own MemorySource."""
+
+    topic = "parking"
+
+    def __init__(self) -> None:
+        self.source = MemorySource({(self.topic, 0): []})
+
+    async def committed(self, partitions: Sequence[int]) -> Mapping[int, int]:
+        return {
+            p: offset for (_, p), (offset, _) in self.source.committed.items() if p in partitions
+        }
+
+    async def unreplayed(self) -> list[Record]:
+        return []
 
 
 def answer(status: int | None, body: Mapping[str, object] | None = None) -> Answer:

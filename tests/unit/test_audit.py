@@ -26,6 +26,7 @@ from consumer.deadletter import REJECTED_BY_HIGHLEVEL, Failure, dead_letter_head
 from consumer.dedupe import MessageDeduper
 from consumer.events import ContactUpsert, Record, TagMode
 from consumer.mapping import Mapper, build_mapper
+from consumer.parking import ParkReason, encode_parked
 from consumer.profiles import InMemoryProfileStore
 from consumer.sandbox.schema import validate_upsert
 from consumer.sandbox.state import SandboxState
@@ -226,6 +227,20 @@ def test_source_index_ignores_records_without_source_headers() -> None:
     index.add([Record("parking", 0, 0, None, b"x", (("ghl.reason", b"held"),))])
     assert (index.records, index.unmatched) == (1, 1)
     assert not index.holds(("events", 0, 0), None)
+
+
+def test_a_parking_record_accounts_for_every_source_record_folded_into_it() -> None:
+    upsert = ContactUpsert(
+        integration_id="default", location_id="L", contact_key="u1", fields={"email": "a@b.co"}
+    )
+    sources = [Record("events", 0, 3, b"u1", b"{}"), Record("events", 0, 7, b"u1", b"{}")]
+    key, value, headers = encode_parked(upsert, sources, ParkReason.UNAUTHORIZED)
+    index = SourceIndex()
+    index.add([Record("parking", 0, 0, key, value, tuple(headers))])
+    assert index.holds(("events", 0, 3), "default")
+    assert index.holds(("events", 0, 7), "default")
+    assert not index.holds(("events", 0, 7), "other")
+    assert not index.holds(("events", 0, 5), None)
 
 
 # -- comparison ---------------------------------------------------------------------------------

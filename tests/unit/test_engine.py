@@ -18,7 +18,7 @@ from consumer.mapping import Mapper
 from consumer.metrics import Metrics
 from consumer.profiles import InMemoryProfileStore
 from consumer.ratelimit import Budget, LocalBackend, RateLimiter
-from tests.unit.engine_fakes import FakeHighLevel, MemorySink, MemorySource
+from tests.unit.engine_fakes import FakeHighLevel, MemoryParkingLog, MemorySink, MemorySource
 
 LOCATION = "ve9EPM428h8vShlRW1KT"
 TOKEN = "pit-secret-token"
@@ -41,6 +41,7 @@ def build(
     sink: MemorySink | None = None,
     metrics: Metrics | None = None,
     debugger: Debugger | None = None,
+    parking: MemoryParkingLog | None = None,
     **options: float,
 ) -> Engine:
     settings = load_settings(
@@ -61,10 +62,15 @@ def build(
         "retry_base": 0.01,
         "retry_max": 0.05,
         "drain_timeout": 2.0,
+        "parking_check_interval": 0.05,
     }
+    sink = sink or MemorySink()
+    parking = parking or MemoryParkingLog()
+    sink.forward[parking.topic] = parking.source
     return Engine(
         source=source,
-        sink=sink or MemorySink(),
+        sink=sink,
+        parking=parking,
         mapper=mapper,
         limiter=limiter,
         sender=highlevel,
@@ -299,22 +305,65 @@ async def test_a_full_partition_pauses_and_resumes_as_work_drains() -> None:
 
 
 @pytest.mark.parametrize("status", [401, 403])
-async def test_unauthorized_integration_holds_events_until_the_token_works(status: int) -> None:
+async def test_an_unauthorized_integration_parks_its_events_and_replays_them_once_it_works(
+    status: int,
+) -> None:
     answers: dict[str, int] = {"status": status}
     source = MemorySource({("events", 0): records("events", 0, [("lead-987", GUIDE_IDENTIFY)])})
     highlevel = FakeHighLevel(script=lambda payload: answers["status"])
-    engine = build(source, highlevel, unauthorized_probe_interval=0.1)
+    parking = MemoryParkingLog()
+    engine = build(source, highlevel, parking=parking, unauthorized_probe_interval=0.1)
     stop = asyncio.Event()
     task = asyncio.create_task(engine.run(stop))
-    await asyncio.sleep(0.25)
-    assert committed(source) in (None, 0)
+    async with asyncio.timeout(5):  # parked: the source partition moves on
+        while committed(source) != 1:
+            await asyncio.sleep(0.01)
+    [parked] = parking.source.records[("parking", 0)]
+    assert dict(parked.headers)["ghl.park.reason"] == b"unauthorized"
+    assert engine.unhealthy == {"default"}
+    await asyncio.sleep(0.25)  # probes keep failing: nothing delivered, nothing lost
+    assert highlevel.upserts == []
     answers["status"] = 200
     async with asyncio.timeout(5):
-        while committed(source) != 1:
+        while committed(parking.source, "parking") != 1:
             await asyncio.sleep(0.01)
     stop.set()
     await task
     assert len(highlevel.upserts) == 1
+    assert highlevel.upserts[0]["email"] == "sam@example.com"
+    assert engine.unhealthy == frozenset()
+
+
+async def test_a_contact_failing_past_max_retry_is_parked_and_its_newer_events_follow_it() -> None:
+    first = {**GUIDE_IDENTIFY, "traits": {**GUIDE_IDENTIFY["traits"], "first_name": "v1"}}  # type: ignore[dict-item]
+    second = {**GUIDE_IDENTIFY, "traits": {**GUIDE_IDENTIFY["traits"], "first_name": "v2"}}  # type: ignore[dict-item]
+    failing = {"on": True}
+    source = MemorySource({("events", 0): records("events", 0, [("lead-987", first)])})
+    highlevel = FakeHighLevel(script=lambda payload: 503 if failing["on"] else 200)
+    parking = MemoryParkingLog()
+    engine = build(source, highlevel, parking=parking, max_retry=0.1)
+    stop = asyncio.Event()
+    task = asyncio.create_task(engine.run(stop))
+    async with asyncio.timeout(5):
+        while committed(source) != 1:
+            await asyncio.sleep(0.01)
+    # A newer event of the same contact must queue behind the parked one, not overtake it.
+    source.records[("events", 0)].append(
+        Record("events", 0, 1, b"lead-987", orjson.dumps(second))
+    )
+    async with asyncio.timeout(5):
+        while committed(source) != 2:
+            await asyncio.sleep(0.01)
+    reasons = [dict(r.headers)["ghl.park.reason"] for r in parking.source.records[("parking", 0)]]
+    assert reasons[0] == b"retry_exhausted"
+    assert set(reasons[1:]) <= {b"contact_parked"}
+    failing["on"] = False
+    async with asyncio.timeout(5):
+        while not highlevel.upserts or highlevel.upserts[-1]["firstName"] != "v2":
+            await asyncio.sleep(0.01)
+    stop.set()
+    await task
+    assert [u["firstName"] for u in highlevel.upserts] in (["v1", "v2"], ["v2"])
 
 
 async def test_shutdown_drains_in_flight_work_then_commits() -> None:

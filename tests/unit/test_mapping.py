@@ -794,3 +794,18 @@ def test_event_shaped_input_never_raises_and_payloads_are_schema_valid(
         outcome = outcomes[0]
         if isinstance(outcome, ContactUpsert):
             assert "email" in outcome.fields or "phone" in outcome.fields
+
+
+def test_build_mapper_uses_the_store_it_is_given_even_an_empty_one() -> None:
+    from consumer.config import load_settings
+    from consumer.mapping import build_mapper
+    from consumer.profiles import ChangelogProfileStore
+
+    store = ChangelogProfileStore()
+    settings = load_settings(None, {"GHL_LOCATION_ID": "L", "GHL_ACCESS_TOKEN": "t"})
+    mapper = build_mapper(settings, store)
+    mapper.map_record(
+        value=orjson.dumps(identify({"email": "sam@example.com"})), key=None, topic="events", now=0
+    )
+    assert store.get("u1") is not None
+    assert store.take_writes()

@@ -12,7 +12,6 @@ from consumer.metrics import (
     OTHER,
     Endpoint,
     Metrics,
-    ParkReason,
     Readiness,
     RebalanceKind,
     RetryReason,
@@ -23,6 +22,7 @@ from consumer.metrics import (
     status_class,
 )
 from consumer.offsets import PartitionStats
+from consumer.parking import ParkReason
 from consumer.ratelimit import LimiterState
 
 INTEGRATIONS = {"acme": "loc-acme", "beta": "loc-beta"}
