@@ -249,6 +249,15 @@ class SandboxState:
     def location_for_token(self, token: str) -> Location | None:
         return self._tokens.get(token)
 
+    def revoke_token(self, token: str) -> None:
+        """Forget ``token``: requests with it answer 401 from now on (a deleted or rotated
+        Private Integration token)."""
+        self._tokens.pop(token, None)
+
+    def grant_token(self, location_id: str, token: str) -> None:
+        """Accept ``token`` for ``location_id`` (KeyError for an unknown location)."""
+        self._tokens[token] = self.locations[location_id]
+
     def upsert(self, location: Location, payload: Mapping[str, Any], now: float) -> UpsertResult:
         """Create or update the contact ``payload`` (validated by ``schema``) designates."""
         email = payload.get("email")

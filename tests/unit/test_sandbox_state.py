@@ -276,3 +276,13 @@ def test_unenforced_limits_count_but_never_refuse() -> None:
     assert decisions[-1].remaining == 0
     assert decisions[-1].daily_remaining == 0
     assert window.daily_used == 3
+
+
+def test_a_revoked_token_is_unknown_until_granted_again() -> None:
+    state = SandboxState({"loc-1": "t1"})
+    state.revoke_token("t1")
+    assert state.location_for_token("t1") is None
+    state.grant_token("loc-1", "t1")
+    location = state.location_for_token("t1")
+    assert location is not None
+    assert location.id == "loc-1"
