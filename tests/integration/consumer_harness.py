@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import os
 import signal
 import sys
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from confluent_kafka import (
     Consumer,
@@ -19,6 +21,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from consumer.sandbox.process import sandbox_command
 from tests.kafka_broker import ROOT
 
 
@@ -133,3 +136,146 @@ async def start_consumer(env: Mapping[str, str], *args: str) -> asyncio.subproce
         stderr=asyncio.subprocess.PIPE,
         preexec_fn=_die_with_parent,
     )
+
+
+def produce_rounds(
+    bootstrap: str,
+    topic: str,
+    rounds: Sequence[Sequence[tuple[bytes | None, bytes | None]]],
+    *,
+    interval_s: float = 0.0,
+) -> list[tuple[int, int]]:
+    """Produce ``rounds`` one after another, each flushed, ``interval_s`` apart (a live stream
+    rather than a backlog); return every record's (partition, offset), in produce order.
+    Blocking: run it in a thread (``asyncio.to_thread``) while consumers run."""
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    positions: list[tuple[int, int] | None] = []
+
+    def remember(index: int) -> Callable[[KafkaError | None, Message], None]:
+        def on_delivery(err: KafkaError | None, message: Message) -> None:
+            assert err is None, err
+            positions[index] = (message.partition(), message.offset())
+
+        return on_delivery
+
+    for number, batch in enumerate(rounds):
+        if number and interval_s:
+            time.sleep(interval_s)
+        for key, value in batch:
+            positions.append(None)
+            producer.produce(topic, key=key, value=value, on_delivery=remember(len(positions) - 1))
+        assert producer.flush(60) == 0
+    assert all(p is not None for p in positions)
+    return [p for p in positions if p is not None]
+
+
+class CommitSampler:
+    """Reads a group's committed offsets every ``interval_s`` in a thread, with one client, for
+    as long as the ``with`` block lasts. ``samples`` holds (``time.time()`` taken after the
+    read returned, {partition: offset}); -1001 where the group has no commit. A read the
+    group coordinator cannot answer yet is skipped, not recorded."""
+
+    def __init__(
+        self, bootstrap: str, group: str, topic: str, partitions: int, interval_s: float = 0.2
+    ) -> None:
+        self._consumer = Consumer(
+            {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
+        )
+        self._request = [TopicPartition(topic, p) for p in range(partitions)]
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="commit-sampler", daemon=True)
+        self.samples: list[tuple[float, dict[int, int]]] = []
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                committed = self._consumer.committed(self._request, timeout=10)
+            except KafkaException as exc:
+                if exc.args[0].code() not in _COORDINATOR_BUSY:
+                    raise
+            else:
+                self.samples.append((time.time(), {tp.partition: tp.offset for tp in committed}))
+            self._stop.wait(self._interval_s)
+
+    def latest(self) -> dict[int, int]:
+        """The newest sample ({} before the first)."""
+        return self.samples[-1][1] if self.samples else {}
+
+    def __enter__(self) -> CommitSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        self._consumer.close()
+
+
+class ProcessLog:
+    """Follows a child's stderr line by line (so its pipe never fills) for assertions on it."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stderr is not None, "start the process with stderr=PIPE"
+        self.process = process
+        self.lines: list[str] = []
+        self._reader = asyncio.create_task(self._read(process.stderr))
+
+    async def _read(self, stream: asyncio.StreamReader) -> None:
+        async for line in stream:
+            self.lines.append(line.decode(errors="replace").rstrip("\n"))
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    def count(self, fragment: str) -> int:
+        return sum(fragment in line for line in self.lines)
+
+    async def wait_for(self, fragment: str, *, times: int = 1, poll_s: float = 0.05) -> None:
+        """Return once ``fragment`` appeared in ``times`` lines (bound it with asyncio.timeout);
+        AssertionError, with the log's tail, if the process exits first."""
+        while self.count(fragment) < times:
+            if self.process.returncode is not None:
+                await self._reader
+                if self.count(fragment) >= times:
+                    return
+                raise AssertionError(
+                    f"process exited ({self.process.returncode}) before logging {fragment!r}:\n"
+                    + "\n".join(self.lines[-40:])
+                )
+            await asyncio.sleep(poll_s)
+
+    async def finished(self) -> int:
+        """Wait for the process to exit and its stderr to be read; return the exit code."""
+        code = await self.process.wait()
+        await self._reader
+        return code
+
+
+async def stop_process(process: asyncio.subprocess.Process, sig: int = signal.SIGTERM) -> int:
+    """Send ``sig`` unless the process already exited; wait for it; return its exit code."""
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(sig)
+    return await process.wait()
+
+
+async def start_sandbox(
+    locations: Mapping[str, str], *args: str, port: int = 0
+) -> tuple[asyncio.subprocess.Process, str]:
+    """Start ``python -m consumer sandbox`` on ``port`` (0: a free one) with extra CLI ``args``;
+    return the process and its base URL. Unlike ``consumer.sandbox.sandbox_process`` the caller
+    owns its end (SIGKILL it to test a HighLevel outage; ``stop_process`` it after)."""
+    process = await asyncio.create_subprocess_exec(
+        *sandbox_command(locations, args, port=port),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        preexec_fn=_die_with_parent,
+    )
+    assert process.stdout is not None  # stdout=PIPE above
+    async with asyncio.timeout(30):
+        url = (await process.stdout.readline()).decode().strip()
+    if not url.startswith("http"):
+        await stop_process(process, signal.SIGKILL)
+        raise AssertionError(f"sandbox did not start (exit code {process.returncode})")
+    return process, url

@@ -1,0 +1,582 @@
+"""The streaming engine's guarantees (issue 5, "Done when"), end to end: a real broker, the
+sandbox over HTTP, real ``python -m consumer run`` processes.
+
+Every stream is made of versioned identifies: user ``u`` (Kafka key ``user-u``, email
+``user-u@example.com``) says ``first_name = "vNNN"`` with NNN counting up in produce order, so
+the sandbox's request log shows which version of each contact every successful upsert carried,
+and in which order they landed. Page events are mixed in: the engine drops them
+(``not_mapped``), and their offsets must complete all the same.
+
+What is checked, and against what:
+- order: the versions a contact receives never go back (``strictly_increasing``), and after a
+  rebalance never below what the group had already committed (``stale_writes``);
+- commit after delivery: every record below a committed offset was delivered (or dropped)
+  before that commit was read (``undelivered_commits``);
+- no commit from a revoked partition: the group's committed offsets, sampled every 200 ms,
+  never go backwards (``backward_commits``);
+- nothing lost: every contact ends at its last version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import signal
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from consumer.sandbox import Faults, RateLimits, run_sandbox
+from tests.integration.consumer_harness import (
+    CommitSampler,
+    ProcessLog,
+    end_offsets,
+    produce_rounds,
+    start_consumer,
+    start_sandbox,
+    stop_process,
+)
+
+pytestmark = pytest.mark.integration
+
+LOCATION, TOKEN = "ve9EPM428h8vShlRW1KT", "pit-engine-guarantees-token"
+# Rate limits out of the way on both sides. The sandbox still sends X-RateLimit-* headers, and
+# the consumer adopts a stricter window from them, so it must announce a generous one.
+UNLIMITED = RateLimits(burst=1_000_000, interval_ms=1000, daily=100_000_000, enforced=False)
+UNLIMITED_ARGS = (
+    *("--unlimited", "--burst", "1000000", "--interval-ms", "1000", "--daily", "100000000"),
+)
+FAST_DELIVERY = {"rate_burst": 1_000_000, "rate_sustained": 1_000_000, "rate_interval_seconds": 1}
+
+Records = list[tuple[bytes | None, bytes | None]]
+
+
+# -- the stream ----------------------------------------------------------------------------------
+
+
+def identify(user: int, version: int, run: str) -> bytes:
+    return orjson.dumps(
+        {
+            "type": "identify",
+            "userId": f"user-{user}",
+            "messageId": f"{run}-{user}-{version}",
+            "traits": {"email": f"user-{user}@example.com", "first_name": f"v{version:03d}"},
+            "context": {"consent": {"canonical": {"marketing": True}}},
+        }
+    )
+
+
+def page(user: int) -> bytes:
+    return orjson.dumps({"type": "page", "userId": f"user-{user}", "name": "Pricing"})
+
+
+def versions_round(users: int, version: int, run: str, *, pages: bool = False) -> Records:
+    """Version ``version`` of every user (and a page view each, when ``pages``)."""
+    batch: Records = []
+    for user in range(users):
+        key = f"user-{user}".encode()
+        batch.append((key, identify(user, version, run)))
+        if pages:
+            batch.append((key, page(user)))
+    return batch
+
+
+@dataclass(frozen=True, slots=True)
+class Produced:
+    """Where every versioned identify went: (user, version) -> (partition, offset), and the
+    offsets of everything else (dropped by the engine)."""
+
+    identifies: dict[tuple[int, int], tuple[int, int]]
+    others: set[tuple[int, int]]
+
+    @classmethod
+    def of(cls, records: Records, positions: Sequence[tuple[int, int]]) -> Produced:
+        identifies: dict[tuple[int, int], tuple[int, int]] = {}
+        others: set[tuple[int, int]] = set()
+        for (_, value), position in zip(records, positions, strict=True):
+            event = orjson.loads(value or b"{}")
+            if event.get("type") == "identify":
+                user = int(event["userId"].removeprefix("user-"))
+                identifies[user, _version(event["traits"]["first_name"])] = position
+            else:
+                others.add(position)
+        return cls(identifies, others)
+
+    def merged(self, other: Produced) -> Produced:
+        return Produced({**self.identifies, **other.identifies}, self.others | other.others)
+
+    def last_versions(self) -> dict[int, int]:
+        last: dict[int, int] = {}
+        for user, version in self.identifies:
+            last[user] = max(version, last.get(user, -1))
+        return last
+
+    def by_partition(self) -> dict[int, list[tuple[int, tuple[int, int] | None]]]:
+        """partition -> [(offset, (user, version) or None for a dropped event)], by offset."""
+        rows: dict[int, list[tuple[int, tuple[int, int] | None]]] = defaultdict(list)
+        for uv, (partition, offset) in self.identifies.items():
+            rows[partition].append((offset, uv))
+        for partition, offset in self.others:
+            rows[partition].append((offset, None))
+        return {p: sorted(r, key=lambda row: row[0]) for p, r in rows.items()}
+
+
+async def produce_live(
+    bootstrap: str, topic: str, rounds: Sequence[Records], *, interval_s: float = 0.0
+) -> Produced:
+    """Produce ``rounds`` ``interval_s`` apart in a thread (the loop keeps serving)."""
+    positions = await asyncio.to_thread(
+        produce_rounds, bootstrap, topic, rounds, interval_s=interval_s
+    )
+    return Produced.of([record for batch in rounds for record in batch], positions)
+
+
+def _version(first_name: str) -> int:
+    return int(first_name.removeprefix("v"))
+
+
+# -- what the sandbox saw --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Landed:
+    """One successful upsert as the sandbox applied it."""
+
+    at: float  # epoch seconds, when the sandbox applied it (millisecond resolution)
+    user: int
+    version: int
+
+
+def landed_upserts(requests: Iterable[Mapping[str, Any]]) -> list[Landed]:
+    """The successful ``POST /contacts/upsert`` of the request log, in the order applied."""
+    landed = []
+    for entry in requests:
+        if entry["path"] == "/contacts/upsert" and entry["status"] == 200:
+            body = entry["body"]
+            user = int(body["email"].removeprefix("user-").removesuffix("@example.com"))
+            at = datetime.fromisoformat(entry["time"].replace("Z", "+00:00")).timestamp()
+            landed.append(Landed(at, user, _version(body["firstName"])))
+    return landed
+
+
+def sequences(landed: Iterable[Landed]) -> dict[int, list[int]]:
+    per_user: dict[int, list[int]] = defaultdict(list)
+    for upsert in landed:
+        per_user[upsert.user].append(upsert.version)
+    return per_user
+
+
+async def sandbox_get(http: aiohttp.ClientSession, url: str, path: str) -> Any:
+    async with http.get(f"{url}{path}") as response:
+        assert response.status == 200, await response.text()
+        return await response.json()
+
+
+async def landed_at(http: aiohttp.ClientSession, url: str) -> list[Landed]:
+    """``landed_upserts`` of a sandbox child, over its admin endpoint."""
+    return landed_upserts((await sandbox_get(http, url, "/_sandbox/requests"))["requests"])
+
+
+# -- the checks ------------------------------------------------------------------------------------
+
+
+def strictly_increasing(per_user: Mapping[int, Sequence[int]]) -> list[str]:
+    """Users whose received versions ever repeat or go back."""
+    return [
+        f"user-{user}: {versions}"
+        for user, versions in sorted(per_user.items())
+        if any(b <= a for a, b in itertools.pairwise(versions))
+    ]
+
+
+def backward_commits(samples: Sequence[tuple[float, Mapping[int, int]]]) -> list[str]:
+    """Partitions whose committed offset ever decreased between two samples: a commit from a
+    member that no longer owned the partition (the new owner only commits at or above the
+    offset it was handed)."""
+    problems = []
+    highest: dict[int, int] = {}
+    for at, offsets in samples:
+        for partition, offset in offsets.items():
+            if offset < highest.get(partition, -1001):
+                problems.append(f"p{partition}: {highest[partition]} -> {offset} at {at:.3f}")
+            highest[partition] = max(offset, highest.get(partition, -1001))
+    return problems
+
+
+def stale_writes(
+    landed: Sequence[Landed],
+    produced: Produced,
+    samples: Sequence[tuple[float, Mapping[int, int]]],
+) -> list[str]:
+    """Upserts that set a contact back to a version older than one the group had already
+    committed before the upsert landed (commit samples are stamped after they were read, the
+    sandbox stamps when it applied: a sample older than the landing proves the order)."""
+    partition_of = {user: p for (user, _), (p, _) in produced.identifies.items()}
+    versions_below: dict[int, list[tuple[int, int]]] = defaultdict(list)  # user -> (offset, v)
+    for (user, version), (_, offset) in produced.identifies.items():
+        versions_below[user].append((offset, version))
+    for rows in versions_below.values():
+        rows.sort()
+    problems = []
+    index, committed = 0, {}
+    for upsert in sorted(landed, key=lambda u: u.at):
+        while index < len(samples) and samples[index][0] < upsert.at:
+            for partition, offset in samples[index][1].items():
+                committed[partition] = max(offset, committed.get(partition, -1001))
+            index += 1
+        floor = committed.get(partition_of[upsert.user], -1001)
+        done = [v for offset, v in versions_below[upsert.user] if offset < floor]
+        if done and upsert.version < max(done):
+            problems.append(
+                f"user-{upsert.user}: v{upsert.version} landed at {upsert.at:.3f} after "
+                f"v{max(done)} was committed"
+            )
+    return problems
+
+
+def undelivered_commits(
+    landed: Sequence[Landed],
+    produced: Produced,
+    samples: Sequence[tuple[float, Mapping[int, int]]],
+) -> list[str]:
+    """Commits that covered a record not delivered by the time the commit was read. With one
+    consumer and key order, record (user, v) is delivered once an upsert carrying v or a newer
+    version of that user landed (coalescing folds older versions into newer ones)."""
+    rows = produced.by_partition()
+    problems = []
+    ordered = sorted(landed, key=lambda u: u.at)
+    for at, offsets in samples:
+        delivered: dict[int, int] = {}
+        for upsert in ordered:
+            if upsert.at >= at:
+                break
+            delivered[upsert.user] = max(upsert.version, delivered.get(upsert.user, -1))
+        for partition, committed in offsets.items():
+            for offset, uv in rows.get(partition, []):
+                if offset >= committed:
+                    break
+                if uv is not None and delivered.get(uv[0], -1) < uv[1]:
+                    problems.append(
+                        f"p{partition} committed {committed} at {at:.3f} but offset {offset} "
+                        f"(user-{uv[0]} v{uv[1]}) was not delivered"
+                    )
+                    break
+    return problems
+
+
+def final_states(contacts: Iterable[Mapping[str, Any]], produced: Produced) -> list[str]:
+    """Users whose contact is missing, duplicated or not at their last version."""
+    expected = {f"user-{u}@example.com": f"v{v:03d}" for u, v in produced.last_versions().items()}
+    seen: dict[str, list[str]] = defaultdict(list)
+    for contact in contacts:
+        seen[contact["email"]].append(contact.get("firstName", ""))
+    return [
+        f"{email}: expected [{want}], sandbox has {seen.get(email, [])}"
+        for email, want in sorted(expected.items())
+        if seen.get(email) != [want]
+    ] + [f"{email}: unexpected contact" for email in sorted(set(seen) - set(expected))]
+
+
+# -- running consumers -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """One consumer group on one topic, and how its members are started."""
+
+    bootstrap: str
+    topic: str
+    partitions: int
+    id: str
+    env: dict[str, str]
+    config: Path
+
+    async def start(self) -> ProcessLog:
+        process = await start_consumer(self.env, "--config", str(self.config))
+        return ProcessLog(process)
+
+    @property
+    def assigned(self) -> str:
+        """What the engine logs when a member is given partitions of the topic."""
+        return f"assigned [('{self.topic}',"
+
+    def sampler(self) -> CommitSampler:
+        return CommitSampler(self.bootstrap, self.id, self.topic, self.partitions)
+
+    def ends(self) -> dict[int, int]:
+        return end_offsets(self.bootstrap, self.topic, self.partitions)
+
+
+def make_group(
+    bootstrap: str,
+    topic: str,
+    partitions: int,
+    api_url: str,
+    config_dir: Path,
+    *,
+    engine: Mapping[str, object] = {},
+    delivery: Mapping[str, object] = FAST_DELIVERY,
+    env: Mapping[str, str] = {},
+) -> Group:
+    group = f"engine-{uuid.uuid4().hex[:8]}"
+    config = config_dir / f"{group}.toml"
+    config.write_text(_toml({"engine": engine, "delivery": delivery}))
+    return Group(
+        bootstrap,
+        topic,
+        partitions,
+        group,
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "KAFKA_TOPICS": topic,
+            "KAFKA_GROUP_ID": group,
+            "GHL_LOCATION_ID": LOCATION,
+            "GHL_ACCESS_TOKEN": TOKEN,
+            "GHL_API_BASE_URL": api_url,
+            **env,
+        },
+        config,
+    )
+
+
+def _toml(sections: Mapping[str, Mapping[str, object]]) -> str:
+    lines = []
+    for name, values in sections.items():
+        lines.append(f"[{name}]")
+        lines += [f"{key} = {orjson.dumps(value).decode()}" for key, value in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+async def until_committed(
+    sampler: CommitSampler, ends: Mapping[int, int], members: Sequence[ProcessLog]
+) -> None:
+    """Wait until the group committed ``ends``; AssertionError if a member died meanwhile.
+    Bound it with asyncio.timeout."""
+    while sampler.latest() != ends:
+        for member in members:
+            if member.process.returncode is not None:
+                raise AssertionError(
+                    f"consumer exited ({member.process.returncode}):\n{member.text()[-3000:]}"
+                )
+        await asyncio.sleep(0.1)
+
+
+async def stop_cleanly(*members: ProcessLog) -> None:
+    """SIGTERM every member; each must drain, commit and exit 0."""
+    for member in members:
+        if member.process.returncode is None:
+            member.process.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(40):
+        codes = [await member.finished() for member in members]
+    for number, member in enumerate(members):
+        print(f"--- consumer {number} (pid {member.process.pid}) ---\n{member.text()}")
+    for member, code in zip(members, codes, strict=True):
+        assert code == 0, member.text()[-3000:]
+
+
+# -- the tests -------------------------------------------------------------------------------------
+
+
+async def test_per_contact_order_holds_under_concurrent_delivery(
+    kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    """A live stream of 40 versions for each of 24 users over 4 partitions, no coalescing
+    window, 15 ms per request, so different contacts' requests overlap: each contact
+    receives its versions strictly in event order (none twice: one consumer, no faults) and
+    ends at its last one."""
+    users, versions, latency = 24, 40, 0.015
+    topic = new_topic(partitions=4)
+    run = uuid.uuid4().hex[:6]
+    rounds = [versions_round(users, v, run, pages=v % 5 == 0) for v in range(versions)]
+    async with run_sandbox(
+        locations={LOCATION: TOKEN},
+        limits=UNLIMITED,
+        faults=Faults(latency_ms=latency * 1000),
+        request_log_size=100_000,
+    ) as sandbox:
+        group = make_group(
+            kafka_bootstrap, topic, 4, sandbox.url, tmp_path, engine={"coalesce_window_ms": 0}
+        )
+        with group.sampler() as sampler:
+            member = await group.start()
+            try:
+                async with asyncio.timeout(90):
+                    await member.wait_for(group.assigned)
+                    produced = await produce_live(kafka_bootstrap, topic, rounds, interval_s=0.06)
+                    await until_committed(sampler, group.ends(), [member])
+            finally:
+                await stop_cleanly(member)
+        requests = list(sandbox.requests)
+        contacts = sandbox.contacts(LOCATION)
+
+    assert [r for r in requests if r["status"] != 200] == []
+    landed = landed_upserts(requests)
+    per_user = sequences(landed)
+    assert strictly_increasing(per_user) == []
+    assert final_states(contacts, produced) == []
+    assert {u: seq[-1] for u, seq in per_user.items()} == produced.last_versions()
+    # The stream exercised ordering: most versions went out on their own, not coalesced...
+    assert len(landed) >= users * versions // 2, len(landed)
+    # ...and requests overlapped: at one at a time they would need len(landed) * latency.
+    span = landed[-1].at - landed[0].at
+    assert len(landed) * latency > 2 * span, (len(landed), span)
+    assert backward_commits(sampler.samples) == []
+
+
+async def test_guides_identify_then_lead_generated_costs_one_http_call(
+    kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    """The integration guide's example: identify then "Lead Generated" for lead-987, back to
+    back, default 250 ms window: one upsert, exactly the guide's payload (DESIGN.md s. 3)."""
+    topic = new_topic(partitions=1)
+    identify_event = {
+        "type": "identify",
+        "userId": "lead-987",
+        "messageId": "guide-identify",
+        "traits": {
+            "email": "sam@example.com",
+            "phone": "+1 415 555 0142",
+            "first_name": "Sam",
+            "last_name": "Rivera",
+        },
+        "context": {"consent": {"canonical": {"marketing": True}}},
+    }
+    lead_event = {
+        "type": "track",
+        "userId": "lead-987",
+        "messageId": "guide-lead",
+        "event": "Lead Generated",
+        "properties": {"source": "Pricing Page Form", "lead_tag": "website-lead"},
+    }
+    records: Records = [
+        (b"lead-987", orjson.dumps(identify_event)),
+        (b"lead-987", orjson.dumps(lead_event)),
+    ]
+    await asyncio.to_thread(produce_rounds, kafka_bootstrap, topic, [records])
+    async with run_sandbox(locations={LOCATION: TOKEN}) as sandbox:
+        # Default settings: the 250 ms window, HighLevel's rate budget.
+        group = make_group(kafka_bootstrap, topic, 1, sandbox.url, tmp_path, delivery={})
+        with group.sampler() as sampler:
+            member = await group.start()
+            try:
+                async with asyncio.timeout(60):
+                    await until_committed(sampler, group.ends(), [member])
+            finally:
+                await stop_cleanly(member)
+        requests = list(sandbox.requests)
+
+    assert [(r["method"], r["path"], r["status"]) for r in requests] == [
+        ("POST", "/contacts/upsert", 200)
+    ]
+    assert requests[0]["body"] == {
+        "locationId": "ve9EPM428h8vShlRW1KT",
+        "email": "sam@example.com",
+        "phone": "+14155550142",
+        "firstName": "Sam",
+        "lastName": "Rivera",
+        "source": "Pricing Page Form",
+        "tags": ["website-lead"],
+        "dnd": False,
+    }
+
+
+async def test_no_offset_is_committed_before_its_event_is_delivered(
+    kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    """HighLevel goes away mid-stream: the sandbox (a child process) first stops answering
+    (100 % hangs, so its request log is final), then is SIGKILLed. For 3 s the consumer finds
+    nothing listening; every commit read during the whole run covers only delivered records
+    (or dropped page views). A new sandbox on the same port, with the first one's state
+    file, then receives the rest: offsets reach the end, every contact its last version."""
+    users, versions = 60, 4
+    topic = new_topic(partitions=2)
+    run = uuid.uuid4().hex[:6]
+    records = [r for v in range(versions) for r in versions_round(users, v, run, pages=True)]
+    produced = await produce_live(kafka_bootstrap, topic, [records])
+    state_file = tmp_path / "sandbox-state.json"
+    sandbox_args = (*UNLIMITED_ARGS, "--latency-ms", "20", "--state-file", str(state_file))
+    sandbox, url = await start_sandbox({LOCATION: TOKEN}, *sandbox_args)
+    port = int(url.rsplit(":", 1)[1])
+    group = make_group(
+        kafka_bootstrap,
+        topic,
+        2,
+        url,
+        tmp_path,
+        # 20 upserts/s stretches the backlog over seconds; commits every 200 ms follow
+        # deliveries closely; a dead HighLevel is retried at least every second.
+        engine={"coalesce_window_ms": 0, "commit_interval_ms": 200},
+        delivery={
+            "rate_burst": 20,
+            "rate_sustained": 20,
+            "rate_interval_seconds": 1,
+            "retry_base_seconds": 0.2,
+            "retry_max_seconds": 1,
+            "timeout_seconds": 2,
+        },
+    )
+    ends = group.ends()
+    async with aiohttp.ClientSession() as http:
+        try:
+            with group.sampler() as sampler:
+                member = await group.start()
+                try:
+                    async with asyncio.timeout(60):
+                        while (
+                            len(await landed_at(http, url)) < 15
+                            or sum(max(0, o) for o in sampler.latest().values()) == 0
+                        ):
+                            await asyncio.sleep(0.1)
+                    async with http.put(f"{url}/_sandbox/faults", json={"hangRate": 1.0}) as r:
+                        assert r.status == 200
+                    # Requests admitted before the change land within their 20 ms latency.
+                    async with asyncio.timeout(10):
+                        before: list[Landed] = []
+                        while True:
+                            await asyncio.sleep(0.3)
+                            now = await landed_at(http, url)
+                            if now == before:
+                                break
+                            before = now
+                    async with http.post(f"{url}/_sandbox/save") as r:
+                        assert r.status == 200
+                    assert await stop_process(sandbox, signal.SIGKILL) == -signal.SIGKILL
+                    outage_started = len(sampler.samples)
+                    await asyncio.sleep(3)  # observing that nothing happens takes time
+                    during_outage = sampler.samples[outage_started:]
+                    delivered_first = before
+
+                    sandbox, _ = await start_sandbox({LOCATION: TOKEN}, *sandbox_args, port=port)
+                    async with asyncio.timeout(60):
+                        await until_committed(sampler, ends, [member])
+                    contacts = (
+                        await sandbox_get(http, url, f"/_sandbox/contacts?locationId={LOCATION}")
+                    )["contacts"]
+                    delivered_after = await landed_at(http, url)
+                finally:
+                    await stop_cleanly(member)
+        finally:
+            await stop_process(sandbox)
+
+    # While HighLevel was away, commits stayed within what it had received before.
+    first_samples = sampler.samples[: outage_started + len(during_outage)]
+    assert undelivered_commits(delivered_first, produced, first_samples) == []
+    held = during_outage[-1][1]
+    assert held != ends, "the stream was over before the outage: nothing was tested"
+    assert any(c > 0 for c in held.values()), "nothing was committed before the outage"
+    # ...and stopped advancing (the last second of the outage saw one committed state).
+    last_second = [o for at, o in during_outage if at > during_outage[-1][0] - 1]
+    assert len(last_second) >= 3, during_outage
+    assert all(o == held for o in last_second), during_outage
+    # Then everything arrived, and the rest of the run kept the rule too.
+    assert final_states(contacts, produced) == []
+    assert undelivered_commits(delivered_first + delivered_after, produced, sampler.samples) == []
+    assert backward_commits(sampler.samples) == []
