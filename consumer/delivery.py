@@ -188,3 +188,52 @@ def _error_message(parsed: Mapping[str, object], raw: bytes) -> str:
         text = raw[:_MAX_MESSAGE_CHARS].decode("utf-8", "replace")
     return text[:_MAX_MESSAGE_CHARS]
 
+
+
+def ignored_fields(sent: Mapping[str, object], contact: Mapping[str, object] | None) -> list[str]:
+    """Names of the fields of ``sent`` (an upsert body) that HighLevel's returned ``contact``
+    does not reflect: what it silently ignored (NOTES.md: a phone belonging to another contact,
+    ``gender`` on an existing contact, ...). Emails compare case-insensitively, phones by their
+    digits, ``tags`` as a subset (tag mode ``upsert`` replaces, so all sent tags must be there),
+    custom fields by id. Names only: never values, so the result is safe to log. An answer
+    without a contact (an add-tags call) ignores nothing."""
+    if contact is None:
+        return []
+    ignored = []
+    for name, value in sent.items():
+        if name == "locationId":
+            continue
+        got = contact.get(name)
+        if name == "tags":
+            have = got if isinstance(got, list) else []
+            if not set(value if isinstance(value, list) else []) <= set(have):
+                ignored.append(name)
+        elif name == "customFields":
+            returned = {
+                item.get("id"): item.get("value")
+                for item in (got if isinstance(got, list) else [])
+                if isinstance(item, dict)
+            }
+            for item in value if isinstance(value, list) else []:
+                if isinstance(item, dict) and returned.get(item.get("id")) != item.get(
+                    "field_value"
+                ):
+                    ignored.append(name)
+                    break
+        elif not _same(name, value, got):
+            ignored.append(name)
+    return ignored
+
+
+def _same(name: str, sent: object, got: object) -> bool:
+    if isinstance(sent, str) and isinstance(got, str):
+        if name == "email":
+            return sent.strip().lower() == got.strip().lower()
+        if name == "phone":
+            return _digits(sent) == _digits(got)
+        return sent.strip() == got.strip()
+    return sent == got
+
+
+def _digits(phone: str) -> str:
+    return "".join(ch for ch in phone if ch.isdigit())

@@ -49,7 +49,7 @@ from typing import Protocol
 from consumer.config import Integration
 from consumer.deadletter import REJECTED_BY_HIGHLEVEL, Failure, dead_letter_headers
 from consumer.debugger import Debugger
-from consumer.delivery import Answer, Verdict
+from consumer.delivery import Answer, Verdict, ignored_fields
 from consumer.events import ContactUpsert, Drop, Record
 from consumer.mapping import Mapper
 from consumer.metrics import Endpoint, Metrics, RebalanceKind
@@ -207,6 +207,7 @@ class EngineStats:
     dead_lettered: int = 0
     parked: Counter[str] = field(default_factory=Counter)
     replayed: int = 0
+    ignored_fields: Counter[str] = field(default_factory=Counter)
     answers: Counter[str] = field(default_factory=Counter)
 
 
@@ -610,6 +611,8 @@ class Engine:
             with permit:
                 answer = await self._sender.upsert(token=token, payload=payload)
             self._observe(work, Endpoint.UPSERT, payload, answer)
+            if answer.verdict is Verdict.DELIVERED:
+                self._check_answer(upsert, payload, answer)
             if answer.verdict is Verdict.DELIVERED and upsert.tags_to_add():
                 answer = await self._add_tags(work, token, answer)
             await self._settle(work, answer, loop.time())
@@ -619,6 +622,22 @@ class Engine:
         finally:
             self._slots.release()
             self._wake(upsert.location_id)
+
+    def _check_answer(
+        self, upsert: ContactUpsert, payload: Mapping[str, object], answer: Answer
+    ) -> None:
+        """Count and log the fields HighLevel's answer shows it silently did not apply."""
+        ignored = ignored_fields(payload, answer.contact)
+        for name in ignored:
+            self.stats.ignored_fields[name] += 1
+            self._metrics.ignored_field(upsert.integration_id, name)
+        if ignored:
+            logger.info(
+                "integration %s: HighLevel did not apply %s (traceId %s)",
+                upsert.integration_id,
+                ", ".join(ignored),
+                answer.trace_id,
+            )
 
     async def _add_tags(
         self, work: Work[ContactUpsert, _Ticket], token: str, upserted: Answer

@@ -152,6 +152,7 @@ class FakeHighLevel:
     tokens: list[str] = field(default_factory=list)
     in_flight: dict[object, int] = field(default_factory=dict)
     max_in_flight_per_contact: int = 0
+    drops: frozenset[str] = frozenset()  # fields the answer leaves out, as if ignored
 
     async def upsert(self, *, token: str, payload: Mapping[str, object]) -> Answer:
         contact = payload.get("email") or payload.get("phone")
@@ -165,6 +166,8 @@ class FakeHighLevel:
             status = self.script(payload)
             if status in (200, 201):
                 self.upserts.append(dict(payload))
+                echoed = {k: v for k, v in payload.items() if k not in self.drops}
+                return answer(status, {"contact": {"id": "c1", **echoed}})
             return answer(status)
         finally:
             self.in_flight[contact] -= 1

@@ -366,6 +366,17 @@ async def test_a_contact_failing_past_max_retry_is_parked_and_its_newer_events_f
     assert [u["firstName"] for u in highlevel.upserts] in (["v1", "v2"], ["v2"])
 
 
+async def test_fields_highlevel_did_not_apply_are_counted_by_name() -> None:
+    source = MemorySource({("events", 0): records("events", 0, [("lead-987", GUIDE_IDENTIFY)])})
+    highlevel = FakeHighLevel(drops=frozenset({"phone"}))
+    metrics = Metrics(integrations={"default": LOCATION}, topics=["events"])
+    engine = build(source, highlevel, metrics=metrics)
+    await run_until(engine, lambda: committed(source) == 1)
+    assert engine.stats.ignored_fields == {"phone": 1}
+    exposition = metrics.exposition().decode()
+    assert 'ghl_ignored_fields_total{field="phone",integration="default"} 1.0' in exposition
+
+
 async def test_shutdown_drains_in_flight_work_then_commits() -> None:
     source = MemorySource({("events", 0): records("events", 0, [("lead-987", GUIDE_IDENTIFY)])})
     highlevel = FakeHighLevel(delay=lambda payload: 0.3)
