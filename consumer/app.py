@@ -85,6 +85,7 @@ def budget(settings: Settings) -> Budget:
             interval_s=d.rate_interval_seconds,
             sustained_per_interval=d.rate_sustained,
             daily=d.rate_daily,
+            daily_recheck_s=d.rate_daily_recheck_seconds,
         )
     except ValueError as exc:
         raise ConfigError(f"delivery.rate_*: {exc}") from None

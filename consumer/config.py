@@ -195,6 +195,8 @@ class DeliverySettings:
     rate_interval_seconds: float = field(default=10.0, metadata={"min": 0.001})
     rate_sustained: int = field(default=80, metadata={"min": 1})
     rate_daily: int = field(default=200_000, metadata={"min": 1})
+    # Daily budget spent: one probe request this often, in case HighLevel's day turns earlier.
+    rate_daily_recheck_seconds: float = field(default=900.0, metadata={"min": 0.01})
     retry_base_seconds: float = field(default=0.5, metadata={"min": 0.001})
     retry_max_seconds: float = field(default=30.0, metadata={"min": 0.001})
     unauthorized_probe_seconds: float = field(default=30.0, metadata={"min": 0.01})

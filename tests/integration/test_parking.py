@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from consumer.sandbox.server import run_sandbox
+from consumer.sandbox.settings import RateLimits
 from tests.integration.consumer_harness import (
     committed_offsets,
     end_offsets,
@@ -136,3 +137,58 @@ async def test_a_revoked_token_parks_its_events_and_they_arrive_in_order_once_re
     assert parked
     assert all(dict(m.headers() or [])["ghl.integration"] == b"broken" for m in parked)
     assert BROKEN[1] not in stderr.decode()
+
+
+DAILY_CONFIG = """
+[engine]
+coalesce_window_ms = 0
+
+[delivery]
+rate_daily_recheck_seconds = 1
+"""
+
+
+async def test_a_spent_daily_budget_parks_events_and_they_arrive_after_the_reset(
+    kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    topic = new_topic(partitions=1)
+    group = f"daily-{uuid.uuid4().hex[:8]}"
+    produce(kafka_bootstrap, topic, [identify("shop", user, 0) for user in range(10)])
+    ends = end_offsets(kafka_bootstrap, topic, 1)
+    config = tmp_path / "config.toml"
+    config.write_text(DAILY_CONFIG)
+    location, token = HEALTHY
+    async with run_sandbox(
+        locations={location: token}, limits=RateLimits(daily=4)
+    ) as sandbox:
+        process = await start_consumer(
+            {
+                "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+                "KAFKA_TOPICS": topic,
+                "KAFKA_GROUP_ID": group,
+                "GHL_API_BASE_URL": sandbox.url,
+                "GHL_LOCATION_ID": location,
+                "GHL_ACCESS_TOKEN": token,
+            },
+            "--config",
+            str(config),
+        )
+        try:
+            async with asyncio.timeout(45):  # 4 delivered, 6 parked: the partition is done
+                while committed_offsets(kafka_bootstrap, group, topic, 1) != ends:
+                    await asyncio.sleep(0.3)
+            assert len(sandbox.contacts(location)) == 4
+            # HighLevel's day turns (and this location's budget is larger today).
+            sandbox.configure(location, limits=RateLimits(daily=1000))
+            sandbox.state.locations[location].rate.reset_daily()
+            turned = len(sandbox.requests)
+            async with asyncio.timeout(30):
+                while len(sandbox.contacts(location)) < 10:
+                    await asyncio.sleep(0.3)
+            after_reset = [r.get("status") for r in list(sandbox.requests)[turned:]]
+        finally:
+            process.send_signal(signal.SIGTERM)
+            _, stderr = await process.communicate()
+    assert process.returncode == 0, stderr.decode()[-3000:]
+    assert "daily budget spent" in stderr.decode()
+    assert 429 not in after_reset, after_reset
