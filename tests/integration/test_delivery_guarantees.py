@@ -1,0 +1,173 @@
+"""Delivery under HighLevel's limits and faults, end to end (issue 6's "done when"): real
+consumer processes, a real broker, the sandbox over HTTP, and a real Redis for the shared
+limiter. The sandbox's rate window is HighLevel's shape scaled down in time (20 requests per
+second instead of 100 per 10 s) so a backlog drains in seconds; the consumer is configured to
+the same window."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from consumer.sandbox.server import Sandbox, run_sandbox
+from consumer.sandbox.settings import Faults, RateLimits
+from tests.integration.consumer_harness import (
+    committed_offsets,
+    end_offsets,
+    produce,
+    start_consumer,
+)
+from tests.integration.redis_server import RedisServer
+
+pytestmark = pytest.mark.integration
+
+LOCATION, TOKEN = "ve9EPM428h8vShlRW1KT", "pit-delivery-token"
+WINDOW = RateLimits(burst=20, interval_ms=1000)
+LIMITED = """
+[engine]
+coalesce_window_ms = 0
+
+[delivery]
+rate_burst = 20
+rate_interval_seconds = 1
+rate_sustained = 18
+timeout_seconds = 1
+retry_base_seconds = 0.05
+retry_max_seconds = 0.5
+"""
+
+
+def identify(user: int, version: int) -> tuple[bytes, bytes]:
+    event = {
+        "type": "identify",
+        "userId": f"user-{user}",
+        "messageId": f"m-{user}-{version}",
+        "traits": {"email": f"user{user}@example.com", "first_name": f"v{version:02d}"},
+    }
+    return f"user-{user}".encode(), orjson.dumps(event)
+
+
+@pytest.fixture
+def redis() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+async def _run_to_completion(
+    sandbox: Sandbox,
+    bootstrap: str,
+    topic: str,
+    partitions: int,
+    config: Path,
+    *,
+    instances: int = 1,
+    extra_env: dict[str, str] | None = None,
+    seconds: float = 90,
+) -> list[bytes]:
+    group = f"delivery-{uuid.uuid4().hex[:8]}"
+    ends = end_offsets(bootstrap, topic, partitions)
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "KAFKA_TOPICS": topic,
+        "KAFKA_GROUP_ID": group,
+        "GHL_LOCATION_ID": LOCATION,
+        "GHL_ACCESS_TOKEN": TOKEN,
+        "GHL_API_BASE_URL": sandbox.url,
+        **(extra_env or {}),
+    }
+    processes = [await start_consumer(env, "--config", str(config)) for _ in range(instances)]
+    try:
+        async with asyncio.timeout(seconds):
+            while committed_offsets(bootstrap, group, topic, partitions) != ends:
+                await asyncio.sleep(0.3)
+    finally:
+        outputs = []
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            _, stderr = await process.communicate()
+            outputs.append(stderr)
+    for process, stderr in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, stderr.decode()[-3000:]
+    return outputs
+
+
+def _final_names(sandbox: Sandbox) -> dict[str, str]:
+    return {str(c["email"]): str(c["firstName"]) for c in sandbox.contacts(LOCATION)}
+
+
+async def test_a_backlog_at_highlevels_limits_never_draws_a_429(
+    kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    topic = new_topic(partitions=2)
+    produce(kafka_bootstrap, topic, [identify(user, 0) for user in range(60)])
+    config = tmp_path / "config.toml"
+    config.write_text(LIMITED)
+    async with run_sandbox(locations={LOCATION: TOKEN}, limits=WINDOW) as sandbox:
+        await _run_to_completion(sandbox, kafka_bootstrap, topic, 2, config)
+        statuses = [r["status"] for r in sandbox.requests]
+    assert len(_final_names(sandbox)) == 60
+    assert 429 not in statuses
+    assert statuses.count(200) + statuses.count(201) == 60
+
+
+async def test_three_instances_sharing_redis_stay_inside_one_locations_budget(
+    kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path, redis: RedisServer
+) -> None:
+    topic = new_topic(partitions=3)
+    produce(kafka_bootstrap, topic, [identify(user, 0) for user in range(90)])
+    config = tmp_path / "config.toml"
+    config.write_text(LIMITED)
+    async with run_sandbox(locations={LOCATION: TOKEN}, limits=WINDOW) as sandbox:
+        await _run_to_completion(
+            sandbox,
+            kafka_bootstrap,
+            topic,
+            3,
+            config,
+            instances=3,
+            extra_env={"REDIS_URL": redis.url},
+        )
+        statuses = [r["status"] for r in sandbox.requests]
+    assert len(_final_names(sandbox)) == 90
+    assert 429 not in statuses
+
+
+async def test_server_errors_and_hangs_delay_but_never_lose_or_reorder(
+    kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    topic = new_topic(partitions=2)
+    produce(
+        kafka_bootstrap,
+        topic,
+        [identify(user, version) for version in range(4) for user in range(25)],
+    )
+    config = tmp_path / "config.toml"
+    config.write_text(LIMITED.replace("rate_burst = 20", "rate_burst = 1000").replace(
+        "rate_sustained = 18", "rate_sustained = 1000"
+    ))
+    async with run_sandbox(
+        locations={LOCATION: TOKEN},
+        limits=RateLimits(enforced=False),
+        faults=Faults(fail_rate=0.3, hang_rate=0.05),
+        seed=7,
+    ) as sandbox:
+        await _run_to_completion(sandbox, kafka_bootstrap, topic, 2, config)
+        requests = list(sandbox.requests)
+    assert _final_names(sandbox) == {f"user{u}@example.com": "v03" for u in range(25)}
+    statuses = [r["status"] for r in requests]
+    assert any(s is not None and s >= 500 for s in statuses)  # faults really happened
+    # Per contact, what HighLevel applied never went backwards.
+    applied: dict[str, list[str]] = {}
+    for request in requests:
+        if request["status"] in (200, 201):
+            body = request["body"]
+            applied.setdefault(body["email"], []).append(body["firstName"])
+    for versions in applied.values():
+        assert versions == sorted(versions), versions
