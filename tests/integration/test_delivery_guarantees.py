@@ -171,3 +171,47 @@ async def test_server_errors_and_hangs_delay_but_never_lose_or_reorder(
             applied.setdefault(body["email"], []).append(body["firstName"])
     for versions in applied.values():
         assert versions == sorted(versions), versions
+
+
+async def test_tag_mode_add_keeps_the_tags_a_contact_already_has(
+    kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    topic = new_topic(partitions=1)
+    lead = {
+        "type": "track",
+        "userId": "lead-987",
+        "event": "Lead Generated",
+        "context": {"traits": {"email": "sam@example.com"}},
+    }
+    produce(
+        kafka_bootstrap,
+        topic,
+        [
+            (b"lead-987", orjson.dumps({**lead, "properties": {"lead_tag": "webinar"}})),
+            (b"lead-987", orjson.dumps({**lead, "properties": {"lead_tag": "pricing"}})),
+        ],
+    )
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f"""
+[[integrations]]
+id = "default"
+location_id = "{LOCATION}"
+access_token = {{ env = "GHL_ACCESS_TOKEN" }}
+tag_mode = "add"
+"""
+    )
+    async with run_sandbox(locations={LOCATION: TOKEN}) as sandbox:
+        # The contact exists in HighLevel with a tag of its own, set by someone else.
+        sandbox.state.upsert(
+            sandbox.state.locations[LOCATION],
+            {"locationId": LOCATION, "email": "sam@example.com", "tags": ["vip"]},
+            0.0,
+        )
+        await _run_to_completion(sandbox, kafka_bootstrap, topic, 1, config)
+        paths = [r["path"] for r in sandbox.requests]
+        upsert_bodies = [r["body"] for r in sandbox.requests if r["path"] == "/contacts/upsert"]
+    [contact] = sandbox.contacts(LOCATION)
+    assert sorted(contact["tags"]) == ["pricing", "vip", "webinar"]
+    assert all("tags" not in body for body in upsert_bodies)
+    assert any(path.endswith("/tags") for path in paths)
