@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 import signal
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -155,6 +157,11 @@ class Landed:
     version: int
 
 
+def at(entry: Mapping[str, Any]) -> float:
+    """When the sandbox logged a request (epoch seconds)."""
+    return datetime.fromisoformat(entry["time"].replace("Z", "+00:00")).timestamp()
+
+
 def landed_upserts(requests: Iterable[Mapping[str, Any]]) -> list[Landed]:
     """The successful ``POST /contacts/upsert`` of the request log, in the order applied."""
     landed = []
@@ -162,8 +169,7 @@ def landed_upserts(requests: Iterable[Mapping[str, Any]]) -> list[Landed]:
         if entry["path"] == "/contacts/upsert" and entry["status"] == 200:
             body = entry["body"]
             user = int(body["email"].removeprefix("user-").removesuffix("@example.com"))
-            at = datetime.fromisoformat(entry["time"].replace("Z", "+00:00")).timestamp()
-            landed.append(Landed(at, user, _version(body["firstName"])))
+            landed.append(Landed(at(entry), user, _version(body["firstName"])))
     return landed
 
 
@@ -355,18 +361,23 @@ def _toml(sections: Mapping[str, Mapping[str, object]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def until_committed(
-    sampler: CommitSampler, ends: Mapping[int, int], members: Sequence[ProcessLog]
-) -> None:
-    """Wait until the group committed ``ends``; AssertionError if a member died meanwhile.
+async def until(condition: Callable[[], bool], members: Sequence[ProcessLog] = ()) -> None:
+    """Poll ``condition`` until true; AssertionError, with its log, if a member exits first.
     Bound it with asyncio.timeout."""
-    while sampler.latest() != ends:
+    while not condition():
         for member in members:
             if member.process.returncode is not None:
                 raise AssertionError(
                     f"consumer exited ({member.process.returncode}):\n{member.text()[-3000:]}"
                 )
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.05)
+
+
+async def until_committed(
+    sampler: CommitSampler, ends: Mapping[int, int], members: Sequence[ProcessLog]
+) -> None:
+    """Wait until the group committed ``ends`` (see ``until``)."""
+    await until(lambda: sampler.latest() == ends, members)
 
 
 async def stop_cleanly(*members: ProcessLog) -> None:
@@ -580,3 +591,251 @@ async def test_no_offset_is_committed_before_its_event_is_delivered(
     assert final_states(contacts, produced) == []
     assert undelivered_commits(delivered_first + delivered_after, produced, sampler.samples) == []
     assert backward_commits(sampler.samples) == []
+
+
+def resends(landed: Sequence[Landed]) -> list[Landed]:
+    """Upserts that brought a contact nothing new: a version it had already received (or an
+    older one). After a crash these are the records delivered but not yet committed."""
+    newest: dict[int, int] = {}
+    repeated = []
+    for upsert in landed:
+        if upsert.version <= newest.get(upsert.user, -1):
+            repeated.append(upsert)
+        newest[upsert.user] = max(upsert.version, newest.get(upsert.user, -1))
+    return repeated
+
+
+async def test_sigkilled_consumers_lose_nothing_and_resend_only_uncommitted_deliveries(
+    kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    """A backlog (4 versions of 200 users, page views between) delivered at 15 upserts/s.
+    Three times a consumer starts, delivers for a random moment and is SIGKILLed (no drain,
+    no commit, no goodbye); a last consumer then finishes. Every contact ends at its last
+    version; every commit sample stayed within what HighLevel had received; and the upserts
+    sent again (a version the contact already had) are no more than those that landed in the
+    last commit interval (plus margin) before each kill: the offset map committed with each
+    offset spares the next owner everything delivered before that."""
+    users, versions, kills, commit_interval = 200, 4, 3, 1.0
+    topic = new_topic(partitions=4)
+    run = uuid.uuid4().hex[:6]
+    seed = random.randrange(1 << 32)
+    rng = random.Random(seed)
+    records = [r for v in range(versions) for r in versions_round(users, v, run, pages=True)]
+    produced = await produce_live(kafka_bootstrap, topic, [records])
+    killed_at: list[float] = []
+    async with run_sandbox(
+        locations={LOCATION: TOKEN},
+        limits=UNLIMITED,
+        faults=Faults(latency_ms=10),
+        request_log_size=100_000,
+    ) as sandbox:
+        group = make_group(
+            kafka_bootstrap,
+            topic,
+            4,
+            sandbox.url,
+            tmp_path,
+            engine={
+                "coalesce_window_ms": 0,
+                "max_in_flight": 8,
+                "commit_interval_ms": int(commit_interval * 1000),
+            },
+            # 15 upserts/s: the backlog takes many seconds, so every kill lands mid-stream.
+            delivery={"rate_burst": 15, "rate_sustained": 15, "rate_interval_seconds": 1},
+            # A killed member's partitions move after 6 s of silence (librdkafka: 45 s).
+            env={"KAFKA_SESSION_TIMEOUT_MS": "6000"},
+        )
+
+        def landed_count() -> int:
+            return len(landed_upserts(sandbox.requests))
+
+        with group.sampler() as sampler:
+            for _ in range(kills):
+                member = await group.start()
+                try:
+                    before = landed_count()
+                    async with asyncio.timeout(60):  # includes the dead member's 6 s
+                        await until(lambda: landed_count() >= before + 5, [member])  # noqa: B023
+                    await asyncio.sleep(rng.uniform(0.2, 1.5))  # a random moment mid-stream
+                finally:
+                    killed_at.append(time.time())  # the sandbox log's clock
+                    code = await stop_process(member.process, signal.SIGKILL)
+                    await member.finished()
+                assert code == -signal.SIGKILL, member.text()[-3000:]
+            done = {u.user for u in landed_upserts(sandbox.requests) if u.version == versions - 1}
+            assert len(done) < users, "the backlog was delivered before the last kill"
+            last = await group.start()
+            try:
+                async with asyncio.timeout(90):
+                    await until_committed(sampler, group.ends(), [last])
+            finally:
+                await stop_cleanly(last)
+        requests = list(sandbox.requests)
+        contacts = sandbox.contacts(LOCATION)
+
+    landed = landed_upserts(requests)
+    repeated = resends(landed)
+    window = commit_interval + 0.5  # a delivery is committed within one interval (+ the commit)
+    exposed = [u for u in landed if any(k - window < u.at <= k for k in killed_at)]
+    print(
+        f"seed {seed}: {len(produced.identifies)} identifies, {len(landed)} upserts for "
+        f"{users} contacts, {len(repeated)} re-sent; {len(exposed)} landed within {window}s "
+        "before a kill"
+    )
+    assert final_states(contacts, produced) == []
+    assert undelivered_commits(landed, produced, sampler.samples) == []
+    assert backward_commits(sampler.samples) == []
+    assert len(landed) - len(repeated) >= users  # each contact got its versions at least once
+    assert len(repeated) <= len(exposed), (seed, repeated, exposed)
+
+
+@pytest.mark.parametrize("protocol", ["classic", "consumer"])
+async def test_members_joining_and_leaving_mid_stream_lose_nothing_and_keep_order(
+    protocol: str, kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    """A live stream (50 versions of 36 users over 6 partitions, ~15 s). Member A starts;
+    B joins, then C (three members); then A leaves (SIGTERM) while the stream goes on; B and
+    C finish it.
+
+    What at-least-once delivery with per-key order guarantees across rebalances, and so what
+    is asserted:
+    - every contact ends at its last version, and nothing is lost;
+    - a new owner resumes at the committed offset (skipping done offsets recorded in the
+      commit's map), so a contact may receive again versions that were delivered but not yet
+      committed: its version sequence may step back, but never below a version the group had
+      already committed when that upsert landed (``stale_writes``);
+    - committed offsets never go backwards (no commit from a member that lost the
+      partition), and every member exits 0 (drained and committed on SIGTERM).
+    """
+    users, versions, partitions = 36, 50, 6
+    topic = new_topic(partitions=partitions)
+    run = uuid.uuid4().hex[:6]
+    rounds = [versions_round(users, v, run, pages=v % 5 == 0) for v in range(versions)]
+    async with run_sandbox(
+        locations={LOCATION: TOKEN},
+        limits=UNLIMITED,
+        faults=Faults(latency_ms=20),
+        request_log_size=100_000,
+    ) as sandbox:
+        group = make_group(
+            kafka_bootstrap,
+            topic,
+            partitions,
+            sandbox.url,
+            tmp_path,
+            engine={"coalesce_window_ms": 0},
+            env={"KAFKA_GROUP_PROTOCOL": protocol},
+        )
+        members: list[ProcessLog] = []
+        with group.sampler() as sampler:
+            try:
+                async with asyncio.timeout(120):
+                    a = await group.start()
+                    members.append(a)
+                    await a.wait_for(group.assigned)
+                    producing = asyncio.create_task(
+                        produce_live(kafka_bootstrap, topic, rounds, interval_s=0.3)
+                    )
+                    await until(lambda: len(sandbox.requests) >= 100, members)
+                    for _ in range(2):  # B, then C
+                        members.append(await group.start())
+                        await members[-1].wait_for(group.assigned)
+                    left_mid_stream = not producing.done()
+                    a.process.send_signal(signal.SIGTERM)
+                    assert await a.finished() == 0, a.text()[-3000:]
+                    produced = await producing
+                    await until_committed(sampler, group.ends(), members[1:])
+            finally:
+                await stop_cleanly(*members)
+        requests = list(sandbox.requests)
+        contacts = sandbox.contacts(LOCATION)
+
+    landed = landed_upserts(requests)
+    stepped_back = sum(
+        newer < older
+        for seq in sequences(landed).values()
+        for older, newer in itertools.pairwise(seq)
+    )
+    print(f"{protocol}: {len(landed)} upserts, {stepped_back} steps back after rebalances")
+    assert left_mid_stream, "the stream ended before A left: slow machine, nothing tested"
+    assert [r for r in requests if r["status"] != 200] == []
+    assert final_states(contacts, produced) == []
+    assert stale_writes(landed, produced, sampler.samples) == []
+    assert backward_commits(sampler.samples) == []
+    for member in members[1:]:  # B and C each owned partitions, A gave all of its away
+        assert member.count(group.assigned) >= 1
+    assert a.count(f"revoked [Partition(topic='{topic}'") >= 1
+
+
+async def test_a_member_joining_while_highlevel_hangs_never_sets_a_contact_back(
+    kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    """HighLevel hangs. Member A sends version 0 of every contact; its requests hang. Member B
+    joins and takes one of A's two partitions; HighLevel recovers; version 1 of every contact
+    arrives and B delivers it for its partition. A's hung requests then time out: A must not
+    send its old work for the partition it lost (the engine discards a revoked partition's
+    unsent work: the new owner re-reads it). Otherwise version 0 lands after version 1 and
+    the contact is set back for good. Every contact must end at version 1."""
+    users, hang_timeout = 12, 15  # B is assigned ~7 s after A (two cooperative rounds)
+    topic = new_topic(partitions=2)
+    run = uuid.uuid4().hex[:6]
+    first = await produce_live(kafka_bootstrap, topic, [versions_round(users, 0, run)])
+    assert {p for p, _ in first.identifies.values()} == {0, 1}
+    async with run_sandbox(
+        locations={LOCATION: TOKEN},
+        limits=UNLIMITED,
+        faults=Faults(hang_rate=1.0),
+        request_log_size=100_000,
+    ) as sandbox:
+        group = make_group(
+            kafka_bootstrap,
+            topic,
+            2,
+            sandbox.url,
+            tmp_path,
+            # The drain outlasts a hung request, so a SIGTERMed member finishes all its work.
+            engine={"coalesce_window_ms": 0, "drain_timeout_seconds": 3 * hang_timeout},
+            delivery={
+                **FAST_DELIVERY,
+                "timeout_seconds": hang_timeout,
+                "retry_base_seconds": 0.2,
+                "retry_max_seconds": 1,
+            },
+        )
+        members: list[ProcessLog] = []
+        with group.sampler() as sampler:
+            try:
+                async with asyncio.timeout(90):
+                    a = await group.start()
+                    members.append(a)
+                    await a.wait_for(group.assigned)
+                    await until(
+                        lambda: sum(r["fault"] == "hang" for r in sandbox.requests) >= users,
+                        members,
+                    )
+                    b = await group.start()
+                    members.append(b)
+                    await b.wait_for(group.assigned)
+                    sandbox.configure(faults=Faults())  # HighLevel is back
+                    b_assigned = time.time()
+                    second = await produce_live(
+                        kafka_bootstrap, topic, [versions_round(users, 1, run)]
+                    )
+                    await until_committed(sampler, group.ends(), members)
+            finally:
+                await stop_cleanly(*members)  # A drains: whatever it still holds is sent
+        requests = list(sandbox.requests)
+        contacts = sandbox.contacts(LOCATION)
+
+    produced = first.merged(second)
+    landed = landed_upserts(requests)
+    print(f"upserts in landing order: {[(u.user, u.version) for u in landed]}")
+    assert a.count(f"revoked [Partition(topic='{topic}'") >= 1
+    first_hang = min(at(r) for r in requests if r["fault"] == "hang")
+    assert b_assigned < first_hang + hang_timeout, "A's requests had timed out: nothing tested"
+    problems = {
+        "final states": final_states(contacts, produced),
+        "set back after a commit": stale_writes(landed, produced, sampler.samples),
+        "commits going back": backward_commits(sampler.samples),
+    }
+    assert problems == {k: [] for k in problems}
