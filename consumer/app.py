@@ -73,6 +73,7 @@ def engine_options(settings: Settings) -> EngineOptions:
         retry_max=delivery.retry_max_seconds,
         max_retry=delivery.max_retry_seconds,
         unauthorized_probe_interval=delivery.unauthorized_probe_seconds,
+        revoke_wait=delivery.timeout_seconds + 1.0,  # an answer, or its timeout, arrives by then
     )
 
 

@@ -26,10 +26,12 @@ the integration works again (one probe per ``unauthorized_probe_interval``) and 
 twice. A contact with an upsert in the parking topic parks its newer work too, until the
 parking group has committed past it.
 
-Revocation: partitions are committed inside ``on_revoked`` (before they move), then revoked in
-the tracker, whose guard ignores late completions; their not-yet-sent work is discarded (the
-new owner re-reads it). Work already in flight finishes: at most a duplicate upsert, which
-HighLevel's upsert absorbs.
+Revocation: inside ``on_revoked`` (before the partitions move) the engine lets work of those
+partitions already being sent or parked finish (bounded by ``revoke_wait``, longer than an HTTP
+timeout), commits them, then revokes them in the tracker, whose guard ignores late completions;
+their not-yet-sent work is discarded (the new owner re-reads it), and in-flight work that fails
+after all is dropped, never retried: a late re-send could set a contact back to an older state
+after the new owner delivered a newer one.
 
 Not thread-safe by design: the Kafka adapter runs rebalance callbacks on the loop.
 """
@@ -188,6 +190,7 @@ class EngineOptions:
     max_retry: float = 300.0  # a contact failing this long (5xx, timeouts) is parked
     unauthorized_probe_interval: float = 30.0
     parking_check_interval: float = 5.0  # how often replayed contacts are released
+    revoke_wait: float = 15.0  # on revoke: how long in-flight work of those partitions may finish
 
 
 @dataclass(slots=True)
@@ -312,16 +315,13 @@ class Engine:
         self._lane_wakeups: dict[Hashable, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._side_work = 0  # produces in flight outside the scheduler (dead letters, profiles)
+        self._active: set[Work[ContactUpsert, _Ticket]] = set()  # being delivered or parked
+        self._active_shrank = asyncio.Event()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; then drain, commit and close (see the class doc)."""
-        for record in await self._parking_log.unreplayed():
-            upsert = decode_parked(record.value)
-            if upsert is not None:
-                key = (upsert.integration_id, upsert.contact_key)
-                self.parking.parked(key, record.partition, record.offset)
         feeds = (self._main, self._replay)
         for feed in feeds:
             await feed.source.start(_FeedListener(self, feed))
@@ -606,6 +606,7 @@ class Engine:
         loop = asyncio.get_running_loop()
         upsert = work.item
         token = self._integrations[upsert.integration_id].access_token.reveal()
+        self._active.add(work)
         try:
             payload = upsert.payload()
             with permit:
@@ -618,8 +619,10 @@ class Engine:
             await self._settle(work, answer, loop.time())
         except Exception:  # a bug must not strand the key in flight forever
             logger.exception("delivery failed unexpectedly; retrying")
-            self.scheduler.retry(work, at=loop.time() + self._backoff(work.attempts))
+            if not self._drop_revoked(work):
+                self.scheduler.retry(work, at=loop.time() + self._backoff(work.attempts))
         finally:
+            self._finished(work)
             self._slots.release()
             self._wake(upsert.location_id)
 
@@ -740,7 +743,11 @@ class Engine:
         park: ParkReason | None,
     ) -> None:
         """Park ``work`` for ``park`` (None: retry it). Replayed work is never parked: it waits
-        for the integration's next probe, or retries with backoff."""
+        for the integration's next probe, or retries with backoff. Work of partitions revoked
+        meanwhile is dropped: their new owner sends it, and a late re-send from here could set
+        a contact back to an older state."""
+        if self._drop_revoked(work):
+            return
         if park is not None and not work.tokens[0].replay:
             await self._park(work, park)
             return
@@ -757,13 +764,17 @@ class Engine:
     async def _park(self, work: Work[ContactUpsert, _Ticket], reason: ParkReason) -> None:
         """Write ``work`` to the parking topic, then complete its offsets. The contact parks
         its newer work until this record is replayed."""
+        if self._drop_revoked(work):
+            return
         upsert = work.item
         key, value, headers = encode_parked(upsert, [t.record for t in work.tokens], reason)
         self._side_work += 1
+        self._active.add(work)
         try:
             landed = await self._produce(self._parking_log.topic, key, value, headers)
         finally:
             self._side_work -= 1
+            self._finished(work)
         key_of_contact = (upsert.integration_id, upsert.contact_key)
         self.parking.parked(key_of_contact, landed.partition, landed.offset)
         self.stats.parked[reason] += len(work.tokens)
@@ -775,6 +786,22 @@ class Engine:
         self.scheduler.complete(work)
         for ticket in work.tokens:
             ticket.settle()
+
+    def _finished(self, work: Work[ContactUpsert, _Ticket]) -> None:
+        self._active.discard(work)
+        self._active_shrank.set()
+
+    def _drop_revoked(self, work: Work[ContactUpsert, _Ticket]) -> bool:
+        """Remove tokens of revoked partitions from in-flight ``work``; when none is left,
+        finish the work without sending it and return True."""
+        kept = [ticket for ticket in work.tokens if not ticket.partition.revoked]
+        if len(kept) == len(work.tokens):
+            return False
+        work.tokens = kept
+        if kept:
+            return False
+        self.scheduler.complete(work)
+        return True
 
     def _backoff(self, attempts: int) -> float:
         """Exponential backoff with full jitter around the nominal delay (x0.5 .. x1.5)."""
@@ -823,16 +850,39 @@ class Engine:
     # -- rebalance (called by the sources on the event loop) ------------------------------------
 
     async def _assigned(self, feed: _Feed, partitions: Sequence[Assignment]) -> None:
-        if feed is self._main and self._profile_log is not None and partitions:
-            # Before any record of the new partitions: profiles written by their previous
-            # owner (another instance, or this one before a restart) must be known here.
-            await self._profile_log.restore()
+        if feed is self._main and partitions:
+            # Before any record of the new partitions, learn what their previous owner (another
+            # instance, or this one before a restart) left: the profiles it wrote, and the
+            # contacts with upserts waiting in the parking topic (their newer work parks too).
+            if self._profile_log is not None:
+                await self._profile_log.restore()
+            await self._load_parked()
         for a in partitions:
             feed.tracker.assign(a.topic, a.partition, committed=a.committed, metadata=a.metadata)
         self._metrics.rebalance(RebalanceKind.ASSIGNED)
         logger.info("%s: assigned %s", feed.name, [(a.topic, a.partition) for a in partitions])
 
+    async def _load_parked(self) -> None:
+        for record in await self._parking_log.unreplayed():
+            upsert = decode_parked(record.value)
+            if upsert is not None:
+                key = (upsert.integration_id, upsert.contact_key)
+                self.parking.parked(key, record.partition, record.offset)
+
     async def _revoked(self, feed: _Feed, partitions: Sequence[tuple[str, int]]) -> None:
+        # Work of these partitions already sent (or being parked) finishes first, bounded by
+        # ``revoke_wait``: otherwise a slow answer, or its retry, could land after the new
+        # owner's newer upsert. Its completions then make it into the final commit.
+        leaving = {id(p) for tp in partitions if (p := feed.tracker.get(*tp)) is not None}
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._options.revoke_wait):
+                while any(
+                    id(ticket.partition) in leaving
+                    for work in self._active
+                    for ticket in work.tokens
+                ):
+                    self._active_shrank.clear()
+                    await self._active_shrank.wait()
         await self._commit(feed, only=partitions)
         self._forget(feed, partitions)
         self._metrics.rebalance(RebalanceKind.REVOKED)

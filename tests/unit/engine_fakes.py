@@ -153,8 +153,10 @@ class FakeHighLevel:
     in_flight: dict[object, int] = field(default_factory=dict)
     max_in_flight_per_contact: int = 0
     drops: frozenset[str] = frozenset()  # fields the answer leaves out, as if ignored
+    calls: int = 0  # upsert requests received, answered or not
 
     async def upsert(self, *, token: str, payload: Mapping[str, object]) -> Answer:
+        self.calls += 1
         contact = payload.get("email") or payload.get("phone")
         self.in_flight[contact] = self.in_flight.get(contact, 0) + 1
         self.max_in_flight_per_contact = max(

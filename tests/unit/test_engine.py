@@ -283,6 +283,27 @@ async def test_a_revoked_partition_commits_what_is_done_and_drops_its_waiting_wo
     assert len(source.commits) == commits_at_revoke  # never again for the revoked partition
 
 
+async def test_revoke_waits_for_work_in_flight_and_never_resends_it_after() -> None:
+    source = MemorySource({("events", 0): records("events", 0, [("lead-987", GUIDE_IDENTIFY)])})
+    highlevel = FakeHighLevel(script=lambda payload: 503, delay=lambda payload: 0.3)
+    engine = build(source, highlevel, revoke_wait=2.0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(engine.run(stop))
+    async with asyncio.timeout(5):
+        while highlevel.calls == 0:
+            await asyncio.sleep(0.01)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await source.revoke([("events", 0)])
+    waited = loop.time() - started
+    assert 0.2 < waited < 2.0  # until the in-flight request answered, not the whole bound
+    await asyncio.sleep(0.3)  # several backoffs' worth: a retry would have gone out by now
+    stop.set()
+    await task
+    assert highlevel.calls == 1
+    assert engine.scheduler.keys == 0
+
+
 async def test_a_full_partition_pauses_and_resumes_as_work_drains() -> None:
     events = [
         (f"u{i}", {"type": "identify", "userId": f"u{i}", "traits": {"email": f"u{i}@x.io"}})
