@@ -842,8 +842,8 @@ class Engine:
             return
         try:
             await feed.source.commit(points)
-        except Exception:
-            logger.exception("%s commit failed; will retry", feed.name)
+        except Exception as exc:  # e.g. a rebalance in progress; the next tick tries again
+            logger.warning("%s commit failed, will retry: %s", feed.name, exc)
             return
         feed.tracker.mark_committed(points)
 
