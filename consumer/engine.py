@@ -842,7 +842,7 @@ class Engine:
             return
         try:
             await feed.source.commit(points)
-        except Exception as exc:  # e.g. a rebalance in progress; the next tick tries again
+        except Exception as exc:  # noqa: BLE001 - any commit failure is retried next tick
             logger.warning("%s commit failed, will retry: %s", feed.name, exc)
             return
         feed.tracker.mark_committed(points)
