@@ -8,27 +8,40 @@ from consumer.config import Integration, Routing
 from consumer.events import Event
 
 
-def matches(routing: Routing, event: Event, topic: str) -> bool:
-    """True when ``routing`` accepts an event read from ``topic``: the topic is listed (or no
-    topics are), and the event's value at ``routing.field`` (if set) is one of the values."""
-    if routing.topics and topic not in routing.topics:
-        return False
-    if routing.field is None:
-        return True
-    value = event.lookup(routing.field)
-    return isinstance(value, str) and value in routing.values
-
-
 class Router:
-    """Selects integrations for an event, in configuration order. Pure; cheap when no
-    integration restricts routing (the common single-integration case)."""
+    """Selects integrations for an event, in configuration order. Pure.
+
+    Cheap at any scale: integrations routed by an event field are indexed by (field, value),
+    so routing costs one lookup per distinct field path, not one check per integration
+    (1,000 locations routed by ``context.site`` cost one lookup). With no restriction at all
+    (the common single-integration case) ``route`` returns ``route_all`` itself."""
 
     def __init__(self, integrations: Sequence[Integration]) -> None:
         self.route_all = tuple(integrations)  # returned as is (same object) when all match
         unrestricted = Routing()
         self._everything = all(i.routing == unrestricted for i in self.route_all)
+        self._unconditional: list[int] = []  # no field: only the topic decides
+        self._by_field: dict[tuple[str, ...], dict[str, list[int]]] = {}
+        for index, integration in enumerate(self.route_all):
+            routing = integration.routing
+            if routing.field is None:
+                self._unconditional.append(index)
+                continue
+            by_value = self._by_field.setdefault(routing.field, {})
+            for value in routing.values:
+                by_value.setdefault(value, []).append(index)
 
     def route(self, event: Event, topic: str) -> tuple[Integration, ...]:
         if self._everything:
             return self.route_all
-        return tuple(i for i in self.route_all if matches(i.routing, event, topic))
+        chosen = list(self._unconditional)
+        for path, by_value in self._by_field.items():
+            value = event.lookup(path)
+            if isinstance(value, str):
+                chosen.extend(by_value.get(value, ()))
+        integrations = self.route_all
+        return tuple(
+            integrations[i]
+            for i in sorted(chosen)
+            if not integrations[i].routing.topics or topic in integrations[i].routing.topics
+        )
