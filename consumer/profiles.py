@@ -84,10 +84,13 @@ class ProfileStore(Protocol):
 
 class InMemoryProfileStore:
     """A ``ProfileStore`` in a dict, bounded: past ``max_entries`` the least recently used
-    profile is forgotten (that user's next event starts from what it carries)."""
+    profile is forgotten (that user's next event starts from what it carries).
+
+    Profiles are held encoded (``to_bytes``, about 150 bytes each instead of about 750 as
+    objects: 100,000 users cost 15 MB, not 75) and decoded on ``get`` (about 2 us)."""
 
     def __init__(self, max_entries: int = 1_000_000) -> None:
-        self._profiles: OrderedDict[str, Profile] = OrderedDict()
+        self._profiles: OrderedDict[str, bytes] = OrderedDict()
         self._max_entries = max_entries
         self.evicted = 0  # for a metric
 
@@ -95,13 +98,19 @@ class InMemoryProfileStore:
         return len(self._profiles)
 
     def get(self, key: str) -> Profile | None:
-        profile = self._profiles.get(key)
-        if profile is not None:
-            self._profiles.move_to_end(key)
-        return profile
+        data = self._profiles.get(key)
+        if data is None:
+            return None
+        self._profiles.move_to_end(key)
+        return Profile.from_bytes(data)
 
     def put(self, key: str, profile: Profile) -> None:
-        self._profiles[key] = profile
+        self._store(key, profile.to_bytes())
+
+    def _store(self, key: str, data: bytes) -> None:
+        # A copy: orjson's output keeps its whole working buffer (about 4 KB) allocated for as
+        # long as the bytes live, which costs 400 MB for 100,000 stored profiles.
+        self._profiles[key] = memoryview(data).tobytes()
         self._profiles.move_to_end(key)
         if len(self._profiles) > self._max_entries:
             self._profiles.popitem(last=False)
@@ -131,11 +140,12 @@ class ChangelogProfileStore(InMemoryProfileStore):
         self._unconfirmed: dict[str, int] = {}
 
     def put(self, key: str, profile: Profile) -> None:
-        if self._profiles.get(key) == profile:
+        data = profile.to_bytes()
+        if self._profiles.get(key) == data:
             self._profiles.move_to_end(key)
             return
-        super().put(key, profile)
-        self._unsent.append((key, profile.to_bytes()))
+        self._store(key, data)
+        self._unsent.append((key, data))
         self._unconfirmed[key] = self._unconfirmed.get(key, 0) + 1
 
     def take_writes(self) -> list[tuple[str, bytes]]:
@@ -160,5 +170,5 @@ class ChangelogProfileStore(InMemoryProfileStore):
         if value is None:
             self._profiles.pop(key, None)
             return True
-        InMemoryProfileStore.put(self, key, Profile.from_bytes(value))
+        self._store(key, Profile.from_bytes(value).to_bytes())  # validated, canonical bytes
         return True
