@@ -18,6 +18,10 @@ Scenarios (``--scenario NAME``, repeatable; default all):
                 produced live: HTTP calls per contact and delivery latency with the default
                 coalescing window (250 ms), with none, and for the naive consumer
   backlog1m     1,000,000 events over 100,000 users (90% analytics): peak RSS and drain time
+                (one run in full mode unless --repeats is given: a drain takes a minute)
+  memory        where that RSS goes: 400,000 events over 100,000 users drained under
+                settings that each shrink one user of memory (glibc arenas, librdkafka
+                fetch queues, the engine's buffer), one run each unless --repeats is given
   scaling       the analytics90 backlog drained by 1, 2 and 3 consumer processes in one group
 
 Timing: a consumer is measured from its first commit to the commit that covers the whole
@@ -101,6 +105,7 @@ class Bench:
     quick: bool
     repeats: int
     profile: bool
+    explicit_repeats: bool = False
     topics: dict[str, tuple[str, int, list[bytes]]] = field(default_factory=dict)
 
     def size(self, full: int, quick: int) -> int:
@@ -839,7 +844,8 @@ async def scenario_backlog1m(bench: Bench) -> dict[str, Any]:
     config = consumer_config(engine=ENGINE, delivery=UNLIMITED)
     runs = []
     timeline: list[list[float]] = []
-    repeats = 1 if not bench.quick and bench.repeats > 1 and events >= 1_000_000 else bench.repeats
+    # A full-size drain takes a minute or more: once, unless --repeats asks for more.
+    repeats = bench.repeats if bench.explicit_repeats or bench.quick else 1
     for repeat in range(repeats):
         async with sandbox() as probe:
             drain = await drain_with_consumer(
@@ -907,6 +913,56 @@ async def scenario_scaling(bench: Bench) -> dict[str, Any]:
     }
 
 
+async def scenario_memory(bench: Bench) -> dict[str, Any]:
+    """Where the 1M-backlog RSS goes: the same kind of backlog drained under settings that
+    each shrink one consumer of memory (configuration and environment only, no code change)."""
+    events = bench.size(400_000, 100_000)
+    users = bench.size(100_000, 10_000)
+
+    def make() -> Iterator[tuple[bytes, bytes]]:
+        for r in samples.generate(users=users, events=events, identity_share=0.1, seed=17):
+            yield r.key, r.value
+
+    topic, total, _ = backlog_topic(bench, "memory", make)
+    bench.topics["memory"] = (topic, total, [])
+    base = consumer_config(engine=ENGINE, delivery=UNLIMITED)
+    small_queues = (
+        '[kafka.librdkafka]\n"queued.max.messages.kbytes" = "2048"\n"fetch.max.bytes" = "2097152"\n'
+    )
+    buffered = {**ENGINE, "max_buffered": 2000, "max_buffered_per_partition": 500}
+    variants: dict[str, tuple[str, dict[str, str]]] = {
+        "defaults": (base, {}),
+        "MALLOC_ARENA_MAX=2 (glibc arenas)": (base, {"MALLOC_ARENA_MAX": "2"}),
+        "librdkafka queued.max.messages.kbytes=2048, fetch.max.bytes=2 MB": (
+            base + small_queues,
+            {},
+        ),
+        "engine max_buffered=2000 (per partition 500)": (
+            consumer_config(engine=buffered, delivery=UNLIMITED),
+            {},
+        ),
+    }
+    # Peak RSS varies from run to run (allocator state): once each, unless --repeats.
+    repeats = bench.repeats if bench.explicit_repeats or bench.quick else 1
+    rows = []
+    for name, (config, extra_env) in variants.items():
+        peaks, rates = [], []
+        for _ in range(repeats):
+            async with sandbox() as probe:
+                env = {**single_env(bench, topic, group_id("mem"), probe.url), **extra_env}
+                drain = await drain_with_consumer(
+                    bench, "memory", topic=topic, total=total, probe=probe, config=config, env=env
+                )
+            figures = consumer_figures(drain)
+            peaks.append(figures["peak_rss_mb"])
+            rates.append(figures["events_per_s"])
+        rows.append({"variant": name, "peak_rss_mb": spread(peaks), "events_per_s": spread(rates)})
+        print(f"  {name}: peak RSS {peaks} MB, {rates} ev/s", flush=True)
+    return {"events": total, "users": users, "runs_per_variant": repeats, "variants": rows}
+
+
+PROFILED = frozenset(("analytics90", "locations"))
+
 SCENARIOS: dict[str, Callable[[Bench], Awaitable[dict[str, Any]]]] = {
     "analytics90": scenario_analytics90,
     "upserts": scenario_upserts,
@@ -914,6 +970,7 @@ SCENARIOS: dict[str, Callable[[Bench], Awaitable[dict[str, Any]]]] = {
     "locations": scenario_locations,
     "bursty": scenario_bursty,
     "backlog1m": scenario_backlog1m,
+    "memory": scenario_memory,
     "scaling": scenario_scaling,
 }
 
@@ -923,7 +980,7 @@ async def main_async(args: argparse.Namespace) -> int:
     out = results_dir(args.quick)
     failed: list[str] = []
     with broker() as bootstrap:
-        bench = Bench(bootstrap, args.quick, args.repeats, args.profile)
+        bench = Bench(bootstrap, args.quick, args.repeats, args.profile, args.explicit_repeats)
         for name in names:
             print(f"== {name}", flush=True)
             load_start = loadavg()
@@ -939,7 +996,9 @@ async def main_async(args: argparse.Namespace) -> int:
                 "quick": args.quick,
                 "repeats": bench.repeats,
                 "command": f".venv/bin/python bench/bench_e2e.py --scenario {name}"
-                + (" --quick" if args.quick else f" --repeats {bench.repeats}"),
+                + (" --quick" if args.quick else "")
+                + (f" --repeats {args.repeats}" if args.explicit_repeats else "")
+                + (" --profile" if args.profile and name in PROFILED else ""),
                 "machine": machine_facts(),
                 "loadavg_start": load_start,
                 "loadavg_end": loadavg(),
@@ -959,6 +1018,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, one repeat")
     parser.add_argument("--profile", action="store_true", help="add a cProfile run")
     args = parser.parse_args(argv)
+    args.explicit_repeats = args.repeats is not None
     if args.repeats is None:
         args.repeats = 1 if args.quick else 3
     return asyncio.run(main_async(args))
