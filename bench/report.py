@@ -534,10 +534,16 @@ def render(docs: dict[str, Doc], made: dict[str, str], plot_dir: str) -> str:
         )
         out += [""]
 
-    out += ["## Load average during each benchmark", ""]
+    out += ["## Load average and code version of each results file", ""]
+    def code(doc: Doc) -> str:
+        machine = doc.get("machine")
+        if not machine:
+            return "-"
+        return machine["git_commit"] + (" (dirty)" if machine["consumer_dirty"] else "")
+
     out += table(
-        ["results file", "load average (1 min) start -> end", "when"],
-        [[f"{name}.json", loads_line(doc), str(doc.get("when", "-"))]
+        ["results file", "load average (1 min) start -> end", "when", "code (git)"],
+        [[f"{name}.json", loads_line(doc), str(doc.get("when", "-")), code(doc)]
          for name, doc in sorted(docs.items())],
     )
     out += [""]
