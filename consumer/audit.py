@@ -73,7 +73,6 @@ Coordinates = tuple[str, int, int]
 MISSING: Final = "missing contact"
 MISMATCH: Final = "field mismatch"
 NOT_DEAD_LETTERED: Final = "rejected but not in the dead-letter or parking topic"
-PARKING_SUFFIX: Final = ".parking"
 
 
 class AuditError(Exception):
@@ -528,7 +527,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--parking-topic",
         metavar="TOPIC",
-        help=f"default: <group_id>{PARKING_SUFFIX}; a topic that does not exist is empty",
+        help="default: kafka.parking_topic; a topic that does not exist is empty",
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -546,7 +545,7 @@ def main(args: argparse.Namespace) -> int:
                 settings,
                 topics=args.topic or kafka.topics,
                 dead_letter_topic=args.dead_letter_topic or kafka.dead_letter_topic,
-                parking_topic=args.parking_topic or kafka.group_id + PARKING_SUFFIX,
+                parking_topic=args.parking_topic or kafka.parking_topic,
                 sandbox_url=args.sandbox,
             )
         )
