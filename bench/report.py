@@ -307,7 +307,9 @@ def render(docs: dict[str, Doc], made: dict[str, str], plot_dir: str) -> str:
         "median (min..max) over the repeats stated.",
         "",
     ]
-    machine = next((d["machine"] for d in docs.values() if "machine" in d), None)
+    machine = next(
+        (d["machine"] for d in docs.values() if isinstance(d.get("machine"), dict)), None
+    )
     if machine:
         run = docs.get("run", {})
         out += ["## Machine", ""]
@@ -537,7 +539,7 @@ def render(docs: dict[str, Doc], made: dict[str, str], plot_dir: str) -> str:
     out += ["## Load average and code version of each results file", ""]
     def code(doc: Doc) -> str:
         machine = doc.get("machine")
-        if not machine:
+        if not isinstance(machine, dict):  # the older scripts record only the architecture
             return "-"
         return machine["git_commit"] + (" (dirty)" if machine["consumer_dirty"] else "")
 
