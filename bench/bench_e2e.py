@@ -916,8 +916,8 @@ async def scenario_scaling(bench: Bench) -> dict[str, Any]:
 async def scenario_memory(bench: Bench) -> dict[str, Any]:
     """Where the 1M-backlog RSS goes: the same kind of backlog drained under settings that
     each shrink one consumer of memory (configuration and environment only, no code change)."""
-    events = bench.size(400_000, 100_000)
-    users = bench.size(100_000, 10_000)
+    events = bench.size(400_000, 50_000)
+    users = bench.size(100_000, 5_000)
 
     def make() -> Iterator[tuple[bytes, bytes]]:
         for r in samples.generate(users=users, events=events, identity_share=0.1, seed=17):
