@@ -201,7 +201,6 @@ class EngineStats:
     skipped_done: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
     rejected: Counter[str] = field(default_factory=Counter)
-    upserts_offered: int = 0
     coalesced: int = 0
     http_calls: int = 0
     delivered_calls: int = 0
@@ -211,7 +210,6 @@ class EngineStats:
     parked: Counter[str] = field(default_factory=Counter)
     replayed: int = 0
     ignored_fields: Counter[str] = field(default_factory=Counter)
-    answers: Counter[str] = field(default_factory=Counter)
 
 
 # -- the engine ----------------------------------------------------------------------------------
@@ -438,7 +436,6 @@ class Engine:
         self, upsert: ContactUpsert, ticket: _Ticket, now: float, *, replay: bool = False
     ) -> None:
         key: _Key = (upsert.integration_id, upsert.contact_key, "replay" if replay else "")
-        self.stats.upserts_offered += 1
         if self.scheduler.offer(key, upsert.location_id, upsert, ticket, now=now):
             self.stats.coalesced += 1
             self._metrics.coalesced(upsert.integration_id)
@@ -674,7 +671,6 @@ class Engine:
         """Account for one HighLevel answer: counters, metrics, the limiter, the debugger."""
         upsert = work.item
         self.stats.http_calls += 1
-        self.stats.answers[answer.verdict] += 1
         self._metrics.http(upsert.integration_id, endpoint, answer)
         if answer.status is not None:
             self._limiter.observe(
