@@ -279,3 +279,26 @@ async def start_sandbox(
         await stop_process(process, signal.SIGKILL)
         raise AssertionError(f"sandbox did not start (exit code {process.returncode})")
     return process, url
+
+
+async def run_command(
+    env: Mapping[str, str], *args: str, seconds: float = 120
+) -> tuple[int, str, str]:
+    """Run ``python -m consumer ARGS`` to completion without blocking the loop (an in-process
+    sandbox may serve on it), with ``env`` over this environment minus its GHL_* and KAFKA_*
+    variables; return (exit code, stdout, stderr)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("GHL_", "KAFKA_"))}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "consumer",
+        *args,
+        cwd=ROOT,
+        env={**base, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(seconds):
+        stdout, stderr = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()

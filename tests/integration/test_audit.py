@@ -5,9 +5,7 @@ whose HighLevel contact went missing or changed."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -20,9 +18,9 @@ from tests.integration.consumer_harness import (
     committed_offsets,
     end_offsets,
     produce,
+    run_command,
     start_consumer,
 )
-from tests.kafka_broker import ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -71,24 +69,8 @@ def stream() -> list[tuple[bytes | None, bytes | None]]:
 
 
 async def audit(env: dict[str, str], *args: str) -> tuple[int, str, str]:
-    """Run ``python -m consumer audit ARGS`` without blocking the loop (the sandbox serves on
-    it); return (exit code, stdout, stderr)."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("GHL_", "KAFKA_"))}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "consumer",
-        "audit",
-        *args,
-        cwd=ROOT,
-        env={**base, **env},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(120):
-        stdout, stderr = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, stdout.decode(), stderr.decode()
+    """``python -m consumer audit ARGS``: (exit code, stdout, stderr)."""
+    return await run_command(env, "audit", *args)
 
 
 def contact_of(sandbox: Any, user: int) -> Any:

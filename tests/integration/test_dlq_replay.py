@@ -3,9 +3,6 @@ real broker. Dead letters are built exactly as the engine builds them (dead_lett
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
 import uuid
 from collections.abc import Callable
 
@@ -16,8 +13,7 @@ from confluent_kafka import Message
 from consumer.deadletter import REJECTED_BY_HIGHLEVEL, Failure, dead_letter_headers
 from consumer.events import Record
 from consumer.kafka import KafkaProducer
-from tests.integration.consumer_harness import end_offsets, read_all
-from tests.kafka_broker import ROOT
+from tests.integration.consumer_harness import end_offsets, read_all, run_command
 
 pytestmark = pytest.mark.integration
 
@@ -25,23 +21,8 @@ ORIGINAL_HEADERS = (("traceparent", b"00-abc-def-01"), ("source", b"web"))
 
 
 async def dlq(env: dict[str, str], *args: str) -> tuple[int, str, str]:
-    """Run ``python -m consumer dlq ARGS``; return (exit code, stdout, stderr)."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("GHL_", "KAFKA_"))}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "consumer",
-        "dlq",
-        *args,
-        cwd=ROOT,
-        env={**base, **env},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(90):
-        stdout, stderr = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, stdout.decode(), stderr.decode()
+    """``python -m consumer dlq ARGS``: (exit code, stdout, stderr)."""
+    return await run_command(env, "dlq", *args, seconds=90)
 
 
 def event(n: int) -> bytes:
