@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -48,23 +49,60 @@ def _docker_answers() -> bool:
         return False
 
 
+class LocalBroker:
+    """One ``tools/kafka/kafka.sh`` broker on fixed free ports and its own state directory.
+
+    ``stop`` / ``start`` again keep the port and the data, so fault tests can take the broker
+    away mid-stream and bring it back with every topic and committed offset intact; ``kill``
+    is the unclean version (SIGKILL, no controlled shutdown). ``close`` stops it and deletes
+    the state. A start that fails raises ``subprocess.CalledProcessError`` after the launcher
+    printed the log tail.
+    """
+
+    def __init__(self) -> None:
+        self.state = Path(tempfile.mkdtemp(prefix="ghl-kafka-"))
+        self.port = free_port()
+        self._env = {
+            **os.environ,
+            "KAFKA_PORT": str(self.port),
+            "KAFKA_CONTROLLER_PORT": str(free_port()),
+            "KAFKA_STATE_DIR": str(self.state),
+        }
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Start (or reuse) the broker; returns once it answers Metadata requests."""
+        subprocess.run([str(LAUNCHER), "up"], env=self._env, check=True)
+
+    def stop(self) -> None:
+        """Stop the broker cleanly (SIGTERM, SIGKILL after 20 s); a no-op when it is down."""
+        subprocess.run([str(LAUNCHER), "down"], env=self._env, check=False)
+
+    def kill(self) -> None:
+        """SIGKILL the broker: a crash, not a shutdown; ``start`` recovers its logs."""
+        pidfile = self.state / "broker.pid"
+        if pidfile.exists():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pidfile.read_text()), signal.SIGKILL)
+        self.stop()  # waits until the process is gone and removes the pid file
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.state, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def local_broker() -> Iterator[str]:
-    """Start ``tools/kafka/kafka.sh`` on free ports in a temporary state dir; stop it after."""
-    state = Path(tempfile.mkdtemp(prefix="ghl-kafka-"))
-    port = free_port()
-    env = {
-        **os.environ,
-        "KAFKA_PORT": str(port),
-        "KAFKA_CONTROLLER_PORT": str(free_port()),
-        "KAFKA_STATE_DIR": str(state),
-    }
+    """Start a ``LocalBroker`` on free ports in a temporary state dir; stop and delete it after."""
+    broker = LocalBroker()
     try:
-        subprocess.run([str(LAUNCHER), "up"], env=env, check=True)
-        yield f"127.0.0.1:{port}"
+        broker.start()
+        yield broker.bootstrap
     finally:
-        subprocess.run([str(LAUNCHER), "down"], env=env, check=False)
-        shutil.rmtree(state, ignore_errors=True)
+        broker.close()
 
 
 @contextlib.contextmanager
