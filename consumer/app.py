@@ -78,18 +78,15 @@ def engine_options(settings: Settings) -> EngineOptions:
 
 
 def budget(settings: Settings) -> Budget:
-    """One location's rate budget from the ``[delivery]`` section. Raises ConfigError."""
+    """One location's rate budget from the ``[delivery]`` section (validated when loaded)."""
     d = settings.delivery
-    try:
-        return Budget(
-            burst_max=d.rate_burst,
-            interval_s=d.rate_interval_seconds,
-            sustained_per_interval=d.rate_sustained,
-            daily=d.rate_daily,
-            daily_recheck_s=d.rate_daily_recheck_seconds,
-        )
-    except ValueError as exc:
-        raise ConfigError(f"delivery.rate_*: {exc}") from None
+    return Budget(
+        burst_max=d.rate_burst,
+        interval_s=d.rate_interval_seconds,
+        sustained_per_interval=d.rate_sustained,
+        daily=d.rate_daily,
+        daily_recheck_s=d.rate_daily_recheck_seconds,
+    )
 
 
 async def _limiter_backend(settings: Settings) -> LimiterBackend:
@@ -313,7 +310,6 @@ def main(args: argparse.Namespace) -> int:
     )
     try:
         settings = load_settings(args.config, os.environ)
-        budget(settings)
     except ConfigError as exc:
         print(f"ghl-consumer: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -139,7 +139,8 @@ class KafkaSettings:
 
 
 # Plain sections: every field has a default and a simple type (int, float, str, bool). To add
-# a setting, add a field; ``metadata={"min": n}`` adds a lower bound.
+# a setting, add a field; ``metadata={"min": n}`` adds a lower bound, ``{"at_most": "other"}``
+# / ``{"at_least": "other"}`` a bound by another field of the same section.
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,12 +194,14 @@ class DeliverySettings:
     # window), paced at rate_sustained per interval, and rate_daily per day.
     rate_burst: int = field(default=100, metadata={"min": 1})
     rate_interval_seconds: float = field(default=10.0, metadata={"min": 0.001})
-    rate_sustained: int = field(default=80, metadata={"min": 1})
+    rate_sustained: int = field(default=80, metadata={"min": 1, "at_most": "rate_burst"})
     rate_daily: int = field(default=200_000, metadata={"min": 1})
     # Daily budget spent: one probe request this often, in case HighLevel's day turns earlier.
     rate_daily_recheck_seconds: float = field(default=900.0, metadata={"min": 0.01})
     retry_base_seconds: float = field(default=0.5, metadata={"min": 0.001})
-    retry_max_seconds: float = field(default=30.0, metadata={"min": 0.001})
+    retry_max_seconds: float = field(
+        default=30.0, metadata={"min": 0.001, "at_least": "retry_base_seconds"}
+    )
     unauthorized_probe_seconds: float = field(default=30.0, metadata={"min": 0.01})
     # a contact failing (5xx, timeouts) this long is parked so its partition moves on
     max_retry_seconds: float = field(default=300.0, metadata={"min": 0.01})
@@ -247,8 +250,7 @@ def load_settings(
     }
     sections["highlevel"] = _env_highlevel(sections["highlevel"], environ)
     sections["metrics"] = _env_metrics(sections["metrics"], environ)
-    if "REDIS_URL" in environ:
-        sections["redis"] = RedisSettings(url=environ["REDIS_URL"])
+    sections["redis"] = _env_redis(sections["redis"], environ)
     kafka = _kafka(_table(doc, "kafka", "kafka"), environ, read_secrets)
     integrations = _integrations(doc.get("integrations"), environ, read_secrets)
     return Settings(integrations=integrations, kafka=kafka, config_path=path, **sections)
@@ -287,7 +289,18 @@ def _plain_section(cls: type, table: Mapping[str, Any], where: str) -> Any:
     values = {}
     for name, value in table.items():
         values[name] = _simple_value(hints[name], value, fields[name].metadata, f"{where}.{name}")
-    return cls(**values)
+    section = cls(**values)
+    for name, spec in fields.items():
+        value = getattr(section, name)
+        if (other := spec.metadata.get("at_most")) and value > getattr(section, other):
+            raise ConfigError(
+                f"{where}.{name}: must be at most {where}.{other} ({getattr(section, other)})"
+            )
+        if (other := spec.metadata.get("at_least")) and value < getattr(section, other):
+            raise ConfigError(
+                f"{where}.{name}: must be at least {where}.{other} ({getattr(section, other)})"
+            )
+    return section
 
 
 def _simple_value(kind: type, value: object, metadata: Mapping[str, Any], where: str) -> object:
@@ -318,6 +331,17 @@ def _env_highlevel(section: HighLevelSettings, environ: Mapping[str, str]) -> Hi
     return HighLevelSettings(api_base_url=url.rstrip("/"))
 
 
+_REDIS_SCHEMES: Final = ("redis://", "rediss://", "unix://")
+
+
+def _env_redis(section: RedisSettings, environ: Mapping[str, str]) -> RedisSettings:
+    url = environ.get("REDIS_URL", section.url).strip()
+    where = "REDIS_URL" if "REDIS_URL" in environ else "redis.url"
+    if url and not url.startswith(_REDIS_SCHEMES):
+        raise ConfigError(f"{where}: expected a {', '.join(_REDIS_SCHEMES)} URL, or empty")
+    return RedisSettings(url=url)
+
+
 def _env_metrics(section: MetricsSettings, environ: Mapping[str, str]) -> MetricsSettings:
     port = section.port
     if "METRICS_PORT" in environ:
@@ -330,7 +354,8 @@ def _env_metrics(section: MetricsSettings, environ: Mapping[str, str]) -> Metric
         raise ConfigError(f"{where}: must be at most 65535")
     host = environ.get("METRICS_HOST", section.host).strip()
     if not host:
-        raise ConfigError("METRICS_HOST: must not be empty")
+        where = "METRICS_HOST" if "METRICS_HOST" in environ else "metrics.host"
+        raise ConfigError(f"{where}: must not be empty")
     token = environ.get("DEBUG_ACCESS_TOKEN", "")
     return dataclasses.replace(
         section,

@@ -16,6 +16,7 @@ from tests.integration.consumer_harness import (
     end_offsets,
     produce,
     read_all,
+    run_command,
     start_consumer,
 )
 
@@ -98,3 +99,37 @@ async def test_run_delivers_commits_dead_letters_and_stops_cleanly_on_sigterm(
     assert dead.value() == b"{broken json"
     assert headers["ghl.reason"] == b"invalid_json"
     assert headers["ghl.source.topic"] == topic.encode()
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"GHL_LOCATION_ID": LOCATION}, "GHL_ACCESS_TOKEN: required when GHL_LOCATION_ID is set"),
+        (
+            {"GHL_LOCATION_ID": LOCATION, "GHL_ACCESS_TOKEN": TOKEN, "REDIS_URL": "localhost"},
+            "REDIS_URL: expected a redis://, rediss://, unix:// URL, or empty",
+        ),
+    ],
+)
+async def test_run_refuses_bad_settings_before_consuming_anything(
+    kafka_bootstrap: str, new_topic: Callable[..., str], env: dict[str, str], message: str
+) -> None:
+    """A waiting backlog, and a configuration error: the process exits 2 with one line naming
+    the field (never the token), and the group never consumed or committed a record."""
+    topic = new_topic(partitions=2)
+    group = f"refused-{uuid.uuid4().hex[:8]}"
+    produce(kafka_bootstrap, topic, [(b"user-1", identify(1, 0)), (b"user-2", identify(2, 0))])
+    code, stdout, stderr = await run_command(
+        {
+            **env,
+            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "KAFKA_TOPICS": topic,
+            "KAFKA_GROUP_ID": group,
+            "METRICS_PORT": "0",
+        },
+        "run",
+        seconds=30,
+    )
+    assert (code, stdout) == (2, "")
+    assert stderr == f"ghl-consumer: configuration error: {message}\n"
+    assert committed_offsets(kafka_bootstrap, group, topic, 2) == {0: -1001, 1: -1001}

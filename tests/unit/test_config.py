@@ -338,3 +338,89 @@ def test_session_timeout_is_for_the_classic_protocol_only() -> None:
         )
     with pytest.raises(ConfigError, match=r"^KAFKA_SESSION_TIMEOUT_MS: expected"):
         load_settings(None, {**base, "KAFKA_SESSION_TIMEOUT_MS": "soon"})
+
+
+def _plain_fields() -> list[tuple[str, str, type, object]]:
+    """(section, field, type, lower bound or None) of every file setting of the plain sections."""
+    import dataclasses
+    import typing
+
+    from consumer.config import _SECTIONS
+
+    return [
+        (section, f.name, typing.get_type_hints(cls)[f.name], f.metadata.get("min"))
+        for section, cls in _SECTIONS.items()
+        for f in dataclasses.fields(cls)
+        if not f.metadata.get("env_only")
+    ]
+
+
+@pytest.mark.parametrize(("section", "name", "kind", "minimum"), _plain_fields())
+def test_every_plain_setting_names_itself_when_invalid(
+    section: str, name: str, kind: type, minimum: object, tmp_path: Path
+) -> None:
+    """Generated from the settings classes, so a new setting is covered the day it is added:
+    a value of the wrong type, and one below the lower bound, stop loading with an error
+    that starts with the setting's dotted name."""
+    wrong = "'text'" if kind is not str else "3"
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, f"[{section}]\n{name} = {wrong}\n", ENV)
+    assert str(caught.value).startswith(f"{section}.{name}: expected")
+    if isinstance(minimum, int | float) and minimum > 0:
+        below = minimum - 1 if kind is int else minimum / 2
+        with pytest.raises(ConfigError) as caught:
+            load(tmp_path, f"[{section}]\n{name} = {below}\n", ENV)
+        assert str(caught.value).startswith(f"{section}.{name}: must be at least {minimum}")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "[delivery]\nrate_burst = 10\nrate_sustained = 11\n",
+            "delivery.rate_sustained: must be at most delivery.rate_burst (10)",
+        ),
+        (
+            "[delivery]\nretry_base_seconds = 5\nretry_max_seconds = 1\n",
+            "delivery.retry_max_seconds: must be at least delivery.retry_base_seconds (5.0)",
+        ),
+        ("[redis]\nurl = 'localhost:6379'\n", "redis.url: expected a redis://"),
+        ("[metrics]\nhost = ' '\n", "metrics.host: must not be empty"),
+    ],
+)
+def test_settings_bounded_by_each_other_or_by_form_name_the_field(
+    text: str, message: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, text, ENV)
+    assert str(caught.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("KAFKA_BOOTSTRAP_SERVERS", " ", "must not be empty"),
+        ("KAFKA_TOPICS", ",", "at least one topic is required"),
+        ("KAFKA_GROUP_ID", "", "must not be empty"),
+        ("KAFKA_AUTO_OFFSET_RESET", "first", "expected one of"),
+        ("KAFKA_GROUP_PROTOCOL", "eager", "expected classic or consumer"),
+        ("KAFKA_DEAD_LETTER_TOPIC", "", "must not be empty"),
+        ("KAFKA_PROFILE_TOPIC", "", "must not be empty"),
+        ("KAFKA_PARKING_TOPIC", "", "must not be empty"),
+        ("KAFKA_SESSION_TIMEOUT_MS", "6s", "expected a number of milliseconds"),
+        ("GHL_API_BASE_URL", "services.leadconnectorhq.com", "expected an http(s):// URL"),
+        ("METRICS_PORT", "-1", "expected a port number"),
+        ("METRICS_HOST", "", "must not be empty"),
+        ("REDIS_URL", "127.0.0.1:6379", "expected a redis://"),
+        ("GHL_ACCESS_TOKEN", "", "must not be empty"),
+        ("GHL_CONSENT_CATEGORY", "", "expected a non-empty string"),
+        ("GHL_DEFAULT_PHONE_REGION", "XX", "expected a region"),
+    ],
+)
+def test_every_environment_variable_names_itself_when_invalid(
+    name: str, value: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, {**ENV, name: value})
+    assert str(caught.value).startswith(f"{name}: {message}")
+    assert "pit-secret-value" not in str(caught.value)
