@@ -14,7 +14,18 @@ Headers (all UTF-8 text), after the original record's own headers:
 ``ghl.source.partition``
 ``ghl.source.offset``
 ``ghl.failed_at``           ISO 8601 UTC time of the decision
+``ghl.omitted``             what was left out to fit the size budget (see below), if any
 ==========================  ===========================================================
+
+Only the dead letter's own ``ghl.*`` headers are written: any ``ghl.*`` header on the original
+record is dropped, so input can never spoof the reason or the source coordinates that
+``ghl-consumer audit`` and ``dlq replay`` read.
+
+Size: a dead letter must fit one produce request (librdkafka refuses a record over its
+``message.max.bytes``, 1,000,000 by default, outright, and retrying it would stall the
+partition for ever). Over ``DEAD_LETTER_MAX_BYTES`` the largest of value, original headers and
+key are left out, largest first, until it fits; ``ghl.omitted`` names them with their sizes.
+The original stays readable at its source coordinates until retention removes it.
 
 Secrets never reach these records: the engine passes no token here, and HighLevel's answers
 do not echo the Authorization header. Pure: the caller supplies the time.
@@ -33,6 +44,10 @@ REJECTED_BY_HIGHLEVEL: Final = "rejected_by_highlevel"
 """Reason for a delivery HighLevel answered with 400 / 422 (or another non-retryable 4xx)."""
 
 HEADER_PREFIX: Final = "ghl."
+
+DEAD_LETTER_MAX_BYTES: Final = 900_000
+"""Budget of one dead letter's key + value + headers: under librdkafka's default
+``message.max.bytes`` (1,000,000), with room for the record's framing."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -70,6 +85,62 @@ def dead_letter_headers(
         (HEADER_PREFIX + name, str(value).encode()) for name, value in fields if value is not None
     )
     return headers
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """The record to produce to the dead-letter topic."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+
+
+def _headers_size(headers: Sequence[tuple[str, bytes]]) -> int:
+    # Name + value + their length varints (at most 5 bytes each) per header, as Kafka frames them.
+    return sum(
+        len(name.encode("utf-8", "surrogatepass")) + len(value) + 10
+        for name, value in headers
+    )
+
+
+def dead_letter(
+    record: Record, failure: Failure, *, now: float, max_bytes: int = DEAD_LETTER_MAX_BYTES
+) -> DeadLetter:
+    """``record``'s dead-letter copy: its key, value and non-``ghl.`` headers, then the
+    ``ghl.*`` headers of ``dead_letter_headers``; over ``max_bytes`` the largest parts are
+    left out until it fits (see the module docstring). Never raises."""
+    headers = dead_letter_headers(record, failure, now=now)
+    original = [h for h in headers if not h[0].startswith(HEADER_PREFIX)]
+    own = headers[len(original) :]
+    sizes = {
+        "value": len(record.value or b""),
+        "headers": _headers_size(original),
+        "key": len(record.key or b""),
+    }
+    budget = max_bytes - _headers_size(own) - 100  # 100: the ghl.omitted header itself
+    total = sum(sizes.values())
+    left_out: list[str] = []
+    for name, size in sorted(sizes.items(), key=lambda part: -part[1]):
+        if total <= budget or size == 0:
+            break
+        total -= size
+        left_out.append(name)
+    if not left_out:
+        return DeadLetter(record.key, record.value, tuple(headers))
+    omitted = "; ".join(
+        f"{name} ({f'{len(original)} headers, ' if name == 'headers' else ''}{sizes[name]} bytes)"
+        for name in left_out
+    )
+    return DeadLetter(
+        key=None if "key" in left_out else record.key,
+        value=None if "value" in left_out else record.value,
+        headers=(
+            *(() if "headers" in left_out else original),
+            *own,
+            (HEADER_PREFIX + "omitted", omitted.encode()),
+        ),
+    )
 
 
 def read_failure(headers: Sequence[tuple[str, bytes]]) -> dict[str, str]:

@@ -23,7 +23,9 @@ class Limits:
     """Size limits on input. Over either -> reject ``too_large``."""
 
     max_event_bytes: int = 1_048_576  # Kafka's default max message size
-    max_field_chars: int = 1_024  # any single string the mapping reads or stores
+    # Any single string the mapping reads or stores; also the record key, in bytes (it is
+    # stored as the contact key).
+    max_field_chars: int = 1_024
 
 
 def wrong_type(path: str, expected: str, value: object) -> Reject:
@@ -51,6 +53,9 @@ def _identifier(value: object, name: str, limits: Limits) -> str | Reject | None
 
 def decode(value: bytes, limits: Limits = Limits()) -> Event | Reject:
     """Decode one record value. Never raises; returns exactly one ``Event`` or ``Reject``."""
+    if not value:
+        # Not invalid JSON but no event at all; the engine passes a tombstone (None) as b"".
+        return Reject(Reason.EMPTY_VALUE, "empty value: a tombstone or zero-length record")
     if len(value) > limits.max_event_bytes:
         return Reject(
             Reason.TOO_LARGE, f"record is {len(value)} bytes, limit {limits.max_event_bytes}"

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from consumer.config import Integration
-from consumer.deadletter import REJECTED_BY_HIGHLEVEL, Failure, dead_letter_headers
+from consumer.deadletter import REJECTED_BY_HIGHLEVEL, Failure, dead_letter
 from consumer.debugger import Debugger
 from consumer.delivery import Answer, Verdict, ignored_fields
 from consumer.events import ContactUpsert, Drop, Record
@@ -462,8 +462,8 @@ class Engine:
 
     async def _dead_letter(self, record: Record, failure: Failure) -> None:
         """Produce ``record``'s dead-letter copy (see ``_produce``)."""
-        headers = dead_letter_headers(record, failure, now=self._wall_clock())
-        await self._produce(self._dead_letter_topic, record.key, record.value, headers)
+        letter = dead_letter(record, failure, now=self._wall_clock())
+        await self._produce(self._dead_letter_topic, letter.key, letter.value, letter.headers)
         self.stats.dead_lettered += 1
 
     async def _produce(

@@ -23,7 +23,8 @@ class Reason(StrEnum):
     NOT_MAPPED = "not_mapped"  # the event is not one the preset upserts on
     DUPLICATE = "duplicate"  # same messageId seen before (within the dedupe TTL and bound)
     # rejects: input that cannot be used as it is
-    TOO_LARGE = "too_large"  # record over max_event_bytes, or a field over max_field_chars
+    TOO_LARGE = "too_large"  # value over max_event_bytes, key or a field over max_field_chars
+    EMPTY_VALUE = "empty_value"  # no value at all: a tombstone or a zero-length record
     INVALID_UTF8 = "invalid_utf8"
     INVALID_JSON = "invalid_json"
     NOT_AN_OBJECT = "not_an_object"

@@ -161,7 +161,19 @@ class Mapper:
         self, *, value: bytes, key: bytes | None, topic: str, now: float
     ) -> list[Outcome]:
         """Decode and map one record. Returns one record-level Drop/Reject, or one outcome per
-        routed integration (in configuration order)."""
+        routed integration (in configuration order).
+
+        The key, any bytes, is the contact key: not valid UTF-8 -> decoded with backslash
+        escapes (a binary key is still a key); empty -> absent; over ``max_field_chars``
+        bytes -> ``too_large``, since it would be held in the scheduler and the profile store
+        and written to the profile changelog."""
+        if key is not None and len(key) > self._limits.max_field_chars:
+            return [
+                Reject(
+                    Reason.TOO_LARGE,
+                    f"key: {len(key)} bytes, limit {self._limits.max_field_chars}",
+                )
+            ]
         event = decode(value, self._limits)
         if isinstance(event, Reject):
             return [event]

@@ -16,11 +16,7 @@ SMALL = Limits(max_event_bytes=200, max_field_chars=10)
 @pytest.mark.parametrize(
     ("value", "reason", "error"),
     [
-        (
-            b"",
-            Reason.INVALID_JSON,
-            "invalid JSON at character 0: Input is a zero-length, empty document",
-        ),
+        (b"", Reason.EMPTY_VALUE, "empty value: a tombstone or zero-length record"),
         (b'{"type": "identify",', Reason.INVALID_JSON, None),
         (b'{"type": "identify", "userId": "\\ud800"}', Reason.INVALID_JSON, None),
         (

@@ -255,7 +255,7 @@ async def test_poison_and_analytics_complete_without_a_call() -> None:
     await run_until(engine, lambda: committed(source) == 3)
     assert highlevel.upserts == []
     reasons = [dict(h)["ghl.reason"] for _, _, _, h in sink.produced]
-    assert reasons == [b"invalid_json", b"invalid_json"]
+    assert reasons == [b"invalid_json", b"empty_value"]
     assert engine.stats.dropped == {"not_mapped": 1}
 
 
