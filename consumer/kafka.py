@@ -827,6 +827,10 @@ def _delivery_callback(
 # Admin
 
 
+# Client errors that waiting does not heal: the broker refused the credentials or the TLS handshake.
+_REFUSED: Final = frozenset((KafkaError._AUTHENTICATION, KafkaError._SSL))
+
+
 async def ensure_topics(
     bootstrap: str,
     topics: Sequence[TopicSpec],
@@ -835,10 +839,19 @@ async def ensure_topics(
     timeout_s: float = 30.0,
 ) -> list[str]:
     """Create the topics that do not exist yet; returns the names created. Existing topics are
-    left as they are (their config is not altered). Raises ``KafkaAdapterError``."""
+    left as they are (their config is not altered). Raises ``KafkaAdapterError``; raises
+    ``ConfigError`` at once, with librdkafka's reason, when the broker refuses the client's
+    credentials or TLS (the first Kafka call of ``run``: wrong SASL password or CA)."""
     if not topics:
         return []
-    admin = AdminClient({"bootstrap.servers": bootstrap, **(extra or {})})
+    refusals: list[KafkaError] = []
+    config: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        **(extra or {}),
+        "error_cb": refusals.append,  # served by admin.poll below
+        "logger": _librdkafka_logger,
+    }
+    admin = AdminClient(config)
     new = [
         NewTopic(
             spec.name,
@@ -851,16 +864,29 @@ async def ensure_topics(
         for spec in topics
     ]
     futures = admin.create_topics(new, operation_timeout=timeout_s, request_timeout=timeout_s)
+    pending = {asyncio.wrap_future(future): name for name, future in futures.items()}
     created = []
-    for name, future in futures.items():
-        try:
-            await asyncio.wrap_future(future)
-            created.append(name)
-        except KafkaException as exc:
-            err = exc.args[0] if exc.args else None
-            if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
-                continue
-            raise _from_kafka(exc, f"creating topic {name}") from exc
+    while pending:
+        done, _ = await asyncio.wait(pending, timeout=0.2)
+        admin.poll(0)  # never blocks
+        # Refused credentials or certificates do not heal while the request waits for its
+        # timeout: say why now. librdkafka's text names the mechanism, never the password.
+        refused = next((e for e in refusals if e.code() in _REFUSED), None)
+        if refused is not None:
+            raise ConfigError(
+                f"kafka.librdkafka: the broker refused the connection: {refused.str()} "
+                "(check security.protocol, sasl.* and ssl.* settings)"
+            )
+        for future in done:
+            name = pending.pop(future)
+            try:
+                future.result()
+                created.append(name)
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                    continue
+                raise _from_kafka(exc, f"creating topic {name}") from exc
     if created:
         logger.info("kafka topics created", extra={"topics": created})
     return created
