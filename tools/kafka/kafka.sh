@@ -12,6 +12,13 @@
 # Environment: KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (KAFKA_PORT+1), KAFKA_HEAP (512m),
 # KAFKA_START_TIMEOUT seconds (90), GHL_KAFKA_HOME, KAFKA_STATE_DIR (port-<port>/ above; the test
 # fixtures point it at a temporary directory so every test session starts from an empty broker).
+#
+# Optional secured listener, off unless KAFKA_SECURE_PORT is set: SASL_SSL on
+# 127.0.0.1:$KAFKA_SECURE_PORT beside the PLAINTEXT one, SCRAM-SHA-512, one user
+# ${KAFKA_SASL_USERNAME:-ghl-consumer} whose password is $KAFKA_SASL_PASSWORD (required then). TLS:
+# a CA and a broker certificate (for localhost and 127.0.0.1) made with openssl in $state/tls/ on
+# first start; clients trust $state/tls/ca.pem. The SCRAM user is created when the storage is
+# formatted (the first start of a state directory); later starts keep it.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -24,6 +31,9 @@ state=${KAFKA_STATE_DIR:-$home/port-$port}
 log="$state/broker.log"
 pidfile="$state/broker.pid"
 timeout=${KAFKA_START_TIMEOUT:-90}
+secure_port=${KAFKA_SECURE_PORT:-}
+sasl_user=${KAFKA_SASL_USERNAME:-ghl-consumer}
+tls="$state/tls"
 
 say() { printf 'kafka: %s\n' "$*" >&2; }
 
@@ -51,14 +61,22 @@ resolve_jars() {
 
 write_config() {
   mkdir -p "$state/data"
+  local listeners="PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port"
+  local advertised="PLAINTEXT://127.0.0.1:$port"
+  local protocols="PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+  if [ -n "$secure_port" ]; then
+    listeners="$listeners,SECURED://127.0.0.1:$secure_port"
+    advertised="$advertised,SECURED://127.0.0.1:$secure_port"
+    protocols="$protocols,SECURED:SASL_SSL"
+  fi
   cat >"$state/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$controller_port
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listeners=$listeners
+advertised.listeners=$advertised
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=$protocols
 inter.broker.listener.name=PLAINTEXT
 log.dirs=$state/data
 num.partitions=1
@@ -77,6 +95,45 @@ auto.create.topics.enable=true
 log.retention.hours=24
 log.segment.bytes=67108864
 PROPS
+  if [ -n "$secure_port" ]; then
+    cat >>"$state/server.properties" <<PROPS
+listener.name.secured.sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.secured.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.secured.ssl.keystore.type=PEM
+listener.name.secured.ssl.keystore.location=$tls/broker-keystore.pem
+PROPS
+  fi
+}
+
+# A private CA and the broker's key and certificate (SAN localhost, 127.0.0.1), once per state.
+make_tls() {
+  [ -f "$tls/broker-keystore.pem" ] && return 0
+  command -v openssl >/dev/null || { say "openssl is required for KAFKA_SECURE_PORT"; exit 1; }
+  mkdir -p "$tls"
+  (
+    cd "$tls"
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 3650 \
+      -subj "/CN=ghl-consumer local Kafka CA"
+    openssl req -newkey rsa:2048 -nodes -keyout broker.key -out broker.csr -subj "/CN=localhost"
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >broker.ext
+    openssl x509 -req -in broker.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+      -extfile broker.ext -out broker.pem
+    cat broker.key broker.pem >broker-keystore.pem
+    chmod 600 ca.key broker.key broker-keystore.pem
+  ) >>"$log" 2>&1 || { say "making the TLS certificates failed; last lines of $log:"; log_tail; exit 1; }
+}
+
+# The --add-scram argument of the storage format: the salted password, so the password itself
+# never appears on a command line.
+scram_credential() {
+  KAFKA_SASL_USERNAME="$sasl_user" python3 - <<'PY'
+import base64, hashlib, os
+salt, iterations = os.urandom(16), 8192
+salted = hashlib.pbkdf2_hmac("sha512", os.environ["KAFKA_SASL_PASSWORD"].encode(), salt, iterations)
+b64 = lambda raw: base64.b64encode(raw).decode()
+print(f'SCRAM-SHA-512=[name={os.environ["KAFKA_SASL_USERNAME"]},iterations={iterations},'
+      f'salt="{b64(salt)}",saltedpassword="{b64(salted)}"]')
+PY
 }
 
 java_opts=("-Xmx${KAFKA_HEAP:-512m}" "-Xms${KAFKA_HEAP:-512m}" -XX:+UseG1GC -Djava.awt.headless=true
@@ -92,10 +149,19 @@ up() {
   else
     command -v java >/dev/null || { say "Java 17 (java) is required"; exit 1; }
     resolve_jars
+    if [ -n "$secure_port" ] && [ -z "${KAFKA_SASL_PASSWORD:-}" ]; then
+      say "KAFKA_SECURE_PORT needs KAFKA_SASL_PASSWORD (the SCRAM user's password)"
+      exit 1
+    fi
     write_config
     [ -f "$log" ] && mv -f "$log" "$log.1"
+    local scram=()
+    if [ -n "$secure_port" ]; then
+      make_tls
+      scram=(--add-scram "$(scram_credential)")
+    fi
     if [ ! -f "$state/data/meta.properties" ]; then
-      java "${java_opts[@]}" kafka.tools.StorageTool format --standalone --ignore-formatted \
+      java "${java_opts[@]}" kafka.tools.StorageTool format --standalone --ignore-formatted "${scram[@]}" \
         -t "$(java "${java_opts[@]}" kafka.tools.StorageTool random-uuid)" -c "$state/server.properties" >>"$log" 2>&1 \
         || { say "storage format failed; last lines of $log:"; log_tail; exit 1; }
     fi
@@ -120,6 +186,9 @@ up() {
     sleep 0.3
   done
   say "ready on 127.0.0.1:$port (log: $log)"
+  if [ -n "$secure_port" ]; then
+    say "SASL_SSL (SCRAM-SHA-512, user $sasl_user) on 127.0.0.1:$secure_port; CA: $tls/ca.pem"
+  fi
 }
 
 down() {
