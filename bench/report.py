@@ -2,8 +2,9 @@
 
 Every figure in the report is read from a file in the results directory (``bench/results/``
 by default): ``mapping.json``, ``sandbox.json``, ``ratelimit.json`` (their own scripts),
-``e2e_<scenario>.json`` (``bench_e2e.py``) and ``run.json`` (``run_all.py``). A missing file
-leaves its rows marked "not run". Plots go to ``plots/`` beside the output file's results
+``e2e_<scenario>.json`` (``bench_e2e.py``), ``run.json`` (``run_all.py``) and ``soak.json``
+(``soak.py``, ``make soak``, not part of ``make bench``). A missing file leaves its rows marked
+"not run". Plots go to ``plots/`` beside the output file's results
 (``bench/plots/`` for the default output).
 
     .venv/bin/python bench/report.py [--results DIR] [--output FILE]
@@ -176,6 +177,28 @@ def plots(docs: dict[str, Doc], directory: Path) -> dict[str, str]:
             ax.legend()
 
         save("scaling", draw_scaling)
+
+    soak = docs.get("soak")
+    if soak:
+
+        def draw_soak(ax: Any) -> None:
+            rss = soak["rss_mb"]["series"]
+            for column in range(1, len(rss[0]) if rss else 1):
+                ax.plot([r[0] for r in rss], [r[column] for r in rss],
+                        label=f"member {column - 1} RSS (MB)")
+            ax.set_ylabel("RSS, MB")
+            ax.set_xlabel("seconds since the soak started")
+            twin = ax.twinx()
+            lag = soak["lag"]["series"]
+            twin.plot([r[0] for r in lag], [r[1] for r in lag], color="grey", alpha=0.6,
+                      label="lag (events)")
+            twin.set_ylabel("lag, events")
+            for fault in soak["faults"]["log"]:
+                ax.axvline(fault["t"], color="tab:red", alpha=0.25, linewidth=0.8)
+            ax.set_title("Soak: RSS and lag; faults as red lines")
+            ax.legend(loc="upper left")
+
+        save("soak", draw_soak)
     return made
 
 
@@ -536,6 +559,7 @@ def render(docs: dict[str, Doc], made: dict[str, str], plot_dir: str) -> str:
         )
         out += [""]
 
+    out += soak_section(docs.get("soak"), made, plot_dir)
     out += ["## Load average and code version of each results file", ""]
     def code(doc: Doc) -> str:
         machine = doc.get("machine")
@@ -550,6 +574,48 @@ def render(docs: dict[str, Doc], made: dict[str, str], plot_dir: str) -> str:
     )
     out += [""]
     return "\n".join(out)
+
+
+def soak_section(soak: Doc | None, made: dict[str, str], plot_dir: str) -> list[str]:
+    """``bench/soak.py``'s figures: load, faults, RSS, lag, drain and the audit."""
+    if not soak:
+        return []
+    events, rss, lag, audit = soak["events"], soak["rss_mb"], soak["lag"], soak["audit"]
+    faults = ", ".join(f"{kind} {n}" for kind, n in soak["faults"]["by_kind"].items())
+    seconds = soak["duration_s"]
+    length = f"{seconds / 60:.0f} minutes" if seconds >= 120 else f"{seconds:.0f} s"
+    out = ["## Soak: steady load with faults, then the audit", ""]
+    out += [
+        f"{length} at {soak['rate_ev_per_s']:g} events/s into "
+        f"{soak['partitions']} partitions, {soak['members']} consumer processes in one group "
+        f"sharing Redis, the sandbox at HighLevel's limits ({soak['locations']} locations); "
+        "faults injected in turn (see `bench/soak.py`). Result: "
+        + ("**OK**" if soak["ok"] else f"**FAILED** ({'; '.join(soak['problems'])})")
+        + f". Command: `.venv/bin/python {soak['command']}`.",
+        "",
+    ]
+    out += table(
+        ["figure", "value"],
+        [
+            ["events produced", num(events["produced"])],
+            ["faults injected", faults],
+            ["unexpected member exits", num(len(soak["unexpected_exits"]))],
+            ["RSS per member, median of the first / last quarter, MB",
+             f"{rss['first_quarter_median']} / {rss['last_quarter_median']}"],
+            ["RSS max, MB", str(rss["max"])],
+            ["lag max / p99, events", f"{num(lag['max'])} / {num(lag['p99'])}"],
+            ["drained after the load stopped, s",
+             str(soak["drain_seconds"]) if soak["drained"] else "**never**"],
+            ["audit: records / delivered identity events / dead-lettered",
+             f"{num(audit.get('records', 0))} / {num(audit.get('delivered_events', 0))} / "
+             f"{num(audit.get('dead_lettered', 0))}"],
+            ["audit: unaccounted events", str(audit.get("unaccounted_events", "audit failed"))],
+        ],
+    )
+    out += [""]
+    if "soak" in made:
+        out += [f"![soak]({plot_dir}/{made['soak']})", ""]
+    return out
 
 
 def profile_section(doc: Doc) -> list[str]:

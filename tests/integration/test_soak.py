@@ -1,0 +1,56 @@
+"""The soak's short version (CI): ``bench/soak.py`` as a process for about a minute, with a fault
+of every kind forced by its schedule, must drain and leave nothing unaccounted."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.kafka_broker import ROOT
+
+pytestmark = pytest.mark.integration
+
+KINDS = {"sigkill_member", "sigterm_member", "sandbox_faults", "redis_kill", "broker_restart"}
+
+
+@pytest.mark.timeout(900)
+def test_short_soak_with_every_fault_drains_and_accounts_for_every_event(tmp_path: Path) -> None:
+    out = tmp_path / "soak.json"
+    argv = [sys.executable, str(ROOT / "bench" / "soak.py"), "--duration", "60", "--rate", "50"]
+    argv += ["--fault-gap", "3", "--fault-window", "8", "--drain-timeout", "240"]
+    argv += ["--out", str(out)]
+    soak = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        output, _ = soak.communicate(timeout=780)
+    except subprocess.TimeoutExpired:
+        soak.send_signal(signal.SIGINT)  # the soak stops its broker, Redis and children
+        output, _ = soak.communicate(timeout=120)
+        raise
+    text = output.decode(errors="replace")
+    assert soak.returncode == 0, text[-6000:]
+
+    doc = json.loads(out.read_text())
+    assert doc["ok"], doc["problems"]
+    assert {k for k, n in doc["faults"]["by_kind"].items() if n >= 1} == KINDS
+    assert doc["drained"]
+    assert doc["unexpected_exits"] == []
+    assert doc["shutdown_exit_codes"] == [0, 0]  # both members left cleanly at the end
+    events = doc["events"]
+    assert events["produced"] >= 60 * 50
+    assert events["in_topic"] == events["produced"]
+    audit = doc["audit"]
+    assert audit["exit_code"] == 0
+    assert audit["unaccounted_events"] == 0
+    assert audit["records"] == events["produced"]
+    # the mix reached every outcome: delivered upserts, dead letters, analytics dropped
+    assert audit["delivered_events"] > 0
+    assert audit["dead_lettered"] >= events["by_kind"]["malformed"] > 0
+    assert audit["dropped"]["not_mapped"] > 0
+    rss = doc["rss_mb"]
+    assert 0 < rss["first_quarter_median"] <= rss["max"]
+    assert doc["lag"]["series"]
