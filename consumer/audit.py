@@ -538,7 +538,7 @@ def main(args: argparse.Namespace) -> int:
         level="WARNING", format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     try:
-        settings = load_settings(args.config, os.environ, read_secrets=False)
+        settings = load_settings(args.config, os.environ, read_secrets=False, kafka_secrets=True)
         kafka = settings.kafka
         report = asyncio.run(
             run_audit(

@@ -234,12 +234,19 @@ _TOP_LEVEL: Final = frozenset((*_SECTIONS, "kafka", "integrations"))
 
 
 def load_settings(
-    path: str | None, environ: Mapping[str, str], *, read_secrets: bool = True
+    path: str | None,
+    environ: Mapping[str, str],
+    *,
+    read_secrets: bool = True,
+    kafka_secrets: bool | None = None,
 ) -> Settings:
     """Read ``path`` (TOML; None = no file) and ``environ``; validate; return Settings.
 
     ``read_secrets=False`` validates where secrets come from but does not read them (tokens
-    become ``Secret.unread``): for the dry run, which sends nothing. Raises ConfigError.
+    become ``Secret.unread``): for commands that send nothing to HighLevel. ``kafka_secrets``
+    (default: ``read_secrets``) decides the same for the ``[kafka.librdkafka]`` secrets: the
+    operator commands that read Kafka without HighLevel tokens (dlq, audit) pass True, the dry
+    run reads neither. Raises ConfigError.
     """
     doc: dict[str, Any] = _read_toml(path) if path is not None else {}
     for key in doc:
@@ -251,7 +258,11 @@ def load_settings(
     sections["highlevel"] = _env_highlevel(sections["highlevel"], environ)
     sections["metrics"] = _env_metrics(sections["metrics"], environ)
     sections["redis"] = _env_redis(sections["redis"], environ)
-    kafka = _kafka(_table(doc, "kafka", "kafka"), environ, read_secrets)
+    kafka = _kafka(
+        _table(doc, "kafka", "kafka"),
+        environ,
+        read_secrets if kafka_secrets is None else kafka_secrets,
+    )
     integrations = _integrations(doc.get("integrations"), environ, read_secrets)
     return Settings(integrations=integrations, kafka=kafka, config_path=path, **sections)
 

@@ -513,7 +513,7 @@ def main(args: argparse.Namespace) -> int:
     )
     command = _replay_command if args.dlq_command == "replay" else _list_command
     try:
-        settings = load_settings(args.config, environ, read_secrets=False)
+        settings = load_settings(args.config, environ, read_secrets=False, kafka_secrets=True)
         return asyncio.run(command(args, settings, sys.stdout))
     except ConfigError as exc:
         print(f"ghl-consumer dlq: configuration error: {exc}", file=sys.stderr)
