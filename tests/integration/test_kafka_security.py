@@ -1,0 +1,142 @@
+"""Kafka security settings pass through ``[kafka.librdkafka]`` to every Kafka client of the CLI:
+``ghl-consumer run``, ``dlq`` and ``audit`` against a real broker whose only listener they are
+given is SASL_SSL (SCRAM-SHA-512 over TLS with a private CA). A wrong password or an untrusted
+certificate stops ``run`` at once with librdkafka's reason, never the password (issue 9)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from consumer.sandbox.server import run_sandbox
+from tests.integration.consumer_harness import (
+    ProcessLog,
+    committed_offsets,
+    end_offsets,
+    produce,
+    run_command,
+    start_consumer,
+    stop_process,
+)
+from tests.integration.secure_kafka import SecuredBroker, secured_broker
+from tests.kafka_broker import create_topic
+
+pytestmark = pytest.mark.integration
+
+PASSWORD = "scram-Pw/6Qv+Lx9"
+WRONG_PASSWORD = "scram-Wrong/71zE"
+LOCATION, TOKEN = "ve9EPM428h8vShlRW1KT", "pit-kafka-security-token"
+USERS = 4
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[SecuredBroker]:
+    with secured_broker(PASSWORD) as running:
+        yield running
+
+
+def write_config(path: Path, broker: SecuredBroker, topic: str, group: str, password: str) -> Path:
+    path.write_text(
+        "[kafka]\n"
+        f'topics = ["{topic}"]\n'
+        f'group_id = "{group}"\n'
+        + broker.librdkafka_table(password)
+    )
+    return path
+
+
+def secured_env(broker: SecuredBroker) -> dict[str, str]:
+    """Only the SASL_SSL address: every Kafka connection of the command is authenticated."""
+    return {"KAFKA_BOOTSTRAP_SERVERS": broker.secure_bootstrap, "GHL_LOCATION_ID": LOCATION}
+
+
+async def test_run_dlq_and_audit_work_over_sasl_ssl(broker: SecuredBroker, tmp_path: Path) -> None:
+    topic = create_topic(broker.bootstrap)
+    group = f"secured-{uuid.uuid4().hex[:8]}"
+    secret_file = tmp_path / "kafka-password"
+    secret_file.write_text(PASSWORD + "\n")
+    config = write_config(
+        tmp_path / "config.toml", broker, topic, group, f'{{ file = "{secret_file}" }}'
+    )
+    events = [
+        {"type": "identify", "userId": f"user-{i}", "traits": {"email": f"u{i}@example.com"}}
+        for i in range(USERS)
+    ]
+    produce(broker.bootstrap, topic, ((e["userId"].encode(), orjson.dumps(e)) for e in events))
+    ends = end_offsets(broker.bootstrap, topic, 1)
+    env = secured_env(broker)
+
+    async with run_sandbox(locations={LOCATION: TOKEN}) as sandbox:
+        consumer = await start_consumer(
+            {**env, "GHL_ACCESS_TOKEN": TOKEN, "GHL_API_BASE_URL": sandbox.url},
+            "--config",
+            str(config),
+        )
+        log = ProcessLog(consumer)
+        try:
+            async with asyncio.timeout(60):
+                while committed_offsets(broker.bootstrap, group, topic, 1) != ends:
+                    assert consumer.returncode is None, log.text()[-3000:]
+                    await asyncio.sleep(0.3)
+        except TimeoutError:
+            raise AssertionError(f"not all committed in 60 s:\n{log.text()[-3000:]}") from None
+        finally:
+            await stop_process(consumer, signal.SIGTERM)
+        assert await log.finished() == 0, log.text()[-3000:]
+        assert sorted(c["email"] for c in sandbox.contacts(LOCATION)) == [
+            f"u{i}@example.com" for i in range(USERS)
+        ]
+
+        # The operator commands read the same [kafka.librdkafka] settings.
+        code, out, err = await run_command(env, "dlq", "list", "--json", "--config", str(config))
+        assert code == 0, out + err
+        code, out, err = await run_command(
+            env, "audit", "--sandbox", sandbox.url, "--json", "--config", str(config)
+        )
+        assert code == 0, out + err
+        report = orjson.loads(out)
+        assert (report["ok"], report["delivered_events"]) == (True, USERS), report
+    assert PASSWORD not in log.text() + out + err
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("wrong password", "SASL authentication error"),
+        ("untrusted certificate", "certificate verify failed"),
+    ],
+)
+async def test_a_refused_connection_stops_start_up_with_the_reason_but_no_password(
+    broker: SecuredBroker, tmp_path: Path, case: str, expected: str
+) -> None:
+    config = write_config(
+        tmp_path / "config.toml",
+        broker,
+        "never-consumed",
+        f"refused-{uuid.uuid4().hex[:8]}",
+        '{ env = "KAFKA_SASL_PASSWORD" }',
+    )
+    if case == "untrusted certificate":  # the right password, but the system's CAs only
+        text = config.read_text()
+        config.write_text("\n".join(line for line in text.splitlines() if "ssl.ca" not in line))
+        password = PASSWORD
+    else:
+        password = WRONG_PASSWORD
+    env = {**secured_env(broker), "GHL_ACCESS_TOKEN": TOKEN, "KAFKA_SASL_PASSWORD": password}
+    started = time.monotonic()
+    code, out, err = await run_command(env, "run", "--config", str(config), seconds=30)
+    elapsed = time.monotonic() - started
+    assert code == 2, err[-3000:]
+    message = err.strip().splitlines()[-1]
+    assert message.startswith("ghl-consumer: configuration error: kafka.librdkafka: "), message
+    assert expected in message
+    assert elapsed < 15  # at once, not after the 30 s request timeout
+    for secret in (PASSWORD, WRONG_PASSWORD, TOKEN):
+        assert secret not in out + err
