@@ -671,7 +671,18 @@ def _topic_partitions(partitions: Iterable[Partition]) -> list[TopicPartition]:
 
 def _record(message: Message) -> Record:
     kind, timestamp = message.timestamp()
-    headers = message.headers() or ()
+    try:
+        headers = message.headers() or ()
+    except SystemError:
+        # A header name that is not UTF-8 (other clients send any bytes): confluent-kafka
+        # cannot decode it. Only the dead-letter copy reads headers: drop them, not the record.
+        logger.warning(
+            "kafka record %s [%s] at %s: a header name is not UTF-8; its headers are dropped",
+            message.topic(),
+            message.partition(),
+            message.offset(),
+        )
+        headers = ()
     if isinstance(headers, dict):  # the stubs allow a dict; a consumed message gives a list
         headers = list(headers.items())
     topic, partition, offset = message.topic(), message.partition(), message.offset()
