@@ -8,11 +8,14 @@ under a stated bound."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import aiohttp
+import confluent_kafka
 import orjson
 import pytest
 from confluent_kafka import KafkaError, Message, Producer
@@ -100,11 +103,17 @@ def vm_hwm_mb(pid: int) -> float:
 
 
 async def run_consumer_until_caught_up(
-    bootstrap: str, topic: str, group: str, config: Path, sandbox_url: str, seconds: float
+    bootstrap: str,
+    topic: str,
+    group: str,
+    config: Path,
+    sandbox_url: str,
+    seconds: float,
+    partitions: int = PARTITIONS,
 ) -> tuple[dict[str, str], float, str]:
     """Run ``ghl-consumer run`` until its group has committed ``topic``'s end offsets, then
     SIGTERM it. Returns (its environment, its peak RSS in MB, its log); asserts exit 0."""
-    ends = end_offsets(bootstrap, topic, PARTITIONS)
+    ends = end_offsets(bootstrap, topic, partitions)
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "KAFKA_TOPICS": topic,
@@ -118,7 +127,7 @@ async def run_consumer_until_caught_up(
     log = ProcessLog(process)
     try:
         async with asyncio.timeout(seconds):
-            while committed_offsets(bootstrap, group, topic, PARTITIONS) != ends:
+            while committed_offsets(bootstrap, group, topic, partitions) != ends:
                 assert process.returncode is None, log.text()[-5000:]
                 await asyncio.sleep(0.5)
         peak = vm_hwm_mb(process.pid)
@@ -246,3 +255,121 @@ async def test_memory_stays_bounded_under_near_megabyte_records(
     assert all(m.value() is None for m in letters)
     omitted = {(m.headers() or [])[-1] for m in letters}
     assert omitted == {("ghl.omitted", b"value (1000000 bytes)")}
+
+
+# -- header names that are not UTF-8 -------------------------------------------------------------
+# confluent-kafka's producer only takes header names as str (sent as UTF-8), but other clients
+# (Go, C, kcat) send any bytes. To write such a record, librdkafka's rd_kafka_produceva is called
+# directly through ctypes, on the library the confluent-kafka wheel bundles.
+
+
+class _Header(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_char_p), ("val", ctypes.c_void_p), ("size", ctypes.c_ssize_t)]
+
+
+class _Mem(ctypes.Structure):
+    _fields_ = [("ptr", ctypes.c_void_p), ("size", ctypes.c_size_t)]
+
+
+class _Value(ctypes.Union):
+    _fields_ = [
+        ("cstr", ctypes.c_char_p),
+        ("i32", ctypes.c_int32),
+        ("mem", _Mem),
+        ("header", _Header),
+        ("pad", ctypes.c_char * 64),  # rd_kafka_vu_t's union is padded to 64 bytes
+    ]
+
+
+class _VU(ctypes.Structure):
+    _fields_ = [("vtype", ctypes.c_int), ("u", _Value)]
+
+
+_VTYPE_TOPIC, _VTYPE_PARTITION, _VTYPE_VALUE, _VTYPE_KEY, _VTYPE_HEADER = 1, 3, 4, 5, 9
+
+
+def _librdkafka() -> ctypes.CDLL:
+    bundled = sorted((Path(confluent_kafka.__file__).parent.parent / "confluent_kafka.libs").glob(
+        "librdkafka*.so*"
+    ))
+    path = str(bundled[0]) if bundled else ctypes.util.find_library("rdkafka")
+    assert path, "librdkafka not found"
+    lib = ctypes.CDLL(path)
+    lib.rd_kafka_conf_new.restype = ctypes.c_void_p
+    lib.rd_kafka_conf_set.argtypes = [ctypes.c_void_p, *[ctypes.c_char_p] * 3, ctypes.c_size_t]
+    lib.rd_kafka_new.restype = ctypes.c_void_p
+    lib.rd_kafka_new.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
+    lib.rd_kafka_produceva.restype = ctypes.c_void_p
+    lib.rd_kafka_produceva.argtypes = [ctypes.c_void_p, ctypes.POINTER(_VU), ctypes.c_size_t]
+    lib.rd_kafka_flush.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.rd_kafka_destroy.argtypes = [ctypes.c_void_p]
+    return lib
+
+
+RawRecord = tuple[bytes, bytes, Sequence[tuple[bytes, bytes]]]
+
+
+def produce_raw_header_names(bootstrap: str, topic: str, records: Sequence[RawRecord]) -> None:
+    """Produce (key, value, headers) to partition 0 of ``topic``, header names as raw bytes."""
+    lib = _librdkafka()
+    conf = lib.rd_kafka_conf_new()
+    error = ctypes.create_string_buffer(512)
+    assert lib.rd_kafka_conf_set(conf, b"bootstrap.servers", bootstrap.encode(), error, 512) == 0
+    producer = lib.rd_kafka_new(0, conf, error, 512)  # 0: RD_KAFKA_PRODUCER
+    assert producer, error.value
+    try:
+        for key, value, headers in records:
+            buffers = [ctypes.create_string_buffer(b, len(b)) for b in (key, value)]
+            fields = (_VU * (4 + len(headers)))()
+            fields[0].vtype, fields[0].u.cstr = _VTYPE_TOPIC, topic.encode()
+            fields[1].vtype, fields[1].u.i32 = _VTYPE_PARTITION, 0
+            kinds = (_VTYPE_KEY, _VTYPE_VALUE)
+            for field, vtype, buffer in zip(fields[2:4], kinds, buffers, strict=True):
+                field.vtype = vtype
+                field.u.mem = _Mem(ctypes.cast(buffer, ctypes.c_void_p), len(buffer.raw))
+            for field, (name, header_value) in zip(fields[4:], headers, strict=True):
+                buffers.append(ctypes.create_string_buffer(header_value, len(header_value)))
+                field.vtype = _VTYPE_HEADER
+                field.u.header = _Header(
+                    name, ctypes.cast(buffers[-1], ctypes.c_void_p), len(header_value)
+                )
+            assert not lib.rd_kafka_produceva(producer, fields, len(fields))
+        assert lib.rd_kafka_flush(producer, 30_000) == 0
+    finally:
+        lib.rd_kafka_destroy(producer)
+
+
+async def test_header_names_that_are_not_utf8_neither_stop_the_consumer_nor_the_audit(
+    kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    """confluent-kafka cannot decode such a name (``Message.headers()`` raises SystemError):
+    the record is processed without its headers instead of stopping the partition."""
+    topic = new_topic(partitions=1)
+    group = f"bad-header-{uuid.uuid4().hex[:8]}"
+    config = tmp_path / "consumer.toml"
+    config.write_text(CONFIG)
+    bad_headers = [(b"x-\xff\xfe", b"v"), (b"trace", b"t")]
+    produce_raw_header_names(
+        kafka_bootstrap,
+        topic,
+        [
+            (*good_event(0), bad_headers),
+            (b"bad-header-poison", b"{not json", bad_headers),
+            (*good_event(1), ()),
+        ],
+    )
+
+    sandbox, url = await start_sandbox({LOCATION: TOKEN}, *UNLIMITED_ARGS)
+    try:
+        env, _, _ = await run_consumer_until_caught_up(
+            kafka_bootstrap, topic, group, config, url, seconds=60, partitions=1
+        )
+        emails = await sandbox_emails(url)
+        report = await audit_clean(env, url)
+    finally:
+        await stop_process(sandbox)
+    assert emails == {"good0@example.com", "good1@example.com"}
+    [letter] = read_all(kafka_bootstrap, f"{group}.dead-letter", expect=1)
+    assert (letter.key(), letter.value()) == (b"bad-header-poison", b"{not json")
+    assert dict(letter.headers() or [])["ghl.reason"] == b"invalid_json"
+    assert report["dead_lettered"] == 1

@@ -321,6 +321,14 @@ _headers = st.lists(st.tuples(_header_names, st.none() | st.binary(max_size=16))
 _bad_records = st.lists(st.tuples(_keys, _values, _headers), min_size=1, max_size=10)
 
 
+def _utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _predict(
     partitions: dict[int, list[Record]],
 ) -> dict[tuple[int, int], list[Reject | Drop | ContactUpsert]]:
@@ -373,5 +381,15 @@ def test_fuzz_values_keys_and_headers_through_the_engine(
             assert headers["ghl.reason"].decode() in known
             assert headers["ghl.error"]  # a detail naming the field or the position
     assert letters == {}
+    # Independent of the mapper's own answer: what the input alone decides.
+    for p, records in partitions.items():
+        for record in records:
+            reasons = [o.reason for o in predicted[(p, record.offset)] if isinstance(o, Reject)]
+            if record.key is not None and len(record.key) > MAX_KEY:
+                assert reasons == [Reason.TOO_LARGE]
+            elif not record.value:
+                assert reasons == [Reason.EMPTY_VALUE]
+            elif not _utf8(record.value):
+                assert reasons == [Reason.INVALID_UTF8]
     emails = run.emails()
     assert all(emails[email] >= 1 for email in goods)  # good events after bad ones arrive
