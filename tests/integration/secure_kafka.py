@@ -15,6 +15,9 @@ from pathlib import Path
 from tests.kafka_broker import LocalBroker, free_port
 
 SASL_USERNAME = "ghl-consumer"
+# The SCRAM user's password on the session's secured broker (tests/integration/conftest.py);
+# distinctive, with characters URL and base64 encodings change, for the leak checks.
+SASL_PASSWORD = "kafka-CanarySasl/6Qv+Lx9="
 
 
 class SecuredBroker(LocalBroker):

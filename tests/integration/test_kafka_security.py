@@ -9,7 +9,6 @@ import asyncio
 import signal
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -25,53 +24,50 @@ from tests.integration.consumer_harness import (
     start_consumer,
     stop_process,
 )
-from tests.integration.secure_kafka import SecuredBroker, secured_broker
+from tests.integration.secure_kafka import SASL_PASSWORD as PASSWORD
+from tests.integration.secure_kafka import SecuredBroker
 from tests.kafka_broker import create_topic
 
 pytestmark = pytest.mark.integration
 
-PASSWORD = "scram-Pw/6Qv+Lx9"
 WRONG_PASSWORD = "scram-Wrong/71zE"
 LOCATION, TOKEN = "ve9EPM428h8vShlRW1KT", "pit-kafka-security-token"
 USERS = 4
 
 
-@pytest.fixture(scope="module")
-def broker() -> Iterator[SecuredBroker]:
-    with secured_broker(PASSWORD) as running:
-        yield running
-
-
-def write_config(path: Path, broker: SecuredBroker, topic: str, group: str, password: str) -> Path:
+def write_config(path: Path, kafka: SecuredBroker, topic: str, group: str, password: str) -> Path:
     path.write_text(
         "[kafka]\n"
         f'topics = ["{topic}"]\n'
         f'group_id = "{group}"\n'
-        + broker.librdkafka_table(password)
+        + kafka.librdkafka_table(password)
     )
     return path
 
 
-def secured_env(broker: SecuredBroker) -> dict[str, str]:
+def secured_env(kafka: SecuredBroker) -> dict[str, str]:
     """Only the SASL_SSL address: every Kafka connection of the command is authenticated."""
-    return {"KAFKA_BOOTSTRAP_SERVERS": broker.secure_bootstrap, "GHL_LOCATION_ID": LOCATION}
+    return {"KAFKA_BOOTSTRAP_SERVERS": kafka.secure_bootstrap, "GHL_LOCATION_ID": LOCATION}
 
 
-async def test_run_dlq_and_audit_work_over_sasl_ssl(broker: SecuredBroker, tmp_path: Path) -> None:
-    topic = create_topic(broker.bootstrap)
+async def test_run_dlq_and_audit_work_over_sasl_ssl(
+    secure_kafka: SecuredBroker, tmp_path: Path
+) -> None:
+    kafka = secure_kafka
+    topic = create_topic(kafka.bootstrap)
     group = f"secured-{uuid.uuid4().hex[:8]}"
     secret_file = tmp_path / "kafka-password"
     secret_file.write_text(PASSWORD + "\n")
     config = write_config(
-        tmp_path / "config.toml", broker, topic, group, f'{{ file = "{secret_file}" }}'
+        tmp_path / "config.toml", kafka, topic, group, f'{{ file = "{secret_file}" }}'
     )
     events = [
         {"type": "identify", "userId": f"user-{i}", "traits": {"email": f"u{i}@example.com"}}
         for i in range(USERS)
     ]
-    produce(broker.bootstrap, topic, ((e["userId"].encode(), orjson.dumps(e)) for e in events))
-    ends = end_offsets(broker.bootstrap, topic, 1)
-    env = secured_env(broker)
+    produce(kafka.bootstrap, topic, ((e["userId"].encode(), orjson.dumps(e)) for e in events))
+    ends = end_offsets(kafka.bootstrap, topic, 1)
+    env = secured_env(kafka)
 
     async with run_sandbox(locations={LOCATION: TOKEN}) as sandbox:
         consumer = await start_consumer(
@@ -82,7 +78,7 @@ async def test_run_dlq_and_audit_work_over_sasl_ssl(broker: SecuredBroker, tmp_p
         log = ProcessLog(consumer)
         try:
             async with asyncio.timeout(60):
-                while committed_offsets(broker.bootstrap, group, topic, 1) != ends:
+                while committed_offsets(kafka.bootstrap, group, topic, 1) != ends:
                     assert consumer.returncode is None, log.text()[-3000:]
                     await asyncio.sleep(0.3)
         except TimeoutError:
@@ -114,11 +110,12 @@ async def test_run_dlq_and_audit_work_over_sasl_ssl(broker: SecuredBroker, tmp_p
     ],
 )
 async def test_a_refused_connection_stops_start_up_with_the_reason_but_no_password(
-    broker: SecuredBroker, tmp_path: Path, case: str, expected: str
+    secure_kafka: SecuredBroker, tmp_path: Path, case: str, expected: str
 ) -> None:
+    kafka = secure_kafka
     config = write_config(
         tmp_path / "config.toml",
-        broker,
+        kafka,
         "never-consumed",
         f"refused-{uuid.uuid4().hex[:8]}",
         '{ env = "KAFKA_SASL_PASSWORD" }',
@@ -129,7 +126,7 @@ async def test_a_refused_connection_stops_start_up_with_the_reason_but_no_passwo
         password = PASSWORD
     else:
         password = WRONG_PASSWORD
-    env = {**secured_env(broker), "GHL_ACCESS_TOKEN": TOKEN, "KAFKA_SASL_PASSWORD": password}
+    env = {**secured_env(kafka), "GHL_ACCESS_TOKEN": TOKEN, "KAFKA_SASL_PASSWORD": password}
     started = time.monotonic()
     code, out, err = await run_command(env, "run", "--config", str(config), seconds=30)
     elapsed = time.monotonic() - started
