@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -347,6 +348,7 @@ def _predict(
     }
 
 
+@pytest.mark.timeout(60 + FUZZ_EXAMPLES)  # about 30 ms an example; room for a loaded machine
 @settings(
     max_examples=FUZZ_EXAMPLES,
     deadline=None,
