@@ -126,6 +126,12 @@ _OWN_SETTINGS: Final = frozenset(
 )
 _COMMITTED_TIMEOUT_S: Final = 10.0  # fetching committed offsets while being assigned
 _COMMITTED_ATTEMPTS: Final = 3
+# Once every broker is down: how often a metadata request asks whether one is back, and how
+# long it waits (it holds up the next poll by that much at most).
+_PROBE_INTERVAL_S: Final = 1.0
+_PROBE_TIMEOUT_S: Final = 1.0
+_COMMIT_TIMEOUT_S: Final = 5.0  # a synchronous commit takes milliseconds when the broker is up
+_STILL_WAITING: Final = "commit timed out: the broker did not answer (still waiting)"
 
 # The KafkaSource whose rebalance callback is running in this context (see module docstring).
 _IN_CALLBACK: contextvars.ContextVar[KafkaSource | None] = contextvars.ContextVar(
@@ -324,8 +330,11 @@ class KafkaSource:
         self._fatal: KafkaError | None = None
         self._closing = False
         self._closed = False
-        # False after librdkafka reported all brokers down, until records or a commit succeed.
+        # False after librdkafka reported all brokers down, until a commit succeeds or a
+        # metadata request is answered (``_watch_broker``).
         self.broker_reachable = True
+        self._watcher: asyncio.Task[None] | None = None
+        self._commit_waiting: asyncio.Future[list[TopicPartition]] | None = None
         # Counters for metrics (read them; never reset).
         self.commits_refused = 0  # commit points dropped: partition no longer owned
         self.commit_failures = 0  # partitions whose commit librdkafka reported as failed
@@ -355,6 +364,24 @@ class KafkaSource:
             )
         except KafkaException as exc:
             raise _from_kafka(exc, "kafka consumer start") from exc
+        self._watcher = asyncio.create_task(self._watch_broker(), name="kafka-broker-watch")
+
+    async def _watch_broker(self) -> None:
+        """While ``broker_reachable`` is false, send a metadata request every
+        ``_PROBE_INTERVAL_S``; the first answer sets it true again. Records polled during an
+        outage may come from librdkafka's prefetch queue and an idle member commits nothing,
+        so neither can tell that the broker is back. Runs from ``start`` until ``close``."""
+        while True:
+            await asyncio.sleep(_PROBE_INTERVAL_S)
+            if self.broker_reachable:
+                continue
+            try:
+                async with self._serial() as aio:
+                    await aio.list_topics(self._topics[0], timeout=_PROBE_TIMEOUT_S)
+            except KafkaException:
+                continue
+            self.broker_reachable = True
+            logger.info("kafka broker reachable again")
 
     async def close(self) -> None:
         """Leave the group cleanly: ``on_revoked`` runs for every owned partition (commit
@@ -363,6 +390,10 @@ class KafkaSource:
         never admitted, so never committed). Idempotent."""
         if self._aio is None or self._closed:
             return
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
         async with self._lock:
             if self._inflight is not None:  # a cancelled poll's consume must finish first
                 with contextlib.suppress(Exception):
@@ -400,8 +431,6 @@ class KafkaSource:
             self._inflight = None
             raise
         self._inflight = None
-        if messages:
-            self.broker_reachable = True
         return self._records(messages)
 
     async def _consume(self, aio: AIOConsumer, max_records: int, timeout_s: float) -> list[Message]:
@@ -475,7 +504,15 @@ class KafkaSource:
         (any more) are dropped and counted in ``commits_refused``: a revoked partition never
         commits again. ``sync=True`` waits for the broker and raises ``CommitFailedError``
         (nothing is retried here); use it in ``on_revoked`` and at shutdown. ``sync=False``
-        returns once queued; failures are logged and counted in ``commit_failures``."""
+        returns once queued; failures are logged and counted in ``commit_failures``.
+
+        A synchronous commit waits at most ``_COMMIT_TIMEOUT_S``: librdkafka's waits for the
+        group coordinator without a bound, so during a broker outage it would hold the call
+        lock, and with it every poll (no error callbacks, no readiness change, no shutdown),
+        until the broker is back. On timeout it raises a retriable ``CommitFailedError``; the
+        call goes on in its worker thread and lands when the broker is back, and until it
+        ends every synchronous commit fails at once (so nothing can land after a later
+        commit, and the other worker thread stays free for polls)."""
         async with self._serial() as aio:
             owned = [p for p in points if Partition(p.topic, p.partition) in self._assigned]
             refused = len(points) - len(owned)
@@ -485,13 +522,27 @@ class KafkaSource:
             if not owned:
                 return
             offsets = [TopicPartition(p.topic, p.partition, p.offset, p.metadata) for p in owned]
+            if sync and self._commit_waiting is not None and not self._commit_waiting.done():
+                raise CommitFailedError(
+                    [(Partition(p.topic, p.partition), _STILL_WAITING) for p in owned],
+                    retriable=True,
+                )
             try:
                 if not sync:
                     await aio.commit(offsets=offsets, asynchronous=True)
                     return
-                result: list[TopicPartition] = await aio.commit(
-                    offsets=offsets, asynchronous=False
-                )
+                call = asyncio.ensure_future(aio.commit(offsets=offsets, asynchronous=False))
+                call.add_done_callback(_retrieve)
+                try:
+                    result: list[TopicPartition] = await asyncio.wait_for(
+                        asyncio.shield(call), _COMMIT_TIMEOUT_S
+                    )
+                except TimeoutError:
+                    self._commit_waiting = call
+                    raise CommitFailedError(
+                        [(Partition(p.topic, p.partition), _STILL_WAITING) for p in owned],
+                        retriable=True,
+                    ) from None
             except KafkaException as exc:
                 err = exc.args[0] if exc.args else None
                 why = err.str() if isinstance(err, KafkaError) else str(exc)
@@ -663,6 +714,12 @@ class KafkaSource:
                 "kafka commit failed: %s",
                 err.str() if err is not None else "; ".join(str(tp.error) for tp in failed),
             )
+
+
+def _retrieve(call: asyncio.Future[Any]) -> None:
+    """Done callback of a commit nobody may await any more: consume its outcome."""
+    if not call.cancelled():
+        call.exception()
 
 
 def _topic_partitions(partitions: Iterable[Partition]) -> list[TopicPartition]:
