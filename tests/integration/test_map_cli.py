@@ -112,7 +112,7 @@ def test_one_output_line_per_bad_input_line_with_readable_errors() -> None:
         (6, "reject", "wrong_type"),
         (7, "reject", "wrong_type"),
         (8, "reject", "no_identifier"),
-        (9, "reject", "invalid_json"),
+        (9, "reject", "empty_value"),
     ]
     assert (
         output[0]["error"]
