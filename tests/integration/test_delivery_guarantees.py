@@ -24,6 +24,7 @@ from tests.integration.consumer_harness import (
     start_consumer,
 )
 from tests.integration.redis_server import RedisServer
+from tests.integration.test_engine_guarantees import audit_clean
 
 pytestmark = pytest.mark.integration
 
@@ -70,6 +71,9 @@ async def _run_to_completion(
     extra_env: dict[str, str] | None = None,
     seconds: float = 90,
 ) -> list[bytes]:
+    """Run ``instances`` consumers of a new group until it committed the topic's end offsets,
+    SIGTERM them (each must exit 0), then audit: nothing may be unaccounted. Returns each
+    consumer's stderr."""
     group = f"delivery-{uuid.uuid4().hex[:8]}"
     ends = end_offsets(bootstrap, topic, partitions)
     env = {
@@ -95,6 +99,8 @@ async def _run_to_completion(
             outputs.append(stderr)
     for process, stderr in zip(processes, outputs, strict=True):
         assert process.returncode == 0, stderr.decode()[-3000:]
+    report = await audit_clean(env, sandbox.url)
+    assert report["records"] == sum(ends.values())
     return outputs
 
 
@@ -155,7 +161,7 @@ async def test_server_errors_and_hangs_delay_but_never_lose_or_reorder(
     async with run_sandbox(
         locations={LOCATION: TOKEN},
         limits=RateLimits(enforced=False),
-        faults=Faults(fail_rate=0.3, hang_rate=0.05),
+        faults=Faults(fail_rate=0.3, hang_rate=0.05, reset_rate=0.1),
         seed=7,
     ) as sandbox:
         await _run_to_completion(sandbox, kafka_bootstrap, topic, 2, config)
@@ -163,6 +169,7 @@ async def test_server_errors_and_hangs_delay_but_never_lose_or_reorder(
     assert _final_names(sandbox) == {f"user{u}@example.com": "v03" for u in range(25)}
     statuses = [r["status"] for r in requests]
     assert any(s is not None and s >= 500 for s in statuses)  # faults really happened
+    assert {"hang", "reset"} <= {r["fault"] for r in requests}
     # Per contact, what HighLevel applied never went backwards.
     applied: dict[str, list[str]] = {}
     for request in requests:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import random
 import signal
 import time
@@ -42,6 +43,7 @@ from tests.integration.consumer_harness import (
     ProcessLog,
     end_offsets,
     produce_rounds,
+    run_command,
     start_consumer,
     start_sandbox,
     stop_process,
@@ -59,6 +61,11 @@ UNLIMITED_ARGS = (
 FAST_DELIVERY = {"rate_burst": 1_000_000, "rate_sustained": 1_000_000, "rate_interval_seconds": 1}
 
 Records = list[tuple[bytes | None, bytes | None]]
+
+FAULT_CYCLES = int(os.environ.get("GHL_FAULT_CYCLES", "3"))
+"""How many fault cycles the fault tests run: SIGKILLs here; broker outages, Redis kills and
+rebalances in ``test_faults.py``. Small by default so CI stays short; ``GHL_FAULT_CYCLES=10``
+(or more) for a long run."""
 
 
 # -- the stream ----------------------------------------------------------------------------------
@@ -393,6 +400,24 @@ async def stop_cleanly(*members: ProcessLog) -> None:
         assert code == 0, member.text()[-3000:]
 
 
+async def audit_clean(env: Mapping[str, str], sandbox_url: str) -> dict[str, Any]:
+    """Run ``ghl-consumer audit --json`` (a real subprocess) with the consumers' ``env`` against
+    the sandbox they delivered to; assert that it exits 0 with nothing unaccounted; print and
+    return its report. Call it once the group has committed the end offsets."""
+    code, out, err = await run_command(env, "audit", "--sandbox", sandbox_url, "--json")
+    assert code in (0, 1), f"audit could not run ({code}): {err[-3000:]}"
+    report: dict[str, Any] = orjson.loads(out)
+    print(
+        f"audit: {report['records']} records, {report['identity_events']} identity events, "
+        f"{report['delivered_events']} delivered, {report['dead_lettered']} dead-lettered, "
+        f"{report['parked']} parked, dropped {report['dropped']}, "
+        f"{len(report['unaccounted'])} unaccounted"
+    )
+    assert report["unaccounted"] == [], report["unaccounted"][:20]
+    assert code == 0, out + err
+    return report
+
+
 # -- the tests -------------------------------------------------------------------------------------
 
 
@@ -608,14 +633,17 @@ def resends(landed: Sequence[Landed]) -> list[Landed]:
 async def test_sigkilled_consumers_lose_nothing_and_resend_only_uncommitted_deliveries(
     kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
 ) -> None:
-    """A backlog (4 versions of 200 users, page views between) delivered at 15 upserts/s.
-    Three times a consumer starts, delivers for a random moment and is SIGKILLed (no drain,
-    no commit, no goodbye); a last consumer then finishes. Every contact ends at its last
-    version; every commit sample stayed within what HighLevel had received; and the upserts
-    sent again (a version the contact already had) are no more than those that landed in the
-    last commit interval (plus margin) before each kill: the offset map committed with each
-    offset spares the next owner everything delivered before that."""
-    users, versions, kills, commit_interval = 200, 4, 3, 1.0
+    """A backlog (4 versions of 200 users, more with more cycles, page views between)
+    delivered at 15 upserts/s. ``FAULT_CYCLES`` times a consumer starts, delivers for a
+    random moment and is SIGKILLed (no drain, no commit, no goodbye); a last consumer then
+    finishes. Every contact ends at its last version; every commit sample stayed within what
+    HighLevel had received; the upserts sent again (a version the contact already had) are no
+    more than those that landed in the last commit interval (plus margin) before each kill:
+    the offset map committed with each offset spares the next owner everything delivered
+    before that. Then the audit accounts for every event."""
+    kills, versions, commit_interval = FAULT_CYCLES, 4, 1.0
+    users = max(200, 50 * kills)  # a cycle delivers up to ~30 contacts: the backlog outlasts it
+    started = time.monotonic()
     topic = new_topic(partitions=4)
     run = uuid.uuid4().hex[:6]
     seed = random.randrange(1 << 32)
@@ -666,22 +694,27 @@ async def test_sigkilled_consumers_lose_nothing_and_resend_only_uncommitted_deli
             assert len(done) < users, "the backlog was delivered before the last kill"
             last = await group.start()
             try:
-                async with asyncio.timeout(90):
+                async with asyncio.timeout(30 + users * versions / 15):  # 15 upserts/s at worst
                     await until_committed(sampler, group.ends(), [last])
             finally:
                 await stop_cleanly(last)
         requests = list(sandbox.requests)
         contacts = sandbox.contacts(LOCATION)
+        report = await audit_clean(group.env, sandbox.url)
 
     landed = landed_upserts(requests)
     repeated = resends(landed)
     window = commit_interval + 0.5  # a delivery is committed within one interval (+ the commit)
     exposed = [u for u in landed if any(k - window < u.at <= k for k in killed_at)]
     print(
-        f"seed {seed}: {len(produced.identifies)} identifies, {len(landed)} upserts for "
-        f"{users} contacts, {len(repeated)} re-sent; {len(exposed)} landed within {window}s "
-        "before a kill"
+        f"seed {seed}, {kills} SIGKILL cycles: {len(records)} records produced, "
+        f"{len(produced.identifies)} identifies, {len(landed)} upserts for {users} contacts, "
+        f"{len(repeated)} re-sent; {len(exposed)} landed within {window}s before a kill; "
+        f"{report['records']} records audited, {len(report['unaccounted'])} unaccounted; "
+        f"{time.monotonic() - started:.1f}s"
     )
+    assert report["records"] == len(records)
+    assert report["identity_events"] == len(produced.identifies)
     assert final_states(contacts, produced) == []
     assert undelivered_commits(landed, produced, sampler.samples) == []
     assert backward_commits(sampler.samples) == []
