@@ -14,9 +14,10 @@ malformed (broken JSON, identify without email or phone) that must dead-letter.
 Fault schedule: every ``--fault-gap`` seconds the next of, in turn: SIGKILL a member and restart
 it; SIGTERM a member (a clean leave: rebalance) and restart it; a ``--fault-window`` of sandbox
 5xx / hangs / connection resets; Redis SIGKILLed, restarted after the window; the broker
-stopped (odd turns) or SIGKILLed (even turns), started 5 s later. The schedule runs at least
-one full cycle, even past ``--duration``. A member that exits on its own is an unexpected exit:
-recorded and restarted, and it fails the run.
+SIGKILLed (odd turns: the first) or stopped (even turns), started 5 s later. The schedule
+runs at least one full cycle, even past ``--duration``; a fault starts only while
+``--fault-gap`` seconds of the duration remain. A member that exits on its own is an
+unexpected exit: recorded and restarted, and it fails the run.
 
 Every ``--sample-interval`` seconds: each member's RSS (/proc), the lag (end offsets minus the
 group's committed offsets), produced and committed counts. At the end: the producer stops,
@@ -131,9 +132,11 @@ class EventMix:
         roll = rng.random()
         if roll < 0.0025:
             return user_id.encode(), b'{"type": "identify", "userId": ', "malformed"
-        if roll < 0.005:  # an identify without email or phone: no_identifier
-            event = {**base, "type": "identify", "traits": {"first_name": "Nobody"}}
-            return user_id.encode(), orjson.dumps(event), "malformed"
+        if roll < 0.005:
+            # an identify without email or phone from a user never seen (a known user's profile
+            # would supply them): no_identifier
+            event = {**base, "type": "identify", "userId": f"anon-{n}", "traits": {"title": "x"}}
+            return f"anon-{n}".encode(), orjson.dumps(event), "malformed"
         if roll < 0.105:
             self._versions[user] += 1
             traits = {
@@ -392,7 +395,7 @@ class Soak:
         return f"down {self.o.fault_window:.0f} s"
 
     async def _fault_broker(self, turn: int) -> str:
-        how = "stop" if turn % 2 else "kill"
+        how = "kill" if turn % 2 else "stop"
         await asyncio.to_thread(self.broker.stop if how == "stop" else self.broker.kill)
         await asyncio.sleep(5)
         await asyncio.to_thread(self.broker.start)
@@ -408,7 +411,7 @@ class Soak:
             "broker_restart": self._fault_broker,
         }
         turn = 0
-        while self.now() < self.o.duration or turn < len(KINDS):
+        while turn < len(KINDS) or self.now() + self.o.fault_gap < self.o.duration:
             await asyncio.sleep(self.o.fault_gap)
             kind = KINDS[turn % len(KINDS)]
             began = self.now()
@@ -470,6 +473,7 @@ class Soak:
             producer = self.producer = SteadyProducer(
                 self.broker.bootstrap, self.topic, EventMix(o.seed, o.users), o.rate
             )
+            self.started = time.monotonic()  # the clock of the samples and faults: the load
             producer.start()
             stack.callback(producer.stop)  # idempotent: a no-op after the stop below
             sampler = asyncio.create_task(self._sampler())
