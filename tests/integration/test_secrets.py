@@ -397,19 +397,6 @@ async def test_no_secret_in_any_output_channel_and_no_personal_data_in_the_logs(
         assert expected in out + err, (name, err[-2000:])
         logs[f"start-up error: {name}"] = out + err
 
-    # The channels carried what they should, so finding nothing in them means something.
-    assert (dead_letters, parked) == (4, 2)
-    for reason in ("invalid_json", "invalid_utf8", "wrong_type", "rejected_by_highlevel"):
-        assert reason in channels["dead-letter topic"], reason
-    assert "l***@example.com" in shown["/debug/deliveries.json?limit=1000"]
-    assert "+1******0101" in shown["/debug/events"]
-    assert "rejected_by_highlevel" in shown["dlq list --json"]
-    # The debugger is local-only by default (METRICS_HOST unset) and needs DEBUG_ACCESS_TOKEN.
-    assert f"event debugger on http://127.0.0.1:{metrics_port}/debug" in logs["run (stderr)"]
-    assert shown["/debug refused"] == shown["/debug/events refused"]
-    assert "SCRAM-SHA-512" in logs["run (stderr)"]  # librdkafka's security debugging was on
-    assert "401" in logs["run (stderr)"]
-
     everything = {**channels, **shown, **logs}
     leaks = sorted(
         f"{secret_name} in {channel}"
@@ -425,3 +412,16 @@ async def test_no_secret_in_any_output_channel_and_no_personal_data_in_the_logs(
         if value.lower() in text.lower()
     )
     assert not unmasked, unmasked
+
+    # The channels carried what they should, so finding nothing in them means something.
+    assert (dead_letters, parked) == (4, 2)
+    for reason in ("invalid_json", "invalid_utf8", "wrong_type", "rejected_by_highlevel"):
+        assert reason in channels["dead-letter topic"], reason
+    assert "l***@example.com" in shown["/debug/deliveries.json?limit=1000"]
+    assert "+1******0101" in shown["/debug/events"]
+    assert "rejected_by_highlevel" in shown["dlq list --json"]
+    # The debugger is local-only by default (METRICS_HOST unset) and needs DEBUG_ACCESS_TOKEN.
+    assert f"event debugger on http://127.0.0.1:{metrics_port}/debug" in logs["run (stderr)"]
+    assert shown["/debug refused"] == shown["/debug/events refused"]
+    assert "SCRAM-SHA-512" in logs["run (stderr)"]  # librdkafka's security debugging was on
+    assert "401" in logs["run (stderr)"]
