@@ -44,7 +44,13 @@ _OWNED_KAFKA_KEYS: Final = {
     "auto.offset.reset": "kafka.auto_offset_reset",
     "group.protocol": "kafka.group_protocol",
 }
-_SENSITIVE_KEY = re.compile(r"password|secret|token|credential|private", re.IGNORECASE)
+# librdkafka properties whose value is secret (its own "sensitive" ones: sasl.password,
+# ssl.key.password, ssl.keystore.password, ssl.key.pem, sasl.oauthbearer.config,
+# sasl.oauthbearer.client.secret, ...): kept as Secret even when given literally.
+_SENSITIVE_KEY = re.compile(
+    r"password|passphrase|secret|token|credential|private|key\.pem|oauthbearer\.config",
+    re.IGNORECASE,
+)
 
 
 @dataclass(frozen=True, slots=True, repr=False)
