@@ -185,6 +185,7 @@ class SteadyProducer(threading.Thread):
         )
         self._topic, self._mix, self._rate = topic, mix, rate
         self._stopping = threading.Event()
+        self._flush_seconds = 120.0
         self.produced = 0
         self.failed = 0
         self.unflushed = 0
@@ -215,10 +216,14 @@ class SteadyProducer(threading.Thread):
                 sent += 1
             self._producer.poll(0.05)
         self.seconds = time.monotonic() - started
-        self.unflushed = self._producer.flush(120)
+        self.unflushed = self._producer.flush(self._flush_seconds)
 
-    def stop(self) -> None:
-        """Stop producing and wait until every record is acknowledged (at most 120 s)."""
+    def stop(self, flush_seconds: float = 120.0) -> None:
+        """Stop producing and wait until every record is acknowledged (at most
+        ``flush_seconds``); a no-op once stopped."""
+        if self._stopping.is_set():
+            return
+        self._flush_seconds = flush_seconds
         self._stopping.set()
         self.join()
 
@@ -475,7 +480,7 @@ class Soak:
             )
             self.started = time.monotonic()  # the clock of the samples and faults: the load
             producer.start()
-            stack.callback(producer.stop)  # idempotent: a no-op after the stop below
+            stack.callback(producer.stop, 1.0)  # interrupted: do not wait for a broker away
             sampler = asyncio.create_task(self._sampler())
             try:
                 await self._schedule(session)

@@ -28,7 +28,7 @@ def test_short_soak_with_every_fault_drains_and_accounts_for_every_event(tmp_pat
     try:
         output, _ = soak.communicate(timeout=780)
     except subprocess.TimeoutExpired:
-        soak.send_signal(signal.SIGINT)  # the soak stops its broker, Redis and children
+        soak.send_signal(signal.SIGTERM)  # the soak stops its broker, Redis and children
         output, _ = soak.communicate(timeout=120)
         raise
     text = output.decode(errors="replace")
