@@ -600,9 +600,9 @@ def soak_section(soak: Doc | None, made: dict[str, str], plot_dir: str) -> list[
             ["events produced", num(events["produced"])],
             ["faults injected", faults],
             ["unexpected member exits", num(len(soak["unexpected_exits"]))],
-            ["RSS per member, median of the first / last quarter, MB",
-             f"{rss['first_quarter_median']} / {rss['last_quarter_median']}"],
-            ["RSS max, MB", str(rss["max"])],
+            [f"RSS of member {rss['witness']} (never restarted), median of the first / last "
+             "quarter, MB", f"{rss['first_quarter_median']} / {rss['last_quarter_median']}"],
+            ["RSS max of every member, MB", str(rss["max"])],
             ["lag max / p99, events", f"{num(lag['max'])} / {num(lag['p99'])}"],
             ["drained after the load stopped, s",
              str(soak["drain_seconds"]) if soak["drained"] else "**never**"],

@@ -12,7 +12,8 @@ user, about 60% track and 29% page analytics, 10% identity (identify, "Signed Up
 malformed (broken JSON, identify without email or phone) that must dead-letter.
 
 Fault schedule: every ``--fault-gap`` seconds the next of, in turn: SIGKILL a member and restart
-it; SIGTERM a member (a clean leave: rebalance) and restart it; a ``--fault-window`` of sandbox
+it; SIGTERM a member (a clean leave: rebalance) and restart it (never the last member, whose RSS
+over the whole run shows any growth); a ``--fault-window`` of sandbox
 5xx / hangs / connection resets; Redis SIGKILLed, restarted after the window; the broker
 SIGKILLed (odd turns: the first) or stopped (even turns), started 5 s later. The schedule
 runs at least one full cycle, even past ``--duration``; a fault starts only while
@@ -377,7 +378,8 @@ class Soak:
 
     async def _fault_member(self, sig: int) -> str:
         assert self.members is not None
-        slot = self.rng.randrange(self.o.members)
+        # the last member is never signalled: its RSS over the whole run is the leak witness
+        slot = self.rng.randrange(max(1, self.o.members - 1))
         code = await self.members.stop(slot, sig)
         await asyncio.sleep(3)  # the group notices (SIGKILL: after the 6 s session timeout)
         await self.members.restart(slot)
@@ -592,24 +594,34 @@ class Soak:
 
 
 def _rss_summary(series: list[list[float | None]]) -> dict[str, Any]:
-    """Medians of every member's RSS over the first and the last quarter of the samples, and
-    the maximum (a member's RSS restarts low after each restart of that member)."""
+    """Per member: medians of its RSS over the first and the last quarter of the samples, and its
+    maximum. The top-level medians are the last member's, the one no fault restarts (the
+    others' RSS starts low again after every restart); ``max`` is over every member."""
     quarter = max(1, len(series) // 4)
+    members = len(series[0]) - 1 if series else 0
 
-    def values(rows: list[list[float | None]]) -> list[float]:
-        return [v for row in rows for v in row[1:] if v is not None]
-
-    def median(rows: list[list[float | None]]) -> float:
-        found = values(rows)
+    def median(rows: list[list[float | None]], column: int) -> float:
+        found = [row[column] for row in rows if row[column] is not None]
         return round(statistics.median(found), 1) if found else 0.0
 
+    per_member = [
+        {
+            "first_quarter_median": median(series[:quarter], column),
+            "last_quarter_median": median(series[-quarter:], column),
+            "max": max((r[column] for r in series if r[column] is not None), default=0.0),
+        }
+        for column in range(1, members + 1)
+    ]
+    witness = per_member[-1] if per_member else {"first_quarter_median": 0.0,
+                                                 "last_quarter_median": 0.0}
     return {
         "series": series,
-        "columns": ["seconds", *[f"member {i}" for i in range(len(series[0]) - 1)]]
-        if series else [],
-        "first_quarter_median": median(series[:quarter]),
-        "last_quarter_median": median(series[-quarter:]),
-        "max": max(values(series), default=0.0),
+        "columns": ["seconds", *[f"member {i}" for i in range(members)]],
+        "witness": members - 1,
+        "first_quarter_median": witness["first_quarter_median"],
+        "last_quarter_median": witness["last_quarter_median"],
+        "max": max((m["max"] for m in per_member), default=0.0),
+        "per_member": per_member,
     }
 
 
@@ -639,8 +651,9 @@ def summary(doc: dict[str, Any]) -> str:
         f"soak {'OK' if doc['ok'] else 'FAILED'}: {doc['duration_s']:g} s at "
         f"{doc['rate_ev_per_s']:g} ev/s, {events['produced']:,} events produced",
         f"faults        {faults}",
-        f"RSS MB        first-quarter median {rss['first_quarter_median']}, last-quarter "
-        f"median {rss['last_quarter_median']}, max {rss['max']}",
+        f"RSS MB        member {rss['witness']} (never restarted): first-quarter median "
+        f"{rss['first_quarter_median']}, last-quarter median {rss['last_quarter_median']}; "
+        f"max of all {rss['max']}",
         f"lag           max {lag['max']:,}, p99 {lag['p99']:,}; drained in "
         f"{doc['drain_seconds']} s",
         f"audit         exit {audit.get('exit_code')}, {audit.get('records', '?')} records, "
