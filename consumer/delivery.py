@@ -81,7 +81,9 @@ class Answer:
     message: str = ""
     error: str | None = None
     headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    body: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
+    # A successful answer's JSON (its contact: personal data, so not in the repr); empty for
+    # errors, whose body may echo the request (``message`` keeps what is needed, token starred).
+    body: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}), repr=False)
 
     @property
     def contact(self) -> Mapping[str, object] | None:
@@ -159,14 +161,15 @@ class HighLevelClient:
         latency = time.perf_counter() - started
         parsed = _parse_body(raw)
         trace_id = parsed.get("traceId")
+        ok = 200 <= status < 300
         return Answer(
             verdict=classify(status),
             status=status,
             latency_s=latency,
             trace_id=trace_id if isinstance(trace_id, str) else None,
-            message="" if 200 <= status < 300 else _error_message(parsed, raw),
+            message="" if ok else _error_message(parsed, raw, token),
             headers=headers,
-            body=MappingProxyType(parsed),
+            body=MappingProxyType(parsed if ok else {}),
         )
 
 
@@ -178,14 +181,19 @@ def _parse_body(raw: bytes) -> dict[str, object]:
     return parsed if isinstance(parsed, dict) else {}
 
 
-def _error_message(parsed: Mapping[str, object], raw: bytes) -> str:
+def _error_message(parsed: Mapping[str, object], raw: bytes, token: str) -> str:
+    """HighLevel's error message, bounded, with the request's ``token`` starred out: a gateway
+    that echoes the bad token ("invalid token pit-...") must not put it into the logs, the
+    debugger or a dead-letter header."""
     message = parsed.get("message")
     if isinstance(message, list):
         text = "; ".join(str(part) for part in message)
     elif isinstance(message, str):
         text = message
     else:
-        text = raw[:_MAX_MESSAGE_CHARS].decode("utf-8", "replace")
+        text = raw[: _MAX_MESSAGE_CHARS + len(token)].decode("utf-8", "replace")
+    if token:
+        text = text.replace(token, "***")
     return text[:_MAX_MESSAGE_CHARS]
 
 

@@ -30,8 +30,10 @@ from urllib.parse import quote, quote_plus, urlsplit
 import aiohttp
 import orjson
 import pytest
+from aiohttp import web
 from confluent_kafka import Message
 
+from consumer.delivery import HighLevelClient
 from tests.integration.consumer_harness import (
     ProcessLog,
     committed_offsets,
@@ -425,3 +427,38 @@ async def test_no_secret_in_any_output_channel_and_no_personal_data_in_the_logs(
     assert shown["/debug refused"] == shown["/debug/events refused"]
     assert "SCRAM-SHA-512" in logs["run (stderr)"]  # librdkafka's security debugging was on
     assert "401" in logs["run (stderr)"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        orjson.dumps({"statusCode": 401, "message": f"Invalid token {OK_TOKEN}"}),
+        orjson.dumps({"statusCode": 422, "message": [f"token {OK_TOKEN} is not allowed"]}),
+        f"<html>bad gateway for Bearer {OK_TOKEN}</html>".encode(),
+    ],
+    ids=["message", "message list", "not JSON"],
+)
+async def test_a_token_echoed_by_highlevel_is_starred_out_of_the_answer(body: bytes) -> None:
+    """HighLevel's message goes to the logs, the debugger and dead-letter headers: a gateway
+    echoing the bad token must not carry it there (the sandbox never echoes, so a stand-in
+    server answers here)."""
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.Response(status=401, body=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/contacts/upsert", echo)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    client = HighLevelClient(base_url=f"http://127.0.0.1:{port}")
+    try:
+        answer = await client.upsert(token=OK_TOKEN, payload={"locationId": OK_LOCATION})
+    finally:
+        await client.close()
+        await runner.cleanup()
+    assert answer.status == 401
+    assert "***" in answer.message
+    assert not any(form in repr(answer) for form in leak_forms(OK_TOKEN))
