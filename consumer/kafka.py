@@ -895,8 +895,20 @@ def _delivery_callback(
 # Admin
 
 
-# Client errors that waiting does not heal: the broker refused the credentials or the TLS handshake.
+# Client errors that waiting does not heal: the broker refused the credentials or the TLS handshake
+# (a missing client certificate shows as a transport error carrying the TLS alert).
 _REFUSED: Final = frozenset((KafkaError._AUTHENTICATION, KafkaError._SSL))
+
+
+def _refused(err: KafkaError) -> bool:
+    return err.code() in _REFUSED or (
+        err.code() == KafkaError._TRANSPORT and "SSL routines" in err.str()
+    )
+
+
+def _already_exists(error: BaseException) -> bool:
+    err = error.args[0] if isinstance(error, KafkaException) and error.args else None
+    return isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS
 
 
 async def ensure_topics(
@@ -934,27 +946,34 @@ async def ensure_topics(
     futures = admin.create_topics(new, operation_timeout=timeout_s, request_timeout=timeout_s)
     pending = {asyncio.wrap_future(future): name for name, future in futures.items()}
     created = []
-    while pending:
-        done, _ = await asyncio.wait(pending, timeout=0.2)
-        admin.poll(0)  # never blocks
-        # Refused credentials or certificates do not heal while the request waits for its
-        # timeout: say why now. librdkafka's text names the mechanism, never the password.
-        refused = next((e for e in refusals if e.code() in _REFUSED), None)
-        if refused is not None:
-            raise ConfigError(
-                f"kafka.librdkafka: the broker refused the connection: {refused.str()} "
-                "(check security.protocol, sasl.* and ssl.* settings)"
-            )
-        for future in done:
-            name = pending.pop(future)
-            try:
-                future.result()
-                created.append(name)
-            except KafkaException as exc:
-                err = exc.args[0] if exc.args else None
-                if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
-                    continue
-                raise _from_kafka(exc, f"creating topic {name}") from exc
+    try:
+        while pending:
+            done, _ = await asyncio.wait(pending, timeout=0.2)
+            admin.poll(0)  # never blocks
+            # Refused credentials or certificates do not heal while the request waits for its
+            # timeout: say why now. librdkafka's text names the mechanism, never the password.
+            refused = next((e for e in refusals if _refused(e)), None)
+            if refused is not None:
+                raise ConfigError(
+                    f"kafka.librdkafka: the broker refused the connection: {refused.str()} "
+                    "(check security.protocol, sasl.* and ssl.* settings)"
+                )
+            failed: list[tuple[str, BaseException]] = []
+            for future in done:
+                name = pending.pop(future)
+                error = future.exception()  # read for every done future: none goes unretrieved
+                if error is None:
+                    created.append(name)
+                elif not _already_exists(error):
+                    failed.append((name, error))
+            if failed:
+                name, error = failed[0]
+                if isinstance(error, KafkaException):
+                    raise _from_kafka(error, f"creating topic {name}") from error
+                raise error
+    finally:
+        for future in pending:
+            future.cancel()
     if created:
         logger.info("kafka topics created", extra={"topics": created})
     return created
