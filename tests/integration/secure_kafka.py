@@ -1,9 +1,10 @@
-"""A private broker with the SASL_SSL listener of ``tools/kafka/kafka.sh`` (``KAFKA_SECURE_PORT``),
-and the ``[kafka.librdkafka]`` table a consumer needs to use it.
+"""A private broker with the secured listeners of ``tools/kafka/kafka.sh``: SASL_SSL
+(``KAFKA_SECURE_PORT``) and mutual TLS (``KAFKA_TLS_PORT``), and the ``[kafka.librdkafka]``
+tables a consumer needs to use them.
 
 The broker keeps its PLAINTEXT listener too: tests produce their input and read the consumer's
-output topics through it (``bootstrap``), while the consumer under test only gets the secured
-address (``secure_bootstrap``), so everything it does goes through SCRAM-SHA-512 over TLS.
+output topics through it (``bootstrap``), while the consumer under test only gets a secured
+address (``secure_bootstrap``, ``tls_bootstrap``), so everything it does goes through it.
 """
 
 from __future__ import annotations
@@ -21,18 +22,25 @@ SASL_PASSWORD = "kafka-CanarySasl/6Qv+Lx9="
 
 
 class SecuredBroker(LocalBroker):
-    """A ``LocalBroker`` that also serves SASL_SSL on ``secure_port``: one SCRAM-SHA-512 user,
-    ``SASL_USERNAME`` with ``password``, and a certificate signed by the CA at ``ca``."""
+    """A ``LocalBroker`` that also serves SASL_SSL on ``secure_port`` (one SCRAM-SHA-512 user,
+    ``SASL_USERNAME`` with ``password``) and SSL with client certificates on ``tls_port``; its
+    certificates are signed by the CA at ``ca``."""
 
     def __init__(self, password: str) -> None:
         super().__init__()
         self.secure_port = free_port()
+        self.tls_port = free_port()
         self._env["KAFKA_SECURE_PORT"] = str(self.secure_port)
+        self._env["KAFKA_TLS_PORT"] = str(self.tls_port)
         self._env["KAFKA_SASL_PASSWORD"] = password
 
     @property
     def secure_bootstrap(self) -> str:
         return f"127.0.0.1:{self.secure_port}"
+
+    @property
+    def tls_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.tls_port}"
 
     @property
     def ca(self) -> Path:
@@ -49,6 +57,17 @@ class SecuredBroker(LocalBroker):
             f'"sasl.username" = "{SASL_USERNAME}"\n'
             f'"sasl.password" = {password}\n'
             f'"ssl.ca.location" = "{self.ca}"\n'
+        )
+
+    def mutual_tls_table(self) -> str:
+        """The TOML ``[kafka.librdkafka]`` table for the mutual-TLS listener."""
+        tls = self.ca.parent
+        return (
+            "[kafka.librdkafka]\n"
+            '"security.protocol" = "SSL"\n'
+            f'"ssl.ca.location" = "{self.ca}"\n'
+            f'"ssl.certificate.location" = "{tls / "client.pem"}"\n'
+            f'"ssl.key.location" = "{tls / "client.key"}"\n'
         )
 
 

@@ -1,7 +1,8 @@
 """Kafka security settings pass through ``[kafka.librdkafka]`` to every Kafka client of the CLI:
 ``ghl-consumer run``, ``dlq`` and ``audit`` against a real broker whose only listener they are
-given is SASL_SSL (SCRAM-SHA-512 over TLS with a private CA). A wrong password or an untrusted
-certificate stops ``run`` at once with librdkafka's reason, never the password (issue 9)."""
+given is SASL_SSL (SCRAM-SHA-512 over TLS with a private CA) or SSL with client certificates
+(mutual TLS). A wrong password or an untrusted certificate stops ``run`` at once with
+librdkafka's reason, never the password (issue 9)."""
 
 from __future__ import annotations
 
@@ -35,39 +36,40 @@ LOCATION, TOKEN = "ve9EPM428h8vShlRW1KT", "pit-kafka-security-token"
 USERS = 4
 
 
-def write_config(path: Path, kafka: SecuredBroker, topic: str, group: str, password: str) -> Path:
+def write_config(path: Path, topic: str, group: str, librdkafka_table: str) -> Path:
     path.write_text(
-        "[kafka]\n"
-        f'topics = ["{topic}"]\n'
-        f'group_id = "{group}"\n'
-        + kafka.librdkafka_table(password)
+        "[kafka]\n" f'topics = ["{topic}"]\n' f'group_id = "{group}"\n' + librdkafka_table
     )
     return path
 
 
-def secured_env(kafka: SecuredBroker) -> dict[str, str]:
-    """Only the SASL_SSL address: every Kafka connection of the command is authenticated."""
-    return {"KAFKA_BOOTSTRAP_SERVERS": kafka.secure_bootstrap, "GHL_LOCATION_ID": LOCATION}
+def secured_env(bootstrap: str) -> dict[str, str]:
+    """Only a secured listener's address: every Kafka connection of the command goes there."""
+    return {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "GHL_LOCATION_ID": LOCATION}
 
 
-async def test_run_dlq_and_audit_work_over_sasl_ssl(
-    secure_kafka: SecuredBroker, tmp_path: Path
+@pytest.mark.parametrize("listener", ["SASL_SSL", "mutual TLS"])
+async def test_run_dlq_and_audit_work_over_a_secured_listener(
+    secure_kafka: SecuredBroker, tmp_path: Path, listener: str
 ) -> None:
     kafka = secure_kafka
     topic = create_topic(kafka.bootstrap)
     group = f"secured-{uuid.uuid4().hex[:8]}"
-    secret_file = tmp_path / "kafka-password"
-    secret_file.write_text(PASSWORD + "\n")
-    config = write_config(
-        tmp_path / "config.toml", kafka, topic, group, f'{{ file = "{secret_file}" }}'
-    )
+    if listener == "SASL_SSL":
+        secret_file = tmp_path / "kafka-password"
+        secret_file.write_text(PASSWORD + "\n")
+        table = kafka.librdkafka_table(f'{{ file = "{secret_file}" }}')
+        env = secured_env(kafka.secure_bootstrap)
+    else:
+        table = kafka.mutual_tls_table()
+        env = secured_env(kafka.tls_bootstrap)
+    config = write_config(tmp_path / "config.toml", topic, group, table)
     events = [
         {"type": "identify", "userId": f"user-{i}", "traits": {"email": f"u{i}@example.com"}}
         for i in range(USERS)
     ]
     produce(kafka.bootstrap, topic, ((e["userId"].encode(), orjson.dumps(e)) for e in events))
     ends = end_offsets(kafka.bootstrap, topic, 1)
-    env = secured_env(kafka)
 
     async with run_sandbox(locations={LOCATION: TOKEN}) as sandbox:
         consumer = await start_consumer(
@@ -107,26 +109,28 @@ async def test_run_dlq_and_audit_work_over_sasl_ssl(
     [
         ("wrong password", "SASL authentication error"),
         ("untrusted certificate", "certificate verify failed"),
+        ("no client certificate", "alert bad certificate"),
     ],
 )
 async def test_a_refused_connection_stops_start_up_with_the_reason_but_no_password(
     secure_kafka: SecuredBroker, tmp_path: Path, case: str, expected: str
 ) -> None:
     kafka = secure_kafka
-    config = write_config(
-        tmp_path / "config.toml",
-        kafka,
-        "never-consumed",
-        f"refused-{uuid.uuid4().hex[:8]}",
-        '{ env = "KAFKA_SASL_PASSWORD" }',
-    )
-    if case == "untrusted certificate":  # the right password, but the system's CAs only
-        text = config.read_text()
-        config.write_text("\n".join(line for line in text.splitlines() if "ssl.ca" not in line))
-        password = PASSWORD
-    else:
+    bootstrap, password = kafka.secure_bootstrap, PASSWORD
+    table = kafka.librdkafka_table('{ env = "KAFKA_SASL_PASSWORD" }')
+    if case == "wrong password":
         password = WRONG_PASSWORD
-    env = {**secured_env(kafka), "GHL_ACCESS_TOKEN": TOKEN, "KAFKA_SASL_PASSWORD": password}
+    elif case == "untrusted certificate":  # the right password, but only the system's CAs
+        table = "\n".join(line for line in table.splitlines() if "ssl.ca" not in line)
+    else:  # the mutual-TLS listener without the client's certificate and key
+        bootstrap = kafka.tls_bootstrap
+        client_files = ('"ssl.certificate.location"', '"ssl.key.location"')
+        lines = kafka.mutual_tls_table().splitlines()
+        table = "\n".join(line for line in lines if not line.startswith(client_files))
+    config = write_config(
+        tmp_path / "config.toml", "never-consumed", f"refused-{uuid.uuid4().hex[:8]}", table
+    )
+    env = {**secured_env(bootstrap), "GHL_ACCESS_TOKEN": TOKEN, "KAFKA_SASL_PASSWORD": password}
     started = time.monotonic()
     code, out, err = await run_command(env, "run", "--config", str(config), seconds=30)
     elapsed = time.monotonic() - started
@@ -135,5 +139,6 @@ async def test_a_refused_connection_stops_start_up_with_the_reason_but_no_passwo
     assert message.startswith("ghl-consumer: configuration error: kafka.librdkafka: "), message
     assert expected in message
     assert elapsed < 15  # at once, not after the 30 s request timeout
+    assert "Traceback" not in err
     for secret in (PASSWORD, WRONG_PASSWORD, TOKEN):
         assert secret not in out + err

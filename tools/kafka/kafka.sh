@@ -13,12 +13,15 @@
 # KAFKA_START_TIMEOUT seconds (90), GHL_KAFKA_HOME, KAFKA_STATE_DIR (port-<port>/ above; the test
 # fixtures point it at a temporary directory so every test session starts from an empty broker).
 #
-# Optional secured listener, off unless KAFKA_SECURE_PORT is set: SASL_SSL on
-# 127.0.0.1:$KAFKA_SECURE_PORT beside the PLAINTEXT one, SCRAM-SHA-512, one user
-# ${KAFKA_SASL_USERNAME:-ghl-consumer} whose password is $KAFKA_SASL_PASSWORD (required then). TLS:
-# a CA and a broker certificate (for localhost and 127.0.0.1) made with openssl in $state/tls/ on
-# first start; clients trust $state/tls/ca.pem. The SCRAM user is created when the storage is
-# formatted (the first start of a state directory); later starts keep it.
+# Optional secured listeners beside the PLAINTEXT one, off unless their port is set:
+#   KAFKA_SECURE_PORT  SASL_SSL on 127.0.0.1:$KAFKA_SECURE_PORT, SCRAM-SHA-512, one user
+#                      ${KAFKA_SASL_USERNAME:-ghl-consumer} whose password is $KAFKA_SASL_PASSWORD
+#                      (required then); the user is created when the storage is formatted (the
+#                      first start of a state directory), later starts keep it.
+#   KAFKA_TLS_PORT     SSL on 127.0.0.1:$KAFKA_TLS_PORT with client certificates required (mutual
+#                      TLS); the client's certificate and key: $state/tls/client.pem, client.key.
+# TLS: a CA, a broker certificate (for localhost and 127.0.0.1) and a client certificate, made
+# with openssl in $state/tls/ on first start; clients trust $state/tls/ca.pem.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -32,6 +35,7 @@ log="$state/broker.log"
 pidfile="$state/broker.pid"
 timeout=${KAFKA_START_TIMEOUT:-90}
 secure_port=${KAFKA_SECURE_PORT:-}
+tls_port=${KAFKA_TLS_PORT:-}
 sasl_user=${KAFKA_SASL_USERNAME:-ghl-consumer}
 tls="$state/tls"
 
@@ -69,6 +73,11 @@ write_config() {
     advertised="$advertised,SECURED://127.0.0.1:$secure_port"
     protocols="$protocols,SECURED:SASL_SSL"
   fi
+  if [ -n "$tls_port" ]; then
+    listeners="$listeners,TLS://127.0.0.1:$tls_port"
+    advertised="$advertised,TLS://127.0.0.1:$tls_port"
+    protocols="$protocols,TLS:SSL"
+  fi
   cat >"$state/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
@@ -103,12 +112,22 @@ listener.name.secured.ssl.keystore.type=PEM
 listener.name.secured.ssl.keystore.location=$tls/broker-keystore.pem
 PROPS
   fi
+  if [ -n "$tls_port" ]; then
+    cat >>"$state/server.properties" <<PROPS
+listener.name.tls.ssl.client.auth=required
+listener.name.tls.ssl.keystore.type=PEM
+listener.name.tls.ssl.keystore.location=$tls/broker-keystore.pem
+listener.name.tls.ssl.truststore.type=PEM
+listener.name.tls.ssl.truststore.location=$tls/ca.pem
+PROPS
+  fi
 }
 
-# A private CA and the broker's key and certificate (SAN localhost, 127.0.0.1), once per state.
+# A private CA, the broker's key and certificate (SAN localhost, 127.0.0.1) and a client's, once
+# per state.
 make_tls() {
-  [ -f "$tls/broker-keystore.pem" ] && return 0
-  command -v openssl >/dev/null || { say "openssl is required for KAFKA_SECURE_PORT"; exit 1; }
+  [ -f "$tls/client.pem" ] && return 0
+  command -v openssl >/dev/null || { say "openssl is required for KAFKA_SECURE_PORT / KAFKA_TLS_PORT"; exit 1; }
   mkdir -p "$tls"
   (
     cd "$tls"
@@ -119,7 +138,10 @@ make_tls() {
     openssl x509 -req -in broker.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
       -extfile broker.ext -out broker.pem
     cat broker.key broker.pem >broker-keystore.pem
-    chmod 600 ca.key broker.key broker-keystore.pem
+    openssl req -newkey rsa:2048 -nodes -keyout client.key -out client.csr -subj "/CN=ghl-consumer"
+    openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+      -out client.pem
+    chmod 600 ca.key broker.key broker-keystore.pem client.key
   ) >>"$log" 2>&1 || { say "making the TLS certificates failed; last lines of $log:"; log_tail; exit 1; }
 }
 
@@ -156,8 +178,10 @@ up() {
     write_config
     [ -f "$log" ] && mv -f "$log" "$log.1"
     local scram=()
-    if [ -n "$secure_port" ]; then
+    if [ -n "$secure_port$tls_port" ]; then
       make_tls
+    fi
+    if [ -n "$secure_port" ]; then
       scram=(--add-scram "$(scram_credential)")
     fi
     if [ ! -f "$state/data/meta.properties" ]; then
@@ -188,6 +212,9 @@ up() {
   say "ready on 127.0.0.1:$port (log: $log)"
   if [ -n "$secure_port" ]; then
     say "SASL_SSL (SCRAM-SHA-512, user $sasl_user) on 127.0.0.1:$secure_port; CA: $tls/ca.pem"
+  fi
+  if [ -n "$tls_port" ]; then
+    say "SSL with client certificates ($tls/client.pem, client.key) on 127.0.0.1:$tls_port; CA: $tls/ca.pem"
   fi
 }
 
