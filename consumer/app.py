@@ -167,7 +167,9 @@ async def running_consumer(settings: Settings) -> AsyncIterator[Components]:
             ),
             options=engine_options(settings),
         )
-        state = _Observed(engine, source, limiter, profiles, settings.metrics.stall_seconds)
+        state = _Observed(
+            engine, source, producer, limiter, profiles, settings.metrics.stall_seconds
+        )
         token = settings.metrics.debug_token
         async with serve_web(
             host=settings.metrics.host,
@@ -240,12 +242,14 @@ class _Observed:
         self,
         engine: Engine,
         source: KafkaSource,
+        producer: KafkaProducer,
         limiter: RateLimiter,
         profiles: ChangelogProfileStore,
         stall_seconds: float,
     ) -> None:
         self._engine = engine
         self._source = source
+        self._producer = producer
         self._limiter = limiter
         self._profiles = profiles
         self._stalls = StallDetector(after_s=stall_seconds)
@@ -277,7 +281,9 @@ class _Observed:
         )
         return Readiness(
             assigned=bool(engine.tracker.owned()),
-            broker_reachable=self._source.broker_reachable,
+            # The source's client hears of an outage late when a commit is waiting for the
+            # broker (it serves no callback meanwhile); the producer's hears at once.
+            broker_reachable=self._source.broker_reachable and self._producer.broker_reachable,
             stalled=self._stalls.check(engine.tracker.stats(), throttled=held, now=now),
         )
 

@@ -130,8 +130,6 @@ _COMMITTED_ATTEMPTS: Final = 3
 # long it waits (it holds up the next poll by that much at most).
 _PROBE_INTERVAL_S: Final = 1.0
 _PROBE_TIMEOUT_S: Final = 1.0
-_COMMIT_TIMEOUT_S: Final = 5.0  # a synchronous commit takes milliseconds when the broker is up
-_STILL_WAITING: Final = "commit timed out: the broker did not answer (still waiting)"
 
 # The KafkaSource whose rebalance callback is running in this context (see module docstring).
 _IN_CALLBACK: contextvars.ContextVar[KafkaSource | None] = contextvars.ContextVar(
@@ -334,7 +332,6 @@ class KafkaSource:
         # metadata request is answered (``_watch_broker``).
         self.broker_reachable = True
         self._watcher: asyncio.Task[None] | None = None
-        self._commit_waiting: asyncio.Future[list[TopicPartition]] | None = None
         # Counters for metrics (read them; never reset).
         self.commits_refused = 0  # commit points dropped: partition no longer owned
         self.commit_failures = 0  # partitions whose commit librdkafka reported as failed
@@ -506,13 +503,10 @@ class KafkaSource:
         (nothing is retried here); use it in ``on_revoked`` and at shutdown. ``sync=False``
         returns once queued; failures are logged and counted in ``commit_failures``.
 
-        A synchronous commit waits at most ``_COMMIT_TIMEOUT_S``: librdkafka's waits for the
-        group coordinator without a bound, so during a broker outage it would hold the call
-        lock, and with it every poll (no error callbacks, no readiness change, no shutdown),
-        until the broker is back. On timeout it raises a retriable ``CommitFailedError``; the
-        call goes on in its worker thread and lands when the broker is back, and until it
-        ends every synchronous commit fails at once (so nothing can land after a later
-        commit, and the other worker thread stays free for polls)."""
+        A synchronous commit issued during a broker outage waits, without a bound, until the
+        broker is back (librdkafka waits for the group coordinator), and the client runs no
+        other call meanwhile: no poll, so no error callback. Reachability is therefore also
+        watched by ``KafkaProducer.broker_reachable``, whose client is never blocked so."""
         async with self._serial() as aio:
             owned = [p for p in points if Partition(p.topic, p.partition) in self._assigned]
             refused = len(points) - len(owned)
@@ -522,27 +516,13 @@ class KafkaSource:
             if not owned:
                 return
             offsets = [TopicPartition(p.topic, p.partition, p.offset, p.metadata) for p in owned]
-            if sync and self._commit_waiting is not None and not self._commit_waiting.done():
-                raise CommitFailedError(
-                    [(Partition(p.topic, p.partition), _STILL_WAITING) for p in owned],
-                    retriable=True,
-                )
             try:
                 if not sync:
                     await aio.commit(offsets=offsets, asynchronous=True)
                     return
-                call = asyncio.ensure_future(aio.commit(offsets=offsets, asynchronous=False))
-                call.add_done_callback(_retrieve)
-                try:
-                    result: list[TopicPartition] = await asyncio.wait_for(
-                        asyncio.shield(call), _COMMIT_TIMEOUT_S
-                    )
-                except TimeoutError:
-                    self._commit_waiting = call
-                    raise CommitFailedError(
-                        [(Partition(p.topic, p.partition), _STILL_WAITING) for p in owned],
-                        retriable=True,
-                    ) from None
+                result: list[TopicPartition] = await aio.commit(
+                    offsets=offsets, asynchronous=False
+                )
             except KafkaException as exc:
                 err = exc.args[0] if exc.args else None
                 why = err.str() if isinstance(err, KafkaError) else str(exc)
@@ -716,12 +696,6 @@ class KafkaSource:
             )
 
 
-def _retrieve(call: asyncio.Future[Any]) -> None:
-    """Done callback of a commit nobody may await any more: consume its outcome."""
-    if not call.cancelled():
-        call.exception()
-
-
 def _topic_partitions(partitions: Iterable[Partition]) -> list[TopicPartition]:
     return [TopicPartition(p.topic, p.partition) for p in partitions]
 
@@ -796,6 +770,10 @@ class KafkaProducer:
         self._closing = threading.Event()
         self._closed = False
         self._flush_timeout_s = 30.0
+        # False after librdkafka reported all brokers down, until a metadata request is
+        # answered (asked from the serving thread, once per _PROBE_INTERVAL_S meanwhile).
+        # Unlike a consumer's, this client keeps serving its callbacks during an outage.
+        self.broker_reachable = True
         self._thread = threading.Thread(target=self._serve, name="kafka-producer", daemon=True)
         self._thread.start()
 
@@ -853,8 +831,17 @@ class KafkaProducer:
 
     def _serve(self) -> None:
         # Runs on the producer's own thread: delivery reports resolve futures on the loop.
+        probed = 0.0
         while not self._closing.is_set():
             self._producer.poll(0.1)
+            if not self.broker_reachable and time.monotonic() - probed >= _PROBE_INTERVAL_S:
+                probed = time.monotonic()
+                try:
+                    self._producer.list_topics(timeout=_PROBE_TIMEOUT_S)
+                except KafkaException:
+                    continue
+                self.broker_reachable = True
+                logger.info("kafka broker reachable again (producer)")
         remaining = self._producer.flush(self._flush_timeout_s)
         if remaining:
             logger.error("kafka producer: %d record(s) undelivered at close", remaining)
@@ -862,6 +849,8 @@ class KafkaProducer:
             self._producer.poll(0)
 
     def _on_error(self, err: KafkaError) -> None:
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            self.broker_reachable = False
         logger.warning("kafka producer error: %s", err.str())
 
 
