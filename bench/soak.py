@@ -29,9 +29,9 @@ stop with SIGTERM, and ``python -m consumer audit`` runs with the consumers' con
 
 Writes ``bench/results/soak.json`` (or ``--out``), prints a summary. Exit status 0 when the
 audit found nothing unaccounted, the group drained, and no member exited unexpectedly; 1
-otherwise; 130 when interrupted (Ctrl-C / SIGTERM: every child is stopped first). Children
-get PR_SET_PDEATHSIG (they die with this process); the broker and Redis are stopped in
-``finally`` only, so a SIGKILLed soak leaves those two behind.
+otherwise; 130 when interrupted (Ctrl-C / SIGTERM: every child is stopped first). Members, the
+sandbox and Redis get PR_SET_PDEATHSIG (they die with this process); the broker (a daemon of
+``tools/kafka/kafka.sh``) is stopped in ``finally`` only, so a SIGKILLed soak leaves it behind.
 """
 
 from __future__ import annotations

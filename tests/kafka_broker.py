@@ -10,6 +10,7 @@ fails the session with the launcher's log tail.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -26,6 +27,18 @@ ROOT = Path(__file__).resolve().parent.parent
 LAUNCHER = ROOT / "tools" / "kafka" / "kafka.sh"
 # Kafka 4.x (KIP-848 consumer groups) inside the Confluent image testcontainers knows.
 CONTAINER_IMAGE = "confluentinc/cp-kafka:8.0.0"
+
+
+_PR_SET_PDEATHSIG = 1
+# Looked up here, in the parent: the child (forked from a process with librdkafka threads)
+# must not dlopen or allocate before exec, only make this one system call.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` for test and benchmark children: receive SIGKILL when the test process
+    dies, even by a crash, so no consumer, sandbox or Redis outlives its test."""
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def free_port() -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import signal
 import sys
@@ -22,7 +21,7 @@ from confluent_kafka import (
 )
 
 from consumer.sandbox.process import sandbox_command
-from tests.kafka_broker import ROOT
+from tests.kafka_broker import ROOT, die_with_parent
 
 
 def produce(
@@ -109,18 +108,6 @@ def read_all(bootstrap: str, topic: str, *, expect: int, seconds: float = 30.0) 
     return messages
 
 
-_PR_SET_PDEATHSIG = 1
-# Looked up here, in the parent: the child (forked from a process with librdkafka threads)
-# must not dlopen or allocate before exec, only make this one system call.
-_prctl = ctypes.CDLL(None, use_errno=True).prctl
-
-
-def _die_with_parent() -> None:
-    """In the child: receive SIGKILL when the test process dies, even by a crash, so no
-    consumer outlives its test."""
-    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 async def start_consumer(env: Mapping[str, str], *args: str) -> asyncio.subprocess.Process:
     """Start ``python -m consumer run`` with ``env`` added to this process's environment (and
     ``METRICS_PORT=0`` unless given, so several consumers can run side by side)."""
@@ -134,7 +121,7 @@ async def start_consumer(env: Mapping[str, str], *args: str) -> asyncio.subproce
         env={**os.environ, "METRICS_PORT": "0", **env},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        preexec_fn=_die_with_parent,
+        preexec_fn=die_with_parent,
     )
 
 
@@ -270,7 +257,7 @@ async def start_sandbox(
         *sandbox_command(locations, args, port=port),
         cwd=ROOT,
         stdout=asyncio.subprocess.PIPE,
-        preexec_fn=_die_with_parent,
+        preexec_fn=die_with_parent,
     )
     assert process.stdout is not None  # stdout=PIPE above
     async with asyncio.timeout(30):

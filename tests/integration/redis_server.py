@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from tests.kafka_broker import free_port
+from tests.kafka_broker import die_with_parent, free_port
 
 
 class RedisServer:
@@ -54,6 +54,7 @@ class RedisServer:
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
         )  # fmt: skip
         log.close()
         deadline = time.monotonic() + timeout_s
