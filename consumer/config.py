@@ -345,6 +345,9 @@ def _env_highlevel(section: HighLevelSettings, environ: Mapping[str, str]) -> Hi
     where = "GHL_API_BASE_URL" if "GHL_API_BASE_URL" in environ else "highlevel.api_base_url"
     if not url.startswith(("https://", "http://")):
         raise ConfigError(f"{where}: expected an http(s):// URL")
+    if "@" in url.split("://", 1)[1].split("/", 1)[0]:
+        # the URL is logged and shown; credentials belong in the integration's token
+        raise ConfigError(f"{where}: must not carry user:password@ (the token authenticates)")
     return HighLevelSettings(api_base_url=url.rstrip("/"))
 
 

@@ -409,6 +409,7 @@ def test_settings_bounded_by_each_other_or_by_form_name_the_field(
         ("KAFKA_PARKING_TOPIC", "", "must not be empty"),
         ("KAFKA_SESSION_TIMEOUT_MS", "6s", "expected a number of milliseconds"),
         ("GHL_API_BASE_URL", "services.leadconnectorhq.com", "expected an http(s):// URL"),
+        ("GHL_API_BASE_URL", "https://u:pit-secret-value@gw.example", "must not carry user:"),
         ("METRICS_PORT", "-1", "expected a port number"),
         ("METRICS_HOST", "", "must not be empty"),
         ("REDIS_URL", "127.0.0.1:6379", "expected a redis://"),
