@@ -66,6 +66,7 @@ def engine_options(settings: Settings) -> EngineOptions:
         max_in_flight=engine.max_in_flight,
         max_buffered=engine.max_buffered,
         max_buffered_per_partition=engine.max_buffered_per_partition,
+        max_buffered_bytes=engine.max_buffered_bytes,
         commit_interval=engine.commit_interval_ms / 1000,
         drain_timeout=engine.drain_timeout_seconds,
         progress_interval=engine.progress_interval_seconds,
@@ -268,6 +269,7 @@ class _Observed:
             limiters=[self._limiter.snapshot(loc) for loc in self._limiter.locations()],
             unhealthy=engine.unhealthy,
             buffered_records=engine.buffered,
+            buffered_bytes=engine.buffered_bytes,
             requests_in_flight=engine.scheduler.in_flight,
             profile_store_size=len(self._profiles),
         )

@@ -16,7 +16,9 @@ Flow per record (DESIGN.md section 1), all on the event loop thread:
 
 Backpressure: a partition pauses when its admitted-but-unfinished records reach
 ``max_buffered_per_partition`` or its offset map nears the metadata budget; every partition
-pauses when all buffered records reach ``max_buffered``; they resume at half.
+pauses when all buffered records reach ``max_buffered``, or their values and keys
+``max_buffered_bytes`` (a waiting record keeps its value for a dead letter or parking, so
+memory is bounded in bytes, not only in records); they resume at half.
 
 Parking (``consumer.parking``): work of an integration answering 401/403, of a location whose
 daily budget is spent, or of a contact failing past ``max_retry``, goes to the parking topic
@@ -180,6 +182,7 @@ class EngineOptions:
     max_in_flight: int = 64
     max_buffered: int = 20_000
     max_buffered_per_partition: int = 5_000
+    max_buffered_bytes: int = 64 * 1024 * 1024
     poll_batch: int = 500
     poll_timeout: float = 0.1
     commit_interval: float = 1.0
@@ -386,7 +389,7 @@ class Engine:
             return  # revoked while the batch was in flight; the new owner reads it
         self.stats.consumed += 1
         self._metrics.consumed(record.topic)
-        if not partition.admit(record.offset):
+        if not partition.admit(record.offset, record.size):
             self.stats.skipped_done += 1
             self._metrics.skipped(record.topic)
             return
@@ -416,7 +419,7 @@ class Engine:
 
     def _ingest_parked(self, record: Record, now: float, wall: float) -> None:
         partition = self._replay.tracker.get(record.topic, record.partition)
-        if partition is None or not partition.admit(record.offset):
+        if partition is None or not partition.admit(record.offset, record.size):
             return
         upsert = decode_parked(record.value)
         ticket = _Ticket(record, partition, 1, replay=True)
@@ -486,9 +489,11 @@ class Engine:
 
     async def _apply_backpressure(self, feed: _Feed) -> None:
         options = self._options
-        buffered = self.buffered
-        pause_all = buffered >= options.max_buffered
-        resume_ok = buffered <= options.max_buffered // 2
+        buffered, held = self.buffered, self.buffered_bytes
+        pause_all = buffered >= options.max_buffered or held >= options.max_buffered_bytes
+        resume_ok = (
+            buffered <= options.max_buffered // 2 and held <= options.max_buffered_bytes // 2
+        )
         to_pause: list[tuple[str, int]] = []
         to_resume: list[tuple[str, int]] = []
         for partition in feed.tracker.owned():
@@ -506,11 +511,11 @@ class Engine:
         if to_pause:
             await feed.source.pause(to_pause)
             feed.paused.update(to_pause)
-            logger.debug("paused %s (buffered=%d)", to_pause, buffered)
+            logger.debug("paused %s (buffered=%d, %d bytes)", to_pause, buffered, held)
         if to_resume:
             await feed.source.resume(to_resume)
             feed.paused.difference_update(to_resume)
-            logger.debug("resumed %s (buffered=%d)", to_resume, buffered)
+            logger.debug("resumed %s (buffered=%d, %d bytes)", to_resume, buffered, held)
 
     # -- dispatch -------------------------------------------------------------------------------
 
@@ -911,6 +916,15 @@ class Engine:
     def buffered(self) -> int:
         """Records admitted and not done: in the scheduler or being produced elsewhere."""
         return self.scheduler.tokens + self._side_work
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes of the records admitted and not done, on both feeds."""
+        return sum(
+            partition.incomplete_bytes
+            for feed in (self._main, self._replay)
+            for partition in feed.tracker.owned()
+        )
 
     # -- progress -------------------------------------------------------------------------------
 

@@ -113,6 +113,15 @@ class Record:
     headers: tuple[tuple[str, bytes], ...] = ()
     timestamp_ms: int | None = None
 
+    @property
+    def size(self) -> int:
+        """Bytes this record holds: key, value and header values (what backpressure counts)."""
+        return (
+            len(self.key or b"")
+            + len(self.value or b"")
+            + sum(len(name) + len(value) for name, value in self.headers)
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Event:

@@ -33,6 +33,7 @@ ghl_profile_restore_seconds                 gauge      (duration of the last res
 ghl_integration_healthy                     gauge      integration (0 while answering 401/403)
 ghl_ignored_fields_total                    counter    integration, field (HighLevel field names)
 ghl_buffered_records                        gauge
+ghl_buffered_bytes                          gauge      (keys, values, headers of those records)
 ghl_requests_in_flight                      gauge
 ==========================================  =========  ==========================================
 
@@ -158,6 +159,7 @@ class StateSnapshot:
     limiters: Sequence[LimiterState] = ()
     unhealthy: Collection[str] = ()
     buffered_records: int = 0
+    buffered_bytes: int = 0
     requests_in_flight: int = 0
     profile_store_size: int | None = None
 
@@ -278,6 +280,9 @@ class Metrics:
             ["integration", "field"],
         )
         self._buffered = gauge("ghl_buffered_records", "Records admitted and not done yet.")
+        self._buffered_bytes = gauge(
+            "ghl_buffered_bytes", "Bytes of the records admitted and not done yet."
+        )
         self._in_flight = gauge("ghl_requests_in_flight", "HighLevel requests in flight.")
 
         # Label children bound once: the hot path is a dict lookup plus an increment.
@@ -427,6 +432,7 @@ class Metrics:
         for integration in self._location_of:
             self._healthy.labels(integration).set(0 if integration in unhealthy else 1)
         self._buffered.set(snapshot.buffered_records)
+        self._buffered_bytes.set(snapshot.buffered_bytes)
         self._in_flight.set(snapshot.requests_in_flight)
         if snapshot.profile_store_size is not None:
             self._profile_size.set(snapshot.profile_store_size)

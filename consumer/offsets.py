@@ -374,7 +374,8 @@ class PartitionOffsets:
         self._next = committed  # next offset expected from the fetcher
         self._admitted_any = False
         self._pending: deque[int] = deque()  # admitted offsets >= the commit point, ascending
-        self._incomplete: set[int] = set()
+        self._incomplete: dict[int, int] = {}  # admitted offset -> its record's bytes
+        self._incomplete_bytes = 0
         restored = (
             OffsetMap.decode(metadata, commit_offset=committed)
             if committed is not None
@@ -394,8 +395,9 @@ class PartitionOffsets:
 
     # -- intake ---------------------------------------------------------------------------------
 
-    def admit(self, offset: int) -> bool:
-        """Register a fetched record. True: process it, and ``complete`` it when done. False:
+    def admit(self, offset: int, size: int = 0) -> bool:
+        """Register a fetched record of ``size`` bytes (counted in ``incomplete_bytes`` until it
+        completes). True: process it, and ``complete`` it when done. False:
         do not process it, because the restored map says it is already done (counted in
         ``skipped_done``; it counts as done here), or it is not ahead of the last admitted offset
         (a duplicate), or this partition is revoked. Offsets must come in ascending order, gaps
@@ -420,7 +422,8 @@ class PartitionOffsets:
                 self._pending.append(offset)
             return False
         self._pending.append(offset)
-        self._incomplete.add(offset)
+        self._incomplete[offset] = size
+        self._incomplete_bytes += size
         return True
 
     def _take_restored(self, offset: int) -> bool:
@@ -444,7 +447,7 @@ class PartitionOffsets:
         the partition is revoked."""
         if self._revoked or offset not in self._incomplete:
             return
-        self._incomplete.discard(offset)
+        self._incomplete_bytes -= self._incomplete.pop(offset)
         self._version += 1
         pending, incomplete = self._pending, self._incomplete
         while pending and pending[0] not in incomplete:
@@ -460,6 +463,11 @@ class PartitionOffsets:
     def incomplete(self) -> int:
         """Admitted records not done yet."""
         return len(self._incomplete)
+
+    @property
+    def incomplete_bytes(self) -> int:
+        """Bytes of the admitted records not done yet (as given to ``admit``)."""
+        return self._incomplete_bytes
 
     @property
     def highest_admitted(self) -> int | None:
@@ -550,6 +558,7 @@ class PartitionOffsets:
         self._revoked = True
         self._pending.clear()
         self._incomplete.clear()
+        self._incomplete_bytes = 0
         self._restored.clear()
         self._restored_count = 0
 

@@ -325,6 +325,45 @@ async def test_a_full_partition_pauses_and_resumes_as_work_drains() -> None:
     assert len(highlevel.upserts) == 60
 
 
+async def _peak_buffered_bytes(max_buffered_bytes: int) -> tuple[int, bool]:
+    """40 identifies of ~100 kB each (padding HighLevel never sees) to a slow HighLevel;
+    return the peak of ``buffered_bytes`` seen while all are delivered, and whether intake
+    paused."""
+    padding = "x" * 100_000
+    events = [
+        (f"u{i}", {"type": "identify", "userId": f"u{i}", "traits": {"email": f"u{i}@x.io"},
+                   "context": {"page": {"referrer": padding}}})
+        for i in range(40)
+    ]  # fmt: skip
+    source = MemorySource({("events", 0): records("events", 0, events)})
+    highlevel = FakeHighLevel(delay=lambda payload: 0.01)
+    engine = build(
+        source, highlevel, max_in_flight=1, poll_batch=2, max_buffered_bytes=max_buffered_bytes
+    )
+    peak, paused_seen = 0, False
+
+    def done() -> bool:
+        nonlocal peak, paused_seen
+        peak = max(peak, engine.buffered_bytes)
+        paused_seen = paused_seen or bool(source.paused)
+        return committed(source) == 40
+
+    await run_until(engine, done)
+    assert len(highlevel.upserts) == 40
+    return peak, paused_seen
+
+
+async def test_waiting_records_are_bounded_in_bytes_not_only_in_count() -> None:
+    """The record count (20,000 by default) alone would let 20,000 large records wait; the
+    byte budget pauses intake at 300 kB (plus the poll batch that crossed it) and resumes at
+    half, and everything is still delivered. Without it, far more waits."""
+    bounded, paused = await _peak_buffered_bytes(300_000)
+    assert paused
+    assert 0 < bounded <= 300_000 + 2 * 100_200
+    unbounded, _ = await _peak_buffered_bytes(64 * 1024 * 1024)
+    assert unbounded > 1_000_000
+
+
 @pytest.mark.parametrize("status", [401, 403])
 async def test_an_unauthorized_integration_parks_its_events_and_replays_them_once_it_works(
     status: int,

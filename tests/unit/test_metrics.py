@@ -112,6 +112,7 @@ EXPECTED_SERIES = {
     "ghl_integration_healthy",
     "ghl_ignored_fields_total",
     "ghl_buffered_records",
+    "ghl_buffered_bytes",
     "ghl_requests_in_flight",
 }
 
@@ -264,6 +265,7 @@ def test_refresh_sets_partition_limiter_and_process_gauges(metrics: Metrics) -> 
                       limiter("loc-stranger", remaining=1)],
             unhealthy={"beta"},
             buffered_records=17,
+            buffered_bytes=17_000,
             requests_in_flight=4,
             profile_store_size=88,
         )
@@ -282,6 +284,7 @@ def test_refresh_sets_partition_limiter_and_process_gauges(metrics: Metrics) -> 
     assert value(metrics, "ghl_integration_healthy", integration="acme") == 1
     assert value(metrics, "ghl_integration_healthy", integration="beta") == 0
     assert value(metrics, "ghl_buffered_records") == 17
+    assert value(metrics, "ghl_buffered_bytes") == 17_000
     assert value(metrics, "ghl_requests_in_flight") == 4
     assert value(metrics, "ghl_profile_store_size") == 88
 
