@@ -14,12 +14,15 @@ upsert absorbs such repeats).
 
 Records are replayed as they were: a value the consumer rejects (``invalid_json``...) is
 dead-lettered again. Select by ``--reason`` (e.g. ``rejected_by_highlevel`` after fixing a
-mapping or a HighLevel setting).
+mapping or a HighLevel setting). A dead letter that left parts out to fit the size budget
+(``ghl.omitted``) is not replayable: it is reported as such, with the coordinates of the
+original, and the group moves past it (a rerun would not make it whole).
 
 ``dlq list`` reads the whole dead-letter topic and prints counts by reason, integration and
 source topic, with the errors; never keys or values (they hold personal data).
 
-Exit status: 0 done, 1 some records failed (or Kafka failed), 2 configuration error.
+Exit status: 0 done, 1 some records failed or were not replayable (or Kafka failed), 2
+configuration error.
 The selection logic (``Selection``, ``replay_headers``, ``summarise``) is pure; I/O stays in
 ``replay`` / ``list_dead_letters`` and ``main``.
 """
@@ -212,11 +215,13 @@ def render_groups(groups: Sequence[Group], total: int, out: TextIO) -> None:
 
 @dataclass(slots=True)
 class ReplaySummary:
-    """Counts of one replay (``failed`` records stop their partition's commit point)."""
+    """Counts of one replay (``failed`` records stop their partition's commit point;
+    ``unreplayable`` ones, incomplete copies, do not)."""
 
     replayed: int = 0
     skipped: int = 0
     failed: int = 0
+    unreplayable: int = 0
     by_target: Counter[str] = field(default_factory=Counter)
 
 
@@ -266,6 +271,18 @@ async def replay(
             failure = read_failure(record.headers)
             if not selection.selects(failure):
                 summary.skipped += 1
+                steps.append((record, None, None))
+                continue
+            if "omitted" in failure:
+                summary.unreplayable += 1
+                logger.error(
+                    "dead letter %s not replayable: it left out %s; the original is at %s/%s/%s",
+                    where(record),
+                    failure["omitted"],
+                    failure.get("source.topic", "?"),
+                    failure.get("source.partition", "?"),
+                    failure.get("source.offset", "?"),
+                )
                 steps.append((record, None, None))
                 continue
             target = to or failure.get("source.topic")
@@ -363,10 +380,10 @@ async def _replay_command(args: argparse.Namespace, settings: Settings, out: Tex
     print(
         f"{'would replay' if args.dry_run else 'replayed'} {summary.replayed}"
         f"{f' ({targets})' if targets else ''}, skipped by filter {summary.skipped}, "
-        f"failed {summary.failed}",
+        f"failed {summary.failed}, not replayable {summary.unreplayable}",
         file=out,
     )
-    return 1 if summary.failed else 0
+    return 1 if summary.failed or summary.unreplayable else 0
 
 
 async def list_dead_letters(reader: TopicReader, selection: Selection) -> tuple[list[Group], int]:

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from consumer import deadletter
 from consumer.deadletter import Failure, dead_letter_headers, read_failure
 from consumer.events import Record
 from consumer.kafka import Delivered, ProduceFailedError
@@ -301,3 +302,27 @@ async def test_dry_run_prints_sends_and_commits_nothing() -> None:
         f"would replay {DLQ}/0/0 -> events (reason rejected_by_highlevel, integration default, "
         "19 bytes)"
     ]
+
+
+async def test_a_dead_letter_that_left_its_value_out_is_reported_not_replayed() -> None:
+    """An oversize record's dead letter carries no value (``ghl.omitted``): replaying it would
+    send a tombstone. It is counted as not replayable, named with the original's coordinates,
+    and the group moves past it; the complete dead letters around it replay."""
+    big = original(9, topic="events")
+    big = Record(big.topic, big.partition, big.offset, big.key, b"x" * 5_000, big.headers)
+    failure = Failure(reason="too_large", error="record is 5000 bytes, limit 4000")
+    cut = deadletter.dead_letter(big, failure, now=T0, max_bytes=2_000)
+    assert cut.value is None
+    incomplete = Record(DLQ, 0, 1, cut.key, cut.value, cut.headers)
+    reader, sender = FakeReader([[dead_letter(0), incomplete, dead_letter(2)]]), FakeSender()
+    summary = await replay(
+        reader,
+        sender,
+        selection=Selection(),
+        to=None,
+        existing_topics=frozenset({"events"}),
+        out=io.StringIO(),
+    )
+    assert (summary.replayed, summary.failed, summary.unreplayable) == (2, 0, 1)
+    assert all(value is not None for _, value, _ in sender.sent)
+    assert reader.commits == [{(DLQ, 0): 3}]
