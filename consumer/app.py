@@ -28,6 +28,7 @@ from consumer.errors import ConfigError
 from consumer.events import Record
 from consumer.kafka import (
     GroupProtocol,
+    KafkaAdapterError,
     KafkaProducer,
     KafkaSource,
     TopicReader,
@@ -310,7 +311,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """``ghl-consumer run``: 0 after a clean shutdown, 2 for a configuration error."""
+    """``ghl-consumer run``: 0 after a clean shutdown, 1 when Kafka fails at start-up (one line,
+    no traceback: e.g. unreachable), 2 for a configuration error."""
     logging.basicConfig(
         level=args.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -326,6 +328,9 @@ def main(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"ghl-consumer: configuration error: {exc}", file=sys.stderr)
         return 2
+    except KafkaAdapterError as exc:  # Kafka unreachable at start-up: one line, not a traceback
+        print(f"ghl-consumer: kafka: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -237,6 +237,18 @@ def _from_kafka(exc: KafkaException, what: str) -> KafkaAdapterError:
     return KafkaAdapterError(f"{what}: {exc}")
 
 
+def _new_client(exc: KafkaException | ValueError, what: str) -> ConsumerError:
+    """The error for a client librdkafka refused to create: librdkafka rejects settings
+    (``[kafka.librdkafka]``: an unknown property, a bad value, an unsupported SASL mechanism)
+    only here, so those are a ``ConfigError`` naming the table; anything else is Kafka's."""
+    err = exc.args[0] if exc.args else None
+    if isinstance(err, KafkaError) and err.code() == KafkaError._INVALID_ARG:
+        return ConfigError(f"kafka.librdkafka: {err.str()}")
+    if isinstance(exc, KafkaException):
+        return _from_kafka(exc, what)
+    return KafkaAdapterError(f"{what}: {exc}")
+
+
 # ---------------------------------------------------------------------------------------------
 # Consumer
 
@@ -353,6 +365,9 @@ class KafkaSource:
         config["logger"] = _librdkafka_logger
         try:
             self._aio = AIOConsumer(config, max_workers=2)
+        except KafkaException as exc:
+            raise _new_client(exc, "kafka consumer") from exc
+        try:
             await self._aio.subscribe(
                 self._topics,
                 on_assign=self._on_assign,
@@ -766,7 +781,7 @@ class KafkaProducer:
         try:
             self._producer = Producer(config)
         except KafkaException as exc:
-            raise _from_kafka(exc, "kafka producer") from exc
+            raise _new_client(exc, "kafka producer") from exc
         self._closing = threading.Event()
         self._closed = False
         self._flush_timeout_s = 30.0
@@ -920,7 +935,10 @@ async def ensure_topics(
         "error_cb": refusals.append,  # served by admin.poll below
         "logger": _librdkafka_logger,
     }
-    admin = AdminClient(config)
+    try:
+        admin = AdminClient(config)
+    except KafkaException as exc:
+        raise _new_client(exc, "kafka admin client") from exc
     new = [
         NewTopic(
             spec.name,
@@ -1028,7 +1046,7 @@ class TopicReader:
         try:
             self._consumer = Consumer(config)
         except (KafkaException, ValueError) as exc:
-            raise KafkaAdapterError(f"kafka reader: {exc}") from exc
+            raise _new_client(exc, "kafka reader") from exc
         self._grouped = group_id is not None
         self._timeout_s = timeout_s
         self._remaining: dict[Partition, int] = {}  # partition -> end offset, until read

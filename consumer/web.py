@@ -37,6 +37,7 @@ from aiohttp import web
 
 from consumer.debugger import Debugger, DeliveryEntry
 from consumer.delivery import Verdict
+from consumer.errors import ConfigError
 from consumer.metrics import Metrics, Readiness, StateSnapshot
 
 logger = logging.getLogger(__name__)
@@ -193,8 +194,8 @@ async def serve_web(
     ``readiness`` is called per ``/readyz`` request and must not block; ``state`` is awaited per
     ``/metrics`` scrape to refresh the state gauges (its failure is logged; the scrape still
     answers). ``debugger`` None disables the ``/debug`` paths (404). ``access_token`` (None or
-    empty: no token) guards ``/debug``. Raises OSError when the address cannot be bound. On
-    exit, live debugger streams end and the socket closes.
+    empty: no token) guards ``/debug``. Raises ConfigError naming the address when it cannot
+    be bound (in use, not local). On exit, live debugger streams end and the socket closes.
     """
     handlers = _Handlers(
         metrics=metrics,
@@ -216,7 +217,13 @@ async def serve_web(
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as exc:
+            raise ConfigError(
+                f"metrics.host/port (METRICS_HOST/METRICS_PORT): cannot listen on "
+                f"{host}:{port}: {exc.strerror or exc}"
+            ) from None
         bound_host, bound_port = runner.addresses[0][:2]
         server = WebServer(bound_host, bound_port)
         logger.info(

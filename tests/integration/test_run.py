@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import orjson
 import pytest
@@ -19,6 +21,7 @@ from tests.integration.consumer_harness import (
     run_command,
     start_consumer,
 )
+from tests.kafka_broker import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -133,3 +136,49 @@ async def test_run_refuses_bad_settings_before_consuming_anything(
     assert (code, stdout) == (2, "")
     assert stderr == f"ghl-consumer: configuration error: {message}\n"
     assert committed_offsets(kafka_bootstrap, group, topic, 2) == {0: -1001, 1: -1001}
+
+
+async def test_run_start_up_failures_are_one_line_naming_the_cause(
+    kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    """What an operator meets first, each as one line and no traceback: a librdkafka setting
+    librdkafka does not know (exit 2, naming the table), the metrics port already taken
+    (exit 2, naming the address), and no broker answering (exit 1)."""
+    topic = new_topic()
+    base = {
+        "GHL_LOCATION_ID": LOCATION,
+        "GHL_ACCESS_TOKEN": TOKEN,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "KAFKA_TOPICS": topic,
+        "KAFKA_GROUP_ID": f"startup-{uuid.uuid4().hex[:8]}",
+        "METRICS_PORT": "0",
+    }
+    config = tmp_path / "config.toml"
+    config.write_text('[kafka.librdkafka]\n"sasl.passwd" = "hunter2"\n')
+    code, _, stderr = await run_command(base, "run", "--config", str(config), seconds=60)
+    assert code == 2
+    assert "Traceback" not in stderr
+    assert stderr.splitlines()[-1] == (
+        "ghl-consumer: configuration error: kafka.librdkafka: No such configuration property: "
+        '"sasl.passwd"'
+    )
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, _, stderr = await run_command({**base, "METRICS_PORT": str(port)}, "run", seconds=60)
+    last = stderr.splitlines()[-1]
+    assert code == 2
+    assert "Traceback" not in stderr
+    assert last.startswith(
+        "ghl-consumer: configuration error: metrics.host/port (METRICS_HOST/METRICS_PORT): "
+        f"cannot listen on 127.0.0.1:{port}: "
+    )
+
+    code, _, stderr = await run_command(
+        {**base, "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"}, "run", seconds=120
+    )
+    assert code == 1
+    assert "Traceback" not in stderr
+    assert stderr.splitlines()[-1].startswith("ghl-consumer: kafka: ")
