@@ -57,6 +57,8 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import math
+import re
 import threading
 import time
 import uuid
@@ -104,7 +106,33 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+class _Repeats(logging.Filter):
+    """Lets through one record per message shape (its text with numbers masked) every
+    ``interval_s``. librdkafka reports a broker outage on every reconnect attempt of every
+    client, hundreds of lines a second; one line per shape every few seconds says as much."""
+
+    def __init__(self, interval_s: float) -> None:
+        super().__init__()
+        self._interval_s = interval_s
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        shape = _DIGITS.sub("#", record.getMessage())
+        now = time.monotonic()
+        if now - self._last.get(shape, -math.inf) < self._interval_s:
+            return False
+        if len(self._last) >= 1_000:  # bounded: shapes are few, but messages are not ours
+            self._last.clear()
+        self._last[shape] = now
+        return True
+
+
+_DIGITS: Final = re.compile(r"\d+")
+# What librdkafka logs, and the errors it reports through error_cb.
 _librdkafka_logger = logging.getLogger(__name__ + ".librdkafka")
+_librdkafka_logger.addFilter(_Repeats(interval_s=10.0))
 
 GroupProtocol = Literal["classic", "consumer"]
 Setting = str | int | float | bool
@@ -697,7 +725,7 @@ class KafkaSource:
             self._fatal = err
             logger.error("kafka consumer fatal error: %s", err.str())
         else:
-            logger.warning("kafka consumer error: %s", err.str())
+            _librdkafka_logger.warning("kafka consumer error: %s", err.str())
 
     async def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
         failed = [tp for tp in partitions if tp.error is not None]
@@ -866,7 +894,7 @@ class KafkaProducer:
     def _on_error(self, err: KafkaError) -> None:
         if err.code() == KafkaError._ALL_BROKERS_DOWN:
             self.broker_reachable = False
-        logger.warning("kafka producer error: %s", err.str())
+        _librdkafka_logger.warning("kafka producer error: %s", err.str())
 
 
 def _delivery_callback(
