@@ -81,13 +81,13 @@ async def live_stream(
     round every ``interval_s``, until ``stop`` is set; return where everything went."""
     run = uuid.uuid4().hex[:6]
     produced = Produced({}, set())
-    for version in itertools.count():
-        if stop.is_set():
-            return produced
+    version = 0
+    while not stop.is_set():
         batch = versions_round(users, version, run, pages=version % 5 == 0)
         produced = produced.merged(await produce_live(bootstrap, topic, [batch]))
+        version += 1
         await asyncio.sleep(interval_s)
-    raise AssertionError("unreachable")
+    return produced
 
 
 def metrics_url(member: ProcessLog) -> str:
