@@ -375,13 +375,13 @@ class RedisBackend:
             ops, self._ops = self._ops, []
             if self.fallback_active:
                 continue  # Redis is down: the slots free themselves when their leases end
-            pipe = self._client.pipeline(transaction=False)
-            for script, keys, args in ops:
-                await script(keys=keys, args=args, client=pipe)
-            try:
-                await pipe.execute()
-            except _REDIS_DOWN as exc:
-                self._enter_fallback(exc)
+            async with self._client.pipeline(transaction=False) as pipe:  # reset on any exit
+                for script, keys, args in ops:
+                    await script(keys=keys, args=args, client=pipe)
+                try:
+                    await pipe.execute()
+                except _REDIS_DOWN as exc:
+                    self._enter_fallback(exc)
 
     def _enter_fallback(self, exc: BaseException) -> None:
         self.redis_errors += 1
@@ -404,6 +404,9 @@ class RedisBackend:
             await asyncio.sleep(self._reconnect_interval_s)
             try:
                 await self._client.ping()
+                # The pool's connections from before the outage are dead: each would fail once
+                # and switch back to the fallback. Nothing else uses the pool in fallback.
+                await self._client.connection_pool.disconnect()
             except _REDIS_DOWN:
                 self.redis_errors += 1
                 continue
