@@ -189,7 +189,7 @@ class ExpectedContacts:
         label = f"{record.topic}/{record.partition}/{record.offset}"
         now = record.timestamp_ms / 1000 if record.timestamp_ms is not None else 0.0
         outcomes = self._mapper.map_record(
-            value=record.value or b"", key=record.key, topic=record.topic, now=now
+            value=record.value or b"", key=record.key, topic=record.topic, now=now, origin=where
         )
         if any(isinstance(o, ContactUpsert) for o in outcomes):
             self._identity_events += 1

@@ -394,7 +394,12 @@ class Engine:
             self._metrics.skipped(record.topic)
             return
         outcomes = self._mapper.map_record(
-            value=record.value or b"", key=record.key, topic=record.topic, now=wall
+            value=record.value or b"",
+            key=record.key,
+            topic=record.topic,
+            now=wall,
+            # a record re-read after its partition came back is not a duplicate of itself
+            origin=(record.topic, record.partition, record.offset),
         )
         writes = self._profile_log.take_writes() if self._profile_log is not None else []
         ticket = _Ticket(record, partition, len(outcomes) + len(writes))

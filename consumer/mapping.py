@@ -21,7 +21,7 @@ Called by the engine on its mapping thread, and by ``ghl-consumer map``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -158,10 +158,18 @@ class Mapper:
         self._all_categories = frozenset(i.consent_category for i in integrations)
 
     def map_record(
-        self, *, value: bytes, key: bytes | None, topic: str, now: float
+        self,
+        *,
+        value: bytes,
+        key: bytes | None,
+        topic: str,
+        now: float,
+        origin: Hashable | None = None,
     ) -> list[Outcome]:
         """Decode and map one record. Returns one record-level Drop/Reject, or one outcome per
-        routed integration (in configuration order).
+        routed integration (in configuration order). ``origin`` names the record (topic,
+        partition, offset) for de-duplication: the same record mapped again is not a
+        duplicate of itself.
 
         The key, any bytes, is the contact key: not valid UTF-8 -> decoded with backslash
         escapes (a binary key is still a key); empty -> absent; over ``max_field_chars``
@@ -178,17 +186,25 @@ class Mapper:
         if isinstance(event, Reject):
             return [event]
         contact_key = key.decode("utf-8", "backslashreplace") if key else None
-        return self.map_event(event, contact_key=contact_key, topic=topic, now=now)
+        return self.map_event(
+            event, contact_key=contact_key, topic=topic, now=now, origin=origin
+        )
 
     def map_event(
-        self, event: Event, *, contact_key: str | None, topic: str, now: float
+        self,
+        event: Event,
+        *,
+        contact_key: str | None,
+        topic: str,
+        now: float,
+        origin: Hashable | None = None,
     ) -> list[Outcome]:
         """Map a decoded event. ``contact_key`` is the record key if any; else the event's
-        userId, else anonymousId, is used."""
+        userId, else anonymousId, is used. ``origin``: as for ``map_record``."""
         targets = self._router.route(event, topic)
         if not targets:
             return [_NOT_ROUTED]
-        if event.message_id is not None and self._deduper.check(event.message_id, now):
+        if event.message_id is not None and self._deduper.check(event.message_id, now, origin):
             return [_DUPLICATE]
         user_key = contact_key or event.user_id or event.anonymous_id
         if user_key is None:

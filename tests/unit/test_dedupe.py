@@ -38,3 +38,15 @@ def test_bound_forgets_the_oldest_first() -> None:
 def test_invalid_bounds(entries: int, ttl: float) -> None:
     with pytest.raises(ValueError, match="max_entries"):
         MessageDeduper(max_entries=entries, ttl_seconds=ttl)
+
+
+def test_the_same_record_read_again_is_not_a_duplicate_of_itself() -> None:
+    """A partition revoked and assigned back re-reads its undelivered records: same origin,
+    not a duplicate. Another record with the id is; without an origin, any repeat is."""
+    d = MessageDeduper(max_entries=10, ttl_seconds=60)
+    assert d.check("m1", 0.0, ("events", 0, 7)) is False
+    assert d.check("m1", 1.0, ("events", 0, 7)) is False
+    assert d.check("m1", 2.0, ("events", 0, 9)) is True
+    assert d.check("m1", 3.0, ("events", 1, 7)) is True
+    assert d.check("m1", 4.0) is True
+    assert len(d) == 1

@@ -283,6 +283,32 @@ async def test_a_revoked_partition_commits_what_is_done_and_drops_its_waiting_wo
     assert len(source.commits) == commits_at_revoke  # never again for the revoked partition
 
 
+async def test_a_partition_assigned_back_redelivers_its_waiting_work_not_a_duplicate() -> None:
+    """Found by the soak: a broker outage past the session timeout loses every partition, and
+    the group gives them back to the same members, which re-read from the committed offsets.
+    The undelivered identify read again is the same record, not a duplicate of itself (its
+    messageId is in this member's de-duplication window): it must be delivered, not dropped."""
+    event = {**GUIDE_IDENTIFY, "messageId": "m-lead-987"}
+    source = MemorySource({("events", 0): records("events", 0, [("lead-987", event)])})
+    highlevel = FakeHighLevel()
+    engine = build(source, highlevel, coalesce_window=0.5)  # the upsert waits in its window
+    stop = asyncio.Event()
+    task = asyncio.create_task(engine.run(stop))
+    async with asyncio.timeout(5):
+        while engine.stats.consumed < 1:
+            await asyncio.sleep(0.01)
+    await source.revoke([("events", 0)])
+    assert highlevel.upserts == []
+    await source.assign([("events", 0)])
+    async with asyncio.timeout(5):
+        while committed(source) != 1:
+            await asyncio.sleep(0.01)
+    stop.set()
+    await task
+    assert len(highlevel.upserts) == 1
+    assert engine.stats.dropped == {}
+
+
 async def test_revoke_waits_for_work_in_flight_and_never_resends_it_after() -> None:
     source = MemorySource({("events", 0): records("events", 0, [("lead-987", GUIDE_IDENTIFY)])})
     highlevel = FakeHighLevel(script=lambda payload: 503, delay=lambda payload: 0.3)
