@@ -16,7 +16,7 @@ Flow per record (DESIGN.md section 1), all on the event loop thread:
 
 Backpressure: a partition pauses when its admitted-but-unfinished records reach
 ``max_buffered_per_partition`` or its offset map nears the metadata budget; every partition
-pauses when all buffered records reach ``max_buffered``, or their values and keys
+pauses when all buffered records reach ``max_buffered``, or their keys, values and headers
 ``max_buffered_bytes`` (a waiting record keeps its value for a dead letter or parking, so
 memory is bounded in bytes, not only in records); they resume at half.
 
