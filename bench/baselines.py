@@ -34,10 +34,10 @@ import requests
 from confluent_kafka import Consumer
 
 from consumer.config import load_settings
-from consumer.dedupe import MessageDeduper
-from consumer.events import ContactUpsert
-from consumer.mapping import Mapper
-from consumer.profiles import InMemoryProfileStore
+from consumer.core.dedupe import MessageDeduper
+from consumer.core.events import ContactUpsert
+from consumer.core.mapping import Mapper
+from consumer.core.profiles import InMemoryProfileStore
 
 
 def orjson_loads_rate(values: Sequence[bytes], repeats: int = 3) -> float:

@@ -79,7 +79,7 @@ from bench.common import (
     watch_drain,
     write_result,
 )
-from consumer import samples
+from consumer.commands import samples
 from consumer.sandbox import sandbox_process
 
 LOCATION, TOKEN = "benchLocation0000001", "bench-token-0000001"

@@ -27,10 +27,10 @@ from typing import Any
 import orjson
 
 from consumer.config import Integration, Secret
-from consumer.dedupe import MessageDeduper
-from consumer.mapping import Mapper
-from consumer.normalise import PhoneNormaliser, parse_phone
-from consumer.profiles import InMemoryProfileStore
+from consumer.core.dedupe import MessageDeduper
+from consumer.core.mapping import Mapper
+from consumer.core.normalise import PhoneNormaliser, parse_phone
+from consumer.core.profiles import InMemoryProfileStore
 
 RESULTS = Path(__file__).parent / "results" / "mapping.json"
 USERS = 100_000

@@ -14,10 +14,10 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter
 
-from consumer.delivery import Answer, Verdict
-from consumer.events import Reason
-from consumer.metrics import Endpoint, Metrics, StateSnapshot
-from consumer.offsets import PartitionStats
+from consumer.core.events import Reason
+from consumer.engine.offsets import PartitionStats
+from consumer.highlevel.client import Answer, Verdict
+from consumer.observe.metrics import Endpoint, Metrics, StateSnapshot
 
 N = 200_000
 

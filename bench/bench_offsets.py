@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 
-from consumer.offsets import OffsetBudget, OffsetMap, PartitionOffsets
+from consumer.engine.offsets import OffsetBudget, OffsetMap, PartitionOffsets
 
 LIMIT = OffsetBudget().max_metadata_chars
 Pattern = Callable[[int, random.Random], list[int]]

@@ -36,7 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from consumer.ratelimit import (
+from consumer.ratelimit.limiter import (
     ACQUIRED,
     Budget,
     LocalBackend,
@@ -44,7 +44,7 @@ from consumer.ratelimit import (
     RateLimiter,
     Wait,
 )
-from consumer.ratelimit_redis import RedisBackend
+from consumer.ratelimit.redis_backend import RedisBackend
 from tests.integration.redis_server import RedisServer
 
 RESULTS = Path(__file__).parent / "results" / "ratelimit.json"

@@ -2,6 +2,6 @@
 
 import sys
 
-from consumer.cli import main
+from consumer.commands.cli import main
 
 sys.exit(main())

@@ -29,10 +29,10 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
-from consumer.decode import Limits
+from consumer.core.decode import Limits
+from consumer.core.events import REMOVABLE_FIELDS, PresetEvent, TagMode
+from consumer.core.normalise import PHONE_REGIONS
 from consumer.errors import ConfigError
-from consumer.events import REMOVABLE_FIELDS, PresetEvent, TagMode
-from consumer.normalise import PHONE_REGIONS
 
 DEFAULT_INTEGRATION: Final = "default"
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")

@@ -6,12 +6,13 @@
     +-- ConfigError               bad configuration; start-up stops. Not retriable: fix the config.
     +-- ProfileDecodeError        a stored profile's bytes are not a profile. Not retriable for that
     |                             record; the caller decides (drop the stored profile, log, go on).
-    +-- DailyBudgetExhausted      (consumer.ratelimit) a location's daily request budget is spent.
+    +-- DailyBudgetExhausted      (consumer.ratelimit.limiter) a location's daily request budget
+                                  is spent.
                                   Retriable after its ``until``; the engine holds or parks the
                                   location's events meanwhile.
 
 Bad *events* are not exceptions: decoding and mapping return ``Reject`` values (see
-``consumer.events``), because a poison record is data to dead-letter, not a crash.
+``consumer.core.events``), because a poison record is data to dead-letter, not a crash.
 """
 
 from __future__ import annotations

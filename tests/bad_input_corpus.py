@@ -27,7 +27,7 @@ from typing import Final, Literal
 
 import orjson
 
-from consumer.decode import Limits
+from consumer.core.decode import Limits
 
 LIMITS: Final = Limits()
 MAX_KEY: Final = LIMITS.max_field_chars

@@ -1,7 +1,7 @@
 """The Event Debugger in a real headless browser (Debian's chromium driven by Playwright).
 
-Feeds deliveries into a ``Debugger``, serves it with ``serve_web`` and checks what an operator
-sees: rows, masking, filters, live updates, no token on the page, no HTML injection through
+Feeds deliveries into a ``RecentDeliveries``, serves it with ``serve_web`` and checks what an
+operator sees: rows, masking, filters, live updates, no token on the page, no HTML injection through
 payload values. Takes the README's screenshot; with ``UPDATE_SCREENSHOT=1`` it replaces
 docs/event-debugger.png (otherwise the tree stays clean). Fails, never skips,
 without chromium (``apt-get install chromium``) or the ``playwright`` package (dev extras);
@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 from playwright.async_api import BrowserContext, Page, async_playwright, expect
 
-from consumer.debugger import Debugger
-from consumer.delivery import Answer, classify
-from consumer.metrics import Metrics, Readiness
-from consumer.web import WebServer, serve_web
+from consumer.highlevel.client import Answer, classify
+from consumer.observe.metrics import Metrics, Readiness
+from consumer.observe.recent_deliveries import RecentDeliveries
+from consumer.observe.web import WebServer, serve_web
 
 pytestmark = pytest.mark.integration
 
@@ -53,7 +53,7 @@ EU = {"locationId": "Qm7e2Xa9LpT4sVb1NcRz", "email": "jane.doe@example.org",
 
 
 def deliver(
-    debugger: Debugger,
+    debugger: RecentDeliveries,
     integration: str,
     payload: dict[str, object],
     status: int | None,
@@ -86,7 +86,7 @@ def deliver(
     )
 
 
-def feed(debugger: Debugger) -> None:
+def feed(debugger: RecentDeliveries) -> None:
     deliver(debugger, "eu-shop", EU, 201, events=("Signed Up",), contact="user-311",
             trace_id="3f1c9a2e-7d4b-4c1e-9a55-0c8e2b7d1f40", latency_s=0.112)
     deliver(debugger, "default", {**GUIDE, "firstName": "<img src=x id=injected>"}, 422,
@@ -105,12 +105,12 @@ def feed(debugger: Debugger) -> None:
 
 
 @pytest.fixture
-def debugger() -> Debugger:
-    return Debugger(integrations=["default", "eu-shop"])
+def debugger() -> RecentDeliveries:
+    return RecentDeliveries(integrations=["default", "eu-shop"])
 
 
 @pytest.fixture
-async def server(debugger: Debugger) -> AsyncIterator[WebServer]:
+async def server(debugger: RecentDeliveries) -> AsyncIterator[WebServer]:
     async with serve_web(
         port=0,
         metrics=Metrics(integrations={"default": "ve9EPM428h8vShlRW1KT"}),
@@ -147,7 +147,7 @@ async def open_page(context: BrowserContext, url: str, errors: list[str]) -> Pag
 
 
 async def test_event_debugger_in_a_browser(
-    server: WebServer, debugger: Debugger, browser: BrowserContext, tmp_path: Path
+    server: WebServer, debugger: RecentDeliveries, browser: BrowserContext, tmp_path: Path
 ) -> None:
     feed(debugger)
     errors: list[str] = []
@@ -210,7 +210,7 @@ async def test_event_debugger_in_a_browser(
 
 
 async def test_without_the_token_the_browser_gets_nothing(
-    server: WebServer, debugger: Debugger, browser: BrowserContext
+    server: WebServer, debugger: RecentDeliveries, browser: BrowserContext
 ) -> None:
     feed(debugger)
     errors: list[str] = []

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from consumer.delivery import Answer, HighLevelClient, Timeouts, Verdict
+from consumer.highlevel.client import Answer, HighLevelClient, Timeouts, Verdict
 from consumer.sandbox.server import Sandbox, run_sandbox
 from consumer.sandbox.settings import Faults, RateLimits
 

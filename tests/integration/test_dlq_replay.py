@@ -10,9 +10,9 @@ import orjson
 import pytest
 from confluent_kafka import Message
 
-from consumer.deadletter import REJECTED_BY_HIGHLEVEL, Failure, dead_letter_headers
-from consumer.events import Record
-from consumer.kafka import KafkaProducer
+from consumer.core.deadletter import REJECTED_BY_HIGHLEVEL, Failure, dead_letter_headers
+from consumer.core.events import Record
+from consumer.kafka.adapter import KafkaProducer
 from tests.integration.consumer_harness import end_offsets, read_all, run_command
 
 pytestmark = pytest.mark.integration

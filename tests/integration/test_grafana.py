@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from consumer.metrics import Metrics
+from consumer.observe.metrics import Metrics
 
 pytestmark = pytest.mark.integration
 

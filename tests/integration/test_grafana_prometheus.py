@@ -14,10 +14,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from consumer.delivery import Answer, Verdict
-from consumer.metrics import Endpoint, Metrics, Readiness, StateSnapshot
-from consumer.offsets import PartitionStats
-from consumer.web import WebServer, serve_web
+from consumer.engine.offsets import PartitionStats
+from consumer.highlevel.client import Answer, Verdict
+from consumer.observe.metrics import Endpoint, Metrics, Readiness, StateSnapshot
+from consumer.observe.web import WebServer, serve_web
 from tests.integration.prometheus_server import api, prometheus_scraping, query_until
 
 pytestmark = pytest.mark.integration

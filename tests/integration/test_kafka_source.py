@@ -17,9 +17,10 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 # ConfigResource: documented in confluent_kafka.admin; the re-export is not marked for mypy.
 from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined]
 
+from consumer.core.events import Record
+from consumer.engine.offsets import CommitPoint, OffsetMap
 from consumer.errors import ConfigError
-from consumer.events import Record
-from consumer.kafka import (
+from consumer.kafka.adapter import (
     Assignment,
     CommitFailedError,
     Delivered,
@@ -31,7 +32,6 @@ from consumer.kafka import (
     TopicSpec,
     ensure_topics,
 )
-from consumer.offsets import CommitPoint, OffsetMap
 
 pytestmark = pytest.mark.integration
 

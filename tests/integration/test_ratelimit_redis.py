@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis.asyncio
 
-from consumer.ratelimit import Budget, DailyBudgetExhausted, RateLimiter
-from consumer.ratelimit_redis import RedisBackend
+from consumer.ratelimit.limiter import Budget, DailyBudgetExhausted, RateLimiter
+from consumer.ratelimit.redis_backend import RedisBackend
 from tests.integration.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -139,7 +139,7 @@ def events(caplog: pytest.LogCaptureFixture, name: str) -> list[logging.LogRecor
 async def test_outage_falls_back_to_a_local_share_and_recovers(
     redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="consumer.ratelimit_redis")
+    caplog.set_level(logging.WARNING, logger="consumer.ratelimit.redis_backend")
     instances = Instances(redis_server.url, 1, reconnect_interval_s=0.1)
     backend, limiter = instances.backends[0], instances.limiters[0]
     try:

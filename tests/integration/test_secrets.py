@@ -33,7 +33,7 @@ import pytest
 from aiohttp import web
 from confluent_kafka import Message
 
-from consumer.delivery import HighLevelClient
+from consumer.highlevel.client import HighLevelClient
 from tests.integration.consumer_harness import (
     ProcessLog,
     committed_offsets,

@@ -1,4 +1,5 @@
-"""consumer.web over real sockets: /metrics, /healthz, /readyz, the debugger page and feeds."""
+"""consumer.observe.web over real sockets:
+/metrics, /healthz, /readyz, the debugger page and feeds."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ import aiohttp
 import orjson
 import pytest
 
-from consumer.debugger import Debugger
-from consumer.delivery import Answer, classify
-from consumer.metrics import Metrics, Readiness, StateSnapshot
-from consumer.offsets import PartitionStats
-from consumer.web import WebServer, serve_web
+from consumer.engine.offsets import PartitionStats
+from consumer.highlevel.client import Answer, classify
+from consumer.observe.metrics import Metrics, Readiness, StateSnapshot
+from consumer.observe.recent_deliveries import RecentDeliveries
+from consumer.observe.web import WebServer, serve_web
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +29,7 @@ def stats(partition: int, incomplete: int) -> PartitionStats:
     return PartitionStats("events", partition, 40, 40, 45, incomplete, incomplete, 0, 0, 0, 0.0)
 
 
-def deliver(debugger: Debugger, integration: str = "acme", status: int = 201) -> None:
+def deliver(debugger: RecentDeliveries, integration: str = "acme", status: int = 201) -> None:
     debugger.record(
         integration=integration,
         location_id=f"loc-{integration}",
@@ -65,8 +66,8 @@ def metrics() -> Metrics:
 
 
 @pytest.fixture
-def debugger() -> Debugger:
-    return Debugger(integrations=["acme", "beta"])
+def debugger() -> RecentDeliveries:
+    return RecentDeliveries(integrations=["acme", "beta"])
 
 
 @pytest.fixture
@@ -76,7 +77,7 @@ def probe() -> Probe:
 
 @pytest.fixture
 async def server(
-    metrics: Metrics, debugger: Debugger, probe: Probe
+    metrics: Metrics, debugger: RecentDeliveries, probe: Probe
 ) -> AsyncIterator[WebServer]:
     async with serve_web(
         port=0,
@@ -127,7 +128,7 @@ async def test_metrics_still_answer_when_state_fails(
 ) -> None:
     probe.fail_state = True
     metrics.dropped("not_mapped")
-    with caplog.at_level(logging.ERROR, logger="consumer.web"):
+    with caplog.at_level(logging.ERROR, logger="consumer.observe.web"):
         async with http.get(f"{server.url}/metrics") as response:
             assert response.status == 200
             assert 'ghl_events_dropped_total{reason="not_mapped"} 1.0' in await response.text()
@@ -195,7 +196,7 @@ async def test_page_with_token_in_query_or_header(
 
 
 async def test_deliveries_json_is_masked_and_filtered(
-    server: WebServer, http: aiohttp.ClientSession, debugger: Debugger
+    server: WebServer, http: aiohttp.ClientSession, debugger: RecentDeliveries
 ) -> None:
     deliver(debugger, "acme", 201)
     deliver(debugger, "beta", 422)
@@ -237,7 +238,7 @@ async def read_event(response: aiohttp.ClientResponse) -> dict[str, object]:
 
 
 async def test_event_stream_sends_new_deliveries_live(
-    server: WebServer, http: aiohttp.ClientSession, debugger: Debugger
+    server: WebServer, http: aiohttp.ClientSession, debugger: RecentDeliveries
 ) -> None:
     deliver(debugger)  # seq 1, before the stream opens
     url = f"{server.url}/debug/events"
@@ -260,7 +261,7 @@ async def test_event_stream_sends_new_deliveries_live(
 
 
 async def test_exit_ends_open_streams_promptly(
-    metrics: Metrics, debugger: Debugger, http: aiohttp.ClientSession
+    metrics: Metrics, debugger: RecentDeliveries, http: aiohttp.ClientSession
 ) -> None:
     started = time.monotonic()
     async with serve_web(
@@ -291,7 +292,7 @@ async def test_without_debugger_the_debug_paths_are_absent(
 async def test_the_token_never_reaches_a_log(
     server: WebServer,
     http: aiohttp.ClientSession,
-    debugger: Debugger,
+    debugger: RecentDeliveries,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     deliver(debugger)

@@ -11,10 +11,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from consumer.delivery import Answer, Verdict, classify
-from consumer.engine import RebalanceListener
-from consumer.events import Record
-from consumer.offsets import Assignment, CommitPoint
+from consumer.core.events import Record
+from consumer.engine.engine import RebalanceListener
+from consumer.engine.offsets import Assignment, CommitPoint
+from consumer.highlevel.client import Answer, Verdict, classify
 
 TP = tuple[str, int]
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from consumer.audit import (
+from consumer.commands.audit import (
     MISMATCH,
     MISSING,
     NOT_DEAD_LETTERED,
@@ -22,12 +22,12 @@ from consumer.audit import (
     contact_mismatches,
 )
 from consumer.config import CustomFieldMapping, Integration, Secret, load_settings
-from consumer.deadletter import REJECTED_BY_HIGHLEVEL, Failure, dead_letter_headers
-from consumer.dedupe import MessageDeduper
-from consumer.events import ContactUpsert, Record, TagMode
-from consumer.mapping import Mapper, build_mapper
-from consumer.parking import ParkReason, encode_parked
-from consumer.profiles import InMemoryProfileStore
+from consumer.core.deadletter import REJECTED_BY_HIGHLEVEL, Failure, dead_letter_headers
+from consumer.core.dedupe import MessageDeduper
+from consumer.core.events import ContactUpsert, Record, TagMode
+from consumer.core.mapping import Mapper, build_mapper
+from consumer.core.profiles import InMemoryProfileStore
+from consumer.engine.parking import ParkReason, encode_parked
 from consumer.sandbox.schema import validate_upsert
 from consumer.sandbox.state import SandboxState
 

@@ -25,11 +25,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from consumer.config import load_settings
-from consumer.deadletter import DEAD_LETTER_MAX_BYTES, Failure, dead_letter
-from consumer.dedupe import MessageDeduper
-from consumer.events import ContactUpsert, Drop, Reason, Record, Reject
-from consumer.mapping import Mapper
-from consumer.profiles import InMemoryProfileStore
+from consumer.core.deadletter import DEAD_LETTER_MAX_BYTES, Failure, dead_letter
+from consumer.core.dedupe import MessageDeduper
+from consumer.core.events import ContactUpsert, Drop, Reason, Record, Reject
+from consumer.core.mapping import Mapper
+from consumer.core.profiles import InMemoryProfileStore
 from tests.bad_input_corpus import CASES, FORGED, MAX_KEY, Case, good_event
 from tests.unit.engine_fakes import FakeHighLevel, Landed, MemorySink, MemorySource
 from tests.unit.test_engine import LOCATION, TOKEN, build, committed, run_until
@@ -58,7 +58,7 @@ class LimitedSink(MemorySink):
 
 
 def kafka_headers(headers: Sequence[tuple[str, bytes | None]]) -> tuple[tuple[str, bytes], ...]:
-    """Headers as ``consumer.kafka`` hands them to the engine: a None value becomes b""."""
+    """Headers as ``consumer.kafka.adapter`` hands them to the engine: a None value becomes b""."""
     return tuple((name, value or b"") for name, value in headers)
 
 

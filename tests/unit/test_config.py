@@ -13,8 +13,8 @@ from consumer.config import (
     Settings,
     load_settings,
 )
+from consumer.core.events import PresetEvent, TagMode
 from consumer.errors import ConfigError
-from consumer.events import PresetEvent, TagMode
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "config.toml"
 ENV = {"GHL_LOCATION_ID": "LOC", "GHL_ACCESS_TOKEN": "pit-secret-value"}

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer.decode import Limits, decode
-from consumer.events import Event, Reason, Reject
+from consumer.core.decode import Limits, decode
+from consumer.core.events import Event, Reason, Reject
 
 SMALL = Limits(max_event_bytes=200, max_field_chars=10)
 

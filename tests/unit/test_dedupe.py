@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from consumer.dedupe import MessageDeduper
+from consumer.core.dedupe import MessageDeduper
 
 
 def test_second_sighting_within_ttl_is_a_duplicate() -> None:

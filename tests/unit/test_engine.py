@@ -10,14 +10,14 @@ import orjson
 import pytest
 
 from consumer.config import load_settings
-from consumer.debugger import Debugger
-from consumer.dedupe import MessageDeduper
-from consumer.engine import Engine, EngineOptions
-from consumer.events import Record
-from consumer.mapping import Mapper
-from consumer.metrics import Metrics
-from consumer.profiles import InMemoryProfileStore
-from consumer.ratelimit import Budget, LocalBackend, RateLimiter
+from consumer.core.dedupe import MessageDeduper
+from consumer.core.events import Record
+from consumer.core.mapping import Mapper
+from consumer.core.profiles import InMemoryProfileStore
+from consumer.engine.engine import Engine, EngineOptions
+from consumer.observe.metrics import Metrics
+from consumer.observe.recent_deliveries import RecentDeliveries
+from consumer.ratelimit.limiter import Budget, LocalBackend, RateLimiter
 from tests.unit.engine_fakes import FakeHighLevel, MemoryParkingLog, MemorySink, MemorySource
 
 LOCATION = "ve9EPM428h8vShlRW1KT"
@@ -40,7 +40,7 @@ def build(
     *,
     sink: MemorySink | None = None,
     metrics: Metrics | None = None,
-    debugger: Debugger | None = None,
+    debugger: RecentDeliveries | None = None,
     parking: MemoryParkingLog | None = None,
     **options: float,
 ) -> Engine:
@@ -77,7 +77,7 @@ def build(
         integrations=settings.integrations,
         dead_letter_topic="events.dlq",
         metrics=metrics or Metrics(integrations={"default": LOCATION}, topics=["events"]),
-        debugger=debugger or Debugger(integrations=["default"]),
+        debugger=debugger or RecentDeliveries(integrations=["default"]),
         options=EngineOptions(**{**defaults, **options}),  # type: ignore[arg-type]
         rng=random.Random(1),
     )
@@ -127,7 +127,7 @@ async def test_the_guides_flow_within_the_window_costs_one_call_with_the_exact_p
     )
     highlevel = FakeHighLevel()
     metrics = Metrics(integrations={"default": LOCATION}, topics=["events"])
-    debugger = Debugger(integrations=["default"])
+    debugger = RecentDeliveries(integrations=["default"])
     engine = build(source, highlevel, metrics=metrics, debugger=debugger, coalesce_window=0.2)
     await run_until(engine, lambda: committed(source) == 2)
     assert highlevel.upserts == [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from consumer.events import ContactUpsert, Reason, TagMode
+from consumer.core.events import ContactUpsert, Reason, TagMode
 from tests.unit.upsert_schema import validate_payload
 
 

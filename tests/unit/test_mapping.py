@@ -12,11 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from consumer.config import CustomFieldMapping, Integration, Routing, Secret
-from consumer.decode import Limits
-from consumer.dedupe import MessageDeduper
-from consumer.events import ContactUpsert, Drop, Outcome, PresetEvent, Reason, Reject, TagMode
-from consumer.mapping import Mapper
-from consumer.profiles import InMemoryProfileStore
+from consumer.core.decode import Limits
+from consumer.core.dedupe import MessageDeduper
+from consumer.core.events import ContactUpsert, Drop, Outcome, PresetEvent, Reason, Reject, TagMode
+from consumer.core.mapping import Mapper
+from consumer.core.profiles import InMemoryProfileStore
 from tests.unit.upsert_schema import validate_payload
 
 LOCATION = "ve9EPM428h8vShlRW1KT"
@@ -798,8 +798,8 @@ def test_event_shaped_input_never_raises_and_payloads_are_schema_valid(
 
 def test_build_mapper_uses_the_store_it_is_given_even_an_empty_one() -> None:
     from consumer.config import load_settings
-    from consumer.mapping import build_mapper
-    from consumer.profiles import ChangelogProfileStore
+    from consumer.core.mapping import build_mapper
+    from consumer.core.profiles import ChangelogProfileStore
 
     store = ChangelogProfileStore()
     settings = load_settings(None, {"GHL_LOCATION_ID": "L", "GHL_ACCESS_TOKEN": "t"})

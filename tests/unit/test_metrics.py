@@ -1,4 +1,4 @@
-"""consumer.metrics: the closed list, bounded labels, scrape-time gauges, readiness."""
+"""consumer.observe.metrics: the closed list, bounded labels, scrape-time gauges, readiness."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import re
 
 import pytest
 
-from consumer.delivery import Answer, classify
-from consumer.events import Reason
-from consumer.metrics import (
+from consumer.core.events import Reason
+from consumer.engine.offsets import PartitionStats
+from consumer.engine.parking import ParkReason
+from consumer.highlevel.client import Answer, classify
+from consumer.observe.metrics import (
     OTHER,
     Endpoint,
     Metrics,
@@ -21,9 +23,7 @@ from consumer.metrics import (
     retry_reason,
     status_class,
 )
-from consumer.offsets import PartitionStats
-from consumer.parking import ParkReason
-from consumer.ratelimit import LimiterState
+from consumer.ratelimit.limiter import LimiterState
 
 INTEGRATIONS = {"acme": "loc-acme", "beta": "loc-beta"}
 

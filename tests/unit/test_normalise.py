@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from consumer.normalise import (
+from consumer.core.normalise import (
     ISO_COUNTRIES,
     PhoneNormaliser,
     mask_email,

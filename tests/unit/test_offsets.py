@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer.offsets import (
+from consumer.engine.offsets import (
     MAGIC,
     CommitPoint,
     OffsetBudget,

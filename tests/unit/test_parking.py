@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from consumer.events import ContactUpsert, Record, TagMode
-from consumer.parking import (
+from consumer.core.events import ContactUpsert, Record, TagMode
+from consumer.engine.parking import (
     ParkingState,
     ParkReason,
     decode_parked,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from consumer.core.profiles import ChangelogProfileStore, InMemoryProfileStore, Profile
 from consumer.errors import ProfileDecodeError
-from consumer.profiles import ChangelogProfileStore, InMemoryProfileStore, Profile
 
 
 def test_round_trip() -> None:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer.ratelimit import (
+from consumer.ratelimit.limiter import (
     ACQUIRED,
     Answer,
     Budget,

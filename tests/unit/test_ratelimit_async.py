@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from consumer.ratelimit import (
+from consumer.ratelimit.limiter import (
     Budget,
     DailyBudgetExhausted,
     LocalBackend,

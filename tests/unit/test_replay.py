@@ -10,11 +10,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from consumer import deadletter
-from consumer.deadletter import Failure, dead_letter_headers, read_failure
-from consumer.events import Record
-from consumer.kafka import Delivered, ProduceFailedError
-from consumer.replay import (
+from consumer.commands.dlq import (
     REPLAYED_FROM,
     CommitPoints,
     Selection,
@@ -25,6 +21,10 @@ from consumer.replay import (
     replay_headers,
     summarise,
 )
+from consumer.core import deadletter
+from consumer.core.deadletter import Failure, dead_letter_headers, read_failure
+from consumer.core.events import Record
+from consumer.kafka.adapter import Delivered, ProduceFailedError
 
 DLQ = "grp.dead-letter"
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC).timestamp()

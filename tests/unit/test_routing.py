@@ -6,9 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from consumer.config import Integration, Routing, Secret
-from consumer.decode import decode
-from consumer.events import Event
-from consumer.routing import Router
+from consumer.core.decode import decode
+from consumer.core.events import Event
+from consumer.core.routing import Router
 
 TOPICS = ("events", "events-eu", "other")
 FIELDS = (("context", "site"), ("properties", "brand"))

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer.scheduler import KeyedScheduler, Work
+from consumer.engine.scheduler import KeyedScheduler, Work
 
 
 def _concat(older: str, newer: str) -> str:

@@ -1,15 +1,15 @@
 """The Event Debugger's memory: the most recent deliveries per integration, masked.
 
 Answers the operator's question "did this event reach HighLevel, with what payload, and what
-did HighLevel answer?". The engine calls ``Debugger.record`` after every HighLevel answer;
-``consumer.web`` serves ``recent`` as JSON and streams new entries to the page.
+did HighLevel answer?". The engine calls ``RecentDeliveries.record`` after every HighLevel answer;
+``consumer.observe.web`` serves ``recent`` as JSON and streams new entries to the page.
 
 Guarantees:
 
 * Bounded: at most ``capacity`` entries per configured integration (oldest evicted first);
   recording for an integration that is not configured raises ValueError.
 * Masked: an entry never holds an email or phone in clear. ``email`` / ``phone`` in the payload
-  go through ``consumer.normalise.mask_email`` / ``mask_phone``; the contact key, HighLevel's
+  go through ``consumer.core.normalise.mask_email`` / ``mask_phone``; the contact key, HighLevel's
   message and the error text have every email-like and phone-like substring masked the same
   way. Tokens are never passed in: ``record`` takes no credentials.
 
@@ -27,8 +27,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from consumer.delivery import Answer
-from consumer.normalise import mask_email, mask_phone
+from consumer.core.normalise import mask_email, mask_phone
+from consumer.highlevel.client import Answer
 
 MAX_EVENT_NAMES: Final = 10  # distinct event names kept per entry; ``event_count`` counts all
 
@@ -105,7 +105,7 @@ class DeliveryEntry:
 Subscriber = Callable[[DeliveryEntry], None]
 
 
-class Debugger:
+class RecentDeliveries:
     """Ring buffers of ``DeliveryEntry``, one per configured integration (see module doc)."""
 
     def __init__(self, *, integrations: Iterable[str], capacity: int = 200) -> None:

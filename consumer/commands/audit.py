@@ -56,12 +56,12 @@ import aiohttp
 import orjson
 
 from consumer.config import Settings, load_settings
-from consumer.deadletter import read_failure
+from consumer.core.deadletter import read_failure
+from consumer.core.events import ContactUpsert, Drop, Record, Reject
+from consumer.core.mapping import Mapper, build_mapper
+from consumer.engine.parking import parked_sources
 from consumer.errors import ConfigError
-from consumer.events import ContactUpsert, Drop, Record, Reject
-from consumer.kafka import KafkaAdapterError, TopicReader
-from consumer.mapping import Mapper, build_mapper
-from consumer.parking import parked_sources
+from consumer.kafka.adapter import KafkaAdapterError, TopicReader
 
 logger = logging.getLogger(__name__)
 

@@ -3,10 +3,10 @@
 1. Kafka: ``KAFKA_BOOTSTRAP_SERVERS`` if set, else the repository's local KRaft launcher
    (``tools/kafka/kafka.sh up``, the same broker as ``make kafka-up``; left running).
 2. HighLevel: the sandbox, in this process, at HighLevel's own rate limits.
-3. A fresh topic receives a realistic sample stream (``consumer.samples``: identifies,
+3. A fresh topic receives a realistic sample stream (``consumer.commands.samples``: identifies,
    sign-ups, leads and analytics noise) plus two poison records.
-4. The real consumer (``consumer.app.running_consumer``) runs until every record is done and
-   committed, then shuts down as on SIGTERM.
+4. The real consumer (``consumer.commands.run.running_consumer``) runs until every record is
+   done and committed, then shuts down as on SIGTERM.
 5. It prints what reached the sandbox, what coalescing saved, drops by reason, dead letters.
 """
 
@@ -23,13 +23,13 @@ from pathlib import Path
 
 import orjson
 
-from consumer.app import running_consumer
+from consumer.commands.run import running_consumer
+from consumer.commands.samples import generate
 from consumer.config import load_settings
-from consumer.engine import Engine, EngineStats
+from consumer.core.normalise import mask_email
+from consumer.engine.engine import Engine, EngineStats
 from consumer.errors import ConfigError
-from consumer.kafka import KafkaProducer, TopicSpec, ensure_topics
-from consumer.normalise import mask_email
-from consumer.samples import generate
+from consumer.kafka.adapter import KafkaProducer, TopicSpec, ensure_topics
 from consumer.sandbox.server import run_sandbox
 
 LOCATION_ID = "ve9EPM428h8vShlRW1KT"  # the integration guide's example location

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from typing import Final
 
 from consumer.config import Integration, Settings
-from consumer.decode import Limits, decode, too_long, wrong_type
-from consumer.dedupe import MessageDeduper
-from consumer.events import (
+from consumer.core.decode import Limits, decode, too_long, wrong_type
+from consumer.core.dedupe import MessageDeduper
+from consumer.core.events import (
     IDENTITY_FIELDS,
     ContactUpsert,
     CustomValue,
@@ -40,15 +40,15 @@ from consumer.events import (
     Reason,
     Reject,
 )
-from consumer.normalise import (
+from consumer.core.normalise import (
     PHONE_REGIONS,
     PhoneNormaliser,
     normalise_country,
     normalise_email,
     normalise_text,
 )
-from consumer.profiles import EMPTY_PROFILE, InMemoryProfileStore, Profile, ProfileStore
-from consumer.routing import Router
+from consumer.core.profiles import EMPTY_PROFILE, InMemoryProfileStore, Profile, ProfileStore
+from consumer.core.routing import Router
 
 _PRESET_NAMES: Final = {p.value: p for p in PresetEvent}
 

@@ -1,8 +1,8 @@
 """Frozen value types of the pure core: the Kafka ``Record``, the decoded ``Event``, and the
 outcomes of mapping one record for one integration: ``ContactUpsert``, ``Drop`` or ``Reject``.
 
-Who uses them: ``consumer.decode`` builds ``Event``; ``consumer.mapping`` builds outcomes; the
-engine coalesces ``ContactUpsert`` values (``merged_with``) and sends ``payload()``; ``Reason``
+Who uses them: ``consumer.core.decode`` builds ``Event``; ``consumer.core.mapping`` builds outcomes;
+the engine coalesces ``ContactUpsert`` values (``merged_with``) and sends ``payload()``; ``Reason``
 values are the (bounded) label of drop/reject counters and the reason on dead-letter records.
 """
 
@@ -102,7 +102,7 @@ def json_type(value: object) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """One Kafka record as the engine sees it (built by ``consumer.kafka``; tests build them
+    """One Kafka record as the engine sees it (built by ``consumer.kafka.adapter``; tests build them
     directly). ``headers`` keep the producer's order; ``timestamp_ms`` is the record timestamp."""
 
     topic: str

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from consumer.config import Integration, Routing
-from consumer.events import Event
+from consumer.core.events import Event
 
 
 class Router:

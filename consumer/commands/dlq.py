@@ -43,10 +43,10 @@ from typing import Final, Protocol, TextIO
 import orjson
 
 from consumer.config import Settings, load_settings
-from consumer.deadletter import HEADER_PREFIX, read_failure
+from consumer.core.deadletter import HEADER_PREFIX, read_failure
+from consumer.core.events import Record
 from consumer.errors import ConfigError
-from consumer.events import Record
-from consumer.kafka import (
+from consumer.kafka.adapter import (
     Delivered,
     KafkaAdapterError,
     KafkaProducer,
@@ -154,7 +154,7 @@ class Group:
 
 def error_text(failure: Mapping[str, str]) -> str:
     """One line describing why: the error, HighLevel's status and message when present. These
-    headers name fields, never their values (``consumer.deadletter``)."""
+    headers name fields, never their values (``consumer.core.deadletter``)."""
     parts = [failure.get("error", "")]
     if "status" in failure:
         parts.append(f"status {failure['status']}")
@@ -229,7 +229,7 @@ class ReplaySummary:
 
 
 class DeadLetterReader(Protocol):
-    """The reading side of a replay (``consumer.kafka.TopicReader``; tests use a fake)."""
+    """The reading side of a replay (``consumer.kafka.adapter.TopicReader``; tests use a fake)."""
 
     async def read(self) -> list[Record]: ...
 
@@ -237,7 +237,7 @@ class DeadLetterReader(Protocol):
 
 
 class Sender(Protocol):
-    """The writing side of a replay (``consumer.kafka.KafkaProducer``; tests use a fake)."""
+    """The writing side of a replay (``consumer.kafka.adapter.KafkaProducer``; tests use a fake)."""
 
     async def send(
         self,

@@ -17,8 +17,8 @@ from typing import Final, Protocol
 
 import orjson
 
+from consumer.core.events import IDENTITY_FIELDS
 from consumer.errors import ProfileDecodeError
-from consumer.events import IDENTITY_FIELDS
 
 # HighLevel field names a profile may hold, all normalised (phone in E.164).
 _PROFILE_FIELDS: Final = frozenset(IDENTITY_FIELDS)

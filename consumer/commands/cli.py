@@ -15,12 +15,18 @@ from consumer import __version__
 
 # name -> (module, one-line help). Only subcommands that work are listed.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("consumer.app", "consume events and upsert contacts into HighLevel"),
-    "map": ("consumer.dryrun", "dry run: map JSONL events from stdin to upsert payloads on stdout"),
+    "run": ("consumer.commands.run", "consume events and upsert contacts into HighLevel"),
+    "map": (
+        "consumer.commands.map_events",
+        "dry run: map JSONL events from stdin to upsert payloads on stdout",
+    ),
     "sandbox": ("consumer.sandbox.server", "serve the HighLevel contacts API emulator"),
-    "dlq": ("consumer.replay", "dead letters: list them, replay them after a fix"),
-    "audit": ("consumer.audit", "check that every identity event is in HighLevel, DLQ or parking"),
-    "demo": ("consumer.demo", "local Kafka + sandbox + sample events, end to end"),
+    "dlq": ("consumer.commands.dlq", "dead letters: list them, replay them after a fix"),
+    "audit": (
+        "consumer.commands.audit",
+        "check that every identity event is in HighLevel, DLQ or parking",
+    ),
+    "demo": ("consumer.commands.demo", "local Kafka + sandbox + sample events, end to end"),
 }
 
 

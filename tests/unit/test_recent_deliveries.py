@@ -1,4 +1,5 @@
-"""consumer.debugger: bounded per integration, masked, filtered, newest first, subscribable."""
+"""consumer.observe.recent_deliveries: bounded per integration, masked,
+filtered, newest first, subscribable."""
 
 from __future__ import annotations
 
@@ -6,8 +7,13 @@ import json
 
 import pytest
 
-from consumer.debugger import Debugger, DeliveryEntry, mask_payload, mask_text
-from consumer.delivery import Answer, classify
+from consumer.highlevel.client import Answer, classify
+from consumer.observe.recent_deliveries import (
+    DeliveryEntry,
+    RecentDeliveries,
+    mask_payload,
+    mask_text,
+)
 
 GUIDE_PAYLOAD = {
     "locationId": "ve9EPM428h8vShlRW1KT",
@@ -39,7 +45,7 @@ def answer(
 
 
 def record(
-    debugger: Debugger,
+    debugger: RecentDeliveries,
     integration: str = "acme",
     *,
     status: int | None = 201,
@@ -62,7 +68,7 @@ def record(
 
 
 def test_entry_holds_masked_payload_and_the_answer() -> None:
-    debugger = Debugger(integrations=["acme"])
+    debugger = RecentDeliveries(integrations=["acme"])
     entry = record(debugger)
     assert entry.payload == {
         **GUIDE_PAYLOAD,
@@ -81,7 +87,7 @@ def test_entry_holds_masked_payload_and_the_answer() -> None:
 
 
 def test_contact_key_and_highlevel_message_are_masked() -> None:
-    debugger = Debugger(integrations=["acme"])
+    debugger = RecentDeliveries(integrations=["acme"])
     entry = record(
         debugger,
         status=422,
@@ -106,7 +112,7 @@ def test_mask_helpers_leave_other_text_and_fields_alone() -> None:
 
 
 def test_bounded_per_integration_oldest_evicted() -> None:
-    debugger = Debugger(integrations=["acme", "beta"], capacity=3)
+    debugger = RecentDeliveries(integrations=["acme", "beta"], capacity=3)
     for i in range(5):
         record(debugger, "acme", now=float(i))
     record(debugger, "beta")
@@ -118,7 +124,7 @@ def test_bounded_per_integration_oldest_evicted() -> None:
 
 
 def test_recent_filters_by_integration_outcome_and_seq() -> None:
-    debugger = Debugger(integrations=["acme", "beta"])
+    debugger = RecentDeliveries(integrations=["acme", "beta"])
     record(debugger, "acme", status=201)
     record(debugger, "beta", status=429)
     record(debugger, "acme", status=422)
@@ -133,14 +139,14 @@ def test_recent_filters_by_integration_outcome_and_seq() -> None:
 
 
 def test_unknown_integration_is_refused() -> None:
-    debugger = Debugger(integrations=["acme"])
+    debugger = RecentDeliveries(integrations=["acme"])
     with pytest.raises(ValueError, match="not a configured integration"):
         record(debugger, "elsewhere")
     assert debugger.recent() == []
 
 
 def test_event_names_are_deduplicated_and_capped() -> None:
-    debugger = Debugger(integrations=["acme"])
+    debugger = RecentDeliveries(integrations=["acme"])
     names = tuple(f"event {i % 15}" for i in range(100))
     entry = record(debugger, events=names)
     assert entry.events == tuple(f"event {i}" for i in range(10))
@@ -148,7 +154,7 @@ def test_event_names_are_deduplicated_and_capped() -> None:
 
 
 def test_no_http_answer_is_shown_with_its_error() -> None:
-    debugger = Debugger(integrations=["acme"])
+    debugger = RecentDeliveries(integrations=["acme"])
     entry = debugger.record(
         integration="acme",
         location_id="L",
@@ -169,7 +175,7 @@ def test_no_http_answer_is_shown_with_its_error() -> None:
 
 
 def test_subscribers_see_new_entries_until_they_unsubscribe() -> None:
-    debugger = Debugger(integrations=["acme"])
+    debugger = RecentDeliveries(integrations=["acme"])
     seen: list[int] = []
     unsubscribe = debugger.subscribe(lambda e: seen.append(e.seq))
     record(debugger)
@@ -181,4 +187,4 @@ def test_subscribers_see_new_entries_until_they_unsubscribe() -> None:
 
 def test_capacity_must_be_positive() -> None:
     with pytest.raises(ValueError, match="capacity"):
-        Debugger(integrations=["acme"], capacity=0)
+        RecentDeliveries(integrations=["acme"], capacity=0)

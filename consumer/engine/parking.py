@@ -26,7 +26,7 @@ from typing import Final
 
 import orjson
 
-from consumer.events import ContactUpsert, Record, TagMode
+from consumer.core.events import ContactUpsert, Record, TagMode
 
 HEADER_REASON: Final = "ghl.park.reason"
 HEADER_INTEGRATION: Final = "ghl.integration"

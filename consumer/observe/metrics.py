@@ -59,12 +59,12 @@ from typing import Final, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from consumer.deadletter import REJECTED_BY_HIGHLEVEL
-from consumer.delivery import Answer
-from consumer.events import STANDARD_FIELDS, Reason
-from consumer.offsets import PartitionStats
-from consumer.parking import ParkReason
-from consumer.ratelimit import LimiterState
+from consumer.core.deadletter import REJECTED_BY_HIGHLEVEL
+from consumer.core.events import STANDARD_FIELDS, Reason
+from consumer.engine.offsets import PartitionStats
+from consumer.engine.parking import ParkReason
+from consumer.highlevel.client import Answer
+from consumer.ratelimit.limiter import LimiterState
 
 _V = TypeVar("_V")
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
 
-from consumer.events import Record
+from consumer.core.events import Record
 
 REJECTED_BY_HIGHLEVEL: Final = "rejected_by_highlevel"
 """Reason for a delivery HighLevel answered with 400 / 422 (or another non-retryable 4xx)."""

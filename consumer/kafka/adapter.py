@@ -5,14 +5,14 @@ partitions, commits offsets with metadata, and reports assignment changes to a
 ``RebalanceListener``. ``KafkaProducer`` writes the dead-letter, parking and profile-changelog
 records and confirms each delivery. ``ensure_topics`` creates missing topics. ``TopicReader``
 reads topics once, up to the end offsets captured when it opens, for the operator commands
-(``ghl-consumer dlq``, ``ghl-consumer audit``). Records come out as ``consumer.events.Record``.
+(``ghl-consumer dlq``, ``ghl-consumer audit``). Records come out as ``consumer.core.events.Record``.
 
 Threads and the event loop
     ``KafkaSource`` is built on ``confluent_kafka.aio.AIOConsumer``: every librdkafka call runs
     on a two-thread executor, never on the loop thread, and rebalance callbacks run as
     coroutines ON THE EVENT LOOP while the librdkafka call that triggered them (``poll_batch``
     or ``close``) waits in its worker thread. So the listener, the engine and
-    ``consumer.offsets`` all live on the loop thread and share state without locks.
+    ``consumer.engine.offsets`` all live on the loop thread and share state without locks.
 
     Calls are serialised by an ``asyncio.Lock``: one librdkafka call at a time, so a ``pause``,
     ``commit`` or ``lag`` issued while ``poll_batch`` waits for records starts when that poll
@@ -83,9 +83,9 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from confluent_kafka.aio import AIOConsumer
 
+from consumer.core.events import Record
+from consumer.engine.offsets import Assignment, CommitPoint
 from consumer.errors import ConfigError, ConsumerError
-from consumer.events import Record
-from consumer.offsets import Assignment, CommitPoint
 
 __all__ = [
     "Assignment",
@@ -171,7 +171,7 @@ _IN_CALLBACK: contextvars.ContextVar[KafkaSource | None] = contextvars.ContextVa
 
 class Partition(NamedTuple):
     """A topic partition. A tuple, so it equals and hashes like the ``(topic, partition)``
-    keys of ``consumer.offsets.OffsetTracker`` and fits seams typed ``tuple[str, int]``."""
+    keys of ``consumer.engine.offsets.OffsetTracker`` and fits seams typed ``tuple[str, int]``."""
 
     topic: str
     partition: int

@@ -1,6 +1,6 @@
 """The rate limiter's shared backend: one location's budget in Redis, for every instance.
 
-Same model as ``consumer.ratelimit.LocationBudget`` (read that docstring first), executed
+Same model as ``consumer.ratelimit.limiter.LocationBudget`` (read that docstring first), executed
 atomically by Lua scripts with Redis's own clock (``TIME``), so N instances together stay
 inside one location's budget whatever their clocks say. Per location::
 
@@ -37,7 +37,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from consumer.ratelimit import (
+from consumer.ratelimit.limiter import (
     Acquired,
     Answer,
     Budget,

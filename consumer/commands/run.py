@@ -19,14 +19,14 @@ import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from consumer.changelog import ProfileChangelog
 from consumer.config import Settings, load_settings
-from consumer.debugger import Debugger
-from consumer.delivery import HighLevelClient, Timeouts
-from consumer.engine import Engine, EngineOptions, EngineStats
+from consumer.core.events import Record
+from consumer.core.mapping import build_mapper
+from consumer.core.profiles import ChangelogProfileStore
+from consumer.engine.engine import Engine, EngineOptions, EngineStats
 from consumer.errors import ConfigError
-from consumer.events import Record
-from consumer.kafka import (
+from consumer.highlevel.client import HighLevelClient, Timeouts
+from consumer.kafka.adapter import (
     GroupProtocol,
     KafkaAdapterError,
     KafkaProducer,
@@ -35,11 +35,11 @@ from consumer.kafka import (
     TopicSpec,
     ensure_topics,
 )
-from consumer.mapping import build_mapper
-from consumer.metrics import Metrics, Readiness, StallDetector, StateSnapshot
-from consumer.profiles import ChangelogProfileStore
-from consumer.ratelimit import Budget, LimiterBackend, LocalBackend, RateLimiter
-from consumer.web import WebServer, serve_web
+from consumer.observe.metrics import Metrics, Readiness, StallDetector, StateSnapshot
+from consumer.observe.recent_deliveries import RecentDeliveries
+from consumer.observe.web import WebServer, serve_web
+from consumer.ratelimit.limiter import Budget, LimiterBackend, LocalBackend, RateLimiter
+from consumer.state.changelog import ProfileChangelog
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class Components:
     client: HighLevelClient
     limiter: RateLimiter
     metrics: Metrics
-    debugger: Debugger
+    debugger: RecentDeliveries
     profiles: ChangelogProfileStore
     web: WebServer
 
@@ -94,7 +94,7 @@ def budget(settings: Settings) -> Budget:
 async def _limiter_backend(settings: Settings) -> LimiterBackend:
     if not settings.redis.url:
         return LocalBackend(budget(settings))
-    from consumer.ratelimit_redis import RedisBackend  # only with REDIS_URL
+    from consumer.ratelimit.redis_backend import RedisBackend  # only with REDIS_URL
 
     return RedisBackend.from_url(
         settings.redis.url,
@@ -112,7 +112,7 @@ async def running_consumer(settings: Settings) -> AsyncIterator[Components]:
     metrics = Metrics(
         integrations={i.id: i.location_id for i in settings.integrations}, topics=kafka.topics
     )
-    debugger = Debugger(
+    debugger = RecentDeliveries(
         integrations=[i.id for i in settings.integrations],
         capacity=settings.metrics.debugger_capacity,
     )

@@ -18,10 +18,10 @@ import logging
 import time
 from collections.abc import Mapping
 
+from consumer.core.profiles import ChangelogProfileStore
 from consumer.errors import ProfileDecodeError
-from consumer.kafka import Setting, TopicReader
-from consumer.metrics import Metrics
-from consumer.profiles import ChangelogProfileStore
+from consumer.kafka.adapter import Setting, TopicReader
+from consumer.observe.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 

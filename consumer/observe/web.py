@@ -6,7 +6,7 @@
 - ``GET /healthz``: 200 while the process serves requests.
 - ``GET /readyz``: 200 ``{"ready": true}``, or 503 ``{"ready": false, "reasons": [...]}`` when
   no partition is assigned, the broker is unreachable or a partition is stalled
-  (``consumer.metrics.Readiness``).
+  (``consumer.observe.metrics.Readiness``).
 - ``GET /debug``: the Event Debugger page (recent deliveries, filters, live updates).
 - ``GET /debug/deliveries.json``: recent deliveries, newest first; query ``integration``,
   ``outcome``, ``after`` (seq), ``limit``.
@@ -17,7 +17,7 @@ Access: the server binds ``127.0.0.1`` unless told otherwise. With ``access_toke
 ``/debug`` path needs it as ``?token=`` or ``Authorization: Bearer`` (compared in constant
 time); ``/metrics`` and the probes stay open for Prometheus and the kubelet. The access log is
 off, so a token in a query string is never logged; the page never displays it. Deliveries are
-masked by ``consumer.debugger`` before they get here.
+masked by ``consumer.observe.recent_deliveries`` before they get here.
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ from typing import Final
 import orjson
 from aiohttp import web
 
-from consumer.debugger import Debugger, DeliveryEntry
-from consumer.delivery import Verdict
 from consumer.errors import ConfigError
-from consumer.metrics import Metrics, Readiness, StateSnapshot
+from consumer.highlevel.client import Verdict
+from consumer.observe.metrics import Metrics, Readiness, StateSnapshot
+from consumer.observe.recent_deliveries import DeliveryEntry, RecentDeliveries
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class _Handlers:
     metrics: Metrics
     readiness: Callable[[], Readiness]
     state: Callable[[], Awaitable[StateSnapshot]] | None
-    debugger: Debugger | None
+    debugger: RecentDeliveries | None
     token: bytes | None
     heartbeat_s: float
     closing: bool = False
@@ -112,7 +112,7 @@ class _Handlers:
                 headers={"WWW-Authenticate": "Bearer"},
             )
 
-    def _require_debugger(self, request: web.Request) -> Debugger:
+    def _require_debugger(self, request: web.Request) -> RecentDeliveries:
         self._check_access(request)
         if self.debugger is None:
             raise web.HTTPNotFound(text="the debugger is off")
@@ -185,7 +185,7 @@ async def serve_web(
     readiness: Callable[[], Readiness],
     host: str = DEFAULT_HOST,
     state: Callable[[], Awaitable[StateSnapshot]] | None = None,
-    debugger: Debugger | None = None,
+    debugger: RecentDeliveries | None = None,
     access_token: str | None = None,
     heartbeat_s: float = HEARTBEAT_S,
 ) -> AsyncIterator[WebServer]:

@@ -8,7 +8,7 @@ Layers::
 
     LocationBudget   pure core for one location: takes ``now``, does no I/O
     LimiterBackend   Protocol: where budgets live. LocalBackend (this process) here;
-                     RedisBackend (shared by every instance) in consumer.ratelimit_redis
+                     RedisBackend (shared by every instance) in consumer.ratelimit.redis_backend
     RateLimiter      the asyncio front the delivery layer calls: FIFO per location,
                      time read from the event loop so tests drive a virtual clock
 

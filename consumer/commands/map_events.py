@@ -28,9 +28,9 @@ from typing import BinaryIO
 import orjson
 
 from consumer.config import load_settings
+from consumer.core.events import ContactUpsert, Drop, Outcome
+from consumer.core.mapping import Mapper, build_mapper
 from consumer.errors import ConfigError
-from consumer.events import ContactUpsert, Drop, Outcome
-from consumer.mapping import Mapper, build_mapper
 
 PLACEHOLDER_LOCATION = "DRY_RUN_LOCATION_ID"
 

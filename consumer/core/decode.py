@@ -2,8 +2,8 @@
 
 Pure and total: ``decode`` never raises for any input, so the engine can dead-letter a poison
 record with the reject's reason and go on. It checks the envelope only (sizes, UTF-8, JSON,
-object, ``type``, the identifiers and the top-level containers); ``consumer.mapping`` checks the
-fields it reads inside them.
+object, ``type``, the identifiers and the top-level containers); ``consumer.core.mapping``
+checks the fields it reads inside them.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Final
 
 import orjson
 
-from consumer.events import EMPTY_OBJECT, Event, Reason, Reject, json_type
+from consumer.core.events import EMPTY_OBJECT, Event, Reason, Reject, json_type
 
 EVENT_TYPES: Final = frozenset(("identify", "track", "page", "screen", "group", "alias"))
 

@@ -9,7 +9,7 @@ Flow per record (DESIGN.md section 1), all on the event loop thread:
    (integration, contact) in the lane of their location, where they coalesce.
 3. ``deliver``: one worker task per lane takes ready work when the location's rate limiter
    grants a permit and a global in-flight slot is free, then sends it. The answer decides
-   (``consumer.delivery``): completed, retried with backoff, parked, or dead-lettered.
+   (``consumer.highlevel.client``): completed, retried with backoff, parked, or dead-lettered.
 4. ``complete``: a record is done when every outcome of it is done; its offset completes.
 5. ``commit``: on a timer, on revoke and at shutdown, each owned partition commits its
    contiguous done offset plus the offset map of done offsets above it.
@@ -20,7 +20,7 @@ pauses when all buffered records reach ``max_buffered``, or their keys, values a
 ``max_buffered_bytes`` (a waiting record keeps its value for a dead letter or parking, so
 memory is bounded in bytes, not only in records); they resume at half.
 
-Parking (``consumer.parking``): work of an integration answering 401/403, of a location whose
+Parking (``consumer.engine.parking``): work of an integration answering 401/403, of a location whose
 daily budget is spent, or of a contact failing past ``max_retry``, goes to the parking topic
 and its offsets complete, so the partitions move on. A second feed, a consumer group on the
 parking topic, brings parked upserts back through the same scheduler; they are delivered when
@@ -51,16 +51,16 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from consumer.config import Integration
-from consumer.deadletter import REJECTED_BY_HIGHLEVEL, Failure, dead_letter
-from consumer.debugger import Debugger
-from consumer.delivery import Answer, Verdict, ignored_fields
-from consumer.events import ContactUpsert, Drop, Record
-from consumer.mapping import Mapper
-from consumer.metrics import Endpoint, Metrics, RebalanceKind
-from consumer.offsets import Assignment, CommitPoint, OffsetTracker, PartitionOffsets
-from consumer.parking import ParkingState, ParkReason, decode_parked, encode_parked
-from consumer.ratelimit import DailyBudgetExhausted, Permit
-from consumer.scheduler import KeyedScheduler, Work
+from consumer.core.deadletter import REJECTED_BY_HIGHLEVEL, Failure, dead_letter
+from consumer.core.events import ContactUpsert, Drop, Record
+from consumer.core.mapping import Mapper
+from consumer.engine.offsets import Assignment, CommitPoint, OffsetTracker, PartitionOffsets
+from consumer.engine.parking import ParkingState, ParkReason, decode_parked, encode_parked
+from consumer.engine.scheduler import KeyedScheduler, Work
+from consumer.highlevel.client import Answer, Verdict, ignored_fields
+from consumer.observe.metrics import Endpoint, Metrics, RebalanceKind
+from consumer.observe.recent_deliveries import RecentDeliveries
+from consumer.ratelimit.limiter import DailyBudgetExhausted, Permit
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,8 @@ logger = logging.getLogger(__name__)
 
 
 class Source(Protocol):
-    """The consumer-group side of Kafka (``consumer.kafka.KafkaSource``; tests use a fake)."""
+    """The consumer-group side of Kafka (``consumer.kafka.adapter.KafkaSource``; tests use a
+    fake)."""
 
     async def start(self, listener: RebalanceListener) -> None: ...
 
@@ -95,7 +96,7 @@ class RebalanceListener(Protocol):
 
 
 class Landed(Protocol):
-    """Where a produced record landed (``consumer.kafka.Delivered``)."""
+    """Where a produced record landed (``consumer.kafka.adapter.Delivered``)."""
 
     @property
     def partition(self) -> int: ...
@@ -118,7 +119,7 @@ class Sink(Protocol):
 
 
 class ParkingLog(Protocol):
-    """The parking topic seen from one instance (``consumer.app`` builds it on Kafka)."""
+    """The parking topic seen from one instance (``consumer.commands.run`` builds it on Kafka)."""
 
     @property
     def topic(self) -> str: ...
@@ -138,7 +139,7 @@ class ParkingLog(Protocol):
 
 
 class Sender(Protocol):
-    """HighLevel's API (``consumer.delivery.HighLevelClient``)."""
+    """HighLevel's API (``consumer.highlevel.client.HighLevelClient``)."""
 
     async def upsert(self, *, token: str, payload: Mapping[str, object]) -> Answer: ...
 
@@ -146,7 +147,7 @@ class Sender(Protocol):
 
 
 class ProfileLog(Protocol):
-    """Makes the mapper's profile store durable (``consumer.changelog.ProfileChangelog``)."""
+    """Makes the mapper's profile store durable (``consumer.state.changelog.ProfileChangelog``)."""
 
     topic: str
 
@@ -164,7 +165,7 @@ class ProfileLog(Protocol):
 
 
 class Limiter(Protocol):
-    """Per-location rate budgets (``consumer.ratelimit.RateLimiter``)."""
+    """Per-location rate budgets (``consumer.ratelimit.limiter.RateLimiter``)."""
 
     async def acquire(self, location_id: str) -> Permit: ...
 
@@ -284,7 +285,7 @@ class Engine:
         dead_letter_topic: str,
         parking: ParkingLog,
         metrics: Metrics,
-        debugger: Debugger,
+        debugger: RecentDeliveries,
         profile_log: ProfileLog | None = None,
         options: EngineOptions = EngineOptions(),
         rng: random.Random | None = None,
