@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from consumer.core.events import Reason
 from consumer.engine.offsets import PartitionStats
-from consumer.highlevel.client import Answer, Verdict
+from consumer.highlevel.verdicts import Answer, Verdict
 from consumer.observe.metrics import Endpoint, Metrics, StateSnapshot
 
 N = 200_000

@@ -45,9 +45,9 @@ import orjson
 from consumer.config import Settings, load_settings
 from consumer.core.deadletter import HEADER_PREFIX, read_failure
 from consumer.core.events import Record
+from consumer.engine.ports import Produced
 from consumer.errors import ConfigError
 from consumer.kafka.adapter import (
-    Delivered,
     KafkaAdapterError,
     KafkaProducer,
     ProduceFailedError,
@@ -246,7 +246,7 @@ class Sender(Protocol):
         key: bytes | None,
         value: bytes | None,
         headers: Sequence[tuple[str, bytes]] = (),
-    ) -> asyncio.Future[Delivered]: ...
+    ) -> asyncio.Future[Produced]: ...
 
 
 async def replay(
@@ -266,7 +266,7 @@ async def replay(
     points = CommitPoints()
     while batch := await reader.read():
         # Per record, in batch order: None = skipped, text = failed, else the copy's delivery.
-        steps: list[tuple[Record, str | None, str | asyncio.Future[Delivered] | None]] = []
+        steps: list[tuple[Record, str | None, str | asyncio.Future[Produced] | None]] = []
         for record in batch:
             failure = read_failure(record.headers)
             if not selection.selects(failure):

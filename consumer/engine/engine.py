@@ -48,128 +48,29 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from consumer.config import Integration
 from consumer.core.deadletter import REJECTED_BY_HIGHLEVEL, Failure, dead_letter
 from consumer.core.events import ContactUpsert, Drop, Record
 from consumer.core.mapping import Mapper
-from consumer.engine.offsets import Assignment, CommitPoint, OffsetTracker, PartitionOffsets
+from consumer.engine.offsets import Assignment, OffsetTracker, PartitionOffsets
 from consumer.engine.parking import ParkingState, ParkReason, decode_parked, encode_parked
+from consumer.engine.ports import (
+    Limiter,
+    ParkingLog,
+    Produced,
+    ProfileLog,
+    Sender,
+    Sink,
+    Source,
+)
 from consumer.engine.scheduler import KeyedScheduler, Work
-from consumer.highlevel.client import Answer, Verdict, ignored_fields
+from consumer.highlevel.verdicts import Answer, Verdict, ignored_fields
 from consumer.observe.metrics import Endpoint, Metrics, RebalanceKind
 from consumer.observe.recent_deliveries import RecentDeliveries
 from consumer.ratelimit.limiter import DailyBudgetExhausted, Permit
 
 logger = logging.getLogger(__name__)
-
-
-# -- seams ---------------------------------------------------------------------------------------
-
-
-class Source(Protocol):
-    """The consumer-group side of Kafka (``consumer.kafka.adapter.KafkaSource``; tests use a
-    fake)."""
-
-    async def start(self, listener: RebalanceListener) -> None: ...
-
-    async def poll_batch(self, max_records: int, timeout_s: float) -> list[Record]: ...
-
-    async def pause(self, partitions: Sequence[tuple[str, int]]) -> None: ...
-
-    async def resume(self, partitions: Sequence[tuple[str, int]]) -> None: ...
-
-    async def commit(self, points: Sequence[CommitPoint]) -> None:
-        """Commit synchronously (in a worker thread); raise on failure."""
-        ...
-
-    async def close(self) -> None: ...
-
-
-class RebalanceListener(Protocol):
-    async def on_assigned(self, partitions: Sequence[Assignment]) -> None: ...
-
-    async def on_revoked(self, partitions: Sequence[tuple[str, int]]) -> None: ...
-
-    async def on_lost(self, partitions: Sequence[tuple[str, int]]) -> None: ...
-
-
-class Landed(Protocol):
-    """Where a produced record landed (``consumer.kafka.adapter.Delivered``)."""
-
-    @property
-    def partition(self) -> int: ...
-
-    @property
-    def offset(self) -> int: ...
-
-
-class Sink(Protocol):
-    """Produces to the consumer's own topics; returns once the broker confirmed."""
-
-    async def produce(
-        self,
-        topic: str,
-        *,
-        key: bytes | None,
-        value: bytes | None,
-        headers: Sequence[tuple[str, bytes]],
-    ) -> Landed: ...
-
-
-class ParkingLog(Protocol):
-    """The parking topic seen from one instance (``consumer.commands.run`` builds it on Kafka)."""
-
-    @property
-    def topic(self) -> str: ...
-
-    @property
-    def source(self) -> Source:
-        """A member of the parking group: the feed that replays parked upserts."""
-        ...
-
-    async def committed(self, partitions: Sequence[int]) -> Mapping[int, int]:
-        """The parking group's committed offset per parking partition (absent: none)."""
-        ...
-
-    async def unreplayed(self) -> list[Record]:
-        """The parking records past the group's committed offsets (read once at start)."""
-        ...
-
-
-class Sender(Protocol):
-    """HighLevel's API (``consumer.highlevel.client.HighLevelClient``)."""
-
-    async def upsert(self, *, token: str, payload: Mapping[str, object]) -> Answer: ...
-
-    async def add_tags(self, *, token: str, contact_id: str, tags: Sequence[str]) -> Answer: ...
-
-
-class ProfileLog(Protocol):
-    """Makes the mapper's profile store durable (``consumer.state.changelog.ProfileChangelog``)."""
-
-    topic: str
-
-    def take_writes(self) -> list[tuple[str, bytes]]:
-        """Profile changes made by the last ``map_record`` call, as (key, value) records."""
-        ...
-
-    def written(self, key: str) -> None:
-        """The broker confirmed one of those writes."""
-        ...
-
-    async def restore(self) -> None:
-        """Read the changelog into the store (called on every assignment)."""
-        ...
-
-
-class Limiter(Protocol):
-    """Per-location rate budgets (``consumer.ratelimit.limiter.RateLimiter``)."""
-
-    async def acquire(self, location_id: str) -> Permit: ...
-
-    def observe(self, location_id: str, *, status: int, headers: Mapping[str, str]) -> None: ...
 
 
 # -- settings and statistics ---------------------------------------------------------------------
@@ -481,7 +382,7 @@ class Engine:
         key: bytes | None,
         value: bytes | None,
         headers: Sequence[tuple[str, bytes]],
-    ) -> Landed:
+    ) -> Produced:
         """Produce one record, retrying until the broker confirms: an offset whose dead letter,
         parking record or profile write is unconfirmed must not complete."""
         delay = self._options.retry_base

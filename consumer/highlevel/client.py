@@ -1,19 +1,10 @@
-"""HighLevel's contacts API over aiohttp, and what each answer means for the engine.
+"""HighLevel's contacts API over aiohttp.
 
 ``HighLevelClient`` owns one ``aiohttp.ClientSession`` (pooled keep-alive connections) and sends
 ``POST /contacts/upsert`` and ``POST /contacts/{id}/tags`` with ``Authorization: Bearer`` and
 ``Version: 2021-07-28``. It never raises for an HTTP status or a transport failure: every call
-returns an ``Answer`` whose ``verdict`` follows DESIGN.md section 5:
-
-=================================  ===============  =========================================
-answer                             verdict          the engine then
-=================================  ===============  =========================================
-2xx                                DELIVERED        completes the offsets
-429                                RATE_LIMITED     pauses the location, retries
-5xx, timeout, connection error     RETRY            backs off (per contact), retries
-401 / 403                          UNAUTHORIZED     marks the integration unhealthy, parks
-400 / 422 / other 4xx              REJECTED         dead-letters with status, message, traceId
-=================================  ===============  =========================================
+returns an ``Answer`` whose ``verdict`` (``consumer.highlevel.verdicts``, which also tabulates what
+the engine does with each) classifies it.
 
 Tokens are passed per call and never stored in an ``Answer``, logged, or put in an exception.
 """
@@ -22,41 +13,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass
 from types import MappingProxyType
 
 import aiohttp
 import orjson
 
+from consumer.highlevel.verdicts import Answer, Verdict, classify
+
 API_VERSION = "2021-07-28"
 # A cap on how much of an error body is kept (HighLevel's error bodies are small JSON objects).
 _MAX_MESSAGE_CHARS = 500
-
-
-class Verdict(StrEnum):
-    """What an answer means; also the ``outcome`` label of delivery metrics."""
-
-    DELIVERED = "delivered"
-    RATE_LIMITED = "rate_limited"
-    RETRY = "retry"
-    UNAUTHORIZED = "unauthorized"
-    REJECTED = "rejected"
-
-
-def classify(status: int | None) -> Verdict:
-    """The verdict for an HTTP status; ``None`` stands for a timeout or connection error."""
-    if status is None or status >= 500:
-        return Verdict.RETRY
-    if 200 <= status < 300:
-        return Verdict.DELIVERED
-    if status == 429:
-        return Verdict.RATE_LIMITED
-    if status in (401, 403):
-        return Verdict.UNAUTHORIZED
-    if status in (408, 425):  # request timeout / too early: transient by definition
-        return Verdict.RETRY
-    return Verdict.REJECTED
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -65,31 +32,6 @@ class Timeouts:
 
     connect: float = 5.0
     total: float = 15.0
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Answer:
-    """One HTTP exchange with HighLevel, reduced to what the engine, the dead-letter records
-    and the debugger need. ``status`` is None when no HTTP answer arrived (``error`` says why:
-    ``timeout`` or ``connection: <exception class>``). ``message`` is HighLevel's error
-    message (a 422's message array joined with "; "), empty on success."""
-
-    verdict: Verdict
-    status: int | None
-    latency_s: float
-    trace_id: str | None = None
-    message: str = ""
-    error: str | None = None
-    headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    # A successful answer's JSON (its contact: personal data, so not in the repr); empty for
-    # errors, whose body may echo the request (``message`` keeps what is needed, token starred).
-    body: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}), repr=False)
-
-    @property
-    def contact(self) -> Mapping[str, object] | None:
-        """The ``contact`` object of a successful upsert answer, if any."""
-        contact = self.body.get("contact")
-        return contact if isinstance(contact, dict) else None
 
 
 class HighLevelClient:
@@ -195,53 +137,3 @@ def _error_message(parsed: Mapping[str, object], raw: bytes, token: str) -> str:
     if token:
         text = text.replace(token, "***")
     return text[:_MAX_MESSAGE_CHARS]
-
-
-
-def ignored_fields(sent: Mapping[str, object], contact: Mapping[str, object] | None) -> list[str]:
-    """Names of the fields of ``sent`` (an upsert body) that HighLevel's returned ``contact``
-    does not reflect: what it silently ignored (NOTES.md: a phone belonging to another contact,
-    ``gender`` on an existing contact, ...). Emails compare case-insensitively, phones by their
-    digits, ``tags`` as a subset (tag mode ``upsert`` replaces, so all sent tags must be there),
-    custom fields by id. Names only: never values, so the result is safe to log. An answer
-    without a contact (an add-tags call) ignores nothing."""
-    if contact is None:
-        return []
-    ignored = []
-    for name, value in sent.items():
-        if name == "locationId":
-            continue
-        got = contact.get(name)
-        if name == "tags":
-            have = got if isinstance(got, list) else []
-            if not set(value if isinstance(value, list) else []) <= set(have):
-                ignored.append(name)
-        elif name == "customFields":
-            returned = {
-                item.get("id"): item.get("value")
-                for item in (got if isinstance(got, list) else [])
-                if isinstance(item, dict)
-            }
-            for item in value if isinstance(value, list) else []:
-                if isinstance(item, dict) and returned.get(item.get("id")) != item.get(
-                    "field_value"
-                ):
-                    ignored.append(name)
-                    break
-        elif not _same(name, value, got):
-            ignored.append(name)
-    return ignored
-
-
-def _same(name: str, sent: object, got: object) -> bool:
-    if isinstance(sent, str) and isinstance(got, str):
-        if name == "email":
-            return sent.strip().lower() == got.strip().lower()
-        if name == "phone":
-            return _digits(sent) == _digits(got)
-        return sent.strip() == got.strip()
-    return sent == got
-
-
-def _digits(phone: str) -> str:
-    return "".join(ch for ch in phone if ch.isdigit())

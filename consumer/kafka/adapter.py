@@ -65,7 +65,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Final, Literal, NamedTuple, Protocol, TypeVar
+from typing import Any, Final, Literal, NamedTuple, TypeVar
 
 from confluent_kafka import (
     OFFSET_INVALID,
@@ -85,12 +85,12 @@ from confluent_kafka.aio import AIOConsumer
 
 from consumer.core.events import Record
 from consumer.engine.offsets import Assignment, CommitPoint
+from consumer.engine.ports import Produced, RebalanceListener
 from consumer.errors import ConfigError, ConsumerError
 
 __all__ = [
     "Assignment",
     "CommitFailedError",
-    "Delivered",
     "GroupProtocol",
     "KafkaAdapterError",
     "KafkaProducer",
@@ -99,7 +99,6 @@ __all__ = [
     "PartitionLag",
     "PartitionRange",
     "ProduceFailedError",
-    "RebalanceListener",
     "TopicReader",
     "TopicSpec",
     "ensure_topics",
@@ -196,15 +195,6 @@ class PartitionLag:
 
 
 @dataclass(frozen=True, slots=True)
-class Delivered:
-    """Where a produced record landed."""
-
-    topic: str
-    partition: int
-    offset: int
-
-
-@dataclass(frozen=True, slots=True)
 class TopicSpec:
     """A topic ``ensure_topics`` creates when missing; None means the broker's default."""
 
@@ -212,24 +202,6 @@ class TopicSpec:
     partitions: int | None = None
     replication_factor: int | None = None
     config: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-
-
-class RebalanceListener(Protocol):
-    """What the engine implements to follow assignment changes. Called on the event loop,
-    from inside ``poll_batch`` or ``close``; each call completes before records of the new
-    assignment are returned."""
-
-    async def on_assigned(self, partitions: Sequence[Assignment]) -> None:
-        """New partitions, before any of their records is returned."""
-
-    async def on_revoked(self, partitions: Sequence[Partition]) -> None:
-        """Partitions about to go (rebalance or close). Still owned during the call: commit
-        their final points now with ``await source.commit(points, sync=True)``; commits for
-        them are refused afterwards."""
-
-    async def on_lost(self, partitions: Sequence[Partition]) -> None:
-        """Partitions already owned by someone else (session timed out, fenced): committing is
-        no longer possible; drop their work."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -827,7 +799,7 @@ class KafkaProducer:
         key: bytes | None,
         value: bytes | None,
         headers: Sequence[tuple[str, bytes]] = (),
-    ) -> Delivered:
+    ) -> Produced:
         """Write one record; return where it landed once the broker has it (``send``, then
         await its future). Raises ``ProduceFailedError``."""
         return await (await self.send(topic, key=key, value=value, headers=headers))
@@ -839,16 +811,16 @@ class KafkaProducer:
         key: bytes | None,
         value: bytes | None,
         headers: Sequence[tuple[str, bytes]] = (),
-    ) -> asyncio.Future[Delivered]:
+    ) -> asyncio.Future[Produced]:
         """Enqueue one record without waiting for the broker, to pipeline many: the returned
-        future resolves to ``Delivered`` once the broker has it, or fails with
+        future resolves to ``Produced`` once the broker has it, or fails with
         ``ProduceFailedError``. Waits (without blocking the loop) while librdkafka's local
         queue is full. Raises ``ProduceFailedError`` when closed or the record is refused
         outright (e.g. too large)."""
         if self._closed or self._closing.is_set():
             raise ProduceFailedError("producer is closed")
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Delivered] = loop.create_future()
+        future: asyncio.Future[Produced] = loop.create_future()
         on_delivery = _delivery_callback(loop, future)
         while True:
             try:
@@ -898,9 +870,9 @@ class KafkaProducer:
 
 
 def _delivery_callback(
-    loop: asyncio.AbstractEventLoop, future: asyncio.Future[Delivered]
+    loop: asyncio.AbstractEventLoop, future: asyncio.Future[Produced]
 ) -> Callable[[KafkaError | None, Message], None]:
-    def settle(err: KafkaError | None, where: Delivered | None) -> None:
+    def settle(err: KafkaError | None, where: Produced | None) -> None:
         if future.done():  # the caller gave up waiting
             return
         if err is not None or where is None:
@@ -913,7 +885,7 @@ def _delivery_callback(
     def on_delivery(err: KafkaError | None, message: Message) -> None:
         topic, partition, offset = message.topic(), message.partition(), message.offset()
         where = (
-            Delivered(topic, partition, offset)
+            Produced(topic, partition, offset)
             if err is None and topic is not None and partition is not None and offset is not None
             else None
         )

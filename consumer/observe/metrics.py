@@ -63,7 +63,7 @@ from consumer.core.deadletter import REJECTED_BY_HIGHLEVEL
 from consumer.core.events import STANDARD_FIELDS, Reason
 from consumer.engine.offsets import PartitionStats
 from consumer.engine.parking import ParkReason
-from consumer.highlevel.client import Answer
+from consumer.highlevel.verdicts import Answer
 from consumer.ratelimit.limiter import LimiterState
 
 _V = TypeVar("_V")

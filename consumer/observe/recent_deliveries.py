@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from consumer.core.normalise import mask_email, mask_phone
-from consumer.highlevel.client import Answer
+from consumer.highlevel.verdicts import Answer
 
 MAX_EVENT_NAMES: Final = 10  # distinct event names kept per entry; ``event_count`` counts all
 

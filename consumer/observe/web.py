@@ -36,7 +36,7 @@ import orjson
 from aiohttp import web
 
 from consumer.errors import ConfigError
-from consumer.highlevel.client import Verdict
+from consumer.highlevel.verdicts import Verdict
 from consumer.observe.metrics import Metrics, Readiness, StateSnapshot
 from consumer.observe.recent_deliveries import DeliveryEntry, RecentDeliveries
 

@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from consumer.highlevel.client import Answer, HighLevelClient, Timeouts, Verdict
+from consumer.highlevel.client import HighLevelClient, Timeouts
+from consumer.highlevel.verdicts import Answer, Verdict
 from consumer.sandbox.server import Sandbox, run_sandbox
 from consumer.sandbox.settings import Faults, RateLimits
 

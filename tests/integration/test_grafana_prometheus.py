@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from consumer.engine.offsets import PartitionStats
-from consumer.highlevel.client import Answer, Verdict
+from consumer.highlevel.verdicts import Answer, Verdict
 from consumer.observe.metrics import Endpoint, Metrics, Readiness, StateSnapshot
 from consumer.observe.web import WebServer, serve_web
 from tests.integration.prometheus_server import api, prometheus_scraping, query_until

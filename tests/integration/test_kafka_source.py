@@ -19,11 +19,11 @@ from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[at
 
 from consumer.core.events import Record
 from consumer.engine.offsets import CommitPoint, OffsetMap
+from consumer.engine.ports import Produced
 from consumer.errors import ConfigError
 from consumer.kafka.adapter import (
     Assignment,
     CommitFailedError,
-    Delivered,
     GroupProtocol,
     KafkaProducer,
     KafkaSource,
@@ -419,7 +419,7 @@ async def test_producer_confirms_delivery_with_headers(
         for i in range(3)
     ]
     delivered = await asyncio.wait_for(asyncio.gather(*futures), 30)
-    assert delivered == [Delivered(topic, 0, i) for i in range(3)]
+    assert delivered == [Produced(topic, 0, i) for i in range(3)]
     await producer.produce(topic, key=b"k3", value=b"v3", headers=[])
     await producer.close()
     await producer.close()  # idempotent

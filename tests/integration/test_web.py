@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from consumer.engine.offsets import PartitionStats
-from consumer.highlevel.client import Answer, classify
+from consumer.highlevel.verdicts import Answer, classify
 from consumer.observe.metrics import Metrics, Readiness, StateSnapshot
 from consumer.observe.recent_deliveries import RecentDeliveries
 from consumer.observe.web import WebServer, serve_web

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from consumer.core.events import Record
-from consumer.engine.engine import RebalanceListener
 from consumer.engine.offsets import Assignment, CommitPoint
-from consumer.highlevel.client import Answer, Verdict, classify
+from consumer.engine.ports import RebalanceListener
+from consumer.highlevel.verdicts import Answer, Verdict, classify
 
 TP = tuple[str, int]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from consumer.highlevel.client import Verdict, classify, ignored_fields
+from consumer.highlevel.verdicts import Verdict, classify, ignored_fields
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import pytest
 from consumer.core.events import Reason
 from consumer.engine.offsets import PartitionStats
 from consumer.engine.parking import ParkReason
-from consumer.highlevel.client import Answer, classify
+from consumer.highlevel.verdicts import Answer, classify
 from consumer.observe.metrics import (
     OTHER,
     Endpoint,

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from consumer.highlevel.client import Answer, classify
+from consumer.highlevel.verdicts import Answer, classify
 from consumer.observe.recent_deliveries import (
     DeliveryEntry,
     RecentDeliveries,

@@ -24,7 +24,8 @@ from consumer.commands.dlq import (
 from consumer.core import deadletter
 from consumer.core.deadletter import Failure, dead_letter_headers, read_failure
 from consumer.core.events import Record
-from consumer.kafka.adapter import Delivered, ProduceFailedError
+from consumer.engine.ports import Produced
+from consumer.kafka.adapter import ProduceFailedError
 
 DLQ = "grp.dead-letter"
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC).timestamp()
@@ -204,15 +205,15 @@ class FakeSender:
         key: bytes | None,
         value: bytes | None,
         headers: Sequence[tuple[str, bytes]] = (),
-    ) -> asyncio.Future[Delivered]:
-        future: asyncio.Future[Delivered] = asyncio.get_running_loop().create_future()
+    ) -> asyncio.Future[Produced]:
+        future: asyncio.Future[Produced] = asyncio.get_running_loop().create_future()
         offset = len(self.sent)
         self.sent.append((topic, value, list(headers)))
         source_offset = int(dict(headers)[REPLAYED_FROM].decode().rsplit("/", 1)[1])
         if source_offset in self.refuse:
             future.set_exception(ProduceFailedError("not delivered: broker says no"))
         else:
-            future.set_result(Delivered(topic, 0, offset))
+            future.set_result(Produced(topic, 0, offset))
         return future
 
 
