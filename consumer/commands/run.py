@@ -148,7 +148,7 @@ async def running_consumer(settings: Settings) -> AsyncIterator[Components]:
         )
         limiter = RateLimiter(await _limiter_backend(settings))
         profiles = ChangelogProfileStore(settings.mapping.profile_max_entries)
-        mapper = build_mapper(settings, profiles)
+        mapper = build_mapper(settings.targets(), settings.mapping.options(), profiles)
         engine = Engine(
             source=source,
             sink=producer,

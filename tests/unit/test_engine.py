@@ -48,7 +48,7 @@ def build(
         None, {"GHL_LOCATION_ID": LOCATION, "GHL_ACCESS_TOKEN": TOKEN}
     )
     mapper = Mapper(
-        settings.integrations,
+        settings.targets(),
         profiles=InMemoryProfileStore(),
         deduper=MessageDeduper(max_entries=10_000, ttl_seconds=3600),
     )
