@@ -104,7 +104,7 @@ def naive(
     settings = load_settings(None, os.environ)
     integration = settings.integrations[0]
     mapper = Mapper(
-        settings.integrations,
+        settings.targets(),
         profiles=InMemoryProfileStore(),
         deduper=MessageDeduper(max_entries=100_000, ttl_seconds=86_400),
     )

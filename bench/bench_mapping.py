@@ -26,11 +26,11 @@ from typing import Any
 
 import orjson
 
-from consumer.config import Integration, Secret
 from consumer.core.dedupe import MessageDeduper
 from consumer.core.mapping import Mapper
 from consumer.core.normalise import PhoneNormaliser, parse_phone
 from consumer.core.profiles import InMemoryProfileStore
+from consumer.core.targets import Target
 
 RESULTS = Path(__file__).parent / "results" / "mapping.json"
 USERS = 100_000
@@ -137,14 +137,9 @@ def make_events(count: int, rng: random.Random) -> list[bytes]:
 
 
 def new_mapper() -> Mapper:
-    integration = Integration(
-        id="default",
-        location_id="ve9EPM428h8vShlRW1KT",
-        access_token=Secret("bench", "bench"),
-        default_phone_region="US",
-    )
+    target = Target(id="default", location_id="ve9EPM428h8vShlRW1KT", default_phone_region="US")
     return Mapper(
-        [integration],
+        [target],
         profiles=InMemoryProfileStore(),
         deduper=MessageDeduper(max_entries=100_000, ttl_seconds=86_400),
         phone_cache_size=65_536,

@@ -36,14 +36,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from consumer.ratelimit.limiter import (
-    ACQUIRED,
-    Budget,
-    LocalBackend,
-    LocationBudget,
-    RateLimiter,
-    Wait,
-)
+from consumer.ratelimit.budget import ACQUIRED, Budget, LocationBudget, Wait
+from consumer.ratelimit.limiter import LocalBackend, RateLimiter
 from consumer.ratelimit.redis_backend import RedisBackend
 from tests.integration.redis_server import RedisServer
 

@@ -31,7 +31,9 @@ from typing import Any, Final
 
 from consumer.core.decode import Limits
 from consumer.core.events import REMOVABLE_FIELDS, PresetEvent, TagMode
+from consumer.core.mapping import MappingOptions
 from consumer.core.normalise import PHONE_REGIONS
+from consumer.core.targets import CustomFieldMapping, Routing, Target
 from consumer.errors import ConfigError
 
 DEFAULT_INTEGRATION: Final = "default"
@@ -81,29 +83,6 @@ class Secret:
 
 
 @dataclass(frozen=True, slots=True)
-class Routing:
-    """Which events an integration receives. ``topics`` empty = every topic; ``field`` (a path
-    into the event) set = only events whose value there is a string in ``values``. Both set =
-    both must match."""
-
-    topics: frozenset[str] = frozenset()
-    field: tuple[str, ...] | None = None
-    values: frozenset[str] = frozenset()
-
-
-@dataclass(frozen=True, slots=True)
-class CustomFieldMapping:
-    """``customFields`` entry: HighLevel field id <- value at ``source`` (a path in the event)."""
-
-    field_id: str
-    source: tuple[str, ...]
-
-    @property
-    def source_text(self) -> str:
-        return ".".join(self.source)
-
-
-@dataclass(frozen=True, slots=True)
 class Integration:
     """One HighLevel sub-account (location) and how events map onto its contacts."""
 
@@ -116,7 +95,21 @@ class Integration:
     removed_fields: frozenset[str] = frozenset()
     custom_fields: tuple[CustomFieldMapping, ...] = ()
     aliases: Mapping[str, PresetEvent] = field(default_factory=lambda: MappingProxyType({}))
-    routing: Routing = Routing()
+    routing: Routing = Routing()  # noqa: RUF009 - frozen value
+
+    def target(self) -> Target:
+        """What the core reads of this integration: everything but the access token."""
+        return Target(
+            id=self.id,
+            location_id=self.location_id,
+            consent_category=self.consent_category,
+            default_phone_region=self.default_phone_region,
+            tag_mode=self.tag_mode,
+            removed_fields=self.removed_fields,
+            custom_fields=self.custom_fields,
+            aliases=self.aliases,
+            routing=self.routing,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,8 +171,17 @@ class MappingSettings:
     max_event_bytes: int = field(default=1_048_576, metadata={"min": 64})
     max_field_chars: int = field(default=1_024, metadata={"min": 16})
 
-    def limits(self) -> Limits:
-        return Limits(max_event_bytes=self.max_event_bytes, max_field_chars=self.max_field_chars)
+    def options(self) -> MappingOptions:
+        """This section as the core's mapper options."""
+        return MappingOptions(
+            limits=Limits(
+                max_event_bytes=self.max_event_bytes, max_field_chars=self.max_field_chars
+            ),
+            phone_cache_size=self.phone_cache_size,
+            dedupe_max_entries=self.dedupe_max_entries,
+            dedupe_ttl_seconds=self.dedupe_ttl_seconds,
+            profile_max_entries=self.profile_max_entries,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +230,10 @@ class Settings:
     engine: EngineSettings = EngineSettings()
     delivery: DeliverySettings = DeliverySettings()
     config_path: str | None = None
+
+    def targets(self) -> tuple[Target, ...]:
+        """The integrations as the core's routing and mapping targets (no tokens)."""
+        return tuple(integration.target() for integration in self.integrations)
 
 
 _SECTIONS: Final[dict[str, type]] = {

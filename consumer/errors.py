@@ -29,3 +29,13 @@ class ConfigError(ConsumerError):
 
 class ProfileDecodeError(ConsumerError, ValueError):
     """``Profile.from_bytes`` was given bytes that are not an encoded profile."""
+
+
+class DailyBudgetExhausted(ConsumerError):
+    """A location's daily budget is spent. Retriable after ``until`` (event-loop time):
+    the delivery layer parks the location's events instead of waiting on the loop."""
+
+    def __init__(self, location_id: str, until: float) -> None:
+        super().__init__(f"daily budget exhausted for location {location_id} until {until:.0f}")
+        self.location_id = location_id
+        self.until = until

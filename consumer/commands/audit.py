@@ -469,7 +469,7 @@ async def run_audit(
             finally:
                 await reader.close()
         expected = ExpectedContacts(
-            build_mapper(settings),
+            build_mapper(settings.targets(), settings.mapping.options()),
             dead_letters=indexes[dead_letter_topic],
             parked=indexes[parking_topic],
         )

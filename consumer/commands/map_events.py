@@ -61,7 +61,7 @@ def main(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"ghl-consumer map: configuration error: {exc}", file=sys.stderr)
         return 2
-    mapper = build_mapper(settings)
+    mapper = build_mapper(settings.targets(), settings.mapping.options())
     topic = args.topic or settings.kafka.topics[0]
     try:
         run(

@@ -38,7 +38,8 @@ from consumer.kafka.adapter import (
 from consumer.observe.metrics import Metrics, Readiness, StallDetector, StateSnapshot
 from consumer.observe.recent_deliveries import RecentDeliveries
 from consumer.observe.web import WebServer, serve_web
-from consumer.ratelimit.limiter import Budget, LimiterBackend, LocalBackend, RateLimiter
+from consumer.ratelimit.budget import Budget
+from consumer.ratelimit.limiter import LimiterBackend, LocalBackend, RateLimiter
 from consumer.state.changelog import ProfileChangelog
 
 logger = logging.getLogger(__name__)
@@ -148,7 +149,7 @@ async def running_consumer(settings: Settings) -> AsyncIterator[Components]:
         )
         limiter = RateLimiter(await _limiter_backend(settings))
         profiles = ChangelogProfileStore(settings.mapping.profile_max_entries)
-        mapper = build_mapper(settings, profiles)
+        mapper = build_mapper(settings.targets(), settings.mapping.options(), profiles)
         engine = Engine(
             source=source,
             sink=producer,

@@ -2,7 +2,7 @@
 
 Pure and total: ``decode`` never raises for any input, so the engine can dead-letter a poison
 record with the reject's reason and go on. It checks the envelope only (sizes, UTF-8, JSON,
-object, ``type``, the identifiers and the top-level containers); ``consumer.core.mapping``
+object, ``type``, the identifiers and the top-level containers); ``consumer.core.extract``
 checks the fields it reads inside them.
 """
 

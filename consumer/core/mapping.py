@@ -1,17 +1,12 @@
-"""Map step: a decoded event plus the user's stored profile -> one outcome per routed integration.
+"""Map step: a decoded event plus the user's stored profile -> one outcome per routed target.
 
-Rules (DESIGN.md sections 2-3):
+Rules (``docs/architecture.md``, "Mapping rules" and "Profiles"; how fields are read from the
+event: ``consumer.core.extract``):
 
-- Identity fields come from, highest precedence first: ``traits`` (not on group/alias calls,
-  whose traits describe a group), ``context.traits``, ``properties`` (only for track events an
-  integration maps), then the stored profile. Per field the first *usable* value wins (an
-  invalid email in ``traits`` falls through to ``context.traits``). snake_case wins over
-  camelCase within one container; a top-level ``city`` wins over ``address.city``.
-- Consent for the integration's category: first decision on the event (``context.consent``
-  views, then RudderStack's ``context.consentManagement``), else the last known one, else none
-  (no ``dnd`` key).
 - Default preset: identify / "Identified" / "Signed Up" / "Lead Generated" upsert, everything
   else is dropped as ``not_mapped``; aliases map other event names onto these.
+- Per target: its phone region, consent category (no decision known: no ``dnd`` key), removed
+  fields and custom fields; no usable email or phone -> ``no_identifier`` for that target.
 - The profile is updated from every routed, valid, non-duplicate event (also ones not mapped
   or rejected for ``no_identifier``), so consent and traits seen on page views count later.
 
@@ -21,17 +16,14 @@ Called by the engine on its mapping thread, and by ``ghl-consumer map``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from consumer.config import Integration, Settings
-from consumer.core.decode import Limits, decode, too_long, wrong_type
+from consumer.core.decode import Limits, decode
 from consumer.core.dedupe import MessageDeduper
 from consumer.core.events import (
-    IDENTITY_FIELDS,
     ContactUpsert,
-    CustomValue,
     Drop,
     Event,
     FieldValue,
@@ -40,81 +32,53 @@ from consumer.core.events import (
     Reason,
     Reject,
 )
-from consumer.core.normalise import (
-    PHONE_REGIONS,
-    PhoneNormaliser,
-    normalise_country,
-    normalise_email,
-    normalise_text,
+from consumer.core.extract import (
+    Candidate,
+    Extras,
+    InvalidField,
+    consent_decisions,
+    no_identifier_error,
+    phone_region,
+    read_candidates,
+    read_extras,
+    resolve_common,
 )
+from consumer.core.normalise import PhoneNormaliser
 from consumer.core.profiles import EMPTY_PROFILE, InMemoryProfileStore, Profile, ProfileStore
 from consumer.core.routing import Router
+from consumer.core.targets import Target
 
 _PRESET_NAMES: Final = {p.value: p for p in PresetEvent}
 
-# trait key (either spelling) -> HighLevel field; snake_case first so it wins within a container
-_TRAITS: Final = (
-    ("email", "email"),
-    ("phone", "phone"),
-    ("first_name", "firstName"),
-    ("firstName", "firstName"),
-    ("last_name", "lastName"),
-    ("lastName", "lastName"),
-    ("name", "name"),
-    ("website", "website"),
-    ("city", "city"),
-    ("state", "state"),
-    ("postal_code", "postalCode"),
-    ("postalCode", "postalCode"),
-    ("country", "country"),
-)
-_ADDRESS: Final = (
-    ("street", "address1"),
-    ("city", "city"),
-    ("state", "state"),
-    ("postal_code", "postalCode"),
-    ("postalCode", "postalCode"),
-    ("country", "country"),
-)
-# Fields where a JSON number is accepted and used as its decimal text.
-_NUMERIC_OK: Final = frozenset(("phone", "postalCode"))
-# Every identity field but phone (its normalisation depends on a region): text is trimmed.
-_NORMALISERS: Final[dict[str, Callable[[str], str | None]]] = {
-    **{name: normalise_text for name in IDENTITY_FIELDS if name != "phone"},
-    "email": normalise_email,
-    "country": normalise_country,
-}
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MappingOptions:
+    """How a mapper is built: input limits, the phone cache, the deduper's bounds and the
+    default profile store's bound. ``MappingSettings.options()`` builds it from ``[mapping]``."""
+
+    limits: Limits = Limits()  # noqa: RUF009 - frozen value
+    phone_cache_size: int = 65_536
+    dedupe_max_entries: int = 100_000
+    dedupe_ttl_seconds: float = 86_400.0
+    profile_max_entries: int = 1_000_000
 
 
-def build_mapper(settings: Settings, profiles: ProfileStore | None = None) -> Mapper:
-    """A mapper for ``settings``' integrations and ``[mapping]`` section, with an empty
-    deduper and ``profiles`` (default: an empty in-memory store bounded as configured)."""
-    mapping = settings.mapping
+def build_mapper(
+    targets: Sequence[Target], options: MappingOptions, profiles: ProfileStore | None = None
+) -> Mapper:
+    """A mapper for ``targets`` with an empty deduper and ``profiles`` (default: an empty
+    in-memory store bounded by ``options.profile_max_entries``)."""
     if profiles is None:  # not ``or``: an empty store is falsy (it has a length)
-        profiles = InMemoryProfileStore(mapping.profile_max_entries)
+        profiles = InMemoryProfileStore(options.profile_max_entries)
     return Mapper(
-        settings.integrations,
+        targets,
         profiles=profiles,
         deduper=MessageDeduper(
-            max_entries=mapping.dedupe_max_entries, ttl_seconds=mapping.dedupe_ttl_seconds
+            max_entries=options.dedupe_max_entries, ttl_seconds=options.dedupe_ttl_seconds
         ),
-        limits=mapping.limits(),
-        phone_cache_size=mapping.phone_cache_size,
+        limits=options.limits,
+        phone_cache_size=options.phone_cache_size,
     )
-
-
-class _Invalid(Exception):
-    """A field the mapping reads is unusable: carries the record-level Reject to return."""
-
-    def __init__(self, reject: Reject) -> None:
-        super().__init__(reject.error)
-        self.reject = reject
-
-
-@dataclass(frozen=True, slots=True)
-class _Candidate:
-    path: str  # where it was read, for error messages
-    value: str
 
 
 _NOT_ROUTED: Final = Drop(Reason.NOT_ROUTED)
@@ -123,16 +87,10 @@ _NO_USER: Final = Reject(
     Reason.INVALID_EVENT,
     "no user: the record has no key and the event has no userId or anonymousId",
 )
-# (source, tags, custom fields) of a mapped event for one integration
-_Extras = tuple[str | None, tuple[str, ...], dict[str, CustomValue]]
-
-
-def _wrong_type(path: str, expected: str, value: object) -> _Invalid:
-    return _Invalid(wrong_type(path, expected, value))
 
 
 class Mapper:
-    """Maps records to outcomes for the configured integrations.
+    """Maps records to outcomes for ``targets``.
 
     ``map_record`` is the engine's entry point; it never raises for any record content. It reads
     and updates ``profiles`` and ``deduper``; it is not thread-safe (one mapper per thread).
@@ -140,22 +98,22 @@ class Mapper:
 
     def __init__(
         self,
-        integrations: Sequence[Integration],
+        targets: Sequence[Target],
         *,
         profiles: ProfileStore,
         deduper: MessageDeduper,
         limits: Limits = Limits(),  # noqa: B008 - frozen value
         phone_cache_size: int = 65_536,
     ) -> None:
-        self._router = Router(integrations)
+        self._router = Router(targets)
         self._profiles = profiles
         self._deduper = deduper
         self._limits = limits
         self.phones = PhoneNormaliser(phone_cache_size)  # cache_info() for metrics
         # Outcomes are immutable values: build the frequent ones once.
-        self._not_mapped = {i.id: Drop(Reason.NOT_MAPPED, i.id) for i in integrations}
+        self._not_mapped = {t.id: Drop(Reason.NOT_MAPPED, t.id) for t in targets}
         self._all_targets = self._router.route_all
-        self._all_categories = frozenset(i.consent_category for i in integrations)
+        self._all_categories = frozenset(t.consent_category for t in targets)
 
     def map_record(
         self,
@@ -167,7 +125,7 @@ class Mapper:
         origin: Hashable | None = None,
     ) -> list[Outcome]:
         """Decode and map one record. Returns one record-level Drop/Reject, or one outcome per
-        routed integration (in configuration order). ``origin`` names the record (topic,
+        routed target (in configuration order). ``origin`` names the record (topic,
         partition, offset) for de-duplication: the same record mapped again is not a
         duplicate of itself.
 
@@ -209,23 +167,26 @@ class Mapper:
         user_key = contact_key or event.user_id or event.anonymous_id
         if user_key is None:
             return [_NO_USER]
-        actions = [self._action(event, integration) for integration in targets]
+        actions = [self._action(event, target) for target in targets]
         mapped = any(action is not None for action in actions)
+        limits = self._limits
         try:
-            candidates = self._candidates(event, with_properties=mapped and event.type == "track")
-            decisions = _consent_decisions(event, self._categories(targets))
+            candidates = read_candidates(
+                event, limits, with_properties=mapped and event.type == "track"
+            )
+            decisions = consent_decisions(event, self._categories(targets))
             extras = [
-                self._extras(event, integration, action) if action is not None else None
-                for integration, action in zip(targets, actions, strict=True)
+                read_extras(event, target, action, limits) if action is not None else None
+                for target, action in zip(targets, actions, strict=True)
             ]
-        except _Invalid as invalid:
+        except InvalidField as invalid:
             return [invalid.reject]
 
         if not mapped and not candidates:
             # The common analytics event: nothing to send; at most a consent decision to keep.
             if decisions:
                 self._remember_consent(user_key, decisions)
-            return [self._not_mapped[integration.id] for integration in targets]
+            return [self._not_mapped[target.id] for target in targets]
         label = event.event if event.type == "track" and event.event else event.type
         return self._map_identity(user_key, label, targets, extras, candidates, decisions)
 
@@ -233,27 +194,27 @@ class Mapper:
         self,
         user_key: str,
         label: str,
-        targets: Sequence[Integration],
-        extras: Sequence[_Extras | None],
-        candidates: Mapping[str, list[_Candidate]],
+        targets: Sequence[Target],
+        extras: Sequence[Extras | None],
+        candidates: Mapping[str, list[Candidate]],
         decisions: Mapping[str, bool],
     ) -> list[Outcome]:
         stored = self._profiles.get(user_key) or EMPTY_PROFILE
-        common = self._resolve_common(candidates, stored)
+        common = resolve_common(candidates, stored)
         phone_candidates = candidates.get("phone", ())
         phone_problems: list[str] = []
         phones: dict[str | None, str | None] = {}  # region -> resolved phone, for this event
 
         outcomes: list[Outcome] = []
-        for integration, extra in zip(targets, extras, strict=True):
+        for target, extra in zip(targets, extras, strict=True):
             if extra is None:
-                outcomes.append(self._not_mapped[integration.id])
+                outcomes.append(self._not_mapped[target.id])
                 continue
             fields: dict[str, FieldValue] = dict(common)
             phone = self._phone(
                 phone_candidates,
                 stored,
-                self._region(common, integration.default_phone_region),
+                phone_region(common, target.default_phone_region),
                 phones,
                 phone_problems,
             )
@@ -262,35 +223,35 @@ class Mapper:
             source, tags, custom = extra
             if source is not None:
                 fields["source"] = source
-            category = integration.consent_category
+            category = target.consent_category
             granted = decisions.get(category, stored.consent.get(category))
             if granted is not None:
                 fields["dnd"] = not granted
-            removed = integration.removed_fields
+            removed = target.removed_fields
             for name in removed:
                 fields.pop(name, None)
             if "email" not in fields and "phone" not in fields:
-                error = _no_identifier_error(candidates, removed, phone_problems)
-                outcomes.append(Reject(Reason.NO_IDENTIFIER, error, integration.id))
+                error = no_identifier_error(candidates, removed, phone_problems)
+                outcomes.append(Reject(Reason.NO_IDENTIFIER, error, target.id))
                 continue
             outcomes.append(
                 ContactUpsert(
-                    integration_id=integration.id,
-                    location_id=integration.location_id,
+                    integration_id=target.id,
+                    location_id=target.location_id,
                     contact_key=user_key,
                     fields=fields,
                     tags=() if "tags" in removed else tags,
                     custom_fields=custom,
-                    tag_mode=integration.tag_mode,
+                    tag_mode=target.tag_mode,
                     events=(label,),
                 )
             )
 
-        # Remember the phone as E.164: parsed with the first routed integration's region under
-        # which it is a possible number (a national-format number needs a region to mean anything).
+        # Remember the phone as E.164: parsed with the first routed target's region under which
+        # it is a possible number (a national-format number needs a region to mean anything).
         remembered = dict(common)
-        for integration in targets:
-            region = self._region(common, integration.default_phone_region)
+        for target in targets:
+            region = phone_region(common, target.default_phone_region)
             phone = self._phone(phone_candidates, stored, region, phones, phone_problems)
             if phone is not None:
                 remembered["phone"] = phone
@@ -306,161 +267,23 @@ class Mapper:
         if consent != stored.consent:
             self._profiles.put(user_key, Profile(fields=stored.fields, consent=consent))
 
-    def _categories(self, targets: Sequence[Integration]) -> frozenset[str]:
+    def _categories(self, targets: Sequence[Target]) -> frozenset[str]:
         if targets is self._all_targets:
             return self._all_categories
-        return frozenset(i.consent_category for i in targets)
-
-    # -- event name -> preset ---------------------------------------------------------------
+        return frozenset(t.consent_category for t in targets)
 
     @staticmethod
-    def _action(event: Event, integration: Integration) -> PresetEvent | None:
+    def _action(event: Event, target: Target) -> PresetEvent | None:
+        """The preset an event maps as for ``target`` (its aliases first), or None."""
         if event.type == "identify":
             return PresetEvent.IDENTIFIED
         if event.type != "track" or event.event is None:
             return None
-        return integration.aliases.get(event.event) or _PRESET_NAMES.get(event.event)
-
-    # -- reading identity -----------------------------------------------------------------
-
-    def _candidates(self, event: Event, *, with_properties: bool) -> dict[str, list[_Candidate]]:
-        """Identity values by HighLevel field, in precedence order, type- and size-checked."""
-        candidates: dict[str, list[_Candidate]] = {}
-        if event.traits and event.type not in ("group", "alias"):
-            self._read_traits(event.traits, "traits", candidates)
-        context_traits = event.context.get("traits")
-        if context_traits is not None:
-            if not isinstance(context_traits, dict):
-                raise _wrong_type("context.traits", "an object", context_traits)
-            self._read_traits(context_traits, "context.traits", candidates)
-        if with_properties and event.properties:
-            self._read_traits(event.properties, "properties", candidates)
-        return candidates
-
-    def _read_traits(
-        self, container: Mapping[str, object], prefix: str, out: dict[str, list[_Candidate]]
-    ) -> None:
-        for key, field_name in _TRAITS:
-            value = container.get(key)
-            if value is not None:
-                self._add(out, field_name, f"{prefix}.{key}", value)
-        company = container.get("company")
-        if isinstance(company, dict):
-            name = company.get("name")
-            if name is not None:
-                self._add(out, "companyName", f"{prefix}.company.name", name)
-        elif company is not None:
-            self._add(out, "companyName", f"{prefix}.company", company, "a string or an object")
-        address = container.get("address")
-        if isinstance(address, dict):
-            for key, field_name in _ADDRESS:
-                value = address.get(key)
-                if value is not None:
-                    self._add(out, field_name, f"{prefix}.address.{key}", value)
-        elif address is not None:
-            self._add(out, "address1", f"{prefix}.address", address, "a string or an object")
-
-    def _add(
-        self,
-        out: dict[str, list[_Candidate]],
-        field_name: str,
-        path: str,
-        value: object,
-        expected: str = "a string",
-    ) -> None:
-        if isinstance(value, str):
-            self._check_length(path, value)
-            text = value
-        elif (
-            field_name in _NUMERIC_OK and isinstance(value, int) and not isinstance(value, bool)
-        ):
-            text = str(value)
-        else:
-            raise _wrong_type(path, expected, value)
-        out.setdefault(field_name, []).append(_Candidate(path, text))
-
-    def _check_length(self, path: str, value: str) -> None:
-        if len(value) > self._limits.max_field_chars:
-            raise _Invalid(too_long(path, value, self._limits))
-
-    # -- per-integration extras -------------------------------------------------------------
-
-    def _extras(
-        self, event: Event, integration: Integration, action: PresetEvent
-    ) -> _Extras:
-        """(source, tags, custom fields) of a mapped event for one integration."""
-        source: str | None = None
-        tags: tuple[str, ...] = ()
-        if action is PresetEvent.SIGNED_UP:
-            source = self._text_property(event, "method")
-        elif action is PresetEvent.LEAD_GENERATED:
-            source = self._text_property(event, "source")
-            tag = self._text_property(event, "lead_tag")
-            if tag is not None:
-                tags = (tag,)
-        custom: dict[str, CustomValue] = {}
-        for mapping in integration.custom_fields:
-            value = self._custom_value(mapping.source_text, event.lookup(mapping.source))
-            if value is not None:
-                custom[mapping.field_id] = value
-        return source, tags, custom
-
-    def _text_property(self, event: Event, key: str) -> str | None:
-        value = event.properties.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, str):
-            raise _wrong_type(f"properties.{key}", "a string", value)
-        self._check_length(f"properties.{key}", value)
-        return normalise_text(value)
-
-    def _custom_value(self, path: str, value: object) -> CustomValue | None:
-        if value is None:
-            return None
-        if isinstance(value, str):
-            self._check_length(path, value)
-            return normalise_text(value)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return value
-        if isinstance(value, list) and all(isinstance(item, str) for item in value):
-            for item in value:
-                self._check_length(path, item)
-            return tuple(value)
-        raise _wrong_type(path, "a string, number or list of strings", value)
-
-    # -- resolution -------------------------------------------------------------------------
-
-    @staticmethod
-    def _resolve_common(
-        candidates: Mapping[str, list[_Candidate]], stored: Profile
-    ) -> dict[str, str]:
-        """Every identity field but phone: first usable event value, else the stored one."""
-        fields: dict[str, str] = {}
-        for field_name, values in candidates.items():
-            if field_name == "phone":
-                continue
-            normalise = _NORMALISERS[field_name]
-            for candidate in values:
-                normalised = normalise(candidate.value)
-                if normalised is not None:
-                    fields[field_name] = normalised
-                    break
-        for field_name, value in stored.fields.items():
-            if field_name != "phone" and field_name not in fields:
-                fields[field_name] = value
-        return fields
-
-    @staticmethod
-    def _region(common: Mapping[str, str], default: str | None) -> str | None:
-        """Phone region: the resolved country when phonenumbers knows it, else the default."""
-        country = common.get("country")
-        if country is not None and country in PHONE_REGIONS:
-            return country
-        return default
+        return target.aliases.get(event.event) or _PRESET_NAMES.get(event.event)
 
     def _phone(
         self,
-        candidates: Sequence[_Candidate],
+        candidates: Sequence[Candidate],
         stored: Profile,
         region: str | None,
         memo: dict[str | None, str | None],
@@ -484,76 +307,3 @@ class Mapper:
             phone = stored.fields.get("phone")
         memo[region] = phone
         return phone
-
-
-def _no_identifier_error(
-    candidates: Mapping[str, list[_Candidate]], removed: frozenset[str], phone_problems: list[str]
-) -> str:
-    details = [f"{c.path} is not a valid email address" for c in candidates.get("email", ())]
-    details += phone_problems
-    details += [f"the {name} mapping is removed" for name in ("email", "phone") if name in removed]
-    message = "neither a usable email nor phone on the event or in the stored profile"
-    return f"{message}: {'; '.join(details)}" if details else message
-
-
-def _consent_decisions(event: Event, categories: frozenset[str]) -> dict[str, bool]:
-    """Consent decisions on the event for ``categories`` (granted -> True). First match wins:
-    ``context.consent.canonical``, ``.categories``, ``context.consent[cat]``,
-    ``.categoryPreferences``, then RudderStack's ``context.consentManagement`` (denied ids
-    checked before allowed ones, so a contradiction errs on the side of do-not-disturb)."""
-    context = event.context
-    consent = context.get("consent")
-    management = context.get("consentManagement")
-    if consent is None and management is None:
-        return {}
-    if consent is not None and not isinstance(consent, dict):
-        raise _wrong_type("context.consent", "an object", consent)
-    if management is not None and not isinstance(management, dict):
-        raise _wrong_type("context.consentManagement", "an object", management)
-    decisions: dict[str, bool] = {}
-    for category in sorted(categories):
-        decision = _consent_decision(consent or {}, management or {}, category)
-        if decision is not None:
-            decisions[category] = decision
-    return decisions
-
-
-def _consent_decision(
-    consent: Mapping[str, object], management: Mapping[str, object], category: str
-) -> bool | None:
-    for view in ("canonical", "categories"):
-        decision = _bool_view(consent, view, category)
-        if decision is not None:
-            return decision
-    direct = consent.get(category)
-    if direct is not None:
-        if isinstance(direct, bool):
-            return direct
-        if direct in ("granted", "denied"):
-            return direct == "granted"
-        raise _wrong_type(f"context.consent.{category}", 'a boolean, "granted" or "denied"', direct)
-    decision = _bool_view(consent, "categoryPreferences", category)
-    if decision is not None:
-        return decision
-    for ids_key, granted in (("deniedConsentIds", False), ("allowedConsentIds", True)):
-        ids = management.get(ids_key)
-        if ids is None:
-            continue
-        # A list of ids; older RudderStack SDKs send an object keyed by id.
-        if not isinstance(ids, list | dict):
-            raise _wrong_type(f"context.consentManagement.{ids_key}", "an array", ids)
-        if category in ids:
-            return granted
-    return None
-
-
-def _bool_view(consent: Mapping[str, object], view: str, category: str) -> bool | None:
-    table = consent.get(view)
-    if table is None:
-        return None
-    if not isinstance(table, dict):
-        raise _wrong_type(f"context.consent.{view}", "an object", table)
-    value = table.get(category)
-    if value is None or isinstance(value, bool):
-        return value
-    raise _wrong_type(f"context.consent.{view}.{category}", "a boolean", value)

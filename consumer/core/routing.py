@@ -1,29 +1,29 @@
-"""Route step: which integrations receive an event (by topic and/or an event field)."""
+"""Route step: which targets receive an event (by topic and/or an event field)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from consumer.config import Integration, Routing
 from consumer.core.events import Event
+from consumer.core.targets import Routing, Target
 
 
 class Router:
-    """Selects integrations for an event, in configuration order. Pure.
+    """Selects targets for an event, in configuration order. Pure.
 
-    Cheap at any scale: integrations routed by an event field are indexed by (field, value),
-    so routing costs one lookup per distinct field path, not one check per integration
-    (1,000 locations routed by ``context.site`` cost one lookup). With no restriction at all
-    (the common single-integration case) ``route`` returns ``route_all`` itself."""
+    Cheap at any scale: targets routed by an event field are indexed by (field, value), so
+    routing costs one lookup per distinct field path, not one check per target (1,000
+    locations routed by ``context.site`` cost one lookup). With no restriction at all (the
+    common single-integration case) ``route`` returns ``route_all`` itself."""
 
-    def __init__(self, integrations: Sequence[Integration]) -> None:
-        self.route_all = tuple(integrations)  # returned as is (same object) when all match
+    def __init__(self, targets: Sequence[Target]) -> None:
+        self.route_all = tuple(targets)  # returned as is (same object) when all match
         unrestricted = Routing()
-        self._everything = all(i.routing == unrestricted for i in self.route_all)
+        self._everything = all(t.routing == unrestricted for t in self.route_all)
         self._unconditional: list[int] = []  # no field: only the topic decides
         self._by_field: dict[tuple[str, ...], dict[str, list[int]]] = {}
-        for index, integration in enumerate(self.route_all):
-            routing = integration.routing
+        for index, target in enumerate(self.route_all):
+            routing = target.routing
             if routing.field is None:
                 self._unconditional.append(index)
                 continue
@@ -31,7 +31,7 @@ class Router:
             for value in routing.values:
                 by_value.setdefault(value, []).append(index)
 
-    def route(self, event: Event, topic: str) -> tuple[Integration, ...]:
+    def route(self, event: Event, topic: str) -> tuple[Target, ...]:
         if self._everything:
             return self.route_all
         chosen = list(self._unconditional)
@@ -39,9 +39,9 @@ class Router:
             value = event.lookup(path)
             if isinstance(value, str):
                 chosen.extend(by_value.get(value, ()))
-        integrations = self.route_all
+        targets = self.route_all
         return tuple(
-            integrations[i]
+            targets[i]
             for i in sorted(chosen)
-            if not integrations[i].routing.topics or topic in integrations[i].routing.topics
+            if not targets[i].routing.topics or topic in targets[i].routing.topics
         )

@@ -65,10 +65,11 @@ from consumer.engine.ports import (
     Source,
 )
 from consumer.engine.scheduler import KeyedScheduler, Work
+from consumer.errors import DailyBudgetExhausted
 from consumer.highlevel.verdicts import Answer, Verdict, ignored_fields
 from consumer.observe.metrics import Endpoint, Metrics, RebalanceKind
 from consumer.observe.recent_deliveries import RecentDeliveries
-from consumer.ratelimit.limiter import DailyBudgetExhausted, Permit
+from consumer.ratelimit.limiter import Permit
 
 logger = logging.getLogger(__name__)
 

@@ -64,7 +64,7 @@ from consumer.core.events import STANDARD_FIELDS, Reason
 from consumer.engine.offsets import PartitionStats
 from consumer.engine.parking import ParkReason
 from consumer.highlevel.verdicts import Answer
-from consumer.ratelimit.limiter import LimiterState
+from consumer.ratelimit.budget import LimiterState
 
 _V = TypeVar("_V")
 

@@ -5,6 +5,6 @@ HighLevel's ``X-RateLimit-*`` headers say), the asyncio limiter that hands out p
 (``limiter``) and the Redis backend that shares one budget between replicas
 (``redis_backend``).
 
-May import: ``consumer.errors``, asyncio and (``redis_backend`` only) redis. Never: the
-engine, Kafka, aiohttp, the commands.
+May import: ``consumer.errors``, asyncio (not ``budget``: pure, time passed in) and
+(``redis_backend`` only) redis. Never: the engine, Kafka, aiohttp, the commands.
 """

@@ -1,6 +1,6 @@
 """The rate limiter's shared backend: one location's budget in Redis, for every instance.
 
-Same model as ``consumer.ratelimit.limiter.LocationBudget`` (read that docstring first), executed
+Same model as ``consumer.ratelimit.budget.LocationBudget`` (read that docstring first), executed
 atomically by Lua scripts with Redis's own clock (``TIME``), so N instances together stay
 inside one location's budget whatever their clocks say. Per location::
 
@@ -37,16 +37,16 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from consumer.ratelimit.limiter import (
+from consumer.ratelimit.budget import (
     Acquired,
-    Answer,
     Budget,
     Decision,
     Exhausted,
     LimiterState,
-    LocalBackend,
+    RateSignal,
     Wait,
 )
+from consumer.ratelimit.limiter import LocalBackend
 
 __all__ = ["RedisBackend"]
 
@@ -326,25 +326,25 @@ class RedisBackend:
         args = [*self._config, token, "1" if sent else "0"]
         self._enqueue(self._release_script, self._location_keys(location_id), args)
 
-    def observe(self, location_id: str, answer: Answer, now: float) -> None:
+    def observe(self, location_id: str, signal: RateSignal, now: float) -> None:
         # The fallback learns too, so a switch to it starts from what the server said.
-        self._fallback.observe(location_id, answer, now)
+        self._fallback.observe(location_id, signal, now)
         jitter = 1 + self._budget.pause_jitter * self._rng.random()
-        if answer.status == 429 and answer.daily_remaining != 0:
-            delay = answer.retry_after_s
+        if signal.status == 429 and signal.daily_remaining != 0:
+            delay = signal.retry_after_s
             if delay is None:
-                delay = answer.interval_s or self._budget.interval_s
+                delay = signal.interval_s or self._budget.interval_s
             mirror = self._mirror(location_id)
             mirror.paused_until = max(mirror.paused_until, now + delay * jitter)
         args = [
             *self._config,
-            answer.status,
-            _opt(None if answer.retry_after_s is None else round(answer.retry_after_s * 1000)),
-            _opt(answer.max),
-            _opt(None if answer.interval_s is None else round(answer.interval_s * 1000)),
-            _opt(answer.remaining),
-            _opt(answer.daily_remaining),
-            _opt(answer.daily_limit),
+            signal.status,
+            _opt(None if signal.retry_after_s is None else round(signal.retry_after_s * 1000)),
+            _opt(signal.max),
+            _opt(None if signal.interval_s is None else round(signal.interval_s * 1000)),
+            _opt(signal.remaining),
+            _opt(signal.daily_remaining),
+            _opt(signal.daily_limit),
             jitter,
         ]
         self._enqueue(self._observe_script, self._location_keys(location_id), args)
@@ -353,16 +353,14 @@ class RedisBackend:
         if self.fallback_active:
             return replace(self._fallback.state(location_id, now), fallback_active=True)
         m = self._mirror(location_id)
-        exhausted = m.exhausted_until
-        return LimiterState(
+        return LimiterState.at(
+            now,
             location_id=location_id,
             remaining=m.remaining,
             in_flight=m.in_flight,
-            waiting=0,
-            paused_until=m.paused_until if m.paused_until > now else None,
+            paused_until=m.paused_until,
             daily_remaining=m.daily_remaining,
-            daily_exhausted_until=exhausted if exhausted is not None and exhausted > now else None,
-            fallback_active=False,
+            exhausted_until=m.exhausted_until,
         )
 
     def _enqueue(self, script: Any, keys: list[str], args: list[Any]) -> None:

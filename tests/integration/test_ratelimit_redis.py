@@ -12,7 +12,9 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis.asyncio
 
-from consumer.ratelimit.limiter import Budget, DailyBudgetExhausted, RateLimiter
+from consumer.errors import DailyBudgetExhausted
+from consumer.ratelimit.budget import Budget
+from consumer.ratelimit.limiter import RateLimiter
 from consumer.ratelimit.redis_backend import RedisBackend
 from tests.integration.redis_server import RedisServer
 

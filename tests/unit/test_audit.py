@@ -21,12 +21,13 @@ from consumer.commands.audit import (
     compare,
     contact_mismatches,
 )
-from consumer.config import CustomFieldMapping, Integration, Secret, load_settings
+from consumer.config import load_settings
 from consumer.core.deadletter import REJECTED_BY_HIGHLEVEL, Failure, dead_letter_headers
 from consumer.core.dedupe import MessageDeduper
 from consumer.core.events import ContactUpsert, Record, TagMode
 from consumer.core.mapping import Mapper, build_mapper
 from consumer.core.profiles import InMemoryProfileStore
+from consumer.core.targets import CustomFieldMapping, Target
 from consumer.engine.parking import ParkReason, encode_parked
 from consumer.sandbox.schema import validate_upsert
 from consumer.sandbox.state import SandboxState
@@ -35,15 +36,15 @@ LOCATION = "ve9EPM428h8vShlRW1KT"
 OTHER_LOCATION = "otherLocation000000X"
 
 
-def integration(id: str = "default", **overrides: Any) -> Integration:
-    values: dict[str, Any] = {"location_id": LOCATION, "access_token": Secret("t", "test")}
+def target(id: str = "default", **overrides: Any) -> Target:
+    values: dict[str, Any] = {"location_id": LOCATION}
     values.update(overrides)
-    return Integration(id=id, **values)
+    return Target(id=id, **values)
 
 
-def mapper(*integrations: Integration) -> Mapper:
+def mapper(*targets: Target) -> Mapper:
     return Mapper(
-        integrations or (integration(),),
+        targets or (target(),),
         profiles=InMemoryProfileStore(),
         deduper=MessageDeduper(max_entries=1000, ttl_seconds=3600),
     )
@@ -213,7 +214,7 @@ def test_upserts_dead_lettered_or_parked_are_not_expected_in_highlevel() -> None
 def test_a_dead_letter_for_one_integration_does_not_account_for_another() -> None:
     stream = Stream()
     record = stream.add(identify(1, 0))
-    two = mapper(integration("a"), integration("b", location_id=OTHER_LOCATION))
+    two = mapper(target("a"), target("b", location_id=OTHER_LOCATION))
     dlq = dead_letters(
         (record, Failure(reason=REJECTED_BY_HIGHLEVEL, error="422", integration_id="a"))
     )
@@ -340,16 +341,16 @@ def test_tag_overwrite_in_upsert_mode_shows_as_a_tags_mismatch() -> None:
     assert wrong.fields == ("tags",)
 
     # In tag mode add, the same deliveries keep every tag.
-    add_mode = mapper(integration(tag_mode=TagMode.ADD))
+    add_mode = mapper(target(tag_mode=TagMode.ADD))
     ledger = expected_after(
         identify(1, 0), lead(1, 0, "website-lead"), lead(1, 1, "pricing"), the_mapper=add_mode
     )
-    separately = upserts_of(stream, mapper(integration(tag_mode=TagMode.ADD)))
+    separately = upserts_of(stream, mapper(target(tag_mode=TagMode.ADD)))
     assert compare(ledger.contacts, delivered(*separately)).unaccounted == ()
 
 
 def test_custom_fields_are_compared_by_id() -> None:
-    custom = integration(custom_fields=(CustomFieldMapping("plan-field", ("properties", "plan")),))
+    custom = target(custom_fields=(CustomFieldMapping("plan-field", ("properties", "plan")),))
     ledger = expected_after(identify(1, 0), lead(1, 0, "t"), the_mapper=mapper(custom))
     upsert = ledger.contacts[("default", "user-1")].upsert
     assert dict(upsert.custom_fields) == {"plan-field": "pro"}
@@ -393,7 +394,7 @@ def test_build_mapper_follows_the_configuration() -> None:
         {"GHL_LOCATION_ID": LOCATION, "GHL_DEFAULT_PHONE_REGION": "GB"},
         read_secrets=False,
     )
-    the_mapper = build_mapper(settings)
+    the_mapper = build_mapper(settings.targets(), settings.mapping.options())
     [upsert] = the_mapper.map_record(
         value=orjson.dumps(
             {"type": "identify", "userId": "u", "traits": {"phone": "07700 900123"}}

@@ -338,7 +338,7 @@ def _predict(
     batch holds partition 0's records, then partition 1's)."""
     settings_ = load_settings(None, {"GHL_LOCATION_ID": LOCATION, "GHL_ACCESS_TOKEN": TOKEN})
     mapper = Mapper(
-        settings_.integrations,
+        settings_.targets(),
         profiles=InMemoryProfileStore(),
         deduper=MessageDeduper(max_entries=10_000, ttl_seconds=3600),
     )

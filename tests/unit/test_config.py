@@ -6,14 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from consumer.config import (
-    CustomFieldMapping,
-    Routing,
-    Secret,
-    Settings,
-    load_settings,
-)
+from consumer.config import Secret, Settings, load_settings
 from consumer.core.events import PresetEvent, TagMode
+from consumer.core.targets import CustomFieldMapping, Routing
 from consumer.errors import ConfigError
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "config.toml"
@@ -99,7 +94,14 @@ def test_the_documented_example(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="was not read"):
         shop.access_token.reveal()
     assert settings.kafka.librdkafka["security.protocol"] == "SASL_SSL"
-    assert settings.mapping.limits().max_field_chars == 1024
+    assert settings.mapping.options().limits.max_field_chars == 1024
+    # The core's view of an integration: every mapping choice, never the token.
+    target = settings.targets()[1]
+    assert (target.id, target.location_id) == (shop.id, shop.location_id)
+    assert target.routing == shop.routing
+    assert target.custom_fields == shop.custom_fields
+    assert target.aliases == shop.aliases
+    assert not hasattr(target, "access_token")
 
 
 def test_secrets_from_env_and_file_are_read_and_never_printed(tmp_path: Path) -> None:

@@ -17,7 +17,8 @@ from consumer.core.profiles import InMemoryProfileStore
 from consumer.engine.engine import Engine, EngineOptions
 from consumer.observe.metrics import Metrics
 from consumer.observe.recent_deliveries import RecentDeliveries
-from consumer.ratelimit.limiter import Budget, LocalBackend, RateLimiter
+from consumer.ratelimit.budget import Budget
+from consumer.ratelimit.limiter import LocalBackend, RateLimiter
 from tests.unit.engine_fakes import FakeHighLevel, MemoryParkingLog, MemorySink, MemorySource
 
 LOCATION = "ve9EPM428h8vShlRW1KT"
@@ -48,7 +49,7 @@ def build(
         None, {"GHL_LOCATION_ID": LOCATION, "GHL_ACCESS_TOKEN": TOKEN}
     )
     mapper = Mapper(
-        settings.integrations,
+        settings.targets(),
         profiles=InMemoryProfileStore(),
         deduper=MessageDeduper(max_entries=10_000, ttl_seconds=3600),
     )

@@ -1,5 +1,6 @@
-"""Mapping rules of DESIGN.md sections 2-3, one test (or table) per rule. Every payload any test
-produces is validated against HighLevel's strict upsert schema (see ``map_events``)."""
+"""Mapping rules (``docs/architecture.md``, "Mapping rules"), one test (or table) per rule.
+Every payload any test produces is validated against HighLevel's strict upsert schema (see
+``map_events``)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer.config import CustomFieldMapping, Integration, Routing, Secret
 from consumer.core.decode import Limits
 from consumer.core.dedupe import MessageDeduper
 from consumer.core.events import ContactUpsert, Drop, Outcome, PresetEvent, Reason, Reject, TagMode
 from consumer.core.mapping import Mapper
 from consumer.core.profiles import InMemoryProfileStore
+from consumer.core.targets import CustomFieldMapping, Routing, Target
 from tests.unit.upsert_schema import validate_payload
 
 LOCATION = "ve9EPM428h8vShlRW1KT"
@@ -24,20 +25,20 @@ DEFAULT_LIMITS = Limits()
 GRANTED = {"consent": {"canonical": {"marketing": True}}}
 
 
-def integration(id: str = "default", **overrides: Any) -> Integration:
-    values: dict[str, Any] = {"location_id": LOCATION, "access_token": Secret("t", "test")}
+def target(id: str = "default", **overrides: Any) -> Target:
+    values: dict[str, Any] = {"location_id": LOCATION}
     values.update(overrides)
-    return Integration(id=id, **values)
+    return Target(id=id, **values)
 
 
 class Harness:
     """A mapper with an in-memory profile store; validates every payload it produces."""
 
-    def __init__(self, *integrations: Integration, limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(self, *targets: Target, limits: Limits = DEFAULT_LIMITS) -> None:
         self.profiles = InMemoryProfileStore()
         self.deduper = MessageDeduper(max_entries=1000, ttl_seconds=3600)
         self.mapper = Mapper(
-            integrations or (integration(),),
+            targets or (target(),),
             profiles=self.profiles,
             deduper=self.deduper,
             limits=limits,
@@ -236,7 +237,7 @@ def test_invalid_email_is_omitted(bad: str) -> None:
 def test_phone_normalisation(
     traits: dict[str, Any], region: str | None, expected: str | None
 ) -> None:
-    h = Harness(integration(default_phone_region=region))
+    h = Harness(target(default_phone_region=region))
     payload = h.payload(identify({**BASE, **traits}))
     assert payload.get("phone") == expected
 
@@ -302,7 +303,7 @@ def test_group_traits_describe_the_group_not_the_user() -> None:
 
 
 def test_profile_stores_normalised_fields_and_is_keyed_by_record_key_first() -> None:
-    h = Harness(integration(default_phone_region="US"))
+    h = Harness(target(default_phone_region="US"))
     h.one(identify({"email": " A@Example.com ", "phone": "(415) 555-0142"}), key=b"k-1")
     profile = h.profiles.get("k-1")
     assert profile is not None
@@ -387,10 +388,10 @@ def test_no_decision_uses_last_known_and_never_known_means_no_dnd_key() -> None:
 
 
 def test_consent_category_is_per_integration() -> None:
-    h = Harness(integration(consent_category="email_marketing"))
+    h = Harness(target(consent_category="email_marketing"))
     context = {"consent": {"canonical": {"marketing": False, "email_marketing": True}}}
     assert h.payload(identify(BASE, context=context))["dnd"] is False
-    assert "dnd" not in Harness(integration(consent_category="sms")).payload(
+    assert "dnd" not in Harness(target(consent_category="sms")).payload(
         identify(BASE, context=context)
     )
 
@@ -444,7 +445,7 @@ def test_preset_actions() -> None:
 
 def test_aliases_map_other_event_names_onto_the_preset() -> None:
     h = Harness(
-        integration(
+        target(
             aliases={"sign_up": PresetEvent.SIGNED_UP, "generate_lead": PresetEvent.LEAD_GENERATED}
         )
     )
@@ -475,7 +476,7 @@ def test_event_without_any_user_is_invalid() -> None:
 
 
 def test_dnd_mapping_removed() -> None:
-    h = Harness(integration(removed_fields=frozenset({"dnd"})))
+    h = Harness(target(removed_fields=frozenset({"dnd"})))
     assert "dnd" not in h.payload(identify(BASE, context=GRANTED))
     profile = h.profiles.get("u1")
     assert profile is not None
@@ -483,7 +484,7 @@ def test_dnd_mapping_removed() -> None:
 
 
 def test_other_default_mappings_removed() -> None:
-    h = Harness(integration(removed_fields=frozenset({"tags", "source", "email"})))
+    h = Harness(target(removed_fields=frozenset({"tags", "source", "email"})))
     h.one(identify({"email": "u@example.com", "phone": "+14155550142"}))
     payload = h.payload(track("Lead Generated", {"source": "Form", "lead_tag": "t"}))
     assert payload == {"locationId": LOCATION, "phone": "+14155550142"}
@@ -494,7 +495,7 @@ def test_other_default_mappings_removed() -> None:
 
 def test_custom_fields_from_source_paths() -> None:
     h = Harness(
-        integration(
+        target(
             custom_fields=(
                 CustomFieldMapping("fPlan", ("properties", "plan")),
                 CustomFieldMapping("fSeats", ("properties", "seats")),
@@ -523,7 +524,7 @@ def test_custom_fields_from_source_paths() -> None:
 
 @pytest.mark.parametrize("value", [{"a": 1}, True, [1, 2]])
 def test_custom_field_of_unusable_type_is_rejected(value: object) -> None:
-    h = Harness(integration(custom_fields=(CustomFieldMapping("f1", ("traits", "plan")),)))
+    h = Harness(target(custom_fields=(CustomFieldMapping("f1", ("traits", "plan")),)))
     outcome = h.one(identify({**BASE, "plan": value}))
     assert isinstance(outcome, Reject)
     assert outcome.reason is Reason.WRONG_TYPE
@@ -531,7 +532,7 @@ def test_custom_field_of_unusable_type_is_rejected(value: object) -> None:
 
 
 def test_tag_mode_add_keeps_tags_out_of_the_upsert_body() -> None:
-    h = Harness(integration(tag_mode=TagMode.ADD))
+    h = Harness(target(tag_mode=TagMode.ADD))
     h.one(identify(BASE))
     outcome = h.one(track("Lead Generated", {"lead_tag": "website-lead"}))
     assert isinstance(outcome, ContactUpsert)
@@ -556,13 +557,13 @@ def test_duplicate_message_ids_are_dropped_within_the_ttl() -> None:
 
 
 def test_routing_by_topic_and_by_event_field() -> None:
-    eu = integration("eu", location_id="LOC-EU", routing=Routing(topics=frozenset({"events-eu"})))
-    shop = integration(
+    eu = target("eu", location_id="LOC-EU", routing=Routing(topics=frozenset({"events-eu"})))
+    shop = target(
         "shop",
         location_id="LOC-SHOP",
         routing=Routing(field=("context", "app", "name"), values=frozenset({"shop"})),
     )
-    both = integration(
+    both = target(
         "both",
         location_id="LOC-BOTH",
         routing=Routing(
@@ -590,8 +591,8 @@ def test_routing_by_topic_and_by_event_field() -> None:
 
 
 def test_multi_integration_outcomes_differ_per_integration() -> None:
-    us = integration("us", location_id="LOC-US", default_phone_region="US")
-    gb = integration(
+    us = target("us", location_id="LOC-US", default_phone_region="US")
+    gb = target(
         "gb",
         location_id="LOC-GB",
         default_phone_region="GB",
@@ -786,7 +787,7 @@ _events = st.one_of(_good_events, _junk_events)
 def test_event_shaped_input_never_raises_and_payloads_are_schema_valid(
     events: list[dict[str, Any]],
 ) -> None:
-    h = Harness(integration(default_phone_region="US"))
+    h = Harness(target(default_phone_region="US"))
     for event in events:
         # json, not orjson: hypothesis makes integers beyond 64 bits, which orjson cannot write
         outcomes = h.record(json.dumps(event).encode())
@@ -803,7 +804,7 @@ def test_build_mapper_uses_the_store_it_is_given_even_an_empty_one() -> None:
 
     store = ChangelogProfileStore()
     settings = load_settings(None, {"GHL_LOCATION_ID": "L", "GHL_ACCESS_TOKEN": "t"})
-    mapper = build_mapper(settings, store)
+    mapper = build_mapper(settings.targets(), settings.mapping.options(), store)
     mapper.map_record(
         value=orjson.dumps(identify({"email": "sam@example.com"})), key=None, topic="events", now=0
     )

@@ -23,7 +23,7 @@ from consumer.observe.metrics import (
     retry_reason,
     status_class,
 )
-from consumer.ratelimit.limiter import LimiterState
+from consumer.ratelimit.budget import LimiterState
 
 INTEGRATIONS = {"acme": "loc-acme", "beta": "loc-beta"}
 

@@ -10,14 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer.ratelimit.limiter import (
+from consumer.ratelimit.budget import (
     ACQUIRED,
-    Answer,
     Budget,
     Exhausted,
     LocationBudget,
+    RateSignal,
     Wait,
-    parse_answer,
+    parse_rate_signal,
 )
 
 NO_JITTER = {"pause_jitter": 0.0}
@@ -181,12 +181,12 @@ def test_daily_budget_exhausts_then_resets_after_the_rolling_period() -> None:
 def test_server_reported_daily_zero_exhausts_and_a_probe_discovers_the_reset() -> None:
     lb = LocationBudget(Budget(daily_recheck_s=900.0))
     assert lb.try_acquire(0.0) is ACQUIRED
-    lb.observe(Answer(status=200, daily_remaining=0), 1.0)
+    lb.observe(RateSignal(status=200, daily_remaining=0), 1.0)
     lb.release(1.0)
     assert lb.try_acquire(2.0) == Exhausted(902.0)
     assert lb.try_acquire(902.0) is ACQUIRED  # the one probe
     assert lb.try_acquire(902.0) == Exhausted(1802.0)  # nothing more until it answers
-    lb.observe(Answer(status=200, daily_remaining=199_999), 903.0)
+    lb.observe(RateSignal(status=200, daily_remaining=199_999), 903.0)
     lb.release(903.0)
     assert lb.try_acquire(903.0) is ACQUIRED
     assert lb.state("L", 903.0).daily_remaining == 199_998
@@ -195,7 +195,7 @@ def test_server_reported_daily_zero_exhausts_and_a_probe_discovers_the_reset() -
 def test_429_pauses_for_retry_after_plus_bounded_jitter() -> None:
     lb = LocationBudget(Budget(pause_jitter=0.1), rng=random.Random(7))
     assert lb.try_acquire(0.0) is ACQUIRED
-    lb.observe(Answer(status=429, retry_after_s=4.0, interval_s=10.0), 1.0)
+    lb.observe(RateSignal(status=429, retry_after_s=4.0, interval_s=10.0), 1.0)
     decision = lb.try_acquire(1.0)
     assert isinstance(decision, Wait)
     assert 4.0 <= decision.seconds <= 4.4
@@ -204,7 +204,7 @@ def test_429_pauses_for_retry_after_plus_bounded_jitter() -> None:
 
 def test_429_without_retry_after_pauses_for_the_interval_header() -> None:
     lb = LocationBudget(Budget(**NO_JITTER))
-    lb.observe(Answer(status=429, interval_s=20.0, remaining=0), 0.0)
+    lb.observe(RateSignal(status=429, interval_s=20.0, remaining=0), 0.0)
     assert lb.try_acquire(0.0) == Wait(20.0)
     state = lb.state("L", 1.0)
     assert state.paused_until == 20.0
@@ -212,14 +212,14 @@ def test_429_without_retry_after_pauses_for_the_interval_header() -> None:
 
 def test_429_with_daily_remaining_zero_is_exhaustion_not_a_pause() -> None:
     lb = LocationBudget(Budget(**NO_JITTER, daily_recheck_s=600.0))
-    lb.observe(Answer(status=429, interval_s=10.0, daily_remaining=0), 0.0)
+    lb.observe(RateSignal(status=429, interval_s=10.0, daily_remaining=0), 0.0)
     assert lb.try_acquire(0.0) == Exhausted(600.0)
     assert lb.state("L", 0.0).paused_until is None
 
 
 def test_stricter_server_limits_clamp_window_and_pace() -> None:
     lb = LocationBudget(Budget())  # 100 / 10 s window, 80 / 10 s pace
-    lb.observe(Answer(status=200, max=25, interval_s=10.0, remaining=25), 0.0)
+    lb.observe(RateSignal(status=200, max=25, interval_s=10.0, remaining=25), 0.0)
     # Pace keeps the 80 % headroom: 20 per 10 s burst capacity, window 25.
     assert grant_all(lb, 0.0, 1000) == 20
     assert lb.try_acquire(0.0) == Wait(pytest.approx(0.5))
@@ -227,7 +227,7 @@ def test_stricter_server_limits_clamp_window_and_pace() -> None:
 
 def test_longer_server_interval_lengthens_the_window() -> None:
     lb = LocationBudget(Budget(burst_max=10, sustained_per_interval=10))
-    lb.observe(Answer(status=200, max=10, interval_s=60.0), 0.0)
+    lb.observe(RateSignal(status=200, max=10, interval_s=60.0), 0.0)
     assert grant_all(lb, 0.0, 100) == 10
     for _ in range(10):
         lb.release(0.0)
@@ -236,7 +236,7 @@ def test_longer_server_interval_lengthens_the_window() -> None:
 
 def test_looser_server_limits_never_raise_the_configured_ones() -> None:
     lb = LocationBudget(Budget(burst_max=10, sustained_per_interval=10))
-    lb.observe(Answer(status=200, max=500, interval_s=1.0), 0.0)
+    lb.observe(RateSignal(status=200, max=500, interval_s=1.0), 0.0)
     assert grant_all(lb, 0.0, 100) == 10
 
 
@@ -244,7 +244,7 @@ def test_server_remaining_below_our_count_reserves_the_unknown_slots() -> None:
     lb = LocationBudget(Budget(burst_max=100, sustained_per_interval=100))
     assert lb.try_acquire(0.0) is ACQUIRED
     # Someone else spent 89 in this window: 100 - 10 remaining, we know of 1.
-    lb.observe(Answer(status=200, max=100, remaining=10), 0.5)
+    lb.observe(RateSignal(status=200, max=100, remaining=10), 0.5)
     lb.release(0.5)
     assert grant_all(lb, 0.5, 1000) == 10
     assert lb.try_acquire(0.5) == Wait(pytest.approx(10.0))
@@ -253,12 +253,12 @@ def test_server_remaining_below_our_count_reserves_the_unknown_slots() -> None:
 def test_server_remaining_above_our_count_changes_nothing() -> None:
     lb = LocationBudget(Budget(burst_max=10, sustained_per_interval=10))
     assert grant_all(lb, 0.0, 5) == 5
-    lb.observe(Answer(status=200, max=10, remaining=9), 0.1)
+    lb.observe(RateSignal(status=200, max=10, remaining=9), 0.1)
     assert lb.state("L", 0.1).remaining == 5
 
 
-def test_parse_answer_reads_headers_in_any_case_and_ignores_garbage() -> None:
-    answer = parse_answer(
+def test_parse_rate_signal_reads_headers_in_any_case_and_ignores_garbage() -> None:
+    signal = parse_rate_signal(
         429,
         {
             "x-ratelimit-max": "100",
@@ -270,14 +270,14 @@ def test_parse_answer_reads_headers_in_any_case_and_ignores_garbage() -> None:
         },
         wall_now=0.0,
     )
-    assert answer == Answer(
+    assert signal == RateSignal(
         status=429, max=100, interval_s=10.0, remaining=0, daily_limit=200_000, retry_after_s=3.0
     )
 
 
-def test_parse_answer_accepts_an_http_date_retry_after() -> None:
-    answer = parse_answer(429, {"Retry-After": "Thu, 01 Jan 1970 00:01:00 GMT"}, wall_now=45.0)
-    assert answer.retry_after_s == 15.0
+def test_parse_rate_signal_accepts_an_http_date_retry_after() -> None:
+    signal = parse_rate_signal(429, {"Retry-After": "Thu, 01 Jan 1970 00:01:00 GMT"}, wall_now=45.0)
+    assert signal.retry_after_s == 15.0
 
 
 @pytest.mark.parametrize(

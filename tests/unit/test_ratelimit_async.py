@@ -12,13 +12,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from consumer.ratelimit.limiter import (
-    Budget,
-    DailyBudgetExhausted,
-    LocalBackend,
-    Permit,
-    RateLimiter,
-)
+from consumer.errors import DailyBudgetExhausted
+from consumer.ratelimit.budget import Budget
+from consumer.ratelimit.limiter import LocalBackend, Permit, RateLimiter
 
 T = TypeVar("T")
 

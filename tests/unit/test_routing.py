@@ -1,22 +1,22 @@
-"""The router's index gives exactly what checking every integration's routing would."""
+"""The router's index gives exactly what checking every target's routing would."""
 
 from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer.config import Integration, Routing, Secret
 from consumer.core.decode import decode
 from consumer.core.events import Event
 from consumer.core.routing import Router
+from consumer.core.targets import Routing, Target
 
 TOPICS = ("events", "events-eu", "other")
 FIELDS = (("context", "site"), ("properties", "brand"))
 VALUES = ("a", "b", "c")
 
 
-def naive(integrations: list[Integration], event: Event, topic: str) -> tuple[Integration, ...]:
-    """Each integration's rule checked one by one: the reference."""
+def naive(targets: list[Target], event: Event, topic: str) -> tuple[Target, ...]:
+    """Each target's rule checked one by one: the reference."""
 
     def accepts(routing: Routing) -> bool:
         if routing.topics and topic not in routing.topics:
@@ -26,7 +26,7 @@ def naive(integrations: list[Integration], event: Event, topic: str) -> tuple[In
         value = event.lookup(routing.field)
         return isinstance(value, str) and value in routing.values
 
-    return tuple(i for i in integrations if accepts(i.routing))
+    return tuple(t for t in targets if accepts(t.routing))
 
 
 routings = st.builds(
@@ -48,18 +48,15 @@ routings = st.builds(
     st.sampled_from((*VALUES, "z")),
     st.sampled_from((*VALUES, "z")),
 )
-def test_indexed_routing_equals_checking_every_integration(
+def test_indexed_routing_equals_checking_every_target(
     rules: list[Routing], topic: str, site: str, brand: str
 ) -> None:
-    integrations = [
-        Integration(
-            id=f"i{n}", location_id=f"loc{n}", access_token=Secret("t", "test"), routing=rule
-        )
-        for n, rule in enumerate(rules)
+    targets = [
+        Target(id=f"i{n}", location_id=f"loc{n}", routing=rule) for n, rule in enumerate(rules)
     ]
     event = decode(
         b'{"type": "identify", "userId": "u", "context": {"site": "%s"},'
         b' "properties": {"brand": "%s"}}' % (site.encode(), brand.encode())
     )
     assert isinstance(event, Event)
-    assert Router(integrations).route(event, topic) == naive(integrations, event, topic)
+    assert Router(targets).route(event, topic) == naive(targets, event, topic)
