@@ -6,8 +6,14 @@
     +-- ConfigError               bad configuration; start-up stops. Not retriable: fix the config.
     +-- ProfileDecodeError        a stored profile's bytes are not a profile. Not retriable for that
     |                             record; the caller decides (drop the stored profile, log, go on).
-    +-- DailyBudgetExhausted      (consumer.ratelimit.limiter) a location's daily request budget
-                                  is spent.
+    +-- KafkaAdapterError         (consumer.kafka) a Kafka operation failed; ``retriable`` says
+    |   |                         whether trying again may help. Raised by KafkaSource.poll_batch
+    |   |                         (fatal client errors), ensure_topics, TopicReader.
+    |   +-- CommitFailedError     a synchronous commit failed for some partitions (``failed``):
+    |   |                         KafkaSource.commit, TopicReader.commit.
+    |   +-- ProduceFailedError    a record was not delivered: KafkaProducer (set on the delivery
+    |                             future, or raised by ``send``).
+    +-- DailyBudgetExhausted      (consumer.ratelimit) a location's daily request budget is spent.
                                   Retriable after its ``until``; the engine holds or parks the
                                   location's events meanwhile.
 
@@ -16,6 +22,8 @@ Bad *events* are not exceptions: decoding and mapping return ``Reject`` values (
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 
 class ConsumerError(Exception):
@@ -29,6 +37,29 @@ class ConfigError(ConsumerError):
 
 class ProfileDecodeError(ConsumerError, ValueError):
     """``Profile.from_bytes`` was given bytes that are not an encoded profile."""
+
+
+class KafkaAdapterError(ConsumerError):
+    """A Kafka operation failed. ``retriable``: trying again later may succeed."""
+
+    def __init__(self, message: str, *, retriable: bool = False) -> None:
+        super().__init__(message)
+        self.retriable = retriable
+
+
+class CommitFailedError(KafkaAdapterError):
+    """A synchronous commit failed; ``failed`` pairs each ``(topic, partition)`` with
+    librdkafka's reason. Offsets are not marked committed: the next commit point includes them
+    again."""
+
+    def __init__(self, failed: Sequence[tuple[tuple[str, int], str]], *, retriable: bool) -> None:
+        names = ", ".join(f"{topic}[{partition}]: {why}" for (topic, partition), why in failed)
+        super().__init__(f"commit failed for {names}", retriable=retriable)
+        self.failed = tuple(failed)
+
+
+class ProduceFailedError(KafkaAdapterError):
+    """A record was not delivered (after librdkafka's own retries, or the producer closed)."""
 
 
 class DailyBudgetExhausted(ConsumerError):

@@ -60,8 +60,8 @@ from consumer.core.deadletter import read_failure
 from consumer.core.events import ContactUpsert, Drop, Record, Reject
 from consumer.core.mapping import Mapper, build_mapper
 from consumer.engine.parking import parked_sources
-from consumer.errors import ConfigError
-from consumer.kafka.adapter import KafkaAdapterError, TopicReader
+from consumer.errors import ConfigError, KafkaAdapterError
+from consumer.kafka.reader import TopicReader
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,8 @@ from consumer.config import load_settings
 from consumer.core.normalise import mask_email
 from consumer.engine.engine import Engine, EngineStats
 from consumer.errors import ConfigError
-from consumer.kafka.adapter import KafkaProducer, TopicSpec, ensure_topics
+from consumer.kafka.admin import TopicSpec, ensure_topics
+from consumer.kafka.producer import KafkaProducer
 from consumer.sandbox.server import run_sandbox
 
 LOCATION_ID = "ve9EPM428h8vShlRW1KT"  # the integration guide's example location

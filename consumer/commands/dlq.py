@@ -46,13 +46,9 @@ from consumer.config import Settings, load_settings
 from consumer.core.deadletter import HEADER_PREFIX, read_failure
 from consumer.core.events import Record
 from consumer.engine.ports import Produced
-from consumer.errors import ConfigError
-from consumer.kafka.adapter import (
-    KafkaAdapterError,
-    KafkaProducer,
-    ProduceFailedError,
-    TopicReader,
-)
+from consumer.errors import ConfigError, KafkaAdapterError, ProduceFailedError
+from consumer.kafka.producer import KafkaProducer
+from consumer.kafka.reader import TopicReader
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +225,7 @@ class ReplaySummary:
 
 
 class DeadLetterReader(Protocol):
-    """The reading side of a replay (``consumer.kafka.adapter.TopicReader``; tests use a fake)."""
+    """The reading side of a replay (``consumer.kafka.reader.TopicReader``; tests use a fake)."""
 
     async def read(self) -> list[Record]: ...
 
@@ -237,7 +233,8 @@ class DeadLetterReader(Protocol):
 
 
 class Sender(Protocol):
-    """The writing side of a replay (``consumer.kafka.adapter.KafkaProducer``; tests use a fake)."""
+    """The writing side of a replay (``consumer.kafka.producer.KafkaProducer``; tests use a
+    fake)."""
 
     async def send(
         self,

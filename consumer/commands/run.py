@@ -16,25 +16,20 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from consumer.config import Settings, load_settings
-from consumer.core.events import Record
 from consumer.core.mapping import build_mapper
 from consumer.core.profiles import ChangelogProfileStore
 from consumer.engine.engine import Engine, EngineOptions, EngineStats
-from consumer.errors import ConfigError
+from consumer.errors import ConfigError, KafkaAdapterError
 from consumer.highlevel.client import HighLevelClient, Timeouts
-from consumer.kafka.adapter import (
-    GroupProtocol,
-    KafkaAdapterError,
-    KafkaProducer,
-    KafkaSource,
-    TopicReader,
-    TopicSpec,
-    ensure_topics,
-)
+from consumer.kafka.admin import TopicSpec, ensure_topics
+from consumer.kafka.clients import GroupProtocol
+from consumer.kafka.parking import KafkaParkingLog
+from consumer.kafka.producer import KafkaProducer
+from consumer.kafka.source import KafkaSource
 from consumer.observe.metrics import Metrics, Readiness, StallDetector, StateSnapshot
 from consumer.observe.recent_deliveries import RecentDeliveries
 from consumer.observe.web import WebServer, serve_web
@@ -141,7 +136,13 @@ async def running_consumer(settings: Settings) -> AsyncIterator[Components]:
             session_timeout_ms=kafka.session_timeout_ms,
             extra=extra,
         )
-        parking = KafkaParkingLog(settings, protocol)
+        parking = KafkaParkingLog(
+            topic=kafka.parking_topic,
+            bootstrap=kafka.bootstrap_servers,
+            extra=extra,
+            group_protocol=protocol,
+            session_timeout_ms=kafka.session_timeout_ms,
+        )
         client = HighLevelClient(
             base_url=settings.highlevel.api_base_url,
             timeouts=Timeouts(total=settings.delivery.timeout_seconds),
@@ -195,47 +196,6 @@ async def running_consumer(settings: Settings) -> AsyncIterator[Components]:
         if limiter is not None:
             await limiter.aclose()
         await producer.close()
-
-
-class KafkaParkingLog:
-    """The parking topic on Kafka: ``source`` is a member of the parking group
-    (``<parking topic>``, one group for all instances), which replays parked upserts."""
-
-    def __init__(self, settings: Settings, protocol: GroupProtocol) -> None:
-        kafka = settings.kafka
-        self.topic = kafka.parking_topic
-        self._group = kafka.parking_topic  # the parking group is named after its topic
-        self._bootstrap = kafka.bootstrap_servers
-        self._extra = kafka.extra_settings()
-        self.source = KafkaSource(
-            bootstrap=kafka.bootstrap_servers,
-            group_id=self._group,
-            topics=[self.topic],
-            group_protocol=protocol,
-            session_timeout_ms=kafka.session_timeout_ms,
-            client_id="ghl-consumer-parking",
-            extra=self._extra,
-        )
-        self._offsets = TopicReader(
-            bootstrap=self._bootstrap, group_id=self._group, extra=self._extra
-        )
-
-    async def committed(self, partitions: Sequence[int]) -> Mapping[int, int]:
-        return await self._offsets.committed(self.topic, partitions)
-
-    async def unreplayed(self) -> list[Record]:
-        reader = TopicReader(bootstrap=self._bootstrap, group_id=self._group, extra=self._extra)
-        records: list[Record] = []
-        try:
-            await reader.open([self.topic], from_committed=True)
-            while batch := await reader.read(5_000):
-                records.extend(batch)
-        finally:
-            await reader.close()
-        return records
-
-    async def close(self) -> None:
-        await self._offsets.close()
 
 
 class _Observed:

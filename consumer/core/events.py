@@ -102,8 +102,9 @@ def json_type(value: object) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """One Kafka record as the engine sees it (built by ``consumer.kafka.adapter``; tests build them
-    directly). ``headers`` keep the producer's order; ``timestamp_ms`` is the record timestamp."""
+    """One Kafka record as the engine sees it (built by ``consumer.kafka.clients.to_record``;
+    tests build them directly). ``headers`` keep the producer's order; ``timestamp_ms`` is the
+    record timestamp."""
 
     topic: str
     partition: int

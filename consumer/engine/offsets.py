@@ -18,7 +18,7 @@ across a wide gap), the map is cut to the done offsets nearest the commit point:
 holds, only some already-delivered records may be sent again after a restart.
 
 Threading: nothing here is thread-safe, and nothing needs to be. Every call happens on the event
-loop thread: the engine's tasks complete offsets there, and ``consumer.kafka.adapter`` runs the
+loop thread: the engine's tasks complete offsets there, and ``consumer.kafka.source`` runs the
 rebalance callbacks (which revoke) there as well, so a revoke can never interleave with a
 ``complete``.
 The ``revoked`` flag therefore needs no lock, unlike redpanda-data/connect's, whose acks arrive on
@@ -65,7 +65,7 @@ class Assignment:
     """A partition newly assigned to this member, with the group's commit for it (what
     ``OffsetTracker.assign`` takes): ``committed`` is the offset consumption starts at (None:
     the group has none, the consumer's auto offset reset applies) and ``metadata`` that
-    commit's raw metadata. Built by ``consumer.kafka.adapter``; here so Kafka-free code can use
+    commit's raw metadata. Built by ``consumer.kafka.source``; here so Kafka-free code can use
     it."""
 
     topic: str

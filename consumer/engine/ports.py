@@ -19,7 +19,7 @@ from consumer.ratelimit.limiter import Permit
 
 
 class Source(Protocol):
-    """The consumer-group side of Kafka (``consumer.kafka.adapter.KafkaSource``; tests use a
+    """The consumer-group side of Kafka (``consumer.kafka.source.KafkaSource``; tests use a
     fake)."""
 
     async def start(self, listener: RebalanceListener) -> None: ...

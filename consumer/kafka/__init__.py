@@ -1,9 +1,18 @@
 """The Kafka adapter: the only package that imports ``confluent_kafka``.
 
-Lives here: the consumer-group source the engine reads (``source``), the producer of the
-consumer's own topics (``producer``), topic creation (``admin``), the one-pass reader of the
-operator commands (``reader``), client settings and librdkafka log handling (``clients``), and
-the translation of librdkafka errors into ``consumer.errors`` (``errors``).
+Map (each module's docstring states its contracts and threading model)::
+
+    clients.py   what every client shares: librdkafka settings, its throttled log, Partition,
+                 records, librdkafka errors -> consumer.errors, reading a group's commits
+    source.py    KafkaSource: the consumer-group member the engine reads (AIOConsumer; rebalance
+                 callbacks on the event loop)
+    producer.py  KafkaProducer: the consumer's own topics (Producer + a delivery thread)
+    admin.py     ensure_topics, TopicSpec: topic creation at start-up (AdminClient)
+    reader.py    TopicReader, PartitionRange: the one-pass reader of the operator commands
+                 (a plain Consumer run through asyncio.to_thread)
+    parking.py   KafkaParkingLog: consumer.engine.ports.ParkingLog on Kafka
+
+Errors raised here are ``consumer.errors``' ``KafkaAdapterError`` tree (and ``ConfigError``).
 
 May import: ``consumer.core``, ``consumer.engine`` (its ports and offset types),
 ``consumer.errors`` and confluent_kafka. Never: the commands, observe or HighLevel.

@@ -20,7 +20,8 @@ from collections.abc import Mapping
 
 from consumer.core.profiles import ChangelogProfileStore
 from consumer.errors import ProfileDecodeError
-from consumer.kafka.adapter import Setting, TopicReader
+from consumer.kafka.clients import Setting
+from consumer.kafka.reader import TopicReader
 from consumer.observe.metrics import Metrics
 
 logger = logging.getLogger(__name__)

@@ -14,12 +14,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from confluent_kafka import (
     Consumer,
     KafkaError,
-    KafkaException,
     Message,
     Producer,
     TopicPartition,
 )
 
+from consumer.kafka.clients import committed_offsets as kafka_committed
 from consumer.sandbox.process import sandbox_command
 from tests.kafka_broker import ROOT, die_with_parent
 
@@ -50,15 +50,6 @@ def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
         consumer.close()
 
 
-_COORDINATOR_BUSY = frozenset(
-    (
-        KafkaError.NOT_COORDINATOR,
-        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
-        KafkaError.COORDINATOR_NOT_AVAILABLE,
-    )
-)
-
-
 def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
     """The group's committed offsets per partition (-1001 where none); waits out a group
     coordinator that is still loading (a fresh broker).
@@ -66,21 +57,20 @@ def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -
     Read with a (non-subscribing) consumer of the group, not AdminClient: librdkafka's
     ListConsumerGroupOffsets can crash the process when the group coordinator is still loading
     (confluentinc/librdkafka#5040), which is exactly when tests start polling."""
+    committed = committed_records(bootstrap, group, topic, partitions)
+    return {tp.partition: tp.offset for tp in committed}
+
+
+def committed_records(
+    bootstrap: str, group: str, topic: str, partitions: int
+) -> list[TopicPartition]:
+    """The group's commits of ``topic``'s first ``partitions`` partitions, offset and metadata,
+    read as ``committed_offsets`` reads them."""
     consumer = Consumer(
         {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
     )
-    deadline = time.monotonic() + 30
     try:
-        while True:
-            try:
-                committed = consumer.committed(
-                    [TopicPartition(topic, p) for p in range(partitions)], timeout=30
-                )
-                return {tp.partition: tp.offset for tp in committed}
-            except KafkaException as exc:
-                if exc.args[0].code() not in _COORDINATOR_BUSY or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        return kafka_committed(consumer, [(topic, p) for p in range(partitions)], timeout_s=30)
     finally:
         consumer.close()
 
@@ -160,30 +150,37 @@ class CommitSampler:
     """Reads a group's committed offsets every ``interval_s`` in a thread, with one client, for
     as long as the ``with`` block lasts. ``samples`` holds (``time.time()`` taken after the
     read returned, {partition: offset}); -1001 where the group has no commit. A read the
-    group coordinator cannot answer yet is skipped, not recorded."""
+    group coordinator cannot answer yet is retried (for up to ``timeout_s``), not recorded;
+    ``timeout_s`` also bounds each read."""
 
     def __init__(
-        self, bootstrap: str, group: str, topic: str, partitions: int, interval_s: float = 0.2
+        self,
+        bootstrap: str,
+        group: str,
+        topic: str,
+        partitions: int,
+        interval_s: float = 0.2,
+        timeout_s: float = 10.0,
     ) -> None:
         self._consumer = Consumer(
             {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
         )
-        self._request = [TopicPartition(topic, p) for p in range(partitions)]
+        self._request = [(topic, p) for p in range(partitions)]
         self._interval_s = interval_s
+        self._timeout_s = timeout_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="commit-sampler", daemon=True)
         self.samples: list[tuple[float, dict[int, int]]] = []
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            try:
-                committed = self._consumer.committed(self._request, timeout=10)
-            except KafkaException as exc:
-                if exc.args[0].code() not in _COORDINATOR_BUSY:
-                    raise
-            else:
-                self.samples.append((time.time(), {tp.partition: tp.offset for tp in committed}))
+            self.sample()
             self._stop.wait(self._interval_s)
+
+    def sample(self) -> None:
+        """Read the commits once and record them (``kafka.clients.committed_offsets``)."""
+        committed = kafka_committed(self._consumer, self._request, timeout_s=self._timeout_s)
+        self.samples.append((time.time(), {tp.partition: tp.offset for tp in committed}))
 
     def latest(self) -> dict[int, int]:
         """The newest sample ({} before the first)."""

@@ -12,7 +12,7 @@ from confluent_kafka import Message
 
 from consumer.core.deadletter import REJECTED_BY_HIGHLEVEL, Failure, dead_letter_headers
 from consumer.core.events import Record
-from consumer.kafka.adapter import KafkaProducer
+from consumer.kafka.producer import KafkaProducer
 from tests.integration.consumer_harness import end_offsets, read_all, run_command
 
 pytestmark = pytest.mark.integration

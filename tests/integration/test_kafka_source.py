@@ -12,26 +12,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
 # ConfigResource: documented in confluent_kafka.admin; the re-export is not marked for mypy.
 from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined]
 
 from consumer.core.events import Record
-from consumer.engine.offsets import CommitPoint, OffsetMap
+from consumer.engine.offsets import Assignment, CommitPoint, OffsetMap
 from consumer.engine.ports import Produced
-from consumer.errors import ConfigError
-from consumer.kafka.adapter import (
-    Assignment,
-    CommitFailedError,
-    GroupProtocol,
-    KafkaProducer,
-    KafkaSource,
-    Partition,
-    ProduceFailedError,
-    TopicSpec,
-    ensure_topics,
-)
+from consumer.errors import CommitFailedError, ConfigError, ProduceFailedError
+from consumer.kafka.admin import TopicSpec, ensure_topics
+from consumer.kafka.clients import GroupProtocol, Partition
+from consumer.kafka.producer import KafkaProducer
+from consumer.kafka.source import KafkaSource
+from tests.integration.consumer_harness import committed_records
 
 pytestmark = pytest.mark.integration
 
@@ -140,16 +134,9 @@ async def poll_for(members: list[Member], seconds: float) -> None:
 
 
 def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, Any]:
-    """Committed (offset, metadata) per partition, read by a non-subscribing group consumer (not
-    AdminClient, which can crash while the coordinator loads: confluentinc/librdkafka#5040)."""
-    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
-    try:
-        result = reader.committed(
-            [TopicPartition(topic, p) for p in range(partitions)], timeout=30
-        )
-    finally:
-        reader.close()
-    return {tp.partition: (tp.offset, tp.metadata) for tp in result}  # called after commits
+    """Committed (offset, metadata) per partition (``consumer_harness.committed_records``)."""
+    committed = committed_records(bootstrap, group, topic, partitions)
+    return {tp.partition: (tp.offset, tp.metadata) for tp in committed}
 
 
 def group_name() -> str:

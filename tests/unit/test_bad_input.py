@@ -58,7 +58,8 @@ class LimitedSink(MemorySink):
 
 
 def kafka_headers(headers: Sequence[tuple[str, bytes | None]]) -> tuple[tuple[str, bytes], ...]:
-    """Headers as ``consumer.kafka.adapter`` hands them to the engine: a None value becomes b""."""
+    """Headers as ``consumer.kafka.clients.to_record`` hands them to the engine: a None value
+    becomes b""."""
     return tuple((name, value or b"") for name, value in headers)
 
 

@@ -25,7 +25,7 @@ from consumer.core import deadletter
 from consumer.core.deadletter import Failure, dead_letter_headers, read_failure
 from consumer.core.events import Record
 from consumer.engine.ports import Produced
-from consumer.kafka.adapter import ProduceFailedError
+from consumer.errors import ProduceFailedError
 
 DLQ = "grp.dead-letter"
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC).timestamp()

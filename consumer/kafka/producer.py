@@ -1,0 +1,183 @@
+"""``KafkaProducer``: writes the consumer's own topics (dead letters, parking, the profile
+changelog) and confirms each delivery.
+
+Threads and the event loop
+    Built on the plain ``confluent_kafka.Producer`` (thread-safe): ``send``/``produce`` only
+    enqueue and run on the loop thread; a dedicated thread (``kafka-producer``) serves delivery
+    reports and resolves the futures via ``call_soon_threadsafe``, and asks whether a broker is
+    back after an outage. (``AIOProducer`` is not used: its batching mode rejects headers, which
+    dead-letter records need.)
+
+Errors
+    ``ProduceFailedError``: raised by ``send`` (closed, or the record refused outright) or set on
+    the delivery future (not delivered). ``ConfigError``/``KafkaAdapterError`` from the
+    constructor for a setting librdkafka refuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from consumer.engine.ports import Produced
+from consumer.errors import ProduceFailedError
+from consumer.kafka.clients import (
+    PROBE_INTERVAL_S,
+    PROBE_TIMEOUT_S,
+    Setting,
+    adapter_error,
+    librdkafka_logger,
+    new_client_error,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class KafkaProducer:
+    """Idempotent producer for the consumer's own topics (dead letters, parking, profile
+    changelog). Create it inside the running loop's thread; ``close`` flushes."""
+
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        client_id: str = "ghl-consumer",
+        linger_ms: int = 5,
+        delivery_timeout_ms: int = 120_000,
+        extra: Mapping[str, Setting] | None = None,
+    ) -> None:
+        """``extra``: further librdkafka settings (security, compression, ...). Idempotence
+        (and with it ``acks=all``) is always on. Raises ``KafkaAdapterError`` on a bad
+        setting."""
+        config: dict[str, Any] = {
+            "bootstrap.servers": bootstrap,
+            "client.id": client_id,
+            "linger.ms": linger_ms,
+            "delivery.timeout.ms": delivery_timeout_ms,
+            **(extra or {}),
+            "enable.idempotence": True,
+            "error_cb": self._on_error,
+            "logger": librdkafka_logger,
+        }
+        try:
+            self._producer = Producer(config)
+        except KafkaException as exc:
+            raise new_client_error(exc, "kafka producer") from exc
+        self._closing = threading.Event()
+        self._closed = False
+        self._flush_timeout_s = 30.0
+        # False after librdkafka reported all brokers down, until a metadata request is
+        # answered (asked from the serving thread, once per PROBE_INTERVAL_S meanwhile).
+        # Unlike a consumer's, this client keeps serving its callbacks during an outage.
+        self.broker_reachable = True
+        self._thread = threading.Thread(target=self._serve, name="kafka-producer", daemon=True)
+        self._thread.start()
+
+    async def produce(
+        self,
+        topic: str,
+        *,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]] = (),
+    ) -> Produced:
+        """Write one record; return where it landed once the broker has it (``send``, then
+        await its future). Raises ``ProduceFailedError``."""
+        return await (await self.send(topic, key=key, value=value, headers=headers))
+
+    async def send(
+        self,
+        topic: str,
+        *,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]] = (),
+    ) -> asyncio.Future[Produced]:
+        """Enqueue one record without waiting for the broker, to pipeline many: the returned
+        future resolves to ``Produced`` once the broker has it, or fails with
+        ``ProduceFailedError``. Waits (without blocking the loop) while librdkafka's local
+        queue is full. Raises ``ProduceFailedError`` when closed or the record is refused
+        outright (e.g. too large)."""
+        if self._closed or self._closing.is_set():
+            raise ProduceFailedError("producer is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Produced] = loop.create_future()
+        on_delivery = _delivery_callback(loop, future)
+        while True:
+            try:
+                # Enqueue only: librdkafka never blocks here, so the loop thread may call it.
+                self._producer.produce(
+                    topic, value=value, key=key, headers=list(headers), on_delivery=on_delivery
+                )
+                return future
+            except BufferError:
+                await asyncio.sleep(0.05)  # queue full: the serving thread drains it
+            except KafkaException as exc:
+                raise ProduceFailedError(str(adapter_error(exc, "produce"))) from exc
+
+    async def close(self, timeout_s: float = 30.0) -> None:
+        """Deliver what is queued (up to ``timeout_s``), fail the rest with
+        ``ProduceFailedError``, stop the serving thread. Idempotent."""
+        if self._closed:
+            return
+        self._flush_timeout_s = timeout_s
+        self._closing.set()
+        await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+        self._closed = True
+
+    def _serve(self) -> None:
+        # Runs on the producer's own thread: delivery reports resolve futures on the loop.
+        probed = 0.0
+        while not self._closing.is_set():
+            self._producer.poll(0.1)
+            if not self.broker_reachable and time.monotonic() - probed >= PROBE_INTERVAL_S:
+                probed = time.monotonic()
+                try:
+                    self._producer.list_topics(timeout=PROBE_TIMEOUT_S)
+                except KafkaException:
+                    continue
+                self.broker_reachable = True
+                logger.info("kafka broker reachable again (producer)")
+        remaining = self._producer.flush(self._flush_timeout_s)
+        if remaining:
+            logger.error("kafka producer: %d record(s) undelivered at close", remaining)
+            self._producer.purge()
+            self._producer.poll(0)
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            self.broker_reachable = False
+        librdkafka_logger.warning("kafka producer error: %s", err.str())
+
+
+def _delivery_callback(
+    loop: asyncio.AbstractEventLoop, future: asyncio.Future[Produced]
+) -> Callable[[KafkaError | None, Message], None]:
+    def settle(err: KafkaError | None, where: Produced | None) -> None:
+        if future.done():  # the caller gave up waiting
+            return
+        if err is not None or where is None:
+            why = err.str() if err is not None else "no delivery report"
+            retriable = err is not None and err.retriable()
+            future.set_exception(ProduceFailedError(f"not delivered: {why}", retriable=retriable))
+        else:
+            future.set_result(where)
+
+    def on_delivery(err: KafkaError | None, message: Message) -> None:
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        where = (
+            Produced(topic, partition, offset)
+            if err is None and topic is not None and partition is not None and offset is not None
+            else None
+        )
+        with contextlib.suppress(RuntimeError):  # the loop is already closed: nobody waits
+            loop.call_soon_threadsafe(settle, err, where)
+
+    return on_delivery
