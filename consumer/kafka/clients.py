@@ -271,25 +271,30 @@ _COORDINATOR_BUSY: Final = frozenset(
         KafkaError._TIMED_OUT,
     )
 )
-_RETRY_PAUSE_S: Final = 0.2
+RETRY_PAUSE_S: Final = 0.2
+
+
+def coordinator_busy(exc: KafkaException) -> bool:
+    """Whether ``exc`` says the group coordinator is busy (loading, moving, or not answering in
+    time) or is otherwise retriable: a read of the group's offsets may succeed shortly."""
+    err = kafka_error(exc)
+    return err is not None and (err.code() in _COORDINATOR_BUSY or err.retriable())
 
 
 def wait_out_coordinator(call: Callable[[], _T], *, timeout_s: float) -> _T:
-    """``call()``, again every 0.2 s while it raises a ``KafkaException`` that says the group
-    coordinator is busy (loading, moving, or not answering in time) or that is retriable, until
-    ``timeout_s`` after the first attempt; then, or on any other error, the exception
-    propagates. Blocks: run it on a worker thread."""
+    """``call()``, again every 0.2 s while it raises a ``KafkaException`` for which
+    ``coordinator_busy`` holds, until ``timeout_s`` after the first attempt; then, or on any
+    other error, the exception propagates. Blocks: run it on a worker thread
+    (``KafkaSource`` has the asynchronous twin, over ``AIOConsumer.committed``)."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             return call()
         except KafkaException as exc:
-            err = kafka_error(exc)
-            busy = err is not None and (err.code() in _COORDINATOR_BUSY or err.retriable())
-            if not busy or time.monotonic() > deadline:
+            if not coordinator_busy(exc) or time.monotonic() > deadline:
                 raise
             logger.info("kafka group coordinator busy: %s; retrying", exc)
-            time.sleep(_RETRY_PAUSE_S)
+            time.sleep(RETRY_PAUSE_S)
 
 
 def committed_offsets(

@@ -50,6 +50,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -64,15 +65,17 @@ from consumer.errors import CommitFailedError, ConfigError, KafkaAdapterError
 from consumer.kafka.clients import (
     PROBE_INTERVAL_S,
     PROBE_TIMEOUT_S,
+    RETRY_PAUSE_S,
     GroupProtocol,
     Partition,
     Setting,
     adapter_error,
     commit_failed,
-    committed_offsets,
+    coordinator_busy,
     librdkafka_logger,
     member_config,
     new_client_error,
+    raise_partition_error,
     to_record,
     topic_partitions,
 )
@@ -105,24 +108,6 @@ class PartitionLag:
         if self.position is None or self.high_watermark is None:
             return None
         return max(0, self.high_watermark - self.position)
-
-
-class _Consumer(AIOConsumer):
-    """``AIOConsumer`` that also runs ``clients.committed_offsets`` (retries included) as one
-    call on its executor, serialised and re-entrant like its own calls. ``_call`` and
-    ``_consumer`` are how every ``AIOConsumer`` method is written (confluent-kafka 2.16)."""
-
-    async def committed_offsets(
-        self, partitions: Sequence[tuple[str, int]], *, timeout_s: float, request_timeout_s: float
-    ) -> list[TopicPartition]:
-        found: list[TopicPartition] = await self._call(
-            committed_offsets,
-            self._consumer,
-            partitions,
-            timeout_s=timeout_s,
-            request_timeout_s=request_timeout_s,
-        )
-        return found
 
 
 class KafkaSource:
@@ -183,7 +168,7 @@ class KafkaSource:
         self.group_protocol: GroupProtocol = group_protocol
         self._config = config
         self._topics = list(topics)
-        self._aio: _Consumer | None = None
+        self._aio: AIOConsumer | None = None
         self._listener: RebalanceListener | None = None
         self._lock = asyncio.Lock()
         self._inflight: asyncio.Task[list[Message]] | None = None
@@ -216,7 +201,7 @@ class KafkaSource:
         config["on_commit"] = self._on_commit
         config["logger"] = librdkafka_logger
         try:
-            self._aio = _Consumer(config, max_workers=2)
+            self._aio = AIOConsumer(config, max_workers=2)
         except KafkaException as exc:
             raise new_client_error(exc, "kafka consumer") from exc
         try:
@@ -297,7 +282,7 @@ class KafkaSource:
         self._inflight = None
         return self._records(messages)
 
-    async def _consume(self, aio: _Consumer, max_records: int, timeout_s: float) -> list[Message]:
+    async def _consume(self, aio: AIOConsumer, max_records: int, timeout_s: float) -> list[Message]:
         async with self._lock:
             try:
                 messages: list[Message] = await aio.consume(
@@ -429,7 +414,7 @@ class KafkaSource:
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _require_started(self) -> _Consumer:
+    def _require_started(self) -> AIOConsumer:
         if self._aio is None:
             raise RuntimeError("KafkaSource.start() has not been called")
         if self._closed:
@@ -442,7 +427,7 @@ class KafkaSource:
         return self._listener
 
     @contextlib.asynccontextmanager
-    async def _serial(self) -> AsyncIterator[_Consumer]:
+    async def _serial(self) -> AsyncIterator[AIOConsumer]:
         """One librdkafka call at a time; calls from our own rebalance callback belong to the
         call in progress and must not wait for it."""
         aio = self._require_started()
@@ -452,7 +437,7 @@ class KafkaSource:
         async with self._lock:
             yield self._require_started()
 
-    async def _on_assign(self, aio: _Consumer, partitions: list[TopicPartition]) -> None:
+    async def _on_assign(self, aio: AIOConsumer, partitions: list[TopicPartition]) -> None:
         token = _IN_CALLBACK.set(self)
         try:
             committed = await self._committed(aio, partitions)
@@ -484,19 +469,27 @@ class KafkaSource:
             _IN_CALLBACK.reset(token)
 
     async def _committed(
-        self, aio: _Consumer, partitions: list[TopicPartition]
+        self, aio: AIOConsumer, partitions: list[TopicPartition]
     ) -> list[TopicPartition]:
         request = [Partition(tp.topic, tp.partition) for tp in partitions]
         if self._closing:
             # An assignment still pending when close() began: librdkafka no longer answers
             # offset fetches then (it would time out), and nothing will be fetched anyway.
             return topic_partitions(request)
+        deadline = time.monotonic() + _COMMITTED_TIMEOUT_S
         try:
-            return await aio.committed_offsets(
-                request,
-                timeout_s=_COMMITTED_TIMEOUT_S,
-                request_timeout_s=_COMMITTED_REQUEST_TIMEOUT_S,
-            )
+            while True:  # as clients.wait_out_coordinator, without blocking the loop
+                try:
+                    found: list[TopicPartition] = await aio.committed(
+                        topic_partitions(request), timeout=_COMMITTED_REQUEST_TIMEOUT_S
+                    )
+                    raise_partition_error(found)
+                    return found
+                except KafkaException as exc:
+                    if not coordinator_busy(exc) or time.monotonic() > deadline:
+                        raise
+                    logger.info("kafka group coordinator busy: %s; retrying", exc)
+                    await asyncio.sleep(RETRY_PAUSE_S)
         except KafkaException as exc:
             # At-least-once still holds: librdkafka fetches the committed offset itself; only
             # the map of done offsets above it is unknown, so some delivered records may be
@@ -506,14 +499,14 @@ class KafkaSource:
             )
             return topic_partitions(request)
 
-    async def _on_revoke(self, aio: _Consumer, partitions: list[TopicPartition]) -> None:
+    async def _on_revoke(self, aio: AIOConsumer, partitions: list[TopicPartition]) -> None:
         await self._release(aio, partitions, lost=False)
 
-    async def _on_lost(self, aio: _Consumer, partitions: list[TopicPartition]) -> None:
+    async def _on_lost(self, aio: AIOConsumer, partitions: list[TopicPartition]) -> None:
         await self._release(aio, partitions, lost=True)
 
     async def _release(
-        self, aio: _Consumer, partitions: list[TopicPartition], *, lost: bool
+        self, aio: AIOConsumer, partitions: list[TopicPartition], *, lost: bool
     ) -> None:
         token = _IN_CALLBACK.set(self)
         gone = [Partition(tp.topic, tp.partition) for tp in partitions]
