@@ -1,11 +1,11 @@
 """Settings: the one reader of configuration files and the environment.
 
 ``load_settings(path, environ)`` reads an optional TOML file, applies the environment
-overrides named in DESIGN.md section 4, validates everything and returns a frozen ``Settings``
-tree, or raises ``ConfigError`` whose message names the field (``integrations[1].location_id:
-required``, ``KAFKA_TOPICS: ...``). Tokens are ``Secret`` values: masked in repr/str, the raw
-value only through ``Secret.reveal()``; error messages name where a secret comes from, never
-its value.
+overrides below (``docs/architecture.md``, "Configuration"), validates everything and returns
+a frozen ``Settings`` tree, or raises ``ConfigError`` whose message names the field
+(``integrations[1].location_id: required``, ``KAFKA_TOPICS: ...``). Tokens are ``Secret``
+values: masked in repr/str, the raw value only through ``Secret.reveal()``; error messages name
+where a secret comes from, never its value.
 
 Environment, overriding the file:
 ``KAFKA_BOOTSTRAP_SERVERS``, ``KAFKA_TOPICS`` (comma list), ``KAFKA_GROUP_ID``,

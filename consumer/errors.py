@@ -6,6 +6,9 @@
     +-- ConfigError               bad configuration; start-up stops. Not retriable: fix the config.
     +-- ProfileDecodeError        a stored profile's bytes are not a profile. Not retriable for that
     |                             record; the caller decides (drop the stored profile, log, go on).
+    +-- AuditError                (consumer.commands.audit) an input of ``ghl-consumer audit`` is
+    |                             missing or unreachable (a source topic, the sandbox): the audit
+    |                             cannot run, exit 2. Retriable once the input is there.
     +-- DailyBudgetExhausted      (consumer.ratelimit.limiter) a location's daily request budget
                                   is spent.
                                   Retriable after its ``until``; the engine holds or parks the
@@ -29,3 +32,8 @@ class ConfigError(ConsumerError):
 
 class ProfileDecodeError(ConsumerError, ValueError):
     """``Profile.from_bytes`` was given bytes that are not an encoded profile."""
+
+
+class AuditError(ConsumerError):
+    """``ghl-consumer audit`` cannot run: a source topic does not exist, or the sandbox does not
+    answer with a contact list. Raised by ``consumer.commands.audit``; the command exits 2."""

@@ -60,7 +60,7 @@ from consumer.core.deadletter import read_failure
 from consumer.core.events import ContactUpsert, Drop, Record, Reject
 from consumer.core.mapping import Mapper, build_mapper
 from consumer.engine.parking import parked_sources
-from consumer.errors import ConfigError
+from consumer.errors import AuditError, ConfigError
 from consumer.kafka.adapter import KafkaAdapterError, TopicReader
 
 logger = logging.getLogger(__name__)
@@ -73,10 +73,6 @@ Coordinates = tuple[str, int, int]
 MISSING: Final = "missing contact"
 MISMATCH: Final = "field mismatch"
 NOT_DEAD_LETTERED: Final = "rejected but not in the dead-letter or parking topic"
-
-
-class AuditError(Exception):
-    """The audit cannot run (an input is missing or unreachable); exit status 2."""
 
 
 # -- pure --------------------------------------------------------------------------------------

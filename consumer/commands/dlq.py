@@ -236,7 +236,7 @@ class DeadLetterReader(Protocol):
     async def commit(self, offsets: Mapping[tuple[str, int], int]) -> None: ...
 
 
-class Sender(Protocol):
+class ReplayWriter(Protocol):
     """The writing side of a replay (``consumer.kafka.adapter.KafkaProducer``; tests use a fake)."""
 
     async def send(
@@ -251,7 +251,7 @@ class Sender(Protocol):
 
 async def replay(
     reader: DeadLetterReader,
-    producer: Sender | None,
+    producer: ReplayWriter | None,
     *,
     selection: Selection,
     to: str | None,

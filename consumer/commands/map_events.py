@@ -1,6 +1,6 @@
 """``ghl-consumer map``: the dry run. JSONL events on stdin -> one JSON line per input line.
 
-Output lines (DESIGN.md section 4)::
+Output lines (``docs/architecture.md``, "Mapping rules")::
 
     {"line": N, "action": "upsert", "integration": ID, "payload": {...}}
     {"line": N, "action": "drop", "reason": R}

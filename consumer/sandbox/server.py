@@ -588,7 +588,7 @@ async def run_sandbox(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``ghl-consumer sandbox`` (DESIGN.md section 4 plus sandbox extras)."""
+    """Options of ``ghl-consumer sandbox`` (``docs/highlevel.md``, "Sandbox fidelity")."""
     defaults = RateLimits()
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
     parser.add_argument(
