@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -55,12 +54,19 @@ from typing import Any, Final, TextIO
 import aiohttp
 import orjson
 
-from consumer.config import Settings, load_settings
+from consumer.commands.preamble import (
+    Failure,
+    add_config_argument,
+    configure_logging,
+    load,
+    run_command,
+)
+from consumer.config import Settings
 from consumer.core.deadletter import read_failure
 from consumer.core.events import ContactUpsert, Drop, Record, Reject
 from consumer.core.mapping import Mapper, build_mapper
 from consumer.engine.parking import parked_sources
-from consumer.errors import AuditError, ConfigError
+from consumer.errors import AuditError
 from consumer.kafka.adapter import KafkaAdapterError, TopicReader
 
 logger = logging.getLogger(__name__)
@@ -499,12 +505,7 @@ Exit status: 0 nothing unaccounted, 1 something unaccounted, 2 the audit could n
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = _HELP
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        default=os.environ.get("GHL_CONFIG"),
-        help="TOML configuration file, as for run (default: $GHL_CONFIG)",
-    )
+    add_config_argument(parser)
     parser.add_argument(
         "--sandbox",
         required=True,
@@ -530,11 +531,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """``ghl-consumer audit``: see the module docstring for the exit status."""
-    logging.basicConfig(
-        level="WARNING", format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    try:
-        settings = load_settings(args.config, os.environ, read_secrets=False, kafka_secrets=True)
+    configure_logging("WARNING")
+
+    def audit() -> int:
+        settings = load(args.config, read_secrets=False, kafka_secrets=True)
         kafka = settings.kafka
         report = asyncio.run(
             run_audit(
@@ -545,14 +545,14 @@ def main(args: argparse.Namespace) -> int:
                 sandbox_url=args.sandbox,
             )
         )
-    except ConfigError as exc:
-        print(f"ghl-consumer audit: configuration error: {exc}", file=sys.stderr)
-        return 2
-    except (AuditError, KafkaAdapterError) as exc:
-        print(f"ghl-consumer audit: cannot audit: {exc}", file=sys.stderr)
-        return 2
-    if args.json:
-        sys.stdout.write(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode() + "\n")
-    else:
-        report.render(sys.stdout)
-    return 1 if report.unaccounted else 0
+        if args.json:
+            sys.stdout.write(
+                orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode() + "\n"
+            )
+        else:
+            report.render(sys.stdout)
+        return 1 if report.unaccounted else 0
+
+    return run_command(
+        "ghl-consumer audit", audit, Failure((AuditError, KafkaAdapterError), "cannot audit", 2)
+    )

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -42,11 +41,17 @@ from typing import Final, Protocol, TextIO
 
 import orjson
 
-from consumer.config import Settings, load_settings
+from consumer.commands.preamble import (
+    Failure,
+    add_config_argument,
+    configure_logging,
+    load,
+    run_command,
+)
+from consumer.config import Settings
 from consumer.core.deadletter import HEADER_PREFIX, read_failure
 from consumer.core.events import Record
 from consumer.engine.ports import Produced
-from consumer.errors import ConfigError
 from consumer.kafka.adapter import (
     KafkaAdapterError,
     KafkaProducer,
@@ -462,12 +467,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     list_parser = sub.add_parser("list", help="summarise dead letters", description=_LIST_HELP)
     for sub_parser in (replay_parser, list_parser):
-        sub_parser.add_argument(
-            "--config",
-            metavar="FILE",
-            default=os.environ.get("GHL_CONFIG"),
-            help="TOML configuration file (default: $GHL_CONFIG; the environment overrides it)",
-        )
+        add_config_argument(sub_parser)
         sub_parser.add_argument(
             "--topic", help="dead-letter topic (default: kafka.dead_letter_topic)"
         )
@@ -515,13 +515,7 @@ def _since(text: str) -> datetime:
 
 def main(args: argparse.Namespace) -> int:
     """``ghl-consumer dlq replay|list``: see the module docstring for the exit status."""
-    logging.basicConfig(
-        level="WARNING", format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    environ = dict(os.environ)
-    if args.config is None and "GHL_LOCATION_ID" not in environ:
-        # Only the [kafka] settings are used here; integrations need not be configured.
-        environ["GHL_LOCATION_ID"] = _PLACEHOLDER_LOCATION
+    configure_logging("WARNING")
     args.selection = Selection(
         reasons=frozenset(args.reason),
         integration=args.integration,
@@ -529,12 +523,15 @@ def main(args: argparse.Namespace) -> int:
         since=args.since,
     )
     command = _replay_command if args.dlq_command == "replay" else _list_command
-    try:
-        settings = load_settings(args.config, environ, read_secrets=False, kafka_secrets=True)
+
+    def dlq() -> int:
+        # Only the [kafka] settings are used here; integrations need not be configured.
+        settings = load(
+            args.config,
+            placeholder_location=_PLACEHOLDER_LOCATION,
+            read_secrets=False,
+            kafka_secrets=True,
+        )
         return asyncio.run(command(args, settings, sys.stdout))
-    except ConfigError as exc:
-        print(f"ghl-consumer dlq: configuration error: {exc}", file=sys.stderr)
-        return 2
-    except KafkaAdapterError as exc:
-        print(f"ghl-consumer dlq: kafka: {exc}", file=sys.stderr)
-        return 1
+
+    return run_command("ghl-consumer dlq", dlq, Failure((KafkaAdapterError,), "kafka", 1))
