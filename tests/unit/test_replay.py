@@ -10,14 +10,14 @@ from datetime import UTC, datetime
 
 import pytest
 
-from consumer.commands.dlq import (
+from consumer.commands.dlq import replay
+from consumer.commands.dlq_selection import (
     REPLAYED_FROM,
     CommitPoints,
     Selection,
     error_text,
     parse_time,
     render_groups,
-    replay,
     replay_headers,
     summarise,
 )
