@@ -6,9 +6,10 @@
     +-- ConfigError               bad configuration; start-up stops. Not retriable: fix the config.
     +-- ProfileDecodeError        a stored profile's bytes are not a profile. Not retriable for that
     |                             record; the caller decides (drop the stored profile, log, go on).
-    +-- AuditError                (consumer.commands.audit) an input of ``ghl-consumer audit`` is
-    |                             missing or unreachable (a source topic, the sandbox): the audit
-    |                             cannot run, exit 2. Retriable once the input is there.
+    +-- AuditError                (consumer.commands.audit) a source topic of ``ghl-consumer audit``
+    |                             does not exist: the audit cannot run, exit 2.
+    +-- SandboxError              (consumer.sandbox.admin) the sandbox's admin API did not answer
+    |                             with what was asked (unreachable, not 200, not a contact list).
     +-- DailyBudgetExhausted      (consumer.ratelimit.limiter) a location's daily request budget
                                   is spent.
                                   Retriable after its ``until``; the engine holds or parks the
@@ -35,5 +36,10 @@ class ProfileDecodeError(ConsumerError, ValueError):
 
 
 class AuditError(ConsumerError):
-    """``ghl-consumer audit`` cannot run: a source topic does not exist, or the sandbox does not
-    answer with a contact list. Raised by ``consumer.commands.audit``; the command exits 2."""
+    """``ghl-consumer audit`` cannot run: a source topic does not exist. Raised by
+    ``consumer.commands.audit``; the command exits 2."""
+
+
+class SandboxError(ConsumerError):
+    """The sandbox's admin API did not answer as asked; the message names the sandbox's URL.
+    Raised by ``consumer.sandbox.admin``; ``ghl-consumer audit`` exits 2."""

@@ -46,10 +46,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
-import aiohttp
 import orjson
 
 from consumer.commands.audit_ledger import ExpectedContacts, Report, SourceIndex, compare
@@ -62,35 +60,9 @@ from consumer.commands.preamble import (
 )
 from consumer.config import Settings
 from consumer.core.mapping import build_mapper
-from consumer.errors import AuditError
+from consumer.errors import AuditError, SandboxError
 from consumer.kafka.adapter import KafkaAdapterError, TopicReader
-
-
-async def read_sandbox_contacts(
-    url: str, location_ids: Iterable[str], *, timeout_s: float = 30.0
-) -> dict[str, list[dict[str, Any]]]:
-    """Every contact of each location from the sandbox's ``GET /_sandbox/contacts``. Raises
-    ``AuditError`` when it does not answer 200 with a contact list."""
-    result: dict[str, list[dict[str, Any]]] = {}
-    timeout = aiohttp.ClientTimeout(total=timeout_s)
-    try:
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            for location_id in dict.fromkeys(location_ids):
-                async with session.get(
-                    f"{url.rstrip('/')}/_sandbox/contacts", params={"locationId": location_id}
-                ) as response:
-                    if response.status != 200:
-                        raise AuditError(
-                            f"sandbox {url}: location {location_id}: HTTP {response.status}"
-                        )
-                    body = orjson.loads(await response.read())
-                contacts = body.get("contacts") if isinstance(body, dict) else None
-                if not isinstance(contacts, list):
-                    raise AuditError(f"sandbox {url}: location {location_id}: no contact list")
-                result[location_id] = contacts
-    except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
-        raise AuditError(f"sandbox {url}: {exc or type(exc).__name__}") from exc
-    return result
+from consumer.sandbox.admin import read_contacts
 
 
 async def _read_all(reader: TopicReader, sink: SourceIndex | ExpectedContacts) -> int:
@@ -127,8 +99,8 @@ async def run_audit(
     parking_topic: str,
     sandbox_url: str,
 ) -> Report:
-    """The whole audit (method steps 1-4). Raises ``AuditError`` (also for a source topic that
-    does not exist) and ``KafkaAdapterError``."""
+    """The whole audit (method steps 1-4). Raises ``AuditError`` for a source topic that does
+    not exist, ``SandboxError`` and ``KafkaAdapterError``."""
     source, source_sizes = await _open(settings, topics)
     try:
         missing = [t for t in topics if t not in source_sizes]
@@ -157,7 +129,7 @@ async def run_audit(
     finally:
         await source.close()
     ledger = expected.ledger()
-    contacts = await read_sandbox_contacts(
+    contacts = await read_contacts(
         sandbox_url, (i.location_id for i in settings.integrations)
     )
     return Report(ledger, compare(ledger.contacts, contacts), sizes, tuple(absent))
@@ -231,6 +203,5 @@ def main(args: argparse.Namespace) -> int:
             report.render(sys.stdout)
         return 1 if report.unaccounted else 0
 
-    return run_command(
-        "ghl-consumer audit", audit, Failure((AuditError, KafkaAdapterError), "cannot audit", 2)
-    )
+    cannot = Failure((AuditError, SandboxError, KafkaAdapterError), "cannot audit", 2)
+    return run_command("ghl-consumer audit", audit, cannot)
