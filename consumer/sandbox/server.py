@@ -1,5 +1,7 @@
 """The sandbox's HTTP side: HighLevel's contact endpoints and admin endpoints
 (``ghl-consumer sandbox``, its command line, is ``consumer.commands.sandbox``).
+Over 500 lines on purpose: one ``Sandbox`` holds a request's whole path (admission, endpoint,
+log), which reads best in one place; the pure rules are in ``state``, ``schema`` and ``settings``.
 
 API (HighLevel's, ``Version: 2021-07-28``, ``Authorization: Bearer <token>``):
   ``POST /contacts/upsert``, ``POST /contacts/{contactId}/tags``, ``GET /contacts/{contactId}``.
