@@ -82,8 +82,8 @@ def configure_logging(level: str, *, timestamps: bool = False) -> None:
 
 def needs_placeholder(config: str | None) -> bool:
     """True when neither a file nor ``GHL_LOCATION_ID`` configures an integration: the
-    commands that use no integration's location (``map`` aside from its output, ``dlq``) then
-    pass a ``placeholder_location`` to ``load``."""
+    commands that need no real location (``map``, ``dlq``) then pass ``load`` a
+    ``placeholder_location``."""
     return config is None and "GHL_LOCATION_ID" not in os.environ
 
 
