@@ -13,6 +13,10 @@
     |   |                         KafkaSource.commit, TopicReader.commit.
     |   +-- ProduceFailedError    a record was not delivered: KafkaProducer (set on the delivery
     |                             future, or raised by ``send``).
+    +-- AuditError                (consumer.commands.audit) a source topic of ``ghl-consumer audit``
+    |                             does not exist: the audit cannot run, exit 2.
+    +-- SandboxError              (consumer.sandbox.admin) the sandbox's admin API did not answer
+    |                             with what was asked (unreachable, not 200, not a contact list).
     +-- DailyBudgetExhausted      (consumer.ratelimit) a location's daily request budget is spent.
                                   Retriable after its ``until``; the engine holds or parks the
                                   location's events meanwhile.
@@ -60,6 +64,16 @@ class CommitFailedError(KafkaAdapterError):
 
 class ProduceFailedError(KafkaAdapterError):
     """A record was not delivered (after librdkafka's own retries, or the producer closed)."""
+
+
+class AuditError(ConsumerError):
+    """``ghl-consumer audit`` cannot run: a source topic does not exist. Raised by
+    ``consumer.commands.audit``; the command exits 2."""
+
+
+class SandboxError(ConsumerError):
+    """The sandbox's admin API did not answer as asked; the message names the sandbox's URL.
+    Raised by ``consumer.sandbox.admin``; ``ghl-consumer audit`` exits 2."""
 
 
 class DailyBudgetExhausted(ConsumerError):

@@ -20,7 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "consumer.commands.map_events",
         "dry run: map JSONL events from stdin to upsert payloads on stdout",
     ),
-    "sandbox": ("consumer.sandbox.server", "serve the HighLevel contacts API emulator"),
+    "sandbox": ("consumer.commands.sandbox", "serve the HighLevel contacts API emulator"),
     "dlq": ("consumer.commands.dlq", "dead letters: list them, replay them after a fix"),
     "audit": (
         "consumer.commands.audit",

@@ -23,8 +23,9 @@ source topic, with the errors; never keys or values (they hold personal data).
 
 Exit status: 0 done, 1 some records failed or were not replayable (or Kafka failed), 2
 configuration error.
-The selection logic (``Selection``, ``replay_headers``, ``summarise``) is pure; I/O stays in
-``replay`` / ``list_dead_letters`` and ``main``.
+The selection logic (``Selection``, ``replay_headers``, ``CommitPoints``, ``summarise``) is pure,
+in ``consumer.commands.dlq_selection``; the replay loop (``replay``, against the
+``DeadLetterReader`` and ``ReplayWriter`` seams), the listing and ``main`` are here.
 """
 
 from __future__ import annotations
@@ -32,193 +33,44 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import sys
-from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Final, Protocol, TextIO
 
 import orjson
 
-from consumer.config import Settings, load_settings
-from consumer.core.deadletter import HEADER_PREFIX, read_failure
+from consumer.commands.dlq_selection import (
+    CommitPoints,
+    Group,
+    ReplaySummary,
+    Selection,
+    parse_time,
+    render_groups,
+    replay_headers,
+    summarise,
+    where,
+)
+from consumer.commands.preamble import (
+    Failure,
+    add_config_argument,
+    configure_logging,
+    load,
+    run_command,
+)
+from consumer.config import Settings
+from consumer.core.deadletter import read_failure
 from consumer.core.events import Record
 from consumer.engine.ports import Produced
-from consumer.errors import ConfigError, KafkaAdapterError, ProduceFailedError
+from consumer.errors import KafkaAdapterError, ProduceFailedError
 from consumer.kafka.producer import KafkaProducer
 from consumer.kafka.reader import TopicReader
 
 logger = logging.getLogger(__name__)
 
-REPLAYED_FROM: Final = HEADER_PREFIX + "replayed_from"
-"""Header naming the dead letter a replayed record was copied from: ``<topic>/<p>/<offset>``."""
-
 REPLAY_GROUP_SUFFIX: Final = ".dlq-replay"
 # dlq commands use only the [kafka] settings: integrations need not be configured for them.
 _PLACEHOLDER_LOCATION: Final = "DLQ_TOOL_LOCATION_ID"
-_MAX_ERRORS_SHOWN: Final = 3
-_MAX_TEXT: Final = 160
-
-
-# -- pure --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Selection:
-    """Which dead letters a command works on; an empty selection takes every record. All
-    given criteria must match. ``since``: ``ghl.failed_at`` at or after it (a record without
-    a readable ``failed_at`` does not match)."""
-
-    reasons: frozenset[str] = frozenset()
-    integration: str | None = None
-    source_topic: str | None = None
-    since: datetime | None = None
-
-    def selects(self, failure: Mapping[str, str]) -> bool:
-        """``failure``: the record's ``ghl.*`` headers, prefix removed (``read_failure``)."""
-        if self.reasons and failure.get("reason") not in self.reasons:
-            return False
-        if self.integration is not None and failure.get("integration") != self.integration:
-            return False
-        if self.source_topic is not None and failure.get("source.topic") != self.source_topic:
-            return False
-        if self.since is not None:
-            failed_at = parse_time(failure.get("failed_at", ""))
-            if failed_at is None or failed_at < self.since:
-                return False
-        return True
-
-
-def parse_time(text: str) -> datetime | None:
-    """An ISO 8601 time as an aware datetime (no zone = UTC), or None when unreadable."""
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
-def replay_headers(record: Record) -> list[tuple[str, bytes]]:
-    """The headers of a dead letter's replayed copy: the original record's own headers in
-    their order (every ``ghl.*`` header removed), then ``ghl.replayed_from``."""
-    headers = [(k, v) for k, v in record.headers if not k.startswith(HEADER_PREFIX)]
-    headers.append((REPLAYED_FROM, f"{record.topic}/{record.partition}/{record.offset}".encode()))
-    return headers
-
-
-def where(record: Record) -> str:
-    """``topic/partition/offset``: how reports name a record."""
-    return f"{record.topic}/{record.partition}/{record.offset}"
-
-
-@dataclass(slots=True)
-class CommitPoints:
-    """Per partition, the next offset the replay group may commit: past every record that is
-    finished (re-sent and confirmed, or skipped), never past a failed one."""
-
-    _next: dict[tuple[str, int], int] = field(default_factory=dict)
-    _blocked: set[tuple[str, int]] = field(default_factory=set)
-
-    def done(self, record: Record) -> None:
-        tp = (record.topic, record.partition)
-        if tp not in self._blocked:
-            self._next[tp] = record.offset + 1
-
-    def failed(self, record: Record) -> None:
-        self._blocked.add((record.topic, record.partition))
-
-    def take(self) -> dict[tuple[str, int], int]:
-        """The points gathered since the last ``take``."""
-        points, self._next = self._next, {}
-        return points
-
-
-@dataclass(frozen=True, slots=True)
-class Group:
-    """Dead letters sharing a reason, integration and source topic (``dlq list``)."""
-
-    reason: str
-    integration: str
-    source_topic: str
-    count: int
-    first_failed_at: str
-    last_failed_at: str
-    errors: tuple[tuple[str, int], ...]  # (error text, count), most frequent first
-
-
-def error_text(failure: Mapping[str, str]) -> str:
-    """One line describing why: the error, HighLevel's status and message when present. These
-    headers name fields, never their values (``consumer.core.deadletter``)."""
-    parts = [failure.get("error", "")]
-    if "status" in failure:
-        parts.append(f"status {failure['status']}")
-    if "message" in failure:
-        parts.append(failure["message"])
-    text = "; ".join(p for p in parts if p)
-    return text if len(text) <= _MAX_TEXT else text[: _MAX_TEXT - 3] + "..."
-
-
-def summarise(failures: Iterable[Mapping[str, str]]) -> list[Group]:
-    """Group dead letters (their ``read_failure`` headers) by (reason, integration, source
-    topic), largest group first."""
-    counts: Counter[tuple[str, str, str]] = Counter()
-    errors: dict[tuple[str, str, str], Counter[str]] = {}
-    times: dict[tuple[str, str, str], list[str]] = {}
-    for failure in failures:
-        key = (
-            failure.get("reason", "-"),
-            failure.get("integration", "-"),
-            failure.get("source.topic", "-"),
-        )
-        counts[key] += 1
-        errors.setdefault(key, Counter())[error_text(failure)] += 1
-        failed_at = failure.get("failed_at")
-        if failed_at:
-            span = times.setdefault(key, [failed_at, failed_at])
-            span[0], span[1] = min(span[0], failed_at), max(span[1], failed_at)
-    return [
-        Group(
-            reason=key[0],
-            integration=key[1],
-            source_topic=key[2],
-            count=count,
-            first_failed_at=times.get(key, ["-", "-"])[0],
-            last_failed_at=times.get(key, ["-", "-"])[1],
-            errors=tuple(errors[key].most_common(_MAX_ERRORS_SHOWN)),
-        )
-        for key, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-    ]
-
-
-def render_groups(groups: Sequence[Group], total: int, out: TextIO) -> None:
-    """The ``dlq list`` table."""
-    header = ("REASON", "INTEGRATION", "SOURCE TOPIC", "COUNT", "FIRST FAILED", "LAST FAILED")
-    rows = [
-        (g.reason, g.integration, g.source_topic, str(g.count), g.first_failed_at, g.last_failed_at)
-        for g in groups
-    ]
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-    for row in (header, *rows):
-        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-        print("  ".join(cells).rstrip(), file=out)
-    print(f"{total} dead letter(s) in {len(groups)} group(s)", file=out)
-    for g in groups:
-        for text, count in g.errors:
-            print(f"  {g.reason} / {g.integration} / {g.source_topic}: {count} x {text}", file=out)
-
-
-@dataclass(slots=True)
-class ReplaySummary:
-    """Counts of one replay (``failed`` records stop their partition's commit point;
-    ``unreplayable`` ones, incomplete copies, do not)."""
-
-    replayed: int = 0
-    skipped: int = 0
-    failed: int = 0
-    unreplayable: int = 0
-    by_target: Counter[str] = field(default_factory=Counter)
 
 
 # -- I/O ---------------------------------------------------------------------------------------
@@ -232,7 +84,7 @@ class DeadLetterReader(Protocol):
     async def commit(self, offsets: Mapping[tuple[str, int], int]) -> None: ...
 
 
-class Sender(Protocol):
+class ReplayWriter(Protocol):
     """The writing side of a replay (``consumer.kafka.producer.KafkaProducer``; tests use a
     fake)."""
 
@@ -248,7 +100,7 @@ class Sender(Protocol):
 
 async def replay(
     reader: DeadLetterReader,
-    producer: Sender | None,
+    producer: ReplayWriter | None,
     *,
     selection: Selection,
     to: str | None,
@@ -459,12 +311,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     list_parser = sub.add_parser("list", help="summarise dead letters", description=_LIST_HELP)
     for sub_parser in (replay_parser, list_parser):
-        sub_parser.add_argument(
-            "--config",
-            metavar="FILE",
-            default=os.environ.get("GHL_CONFIG"),
-            help="TOML configuration file (default: $GHL_CONFIG; the environment overrides it)",
-        )
+        add_config_argument(sub_parser)
         sub_parser.add_argument(
             "--topic", help="dead-letter topic (default: kafka.dead_letter_topic)"
         )
@@ -512,13 +359,7 @@ def _since(text: str) -> datetime:
 
 def main(args: argparse.Namespace) -> int:
     """``ghl-consumer dlq replay|list``: see the module docstring for the exit status."""
-    logging.basicConfig(
-        level="WARNING", format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    environ = dict(os.environ)
-    if args.config is None and "GHL_LOCATION_ID" not in environ:
-        # Only the [kafka] settings are used here; integrations need not be configured.
-        environ["GHL_LOCATION_ID"] = _PLACEHOLDER_LOCATION
+    configure_logging("WARNING")
     args.selection = Selection(
         reasons=frozenset(args.reason),
         integration=args.integration,
@@ -526,12 +367,15 @@ def main(args: argparse.Namespace) -> int:
         since=args.since,
     )
     command = _replay_command if args.dlq_command == "replay" else _list_command
-    try:
-        settings = load_settings(args.config, environ, read_secrets=False, kafka_secrets=True)
+
+    def dlq() -> int:
+        # Only the [kafka] settings are used here; integrations need not be configured.
+        settings = load(
+            args.config,
+            placeholder_location=_PLACEHOLDER_LOCATION,
+            read_secrets=False,
+            kafka_secrets=True,
+        )
         return asyncio.run(command(args, settings, sys.stdout))
-    except ConfigError as exc:
-        print(f"ghl-consumer dlq: configuration error: {exc}", file=sys.stderr)
-        return 2
-    except KafkaAdapterError as exc:
-        print(f"ghl-consumer dlq: kafka: {exc}", file=sys.stderr)
-        return 1
+
+    return run_command("ghl-consumer dlq", dlq, Failure((KafkaAdapterError,), "kafka", 1))

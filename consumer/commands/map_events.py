@@ -1,6 +1,6 @@
 """``ghl-consumer map``: the dry run. JSONL events on stdin -> one JSON line per input line.
 
-Output lines (DESIGN.md section 4)::
+Output lines (``docs/architecture.md``, "Mapping rules")::
 
     {"line": N, "action": "upsert", "integration": ID, "payload": {...}}
     {"line": N, "action": "drop", "reason": R}
@@ -27,17 +27,16 @@ from typing import BinaryIO
 
 import orjson
 
-from consumer.config import load_settings
+from consumer.commands.preamble import add_config_argument, load, needs_placeholder, run_command
 from consumer.core.events import ContactUpsert, Drop, Outcome
 from consumer.core.mapping import Mapper, build_mapper
-from consumer.errors import ConfigError
 
 PLACEHOLDER_LOCATION = "DRY_RUN_LOCATION_ID"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config", metavar="FILE", help="TOML configuration (default: environment only)"
+    add_config_argument(
+        parser, from_environment=False, help="TOML configuration (default: environment only)"
     )
     parser.add_argument(
         "--topic",
@@ -48,34 +47,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run the dry run on ``sys.stdin``/``sys.stdout``; return the exit status."""
-    environ = dict(os.environ)
-    if args.config is None and "GHL_LOCATION_ID" not in environ:
-        environ["GHL_LOCATION_ID"] = PLACEHOLDER_LOCATION
+    if needs_placeholder(args.config):
         print(
             f"ghl-consumer map: no --config and GHL_LOCATION_ID is not set; using placeholder "
             f"location id {PLACEHOLDER_LOCATION}",
             file=sys.stderr,
         )
-    try:
-        settings = load_settings(args.config, environ, read_secrets=False)
-    except ConfigError as exc:
-        print(f"ghl-consumer map: configuration error: {exc}", file=sys.stderr)
-        return 2
-    mapper = build_mapper(settings.targets(), settings.mapping.options())
-    topic = args.topic or settings.kafka.topics[0]
-    try:
-        run(
-            mapper,
-            sys.stdin.buffer,
-            sys.stdout.buffer,
-            topic=topic,
-            label_integrations=len(settings.integrations) > 1,
-        )
-    except BrokenPipeError:
-        # The reader went away (e.g. `| head`): stop quietly, as Unix filters do.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
-    return 0
+
+    def dry_run() -> int:
+        settings = load(args.config, placeholder_location=PLACEHOLDER_LOCATION, read_secrets=False)
+        try:
+            run(
+                build_mapper(settings.targets(), settings.mapping.options()),
+                sys.stdin.buffer,
+                sys.stdout.buffer,
+                topic=args.topic or settings.kafka.topics[0],
+                label_integrations=len(settings.integrations) > 1,
+            )
+        except BrokenPipeError:
+            # The reader went away (e.g. `| head`): stop quietly, as Unix filters do.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
+        return 0
+
+    return run_command("ghl-consumer map", dry_run)
 
 
 def run(

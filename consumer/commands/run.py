@@ -13,17 +13,23 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
-import signal
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from consumer.config import Settings, load_settings
+from consumer.commands.preamble import (
+    Failure,
+    add_config_argument,
+    add_log_level_argument,
+    configure_logging,
+    load,
+    run_command,
+    stop_on_signals,
+)
+from consumer.config import Settings
 from consumer.core.mapping import build_mapper
 from consumer.core.profiles import ChangelogProfileStore
 from consumer.engine.engine import Engine, EngineOptions, EngineStats
-from consumer.errors import ConfigError, KafkaAdapterError
+from consumer.errors import KafkaAdapterError
 from consumer.highlevel.client import HighLevelClient, Timeouts
 from consumer.kafka.admin import TopicSpec, ensure_topics
 from consumer.kafka.clients import GroupProtocol
@@ -260,46 +266,25 @@ async def run_consumer(settings: Settings, stop: asyncio.Event) -> EngineStats:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        default=os.environ.get("GHL_CONFIG"),
-        help="TOML configuration file (default: $GHL_CONFIG; the environment overrides it)",
-    )
-    parser.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
-    )
+    add_config_argument(parser)
+    add_log_level_argument(parser, default="INFO")
 
 
 def main(args: argparse.Namespace) -> int:
     """``ghl-consumer run``: 0 after a clean shutdown, 1 when Kafka fails at start-up (one line,
     no traceback: e.g. unreachable), 2 for a configuration error."""
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    try:
-        settings = load_settings(args.config, os.environ)
-    except ConfigError as exc:
-        print(f"ghl-consumer: configuration error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        asyncio.run(_serve(settings))
-    except ConfigError as exc:
-        print(f"ghl-consumer: configuration error: {exc}", file=sys.stderr)
-        return 2
-    except KafkaAdapterError as exc:  # Kafka unreachable at start-up: one line, not a traceback
-        print(f"ghl-consumer: kafka: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    configure_logging(args.log_level, timestamps=True)
+
+    def serve() -> int:
+        asyncio.run(_serve(load(args.config)))
+        return 0
+
+    # Kafka unreachable at start-up: one line, not a traceback.
+    return run_command("ghl-consumer", serve, Failure((KafkaAdapterError,), "kafka", 1))
 
 
 async def _serve(settings: Settings) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     logger.info(
         "starting: topics=%s group=%s integrations=%s api=%s",
         ",".join(settings.kafka.topics),

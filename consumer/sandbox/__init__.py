@@ -2,7 +2,9 @@
 
 ``run_sandbox(...)`` serves one in-process (an async context manager yielding a
 :class:`Sandbox` with its ``url`` and ``state``); ``sandbox_process(...)`` runs
-``python -m consumer sandbox`` as a child process; ``ghl-consumer sandbox`` is the CLI.
+``python -m consumer sandbox`` as a child process; ``ghl-consumer sandbox``, the command line,
+lives with the other commands (``consumer.commands.sandbox``); ``admin.read_contacts`` reads a
+running sandbox's contacts over HTTP (for ``ghl-consumer audit``).
 """
 
 from consumer.sandbox.process import SandboxProcess, sandbox_process

@@ -5,7 +5,7 @@ Nothing here does I/O or reads a clock: every operation that depends on time tak
 server (``consumer.sandbox.server``) passes its injected clock. Nothing here is thread-safe;
 the server calls it from its one event loop.
 
-Behaviour emulated (sources in ``highlevel/NOTES.md``):
+Behaviour emulated (sources in ``docs/highlevel.md``, "Sandbox fidelity"):
 
 - Matching follows the location's duplicate setting (:class:`DuplicateSettings`): the
   identifiers in ``priority`` are tried in order and the first one that finds a contact wins.

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from consumer.commands.audit import (
+from consumer.commands.audit_ledger import (
     MISMATCH,
     MISSING,
     NOT_DEAD_LETTERED,

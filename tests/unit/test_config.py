@@ -347,11 +347,11 @@ def _plain_fields() -> list[tuple[str, str, type, object]]:
     import dataclasses
     import typing
 
-    from consumer.config import _SECTIONS
+    from consumer.config.settings import PLAIN_SECTIONS
 
     return [
         (section, f.name, typing.get_type_hints(cls)[f.name], f.metadata.get("min"))
-        for section, cls in _SECTIONS.items()
+        for section, cls in PLAIN_SECTIONS.items()
         for f in dataclasses.fields(cls)
         if not f.metadata.get("env_only")
     ]

@@ -10,14 +10,14 @@ from datetime import UTC, datetime
 
 import pytest
 
-from consumer.commands.dlq import (
+from consumer.commands.dlq import replay
+from consumer.commands.dlq_selection import (
     REPLAYED_FROM,
     CommitPoints,
     Selection,
     error_text,
     parse_time,
     render_groups,
-    replay,
     replay_headers,
     summarise,
 )
@@ -191,7 +191,7 @@ class FakeReader:
         self.commits.append(dict(offsets))
 
 
-class FakeSender:
+class FakeReplayWriter:
     """Confirms every record, except those whose key is in ``refuse``."""
 
     def __init__(self, refuse: frozenset[int] = frozenset()) -> None:
@@ -223,7 +223,7 @@ async def test_replay_sends_selected_originals_and_commits_past_skipped_ones() -
         dead_letter(1, reason="invalid_json", integration=None),
         dead_letter(2),
     ]
-    reader, sender = FakeReader([batch]), FakeSender()
+    reader, sender = FakeReader([batch]), FakeReplayWriter()
     summary = await replay(
         reader,
         sender,
@@ -245,7 +245,7 @@ async def test_replay_commit_stops_at_the_first_failure_of_a_partition() -> None
         dead_letter(2, reason="invalid_json"),  # skipped after the failure: not committed past
         dead_letter(5, partition=1),
     ]
-    reader, sender = FakeReader([batch]), FakeSender(refuse=frozenset({1}))
+    reader, sender = FakeReader([batch]), FakeReplayWriter(refuse=frozenset({1}))
     summary = await replay(
         reader,
         sender,
@@ -260,7 +260,7 @@ async def test_replay_commit_stops_at_the_first_failure_of_a_partition() -> None
 
 async def test_replay_fails_records_without_an_existing_target_and_honours_to() -> None:
     batch = [dead_letter(0, source_topic="gone"), dead_letter(1)]
-    reader, sender = FakeReader([batch]), FakeSender()
+    reader, sender = FakeReader([batch]), FakeReplayWriter()
     summary = await replay(
         reader,
         sender,
@@ -272,7 +272,7 @@ async def test_replay_fails_records_without_an_existing_target_and_honours_to() 
     assert (summary.replayed, summary.failed) == (1, 1)
     assert reader.commits == [{}]  # partition 0 is blocked at its first record
 
-    reader, sender = FakeReader([batch]), FakeSender()
+    reader, sender = FakeReader([batch]), FakeReplayWriter()
     summary = await replay(
         reader,
         sender,
@@ -315,7 +315,7 @@ async def test_a_dead_letter_that_left_its_value_out_is_reported_not_replayed() 
     cut = deadletter.dead_letter(big, failure, now=T0, max_bytes=2_000)
     assert cut.value is None
     incomplete = Record(DLQ, 0, 1, cut.key, cut.value, cut.headers)
-    reader, sender = FakeReader([[dead_letter(0), incomplete, dead_letter(2)]]), FakeSender()
+    reader, sender = FakeReader([[dead_letter(0), incomplete, dead_letter(2)]]), FakeReplayWriter()
     summary = await replay(
         reader,
         sender,

@@ -1,0 +1,282 @@
+"""``load_settings``: the one reader of configuration files and the environment, into the
+values of ``consumer.config.settings``. Validation names the field in every ``ConfigError``
+(the file's ``section.key`` or the environment variable) and never quotes a secret."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Final
+
+from consumer.config.integrations import read_integrations
+from consumer.config.settings import (
+    PLAIN_SECTIONS,
+    HighLevelSettings,
+    KafkaSettings,
+    MetricsSettings,
+    RedisSettings,
+    Secret,
+    Settings,
+)
+from consumer.config.tables import read_secret, reject_unknown_keys, string_list, subtable
+from consumer.errors import ConfigError
+
+_OFFSET_RESETS: Final = frozenset(("earliest", "latest", "error"))
+# librdkafka keys this file sets from typed settings; the passthrough table may not repeat them.
+_OWNED_KAFKA_KEYS: Final = {
+    "bootstrap.servers": "kafka.bootstrap_servers",
+    "group.id": "kafka.group_id",
+    "auto.offset.reset": "kafka.auto_offset_reset",
+    "group.protocol": "kafka.group_protocol",
+}
+# librdkafka properties whose value is secret (its own "sensitive" ones: sasl.password,
+# ssl.key.password, ssl.keystore.password, ssl.key.pem, sasl.oauthbearer.config,
+# sasl.oauthbearer.client.secret, ...): kept as Secret even when given literally.
+_SENSITIVE_KEY = re.compile(
+    r"password|passphrase|secret|token|credential|private|key\.pem|oauthbearer\.config",
+    re.IGNORECASE,
+)
+_TOP_LEVEL: Final = frozenset((*PLAIN_SECTIONS, "kafka", "integrations"))
+
+
+def load_settings(
+    path: str | None,
+    environ: Mapping[str, str],
+    *,
+    read_secrets: bool = True,
+    kafka_secrets: bool | None = None,
+) -> Settings:
+    """Read ``path`` (TOML; None = no file) and ``environ``; validate; return Settings.
+
+    ``read_secrets=False`` validates where secrets come from but does not read them (tokens
+    become ``Secret.unread``): for commands that send nothing to HighLevel. ``kafka_secrets``
+    (default: ``read_secrets``) decides the same for the ``[kafka.librdkafka]`` secrets: the
+    operator commands that read Kafka without HighLevel tokens (dlq, audit) pass True, the dry
+    run reads neither. Raises ConfigError.
+    """
+    doc: dict[str, Any] = _read_toml(path) if path is not None else {}
+    for key in doc:
+        if key not in _TOP_LEVEL:
+            raise ConfigError(f"{key}: unknown section (known: {', '.join(sorted(_TOP_LEVEL))})")
+    sections: dict[str, Any] = {
+        name: _plain_section(cls, subtable(doc, name, name), name)
+        for name, cls in PLAIN_SECTIONS.items()
+    }
+    sections["highlevel"] = _env_highlevel(sections["highlevel"], environ)
+    sections["metrics"] = _env_metrics(sections["metrics"], environ)
+    sections["redis"] = _env_redis(sections["redis"], environ)
+    kafka = _kafka(
+        subtable(doc, "kafka", "kafka"),
+        environ,
+        read_secrets if kafka_secrets is None else kafka_secrets,
+    )
+    integrations = read_integrations(doc.get("integrations"), environ, read_secrets)
+    return Settings(integrations=integrations, kafka=kafka, config_path=path, **sections)
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    try:
+        with Path(path).open("rb") as file:
+            return tomllib.load(file)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path}: not found") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: invalid TOML: {exc}") from None
+
+
+def _plain_section(cls: type, table: Mapping[str, Any], where: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("env_only")}
+    reject_unknown_keys(table, fields, where)
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, value in table.items():
+        values[name] = _simple_value(hints[name], value, fields[name].metadata, f"{where}.{name}")
+    section = cls(**values)
+    for name, spec in fields.items():
+        value = getattr(section, name)
+        if (other := spec.metadata.get("at_most")) and value > getattr(section, other):
+            raise ConfigError(
+                f"{where}.{name}: must be at most {where}.{other} ({getattr(section, other)})"
+            )
+        if (other := spec.metadata.get("at_least")) and value < getattr(section, other):
+            raise ConfigError(
+                f"{where}.{name}: must be at least {where}.{other} ({getattr(section, other)})"
+            )
+    return section
+
+
+def _simple_value(kind: type, value: object, metadata: Mapping[str, Any], where: str) -> object:
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false")
+        return value
+    if kind is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string")
+        return value
+    # int or float: bools are ints in Python, not numbers in TOML
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{where}: expected a number")
+    if kind is int and not isinstance(value, int):
+        raise ConfigError(f"{where}: expected an integer")
+    minimum = metadata.get("min")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{where}: must be at least {minimum}")
+    return float(value) if kind is float else value
+
+
+def _env_highlevel(section: HighLevelSettings, environ: Mapping[str, str]) -> HighLevelSettings:
+    url = environ.get("GHL_API_BASE_URL", section.api_base_url)
+    where = "GHL_API_BASE_URL" if "GHL_API_BASE_URL" in environ else "highlevel.api_base_url"
+    if not url.startswith(("https://", "http://")):
+        raise ConfigError(f"{where}: expected an http(s):// URL")
+    if "@" in url.split("://", 1)[1].split("/", 1)[0]:
+        # the URL is logged and shown; credentials belong in the integration's token
+        raise ConfigError(f"{where}: must not carry user:password@ (the token authenticates)")
+    return HighLevelSettings(api_base_url=url.rstrip("/"))
+
+
+_REDIS_SCHEMES: Final = ("redis://", "rediss://", "unix://")
+
+
+def _env_redis(section: RedisSettings, environ: Mapping[str, str]) -> RedisSettings:
+    url = environ.get("REDIS_URL", section.url).strip()
+    where = "REDIS_URL" if "REDIS_URL" in environ else "redis.url"
+    if url and not url.startswith(_REDIS_SCHEMES):
+        raise ConfigError(f"{where}: expected a {', '.join(_REDIS_SCHEMES)} URL, or empty")
+    return RedisSettings(url=url)
+
+
+def _env_metrics(section: MetricsSettings, environ: Mapping[str, str]) -> MetricsSettings:
+    port = section.port
+    if "METRICS_PORT" in environ:
+        text = environ["METRICS_PORT"].strip()
+        if not text.isdigit():
+            raise ConfigError("METRICS_PORT: expected a port number")
+        port = int(text)
+    if port > 65535:
+        where = "METRICS_PORT" if "METRICS_PORT" in environ else "metrics.port"
+        raise ConfigError(f"{where}: must be at most 65535")
+    host = environ.get("METRICS_HOST", section.host).strip()
+    if not host:
+        where = "METRICS_HOST" if "METRICS_HOST" in environ else "metrics.host"
+        raise ConfigError(f"{where}: must not be empty")
+    token = environ.get("DEBUG_ACCESS_TOKEN", "")
+    return dataclasses.replace(
+        section,
+        port=port,
+        host=host,
+        debug_token=Secret(token, "environment variable DEBUG_ACCESS_TOKEN") if token else None,
+    )
+
+
+def _kafka(table: dict[str, Any], environ: Mapping[str, str], read_secrets: bool) -> KafkaSettings:
+    defaults = KafkaSettings()
+    reject_unknown_keys(
+        table,
+        (
+            "bootstrap_servers",
+            "topics",
+            "group_id",
+            "auto_offset_reset",
+            "group_protocol",
+            "dead_letter_topic",
+            "profile_topic",
+            "parking_topic",
+            "session_timeout_ms",
+            "librdkafka",
+        ),
+        "kafka",
+    )
+
+    def text(key: str, env: str, default: str) -> tuple[str, str]:
+        if env in environ:
+            value, where = environ[env].strip(), env
+        else:
+            raw, where = table.get(key, default), f"kafka.{key}"
+            if not isinstance(raw, str):
+                raise ConfigError(f"{where}: expected a string")
+            value = raw.strip()
+        if not value:
+            raise ConfigError(f"{where}: must not be empty")
+        return value, where
+
+    servers, _ = text("bootstrap_servers", "KAFKA_BOOTSTRAP_SERVERS", defaults.bootstrap_servers)
+    group, _ = text("group_id", "KAFKA_GROUP_ID", defaults.group_id)
+    reset, reset_where = text("auto_offset_reset", "KAFKA_AUTO_OFFSET_RESET", "earliest")
+    if reset not in _OFFSET_RESETS:
+        raise ConfigError(f"{reset_where}: expected one of {', '.join(sorted(_OFFSET_RESETS))}")
+    protocol, protocol_where = text("group_protocol", "KAFKA_GROUP_PROTOCOL", "classic")
+    if protocol not in ("classic", "consumer"):
+        raise ConfigError(f"{protocol_where}: expected classic or consumer")
+    dead_letter, _ = text("dead_letter_topic", "KAFKA_DEAD_LETTER_TOPIC", f"{group}.dead-letter")
+    profiles, _ = text("profile_topic", "KAFKA_PROFILE_TOPIC", f"{group}.profiles")
+    parking, _ = text("parking_topic", "KAFKA_PARKING_TOPIC", f"{group}.parking")
+    session_timeout = _session_timeout(table, environ, protocol)
+
+    if "KAFKA_TOPICS" in environ:
+        topics = [t.strip() for t in environ["KAFKA_TOPICS"].split(",") if t.strip()]
+        topics_where = "KAFKA_TOPICS"
+    else:
+        topics = string_list(table.get("topics", list(defaults.topics)), "kafka.topics")
+        topics_where = "kafka.topics"
+    if not topics:
+        raise ConfigError(f"{topics_where}: at least one topic is required")
+
+    passthrough: dict[str, str | Secret] = {}
+    for key, value in subtable(table, "librdkafka", "kafka.librdkafka").items():
+        where = f"kafka.librdkafka.{key}"
+        if key in _OWNED_KAFKA_KEYS:
+            raise ConfigError(f"{where}: set {_OWNED_KAFKA_KEYS[key]} instead")
+        if isinstance(value, dict):
+            passthrough[key] = read_secret(value, where, environ, read_secrets)
+        elif isinstance(value, bool):
+            passthrough[key] = "true" if value else "false"
+        elif isinstance(value, str | int | float):
+            text_value = str(value)
+            passthrough[key] = (
+                Secret(text_value, where) if _SENSITIVE_KEY.search(key) else text_value
+            )
+        else:
+            raise ConfigError(f"{where}: expected a string, number, boolean or {{ env = ... }}")
+    return KafkaSettings(
+        bootstrap_servers=servers,
+        topics=tuple(dict.fromkeys(topics)),
+        group_id=group,
+        auto_offset_reset=reset,
+        group_protocol=protocol,
+        dead_letter_topic=dead_letter,
+        profile_topic=profiles,
+        parking_topic=parking,
+        session_timeout_ms=session_timeout,
+        librdkafka=MappingProxyType(passthrough),
+    )
+
+
+def _session_timeout(
+    table: Mapping[str, Any], environ: Mapping[str, str], protocol: str
+) -> int | None:
+    if "KAFKA_SESSION_TIMEOUT_MS" in environ:
+        where, raw = "KAFKA_SESSION_TIMEOUT_MS", environ["KAFKA_SESSION_TIMEOUT_MS"].strip()
+        if not raw.isdigit():
+            raise ConfigError(f"{where}: expected a number of milliseconds")
+        value: object = int(raw)
+    elif "session_timeout_ms" in table:
+        where, value = "kafka.session_timeout_ms", table["session_timeout_ms"]
+    else:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1000:
+        raise ConfigError(f"{where}: expected milliseconds, at least 1000")
+    if protocol == "consumer":
+        raise ConfigError(
+            f"{where}: with group_protocol consumer (KIP-848) the broker sets the session "
+            "timeout (group.consumer.session.timeout.ms)"
+        )
+    return value

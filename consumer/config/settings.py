@@ -1,0 +1,209 @@
+"""The settings tree ``load_settings`` returns (``consumer.config.loader``): frozen values, one
+class per section of the TOML file, and ``Secret`` for what must never be printed.
+
+Plain sections (every field with a default and a simple type: int, float, str, bool) are listed
+in ``PLAIN_SECTIONS``; the loader reads, bounds-checks and names them generically. To add such a
+setting, add a field; ``metadata={"min": n}`` adds a lower bound, ``{"at_most": "other"}`` /
+``{"at_least": "other"}`` a bound by another field of the same section, ``{"env_only": True}``
+keeps it out of the file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Final
+
+from consumer.core.decode import Limits
+from consumer.core.events import PresetEvent, TagMode
+from consumer.core.mapping import MappingOptions
+from consumer.core.targets import CustomFieldMapping, Routing, Target
+from consumer.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Secret:
+    """A secret string. ``repr``/``str`` print ``***``; ``reveal()`` returns the value.
+
+    ``Secret.unread()`` stands for a secret that was deliberately not read (the dry run needs no
+    tokens); revealing it raises ConfigError.
+    """
+
+    _value: str | None
+    source: str  # where it comes from, e.g. "environment variable GHL_ACCESS_TOKEN"; not secret
+
+    @classmethod
+    def unread(cls, source: str) -> Secret:
+        return cls(None, source)
+
+    def reveal(self) -> str:
+        if self._value is None:
+            raise ConfigError(f"secret from {self.source} was not read")
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    def __str__(self) -> str:
+        return "***"
+
+
+@dataclass(frozen=True, slots=True)
+class Integration:
+    """One HighLevel sub-account (location) and how events map onto its contacts."""
+
+    id: str
+    location_id: str
+    access_token: Secret
+    consent_category: str = "marketing"
+    default_phone_region: str | None = None
+    tag_mode: TagMode = TagMode.UPSERT
+    removed_fields: frozenset[str] = frozenset()
+    custom_fields: tuple[CustomFieldMapping, ...] = ()
+    aliases: Mapping[str, PresetEvent] = field(default_factory=lambda: MappingProxyType({}))
+    routing: Routing = Routing()  # noqa: RUF009 - frozen value
+
+    def target(self) -> Target:
+        """What the core reads of this integration: everything but the access token."""
+        return Target(
+            id=self.id,
+            location_id=self.location_id,
+            consent_category=self.consent_category,
+            default_phone_region=self.default_phone_region,
+            tag_mode=self.tag_mode,
+            removed_fields=self.removed_fields,
+            custom_fields=self.custom_fields,
+            aliases=self.aliases,
+            routing=self.routing,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSettings:
+    bootstrap_servers: str = "localhost:9092"
+    topics: tuple[str, ...] = ("events",)
+    group_id: str = "ghl-consumer"
+    auto_offset_reset: str = "earliest"
+    group_protocol: str = "classic"  # classic (cooperative-sticky) | consumer (KIP-848)
+    dead_letter_topic: str = ""  # empty: "<group_id>.dead-letter"
+    profile_topic: str = ""  # compacted changelog of profiles; empty: "<group_id>.profiles"
+    parking_topic: str = ""  # parked upserts; empty: "<group_id>.parking" (its group: the same)
+    # classic protocol only (KIP-848 sets it broker-side): how long a silent member keeps its
+    # partitions. None: librdkafka's default (45 s).
+    session_timeout_ms: int | None = None
+    # extra librdkafka settings (security.protocol, sasl.*, ...), passed through as given
+    librdkafka: Mapping[str, str | Secret] = field(default_factory=lambda: MappingProxyType({}))
+
+    def extra_settings(self) -> dict[str, str]:
+        """The ``[kafka.librdkafka]`` pass-through settings, secrets revealed: hand them to the
+        Kafka clients, never log them."""
+        return {
+            key: value.reveal() if isinstance(value, Secret) else value
+            for key, value in self.librdkafka.items()
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class HighLevelSettings:
+    api_base_url: str = "https://services.leadconnectorhq.com"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    port: int = field(default=9464, metadata={"min": 0})
+    host: str = "127.0.0.1"  # the debugger shows (masked) contact data: local-only by default
+    stall_seconds: float = field(default=300.0, metadata={"min": 1})
+    debugger_capacity: int = field(default=200, metadata={"min": 1})
+    # Guards /debug when set; from the environment only (DEBUG_ACCESS_TOKEN), never the file.
+    debug_token: Secret | None = field(default=None, metadata={"env_only": True})
+
+
+@dataclass(frozen=True, slots=True)
+class RedisSettings:
+    url: str = ""  # empty = no Redis (single instance, local rate limiter)
+
+
+@dataclass(frozen=True, slots=True)
+class MappingSettings:
+    dedupe_max_entries: int = field(default=100_000, metadata={"min": 1})
+    dedupe_ttl_seconds: float = field(default=86_400.0, metadata={"min": 1})
+    phone_cache_size: int = field(default=65_536, metadata={"min": 1})
+    profile_max_entries: int = field(default=1_000_000, metadata={"min": 1})
+    max_event_bytes: int = field(default=1_048_576, metadata={"min": 64})
+    max_field_chars: int = field(default=1_024, metadata={"min": 16})
+
+    def options(self) -> MappingOptions:
+        """This section as the core's mapper options."""
+        return MappingOptions(
+            limits=Limits(
+                max_event_bytes=self.max_event_bytes, max_field_chars=self.max_field_chars
+            ),
+            phone_cache_size=self.phone_cache_size,
+            dedupe_max_entries=self.dedupe_max_entries,
+            dedupe_ttl_seconds=self.dedupe_ttl_seconds,
+            profile_max_entries=self.profile_max_entries,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    coalesce_window_ms: int = field(default=250, metadata={"min": 0})
+    max_in_flight: int = field(default=64, metadata={"min": 1})
+    max_buffered: int = field(default=20_000, metadata={"min": 10})
+    max_buffered_per_partition: int = field(default=5_000, metadata={"min": 10})
+    # bytes of waiting records (keys, values, headers) before every partition pauses
+    max_buffered_bytes: int = field(default=64 * 1024 * 1024, metadata={"min": 1_048_576})
+    commit_interval_ms: int = field(default=1_000, metadata={"min": 10})
+    drain_timeout_seconds: float = field(default=10.0, metadata={"min": 0})
+    progress_interval_seconds: float = field(default=10.0, metadata={"min": 0.1})
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverySettings:
+    timeout_seconds: float = field(default=10.0, metadata={"min": 0.1})
+    # Per-location budget: at most rate_burst requests per rate_interval_seconds (HighLevel's
+    # window), paced at rate_sustained per interval, and rate_daily per day.
+    rate_burst: int = field(default=100, metadata={"min": 1})
+    rate_interval_seconds: float = field(default=10.0, metadata={"min": 0.001})
+    rate_sustained: int = field(default=80, metadata={"min": 1, "at_most": "rate_burst"})
+    rate_daily: int = field(default=200_000, metadata={"min": 1})
+    # Daily budget spent: one probe request this often, in case HighLevel's day turns earlier.
+    rate_daily_recheck_seconds: float = field(default=900.0, metadata={"min": 0.01})
+    retry_base_seconds: float = field(default=0.5, metadata={"min": 0.001})
+    retry_max_seconds: float = field(
+        default=30.0, metadata={"min": 0.001, "at_least": "retry_base_seconds"}
+    )
+    unauthorized_probe_seconds: float = field(default=30.0, metadata={"min": 0.01})
+    # a contact failing (5xx, timeouts) this long is parked so its partition moves on
+    max_retry_seconds: float = field(default=300.0, metadata={"min": 0.01})
+    # With REDIS_URL: each instance's share of the budget while Redis is unreachable.
+    redis_expected_instances: int = field(default=3, metadata={"min": 1})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    integrations: tuple[Integration, ...]
+    kafka: KafkaSettings = KafkaSettings()
+    highlevel: HighLevelSettings = HighLevelSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    redis: RedisSettings = RedisSettings()
+    mapping: MappingSettings = MappingSettings()
+    engine: EngineSettings = EngineSettings()
+    delivery: DeliverySettings = DeliverySettings()
+    config_path: str | None = None
+
+    def targets(self) -> tuple[Target, ...]:
+        """The integrations as the core's routing and mapping targets (no tokens)."""
+        return tuple(integration.target() for integration in self.integrations)
+
+
+PLAIN_SECTIONS: Final[dict[str, type]] = {
+    "highlevel": HighLevelSettings,
+    "metrics": MetricsSettings,
+    "redis": RedisSettings,
+    "mapping": MappingSettings,
+    "engine": EngineSettings,
+    "delivery": DeliverySettings,
+}
+"""Section name in the file -> its class, for the sections the loader handles generically."""
