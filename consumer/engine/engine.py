@@ -14,7 +14,7 @@ Flow per record (``docs/architecture.md``, "Data flow"), all on the event loop t
 
 After every poll, ``consumer.engine.backpressure`` decides which partitions to pause or resume.
 
-Rebalance handling (``docs/architecture.md``, "Rebalance handling"; ``FeedListener``): before
+Rebalance handling (``docs/architecture.md``, "Rebalance handling"; ``_FeedListener``): before
 any record of newly assigned event partitions, the engine restores the profile store and learns
 the contacts parked by their previous owner. Inside ``on_revoked`` (before the partitions move)
 it lets work of those partitions already being sent or parked finish (bounded by
@@ -83,7 +83,7 @@ class EngineOptions:
     revoke_wait: float = 15.0  # on revoke: how long in-flight work of those partitions may finish
 
 
-class Feed:
+class _Feed:
     """One Kafka source the engine reads: its offsets, the partitions backpressure paused, and
     its commits. ``name`` appears in logs."""
 
@@ -125,14 +125,14 @@ class Feed:
             self.paused.discard((topic, partition))
 
 
-class FeedListener:
+class _FeedListener:
     """Rebalance handling of one feed (its source's ``RebalanceListener``; called on the event
     loop). ``prepare``, when given, is awaited before non-empty assignments are tracked: the
     event feed restores the state the previous owner left (see the module docstring)."""
 
     def __init__(
         self,
-        feed: Feed,
+        feed: _Feed,
         dispatcher: Dispatcher,
         metrics: EngineMetrics,
         *,
@@ -251,8 +251,8 @@ class Engine:
             max_buffered_per_partition=options.max_buffered_per_partition,
             max_buffered_bytes=options.max_buffered_bytes,
         )
-        self._main = Feed("events", source)
-        self._replay = Feed("parking", parking_log.source)
+        self._main = _Feed("events", source)
+        self._replay = _Feed("parking", parking_log.source)
         self._tasks = TaskSet()  # dead letters and profile writes of intake
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -261,7 +261,7 @@ class Engine:
         """Consume until ``stop`` is set; then drain, commit and close (see the class doc)."""
         feeds = (self._main, self._replay)
         await self._main.source.start(
-            FeedListener(
+            _FeedListener(
                 self._main,
                 self._dispatcher,
                 self._metrics,
@@ -270,7 +270,7 @@ class Engine:
             )
         )
         await self._replay.source.start(
-            FeedListener(
+            _FeedListener(
                 self._replay,
                 self._dispatcher,
                 self._metrics,
@@ -308,7 +308,7 @@ class Engine:
             await self._profile_log.restore()
         await self._dispatcher.load_parked()
 
-    async def _intake_loop(self, feed: Feed, stop: asyncio.Event) -> None:
+    async def _intake_loop(self, feed: _Feed, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         ingest = self._ingest if feed is self._main else self._ingest_parked
         while not stop.is_set():
