@@ -16,8 +16,9 @@ from prometheus_client import CollectorRegistry, Counter
 
 from consumer.core.events import Reason
 from consumer.engine.offsets import PartitionStats
+from consumer.engine.ports import Endpoint
 from consumer.highlevel.verdicts import Answer, Verdict
-from consumer.observe.metrics import Endpoint, Metrics, StateSnapshot
+from consumer.observe.metrics import Metrics, StateSnapshot
 
 N = 200_000
 

@@ -27,7 +27,8 @@ from consumer.commands.run import running_consumer
 from consumer.commands.samples import generate
 from consumer.config import load_settings
 from consumer.core.normalise import mask_email
-from consumer.engine.engine import Engine, EngineStats
+from consumer.engine.engine import Engine
+from consumer.engine.stats import EngineStats
 from consumer.errors import ConfigError
 from consumer.kafka.admin import TopicSpec, ensure_topics
 from consumer.kafka.producer import KafkaProducer
@@ -117,14 +118,16 @@ async def _demo(bootstrap: str, events: int, users: int, linger: float) -> int:
             elapsed = time.monotonic() - started
             contacts = sandbox.contacts(LOCATION_ID)
         _summary(engine.stats, kinds, contacts, elapsed)
-    return 0 if engine.stats.consumed >= produced and engine.buffered == 0 else 1
+    done = engine.stats.consumed >= produced and engine.snapshot().buffered_records == 0
+    return 0 if done else 1
 
 
 def _drained(engine: Engine, produced: int) -> bool:
+    snapshot = engine.snapshot()
     return (
         engine.stats.consumed >= produced
-        and engine.buffered == 0
-        and all(p.incomplete == 0 for p in engine.tracker.stats())
+        and snapshot.buffered_records == 0
+        and all(p.incomplete == 0 for p in snapshot.partitions)
     )
 
 

@@ -13,7 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 from consumer.commands.preamble import (
@@ -25,10 +25,11 @@ from consumer.commands.preamble import (
     run_command,
     stop_on_signals,
 )
-from consumer.config import Settings
+from consumer.config import Integration, Settings
 from consumer.core.mapping import build_mapper
 from consumer.core.profiles import ChangelogProfileStore
-from consumer.engine.engine import Engine, EngineOptions, EngineStats
+from consumer.engine.engine import Engine, EngineOptions
+from consumer.engine.stats import EngineStats
 from consumer.errors import KafkaAdapterError
 from consumer.highlevel.client import HighLevelClient, Timeouts
 from consumer.kafka.admin import TopicSpec, ensure_topics
@@ -36,7 +37,8 @@ from consumer.kafka.clients import GroupProtocol
 from consumer.kafka.parking import KafkaParkingLog
 from consumer.kafka.producer import KafkaProducer
 from consumer.kafka.source import KafkaSource
-from consumer.observe.metrics import Metrics, Readiness, StallDetector, StateSnapshot
+from consumer.observe.metrics import Metrics
+from consumer.observe.readiness import Observed
 from consumer.observe.recent_deliveries import RecentDeliveries
 from consumer.observe.web import WebServer, serve_web
 from consumer.ratelimit.budget import Budget
@@ -163,11 +165,12 @@ async def running_consumer(settings: Settings) -> AsyncIterator[Components]:
             mapper=mapper,
             limiter=limiter,
             sender=client,
-            integrations=settings.integrations,
+            credentials=SettingsCredentials({i.id: i for i in settings.integrations}),
+            locations={i.id: i.location_id for i in settings.integrations},
             dead_letter_topic=kafka.dead_letter_topic,
-            parking=parking,
+            parking_log=parking,
             metrics=metrics,
-            debugger=debugger,
+            recorder=debugger,
             profile_log=ProfileChangelog(
                 store=profiles,
                 topic=kafka.profile_topic,
@@ -177,8 +180,13 @@ async def running_consumer(settings: Settings) -> AsyncIterator[Components]:
             ),
             options=engine_options(settings),
         )
-        state = _Observed(
-            engine, source, producer, limiter, profiles, settings.metrics.stall_seconds
+        state = Observed(
+            engine=engine,
+            source=source,
+            producer=producer,
+            limiter=limiter,
+            profiles=profiles,
+            stall_seconds=settings.metrics.stall_seconds,
         )
         token = settings.metrics.debug_token
         async with serve_web(
@@ -204,58 +212,16 @@ async def running_consumer(settings: Settings) -> AsyncIterator[Components]:
         await producer.close()
 
 
-class _Observed:
-    """Reads a running consumer's state for ``/metrics`` (per scrape) and ``/readyz``."""
+@dataclass(frozen=True, slots=True)
+class SettingsCredentials:
+    """The engine's ``Credentials``: each configured integration's private integration token,
+    revealed only when a request is sent."""
 
-    def __init__(
-        self,
-        engine: Engine,
-        source: KafkaSource,
-        producer: KafkaProducer,
-        limiter: RateLimiter,
-        profiles: ChangelogProfileStore,
-        stall_seconds: float,
-    ) -> None:
-        self._engine = engine
-        self._source = source
-        self._producer = producer
-        self._limiter = limiter
-        self._profiles = profiles
-        self._stalls = StallDetector(after_s=stall_seconds)
+    integrations: Mapping[str, Integration]
 
-    async def snapshot(self) -> StateSnapshot:
-        engine = self._engine
-        lags = await self._source.lag()
-        return StateSnapshot(
-            partitions=engine.tracker.stats(),
-            high_watermarks={
-                (lag.topic, lag.partition): lag.high_watermark
-                for lag in lags
-                if lag.high_watermark is not None
-            },
-            paused_partitions=engine.paused_partitions,
-            limiters=[self._limiter.snapshot(loc) for loc in self._limiter.locations()],
-            unhealthy=engine.unhealthy,
-            buffered_records=engine.buffered,
-            buffered_bytes=engine.buffered_bytes,
-            requests_in_flight=engine.scheduler.in_flight,
-            profile_store_size=len(self._profiles),
-        )
-
-    def readiness(self) -> Readiness:
-        engine = self._engine
-        now = asyncio.get_running_loop().time()
-        held = bool(engine.unhealthy) or any(
-            (state.paused_until or 0.0) > now or (state.daily_exhausted_until or 0.0) > now
-            for state in (self._limiter.snapshot(loc, now) for loc in self._limiter.locations())
-        )
-        return Readiness(
-            assigned=bool(engine.tracker.owned()),
-            # The source's client hears of an outage late when a commit is waiting for the
-            # broker (it serves no callback meanwhile); the producer's hears at once.
-            broker_reachable=self._source.broker_reachable and self._producer.broker_reachable,
-            stalled=self._stalls.check(engine.tracker.stats(), throttled=held, now=now),
-        )
+    def token(self, integration_id: str) -> str:
+        """Raises KeyError for an integration that is not configured."""
+        return self.integrations[integration_id].access_token.reveal()
 
 
 async def run_consumer(settings: Settings, stop: asyncio.Event) -> EngineStats:

@@ -2,9 +2,11 @@
 
 Lives here: the ports (``ports``: every seam the engine talks through, as Protocols), the
 engine's lifecycle, intake, commits and rebalance handling (``engine``), dispatch per location
-lane with delivery, retry and parking decisions (``dispatch``), backpressure (``backpressure``),
-the keyed scheduler (``scheduler``), the offset tracker and its commit metadata (``offsets``)
-and the parking state and record format (``parking``).
+lane with delivery, retry and parking decisions (``dispatch``), pure backpressure
+(``backpressure``), the produces of its own records (``outbox``), its counters and snapshot
+(``stats``), its background tasks (``tasks``), the keyed scheduler (``scheduler``), the offset
+tracker and its commit metadata (``offsets``) and the parking state and record format
+(``parking``).
 
 May import: ``consumer.core``, ``consumer.errors``, ``consumer.highlevel.verdicts`` (the
 meaning of an answer, no HTTP), ``consumer.ratelimit`` (the limiter's permit and errors) and

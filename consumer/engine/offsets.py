@@ -1,3 +1,4 @@
+# Over 500 lines: one cohesive, property-tested pure model (OffsetMap codec and tracker share it).
 """Per-partition offset tracking: the contiguous commit point and a compact map of the done
 offsets above it, carried in the Kafka commit metadata (after confluentinc/parallel-consumer).
 

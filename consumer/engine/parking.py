@@ -1,5 +1,6 @@
 """Parking: where events go while their integration cannot take them, so that one broken
-tenant never stalls the partitions it shares with healthy ones (DESIGN.md section 5).
+tenant never stalls the partitions it shares with healthy ones (``docs/architecture.md``,
+"Parking").
 
 When an integration answers 401/403, when its location's daily budget is spent, or when one
 contact keeps failing past ``max_retry`` seconds, the engine writes that work (the merged
@@ -14,7 +15,8 @@ passed the contact's last parked record, whichever instance replayed it. After a
 unreplayed part of the parking topic (from the group's committed offsets to the end) is read back
 to rebuild that set.
 
-This module is pure: the state machine and the record format. The engine owns the I/O.
+This module is pure: the state machine and the record format. ``consumer.engine.dispatch``
+makes the parking decisions and owns the I/O.
 """
 
 from __future__ import annotations

@@ -1,19 +1,23 @@
 """The engine's ports: every seam between the engine and the world, each declared once.
 
-The engine talks to Kafka, HighLevel, the rate limiter and the profile changelog only through
-these Protocols; ``consumer.kafka``, ``consumer.highlevel``, ``consumer.ratelimit`` and
-``consumer.state`` implement them, and the unit tests implement them in memory
-(``tests/unit/engine_fakes.py``). Values that cross a seam (``Produced``) live here too.
+The engine talks to Kafka, HighLevel, the rate limiter, the profile changelog, the credentials
+store, the metrics and the Event Debugger only through these Protocols; ``consumer.kafka``,
+``consumer.highlevel``, ``consumer.ratelimit``, ``consumer.state``, ``consumer.observe`` and
+``consumer.commands.run`` implement them (structurally: nothing here is subclassed), and the
+unit tests implement them in memory (``tests/unit/engine_fakes.py``). Values that cross a seam
+(``Produced``, ``Endpoint``, ``RebalanceKind``) live here too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Protocol
 
 from consumer.core.events import Record
 from consumer.engine.offsets import Assignment, CommitPoint
+from consumer.engine.parking import ParkReason
 from consumer.highlevel.verdicts import Answer
 from consumer.ratelimit.limiter import Permit
 
@@ -129,3 +133,82 @@ class Limiter(Protocol):
     async def acquire(self, location_id: str) -> Permit: ...
 
     def observe(self, location_id: str, *, status: int, headers: Mapping[str, str]) -> None: ...
+
+
+class Credentials(Protocol):
+    """The integrations' HighLevel tokens (``consumer.commands.run`` adapts the settings; the
+    seam OAuth tokens will use). Asked once per request, so a token may change between calls."""
+
+    def token(self, integration_id: str) -> str:
+        """The token to send for ``integration_id`` (one the engine was configured with)."""
+        ...
+
+
+class Endpoint(StrEnum):
+    """The HighLevel endpoint a request went to (a metric label, shown by the debugger)."""
+
+    UPSERT = "upsert"
+    ADD_TAGS = "add_tags"
+
+
+class RebalanceKind(StrEnum):
+    """Which rebalance callback ran (a metric label)."""
+
+    ASSIGNED = "assigned"
+    REVOKED = "revoked"
+    LOST = "lost"
+
+
+class EngineMetrics(Protocol):
+    """The counters the engine drives on its hot path (``consumer.observe.metrics.Metrics``).
+    Called on the event loop thread; each call is cheap and never raises for an unknown label
+    value (the implementation bounds its labels)."""
+
+    def consumed(self, topic: str) -> None: ...
+
+    def skipped(self, topic: str) -> None: ...
+
+    def dropped(self, reason: str) -> None: ...
+
+    def rejected(self, reason: str) -> None: ...
+
+    def coalesced(self, integration: str) -> None: ...
+
+    def http(self, integration: str, endpoint: Endpoint, answer: Answer) -> None: ...
+
+    def retry(self, integration: str, answer: Answer) -> None: ...
+
+    def rate_wait(self, location: str, seconds: float) -> None: ...
+
+    def dead_lettered(self, reason: str, count: int = 1) -> None: ...
+
+    def parked(self, integration: str, reason: ParkReason, count: int = 1) -> None: ...
+
+    def replayed(self, integration: str, count: int = 1) -> None: ...
+
+    def rebalance(self, kind: RebalanceKind) -> None: ...
+
+    def ignored_field(self, integration: str, field_name: str) -> None: ...
+
+
+class DeliveryRecorder(Protocol):
+    """Remembers each HighLevel request for the Event Debugger
+    (``consumer.observe.recent_deliveries.RecentDeliveries``). Never given a token; masks what
+    it keeps. Called on the event loop thread after every answer."""
+
+    def record(
+        self,
+        *,
+        integration: str,
+        location_id: str,
+        endpoint: str,
+        events: Sequence[str],
+        contact_key: str,
+        payload: Mapping[str, object],
+        answer: Answer,
+        attempts: int,
+        now: float,
+    ) -> object:
+        """``attempts``: this request's attempt number (1 for the first); ``now``: wall-clock
+        seconds. The return value is the implementation's own (the engine ignores it)."""
+        ...

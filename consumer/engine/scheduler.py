@@ -8,7 +8,7 @@ Contract (what the engine relies on):
 - A key has at most one piece of work in flight. While it is in flight, or while its own work
   waits (for the coalescing window, for the lane's rate permit, for a retry backoff), later items
   for the same key fold into one *pending* work with ``merge(older, newer)``: one delivery then
-  completes every token (source offset) folded into it.
+  completes every ticket (an admitted source record) folded into it.
 - Within a key, items are applied in the order offered; a retried work keeps its place ahead of
   newer items (they merge *into* it, older first).
 - ``take`` hands out a lane's ready work, oldest ready time first.
@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 T = TypeVar("T")  # the work item (a ContactUpsert in the engine)
-S = TypeVar("S")  # a completion token (a source offset in the engine)
+K = TypeVar("K")  # a completion ticket (an admitted source record in the engine)
 
 
 @dataclass(slots=True, eq=False)
-class Work(Generic[T, S]):
-    """One unit of delivery for one key: the merged item and every token folded into it.
+class Work(Generic[T, K]):
+    """One unit of delivery for one key: the merged item and every ticket folded into it.
 
     ``first_at`` is when the oldest folded item arrived; ``first_taken_at`` when the work was
     first handed out (retries keep it: how long a contact has been failing); ``attempts`` counts
@@ -41,7 +41,7 @@ class Work(Generic[T, S]):
     key: Hashable
     lane: Hashable
     item: T
-    tokens: list[S]
+    tickets: list[K]
     first_at: float
     ready_at: float
     attempts: int = 0
@@ -51,12 +51,12 @@ class Work(Generic[T, S]):
 
 
 @dataclass(slots=True)
-class _KeyState(Generic[T, S]):
-    pending: Work[T, S] | None = None
-    in_flight: Work[T, S] | None = None
+class _KeyState(Generic[T, K]):
+    pending: Work[T, K] | None = None
+    in_flight: Work[T, K] | None = None
 
 
-class KeyedScheduler(Generic[T, S]):
+class KeyedScheduler(Generic[T, K]):
     """The queue described in the module docstring.
 
     ``window`` (seconds, >= 0) is how long new work waits for more items to fold in before it is
@@ -69,35 +69,35 @@ class KeyedScheduler(Generic[T, S]):
             raise ValueError("window must be >= 0")
         self._window = window
         self._merge = merge
-        self._keys: dict[Hashable, _KeyState[T, S]] = {}
+        self._keys: dict[Hashable, _KeyState[T, K]] = {}
         # lane -> heap of (ready_at, sequence, key, version); stale entries are skipped lazily.
         self._lanes: dict[Hashable, list[tuple[float, int, Hashable, int]]] = {}
         self._sequence = itertools.count()
         self._in_flight = 0
-        self._tokens = 0
+        self._tickets = 0
 
     # -- intake ---------------------------------------------------------------------------
 
-    def offer(self, key: Hashable, lane: Hashable, item: T, token: S, *, now: float) -> bool:
+    def offer(self, key: Hashable, lane: Hashable, item: T, ticket: K, *, now: float) -> bool:
         """Add ``item`` for ``key``; return True when it folded into the key's pending work."""
-        self._tokens += 1
+        self._tickets += 1
         state = self._keys.get(key)
         if state is None:
             state = self._keys[key] = _KeyState()
         pending = state.pending
         if pending is not None:
             pending.item = self._merge(pending.item, item)
-            pending.tokens.append(token)
+            pending.tickets.append(ticket)
             pending.coalesced += 1
             return True
-        state.pending = Work(key, lane, item, [token], first_at=now, ready_at=now + self._window)
+        state.pending = Work(key, lane, item, [ticket], first_at=now, ready_at=now + self._window)
         if state.in_flight is None:
             self._schedule(state.pending)
         return False
 
     # -- dispatch -------------------------------------------------------------------------
 
-    def take(self, lane: Hashable, *, now: float) -> Work[T, S] | None:
+    def take(self, lane: Hashable, *, now: float) -> Work[T, K] | None:
         """Pop the lane's oldest ready work and mark its key in flight; None when none is ready."""
         head = self._head(lane)
         if head is None or head.ready_at > now:
@@ -111,7 +111,7 @@ class KeyedScheduler(Generic[T, S]):
         self._in_flight += 1
         return head
 
-    def peek(self, lane: Hashable) -> Work[T, S] | None:
+    def peek(self, lane: Hashable) -> Work[T, K] | None:
         """The work ``take`` would consider next in ``lane`` (ready or not), without taking it."""
         return self._head(lane)
 
@@ -120,7 +120,7 @@ class KeyedScheduler(Generic[T, S]):
         head = self._head(lane)
         return None if head is None else head.ready_at
 
-    def _head(self, lane: Hashable) -> Work[T, S] | None:
+    def _head(self, lane: Hashable) -> Work[T, K] | None:
         """The lane's earliest schedulable work, after dropping stale heap entries."""
         heap = self._lanes.get(lane)
         while heap:
@@ -143,24 +143,24 @@ class KeyedScheduler(Generic[T, S]):
 
     # -- completion -----------------------------------------------------------------------
 
-    def complete(self, work: Work[T, S]) -> None:
+    def complete(self, work: Work[T, K]) -> None:
         """The in-flight ``work`` is finished (delivered, dead-lettered or parked): its key may
         dispatch its next pending work, which keeps its own ready time."""
         state = self._finish(work)
-        self._tokens -= len(work.tokens)
+        self._tickets -= len(work.tickets)
         if state.pending is not None:
             self._schedule(state.pending)
         else:
             del self._keys[work.key]
 
-    def retry(self, work: Work[T, S], *, at: float) -> Work[T, S]:
+    def retry(self, work: Work[T, K], *, at: float) -> Work[T, K]:
         """Put failed in-flight ``work`` back, ready at ``at``, ahead of newer items of its key:
         any pending work of the key is merged into it (older first). Returns the new pending."""
         state = self._finish(work)
         newer = state.pending
         if newer is not None:
             work.item = self._merge(work.item, newer.item)
-            work.tokens.extend(newer.tokens)
+            work.tickets.extend(newer.tickets)
             work.coalesced += newer.coalesced + 1
         work.attempts += 1
         work.ready_at = at
@@ -168,7 +168,7 @@ class KeyedScheduler(Generic[T, S]):
         self._schedule(work)
         return work
 
-    def _finish(self, work: Work[T, S]) -> _KeyState[T, S]:
+    def _finish(self, work: Work[T, K]) -> _KeyState[T, K]:
         state = self._keys.get(work.key)
         if state is None or state.in_flight is not work:
             raise ValueError("work is not in flight")
@@ -178,26 +178,26 @@ class KeyedScheduler(Generic[T, S]):
 
     # -- removal --------------------------------------------------------------------------
 
-    def discard(self, keep: Callable[[S], bool]) -> list[S]:
-        """Remove tokens for which ``keep`` is False from *pending* work (e.g. offsets of revoked
-        partitions) and return them; pending work left without tokens is dropped. In-flight
-        work is left alone: its delivery finishes, and the caller ignores its stale tokens."""
-        removed: list[S] = []
+    def discard(self, keep: Callable[[K], bool]) -> list[K]:
+        """Remove tickets for which ``keep`` is False from *pending* work (e.g. offsets of revoked
+        partitions) and return them; pending work left without tickets is dropped. In-flight
+        work is left alone: its delivery finishes, and the caller ignores its stale tickets."""
+        removed: list[K] = []
         for key in list(self._keys):
             state = self._keys[key]
             pending = state.pending
             if pending is None:
                 continue
-            kept = [t for t in pending.tokens if keep(t)]
-            if len(kept) == len(pending.tokens):
+            kept = [t for t in pending.tickets if keep(t)]
+            if len(kept) == len(pending.tickets):
                 continue
-            removed.extend(t for t in pending.tokens if not keep(t))
-            pending.tokens = kept
+            removed.extend(t for t in pending.tickets if not keep(t))
+            pending.tickets = kept
             if not kept:
                 state.pending = None
                 if state.in_flight is None:
                     del self._keys[key]
-        self._tokens -= len(removed)
+        self._tickets -= len(removed)
         return removed
 
     # -- introspection --------------------------------------------------------------------
@@ -208,16 +208,16 @@ class KeyedScheduler(Generic[T, S]):
         return self._in_flight
 
     @property
-    def tokens(self) -> int:
-        """Tokens held (pending and in flight): the engine's measure of buffered records."""
-        return self._tokens
+    def tickets(self) -> int:
+        """Tickets held (pending and in flight): the engine's measure of buffered records."""
+        return self._tickets
 
     @property
     def keys(self) -> int:
         """Keys with pending or in-flight work."""
         return len(self._keys)
 
-    def _schedule(self, work: Work[T, S]) -> None:
+    def _schedule(self, work: Work[T, K]) -> None:
         work._version += 1
         heap = self._lanes.setdefault(work.lane, [])
         heapq.heappush(heap, (work.ready_at, next(self._sequence), work.key, work._version))

@@ -1,4 +1,4 @@
-"""Every Prometheus metric of the consumer, defined once, with bounded labels; and readiness.
+"""Every Prometheus metric of the consumer, defined once, with bounded labels.
 
 The closed list (all names start with ``ghl_``; ``integration`` / ``location`` / ``topic`` take
 only configured values, anything else is counted as ``other``; every ``reason`` / ``kind`` /
@@ -41,10 +41,8 @@ Two kinds of input. Counters and histograms are driven by the engine's hot path 
 typed methods (``consumed``, ``dropped``, ``http`` ...) that look up label children bound once
 at construction, so an increment costs a dict lookup and a locked add. Gauges describing state
 (partitions, limiter budgets, buffers) are set by ``refresh(StateSnapshot)``, which the web
-server calls just before each scrape: nothing is computed between scrapes.
-
-Readiness: ``StallDetector`` (pure, takes ``now``) decides which partitions are stalled;
-``Readiness`` is what ``/readyz`` reports.
+server calls just before each scrape (``consumer.observe.readiness.Observed`` builds it):
+nothing is computed between scrapes. ``Metrics`` satisfies the engine's ``EngineMetrics`` port.
 
 Each ``Metrics`` owns its own ``CollectorRegistry`` (tests build fresh ones). Not thread-safe
 beyond what prometheus_client guarantees; the engine calls it from the event loop thread.
@@ -63,6 +61,7 @@ from consumer.core.deadletter import REJECTED_BY_HIGHLEVEL
 from consumer.core.events import STANDARD_FIELDS, Reason
 from consumer.engine.offsets import PartitionStats
 from consumer.engine.parking import ParkReason
+from consumer.engine.ports import Endpoint, RebalanceKind
 from consumer.highlevel.verdicts import Answer
 from consumer.ratelimit.budget import LimiterState
 
@@ -104,11 +103,6 @@ def status_class(status: int | None) -> StatusClass:
     return StatusClass.ERROR  # 1xx/3xx never reach the client's caller as final answers
 
 
-class Endpoint(StrEnum):
-    UPSERT = "upsert"
-    ADD_TAGS = "add_tags"
-
-
 class RetryReason(StrEnum):
     """``reason`` label of ``ghl_retries_total``."""
 
@@ -128,12 +122,6 @@ def retry_reason(answer: Answer) -> RetryReason:
     if answer.status in (401, 403):
         return RetryReason.UNAUTHORIZED
     return RetryReason.SERVER_ERROR
-
-
-class RebalanceKind(StrEnum):
-    ASSIGNED = "assigned"
-    REVOKED = "revoked"
-    LOST = "lost"
 
 
 # Fields HighLevel may answer about (``ignored_fields``): the upsert schema's names we send.
@@ -441,66 +429,3 @@ class Metrics:
 def _child(children: Mapping[str, _V], value: str) -> _V:
     child = children.get(value)
     return child if child is not None else children[OTHER]
-
-
-# -- readiness -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Readiness:
-    """What ``/readyz`` answers. The composition root fills it: ``assigned`` (owns at least one
-    partition), ``broker_reachable`` (the Kafka client's last error is not "all brokers down"),
-    ``stalled`` (from ``StallDetector``)."""
-
-    assigned: bool
-    broker_reachable: bool
-    stalled: tuple[tuple[str, int], ...] = ()
-
-    @property
-    def ready(self) -> bool:
-        return self.assigned and self.broker_reachable and not self.stalled
-
-    def reasons(self) -> list[str]:
-        """Why not ready (empty when ready), readable and free of personal data."""
-        reasons = []
-        if not self.assigned:
-            reasons.append("no partitions assigned")
-        if not self.broker_reachable:
-            reasons.append("Kafka broker unreachable")
-        reasons.extend(f"partition {t}[{p}] stalled" for t, p in self.stalled)
-        return reasons
-
-
-class StallDetector:
-    """Finds partitions that have work but make no progress.
-
-    A partition is stalled when it has incomplete records and its commit point has not moved
-    for ``after_s`` seconds, while deliveries are not held by the rate limiter (a 429 pause or a
-    spent daily budget is waiting, not stalling). Pure: the caller passes ``now``; keeps one
-    (position, since) pair per owned partition.
-    """
-
-    def __init__(self, *, after_s: float) -> None:
-        if after_s <= 0:
-            raise ValueError("after_s must be > 0")
-        self._after = after_s
-        self._since: dict[tuple[str, int], tuple[int | None, float]] = {}
-
-    def check(
-        self, partitions: Sequence[PartitionStats], *, throttled: bool, now: float
-    ) -> tuple[tuple[str, int], ...]:
-        """The stalled partitions among ``partitions`` (the owned ones now). ``throttled``: the
-        rate limiter holds deliveries; the stall clock restarts for every partition then."""
-        since: dict[tuple[str, int], tuple[int | None, float]] = {}
-        stalled = []
-        for p in partitions:
-            key = (p.topic, p.partition)
-            previous = self._since.get(key)
-            if throttled or p.incomplete == 0 or previous is None or previous[0] != p.commit_offset:
-                since[key] = (p.commit_offset, now)
-                continue
-            since[key] = previous
-            if now - previous[1] >= self._after:
-                stalled.append(key)
-        self._since = since
-        return tuple(sorted(stalled))

@@ -6,7 +6,7 @@
 - ``GET /healthz``: 200 while the process serves requests.
 - ``GET /readyz``: 200 ``{"ready": true}``, or 503 ``{"ready": false, "reasons": [...]}`` when
   no partition is assigned, the broker is unreachable or a partition is stalled
-  (``consumer.observe.metrics.Readiness``).
+  (``consumer.observe.readiness.Readiness``).
 - ``GET /debug``: the Event Debugger page (recent deliveries, filters, live updates).
 - ``GET /debug/deliveries.json``: recent deliveries, newest first; query ``integration``,
   ``outcome``, ``after`` (seq), ``limit``.
@@ -37,7 +37,8 @@ from aiohttp import web
 
 from consumer.errors import ConfigError
 from consumer.highlevel.verdicts import Verdict
-from consumer.observe.metrics import Metrics, Readiness, StateSnapshot
+from consumer.observe.metrics import Metrics, StateSnapshot
+from consumer.observe.readiness import Readiness
 from consumer.observe.recent_deliveries import DeliveryEntry, RecentDeliveries
 
 logger = logging.getLogger(__name__)

@@ -20,7 +20,8 @@ import pytest
 from playwright.async_api import BrowserContext, Page, async_playwright, expect
 
 from consumer.highlevel.verdicts import Answer, classify
-from consumer.observe.metrics import Metrics, Readiness
+from consumer.observe.metrics import Metrics
+from consumer.observe.readiness import Readiness
 from consumer.observe.recent_deliveries import RecentDeliveries
 from consumer.observe.web import WebServer, serve_web
 

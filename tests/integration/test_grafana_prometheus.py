@@ -15,8 +15,10 @@ import aiohttp
 import pytest
 
 from consumer.engine.offsets import PartitionStats
+from consumer.engine.ports import Endpoint
 from consumer.highlevel.verdicts import Answer, Verdict
-from consumer.observe.metrics import Endpoint, Metrics, Readiness, StateSnapshot
+from consumer.observe.metrics import Metrics, StateSnapshot
+from consumer.observe.readiness import Readiness
 from consumer.observe.web import WebServer, serve_web
 from tests.integration.prometheus_server import api, prometheus_scraping, query_until
 

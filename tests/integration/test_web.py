@@ -14,7 +14,8 @@ import pytest
 
 from consumer.engine.offsets import PartitionStats
 from consumer.highlevel.verdicts import Answer, classify
-from consumer.observe.metrics import Metrics, Readiness, StateSnapshot
+from consumer.observe.metrics import Metrics, StateSnapshot
+from consumer.observe.readiness import Readiness
 from consumer.observe.recent_deliveries import RecentDeliveries
 from consumer.observe.web import WebServer, serve_web
 

@@ -1,4 +1,4 @@
-"""In-memory stand-ins for the engine's seams: a Kafka source, a sink, and HighLevel.
+"""In-memory stand-ins for the engine's seams: a Kafka source, a sink, credentials and HighLevel.
 
 They exist for fast engine tests; the same behaviours are proven against a real broker and the
 sandbox over HTTP in tests/integration.
@@ -127,6 +127,16 @@ class MemoryParkingLog:
 
     async def unreplayed(self) -> list[Record]:
         return []
+
+
+@dataclass(frozen=True)
+class StaticCredentials:
+    """Fixed tokens per integration id."""
+
+    tokens: Mapping[str, str]
+
+    def token(self, integration_id: str) -> str:
+        return self.tokens[integration_id]
 
 
 def answer(status: int | None, body: Mapping[str, object] | None = None) -> Answer:

@@ -19,7 +19,13 @@ from consumer.observe.metrics import Metrics
 from consumer.observe.recent_deliveries import RecentDeliveries
 from consumer.ratelimit.budget import Budget
 from consumer.ratelimit.limiter import LocalBackend, RateLimiter
-from tests.unit.engine_fakes import FakeHighLevel, MemoryParkingLog, MemorySink, MemorySource
+from tests.unit.engine_fakes import (
+    FakeHighLevel,
+    MemoryParkingLog,
+    MemorySink,
+    MemorySource,
+    StaticCredentials,
+)
 
 LOCATION = "ve9EPM428h8vShlRW1KT"
 TOKEN = "pit-secret-token"
@@ -71,14 +77,15 @@ def build(
     return Engine(
         source=source,
         sink=sink,
-        parking=parking,
+        parking_log=parking,
         mapper=mapper,
         limiter=limiter,
         sender=highlevel,
-        integrations=settings.integrations,
+        credentials=StaticCredentials({"default": TOKEN}),
+        locations={"default": LOCATION},
         dead_letter_topic="events.dlq",
         metrics=metrics or Metrics(integrations={"default": LOCATION}, topics=["events"]),
-        debugger=debugger or RecentDeliveries(integrations=["default"]),
+        recorder=debugger or RecentDeliveries(integrations=["default"]),
         options=EngineOptions(**{**defaults, **options}),  # type: ignore[arg-type]
         rng=random.Random(1),
     )
@@ -275,7 +282,7 @@ async def test_a_revoked_partition_commits_what_is_done_and_drops_its_waiting_wo
             await asyncio.sleep(0.01)
     await source.revoke([("events", 0)])
     assert committed(source) in (None, 0)  # offset 0 is not done: nothing past it
-    assert engine.scheduler.tokens == 0
+    assert engine.snapshot().buffered_records == 0
     commits_at_revoke = len(source.commits)
     await asyncio.sleep(0.2)
     stop.set()
@@ -328,7 +335,7 @@ async def test_revoke_waits_for_work_in_flight_and_never_resends_it_after() -> N
     stop.set()
     await task
     assert highlevel.calls == 1
-    assert engine.scheduler.keys == 0
+    assert (engine.snapshot().buffered_records, engine.snapshot().in_flight) == (0, 0)
 
 
 async def test_a_full_partition_pauses_and_resumes_as_work_drains() -> None:
@@ -371,7 +378,7 @@ async def _peak_buffered_bytes(max_buffered_bytes: int) -> tuple[int, bool]:
 
     def done() -> bool:
         nonlocal peak, paused_seen
-        peak = max(peak, engine.buffered_bytes)
+        peak = max(peak, engine.snapshot().buffered_bytes)
         paused_seen = paused_seen or bool(source.paused)
         return committed(source) == 40
 
@@ -407,7 +414,7 @@ async def test_an_unauthorized_integration_parks_its_events_and_replays_them_onc
             await asyncio.sleep(0.01)
     [parked] = parking.source.records[("parking", 0)]
     assert dict(parked.headers)["ghl.park.reason"] == b"unauthorized"
-    assert engine.unhealthy == {"default"}
+    assert engine.snapshot().unhealthy == {"default"}
     await asyncio.sleep(0.25)  # probes keep failing: nothing delivered, nothing lost
     assert highlevel.upserts == []
     answers["status"] = 200
@@ -418,7 +425,7 @@ async def test_an_unauthorized_integration_parks_its_events_and_replays_them_onc
     await task
     assert len(highlevel.upserts) == 1
     assert highlevel.upserts[0]["email"] == "sam@example.com"
-    assert engine.unhealthy == frozenset()
+    assert engine.snapshot().unhealthy == frozenset()
 
 
 async def test_a_contact_failing_past_max_retry_is_parked_and_its_newer_events_follow_it() -> None:
@@ -471,7 +478,7 @@ async def test_shutdown_drains_in_flight_work_then_commits() -> None:
     stop = asyncio.Event()
     task = asyncio.create_task(engine.run(stop))
     async with asyncio.timeout(5):
-        while engine.scheduler.in_flight == 0:
+        while engine.snapshot().in_flight == 0:
             await asyncio.sleep(0.005)
     stop.set()
     await task

@@ -1,4 +1,4 @@
-"""consumer.observe.metrics: the closed list, bounded labels, scrape-time gauges, readiness."""
+"""consumer.observe.metrics: the closed list, bounded labels, scrape-time gauges."""
 
 from __future__ import annotations
 
@@ -9,15 +9,12 @@ import pytest
 from consumer.core.events import Reason
 from consumer.engine.offsets import PartitionStats
 from consumer.engine.parking import ParkReason
+from consumer.engine.ports import Endpoint, RebalanceKind
 from consumer.highlevel.verdicts import Answer, classify
 from consumer.observe.metrics import (
     OTHER,
-    Endpoint,
     Metrics,
-    Readiness,
-    RebalanceKind,
     RetryReason,
-    StallDetector,
     StateSnapshot,
     StatusClass,
     retry_reason,
@@ -313,52 +310,3 @@ def test_exposition_is_text_format_without_secrets(metrics: Metrics) -> None:
     text = metrics.exposition().decode()
     assert 'ghl_events_consumed_total{topic="events"} 1.0' in text
     assert "# TYPE ghl_http_request_duration_seconds histogram" in text
-
-
-# -- readiness ------------------------------------------------------------------------------------
-
-
-def test_readiness_reasons() -> None:
-    assert Readiness(assigned=True, broker_reachable=True).ready
-    not_ready = Readiness(assigned=False, broker_reachable=False, stalled=(("events", 3),))
-    assert not not_ready.ready
-    assert not_ready.reasons() == [
-        "no partitions assigned",
-        "Kafka broker unreachable",
-        "partition events[3] stalled",
-    ]
-
-
-def test_stall_needs_incomplete_work_and_no_progress_for_the_whole_period() -> None:
-    detector = StallDetector(after_s=60)
-    busy = [partition(0, incomplete=5, commit=10), partition(1, incomplete=0, commit=3)]
-    assert detector.check(busy, throttled=False, now=0) == ()
-    assert detector.check(busy, throttled=False, now=59) == ()
-    assert detector.check(busy, throttled=False, now=60) == (("events", 0),)
-    # progress restarts the clock
-    moved = [partition(0, incomplete=5, commit=11), partition(1, incomplete=0, commit=3)]
-    assert detector.check(moved, throttled=False, now=61) == ()
-    assert detector.check(moved, throttled=False, now=120) == ()
-    assert detector.check(moved, throttled=False, now=121) == (("events", 0),)
-
-
-def test_stall_clock_restarts_while_the_rate_limiter_holds_deliveries() -> None:
-    detector = StallDetector(after_s=60)
-    waiting = [partition(0, incomplete=5, commit=10)]
-    detector.check(waiting, throttled=False, now=0)
-    assert detector.check(waiting, throttled=True, now=100) == ()
-    assert detector.check(waiting, throttled=False, now=150) == ()
-    assert detector.check(waiting, throttled=False, now=160) == (("events", 0),)
-
-
-def test_stall_forgets_revoked_partitions() -> None:
-    detector = StallDetector(after_s=10)
-    detector.check([partition(0, incomplete=1)], throttled=False, now=0)
-    detector.check([], throttled=False, now=5)
-    # reassigned later: a fresh clock, not the old one
-    assert detector.check([partition(0, incomplete=1)], throttled=False, now=20) == ()
-
-
-def test_stall_detector_rejects_a_non_positive_period() -> None:
-    with pytest.raises(ValueError, match="after_s"):
-        StallDetector(after_s=0)

@@ -24,7 +24,7 @@ def test_work_waits_for_its_window_then_is_taken() -> None:
     assert s.next_ready_at("loc") == 12.0
     work = s.take("loc", now=12.0)
     assert work is not None
-    assert (work.item, work.tokens, work.attempts) == ("a", [1], 0)
+    assert (work.item, work.tickets, work.attempts) == ("a", [1], 0)
 
 
 def test_items_for_a_waiting_key_fold_into_one_work_in_order() -> None:
@@ -34,7 +34,7 @@ def test_items_for_a_waiting_key_fold_into_one_work_in_order() -> None:
     assert s.offer("k", "loc", "c", 3, now=0.9) is True
     work = s.take("loc", now=1.0)
     assert work is not None
-    assert (work.item, work.tokens, work.coalesced) == ("abc", [1, 2, 3], 2)
+    assert (work.item, work.tickets, work.coalesced) == ("abc", [1, 2, 3], 2)
     # the window counts from the first item, not the last
     assert work.ready_at == 1.0
 
@@ -50,7 +50,7 @@ def test_one_in_flight_per_key_and_newer_items_wait_behind_it() -> None:
     s.complete(first)
     second = s.take("loc", now=5.0)
     assert second is not None
-    assert (second.item, second.tokens) == ("bc", [2, 3])
+    assert (second.item, second.tickets) == ("bc", [2, 3])
 
 
 def test_other_keys_proceed_while_one_is_in_flight() -> None:
@@ -85,7 +85,7 @@ def test_retry_keeps_the_failed_work_ahead_of_newer_items() -> None:
     assert work is not None
     s.offer("k", "loc", "b", 2, now=0.1)
     again = s.retry(work, at=3.0)
-    assert (again.item, again.tokens, again.attempts) == ("ab", [1, 2], 1)
+    assert (again.item, again.tickets, again.attempts) == ("ab", [1, 2], 1)
     assert s.take("loc", now=2.9) is None
     taken = s.take("loc", now=3.0)
     assert taken is again
@@ -98,7 +98,7 @@ def test_complete_forgets_idle_keys() -> None:
     work = s.take("loc", now=0.0)
     assert work is not None
     s.complete(work)
-    assert (s.keys, s.tokens, s.in_flight) == (0, 0, 0)
+    assert (s.keys, s.tickets, s.in_flight) == (0, 0, 0)
     assert s.next_ready_at("loc") is None
 
 
@@ -110,7 +110,7 @@ def test_completing_work_that_is_not_in_flight_is_a_caller_bug() -> None:
         s.complete(stray)
 
 
-def test_discard_removes_tokens_from_pending_work_only() -> None:
+def test_discard_removes_tickets_from_pending_work_only() -> None:
     s = make()
     s.offer("k1", "loc", "a", 1, now=0.0)
     in_flight = s.take("loc", now=0.0)
@@ -118,12 +118,12 @@ def test_discard_removes_tokens_from_pending_work_only() -> None:
     s.offer("k1", "loc", "b", 2, now=0.0)  # pending behind the in-flight work
     s.offer("k2", "loc", "c", 3, now=0.0)
     s.offer("k2", "loc", "d", 4, now=0.0)
-    removed = s.discard(lambda token: token not in (1, 2, 3, 4))
+    removed = s.discard(lambda ticket: ticket not in (1, 2, 3, 4))
     assert sorted(removed) == [2, 3, 4]
-    assert in_flight.tokens == [1]  # untouched: its delivery finishes
+    assert in_flight.tickets == [1]  # untouched: its delivery finishes
     assert s.take("loc", now=0.0) is None
     s.complete(in_flight)
-    assert (s.keys, s.tokens) == (0, 0)
+    assert (s.keys, s.tickets) == (0, 0)
 
 
 def test_negative_window_is_refused() -> None:
@@ -152,7 +152,7 @@ def test_any_interleaving_keeps_key_order_and_one_in_flight_per_key(
         window=window, merge=lambda a, b: a + b
     )
     now = 0.0
-    next_token = 0
+    next_ticket = 0
     offered: dict[str, list[int]] = {}
     delivered: dict[str, list[int]] = {}
     flying: list[Work[tuple[int, ...], int]] = []
@@ -160,21 +160,21 @@ def test_any_interleaving_keeps_key_order_and_one_in_flight_per_key(
     for op, a, _ in ops:
         if op == "offer":
             key = f"k{a}"
-            s.offer(key, lane_of[key], (next_token,), next_token, now=now)
-            offered.setdefault(key, []).append(next_token)
-            next_token += 1
+            s.offer(key, lane_of[key], (next_ticket,), next_ticket, now=now)
+            offered.setdefault(key, []).append(next_ticket)
+            next_ticket += 1
         elif op == "take":
             work = s.take(f"lane{a}", now=now)
             if work is not None:
                 assert all(w.key != work.key for w in flying), "two in flight for one key"
                 assert work.lane == f"lane{a}"
-                assert list(work.item) == work.tokens, "merge order differs from token order"
+                assert list(work.item) == work.tickets, "merge order differs from ticket order"
                 flying.append(work)
         elif op in ("complete", "retry") and flying:
             work = flying.pop(a % len(flying))
             if op == "complete":
                 s.complete(work)
-                delivered.setdefault(str(work.key), []).extend(work.tokens)
+                delivered.setdefault(str(work.key), []).extend(work.tickets)
             else:
                 s.retry(work, at=now + 0.5)
         elif op == "tick":
@@ -182,7 +182,7 @@ def test_any_interleaving_keeps_key_order_and_one_in_flight_per_key(
     # Drain everything.
     for work in flying:
         s.complete(work)
-        delivered.setdefault(str(work.key), []).extend(work.tokens)
+        delivered.setdefault(str(work.key), []).extend(work.tickets)
     now += 10
     while True:
         taken = [w for lane in ("lane0", "lane1", "lane2") if (w := s.take(lane, now=now))]
@@ -190,6 +190,6 @@ def test_any_interleaving_keeps_key_order_and_one_in_flight_per_key(
             break
         for work in taken:
             s.complete(work)
-            delivered.setdefault(str(work.key), []).extend(work.tokens)
+            delivered.setdefault(str(work.key), []).extend(work.tickets)
     assert delivered == offered
-    assert (s.keys, s.tokens, s.in_flight) == (0, 0, 0)
+    assert (s.keys, s.tickets, s.in_flight) == (0, 0, 0)

@@ -1,0 +1,506 @@
+"""Dispatch: from the keyed scheduler to HighLevel, one lane per location, and what each answer
+means for the work (``docs/architecture.md``, "Delivery verdicts and retries" and "Parking").
+
+Flow of an upsert once the engine has offered it (steps 3 and 4 of ``consumer.engine.engine``):
+
+3. ``deliver``: one worker task per lane takes ready work when the location's rate limiter
+   grants a permit and a global in-flight slot is free, then sends it. The answer decides
+   (``consumer.highlevel.verdicts``): completed, retried with backoff, parked, or dead-lettered.
+4. ``complete``: a record is done when every outcome of it is done (``Ticket.settle``); its
+   offset completes.
+
+Parking (``consumer.engine.parking``): work of an integration answering 401/403, of a location
+whose daily budget is spent, or of a contact failing past ``max_retry``, goes to the parking
+topic and its offsets complete, so the partitions move on. A second feed, a consumer group on
+the parking topic, brings parked upserts back through the same scheduler; they are delivered
+when the integration works again (one probe per ``unauthorized_probe_interval``) and never
+parked twice. A contact with an upsert in the parking topic parks its newer work too, until
+the parking group has committed past it (``run_releases`` watches for that).
+
+Revocation: work of a revoked partition that is already being sent or parked finishes (the
+engine waits for it with ``wait_for_in_flight``); if it fails after all it is dropped, never
+retried: a late re-send could set a contact back to an older state after the new owner
+delivered a newer one. Its not-yet-sent work is discarded (``forget_revoked``).
+
+Everything runs on the event loop thread; not thread-safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable, Collection, Hashable, Mapping
+from dataclasses import dataclass
+
+from consumer.core.deadletter import REJECTED_BY_HIGHLEVEL, Failure
+from consumer.core.events import ContactUpsert, Record
+from consumer.engine.offsets import PartitionOffsets
+from consumer.engine.outbox import Outbox
+from consumer.engine.parking import ParkingState, ParkReason, decode_parked, encode_parked
+from consumer.engine.ports import (
+    Credentials,
+    DeliveryRecorder,
+    Endpoint,
+    EngineMetrics,
+    Limiter,
+    ParkingLog,
+    Sender,
+)
+from consumer.engine.scheduler import KeyedScheduler, Work
+from consumer.engine.stats import EngineStats
+from consumer.engine.tasks import TaskSet
+from consumer.errors import DailyBudgetExhausted
+from consumer.highlevel.verdicts import Answer, Verdict, ignored_fields
+from consumer.ratelimit.limiter import Permit
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True, eq=False)
+class Ticket:
+    """One admitted record and how many of its outcomes are still open; its offset completes
+    when the last one settles. ``replay``: the record comes from the parking topic (its work is
+    never parked again)."""
+
+    record: Record
+    partition: PartitionOffsets
+    open_parts: int
+    replay: bool = False
+
+    def settle(self) -> None:
+        """One outcome of the record is done (delivered, dropped, dead-lettered, parked)."""
+        self.open_parts -= 1
+        if self.open_parts == 0:
+            self.partition.complete(self.record.offset)
+
+
+_Key = tuple[str, str, str]  # (integration id, contact key, "replay" or "")
+_Work = Work[ContactUpsert, Ticket]
+
+
+class Dispatcher:
+    """Lanes, delivery, retries and parking decisions (see the module docstring).
+
+    ``locations``: integration id -> its location id (the lane); ``credentials`` gives each
+    request's token. Times are in seconds; ``rng`` jitters the backoff. The engine calls
+    ``offer`` for every upsert, runs ``run_releases`` as a background task and ``close`` at
+    shutdown. No method raises for a delivery failure: failures are outcomes.
+    """
+
+    def __init__(
+        self,
+        *,
+        limiter: Limiter,
+        sender: Sender,
+        credentials: Credentials,
+        locations: Mapping[str, str],
+        parking_log: ParkingLog,
+        outbox: Outbox,
+        metrics: EngineMetrics,
+        recorder: DeliveryRecorder,
+        stats: EngineStats,
+        coalesce_window: float,
+        max_in_flight: int,
+        retry_base: float,
+        retry_max: float,
+        max_retry: float,
+        unauthorized_probe_interval: float,
+        parking_check_interval: float,
+        rng: random.Random,
+        wall_clock: Callable[[], float],
+    ) -> None:
+        self._limiter = limiter
+        self._sender = sender
+        self._credentials = credentials
+        self._locations = locations
+        self._parking_log = parking_log
+        self._outbox = outbox
+        self._metrics = metrics
+        self._recorder = recorder
+        self._stats = stats
+        self._retry_base = retry_base
+        self._retry_max = retry_max
+        self._max_retry = max_retry
+        self._probe_interval = unauthorized_probe_interval
+        self._parking_check_interval = parking_check_interval
+        self._rng = rng
+        self._wall_clock = wall_clock
+        self._scheduler: KeyedScheduler[ContactUpsert, Ticket] = KeyedScheduler(
+            window=coalesce_window, merge=ContactUpsert.merged_with
+        )
+        self._parking_state = ParkingState(probe_interval=unauthorized_probe_interval)
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._lane_tasks: dict[Hashable, asyncio.Task[None]] = {}
+        self._lane_wakeups: dict[Hashable, asyncio.Event] = {}
+        self._tasks = TaskSet()
+        self._active: set[_Work] = set()  # being delivered or parked
+        self._active_shrank = asyncio.Event()
+
+    # -- what the engine reads ------------------------------------------------------------------
+
+    @property
+    def tickets(self) -> int:
+        """Tickets in the scheduler, pending or in flight."""
+        return self._scheduler.tickets
+
+    @property
+    def in_flight(self) -> int:
+        """Works handed out for delivery and not finished."""
+        return self._scheduler.in_flight
+
+    @property
+    def unhealthy(self) -> frozenset[str]:
+        """Integration ids whose last answer was 401/403 (their events park)."""
+        return self._parking_state.unhealthy
+
+    # -- intake ---------------------------------------------------------------------------------
+
+    def offer(
+        self, upsert: ContactUpsert, ticket: Ticket, now: float, *, replay: bool = False
+    ) -> None:
+        """Queue ``upsert`` (one outcome of ``ticket``'s record) in its location's lane; it
+        folds into pending work of its contact. Replayed upserts get a key of their own: they
+        never fold into new ones (which park behind them until the parking group has committed
+        past the contact), so new events never wait on a replay that keeps failing."""
+        key: _Key = (upsert.integration_id, upsert.contact_key, "replay" if replay else "")
+        if self._scheduler.offer(key, upsert.location_id, upsert, ticket, now=now):
+            self._stats.coalesced += 1
+            self._metrics.coalesced(upsert.integration_id)
+        self._wake(upsert.location_id)
+
+    # -- revocation -----------------------------------------------------------------------------
+
+    async def wait_for_in_flight(self, partitions: Collection[PartitionOffsets]) -> None:
+        """Return once no work with a ticket of ``partitions`` is being delivered or parked
+        (the caller bounds the wait)."""
+        leaving = {id(p) for p in partitions}
+        while any(
+            id(ticket.partition) in leaving for work in self._active for ticket in work.tickets
+        ):
+            self._active_shrank.clear()
+            await self._active_shrank.wait()
+
+    def forget_revoked(self) -> None:
+        """Drop waiting work of revoked partitions (their new owner re-reads it)."""
+        self._scheduler.discard(lambda ticket: not ticket.partition.revoked)
+
+    # -- parking state --------------------------------------------------------------------------
+
+    async def load_parked(self) -> None:
+        """Learn the contacts with upserts waiting in the parking topic (read from the parking
+        group's committed offsets to the end): their newer work parks too."""
+        for record in await self._parking_log.unreplayed():
+            upsert = decode_parked(record.value)
+            if upsert is not None:
+                key = (upsert.integration_id, upsert.contact_key)
+                self._parking_state.parked(key, record.partition, record.offset)
+
+    async def run_releases(self) -> None:
+        """Every ``parking_check_interval``: release contacts whose parked upserts the parking
+        group has replayed. Runs until cancelled; a failed read is logged and retried."""
+        while True:
+            await asyncio.sleep(self._parking_check_interval)
+            partitions = sorted(self._parking_state.parked_partitions)
+            if not partitions:
+                continue
+            try:
+                committed = await self._parking_log.committed(partitions)
+            except Exception:
+                logger.exception("reading the parking group's offsets failed; will retry")
+                continue
+            for integration_id, _ in self._parking_state.replayed(committed):
+                self._wake(self._locations[integration_id])
+
+    # -- lanes ----------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Cancel every lane and every delivery or park in flight; their work stays undone."""
+        lanes = list(self._lane_tasks.values())
+        for task in lanes:
+            task.cancel()
+        await asyncio.gather(*lanes, return_exceptions=True)
+        await self._tasks.cancel_all()
+        self._lane_tasks.clear()
+
+    def _wake(self, lane: Hashable) -> None:
+        wakeup = self._lane_wakeups.get(lane)
+        if wakeup is None:
+            wakeup = self._lane_wakeups[lane] = asyncio.Event()
+        wakeup.set()
+        if lane not in self._lane_tasks:
+            self._lane_tasks[lane] = asyncio.create_task(self._lane_loop(lane), name=f"lane-{lane}")
+
+    async def _lane_loop(self, lane: Hashable) -> None:
+        """One location's dispatcher: takes ready work; parks it when its integration, location
+        or contact parks; else waits for a rate permit and a global slot and delivers it. Exits
+        when the lane is empty (``_wake`` restarts it)."""
+        loop = asyncio.get_running_loop()
+        wakeup = self._lane_wakeups[lane]
+        location_id = str(lane)
+        while True:
+            ready_at = self._scheduler.next_ready_at(lane)
+            if ready_at is None:
+                del self._lane_tasks[lane]
+                return
+            delay = ready_at - loop.time()
+            if delay > 0:
+                wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await wakeup.wait()
+                continue
+            head = self._scheduler.peek(lane)
+            assert head is not None  # next_ready_at found it
+            now = loop.time()
+            if head.tickets[0].replay:  # replayed and new work never share a key
+                held_until = self._parking_state.holding(
+                    head.item.integration_id, head.item.location_id, now
+                )
+                if held_until is not None:  # wait for the probe or the budget, lane goes on
+                    self._scheduler.retry(self._take(lane, head, now), at=held_until)
+                    continue
+            else:
+                reason = self._park_reason(head, now)
+                if reason is not None:
+                    self._tasks.spawn(self._park(self._take(lane, head, now), reason))
+                    continue
+            asked = loop.time()
+            try:
+                permit = await self._limiter.acquire(location_id)
+            except DailyBudgetExhausted as exhausted:
+                self._daily_spent(location_id, exhausted.until)
+                continue
+            self._metrics.rate_wait(location_id, loop.time() - asked)
+            await self._slots.acquire()
+            work = self._scheduler.take(lane, now=loop.time())
+            if work is None:
+                permit.release(sent=False)
+                self._slots.release()
+                continue
+            self._tasks.spawn(self._deliver(work, permit))
+
+    def _take(self, lane: Hashable, head: _Work, now: float) -> _Work:
+        work = self._scheduler.take(lane, now=now)
+        assert work is head  # nothing ran between peek and take
+        return work
+
+    def _park_reason(self, work: _Work, now: float) -> ParkReason | None:
+        """Why new (not replayed) ``work`` goes to the parking topic now; None to deliver it."""
+        upsert = work.item
+        return self._parking_state.reason_to_park(
+            integration_id=upsert.integration_id,
+            location_id=upsert.location_id,
+            key=(upsert.integration_id, upsert.contact_key),
+            now=now,
+        )
+
+    def _daily_spent(self, location_id: str, until: float) -> None:
+        self._parking_state.daily_spent(location_id, until)
+        logger.warning(
+            "location %s: daily budget spent; parking its events for %.0fs",
+            location_id,
+            until - asyncio.get_running_loop().time(),
+        )
+
+    # -- delivery -------------------------------------------------------------------------------
+
+    async def _deliver(self, work: _Work, permit: Permit) -> None:
+        """Send one work, act on the answer, release the slot. Never raises."""
+        loop = asyncio.get_running_loop()
+        upsert = work.item
+        token = self._credentials.token(upsert.integration_id)
+        self._active.add(work)
+        try:
+            payload = upsert.payload()
+            with permit:
+                answer = await self._sender.upsert(token=token, payload=payload)
+            self._observe(work, Endpoint.UPSERT, payload, answer)
+            if answer.verdict is Verdict.DELIVERED:
+                self._check_answer(upsert, payload, answer)
+            if answer.verdict is Verdict.DELIVERED and upsert.tags_to_add():
+                answer = await self._add_tags(work, token, answer)
+            await self._settle(work, answer, loop.time())
+        except Exception:  # a bug must not strand the key in flight forever
+            logger.exception("delivery failed unexpectedly; retrying")
+            if not self._drop_revoked(work):
+                self._scheduler.retry(work, at=loop.time() + self._backoff(work.attempts))
+        finally:
+            self._finished(work)
+            self._slots.release()
+            self._wake(upsert.location_id)
+
+    def _check_answer(
+        self, upsert: ContactUpsert, payload: Mapping[str, object], answer: Answer
+    ) -> None:
+        """Count and log the fields HighLevel's answer shows it silently did not apply."""
+        ignored = ignored_fields(payload, answer.contact)
+        for name in ignored:
+            self._stats.ignored_fields[name] += 1
+            self._metrics.ignored_field(upsert.integration_id, name)
+        if ignored:
+            logger.info(
+                "integration %s: HighLevel did not apply %s (traceId %s)",
+                upsert.integration_id,
+                ", ".join(ignored),
+                answer.trace_id,
+            )
+
+    async def _add_tags(self, work: _Work, token: str, upserted: Answer) -> Answer:
+        """Add the upsert's tags to the contact HighLevel answered with; the answer that
+        decides the work (the upsert's own when there is no contact id to tag)."""
+        upsert = work.item
+        contact = upserted.contact
+        contact_id = contact.get("id") if contact is not None else None
+        if not isinstance(contact_id, str):
+            return upserted  # nothing to tag; the upsert itself succeeded
+        body = {"tags": list(upsert.tags_to_add())}
+        try:
+            permit = await self._limiter.acquire(upsert.location_id)
+        except DailyBudgetExhausted as exhausted:
+            self._daily_spent(upsert.location_id, exhausted.until)
+            # Retried (then parked): the upsert is sent again with its tags; upserts repeat.
+            return Answer(verdict=Verdict.RETRY, status=None, latency_s=0.0, error="daily budget")
+        with permit:
+            answer = await self._sender.add_tags(
+                token=token, contact_id=contact_id, tags=upsert.tags_to_add()
+            )
+        self._observe(work, Endpoint.ADD_TAGS, body, answer)
+        return answer
+
+    def _observe(
+        self, work: _Work, endpoint: Endpoint, payload: Mapping[str, object], answer: Answer
+    ) -> None:
+        """Account for one HighLevel answer: counters, metrics, the limiter, the recorder."""
+        upsert = work.item
+        self._stats.http_calls += 1
+        self._metrics.http(upsert.integration_id, endpoint, answer)
+        if answer.status is not None:
+            self._limiter.observe(
+                upsert.location_id, status=answer.status, headers=answer.headers
+            )
+        self._recorder.record(
+            integration=upsert.integration_id,
+            location_id=upsert.location_id,
+            endpoint=endpoint,
+            events=upsert.events,
+            contact_key=upsert.contact_key,
+            payload=payload,
+            answer=answer,
+            attempts=work.attempts + 1,
+            now=self._wall_clock(),
+        )
+
+    # -- outcomes -------------------------------------------------------------------------------
+
+    async def _settle(self, work: _Work, answer: Answer, now: float) -> None:
+        """Act on the answer that decides ``work``: complete, dead-letter, retry or park."""
+        integration_id = work.item.integration_id
+        verdict = answer.verdict
+        if verdict is Verdict.DELIVERED:
+            if self._parking_state.healthy(integration_id):
+                logger.warning("integration %s: HighLevel accepts its token again", integration_id)
+            self._stats.delivered_calls += 1
+            self._stats.delivered_events += len(work.tickets)
+            self._complete(work)
+        elif verdict is Verdict.REJECTED:
+            failure = Failure(
+                reason=REJECTED_BY_HIGHLEVEL,
+                error=f"HighLevel answered {answer.status}",
+                integration_id=integration_id,
+                status=answer.status,
+                message=answer.message,
+                trace_id=answer.trace_id,
+            )
+            for ticket in work.tickets:
+                await self._outbox.dead_letter(ticket.record, failure)
+                self._stats.dead_lettered += 1
+            self._metrics.dead_lettered(REJECTED_BY_HIGHLEVEL, len(work.tickets))
+            self._complete(work)
+        elif verdict is Verdict.UNAUTHORIZED:
+            if self._parking_state.unauthorized(integration_id, now):
+                logger.error(
+                    "integration %s: HighLevel answered %s (%s); parking its events, "
+                    "probing every %.0fs",
+                    integration_id,
+                    answer.status,
+                    answer.message,
+                    self._probe_interval,
+                )
+            await self._retry_or_park(work, answer, now, ParkReason.UNAUTHORIZED)
+        elif verdict is Verdict.RATE_LIMITED:
+            # The limiter pauses the location (or, daily budget spent, raises on acquire).
+            await self._retry_or_park(work, answer, now, None)
+        else:
+            failing_for = now - (work.first_taken_at or now)
+            reason = ParkReason.RETRY_EXHAUSTED if failing_for >= self._max_retry else None
+            await self._retry_or_park(work, answer, now, reason)
+
+    async def _retry_or_park(
+        self, work: _Work, answer: Answer, now: float, park: ParkReason | None
+    ) -> None:
+        """Park ``work`` for ``park`` (None: retry it). Replayed work is never parked: it waits
+        for the integration's next probe, or retries with backoff. Work of partitions revoked
+        meanwhile is dropped: their new owner sends it, and a late re-send from here could set
+        a contact back to an older state."""
+        if self._drop_revoked(work):
+            return
+        if park is not None and not work.tickets[0].replay:
+            await self._park(work, park)
+            return
+        self._stats.retries += 1
+        self._metrics.retry(work.item.integration_id, answer)
+        if answer.verdict is Verdict.RATE_LIMITED:
+            at = now
+        elif answer.verdict is Verdict.UNAUTHORIZED:
+            at = now + self._probe_interval
+        else:
+            at = now + self._backoff(work.attempts)
+        self._scheduler.retry(work, at=at)
+
+    async def _park(self, work: _Work, reason: ParkReason) -> None:
+        """Write ``work`` to the parking topic, then complete its offsets. The contact parks
+        its newer work until this record is replayed."""
+        if self._drop_revoked(work):
+            return
+        upsert = work.item
+        key, value, headers = encode_parked(upsert, [t.record for t in work.tickets], reason)
+        self._active.add(work)
+        try:
+            with self._outbox.holding():
+                landed = await self._outbox.produce(self._parking_log.topic, key, value, headers)
+        finally:
+            self._finished(work)
+        key_of_contact = (upsert.integration_id, upsert.contact_key)
+        self._parking_state.parked(key_of_contact, landed.partition, landed.offset)
+        self._stats.parked[reason] += len(work.tickets)
+        self._metrics.parked(upsert.integration_id, reason, len(work.tickets))
+        self._complete(work)
+        self._wake(upsert.location_id)
+
+    def _complete(self, work: _Work) -> None:
+        self._scheduler.complete(work)
+        for ticket in work.tickets:
+            ticket.settle()
+
+    def _finished(self, work: _Work) -> None:
+        self._active.discard(work)
+        self._active_shrank.set()
+
+    def _drop_revoked(self, work: _Work) -> bool:
+        """Remove tickets of revoked partitions from in-flight ``work``; when none is left,
+        finish the work without sending it and return True."""
+        kept = [ticket for ticket in work.tickets if not ticket.partition.revoked]
+        if len(kept) == len(work.tickets):
+            return False
+        work.tickets = kept
+        if kept:
+            return False
+        self._scheduler.complete(work)
+        return True
+
+    def _backoff(self, attempts: int) -> float:
+        """Exponential backoff with full jitter around the nominal delay (x0.5 .. x1.5)."""
+        nominal = min(self._retry_max, self._retry_base * 2.0**attempts)
+        return nominal * (0.5 + self._rng.random())
