@@ -1,5 +1,5 @@
 """The profile changelog: a compacted Kafka topic, keyed by user key, that makes the profile
-store durable (DESIGN.md section 7: profiles survive restarts and rebalances).
+store durable (``docs/architecture.md``, "Profiles": profiles survive restarts and rebalances).
 
 Writes: the engine produces ``take_writes()`` after mapping each record and confirms each with
 ``written`` (see ``ChangelogProfileStore``). Reads: ``restore`` reads the whole topic, up to its
@@ -17,14 +17,20 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from typing import Protocol
 
 from consumer.core.profiles import ChangelogProfileStore
 from consumer.errors import ProfileDecodeError
 from consumer.kafka.clients import Setting
 from consumer.kafka.reader import TopicReader
-from consumer.observe.metrics import Metrics
 
 logger = logging.getLogger(__name__)
+
+
+class RestoreMetrics(Protocol):
+    """Where a restore is reported (``consumer.observe.metrics.Metrics``)."""
+
+    def profile_restored(self, seconds: float, size: int) -> None: ...
 
 
 class ProfileChangelog:
@@ -38,7 +44,7 @@ class ProfileChangelog:
         store: ChangelogProfileStore,
         topic: str,
         bootstrap: str,
-        metrics: Metrics,
+        metrics: RestoreMetrics,
         extra: Mapping[str, Setting] | None = None,
     ) -> None:
         self.store = store
