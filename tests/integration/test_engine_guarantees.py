@@ -33,6 +33,7 @@ import orjson
 import pytest
 
 from consumer.sandbox import Faults, run_sandbox
+from tests.harness.guide import GUIDE_IDENTIFY, GUIDE_LEAD
 from tests.harness.stream import (
     FAST_DELIVERY,
     FAULT_CYCLES,
@@ -124,25 +125,8 @@ async def test_guides_identify_then_lead_generated_costs_one_http_call(
     """The integration guide's example: identify then "Lead Generated" for lead-987, back to
     back, default 250 ms window: one upsert, exactly the guide's payload (DESIGN.md s. 3)."""
     topic = new_topic(partitions=1)
-    identify_event = {
-        "type": "identify",
-        "userId": "lead-987",
-        "messageId": "guide-identify",
-        "traits": {
-            "email": "sam@example.com",
-            "phone": "+1 415 555 0142",
-            "first_name": "Sam",
-            "last_name": "Rivera",
-        },
-        "context": {"consent": {"canonical": {"marketing": True}}},
-    }
-    lead_event = {
-        "type": "track",
-        "userId": "lead-987",
-        "messageId": "guide-lead",
-        "event": "Lead Generated",
-        "properties": {"source": "Pricing Page Form", "lead_tag": "website-lead"},
-    }
+    identify_event = {**GUIDE_IDENTIFY, "messageId": "guide-identify"}
+    lead_event = {**GUIDE_LEAD, "messageId": "guide-lead"}
     records: Records = [
         (b"lead-987", orjson.dumps(identify_event)),
         (b"lead-987", orjson.dumps(lead_event)),

@@ -17,6 +17,7 @@ from consumer.core.dedupe import MessageDeduper
 from consumer.core.events import ContactUpsert, Drop, Outcome, PresetEvent, Reason, Reject, TagMode
 from consumer.core.mapping import Mapper
 from consumer.core.profiles import InMemoryProfileStore
+from tests.harness.guide import GUIDE_UPSERT
 from tests.unit.upsert_schema import validate_payload
 
 LOCATION = "ve9EPM428h8vShlRW1KT"
@@ -104,16 +105,7 @@ def test_guide_lead_generated_example_produces_the_documented_payload() -> None:
             userId="lead-987",
         )
     )
-    expected = {
-        "locationId": "ve9EPM428h8vShlRW1KT",
-        "email": "sam@example.com",
-        "phone": "+14155550142",
-        "firstName": "Sam",
-        "lastName": "Rivera",
-        "source": "Pricing Page Form",
-        "tags": ["website-lead"],
-        "dnd": False,
-    }
+    expected = GUIDE_UPSERT
     assert payload == expected
     assert list(payload) == list(expected)
 
