@@ -45,7 +45,7 @@ async def test_a_partition_is_assigned_before_any_of_its_records_arrives(
             assert what != "record" or tp in assigned, f"a record of {tp} before its assignment"
     assert assigned == {(cluster.topic, p) for p in range(PARTITIONS)}
     # A group without commits: consumption starts where the reset policy says.
-    assert {(a.committed, a.metadata or None) for a in member.assigned.values()} == {(None, None)}
+    assert {(a.committed, a.metadata) for a in member.assigned.values()} == {(None, None)}
 
 
 async def test_a_paused_partition_returns_nothing_until_resumed(

@@ -32,7 +32,7 @@ from tests.integration.consumer_harness import (
     stop_process,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # make check leaves it out
 
 LOCATION, TOKEN = "ve9EPM428h8vShlRW1KT", "pit-bad-input-secret-token"
 PARTITIONS = 3

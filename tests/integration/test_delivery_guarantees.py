@@ -26,7 +26,7 @@ from tests.integration.consumer_harness import (
 )
 from tests.integration.redis_server import RedisServer
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # make check leaves it out
 
 LOCATION, TOKEN = "ve9EPM428h8vShlRW1KT", "pit-delivery-token"
 WINDOW = RateLimits(burst=20, interval_ms=1000)

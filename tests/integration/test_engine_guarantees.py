@@ -68,7 +68,7 @@ from tests.integration.consumer_harness import (
     stop_process,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # make check leaves it out
 
 # -- the tests -------------------------------------------------------------------------------------
 

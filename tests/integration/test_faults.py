@@ -56,7 +56,7 @@ from tests.integration.consumer_harness import CommitSampler, ProcessLog, stop_p
 from tests.integration.redis_server import RedisServer
 from tests.kafka_broker import LocalBroker, create_topic
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # make check leaves it out
 
 
 class OutageSampler(CommitSampler):

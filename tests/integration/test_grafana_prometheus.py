@@ -20,7 +20,7 @@ from consumer.observe.metrics import Endpoint, Metrics, Readiness, StateSnapshot
 from consumer.observe.web import WebServer, serve_web
 from tests.integration.prometheus_server import api, prometheus_scraping, query_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # make check leaves it out
 
 async def snapshot() -> StateSnapshot:
     return StateSnapshot(
