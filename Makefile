@@ -1,13 +1,15 @@
-# Developer entry points. `make test` is the README's test command and what CI runs.
+# Developer entry points. `make test` is the README's test command and what CI runs; `make check`
+# is the fast loop (everything but the tests marked `slow`).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: help deps venv demo test lint typecheck pytest kafka-up kafka-down clean
+.PHONY: help deps venv demo test check lint typecheck imports pytest kafka-up kafka-down clean
 
 help:
 	@echo "make demo        local Kafka + the sandbox HighLevel + sample events, end to end"
-	@echo "make test        lint, type-check and run the whole test suite (starts its own Kafka)"
+	@echo "make test        lint, type-check, import contracts, the whole test suite (starts its own Kafka)"
+	@echo "make check       the same minus the tests marked slow: the loop to run all day"
 	@echo "make kafka-up    start (or reuse) a local Kafka on 127.0.0.1:\$${KAFKA_PORT:-9092}"
 	@echo "make kafka-down  stop it"
 
@@ -33,11 +35,22 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
+# The layer and import contracts of [tool.importlinter] in pyproject.toml.
+imports: venv
+	$(BIN)/lint-imports
+
+# The whole suite; the 25 slowest tests are listed at the end, so CI shows where the time goes.
 pytest: venv deps
 	tools/kafka/kafka.sh jars
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=25
 
-test: lint typecheck pytest
+test: lint typecheck imports pytest
+
+# Unit, contract and the fast integration tests: `slow` marks what takes longer than a few
+# seconds on 2 cores (subprocess groups, fault injection, browsers, Prometheus).
+check: lint typecheck imports venv deps
+	tools/kafka/kafka.sh jars
+	$(BIN)/python -m pytest -q -m "not slow"
 
 kafka-up:
 	@tools/kafka/kafka.sh up

@@ -22,7 +22,7 @@ from tests.integration.consumer_harness import (
     start_consumer,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # make check leaves it out
 
 LOCATION, TOKEN = "ve9EPM428h8vShlRW1KT", "pit-audit-secret-token"
 USERS = 12

@@ -21,6 +21,7 @@ import pytest
 from confluent_kafka import KafkaError, Message, Producer
 
 from tests.bad_input_corpus import CASES, FORGED, Case, Headers, good_event
+from tests.harness.stream import UNLIMITED_ARGS, audit_clean
 from tests.integration.consumer_harness import (
     ProcessLog,
     committed_offsets,
@@ -30,9 +31,8 @@ from tests.integration.consumer_harness import (
     start_sandbox,
     stop_process,
 )
-from tests.integration.test_engine_guarantees import UNLIMITED_ARGS, audit_clean
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # make check leaves it out
 
 LOCATION, TOKEN = "ve9EPM428h8vShlRW1KT", "pit-bad-input-secret-token"
 PARTITIONS = 3

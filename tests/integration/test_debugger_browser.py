@@ -24,6 +24,7 @@ from consumer.observe.metrics import Metrics
 from consumer.observe.readiness import Readiness
 from consumer.observe.recent_deliveries import RecentDeliveries
 from consumer.observe.web import WebServer, serve_web
+from tests.harness.guide import GUIDE_UPSERT
 
 pytestmark = pytest.mark.integration
 
@@ -39,16 +40,6 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-GUIDE = {
-    "locationId": "ve9EPM428h8vShlRW1KT",
-    "email": "sam@example.com",
-    "phone": "+14155550142",
-    "firstName": "Sam",
-    "lastName": "Rivera",
-    "source": "Pricing Page Form",
-    "tags": ["website-lead"],
-    "dnd": False,
-}
 EU = {"locationId": "Qm7e2Xa9LpT4sVb1NcRz", "email": "jane.doe@example.org",
       "phone": "+447700900123", "firstName": "Jane", "lastName": "Doe"}
 
@@ -90,18 +81,18 @@ def deliver(
 def feed(debugger: RecentDeliveries) -> None:
     deliver(debugger, "eu-shop", EU, 201, events=("Signed Up",), contact="user-311",
             trace_id="3f1c9a2e-7d4b-4c1e-9a55-0c8e2b7d1f40", latency_s=0.112)
-    deliver(debugger, "default", {**GUIDE, "firstName": "<img src=x id=injected>"}, 422,
+    deliver(debugger, "default", {**GUIDE_UPSERT, "firstName": "<img src=x id=injected>"}, 422,
             contact="lead-555",
             message="property favouriteColour should not exist",
             trace_id="a8b2c7d1-0e3f-4a6b-9c8d-7e6f5a4b3c2d", latency_s=0.061)
-    deliver(debugger, "default", GUIDE, 429, events=("identify", "Lead Generated"),
+    deliver(debugger, "default", GUIDE_UPSERT, 429, events=("identify", "Lead Generated"),
             trace_id="c4d5e6f7-1a2b-4c3d-8e9f-0a1b2c3d4e5f", latency_s=0.019)
     deliver(debugger, "eu-shop", EU, 401, contact="user-311",
             message="Invalid JWT", trace_id="0d9e8f7a-6b5c-4d3e-2f1a-0b9c8d7e6f5a",
             latency_s=0.044, attempts=2)
-    deliver(debugger, "default", GUIDE, None, contact="lead-987", error="timeout",
+    deliver(debugger, "default", GUIDE_UPSERT, None, contact="lead-987", error="timeout",
             latency_s=10.0, attempts=1)
-    deliver(debugger, "default", GUIDE, 201, events=("identify", "Lead Generated"),
+    deliver(debugger, "default", GUIDE_UPSERT, 201, events=("identify", "Lead Generated"),
             trace_id="5e0f4c3b-2a19-4d8e-b7c6-a5f4e3d2c1b0", latency_s=0.097, attempts=2)
 
 

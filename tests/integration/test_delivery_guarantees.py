@@ -17,6 +17,7 @@ import pytest
 
 from consumer.sandbox.server import Sandbox, run_sandbox
 from consumer.sandbox.settings import Faults, RateLimits
+from tests.harness.stream import audit_clean
 from tests.integration.consumer_harness import (
     committed_offsets,
     end_offsets,
@@ -24,9 +25,8 @@ from tests.integration.consumer_harness import (
     start_consumer,
 )
 from tests.integration.redis_server import RedisServer
-from tests.integration.test_engine_guarantees import audit_clean
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # make check leaves it out
 
 LOCATION, TOKEN = "ve9EPM428h8vShlRW1KT", "pit-delivery-token"
 WINDOW = RateLimits(burst=20, interval_ms=1000)

@@ -10,7 +10,7 @@ import pytest
 
 from tests.kafka_broker import ROOT
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # make check leaves it out
 
 
 def test_demo_delivers_the_sample_stream_and_says_what_arrived(kafka_bootstrap: str) -> None:

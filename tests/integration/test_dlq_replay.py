@@ -15,7 +15,7 @@ from consumer.core.events import Record
 from consumer.kafka.producer import KafkaProducer
 from tests.integration.consumer_harness import end_offsets, read_all, run_command
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # make check leaves it out
 
 ORIGINAL_HEADERS = (("traceparent", b"00-abc-def-01"), ("source", b"web"))
 

@@ -34,9 +34,7 @@ import pytest
 from confluent_kafka import KafkaException
 
 from consumer.sandbox import Faults, RateLimits, run_sandbox
-from tests.integration.consumer_harness import CommitSampler, ProcessLog, stop_process
-from tests.integration.redis_server import RedisServer
-from tests.integration.test_engine_guarantees import (
+from tests.harness.stream import (
     FAULT_CYCLES,
     LOCATION,
     TOKEN,
@@ -55,9 +53,11 @@ from tests.integration.test_engine_guarantees import (
     until_committed,
     versions_round,
 )
+from tests.integration.consumer_harness import CommitSampler, ProcessLog, stop_process
+from tests.integration.redis_server import RedisServer
 from tests.kafka_broker import LocalBroker, create_topic
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # make check leaves it out
 
 
 class OutageSampler(CommitSampler):

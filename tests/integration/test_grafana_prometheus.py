@@ -22,7 +22,7 @@ from consumer.observe.readiness import Readiness
 from consumer.observe.web import WebServer, serve_web
 from tests.integration.prometheus_server import api, prometheus_scraping, query_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # make check leaves it out
 
 async def snapshot() -> StateSnapshot:
     return StateSnapshot(

@@ -11,7 +11,7 @@ import pytest
 
 from tests.kafka_broker import ROOT, free_port
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # make check leaves it out
 
 
 def _make(target: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -29,7 +29,7 @@ from tests.integration.secure_kafka import SASL_PASSWORD as PASSWORD
 from tests.integration.secure_kafka import SecuredBroker
 from tests.kafka_broker import create_topic
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # make check leaves it out
 
 WRONG_PASSWORD = "scram-Wrong/71zE"
 LOCATION, TOKEN = "ve9EPM428h8vShlRW1KT", "pit-kafka-security-token"

@@ -146,6 +146,7 @@ def group_name() -> str:
 # --- consuming and committing -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_batches_and_commit_metadata_restored_by_the_next_member(
     kafka_bootstrap: str, new_topic: Callable[..., str], members: Callable[..., Awaitable[Member]]
 ) -> None:
@@ -216,6 +217,7 @@ async def test_commit_failure_is_raised_with_the_partition(
     assert "metadata" in str(caught.value).lower()
 
 
+@pytest.mark.slow
 async def test_pause_stops_one_partition_while_others_continue(
     kafka_bootstrap: str, new_topic: Callable[..., str], members: Callable[..., Awaitable[Member]]
 ) -> None:
@@ -237,6 +239,7 @@ async def test_pause_stops_one_partition_while_others_continue(
     assert member.of(0) == list(range(10))  # nothing skipped, nothing twice
 
 
+@pytest.mark.slow
 async def test_cancelled_poll_loses_no_records(
     kafka_bootstrap: str, new_topic: Callable[..., str], members: Callable[..., Awaitable[Member]]
 ) -> None:
@@ -256,6 +259,7 @@ async def test_cancelled_poll_loses_no_records(
 # --- groups -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_second_member_takes_only_moved_partitions_and_revoked_ones_never_commit(
     kafka_bootstrap: str,
     new_topic: Callable[..., str],
@@ -314,6 +318,7 @@ async def test_second_member_takes_only_moved_partitions_and_revoked_ones_never_
     assert all(len(first.of(p.partition)) == before[p.partition] for p in kept)
 
 
+@pytest.mark.slow
 async def test_close_with_an_assignment_pending_is_prompt(
     kafka_bootstrap: str, new_topic: Callable[..., str], members: Callable[..., Awaitable[Member]]
 ) -> None:
@@ -422,6 +427,7 @@ async def test_producer_confirms_delivery_with_headers(
     assert reader.records[3].headers == ()
 
 
+@pytest.mark.slow
 async def test_undeliverable_record_fails_its_future(kafka_bootstrap: str) -> None:
     producer = KafkaProducer(
         bootstrap=kafka_bootstrap,

@@ -11,6 +11,8 @@ from typing import Any
 import orjson
 import pytest
 
+from tests.harness.guide import GUIDE_IDENTIFY, GUIDE_LEAD, GUIDE_UPSERT
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).parents[2]
@@ -38,25 +40,8 @@ def run_map(
     return result.returncode, output, result.stderr.decode()
 
 
-IDENTIFY_SAM = {
-    "type": "identify",
-    "userId": "lead-987",
-    "messageId": "m-1",
-    "traits": {
-        "email": "sam@example.com",
-        "phone": "+1 415 555 0142",
-        "first_name": "Sam",
-        "last_name": "Rivera",
-    },
-    "context": {"consent": {"canonical": {"marketing": True}}},
-}
-LEAD_SAM = {
-    "type": "track",
-    "userId": "lead-987",
-    "messageId": "m-2",
-    "event": "Lead Generated",
-    "properties": {"source": "Pricing Page Form", "lead_tag": "website-lead"},
-}
+IDENTIFY_SAM = {**GUIDE_IDENTIFY, "messageId": "m-1"}
+LEAD_SAM = {**GUIDE_LEAD, "messageId": "m-2"}
 
 
 def test_guide_example_through_the_cli() -> None:
@@ -69,16 +54,7 @@ def test_guide_example_through_the_cli() -> None:
         "line": 2,
         "action": "upsert",
         "integration": "default",
-        "payload": {
-            "locationId": LOCATION,
-            "email": "sam@example.com",
-            "phone": "+14155550142",
-            "firstName": "Sam",
-            "lastName": "Rivera",
-            "source": "Pricing Page Form",
-            "tags": ["website-lead"],
-            "dnd": False,
-        },
+        "payload": GUIDE_UPSERT,
     }
     assert output[0]["action"] == "upsert"
     assert output[2:] == [

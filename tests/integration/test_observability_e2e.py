@@ -24,7 +24,7 @@ from tests.integration.consumer_harness import (
 from tests.integration.prometheus_server import prometheus_scraping, query_until
 from tests.kafka_broker import free_port
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # make check leaves it out
 
 LOCATION, TOKEN = "ve9EPM428h8vShlRW1KT", "pit-observed-secret"
 

@@ -24,7 +24,7 @@ from tests.integration.consumer_harness import (
     start_consumer,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # make check leaves it out
 
 HEALTHY, BROKEN = ("loc-healthy", "token-healthy"), ("loc-broken", "token-broken")
 CONFIG = """

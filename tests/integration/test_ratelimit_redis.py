@@ -55,6 +55,7 @@ def assert_no_window_over(times: list[float], max_: int, interval: float) -> Non
     assert worst >= interval, f"{max_ + 1} requests within {worst:.4f}s"
 
 
+@pytest.mark.slow
 async def test_three_instances_sharing_one_location_stay_inside_its_window(
     three: Instances,
 ) -> None:

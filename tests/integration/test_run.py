@@ -138,6 +138,7 @@ async def test_run_refuses_bad_settings_before_consuming_anything(
     assert committed_offsets(kafka_bootstrap, group, topic, 2) == {0: -1001, 1: -1001}
 
 
+@pytest.mark.slow
 async def test_run_start_up_failures_are_one_line_naming_the_cause(
     kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
 ) -> None:

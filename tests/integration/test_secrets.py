@@ -48,7 +48,7 @@ from tests.integration.consumer_harness import (
 from tests.integration.secure_kafka import SASL_PASSWORD, SecuredBroker
 from tests.kafka_broker import ROOT, create_topic, free_port
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # make check leaves it out
 
 OK_LOCATION, BAD_LOCATION = "loc-leak-ok", "loc-leak-bad"
 OK_TOKEN = "pit-CanaryOk/4f9e+7Qz="  # integration "ok", read from a file

@@ -13,7 +13,7 @@ import pytest
 
 from tests.kafka_broker import ROOT
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # make check leaves it out
 
 KINDS = {"sigkill_member", "sigterm_member", "sandbox_faults", "redis_kill", "broker_restart"}
 

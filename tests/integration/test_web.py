@@ -290,6 +290,7 @@ async def test_without_debugger_the_debug_paths_are_absent(
             assert (await response.json())["reasons"] == ["no partitions assigned"]
 
 
+@pytest.mark.slow
 async def test_the_token_never_reaches_a_log(
     server: WebServer,
     http: aiohttp.ClientSession,

@@ -1,7 +1,8 @@
 """In-memory stand-ins for the engine's seams: a Kafka source, a sink, credentials and HighLevel.
 
-They exist for fast engine tests; the same behaviours are proven against a real broker and the
-sandbox over HTTP in tests/integration.
+They exist for fast engine tests. ``tests/contract`` runs the source contract the engine relies
+on against both ``MemorySource`` and ``KafkaSource`` on a real broker; the engine's behaviours
+are proven again against a real broker and the sandbox over HTTP in tests/integration.
 """
 
 from __future__ import annotations
@@ -75,6 +76,12 @@ class MemorySource:
             self.committed[(p.topic, p.partition)] = (p.offset, p.metadata)
 
     async def close(self) -> None:
+        """As ``KafkaSource.close``: ``on_revoked`` for every owned partition (commits made
+        there hold), then closed. Idempotent."""
+        if self.closed:
+            return
+        if self.listener is not None and self.positions:
+            await self.revoke(list(self.positions))
         self.closed = True
 
 

@@ -11,7 +11,6 @@ Fuzz size: ``GHL_FUZZ_EXAMPLES`` (default 25, for CI). A long run:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from collections import Counter
@@ -30,9 +29,13 @@ from consumer.core.dedupe import MessageDeduper
 from consumer.core.events import ContactUpsert, Drop, Reason, Record, Reject
 from consumer.core.mapping import Mapper
 from consumer.core.profiles import InMemoryProfileStore
+from tests import virtual_time
 from tests.bad_input_corpus import CASES, FORGED, MAX_KEY, Case, good_event
+from tests.harness.engine import TOKEN, build, committed, run_until
+from tests.harness.guide import LOCATION
 from tests.unit.engine_fakes import FakeHighLevel, Landed, MemorySink, MemorySource
-from tests.unit.test_engine import LOCATION, TOKEN, build, committed, run_until
+
+pytestmark = pytest.mark.virtual_time
 
 FUZZ_EXAMPLES = int(os.environ.get("GHL_FUZZ_EXAMPLES", "25"))
 PRODUCER_MAX_BYTES = 1_000_000  # librdkafka's default message.max.bytes
@@ -372,7 +375,9 @@ def test_fuzz_values_keys_and_headers_through_the_engine(
     partitions = {p: records for p, records in partitions.items() if records}
     predicted = _predict(partitions)
 
-    run = asyncio.run(run_engine(partitions, limit=20.0))
+    run = virtual_time.run(
+        lambda: run_engine(partitions, limit=20.0), start=virtual_time.TEST_START
+    )
 
     assert run.errors == [], [r.getMessage() for r in run.errors]
     letters = run.dead_letters()

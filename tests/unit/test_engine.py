@@ -4,126 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
 
 import orjson
 import pytest
 
-from consumer.config import load_settings
-from consumer.core.dedupe import MessageDeduper
 from consumer.core.events import Record
-from consumer.core.mapping import Mapper
-from consumer.core.profiles import InMemoryProfileStore
-from consumer.engine.engine import Engine, EngineOptions
 from consumer.observe.metrics import Metrics
 from consumer.observe.recent_deliveries import RecentDeliveries
-from consumer.ratelimit.budget import Budget
-from consumer.ratelimit.limiter import LocalBackend, RateLimiter
-from tests.unit.engine_fakes import (
-    FakeHighLevel,
-    MemoryParkingLog,
-    MemorySink,
-    MemorySource,
-    StaticCredentials,
-)
+from tests.harness.engine import TOKEN, build, committed, records, run_until
+from tests.harness.guide import GUIDE_IDENTIFY, GUIDE_LEAD, GUIDE_UPSERT, LOCATION
+from tests.unit.engine_fakes import FakeHighLevel, MemoryParkingLog, MemorySink, MemorySource
 
-LOCATION = "ve9EPM428h8vShlRW1KT"
-TOKEN = "pit-secret-token"
-CONSENT = {"consent": {"canonical": {"marketing": True}}}
-
-
-def records(
-    topic: str, partition: int, events: list[tuple[str, dict[str, object]]]
-) -> list[Record]:
-    return [
-        Record(topic, partition, offset, key.encode(), orjson.dumps(event))
-        for offset, (key, event) in enumerate(events)
-    ]
-
-
-def build(
-    source: MemorySource,
-    highlevel: FakeHighLevel,
-    *,
-    sink: MemorySink | None = None,
-    metrics: Metrics | None = None,
-    debugger: RecentDeliveries | None = None,
-    parking: MemoryParkingLog | None = None,
-    **options: float,
-) -> Engine:
-    settings = load_settings(
-        None, {"GHL_LOCATION_ID": LOCATION, "GHL_ACCESS_TOKEN": TOKEN}
-    )
-    mapper = Mapper(
-        settings.targets(),
-        profiles=InMemoryProfileStore(),
-        deduper=MessageDeduper(max_entries=10_000, ttl_seconds=3600),
-    )
-    limiter = RateLimiter(
-        LocalBackend(Budget(burst_max=10_000, sustained_per_interval=10_000, interval_s=1.0))
-    )
-    defaults: dict[str, float] = {
-        "coalesce_window": 0.0,
-        "poll_timeout": 0.01,
-        "commit_interval": 0.05,
-        "retry_base": 0.01,
-        "retry_max": 0.05,
-        "drain_timeout": 2.0,
-        "parking_check_interval": 0.05,
-    }
-    sink = sink or MemorySink()
-    parking = parking or MemoryParkingLog()
-    sink.forward[parking.topic] = parking.source
-    return Engine(
-        source=source,
-        sink=sink,
-        parking_log=parking,
-        mapper=mapper,
-        limiter=limiter,
-        sender=highlevel,
-        credentials=StaticCredentials({"default": TOKEN}),
-        locations={"default": LOCATION},
-        dead_letter_topic="events.dlq",
-        metrics=metrics or Metrics(integrations={"default": LOCATION}, topics=["events"]),
-        recorder=debugger or RecentDeliveries(integrations=["default"]),
-        options=EngineOptions(**{**defaults, **options}),  # type: ignore[arg-type]
-        rng=random.Random(1),
-    )
-
-
-async def run_until(engine: Engine, done: Callable[[], bool], limit: float = 10.0) -> None:
-    stop = asyncio.Event()
-    task = asyncio.create_task(engine.run(stop))
-    async with asyncio.timeout(limit):
-        while not done():
-            await asyncio.sleep(0.01)
-    stop.set()
-    await task
-
-
-def committed(source: MemorySource, topic: str = "events", partition: int = 0) -> int | None:
-    entry = source.committed.get((topic, partition))
-    return entry[0] if entry else None
-
-
-GUIDE_IDENTIFY = {
-    "type": "identify",
-    "userId": "lead-987",
-    "traits": {
-        "email": "sam@example.com",
-        "phone": "+1 415 555 0142",
-        "first_name": "Sam",
-        "last_name": "Rivera",
-    },
-    "context": CONSENT,
-}
-GUIDE_LEAD = {
-    "type": "track",
-    "userId": "lead-987",
-    "event": "Lead Generated",
-    "properties": {"source": "Pricing Page Form", "lead_tag": "website-lead"},
-}
-
+pytestmark = pytest.mark.virtual_time
 
 async def test_the_guides_flow_within_the_window_costs_one_call_with_the_exact_payload() -> None:
     source = MemorySource(
@@ -138,18 +30,7 @@ async def test_the_guides_flow_within_the_window_costs_one_call_with_the_exact_p
     debugger = RecentDeliveries(integrations=["default"])
     engine = build(source, highlevel, metrics=metrics, debugger=debugger, coalesce_window=0.2)
     await run_until(engine, lambda: committed(source) == 2)
-    assert highlevel.upserts == [
-        {
-            "locationId": LOCATION,
-            "email": "sam@example.com",
-            "phone": "+14155550142",
-            "firstName": "Sam",
-            "lastName": "Rivera",
-            "source": "Pricing Page Form",
-            "tags": ["website-lead"],
-            "dnd": False,
-        }
-    ]
+    assert highlevel.upserts == [GUIDE_UPSERT]
     assert highlevel.tokens == [TOKEN]
     assert (engine.stats.delivered_calls, engine.stats.coalesced) == (1, 1)
     # What operators see: metrics and the event debugger, masked, without the token.

@@ -18,6 +18,7 @@ from consumer.core.events import ContactUpsert, Drop, Outcome, PresetEvent, Reas
 from consumer.core.mapping import Mapper
 from consumer.core.profiles import InMemoryProfileStore
 from consumer.core.targets import CustomFieldMapping, Routing, Target
+from tests.harness.guide import GUIDE_UPSERT
 from tests.unit.upsert_schema import validate_payload
 
 LOCATION = "ve9EPM428h8vShlRW1KT"
@@ -105,16 +106,7 @@ def test_guide_lead_generated_example_produces_the_documented_payload() -> None:
             userId="lead-987",
         )
     )
-    expected = {
-        "locationId": "ve9EPM428h8vShlRW1KT",
-        "email": "sam@example.com",
-        "phone": "+14155550142",
-        "firstName": "Sam",
-        "lastName": "Rivera",
-        "source": "Pricing Page Form",
-        "tags": ["website-lead"],
-        "dnd": False,
-    }
+    expected = GUIDE_UPSERT
     assert payload == expected
     assert list(payload) == list(expected)
 

@@ -1,60 +1,18 @@
-"""The asyncio front of the limiter, on an event loop whose clock is virtual.
-
-``VirtualTimeLoop`` jumps its clock to the next timer instead of sleeping, so a test that
-waits ten simulated minutes takes milliseconds and every instant is exact.
-"""
+"""The asyncio front of the limiter, on an event loop whose clock is virtual
+(``tests/virtual_time.py``): a test that waits ten simulated minutes takes milliseconds and
+every instant is exact."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from consumer.errors import DailyBudgetExhausted
 from consumer.ratelimit.budget import Budget
 from consumer.ratelimit.limiter import LocalBackend, Permit, RateLimiter
-
-T = TypeVar("T")
-
-
-class VirtualTimeLoop(asyncio.SelectorEventLoop):
-    """A selector loop whose ``time()`` only moves when the loop would otherwise block:
-    then it jumps to the next timer. Real I/O is still polled (without blocking)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._virtual_now = 0.0
-        # The selector is the one place the loop blocks; wrapping it is the only hook.
-        selector = self._selector  # type: ignore[attr-defined]
-        real_select = selector.select
-
-        def select(timeout: float | None = None) -> Any:
-            events = real_select(0)
-            if events:
-                return events
-            if timeout is None:
-                raise RuntimeError("virtual loop would block forever: nothing is scheduled")
-            self._virtual_now += timeout
-            return events
-
-        selector.select = select
-
-    def time(self) -> float:
-        return self._virtual_now
-
-
-def run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    loop = VirtualTimeLoop()
-    try:
-        return loop.run_until_complete(main())
-    finally:
-        loop.close()
-
-
-def now() -> float:
-    return asyncio.get_running_loop().time()
+from tests.virtual_time import now, run
 
 
 def limiter(**budget: Any) -> RateLimiter:

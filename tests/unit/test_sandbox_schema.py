@@ -14,6 +14,7 @@ from consumer.sandbox.schema import (
     validate_upsert,
 )
 from consumer.sandbox.settings import DuplicateSettings, FaultKind, Faults, RateLimits
+from tests.harness.guide import GUIDE_UPSERT
 
 LOC = {"locationId": "ve9EPM428h8vShlRW1KT"}
 
@@ -25,16 +26,7 @@ def messages(body: dict[str, Any]) -> list[str]:
 
 
 def test_the_guide_payload_is_accepted_unchanged() -> None:
-    body = {
-        **LOC,
-        "email": "sam@example.com",
-        "phone": "+14155550142",
-        "firstName": "Sam",
-        "lastName": "Rivera",
-        "source": "Pricing Page Form",
-        "tags": ["website-lead"],
-        "dnd": False,
-    }
+    body = {**GUIDE_UPSERT, **LOC}
     assert validate_upsert(body) == body
 
 

@@ -1,0 +1,108 @@
+"""The engine on in-memory fakes (``tests/unit/engine_fakes.py``): build one, run it until a
+condition holds, read what it committed. Used by the engine unit tests; they run on the
+virtual-time loop (``tests/virtual_time.py``), so the short intervals below cost no real time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+
+import orjson
+
+from consumer.config import load_settings
+from consumer.core.dedupe import MessageDeduper
+from consumer.core.events import Record
+from consumer.core.mapping import Mapper
+from consumer.core.profiles import InMemoryProfileStore
+from consumer.engine.engine import Engine, EngineOptions
+from consumer.observe.metrics import Metrics
+from consumer.observe.recent_deliveries import RecentDeliveries
+from consumer.ratelimit.budget import Budget
+from consumer.ratelimit.limiter import LocalBackend, RateLimiter
+from tests.harness.guide import LOCATION
+from tests.unit.engine_fakes import (
+    FakeHighLevel,
+    MemoryParkingLog,
+    MemorySink,
+    MemorySource,
+    StaticCredentials,
+)
+
+TOKEN = "pit-secret-token"
+"""The access token every engine test's integration carries (it must never show)."""
+
+
+def records(
+    topic: str, partition: int, events: list[tuple[str, dict[str, object]]]
+) -> list[Record]:
+    return [
+        Record(topic, partition, offset, key.encode(), orjson.dumps(event))
+        for offset, (key, event) in enumerate(events)
+    ]
+
+
+def build(
+    source: MemorySource,
+    highlevel: FakeHighLevel,
+    *,
+    sink: MemorySink | None = None,
+    metrics: Metrics | None = None,
+    debugger: RecentDeliveries | None = None,
+    parking: MemoryParkingLog | None = None,
+    **options: float,
+) -> Engine:
+    settings = load_settings(
+        None, {"GHL_LOCATION_ID": LOCATION, "GHL_ACCESS_TOKEN": TOKEN}
+    )
+    mapper = Mapper(
+        settings.targets(),
+        profiles=InMemoryProfileStore(),
+        deduper=MessageDeduper(max_entries=10_000, ttl_seconds=3600),
+    )
+    limiter = RateLimiter(
+        LocalBackend(Budget(burst_max=10_000, sustained_per_interval=10_000, interval_s=1.0))
+    )
+    defaults: dict[str, float] = {
+        "coalesce_window": 0.0,
+        "poll_timeout": 0.01,
+        "commit_interval": 0.05,
+        "retry_base": 0.01,
+        "retry_max": 0.05,
+        "drain_timeout": 2.0,
+        "parking_check_interval": 0.05,
+    }
+    sink = sink or MemorySink()
+    parking = parking or MemoryParkingLog()
+    sink.forward[parking.topic] = parking.source
+    return Engine(
+        source=source,
+        sink=sink,
+        parking_log=parking,
+        mapper=mapper,
+        limiter=limiter,
+        sender=highlevel,
+        credentials=StaticCredentials({"default": TOKEN}),
+        locations={"default": LOCATION},
+        dead_letter_topic="events.dlq",
+        metrics=metrics or Metrics(integrations={"default": LOCATION}, topics=["events"]),
+        recorder=debugger or RecentDeliveries(integrations=["default"]),
+        options=EngineOptions(**{**defaults, **options}),  # type: ignore[arg-type]
+        rng=random.Random(1),
+    )
+
+
+async def run_until(engine: Engine, done: Callable[[], bool], limit: float = 10.0) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(engine.run(stop))
+    async with asyncio.timeout(limit):
+        while not done():
+            await asyncio.sleep(0.01)
+    stop.set()
+    await task
+
+
+def committed(source: MemorySource, topic: str = "events", partition: int = 0) -> int | None:
+    entry = source.committed.get((topic, partition))
+    return entry[0] if entry else None
