@@ -8,8 +8,8 @@ engine and the rate limiter do; ``time.time()`` stays the real wall clock.
 Two ways in:
 
 - ``@pytest.mark.virtual_time`` (or ``pytestmark``) on an ``async def`` test under
-  ``tests/unit`` runs it on this loop, started at ``TEST_START`` (``tests/unit/conftest.py``
-  supplies the loop factory);
+  ``tests/unit`` runs it on this loop, its clock starting at 0
+  (``tests/unit/conftest.py`` supplies the loop factory);
 - ``run(main)`` runs one coroutine function on a fresh virtual loop from synchronous code
   (a hypothesis test, for example).
 
@@ -30,9 +30,9 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     """A selector loop whose ``time()`` only moves when the loop would otherwise block:
     then it jumps to the next timer. Real I/O is still polled (without blocking)."""
 
-    def __init__(self, start: float = 0.0) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self._virtual_now = start
+        self._virtual_now = 0.0
         # The selector is the one place the loop blocks; wrapping it is the only hook.
         selector = self._selector  # type: ignore[attr-defined]
         real_select = selector.select
@@ -52,15 +52,10 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         return self._virtual_now
 
 
-TEST_START = 1000.0
-"""Where the clock of a ``virtual_time`` test starts. A real monotonic clock is never at 0, and
-the engine relies on that (it reads a 0.0 timestamp as "not yet": ``first_taken_at or now``)."""
-
-
-def run(main: Callable[[], Coroutine[Any, Any, T]], *, start: float = 0.0) -> T:
-    """Run ``main()`` to completion on a fresh virtual loop whose clock starts at ``start``,
-    then close the loop."""
-    loop = VirtualTimeLoop(start)
+def run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run ``main()`` to completion on a fresh virtual loop whose clock starts at 0, then close
+    the loop."""
+    loop = VirtualTimeLoop()
     try:
         return loop.run_until_complete(main())
     finally:

@@ -433,7 +433,8 @@ class Dispatcher:
             # The limiter pauses the location (or, daily budget spent, raises on acquire).
             await self._retry_or_park(work, answer, now, None)
         else:
-            failing_for = now - (work.first_taken_at or now)
+            first = work.first_taken_at  # None: never taken; 0.0 is a time like any other
+            failing_for = 0.0 if first is None else now - first
             reason = ParkReason.RETRY_EXHAUSTED if failing_for >= self._max_retry else None
             await self._retry_or_park(work, answer, now, reason)
 

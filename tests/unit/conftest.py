@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
-from functools import partial
 
 import pytest
 
-from tests.virtual_time import TEST_START, VirtualTimeLoop
+from tests.virtual_time import VirtualTimeLoop
 
 
 def pytest_asyncio_loop_factories(
@@ -17,5 +16,5 @@ def pytest_asyncio_loop_factories(
     """The event loop of each ``async def`` unit test: a virtual-time loop for tests marked
     ``virtual_time`` (they never really sleep), asyncio's default loop otherwise."""
     if item.get_closest_marker("virtual_time") is not None:
-        return {"virtual_time": partial(VirtualTimeLoop, TEST_START)}
+        return {"virtual_time": VirtualTimeLoop}
     return {"asyncio": asyncio.new_event_loop}

@@ -375,9 +375,7 @@ def test_fuzz_values_keys_and_headers_through_the_engine(
     partitions = {p: records for p, records in partitions.items() if records}
     predicted = _predict(partitions)
 
-    run = virtual_time.run(
-        lambda: run_engine(partitions, limit=20.0), start=virtual_time.TEST_START
-    )
+    run = virtual_time.run(lambda: run_engine(partitions, limit=20.0))
 
     assert run.errors == [], [r.getMessage() for r in run.errors]
     letters = run.dead_letters()
