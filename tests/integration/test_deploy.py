@@ -23,7 +23,7 @@ COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 K8S = ROOT / "deploy" / "k8s"
 PROMETHEUS = ROOT / "deploy" / "prometheus.yml"
-METRICS_PORT = 9464  # DESIGN.md section 4 default
+METRICS_PORT = 9464  # the default of metrics.port (docs/architecture.md, "Configuration")
 
 
 def compose_command() -> list[str]:

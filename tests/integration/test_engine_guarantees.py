@@ -123,7 +123,8 @@ async def test_guides_identify_then_lead_generated_costs_one_http_call(
     kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
 ) -> None:
     """The integration guide's example: identify then "Lead Generated" for lead-987, back to
-    back, default 250 ms window: one upsert, exactly the guide's payload (DESIGN.md s. 3)."""
+    back, default 250 ms window: one upsert, exactly the guide's payload
+    (docs/architecture.md, "Mapping rules")."""
     topic = new_topic(partitions=1)
     identify_event = {**GUIDE_IDENTIFY, "messageId": "guide-identify"}
     lead_event = {**GUIDE_LEAD, "messageId": "guide-lead"}

@@ -1,6 +1,6 @@
 """Parking on a real broker with the sandbox: one tenant's revoked token never stalls the
 partitions it shares with a healthy tenant, and its events arrive, in per-contact order, once
-the token works again (DESIGN.md section 5, issue 6)."""
+the token works again (docs/architecture.md, "Parking")."""
 
 from __future__ import annotations
 

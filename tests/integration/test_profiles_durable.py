@@ -1,5 +1,5 @@
 """Profiles survive a crash: an identify consumed by one process enriches a "Lead Generated"
-consumed by another process of the same group afterwards (DESIGN.md section 7)."""
+consumed by another process of the same group afterwards (docs/architecture.md, "Profiles")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Status -> verdict classification (DESIGN.md section 5)."""
+"""Status -> verdict classification (docs/architecture.md, "Delivery verdicts and retries")."""
 
 from __future__ import annotations
 

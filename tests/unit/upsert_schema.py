@@ -23,8 +23,8 @@ def _validator() -> jsonschema.Draft7Validator:
     schema: dict[str, Any] = copy.deepcopy(json.loads(SCHEMA_FILE.read_text())["request"])
     schema["additionalProperties"] = False
     # The spec types numeric and monetary custom field values as "object" while documenting
-    # numbers (examples 100 and 100.5; NOTES.md section 1): a mechanical-translation slip that
-    # would make every numeric custom field invalid. Read them as numbers.
+    # numbers (examples 100 and 100.5; docs/highlevel.md, "Known pitfalls"): a slip that would
+    # make every numeric custom field invalid. Read them as numbers.
     for variant in schema["properties"]["customFields"]["items"]["anyOf"]:
         if variant["x-ref"] in ("NumericField", "MonetoryField"):
             variant["properties"]["field_value"]["type"] = "number"
