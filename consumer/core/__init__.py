@@ -9,7 +9,7 @@ dead-letter record format (``deadletter``).
 
 May import: the standard library, ``orjson``, ``phonenumbers``, ``consumer.errors`` and itself.
 Never: an I/O library (asyncio, aiohttp, confluent_kafka, redis, prometheus_client), the
-settings (``config.py``), or any other package of ``consumer``. Everything here takes
+settings (``consumer.config``), or any other package of ``consumer``. Everything here takes
 plain values and ``now`` as arguments; nothing reads a clock or a socket. Checked by
 import-linter (``[tool.importlinter]`` in ``pyproject.toml``).
 """
