@@ -18,7 +18,7 @@ from consumer.config.tables import (
 )
 from consumer.core.events import REMOVABLE_FIELDS, PresetEvent, TagMode
 from consumer.core.normalise import PHONE_REGIONS
-from consumer.core.targets import CustomFieldMapping, Routing
+from consumer.core.targets import CustomFieldMapping, Routing, Target
 from consumer.errors import ConfigError
 
 DEFAULT_INTEGRATION: Final = "default"
@@ -142,10 +142,9 @@ def _integration(
         raise ConfigError(f"{where}.tag_mode: expected one of upsert, add")
 
     removed, custom = _fields(subtable(table, "fields", f"{where}.fields"), f"{where}.fields")
-    return Integration(
+    target = Target(
         id=ident,
         location_id=location.strip(),
-        access_token=token,
         consent_category=category.strip(),
         default_phone_region=region,
         tag_mode=TagMode(tag_mode),
@@ -154,6 +153,7 @@ def _integration(
         aliases=_aliases(subtable(table, "events", f"{where}.events"), f"{where}.events"),
         routing=_routing(subtable(table, "routing", f"{where}.routing"), f"{where}.routing"),
     )
+    return Integration(target=target, access_token=token)
 
 
 def _fields(

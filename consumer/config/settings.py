@@ -16,9 +16,8 @@ from types import MappingProxyType
 from typing import Final
 
 from consumer.core.decode import Limits
-from consumer.core.events import PresetEvent, TagMode
 from consumer.core.mapping import MappingOptions
-from consumer.core.targets import CustomFieldMapping, Routing, Target
+from consumer.core.targets import Target
 from consumer.errors import ConfigError
 
 
@@ -51,32 +50,19 @@ class Secret:
 
 @dataclass(frozen=True, slots=True)
 class Integration:
-    """One HighLevel sub-account (location) and how events map onto its contacts."""
+    """One HighLevel sub-account (location): how events map onto its contacts (``target``, what
+    the core reads, without the token) and the token that reaches it."""
 
-    id: str
-    location_id: str
+    target: Target
     access_token: Secret
-    consent_category: str = "marketing"
-    default_phone_region: str | None = None
-    tag_mode: TagMode = TagMode.UPSERT
-    removed_fields: frozenset[str] = frozenset()
-    custom_fields: tuple[CustomFieldMapping, ...] = ()
-    aliases: Mapping[str, PresetEvent] = field(default_factory=lambda: MappingProxyType({}))
-    routing: Routing = Routing()  # noqa: RUF009 - frozen value
 
-    def target(self) -> Target:
-        """What the core reads of this integration: everything but the access token."""
-        return Target(
-            id=self.id,
-            location_id=self.location_id,
-            consent_category=self.consent_category,
-            default_phone_region=self.default_phone_region,
-            tag_mode=self.tag_mode,
-            removed_fields=self.removed_fields,
-            custom_fields=self.custom_fields,
-            aliases=self.aliases,
-            routing=self.routing,
-        )
+    @property
+    def id(self) -> str:
+        return self.target.id
+
+    @property
+    def location_id(self) -> str:
+        return self.target.location_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +181,7 @@ class Settings:
 
     def targets(self) -> tuple[Target, ...]:
         """The integrations as the core's routing and mapping targets (no tokens)."""
-        return tuple(integration.target() for integration in self.integrations)
+        return tuple(integration.target for integration in self.integrations)
 
 
 PLAIN_SECTIONS: Final[dict[str, type]] = {

@@ -2,7 +2,7 @@
 
 A ``Target`` is one HighLevel location (sub-account) as the core sees it: what routing and
 mapping read of an integration, and nothing else. The settings (``config.py``) build them
-from the configured integrations (``Integration.target()``, ``Settings.targets()``); the
+from the configured integrations (``Integration.target``, ``Settings.targets()``); the
 access token stays in the configuration and never reaches the core.
 """
 

@@ -27,10 +27,10 @@ def test_environment_only_gives_one_default_integration_receiving_everything() -
     assert default.id == "default"
     assert default.location_id == "LOC"
     assert default.access_token.reveal() == "pit-secret-value"
-    assert default.consent_category == "marketing"
-    assert default.default_phone_region is None
-    assert default.tag_mode is TagMode.UPSERT
-    assert default.routing == Routing()
+    assert default.target.consent_category == "marketing"
+    assert default.target.default_phone_region is None
+    assert default.target.tag_mode is TagMode.UPSERT
+    assert default.target.routing == Routing()
     assert settings.kafka.topics == ("events",)
     assert settings.kafka.bootstrap_servers == "localhost:9092"
     assert settings.kafka.group_id == "ghl-consumer"
@@ -65,8 +65,8 @@ def test_environment_overrides() -> None:
     assert kafka.extra_settings() == {}
     assert settings.kafka.topics == ("a", "b")
     assert settings.highlevel.api_base_url == "http://127.0.0.1:8900"
-    assert settings.integrations[0].consent_category == "email"
-    assert settings.integrations[0].default_phone_region == "GB"
+    assert settings.integrations[0].target.consent_category == "email"
+    assert settings.integrations[0].target.default_phone_region == "GB"
     assert settings.metrics.port == 9000
     assert settings.redis.url == "redis://r:6379/0"
 
@@ -74,19 +74,19 @@ def test_environment_overrides() -> None:
 def test_the_documented_example(tmp_path: Path) -> None:
     settings = load_settings(str(EXAMPLE), {}, read_secrets=False)
     default, shop = settings.integrations
-    assert default.removed_fields == frozenset({"dnd"})
-    assert default.custom_fields == (
+    assert default.target.removed_fields == frozenset({"dnd"})
+    assert default.target.custom_fields == (
         CustomFieldMapping("6dvNaf7VhkQ9snc5vnjJ", ("properties", "plan")),
         CustomFieldMapping("q8XkT3bLm1NcVa0PzR2e", ("context", "campaign", "name")),
     )
-    assert default.aliases == {
+    assert default.target.aliases == {
         "sign_up": PresetEvent.SIGNED_UP,
         "generate_lead": PresetEvent.LEAD_GENERATED,
         "login": PresetEvent.IDENTIFIED,
     }
-    assert default.routing == Routing(topics=frozenset({"events"}))
-    assert shop.tag_mode is TagMode.ADD
-    assert shop.routing == Routing(
+    assert default.target.routing == Routing(topics=frozenset({"events"}))
+    assert shop.target.tag_mode is TagMode.ADD
+    assert shop.target.routing == Routing(
         topics=frozenset({"events-eu"}),
         field=("context", "app", "name"),
         values=frozenset({"shop"}),
@@ -98,9 +98,9 @@ def test_the_documented_example(tmp_path: Path) -> None:
     # The core's view of an integration: every mapping choice, never the token.
     target = settings.targets()[1]
     assert (target.id, target.location_id) == (shop.id, shop.location_id)
-    assert target.routing == shop.routing
-    assert target.custom_fields == shop.custom_fields
-    assert target.aliases == shop.aliases
+    assert target.routing == shop.target.routing
+    assert target.custom_fields == shop.target.custom_fields
+    assert target.aliases == shop.target.aliases
     assert not hasattr(target, "access_token")
 
 
