@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from consumer.sandbox.server import run_sandbox
+from tests.harness.guide import GUIDE_IDENTIFY, GUIDE_LEAD, LOCATION
 from tests.integration.consumer_harness import (
     committed_offsets,
     end_offsets,
@@ -21,18 +22,7 @@ from tests.integration.consumer_harness import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # make check leaves it out
 
-LOCATION, TOKEN = "ve9EPM428h8vShlRW1KT", "pit-profiles-token"
-IDENTIFY = {
-    "type": "identify",
-    "userId": "lead-987",
-    "traits": {"email": "sam@example.com", "first_name": "Sam", "last_name": "Rivera"},
-}
-LEAD = {
-    "type": "track",
-    "userId": "lead-987",
-    "event": "Lead Generated",
-    "properties": {"source": "Pricing Page Form", "lead_tag": "website-lead"},
-}
+TOKEN = "pit-profiles-token"
 
 
 async def _until_committed(bootstrap: str, group: str, topic: str) -> None:
@@ -57,7 +47,7 @@ async def test_an_identify_before_a_crash_enriches_a_lead_after_it(
             "GHL_API_BASE_URL": sandbox.url,
             "KAFKA_SESSION_TIMEOUT_MS": "6000",  # the killed member's partitions move sooner
         }
-        produce(kafka_bootstrap, topic, [(b"lead-987", orjson.dumps(IDENTIFY))])
+        produce(kafka_bootstrap, topic, [(b"lead-987", orjson.dumps(GUIDE_IDENTIFY))])
         first = await start_consumer(env)
         try:
             await _until_committed(kafka_bootstrap, group, topic)
@@ -65,7 +55,7 @@ async def test_an_identify_before_a_crash_enriches_a_lead_after_it(
             first.send_signal(signal.SIGKILL)  # a crash: no drain, no goodbye
             await first.communicate()
 
-        produce(kafka_bootstrap, topic, [(b"lead-987", orjson.dumps(LEAD))])
+        produce(kafka_bootstrap, topic, [(b"lead-987", orjson.dumps(GUIDE_LEAD))])
         second = await start_consumer(env)
         try:
             await _until_committed(kafka_bootstrap, group, topic)
