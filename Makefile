@@ -12,6 +12,7 @@ help:
 	@echo "make check       the same minus the tests marked slow: the loop to run all day"
 	@echo "make kafka-up    start (or reuse) a local Kafka on 127.0.0.1:\$${KAFKA_PORT:-9092}"
 	@echo "make kafka-down  stop it"
+	@echo "make fidelity    the real-world corpus through the mapper: BENCHMARKS.md's fidelity section"
 
 # System packages (Java, Maven, redis-server) when missing; see tools/system-deps.sh.
 deps:
@@ -73,6 +74,15 @@ bench: venv deps
 bench-quick: venv deps
 	tools/kafka/kafka.sh jars
 	$(BIN)/python bench/run_all.py --quick
+
+.PHONY: fidelity
+# Fidelity (issue 14): the real-world corpus through the mapper, one fresh mapper per event, with
+# no default phone region and with US; writes bench/results/fidelity.json and regenerates
+# BENCHMARKS.md (seconds). The corpus is read from ../shared/corpus/realworld beside the
+# repository, never copied into it: CORPUS=DIR reads another. Also part of `make bench`.
+fidelity: venv
+	$(BIN)/python bench/bench_fidelity.py $(if $(CORPUS),--corpus $(CORPUS))
+	$(BIN)/python bench/report.py
 
 .PHONY: soak
 # Soak (issue 9): an hour at 100 events/s through 2 consumers, with faults injected on a schedule

@@ -3,8 +3,9 @@
 Every figure in the report is read from a file in the results directory (``bench/results/``
 by default): ``mapping.json``, ``sandbox.json``, ``ratelimit.json`` (their own scripts),
 ``e2e_<scenario>.json`` (``bench_e2e.py``), ``run.json`` (``run_all.py``) and ``soak.json``
-(``soak.py``, ``make soak``, not part of ``make bench``). A missing file leaves its rows marked
-"not run". Plots go to ``plots/`` beside the output file's results
+(``soak.py``, ``make soak``, not part of ``make bench``) and ``fidelity.json``
+(``bench_fidelity.py``, ``make fidelity``, also part of ``make bench``). A missing file leaves
+its rows marked "not run". Plots go to ``plots/`` beside the output file's results
 (``bench/plots/`` for the default output).
 
     .venv/bin/python bench/report.py [--results DIR] [--output FILE]
@@ -294,6 +295,22 @@ def targets(docs: dict[str, Doc]) -> list[list[str]]:
             verdict(loc["requests_per_s"]["median"] >= 2000),
             command_of(docs, "e2e_locations"),
         ])
+    f = docs.get("fidelity")
+    if f:
+        totals = [run["totals"] for run in f["runs"].values()]
+        worst = {k: max(t[k] for t in totals) for k in totals[0]}
+        rows.append([
+            f"Real-world corpus ({f['events']:,} events): 0 crashes, 0 schema failures, "
+            "0 wrong-country phones, every identity event with a usable email or phone upserts "
+            "(bench/bench_fidelity.py)",
+            f"{worst['crashes']} crashes, {worst['schema_failures']} schema failures, "
+            f"{worst['wrong_country_phones']} wrong-country phones, "
+            f"{worst['identity_misses_to_fix']} identity misses to fix (worst run)",
+            "-",
+            "-",
+            verdict(f["met"]),
+            f["command"],
+        ])
     return rows
 
 
@@ -559,6 +576,7 @@ def render(docs: dict[str, Doc], made: dict[str, str], plot_dir: str) -> str:
         )
         out += [""]
 
+    out += fidelity_section(docs.get("fidelity"))
     out += soak_section(docs.get("soak"), made, plot_dir)
     out += ["## Load average and code version of each results file", ""]
     def code(doc: Doc) -> str:
@@ -574,6 +592,130 @@ def render(docs: dict[str, Doc], made: dict[str, str], plot_dir: str) -> str:
     )
     out += [""]
     return "\n".join(out)
+
+
+LISTED = 40  # rows of a per-event list in the report; the results file holds every one
+MISS_ORDER = ("to_fix", "elsewhere", "envelope")  # identity misses, the actionable ones first
+
+
+def fidelity_section(doc: Doc | None) -> list[str]:
+    """``bench/bench_fidelity.py``'s figures (the script prints the same lines)."""
+    if not doc:
+        return []
+    runs: dict[str, Doc] = doc["runs"]
+    names = {label: "no default region" if label == "none" else f"default region {label}"
+             for label in runs}
+    heads = list(names.values())
+
+    def per_run(get: Callable[[Doc], object]) -> list[str]:
+        return [str(get(run)) for run in runs.values()]
+
+    def listed(rows: list[list[str]], header: list[str]) -> list[str]:
+        if not rows:
+            return ["None.", ""]
+        shown = table(header, rows[:LISTED])
+        if len(rows) > LISTED:
+            shown.append(f"\n{len(rows) - LISTED} more in the results file.")
+        return [*shown, ""]
+
+    machine = doc.get("machine", {})
+    files = ", ".join(f"`{name}` {d['events']:,}" for name, d in doc["corpus"]["files"].items())
+    out = ["## Fidelity on real-world events", ""]
+    out += [
+        f"{doc['events']:,} events written by other projects ({files}; provenance in the "
+        "corpus README), each mapped by a fresh mapper built as deployed (defaults and "
+        "`GHL_LOCATION_ID` only), once with no default phone region and once with `US`. "
+        "Definitions of every figure: `bench/bench_fidelity.py`'s docstring. The bar "
+        "(issue 14): 0 crashes, 0 schema failures, 0 wrong-country phones, every identity "
+        "event with a usable email or phone upserts unless the envelope rejects it or the "
+        f"values sit where no trait table looks: {verdict(doc['met'])}. Code: git "
+        f"{machine.get('git_commit', '?')}"
+        + (" + uncommitted changes in consumer/" if machine.get("consumer_dirty") else "")
+        + f". Command: `make fidelity` (`{doc['command']}`).",
+        "",
+    ]
+    summary = [
+        ["events", "events"], ["upserts", "upserts"], ["drops", "drops"],
+        ["rejects", "rejects"], ["crashes", "crashes"], ["schema failures", "schema_failures"],
+        ["wrong-country phones", "wrong_country_phones"],
+    ]
+    rows = [[label, *per_run(lambda r, k=key: r["totals"][k])] for label, key in summary]
+    for label, key in (
+        ("identity events (identify, preset track names)", "events"),
+        ("... with a usable email or phone", "with_usable_email_or_phone"),
+        ("... of which upserted", "upserted"),
+        ("... of which NOT upserted (identity misses)", "missed"),
+        ("... ... rejected by the envelope (no user id)", "missed_envelope"),
+        ("... ... values only where no trait table looks", "missed_elsewhere"),
+        ("... ... the mapping should upsert (the bar: 0)", "missed_to_fix"),
+    ):
+        rows.append([label, *per_run(lambda r, k=key: r["identity"][k])])
+    out += [*table(["measure", *heads], rows), ""]
+
+    out += ["### Outcomes by file", ""]
+    rows = []
+    sources = [("all files", [run["actions"]["total"] for run in runs.values()])]
+    for source in sorted({f for run in runs.values() for f in run["actions"]["by_file"]}):
+        sources.append(
+            (source, [run["actions"]["by_file"].get(source, {}) for run in runs.values()])
+        )
+    for source, counts in sources:
+        seen: dict[str, int] = {}
+        for count in counts:
+            for key, n in count.items():
+                seen[key] = seen.get(key, 0) + n
+        for key in sorted(seen, key=lambda k: (-seen[k], k)):
+            rows.append([source, key, *[str(count.get(key, 0)) for count in counts]])
+    out += [*table(["file", "outcome", *heads], rows), ""]
+
+    out += ["### Identity fields recovered (upserts carrying each payload key)", ""]
+    fields = list(dict.fromkeys(f for run in runs.values() for f in run["fields"]))
+    out += table(["field", *heads], [[f, *per_run(lambda r, f=f: r["fields"].get(f, 0))]
+                                      for f in fields])
+    out += ["", "### Fields omitted, by reason", ""]
+    if not any(run["omitted_reported"] for run in runs.values()):
+        out += ["The mapper's outcomes carry no `omitted` list (yet).", ""]
+    else:
+        pairs = sorted({(f, r) for run in runs.values() for f, rs in run["omitted"].items()
+                        for r in rs})
+        out += listed(
+            [[f, r, *per_run(lambda run, f=f, r=r: run["omitted"].get(f, {}).get(r, 0))]
+             for f, r in pairs],
+            ["field", "reason", *heads],
+        )
+
+    out += ["### Wrong-country phones", ""]
+    out += listed(
+        [[names[label], w["event"], w["phone"], w["stated_country"], w["kind"]]
+         for label, run in runs.items() for w in run["wrong_country_phones"]],
+        ["run", "event (file:line)", "phone (masked)", "stated country", "kind"],
+    )
+    out += ["### Identity events with a usable email or phone that did not upsert", ""]
+    reasons = list(dict.fromkeys(
+        r for run in runs.values() for r in run["identity"]["missed_by_reason"]
+    ))
+    if reasons:
+        out += table(["reason", *heads],
+                     [[r, *per_run(lambda run, r=r: run["identity"]["missed_by_reason"].get(r, 0))]
+                      for r in reasons])
+        out += [""]
+    out += listed(
+        [[names[label], m["event"], m["name"], m["reason"], m["class"], ", ".join(m["found"])]
+         for label, m in sorted(
+             ((label, m) for label, run in runs.items() for m in run["identity"]["misses"]),
+             key=lambda pair: MISS_ORDER.index(pair[1]["class"]),
+         )],
+        ["run", "event (file:line)", "event name", "outcome", "class", "usable values at"],
+    )
+    out += ["### Crashes and schema failures", ""]
+    out += listed(
+        [[names[label], c["event"], "crash", c["error"]]
+         for label, run in runs.items() for c in run["crashes"]]
+        + [[names[label], s["event"], "schema", "; ".join(s["errors"])]
+           for label, run in runs.items() for s in run["schema_failures"]],
+        ["run", "event (file:line)", "kind", "detail"],
+    )
+    return out
 
 
 def soak_section(soak: Doc | None, made: dict[str, str], plot_dir: str) -> list[str]:

@@ -2,7 +2,8 @@
 
 ``tests/data/upsert_contact_v2021-07-28.resolved.json`` is an unmodified copy of
 ``shared/highlevel/upsert_contact_v2021-07-28.resolved.json`` (refs resolved from the official
-spec), so the tests run from a fresh clone.
+spec), so the tests run from a fresh clone. ``bench/bench_fidelity.py`` checks every upsert of the
+real-world corpus with the same validator (``payload_errors``).
 """
 
 from __future__ import annotations
@@ -34,3 +35,12 @@ def _validator() -> jsonschema.Draft7Validator:
 def validate_payload(payload: dict[str, Any]) -> None:
     """Raise jsonschema.ValidationError unless ``payload`` is a valid strict upsert body."""
     _validator().validate(payload)
+
+
+def payload_errors(payload: dict[str, Any]) -> list[str]:
+    """Every way ``payload`` breaks the strict upsert schema, as ``path: keyword`` (``(body)``
+    for the top level), sorted; empty when valid. Never quotes a value: they are personal data."""
+    return sorted(
+        f"{'/'.join(map(str, error.absolute_path)) or '(body)'}: {error.validator}"
+        for error in _validator().iter_errors(payload)
+    )
