@@ -5,7 +5,8 @@ The rules are the official ``UpsertContactDto`` (``highlevel/spec/apps_contacts.
 by hand into one checker per property, so validating a request is one dictionary walk rather
 than a generic JSON-schema evaluation. Message shapes follow NestJS/class-validator, as the
 observed answers do (``property X should not exist``, ``X must be a string``,
-``email must be an email``, ``each value in tags must be a string``).
+``email must be an email``, ``each value in tags must be a string``). ``email`` is checked like
+class-validator's ``IsEmail``: validator.js ``isEmail`` defaults (``consumer.sandbox.email``).
 
 Sandbox choices where HighLevel documents nothing (listed in the report and README):
 - ``null`` passes for every optional property (class-validator's IsOptional); the state clears
@@ -27,13 +28,10 @@ from typing import Any
 import orjson
 import phonenumbers
 
+from consumer.sandbox.email import is_email
+
 PHONE_DEFAULT_REGION = "US"
 
-_EMAIL = re.compile(
-    r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@"
-    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.[A-Za-z]{2,63}"
-)
 _DATE_YMD = re.compile(r"(\d{4})([/\-._])(\d{2})\2(\d{2})")
 _DATE_MDY = re.compile(r"(\d{2})([/\-._])(\d{2})\2(\d{4})")
 _DND_CHANNELS = frozenset({"Call", "Email", "SMS", "WhatsApp", "GMB", "FB"})
@@ -119,7 +117,7 @@ def _boolean(name: str, value: Any, errors: list[str]) -> Any:
 
 
 def _email(name: str, value: Any, errors: list[str]) -> Any:
-    if not isinstance(value, str) or _EMAIL.fullmatch(value) is None:
+    if not is_email(value):
         errors.append(f"{name} must be an email")
     return value
 

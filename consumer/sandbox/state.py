@@ -18,6 +18,7 @@ Behaviour emulated (sources in ``docs/highlevel.md``, "Sandbox fidelity"):
 - Fields present overwrite, fields absent are kept, ``null`` clears the field (the schema
   keeps ``null`` only on the fields the spec marks nullable),
   ``tags`` replace all tags, ``customFields`` overwrite per field id, ``dndSettings`` per channel.
+- Tags are stored trimmed and lowercased (:func:`normalise_tags`; callers' live reports).
 - ``gender`` is applied on creation only; on an existing contact it is silently discarded
   (issue #313). Every silently discarded field is reported in :attr:`UpsertResult.ignored`,
   which the real API never tells; the sandbox shows it in its request log.
@@ -206,6 +207,14 @@ def iso_time(epoch: float) -> str:
     return stamp.replace("+00:00", "Z")
 
 
+def normalise_tags(tags: Iterable[str]) -> list[str]:
+    """Tags as HighLevel stores them: trimmed, lowercased, each once, in the order sent; a tag
+    empty after trimming is dropped (a sandbox choice: HighLevel's handling is unreported).
+    Source: callers' live reports that tags come back lowercased (issue 18)."""
+    stored = (tag.strip().lower() for tag in tags)
+    return list(dict.fromkeys(tag for tag in stored if tag))
+
+
 def random_contact_id() -> str:
     """A 20-character id shaped like HighLevel's (``seD4PfOuKoVMLkEZqohJ``)."""
     return "".join(secrets.choice(_ID_ALPHABET) for _ in range(20))
@@ -292,8 +301,9 @@ class SandboxState:
         return UpsertResult(new=new, contact=target, ignored=tuple(ignored))
 
     def add_tags(self, contact: Contact, tags: Iterable[str], now: float) -> None:
-        """Append ``tags`` the contact does not have yet (``POST /contacts/{id}/tags``)."""
-        for tag in tags:
+        """Append ``tags`` the contact does not have yet (``POST /contacts/{id}/tags``),
+        normalised like every stored tag (:func:`normalise_tags`)."""
+        for tag in normalise_tags(tags):
             if tag not in contact.tags:
                 contact.tags.append(tag)
         contact.date_updated = now
@@ -318,7 +328,7 @@ class SandboxState:
                 continue
             if key == "tags":
                 if value is not None:
-                    contact.tags = list(dict.fromkeys(value))
+                    contact.tags = normalise_tags(value)
             elif key == "customFields":
                 contact.custom_fields.update(value or ())
             elif key == "dndSettings":

@@ -175,6 +175,16 @@ def test_upsert_tags_replace_and_add_tags_appends() -> None:
     assert contact.to_json()["tags"] == ["c", "d"]
 
 
+def test_tags_are_stored_trimmed_and_lowercased() -> None:
+    # HighLevel stores tags lowercased (callers' live reports, issue 18)
+    state, loc = make_state()
+    result = upsert(state, loc, email="sam@example.com", tags=[" VIP ", "vip", "Web Lead", " "])
+    contact = result.contact
+    assert contact.tags == ["vip", "web lead"]
+    state.add_tags(contact, ["WEB LEAD", "New "], T0 + 1)
+    assert contact.to_json()["tags"] == ["vip", "web lead", "new"]
+
+
 def test_custom_fields_and_dnd_settings_merge_per_key() -> None:
     state, loc = make_state()
     contact = upsert(
