@@ -40,6 +40,9 @@ from consumer.sandbox.settings import IDENTIFIERS, DuplicateSettings, Faults, Ra
 # Request-only fields that are never stored on the contact.
 _NOT_STORED = frozenset({"locationId", "createNewIfDuplicateAllowed"})
 
+SCOPES = frozenset({"contacts.readonly", "contacts.write"})
+"""What a token may do unless told otherwise: read (``GET /contacts/{id}``) and write contacts."""
+
 _DAY = 86_400.0
 _ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 
@@ -239,6 +242,7 @@ class SandboxState:
         pairs = list(locations.items()) if isinstance(locations, Mapping) else list(locations)
         self._new_id = new_id
         self._tokens: dict[str, Location] = {}
+        self._scopes: dict[str, frozenset[str]] = {}
         self.locations: dict[str, Location] = {}
         self.contacts_by_id: dict[str, Contact] = {}
         self.changes = 0
@@ -254,6 +258,7 @@ class SandboxState:
                 )
                 self.locations[location_id] = location
             self._tokens[token] = location
+            self._scopes[token] = SCOPES
 
     def location_for_token(self, token: str) -> Location | None:
         return self._tokens.get(token)
@@ -262,10 +267,26 @@ class SandboxState:
         """Forget ``token``: requests with it answer 401 from now on (a deleted or rotated
         Private Integration token)."""
         self._tokens.pop(token, None)
+        self._scopes.pop(token, None)
 
-    def grant_token(self, location_id: str, token: str) -> None:
-        """Accept ``token`` for ``location_id`` (KeyError for an unknown location)."""
+    def grant_token(
+        self, location_id: str, token: str, scopes: Iterable[str] = SCOPES
+    ) -> None:
+        """Accept ``token`` for ``location_id`` with ``scopes`` (KeyError for an unknown
+        location)."""
         self._tokens[token] = self.locations[location_id]
+        self._scopes[token] = frozenset(scopes)
+
+    def has_scope(self, token: str, scope: str) -> bool:
+        """Whether the (known) ``token`` was granted ``scope``."""
+        return scope in self._scopes.get(token, ())
+
+    def set_scopes(self, token: str, scopes: Iterable[str]) -> None:
+        """Replace a known token's scopes (KeyError for an unknown token): a Private Integration
+        whose scopes were edited in HighLevel's UI."""
+        if token not in self._tokens:
+            raise KeyError("unknown token")
+        self._scopes[token] = frozenset(scopes)
 
     def upsert(self, location: Location, payload: Mapping[str, Any], now: float) -> UpsertResult:
         """Create or update the contact ``payload`` (validated by ``schema``) designates."""
