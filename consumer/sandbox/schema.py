@@ -97,6 +97,17 @@ def validate_tags(body: dict[str, Any]) -> list[str]:
     return tags
 
 
+def validate_dnd_settings(value: Any) -> dict[str, Any]:
+    """Return ``value`` if it is a valid ``dndSettings`` object (channels ``Call``, ``Email``,
+    ``SMS``, ``WhatsApp``, ``GMB``, ``FB``, each ``{status, message?, code?}``); Unprocessable
+    otherwise. For the admin endpoint that sets a contact's DND as HighLevel would."""
+    errors: list[str] = []
+    _dnd_settings("dndSettings", value, errors)
+    if errors:
+        raise Unprocessable(errors)
+    return dict(value)
+
+
 def _string(name: str, value: Any, errors: list[str]) -> Any:
     if not isinstance(value, str):
         errors.append(f"{name} must be a string")

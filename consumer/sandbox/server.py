@@ -33,6 +33,11 @@ Sandbox choices where HighLevel documents nothing:
   ``Retry-After`` (whole seconds until the window or the UTC day ends) only with ``retry_after``.
 - A contact id unknown to the location: 400 ``Contact not found``; a contact of another
   location: 403, like a ``locationId`` the token does not own.
+- An update that would lift a permanent DND (``state.PermanentDnd``): 400
+  ``{"statusCode":400,"message":"Not authorized to update permanent dnd setting for SMS",
+  "error":"Bad Request"}``, nothing applied. The message is HighLevel's (a caller's live report,
+  2026-10); the status is the sandbox's choice: the report does not give it (not 401/403, which
+  would read as a token problem).
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ from consumer.sandbox.schema import (
     BadRequest,
     Unprocessable,
     parse_object,
+    validate_dnd_settings,
     validate_tags,
     validate_upsert,
 )
@@ -67,7 +73,14 @@ from consumer.sandbox.settings import (
     Faults,
     RateLimits,
 )
-from consumer.sandbox.state import Contact, Location, RateDecision, SandboxState, iso_time
+from consumer.sandbox.state import (
+    Contact,
+    Location,
+    PermanentDnd,
+    RateDecision,
+    SandboxState,
+    iso_time,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -170,6 +183,7 @@ class Sandbox:
         app.router.add_put("/_sandbox/duplicates", self._admin_update)
         app.router.add_put("/_sandbox/faults", self._admin_update)
         app.router.add_put("/_sandbox/scopes", self._admin_scopes)
+        app.router.add_put("/_sandbox/dnd", self._admin_dnd)
         app.router.add_post("/_sandbox/reset-daily", self._admin_reset_daily)
         app.router.add_post("/_sandbox/reset", self._admin_reset)
         app.router.add_post("/_sandbox/save", self._admin_save)
@@ -289,7 +303,12 @@ class Sandbox:
         except Unprocessable as error:
             self._done(request, admitted, 422, body=body)
             return _unprocessable(error, admitted.headers)
-        result = self.state.upsert(location, payload, admitted.now)
+        try:
+            result = self.state.upsert(location, payload, admitted.now)
+        except PermanentDnd as refusal:
+            self._done(request, admitted, 400, body=body, permanentDnd=refusal.channel)
+            answer = {"statusCode": 400, "message": refusal.message, "error": "Bad Request"}
+            return _json(400, answer, admitted.headers)
         contact = result.contact
         self._done(
             request,
@@ -453,6 +472,36 @@ class Sandbox:
             return _admin_error(404, "unknown token")
         logger.info("sandbox token scopes changed")
         return _admin_json({"scopes": sorted(set(scopes))})
+
+    async def _admin_dnd(self, request: web.Request) -> web.Response:
+        """``PUT /_sandbox/dnd``: body ``{"locationId": ID, "email" | "phone" | "contactId": ...,
+        "dndSettings": {"SMS": {"status": "permanent"}}}`` sets the contact's DND channels as
+        HighLevel itself does (an SMS STOP), permanent ones included; answers the contact
+        (404 when the location has no such contact, 422 for invalid settings)."""
+        try:
+            body = parse_object(await request.read())
+            settings = validate_dnd_settings(body.get("dndSettings"))
+        except BadRequest:
+            return _admin_error(400, "body must be a JSON object")
+        except Unprocessable as error:
+            return _admin_error(422, "; ".join(error.messages))
+        location = self._admin_location(body.get("locationId"))
+        if isinstance(location, web.Response):
+            return location
+        contact_id = body.get("contactId")
+        if contact_id is not None:
+            contact = location.contacts.get(str(contact_id))
+        else:
+            email, phone = body.get("email"), body.get("phone")
+            contact = self.state.find(
+                location,
+                email=email if isinstance(email, str) else "",
+                phone=phone if isinstance(phone, str) else "",
+            )
+        if contact is None:
+            return _admin_error(404, "no such contact in the location")
+        self.state.set_dnd_settings(contact, settings, self._clock())
+        return _admin_json({"contact": contact.to_json()})
 
     async def _admin_reset_daily(self, request: web.Request) -> web.Response:
         location_id = request.query.get("locationId")

@@ -19,6 +19,10 @@ Behaviour emulated (sources in ``docs/highlevel.md``, "Sandbox fidelity"):
   keeps ``null`` only on the fields the spec marks nullable),
   ``tags`` replace all tags, ``customFields`` overwrite per field id, ``dndSettings`` per channel.
 - Tags are stored trimmed and lowercased (:func:`normalise_tags`; callers' live reports).
+- ``dnd`` (the global flag) and ``dndSettings`` (per channel) are stored apart: neither sets
+  the other (issue #264 payloads). A channel whose status is ``permanent`` (set by HighLevel,
+  e.g. an SMS STOP; here by the admin endpoint) cannot be lifted: the whole update is refused
+  (:class:`PermanentDnd`, a caller's live report).
 - ``gender`` is applied on creation only; on an existing contact it is silently discarded
   (issue #313). Every silently discarded field is reported in :attr:`UpsertResult.ignored`,
   which the real API never tells; the sandbox shows it in its request log.
@@ -210,6 +214,42 @@ def iso_time(epoch: float) -> str:
     return stamp.replace("+00:00", "Z")
 
 
+class PermanentDnd(Exception):
+    """An update would lift a DND HighLevel made permanent; the whole request is refused.
+
+    ``message`` is HighLevel's (a caller's live report on ``PUT /contacts/{id}``, 2026-10):
+    ``Not authorized to update permanent dnd setting for SMS``.
+    """
+
+    def __init__(self, channel: str) -> None:
+        self.channel = channel
+        self.message = f"Not authorized to update permanent dnd setting for {channel}"
+        super().__init__(self.message)
+
+
+def _identifiers(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The identifier values an upsert matches on, as the index holds them."""
+    email = payload.get("email")
+    return {"email": email.lower() if email else None, "phone": payload.get("phone")}
+
+
+def _check_permanent_dnd(contact: Contact, payload: Mapping[str, Any]) -> None:
+    """Raise :class:`PermanentDnd` for the first permanent channel of ``contact`` that
+    ``payload`` would lift: a ``dndSettings`` entry for it with another status, or
+    ``dnd: false`` (the global flag, stored apart from the channels, may not be cleared while a
+    channel is permanent: which requests HighLevel refuses exactly is unreported, this is the
+    sandbox's reading of the live report). ``dnd: true`` and a ``permanent`` entry pass."""
+    stored = contact.fields.get("dndSettings") or {}
+    permanent = [ch for ch, setting in stored.items() if setting.get("status") == "permanent"]
+    requested = payload.get("dndSettings") or {}
+    for channel in permanent:
+        change = requested.get(channel)
+        if change is not None and change.get("status") != "permanent":
+            raise PermanentDnd(channel)
+    if permanent and payload.get("dnd") is False:
+        raise PermanentDnd(permanent[0])
+
+
 def normalise_tags(tags: Iterable[str]) -> list[str]:
     """Tags as HighLevel stores them: trimmed, lowercased, each once, in the order sent; a tag
     empty after trimming is dropped (a sandbox choice: HighLevel's handling is unreported).
@@ -288,20 +328,25 @@ class SandboxState:
             raise KeyError("unknown token")
         self._scopes[token] = frozenset(scopes)
 
-    def upsert(self, location: Location, payload: Mapping[str, Any], now: float) -> UpsertResult:
-        """Create or update the contact ``payload`` (validated by ``schema``) designates."""
-        email = payload.get("email")
-        keys = {"email": email.lower() if email else None, "phone": payload.get("phone")}
-        settings = location.duplicates
-        target: Contact | None = None
-        matched_by = ""
-        if not (settings.allow_duplicates and payload.get("createNewIfDuplicateAllowed")):
-            for kind in settings.priority:
-                value = keys[kind]
-                holders = location.index[kind].get(value) if value else None
-                if holders:
-                    target, matched_by = location.contacts[holders[0]], kind
-                    break
+    def match(self, location: Location, payload: Mapping[str, Any]) -> Contact | None:
+        """The contact an upsert of ``payload`` would update; None when it would create one."""
+        return self._match(location, payload)[0]
+
+    def upsert(
+        self,
+        location: Location,
+        payload: Mapping[str, Any],
+        now: float,
+        *,
+        create: bool = False,
+    ) -> UpsertResult:
+        """Create or update the contact ``payload`` (validated by ``schema``) designates.
+
+        ``create=True`` creates without matching: what a request does that looked its contact
+        up before a concurrent request created it (the server's race mode). Raises
+        :class:`PermanentDnd`, changing nothing, when the update would lift a permanent DND.
+        """
+        target, matched_by = (None, "") if create else self._match(location, payload)
         ignored: list[str] = []
         new = target is None
         if target is None:
@@ -310,7 +355,9 @@ class SandboxState:
             self.contacts_by_id[target.id] = target
             location.count("created")
         else:
-            for kind in settings.priority:
+            _check_permanent_dnd(target, payload)
+            keys = _identifiers(payload)
+            for kind in location.duplicates.priority:
                 value = keys[kind]
                 holders = location.index[kind].get(value) if value else None
                 if kind != matched_by and holders and target.id not in holders:
@@ -320,6 +367,38 @@ class SandboxState:
         target.date_updated = now
         self.changes += 1
         return UpsertResult(new=new, contact=target, ignored=tuple(ignored))
+
+    @staticmethod
+    def _match(location: Location, payload: Mapping[str, Any]) -> tuple[Contact | None, str]:
+        """The matched contact and the identifier that matched it (or None and "")."""
+        settings = location.duplicates
+        if settings.allow_duplicates and payload.get("createNewIfDuplicateAllowed"):
+            return None, ""
+        keys = _identifiers(payload)
+        for kind in settings.priority:
+            value = keys[kind]
+            holders = location.index[kind].get(value) if value else None
+            if holders:
+                return location.contacts[holders[0]], kind
+        return None, ""
+
+    def find(self, location: Location, *, email: str = "", phone: str = "") -> Contact | None:
+        """The oldest contact of ``location`` with ``email`` (any case), else with ``phone``
+        (E.164 as stored); None when neither is held."""
+        for kind, value in _identifiers({"email": email, "phone": phone}).items():
+            holders = location.index[kind].get(value) if value else None
+            if holders:
+                return location.contacts[holders[0]]
+        return None
+
+    def set_dnd_settings(
+        self, contact: Contact, settings: Mapping[str, Any], now: float
+    ) -> None:
+        """Set DND channels as HighLevel itself does (an SMS STOP makes SMS ``permanent``):
+        merged per channel, with no permanence check (admin endpoint)."""
+        contact.fields["dndSettings"] = {**contact.fields.get("dndSettings", {}), **settings}
+        contact.date_updated = now
+        self.changes += 1
 
     def add_tags(self, contact: Contact, tags: Iterable[str], now: float) -> None:
         """Append ``tags`` the contact does not have yet (``POST /contacts/{id}/tags``),

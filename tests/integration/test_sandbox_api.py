@@ -338,6 +338,59 @@ async def test_upsert_tags_replace_and_the_tags_endpoint_adds(
     assert refused["message"] == ["tags must be an array"]
 
 
+async def test_a_permanent_dnd_refuses_the_update_that_would_lift_it(
+    sandbox: Sandbox, http: aiohttp.ClientSession
+) -> None:
+    # HighLevel's message from a caller's live report; the 400 is the sandbox's choice
+    _, created, _ = await upsert(http, sandbox, email="sam@example.com", dnd=True)
+    async with http.put(
+        f"{sandbox.url}/_sandbox/dnd",
+        json={
+            "locationId": L1,
+            "email": "Sam@Example.com",
+            "dndSettings": {"SMS": {"status": "permanent", "message": "STOP"}},
+        },
+    ) as response:
+        assert response.status == 200
+        marked = (await response.json())["contact"]
+    assert marked["id"] == created["contact"]["id"]
+    assert marked["dndSettings"] == {"SMS": {"status": "permanent", "message": "STOP"}}
+    assert marked["dnd"] is True  # stored apart from the channels
+
+    for change in ({"dnd": False}, {"dndSettings": {"SMS": {"status": "inactive"}}}):
+        status, answer, sent_headers = await upsert(
+            http, sandbox, email="sam@example.com", firstName="Sam", **change
+        )
+        assert status == 400
+        assert answer == {
+            "statusCode": 400,
+            "message": "Not authorized to update permanent dnd setting for SMS",
+            "error": "Bad Request",
+        }
+        assert all(name in sent_headers for name in RATE_HEADERS)
+        assert sandbox.requests[-1]["permanentDnd"] == "SMS"
+    assert "firstName" not in sandbox.contacts(L1)[0]  # nothing of a refused update applies
+
+    status, answer, _ = await upsert(http, sandbox, email="sam@example.com", firstName="Sam")
+    assert status == 200
+    assert answer["contact"]["dndSettings"]["SMS"]["status"] == "permanent"
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"locationId": L1, "email": "nobody@example.com", "dndSettings": {}}, 404),
+        ({"locationId": L1, "contactId": "x", "dndSettings": {"SMS": {"status": "on"}}}, 422),
+        ({"email": "sam@example.com", "dndSettings": {}}, 400),
+    ],
+)
+async def test_admin_dnd_needs_a_contact_and_valid_settings(
+    sandbox: Sandbox, http: aiohttp.ClientSession, body: dict[str, Any], status: int
+) -> None:
+    async with http.put(f"{sandbox.url}/_sandbox/dnd", json=body) as response:
+        assert response.status == status
+
+
 async def test_contacts_are_scoped_to_the_token_location(
     sandbox: Sandbox, http: aiohttp.ClientSession
 ) -> None:
