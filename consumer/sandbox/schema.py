@@ -145,20 +145,29 @@ def _phone(name: str, value: Any, errors: list[str]) -> Any:
     return value
 
 
-def _date_of_birth(name: str, value: Any, errors: list[str]) -> Any:
+def parse_date(value: Any) -> str | None:
+    """``YYYY-MM-DD`` for a date in one of the spec's ``dateOfBirth`` formats (``YYYY/MM/DD``,
+    ``MM/DD/YYYY`` and the same with ``-``, ``.`` or ``_``); None for anything else."""
     if isinstance(value, str):
         if match := _DATE_YMD.fullmatch(value):
             year, month, day = match.group(1, 3, 4)
         elif match := _DATE_MDY.fullmatch(value):
             month, day, year = match.group(1, 3, 4)
         else:
-            year = month = day = ""
+            return None
         try:
             return dt.date(int(year), int(month), int(day)).isoformat()
         except ValueError:
-            pass
-    errors.append(f"{name} must be a valid date")
-    return value
+            return None
+    return None
+
+
+def _date_of_birth(name: str, value: Any, errors: list[str]) -> Any:
+    date = parse_date(value)
+    if date is None:
+        errors.append(f"{name} must be a valid date")
+        return value
+    return date
 
 
 def _string_list(name: str, value: Any, errors: list[str]) -> Any:

@@ -59,6 +59,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from consumer.sandbox.custom_fields import FieldDefinition, convert, parse_definitions
 from consumer.sandbox.schema import (
     BadRequest,
     Unprocessable,
@@ -184,6 +185,7 @@ class Sandbox:
         app.router.add_put("/_sandbox/faults", self._admin_update)
         app.router.add_put("/_sandbox/scopes", self._admin_scopes)
         app.router.add_put("/_sandbox/dnd", self._admin_dnd)
+        app.router.add_put("/_sandbox/custom-fields", self._admin_custom_fields)
         app.router.add_post("/_sandbox/reset-daily", self._admin_reset_daily)
         app.router.add_post("/_sandbox/reset", self._admin_reset)
         app.router.add_post("/_sandbox/save", self._admin_save)
@@ -298,8 +300,13 @@ class Sandbox:
         if isinstance(requested, str) and requested and requested != location.id:
             self._done(request, admitted, 403, body=body)
             return _json(403, _FORBIDDEN, admitted.headers)
+        dropped: tuple[str, ...] = ()
         try:
             payload = validate_upsert(body)
+            if location.custom_fields is not None and payload.get("customFields") is not None:
+                payload["customFields"], dropped = convert(
+                    location.custom_fields, payload["customFields"]
+                )
         except Unprocessable as error:
             self._done(request, admitted, 422, body=body)
             return _unprocessable(error, admitted.headers)
@@ -317,7 +324,7 @@ class Sandbox:
             body=body,
             contactId=contact.id,
             new=result.new,
-            ignored=list(result.ignored),
+            ignored=[*result.ignored, *(f"customFields.{field_id}" for field_id in dropped)],
         )
         answer = {"new": result.new, "contact": contact.to_json(), "traceId": trace_id}
         return _json(200, answer, admitted.headers)
@@ -503,6 +510,30 @@ class Sandbox:
         self.state.set_dnd_settings(contact, settings, self._clock())
         return _admin_json({"contact": contact.to_json()})
 
+    async def _admin_custom_fields(self, request: web.Request) -> web.Response:
+        """``PUT /_sandbox/custom-fields``: body ``{"locationId"?: ID, "customFields": [{"id",
+        "dataType", "fieldKey"?, "picklistOptions"?}] | null}`` (the shape of HighLevel's ``GET
+        /locations/{id}/customFields``) replaces the definitions of one location, or of all
+        without ``locationId``; ``null`` goes back to storing any field. 400 when invalid."""
+        try:
+            body = parse_object(await request.read())
+        except BadRequest:
+            return _admin_error(400, "body must be a JSON object")
+        location_id = body.get("locationId")
+        location = self._admin_location(location_id) if location_id is not None else None
+        if isinstance(location, web.Response):
+            return location
+        if "customFields" not in body:
+            return _admin_error(400, "customFields is required (a list, or null)")
+        try:
+            definitions = parse_definitions(body["customFields"])
+        except ValueError as error:
+            return _admin_error(400, str(error))
+        for target in [location] if location else self.state.locations.values():
+            target.custom_fields = dict(definitions) if definitions is not None else None
+        logger.info("sandbox custom fields changed", extra={"locationId": location_id})
+        return _admin_json({"locations": self._settings()})
+
     async def _admin_reset_daily(self, request: web.Request) -> web.Response:
         location_id = request.query.get("locationId")
         location = self._admin_location(location_id) if location_id is not None else None
@@ -537,6 +568,11 @@ class Sandbox:
                 "limits": loc.limits.to_json(),
                 "duplicates": loc.duplicates.to_json(),
                 "faults": loc.faults.to_json(),
+                "customFields": (
+                    [d.to_json() for d in loc.custom_fields.values()]
+                    if loc.custom_fields is not None
+                    else None
+                ),
             }
             for loc in self.state.locations.values()
         }
@@ -607,6 +643,7 @@ async def run_sandbox(
     limits: RateLimits | None = None,
     duplicates: DuplicateSettings | None = None,
     faults: Faults | None = None,
+    custom_fields: Iterable[FieldDefinition] | None = None,
     retry_after: bool = False,
     state_file: Path | None = None,
     autosave_interval: float = 1.0,
@@ -617,16 +654,24 @@ async def run_sandbox(
     """Serve a sandbox in this event loop until the block exits; yields the :class:`Sandbox`.
 
     ``locations`` is ``{location_id: token}`` or ``(location_id, token)`` pairs; ``port=0``
-    binds a free port (read ``sandbox.url``). With ``state_file`` the state is loaded at start,
-    saved every ``autosave_interval`` seconds when changed, and on exit. On exit hanging
-    requests are released (their connections reset) and the socket is closed.
+    binds a free port (read ``sandbox.url``). ``custom_fields`` gives every location those
+    definitions (``consumer.sandbox.custom_fields``; None: any field is stored). With
+    ``state_file`` the state is loaded at start, saved every ``autosave_interval`` seconds when
+    changed, and on exit. On exit hanging requests are released (their connections reset) and
+    the socket is closed.
 
     Usage::
 
         async with run_sandbox(locations={"loc1": "token1"}) as sandbox:
             ...  # POST f"{sandbox.url}/contacts/upsert"
     """
-    state = SandboxState(locations, limits=limits, duplicates=duplicates, faults=faults)
+    state = SandboxState(
+        locations,
+        limits=limits,
+        duplicates=duplicates,
+        faults=faults,
+        custom_fields={d.id: d for d in custom_fields} if custom_fields is not None else None,
+    )
     sandbox = Sandbox(
         state,
         clock=clock,

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from consumer.sandbox.custom_fields import FieldDefinition
 from consumer.sandbox.settings import IDENTIFIERS, DuplicateSettings, Faults, RateLimits
 
 # Request-only fields that are never stored on the contact.
@@ -196,6 +197,8 @@ class Location:
     limits: RateLimits
     duplicates: DuplicateSettings
     faults: Faults
+    custom_fields: dict[str, FieldDefinition] | None = None
+    """The location's custom field definitions by id; None: any id and value is stored."""
     contacts: dict[str, Contact] = field(default_factory=dict)
     # identifier kind -> normalised value -> ids of the contacts holding it, oldest first
     index: dict[str, dict[str, list[str]]] = field(
@@ -267,7 +270,9 @@ class SandboxState:
     """All locations, their tokens and contacts. Called by the server; pure and synchronous.
 
     ``locations`` are ``(location_id, token)`` pairs (a location may have several tokens) or a
-    mapping ``{location_id: token}``. ``new_id`` makes contact ids (tests pass a counter).
+    mapping ``{location_id: token}``. ``limits``, ``duplicates``, ``faults`` and
+    ``custom_fields`` are every location's initial settings. ``new_id`` makes contact ids
+    (tests pass a counter).
     """
 
     def __init__(
@@ -277,6 +282,7 @@ class SandboxState:
         limits: RateLimits | None = None,
         duplicates: DuplicateSettings | None = None,
         faults: Faults | None = None,
+        custom_fields: Mapping[str, FieldDefinition] | None = None,
         new_id: Callable[[], str] = random_contact_id,
     ) -> None:
         pairs = list(locations.items()) if isinstance(locations, Mapping) else list(locations)
@@ -295,6 +301,7 @@ class SandboxState:
                     limits or RateLimits(),
                     duplicates or DuplicateSettings(),
                     faults or Faults(),
+                    dict(custom_fields) if custom_fields is not None else None,
                 )
                 self.locations[location_id] = location
             self._tokens[token] = location

@@ -270,6 +270,30 @@ async def test_cli_serves_on_a_free_port_with_flag_limits_and_faults(
         assert (await upsert(http, child.url, "a@example.com"))[0] == 502
 
 
+async def test_cli_loads_custom_field_definitions(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    path = tmp_path / "fields.json"
+    path.write_bytes(
+        orjson.dumps({"customFields": [{"id": "fldAge", "dataType": "NUMERICAL", "name": "Age"}]})
+    )
+    async with sandbox_process({L1: T1}, ["--custom-fields", str(path)]) as child:
+        settings = await admin(http, "GET", f"{child.url}/_sandbox/settings")
+    assert settings["locations"][L1]["customFields"] == [
+        {"id": "fldAge", "fieldKey": "", "dataType": "NUMERICAL", "picklistOptions": []}
+    ]
+
+    path.write_bytes(b'{"customFields": [{"id": "fldAge", "dataType": "AGE"}]}')
+    invalid = await asyncio.create_subprocess_exec(
+        *sandbox_command({L1: T1}, ["--custom-fields", str(path)]),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(invalid.communicate(), 30)
+    assert invalid.returncode == 2
+    assert b"dataType must be one of" in stderr
+
+
 async def test_cli_exits_0_on_sigterm_and_2_on_invalid_settings() -> None:
     process = await asyncio.create_subprocess_exec(
         *sandbox_command({L1: T1}), stdout=asyncio.subprocess.PIPE

@@ -391,6 +391,58 @@ async def test_admin_dnd_needs_a_contact_and_valid_settings(
         assert response.status == status
 
 
+async def test_custom_field_definitions_drop_unknown_ids_and_convert_values(
+    sandbox: Sandbox, http: aiohttp.ClientSession
+) -> None:
+    # callers' live reports (issue 18); definitions in the shape of GET .../customFields
+    definitions = [
+        {"id": "fldAge", "fieldKey": "contact.age", "dataType": "NUMERICAL"},
+        {"id": "fldPlan", "dataType": "SINGLE_OPTIONS", "picklistOptions": ["Gold", "Silver"]},
+    ]
+    async with http.put(
+        f"{sandbox.url}/_sandbox/custom-fields",
+        json={"locationId": L1, "customFields": definitions},
+    ) as response:
+        assert response.status == 200
+        settings = await response.json()
+    assert [d["id"] for d in settings["locations"][L1]["customFields"]] == ["fldAge", "fldPlan"]
+    assert settings["locations"][L2]["customFields"] is None  # L2 still stores any field
+
+    fields = [
+        {"id": "fldAge", "field_value": "42"},
+        {"id": "fldPlan", "field_value": "Gold"},
+        {"id": "fldTypo", "field_value": "lost"},
+    ]
+    status, answer, _ = await upsert(http, sandbox, email="sam@example.com", customFields=fields)
+    assert status == 200
+    assert answer["contact"]["customFields"] == [
+        {"id": "fldAge", "value": 42},
+        {"id": "fldPlan", "value": "Gold"},
+    ]
+    assert sandbox.requests[-1]["ignored"] == ["customFields.fldTypo"]
+
+    status, answer, _ = await upsert(
+        http, sandbox, email="sam@example.com", customFields=[{"id": "fldPlan", "fieldValue": "X"}]
+    )
+    assert status == 422
+    assert answer["message"] == ["customFields.fldPlan must be one of: Gold, Silver"]
+
+    status, answer, _ = await upsert(
+        http, sandbox, token=T2, email="sam@example.com", customFields=fields
+    )
+    assert [f["id"] for f in answer["contact"]["customFields"]] == ["fldAge", "fldPlan", "fldTypo"]
+
+    async with http.put(
+        f"{sandbox.url}/_sandbox/custom-fields", json={"customFields": [{"id": "x"}]}
+    ) as response:
+        assert response.status == 400
+    async with http.put(
+        f"{sandbox.url}/_sandbox/custom-fields", json={"locationId": L1, "customFields": None}
+    ) as response:
+        assert response.status == 200
+        assert (await response.json())["locations"][L1]["customFields"] is None
+
+
 async def test_contacts_are_scoped_to_the_token_location(
     sandbox: Sandbox, http: aiohttp.ClientSession
 ) -> None:
