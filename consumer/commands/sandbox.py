@@ -76,6 +76,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="location allows duplicates (honours createNewIfDuplicateAllowed)",
     )
+    matching.add_argument(
+        "--race-window-ms",
+        type=float,
+        default=0.0,
+        help="race mode: an upsert that finds no contact waits this long, then creates one "
+        "without looking again, so concurrent upserts for one new email or phone create "
+        "duplicates as the live API can (default 0: off)",
+    )
     faults = parser.add_argument_group("fault injection (per location, changeable at runtime)")
     faults.add_argument("--fail-rate", type=float, default=0.0, help="share answered 5xx")
     faults.add_argument("--fail-status", type=int, default=500, help="status of those answers")
@@ -117,11 +125,13 @@ def main(args: argparse.Namespace) -> int:
             hang_rate=args.hang_rate,
             reset_rate=args.reset_rate,
         )
+        duplicates = DuplicateSettings(
+            args.allow_duplicates, args.duplicate_priority, args.race_window_ms
+        )
         custom_fields = _custom_fields(args.custom_fields)
     except (ValueError, OSError) as error:
         print(f"ghl-consumer sandbox: {error}", file=sys.stderr)
         return 2
-    duplicates = DuplicateSettings(args.allow_duplicates, args.duplicate_priority)
     locations: list[tuple[str, str]] = args.location or [DEMO_LOCATION]
     if not args.location:
         print(

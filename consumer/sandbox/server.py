@@ -310,8 +310,16 @@ class Sandbox:
         except Unprocessable as error:
             self._done(request, admitted, 422, body=body)
             return _unprocessable(error, admitted.headers)
+        now, create = admitted.now, False
+        race_window_ms = location.duplicates.race_window_ms
+        if race_window_ms and self.state.match(location, payload) is None:
+            # Race mode: the lookup missed; yield before inserting, so that an upsert for the
+            # same new identifier arriving meanwhile misses too and both create (live reports).
+            location.count("raceWindows")
+            await asyncio.sleep(race_window_ms / 1000)
+            now, create = self._clock(), True
         try:
-            result = self.state.upsert(location, payload, admitted.now)
+            result = self.state.upsert(location, payload, now, create=create)
         except PermanentDnd as refusal:
             self._done(request, admitted, 400, body=body, permanentDnd=refusal.channel)
             answer = {"statusCode": 400, "message": refusal.message, "error": "Bad Request"}

@@ -256,6 +256,7 @@ async def test_cli_serves_on_a_free_port_with_flag_limits_and_faults(
     http: aiohttp.ClientSession,
 ) -> None:
     flags = ["--burst", "2", "--interval-ms", "60000", "--duplicate-priority", "phone,email"]
+    flags += ["--race-window-ms", "25"]
     async with sandbox_process({L1: T1, L2: T2}, flags) as child:
         assert child.url.startswith("http://127.0.0.1:")
         assert (await upsert(http, child.url, "a@example.com"))[0] == 200
@@ -265,6 +266,7 @@ async def test_cli_serves_on_a_free_port_with_flag_limits_and_faults(
         assert status == 403
         settings = await admin(http, "GET", f"{child.url}/_sandbox/settings")
         assert settings["locations"][L2]["duplicates"]["priority"] == ["phone", "email"]
+        assert settings["locations"][L2]["duplicates"]["raceWindowMs"] == 25
 
     async with sandbox_process({L1: T1}, ["--fail-rate", "1", "--fail-status", "502"]) as child:
         assert (await upsert(http, child.url, "a@example.com"))[0] == 502

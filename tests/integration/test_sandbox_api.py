@@ -3,6 +3,7 @@ rate limits. The clock is a fake one the tests move, so window edges are exact."
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -568,3 +569,39 @@ async def test_duplicates_allowed_honours_create_new_if_duplicate_allowed(
         )[1]
     assert second["new"] is True
     assert second["contact"]["id"] != first["contact"]["id"]
+
+
+# -- race mode ----------------------------------------------------------------------------
+
+
+async def test_race_mode_lets_concurrent_upserts_for_one_new_email_create_two_contacts(
+    http: aiohttp.ClientSession,
+) -> None:
+    # live reports (issue 18): two upserts for the same new email at the same moment can
+    # create two contacts; the race mode reproduces it, and only for requests in flight together
+    async with run_sandbox(
+        locations={L1: T1}, duplicates=DuplicateSettings(race_window_ms=200)
+    ) as sandbox:
+        together = await asyncio.gather(
+            upsert(http, sandbox, email="sam@example.com", firstName="Sam"),
+            upsert(http, sandbox, email="SAM@example.com", phone="+14155550142"),
+        )
+        assert [(status, answer["new"]) for status, answer, _ in together] == [(200, True)] * 2
+        assert len({answer["contact"]["id"] for _, answer, _ in together}) == 2
+
+        _, later, _ = await upsert(http, sandbox, email="sam@example.com", lastName="Rivera")
+        assert later["new"] is False  # once created, the oldest contact matches
+        assert later["contact"]["id"] == sandbox.contacts(L1)[0]["id"]
+        assert len(sandbox.contacts(L1)) == 2
+
+        async with http.put(
+            f"{sandbox.url}/_sandbox/duplicates", json={"raceWindowMs": 0}
+        ) as response:
+            assert response.status == 200
+            settings = await response.json()
+        assert settings["locations"][L1]["duplicates"]["raceWindowMs"] == 0
+        again = await asyncio.gather(
+            *(upsert(http, sandbox, email="kim@example.com") for _ in range(2))
+        )
+        assert sorted(answer["new"] for _, answer, _ in again) == [False, True]
+        assert len(sandbox.contacts(L1)) == 3
