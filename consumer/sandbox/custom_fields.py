@@ -2,11 +2,12 @@
 
 HighLevel knows each location's custom fields (``GET /locations/{locationId}/customFields``:
 ``id``, ``fieldKey``, ``dataType``, ``picklistOptions``; spec ``apps/locations.json``,
-``CustomFieldSchema``). Callers of the live API report (issue 18) that an upsert's custom field
-with an id the location does not have is dropped silently, that values are converted by the
-field's type, and that picklist values are checked. The sandbox reproduces this once a location
-has definitions (``PUT /_sandbox/custom-fields``, ``--custom-fields``); a location without any
-keeps storing every id and value as sent, which is what tests written before them rely on.
+``CustomFieldSchema``). Callers of the live API report (docs/highlevel.md, "Known pitfalls")
+that an upsert's custom field with an id the location does not have is dropped silently, that
+values are converted by the field's type, and that picklist values are checked. The sandbox
+reproduces this once a location has definitions (``PUT /_sandbox/custom-fields``,
+``--custom-fields``); a location without any keeps storing every id and value as sent, which is
+what tests written before them rely on.
 
 Conversions (the types are the spec's ``dataType`` enum; where the reports say nothing precise,
 the rule is the sandbox's choice):

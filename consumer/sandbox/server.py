@@ -9,13 +9,15 @@ Admin (no auth; bind to loopback): under ``/_sandbox/``, see :meth:`Sandbox.app`
 
 Each API request passes, in order: the Version header (401), the token (401), the token's scope
 (401), the location's rate window (429), fault injection (latency, then hang / 5xx / reset), then
-the endpoint's own rules (400 body, 403 location, 422 schema). Only 2xx answers carry a
+the endpoint's own rules (400 body, 403 location, 422 schema and custom fields, 400 permanent
+DND; in race mode an upsert that finds no contact waits ``raceWindowMs`` before creating one,
+see ``DuplicateSettings``). Only 2xx answers carry a
 ``traceId`` (error bodies quoted in highlevel-api-docs#262 and #213 have none); every answer past
 the scope check carries the five ``X-RateLimit-*`` headers (a 401 is refused before any location
 budget is counted, so none).
 
 Auth and version answers, as callers report them from the live API (docs/highlevel.md, "Known
-pitfalls"; ../shared/highlevel/NOTES.md section 6):
+pitfalls" and "Sandbox fidelity"):
 - Unknown or missing token: 401 ``{"statusCode":401,"message":"Invalid JWT"}``
   (highlevel-api-docs#213).
 - A known token without the endpoint's scope (``contacts.write`` for the upsert and the tags

@@ -59,7 +59,7 @@ class DuplicateSettings:
 
     ``race_window_ms > 0`` (off by default) makes an upsert that finds no contact wait that long
     before creating one, without looking again: two upserts for the same new email or phone in
-    flight together both create a contact, as the live API can (callers' reports, issue 18;
+    flight together both create a contact, as the live API can (callers' reports;
     docs/highlevel.md, "Known pitfalls"). At 0 requests are applied one at a time.
     """
 

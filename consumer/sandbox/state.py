@@ -256,7 +256,8 @@ def _check_permanent_dnd(contact: Contact, payload: Mapping[str, Any]) -> None:
 def normalise_tags(tags: Iterable[str]) -> list[str]:
     """Tags as HighLevel stores them: trimmed, lowercased, each once, in the order sent; a tag
     empty after trimming is dropped (a sandbox choice: HighLevel's handling is unreported).
-    Source: callers' live reports that tags come back lowercased (issue 18)."""
+    Source: callers' live reports that tags come back lowercased (docs/highlevel.md, "Known
+    pitfalls")."""
     stored = (tag.strip().lower() for tag in tags)
     return list(dict.fromkeys(tag for tag in stored if tag))
 

@@ -395,7 +395,7 @@ async def test_admin_dnd_needs_a_contact_and_valid_settings(
 async def test_custom_field_definitions_drop_unknown_ids_and_convert_values(
     sandbox: Sandbox, http: aiohttp.ClientSession
 ) -> None:
-    # callers' live reports (issue 18); definitions in the shape of GET .../customFields
+    # callers' live reports; definitions in the shape of GET .../customFields
     definitions = [
         {"id": "fldAge", "fieldKey": "contact.age", "dataType": "NUMERICAL"},
         {"id": "fldPlan", "dataType": "SINGLE_OPTIONS", "picklistOptions": ["Gold", "Silver"]},
@@ -577,7 +577,7 @@ async def test_duplicates_allowed_honours_create_new_if_duplicate_allowed(
 async def test_race_mode_lets_concurrent_upserts_for_one_new_email_create_two_contacts(
     http: aiohttp.ClientSession,
 ) -> None:
-    # live reports (issue 18): two upserts for the same new email at the same moment can
+    # callers' reports: two upserts for the same new email at the same moment can
     # create two contacts; the race mode reproduces it, and only for requests in flight together
     async with run_sandbox(
         locations={L1: T1}, duplicates=DuplicateSettings(race_window_ms=200)

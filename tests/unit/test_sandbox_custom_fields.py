@@ -1,5 +1,5 @@
 """Custom field definitions in the sandbox: unknown ids dropped, values converted by type,
-picklists checked (callers' live reports, issue 18; the rules in consumer/sandbox/custom_fields)."""
+picklists checked (callers' live reports; the rules in consumer/sandbox/custom_fields)."""
 
 from __future__ import annotations
 

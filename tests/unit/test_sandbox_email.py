@@ -13,7 +13,7 @@ from consumer.sandbox.schema import Unprocessable, validate_upsert
 
 ACCEPTED = [
     "sam@example.com",
-    "jöhn@exämple.de",  # UTF-8 local part, IDN domain as typed (issue 18)
+    "jöhn@exämple.de",  # UTF-8 local part, IDN domain as typed
     "a" * 64 + "@x.co",  # 64 bytes: the limit
     "ö" * 32 + "@x.co",  # 32 characters, 64 bytes
     "o'brien+tag@mail.example.co.uk",
@@ -28,10 +28,10 @@ ACCEPTED = [
 ]
 
 REFUSED = [
-    "a..b@x.co",  # empty dot-part (issue 18)
-    ".a@x.co",  # leading dot (issue 18)
+    "a..b@x.co",  # empty dot-part
+    ".a@x.co",  # leading dot
     "a.@x.co",  # trailing dot
-    "a" * 70 + "@x.co",  # 70-character local part (issue 18)
+    "a" * 70 + "@x.co",  # 70-character local part
     "ö" * 33 + "@x.co",  # 33 characters but 66 bytes
     "x@" + "a" * 64 + ".co",  # label over 63
     "a" * 64 + "@" + ("b" * 61 + ".") * 3 + "comx",  # 255 characters in all

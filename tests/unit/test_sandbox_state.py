@@ -176,7 +176,7 @@ def test_upsert_tags_replace_and_add_tags_appends() -> None:
 
 
 def test_tags_are_stored_trimmed_and_lowercased() -> None:
-    # HighLevel stores tags lowercased (callers' live reports, issue 18)
+    # HighLevel stores tags lowercased (callers' live reports)
     state, loc = make_state()
     result = upsert(state, loc, email="sam@example.com", tags=[" VIP ", "vip", "Web Lead", " "])
     contact = result.contact
