@@ -1,6 +1,7 @@
 """``ghl-consumer sandbox``: serve the HighLevel emulator (``consumer.sandbox``) until SIGINT or
 SIGTERM. The first stdout line is the base URL (``consumer.sandbox.process`` reads it); the
-options set the sandbox's locations, rate limits, duplicate matching and fault injection.
+options set the sandbox's locations, rate limits, duplicate matching (and the race mode), fault
+injection and custom field definitions.
 
 Exit status: 0 after a signal, 2 when the options are invalid (one stderr line).
 """
@@ -13,7 +14,10 @@ import sys
 from pathlib import Path
 from typing import Any, Final
 
+import orjson
+
 from consumer.commands.preamble import add_log_level_argument, configure_logging, stop_on_signals
+from consumer.sandbox.custom_fields import FieldDefinition, parse_definitions
 from consumer.sandbox.server import run_sandbox
 from consumer.sandbox.settings import IDENTIFIERS, DuplicateSettings, Faults, RateLimits
 
@@ -72,6 +76,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="location allows duplicates (honours createNewIfDuplicateAllowed)",
     )
+    matching.add_argument(
+        "--race-window-ms",
+        type=float,
+        default=0.0,
+        help="race mode: an upsert that finds no contact waits this long, then creates one "
+        "without looking again, so concurrent upserts for one new email or phone create "
+        "duplicates as the live API can (default 0: off)",
+    )
     faults = parser.add_argument_group("fault injection (per location, changeable at runtime)")
     faults.add_argument("--fail-rate", type=float, default=0.0, help="share answered 5xx")
     faults.add_argument("--fail-status", type=int, default=500, help="status of those answers")
@@ -81,6 +93,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--reset-rate", type=float, default=0.0, help="share cut mid-response (after applying)"
     )
     faults.add_argument("--seed", type=int, default=None, help="seed of the fault draws")
+    fields = parser.add_argument_group("custom fields (per location, changeable at runtime)")
+    fields.add_argument(
+        "--custom-fields",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="JSON definitions for every location, as GET /locations/{id}/customFields answers "
+        '({"customFields": [{"id", "dataType", "picklistOptions"?}]}): unknown ids are then '
+        "dropped and values converted by type (default: any field is stored as sent)",
+    )
     parser.add_argument(
         "--state-file", type=Path, default=None, help="load contacts from / save them to this file"
     )
@@ -103,10 +125,13 @@ def main(args: argparse.Namespace) -> int:
             hang_rate=args.hang_rate,
             reset_rate=args.reset_rate,
         )
-    except ValueError as error:
+        duplicates = DuplicateSettings(
+            args.allow_duplicates, args.duplicate_priority, args.race_window_ms
+        )
+        custom_fields = _custom_fields(args.custom_fields)
+    except (ValueError, OSError) as error:
         print(f"ghl-consumer sandbox: {error}", file=sys.stderr)
         return 2
-    duplicates = DuplicateSettings(args.allow_duplicates, args.duplicate_priority)
     locations: list[tuple[str, str]] = args.location or [DEMO_LOCATION]
     if not args.location:
         print(
@@ -121,6 +146,7 @@ def main(args: argparse.Namespace) -> int:
             limits=limits,
             duplicates=duplicates,
             faults=faults,
+            custom_fields=custom_fields,
             retry_after=args.retry_after,
             state_file=args.state_file,
             seed=args.seed,
@@ -137,6 +163,21 @@ async def _serve(host: str, port: int, **options: Any) -> None:
         ids = ", ".join(sorted(sandbox.state.locations))
         print(f"sandbox listening on {sandbox.url} for locations {ids}", file=sys.stderr)
         await stop.wait()
+
+
+def _custom_fields(path: Path | None) -> list[FieldDefinition] | None:
+    """The definitions in ``path`` (None without one). OSError when unreadable, ValueError when
+    not ``{"customFields": [...]}`` JSON."""
+    if path is None:
+        return None
+    try:
+        document = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as error:
+        raise ValueError(f"{path}: not JSON ({error})") from None
+    if not isinstance(document, dict) or not isinstance(document.get("customFields"), list):
+        raise ValueError(f'{path}: expected {{"customFields": [...]}}')
+    definitions = parse_definitions(document["customFields"])
+    return list(definitions.values()) if definitions is not None else None
 
 
 def _location_argument(text: str) -> tuple[str, str]:

@@ -5,7 +5,8 @@ The rules are the official ``UpsertContactDto`` (``highlevel/spec/apps_contacts.
 by hand into one checker per property, so validating a request is one dictionary walk rather
 than a generic JSON-schema evaluation. Message shapes follow NestJS/class-validator, as the
 observed answers do (``property X should not exist``, ``X must be a string``,
-``email must be an email``, ``each value in tags must be a string``).
+``email must be an email``, ``each value in tags must be a string``). ``email`` is checked like
+class-validator's ``IsEmail``: validator.js ``isEmail`` defaults (``consumer.sandbox.email``).
 
 Sandbox choices where HighLevel documents nothing (listed in the report and README):
 - ``null`` passes for every optional property (class-validator's IsOptional); the state clears
@@ -27,13 +28,10 @@ from typing import Any
 import orjson
 import phonenumbers
 
+from consumer.sandbox.email import is_email
+
 PHONE_DEFAULT_REGION = "US"
 
-_EMAIL = re.compile(
-    r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@"
-    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.[A-Za-z]{2,63}"
-)
 _DATE_YMD = re.compile(r"(\d{4})([/\-._])(\d{2})\2(\d{2})")
 _DATE_MDY = re.compile(r"(\d{2})([/\-._])(\d{2})\2(\d{4})")
 _DND_CHANNELS = frozenset({"Call", "Email", "SMS", "WhatsApp", "GMB", "FB"})
@@ -99,6 +97,17 @@ def validate_tags(body: dict[str, Any]) -> list[str]:
     return tags
 
 
+def validate_dnd_settings(value: Any) -> dict[str, Any]:
+    """Return ``value`` if it is a valid ``dndSettings`` object (channels ``Call``, ``Email``,
+    ``SMS``, ``WhatsApp``, ``GMB``, ``FB``, each ``{status, message?, code?}``); Unprocessable
+    otherwise. For the admin endpoint that sets a contact's DND as HighLevel would."""
+    errors: list[str] = []
+    _dnd_settings("dndSettings", value, errors)
+    if errors:
+        raise Unprocessable(errors)
+    return dict(value)
+
+
 def _string(name: str, value: Any, errors: list[str]) -> Any:
     if not isinstance(value, str):
         errors.append(f"{name} must be a string")
@@ -119,7 +128,7 @@ def _boolean(name: str, value: Any, errors: list[str]) -> Any:
 
 
 def _email(name: str, value: Any, errors: list[str]) -> Any:
-    if not isinstance(value, str) or _EMAIL.fullmatch(value) is None:
+    if not is_email(value):
         errors.append(f"{name} must be an email")
     return value
 
@@ -136,20 +145,29 @@ def _phone(name: str, value: Any, errors: list[str]) -> Any:
     return value
 
 
-def _date_of_birth(name: str, value: Any, errors: list[str]) -> Any:
+def parse_date(value: Any) -> str | None:
+    """``YYYY-MM-DD`` for a date in one of the spec's ``dateOfBirth`` formats (``YYYY/MM/DD``,
+    ``MM/DD/YYYY`` and the same with ``-``, ``.`` or ``_``); None for anything else."""
     if isinstance(value, str):
         if match := _DATE_YMD.fullmatch(value):
             year, month, day = match.group(1, 3, 4)
         elif match := _DATE_MDY.fullmatch(value):
             month, day, year = match.group(1, 3, 4)
         else:
-            year = month = day = ""
+            return None
         try:
             return dt.date(int(year), int(month), int(day)).isoformat()
         except ValueError:
-            pass
-    errors.append(f"{name} must be a valid date")
-    return value
+            return None
+    return None
+
+
+def _date_of_birth(name: str, value: Any, errors: list[str]) -> Any:
+    date = parse_date(value)
+    if date is None:
+        errors.append(f"{name} must be a valid date")
+        return value
+    return date
 
 
 def _string_list(name: str, value: Any, errors: list[str]) -> Any:

@@ -7,20 +7,39 @@ API (HighLevel's, ``Version: 2021-07-28``, ``Authorization: Bearer <token>``):
   ``POST /contacts/upsert``, ``POST /contacts/{contactId}/tags``, ``GET /contacts/{contactId}``.
 Admin (no auth; bind to loopback): under ``/_sandbox/``, see :meth:`Sandbox.app`.
 
-Each API request passes, in order: the Version header (400), the token (401), the location's
-rate window (429), fault injection (latency, then hang / 5xx / reset), then the endpoint's own
-rules (400 body, 403 location, 422 schema). Every JSON answer carries a ``traceId``; every answer
-past the token check carries the five ``X-RateLimit-*`` headers (a 401 has no location, so none).
+Each API request passes, in order: the Version header (401), the token (401), the token's scope
+(401), the location's rate window (429), fault injection (latency, then hang / 5xx / reset), then
+the endpoint's own rules (400 body, 403 location, 422 schema and custom fields, 400 permanent
+DND; in race mode an upsert that finds no contact waits ``raceWindowMs`` before creating one,
+see ``DuplicateSettings``). Only 2xx answers carry a
+``traceId`` (error bodies quoted in highlevel-api-docs#262 and #213 have none); every answer past
+the scope check carries the five ``X-RateLimit-*`` headers (a 401 is refused before any location
+budget is counted, so none).
+
+Auth and version answers, as callers report them from the live API (docs/highlevel.md, "Known
+pitfalls" and "Sandbox fidelity"):
+- Unknown or missing token: 401 ``{"statusCode":401,"message":"Invalid JWT"}``
+  (highlevel-api-docs#213).
+- A known token without the endpoint's scope (``contacts.write`` for the upsert and the tags
+  endpoint, ``contacts.readonly`` for ``GET /contacts/{id}``): 401 ``The token is not authorized
+  for this scope.`` (live reports; not 403). Scopes are set per token with ``PUT
+  /_sandbox/scopes``; a token has both by default.
+- Missing Version header: 401 ``version header was not found.``; another value: 401 ``version
+  header is invalid`` (callers' probes, 2026-08). Checked before the token, as a gateway would
+  (a sandbox choice: the live order is unreported). The body shape, ``statusCode`` and
+  ``message`` only, is the sandbox's choice (the ``Invalid JWT`` one).
 
 Sandbox choices where HighLevel documents nothing:
-- Missing Version header: 400 ``Version header was not found``; another value: 400 in the shape
-  HighLevel uses for versions (highlevel-api-docs#304): ``Endpoint ... not available in API
-  version X.``. Checked before the token, as a gateway would.
 - 429 body ``{"statusCode":429,"message":"Too Many Requests","error":"Too Many Requests"}``, the
   same for burst and daily exhaustion (tell them apart by ``X-RateLimit-Daily-Remaining: 0``);
   ``Retry-After`` (whole seconds until the window or the UTC day ends) only with ``retry_after``.
 - A contact id unknown to the location: 400 ``Contact not found``; a contact of another
   location: 403, like a ``locationId`` the token does not own.
+- An update that would lift a permanent DND (``state.PermanentDnd``): 400
+  ``{"statusCode":400,"message":"Not authorized to update permanent dnd setting for SMS",
+  "error":"Bad Request"}``, nothing applied. The message is HighLevel's (a caller's live report,
+  2026-10); the status is the sandbox's choice: the report does not give it (not 401/403, which
+  would read as a token problem).
 """
 
 from __future__ import annotations
@@ -42,10 +61,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from consumer.sandbox.custom_fields import FieldDefinition, convert, parse_definitions
 from consumer.sandbox.schema import (
     BadRequest,
     Unprocessable,
     parse_object,
+    validate_dnd_settings,
     validate_tags,
     validate_upsert,
 )
@@ -55,18 +76,25 @@ from consumer.sandbox.settings import (
     Faults,
     RateLimits,
 )
-from consumer.sandbox.state import Contact, Location, RateDecision, SandboxState, iso_time
+from consumer.sandbox.state import (
+    Contact,
+    Location,
+    PermanentDnd,
+    RateDecision,
+    SandboxState,
+    iso_time,
+)
 
 logger = logging.getLogger(__name__)
 
 API_VERSION = "2021-07-28"
 
 _JSON = "application/json; charset=utf-8"
-_UNAUTHORIZED = {
-    "statusCode": 401,
-    "message": "Invalid token: access token is invalid",
-    "error": "Unauthorized",
-}
+_INVALID_JWT = {"statusCode": 401, "message": "Invalid JWT"}
+_NO_SCOPE = {"statusCode": 401, "message": "The token is not authorized for this scope."}
+_NO_VERSION = {"statusCode": 401, "message": "version header was not found."}
+_BAD_VERSION = {"statusCode": 401, "message": "version header is invalid"}
+_READ, _WRITE = "contacts.readonly", "contacts.write"
 _FORBIDDEN = {"statusCode": 403, "message": "The token does not have access to this location."}
 _BAD_REQUEST = {"statusCode": 400, "message": "Bad Request"}
 _NOT_FOUND = {"statusCode": 400, "message": "Contact not found"}
@@ -147,9 +175,9 @@ class Sandbox:
 
     def app(self) -> web.Application:
         app = web.Application()
-        app.router.add_post("/contacts/upsert", self._api(self._upsert))
-        app.router.add_post("/contacts/{contactId}/tags", self._api(self._add_tags))
-        app.router.add_get("/contacts/{contactId}", self._api(self._get_contact))
+        app.router.add_post("/contacts/upsert", self._api(self._upsert, _WRITE))
+        app.router.add_post("/contacts/{contactId}/tags", self._api(self._add_tags, _WRITE))
+        app.router.add_get("/contacts/{contactId}", self._api(self._get_contact, _READ))
         app.router.add_get("/_sandbox/contacts", self._admin_contacts)
         app.router.add_get("/_sandbox/requests", self._admin_requests)
         app.router.add_get("/_sandbox/counters", self._admin_counters)
@@ -157,6 +185,9 @@ class Sandbox:
         app.router.add_put("/_sandbox/limits", self._admin_update)
         app.router.add_put("/_sandbox/duplicates", self._admin_update)
         app.router.add_put("/_sandbox/faults", self._admin_update)
+        app.router.add_put("/_sandbox/scopes", self._admin_scopes)
+        app.router.add_put("/_sandbox/dnd", self._admin_dnd)
+        app.router.add_put("/_sandbox/custom-fields", self._admin_custom_fields)
         app.router.add_post("/_sandbox/reset-daily", self._admin_reset_daily)
         app.router.add_post("/_sandbox/reset", self._admin_reset)
         app.router.add_post("/_sandbox/save", self._admin_save)
@@ -198,9 +229,13 @@ class Sandbox:
 
     # -- API -------------------------------------------------------------------------------
 
-    def _api(self, handler: _Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    def _api(
+        self, handler: _Handler, scope: str
+    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        """Serve ``handler`` to requests whose token holds ``scope``."""
+
         async def serve(request: web.Request) -> web.StreamResponse:
-            admitted = await self._admit(request)
+            admitted = await self._admit(request, scope)
             if isinstance(admitted, web.StreamResponse):
                 return admitted
             fault = admitted.fault
@@ -214,7 +249,7 @@ class Sandbox:
                 status = location.faults.fail_status
                 body = {**_FAILED, "statusCode": status}
                 self._log(request, location.id, status, admitted.trace_id, fault="fail")
-                return _json(status, body, admitted.trace_id, admitted.headers)
+                return _json(status, body, admitted.headers)
             response = await handler(request, admitted)
             if fault is FaultKind.RESET:
                 return await _cut(request, response)
@@ -222,24 +257,21 @@ class Sandbox:
 
         return serve
 
-    async def _admit(self, request: web.Request) -> _Admitted | web.Response:
+    async def _admit(self, request: web.Request, scope: str) -> _Admitted | web.Response:
         trace_id = str(uuid.uuid4())
         version = request.headers.get("Version")
         if version != API_VERSION:
-            message = (
-                "Version header was not found"
-                if version is None
-                else f"Endpoint {request.path} not available in API version {version}."
-            )
-            body = {"statusCode": 400, "message": message, "error": "Bad Request"}
-            self._log(request, None, 400, trace_id)
-            return _json(400, body, trace_id, {})
+            self._log(request, None, 401, trace_id)
+            return _json(401, _NO_VERSION if version is None else _BAD_VERSION, {})
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         location = self.state.location_for_token(token) if scheme == "Bearer" else None
         if location is None:
             self.unauthorized += 1
             self._log(request, None, 401, trace_id)
-            return _json(401, _UNAUTHORIZED, trace_id, {})
+            return _json(401, _INVALID_JWT, {})
+        if not self.state.has_scope(token, scope):
+            self._log(request, location.id, 401, trace_id, missingScope=scope)
+            return _json(401, _NO_SCOPE, {})
         now = self._clock()
         decision = location.rate.take(now, location.limits)
         headers = _rate_headers(decision)
@@ -248,7 +280,7 @@ class Sandbox:
             if self.retry_after:
                 headers["Retry-After"] = str(max(1, math.ceil(decision.retry_after)))
             self._log(request, location.id, 429, trace_id)
-            return _json(429, _TOO_MANY, trace_id, headers)
+            return _json(429, _TOO_MANY, headers)
         faults = location.faults
         fault = FaultKind.NONE
         if faults.active:
@@ -265,17 +297,35 @@ class Sandbox:
             body = parse_object(await request.read())
         except BadRequest:
             self._done(request, admitted, 400)
-            return _json(400, _BAD_REQUEST, trace_id, admitted.headers)
+            return _json(400, _BAD_REQUEST, admitted.headers)
         requested = body.get("locationId")
         if isinstance(requested, str) and requested and requested != location.id:
             self._done(request, admitted, 403, body=body)
-            return _json(403, _FORBIDDEN, trace_id, admitted.headers)
+            return _json(403, _FORBIDDEN, admitted.headers)
+        dropped: tuple[str, ...] = ()
         try:
             payload = validate_upsert(body)
+            if location.custom_fields is not None and payload.get("customFields") is not None:
+                payload["customFields"], dropped = convert(
+                    location.custom_fields, payload["customFields"]
+                )
         except Unprocessable as error:
             self._done(request, admitted, 422, body=body)
-            return _unprocessable(error, trace_id, admitted.headers)
-        result = self.state.upsert(location, payload, admitted.now)
+            return _unprocessable(error, admitted.headers)
+        now, create = admitted.now, False
+        race_window_ms = location.duplicates.race_window_ms
+        if race_window_ms and self.state.match(location, payload) is None:
+            # Race mode: the lookup missed; yield before inserting, so that an upsert for the
+            # same new identifier arriving meanwhile misses too and both create (live reports).
+            location.count("raceWindows")
+            await asyncio.sleep(race_window_ms / 1000)
+            now, create = self._clock(), True
+        try:
+            result = self.state.upsert(location, payload, now, create=create)
+        except PermanentDnd as refusal:
+            self._done(request, admitted, 400, body=body, permanentDnd=refusal.channel)
+            answer = {"statusCode": 400, "message": refusal.message, "error": "Bad Request"}
+            return _json(400, answer, admitted.headers)
         contact = result.contact
         self._done(
             request,
@@ -284,10 +334,10 @@ class Sandbox:
             body=body,
             contactId=contact.id,
             new=result.new,
-            ignored=list(result.ignored),
+            ignored=[*result.ignored, *(f"customFields.{field_id}" for field_id in dropped)],
         )
         answer = {"new": result.new, "contact": contact.to_json(), "traceId": trace_id}
-        return _json(200, answer, trace_id, admitted.headers, with_trace=False)
+        return _json(200, answer, admitted.headers)
 
     async def _add_tags(self, request: web.Request, admitted: _Admitted) -> web.Response:
         trace_id = admitted.trace_id
@@ -297,16 +347,17 @@ class Sandbox:
             tags = validate_tags(body)
         except BadRequest:
             self._done(request, admitted, 400)
-            return _json(400, _BAD_REQUEST, trace_id, admitted.headers)
+            return _json(400, _BAD_REQUEST, admitted.headers)
         except Unprocessable as error:
             self._done(request, admitted, 422)
-            return _unprocessable(error, trace_id, admitted.headers)
+            return _unprocessable(error, admitted.headers)
         contact = self._find_contact(request, admitted, contact_id)
         if isinstance(contact, web.Response):
             return contact
         self.state.add_tags(contact, tags, admitted.now)
         self._done(request, admitted, 201, body=body, contactId=contact_id)
-        return _json(201, {"tags": list(contact.tags)}, trace_id, admitted.headers)
+        answer = {"tags": list(contact.tags), "traceId": trace_id}
+        return _json(201, answer, admitted.headers)
 
     async def _get_contact(self, request: web.Request, admitted: _Admitted) -> web.Response:
         contact_id = request.match_info["contactId"]
@@ -314,20 +365,20 @@ class Sandbox:
         if isinstance(contact, web.Response):
             return contact
         self._done(request, admitted, 200, contactId=contact_id)
-        return _json(200, {"contact": contact.to_json()}, admitted.trace_id, admitted.headers)
+        answer = {"contact": contact.to_json(), "traceId": admitted.trace_id}
+        return _json(200, answer, admitted.headers)
 
     def _find_contact(
         self, request: web.Request, admitted: _Admitted, contact_id: str
     ) -> Contact | web.Response:
         """The location's contact, or the answer: 400 unknown id, 403 another location's."""
-        location, trace_id = admitted.location, admitted.trace_id
         contact = self.state.contacts_by_id.get(contact_id)
         if contact is None:
             self._done(request, admitted, 400, contactId=contact_id)
-            return _json(400, _NOT_FOUND, trace_id, admitted.headers)
-        if contact.location_id != location.id:
+            return _json(400, _NOT_FOUND, admitted.headers)
+        if contact.location_id != admitted.location.id:
             self._done(request, admitted, 403, contactId=contact_id)
-            return _json(403, _FORBIDDEN, trace_id, admitted.headers)
+            return _json(403, _FORBIDDEN, admitted.headers)
         return contact
 
     def _done(
@@ -419,6 +470,80 @@ class Sandbox:
         logger.info("sandbox %s changed", kind, extra={"locationId": location_id})
         return _admin_json({"locations": self._settings()})
 
+    async def _admin_scopes(self, request: web.Request) -> web.Response:
+        """``PUT /_sandbox/scopes``: body ``{"token": TOKEN, "scopes": ["contacts.readonly",
+        ...]}`` replaces a known token's scopes (404 for an unknown one; the token is never
+        echoed or logged)."""
+        try:
+            body = parse_object(await request.read())
+        except BadRequest:
+            return _admin_error(400, "body must be a JSON object")
+        token, scopes = body.get("token"), body.get("scopes")
+        if not isinstance(token, str) or not (
+            isinstance(scopes, list) and all(isinstance(s, str) for s in scopes)
+        ):
+            return _admin_error(400, "expected {\"token\": string, \"scopes\": [string]}")
+        try:
+            self.state.set_scopes(token, scopes)
+        except KeyError:
+            return _admin_error(404, "unknown token")
+        logger.info("sandbox token scopes changed")
+        return _admin_json({"scopes": sorted(set(scopes))})
+
+    async def _admin_dnd(self, request: web.Request) -> web.Response:
+        """``PUT /_sandbox/dnd``: body ``{"locationId": ID, "email" | "phone" | "contactId": ...,
+        "dndSettings": {"SMS": {"status": "permanent"}}}`` sets the contact's DND channels as
+        HighLevel itself does (an SMS STOP), permanent ones included; answers the contact
+        (404 when the location has no such contact, 422 for invalid settings)."""
+        try:
+            body = parse_object(await request.read())
+            settings = validate_dnd_settings(body.get("dndSettings"))
+        except BadRequest:
+            return _admin_error(400, "body must be a JSON object")
+        except Unprocessable as error:
+            return _admin_error(422, "; ".join(error.messages))
+        location = self._admin_location(body.get("locationId"))
+        if isinstance(location, web.Response):
+            return location
+        contact_id = body.get("contactId")
+        if contact_id is not None:
+            contact = location.contacts.get(str(contact_id))
+        else:
+            email, phone = body.get("email"), body.get("phone")
+            contact = self.state.find(
+                location,
+                email=email if isinstance(email, str) else "",
+                phone=phone if isinstance(phone, str) else "",
+            )
+        if contact is None:
+            return _admin_error(404, "no such contact in the location")
+        self.state.set_dnd_settings(contact, settings, self._clock())
+        return _admin_json({"contact": contact.to_json()})
+
+    async def _admin_custom_fields(self, request: web.Request) -> web.Response:
+        """``PUT /_sandbox/custom-fields``: body ``{"locationId"?: ID, "customFields": [{"id",
+        "dataType", "fieldKey"?, "picklistOptions"?}] | null}`` (the shape of HighLevel's ``GET
+        /locations/{id}/customFields``) replaces the definitions of one location, or of all
+        without ``locationId``; ``null`` goes back to storing any field. 400 when invalid."""
+        try:
+            body = parse_object(await request.read())
+        except BadRequest:
+            return _admin_error(400, "body must be a JSON object")
+        location_id = body.get("locationId")
+        location = self._admin_location(location_id) if location_id is not None else None
+        if isinstance(location, web.Response):
+            return location
+        if "customFields" not in body:
+            return _admin_error(400, "customFields is required (a list, or null)")
+        try:
+            definitions = parse_definitions(body["customFields"])
+        except ValueError as error:
+            return _admin_error(400, str(error))
+        for target in [location] if location else self.state.locations.values():
+            target.custom_fields = dict(definitions) if definitions is not None else None
+        logger.info("sandbox custom fields changed", extra={"locationId": location_id})
+        return _admin_json({"locations": self._settings()})
+
     async def _admin_reset_daily(self, request: web.Request) -> web.Response:
         location_id = request.query.get("locationId")
         location = self._admin_location(location_id) if location_id is not None else None
@@ -453,6 +578,11 @@ class Sandbox:
                 "limits": loc.limits.to_json(),
                 "duplicates": loc.duplicates.to_json(),
                 "faults": loc.faults.to_json(),
+                "customFields": (
+                    [d.to_json() for d in loc.custom_fields.values()]
+                    if loc.custom_fields is not None
+                    else None
+                ),
             }
             for loc in self.state.locations.values()
         }
@@ -472,22 +602,15 @@ def _rate_headers(decision: RateDecision) -> dict[str, str]:
     }
 
 
-def _json(
-    status: int,
-    body: Mapping[str, Any],
-    trace_id: str,
-    headers: dict[str, str],
-    *,
-    with_trace: bool = True,
-) -> web.Response:
+def _json(status: int, body: Mapping[str, Any], headers: dict[str, str]) -> web.Response:
+    """An API answer; a 2xx ``body`` carries its ``traceId`` itself, error bodies have none."""
     headers["Content-Type"] = _JSON
-    payload = {**body, "traceId": trace_id} if with_trace else body
-    return web.Response(status=status, body=orjson.dumps(payload), headers=headers)
+    return web.Response(status=status, body=orjson.dumps(body), headers=headers)
 
 
-def _unprocessable(error: Unprocessable, trace_id: str, headers: dict[str, str]) -> web.Response:
+def _unprocessable(error: Unprocessable, headers: dict[str, str]) -> web.Response:
     body = {"statusCode": 422, "message": error.messages, "error": "Unprocessable Entity"}
-    return _json(422, body, trace_id, headers)
+    return _json(422, body, headers)
 
 
 def _admin_json(body: Mapping[str, Any], status: int = 200) -> web.Response:
@@ -530,6 +653,7 @@ async def run_sandbox(
     limits: RateLimits | None = None,
     duplicates: DuplicateSettings | None = None,
     faults: Faults | None = None,
+    custom_fields: Iterable[FieldDefinition] | None = None,
     retry_after: bool = False,
     state_file: Path | None = None,
     autosave_interval: float = 1.0,
@@ -540,16 +664,24 @@ async def run_sandbox(
     """Serve a sandbox in this event loop until the block exits; yields the :class:`Sandbox`.
 
     ``locations`` is ``{location_id: token}`` or ``(location_id, token)`` pairs; ``port=0``
-    binds a free port (read ``sandbox.url``). With ``state_file`` the state is loaded at start,
-    saved every ``autosave_interval`` seconds when changed, and on exit. On exit hanging
-    requests are released (their connections reset) and the socket is closed.
+    binds a free port (read ``sandbox.url``). ``custom_fields`` gives every location those
+    definitions (``consumer.sandbox.custom_fields``; None: any field is stored). With
+    ``state_file`` the state is loaded at start, saved every ``autosave_interval`` seconds when
+    changed, and on exit. On exit hanging requests are released (their connections reset) and
+    the socket is closed.
 
     Usage::
 
         async with run_sandbox(locations={"loc1": "token1"}) as sandbox:
             ...  # POST f"{sandbox.url}/contacts/upsert"
     """
-    state = SandboxState(locations, limits=limits, duplicates=duplicates, faults=faults)
+    state = SandboxState(
+        locations,
+        limits=limits,
+        duplicates=duplicates,
+        faults=faults,
+        custom_fields={d.id: d for d in custom_fields} if custom_fields is not None else None,
+    )
     sandbox = Sandbox(
         state,
         clock=clock,

@@ -54,10 +54,18 @@ class RateLimits:
 
 @dataclass(frozen=True, slots=True)
 class DuplicateSettings:
-    """A location's "Allow Duplicate Contact" setting: allowed or not, and the match priority."""
+    """A location's "Allow Duplicate Contact" setting: allowed or not, and the match priority;
+    and the sandbox's race mode.
+
+    ``race_window_ms > 0`` (off by default) makes an upsert that finds no contact wait that long
+    before creating one, without looking again: two upserts for the same new email or phone in
+    flight together both create a contact, as the live API can (callers' reports;
+    docs/highlevel.md, "Known pitfalls"). At 0 requests are applied one at a time.
+    """
 
     allow_duplicates: bool = False
     priority: tuple[str, ...] = IDENTIFIERS
+    race_window_ms: float = 0.0
 
     def __post_init__(self) -> None:
         if (
@@ -66,9 +74,15 @@ class DuplicateSettings:
             or not set(self.priority) <= set(IDENTIFIERS)
         ):
             raise ValueError("priority must list email and/or phone, each once")
+        if self.race_window_ms < 0:
+            raise ValueError("raceWindowMs must not be negative")
 
     def to_json(self) -> dict[str, Any]:
-        return {"allowDuplicates": self.allow_duplicates, "priority": list(self.priority)}
+        return {
+            "allowDuplicates": self.allow_duplicates,
+            "priority": list(self.priority),
+            "raceWindowMs": self.race_window_ms,
+        }
 
     def updated(self, changes: Mapping[str, Any]) -> DuplicateSettings:
         _reject_unknown(changes, self.to_json())
@@ -78,6 +92,7 @@ class DuplicateSettings:
         return DuplicateSettings(
             allow_duplicates=_bool(changes, "allowDuplicates", self.allow_duplicates),
             priority=tuple(priority),
+            race_window_ms=_float(changes, "raceWindowMs", self.race_window_ms),
         )
 
 

@@ -18,6 +18,11 @@ Behaviour emulated (sources in ``docs/highlevel.md``, "Sandbox fidelity"):
 - Fields present overwrite, fields absent are kept, ``null`` clears the field (the schema
   keeps ``null`` only on the fields the spec marks nullable),
   ``tags`` replace all tags, ``customFields`` overwrite per field id, ``dndSettings`` per channel.
+- Tags are stored trimmed and lowercased (:func:`normalise_tags`; callers' live reports).
+- ``dnd`` (the global flag) and ``dndSettings`` (per channel) are stored apart: neither sets
+  the other (issue #264 payloads). A channel whose status is ``permanent`` (set by HighLevel,
+  e.g. an SMS STOP; here by the admin endpoint) cannot be lifted: the whole update is refused
+  (:class:`PermanentDnd`, a caller's live report).
 - ``gender`` is applied on creation only; on an existing contact it is silently discarded
   (issue #313). Every silently discarded field is reported in :attr:`UpsertResult.ignored`,
   which the real API never tells; the sandbox shows it in its request log.
@@ -34,10 +39,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from consumer.sandbox.custom_fields import FieldDefinition
 from consumer.sandbox.settings import IDENTIFIERS, DuplicateSettings, Faults, RateLimits
 
 # Request-only fields that are never stored on the contact.
 _NOT_STORED = frozenset({"locationId", "createNewIfDuplicateAllowed"})
+
+SCOPES = frozenset({"contacts.readonly", "contacts.write"})
+"""What a token may do unless told otherwise: read (``GET /contacts/{id}``) and write contacts."""
 
 _DAY = 86_400.0
 _ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
@@ -188,6 +197,8 @@ class Location:
     limits: RateLimits
     duplicates: DuplicateSettings
     faults: Faults
+    custom_fields: dict[str, FieldDefinition] | None = None
+    """The location's custom field definitions by id; None: any id and value is stored."""
     contacts: dict[str, Contact] = field(default_factory=dict)
     # identifier kind -> normalised value -> ids of the contacts holding it, oldest first
     index: dict[str, dict[str, list[str]]] = field(
@@ -206,6 +217,51 @@ def iso_time(epoch: float) -> str:
     return stamp.replace("+00:00", "Z")
 
 
+class PermanentDnd(Exception):
+    """An update would lift a DND HighLevel made permanent; the whole request is refused.
+
+    ``message`` is HighLevel's (a caller's live report on ``PUT /contacts/{id}``, 2026-10):
+    ``Not authorized to update permanent dnd setting for SMS``.
+    """
+
+    def __init__(self, channel: str) -> None:
+        self.channel = channel
+        self.message = f"Not authorized to update permanent dnd setting for {channel}"
+        super().__init__(self.message)
+
+
+def _identifiers(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The identifier values an upsert matches on, as the index holds them."""
+    email = payload.get("email")
+    return {"email": email.lower() if email else None, "phone": payload.get("phone")}
+
+
+def _check_permanent_dnd(contact: Contact, payload: Mapping[str, Any]) -> None:
+    """Raise :class:`PermanentDnd` for the first permanent channel of ``contact`` that
+    ``payload`` would lift: a ``dndSettings`` entry for it with another status, or
+    ``dnd: false`` (the global flag, stored apart from the channels, may not be cleared while a
+    channel is permanent: which requests HighLevel refuses exactly is unreported, this is the
+    sandbox's reading of the live report). ``dnd: true`` and a ``permanent`` entry pass."""
+    stored = contact.fields.get("dndSettings") or {}
+    permanent = [ch for ch, setting in stored.items() if setting.get("status") == "permanent"]
+    requested = payload.get("dndSettings") or {}
+    for channel in permanent:
+        change = requested.get(channel)
+        if change is not None and change.get("status") != "permanent":
+            raise PermanentDnd(channel)
+    if permanent and payload.get("dnd") is False:
+        raise PermanentDnd(permanent[0])
+
+
+def normalise_tags(tags: Iterable[str]) -> list[str]:
+    """Tags as HighLevel stores them: trimmed, lowercased, each once, in the order sent; a tag
+    empty after trimming is dropped (a sandbox choice: HighLevel's handling is unreported).
+    Source: callers' live reports that tags come back lowercased (docs/highlevel.md, "Known
+    pitfalls")."""
+    stored = (tag.strip().lower() for tag in tags)
+    return list(dict.fromkeys(tag for tag in stored if tag))
+
+
 def random_contact_id() -> str:
     """A 20-character id shaped like HighLevel's (``seD4PfOuKoVMLkEZqohJ``)."""
     return "".join(secrets.choice(_ID_ALPHABET) for _ in range(20))
@@ -215,7 +271,9 @@ class SandboxState:
     """All locations, their tokens and contacts. Called by the server; pure and synchronous.
 
     ``locations`` are ``(location_id, token)`` pairs (a location may have several tokens) or a
-    mapping ``{location_id: token}``. ``new_id`` makes contact ids (tests pass a counter).
+    mapping ``{location_id: token}``. ``limits``, ``duplicates``, ``faults`` and
+    ``custom_fields`` are every location's initial settings. ``new_id`` makes contact ids
+    (tests pass a counter).
     """
 
     def __init__(
@@ -225,11 +283,13 @@ class SandboxState:
         limits: RateLimits | None = None,
         duplicates: DuplicateSettings | None = None,
         faults: Faults | None = None,
+        custom_fields: Mapping[str, FieldDefinition] | None = None,
         new_id: Callable[[], str] = random_contact_id,
     ) -> None:
         pairs = list(locations.items()) if isinstance(locations, Mapping) else list(locations)
         self._new_id = new_id
         self._tokens: dict[str, Location] = {}
+        self._scopes: dict[str, frozenset[str]] = {}
         self.locations: dict[str, Location] = {}
         self.contacts_by_id: dict[str, Contact] = {}
         self.changes = 0
@@ -242,9 +302,11 @@ class SandboxState:
                     limits or RateLimits(),
                     duplicates or DuplicateSettings(),
                     faults or Faults(),
+                    dict(custom_fields) if custom_fields is not None else None,
                 )
                 self.locations[location_id] = location
             self._tokens[token] = location
+            self._scopes[token] = SCOPES
 
     def location_for_token(self, token: str) -> Location | None:
         return self._tokens.get(token)
@@ -253,25 +315,46 @@ class SandboxState:
         """Forget ``token``: requests with it answer 401 from now on (a deleted or rotated
         Private Integration token)."""
         self._tokens.pop(token, None)
+        self._scopes.pop(token, None)
 
-    def grant_token(self, location_id: str, token: str) -> None:
-        """Accept ``token`` for ``location_id`` (KeyError for an unknown location)."""
+    def grant_token(
+        self, location_id: str, token: str, scopes: Iterable[str] = SCOPES
+    ) -> None:
+        """Accept ``token`` for ``location_id`` with ``scopes`` (KeyError for an unknown
+        location)."""
         self._tokens[token] = self.locations[location_id]
+        self._scopes[token] = frozenset(scopes)
 
-    def upsert(self, location: Location, payload: Mapping[str, Any], now: float) -> UpsertResult:
-        """Create or update the contact ``payload`` (validated by ``schema``) designates."""
-        email = payload.get("email")
-        keys = {"email": email.lower() if email else None, "phone": payload.get("phone")}
-        settings = location.duplicates
-        target: Contact | None = None
-        matched_by = ""
-        if not (settings.allow_duplicates and payload.get("createNewIfDuplicateAllowed")):
-            for kind in settings.priority:
-                value = keys[kind]
-                holders = location.index[kind].get(value) if value else None
-                if holders:
-                    target, matched_by = location.contacts[holders[0]], kind
-                    break
+    def has_scope(self, token: str, scope: str) -> bool:
+        """Whether the (known) ``token`` was granted ``scope``."""
+        return scope in self._scopes.get(token, ())
+
+    def set_scopes(self, token: str, scopes: Iterable[str]) -> None:
+        """Replace a known token's scopes (KeyError for an unknown token): a Private Integration
+        whose scopes were edited in HighLevel's UI."""
+        if token not in self._tokens:
+            raise KeyError("unknown token")
+        self._scopes[token] = frozenset(scopes)
+
+    def match(self, location: Location, payload: Mapping[str, Any]) -> Contact | None:
+        """The contact an upsert of ``payload`` would update; None when it would create one."""
+        return self._match(location, payload)[0]
+
+    def upsert(
+        self,
+        location: Location,
+        payload: Mapping[str, Any],
+        now: float,
+        *,
+        create: bool = False,
+    ) -> UpsertResult:
+        """Create or update the contact ``payload`` (validated by ``schema``) designates.
+
+        ``create=True`` creates without matching: what a request does that looked its contact
+        up before a concurrent request created it (the server's race mode). Raises
+        :class:`PermanentDnd`, changing nothing, when the update would lift a permanent DND.
+        """
+        target, matched_by = (None, "") if create else self._match(location, payload)
         ignored: list[str] = []
         new = target is None
         if target is None:
@@ -280,7 +363,9 @@ class SandboxState:
             self.contacts_by_id[target.id] = target
             location.count("created")
         else:
-            for kind in settings.priority:
+            _check_permanent_dnd(target, payload)
+            keys = _identifiers(payload)
+            for kind in location.duplicates.priority:
                 value = keys[kind]
                 holders = location.index[kind].get(value) if value else None
                 if kind != matched_by and holders and target.id not in holders:
@@ -291,9 +376,42 @@ class SandboxState:
         self.changes += 1
         return UpsertResult(new=new, contact=target, ignored=tuple(ignored))
 
+    @staticmethod
+    def _match(location: Location, payload: Mapping[str, Any]) -> tuple[Contact | None, str]:
+        """The matched contact and the identifier that matched it (or None and "")."""
+        settings = location.duplicates
+        if settings.allow_duplicates and payload.get("createNewIfDuplicateAllowed"):
+            return None, ""
+        keys = _identifiers(payload)
+        for kind in settings.priority:
+            value = keys[kind]
+            holders = location.index[kind].get(value) if value else None
+            if holders:
+                return location.contacts[holders[0]], kind
+        return None, ""
+
+    def find(self, location: Location, *, email: str = "", phone: str = "") -> Contact | None:
+        """The oldest contact of ``location`` with ``email`` (any case), else with ``phone``
+        (E.164 as stored); None when neither is held."""
+        for kind, value in _identifiers({"email": email, "phone": phone}).items():
+            holders = location.index[kind].get(value) if value else None
+            if holders:
+                return location.contacts[holders[0]]
+        return None
+
+    def set_dnd_settings(
+        self, contact: Contact, settings: Mapping[str, Any], now: float
+    ) -> None:
+        """Set DND channels as HighLevel itself does (an SMS STOP makes SMS ``permanent``):
+        merged per channel, with no permanence check (admin endpoint)."""
+        contact.fields["dndSettings"] = {**contact.fields.get("dndSettings", {}), **settings}
+        contact.date_updated = now
+        self.changes += 1
+
     def add_tags(self, contact: Contact, tags: Iterable[str], now: float) -> None:
-        """Append ``tags`` the contact does not have yet (``POST /contacts/{id}/tags``)."""
-        for tag in tags:
+        """Append ``tags`` the contact does not have yet (``POST /contacts/{id}/tags``),
+        normalised like every stored tag (:func:`normalise_tags`)."""
+        for tag in normalise_tags(tags):
             if tag not in contact.tags:
                 contact.tags.append(tag)
         contact.date_updated = now
@@ -318,7 +436,7 @@ class SandboxState:
                 continue
             if key == "tags":
                 if value is not None:
-                    contact.tags = list(dict.fromkeys(value))
+                    contact.tags = normalise_tags(value)
             elif key == "customFields":
                 contact.custom_fields.update(value or ())
             elif key == "dndSettings":

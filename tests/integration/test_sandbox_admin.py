@@ -75,7 +75,7 @@ async def test_fail_rate_answers_5xx_without_touching_state(
     )
     status, answer = await upsert(http, sandbox.url, "sam@example.com")
     assert status == 503
-    assert answer["statusCode"] == 503
+    assert answer == {"statusCode": 503, "message": "Internal server error"}  # no traceId
     assert sandbox.contacts(L1) == []
     # other locations are not affected
     assert (await upsert(http, sandbox.url, "sam@example.com", token=T2, location=L2))[0] == 200
@@ -256,6 +256,7 @@ async def test_cli_serves_on_a_free_port_with_flag_limits_and_faults(
     http: aiohttp.ClientSession,
 ) -> None:
     flags = ["--burst", "2", "--interval-ms", "60000", "--duplicate-priority", "phone,email"]
+    flags += ["--race-window-ms", "25"]
     async with sandbox_process({L1: T1, L2: T2}, flags) as child:
         assert child.url.startswith("http://127.0.0.1:")
         assert (await upsert(http, child.url, "a@example.com"))[0] == 200
@@ -265,9 +266,34 @@ async def test_cli_serves_on_a_free_port_with_flag_limits_and_faults(
         assert status == 403
         settings = await admin(http, "GET", f"{child.url}/_sandbox/settings")
         assert settings["locations"][L2]["duplicates"]["priority"] == ["phone", "email"]
+        assert settings["locations"][L2]["duplicates"]["raceWindowMs"] == 25
 
     async with sandbox_process({L1: T1}, ["--fail-rate", "1", "--fail-status", "502"]) as child:
         assert (await upsert(http, child.url, "a@example.com"))[0] == 502
+
+
+async def test_cli_loads_custom_field_definitions(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    path = tmp_path / "fields.json"
+    path.write_bytes(
+        orjson.dumps({"customFields": [{"id": "fldAge", "dataType": "NUMERICAL", "name": "Age"}]})
+    )
+    async with sandbox_process({L1: T1}, ["--custom-fields", str(path)]) as child:
+        settings = await admin(http, "GET", f"{child.url}/_sandbox/settings")
+    assert settings["locations"][L1]["customFields"] == [
+        {"id": "fldAge", "fieldKey": "", "dataType": "NUMERICAL", "picklistOptions": []}
+    ]
+
+    path.write_bytes(b'{"customFields": [{"id": "fldAge", "dataType": "AGE"}]}')
+    invalid = await asyncio.create_subprocess_exec(
+        *sandbox_command({L1: T1}, ["--custom-fields", str(path)]),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(invalid.communicate(), 30)
+    assert invalid.returncode == 2
+    assert b"dataType must be one of" in stderr
 
 
 async def test_cli_exits_0_on_sigterm_and_2_on_invalid_settings() -> None:

@@ -210,3 +210,10 @@ def test_settings_update_from_camel_case_json() -> None:
     for bad_priority in ([], ["email", "email"], ["name"], "email"):
         with pytest.raises(ValueError, match=r"."):
             DuplicateSettings().updated({"priority": bad_priority})
+    assert DuplicateSettings().updated({"raceWindowMs": 50}).to_json() == {
+        "allowDuplicates": False,
+        "priority": ["email", "phone"],
+        "raceWindowMs": 50.0,
+    }
+    with pytest.raises(ValueError, match="raceWindowMs"):
+        DuplicateSettings().updated({"raceWindowMs": -1})

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from consumer.sandbox.settings import DuplicateSettings, RateLimits
-from consumer.sandbox.state import Location, RateWindow, SandboxState
+from consumer.sandbox.state import Location, PermanentDnd, RateWindow, SandboxState
 
 T0 = 1_790_000_000.0  # some UTC instant; only differences matter except for the daily budget
 DAY = 86_400.0
@@ -175,6 +175,16 @@ def test_upsert_tags_replace_and_add_tags_appends() -> None:
     assert contact.to_json()["tags"] == ["c", "d"]
 
 
+def test_tags_are_stored_trimmed_and_lowercased() -> None:
+    # HighLevel stores tags lowercased (callers' live reports)
+    state, loc = make_state()
+    result = upsert(state, loc, email="sam@example.com", tags=[" VIP ", "vip", "Web Lead", " "])
+    contact = result.contact
+    assert contact.tags == ["vip", "web lead"]
+    state.add_tags(contact, ["WEB LEAD", "New "], T0 + 1)
+    assert contact.to_json()["tags"] == ["vip", "web lead", "new"]
+
+
 def test_custom_fields_and_dnd_settings_merge_per_key() -> None:
     state, loc = make_state()
     contact = upsert(
@@ -286,3 +296,54 @@ def test_a_revoked_token_is_unknown_until_granted_again() -> None:
     location = state.location_for_token("t1")
     assert location is not None
     assert location.id == "loc-1"
+
+
+# -- DND: stored apart, permanent channels (issue #264 payloads; a caller's live report) -------
+
+
+def test_dnd_and_dnd_settings_are_stored_apart() -> None:
+    state, loc = make_state()
+    contact = upsert(state, loc, email="sam@example.com", dnd=True).contact
+    assert "dndSettings" not in contact.to_json()
+    upsert(state, loc, email="sam@example.com", dndSettings={"SMS": {"status": "active"}})
+    upsert(state, loc, email="sam@example.com", dnd=False)
+    rendered = contact.to_json()
+    assert rendered["dnd"] is False
+    assert rendered["dndSettings"] == {"SMS": {"status": "active"}}
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"dndSettings": {"SMS": {"status": "inactive"}}},
+        {"dndSettings": {"Email": {"status": "active"}, "SMS": {"status": "active"}}},
+        {"dnd": False},
+    ],
+)
+def test_lifting_a_permanent_dnd_is_refused_and_changes_nothing(change: dict[str, Any]) -> None:
+    state, loc = make_state()
+    contact = upsert(state, loc, email="sam@example.com", firstName="Sam", dnd=True).contact
+    state.set_dnd_settings(contact, {"SMS": {"status": "permanent", "code": "103"}}, T0)
+    before, changes = contact.to_json(), state.changes
+    with pytest.raises(PermanentDnd) as refused:
+        upsert(state, loc, T0 + 1, email="sam@example.com", firstName="Samuel", **change)
+    assert str(refused.value) == "Not authorized to update permanent dnd setting for SMS"
+    assert refused.value.channel == "SMS"
+    assert contact.to_json() == before
+    assert state.changes == changes
+    assert loc.counters.get("updated") is None
+
+
+def test_what_keeps_a_permanent_dnd_is_accepted() -> None:
+    state, loc = make_state()
+    contact = upsert(state, loc, email="sam@example.com").contact
+    state.set_dnd_settings(contact, {"SMS": {"status": "permanent"}}, T0)
+    upsert(state, loc, email="sam@example.com", dnd=True)
+    upsert(state, loc, email="sam@example.com", dndSettings={"Email": {"status": "active"}})
+    upsert(state, loc, email="sam@example.com", dndSettings={"SMS": {"status": "permanent"}})
+    assert contact.to_json()["dndSettings"] == {
+        "SMS": {"status": "permanent"},
+        "Email": {"status": "active"},
+    }
+    assert state.find(loc, email="SAM@example.com") is contact
+    assert state.find(loc, phone="+14155550142") is None
