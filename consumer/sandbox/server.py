@@ -62,6 +62,7 @@ import orjson
 from aiohttp import web
 
 from consumer.sandbox.custom_fields import FieldDefinition, convert, parse_definitions
+from consumer.sandbox.rate_window import RateDecision
 from consumer.sandbox.schema import (
     BadRequest,
     Unprocessable,
@@ -80,7 +81,6 @@ from consumer.sandbox.state import (
     Contact,
     Location,
     PermanentDnd,
-    RateDecision,
     SandboxState,
     iso_time,
 )

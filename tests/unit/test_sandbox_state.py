@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
+from consumer.sandbox.rate_window import RateWindow
 from consumer.sandbox.settings import DuplicateSettings, RateLimits
-from consumer.sandbox.state import Location, PermanentDnd, RateWindow, SandboxState
+from consumer.sandbox.state import Location, PermanentDnd, SandboxState
 
 T0 = 1_790_000_000.0  # some UTC instant; only differences matter except for the daily budget
 DAY = 86_400.0
