@@ -68,6 +68,9 @@ IDENTITY_FIELDS: Final = (
     "postalCode",
     "country",
     "website",
+    "dateOfBirth",
+    "timezone",
+    "gender",
 )
 # Standard HighLevel upsert fields the mapping may set, in payload order. ``tags`` and
 # ``customFields`` are carried separately; ``locationId`` comes from the integration.

@@ -26,36 +26,67 @@ from consumer.core.events import IDENTITY_FIELDS, CustomValue, Event, PresetEven
 from consumer.core.normalise import (
     PHONE_REGIONS,
     normalise_country,
+    normalise_date_of_birth,
     normalise_email,
     normalise_text,
+    normalise_timezone,
 )
 from consumer.core.profiles import Profile
 from consumer.core.targets import Target
 
-# trait key (either spelling) -> HighLevel field; snake_case first so it wins within a container
-_TRAITS: Final = (
-    ("email", "email"),
-    ("phone", "phone"),
-    ("first_name", "firstName"),
-    ("firstName", "firstName"),
-    ("last_name", "lastName"),
-    ("lastName", "lastName"),
-    ("name", "name"),
-    ("website", "website"),
-    ("city", "city"),
-    ("state", "state"),
-    ("postal_code", "postalCode"),
-    ("postalCode", "postalCode"),
-    ("country", "country"),
-)
-_ADDRESS: Final = (
-    ("street", "address1"),
-    ("city", "city"),
-    ("state", "state"),
-    ("postal_code", "postalCode"),
-    ("postalCode", "postalCode"),
-    ("country", "country"),
-)
+# The one table of trait names collectors write, per HighLevel field, highest precedence
+# first within one container (snake_case before camelCase). Each name is also accepted
+# lowercased and capitalised (``firstName``, ``firstname``, ``FirstName``, ``Firstname``).
+TRAIT_NAMES: Final[Mapping[str, tuple[str, ...]]] = {
+    "email": ("email", "email_address", "emailAddress"),
+    "phone": ("phone", "phone_number", "phoneNumber", "mobile", "mobile_phone", "mobilePhone"),
+    "firstName": ("first_name", "firstName", "given_name", "givenName"),
+    "lastName": ("last_name", "lastName", "family_name", "familyName", "surname"),
+    "name": ("name", "full_name", "fullName"),
+    "companyName": ("company_name", "companyName"),  # and ``company``: see _read_traits
+    "address1": ("address1", "address_1", "address_line1", "addressLine1", "street"),
+    "city": ("city",),
+    "state": ("state", "province"),
+    "postalCode": (
+        "postal_code", "postalCode", "zip", "zipcode", "zip_code", "zipCode", "postcode",
+        "post_code",
+    ),
+    "country": ("country", "country_code", "countryCode"),
+    "website": ("website",),
+    "dateOfBirth": ("birthday", "date_of_birth", "dateOfBirth", "dob", "birthdate", "birth_date"),
+    "timezone": ("timezone", "time_zone", "timeZone"),
+    "gender": ("gender",),
+}
+# Inside ``address`` (Segment's reserved trait): the same, with ``line1``/``line2``.
+ADDRESS_NAMES: Final[Mapping[str, tuple[str, ...]]] = {
+    "address1": ("line1", "line_1", "street", "address1", "street1"),
+    "city": TRAIT_NAMES["city"],
+    "state": TRAIT_NAMES["state"],
+    "postalCode": TRAIT_NAMES["postalCode"],
+    "country": TRAIT_NAMES["country"],
+}
+_LINE2: Final = ("line2", "line_2", "street2", "address2")
+
+
+def _spellings(names: Mapping[str, tuple[str, ...]]) -> dict[str, tuple[int, str]]:
+    """key as sent -> (rank, HighLevel field): every name with its lower/capitalised variants."""
+    table: dict[str, tuple[int, str]] = {}
+    for field_name, bases in names.items():
+        for base in bases:
+            for key in (base, base.lower(), base[:1].upper() + base[1:], base.capitalize()):
+                table.setdefault(key, (len(table), field_name))
+    return table
+
+
+_TRAIT_KEYS: Final = _spellings(TRAIT_NAMES)
+_ADDRESS_KEYS: Final = _spellings(ADDRESS_NAMES)
+_COMPANY_KEYS: Final = frozenset(("company", "Company"))
+_ADDRESS_OBJECT_KEYS: Final = frozenset(("address", "Address"))
+_LINE2_KEYS: Final = frozenset(k for base in _LINE2 for k in (base, base.capitalize()))
+# Ranks: top-level names first, then ``company``, then ``address`` (and its fields).
+_COMPANY_RANK: Final = len(_TRAIT_KEYS)
+_ADDRESS_RANK: Final = _COMPANY_RANK + 1
+_OBJECT: Final = "a string or an object"
 # Fields where a JSON number is accepted and used as its decimal text.
 _NUMERIC_OK: Final = frozenset(("phone", "postalCode"))
 # Every identity field but phone (its normalisation depends on a region): text is trimmed.
@@ -63,6 +94,8 @@ _NORMALISERS: Final[dict[str, Callable[[str], str | None]]] = {
     **{name: normalise_text for name in IDENTITY_FIELDS if name != "phone"},
     "email": normalise_email,
     "country": normalise_country,
+    "dateOfBirth": normalise_date_of_birth,
+    "timezone": normalise_timezone,
 }
 
 # (source, tags, custom fields) of a mapped event for one target
@@ -120,25 +153,59 @@ def _read_traits(
     out: dict[str, list[Candidate]],
     limits: Limits,
 ) -> None:
-    for key, field_name in _TRAITS:
-        value = container.get(key)
-        if value is not None:
-            _add(out, field_name, f"{prefix}.{key}", value, limits)
-    company = container.get("company")
-    if isinstance(company, dict):
-        name = company.get("name")
-        if name is not None:
-            _add(out, "companyName", f"{prefix}.company.name", name, limits)
-    elif company is not None:
-        _add(out, "companyName", f"{prefix}.company", company, limits, "a string or an object")
-    address = container.get("address")
-    if isinstance(address, dict):
-        for key, field_name in _ADDRESS:
-            value = address.get(key)
-            if value is not None:
-                _add(out, field_name, f"{prefix}.address.{key}", value, limits)
-    elif address is not None:
-        _add(out, "address1", f"{prefix}.address", address, limits, "a string or an object")
+    # Walk the container's keys (few) rather than the table (many), then add in table order.
+    found: list[tuple[int, str, str, object, str]] = []
+    for key, value in container.items():
+        if value is None:
+            continue
+        spec = _TRAIT_KEYS.get(key)
+        if spec is not None:
+            found.append((*spec, f"{prefix}.{key}", value, "a string"))
+        elif key in _COMPANY_KEYS:
+            if isinstance(value, dict):
+                name = value.get("name")
+                if name is not None:
+                    found.append(
+                        (_COMPANY_RANK, "companyName", f"{prefix}.{key}.name", name, "a string")
+                    )
+            else:
+                found.append((_COMPANY_RANK, "companyName", f"{prefix}.{key}", value, _OBJECT))
+        elif key in _ADDRESS_OBJECT_KEYS:
+            if isinstance(value, dict):
+                found.extend(_read_address(value, f"{prefix}.{key}", limits))
+            else:
+                found.append((_ADDRESS_RANK, "address1", f"{prefix}.{key}", value, _OBJECT))
+    found.sort(key=lambda item: item[0])
+    for _rank, field_name, path, value, expected in found:
+        _add(out, field_name, path, value, limits, expected)
+
+
+def _read_address(
+    address: Mapping[str, object], prefix: str, limits: Limits
+) -> list[tuple[int, str, str, object, str]]:
+    """Fields of an ``address`` object, ranked after every top-level trait; ``line2`` joined to
+    the street line with ``", "``."""
+    found: list[tuple[int, str, str, object, str]] = []
+    line2: str | None = None
+    for key, value in address.items():
+        if value is None:
+            continue
+        spec = _ADDRESS_KEYS.get(key)
+        if spec is not None:
+            rank, field_name = spec
+            path = f"{prefix}.{key}"
+            found.append((_ADDRESS_RANK + 1 + rank, field_name, path, value, "a string"))
+        elif key in _LINE2_KEYS and isinstance(value, str):
+            _check_length(f"{prefix}.{key}", value, limits)
+            line2 = normalise_text(value)
+    if line2 is not None:
+        found = [
+            (rank, name, path, f"{value.strip()}, {line2}", expected)
+            if name == "address1" and isinstance(value, str) and value.strip()
+            else (rank, name, path, value, expected)
+            for rank, name, path, value, expected in found
+        ]
+    return found
 
 
 def _add(

@@ -8,7 +8,9 @@ returns None for "no usable value", which the mapping treats like an absent fiel
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+import zoneinfo
+from datetime import date
+from functools import cache, lru_cache
 from typing import Final
 
 import phonenumbers
@@ -48,6 +50,45 @@ def normalise_email(value: str) -> str | None:
     if len(email) > _MAX_EMAIL or not _EMAIL.fullmatch(email):
         return None
     return email
+
+
+# HighLevel's dateOfBirth formats (year first or month first; separators / - . _), and ISO
+# date-times, whose date part is taken as written (no timezone conversion).
+_DATE_YEAR_FIRST = re.compile(r"(\d{4})([-/._])(\d{1,2})\2(\d{1,2})")
+_DATE_MONTH_FIRST = re.compile(r"(\d{1,2})([-/._])(\d{1,2})\2(\d{4})")
+_ISO_DATE_TIME = re.compile(r"(\d{4})-(\d{2})-(\d{2})[T ]\d{2}:\d{2}.*")
+
+
+def normalise_date_of_birth(value: str) -> str | None:
+    """``YYYY-MM-DD`` from the formats HighLevel lists for ``dateOfBirth`` (``YYYY/MM/DD``,
+    ``MM/DD/YYYY``, with ``/``, ``-``, ``.`` or ``_``) or an ISO date-time (its date part as
+    written); None when it is none of these or not a calendar date."""
+    text = value.strip()
+    if match := _DATE_YEAR_FIRST.fullmatch(text):
+        year, month, day = match.group(1), match.group(3), match.group(4)
+    elif match := _DATE_MONTH_FIRST.fullmatch(text):
+        month, day, year = match.group(1), match.group(3), match.group(4)
+    elif match := _ISO_DATE_TIME.fullmatch(text):
+        year, month, day = match.groups()
+    else:
+        return None
+    try:
+        return date(int(year), int(month), int(day)).isoformat()
+    except ValueError:
+        return None
+
+
+@cache
+def _timezones() -> dict[str, str]:
+    """IANA zone names by casefolded name. Read once from the tz database (as phonenumbers
+    reads its metadata); an empty database makes every timezone unusable, never a wrong one."""
+    return {name.casefold(): name for name in zoneinfo.available_timezones()}
+
+
+def normalise_timezone(value: str) -> str | None:
+    """The IANA zone name (``america/new_york`` -> ``America/New_York``); None unless the tz
+    database knows it."""
+    return _timezones().get(value.strip().casefold())
 
 
 def normalise_country(value: str) -> str | None:

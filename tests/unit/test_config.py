@@ -258,8 +258,8 @@ INTEGRATION = "[[integrations]]\nid = 'a'\nlocation_id = 'L'\naccess_token = { e
         ),
         ("tag_mode = 'replace'\n", "integrations[0].tag_mode: expected one of upsert, add"),
         (
-            "[integrations.fields]\nremove = ['dnd', 'gender']\n",
-            "integrations[0].fields.remove: 'gender'",
+            "[integrations.fields]\nremove = ['dnd', 'assignedTo']\n",
+            "integrations[0].fields.remove: 'assignedTo'",
         ),
         (
             "[integrations.fields]\nremove = ['email', 'phone']\n",

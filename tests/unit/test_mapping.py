@@ -195,6 +195,38 @@ BASE = {"email": "x@example.com"}
         ({"website": "https://acme.test"}, {"website": "https://acme.test"}),
         ({"first_name": "   "}, {}),
         ({"first_name": None}, {}),
+        # names real collectors write (RudderStack, Segment, hand-written trackers)
+        ({"firstname": "Sam", "lastname": "Rivera"}, {"firstName": "Sam", "lastName": "Rivera"}),
+        ({"FirstName": "Sam", "Lastname": "Rivera"}, {"firstName": "Sam", "lastName": "Rivera"}),
+        ({"firstname": "Lower", "firstName": "Camel"}, {"firstName": "Camel"}),
+        ({"Phone": "+14155550142"}, {"phone": "+14155550142"}),
+        ({"phone_number": "+14155550142"}, {"phone": "+14155550142"}),
+        ({"mobile": "+14155550142"}, {"phone": "+14155550142"}),
+        ({"phone": "+14155550143", "mobile": "+14155550142"}, {"phone": "+14155550143"}),
+        ({"zip": "62701"}, {"postalCode": "62701"}),
+        ({"zipcode": "62701"}, {"postalCode": "62701"}),
+        ({"postcode": "SW1A 1AA"}, {"postalCode": "SW1A 1AA"}),
+        ({"company_name": "Acme"}, {"companyName": "Acme"}),
+        ({"companyName": "Named", "company": "Plain"}, {"companyName": "Named"}),
+        ({"Company": {"name": "Acme"}}, {"companyName": "Acme"}),
+        ({"address": {"line1": "1 Main St"}}, {"address1": "1 Main St"}),
+        ({"address": {"line1": "1 Main St", "line2": "Apt 4"}}, {"address1": "1 Main St, Apt 4"}),
+        ({"address": {"street": "1 Main St", "line2": " "}}, {"address1": "1 Main St"}),
+        ({"street": "1 Main St"}, {"address1": "1 Main St"}),
+        (
+            {"address": {"zip": "62701", "City": "Springfield"}},
+            {"postalCode": "62701", "city": "Springfield"},
+        ),
+        ({"birthday": "1990-09-25"}, {"dateOfBirth": "1990-09-25"}),
+        ({"dateOfBirth": "09/25/1990"}, {"dateOfBirth": "1990-09-25"}),
+        ({"dob": "1990.9.5"}, {"dateOfBirth": "1990-09-05"}),
+        ({"birthday": "1990-09-25T00:00:00.000Z"}, {"dateOfBirth": "1990-09-25"}),
+        ({"birthday": "1990-02-30"}, {}),
+        ({"birthday": "25/09/1990"}, {}),  # day first is not a HighLevel format
+        ({"timezone": "Europe/London"}, {"timezone": "Europe/London"}),
+        ({"timezone": "america/new_york"}, {"timezone": "America/New_York"}),
+        ({"timezone": "GMT+1 Berlin"}, {}),
+        ({"gender": " female "}, {"gender": "female"}),
     ],
 )
 def test_trait_table(traits: dict[str, Any], expected: dict[str, Any]) -> None:
@@ -702,10 +734,27 @@ _trait_keys = st.sampled_from(
         "postal_code",
         "country",
         "website",
+        "firstname",
+        "Phone",
+        "zip",
+        "birthday",
+        "timezone",
+        "gender",
     ]
 )
 _good_values = st.sampled_from(
-    ["a@example.com", " B@Example.com", "+44 7700 900123", "(415) 555-0142", "GB", "us", "x", ""]
+    [
+        "a@example.com",
+        " B@Example.com",
+        "+44 7700 900123",
+        "(415) 555-0142",
+        "GB",
+        "us",
+        "x",
+        "",
+        "1990-09-25",
+        "Europe/London",
+    ]
 )
 # Mostly well-formed, sometimes junk: both the upsert path and every reject path get exercised.
 _trait_values = st.one_of(_good_values, _good_values, _good_values, st.text(max_size=12), _json)

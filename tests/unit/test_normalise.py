@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from consumer.core.normalise import (
     ISO_COUNTRIES,
@@ -10,8 +14,10 @@ from consumer.core.normalise import (
     mask_email,
     mask_phone,
     normalise_country,
+    normalise_date_of_birth,
     normalise_email,
     normalise_text,
+    normalise_timezone,
     parse_phone,
 )
 
@@ -58,6 +64,55 @@ def test_country(raw: str, expected: str | None) -> None:
 def test_country_list_is_the_249_iso_codes() -> None:
     assert len(ISO_COUNTRIES) == 249
     assert all(len(code) == 2 and code.isupper() for code in ISO_COUNTRIES)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("1990-09-25", "1990-09-25"),
+        ("1990/09/25", "1990-09-25"),
+        ("1990.09.25", "1990-09-25"),
+        ("1990_09_25", "1990-09-25"),
+        ("09/25/1990", "1990-09-25"),
+        ("09-25-1990", "1990-09-25"),
+        ("9.5.1990", "1990-09-05"),
+        ("09_25_1990", "1990-09-25"),
+        (" 1990-09-25T13:45:00+02:00 ", "1990-09-25"),
+        ("1990-09-25 13:45:00", "1990-09-25"),
+        ("1990-09/25", None),  # mixed separators
+        ("25/09/1990", None),  # day first: month 25
+        ("2023-02-29", None),
+        ("1990-9-25T00:00:00Z", None),
+        ("September 25, 1990", None),
+        ("", None),
+    ],
+)
+def test_date_of_birth(raw: str, expected: str | None) -> None:
+    assert normalise_date_of_birth(raw) == expected
+
+
+@given(st.dates())
+def test_every_calendar_date_round_trips_in_every_listed_format(day: date) -> None:
+    y, m, d = f"{day.year:04d}", f"{day.month:02d}", f"{day.day:02d}"
+    for sep in "/-._":
+        assert normalise_date_of_birth(sep.join((y, m, d))) == day.isoformat()
+        if day.year >= 1000:
+            assert normalise_date_of_birth(sep.join((m, d, y))) == day.isoformat()
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("Europe/London", "Europe/London"),
+        (" america/chihuahua ", "America/Chihuahua"),
+        ("UTC", "UTC"),
+        ("Europe/Atlantis", None),
+        ("+02:00", None),
+        ("", None),
+    ],
+)
+def test_timezone(raw: str, expected: str | None) -> None:
+    assert normalise_timezone(raw) == expected
 
 
 def test_text() -> None:
