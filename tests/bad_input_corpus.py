@@ -218,7 +218,12 @@ def _cases() -> list[Case]:
         _wrong("type-number", "type", "number", _json(type=7)),
         _wrong("type-object", "type", "object", _json(type={"identify": True})),
         Case("unknown-type", _json(type="purchase"), "reject", "unknown_type", "'purchase'"),
-        Case("type-wrong-case", _json(type="IDENTIFY"), "reject", "unknown_type", "'IDENTIFY'"),
+        Case(  # the type matches ignoring case ("Identify" is common in the wild)
+            "type-other-case",
+            _json(type="IDENTIFY", userId="u-case", traits={"email": "case@bad.example.com"}),
+            "upsert",
+            email="case@bad.example.com",
+        ),
         Case("type-empty", _json(type=""), "reject", "unknown_type", "unknown event type ''"),
         Case(
             "type-huge",

@@ -7,8 +7,9 @@ Rules (``docs/architecture.md``, "Mapping rules"):
   target maps), then the stored profile. Per field the first *usable* value wins (an invalid
   email in ``traits`` falls through to ``context.traits``). snake_case wins over camelCase
   within one container; a top-level ``city`` wins over ``address.city``.
-- Consent for a target's category: first decision on the event (``context.consent`` views,
-  then RudderStack's ``context.consentManagement``), else the last known one, else none.
+- Consent for a target's category (names matched ignoring case): first decision on the event
+  (``context.consent`` views, then RudderStack's ``context.consentManagement``), else the last
+  known one, else none.
 - A field the mapping reads with the wrong JSON type, or a string over ``max_field_chars``,
   rejects the whole record: the readers here raise ``InvalidField`` carrying that ``Reject``.
 
@@ -346,7 +347,7 @@ def _consent_decision(
         decision = _bool_view(consent, view, category)
         if decision is not None:
             return decision
-    direct = consent.get(category)
+    direct = _get_category(consent, category)
     if direct is not None:
         if isinstance(direct, bool):
             return direct
@@ -363,7 +364,9 @@ def _consent_decision(
         # A list of ids; older RudderStack SDKs send an object keyed by id.
         if not isinstance(ids, list | dict):
             raise _wrong_type(f"context.consentManagement.{ids_key}", "an array", ids)
-        if category in ids:
+        if category in ids or any(
+            isinstance(id_, str) and id_.casefold() == category.casefold() for id_ in ids
+        ):
             return granted
     return None
 
@@ -374,7 +377,20 @@ def _bool_view(consent: Mapping[str, object], view: str, category: str) -> bool 
         return None
     if not isinstance(table, dict):
         raise _wrong_type(f"context.consent.{view}", "an object", table)
-    value = table.get(category)
+    value = _get_category(table, category)
     if value is None or isinstance(value, bool):
         return value
     raise _wrong_type(f"context.consent.{view}.{category}", "a boolean", value)
+
+
+def _get_category(table: Mapping[str, object], category: str) -> object | None:
+    """``table[category]``, else the first key equal to it ignoring case (Segment's docs
+    capitalise category ids: ``Marketing``)."""
+    value = table.get(category)
+    if value is not None:
+        return value
+    folded = category.casefold()
+    for key, candidate in table.items():
+        if key.casefold() == folded and candidate is not None:
+            return candidate
+    return None

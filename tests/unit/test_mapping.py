@@ -369,6 +369,22 @@ def test_each_consent_source_sets_dnd(source: str, granted: bool) -> None:
     assert payload["dnd"] is (not granted)
 
 
+@pytest.mark.parametrize("source", sorted(CONSENT_SOURCES))
+@pytest.mark.parametrize("spelling", ["Marketing", "MARKETING"])
+def test_consent_categories_match_ignoring_case(source: str, spelling: str) -> None:
+    denied = json.loads(json.dumps(CONSENT_SOURCES[source](False)).replace("marketing", spelling))
+    assert Harness().payload(identify(BASE, context=denied))["dnd"] is True
+    # and a configured category matches the event's spelling
+    h = Harness(target(consent_category="Email_Marketing"))
+    context = {"consent": {"canonical": {"email_marketing": False}}}
+    assert h.payload(identify(BASE, context=context))["dnd"] is True
+
+
+def test_an_exact_category_name_beats_one_differing_in_case() -> None:
+    context = {"consent": {"canonical": {"Marketing": True, "marketing": False}}}
+    assert Harness().payload(identify(BASE, context=context))["dnd"] is True
+
+
 ORDER = ["canonical", "categories", "direct_bool", "categoryPreferences", "consentManagement"]
 
 
