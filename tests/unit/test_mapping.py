@@ -14,7 +14,17 @@ from hypothesis import strategies as st
 
 from consumer.core.decode import Limits
 from consumer.core.dedupe import MessageDeduper
-from consumer.core.events import ContactUpsert, Drop, Outcome, PresetEvent, Reason, Reject, TagMode
+from consumer.core.events import (
+    ContactUpsert,
+    Drop,
+    OmitReason,
+    Omitted,
+    Outcome,
+    PresetEvent,
+    Reason,
+    Reject,
+    TagMode,
+)
 from consumer.core.mapping import Mapper
 from consumer.core.profiles import InMemoryProfileStore
 from consumer.core.targets import CustomFieldMapping, Routing, Target
@@ -437,29 +447,40 @@ def test_consent_category_is_per_integration() -> None:
 
 
 @pytest.mark.parametrize(
-    ("context", "error"),
+    ("context", "path"),
     [
-        ({"consent": "yes"}, "context.consent: expected an object, got string"),
-        (
-            {"consent": {"canonical": []}},
-            "context.consent.canonical: expected an object, got array",
-        ),
+        ({"consent": "yes"}, "context.consent"),
+        ({"consent": {"canonical": []}}, "context.consent.canonical"),
         (
             {"consent": {"categories": {"marketing": "true"}}},
-            "context.consent.categories.marketing: expected a boolean, got string",
+            "context.consent.categories.marketing",
         ),
-        (
-            {"consent": {"marketing": "maybe"}},
-            'context.consent.marketing: expected a boolean, "granted" or "denied", got string',
-        ),
+        ({"consent": {"marketing": "maybe"}}, "context.consent.marketing"),
         (
             {"consentManagement": {"allowedConsentIds": "marketing"}},
-            "context.consentManagement.allowedConsentIds: expected an array, got string",
+            "context.consentManagement.allowedConsentIds",
         ),
     ],
 )
-def test_malformed_consent_is_rejected_not_guessed(context: dict[str, Any], error: str) -> None:
-    assert Harness().one(identify(BASE, context=context)) == Reject(Reason.WRONG_TYPE, error)
+def test_malformed_consent_is_omitted_not_guessed(context: dict[str, Any], path: str) -> None:
+    h = Harness()
+    outcome = h.one(identify(BASE, context=context))
+    assert isinstance(outcome, ContactUpsert)
+    assert "dnd" not in outcome.payload()
+    assert outcome.omitted == (Omitted("dnd", OmitReason.WRONG_TYPE, path),)
+    # no decision on the event: the last known one still applies
+    h.one(identify(BASE, context={"consent": {"canonical": {"marketing": False}}}))
+    outcome = h.one(identify(BASE, context=context))
+    assert isinstance(outcome, ContactUpsert)
+    assert outcome.payload()["dnd"] is True
+
+
+def test_a_malformed_consent_source_falls_through_to_the_next() -> None:
+    context = {"consent": {"canonical": "x", "categories": {"marketing": False}}}
+    outcome = Harness().one(identify(BASE, context=context))
+    assert isinstance(outcome, ContactUpsert)
+    assert outcome.payload()["dnd"] is True
+    assert [o.path for o in outcome.omitted] == ["context.consent.canonical"]
 
 
 # -- Default preset and aliases ------------------------------------------------------------------
@@ -496,7 +517,9 @@ def test_aliases_map_other_event_names_onto_the_preset() -> None:
 
 
 def test_no_identifier_is_rejected_with_what_was_wrong() -> None:
-    outcome = Harness().one(identify({"email": "nope", "phone": "12", "first_name": "A"}))
+    outcome = Harness(target(default_phone_region="US")).one(
+        identify({"email": "nope", "phone": "12", "first_name": "A"})
+    )
     assert isinstance(outcome, Reject)
     assert outcome.reason is Reason.NO_IDENTIFIER
     assert outcome.integration_id == "default"
@@ -562,13 +585,25 @@ def test_custom_fields_from_source_paths() -> None:
     assert "customFields" not in h.payload(track("Signed Up"))
 
 
-@pytest.mark.parametrize("value", [{"a": 1}, True, [1, 2]])
-def test_custom_field_of_unusable_type_is_rejected(value: object) -> None:
-    h = Harness(target(custom_fields=(CustomFieldMapping("f1", ("traits", "plan")),)))
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ({"a": 1}, OmitReason.WRONG_TYPE),
+        (True, OmitReason.WRONG_TYPE),
+        ([1, 2], OmitReason.WRONG_TYPE),
+        ("x" * 65, OmitReason.TOO_LONG),
+        (["ok", "x" * 65], OmitReason.TOO_LONG),
+    ],
+)
+def test_custom_field_of_unusable_type_is_omitted(value: object, reason: OmitReason) -> None:
+    h = Harness(
+        target(custom_fields=(CustomFieldMapping("f1", ("traits", "plan")),)),
+        limits=Limits(max_field_chars=64),
+    )
     outcome = h.one(identify({**BASE, "plan": value}))
-    assert isinstance(outcome, Reject)
-    assert outcome.reason is Reason.WRONG_TYPE
-    assert outcome.error.startswith("traits.plan: expected a string, number or list of strings")
+    assert isinstance(outcome, ContactUpsert)
+    assert "customFields" not in outcome.payload()
+    assert outcome.omitted == (Omitted("customFields", reason, "traits.plan"),)
 
 
 def test_tag_mode_add_keeps_tags_out_of_the_upsert_body() -> None:
@@ -659,59 +694,88 @@ def test_multi_integration_outcomes_differ_per_integration() -> None:
 # -- bad input -----------------------------------------------------------------------------------
 
 
+WT, LONG, BAD = OmitReason.WRONG_TYPE, OmitReason.TOO_LONG, OmitReason.INVALID
+PHONE = {"phone": "+14155550142"}
+
+
 @pytest.mark.parametrize(
-    ("event", "reason", "error"),
+    ("event", "omitted"),
     [
-        (identify({"email": 42}), Reason.WRONG_TYPE, "traits.email: expected a string, got number"),
+        (identify({**PHONE, "email": 42}), [("email", WT, "traits.email")]),
+        (identify({**BASE, "first_name": {"x": 1}}), [("firstName", WT, "traits.first_name")]),
+        (identify({**BASE, "firstName": True}), [("firstName", WT, "traits.firstName")]),
+        (identify({**BASE, "company": 12345}), [("companyName", WT, "traits.company")]),
+        (identify({**BASE, "address": ["x"]}), [("address1", WT, "traits.address")]),
+        (identify({**BASE, "phone": True}), [("phone", WT, "traits.phone")]),
+        (identify({**BASE, "postalCode": 94103.5}), [("postalCode", BAD, "traits.postalCode")]),
+        (identify(BASE, context={"traits": "x"}), [("traits", WT, "context.traits")]),
+        (track("Lead Generated", {**BASE, "source": 5}), [("source", WT, "properties.source")]),
         (
-            identify({"first_name": {"x": 1}}),
-            Reason.WRONG_TYPE,
-            "traits.first_name: expected a string, got object",
+            track("Lead Generated", {**BASE, "lead_tag": ["a", "b"]}),
+            [("tags", WT, "properties.lead_tag")],
+        ),
+        (track("Signed Up", {**PHONE, "email": ["a"]}), [("email", WT, "properties.email")]),
+        (identify({**BASE, "name": "x" * 65}), [("name", LONG, "traits.name")]),
+        (
+            track("Lead Generated", {**BASE, "lead_tag": "t" * 65}),
+            [("tags", LONG, "properties.lead_tag")],
+        ),
+        (identify({**BASE, "birthday": "31/12/1990"}), [("dateOfBirth", BAD, "traits.birthday")]),
+        (identify({**BASE, "timezone": "Mars/Base"}), [("timezone", BAD, "traits.timezone")]),
+        (
+            identify({"email": "nope", "phone": "+1 415 555 0142"}, context={"traits": BASE}),
+            [],  # the invalid email falls through to a valid one: nothing is left out
         ),
         (
-            identify({"company": 5}),
-            Reason.WRONG_TYPE,
-            "traits.company: expected a string or an object, got number",
+            identify({"email": 7}, context={"traits": {"email": "nope", **PHONE}}),
+            [("email", WT, "traits.email")],  # the first unusable value names the reason
         ),
-        (
-            identify({"address": ["x"]}),
-            Reason.WRONG_TYPE,
-            "traits.address: expected a string or an object, got array",
-        ),
-        (
-            identify({"phone": True}),
-            Reason.WRONG_TYPE,
-            "traits.phone: expected a string, got boolean",
-        ),
-        (
-            identify(BASE, context={"traits": "x"}),
-            Reason.WRONG_TYPE,
-            "context.traits: expected an object, got string",
-        ),
-        (
-            track("Lead Generated", {"source": 5}),
-            Reason.WRONG_TYPE,
-            "properties.source: expected a string, got number",
-        ),
-        (
-            track("Signed Up", {"email": ["a"]}),
-            Reason.WRONG_TYPE,
-            "properties.email: expected a string, got array",
-        ),
-        (identify({"name": "x" * 65}), Reason.TOO_LARGE, "traits.name: 65 characters, limit 64"),
-        (
-            track("Lead Generated", {"lead_tag": "t" * 65}),
-            Reason.TOO_LARGE,
-            "properties.lead_tag: 65 characters, limit 64",
-        ),
+        (identify({**BASE, "first_name": "  "}), []),  # blank is absent, not invalid
     ],
 )
-def test_bad_fields_are_rejected_with_a_readable_error(
-    event: dict[str, Any], reason: Reason, error: str
+def test_a_bad_field_is_omitted_and_reported_the_event_still_upserts(
+    event: dict[str, Any], omitted: list[tuple[str, OmitReason, str]]
 ) -> None:
     h = Harness(limits=Limits(max_event_bytes=10_000, max_field_chars=64))
-    assert h.one(event) == Reject(reason, error)
-    assert h.profiles.get("u1") is None
+    outcome = h.one(event)
+    assert isinstance(outcome, ContactUpsert), outcome
+    assert [(o.field, o.reason, o.path) for o in outcome.omitted] == omitted
+    payload = outcome.payload()
+    assert "email" in payload or "phone" in payload
+    for item in outcome.omitted:
+        if item.field != "traits":
+            assert item.field not in payload or item.field in ("email", "phone")
+
+
+def test_removed_fields_are_not_reported_as_omitted() -> None:
+    h = Harness(target(removed_fields=frozenset({"firstName", "dnd"})))
+    outcome = h.one(identify({**BASE, "firstName": True}, context={"consent": "x"}))
+    assert isinstance(outcome, ContactUpsert)
+    assert outcome.omitted == ()
+
+
+def test_omitted_fields_merge_without_repeats() -> None:
+    h = Harness()
+    first = h.one(identify({**BASE, "firstName": True}))
+    second = h.one(identify({**BASE, "firstName": True, "gender": 1}))
+    assert isinstance(first, ContactUpsert)
+    assert isinstance(second, ContactUpsert)
+    assert [o.field for o in first.merged_with(second).omitted] == ["firstName", "gender"]
+
+
+@pytest.mark.parametrize(
+    "context_traits",
+    [{"email": 42}, {"firstName": True, "company": 1}, {"consent": "x"}, "not an object"],
+)
+@pytest.mark.parametrize(
+    "event",
+    [{"type": "page", "userId": "u1"}, {"type": "track", "userId": "u1", "event": "Viewed"}],
+)
+def test_an_event_that_maps_to_nothing_is_not_mapped_whatever_its_traits_hold(
+    event: dict[str, Any], context_traits: object
+) -> None:
+    outcome = Harness().one({**event, "context": {"traits": context_traits, "consent": "?"}})
+    assert outcome == Drop(Reason.NOT_MAPPED, "default")
 
 
 def test_record_level_rejects_from_decode() -> None:
