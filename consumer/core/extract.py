@@ -252,12 +252,18 @@ def resolve_common(
     return fields
 
 
-def phone_region(common: Mapping[str, str], default: str | None) -> str | None:
-    """Phone region: the resolved country when phonenumbers knows it, else the default."""
+def phone_region(
+    common: Mapping[str, str], candidates: Mapping[str, list[Candidate]], default: str | None
+) -> str | None:
+    """The region national-format phones are read in: the resolved country (event, else
+    profile) when phonenumbers knows it; None when the event names a country that cannot be
+    used (unknown, or no phone region), so such a number is omitted rather than guessed; the
+    integration's ``default`` only when no country is known at all."""
     country = common.get("country")
-    if country is not None and country in PHONE_REGIONS:
-        return country
-    return default
+    if country is not None:
+        return country if country in PHONE_REGIONS else None
+    named = any(c.problem or c.value.strip() for c in candidates.get("country", ()))
+    return None if named else default
 
 
 _PROBLEMS: Final = {

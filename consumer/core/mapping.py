@@ -214,7 +214,7 @@ class Mapper:
                 outcomes.append(self._not_mapped[target.id])
                 continue
             fields: dict[str, FieldValue] = dict(common)
-            region = phone_region(common, target.default_phone_region)
+            region = phone_region(common, candidates, target.default_phone_region)
             phone, phone_omitted = self._phone(phone_candidates, region, phones)
             phone = phone or stored.fields.get("phone")
             if phone is not None:
@@ -253,7 +253,7 @@ class Mapper:
         # it is a possible number (a national-format number needs a region to mean anything).
         remembered = dict(common)
         for target in targets:
-            region = phone_region(common, target.default_phone_region)
+            region = phone_region(common, candidates, target.default_phone_region)
             phone, _ = self._phone(phone_candidates, region, phones)
             if phone is not None:
                 remembered["phone"] = phone

@@ -26,6 +26,7 @@ from consumer.core.events import (
     TagMode,
 )
 from consumer.core.mapping import Mapper
+from consumer.core.normalise import normalise_country
 from consumer.core.profiles import InMemoryProfileStore
 from consumer.core.targets import CustomFieldMapping, Routing, Target
 from tests.harness.guide import GUIDE_UPSERT
@@ -199,8 +200,9 @@ BASE = {"email": "x@example.com"}
         ({"postal_code": "SW1A 1AA"}, {"postalCode": "SW1A 1AA"}),
         ({"postalCode": 10115}, {"postalCode": "10115"}),
         ({"country": "gb"}, {"country": "GB"}),
-        ({"country": "United Kingdom"}, {}),
-        ({"country": "UK"}, {}),
+        ({"country": "United Kingdom"}, {"country": "GB"}),
+        ({"country": "UK"}, {"country": "GB"}),
+        ({"country": "USA"}, {"country": "US"}),
         ({"country": "XX"}, {}),
         ({"website": "https://acme.test"}, {"website": "https://acme.test"}),
         ({"first_name": "   "}, {}),
@@ -262,7 +264,16 @@ def test_invalid_email_is_omitted(bad: str) -> None:
         ({"phone": "07700 900123", "country": "GB"}, "US", "+447700900123"),  # country wins
         ({"phone": "(415) 555-0142"}, "US", "+14155550142"),  # default region
         ({"phone": 14155550142}, "US", "+14155550142"),  # a number is read as its digits
-        ({"phone": "07700 900123", "country": "Narnia"}, "GB", "+447700900123"),
+        # a country is named: it alone picks the region, never the default
+        ({"phone": "07700 900123", "country": "UK"}, "US", "+447700900123"),
+        ({"phone": "9876543212", "country": "India"}, "US", "+919876543212"),
+        ({"phone": "07700 900123", "country": "Narnia"}, "GB", None),  # unknown: omitted
+        ({"phone": "07700 900123", "country": "AQ"}, "GB", None),  # no phone region
+        ({"phone": "+44 7700 900123", "country": "Narnia"}, "US", "+447700900123"),
+        ({"phone": "tel:+1-415-555-0142"}, None, "+14155550142"),
+        ({"phone": "555-0142"}, "US", None),  # local-only
+        ({"phone": 9876543212, "country": "IN"}, "US", "+919876543212"),
+        ({"phone": 9876543212.0, "country": "IN"}, "US", "+919876543212"),
         ({"phone": "415 555 0142"}, None, None),  # national format, no region
         ({"phone": "0142"}, "US", None),  # too short to be possible
         ({"phone": "call me"}, "US", None),
@@ -277,6 +288,49 @@ def test_phone_normalisation(
 
 
 # -- precedence ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("traits", "region", "reason"),
+    [
+        ({"phone": "07700 900123", "country": "Narnia"}, "GB", OmitReason.NO_REGION),
+        ({"phone": "415 555 0142"}, None, OmitReason.NO_REGION),
+        ({"phone": "555-0142"}, "US", OmitReason.INVALID),
+        ({"phone": "+1 555"}, None, OmitReason.INVALID),
+    ],
+)
+def test_an_unusable_phone_is_omitted_with_why(
+    traits: dict[str, Any], region: str | None, reason: OmitReason
+) -> None:
+    outcome = Harness(target(default_phone_region=region)).one(identify({**BASE, **traits}))
+    assert isinstance(outcome, ContactUpsert)
+    assert "phone" not in outcome.payload()
+    assert Omitted("phone", reason, "traits.phone") in outcome.omitted
+
+
+def test_the_profile_country_picks_the_region_when_the_event_names_none() -> None:
+    h = Harness(target(default_phone_region="US"))
+    h.one(identify({**BASE, "country": "India"}))
+    assert h.payload(identify({"phone": "9876543212"}))["phone"] == "+919876543212"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    country=st.sampled_from(["IN", "India", "GB", "UK", "United Kingdom", "DE", "Deutschland"]),
+    national=st.from_regex(r"0?[1-9][0-9]{6,10}", fullmatch=True),
+    default=st.sampled_from([None, "US", "GB", "IN"]),
+)
+def test_a_phone_never_lands_outside_the_named_country(
+    country: str, national: str, default: str | None
+) -> None:
+    outcome = Harness(target(default_phone_region=default)).one(
+        identify({**BASE, "country": country, "phone": national})
+    )
+    assert isinstance(outcome, ContactUpsert)
+    phone = outcome.payload().get("phone")
+    if phone is not None:
+        expected = {"IN": "+91", "GB": "+44", "DE": "+49"}[normalise_country(country) or ""]
+        assert str(phone).startswith(expected)
 
 
 def test_traits_beat_context_traits_beat_properties_beat_profile() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import date
 
+import pycountry
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -50,10 +51,27 @@ def test_email(raw: str, expected: str | None) -> None:
         (" us ", "US"),
         ("de", "DE"),
         ("AQ", "AQ"),
-        ("UK", None),
-        ("GBR", None),
-        ("United States", None),
+        ("UK", "GB"),
+        ("u.k.", "GB"),
+        ("GBR", "GB"),
+        ("gbr", "GB"),
+        ("826", "GB"),
+        ("United States", "US"),
+        ("United States of America", "US"),
+        ("U.S.A.", "US"),
+        ("USA", "US"),
+        ("India", "IN"),
+        ("  india ", "IN"),
+        ("Deutschland", "DE"),
+        ("Germany", "DE"),
+        ("the Netherlands", "NL"),
+        ("Russia", "RU"),
+        ("Côte d'Ivoire", "CI"),
+        ("England", "GB"),
         ("ZZ", None),
+        ("XX", None),
+        ("Narnia", None),
+        ("U", None),
         ("", None),
     ],
 )
@@ -115,6 +133,13 @@ def test_timezone(raw: str, expected: str | None) -> None:
     assert normalise_timezone(raw) == expected
 
 
+@given(st.sampled_from(sorted(ISO_COUNTRIES)), st.sampled_from(["name", "alpha_3", "code"]))
+def test_every_country_resolves_from_its_code_alpha_3_and_name(code: str, form: str) -> None:
+    country = pycountry.countries.get(alpha_2=code)
+    written = {"name": country.name, "alpha_3": country.alpha_3, "code": code.lower()}[form]
+    assert normalise_country(written) == code
+
+
 def test_text() -> None:
     assert normalise_text("  Sam  ") == "Sam"
     assert normalise_text(" \t ") is None
@@ -131,6 +156,11 @@ def test_text() -> None:
         ("030 1234567", "DE", "+49301234567"),
         ("415 555 0142", None, None),
         ("0142", "US", None),
+        ("555-0142", "US", None),  # local-only: possible to dial locally, not a full number
+        ("+91 2111111 ", "US", None),  # too short for India
+        ("tel:+1-415-555-0142", None, "+14155550142"),
+        ("TEL:+14155550142;ext=2", None, "+14155550142"),
+        ("9876543212", "IN", "+919876543212"),
         ("+1 415 555 0142 999 999 999", None, None),
         ("not a number", "US", None),
         ("", "US", None),
