@@ -14,6 +14,7 @@ from datetime import date
 from functools import cache, lru_cache
 from typing import Final
 
+import email_validator
 import phonenumbers
 import pycountry
 
@@ -40,9 +41,9 @@ _COUNTRY_ALIASES: Final = {
 # Regions phonenumbers can use as a default region for national-format numbers.
 PHONE_REGIONS: Final = frozenset(phonenumbers.SUPPORTED_REGIONS)
 
-# Deliberately loose: one @, no whitespace, a dot in the domain, no empty labels. HighLevel
-# validates further; this only keeps obvious garbage from creating contacts.
-_EMAIL = re.compile(r"[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)+")
+# Characters that are invisible when pasted and make an address fail or differ: zero-width
+# space / non-joiner / joiner, word joiner, BOM, soft hyphen.
+_INVISIBLE: Final = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
 _MAX_EMAIL = 254  # RFC 5321 path limit
 
 
@@ -52,12 +53,24 @@ def normalise_text(value: str) -> str | None:
     return text or None
 
 
+@lru_cache(maxsize=65_536)
 def normalise_email(value: str) -> str | None:
-    """Trimmed and lowercased; None unless it looks like ``local@domain.tld``."""
-    email = value.strip().lower()
-    if len(email) > _MAX_EMAIL or not _EMAIL.fullmatch(email):
+    """The address HighLevel should store, lowercased: ``mailto:`` (and any ``?query``) and
+    invisible characters (zero-width spaces, soft hyphens, BOMs) removed, the syntax checked
+    by email-validator without DNS (``peter..gibbons@example.com``, special-use domains such
+    as ``.test`` fail), an internationalised domain in its ASCII (IDNA) form. None when
+    invalid. Cached (bounded): a full check costs about 20 us."""
+    text = value.translate(_INVISIBLE).strip()
+    if text[:7].casefold() == "mailto:":
+        text = text[7:].partition("?")[0].strip()
+    if not text or len(text) > _MAX_EMAIL:
         return None
-    return email
+    try:
+        checked = email_validator.validate_email(text, check_deliverability=False)
+    except email_validator.EmailNotValidError:
+        return None
+    email: str = checked.ascii_email or checked.normalized
+    return email.lower()
 
 
 # HighLevel's dateOfBirth formats (year first or month first; separators / - . _), and ISO

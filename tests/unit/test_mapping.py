@@ -167,6 +167,8 @@ BASE = {"email": "x@example.com"}
     ("traits", "expected"),
     [
         ({"email": "  Sam@Example.COM "}, {"email": "sam@example.com"}),
+        ({"email": "mailto:Sam@Example.com"}, {"email": "sam@example.com"}),
+        ({"email": "sam\u200b@example.com"}, {"email": "sam@example.com"}),
         ({"first_name": " Sam "}, {"firstName": "Sam"}),
         ({"firstName": "Sam"}, {"firstName": "Sam"}),
         ({"last_name": "Rivera"}, {"lastName": "Rivera"}),
@@ -248,12 +250,26 @@ def test_trait_table(traits: dict[str, Any], expected: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", ["not-an-email", "a@b", "a b@example.com", "@example.com", "a@@x.io"]
+    "bad",
+    [
+        "not-an-email",
+        "a@b",
+        "a b@example.com",
+        "@example.com",
+        "a@@x.io",
+        "peter..gibbons@example.com",
+        "sam@example.test",
+    ],
 )
 def test_invalid_email_is_omitted(bad: str) -> None:
-    payload = Harness().payload(identify({"email": bad, "phone": "+14155550142"}))
-    assert "email" not in payload
-    assert payload["phone"] == "+14155550142"
+    outcome = Harness().one(identify({"email": bad, "phone": "+14155550142"}))
+    assert isinstance(outcome, ContactUpsert)
+    assert "email" not in outcome.payload()
+    assert outcome.payload()["phone"] == "+14155550142"
+    assert outcome.omitted == (Omitted("email", OmitReason.INVALID, "traits.email"),)
+    rejected = Harness().one(identify({"email": bad}))
+    assert isinstance(rejected, Reject)
+    assert rejected.reason is Reason.NO_IDENTIFIER
 
 
 @pytest.mark.parametrize(

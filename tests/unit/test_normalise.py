@@ -38,6 +38,16 @@ from consumer.core.normalise import (
         ("sam@.com", None),
         ("sam@example..com", None),
         ("a" * 250 + "@example.com", None),
+        ("mailto:peter@example.com", "peter@example.com"),
+        ("MAILTO:Peter@Example.com?subject=Hi", "peter@example.com"),
+        ("peter\u200b@example.com", "peter@example.com"),
+        ("\ufeffpeter@exam\u00adple.com", "peter@example.com"),
+        ("peter..gibbons@example.com", None),
+        (".peter@example.com", None),
+        ("peter@bücher.de", "peter@xn--bcher-kva.de"),
+        ("peter@example.test", None),  # special-use domain
+        ("peter@localhost", None),
+        ("mailto:", None),
     ],
 )
 def test_email(raw: str, expected: str | None) -> None:
@@ -138,6 +148,19 @@ def test_every_country_resolves_from_its_code_alpha_3_and_name(code: str, form: 
     country = pycountry.countries.get(alpha_2=code)
     written = {"name": country.name, "alpha_3": country.alpha_3, "code": code.lower()}[form]
     assert normalise_country(written) == code
+
+
+@given(
+    st.from_regex(r"[a-z0-9]{1,20}(\.[a-z0-9_+-]{1,10}){0,2}", fullmatch=True),
+    st.sampled_from(["example.com", "Example.CO.uk", "mail.acme.io"]),
+    st.sampled_from(["", "mailto:", " ", "\u200b"]),
+)
+def test_a_valid_address_survives_any_wrapping_and_comes_out_lowercased(
+    local: str, domain: str, wrapper: str
+) -> None:
+    assert normalise_email(f"{wrapper}{local}@{domain}{wrapper.strip(':mailto')}") == (
+        f"{local}@{domain}".lower()
+    )
 
 
 def test_text() -> None:
