@@ -16,7 +16,7 @@ from types import MappingProxyType
 from typing import Final
 
 from consumer.core.decode import Limits
-from consumer.core.events import PresetEvent, TagMode
+from consumer.core.events import ConsentMode, PresetEvent, TagMode
 from consumer.core.mapping import MappingOptions
 from consumer.core.targets import CustomFieldMapping, Routing, Target
 from consumer.errors import ConfigError
@@ -57,10 +57,14 @@ class Integration:
     location_id: str
     access_token: Secret
     consent_category: str = "marketing"
+    consent_mode: ConsentMode = ConsentMode.BOTH
     default_phone_region: str | None = None
     tag_mode: TagMode = TagMode.UPSERT
     removed_fields: frozenset[str] = frozenset()
     custom_fields: tuple[CustomFieldMapping, ...] = ()
+    static_tags: tuple[str, ...] = ()
+    static_source: str | None = None
+    default_source: str | None = None
     aliases: Mapping[str, PresetEvent] = field(default_factory=lambda: MappingProxyType({}))
     routing: Routing = Routing()  # noqa: RUF009 - frozen value
 
@@ -70,6 +74,10 @@ class Integration:
             id=self.id,
             location_id=self.location_id,
             consent_category=self.consent_category,
+            consent_mode=self.consent_mode,
+            static_tags=self.static_tags,
+            static_source=self.static_source,
+            default_source=self.default_source,
             default_phone_region=self.default_phone_region,
             tag_mode=self.tag_mode,
             removed_fields=self.removed_fields,

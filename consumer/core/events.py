@@ -54,6 +54,15 @@ class TagMode(StrEnum):
     ADD = "add"
 
 
+class ConsentMode(StrEnum):
+    """Which consent decisions reach HighLevel's ``dnd``. ``both``: granted -> ``dnd: false``,
+    denied -> ``dnd: true``; ``deny_only``: never ``dnd: false``, so a website consent cannot
+    clear a Do-Not-Disturb HighLevel recorded (e.g. from an SMS STOP)."""
+
+    BOTH = "both"
+    DENY_ONLY = "deny_only"
+
+
 class PresetEvent(StrEnum):
     """Event names the Default preset upserts on (track names; identify counts as Identified).
     Configured aliases map other names onto these."""

@@ -5,8 +5,9 @@ event: ``consumer.core.extract``):
 
 - Default preset: identify / "Identified" / "Signed Up" / "Lead Generated" upsert, everything
   else is dropped as ``not_mapped``; aliases map other event names onto these.
-- Per target: its phone region, consent category (no decision known: no ``dnd`` key), removed
-  fields and custom fields; no usable email or phone -> ``no_identifier`` for that target.
+- Per target: its phone region, consent category (no decision known: no ``dnd`` key; consent
+  mode ``deny_only``: a grant sends none either), static tags and source, removed fields and
+  custom fields; no usable email or phone -> ``no_identifier`` for that target.
 - Field-level tolerance: an unusable field is left out and listed in ``ContactUpsert.omitted``
   (fields a target removes are not listed); only the envelope (``decode``), a missing user
   and ``no_identifier`` reject.
@@ -26,6 +27,7 @@ from typing import Final
 from consumer.core.decode import Limits, decode
 from consumer.core.dedupe import MessageDeduper
 from consumer.core.events import (
+    ConsentMode,
     ContactUpsert,
     Drop,
     Event,
@@ -220,11 +222,14 @@ class Mapper:
             if phone is not None:
                 fields["phone"] = phone
             source, tags, custom, extra_omitted = extra
+            source = target.static_source or source or target.default_source
             if source is not None:
                 fields["source"] = source
+            if target.static_tags:
+                tags = tuple(dict.fromkeys((*target.static_tags, *tags)))
             category = target.consent_category
             granted = decisions.get(category, stored.consent.get(category))
-            if granted is not None:
+            if granted is False or (granted and target.consent_mode is ConsentMode.BOTH):
                 fields["dnd"] = not granted
             removed = target.removed_fields
             for name in removed:

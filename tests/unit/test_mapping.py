@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from consumer.core.decode import Limits
 from consumer.core.dedupe import MessageDeduper
 from consumer.core.events import (
+    ConsentMode,
     ContactUpsert,
     Drop,
     OmitReason,
@@ -674,6 +675,44 @@ def test_custom_field_of_unusable_type_is_omitted(value: object, reason: OmitRea
     assert isinstance(outcome, ContactUpsert)
     assert "customFields" not in outcome.payload()
     assert outcome.omitted == (Omitted("customFields", reason, "traits.plan"),)
+
+
+def test_consent_mode_deny_only_never_sends_dnd_false() -> None:
+    h = Harness(target(consent_mode=ConsentMode.DENY_ONLY))
+    assert "dnd" not in h.payload(identify(BASE, context=GRANTED))
+    denied = {"consent": {"canonical": {"marketing": False}}}
+    assert h.payload(identify(BASE, context=denied))["dnd"] is True
+    # a later grant clears nothing: HighLevel keeps its DND
+    assert "dnd" not in h.payload(identify(BASE, context=GRANTED))
+
+
+def test_static_tags_go_on_every_upsert_with_the_events_own() -> None:
+    h = Harness(target(static_tags=("website", "lead")))
+    assert h.payload(identify(BASE))["tags"] == ["website", "lead"]
+    lead = h.payload(track("Lead Generated", {"lead_tag": "ga4"}))
+    assert lead["tags"] == ["website", "lead", "ga4"]
+    assert h.payload(track("Lead Generated", {"lead_tag": "lead"}))["tags"] == ["website", "lead"]
+    removed = Harness(target(static_tags=("website",), removed_fields=frozenset({"tags"})))
+    assert "tags" not in removed.payload(identify(BASE))
+
+
+LEAD_FROM_FORM = track("Lead Generated", {**BASE, "source": "Form"})
+
+
+@pytest.mark.parametrize(
+    ("options", "event", "expected"),
+    [
+        ({"default_source": "Website"}, identify(BASE), "Website"),
+        ({"default_source": "Website"}, LEAD_FROM_FORM, "Form"),
+        ({"static_source": "Website"}, LEAD_FROM_FORM, "Website"),
+        ({"static_source": "Website"}, identify(BASE), "Website"),
+        ({}, identify(BASE), None),
+    ],
+)
+def test_static_and_default_source(
+    options: dict[str, str], event: dict[str, Any], expected: str | None
+) -> None:
+    assert Harness(target(**options)).payload(event).get("source") == expected
 
 
 def test_tag_mode_add_keeps_tags_out_of_the_upsert_body() -> None:
