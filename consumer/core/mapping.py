@@ -11,6 +11,8 @@ event: ``consumer.core.extract``):
 - Field-level tolerance: an unusable field is left out and listed in ``ContactUpsert.omitted``
   (fields a target removes are not listed); only the envelope (``decode``), a missing user
   and ``no_identifier`` reject.
+- Identity stitching: the profile stored under an event's anonymousId (when the user key is
+  another id) or under an alias's ``previousId`` is merged into the user's, once.
 - The profile is updated from every routed, valid, non-duplicate event (also ones not mapped
   or rejected for ``no_identifier``), so consent and traits seen on page views count later.
 
@@ -95,6 +97,16 @@ _NO_USER: Final = Reject(
 )
 
 
+def _previous_id(event: Event, limits: Limits) -> str | None:
+    """An alias event's ``previousId`` (a string or integer within the size limit), else None."""
+    value = event.raw.get("previousId")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, str) and value and len(value) <= limits.max_field_chars:
+        return value
+    return None
+
+
 class Mapper:
     """Maps records to outcomes for ``targets``.
 
@@ -173,6 +185,12 @@ class Mapper:
         user_key = contact_key or event.user_id or event.anonymous_id
         if user_key is None:
             return [_NO_USER]
+        if event.anonymous_id is not None and event.anonymous_id != user_key:
+            self._stitch(event.anonymous_id, user_key)
+        if event.type == "alias":
+            previous = _previous_id(event, self._limits)
+            if previous is not None and previous != user_key:
+                self._stitch(previous, user_key)
         actions = [self._action(event, target) for target in targets]
         mapped = any(action is not None for action in actions)
         limits = self._limits
@@ -270,6 +288,22 @@ class Mapper:
         if remembered != stored.fields or consent != stored.consent:
             self._profiles.put(user_key, Profile(fields=remembered, consent=consent))
         return outcomes
+
+    def _stitch(self, other_key: str, user_key: str) -> None:
+        """Identity stitching: fold the profile stored under ``other_key`` (an anonymousId now
+        seen with a userId, or an alias's previousId) into ``user_key``'s. The user's own
+        values win; the other profile fills the gaps and is then emptied, so it is merged once
+        and a later user of the same device id does not inherit it."""
+        other = self._profiles.get(other_key)
+        if other is None or not (other.fields or other.consent):
+            return
+        stored = self._profiles.get(user_key) or EMPTY_PROFILE
+        merged = Profile(
+            fields={**other.fields, **stored.fields}, consent={**other.consent, **stored.consent}
+        )
+        if merged != stored:
+            self._profiles.put(user_key, merged)
+        self._profiles.put(other_key, EMPTY_PROFILE)
 
     def _remember_consent(self, user_key: str, decisions: Mapping[str, bool]) -> None:
         stored = self._profiles.get(user_key) or EMPTY_PROFILE

@@ -127,12 +127,13 @@ def normalise_country(value: str) -> str | None:
         return alias
     if len(folded) < 3:  # two letters that are not a code: never a name
         return None
-    try:
-        country = pycountry.countries.lookup(folded)
-    except LookupError:
-        return None
-    alpha_2: str = country.alpha_2
-    return alpha_2
+    for name in dict.fromkeys((text, folded)):  # as written ("Virgin Islands, U.S."), folded
+        try:
+            alpha_2: str = pycountry.countries.lookup(name).alpha_2
+        except LookupError:
+            continue
+        return alpha_2
+    return None
 
 
 def parse_phone(value: str, region: str | None) -> str | None:

@@ -28,7 +28,7 @@ from consumer.core.events import (
 )
 from consumer.core.mapping import Mapper
 from consumer.core.normalise import normalise_country
-from consumer.core.profiles import InMemoryProfileStore
+from consumer.core.profiles import ChangelogProfileStore, InMemoryProfileStore, Profile
 from consumer.core.targets import CustomFieldMapping, Routing, Target
 from tests.harness.guide import GUIDE_UPSERT
 from tests.unit.upsert_schema import validate_payload
@@ -424,6 +424,69 @@ def test_profile_is_updated_even_when_the_event_has_no_identifier() -> None:
     assert isinstance(outcome, Reject)
     assert outcome.reason is Reason.NO_IDENTIFIER
     assert h.payload(identify({"email": "late@example.com"}))["firstName"] == "Early"
+
+
+# -- identity stitching --------------------------------------------------------------------------
+
+
+def anonymous(traits: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    event: dict[str, Any] = {"type": "identify", "anonymousId": "anon-1", **extra}
+    if traits is not None:
+        event["traits"] = traits
+    return event
+
+
+def test_a_login_carries_the_anonymous_profile_over() -> None:
+    h = Harness()
+    h.one(anonymous({"email": "early@example.com", "first_name": "Early"}, context=GRANTED))
+    login = {"type": "track", "event": "Signed Up", "userId": "u1", "anonymousId": "anon-1"}
+    payload = h.payload(login)
+    assert (payload["email"], payload["firstName"], payload["dnd"]) == (
+        "early@example.com",
+        "Early",
+        False,
+    )
+    # the anonymous profile is merged once: another person logging in on the device later
+    # does not inherit it
+    other = {"type": "identify", "userId": "u2", "anonymousId": "anon-1"}
+    assert isinstance(h.one(other), Reject)
+
+
+def test_the_users_own_values_win_over_the_anonymous_ones() -> None:
+    h = Harness()
+    h.one(identify({"email": "known@example.com"}))
+    h.one(anonymous({"email": "typo@example.com", "last_name": "Rivera"}))
+    payload = h.payload(identify(anonymousId="anon-1"))
+    assert (payload["email"], payload["lastName"]) == ("known@example.com", "Rivera")
+
+
+def test_alias_merges_the_previous_ids_profile() -> None:
+    h = Harness()
+    h.one(identify({"email": "old@example.com", "city": "Leeds"}, userId="old-id"))
+    alias = {"type": "alias", "userId": "new-id", "previousId": "old-id"}
+    assert h.one(alias) == Drop(Reason.NOT_MAPPED, "default")
+    assert h.payload(identify(userId="new-id"))["city"] == "Leeds"
+    assert h.one({"type": "alias", "userId": "x", "previousId": ["odd"]}) == Drop(
+        Reason.NOT_MAPPED, "default"
+    )
+
+
+def test_stitching_is_written_to_the_durable_store() -> None:
+    store = ChangelogProfileStore(max_entries=10)
+    mapper = Mapper(
+        (target(),),
+        profiles=store,
+        deduper=MessageDeduper(max_entries=10, ttl_seconds=60),
+    )
+    mapper.map_record(
+        value=orjson.dumps(anonymous({"email": "a@example.com"})), key=None, topic="t", now=0
+    )
+    store.take_writes()
+    event = {"type": "page", "userId": "u1", "anonymousId": "anon-1"}
+    mapper.map_record(value=orjson.dumps(event), key=None, topic="t", now=1)
+    writes = dict(store.take_writes())
+    assert Profile.from_bytes(writes["u1"]).fields == {"email": "a@example.com"}
+    assert Profile.from_bytes(writes["anon-1"]) == Profile()
 
 
 # -- consent -------------------------------------------------------------------------------------
