@@ -16,6 +16,8 @@ Choices the corpus pins down (README: "Bad input"):
 - ``null`` where an object belongs (traits, context, properties) counts as absent.
 - Keys: any bytes; not UTF-8 -> backslash escapes; empty -> the event's userId; over
   ``max_field_chars`` (1,024) bytes -> ``too_large``, so a key cannot grow memory unbounded.
+- A field of the wrong type, too long or invalid is left out (the contact still upserts);
+  only the envelope and "no usable email or phone" reject.
 - Header values are never read; ``ghl.*`` headers on input are dropped from dead letters, so
   they cannot spoof the reason or the source coordinates the audit and replay read.
 """
@@ -74,11 +76,18 @@ def _identify(name: str, traits: dict[str, object] | None = None, **extra: objec
     """A valid identify whose email is ``<name>@bad.example.com``, with ``traits`` added and
     ``extra`` top-level fields."""
     all_traits = {"email": f"{name}@bad.example.com", **(traits or {})}
-    return _json(type="identify", userId=f"user-{name}", traits=all_traits, **extra)
+    return _json(**{"type": "identify", "userId": f"user-{name}", "traits": all_traits, **extra})
 
 
 def _wrong(name: str, path: str, got: str, value: bytes, expected: str = "a string") -> Case:
     return Case(name, value, "reject", "wrong_type", f"{path}: expected {expected}, got {got}")
+
+
+def _omitted(name: str, traits: dict[str, object] | None = None, **extra: object) -> Case:
+    """An identify (or ``extra["type"]``) with a valid email and one unusable field: the field
+    is left out, the contact still reaches HighLevel."""
+    email = f"{name}@bad.example.com".lower()  # emails are lowercased
+    return Case(name, _identify(name, traits, **extra), "upsert", email=email)
 
 
 def _nested(depth: int) -> bytes:
@@ -218,7 +227,12 @@ def _cases() -> list[Case]:
         _wrong("type-number", "type", "number", _json(type=7)),
         _wrong("type-object", "type", "object", _json(type={"identify": True})),
         Case("unknown-type", _json(type="purchase"), "reject", "unknown_type", "'purchase'"),
-        Case("type-wrong-case", _json(type="IDENTIFY"), "reject", "unknown_type", "'IDENTIFY'"),
+        Case(  # the type matches ignoring case ("Identify" is common in the wild)
+            "type-other-case",
+            _json(type="IDENTIFY", userId="u-case", traits={"email": "case@bad.example.com"}),
+            "upsert",
+            email="case@bad.example.com",
+        ),
         Case("type-empty", _json(type=""), "reject", "unknown_type", "unknown event type ''"),
         Case(
             "type-huge",
@@ -293,12 +307,11 @@ def _cases() -> list[Case]:
             _json(type="track", event="Signed Up", properties=3),
             "an object",
         ),
-        _wrong(
+        Case(  # on a page view: nothing to map, whatever context.traits holds
             "context-traits-string",
-            "context.traits",
-            "string",
-            _json(type="page", context={"traits": "x"}),
-            "an object",
+            _json(type="page", userId="u", context={"traits": "x"}),
+            "drop",
+            "not_mapped",
         ),
         Case(
             "null-containers",
@@ -312,16 +325,10 @@ def _cases() -> list[Case]:
             "upsert",
             email="nulls@bad.example.com",
         ),
-        # -- every identity field the mapping reads, wrong type ------------------------------
+        # -- every identity field the mapping reads, wrong type: omitted, the event upserts --
         *(
-            _wrong(
-                f"trait-{trait}-{got}",
-                f"traits.{trait}",
-                got,
-                _identify(f"t-{trait}", traits={trait: bad}),
-            )
+            _omitted(f"t-{trait}-{got}", traits={trait: bad})
             for trait, got, bad in (
-                ("email", "number", 5),
                 ("phone", "boolean", True),
                 ("phone", "array", ["+14155550142"]),
                 ("first_name", "object", {}),
@@ -334,49 +341,39 @@ def _cases() -> list[Case]:
                 ("state", "array", ["CA"]),
                 ("postal_code", "boolean", True),
                 ("postalCode", "object", {}),
+                ("postalCode", "float", 94103.5),
                 ("country", "number", 1),
+                ("birthday", "number", 19900925),
+                ("timezone", "array", []),
+                ("company", "number", 5),
+                ("address", "array", []),
             )
         ),
-        _wrong(
-            "trait-company-number",
-            "traits.company",
-            "number",
-            _identify("company", traits={"company": 5}),
-            "a string or an object",
-        ),
-        _wrong(
-            "trait-company-name-array",
-            "traits.company.name",
-            "array",
-            _identify("company-name", traits={"company": {"name": []}}),
-        ),
-        _wrong(
-            "trait-address-array",
-            "traits.address",
-            "array",
-            _identify("address", traits={"address": []}),
-            "a string or an object",
-        ),
+        _omitted("company-name", traits={"company": {"name": []}}),
         *(
-            _wrong(
-                f"trait-address-{part}",
-                f"traits.address.{part}",
-                "boolean",
-                _identify(f"address-{part}", traits={"address": {part: True}}),
-            )
-            for part in ("street", "city", "state", "postal_code", "postalCode", "country")
+            _omitted(f"address-{part}", traits={"address": {part: True}})
+            for part in ("street", "line1", "city", "state", "postal_code", "postalCode", "country")
         ),
-        _wrong(
+        _omitted("trait-too-long", traits={"first_name": "n" * 2_000}),
+        Case(  # the only identifier unusable: no_identifier, naming why
+            "trait-email-number",
+            _json(type="identify", userId="u", traits={"email": 5}),
+            "reject",
+            "no_identifier",
+            "traits.email has the wrong type",
+        ),
+        Case(
             "context-trait-email-array",
-            "context.traits.email",
-            "array",
             _json(type="identify", userId="u", context={"traits": {"email": []}}),
+            "reject",
+            "no_identifier",
+            "context.traits.email has the wrong type",
         ),
-        _wrong(
+        Case(
             "trait-on-page-view",
-            "traits.email",
-            "number",
             _json(type="page", userId="u", traits={"email": 5}),
+            "drop",
+            "not_mapped",
         ),
         Case(
             "phone-as-number",
@@ -384,106 +381,31 @@ def _cases() -> list[Case]:
             "upsert",
             email="phone-number@bad.example.com",
         ),
-        _wrong(
-            "phone-beyond-int64",
-            "traits.phone",
-            "number",
-            b'{"type":"identify","userId":"u","traits":{"phone":123456789012345678901234567890}}',
-        ),
         Case(
-            "trait-too-long",
-            _identify("long-name", traits={"first_name": "n" * 2_000}),
+            "phone-beyond-int64",
+            b'{"type":"identify","userId":"u","traits":{"phone":123456789012345678901234567890}}',
             "reject",
-            "too_large",
-            f"traits.first_name: 2000 characters, limit {MAX_KEY}",
+            "no_identifier",
+            "traits.phone is not a possible phone number",
         ),
-        # -- consent -------------------------------------------------------------------------
-        _wrong(
-            "consent-string",
-            "context.consent",
-            "string",
-            _identify("consent", context={"consent": "yes"}),
-            "an object",
-        ),
-        _wrong(
-            "consent-canonical-array",
-            "context.consent.canonical",
-            "array",
-            _identify("canonical", context={"consent": {"canonical": []}}),
-            "an object",
-        ),
-        _wrong(
-            "consent-canonical-value",
-            "context.consent.canonical.marketing",
-            "string",
-            _identify("canonical-value", context={"consent": {"canonical": {"marketing": "yes"}}}),
-            "a boolean",
-        ),
-        _wrong(
-            "consent-categories-value",
-            "context.consent.categories.marketing",
-            "number",
-            _identify("categories", context={"consent": {"categories": {"marketing": 1}}}),
-            "a boolean",
-        ),
-        _wrong(
-            "consent-direct-value",
-            "context.consent.marketing",
-            "string",
-            _identify("direct", context={"consent": {"marketing": "maybe"}}),
-            'a boolean, "granted" or "denied"',
-        ),
-        _wrong(
-            "consent-preferences-number",
-            "context.consent.categoryPreferences",
-            "number",
-            _identify("preferences", context={"consent": {"categoryPreferences": 1}}),
-            "an object",
-        ),
-        _wrong(
-            "consent-management-array",
-            "context.consentManagement",
-            "array",
-            _identify("management", context={"consentManagement": []}),
-            "an object",
-        ),
-        _wrong(
-            "consent-management-ids-string",
-            "context.consentManagement.allowedConsentIds",
-            "string",
-            _identify("ids", context={"consentManagement": {"allowedConsentIds": "marketing"}}),
-            "an array",
-        ),
+        # -- consent: a malformed source is omitted (no dnd from it) --------------------------
+        _omitted("consent", context={"consent": "yes"}),
+        _omitted("canonical", context={"consent": {"canonical": []}}),
+        _omitted("canonical-value", context={"consent": {"canonical": {"marketing": "yes"}}}),
+        _omitted("categories", context={"consent": {"categories": {"marketing": 1}}}),
+        _omitted("direct", context={"consent": {"marketing": "maybe"}}),
+        _omitted("preferences", context={"consent": {"categoryPreferences": 1}}),
+        _omitted("management", context={"consentManagement": []}),
+        _omitted("ids", context={"consentManagement": {"allowedConsentIds": "marketing"}}),
         # -- track properties ----------------------------------------------------------------
-        _wrong(
-            "signup-method-number",
-            "properties.method",
-            "number",
-            _json(
-                type="track",
-                event="Signed Up",
-                userId="u",
-                traits={"email": "m@bad.example.com"},
-                properties={"method": 5},
-            ),
-        ),
-        _wrong(
-            "lead-source-object",
-            "properties.source",
-            "object",
-            _json(type="track", event="Lead Generated", userId="u", properties={"source": {}}),
-        ),
-        _wrong(
-            "lead-tag-array",
-            "properties.lead_tag",
-            "array",
-            _json(type="track", event="Lead Generated", userId="u", properties={"lead_tag": []}),
-        ),
-        _wrong(
-            "lead-email-number",
-            "properties.email",
-            "number",
-            _json(type="track", event="Lead Generated", userId="u", properties={"email": 5}),
+        *(
+            _omitted(name, type="track", event=event, properties=properties)
+            for name, event, properties in (
+                ("signup-method-number", "Signed Up", {"method": 5}),
+                ("lead-source-object", "Lead Generated", {"source": {}}),
+                ("lead-tag-array", "Lead Generated", {"lead_tag": ["a", "b"]}),
+                ("lead-email-number", "Lead Generated", {"email": 5}),
+            )
         ),
         Case(
             "timestamp-number",

@@ -9,9 +9,11 @@ Output lines (``docs/architecture.md``, "Mapping rules")::
 An event routed to several integrations gives one line per integration, with the same ``line``.
 When more than one integration is configured, per-integration drop and reject lines also carry
 ``"integration"``; in tag mode ``add`` an upsert line carries ``"add_tags"`` (the tags the
-consumer adds after the upsert). Profiles and ``messageId``s are remembered from line to line.
-Nothing is sent anywhere and no token is read. Without ``--config`` and without
-``GHL_LOCATION_ID`` a placeholder location id is used (and said on stderr).
+consumer adds after the upsert), and ``"omitted": [{"field", "reason", "path"}, ...]`` when
+fields of the event were left out (wrong type, too long, invalid; see ``Omitted``). Profiles
+and ``messageId``s are remembered from line to line. Nothing is sent anywhere and no token is
+read. Without ``--config`` and without ``GHL_LOCATION_ID`` a placeholder location id is used
+(and said on stderr).
 
 Exit status: 0 when every line was processed (rejects are output, not failures), 2 for a
 configuration error.
@@ -97,6 +99,11 @@ def output_line(number: int, outcome: Outcome, label_integrations: bool) -> dict
         }
         if outcome.tags_to_add():
             line["add_tags"] = list(outcome.tags_to_add())
+        if outcome.omitted:
+            line["omitted"] = [
+                {"field": o.field, "reason": o.reason.value, "path": o.path}
+                for o in outcome.omitted
+            ]
         return line
     if isinstance(outcome, Drop):
         line = {"line": number, "action": "drop", "reason": outcome.reason.value}

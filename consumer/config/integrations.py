@@ -16,7 +16,7 @@ from consumer.config.tables import (
     string_list,
     subtable,
 )
-from consumer.core.events import REMOVABLE_FIELDS, PresetEvent, TagMode
+from consumer.core.events import REMOVABLE_FIELDS, ConsentMode, PresetEvent, TagMode
 from consumer.core.normalise import PHONE_REGIONS
 from consumer.core.targets import CustomFieldMapping, Routing, Target
 from consumer.errors import ConfigError
@@ -28,6 +28,7 @@ _INTEGRATION_KEYS: Final = (
     "location_id",
     "access_token",
     "consent_category",
+    "consent_mode",
     "default_phone_region",
     "tag_mode",
     "routing",
@@ -140,26 +141,51 @@ def _integration(
     tag_mode = table.get("tag_mode", TagMode.UPSERT.value)
     if tag_mode not in {m.value for m in TagMode}:
         raise ConfigError(f"{where}.tag_mode: expected one of upsert, add")
+    consent_mode = table.get("consent_mode", ConsentMode.BOTH.value)
+    if consent_mode not in {m.value for m in ConsentMode}:
+        raise ConfigError(f"{where}.consent_mode: expected one of both, deny_only")
 
-    removed, custom = _fields(subtable(table, "fields", f"{where}.fields"), f"{where}.fields")
+    fields_where = f"{where}.fields"
+    fields = subtable(table, "fields", fields_where)
+    removed, custom = _fields(fields, fields_where)
+    static_source = _optional_text(fields, "static_source", fields_where)
+    default_source = _optional_text(fields, "default_source", fields_where)
+    if static_source is not None and default_source is not None:
+        raise ConfigError(f"{fields_where}: static_source and default_source exclude each other")
+    tags = string_list(fields.get("tags", []), f"{fields_where}.tags")
     target = Target(
         id=ident,
         location_id=location.strip(),
         consent_category=category.strip(),
+        consent_mode=ConsentMode(consent_mode),
         default_phone_region=region,
         tag_mode=TagMode(tag_mode),
         removed_fields=removed,
         custom_fields=custom,
+        static_tags=tuple(dict.fromkeys(tags)),
+        static_source=static_source,
+        default_source=default_source,
         aliases=_aliases(subtable(table, "events", f"{where}.events"), f"{where}.events"),
         routing=_routing(subtable(table, "routing", f"{where}.routing"), f"{where}.routing"),
     )
     return Integration(target=target, access_token=token)
 
 
+def _optional_text(table: dict[str, Any], key: str, where: str) -> str | None:
+    value = table.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where}.{key}: expected a non-empty string")
+    return value.strip()
+
+
 def _fields(
     table: dict[str, Any], where: str
 ) -> tuple[frozenset[str], tuple[CustomFieldMapping, ...]]:
-    reject_unknown_keys(table, ("remove", "custom"), where)
+    reject_unknown_keys(
+        table, ("remove", "custom", "tags", "static_source", "default_source"), where
+    )
     removed = frozenset(string_list(table.get("remove", []), f"{where}.remove"))
     unknown = removed - REMOVABLE_FIELDS
     if unknown:

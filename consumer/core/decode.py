@@ -2,8 +2,8 @@
 
 Pure and total: ``decode`` never raises for any input, so the engine can dead-letter a poison
 record with the reject's reason and go on. It checks the envelope only (sizes, UTF-8, JSON,
-object, ``type``, the identifiers and the top-level containers); ``consumer.core.extract``
-checks the fields it reads inside them.
+object, ``type`` (matched ignoring case), the identifiers and the top-level containers);
+``consumer.core.extract`` checks the fields it reads inside them.
 """
 
 from __future__ import annotations
@@ -76,6 +76,9 @@ def decode(value: bytes, limits: Limits = Limits()) -> Event | Reject:
         return Reject(Reason.MISSING_TYPE, "type: required")
     if not isinstance(kind, str):
         return wrong_type("type", "a string", kind)
+    if kind not in EVENT_TYPES:
+        # Some SDKs and webhook sources capitalise the type ("Identify", "Track").
+        kind = kind.lower()
     if kind not in EVENT_TYPES:
         shown = kind if len(kind) <= 40 else kind[:40] + "..."
         return Reject(

@@ -30,9 +30,19 @@ class Reason(StrEnum):
     NOT_AN_OBJECT = "not_an_object"
     MISSING_TYPE = "missing_type"
     UNKNOWN_TYPE = "unknown_type"
-    WRONG_TYPE = "wrong_type"  # a field the mapping reads has the wrong JSON type
+    WRONG_TYPE = "wrong_type"  # an envelope field (type, ids, containers) has the wrong type
     INVALID_EVENT = "invalid_event"  # structurally wrong, e.g. track without event name, no user
     NO_IDENTIFIER = "no_identifier"  # neither a usable email nor phone: HighLevel would answer 422
+
+
+class OmitReason(StrEnum):
+    """Why one field of an otherwise usable event was left out of its upsert. A closed set: it
+    is a metric label."""
+
+    WRONG_TYPE = "wrong_type"  # e.g. ``firstName: true``, ``company: 12345``
+    TOO_LONG = "too_long"  # a string over ``max_field_chars``
+    INVALID = "invalid"  # the right type but not a usable value: email, phone, date, zone, ...
+    NO_REGION = "no_region"  # a national-format phone and no country or default region to read it
 
 
 class TagMode(StrEnum):
@@ -42,6 +52,15 @@ class TagMode(StrEnum):
 
     UPSERT = "upsert"
     ADD = "add"
+
+
+class ConsentMode(StrEnum):
+    """Which consent decisions reach HighLevel's ``dnd``. ``both``: granted -> ``dnd: false``,
+    denied -> ``dnd: true``; ``deny_only``: never ``dnd: false``, so a website consent cannot
+    clear a Do-Not-Disturb HighLevel recorded (e.g. from an SMS STOP)."""
+
+    BOTH = "both"
+    DENY_ONLY = "deny_only"
 
 
 class PresetEvent(StrEnum):
@@ -68,6 +87,9 @@ IDENTITY_FIELDS: Final = (
     "postalCode",
     "country",
     "website",
+    "dateOfBirth",
+    "timezone",
+    "gender",
 )
 # Standard HighLevel upsert fields the mapping may set, in payload order. ``tags`` and
 # ``customFields`` are carried separately; ``locationId`` comes from the integration.
@@ -75,6 +97,10 @@ FIELD_ORDER: Final = (*IDENTITY_FIELDS, "source")
 STANDARD_FIELDS: Final = frozenset((*FIELD_ORDER, "dnd"))
 # What an integration's field mappings may remove (``[integrations.fields] remove = [...]``).
 REMOVABLE_FIELDS: Final = frozenset((*STANDARD_FIELDS, "tags"))
+
+# What ``Omitted.field`` may name (a bounded metric label): the standard fields, ``tags``,
+# ``customFields``, and ``traits`` for a ``context.traits`` that is not an object.
+OMITTABLE_FIELDS: Final = frozenset((*REMOVABLE_FIELDS, "customFields", "traits"))
 
 FieldValue = str | bool
 CustomValue = str | int | float | tuple[str, ...]
@@ -153,6 +179,17 @@ class Event:
 
 
 @dataclass(frozen=True, slots=True)
+class Omitted:
+    """One field of the event left out of an upsert: ``field`` is the HighLevel field (one of
+    ``OMITTABLE_FIELDS``), ``path`` where the unusable value was read (``context.traits.email``,
+    a custom field's source path). Never holds the value itself (it may be personal data)."""
+
+    field: str
+    reason: OmitReason
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
 class ContactUpsert:
     """One contact upsert for one integration.
 
@@ -173,6 +210,9 @@ class ContactUpsert:
     # Names of the events folded into this upsert ("identify", "Lead Generated"), oldest first:
     # for the debugger and logs, never sent, not part of equality.
     events: tuple[str, ...] = field(default=(), compare=False)
+    # Fields the events carried but that were left out (wrong type, too long, invalid), in the
+    # order found: reported (map output, metrics, debugger), never sent, not part of equality.
+    omitted: tuple[Omitted, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         unknown = set(self.fields) - STANDARD_FIELDS
@@ -230,6 +270,7 @@ class ContactUpsert:
             custom_fields={**self.custom_fields, **newer.custom_fields},
             tag_mode=self.tag_mode,
             events=self.events + newer.events,
+            omitted=self.omitted + tuple(o for o in newer.omitted if o not in self.omitted),
         )
 
 

@@ -5,8 +5,14 @@ event: ``consumer.core.extract``):
 
 - Default preset: identify / "Identified" / "Signed Up" / "Lead Generated" upsert, everything
   else is dropped as ``not_mapped``; aliases map other event names onto these.
-- Per target: its phone region, consent category (no decision known: no ``dnd`` key), removed
-  fields and custom fields; no usable email or phone -> ``no_identifier`` for that target.
+- Per target: its phone region, consent category (no decision known: no ``dnd`` key; consent
+  mode ``deny_only``: a grant sends none either), static tags and source, removed fields and
+  custom fields; no usable email or phone -> ``no_identifier`` for that target.
+- Field-level tolerance: an unusable field is left out and listed in ``ContactUpsert.omitted``
+  (fields a target removes are not listed); only the envelope (``decode``), a missing user
+  and ``no_identifier`` reject.
+- Identity stitching: the profile stored under an event's anonymousId (when the user key is
+  another id) or under an alias's ``previousId`` is merged into the user's, once.
 - The profile is updated from every routed, valid, non-duplicate event (also ones not mapped
   or rejected for ``no_identifier``), so consent and traits seen on page views count later.
 
@@ -23,10 +29,13 @@ from typing import Final
 from consumer.core.decode import Limits, decode
 from consumer.core.dedupe import MessageDeduper
 from consumer.core.events import (
+    ConsentMode,
     ContactUpsert,
     Drop,
     Event,
     FieldValue,
+    OmitReason,
+    Omitted,
     Outcome,
     PresetEvent,
     Reason,
@@ -35,7 +44,6 @@ from consumer.core.events import (
 from consumer.core.extract import (
     Candidate,
     Extras,
-    InvalidField,
     consent_decisions,
     no_identifier_error,
     phone_region,
@@ -87,6 +95,16 @@ _NO_USER: Final = Reject(
     Reason.INVALID_EVENT,
     "no user: the record has no key and the event has no userId or anonymousId",
 )
+
+
+def _previous_id(event: Event, limits: Limits) -> str | None:
+    """An alias event's ``previousId`` (a string or integer within the size limit), else None."""
+    value = event.raw.get("previousId")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, str) and value and len(value) <= limits.max_field_chars:
+        return value
+    return None
 
 
 class Mapper:
@@ -167,28 +185,33 @@ class Mapper:
         user_key = contact_key or event.user_id or event.anonymous_id
         if user_key is None:
             return [_NO_USER]
+        if event.anonymous_id is not None and event.anonymous_id != user_key:
+            self._stitch(event.anonymous_id, user_key)
+        if event.type == "alias":
+            previous = _previous_id(event, self._limits)
+            if previous is not None and previous != user_key:
+                self._stitch(previous, user_key)
         actions = [self._action(event, target) for target in targets]
         mapped = any(action is not None for action in actions)
         limits = self._limits
-        try:
-            candidates = read_candidates(
-                event, limits, with_properties=mapped and event.type == "track"
-            )
-            decisions = consent_decisions(event, self._categories(targets))
-            extras = [
-                read_extras(event, target, action, limits) if action is not None else None
-                for target, action in zip(targets, actions, strict=True)
-            ]
-        except InvalidField as invalid:
-            return [invalid.reject]
-
+        omitted: list[Omitted] = []  # event-level: identity fields and consent
+        candidates = read_candidates(
+            event, limits, omitted, with_properties=mapped and event.type == "track"
+        )
+        decisions = consent_decisions(event, self._categories(targets), omitted)
         if not mapped and not candidates:
             # The common analytics event: nothing to send; at most a consent decision to keep.
             if decisions:
                 self._remember_consent(user_key, decisions)
             return [self._not_mapped[target.id] for target in targets]
+        extras = [
+            read_extras(event, target, action, limits) if action is not None else None
+            for target, action in zip(targets, actions, strict=True)
+        ]
         label = event.event if event.type == "track" and event.event else event.type
-        return self._map_identity(user_key, label, targets, extras, candidates, decisions)
+        return self._map_identity(
+            user_key, label, targets, extras, candidates, decisions, omitted
+        )
 
     def _map_identity(
         self,
@@ -198,12 +221,12 @@ class Mapper:
         extras: Sequence[Extras | None],
         candidates: Mapping[str, list[Candidate]],
         decisions: Mapping[str, bool],
+        omitted: list[Omitted],
     ) -> list[Outcome]:
         stored = self._profiles.get(user_key) or EMPTY_PROFILE
-        common = resolve_common(candidates, stored)
+        common = resolve_common(candidates, stored, omitted)
         phone_candidates = candidates.get("phone", ())
-        phone_problems: list[str] = []
-        phones: dict[str | None, str | None] = {}  # region -> resolved phone, for this event
+        phones: dict[str | None, tuple[str | None, Omitted | None]] = {}  # by region
 
         outcomes: list[Outcome] = []
         for target, extra in zip(targets, extras, strict=True):
@@ -211,27 +234,28 @@ class Mapper:
                 outcomes.append(self._not_mapped[target.id])
                 continue
             fields: dict[str, FieldValue] = dict(common)
-            phone = self._phone(
-                phone_candidates,
-                stored,
-                phone_region(common, target.default_phone_region),
-                phones,
-                phone_problems,
-            )
+            region = phone_region(common, candidates, target.default_phone_region)
+            phone, phone_omitted = self._phone(phone_candidates, region, phones)
+            phone = phone or stored.fields.get("phone")
             if phone is not None:
                 fields["phone"] = phone
-            source, tags, custom = extra
+            source, tags, custom, extra_omitted = extra
+            source = target.static_source or source or target.default_source
             if source is not None:
                 fields["source"] = source
+            if target.static_tags:
+                tags = tuple(dict.fromkeys((*target.static_tags, *tags)))
             category = target.consent_category
             granted = decisions.get(category, stored.consent.get(category))
-            if granted is not None:
+            if granted is False or (granted and target.consent_mode is ConsentMode.BOTH):
                 fields["dnd"] = not granted
             removed = target.removed_fields
             for name in removed:
                 fields.pop(name, None)
+            found = [*omitted, *([phone_omitted] if phone_omitted else []), *extra_omitted]
+            reported = [item for item in found if item.field not in removed]
             if "email" not in fields and "phone" not in fields:
-                error = no_identifier_error(candidates, removed, phone_problems)
+                error = no_identifier_error(reported, removed)
                 outcomes.append(Reject(Reason.NO_IDENTIFIER, error, target.id))
                 continue
             outcomes.append(
@@ -244,6 +268,7 @@ class Mapper:
                     custom_fields=custom,
                     tag_mode=target.tag_mode,
                     events=(label,),
+                    omitted=tuple(reported),
                 )
             )
 
@@ -251,15 +276,34 @@ class Mapper:
         # it is a possible number (a national-format number needs a region to mean anything).
         remembered = dict(common)
         for target in targets:
-            region = phone_region(common, target.default_phone_region)
-            phone = self._phone(phone_candidates, stored, region, phones, phone_problems)
+            region = phone_region(common, candidates, target.default_phone_region)
+            phone, _ = self._phone(phone_candidates, region, phones)
             if phone is not None:
                 remembered["phone"] = phone
                 break
+        else:
+            if "phone" in stored.fields:
+                remembered["phone"] = stored.fields["phone"]
         consent = {**stored.consent, **decisions} if decisions else stored.consent
         if remembered != stored.fields or consent != stored.consent:
             self._profiles.put(user_key, Profile(fields=remembered, consent=consent))
         return outcomes
+
+    def _stitch(self, other_key: str, user_key: str) -> None:
+        """Identity stitching: fold the profile stored under ``other_key`` (an anonymousId now
+        seen with a userId, or an alias's previousId) into ``user_key``'s. The user's own
+        values win; the other profile fills the gaps and is then emptied, so it is merged once
+        and a later user of the same device id does not inherit it."""
+        other = self._profiles.get(other_key)
+        if other is None or not (other.fields or other.consent):
+            return
+        stored = self._profiles.get(user_key) or EMPTY_PROFILE
+        merged = Profile(
+            fields={**other.fields, **stored.fields}, consent={**other.consent, **stored.consent}
+        )
+        if merged != stored:
+            self._profiles.put(user_key, merged)
+        self._profiles.put(other_key, EMPTY_PROFILE)
 
     def _remember_consent(self, user_key: str, decisions: Mapping[str, bool]) -> None:
         stored = self._profiles.get(user_key) or EMPTY_PROFILE
@@ -284,26 +328,29 @@ class Mapper:
     def _phone(
         self,
         candidates: Sequence[Candidate],
-        stored: Profile,
         region: str | None,
-        memo: dict[str | None, str | None],
-        problems: list[str],
-    ) -> str | None:
-        """The first event phone that is possible under ``region``, else the stored one.
-        ``memo`` caches by region within one event; unusable candidates go to ``problems``."""
+        memo: dict[str | None, tuple[str | None, Omitted | None]],
+    ) -> tuple[str | None, Omitted | None]:
+        """(the first event phone that is possible under ``region``, else None; why the first
+        unusable one was left out, when none is usable). ``memo`` caches by region within one
+        event."""
         if region in memo:
             return memo[region]
-        phone = None
+        result: tuple[str | None, Omitted | None] = (None, None)
         for candidate in candidates:
-            phone = self.phones(candidate.value, region)
-            if phone is not None:
-                break
-            problem = f"{candidate.path} is not a possible phone number" + (
-                f" for region {region}" if region else " (no region: add a country or +prefix)"
-            )
-            if problem not in problems:
-                problems.append(problem)
-        if phone is None:
-            phone = stored.fields.get("phone")
-        memo[region] = phone
-        return phone
+            if candidate.problem is None:
+                phone = self.phones(candidate.value, region)
+                if phone is not None:
+                    result = (phone, None)
+                    break
+                if not candidate.value.strip():
+                    continue
+            if result[1] is None:
+                reason = candidate.problem or (
+                    OmitReason.NO_REGION
+                    if region is None and not candidate.value.lstrip().startswith("+")
+                    else OmitReason.INVALID
+                )
+                result = (None, Omitted("phone", reason, candidate.path))
+        memo[region] = result
+        return result

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from consumer.core.events import PresetEvent, TagMode
+from consumer.core.events import ConsentMode, PresetEvent, TagMode
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,11 +41,18 @@ class CustomFieldMapping:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Target:
     """One integration as routing and mapping read it: its id (the outcomes' ``integration_id``),
-    the location the upserts go to, and the mapping choices. Defaults are the Default preset's."""
+    the location the upserts go to, and the mapping choices. Defaults are the Default preset's.
+
+    ``static_tags`` go on every upsert (with the event's own); ``static_source`` is every
+    upsert's ``source``, ``default_source`` the one used when the event names none."""
 
     id: str
     location_id: str
     consent_category: str = "marketing"
+    consent_mode: ConsentMode = ConsentMode.BOTH
+    static_tags: tuple[str, ...] = ()
+    static_source: str | None = None
+    default_source: str | None = None
     default_phone_region: str | None = None
     tag_mode: TagMode = TagMode.UPSERT
     removed_fields: frozenset[str] = frozenset()

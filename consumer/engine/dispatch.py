@@ -392,6 +392,7 @@ class Dispatcher:
             answer=answer,
             attempts=work.attempts + 1,
             now=self._wall_clock(),
+            omitted=upsert.omitted,
         )
 
     # -- outcomes -------------------------------------------------------------------------------

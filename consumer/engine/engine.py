@@ -366,6 +366,8 @@ class Engine:
             self._tasks.spawn(self._persist_profile(ticket, user_key, profile))
         for outcome in outcomes:
             if isinstance(outcome, ContactUpsert):
+                for omitted in outcome.omitted:
+                    self._metrics.omitted_field(omitted.field, omitted.reason)
                 self._dispatcher.offer(outcome, ticket, now)
             elif isinstance(outcome, Drop):
                 self.stats.dropped[outcome.reason] += 1

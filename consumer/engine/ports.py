@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from consumer.core.events import Record
+from consumer.core.events import Omitted, Record
 from consumer.engine.offsets import Assignment, CommitPoint
 from consumer.engine.parking import ParkReason
 from consumer.highlevel.verdicts import Answer
@@ -190,6 +190,8 @@ class EngineMetrics(Protocol):
 
     def ignored_field(self, integration: str, field_name: str) -> None: ...
 
+    def omitted_field(self, field_name: str, reason: str) -> None: ...
+
 
 class DeliveryRecorder(Protocol):
     """Remembers each HighLevel request for the Event Debugger
@@ -208,7 +210,9 @@ class DeliveryRecorder(Protocol):
         answer: Answer,
         attempts: int,
         now: float,
+        omitted: Sequence[Omitted] = (),
     ) -> object:
         """``attempts``: this request's attempt number (1 for the first); ``now``: wall-clock
-        seconds. The return value is the implementation's own (the engine ignores it)."""
+        seconds; ``omitted``: fields of the events left out of the payload. The return value
+        is the implementation's own (the engine ignores it)."""
         ...

@@ -32,6 +32,9 @@ ghl_profile_store_size                      gauge
 ghl_profile_restore_seconds                 gauge      (duration of the last restore)
 ghl_integration_healthy                     gauge      integration (0 while answering 401/403)
 ghl_ignored_fields_total                    counter    integration, field (HighLevel field names)
+ghl_fields_omitted_total                    counter    field (``OMITTABLE_FIELDS``), reason
+                                                       (``OmitReason``: wrong_type | too_long |
+                                                       invalid | no_region)
 ghl_buffered_records                        gauge
 ghl_buffered_bytes                          gauge      (keys, values, headers of those records)
 ghl_requests_in_flight                      gauge
@@ -58,7 +61,7 @@ from typing import Final, TypeVar
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from consumer.core.deadletter import REJECTED_BY_HIGHLEVEL
-from consumer.core.events import STANDARD_FIELDS, Reason
+from consumer.core.events import OMITTABLE_FIELDS, STANDARD_FIELDS, OmitReason, Reason
 from consumer.engine.offsets import PartitionStats
 from consumer.engine.parking import ParkReason
 from consumer.engine.ports import Endpoint, RebalanceKind
@@ -73,6 +76,7 @@ OTHER: Final = "other"
 DROP_REASONS: Final = (Reason.NOT_ROUTED, Reason.NOT_MAPPED, Reason.DUPLICATE)
 REJECT_REASONS: Final = tuple(r for r in Reason if r not in DROP_REASONS)
 DEAD_LETTER_REASONS: Final = (*REJECT_REASONS, REJECTED_BY_HIGHLEVEL)
+_OMIT_REASONS: Final = frozenset(OmitReason)
 
 
 class StatusClass(StrEnum):
@@ -267,6 +271,11 @@ class Metrics:
             "Fields sent that HighLevel's answer did not reflect.",
             ["integration", "field"],
         )
+        self._omitted = counter(
+            "ghl_fields_omitted",
+            "Event fields left out of an upsert: wrong type, too long or invalid.",
+            ["field", "reason"],
+        )  # children made on first use: both labels are closed sets
         self._buffered = gauge("ghl_buffered_records", "Records admitted and not done yet.")
         self._buffered_bytes = gauge(
             "ghl_buffered_bytes", "Bytes of the records admitted and not done yet."
@@ -382,6 +391,12 @@ class Metrics:
         integration = integration if integration in self._location_of else OTHER
         name = field_name if field_name in FIELD_NAMES else OTHER
         self._ignored.labels(integration, name).inc()
+
+    def omitted_field(self, field_name: str, reason: str) -> None:
+        """A field of a mapped event was left out of its upsert (``Omitted``)."""
+        name = field_name if field_name in OMITTABLE_FIELDS else OTHER
+        why = reason if reason in _OMIT_REASONS else OTHER
+        self._omitted.labels(name, why).inc()
 
     def profile_restored(self, seconds: float, size: int) -> None:
         """The profile store finished restoring: how long it took and what it holds."""

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from consumer.core.events import Omitted
 from consumer.core.normalise import mask_email, mask_phone
 from consumer.highlevel.verdicts import Answer
 
@@ -79,6 +80,8 @@ class DeliveryEntry:
     error: str | None
     latency_ms: float
     attempts: int
+    # Fields of the events left out of the payload: (field, reason, path); never values.
+    omitted: tuple[tuple[str, str, str], ...] = ()
 
     def to_json(self) -> dict[str, object]:
         """A JSON-ready dict (what the page and ``/debug/deliveries.json`` get)."""
@@ -99,6 +102,7 @@ class DeliveryEntry:
             "error": self.error,
             "latency_ms": self.latency_ms,
             "attempts": self.attempts,
+            "omitted": [{"field": f, "reason": r, "path": p} for f, r, p in self.omitted],
         }
 
 
@@ -139,10 +143,12 @@ class RecentDeliveries:
         answer: Answer,
         attempts: int,
         now: float,
+        omitted: Sequence[Omitted] = (),
     ) -> DeliveryEntry:
         """Remember one HighLevel request and its answer; masks before storing. ``events``: the
         names of the events folded into the request (``identify``, ``Lead Generated`` ...);
-        ``attempts``: this request's attempt number (1 for the first). Raises ValueError for an
+        ``attempts``: this request's attempt number (1 for the first); ``omitted``: fields of
+        the events left out of the payload (names and reasons only). Raises ValueError for an
         integration that is not configured."""
         buffer = self._buffers.get(integration)
         if buffer is None:
@@ -164,6 +170,7 @@ class RecentDeliveries:
             error=None if answer.error is None else mask_text(answer.error),
             latency_ms=round(answer.latency_s * 1000, 1),
             attempts=attempts,
+            omitted=tuple((o.field, o.reason.value, o.path) for o in omitted),
         )
         buffer.append(entry)
         self._last_seq = entry.seq

@@ -344,6 +344,10 @@ function row(d) {
   const payload = el("td");
   const lines = Object.entries(d.payload).map(([k, v]) => k + ": " + JSON.stringify(v));
   payload.appendChild(el("pre", lines.join("\\n"), "payload"));
+  for (const o of d.omitted || []) {
+    payload.appendChild(el("div", "omitted " + o.field + " (" + o.reason + ", " + o.path + ")",
+                           "muted omitted"));
+  }
   tr.appendChild(payload);
   const outcome = el("td");
   outcome.appendChild(el("div", d.status === null ? "no answer" : d.status, "outcome status"));

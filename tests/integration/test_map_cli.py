@@ -76,25 +76,32 @@ def test_one_output_line_per_bad_input_line_with_readable_errors() -> None:
             {"type": "identify", "userId": "u", "traits": {"email": 42}},
             {"type": "identify", "userId": "u", "traits": {"first_name": "A"}},
             b"",
+            {"type": "Identify", "userId": "u", "traits": {"email": "a@x.io", "firstName": True}},
         ]
     )
     assert code == 0
-    assert [(o["line"], o["action"], o["reason"]) for o in output] == [
+    assert [(o["line"], o["action"], o.get("reason")) for o in output] == [
         (1, "reject", "invalid_json"),
         (2, "reject", "not_an_object"),
         (3, "reject", "missing_type"),
         (4, "reject", "invalid_utf8"),
         (5, "reject", "unknown_type"),
         (6, "reject", "wrong_type"),
-        (7, "reject", "wrong_type"),
+        (7, "reject", "no_identifier"),
         (8, "reject", "no_identifier"),
         (9, "reject", "empty_value"),
+        (10, "upsert", None),
     ]
     assert (
         output[0]["error"]
         == "invalid JSON at character 1: unexpected character, expected a string key"
     )
-    assert output[6]["error"] == "traits.email: expected a string, got number"
+    assert output[6]["error"].endswith(": traits.email has the wrong type")
+    # a bad field is left out, and said so; the rest of the event is sent
+    assert output[9]["payload"]["email"] == "a@x.io"
+    assert output[9]["omitted"] == [
+        {"field": "firstName", "reason": "wrong_type", "path": "traits.firstName"}
+    ]
     assert "placeholder location id DRY_RUN_LOCATION_ID" in stderr
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from consumer.config import Secret, Settings, load_settings
-from consumer.core.events import PresetEvent, TagMode
+from consumer.core.events import ConsentMode, PresetEvent, TagMode
 from consumer.core.targets import CustomFieldMapping, Routing
 from consumer.errors import ConfigError
 
@@ -86,6 +86,13 @@ def test_the_documented_example(tmp_path: Path) -> None:
     }
     assert default.target.routing == Routing(topics=frozenset({"events"}))
     assert shop.target.tag_mode is TagMode.ADD
+    assert shop.target.consent_mode is ConsentMode.DENY_ONLY
+    assert default.target.consent_mode is ConsentMode.BOTH
+    assert (shop.target.static_tags, shop.target.default_source, shop.target.static_source) == (
+        ("eu-shop",),
+        "EU shop",
+        None,
+    )
     assert shop.target.routing == Routing(
         topics=frozenset({"events-eu"}),
         field=("context", "app", "name"),
@@ -101,6 +108,11 @@ def test_the_documented_example(tmp_path: Path) -> None:
     assert target.routing == shop.target.routing
     assert target.custom_fields == shop.target.custom_fields
     assert target.aliases == shop.target.aliases
+    assert (target.consent_mode, target.static_tags, target.default_source) == (
+        ConsentMode.DENY_ONLY,
+        ("eu-shop",),
+        "EU shop",
+    )
     assert not hasattr(target, "access_token")
 
 
@@ -258,8 +270,24 @@ INTEGRATION = "[[integrations]]\nid = 'a'\nlocation_id = 'L'\naccess_token = { e
         ),
         ("tag_mode = 'replace'\n", "integrations[0].tag_mode: expected one of upsert, add"),
         (
-            "[integrations.fields]\nremove = ['dnd', 'gender']\n",
-            "integrations[0].fields.remove: 'gender'",
+            "consent_mode = 'grant_only'\n",
+            "integrations[0].consent_mode: expected one of both, deny_only",
+        ),
+        (
+            "[integrations.fields]\ntags = ['a', '']\n",
+            "integrations[0].fields.tags: expected a list of non-empty strings",
+        ),
+        (
+            "[integrations.fields]\nstatic_source = 'a'\ndefault_source = 'b'\n",
+            "integrations[0].fields: static_source and default_source exclude each other",
+        ),
+        (
+            "[integrations.fields]\ndefault_source = 5\n",
+            "integrations[0].fields.default_source: expected a non-empty string",
+        ),
+        (
+            "[integrations.fields]\nremove = ['dnd', 'assignedTo']\n",
+            "integrations[0].fields.remove: 'assignedTo'",
         ),
         (
             "[integrations.fields]\nremove = ['email', 'phone']\n",

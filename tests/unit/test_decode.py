@@ -85,6 +85,14 @@ def test_bad_input_reasons(value: bytes, reason: Reason, error: str | None) -> N
         assert result.error == error
 
 
+@pytest.mark.parametrize(("sent", "kind"), [("Identify", "identify"), ("TRACK", "track")])
+def test_type_matches_ignoring_case(sent: str, kind: str) -> None:
+    event = decode(orjson.dumps({"type": sent, "userId": "u1", "event": "Signed Up"}))
+    assert isinstance(event, Event)
+    assert event.type == kind
+    assert event.event == ("Signed Up" if kind == "track" else None)
+
+
 def test_unknown_type_names_the_known_ones() -> None:
     result = decode(b'{"type": "purchase"}')
     assert isinstance(result, Reject)

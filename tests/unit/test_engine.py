@@ -352,6 +352,18 @@ async def test_fields_highlevel_did_not_apply_are_counted_by_name() -> None:
     assert 'ghl_ignored_fields_total{field="phone",integration="default"} 1.0' in exposition
 
 
+async def test_fields_left_out_by_the_mapping_are_counted_by_field_and_reason() -> None:
+    event = {**GUIDE_IDENTIFY, "traits": {**GUIDE_IDENTIFY["traits"], "gender": True}}
+    source = MemorySource({("events", 0): records("events", 0, [("lead-987", event)])})
+    highlevel = FakeHighLevel()
+    metrics = Metrics(integrations={"default": LOCATION}, topics=["events"])
+    engine = build(source, highlevel, metrics=metrics)
+    await run_until(engine, lambda: committed(source) == 1)
+    assert len(highlevel.upserts) == 1
+    exposition = metrics.exposition().decode()
+    assert 'ghl_fields_omitted_total{field="gender",reason="wrong_type"} 1.0' in exposition
+
+
 async def test_shutdown_drains_in_flight_work_then_commits() -> None:
     source = MemorySource({("events", 0): records("events", 0, [("lead-987", GUIDE_IDENTIFY)])})
     highlevel = FakeHighLevel(delay=lambda payload: 0.3)

@@ -14,9 +14,21 @@ from hypothesis import strategies as st
 
 from consumer.core.decode import Limits
 from consumer.core.dedupe import MessageDeduper
-from consumer.core.events import ContactUpsert, Drop, Outcome, PresetEvent, Reason, Reject, TagMode
+from consumer.core.events import (
+    ConsentMode,
+    ContactUpsert,
+    Drop,
+    OmitReason,
+    Omitted,
+    Outcome,
+    PresetEvent,
+    Reason,
+    Reject,
+    TagMode,
+)
 from consumer.core.mapping import Mapper
-from consumer.core.profiles import InMemoryProfileStore
+from consumer.core.normalise import normalise_country
+from consumer.core.profiles import ChangelogProfileStore, InMemoryProfileStore, Profile
 from consumer.core.targets import CustomFieldMapping, Routing, Target
 from tests.harness.guide import GUIDE_UPSERT
 from tests.unit.upsert_schema import validate_payload
@@ -156,6 +168,8 @@ BASE = {"email": "x@example.com"}
     ("traits", "expected"),
     [
         ({"email": "  Sam@Example.COM "}, {"email": "sam@example.com"}),
+        ({"email": "mailto:Sam@Example.com"}, {"email": "sam@example.com"}),
+        ({"email": "sam\u200b@example.com"}, {"email": "sam@example.com"}),
         ({"first_name": " Sam "}, {"firstName": "Sam"}),
         ({"firstName": "Sam"}, {"firstName": "Sam"}),
         ({"last_name": "Rivera"}, {"lastName": "Rivera"}),
@@ -189,12 +203,45 @@ BASE = {"email": "x@example.com"}
         ({"postal_code": "SW1A 1AA"}, {"postalCode": "SW1A 1AA"}),
         ({"postalCode": 10115}, {"postalCode": "10115"}),
         ({"country": "gb"}, {"country": "GB"}),
-        ({"country": "United Kingdom"}, {}),
-        ({"country": "UK"}, {}),
+        ({"country": "United Kingdom"}, {"country": "GB"}),
+        ({"country": "UK"}, {"country": "GB"}),
+        ({"country": "USA"}, {"country": "US"}),
         ({"country": "XX"}, {}),
         ({"website": "https://acme.test"}, {"website": "https://acme.test"}),
         ({"first_name": "   "}, {}),
         ({"first_name": None}, {}),
+        # names real collectors write (RudderStack, Segment, hand-written trackers)
+        ({"firstname": "Sam", "lastname": "Rivera"}, {"firstName": "Sam", "lastName": "Rivera"}),
+        ({"FirstName": "Sam", "Lastname": "Rivera"}, {"firstName": "Sam", "lastName": "Rivera"}),
+        ({"firstname": "Lower", "firstName": "Camel"}, {"firstName": "Camel"}),
+        ({"Phone": "+14155550142"}, {"phone": "+14155550142"}),
+        ({"phone_number": "+14155550142"}, {"phone": "+14155550142"}),
+        ({"mobile": "+14155550142"}, {"phone": "+14155550142"}),
+        ({"phone": "+14155550143", "mobile": "+14155550142"}, {"phone": "+14155550143"}),
+        ({"zip": "62701"}, {"postalCode": "62701"}),
+        ({"zipcode": "62701"}, {"postalCode": "62701"}),
+        ({"postcode": "SW1A 1AA"}, {"postalCode": "SW1A 1AA"}),
+        ({"company_name": "Acme"}, {"companyName": "Acme"}),
+        ({"companyName": "Named", "company": "Plain"}, {"companyName": "Named"}),
+        ({"Company": {"name": "Acme"}}, {"companyName": "Acme"}),
+        ({"address": {"line1": "1 Main St"}}, {"address1": "1 Main St"}),
+        ({"address": {"line1": "1 Main St", "line2": "Apt 4"}}, {"address1": "1 Main St, Apt 4"}),
+        ({"address": {"street": "1 Main St", "line2": " "}}, {"address1": "1 Main St"}),
+        ({"street": "1 Main St"}, {"address1": "1 Main St"}),
+        (
+            {"address": {"zip": "62701", "City": "Springfield"}},
+            {"postalCode": "62701", "city": "Springfield"},
+        ),
+        ({"birthday": "1990-09-25"}, {"dateOfBirth": "1990-09-25"}),
+        ({"dateOfBirth": "09/25/1990"}, {"dateOfBirth": "1990-09-25"}),
+        ({"dob": "1990.9.5"}, {"dateOfBirth": "1990-09-05"}),
+        ({"birthday": "1990-09-25T00:00:00.000Z"}, {"dateOfBirth": "1990-09-25"}),
+        ({"birthday": "1990-02-30"}, {}),
+        ({"birthday": "25/09/1990"}, {}),  # day first is not a HighLevel format
+        ({"timezone": "Europe/London"}, {"timezone": "Europe/London"}),
+        ({"timezone": "america/new_york"}, {"timezone": "America/New_York"}),
+        ({"timezone": "GMT+1 Berlin"}, {}),
+        ({"gender": " female "}, {"gender": "female"}),
     ],
 )
 def test_trait_table(traits: dict[str, Any], expected: dict[str, Any]) -> None:
@@ -204,12 +251,26 @@ def test_trait_table(traits: dict[str, Any], expected: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", ["not-an-email", "a@b", "a b@example.com", "@example.com", "a@@x.io"]
+    "bad",
+    [
+        "not-an-email",
+        "a@b",
+        "a b@example.com",
+        "@example.com",
+        "a@@x.io",
+        "peter..gibbons@example.com",
+        "sam@example.test",
+    ],
 )
 def test_invalid_email_is_omitted(bad: str) -> None:
-    payload = Harness().payload(identify({"email": bad, "phone": "+14155550142"}))
-    assert "email" not in payload
-    assert payload["phone"] == "+14155550142"
+    outcome = Harness().one(identify({"email": bad, "phone": "+14155550142"}))
+    assert isinstance(outcome, ContactUpsert)
+    assert "email" not in outcome.payload()
+    assert outcome.payload()["phone"] == "+14155550142"
+    assert outcome.omitted == (Omitted("email", OmitReason.INVALID, "traits.email"),)
+    rejected = Harness().one(identify({"email": bad}))
+    assert isinstance(rejected, Reject)
+    assert rejected.reason is Reason.NO_IDENTIFIER
 
 
 @pytest.mark.parametrize(
@@ -220,7 +281,16 @@ def test_invalid_email_is_omitted(bad: str) -> None:
         ({"phone": "07700 900123", "country": "GB"}, "US", "+447700900123"),  # country wins
         ({"phone": "(415) 555-0142"}, "US", "+14155550142"),  # default region
         ({"phone": 14155550142}, "US", "+14155550142"),  # a number is read as its digits
-        ({"phone": "07700 900123", "country": "Narnia"}, "GB", "+447700900123"),
+        # a country is named: it alone picks the region, never the default
+        ({"phone": "07700 900123", "country": "UK"}, "US", "+447700900123"),
+        ({"phone": "9876543212", "country": "India"}, "US", "+919876543212"),
+        ({"phone": "07700 900123", "country": "Narnia"}, "GB", None),  # unknown: omitted
+        ({"phone": "07700 900123", "country": "AQ"}, "GB", None),  # no phone region
+        ({"phone": "+44 7700 900123", "country": "Narnia"}, "US", "+447700900123"),
+        ({"phone": "tel:+1-415-555-0142"}, None, "+14155550142"),
+        ({"phone": "555-0142"}, "US", None),  # local-only
+        ({"phone": 9876543212, "country": "IN"}, "US", "+919876543212"),
+        ({"phone": 9876543212.0, "country": "IN"}, "US", "+919876543212"),
         ({"phone": "415 555 0142"}, None, None),  # national format, no region
         ({"phone": "0142"}, "US", None),  # too short to be possible
         ({"phone": "call me"}, "US", None),
@@ -235,6 +305,49 @@ def test_phone_normalisation(
 
 
 # -- precedence ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("traits", "region", "reason"),
+    [
+        ({"phone": "07700 900123", "country": "Narnia"}, "GB", OmitReason.NO_REGION),
+        ({"phone": "415 555 0142"}, None, OmitReason.NO_REGION),
+        ({"phone": "555-0142"}, "US", OmitReason.INVALID),
+        ({"phone": "+1 555"}, None, OmitReason.INVALID),
+    ],
+)
+def test_an_unusable_phone_is_omitted_with_why(
+    traits: dict[str, Any], region: str | None, reason: OmitReason
+) -> None:
+    outcome = Harness(target(default_phone_region=region)).one(identify({**BASE, **traits}))
+    assert isinstance(outcome, ContactUpsert)
+    assert "phone" not in outcome.payload()
+    assert Omitted("phone", reason, "traits.phone") in outcome.omitted
+
+
+def test_the_profile_country_picks_the_region_when_the_event_names_none() -> None:
+    h = Harness(target(default_phone_region="US"))
+    h.one(identify({**BASE, "country": "India"}))
+    assert h.payload(identify({"phone": "9876543212"}))["phone"] == "+919876543212"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    country=st.sampled_from(["IN", "India", "GB", "UK", "United Kingdom", "DE", "Deutschland"]),
+    national=st.from_regex(r"0?[1-9][0-9]{6,10}", fullmatch=True),
+    default=st.sampled_from([None, "US", "GB", "IN"]),
+)
+def test_a_phone_never_lands_outside_the_named_country(
+    country: str, national: str, default: str | None
+) -> None:
+    outcome = Harness(target(default_phone_region=default)).one(
+        identify({**BASE, "country": country, "phone": national})
+    )
+    assert isinstance(outcome, ContactUpsert)
+    phone = outcome.payload().get("phone")
+    if phone is not None:
+        expected = {"IN": "+91", "GB": "+44", "DE": "+49"}[normalise_country(country) or ""]
+        assert str(phone).startswith(expected)
 
 
 def test_traits_beat_context_traits_beat_properties_beat_profile() -> None:
@@ -313,6 +426,69 @@ def test_profile_is_updated_even_when_the_event_has_no_identifier() -> None:
     assert h.payload(identify({"email": "late@example.com"}))["firstName"] == "Early"
 
 
+# -- identity stitching --------------------------------------------------------------------------
+
+
+def anonymous(traits: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    event: dict[str, Any] = {"type": "identify", "anonymousId": "anon-1", **extra}
+    if traits is not None:
+        event["traits"] = traits
+    return event
+
+
+def test_a_login_carries_the_anonymous_profile_over() -> None:
+    h = Harness()
+    h.one(anonymous({"email": "early@example.com", "first_name": "Early"}, context=GRANTED))
+    login = {"type": "track", "event": "Signed Up", "userId": "u1", "anonymousId": "anon-1"}
+    payload = h.payload(login)
+    assert (payload["email"], payload["firstName"], payload["dnd"]) == (
+        "early@example.com",
+        "Early",
+        False,
+    )
+    # the anonymous profile is merged once: another person logging in on the device later
+    # does not inherit it
+    other = {"type": "identify", "userId": "u2", "anonymousId": "anon-1"}
+    assert isinstance(h.one(other), Reject)
+
+
+def test_the_users_own_values_win_over_the_anonymous_ones() -> None:
+    h = Harness()
+    h.one(identify({"email": "known@example.com"}))
+    h.one(anonymous({"email": "typo@example.com", "last_name": "Rivera"}))
+    payload = h.payload(identify(anonymousId="anon-1"))
+    assert (payload["email"], payload["lastName"]) == ("known@example.com", "Rivera")
+
+
+def test_alias_merges_the_previous_ids_profile() -> None:
+    h = Harness()
+    h.one(identify({"email": "old@example.com", "city": "Leeds"}, userId="old-id"))
+    alias = {"type": "alias", "userId": "new-id", "previousId": "old-id"}
+    assert h.one(alias) == Drop(Reason.NOT_MAPPED, "default")
+    assert h.payload(identify(userId="new-id"))["city"] == "Leeds"
+    assert h.one({"type": "alias", "userId": "x", "previousId": ["odd"]}) == Drop(
+        Reason.NOT_MAPPED, "default"
+    )
+
+
+def test_stitching_is_written_to_the_durable_store() -> None:
+    store = ChangelogProfileStore(max_entries=10)
+    mapper = Mapper(
+        (target(),),
+        profiles=store,
+        deduper=MessageDeduper(max_entries=10, ttl_seconds=60),
+    )
+    mapper.map_record(
+        value=orjson.dumps(anonymous({"email": "a@example.com"})), key=None, topic="t", now=0
+    )
+    store.take_writes()
+    event = {"type": "page", "userId": "u1", "anonymousId": "anon-1"}
+    mapper.map_record(value=orjson.dumps(event), key=None, topic="t", now=1)
+    writes = dict(store.take_writes())
+    assert Profile.from_bytes(writes["u1"]).fields == {"email": "a@example.com"}
+    assert Profile.from_bytes(writes["anon-1"]) == Profile()
+
+
 # -- consent -------------------------------------------------------------------------------------
 
 CONSENT_SOURCES = {
@@ -335,6 +511,22 @@ CONSENT_SOURCES = {
 def test_each_consent_source_sets_dnd(source: str, granted: bool) -> None:
     payload = Harness().payload(identify(BASE, context=CONSENT_SOURCES[source](granted)))
     assert payload["dnd"] is (not granted)
+
+
+@pytest.mark.parametrize("source", sorted(CONSENT_SOURCES))
+@pytest.mark.parametrize("spelling", ["Marketing", "MARKETING"])
+def test_consent_categories_match_ignoring_case(source: str, spelling: str) -> None:
+    denied = json.loads(json.dumps(CONSENT_SOURCES[source](False)).replace("marketing", spelling))
+    assert Harness().payload(identify(BASE, context=denied))["dnd"] is True
+    # and a configured category matches the event's spelling
+    h = Harness(target(consent_category="Email_Marketing"))
+    context = {"consent": {"canonical": {"email_marketing": False}}}
+    assert h.payload(identify(BASE, context=context))["dnd"] is True
+
+
+def test_an_exact_category_name_beats_one_differing_in_case() -> None:
+    context = {"consent": {"canonical": {"Marketing": True, "marketing": False}}}
+    assert Harness().payload(identify(BASE, context=context))["dnd"] is True
 
 
 ORDER = ["canonical", "categories", "direct_bool", "categoryPreferences", "consentManagement"]
@@ -389,29 +581,40 @@ def test_consent_category_is_per_integration() -> None:
 
 
 @pytest.mark.parametrize(
-    ("context", "error"),
+    ("context", "path"),
     [
-        ({"consent": "yes"}, "context.consent: expected an object, got string"),
-        (
-            {"consent": {"canonical": []}},
-            "context.consent.canonical: expected an object, got array",
-        ),
+        ({"consent": "yes"}, "context.consent"),
+        ({"consent": {"canonical": []}}, "context.consent.canonical"),
         (
             {"consent": {"categories": {"marketing": "true"}}},
-            "context.consent.categories.marketing: expected a boolean, got string",
+            "context.consent.categories.marketing",
         ),
-        (
-            {"consent": {"marketing": "maybe"}},
-            'context.consent.marketing: expected a boolean, "granted" or "denied", got string',
-        ),
+        ({"consent": {"marketing": "maybe"}}, "context.consent.marketing"),
         (
             {"consentManagement": {"allowedConsentIds": "marketing"}},
-            "context.consentManagement.allowedConsentIds: expected an array, got string",
+            "context.consentManagement.allowedConsentIds",
         ),
     ],
 )
-def test_malformed_consent_is_rejected_not_guessed(context: dict[str, Any], error: str) -> None:
-    assert Harness().one(identify(BASE, context=context)) == Reject(Reason.WRONG_TYPE, error)
+def test_malformed_consent_is_omitted_not_guessed(context: dict[str, Any], path: str) -> None:
+    h = Harness()
+    outcome = h.one(identify(BASE, context=context))
+    assert isinstance(outcome, ContactUpsert)
+    assert "dnd" not in outcome.payload()
+    assert outcome.omitted == (Omitted("dnd", OmitReason.WRONG_TYPE, path),)
+    # no decision on the event: the last known one still applies
+    h.one(identify(BASE, context={"consent": {"canonical": {"marketing": False}}}))
+    outcome = h.one(identify(BASE, context=context))
+    assert isinstance(outcome, ContactUpsert)
+    assert outcome.payload()["dnd"] is True
+
+
+def test_a_malformed_consent_source_falls_through_to_the_next() -> None:
+    context = {"consent": {"canonical": "x", "categories": {"marketing": False}}}
+    outcome = Harness().one(identify(BASE, context=context))
+    assert isinstance(outcome, ContactUpsert)
+    assert outcome.payload()["dnd"] is True
+    assert [o.path for o in outcome.omitted] == ["context.consent.canonical"]
 
 
 # -- Default preset and aliases ------------------------------------------------------------------
@@ -448,7 +651,9 @@ def test_aliases_map_other_event_names_onto_the_preset() -> None:
 
 
 def test_no_identifier_is_rejected_with_what_was_wrong() -> None:
-    outcome = Harness().one(identify({"email": "nope", "phone": "12", "first_name": "A"}))
+    outcome = Harness(target(default_phone_region="US")).one(
+        identify({"email": "nope", "phone": "12", "first_name": "A"})
+    )
     assert isinstance(outcome, Reject)
     assert outcome.reason is Reason.NO_IDENTIFIER
     assert outcome.integration_id == "default"
@@ -514,13 +719,63 @@ def test_custom_fields_from_source_paths() -> None:
     assert "customFields" not in h.payload(track("Signed Up"))
 
 
-@pytest.mark.parametrize("value", [{"a": 1}, True, [1, 2]])
-def test_custom_field_of_unusable_type_is_rejected(value: object) -> None:
-    h = Harness(target(custom_fields=(CustomFieldMapping("f1", ("traits", "plan")),)))
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ({"a": 1}, OmitReason.WRONG_TYPE),
+        (True, OmitReason.WRONG_TYPE),
+        ([1, 2], OmitReason.WRONG_TYPE),
+        ("x" * 65, OmitReason.TOO_LONG),
+        (["ok", "x" * 65], OmitReason.TOO_LONG),
+    ],
+)
+def test_custom_field_of_unusable_type_is_omitted(value: object, reason: OmitReason) -> None:
+    h = Harness(
+        target(custom_fields=(CustomFieldMapping("f1", ("traits", "plan")),)),
+        limits=Limits(max_field_chars=64),
+    )
     outcome = h.one(identify({**BASE, "plan": value}))
-    assert isinstance(outcome, Reject)
-    assert outcome.reason is Reason.WRONG_TYPE
-    assert outcome.error.startswith("traits.plan: expected a string, number or list of strings")
+    assert isinstance(outcome, ContactUpsert)
+    assert "customFields" not in outcome.payload()
+    assert outcome.omitted == (Omitted("customFields", reason, "traits.plan"),)
+
+
+def test_consent_mode_deny_only_never_sends_dnd_false() -> None:
+    h = Harness(target(consent_mode=ConsentMode.DENY_ONLY))
+    assert "dnd" not in h.payload(identify(BASE, context=GRANTED))
+    denied = {"consent": {"canonical": {"marketing": False}}}
+    assert h.payload(identify(BASE, context=denied))["dnd"] is True
+    # a later grant clears nothing: HighLevel keeps its DND
+    assert "dnd" not in h.payload(identify(BASE, context=GRANTED))
+
+
+def test_static_tags_go_on_every_upsert_with_the_events_own() -> None:
+    h = Harness(target(static_tags=("website", "lead")))
+    assert h.payload(identify(BASE))["tags"] == ["website", "lead"]
+    lead = h.payload(track("Lead Generated", {"lead_tag": "ga4"}))
+    assert lead["tags"] == ["website", "lead", "ga4"]
+    assert h.payload(track("Lead Generated", {"lead_tag": "lead"}))["tags"] == ["website", "lead"]
+    removed = Harness(target(static_tags=("website",), removed_fields=frozenset({"tags"})))
+    assert "tags" not in removed.payload(identify(BASE))
+
+
+LEAD_FROM_FORM = track("Lead Generated", {**BASE, "source": "Form"})
+
+
+@pytest.mark.parametrize(
+    ("options", "event", "expected"),
+    [
+        ({"default_source": "Website"}, identify(BASE), "Website"),
+        ({"default_source": "Website"}, LEAD_FROM_FORM, "Form"),
+        ({"static_source": "Website"}, LEAD_FROM_FORM, "Website"),
+        ({"static_source": "Website"}, identify(BASE), "Website"),
+        ({}, identify(BASE), None),
+    ],
+)
+def test_static_and_default_source(
+    options: dict[str, str], event: dict[str, Any], expected: str | None
+) -> None:
+    assert Harness(target(**options)).payload(event).get("source") == expected
 
 
 def test_tag_mode_add_keeps_tags_out_of_the_upsert_body() -> None:
@@ -611,59 +866,88 @@ def test_multi_integration_outcomes_differ_per_integration() -> None:
 # -- bad input -----------------------------------------------------------------------------------
 
 
+WT, LONG, BAD = OmitReason.WRONG_TYPE, OmitReason.TOO_LONG, OmitReason.INVALID
+PHONE = {"phone": "+14155550142"}
+
+
 @pytest.mark.parametrize(
-    ("event", "reason", "error"),
+    ("event", "omitted"),
     [
-        (identify({"email": 42}), Reason.WRONG_TYPE, "traits.email: expected a string, got number"),
+        (identify({**PHONE, "email": 42}), [("email", WT, "traits.email")]),
+        (identify({**BASE, "first_name": {"x": 1}}), [("firstName", WT, "traits.first_name")]),
+        (identify({**BASE, "firstName": True}), [("firstName", WT, "traits.firstName")]),
+        (identify({**BASE, "company": 12345}), [("companyName", WT, "traits.company")]),
+        (identify({**BASE, "address": ["x"]}), [("address1", WT, "traits.address")]),
+        (identify({**BASE, "phone": True}), [("phone", WT, "traits.phone")]),
+        (identify({**BASE, "postalCode": 94103.5}), [("postalCode", BAD, "traits.postalCode")]),
+        (identify(BASE, context={"traits": "x"}), [("traits", WT, "context.traits")]),
+        (track("Lead Generated", {**BASE, "source": 5}), [("source", WT, "properties.source")]),
         (
-            identify({"first_name": {"x": 1}}),
-            Reason.WRONG_TYPE,
-            "traits.first_name: expected a string, got object",
+            track("Lead Generated", {**BASE, "lead_tag": ["a", "b"]}),
+            [("tags", WT, "properties.lead_tag")],
+        ),
+        (track("Signed Up", {**PHONE, "email": ["a"]}), [("email", WT, "properties.email")]),
+        (identify({**BASE, "name": "x" * 65}), [("name", LONG, "traits.name")]),
+        (
+            track("Lead Generated", {**BASE, "lead_tag": "t" * 65}),
+            [("tags", LONG, "properties.lead_tag")],
+        ),
+        (identify({**BASE, "birthday": "31/12/1990"}), [("dateOfBirth", BAD, "traits.birthday")]),
+        (identify({**BASE, "timezone": "Mars/Base"}), [("timezone", BAD, "traits.timezone")]),
+        (
+            identify({"email": "nope", "phone": "+1 415 555 0142"}, context={"traits": BASE}),
+            [],  # the invalid email falls through to a valid one: nothing is left out
         ),
         (
-            identify({"company": 5}),
-            Reason.WRONG_TYPE,
-            "traits.company: expected a string or an object, got number",
+            identify({"email": 7}, context={"traits": {"email": "nope", **PHONE}}),
+            [("email", WT, "traits.email")],  # the first unusable value names the reason
         ),
-        (
-            identify({"address": ["x"]}),
-            Reason.WRONG_TYPE,
-            "traits.address: expected a string or an object, got array",
-        ),
-        (
-            identify({"phone": True}),
-            Reason.WRONG_TYPE,
-            "traits.phone: expected a string, got boolean",
-        ),
-        (
-            identify(BASE, context={"traits": "x"}),
-            Reason.WRONG_TYPE,
-            "context.traits: expected an object, got string",
-        ),
-        (
-            track("Lead Generated", {"source": 5}),
-            Reason.WRONG_TYPE,
-            "properties.source: expected a string, got number",
-        ),
-        (
-            track("Signed Up", {"email": ["a"]}),
-            Reason.WRONG_TYPE,
-            "properties.email: expected a string, got array",
-        ),
-        (identify({"name": "x" * 65}), Reason.TOO_LARGE, "traits.name: 65 characters, limit 64"),
-        (
-            track("Lead Generated", {"lead_tag": "t" * 65}),
-            Reason.TOO_LARGE,
-            "properties.lead_tag: 65 characters, limit 64",
-        ),
+        (identify({**BASE, "first_name": "  "}), []),  # blank is absent, not invalid
     ],
 )
-def test_bad_fields_are_rejected_with_a_readable_error(
-    event: dict[str, Any], reason: Reason, error: str
+def test_a_bad_field_is_omitted_and_reported_the_event_still_upserts(
+    event: dict[str, Any], omitted: list[tuple[str, OmitReason, str]]
 ) -> None:
     h = Harness(limits=Limits(max_event_bytes=10_000, max_field_chars=64))
-    assert h.one(event) == Reject(reason, error)
-    assert h.profiles.get("u1") is None
+    outcome = h.one(event)
+    assert isinstance(outcome, ContactUpsert), outcome
+    assert [(o.field, o.reason, o.path) for o in outcome.omitted] == omitted
+    payload = outcome.payload()
+    assert "email" in payload or "phone" in payload
+    for item in outcome.omitted:
+        if item.field != "traits":
+            assert item.field not in payload or item.field in ("email", "phone")
+
+
+def test_removed_fields_are_not_reported_as_omitted() -> None:
+    h = Harness(target(removed_fields=frozenset({"firstName", "dnd"})))
+    outcome = h.one(identify({**BASE, "firstName": True}, context={"consent": "x"}))
+    assert isinstance(outcome, ContactUpsert)
+    assert outcome.omitted == ()
+
+
+def test_omitted_fields_merge_without_repeats() -> None:
+    h = Harness()
+    first = h.one(identify({**BASE, "firstName": True}))
+    second = h.one(identify({**BASE, "firstName": True, "gender": 1}))
+    assert isinstance(first, ContactUpsert)
+    assert isinstance(second, ContactUpsert)
+    assert [o.field for o in first.merged_with(second).omitted] == ["firstName", "gender"]
+
+
+@pytest.mark.parametrize(
+    "context_traits",
+    [{"email": 42}, {"firstName": True, "company": 1}, {"consent": "x"}, "not an object"],
+)
+@pytest.mark.parametrize(
+    "event",
+    [{"type": "page", "userId": "u1"}, {"type": "track", "userId": "u1", "event": "Viewed"}],
+)
+def test_an_event_that_maps_to_nothing_is_not_mapped_whatever_its_traits_hold(
+    event: dict[str, Any], context_traits: object
+) -> None:
+    outcome = Harness().one({**event, "context": {"traits": context_traits, "consent": "?"}})
+    assert outcome == Drop(Reason.NOT_MAPPED, "default")
 
 
 def test_record_level_rejects_from_decode() -> None:
@@ -702,10 +986,27 @@ _trait_keys = st.sampled_from(
         "postal_code",
         "country",
         "website",
+        "firstname",
+        "Phone",
+        "zip",
+        "birthday",
+        "timezone",
+        "gender",
     ]
 )
 _good_values = st.sampled_from(
-    ["a@example.com", " B@Example.com", "+44 7700 900123", "(415) 555-0142", "GB", "us", "x", ""]
+    [
+        "a@example.com",
+        " B@Example.com",
+        "+44 7700 900123",
+        "(415) 555-0142",
+        "GB",
+        "us",
+        "x",
+        "",
+        "1990-09-25",
+        "Europe/London",
+    ]
 )
 # Mostly well-formed, sometimes junk: both the upsert path and every reject path get exercised.
 _trait_values = st.one_of(_good_values, _good_values, _good_values, st.text(max_size=12), _json)

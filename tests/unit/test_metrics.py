@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from consumer.core.events import Reason
+from consumer.core.events import OmitReason, Reason
 from consumer.engine.offsets import PartitionStats
 from consumer.engine.parking import ParkReason
 from consumer.engine.ports import Endpoint, RebalanceKind
@@ -108,6 +108,7 @@ EXPECTED_SERIES = {
     "ghl_profile_restore_seconds",
     "ghl_integration_healthy",
     "ghl_ignored_fields_total",
+    "ghl_fields_omitted_total",
     "ghl_buffered_records",
     "ghl_buffered_bytes",
     "ghl_requests_in_flight",
@@ -146,6 +147,14 @@ def test_consumed_skipped_dropped_rejected(metrics: Metrics) -> None:
     assert value(metrics, "ghl_events_rejected_total", reason="invalid_json") == 1
 
 
+def test_omitted_fields_by_field_and_reason(metrics: Metrics) -> None:
+    metrics.omitted_field("firstName", OmitReason.WRONG_TYPE)
+    metrics.omitted_field("firstName", OmitReason.WRONG_TYPE)
+    metrics.omitted_field("phone", OmitReason.NO_REGION)
+    assert value(metrics, "ghl_fields_omitted_total", field="firstName", reason="wrong_type") == 2
+    assert value(metrics, "ghl_fields_omitted_total", field="phone", reason="no_region") == 1
+
+
 def test_label_values_outside_configuration_collapse_to_other(metrics: Metrics) -> None:
     metrics.consumed("user-42@example.com")
     metrics.dropped("made-up reason")
@@ -154,6 +163,8 @@ def test_label_values_outside_configuration_collapse_to_other(metrics: Metrics) 
     metrics.http("unknown", Endpoint.UPSERT, answer(429))
     metrics.rate_wait("loc-unknown", 0.2)
     metrics.ignored_field("acme", "favouriteColour")
+    metrics.omitted_field("traits.favouriteColour", "made-up")
+    assert value(metrics, "ghl_fields_omitted_total", field=OTHER, reason=OTHER) == 1
     assert value(metrics, "ghl_events_consumed_total", topic=OTHER) == 1
     assert value(metrics, "ghl_events_dropped_total", reason=OTHER) == 1
     assert value(metrics, "ghl_events_rejected_total", reason=OTHER) == 1

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from consumer.core.events import OmitReason, Omitted
 from consumer.highlevel.verdicts import Answer, classify
 from consumer.observe.recent_deliveries import (
     DeliveryEntry,
@@ -84,6 +85,26 @@ def test_entry_holds_masked_payload_and_the_answer() -> None:
     text = json.dumps(entry.to_json())
     assert "sam@example.com" not in text
     assert "4155550142" not in text
+
+
+def test_entry_lists_the_fields_left_out_by_name_never_by_value() -> None:
+    debugger = RecentDeliveries(integrations=["acme"])
+    entry = debugger.record(
+        integration="acme",
+        location_id="loc",
+        endpoint="upsert",
+        events=["identify"],
+        contact_key="u1",
+        payload=GUIDE_PAYLOAD,
+        answer=answer(201),
+        attempts=1,
+        now=1.0,
+        omitted=(Omitted("dateOfBirth", OmitReason.INVALID, "traits.birthday"),),
+    )
+    assert entry.to_json()["omitted"] == [
+        {"field": "dateOfBirth", "reason": "invalid", "path": "traits.birthday"}
+    ]
+    assert record(debugger).to_json()["omitted"] == []
 
 
 def test_contact_key_and_highlevel_message_are_masked() -> None:

@@ -29,6 +29,9 @@ def _validator() -> jsonschema.Draft7Validator:
     for variant in schema["properties"]["customFields"]["items"]["anyOf"]:
         if variant["x-ref"] in ("NumericField", "MonetoryField"):
             variant["properties"]["field_value"]["type"] = "number"
+    # ``dateOfBirth`` is typed "object" too, while its description lists string formats
+    # (``YYYY-MM-DD`` and seven others) and its example is a string: read it as a string.
+    schema["properties"]["dateOfBirth"]["type"] = "string"
     return jsonschema.Draft7Validator(schema)
 
 
