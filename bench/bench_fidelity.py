@@ -52,7 +52,8 @@ the values were found, never the values, and in one of three classes:
 - ``envelope``: rejected as ``invalid_event`` (no user id), which the issue keeps a reject;
 - ``elsewhere``: every usable value sits where no trait table looks: nested deeper than a
   container's ``address`` (``properties.details.body.email``, ``context.traits.emails[0]``), an
-  email under a key that does not say ``email`` (``traits.user_name``), or ``properties`` of an
+  email under a key that does not name the contact's own email (``traits.user_name``,
+  ``traits.refiner_email``), or ``properties`` of an
   event other than track (the Segment spec puts an identify's identity in traits);
 - ``to_fix``: the others, which the mapping should upsert. The bar counts these.
 
@@ -194,6 +195,11 @@ def resolve_country(text: str) -> str | None:
     return code
 
 
+_OWN_EMAIL_KEYS = frozenset({"email", "emailaddress", "mail"})
+"""Keys that name the contact's own email. A prefixed key (``refiner_email``, ``billing_email``)
+names another tool's or purpose's address: a miss there is ``elsewhere``."""
+
+
 def _squash(key: str) -> str:
     return key.lower().replace("_", "").replace("-", "")
 
@@ -304,7 +310,7 @@ class Facts:
                         named.add(path)
                 elif isinstance(item, str) and _EMAIL.fullmatch(_clean_email(text)):
                     emails.append(path)
-                    if shallow and "email" in key.lower():
+                    if shallow and _squash(key) in _OWN_EMAIL_KEYS:
                         named.add(path)
         resolved = tuple(code for code in map(resolve_country, countries) if code is not None)
         explicit = set()

@@ -158,6 +158,8 @@ def test_a_payload_that_breaks_the_schema_is_listed_without_its_values() -> None
         ({"type": "identify", "traits": {"email": "sam@example.com"}},
          Reject(Reason.INVALID_EVENT, "no user"), "envelope"),
         (identify(user_name="sam@example.com"), NO_IDENTIFIER, "elsewhere"),
+        (identify(refiner_email="sam@example.com"), NO_IDENTIFIER, "elsewhere"),
+        (identify(Email_Address="sam@example.com"), NO_IDENTIFIER, "to_fix"),
         (identify(emails=[{"email": "sam@example.com"}]), NO_IDENTIFIER, "elsewhere"),
         ({"type": "identify", "userId": "u1", "properties": {"email": "sam@example.com"}},
          NO_IDENTIFIER, "elsewhere"),
