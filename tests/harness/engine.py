@@ -17,6 +17,7 @@ from consumer.core.events import Record
 from consumer.core.mapping import Mapper
 from consumer.core.profiles import InMemoryProfileStore
 from consumer.engine.engine import Engine, EngineOptions
+from consumer.engine.offsets import PartitionStats
 from consumer.observe.metrics import Metrics
 from consumer.observe.recent_deliveries import RecentDeliveries
 from consumer.ratelimit.budget import Budget
@@ -106,3 +107,23 @@ async def run_until(engine: Engine, done: Callable[[], bool], limit: float = 10.
 def committed(source: MemorySource, topic: str = "events", partition: int = 0) -> int | None:
     entry = source.committed.get((topic, partition))
     return entry[0] if entry else None
+
+
+def partition_stats(
+    partition: int = 0, *, incomplete: int = 0, commit: int | None = 10, committed: int | None = 10
+) -> PartitionStats:
+    """One partition's offset statistics as the tracker reports them (``offsets.PartitionStats``):
+    ``commit`` is the next commit point, ``committed`` the last one the broker confirmed."""
+    return PartitionStats(
+        topic="events",
+        partition=partition,
+        commit_offset=commit,
+        committed_offset=committed,
+        highest_admitted=None,
+        incomplete=incomplete,
+        pending=incomplete,
+        restored_remaining=0,
+        skipped_done=0,
+        truncated_offsets=0,
+        budget_fill=0.0,
+    )

@@ -33,7 +33,7 @@ import orjson
 import pytest
 
 from consumer.sandbox import Faults, run_sandbox
-from tests.harness.guide import GUIDE_IDENTIFY, GUIDE_LEAD
+from tests.harness.guide import GUIDE_IDENTIFY, GUIDE_LEAD, GUIDE_UPSERT
 from tests.harness.stream import (
     FAST_DELIVERY,
     FAULT_CYCLES,
@@ -148,16 +148,7 @@ async def test_guides_identify_then_lead_generated_costs_one_http_call(
     assert [(r["method"], r["path"], r["status"]) for r in requests] == [
         ("POST", "/contacts/upsert", 200)
     ]
-    assert requests[0]["body"] == {
-        "locationId": "ve9EPM428h8vShlRW1KT",
-        "email": "sam@example.com",
-        "phone": "+14155550142",
-        "firstName": "Sam",
-        "lastName": "Rivera",
-        "source": "Pricing Page Form",
-        "tags": ["website-lead"],
-        "dnd": False,
-    }
+    assert requests[0]["body"] == GUIDE_UPSERT
 
 
 async def test_no_offset_is_committed_before_its_event_is_delivered(

@@ -7,7 +7,6 @@ import re
 import pytest
 
 from consumer.core.events import OmitReason, Reason
-from consumer.engine.offsets import PartitionStats
 from consumer.engine.parking import ParkReason
 from consumer.engine.ports import Endpoint, RebalanceKind
 from consumer.highlevel.verdicts import Answer, classify
@@ -21,6 +20,7 @@ from consumer.observe.metrics import (
     status_class,
 )
 from consumer.ratelimit.budget import LimiterState
+from tests.harness.engine import partition_stats
 
 INTEGRATIONS = {"acme": "loc-acme", "beta": "loc-beta"}
 
@@ -45,24 +45,6 @@ def series_label_values(m: Metrics, label: str) -> set[str]:
         for sample in family.samples
         if label in sample.labels
     }
-
-
-def partition(
-    partition: int = 0, *, incomplete: int = 0, commit: int | None = 10, committed: int | None = 10
-) -> PartitionStats:
-    return PartitionStats(
-        topic="events",
-        partition=partition,
-        commit_offset=commit,
-        committed_offset=committed,
-        highest_admitted=None,
-        incomplete=incomplete,
-        pending=incomplete,
-        restored_remaining=0,
-        skipped_done=0,
-        truncated_offsets=0,
-        budget_fill=0.0,
-    )
 
 
 def limiter(
@@ -265,8 +247,8 @@ def test_profile_restore(metrics: Metrics) -> None:
 def test_refresh_sets_partition_limiter_and_process_gauges(metrics: Metrics) -> None:
     metrics.refresh(
         StateSnapshot(
-            partitions=[partition(0, incomplete=3, committed=100, commit=100),
-                        partition(1, committed=None, commit=5)],
+            partitions=[partition_stats(0, incomplete=3, committed=100, commit=100),
+                        partition_stats(1, committed=None, commit=5)],
             high_watermarks={("events", 0): 150, ("events", 1): 9},
             paused_partitions=1,
             limiters=[limiter("loc-acme", remaining=42, daily=199_000),
@@ -298,9 +280,9 @@ def test_refresh_sets_partition_limiter_and_process_gauges(metrics: Metrics) -> 
 
 
 def test_refresh_drops_series_of_partitions_no_longer_owned(metrics: Metrics) -> None:
-    metrics.refresh(StateSnapshot(partitions=[partition(0), partition(1)],
+    metrics.refresh(StateSnapshot(partitions=[partition_stats(0), partition_stats(1)],
                                   high_watermarks={("events", 1): 20}))
-    metrics.refresh(StateSnapshot(partitions=[partition(0)], limiters=[
+    metrics.refresh(StateSnapshot(partitions=[partition_stats(0)], limiters=[
         limiter("loc-beta", fallback=True)]))
     assert value(metrics, "ghl_partition_incomplete", topic="events", partition="0") == 0
     assert value(metrics, "ghl_partition_incomplete", topic="events", partition="1") is None

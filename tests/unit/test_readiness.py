@@ -5,28 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from consumer.engine.offsets import PartitionStats
 from consumer.engine.stats import EngineSnapshot
 from consumer.observe.readiness import Observed, Readiness, StallDetector
-from consumer.ratelimit.limiter import LimiterState
-
-
-def partition(
-    partition: int = 0, *, incomplete: int = 0, commit: int | None = 10
-) -> PartitionStats:
-    return PartitionStats(
-        topic="events",
-        partition=partition,
-        commit_offset=commit,
-        committed_offset=commit,
-        highest_admitted=None,
-        incomplete=incomplete,
-        pending=incomplete,
-        restored_remaining=0,
-        skipped_done=0,
-        truncated_offsets=0,
-        budget_fill=0.0,
-    )
+from consumer.ratelimit.budget import LimiterState
+from tests.harness.engine import partition_stats
 
 
 def test_readiness_reasons() -> None:
@@ -42,12 +24,18 @@ def test_readiness_reasons() -> None:
 
 def test_stall_needs_incomplete_work_and_no_progress_for_the_whole_period() -> None:
     detector = StallDetector(after_s=60)
-    busy = [partition(0, incomplete=5, commit=10), partition(1, incomplete=0, commit=3)]
+    busy = [
+        partition_stats(0, incomplete=5, commit=10),
+        partition_stats(1, incomplete=0, commit=3),
+    ]
     assert detector.check(busy, throttled=False, now=0) == ()
     assert detector.check(busy, throttled=False, now=59) == ()
     assert detector.check(busy, throttled=False, now=60) == (("events", 0),)
     # progress restarts the clock
-    moved = [partition(0, incomplete=5, commit=11), partition(1, incomplete=0, commit=3)]
+    moved = [
+        partition_stats(0, incomplete=5, commit=11),
+        partition_stats(1, incomplete=0, commit=3),
+    ]
     assert detector.check(moved, throttled=False, now=61) == ()
     assert detector.check(moved, throttled=False, now=120) == ()
     assert detector.check(moved, throttled=False, now=121) == (("events", 0),)
@@ -55,7 +43,7 @@ def test_stall_needs_incomplete_work_and_no_progress_for_the_whole_period() -> N
 
 def test_stall_clock_restarts_while_the_rate_limiter_holds_deliveries() -> None:
     detector = StallDetector(after_s=60)
-    waiting = [partition(0, incomplete=5, commit=10)]
+    waiting = [partition_stats(0, incomplete=5, commit=10)]
     detector.check(waiting, throttled=False, now=0)
     assert detector.check(waiting, throttled=True, now=100) == ()
     assert detector.check(waiting, throttled=False, now=150) == ()
@@ -64,10 +52,10 @@ def test_stall_clock_restarts_while_the_rate_limiter_holds_deliveries() -> None:
 
 def test_stall_forgets_revoked_partitions() -> None:
     detector = StallDetector(after_s=10)
-    detector.check([partition(0, incomplete=1)], throttled=False, now=0)
+    detector.check([partition_stats(0, incomplete=1)], throttled=False, now=0)
     detector.check([], throttled=False, now=5)
     # reassigned later: a fresh clock, not the old one
-    assert detector.check([partition(0, incomplete=1)], throttled=False, now=20) == ()
+    assert detector.check([partition_stats(0, incomplete=1)], throttled=False, now=20) == ()
 
 
 def test_stall_detector_rejects_a_non_positive_period() -> None:
@@ -127,7 +115,7 @@ def observed(engine: _Engine, *, stall_seconds: float = 60) -> Observed:
 async def test_the_scrape_state_comes_from_the_engine_snapshot() -> None:
     engine = _Engine(
         EngineSnapshot(
-            partitions=(partition(0, incomplete=2), partition(1)),
+            partitions=(partition_stats(0, incomplete=2), partition_stats(1)),
             paused_partitions=1,
             unhealthy=frozenset({"acme"}),
             buffered_records=7,
@@ -157,7 +145,7 @@ async def test_ready_when_assigned_and_reachable_not_before() -> None:
     probe = observed(engine)
     assert probe.readiness().reasons() == ["no partitions assigned"]
     engine.state = EngineSnapshot(
-        partitions=(partition(0),),
+        partitions=(partition_stats(0),),
         paused_partitions=0,
         unhealthy=frozenset(),
         buffered_records=0,

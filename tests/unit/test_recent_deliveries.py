@@ -15,17 +15,7 @@ from consumer.observe.recent_deliveries import (
     mask_payload,
     mask_text,
 )
-
-GUIDE_PAYLOAD = {
-    "locationId": "ve9EPM428h8vShlRW1KT",
-    "email": "sam@example.com",
-    "phone": "+14155550142",
-    "firstName": "Sam",
-    "lastName": "Rivera",
-    "source": "Pricing Page Form",
-    "tags": ["website-lead"],
-    "dnd": False,
-}
+from tests.harness.guide import GUIDE_UPSERT
 
 
 def answer(
@@ -61,7 +51,7 @@ def record(
         endpoint="upsert",
         events=events,
         contact_key=contact_key,
-        payload=GUIDE_PAYLOAD,
+        payload=GUIDE_UPSERT,
         answer=answer(status, message=message),
         attempts=1,
         now=now,
@@ -72,7 +62,7 @@ def test_entry_holds_masked_payload_and_the_answer() -> None:
     debugger = RecentDeliveries(integrations=["acme"])
     entry = record(debugger)
     assert entry.payload == {
-        **GUIDE_PAYLOAD,
+        **GUIDE_UPSERT,
         "email": "s***@example.com",
         "phone": "+1******0142",
     }
@@ -95,7 +85,7 @@ def test_entry_lists_the_fields_left_out_by_name_never_by_value() -> None:
         endpoint="upsert",
         events=["identify"],
         contact_key="u1",
-        payload=GUIDE_PAYLOAD,
+        payload=GUIDE_UPSERT,
         answer=answer(201),
         attempts=1,
         now=1.0,
