@@ -36,7 +36,7 @@ from consumer.sandbox.server import run_sandbox
 
 LOCATION_ID = "ve9EPM428h8vShlRW1KT"  # the integration guide's example location
 TOKEN = "demo-private-integration-token"  # noqa: S105 - the sandbox's own demo token
-LAUNCHER = Path(__file__).resolve().parent.parent / "tools" / "kafka" / "kafka.sh"
+LAUNCHER = Path(__file__).resolve().parents[2] / "tools" / "kafka" / "kafka.sh"
 PARTITIONS = 3
 
 
