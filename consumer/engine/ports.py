@@ -190,6 +190,8 @@ class EngineMetrics(Protocol):
 
     def ignored_field(self, integration: str, field_name: str) -> None: ...
 
+    def permanent_dnd_kept(self, integration: str, channel: str) -> None: ...
+
 
 class DeliveryRecorder(Protocol):
     """Remembers each HighLevel request for the Event Debugger

@@ -11,10 +11,16 @@ answer                             verdict          the engine then
 401 / 403                          UNAUTHORIZED     marks the integration unhealthy, parks
 400 / 422 / other 4xx              REJECTED         dead-letters with status, message, traceId
 =================================  ===============  =========================================
+
+One 400 is a field-level outcome, not a refusal of the update: HighLevel's ``Not authorized to
+update permanent dnd setting for SMS`` (``permanent_dnd_refusal``) says the contact has a DND
+HighLevel made permanent (an SMS STOP) and the request would lift it. The engine sends the
+same upsert again without ``dnd`` / ``dndSettings`` (``DND_FIELDS``), and that answer decides.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -69,6 +75,26 @@ class Answer:
         """The ``contact`` object of a successful upsert answer, if any."""
         contact = self.body.get("contact")
         return contact if isinstance(contact, dict) else None
+
+
+DND_FIELDS = frozenset({"dnd", "dndSettings"})
+"""The upsert fields that set do-not-disturb; what the engine leaves out when HighLevel keeps a
+permanent DND."""
+
+DND_CHANNELS = ("SMS", "Email", "WhatsApp", "GMB", "FB", "Call")
+"""HighLevel's DND channels (``dndSettings`` keys in the upsert schema)."""
+
+_PERMANENT_DND = re.compile(r"Not authorized to update permanent dnd setting for (\w+)", re.I)
+
+
+def permanent_dnd_refusal(answer: Answer) -> str | None:
+    """The channel (``"SMS"``) when ``answer`` is HighLevel's refusal to overwrite a permanent
+    DND (400 ``Not authorized to update permanent dnd setting for SMS``); None for any other
+    answer. A channel outside ``DND_CHANNELS`` is returned as written: the caller bounds it."""
+    if answer.status != 400:
+        return None
+    match = _PERMANENT_DND.search(answer.message)
+    return match.group(1) if match else None
 
 
 def ignored_fields(sent: Mapping[str, object], contact: Mapping[str, object] | None) -> list[str]:

@@ -32,6 +32,7 @@ ghl_profile_store_size                      gauge
 ghl_profile_restore_seconds                 gauge      (duration of the last restore)
 ghl_integration_healthy                     gauge      integration (0 while answering 401/403)
 ghl_ignored_fields_total                    counter    integration, field (HighLevel field names)
+ghl_permanent_dnd_kept_total                counter    integration, channel (``DND_CHANNELS``)
 ghl_buffered_records                        gauge
 ghl_buffered_bytes                          gauge      (keys, values, headers of those records)
 ghl_requests_in_flight                      gauge
@@ -62,7 +63,7 @@ from consumer.core.events import STANDARD_FIELDS, Reason
 from consumer.engine.offsets import PartitionStats
 from consumer.engine.parking import ParkReason
 from consumer.engine.ports import Endpoint, RebalanceKind
-from consumer.highlevel.verdicts import Answer
+from consumer.highlevel.verdicts import DND_CHANNELS, Answer
 from consumer.ratelimit.budget import LimiterState
 
 _V = TypeVar("_V")
@@ -267,6 +268,11 @@ class Metrics:
             "Fields sent that HighLevel's answer did not reflect.",
             ["integration", "field"],
         )
+        dnd_kept = counter(
+            "ghl_permanent_dnd_kept",
+            "Upserts HighLevel refused to lift a permanent DND for, sent again without dnd.",
+            ["integration", "channel"],
+        )
         self._buffered = gauge("ghl_buffered_records", "Records admitted and not done yet.")
         self._buffered_bytes = gauge(
             "ghl_buffered_bytes", "Bytes of the records admitted and not done yet."
@@ -294,6 +300,9 @@ class Metrics:
         }
         self._wait = {loc: wait.labels(loc) for loc in self._locations}
         self._429 = {loc: responses_429.labels(loc) for loc in self._locations}
+        self._dnd_kept = {
+            (i, c): dnd_kept.labels(i, c) for i in self._integrations for c in _bound(DND_CHANNELS)
+        }
         self._ignored = ignored  # children made on first use: field names are a closed set
         self._partition_labels: set[tuple[str, str]] = set()
         for integration in integrations:
@@ -382,6 +391,13 @@ class Metrics:
         integration = integration if integration in self._location_of else OTHER
         name = field_name if field_name in FIELD_NAMES else OTHER
         self._ignored.labels(integration, name).inc()
+
+    def permanent_dnd_kept(self, integration: str, channel: str) -> None:
+        """HighLevel refused to lift a permanent DND on ``channel``; the upsert went again
+        without ``dnd``."""
+        integration = integration if integration in self._location_of else OTHER
+        channel = channel if channel in DND_CHANNELS else OTHER
+        self._dnd_kept[integration, channel].inc()
 
     def profile_restored(self, seconds: float, size: int) -> None:
         """The profile store finished restoring: how long it took and what it holds."""

@@ -108,6 +108,7 @@ EXPECTED_SERIES = {
     "ghl_profile_restore_seconds",
     "ghl_integration_healthy",
     "ghl_ignored_fields_total",
+    "ghl_permanent_dnd_kept_total",
     "ghl_buffered_records",
     "ghl_buffered_bytes",
     "ghl_requests_in_flight",
@@ -154,6 +155,8 @@ def test_label_values_outside_configuration_collapse_to_other(metrics: Metrics) 
     metrics.http("unknown", Endpoint.UPSERT, answer(429))
     metrics.rate_wait("loc-unknown", 0.2)
     metrics.ignored_field("acme", "favouriteColour")
+    metrics.permanent_dnd_kept("acme", "Pigeon")
+    metrics.permanent_dnd_kept("nobody", "SMS")
     assert value(metrics, "ghl_events_consumed_total", topic=OTHER) == 1
     assert value(metrics, "ghl_events_dropped_total", reason=OTHER) == 1
     assert value(metrics, "ghl_events_rejected_total", reason=OTHER) == 1
@@ -162,6 +165,8 @@ def test_label_values_outside_configuration_collapse_to_other(metrics: Metrics) 
     assert value(metrics, "ghl_responses_429_total", location=OTHER) == 1
     assert value(metrics, "ghl_ratelimit_wait_seconds_count", location=OTHER) == 1
     assert value(metrics, "ghl_ignored_fields_total", integration="acme", field=OTHER) == 1
+    assert value(metrics, "ghl_permanent_dnd_kept_total", integration="acme", channel=OTHER) == 1
+    assert value(metrics, "ghl_permanent_dnd_kept_total", integration=OTHER, channel="SMS") == 1
     assert series_label_values(metrics, "topic") <= {"events", OTHER}
     assert series_label_values(metrics, "integration") <= {"acme", "beta", OTHER}
     assert series_label_values(metrics, "location") <= {"loc-acme", "loc-beta", OTHER}
