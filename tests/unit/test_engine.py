@@ -410,7 +410,8 @@ async def test_a_refused_permanent_dnd_resends_the_update_without_dnd(
     assert 'ghl_upserts_total{integration="default",status_class="4xx"} 1.0' in exposition
     logged = caplog.text
     assert "permanent SMS DND of contact s***@example.com" in logged
-    assert "sam@example.com" not in logged and TOKEN not in logged
+    assert "sam@example.com" not in logged
+    assert TOKEN not in logged
 
 
 async def test_other_400s_still_dead_letter_the_update() -> None:

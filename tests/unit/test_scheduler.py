@@ -212,16 +212,19 @@ def test_work_sharing_an_identity_with_work_in_flight_waits_for_it_then_goes_fir
     s.offer("identified", "loc", "e", 2, now=0.1)  # same email, another key
     s.offer("other", "loc", "x", 3, now=0.2)
     first = s.take("loc", now=1.0)
-    assert first is not None and first.key == "anonymous"
+    assert first is not None
+    assert first.key == "anonymous"
     other = s.take("loc", now=1.0)  # "identified" waits; the other contact does not
-    assert other is not None and other.key == "other"
+    assert other is not None
+    assert other.key == "other"
     assert s.take("loc", now=1.0) is None
     assert s.next_ready_at("loc") is None  # nothing schedulable until the holder finishes
     assert s.identity_waits == 1
     s.offer("later", "loc", "y", 4, now=1.1)
     s.complete(first)
     second = s.take("loc", now=2.0)
-    assert second is not None and second.key == "identified"  # its older ready time first
+    assert second is not None
+    assert second.key == "identified"
     assert (second.tickets, second.ready_at) == ([2], 0.1)
 
 
@@ -230,10 +233,12 @@ def test_a_retried_holder_releases_its_identities_and_waits_its_backoff() -> Non
     s.offer("k1", "loc", "e", 1, now=0.0)
     s.offer("k2", "loc", "e", 2, now=0.0)
     first = s.take("loc", now=0.0)
-    assert first is not None and s.take("loc", now=0.0) is None
+    assert first is not None
+    assert s.take("loc", now=0.0) is None
     s.retry(first, at=5.0)
     second = s.take("loc", now=0.0)
-    assert second is not None and second.key == "k2"
+    assert second is not None
+    assert second.key == "k2"
     assert s.take("loc", now=6.0) is None  # now k1 waits for k2
     s.complete(second)
     again = s.take("loc", now=6.0)
@@ -250,7 +255,8 @@ def test_identities_follow_what_folded_into_pending_work() -> None:
     assert holder is not None
     s.complete(holder)
     work = s.take("loc", now=0.0)
-    assert work is not None and (work.item, work.tickets) == ("ba", [2, 3])
+    assert work is not None
+    assert (work.item, work.tickets) == ("ba", [2, 3])
 
 
 def test_discarded_waiting_work_is_not_queued_again() -> None:
@@ -258,7 +264,8 @@ def test_discarded_waiting_work_is_not_queued_again() -> None:
     s.offer("k1", "loc", "a", 1, now=0.0)
     holder = s.take("loc", now=0.0)
     s.offer("k2", "loc", "a", 2, now=0.0)
-    assert holder is not None and s.take("loc", now=0.0) is None
+    assert holder is not None
+    assert s.take("loc", now=0.0) is None
     assert s.discard(lambda ticket: ticket != 2) == [2]
     s.complete(holder)
     assert s.take("loc", now=0.0) is None
