@@ -29,9 +29,9 @@ engine waits for it with ``wait_for_in_flight``); if it fails after all it is dr
 retried: a late re-send could set a contact back to an older state after the new owner
 delivered a newer one. Its not-yet-sent work is discarded (``forget_revoked``).
 
-Everything runs on the event loop thread; not thread-safe. Just over 500 lines: ``Dispatcher``
-is one work's whole path after the scheduler (lane, permit, send, settle, retry, park), and its
-state (works in flight, the parking state) is shared by every step of it.
+Everything runs on the event loop thread; not thread-safe. Near 600 lines: ``Dispatcher`` is
+one work's whole path after the scheduler (lane, permit, send, DND resend, settle, retry, park),
+and its state (works in flight, the parking state) is shared by every step of it.
 """
 
 from __future__ import annotations
