@@ -179,11 +179,6 @@ class Dispatcher:
         return self._scheduler.in_flight
 
     @property
-    def identity_waits(self) -> int:
-        """Times ready work waited for another key's upsert of the same HighLevel identity."""
-        return self._scheduler.identity_waits
-
-    @property
     def unhealthy(self) -> frozenset[str]:
         """Integration ids whose last answer was 401/403 (their events park)."""
         return self._parking_state.unhealthy
