@@ -15,9 +15,11 @@ Method
        ``ContactUpsert.merged_with`` into the expected contact per (integration, contact key).
     4. Read each configured location's contacts from the sandbox and find each expected
        contact by email, else phone. Every expected field must equal the contact's (email
-       compared case-insensitively, phone in E.164, ``dnd`` equal, custom fields by id); the
-       expected tags must all be on the contact. A missing contact or a differing field makes
-       the contact key and all its folded events unaccounted.
+       compared case-insensitively, phone in E.164, ``dnd`` equal unless HighLevel keeps a
+       permanent DND, custom fields by id after HighLevel's conversion by type); the expected
+       tags must all be on the contact, trimmed and lowercased as HighLevel stores them. A
+       missing contact or a differing field makes the contact key and all its folded events
+       unaccounted.
 
 Caveats (also in ``--help``)
     - HighLevel's own pitfalls show up as mismatches, and are reported as such: a field

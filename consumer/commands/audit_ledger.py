@@ -20,6 +20,7 @@ from consumer.core.deadletter import read_failure
 from consumer.core.events import ContactUpsert, Drop, Record, Reject
 from consumer.core.mapping import Mapper
 from consumer.engine.parking import parked_sources
+from consumer.highlevel.verdicts import custom_value_applied, tags_applied
 
 ContactKey = tuple[str, str]
 """(integration id, contact key): one expected HighLevel contact."""
@@ -179,8 +180,11 @@ class ExpectedContacts:
 
 def contact_mismatches(upsert: ContactUpsert, contact: Mapping[str, Any]) -> tuple[str, ...]:
     """Names of the expected fields ``contact`` (as HighLevel renders it) does not hold:
-    standard fields equal (email case-insensitively), every expected tag present, custom
-    fields equal by id. Empty when it matches."""
+    standard fields equal (email case-insensitively; ``dnd`` not compared while a channel of
+    the contact's ``dndSettings`` is ``permanent``: HighLevel keeps that DND and the consumer
+    then sends the update without ``dnd``), every expected tag present as HighLevel stores
+    tags (``tags_applied``: trimmed, lowercased), custom fields equal by id after HighLevel's
+    conversion by type (``custom_value_applied``). Empty when it matches."""
     wrong = []
     for name, value in upsert.fields.items():
         actual = contact.get(name)
@@ -190,11 +194,13 @@ def contact_mismatches(upsert: ContactUpsert, contact: Mapping[str, Any]) -> tup
                 and isinstance(value, str)
                 and (actual.lower() == value.lower())
             )
+        elif name == "dnd" and _permanent_dnd(contact):
+            same = True
         else:
             same = actual == value
         if not same:
             wrong.append(name)
-    if upsert.tags and not set(upsert.tags) <= set(contact.get("tags") or ()):
+    if upsert.tags and not tags_applied(list(upsert.tags), contact.get("tags")):
         wrong.append("tags")
     if upsert.custom_fields:
         held = {
@@ -204,9 +210,16 @@ def contact_mismatches(upsert: ContactUpsert, contact: Mapping[str, Any]) -> tup
         }
         for field_id, custom in upsert.custom_fields.items():
             want = list(custom) if isinstance(custom, tuple) else custom
-            if field_id not in held or held[field_id] != want:
+            if field_id not in held or not custom_value_applied(want, held[field_id]):
                 wrong.append(f"customFields.{field_id}")
     return tuple(wrong)
+
+
+def _permanent_dnd(contact: Mapping[str, Any]) -> bool:
+    settings = contact.get("dndSettings")
+    return isinstance(settings, Mapping) and any(
+        isinstance(s, Mapping) and s.get("status") == "permanent" for s in settings.values()
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,13 @@ Flow of an upsert once the engine has offered it (steps 3 and 4 of ``consumer.en
 3. ``deliver``: one worker task per lane takes ready work when the location's rate limiter
    grants a permit and a global in-flight slot is free, then sends it. The answer decides
    (``consumer.highlevel.verdicts``): completed, retried with backoff, parked, or dead-lettered.
+   Besides one work per contact key, the scheduler never has two upserts in flight for one
+   HighLevel identity (``upsert_identities``: the location with the email, with the phone):
+   an anonymous and an identified key, or two integrations of one location, carrying the same
+   new email would otherwise race, and HighLevel can create two contacts then. The second
+   waits for the first, and usually matches the contact it created.
+   HighLevel's refusal to lift a permanent DND (400, ``permanent_dnd_refusal``) is a
+   field-level outcome: counted, logged, and the upsert sent again without ``dnd``.
 4. ``complete``: a record is done when every outcome of it is done (``Ticket.settle``); its
    offset completes.
 
@@ -22,9 +29,9 @@ engine waits for it with ``wait_for_in_flight``); if it fails after all it is dr
 retried: a late re-send could set a contact back to an older state after the new owner
 delivered a newer one. Its not-yet-sent work is discarded (``forget_revoked``).
 
-Everything runs on the event loop thread; not thread-safe. Just over 500 lines: ``Dispatcher``
-is one work's whole path after the scheduler (lane, permit, send, settle, retry, park), and its
-state (works in flight, the parking state) is shared by every step of it.
+Everything runs on the event loop thread; not thread-safe. Near 600 lines: ``Dispatcher`` is
+one work's whole path after the scheduler (lane, permit, send, DND resend, settle, retry, park),
+and its state (works in flight, the parking state) is shared by every step of it.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from dataclasses import dataclass
 
 from consumer.core.deadletter import REJECTED_BY_HIGHLEVEL, Failure
 from consumer.core.events import ContactUpsert, Record
+from consumer.core.normalise import mask_email, mask_phone
 from consumer.engine.offsets import PartitionOffsets
 from consumer.engine.outbox import Outbox
 from consumer.engine.parking import ParkingState, ParkReason, decode_parked, encode_parked
@@ -54,7 +62,13 @@ from consumer.engine.scheduler import KeyedScheduler, Work
 from consumer.engine.stats import EngineStats
 from consumer.engine.tasks import TaskSet
 from consumer.errors import DailyBudgetExhausted
-from consumer.highlevel.verdicts import Answer, Verdict, ignored_fields
+from consumer.highlevel.verdicts import (
+    DND_FIELDS,
+    Answer,
+    Verdict,
+    ignored_fields,
+    permanent_dnd_refusal,
+)
 from consumer.ratelimit.limiter import Permit
 
 logger = logging.getLogger(__name__)
@@ -80,6 +94,18 @@ class Ticket:
 
 _Key = tuple[str, str, str]  # (integration id, contact key, "replay" or "")
 _Work = Work[ContactUpsert, Ticket]
+
+
+def upsert_identities(upsert: ContactUpsert) -> tuple[tuple[str, str, str], ...]:
+    """The identities HighLevel may match (or create) ``upsert``'s contact by:
+    ``(location, "email", email lowercased)`` and ``(location, "phone", phone)``, for those it
+    carries. Two upserts sharing one are never in flight together (``KeyedScheduler``)."""
+    fields, location = upsert.fields, upsert.location_id
+    email, phone = fields.get("email"), fields.get("phone")
+    if isinstance(email, str):
+        by_email = (location, "email", email.strip().lower())
+        return (by_email, (location, "phone", phone)) if isinstance(phone, str) else (by_email,)
+    return ((location, "phone", phone),) if isinstance(phone, str) else ()
 
 
 class Dispatcher:
@@ -130,7 +156,7 @@ class Dispatcher:
         self._rng = rng
         self._wall_clock = wall_clock
         self._scheduler: KeyedScheduler[ContactUpsert, Ticket] = KeyedScheduler(
-            window=coalesce_window, merge=ContactUpsert.merged_with
+            window=coalesce_window, merge=ContactUpsert.merged_with, identities=upsert_identities
         )
         self._parking_state = ParkingState(probe_interval=unauthorized_probe_interval)
         self._slots = asyncio.Semaphore(max_in_flight)
@@ -319,6 +345,9 @@ class Dispatcher:
             with permit:
                 answer = await self._sender.upsert(token=token, payload=payload)
             self._observe(work, Endpoint.UPSERT, payload, answer)
+            channel = permanent_dnd_refusal(answer)
+            if channel is not None and not DND_FIELDS.isdisjoint(payload):
+                payload, answer = await self._without_dnd(work, token, payload, channel)
             if answer.verdict is Verdict.DELIVERED:
                 self._check_answer(upsert, payload, answer)
             if answer.verdict is Verdict.DELIVERED and upsert.tags_to_add():
@@ -348,6 +377,42 @@ class Dispatcher:
                 ", ".join(ignored),
                 answer.trace_id,
             )
+
+    async def _without_dnd(
+        self, work: _Work, token: str, payload: Mapping[str, object], channel: str
+    ) -> tuple[dict[str, object], Answer]:
+        """HighLevel refused ``payload`` because the contact's ``channel`` DND is permanent:
+        count and log it (contact masked), and send the same upsert without ``dnd`` and
+        ``dndSettings``. Returns that payload and the answer that decides the work."""
+        upsert = work.item
+        self._stats.permanent_dnd_kept += 1
+        self._metrics.permanent_dnd_kept(upsert.integration_id, channel)
+        email, phone = upsert.fields.get("email"), upsert.fields.get("phone")
+        contact = (
+            mask_email(email)
+            if isinstance(email, str)
+            else mask_phone(phone) if isinstance(phone, str) else "(no email or phone)"
+        )
+        logger.warning(
+            "integration %s: HighLevel keeps the permanent %s DND of contact %s; sending the "
+            "update again without dnd",
+            upsert.integration_id,
+            channel,
+            contact,
+        )
+        without = {name: value for name, value in payload.items() if name not in DND_FIELDS}
+        try:
+            permit = await self._limiter.acquire(upsert.location_id)
+        except DailyBudgetExhausted as exhausted:
+            self._daily_spent(upsert.location_id, exhausted.until)
+            # Retried (then parked): the next attempt meets the same refusal and resends.
+            return without, Answer(
+                verdict=Verdict.RETRY, status=None, latency_s=0.0, error="daily budget"
+            )
+        with permit:
+            answer = await self._sender.upsert(token=token, payload=without)
+        self._observe(work, Endpoint.UPSERT, without, answer)
+        return without, answer
 
     async def _add_tags(self, work: _Work, token: str, upserted: Answer) -> Answer:
         """Add the upsert's tags to the contact HighLevel answered with; the answer that

@@ -192,6 +192,8 @@ class EngineMetrics(Protocol):
 
     def omitted_field(self, field_name: str, reason: str) -> None: ...
 
+    def permanent_dnd_kept(self, integration: str, channel: str) -> None: ...
+
 
 class DeliveryRecorder(Protocol):
     """Remembers each HighLevel request for the Event Debugger

@@ -12,6 +12,14 @@ Contract (what the engine relies on):
 - Within a key, items are applied in the order offered; a retried work keeps its place ahead of
   newer items (they merge *into* it, older first).
 - ``take`` hands out a lane's ready work, oldest ready time first.
+- Optionally, work also has *identities* (``identities(item)``: in the engine the HighLevel
+  location with the email, and with the phone, HighLevel matches a contact by). Two works
+  sharing an identity are never in flight together, whatever their keys: ready work whose
+  identity is held waits, out of its lane's queue, until the holder completes or is put back
+  for a retry; then it is queued again with its own ready time (so it usually goes next).
+  Identities must belong to one lane (the engine's include the location): releasing one only
+  readies work of the holder's lane. Holding is for the time in flight only, never while
+  waiting, so two works cannot wait on each other.
 
 Pure: no clock, no I/O. Every method that depends on time takes ``now`` (seconds, any monotonic
 origin). Not thread-safe: the engine calls it from the event loop thread only.
@@ -21,7 +29,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -48,6 +56,8 @@ class Work(Generic[T, K]):
     coalesced: int = 0
     first_taken_at: float | None = None
     _version: int = field(default=0, repr=False)
+    # identities(item), computed once per item (None: not yet, or the item changed).
+    _identities: tuple[Hashable, ...] | None = field(default=None, repr=False)
 
 
 @dataclass(slots=True)
@@ -61,14 +71,26 @@ class KeyedScheduler(Generic[T, K]):
 
     ``window`` (seconds, >= 0) is how long new work waits for more items to fold in before it is
     ready; 0 turns the window off (work still coalesces while it waits for a permit or for an
-    in-flight delivery of the same key).
+    in-flight delivery of the same key). ``identities`` (optional) gives an item's identities,
+    at most one work holding each in flight (module docstring); it must be cheap and pure.
     """
 
-    def __init__(self, *, window: float, merge: Callable[[T, T], T]) -> None:
+    def __init__(
+        self,
+        *,
+        window: float,
+        merge: Callable[[T, T], T],
+        identities: Callable[[T], Iterable[Hashable]] | None = None,
+    ) -> None:
         if window < 0:
             raise ValueError("window must be >= 0")
         self._window = window
         self._merge = merge
+        self._identities_of = identities
+        self._held: dict[Hashable, Work[T, K]] = {}  # identity -> the in-flight work holding it
+        # identity -> (key, version) of pending works waiting for it, oldest first
+        self._waiting: dict[Hashable, list[tuple[Hashable, int]]] = {}
+        self._identity_waits = 0
         self._keys: dict[Hashable, _KeyState[T, K]] = {}
         # lane -> heap of (ready_at, sequence, key, version); stale entries are skipped lazily.
         self._lanes: dict[Hashable, list[tuple[float, int, Hashable, int]]] = {}
@@ -87,6 +109,7 @@ class KeyedScheduler(Generic[T, K]):
         pending = state.pending
         if pending is not None:
             pending.item = self._merge(pending.item, item)
+            pending._identities = None
             pending.tickets.append(ticket)
             pending.coalesced += 1
             return True
@@ -108,6 +131,9 @@ class KeyedScheduler(Generic[T, K]):
         state.in_flight = head
         if head.first_taken_at is None:
             head.first_taken_at = now
+        if head._identities:
+            for identity in head._identities:
+                self._held[identity] = head
         self._in_flight += 1
         return head
 
@@ -121,7 +147,8 @@ class KeyedScheduler(Generic[T, K]):
         return None if head is None else head.ready_at
 
     def _head(self, lane: Hashable) -> Work[T, K] | None:
-        """The lane's earliest schedulable work, after dropping stale heap entries."""
+        """The lane's earliest schedulable work, after dropping stale heap entries and setting
+        aside work whose identity another work holds (``_release`` queues it again)."""
         heap = self._lanes.get(lane)
         while heap:
             _, _, key, version = heap[0]
@@ -133,8 +160,25 @@ class KeyedScheduler(Generic[T, K]):
                 and state.in_flight is None
                 and pending._version == version
             ):
-                return pending
+                if self._identities_of is None:
+                    return pending
+                identities = pending._identities
+                if identities is None:
+                    identities = pending._identities = tuple(self._identities_of(pending.item))
+                blocker = self._blocker(identities) if self._held else None
+                if blocker is None:
+                    return pending
+                self._waiting.setdefault(blocker, []).append((key, version))
+                self._identity_waits += 1
             heapq.heappop(heap)
+        return None
+
+    def _blocker(self, identities: tuple[Hashable, ...]) -> Hashable | None:
+        """The first of ``identities`` held by work in flight, else None."""
+        held = self._held
+        for identity in identities:
+            if identity in held:
+                return identity
         return None
 
     def lanes(self) -> Iterator[Hashable]:
@@ -160,6 +204,7 @@ class KeyedScheduler(Generic[T, K]):
         newer = state.pending
         if newer is not None:
             work.item = self._merge(work.item, newer.item)
+            work._identities = None
             work.tickets.extend(newer.tickets)
             work.coalesced += newer.coalesced + 1
         work.attempts += 1
@@ -174,7 +219,24 @@ class KeyedScheduler(Generic[T, K]):
             raise ValueError("work is not in flight")
         state.in_flight = None
         self._in_flight -= 1
+        if work._identities:
+            self._release(work)
         return state
+
+    def _release(self, work: Work[T, K]) -> None:
+        """``work`` is no longer in flight: free its identities and queue again the works
+        that waited for them (those still pending as they were set aside)."""
+        held, waiting = self._held, self._waiting
+        for identity in work._identities or ():
+            if held.get(identity) is work:
+                del held[identity]
+            if not waiting:
+                continue
+            for key, version in waiting.pop(identity, ()):
+                state = self._keys.get(key)
+                pending = state.pending if state is not None else None
+                if pending is not None and pending._version == version:
+                    self._schedule(pending)
 
     # -- removal --------------------------------------------------------------------------
 
@@ -216,6 +278,11 @@ class KeyedScheduler(Generic[T, K]):
     def keys(self) -> int:
         """Keys with pending or in-flight work."""
         return len(self._keys)
+
+    @property
+    def identity_waits(self) -> int:
+        """Times ready work was set aside because another work held one of its identities."""
+        return self._identity_waits
 
     def _schedule(self, work: Work[T, K]) -> None:
         work._version += 1

@@ -27,6 +27,7 @@ class EngineStats:
     parked: Counter[str] = field(default_factory=Counter)
     replayed: int = 0
     ignored_fields: Counter[str] = field(default_factory=Counter)
+    permanent_dnd_kept: int = 0  # upserts sent again without dnd (HighLevel kept its DND)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

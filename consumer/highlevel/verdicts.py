@@ -11,10 +11,18 @@ answer                             verdict          the engine then
 401 / 403                          UNAUTHORIZED     marks the integration unhealthy, parks
 400 / 422 / other 4xx              REJECTED         dead-letters with status, message, traceId
 =================================  ===============  =========================================
+
+One 400 is a field-level outcome, not a refusal of the update: HighLevel's ``Not authorized to
+update permanent dnd setting for SMS`` (``permanent_dnd_refusal``) says the contact has a DND
+HighLevel made permanent (an SMS STOP) and the request would lift it. The engine sends the
+same upsert again without ``dnd`` / ``dndSettings`` (``DND_FIELDS``), and that answer decides.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -71,14 +79,35 @@ class Answer:
         return contact if isinstance(contact, dict) else None
 
 
+DND_FIELDS = frozenset({"dnd", "dndSettings"})
+"""The upsert fields that set do-not-disturb; what the engine leaves out when HighLevel keeps a
+permanent DND."""
+
+DND_CHANNELS = ("SMS", "Email", "WhatsApp", "GMB", "FB", "Call")
+"""HighLevel's DND channels (``dndSettings`` keys in the upsert schema)."""
+
+_PERMANENT_DND = re.compile(r"Not authorized to update permanent dnd setting for (\w+)", re.I)
+
+
+def permanent_dnd_refusal(answer: Answer) -> str | None:
+    """The channel (``"SMS"``) when ``answer`` is HighLevel's refusal to overwrite a permanent
+    DND (400 ``Not authorized to update permanent dnd setting for SMS``); None for any other
+    answer. A channel outside ``DND_CHANNELS`` is returned as written: the caller bounds it."""
+    if answer.status != 400:
+        return None
+    match = _PERMANENT_DND.search(answer.message)
+    return match.group(1) if match else None
+
+
 def ignored_fields(sent: Mapping[str, object], contact: Mapping[str, object] | None) -> list[str]:
     """Names of the fields of ``sent`` (an upsert body) that HighLevel's returned ``contact``
     does not reflect: what it silently ignored (``docs/highlevel.md``, "Silently ignored
     fields": a phone belonging to another contact, ``gender`` on an existing contact, ...).
-    Emails compare case-insensitively, phones by their digits, ``tags`` as a subset (tag mode
-    ``upsert`` replaces, so all sent tags must be there), custom fields by id. Names only: never
-    values, so the result is safe to log. An answer
-    without a contact (an add-tags call) ignores nothing."""
+    Emails compare case-insensitively, phones by their digits, ``tags`` as a subset compared as
+    HighLevel stores tags (``tags_applied``: trimmed, lowercased; tag mode ``upsert`` replaces,
+    so all sent tags must be there), custom fields by id allowing HighLevel's conversion by
+    field type (``custom_value_applied``). Names only: never values, so the result is safe to
+    log. An answer without a contact (an add-tags call) ignores nothing."""
     if contact is None:
         return []
     ignored = []
@@ -87,8 +116,7 @@ def ignored_fields(sent: Mapping[str, object], contact: Mapping[str, object] | N
             continue
         got = contact.get(name)
         if name == "tags":
-            have = got if isinstance(got, list) else []
-            if not set(value if isinstance(value, list) else []) <= set(have):
+            if not tags_applied(value, got):
                 ignored.append(name)
         elif name == "customFields":
             returned = {
@@ -97,8 +125,8 @@ def ignored_fields(sent: Mapping[str, object], contact: Mapping[str, object] | N
                 if isinstance(item, dict)
             }
             for item in value if isinstance(value, list) else []:
-                if isinstance(item, dict) and returned.get(item.get("id")) != item.get(
-                    "field_value"
+                if isinstance(item, dict) and not custom_value_applied(
+                    item.get("field_value"), returned.get(item.get("id"))
                 ):
                     ignored.append(name)
                     break
@@ -119,3 +147,82 @@ def _same(name: str, sent: object, got: object) -> bool:
 
 def _digits(phone: str) -> str:
     return "".join(ch for ch in phone if ch.isdigit())
+
+
+def tags_applied(sent: object, have: object) -> bool:
+    """Whether every tag of ``sent`` (a list of strings) is among ``have`` (the contact's tags),
+    compared as HighLevel stores tags: trimmed and lowercased (``" VIP "`` is ``vip``)."""
+    return _tag_set(sent) <= _tag_set(have)
+
+
+def _tag_set(tags: object) -> set[str]:
+    if not isinstance(tags, list | tuple):
+        return set()
+    return {tag.strip().lower() for tag in tags if isinstance(tag, str)}
+
+
+def custom_value_applied(sent: object, got: object) -> bool:
+    """Whether ``got`` (a custom field's value in HighLevel's contact) is ``sent`` as HighLevel
+    stores it after converting by the field's type (docs/highlevel.md, "Known pitfalls"; the
+    sandbox's table in ``consumer.sandbox.custom_fields``). The consumer does not know the
+    field's type, so any conversion of that table counts as applied:
+
+    - a number and its text are one value (``12``, ``12.0``, ``"12"``, ``" 12 "``): a
+      ``NUMERICAL`` or ``MONETORY`` field parses the text, a ``TEXT`` field writes the number;
+    - a string and the one-item list of it (``CHECKBOX`` / ``MULTIPLE_OPTIONS``);
+    - a date in a ``dateOfBirth`` format (``YYYY/MM/DD``, ``MM/DD/YYYY``, separators ``/ - . _``)
+      or epoch milliseconds, and the ``YYYY-MM-DD`` HighLevel stores (``DATE``).
+
+    Picklist values are never respelt: ``"Gold"`` is not ``"gold"``."""
+    if sent == got and type(sent) is type(got):
+        return True
+    number = _number(sent)
+    if number is not None and number == _number(got):
+        return True
+    if isinstance(sent, str) and got == [sent]:
+        return True
+    if isinstance(got, str) and _ISO_DATE.fullmatch(got):
+        return _as_date(sent) == got
+    return False
+
+
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_DATE_YMD = re.compile(r"(\d{4})([/\-._])(\d{2})\2(\d{2})")
+_DATE_MDY = re.compile(r"(\d{2})([/\-._])(\d{2})\2(\d{4})")
+
+
+def _number(value: object) -> float | None:
+    """A finite number, or the number a string spells (JSON numbers only; booleans are not)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        if not _NUMBER.fullmatch(value.strip()):
+            return None
+        value = float(value)
+    if isinstance(value, int | float) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+_NUMBER = re.compile(r"-?\d+(\.\d+)?([eE][-+]?\d+)?")
+
+
+def _as_date(value: object) -> str | None:
+    """``YYYY-MM-DD`` of a ``dateOfBirth``-format string or of epoch milliseconds (UTC)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            return dt.datetime.fromtimestamp(value / 1000, dt.UTC).date().isoformat()
+        except (OverflowError, OSError, ValueError):
+            return None
+    if not isinstance(value, str):
+        return None
+    if match := _DATE_YMD.fullmatch(value):
+        year, month, day = match.group(1, 3, 4)
+    elif match := _DATE_MDY.fullmatch(value):
+        month, day, year = match.group(1, 3, 4)
+    else:
+        return None
+    try:
+        return dt.date(int(year), int(month), int(day)).isoformat()
+    except ValueError:
+        return None

@@ -35,6 +35,7 @@ ghl_ignored_fields_total                    counter    integration, field (HighL
 ghl_fields_omitted_total                    counter    field (``OMITTABLE_FIELDS``), reason
                                                        (``OmitReason``: wrong_type | too_long |
                                                        invalid | no_region)
+ghl_permanent_dnd_kept_total                counter    integration, channel (``DND_CHANNELS``)
 ghl_buffered_records                        gauge
 ghl_buffered_bytes                          gauge      (keys, values, headers of those records)
 ghl_requests_in_flight                      gauge
@@ -65,7 +66,7 @@ from consumer.core.events import OMITTABLE_FIELDS, STANDARD_FIELDS, OmitReason, 
 from consumer.engine.offsets import PartitionStats
 from consumer.engine.parking import ParkReason
 from consumer.engine.ports import Endpoint, RebalanceKind
-from consumer.highlevel.verdicts import Answer
+from consumer.highlevel.verdicts import DND_CHANNELS, Answer
 from consumer.ratelimit.budget import LimiterState
 
 _V = TypeVar("_V")
@@ -276,6 +277,11 @@ class Metrics:
             "Event fields left out of an upsert: wrong type, too long or invalid.",
             ["field", "reason"],
         )  # children made on first use: both labels are closed sets
+        dnd_kept = counter(
+            "ghl_permanent_dnd_kept",
+            "Upserts HighLevel refused to lift a permanent DND for, sent again without dnd.",
+            ["integration", "channel"],
+        )
         self._buffered = gauge("ghl_buffered_records", "Records admitted and not done yet.")
         self._buffered_bytes = gauge(
             "ghl_buffered_bytes", "Bytes of the records admitted and not done yet."
@@ -303,6 +309,9 @@ class Metrics:
         }
         self._wait = {loc: wait.labels(loc) for loc in self._locations}
         self._429 = {loc: responses_429.labels(loc) for loc in self._locations}
+        self._dnd_kept = {
+            (i, c): dnd_kept.labels(i, c) for i in self._integrations for c in _bound(DND_CHANNELS)
+        }
         self._ignored = ignored  # children made on first use: field names are a closed set
         self._partition_labels: set[tuple[str, str]] = set()
         for integration in integrations:
@@ -397,6 +406,13 @@ class Metrics:
         name = field_name if field_name in OMITTABLE_FIELDS else OTHER
         why = reason if reason in _OMIT_REASONS else OTHER
         self._omitted.labels(name, why).inc()
+
+    def permanent_dnd_kept(self, integration: str, channel: str) -> None:
+        """HighLevel refused to lift a permanent DND on ``channel``; the upsert went again
+        without ``dnd``."""
+        integration = integration if integration in self._location_of else OTHER
+        channel = channel if channel in DND_CHANNELS else OTHER
+        self._dnd_kept[integration, channel].inc()
 
     def profile_restored(self, seconds: float, size: int) -> None:
         """The profile store finished restoring: how long it took and what it holds."""

@@ -12,11 +12,12 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import aiohttp
 import orjson
 import pytest
 
 from consumer.sandbox.server import Sandbox, run_sandbox
-from consumer.sandbox.settings import Faults, RateLimits
+from consumer.sandbox.settings import DuplicateSettings, Faults, RateLimits
 from tests.harness.stream import audit_clean
 from tests.integration.consumer_harness import (
     committed_offsets,
@@ -222,3 +223,108 @@ tag_mode = "add"
     assert sorted(contact["tags"]) == ["pricing", "vip", "webinar"]
     assert all("tags" not in body for body in upsert_bodies)
     assert any(path.endswith("/tags") for path in paths)
+
+
+TWO_INTEGRATIONS_ONE_LOCATION = f"""
+[engine]
+coalesce_window_ms = 0
+max_in_flight = 64
+
+[delivery]
+rate_burst = 1000
+rate_sustained = 1000
+rate_interval_seconds = 1
+
+[[integrations]]
+id = "default"
+location_id = "{LOCATION}"
+access_token = {{ env = "GHL_ACCESS_TOKEN" }}
+
+[[integrations]]
+id = "second"
+location_id = "{LOCATION}"
+access_token = {{ env = "GHL_ACCESS_TOKEN" }}
+"""
+
+
+async def test_keys_and_integrations_sharing_an_email_never_race_into_two_contacts(
+    kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    # The live API can create two contacts for one new email when two upserts for it are in
+    # flight together; the sandbox's race mode does it every time (each upsert that finds no
+    # contact waits 150 ms, then creates one without looking again). Per person, an anonymous
+    # key and an identified key carry the same email, and two integrations of one location
+    # both receive every event: four upserts for one new email, all ready at once.
+    topic = new_topic(partitions=1)
+    people = 15
+    records = []
+    for person in range(people):
+        traits = {"email": f"person{person}@example.com", "first_name": "Pat"}
+        for key, who in ((f"anon-{person}", "anonymousId"), (f"user-{person}", "userId")):
+            event = {"type": "identify", who: key, "messageId": f"m-{key}", "traits": traits}
+            records.append((key.encode(), orjson.dumps(event)))
+    produce(kafka_bootstrap, topic, records)
+    config = tmp_path / "config.toml"
+    config.write_text(TWO_INTEGRATIONS_ONE_LOCATION)
+    async with run_sandbox(
+        locations={LOCATION: TOKEN},
+        limits=RateLimits(enforced=False),
+        duplicates=DuplicateSettings(race_window_ms=150),
+    ) as sandbox:
+        # GHL_CONFIG: the audit reads both integrations too
+        await _run_to_completion(
+            sandbox, kafka_bootstrap, topic, 1, config, extra_env={"GHL_CONFIG": str(config)}
+        )
+        upserts = [r for r in sandbox.requests if r["path"] == "/contacts/upsert"]
+        contacts = sandbox.contacts(LOCATION)
+    assert len(upserts) == 4 * people  # every event of both integrations was sent
+    assert all(r["status"] in (200, 201) for r in upserts)
+    emails = sorted(str(c["email"]) for c in contacts)
+    assert emails == sorted(f"person{p}@example.com" for p in range(people)), (
+        f"{len(contacts)} contacts for {people} emails: the upserts raced"
+    )
+
+
+async def test_a_permanent_dnd_is_kept_and_the_rest_of_the_update_applied(
+    kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    # Sam replied STOP: HighLevel made the SMS DND permanent. An event with marketing consent
+    # (dnd: false) is refused whole by HighLevel; the consumer sends it again without dnd.
+    topic = new_topic(partitions=1)
+    event = {
+        "type": "identify",
+        "userId": "lead-987",
+        "messageId": "m-dnd-1",
+        "traits": {"email": "sam@example.com", "first_name": "Samantha"},
+        "context": {"consent": {"canonical": {"marketing": True}}},
+    }
+    produce(kafka_bootstrap, topic, [(b"lead-987", orjson.dumps(event))])
+    config = tmp_path / "config.toml"
+    config.write_text(LIMITED)
+    async with run_sandbox(locations={LOCATION: TOKEN}) as sandbox:
+        sandbox.state.upsert(
+            sandbox.state.locations[LOCATION],
+            {"locationId": LOCATION, "email": "sam@example.com", "firstName": "Sam"},
+            0.0,
+        )
+        async with aiohttp.ClientSession() as http, http.put(
+            f"{sandbox.url}/_sandbox/dnd",
+            json={
+                "locationId": LOCATION,
+                "email": "sam@example.com",
+                "dndSettings": {"SMS": {"status": "permanent"}},
+            },
+        ) as response:
+            assert response.status == 200, await response.text()
+        [stderr] = await _run_to_completion(sandbox, kafka_bootstrap, topic, 1, config)
+        upserts = [r for r in sandbox.requests if r["path"] == "/contacts/upsert"]
+        [contact] = sandbox.contacts(LOCATION)
+    assert [r["status"] for r in upserts] == [400, 200]
+    assert upserts[0]["body"]["dnd"] is False
+    assert "dnd" not in upserts[1]["body"]
+    assert contact["firstName"] == "Samantha"  # the rest of the update was applied
+    assert contact["dndSettings"]["SMS"]["status"] == "permanent"
+    log = stderr.decode()
+    assert "HighLevel keeps the permanent SMS DND of contact s***@example.com" in log
+    assert "sam@example.com" not in log
+    assert TOKEN not in log

@@ -146,13 +146,20 @@ class StaticCredentials:
         return self.tokens[integration_id]
 
 
-def answer(status: int | None, body: Mapping[str, object] | None = None) -> Answer:
+PERMANENT_DND_REFUSAL = "Not authorized to update permanent dnd setting for SMS"
+
+
+def answer(
+    status: int | None,
+    body: Mapping[str, object] | None = None,
+    message: str = "property x should not exist",
+) -> Answer:
     return Answer(
         verdict=classify(status) if status is not None else Verdict.RETRY,
         status=status,
         latency_s=0.001,
         trace_id="trace-1",
-        message="" if status in (200, 201) else "property x should not exist",
+        message="" if status in (200, 201) else message,
         error=None if status is not None else "timeout",
         body=MappingProxyType(dict(body or {"contact": {"id": "c1"}})),
     )
@@ -160,7 +167,9 @@ def answer(status: int | None, body: Mapping[str, object] | None = None) -> Answ
 
 @dataclass
 class FakeHighLevel:
-    """Records every call; ``script`` decides each answer (default: 200)."""
+    """Records every call; ``script`` decides each answer (default: 200). ``permanent_dnd``:
+    emails whose contact has a permanent SMS DND: an upsert carrying ``dnd`` for one is answered
+    400 with HighLevel's refusal (and recorded in ``refused``)."""
 
     script: Callable[[Mapping[str, object]], int | None] = lambda payload: 200
     delay: Callable[[Mapping[str, object]], float] = lambda payload: 0.0
@@ -171,6 +180,8 @@ class FakeHighLevel:
     max_in_flight_per_contact: int = 0
     drops: frozenset[str] = frozenset()  # fields the answer leaves out, as if ignored
     calls: int = 0  # upsert requests received, answered or not
+    permanent_dnd: frozenset[str] = frozenset()
+    refused: list[dict[str, object]] = field(default_factory=list)
 
     async def upsert(self, *, token: str, payload: Mapping[str, object]) -> Answer:
         self.calls += 1
@@ -182,6 +193,9 @@ class FakeHighLevel:
         try:
             await asyncio.sleep(self.delay(payload))
             self.tokens.append(token)
+            if "dnd" in payload and payload.get("email") in self.permanent_dnd:
+                self.refused.append(dict(payload))
+                return answer(400, message=PERMANENT_DND_REFUSAL)
             status = self.script(payload)
             if status in (200, 201):
                 self.upserts.append(dict(payload))

@@ -302,6 +302,27 @@ def test_field_rules() -> None:
     assert contact_mismatches(upsert, {**contact, "dnd": True}) == ("dnd",)
     assert contact_mismatches(upsert, {**contact, "phone": "+14155550143"}) == ("phone",)
     assert contact_mismatches(upsert, {**contact, "tags": ["a"]}) == ("tags",)
+    # HighLevel stores tags trimmed and lowercased; converts custom values by field type
+    mixed = ContactUpsert(
+        integration_id="default",
+        location_id=LOCATION,
+        contact_key="u",
+        fields={"email": "sam@example.com"},
+        tags=(" VIP ", "Website-Lead"),
+        custom_fields={"seats": "12", "colours": "red"},
+    )
+    stored = {
+        "email": "sam@example.com",
+        "tags": ["vip", "website-lead"],
+        "customFields": [{"id": "seats", "value": 12}, {"id": "colours", "value": ["red"]}],
+    }
+    assert contact_mismatches(mixed, stored) == ()
+    assert contact_mismatches(mixed, {**stored, "tags": ["vip"]}) == ("tags",)
+    # HighLevel keeps a permanent DND whatever the event says: dnd is not a mismatch then
+    permanent = {**contact, "dnd": True, "dndSettings": {"SMS": {"status": "permanent"}}}
+    assert contact_mismatches(upsert, permanent) == ()
+    inactive = {**permanent, "dndSettings": {"SMS": {"status": "inactive"}}}
+    assert contact_mismatches(upsert, inactive) == ("dnd",)
     assert contact_mismatches(upsert, {**contact, "customFields": []}) == (
         "customFields.plan-id",
         "customFields.ints",

@@ -379,3 +379,58 @@ async def test_shutdown_drains_in_flight_work_then_commits() -> None:
     assert source.closed
 
 
+
+
+async def test_two_keys_carrying_one_email_are_never_in_flight_together() -> None:
+    # An anonymous id and a user id (two keys, so no key order between them) for each of 20
+    # people, each event slow to answer: without the identity lock both would be in flight.
+    events: list[tuple[str, dict[str, object]]] = []
+    for person in range(20):
+        traits = {"email": f"p{person}@example.com"}
+        anonymous = {"type": "identify", "anonymousId": f"anon-{person}", "traits": traits}
+        identified = {"type": "identify", "userId": f"user-{person}", "traits": traits}
+        events += [(f"anon-{person}", anonymous), (f"user-{person}", identified)]
+    source = MemorySource({("events", 0): records("events", 0, events)})
+    highlevel = FakeHighLevel(delay=lambda payload: 0.05)
+    engine = build(source, highlevel, max_in_flight=64)
+    await run_until(engine, lambda: committed(source) == len(events))
+    assert highlevel.max_in_flight_per_contact == 1
+    assert len(highlevel.upserts) == 40  # every event delivered, none folded across keys
+    assert engine.stats.delivered_events == 40
+
+
+async def test_a_refused_permanent_dnd_resends_the_update_without_dnd(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    source = MemorySource({("events", 0): records("events", 0, [("lead-987", GUIDE_IDENTIFY)])})
+    highlevel = FakeHighLevel(permanent_dnd=frozenset({"sam@example.com"}))
+    metrics = Metrics(integrations={"default": LOCATION}, topics=["events"])
+    sink = MemorySink()
+    engine = build(source, highlevel, metrics=metrics, sink=sink)
+    with caplog.at_level("WARNING"):
+        await run_until(engine, lambda: committed(source) == 1)
+    sent = {k: v for k, v in GUIDE_UPSERT.items() if k not in ("source", "tags")}
+    assert highlevel.refused == [sent]  # identify only: no source, no tags
+    assert highlevel.upserts == [{k: v for k, v in sent.items() if k != "dnd"}]
+    assert (engine.stats.permanent_dnd_kept, engine.stats.dead_lettered) == (1, 0)
+    assert engine.stats.ignored_fields == {}  # dnd was not sent the second time
+    assert sink.produced == []  # nothing dead-lettered
+    exposition = metrics.exposition().decode()
+    assert (
+        'ghl_permanent_dnd_kept_total{channel="SMS",integration="default"} 1.0' in exposition
+    )
+    assert 'ghl_upserts_total{integration="default",status_class="4xx"} 1.0' in exposition
+    logged = caplog.text
+    assert "permanent SMS DND of contact s***@example.com" in logged
+    assert "sam@example.com" not in logged
+    assert TOKEN not in logged
+
+
+async def test_other_400s_still_dead_letter_the_update() -> None:
+    source = MemorySource({("events", 0): records("events", 0, [("lead-987", GUIDE_IDENTIFY)])})
+    highlevel = FakeHighLevel(script=lambda payload: 400)
+    sink = MemorySink()
+    engine = build(source, highlevel, sink=sink)
+    await run_until(engine, lambda: committed(source) == 1)
+    assert (engine.stats.permanent_dnd_kept, engine.stats.dead_lettered) == (0, 1)
+    assert highlevel.calls == 1

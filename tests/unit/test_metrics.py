@@ -91,6 +91,7 @@ EXPECTED_SERIES = {
     "ghl_integration_healthy",
     "ghl_ignored_fields_total",
     "ghl_fields_omitted_total",
+    "ghl_permanent_dnd_kept_total",
     "ghl_buffered_records",
     "ghl_buffered_bytes",
     "ghl_requests_in_flight",
@@ -147,6 +148,8 @@ def test_label_values_outside_configuration_collapse_to_other(metrics: Metrics) 
     metrics.ignored_field("acme", "favouriteColour")
     metrics.omitted_field("traits.favouriteColour", "made-up")
     assert value(metrics, "ghl_fields_omitted_total", field=OTHER, reason=OTHER) == 1
+    metrics.permanent_dnd_kept("acme", "Pigeon")
+    metrics.permanent_dnd_kept("nobody", "SMS")
     assert value(metrics, "ghl_events_consumed_total", topic=OTHER) == 1
     assert value(metrics, "ghl_events_dropped_total", reason=OTHER) == 1
     assert value(metrics, "ghl_events_rejected_total", reason=OTHER) == 1
@@ -155,6 +158,8 @@ def test_label_values_outside_configuration_collapse_to_other(metrics: Metrics) 
     assert value(metrics, "ghl_responses_429_total", location=OTHER) == 1
     assert value(metrics, "ghl_ratelimit_wait_seconds_count", location=OTHER) == 1
     assert value(metrics, "ghl_ignored_fields_total", integration="acme", field=OTHER) == 1
+    assert value(metrics, "ghl_permanent_dnd_kept_total", integration="acme", channel=OTHER) == 1
+    assert value(metrics, "ghl_permanent_dnd_kept_total", integration=OTHER, channel="SMS") == 1
     assert series_label_values(metrics, "topic") <= {"events", OTHER}
     assert series_label_values(metrics, "integration") <= {"acme", "beta", OTHER}
     assert series_label_values(metrics, "location") <= {"loc-acme", "loc-beta", OTHER}

@@ -193,3 +193,149 @@ def test_any_interleaving_keeps_key_order_and_one_in_flight_per_key(
             delivered.setdefault(str(work.key), []).extend(work.tickets)
     assert delivered == offered
     assert (s.keys, s.tickets, s.in_flight) == (0, 0, 0)
+
+
+# -- identities: no two works sharing one in flight ---------------------------------------------
+
+
+def _letters(item: str) -> set[str]:
+    return set(item)  # each letter of an item is an identity (an email, say)
+
+
+def with_identities(window: float = 0.0) -> KeyedScheduler[str, int]:
+    return KeyedScheduler(window=window, merge=_concat, identities=_letters)
+
+
+def test_work_sharing_an_identity_with_work_in_flight_waits_for_it_then_goes_first() -> None:
+    s = with_identities()
+    s.offer("anonymous", "loc", "e", 1, now=0.0)
+    s.offer("identified", "loc", "e", 2, now=0.1)  # same email, another key
+    s.offer("other", "loc", "x", 3, now=0.2)
+    first = s.take("loc", now=1.0)
+    assert first is not None
+    assert first.key == "anonymous"
+    other = s.take("loc", now=1.0)  # "identified" waits; the other contact does not
+    assert other is not None
+    assert other.key == "other"
+    assert s.take("loc", now=1.0) is None
+    assert s.next_ready_at("loc") is None  # nothing schedulable until the holder finishes
+    assert s.identity_waits == 1
+    s.offer("later", "loc", "y", 4, now=1.1)
+    s.complete(first)
+    second = s.take("loc", now=2.0)
+    assert second is not None
+    assert second.key == "identified"
+    assert (second.tickets, second.ready_at) == ([2], 0.1)
+
+
+def test_a_retried_holder_releases_its_identities_and_waits_its_backoff() -> None:
+    s = with_identities()
+    s.offer("k1", "loc", "e", 1, now=0.0)
+    s.offer("k2", "loc", "e", 2, now=0.0)
+    first = s.take("loc", now=0.0)
+    assert first is not None
+    assert s.take("loc", now=0.0) is None
+    s.retry(first, at=5.0)
+    second = s.take("loc", now=0.0)
+    assert second is not None
+    assert second.key == "k2"
+    assert s.take("loc", now=6.0) is None  # now k1 waits for k2
+    s.complete(second)
+    again = s.take("loc", now=6.0)
+    assert again is first
+
+
+def test_identities_follow_what_folded_into_pending_work() -> None:
+    s = with_identities()
+    s.offer("k1", "loc", "a", 1, now=0.0)
+    holder = s.take("loc", now=0.0)
+    s.offer("k2", "loc", "b", 2, now=0.0)
+    s.offer("k2", "loc", "a", 3, now=0.0)  # k2 now also carries "a"
+    assert s.take("loc", now=0.0) is None
+    assert holder is not None
+    s.complete(holder)
+    work = s.take("loc", now=0.0)
+    assert work is not None
+    assert (work.item, work.tickets) == ("ba", [2, 3])
+
+
+def test_discarded_waiting_work_is_not_queued_again() -> None:
+    s = with_identities()
+    s.offer("k1", "loc", "a", 1, now=0.0)
+    holder = s.take("loc", now=0.0)
+    s.offer("k2", "loc", "a", 2, now=0.0)
+    assert holder is not None
+    assert s.take("loc", now=0.0) is None
+    assert s.discard(lambda ticket: ticket != 2) == [2]
+    s.complete(holder)
+    assert s.take("loc", now=0.0) is None
+    assert (s.keys, s.tickets, s.in_flight) == (0, 0, 0)
+
+
+identity_operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("offer"), st.integers(0, 4), st.integers(0, 2)),
+        st.tuples(st.just("take"), st.integers(0, 1), st.just(0)),
+        st.tuples(st.just("complete"), st.integers(0, 50), st.just(0)),
+        st.tuples(st.just("retry"), st.integers(0, 50), st.just(0)),
+        st.tuples(st.just("tick"), st.just(0), st.just(0)),
+    ),
+    max_size=120,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(identity_operations)
+def test_any_interleaving_never_flies_two_works_sharing_an_identity(
+    ops: list[tuple[str, int, int]],
+) -> None:
+    lane_of = {f"k{i}": f"lane{i % 2}" for i in range(5)}
+    # item: ((ticket, identity), ...); an identity is (lane, n), as the engine's carry a location
+    s: KeyedScheduler[tuple[tuple[int, tuple[str, int]], ...], int] = KeyedScheduler(
+        window=0.0,
+        merge=lambda a, b: a + b,
+        identities=lambda item: {identity for _, identity in item},
+    )
+    now, next_ticket = 0.0, 0
+    offered: dict[str, list[int]] = {}
+    delivered: dict[str, list[int]] = {}
+    flying: list[Work[tuple[tuple[int, tuple[str, int]], ...], int]] = []
+
+    def take(lane: str) -> bool:
+        work = s.take(lane, now=now)
+        if work is None:
+            return False
+        mine = {identity for _, identity in work.item}
+        for other in flying:
+            assert mine.isdisjoint(identity for _, identity in other.item), "shared identity"
+        flying.append(work)
+        return True
+
+    for op, a, b in ops:
+        if op == "offer":
+            key = f"k{a}"
+            item = ((next_ticket, (lane_of[key], b)),)
+            s.offer(key, lane_of[key], item, next_ticket, now=now)
+            offered.setdefault(key, []).append(next_ticket)
+            next_ticket += 1
+        elif op == "take":
+            take(f"lane{a}")
+        elif op in ("complete", "retry") and flying:
+            work = flying.pop(a % len(flying))
+            if op == "complete":
+                s.complete(work)
+                delivered.setdefault(str(work.key), []).extend(work.tickets)
+            else:
+                s.retry(work, at=now + 0.5)
+        elif op == "tick":
+            now += 0.75
+    now += 10
+    while flying or s.keys:  # drain: nothing may be stranded behind a released identity
+        while take("lane0") or take("lane1"):
+            pass
+        assert flying, "pending work left that nothing will ever release"
+        work = flying.pop(0)
+        s.complete(work)
+        delivered.setdefault(str(work.key), []).extend(work.tickets)
+    assert delivered == offered
+    assert (s.keys, s.tickets, s.in_flight) == (0, 0, 0)
