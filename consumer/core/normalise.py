@@ -53,6 +53,13 @@ _PLAIN_EMAIL: Final = re.compile(
     r"@(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}"
 )
 _SPECIAL_USE: Final = frozenset(email_validator.SPECIAL_USE_DOMAIN_NAMES)
+# Where HighLevel is stricter than email-validator (it checks like validator.js isEmail, see
+# docs/highlevel.md "Known pitfalls"): at most 64 bytes before the @, a top-level domain of two
+# letters or more (or IDNA ``xn--``), and non-ASCII local-part characters only in isEmail's
+# ranges (no astral characters such as emoji).
+_MAX_LOCAL_BYTES = 64
+_TLD: Final = re.compile(r"[a-z]{2,63}|xn--[a-z0-9-]{2,59}")
+_LOCAL_CHARS: Final = re.compile(r"[\x21-\x7e\u00a1-\ud7ff\uf900-\ufdcf\ufdf0-\uffef]+")
 
 
 def normalise_text(value: str) -> str | None:
@@ -66,7 +73,8 @@ def normalise_email(value: str) -> str | None:
     """The address HighLevel should store, lowercased: ``mailto:`` (and any ``?query``) and
     invisible characters (zero-width spaces, soft hyphens, BOMs) removed, the syntax checked
     by email-validator without DNS (``peter..gibbons@example.com``, special-use domains such
-    as ``.test`` fail), an internationalised domain in its ASCII (IDNA) form. None when
+    as ``.test`` fail) and no looser than HighLevel's isEmail (64 bytes before the @, a TLD of
+    two letters or more), an internationalised domain in its ASCII (IDNA) form. None when
     invalid. Cached (bounded): a full check costs about 20 us."""
     text = value.translate(_INVISIBLE).strip()
     if text[:7].casefold() == "mailto:":
@@ -79,13 +87,25 @@ def normalise_email(value: str) -> str | None:
         and "--" not in lowered.partition("@")[2]
         and lowered.rpartition(".")[2] not in _SPECIAL_USE
     ):
-        return lowered  # what email-validator would answer (a property test checks it)
+        return lowered  # what the full check would answer (a property test checks it)
+    return _checked_email(text)
+
+
+def _checked_email(text: str) -> str | None:
+    """The full check of ``normalise_email`` (without its fast path): email-validator, then
+    where HighLevel is stricter."""
     try:
         checked = email_validator.validate_email(text, check_deliverability=False)
     except email_validator.EmailNotValidError:
         return None
-    email: str = checked.ascii_email or checked.normalized
-    return email.lower()
+    local, domain = checked.local_part, checked.ascii_domain
+    if (
+        len(local.encode()) > _MAX_LOCAL_BYTES
+        or _TLD.fullmatch(domain.rpartition(".")[2].lower()) is None
+        or _LOCAL_CHARS.fullmatch(local) is None
+    ):
+        return None  # email-validator accepts it, HighLevel (validator.js isEmail) would not
+    return f"{local}@{domain}".lower()
 
 
 # HighLevel's dateOfBirth formats (year first or month first; separators / - . _), and ISO
