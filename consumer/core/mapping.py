@@ -243,8 +243,12 @@ class Mapper:
             source = target.static_source or source or target.default_source
             if source is not None:
                 fields["source"] = source
-            if target.static_tags:
-                tags = tuple(dict.fromkeys((*target.static_tags, *tags)))
+            # As HighLevel stores them (trimmed, lowercased): what is sent is what it keeps.
+            tags = tuple(
+                dict.fromkeys(
+                    tag for t in (*target.static_tags, *tags) if (tag := t.strip().lower())
+                )
+            )
             category = target.consent_category
             granted = decisions.get(category, stored.consent.get(category))
             if granted is False or (granted and target.consent_mode is ConsentMode.BOTH):

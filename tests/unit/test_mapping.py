@@ -759,6 +759,14 @@ def test_static_tags_go_on_every_upsert_with_the_events_own() -> None:
     assert "tags" not in removed.payload(identify(BASE))
 
 
+def test_tags_are_sent_as_highlevel_stores_them_trimmed_and_lowercased() -> None:
+    h = Harness(target(static_tags=("Website",)))
+    lead = h.payload(track("Lead Generated", {**BASE, "lead_tag": "  Pricing-Page "}))
+    assert lead["tags"] == ["website", "pricing-page"]
+    shouting = track("Lead Generated", {**BASE, "lead_tag": "WEBSITE"})
+    assert h.payload(shouting)["tags"] == ["website"]
+
+
 LEAD_FROM_FORM = track("Lead Generated", {**BASE, "source": "Form"})
 
 
