@@ -16,6 +16,7 @@ import aiohttp
 import orjson
 import pytest
 
+from consumer.sandbox.custom_fields import FieldDefinition
 from consumer.sandbox.server import Sandbox, run_sandbox
 from consumer.sandbox.settings import DuplicateSettings, Faults, RateLimits
 from tests.harness.stream import audit_clean
@@ -328,3 +329,45 @@ async def test_a_permanent_dnd_is_kept_and_the_rest_of_the_update_applied(
     assert "HighLevel keeps the permanent SMS DND of contact s***@example.com" in log
     assert "sam@example.com" not in log
     assert TOKEN not in log
+
+
+async def test_tags_and_converted_custom_values_are_not_reported_as_ignored(
+    kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    # HighLevel stores tags lowercased and converts a custom value by its field's type: the
+    # consumer sends tags as HighLevel keeps them, and a "12" stored as 12 is applied, not
+    # "silently ignored" (issue 18).
+    topic = new_topic(partitions=1)
+    event = {
+        "type": "track",
+        "userId": "lead-987",
+        "messageId": "m-tags-1",
+        "event": "Lead Generated",
+        "context": {"traits": {"email": "sam@example.com"}},
+        "properties": {"lead_tag": " Webinar ", "score": "12"},
+    }
+    produce(kafka_bootstrap, topic, [(b"lead-987", orjson.dumps(event))])
+    config = tmp_path / "config.toml"
+    config.write_text(
+        LIMITED
+        + f"""
+[[integrations]]
+id = "default"
+location_id = "{LOCATION}"
+access_token = {{ env = "GHL_ACCESS_TOKEN" }}
+
+[[integrations.fields.custom]]
+id = "cfScore"
+source = "properties.score"
+"""
+    )
+    score = FieldDefinition(id="cfScore", data_type="NUMERICAL", field_key="contact.score")
+    async with run_sandbox(locations={LOCATION: TOKEN}, custom_fields=[score]) as sandbox:
+        [stderr] = await _run_to_completion(sandbox, kafka_bootstrap, topic, 1, config)
+        [upsert] = [r for r in sandbox.requests if r["path"] == "/contacts/upsert"]
+        [contact] = sandbox.contacts(LOCATION)
+    assert upsert["body"]["tags"] == ["webinar"]
+    assert upsert["body"]["customFields"] == [{"id": "cfScore", "field_value": "12"}]
+    assert contact["tags"] == ["webinar"]
+    assert contact["customFields"] == [{"id": "cfScore", "value": 12}]
+    assert "did not apply" not in stderr.decode()
