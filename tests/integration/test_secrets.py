@@ -87,7 +87,10 @@ PEOPLE = [  # (user, email, phone as typed, its digits)
 ]
 PARKED = [(f"pk-{i}", f"parked.person{i}@example.com", f"+1 415 555 02{i:02d}", f"41555502{i:02d}")
           for i in range(2)]
-REJECTED_EMAIL = "reject.me@example.c0m"  # the consumer's syntax check passes, HighLevel's 422s
+REJECTED_EMAIL = "reject.me@example.com"  # its plan is not in the picklist: HighLevel 422s
+PICKLIST = {"customFields": [
+    {"id": "cfPlan", "dataType": "SINGLE_OPTIONS", "picklistOptions": ["gold", "silver"]}
+]}
 BROKEN_EMAIL = "broken.json@example.com"
 EMAILS = [p[1] for p in PEOPLE + PARKED] + [REJECTED_EMAIL, BROKEN_EMAIL]
 # Each phone number as typed, in E.164, and in the usual national spellings; masked, only its
@@ -99,12 +102,12 @@ PHONES = [
 ]
 
 
-def identify(user: str, app: str, email: str, phone: str) -> tuple[bytes, bytes]:
+def identify(user: str, app: str, email: str, phone: str, **traits: str) -> tuple[bytes, bytes]:
     event = {
         "type": "identify",
         "userId": user,
         "messageId": f"m-{uuid.uuid4().hex}",
-        "traits": {"email": email, "phone": phone, "firstName": "Canary"},
+        "traits": {"email": email, "phone": phone, "firstName": "Canary", **traits},
         "context": {"app": {"name": app}},
     }
     return user.encode(), orjson.dumps(event)
@@ -113,11 +116,11 @@ def identify(user: str, app: str, email: str, phone: str) -> tuple[bytes, bytes]
 FIRST_BATCH = [
     *(identify(user, "shop", email, phone) for user, email, phone, _ in PEOPLE[:6]),
     *(identify(user, "legacy", email, phone) for user, email, phone, _ in PARKED),
-    identify("rj-1", "shop", REJECTED_EMAIL, ""),
+    identify("rj-1", "shop", REJECTED_EMAIL, "", plan="platinum"),
     (b"broken", b'{"type": "identify", "userId": "broken", "traits": {"email": "'
      + BROKEN_EMAIL.encode() + b'"'),
-    (b"typed", orjson.dumps({"type": "identify", "userId": "typed",
-                             "traits": {"email": 12345, "phone": PEOPLE[7][2]},
+    (b"typed", orjson.dumps({"type": "identify", "userId": "typed",  # traits not an object
+                             "traits": [12345, PEOPLE[7][2]],
                              "context": {"app": {"name": "shop"}}})),
     (b"binary", b"\xff\xfe\x00not json"),
 ]
@@ -150,6 +153,10 @@ id = "ok"
 location_id = "{OK_LOCATION}"
 access_token = {{ file = "{token_file}" }}
 default_phone_region = "US"
+
+[[integrations.fields.custom]]
+id = "cfPlan"
+source = "traits.plan"
 
 [integrations.routing]
 field = "context.app.name"
@@ -280,8 +287,10 @@ async def test_no_secret_in_any_output_channel_and_no_personal_data_in_the_logs(
 
     produce(kafka.bootstrap, topic, FIRST_BATCH)
     # Every request fails (5xx, hang, or reset after applying) until each kind was retried.
+    fields = tmp_path / "custom-fields.json"
+    fields.write_bytes(orjson.dumps(PICKLIST))
     sandbox, url = await start_sandbox(
-        locations, "--state-file", str(state), "--seed", "7",
+        locations, "--state-file", str(state), "--seed", "7", "--custom-fields", str(fields),
         "--fail-rate", "0.34", "--hang-rate", "0.33", "--reset-rate", "0.33",
     )
     consumer = await start_consumer(
