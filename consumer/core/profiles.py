@@ -69,6 +69,27 @@ class Profile:
 EMPTY_PROFILE: Final = Profile()
 
 
+class EmailHolders:
+    """The keys whose latest profile holds one email, fed a changelog in order (``ghl-consumer
+    forget --email``). ``email`` must be normalised as profiles store it (``normalise_email``).
+    A record that is not a profile is left out (it holds no email this can read)."""
+
+    def __init__(self, email: str) -> None:
+        self._email = email
+        self.keys: set[str] = set()
+
+    def feed(self, key: str, value: bytes | None) -> None:
+        """Apply one changelog record (None: a tombstone)."""
+        try:
+            held = value is not None and Profile.from_bytes(value).fields.get("email")
+        except ProfileDecodeError:
+            held = None
+        if held == self._email:
+            self.keys.add(key)
+        else:
+            self.keys.discard(key)
+
+
 class ProfileStore(Protocol):
     """Profiles by user key (record key, else userId, else anonymousId).
 
@@ -160,6 +181,11 @@ class ChangelogProfileStore(InMemoryProfileStore):
             self._unconfirmed[key] = left
         else:
             self._unconfirmed.pop(key, None)
+
+    def forget(self, key: str) -> bool:
+        """Erase ``key``'s profile from memory (a tombstone written by ``ghl-consumer forget``),
+        even with a write of ours unconfirmed: erasure wins. Returns whether one was held."""
+        return self._profiles.pop(key, None) is not None
 
     def restore(self, key: str, value: bytes | None) -> bool:
         """Apply one changelog record (None: a tombstone). Returns False when skipped (a write
