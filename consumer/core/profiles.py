@@ -69,25 +69,29 @@ class Profile:
 EMPTY_PROFILE: Final = Profile()
 
 
-class EmailHolders:
-    """The keys whose latest profile holds one email, fed a changelog in order (``ghl-consumer
-    forget --email``). ``email`` must be normalised as profiles store it (``normalise_email``).
-    A record that is not a profile is left out (it holds no email this can read)."""
+class PersonProfiles:
+    """One person's profiles, found by feeding a changelog in order (``ghl-consumer forget``):
+    the profile under ``key`` and every profile whose email is ``email`` (normalised as
+    profiles store it, ``normalise_email``), each as its latest record leaves it. A record that
+    is not a profile is skipped (it holds nothing this can read)."""
 
-    def __init__(self, email: str) -> None:
+    def __init__(self, *, key: str | None = None, email: str | None = None) -> None:
+        self._key = key
         self._email = email
-        self.keys: set[str] = set()
+        self.profiles: dict[str, Profile] = {}
 
     def feed(self, key: str, value: bytes | None) -> None:
         """Apply one changelog record (None: a tombstone)."""
         try:
-            held = value is not None and Profile.from_bytes(value).fields.get("email")
+            profile = Profile.from_bytes(value) if value is not None else None
         except ProfileDecodeError:
-            held = None
-        if held == self._email:
-            self.keys.add(key)
+            return
+        if profile is not None and (
+            key == self._key or (self._email and profile.fields.get("email") == self._email)
+        ):
+            self.profiles[key] = profile
         else:
-            self.keys.discard(key)
+            self.profiles.pop(key, None)
 
 
 class ProfileStore(Protocol):

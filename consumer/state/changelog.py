@@ -26,7 +26,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-from consumer.core.profiles import ChangelogProfileStore
+from consumer.core.profiles import ChangelogProfileStore, PersonProfiles, Profile
 from consumer.errors import KafkaAdapterError, ProfileDecodeError
 from consumer.kafka.clients import Setting
 from consumer.kafka.reader import PartitionRange, TopicReader
@@ -143,3 +143,27 @@ class ProfileChangelog:
         for r in ranges:
             read_to[(r.topic, r.partition)] = max(read_to.get((r.topic, r.partition), 0), r.end)
         self._read_to = read_to
+
+
+async def read_person(
+    *,
+    bootstrap: str,
+    topic: str,
+    key: str | None = None,
+    email: str | None = None,
+    extra: Mapping[str, Setting] | None = None,
+) -> dict[str, Profile]:
+    """The changelog's current profiles of one person: the one under ``key`` and those holding
+    ``email`` (normalised), by key (``PersonProfiles``). Reads the whole topic to its current
+    end; {} when the topic does not exist. Raises ``KafkaAdapterError``."""
+    person = PersonProfiles(key=key, email=email)
+    reader = TopicReader(bootstrap=bootstrap, extra=extra)
+    try:
+        await reader.open([topic])
+        while records := await reader.read(5_000):
+            for record in records:
+                if record.key is not None:
+                    person.feed(record.key.decode("utf-8", "backslashreplace"), record.value)
+    finally:
+        await reader.close()
+    return person.profiles
