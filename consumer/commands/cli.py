@@ -26,6 +26,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "consumer.commands.audit",
         "check that every identity event is in HighLevel, DLQ or parking",
     ),
+    "forget": (
+        "consumer.commands.forget",
+        "erase a person: profiles, optionally the HighLevel contact; records the erasure",
+    ),
     "demo": ("consumer.commands.demo", "local Kafka + sandbox + sample events, end to end"),
 }
 

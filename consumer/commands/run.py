@@ -25,7 +25,7 @@ from consumer.commands.preamble import (
     run_command,
     stop_on_signals,
 )
-from consumer.config import Integration, Settings
+from consumer.config import Integration, KafkaSettings, Settings
 from consumer.core.mapping import build_mapper
 from consumer.core.profiles import ChangelogProfileStore
 from consumer.engine.engine import Engine, EngineOptions
@@ -83,6 +83,33 @@ def engine_options(settings: Settings) -> EngineOptions:
     )
 
 
+# A tombstone (``ghl-consumer forget``) makes the compacted profile topic drop a person's
+# profile only when the log cleaner runs: this bounds how long the cleaned-up values may still
+# sit on the brokers' disks (the broker also rolls the active segment by then).
+PROFILE_MAX_COMPACTION_LAG_MS = 86_400_000
+
+
+def consumer_topics(kafka: KafkaSettings) -> list[TopicSpec]:
+    """The topics ``run`` creates when missing (existing ones are left as they are): the
+    dead-letter and parking topics hold raw events, so they expire
+    (``dead_letter_retention_ms``, ``parking_retention_ms``); the profile changelog is
+    compacted, within ``PROFILE_MAX_COMPACTION_LAG_MS``."""
+    return [
+        TopicSpec(
+            kafka.dead_letter_topic,
+            config={"retention.ms": str(kafka.dead_letter_retention_ms)},
+        ),
+        TopicSpec(
+            kafka.profile_topic,
+            config={
+                "cleanup.policy": "compact",
+                "max.compaction.lag.ms": str(PROFILE_MAX_COMPACTION_LAG_MS),
+            },
+        ),
+        TopicSpec(kafka.parking_topic, config={"retention.ms": str(kafka.parking_retention_ms)}),
+    ]
+
+
 def budget(settings: Settings) -> Budget:
     """One location's rate budget from the ``[delivery]`` section (validated when loaded)."""
     d = settings.delivery
@@ -125,15 +152,7 @@ async def running_consumer(settings: Settings) -> AsyncIterator[Components]:
     limiter: RateLimiter | None = None
     parking: KafkaParkingLog | None = None
     try:
-        await ensure_topics(
-            kafka.bootstrap_servers,
-            [
-                TopicSpec(kafka.dead_letter_topic),
-                TopicSpec(kafka.profile_topic, config={"cleanup.policy": "compact"}),
-                TopicSpec(kafka.parking_topic),
-            ],
-            extra=extra,
-        )
+        await ensure_topics(kafka.bootstrap_servers, consumer_topics(kafka), extra=extra)
         protocol: GroupProtocol = "consumer" if kafka.group_protocol == "consumer" else "classic"
         source = KafkaSource(
             bootstrap=kafka.bootstrap_servers,
@@ -177,6 +196,7 @@ async def running_consumer(settings: Settings) -> AsyncIterator[Components]:
                 bootstrap=kafka.bootstrap_servers,
                 metrics=metrics,
                 extra=extra,
+                erasure_check_seconds=settings.mapping.erasure_check_seconds,
             ),
             options=engine_options(settings),
         )

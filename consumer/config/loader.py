@@ -190,6 +190,9 @@ def _kafka(table: dict[str, Any], environ: Mapping[str, str], read_secrets: bool
             "dead_letter_topic",
             "profile_topic",
             "parking_topic",
+            "erasure_topic",
+            "dead_letter_retention_ms",
+            "parking_retention_ms",
             "session_timeout_ms",
             "librdkafka",
         ),
@@ -219,6 +222,7 @@ def _kafka(table: dict[str, Any], environ: Mapping[str, str], read_secrets: bool
     dead_letter, _ = text("dead_letter_topic", "KAFKA_DEAD_LETTER_TOPIC", f"{group}.dead-letter")
     profiles, _ = text("profile_topic", "KAFKA_PROFILE_TOPIC", f"{group}.profiles")
     parking, _ = text("parking_topic", "KAFKA_PARKING_TOPIC", f"{group}.parking")
+    erasures, _ = text("erasure_topic", "KAFKA_ERASURE_TOPIC", f"{group}.erasures")
     session_timeout = _session_timeout(table, environ, protocol)
 
     if "KAFKA_TOPICS" in environ:
@@ -255,9 +259,31 @@ def _kafka(table: dict[str, Any], environ: Mapping[str, str], read_secrets: bool
         dead_letter_topic=dead_letter,
         profile_topic=profiles,
         parking_topic=parking,
+        erasure_topic=erasures,
+        dead_letter_retention_ms=_retention(
+            table, environ, "dead_letter_retention_ms", defaults.dead_letter_retention_ms
+        ),
+        parking_retention_ms=_retention(
+            table, environ, "parking_retention_ms", defaults.parking_retention_ms
+        ),
         session_timeout_ms=session_timeout,
         librdkafka=MappingProxyType(passthrough),
     )
+
+
+def _retention(
+    table: Mapping[str, Any], environ: Mapping[str, str], key: str, default: int
+) -> int:
+    """A topic's ``retention.ms`` from ``kafka.<key>`` or ``KAFKA_<KEY>``: at least one hour."""
+    env = f"KAFKA_{key.upper()}"
+    if env in environ:
+        where, raw = env, environ[env].strip()
+        value: object = int(raw) if raw.isdigit() else raw
+    else:
+        where, value = f"kafka.{key}", table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 3_600_000:
+        raise ConfigError(f"{where}: expected milliseconds, at least 3600000 (one hour)")
+    return value
 
 
 def _session_timeout(

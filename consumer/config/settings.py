@@ -75,6 +75,11 @@ class KafkaSettings:
     dead_letter_topic: str = ""  # empty: "<group_id>.dead-letter"
     profile_topic: str = ""  # compacted changelog of profiles; empty: "<group_id>.profiles"
     parking_topic: str = ""  # parked upserts; empty: "<group_id>.parking" (its group: the same)
+    erasure_topic: str = ""  # `ghl-consumer forget` records; empty: "<group_id>.erasures"
+    # retention.ms given to the dead-letter and parking topics when the consumer creates them:
+    # they hold raw events (personal data). Default 14 days.
+    dead_letter_retention_ms: int = 14 * 86_400_000
+    parking_retention_ms: int = 14 * 86_400_000
     # classic protocol only (KIP-848 sets it broker-side): how long a silent member keeps its
     # partitions. None: librdkafka's default (45 s).
     session_timeout_ms: int | None = None
@@ -116,6 +121,8 @@ class MappingSettings:
     dedupe_ttl_seconds: float = field(default=86_400.0, metadata={"min": 1})
     phone_cache_size: int = field(default=65_536, metadata={"min": 1})
     profile_max_entries: int = field(default=1_000_000, metadata={"min": 1})
+    # how often a running member reads the profile changelog for `ghl-consumer forget` erasures
+    erasure_check_seconds: float = field(default=10.0, metadata={"min": 0.1})
     max_event_bytes: int = field(default=1_048_576, metadata={"min": 64})
     max_field_chars: int = field(default=1_024, metadata={"min": 16})
 

@@ -69,6 +69,31 @@ class Profile:
 EMPTY_PROFILE: Final = Profile()
 
 
+class PersonProfiles:
+    """One person's profiles, found by feeding a changelog in order (``ghl-consumer forget``):
+    the profile under ``key`` and every profile whose email is ``email`` (normalised as
+    profiles store it, ``normalise_email``), each as its latest record leaves it. A record that
+    is not a profile is skipped (it holds nothing this can read)."""
+
+    def __init__(self, *, key: str | None = None, email: str | None = None) -> None:
+        self._key = key
+        self._email = email
+        self.profiles: dict[str, Profile] = {}
+
+    def feed(self, key: str, value: bytes | None) -> None:
+        """Apply one changelog record (None: a tombstone)."""
+        try:
+            profile = Profile.from_bytes(value) if value is not None else None
+        except ProfileDecodeError:
+            return
+        if profile is not None and (
+            key == self._key or (self._email and profile.fields.get("email") == self._email)
+        ):
+            self.profiles[key] = profile
+        else:
+            self.profiles.pop(key, None)
+
+
 class ProfileStore(Protocol):
     """Profiles by user key (record key, else userId, else anonymousId).
 
@@ -160,6 +185,11 @@ class ChangelogProfileStore(InMemoryProfileStore):
             self._unconfirmed[key] = left
         else:
             self._unconfirmed.pop(key, None)
+
+    def forget(self, key: str) -> bool:
+        """Erase ``key``'s profile from memory (a tombstone written by ``ghl-consumer forget``),
+        even with a write of ours unconfirmed: erasure wins. Returns whether one was held."""
+        return self._profiles.pop(key, None) is not None
 
     def restore(self, key: str, value: bytes | None) -> bool:
         """Apply one changelog record (None: a tombstone). Returns False when skipped (a write

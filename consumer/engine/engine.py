@@ -282,6 +282,8 @@ class Engine:
             asyncio.create_task(self._progress_loop(), name="progress"),
             asyncio.create_task(self._dispatcher.run_releases(), name="parking-release"),
         ]
+        if self._profile_log is not None:
+            background.append(asyncio.create_task(self._profile_log.follow(), name="erasures"))
         intakes = [
             asyncio.create_task(self._intake_loop(feed, stop), name=f"intake-{feed.name}")
             for feed in feeds

@@ -126,6 +126,11 @@ class ProfileLog(Protocol):
         """Read the changelog into the store (called on every assignment)."""
         ...
 
+    async def follow(self) -> None:
+        """Drop the profiles erased by ``ghl-consumer forget`` while running; runs until
+        cancelled (the engine runs it beside its other background tasks)."""
+        ...
+
 
 class Limiter(Protocol):
     """Per-location rate budgets (``consumer.ratelimit.limiter.RateLimiter``)."""

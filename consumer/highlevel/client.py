@@ -1,10 +1,12 @@
 """HighLevel's contacts API over aiohttp.
 
 ``HighLevelClient`` owns one ``aiohttp.ClientSession`` (pooled keep-alive connections) and sends
-``POST /contacts/upsert`` and ``POST /contacts/{id}/tags`` with ``Authorization: Bearer`` and
-``Version: 2021-07-28``. It never raises for an HTTP status or a transport failure: every call
-returns an ``Answer`` whose ``verdict`` (``consumer.highlevel.verdicts``, which also tabulates what
-the engine does with each) classifies it.
+``POST /contacts/upsert`` and ``POST /contacts/{id}/tags`` (and, for ``ghl-consumer forget``,
+``GET /contacts/search/duplicate`` and ``DELETE /contacts/{id}``) with
+``Authorization: Bearer`` and ``Version: 2021-07-28``. It never raises for an HTTP status or a
+transport failure: every call returns an ``Answer`` whose ``verdict``
+(``consumer.highlevel.verdicts``, which also tabulates what the engine does with each)
+classifies it.
 
 Tokens are passed per call and never stored in an ``Answer``, logged, or put in an exception.
 """
@@ -15,6 +17,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -74,12 +77,39 @@ class HighLevelClient:
         """``POST /contacts/{contact_id}/tags`` adding ``tags`` (tag mode ``add``)."""
         return await self._post(f"/contacts/{contact_id}/tags", token, {"tags": list(tags)})
 
+    async def find_by_email(self, *, token: str, location_id: str, email: str) -> Answer:
+        """``GET /contacts/search/duplicate``: the location's contact with ``email`` (HighLevel's
+        own matching), in ``body["contact"]`` (None when there is none)."""
+        return await self._send(
+            "GET",
+            "/contacts/search/duplicate",
+            token,
+            params={"locationId": location_id, "email": email},
+        )
+
+    async def delete_contact(self, *, token: str, contact_id: str) -> Answer:
+        """``DELETE /contacts/{contact_id}``."""
+        return await self._send("DELETE", f"/contacts/{quote(contact_id, safe='')}", token)
+
     async def _post(self, path: str, token: str, body: Mapping[str, object]) -> Answer:
+        return await self._send("POST", path, token, data=orjson.dumps(body))
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        token: str,
+        *,
+        data: bytes | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> Answer:
         started = time.perf_counter()
         try:
-            async with self._session.post(
+            async with self._session.request(
+                method,
                 self._base_url + path,
-                data=orjson.dumps(body),
+                data=data,
+                params=params,
                 headers={"Authorization": f"Bearer {token}"},
             ) as response:
                 raw = await response.read()

@@ -107,15 +107,20 @@ class TopicReader:
         return await asyncio.to_thread(self._existing_topics)
 
     async def open(
-        self, topics: Sequence[str], *, from_committed: bool = False
+        self,
+        topics: Sequence[str],
+        *,
+        from_committed: bool = False,
+        start: Mapping[tuple[str, int], int] | None = None,
     ) -> list[PartitionRange]:
         """Capture the end offset of every partition of ``topics`` and start reading there from
         the beginning, or (``from_committed``, needs ``group_id``) from the group's committed
-        offsets, the beginning where it has none. Returns every partition's range, empty ones
-        included; a topic that does not exist has no ranges. Call once."""
+        offsets, or from the ``start`` offsets given per (topic, partition); the beginning where
+        there is none. Returns every partition's range, empty ones included; a topic that does
+        not exist has no ranges. Call once."""
         if from_committed and not self._grouped:
             raise ValueError("TopicReader.open(from_committed=True) needs a group_id")
-        return await asyncio.to_thread(self._open, list(topics), from_committed)
+        return await asyncio.to_thread(self._open, list(topics), from_committed, dict(start or {}))
 
     async def read(self, max_records: int = 1000) -> list[Record]:
         """The next records (at most ``max_records``); ``[]`` once every range is read. Raises
@@ -160,7 +165,9 @@ class TopicReader:
             raise adapter_error(exc, "listing topics") from exc
         return frozenset(name for name, meta in metadata.topics.items() if meta.error is None)
 
-    def _open(self, topics: list[str], from_committed: bool) -> list[PartitionRange]:
+    def _open(
+        self, topics: list[str], from_committed: bool, given: dict[tuple[str, int], int]
+    ) -> list[PartitionRange]:
         consumer = self._consumer
         try:
             metadata = consumer.list_topics(timeout=self._timeout_s)
@@ -170,7 +177,7 @@ class TopicReader:
                 if (meta := metadata.topics.get(topic)) is not None and meta.error is None
                 for number in sorted(meta.partitions)
             ]
-            committed: dict[Partition, int] = {}
+            committed = {Partition(t, p): offset for (t, p), offset in given.items()}
             if from_committed and partitions:
                 found = committed_offsets(
                     consumer,

@@ -178,6 +178,10 @@ class Sandbox:
         app.router.add_post("/contacts/upsert", self._api(self._upsert, _WRITE))
         app.router.add_post("/contacts/{contactId}/tags", self._api(self._add_tags, _WRITE))
         app.router.add_get("/contacts/{contactId}", self._api(self._get_contact, _READ))
+        app.router.add_delete("/contacts/{contactId}", self._api(self._delete_contact, _WRITE))
+        app.router.add_get(
+            "/contacts/search/duplicate", self._api(self._search_duplicate, _READ)
+        )
         app.router.add_get("/_sandbox/contacts", self._admin_contacts)
         app.router.add_get("/_sandbox/requests", self._admin_requests)
         app.router.add_get("/_sandbox/counters", self._admin_counters)
@@ -366,6 +370,30 @@ class Sandbox:
             return contact
         self._done(request, admitted, 200, contactId=contact_id)
         answer = {"contact": contact.to_json(), "traceId": admitted.trace_id}
+        return _json(200, answer, admitted.headers)
+
+    async def _delete_contact(self, request: web.Request, admitted: _Admitted) -> web.Response:
+        contact_id = request.match_info["contactId"]
+        contact = self._find_contact(request, admitted, contact_id)
+        if isinstance(contact, web.Response):
+            return contact
+        self.state.delete(contact)
+        self._done(request, admitted, 200, contactId=contact_id)
+        return _json(200, {"succeded": True}, admitted.headers)  # HighLevel's spelling
+
+    async def _search_duplicate(self, request: web.Request, admitted: _Admitted) -> web.Response:
+        """``GET /contacts/search/duplicate?locationId=&email=&number=``: the contact the
+        location's duplicate rule would match, or ``{"contact": null}``."""
+        query = request.query
+        if query.get("locationId") != admitted.location.id:
+            status, body = (403, _FORBIDDEN) if "locationId" in query else (400, _BAD_REQUEST)
+            self._done(request, admitted, status)
+            return _json(status, body, admitted.headers)
+        contact = self.state.find(
+            admitted.location, email=query.get("email", ""), phone=query.get("number", "")
+        )
+        self._done(request, admitted, 200, contactId=contact.id if contact else None)
+        answer = {"contact": contact.to_json() if contact else None, "traceId": admitted.trace_id}
         return _json(200, answer, admitted.headers)
 
     def _find_contact(

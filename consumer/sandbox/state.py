@@ -442,6 +442,15 @@ class SandboxState:
             location.rate.daily_used = int(saved["dailyUsed"])
         return skipped
 
+    def delete(self, contact: Contact) -> None:
+        """Remove ``contact`` and its identifiers (``DELETE /contacts/{id}``)."""
+        location = self.locations[contact.location_id]
+        for kind in IDENTIFIERS:
+            self._set_identifier(location, contact, kind, None)
+        del location.contacts[contact.id]
+        del self.contacts_by_id[contact.id]
+        self.changes += 1
+
     def clear(self) -> None:
         """Forget every contact, counter and rate window (admin reset); settings stay."""
         self.contacts_by_id.clear()

@@ -10,19 +10,26 @@ confirmed before its offset was committed, hence before this instance resumed af
 
 Every instance holds every profile (bounded by the store's ``max_entries``). A restore reads
 the whole compacted topic, once per assignment: seconds for hundreds of thousands of users.
+
+Erasure: ``ghl-consumer forget`` writes a tombstone (a record without value) for each of a
+person's keys. ``follow`` runs beside the engine and reads the changelog's new records every
+``erasure_check_seconds``: a tombstone drops that profile from memory at once, so every running
+member forgets the person within that interval, without a rebalance; a restore applies
+tombstones too. Other members' profile writes are left to the next restore, as before.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-from consumer.core.profiles import ChangelogProfileStore
-from consumer.errors import ProfileDecodeError
+from consumer.core.profiles import ChangelogProfileStore, PersonProfiles, Profile
+from consumer.errors import KafkaAdapterError, ProfileDecodeError
 from consumer.kafka.clients import Setting
-from consumer.kafka.reader import TopicReader
+from consumer.kafka.reader import PartitionRange, TopicReader
 
 logger = logging.getLogger(__name__)
 
@@ -46,12 +53,16 @@ class ProfileChangelog:
         bootstrap: str,
         metrics: RestoreMetrics,
         extra: Mapping[str, Setting] | None = None,
+        erasure_check_seconds: float = 10.0,
     ) -> None:
         self.store = store
         self.topic = topic
         self._bootstrap = bootstrap
         self._metrics = metrics
         self._extra = extra
+        self._erasure_check = erasure_check_seconds
+        # partition -> next offset ``follow`` reads; None until the first restore
+        self._read_to: dict[tuple[str, int], int] | None = None
 
     def take_writes(self) -> list[tuple[str, bytes]]:
         return self.store.take_writes()
@@ -65,7 +76,7 @@ class ProfileChangelog:
         reader = TopicReader(bootstrap=self._bootstrap, extra=self._extra)
         applied = skipped = bad = 0
         try:
-            await reader.open([self.topic])
+            ranges = await reader.open([self.topic])
             while records := await reader.read(5_000):
                 for record in records:
                     if record.key is None:
@@ -79,6 +90,7 @@ class ProfileChangelog:
                             skipped += 1
                     except ProfileDecodeError:
                         bad += 1
+            self._advance(ranges)
         finally:
             await reader.close()
         seconds = time.perf_counter() - started
@@ -92,3 +104,66 @@ class ProfileChangelog:
             bad,
             len(self.store),
         )
+
+    async def follow(self) -> None:
+        """Every ``erasure_check_seconds``, drop from the store the profiles tombstoned in the
+        changelog since the last restore or pass (``ghl-consumer forget``). Starts reading at
+        the end of the first restore. Runs until cancelled; a pass that fails is logged and
+        tried again at the next interval (the engine's own work goes on)."""
+        while True:
+            await asyncio.sleep(self._erasure_check)
+            if self._read_to is None:
+                continue
+            try:
+                erased = await self._erase_tombstoned(dict(self._read_to))
+            except KafkaAdapterError as exc:
+                logger.warning("profile changelog %s: erasures not read: %s", self.topic, exc)
+                continue
+            if erased:
+                logger.info("profiles erased (tombstones in %s): %d", self.topic, erased)
+
+    async def _erase_tombstoned(self, start: dict[tuple[str, int], int]) -> int:
+        reader = TopicReader(bootstrap=self._bootstrap, extra=self._extra)
+        erased = 0
+        try:
+            ranges = await reader.open([self.topic], start=start)
+            while records := await reader.read(5_000):
+                for record in records:
+                    if record.value is None and record.key is not None:
+                        erased += self.store.forget(record.key.decode("utf-8", "backslashreplace"))
+            self._advance(ranges)
+        finally:
+            await reader.close()
+        return erased
+
+    def _advance(self, ranges: Sequence[PartitionRange]) -> None:
+        """``ranges`` were read to their ends: the next pass starts there (a failed pass never
+        gets here, so the next one reads the same records again)."""
+        read_to = dict(self._read_to or {})
+        for r in ranges:
+            read_to[(r.topic, r.partition)] = max(read_to.get((r.topic, r.partition), 0), r.end)
+        self._read_to = read_to
+
+
+async def read_person(
+    *,
+    bootstrap: str,
+    topic: str,
+    key: str | None = None,
+    email: str | None = None,
+    extra: Mapping[str, Setting] | None = None,
+) -> dict[str, Profile]:
+    """The changelog's current profiles of one person: the one under ``key`` and those holding
+    ``email`` (normalised), by key (``PersonProfiles``). Reads the whole topic to its current
+    end; {} when the topic does not exist. Raises ``KafkaAdapterError``."""
+    person = PersonProfiles(key=key, email=email)
+    reader = TopicReader(bootstrap=bootstrap, extra=extra)
+    try:
+        await reader.open([topic])
+        while records := await reader.read(5_000):
+            for record in records:
+                if record.key is not None:
+                    person.feed(record.key.decode("utf-8", "backslashreplace"), record.value)
+    finally:
+        await reader.close()
+    return person.profiles

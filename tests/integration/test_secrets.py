@@ -360,6 +360,7 @@ async def test_no_secret_in_any_output_channel_and_no_personal_data_in_the_logs(
                 ("dlq", "list", "--json"),
                 ("dlq", "replay", "--dry-run", "--from-beginning"),
                 ("audit", "--sandbox", url),
+                ("forget", "--email", EMAILS[0], "--delete-contact"),  # the erasure path
             ):
                 code, out, err = await run_command(cli_env, *args, "--config", str(config))
                 assert code in (0, 1), err[-2000:]
@@ -379,6 +380,7 @@ async def test_no_secret_in_any_output_channel_and_no_personal_data_in_the_logs(
     dead_letters, channels["dead-letter topic"] = topic_text(plain, f"{group}.dead-letter")
     parked, channels["parking topic"] = topic_text(plain, f"{group}.parking")
     _, channels["profile changelog"] = topic_text(plain, f"{group}.profiles")
+    _, shown["erasure topic"] = topic_text(plain, f"{group}.erasures")  # no personal data
     channels["map"] = await asyncio.to_thread(
         map_output, config, env, b"\n".join(value for _, value in FIRST_BATCH + SECOND_BATCH)
     )
@@ -432,6 +434,7 @@ async def test_no_secret_in_any_output_channel_and_no_personal_data_in_the_logs(
     assert "l***@example.com" in shown["/debug/deliveries.json?limit=1000"]
     assert "+1******0101" in shown["/debug/events"]
     assert "rejected_by_highlevel" in shown["dlq list --json"]
+    assert "contact" in shown[f"forget --email {EMAILS[0]} --delete-contact"]
     # The debugger is local-only by default (METRICS_HOST unset) and needs DEBUG_ACCESS_TOKEN.
     assert f"event debugger on http://127.0.0.1:{metrics_port}/debug" in logs["run (stderr)"]
     assert "SCRAM-SHA-512" in logs["run (stderr)"]  # librdkafka's security debugging was on

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from consumer.commands.run import consumer_topics
 from consumer.config import Secret, Settings, load_settings
 from consumer.core.events import ConsentMode, PresetEvent, TagMode
 from consumer.core.targets import CustomFieldMapping, Routing
@@ -455,3 +456,38 @@ def test_every_environment_variable_names_itself_when_invalid(
         load_settings(None, {**ENV, name: value})
     assert str(caught.value).startswith(f"{name}: {message}")
     assert "pit-secret-value" not in str(caught.value)
+
+
+def test_topics_holding_raw_events_expire_after_14_days_unless_configured(
+    tmp_path: Path,
+) -> None:
+    settings = load_settings(None, ENV)
+    assert settings.kafka.erasure_topic == "ghl-consumer.erasures"
+    specs = consumer_topics(settings.kafka)
+    retention = {spec.name: spec.config.get("retention.ms") for spec in specs}
+    assert retention == {
+        "ghl-consumer.dead-letter": "1209600000",
+        "ghl-consumer.profiles": None,  # compacted: a profile lives until it is forgotten
+        "ghl-consumer.parking": "1209600000",
+    }
+    text = "[kafka]\ndead_letter_retention_ms = 86400000\n"
+    settings = load(tmp_path, text, {**ENV, "KAFKA_PARKING_RETENTION_MS": "3600000"})
+    assert (settings.kafka.dead_letter_retention_ms, settings.kafka.parking_retention_ms) == (
+        86_400_000,
+        3_600_000,
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "message"),
+    [
+        ("[kafka]\nparking_retention_ms = 1000\n", {}, "kafka.parking_retention_ms: expected"),
+        ("[kafka]\ndead_letter_retention_ms = '14d'\n", {}, "kafka.dead_letter_retention_ms"),
+        ("", {"KAFKA_DEAD_LETTER_RETENTION_MS": "2w"}, "KAFKA_DEAD_LETTER_RETENTION_MS: expected"),
+    ],
+)
+def test_a_retention_below_an_hour_or_not_milliseconds_is_refused(
+    tmp_path: Path, text: str, environ: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load(tmp_path, text, {**ENV, **environ})

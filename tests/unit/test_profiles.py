@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from consumer.core.profiles import ChangelogProfileStore, InMemoryProfileStore, Profile
+from consumer.core.profiles import (
+    ChangelogProfileStore,
+    InMemoryProfileStore,
+    PersonProfiles,
+    Profile,
+)
 from consumer.errors import ProfileDecodeError
 
 
@@ -80,3 +85,36 @@ def test_changelog_store_restore_never_overwrites_an_unconfirmed_write() -> None
 def test_changelog_store_restore_refuses_bytes_that_are_not_a_profile() -> None:
     with pytest.raises(ProfileDecodeError):
         ChangelogProfileStore().restore("u1", b"not a profile")
+
+
+def _record(email: str) -> bytes:
+    return Profile(fields={"email": email, "firstName": "Sam"}).to_bytes()
+
+
+def test_person_profiles_follow_the_latest_record_of_each_key() -> None:
+    person = PersonProfiles(email="sam@example.com")
+    person.feed("u1", _record("sam@example.com"))
+    person.feed("u2", _record("sam@example.com"))
+    person.feed("u3", _record("other@example.com"))
+    person.feed("u2", _record("new@example.com"))  # changed address: no longer the person's
+    person.feed("u4", _record("sam@example.com"))
+    person.feed("u4", None)  # already forgotten
+    person.feed("u5", b"not a profile")
+    assert sorted(person.profiles) == ["u1"]
+
+
+def test_person_profiles_by_key() -> None:
+    person = PersonProfiles(key="u2")
+    person.feed("u1", _record("sam@example.com"))
+    person.feed("u2", _record("kim@example.com"))
+    assert person.profiles == {"u2": Profile.from_bytes(_record("kim@example.com"))}
+
+
+def test_forget_wins_over_an_unconfirmed_write_but_a_restored_tombstone_does_not() -> None:
+    store = ChangelogProfileStore()
+    store.put("u1", Profile(fields={"email": "sam@example.com"}))  # unconfirmed
+    assert store.restore("u1", None) is False  # our newer write is still on its way
+    assert store.get("u1") is not None
+    assert store.forget("u1") is True  # a tombstone read while running: erasure wins
+    assert store.get("u1") is None
+    assert store.forget("u1") is False

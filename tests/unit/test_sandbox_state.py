@@ -348,3 +348,14 @@ def test_what_keeps_a_permanent_dnd_is_accepted() -> None:
     }
     assert state.find(loc, email="SAM@example.com") is contact
     assert state.find(loc, phone="+14155550142") is None
+
+
+def test_delete_removes_the_contact_and_frees_its_identifiers() -> None:
+    state, loc = make_state()
+    first = upsert(state, loc, email="Sam@example.com", phone="+14155550142")
+    state.delete(first.contact)
+    assert loc.contacts == {}
+    assert state.contacts_by_id == {}
+    assert state.find(loc, email="sam@example.com", phone="+14155550142") is None
+    again = upsert(state, loc, email="sam@example.com")
+    assert again.new

@@ -1,0 +1,143 @@
+"""Erasure (README, "Personal data"): ``ghl-consumer forget`` against a running consumer, a
+real broker and the sandbox over TCP; and the retention the consumer gives the topics that hold
+raw events."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+from confluent_kafka.admin import AdminClient, ConfigResource
+
+from consumer.commands.run import PROFILE_MAX_COMPACTION_LAG_MS, consumer_topics
+from consumer.config import load_settings
+from consumer.kafka.admin import ensure_topics
+from consumer.sandbox.server import run_sandbox
+from tests.harness.guide import GUIDE_IDENTIFY, GUIDE_LEAD, LOCATION
+from tests.integration.consumer_harness import (
+    committed_offsets,
+    end_offsets,
+    produce,
+    read_all,
+    run_command,
+    start_consumer,
+)
+
+pytestmark = [pytest.mark.integration]
+
+TOKEN = "pit-forget-token"
+FOURTEEN_DAYS_MS = str(14 * 86_400_000)
+
+
+def _topic_config(bootstrap: str, topic: str) -> dict[str, str]:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    [future] = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topic)]).values()
+    return {name: entry.value for name, entry in future.result(timeout=30).items()}
+
+
+async def test_dead_letter_and_parking_topics_are_created_with_a_retention(
+    kafka_bootstrap: str,
+) -> None:
+    group = f"retention-{uuid.uuid4().hex[:8]}"
+    settings = load_settings(
+        None,
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "KAFKA_GROUP_ID": group,
+            "KAFKA_PARKING_RETENTION_MS": "7200000",
+            "GHL_LOCATION_ID": LOCATION,
+            "GHL_ACCESS_TOKEN": TOKEN,
+        },
+    )
+    await ensure_topics(kafka_bootstrap, consumer_topics(settings.kafka))
+
+    dead_letters = _topic_config(kafka_bootstrap, f"{group}.dead-letter")
+    parking = _topic_config(kafka_bootstrap, f"{group}.parking")
+    profiles = _topic_config(kafka_bootstrap, f"{group}.profiles")
+    assert dead_letters["retention.ms"] == FOURTEEN_DAYS_MS
+    assert parking["retention.ms"] == "7200000"
+    assert profiles["cleanup.policy"] == "compact"
+    assert profiles["max.compaction.lag.ms"] == str(PROFILE_MAX_COMPACTION_LAG_MS)
+
+
+async def _until_committed(bootstrap: str, group: str, topic: str) -> None:
+    ends = end_offsets(bootstrap, topic, 1)
+    async with asyncio.timeout(60):
+        while committed_offsets(bootstrap, group, topic, 1) != ends:
+            await asyncio.sleep(0.3)
+
+
+@pytest.mark.slow
+async def test_forget_by_email_erases_the_profile_the_contact_and_records_it(
+    kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    topic = new_topic(partitions=1)
+    group = f"forget-{uuid.uuid4().hex[:8]}"
+    config = tmp_path / "consumer.toml"
+    config.write_text("[mapping]\nerasure_check_seconds = 0.5\n")
+    async with run_sandbox(locations={LOCATION: TOKEN}) as sandbox:
+        env = {
+            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "KAFKA_TOPICS": topic,
+            "KAFKA_GROUP_ID": group,
+            "GHL_LOCATION_ID": LOCATION,
+            "GHL_ACCESS_TOKEN": TOKEN,
+            "GHL_API_BASE_URL": sandbox.url,
+            "GHL_CONFIG": str(config),
+        }
+        produce(kafka_bootstrap, topic, [(b"lead-987", orjson.dumps(GUIDE_IDENTIFY))])
+        consumer = await start_consumer(env)
+        try:
+            await _until_committed(kafka_bootstrap, group, topic)
+            [contact] = sandbox.contacts(LOCATION)
+            assert contact["email"] == "sam@example.com"
+
+            code, out, err = await run_command(
+                env, "forget", "--email", " Sam@Example.com ", "--delete-contact"
+            )
+            assert code == 0, err
+            assert "s***@example.com" in out
+            assert "sam@example.com" not in out + err
+            assert "1 profile(s) found, 1 key(s) tombstoned" in out
+            assert f"contact {contact['id']} deleted" in out
+            assert sandbox.contacts(LOCATION) == []
+            forgotten_at = len(sandbox.requests)
+
+            await asyncio.sleep(2)  # > erasure_check_seconds: the running member has read it
+            produce(kafka_bootstrap, topic, [(b"lead-987", orjson.dumps(GUIDE_LEAD))])
+            await _until_committed(kafka_bootstrap, group, topic)
+        finally:
+            consumer.send_signal(signal.SIGTERM)
+            _, stderr = await consumer.communicate()
+        assert consumer.returncode == 0, stderr.decode()[-2000:]
+        after = list(sandbox.requests)[forgotten_at:]
+        contacts = sandbox.contacts(LOCATION)
+
+    # The member running all along forgot the profile: the lead is no longer enriched.
+    assert "profiles erased" in stderr.decode()
+    assert all(c.get("email") != "sam@example.com" for c in contacts)
+    assert b"sam@example.com" not in orjson.dumps(after)
+
+    changelog = [
+        (m.key(), m.value())
+        for m in read_all(kafka_bootstrap, f"{group}.profiles", expect=10, seconds=5)
+    ]
+    tombstone = changelog.index((b"lead-987", None))
+    assert b"sam@example.com" in (changelog[0][1] or b"")
+    assert all(b"sam@example.com" not in (v or b"") for _, v in changelog[tombstone:])
+
+    [erasure] = read_all(kafka_bootstrap, f"{group}.erasures", expect=1)
+    value = erasure.value()
+    assert value is not None
+    record = orjson.loads(value)
+    assert record["subject"]["kind"] == "email"
+    assert record["subject"]["hash"].startswith("sha256:")
+    assert record["profilesTombstoned"] == 1
+    assert record["contacts"] == {"default": "deleted"}
+    assert b"sam" not in value.lower()
+    assert b"example.com" not in value
