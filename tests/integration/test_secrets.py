@@ -355,6 +355,7 @@ async def test_no_secret_in_any_output_channel_and_no_personal_data_in_the_logs(
 
             # The operator commands, with the same environment.
             cli_env = {k: v for k, v in env.items() if k != "METRICS_PORT"}
+            cli_env["GHL_API_BASE_URL"] = url  # forget --delete-contact reaches the sandbox
             for args in (
                 ("dlq", "list"),
                 ("dlq", "list", "--json"),
