@@ -68,6 +68,7 @@ async def test_replay_resends_selected_originals_once_and_dry_run_sends_nothing(
     group = f"replay-{uuid.uuid4().hex[:8]}"
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "KAFKA_TOPICS": f"{source},{other_source}",
         "KAFKA_GROUP_ID": group,
         "KAFKA_DEAD_LETTER_TOPIC": dead,
     }
@@ -139,6 +140,7 @@ async def test_replay_to_a_missing_topic_fails_with_exit_1_and_commits_nothing(
     gone = f"never-created-{uuid.uuid4().hex[:8]}"
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "KAFKA_TOPICS": gone,
         "KAFKA_GROUP_ID": f"replay-{uuid.uuid4().hex[:8]}",
         "KAFKA_DEAD_LETTER_TOPIC": dead,
     }
@@ -207,6 +209,7 @@ async def test_replay_stops_at_the_end_captured_at_start_even_into_its_own_topic
     dead = new_topic()
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "KAFKA_TOPICS": dead,  # --to must name a topic the configuration reads
         "KAFKA_GROUP_ID": f"replay-{uuid.uuid4().hex[:8]}",
         "KAFKA_DEAD_LETTER_TOPIC": dead,
     }
@@ -223,6 +226,38 @@ async def test_replay_stops_at_the_end_captured_at_start_even_into_its_own_topic
     code, out, err = await dlq(env, "replay", "--to", dead, "--reason", REJECTED_BY_HIGHLEVEL)
     assert code == 0, err
     assert "replayed 0, skipped by filter 3, failed 0" in out
+
+
+async def test_replay_sends_only_to_topics_the_configuration_reads(
+    kafka_bootstrap: str, new_topic: Callable[..., str]
+) -> None:
+    """Issue 15, finding 4: a dead letter whose ghl.source.topic names an existing topic the
+    consumer does not read (a forged header) is refused and reported, never sent; ``--to``
+    outside kafka.topics is a configuration error."""
+    source, elsewhere, dead = new_topic(), new_topic(), new_topic()
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "KAFKA_TOPICS": source,
+        "KAFKA_GROUP_ID": f"replay-{uuid.uuid4().hex[:8]}",
+        "KAFKA_DEAD_LETTER_TOPIC": dead,
+    }
+    failure = Failure(reason=REJECTED_BY_HIGHLEVEL, error="422", integration_id="default")
+    await put_dead_letters(
+        kafka_bootstrap,
+        dead,
+        [(Record(elsewhere, 0, 0, b"user-1", event(1)), failure)],
+    )
+    code, out, err = await dlq(env, "replay", "--to", elsewhere)
+    assert code == 2
+    assert f"--to: topic '{elsewhere}' is not one this consumer reads (kafka.topics)" in err
+    code, out, err = await dlq(env, "replay")
+    assert code == 1
+    assert "replayed 0, skipped by filter 0, failed 1" in out
+    assert f"topic '{elsewhere}' is not one this consumer reads (kafka.topics): refused" in err
+    assert total(kafka_bootstrap, elsewhere) == 0
+    code, out, err = await dlq(env, "replay", "--to", source)  # the operator's explicit choice
+    assert code == 0, err
+    assert f"replayed 1 ({source}: 1)" in out
 
 
 async def test_a_replay_read_by_the_running_consumer_is_delivered_not_dropped_as_duplicate(
