@@ -66,12 +66,19 @@ class Failure:
     trace_id: str | None = None
 
 
+_MAX_REPLAYED_FROM_BYTES: Final = 300
+"""``<topic>/<partition>/<offset>``: a Kafka topic name has at most 249 characters."""
+
+
 def replayed_from(headers: Sequence[tuple[str, bytes]]) -> str | None:
     """The ``ghl.replayed_from`` header of a record (the dead letter it is a replay of, as
     text), or None when it is not a replay. Used to tell a replay from a duplicate
-    (``consumer.core.dedupe``)."""
+    (``consumer.core.dedupe``), which remembers it for the TTL: a value longer than any
+    ``dlq replay`` writes (``_MAX_REPLAYED_FROM_BYTES``) is not a replay's, so None."""
     for name, value in headers:
         if name == REPLAYED_FROM:
+            if len(value) > _MAX_REPLAYED_FROM_BYTES:
+                return None
             return value.decode("utf-8", "backslashreplace")
     return None
 

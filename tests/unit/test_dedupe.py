@@ -68,3 +68,5 @@ def test_a_replayed_dead_letter_is_not_a_duplicate_of_its_original() -> None:
 def test_replayed_from_reads_the_replay_header() -> None:
     assert replayed_from((("trace", b"x"), ("ghl.replayed_from", b"dlq/0/3"))) == "dlq/0/3"
     assert replayed_from((("trace", b"x"),)) is None
+    # The deduper keeps it for the TTL: a value no replay writes is not held.
+    assert replayed_from((("ghl.replayed_from", b"t" * 5_000 + b"/0/3"),)) is None
