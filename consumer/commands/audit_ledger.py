@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TextIO
 
-from consumer.core.deadletter import read_failure
+from consumer.core.deadletter import read_failure, replayed_from
 from consumer.core.events import ContactUpsert, Drop, Record, Reject
 from consumer.core.mapping import Mapper
 from consumer.engine.parking import parked_sources
@@ -139,7 +139,12 @@ class ExpectedContacts:
         label = f"{record.topic}/{record.partition}/{record.offset}"
         now = record.timestamp_ms / 1000 if record.timestamp_ms is not None else 0.0
         outcomes = self._mapper.map_record(
-            value=record.value or b"", key=record.key, topic=record.topic, now=now, origin=where
+            value=record.value or b"",
+            key=record.key,
+            topic=record.topic,
+            now=now,
+            origin=where,
+            replay_of=replayed_from(record.headers),
         )
         if any(isinstance(o, ContactUpsert) for o in outcomes):
             self._identity_events += 1

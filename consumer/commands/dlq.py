@@ -6,7 +6,12 @@ Replay reads the dead-letter topic (``kafka.dead_letter_topic``) with its own co
 the start) up to the end offsets captured when it starts, so it never reads what it writes.
 Each selected dead letter is re-produced with its ORIGINAL key, value and headers (the ``ghl.*``
 headers removed, ``ghl.replayed_from: <dlq topic>/<partition>/<offset>`` added) to its source
-topic (``ghl.source.topic``) or ``--to``. The group's offset moves past a record only once the
+topic (``ghl.source.topic``) or ``--to``. Only to a topic this consumer reads
+(``kafka.topics``): a ``--to`` outside them is a configuration error (exit 2), and a dead letter
+whose ``ghl.source.topic`` names another topic (written by anyone able to write to the
+dead-letter topic) is refused and reported as failed, never sent. The consumer then reads the
+copy as a new origin, never a duplicate of the original (``consumer.core.dedupe``). The
+group's offset moves past a record only once the
 broker confirmed its copy (or the filter skipped it), so a second replay re-sends nothing the
 first already re-sent; per partition it stops moving at the first failure, so a rerun retries
 from there (re-sending the later records of that partition that did go through: the consumer's
@@ -62,7 +67,7 @@ from consumer.config import Settings
 from consumer.core.deadletter import read_failure
 from consumer.core.events import Record
 from consumer.engine.ports import Produced
-from consumer.errors import KafkaAdapterError, ProduceFailedError
+from consumer.errors import ConfigError, KafkaAdapterError, ProduceFailedError
 from consumer.kafka.producer import KafkaProducer
 from consumer.kafka.reader import TopicReader
 
@@ -104,11 +109,14 @@ async def replay(
     *,
     selection: Selection,
     to: str | None,
+    configured_topics: frozenset[str],
     existing_topics: frozenset[str],
     out: TextIO,
 ) -> ReplaySummary:
     """Re-send the selected records ``reader`` yields (opened on the dead-letter topic, from
-    the replay group's offsets). ``producer`` None is the dry run: print what would be sent,
+    the replay group's offsets) to ``to`` or their ``ghl.source.topic``, only when that is one
+    of ``configured_topics`` (the topics the consumer reads); any other target is a failure,
+    not sent. ``producer`` None is the dry run: print what would be sent,
     send and commit nothing. Commits the group's offsets after each batch, once the broker has
     confirmed every copy in it. Raises ``KafkaAdapterError`` when reading or committing fails."""
     summary = ReplaySummary()
@@ -137,6 +145,9 @@ async def replay(
             target = to or failure.get("source.topic")
             if target is None:
                 steps.append((record, None, "no ghl.source.topic header; give --to"))
+                continue
+            if target not in configured_topics:
+                steps.append((record, target, f"{_not_read(target)}: refused"))
                 continue
             if target not in existing_topics:
                 steps.append((record, target, f"topic {target} does not exist"))
@@ -179,6 +190,11 @@ async def replay(
     return summary
 
 
+def _not_read(topic: str) -> str:
+    # The topic name is printed with repr: a forged header may hold any characters.
+    return f"topic {topic!r} is not one this consumer reads (kafka.topics)"
+
+
 def _failed(summary: ReplaySummary, points: CommitPoints, record: Record, why: str) -> None:
     summary.failed += 1
     points.failed(record)
@@ -187,6 +203,9 @@ def _failed(summary: ReplaySummary, points: CommitPoints, record: Record, why: s
 
 async def _replay_command(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     kafka = settings.kafka
+    configured = frozenset(kafka.topics)
+    if args.to is not None and args.to not in configured:
+        raise ConfigError(f"--to: {_not_read(args.to)}: {', '.join(kafka.topics)}")
     topic = args.topic or kafka.dead_letter_topic
     group = args.group or kafka.group_id + REPLAY_GROUP_SUFFIX
     extra = kafka.extra_settings()
@@ -218,6 +237,7 @@ async def _replay_command(args: argparse.Namespace, settings: Settings, out: Tex
             producer,
             selection=args.selection,
             to=args.to,
+            configured_topics=configured,
             existing_topics=existing,
             out=out,
         )
@@ -291,12 +311,14 @@ async def _list_command(args: argparse.Namespace, settings: Settings, out: TextI
 
 _REPLAY_HELP = """\
 Re-send dead letters to the topic they came from (ghl.source.topic, or --to), with their
-original key, value and headers (ghl.* removed, ghl.replayed_from added). Reads from the replay
-group's committed offsets up to the end captured at start; commits only after the broker
-confirmed each copy, so running it again re-sends nothing already re-sent. Records are replayed
-AS THEY ARE: a value the consumer rejects (invalid_json, no_identifier...) will be dead-lettered
-again. Filter by --reason (e.g. rejected_by_highlevel after fixing the cause). The group's
-offset also moves past records the filter skips: to reach those later, add --from-beginning.
+original key, value and headers (ghl.* removed, ghl.replayed_from added). Only to a topic of
+kafka.topics: a dead letter naming another source topic is refused (counted as failed).
+Reads from the replay group's committed offsets up to the end captured at start; commits only
+after the broker confirmed each copy, so running it again re-sends nothing already re-sent.
+Records are replayed AS THEY ARE: a value the consumer rejects (invalid_json, no_identifier...)
+will be dead-lettered again. Filter by --reason (e.g. rejected_by_highlevel after fixing the
+cause). The group's offset also moves past records the filter skips: to reach those later, add
+--from-beginning.
 Exit status: 0 done, 1 some records failed, 2 configuration error."""
 
 _LIST_HELP = """\
@@ -333,7 +355,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             help="only dead letters that failed at or after this time (ISO 8601; no zone = UTC)",
         )
     replay_parser.add_argument(
-        "--to", metavar="TOPIC", help="send every copy here instead of its ghl.source.topic"
+        "--to",
+        metavar="TOPIC",
+        help="send every copy here instead of its ghl.source.topic (one of kafka.topics)",
     )
     replay_parser.add_argument(
         "--group",

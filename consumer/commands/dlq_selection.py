@@ -15,11 +15,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final, TextIO
 
-from consumer.core.deadletter import HEADER_PREFIX
+from consumer.core.deadletter import HEADER_PREFIX, REPLAYED_FROM
 from consumer.core.events import Record
-
-REPLAYED_FROM: Final = HEADER_PREFIX + "replayed_from"
-"""Header naming the dead letter a replayed record was copied from: ``<topic>/<p>/<offset>``."""
 
 _MAX_ERRORS_SHOWN: Final = 3
 _MAX_TEXT: Final = 160

@@ -29,7 +29,12 @@ DEMO_LOCATION: Final = ("ve9EPM428h8vShlRW1KT", "sandbox-token")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``ghl-consumer sandbox`` (``docs/highlevel.md``, "Sandbox fidelity")."""
     defaults = RateLimits()
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default %(default)s: loopback only, since the admin API under "
+        "/_sandbox/ has no authentication)",
+    )
     parser.add_argument(
         "--port",
         type=int,

@@ -45,6 +45,10 @@ REJECTED_BY_HIGHLEVEL: Final = "rejected_by_highlevel"
 
 HEADER_PREFIX: Final = "ghl."
 
+REPLAYED_FROM: Final = HEADER_PREFIX + "replayed_from"
+"""Header naming the dead letter a replayed record was copied from: ``<topic>/<p>/<offset>``
+(written by ``ghl-consumer dlq replay``)."""
+
 DEAD_LETTER_MAX_BYTES: Final = 900_000
 """Budget of one dead letter's key + value + headers: under librdkafka's default
 ``message.max.bytes`` (1,000,000), with room for the record's framing."""
@@ -60,6 +64,23 @@ class Failure:
     status: int | None = None
     message: str | None = None
     trace_id: str | None = None
+
+
+_MAX_REPLAYED_FROM_BYTES: Final = 300
+"""``<topic>/<partition>/<offset>``: a Kafka topic name has at most 249 characters."""
+
+
+def replayed_from(headers: Sequence[tuple[str, bytes]]) -> str | None:
+    """The ``ghl.replayed_from`` header of a record (the dead letter it is a replay of, as
+    text), or None when it is not a replay. Used to tell a replay from a duplicate
+    (``consumer.core.dedupe``), which remembers it for the TTL: a value longer than any
+    ``dlq replay`` writes (``_MAX_REPLAYED_FROM_BYTES``) is not a replay's, so None."""
+    for name, value in headers:
+        if name == REPLAYED_FROM:
+            if len(value) > _MAX_REPLAYED_FROM_BYTES:
+                return None
+            return value.decode("utf-8", "backslashreplace")
+    return None
 
 
 def dead_letter_headers(

@@ -7,6 +7,16 @@ redelivered after a crash was never delivered and must be processed again. For t
 duplicate is another *record* with a seen id: given the record's ``origin`` (its topic,
 partition and offset), the same record read again (a partition revoked or lost, then assigned
 back to this member, re-reads its undelivered records) is not a duplicate.
+
+A replayed dead letter (``ghl-consumer dlq replay``) is a new origin, never a duplicate of the
+record it copies: the original was seen (and failed) within the TTL, by design. The caller
+passes ``replay_of``, the dead letter the copy was made from (its ``ghl.replayed_from`` header,
+``consumer.core.deadletter.replayed_from``), and the id is remembered per replay: a copy is a
+duplicate only of another copy of the same dead letter (a rerun of a replay that re-sent it).
+The header cannot be forged to any effect: whoever can write it to a source topic can as well
+write a fresh messageId, and deduplication absorbs honest repeats (SDK retries, collectors
+forwarding twice), which never carry ``ghl.*`` headers; it was never a defence against a
+writer of the source topic.
 """
 
 from __future__ import annotations
@@ -27,17 +37,26 @@ class MessageDeduper:
             raise ValueError("max_entries must be >= 1 and ttl_seconds > 0")
         self._max_entries = max_entries
         self._ttl = ttl_seconds
-        # id -> (first seen, hash of the first record's origin), oldest first
-        self._seen: OrderedDict[str, tuple[float, int | None]] = OrderedDict()
+        # id, or (id, replay_of) for a replay -> (first seen, hash of the first record's
+        # origin), oldest first
+        self._seen: OrderedDict[str | tuple[str, str], tuple[float, int | None]] = OrderedDict()
         self.evicted = 0  # forgotten because of the bound (not the TTL), for a metric
 
     def __len__(self) -> int:
         return len(self._seen)
 
-    def check(self, message_id: str, now: float, origin: Hashable | None = None) -> bool:
+    def check(
+        self,
+        message_id: str,
+        now: float,
+        origin: Hashable | None = None,
+        replay_of: str | None = None,
+    ) -> bool:
         """True when ``message_id`` was seen within the TTL in another record (a duplicate).
         Otherwise remember it as seen at ``now`` in ``origin`` and return False. The record
         first seen with the id, read again (same ``origin``, not None), is not a duplicate.
+        ``replay_of`` (a replayed dead letter's source, see the module docstring) keys the id
+        apart: a replay is compared only with other replays of the same dead letter.
         A duplicate does not extend the TTL."""
         seen = self._seen
         horizon = now - self._ttl
@@ -48,10 +67,11 @@ class MessageDeduper:
                 break
             del seen[oldest_id]
         where = None if origin is None else hash(origin)
-        if message_id in seen:
-            first_origin = seen[message_id][1]
+        key = message_id if replay_of is None else (message_id, replay_of)
+        if key in seen:
+            first_origin = seen[key][1]
             return where is None or first_origin != where
-        seen[message_id] = (now, where)
+        seen[key] = (now, where)
         if len(seen) > self._max_entries:
             seen.popitem(last=False)
             self.evicted += 1

@@ -141,11 +141,14 @@ class Mapper:
         topic: str,
         now: float,
         origin: Hashable | None = None,
+        replay_of: str | None = None,
     ) -> list[Outcome]:
         """Decode and map one record. Returns one record-level Drop/Reject, or one outcome per
         routed target (in configuration order). ``origin`` names the record (topic,
         partition, offset) for de-duplication: the same record mapped again is not a
-        duplicate of itself.
+        duplicate of itself. ``replay_of``: the record's ``ghl.replayed_from`` header
+        (``consumer.core.deadletter.replayed_from``): a replayed dead letter is never a
+        duplicate of its original (``consumer.core.dedupe``).
 
         The key, any bytes, is the contact key: not valid UTF-8 -> decoded with backslash
         escapes (a binary key is still a key); empty -> absent; over ``max_field_chars``
@@ -163,7 +166,12 @@ class Mapper:
             return [event]
         contact_key = key.decode("utf-8", "backslashreplace") if key else None
         return self.map_event(
-            event, contact_key=contact_key, topic=topic, now=now, origin=origin
+            event,
+            contact_key=contact_key,
+            topic=topic,
+            now=now,
+            origin=origin,
+            replay_of=replay_of,
         )
 
     def map_event(
@@ -174,13 +182,16 @@ class Mapper:
         topic: str,
         now: float,
         origin: Hashable | None = None,
+        replay_of: str | None = None,
     ) -> list[Outcome]:
         """Map a decoded event. ``contact_key`` is the record key if any; else the event's
-        userId, else anonymousId, is used. ``origin``: as for ``map_record``."""
+        userId, else anonymousId, is used. ``origin``, ``replay_of``: as for ``map_record``."""
         targets = self._router.route(event, topic)
         if not targets:
             return [_NOT_ROUTED]
-        if event.message_id is not None and self._deduper.check(event.message_id, now, origin):
+        if event.message_id is not None and self._deduper.check(
+            event.message_id, now, origin, replay_of
+        ):
             return [_DUPLICATE]
         user_key = contact_key or event.user_id or event.anonymous_id
         if user_key is None:

@@ -35,7 +35,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from consumer.core.deadletter import Failure
+from consumer.core.deadletter import Failure, replayed_from
 from consumer.core.events import ContactUpsert, Drop, Record
 from consumer.core.mapping import Mapper
 from consumer.engine.backpressure import Backpressure, Decision
@@ -361,6 +361,8 @@ class Engine:
             now=wall,
             # a record re-read after its partition came back is not a duplicate of itself
             origin=(record.topic, record.partition, record.offset),
+            # a replayed dead letter is not a duplicate of its original
+            replay_of=replayed_from(record.headers),
         )
         writes = self._profile_log.take_writes() if self._profile_log is not None else []
         ticket = Ticket(record, partition, len(outcomes) + len(writes))

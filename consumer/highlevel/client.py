@@ -9,6 +9,12 @@ transport failure: every call returns an ``Answer`` whose ``verdict``
 classifies it.
 
 Tokens are passed per call and never stored in an ``Answer``, logged, or put in an exception.
+
+A contact id is percent-escaped into its path segment (an id of HighLevel's answer, or of a
+misbehaving gateway, cannot reach another path). A response body is read up to
+``max_body_bytes`` (default ``MAX_BODY_BYTES``, 1 MiB, after decompression): HighLevel's answers
+are a few KiB, and a larger one (a gateway's error page, a broken or hostile proxy) is not read
+further: the answer is ``RETRY`` with ``error`` saying so, and memory stays bounded.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Final
 from urllib.parse import quote
 
 import aiohttp
@@ -27,6 +34,9 @@ from consumer.highlevel.verdicts import Answer, Verdict, classify
 API_VERSION = "2021-07-28"
 # A cap on how much of an error body is kept (HighLevel's error bodies are small JSON objects).
 _MAX_MESSAGE_CHARS = 500
+MAX_BODY_BYTES: Final = 1 << 20
+"""The default cap on a response body (1 MiB); a larger body is an error, not read."""
+_CHUNK_BYTES: Final = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -41,7 +51,8 @@ class HighLevelClient:
     """The HTTP client. Create inside a running loop; ``await close()`` when done.
 
     ``max_connections`` bounds open sockets across all locations (the engine's in-flight cap is
-    the real concurrency limit; this keeps connections from outgrowing it).
+    the real concurrency limit; this keeps connections from outgrowing it). ``max_body_bytes``
+    caps a response body (see the module docstring).
     """
 
     def __init__(
@@ -51,8 +62,10 @@ class HighLevelClient:
         timeouts: Timeouts = Timeouts(),
         max_connections: int = 100,
         user_agent: str = "ghl-consumer",
+        max_body_bytes: int = MAX_BODY_BYTES,
     ) -> None:
         self._base_url = base_url.rstrip("/")
+        self._max_body_bytes = max_body_bytes
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=max_connections, ttl_dns_cache=300),
             timeout=aiohttp.ClientTimeout(total=timeouts.total, sock_connect=timeouts.connect),
@@ -74,8 +87,13 @@ class HighLevelClient:
         return await self._post("/contacts/upsert", token, payload)
 
     async def add_tags(self, *, token: str, contact_id: str, tags: Sequence[str]) -> Answer:
-        """``POST /contacts/{contact_id}/tags`` adding ``tags`` (tag mode ``add``)."""
-        return await self._post(f"/contacts/{contact_id}/tags", token, {"tags": list(tags)})
+        """``POST /contacts/{contact_id}/tags`` adding ``tags`` (tag mode ``add``). The id is
+        percent-escaped into its segment; an empty id or a dot segment (``.``, ``..``, which
+        URLs resolve away) is not sent: the answer is ``REJECTED`` with ``error`` saying so."""
+        segment = _contact_segment(contact_id)
+        if segment is None:
+            return _unsendable(contact_id)
+        return await self._post(f"/contacts/{segment}/tags", token, {"tags": list(tags)})
 
     async def find_by_email(self, *, token: str, location_id: str, email: str) -> Answer:
         """``GET /contacts/search/duplicate``: the location's contact with ``email`` (HighLevel's
@@ -88,8 +106,11 @@ class HighLevelClient:
         )
 
     async def delete_contact(self, *, token: str, contact_id: str) -> Answer:
-        """``DELETE /contacts/{contact_id}``."""
-        return await self._send("DELETE", f"/contacts/{quote(contact_id, safe='')}", token)
+        """``DELETE /contacts/{contact_id}``; the id is escaped as in ``add_tags``."""
+        segment = _contact_segment(contact_id)
+        if segment is None:
+            return _unsendable(contact_id)
+        return await self._send("DELETE", f"/contacts/{segment}", token)
 
     async def _post(self, path: str, token: str, body: Mapping[str, object]) -> Answer:
         return await self._send("POST", path, token, data=orjson.dumps(body))
@@ -112,9 +133,17 @@ class HighLevelClient:
                 params=params,
                 headers={"Authorization": f"Bearer {token}"},
             ) as response:
-                raw = await response.read()
                 status = response.status
                 headers = MappingProxyType({k: v for k, v in response.headers.items()})
+                raw = await self._read_capped(response)
+            if raw is None:
+                return Answer(
+                    verdict=Verdict.RETRY,
+                    status=status,
+                    latency_s=time.perf_counter() - started,
+                    error=f"response body over {self._max_body_bytes} bytes: not read",
+                    headers=headers,
+                )
         except TimeoutError:  # asyncio's and aiohttp's timeouts are TimeoutError on 3.11+
             return Answer(
                 verdict=Verdict.RETRY,
@@ -143,6 +172,35 @@ class HighLevelClient:
             headers=headers,
             body=MappingProxyType(parsed if ok else {}),
         )
+
+    async def _read_capped(self, response: aiohttp.ClientResponse) -> bytes | None:
+        """The body, or None when it is over the cap (announced or read so far)."""
+        cap = self._max_body_bytes
+        if response.content_length is not None and response.content_length > cap:
+            return None
+        raw = bytearray()
+        async for chunk in response.content.iter_chunked(_CHUNK_BYTES):
+            raw += chunk
+            if len(raw) > cap:
+                return None
+        return bytes(raw)
+
+
+def _contact_segment(contact_id: str) -> str | None:
+    """``contact_id`` percent-escaped as one URL path segment; None for an empty id or a dot
+    segment (``.``, ``..``), which URLs resolve away."""
+    if contact_id in ("", ".", ".."):
+        return None
+    return quote(contact_id, safe="")
+
+
+def _unsendable(contact_id: str) -> Answer:
+    return Answer(
+        verdict=Verdict.REJECTED,
+        status=None,
+        latency_s=0.0,
+        error=f"contact id {contact_id!r} cannot name a contact in a URL path",
+    )
 
 
 def _parse_body(raw: bytes) -> dict[str, object]:

@@ -15,15 +15,17 @@ from consumer.errors import SandboxError
 async def read_contacts(
     url: str, location_ids: Iterable[str], *, timeout_s: float = 30.0
 ) -> dict[str, list[dict[str, Any]]]:
-    """Every contact of each location from the sandbox's ``GET /_sandbox/contacts``. Raises
-    ``SandboxError`` when it does not answer 200 with a contact list."""
+    """Every contact of each location from the sandbox's ``GET /_sandbox/contacts``, unmasked
+    (``?unmasked=1``: the audit compares emails and phones). Raises ``SandboxError`` when it
+    does not answer 200 with a contact list."""
     result: dict[str, list[dict[str, Any]]] = {}
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     try:
         async with aiohttp.ClientSession(timeout=timeout) as session:
             for location_id in dict.fromkeys(location_ids):
                 async with session.get(
-                    f"{url.rstrip('/')}/_sandbox/contacts", params={"locationId": location_id}
+                    f"{url.rstrip('/')}/_sandbox/contacts",
+                    params={"locationId": location_id, "unmasked": "1"},
                 ) as response:
                     if response.status != 200:
                         raise SandboxError(

@@ -5,7 +5,12 @@ log), which reads best in one place; the pure rules are in ``state``, ``schema``
 
 API (HighLevel's, ``Version: 2021-07-28``, ``Authorization: Bearer <token>``):
   ``POST /contacts/upsert``, ``POST /contacts/{contactId}/tags``, ``GET /contacts/{contactId}``.
-Admin (no auth; bind to loopback): under ``/_sandbox/``, see :meth:`Sandbox.app`.
+Admin (no auth; bound to loopback by default, ``--host`` changes it): under ``/_sandbox/``, see
+:meth:`Sandbox.app`. Its changes (``PUT`` / ``POST``) need ``Content-Type: application/json``
+(else 415), so a web page cannot make a browser send one (an HTML form cannot set that type, and
+a script's cross-origin JSON request needs a CORS preflight the sandbox never grants). Its
+listings mask email and phone (``s***@example.com``, ``+1******0142``: contacts, and request
+bodies in the request log) unless ``?unmasked=1`` asks for them as stored (the audit does).
 
 Each API request passes, in order: the Version header (401), the token (401), the token's scope
 (401), the location's rate window (429), fault injection (latency, then hang / 5xx / reset), then
@@ -61,6 +66,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from consumer.core.normalise import mask_email, mask_phone
 from consumer.sandbox.custom_fields import FieldDefinition, convert, parse_definitions
 from consumer.sandbox.rate_window import RateDecision
 from consumer.sandbox.schema import (
@@ -174,7 +180,7 @@ class Sandbox:
         return [c.to_json() for c in self.state.locations[location_id].contacts.values()]
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[_admin_changes_are_json])
         app.router.add_post("/contacts/upsert", self._api(self._upsert, _WRITE))
         app.router.add_post("/contacts/{contactId}/tags", self._api(self._add_tags, _WRITE))
         app.router.add_get("/contacts/{contactId}", self._api(self._get_contact, _READ))
@@ -449,7 +455,10 @@ class Sandbox:
         location = self._admin_location(request.query.get("locationId"))
         if isinstance(location, web.Response):
             return location
-        return _admin_json({"locationId": location.id, "contacts": self.contacts(location.id)})
+        contacts = self.contacts(location.id)
+        if not _unmasked(request):
+            contacts = [_masked(contact) for contact in contacts]
+        return _admin_json({"locationId": location.id, "contacts": contacts})
 
     async def _admin_requests(self, request: web.Request) -> web.Response:
         location_id = request.query.get("locationId")
@@ -458,7 +467,13 @@ class Sandbox:
             limit = int(request.query.get("limit", len(entries)))
         except ValueError:
             return _admin_error(400, "limit must be an integer")
-        return _admin_json({"requests": entries[-limit:] if limit > 0 else []})
+        entries = entries[-limit:] if limit > 0 else []
+        if not _unmasked(request):
+            entries = [
+                {**e, "body": _masked(e["body"])} if isinstance(e.get("body"), dict) else e
+                for e in entries
+            ]
+        return _admin_json({"requests": entries})
 
     async def _admin_counters(self, request: web.Request) -> web.Response:
         locations = {
@@ -647,6 +662,41 @@ def _admin_json(body: Mapping[str, Any], status: int = 200) -> web.Response:
 
 def _admin_error(status: int, message: str) -> web.Response:
     return _admin_json({"error": message}, status)
+
+
+_ADMIN_READS = frozenset({"GET", "HEAD"})
+_MASKS: dict[str, Callable[[str], str]] = {
+    "email": mask_email,
+    "emailLowerCase": mask_email,
+    "phone": mask_phone,
+}
+
+
+@web.middleware
+async def _admin_changes_are_json(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Refuse (415) an admin change that is not ``application/json`` (module docstring)."""
+    if (
+        request.path.startswith("/_sandbox/")
+        and request.method not in _ADMIN_READS
+        and request.content_type != "application/json"
+    ):
+        return _admin_error(
+            415, "admin changes need Content-Type: application/json (a body of {} will do)"
+        )
+    return await handler(request)
+
+
+def _unmasked(request: web.Request) -> bool:
+    return request.query.get("unmasked") in ("1", "true")
+
+
+def _masked(item: Mapping[str, Any]) -> dict[str, Any]:
+    """``item`` (a contact, a request body) with its email and phone values masked."""
+    return {
+        k: _MASKS[k](v) if k in _MASKS and isinstance(v, str) else v for k, v in item.items()
+    }
 
 
 def _abort(request: web.Request) -> None:

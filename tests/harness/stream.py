@@ -178,7 +178,8 @@ async def sandbox_get(http: aiohttp.ClientSession, url: str, path: str) -> Any:
 
 async def landed_at(http: aiohttp.ClientSession, url: str) -> list[Landed]:
     """``landed_upserts`` of a sandbox child, over its admin endpoint."""
-    return landed_upserts((await sandbox_get(http, url, "/_sandbox/requests"))["requests"])
+    log = await sandbox_get(http, url, "/_sandbox/requests?unmasked=1")
+    return landed_upserts(log["requests"])
 
 
 # -- the checks ------------------------------------------------------------------------------------

@@ -88,7 +88,9 @@ def produce_with_headers(bootstrap: str, topic: str, records: Sequence[Produced]
 async def sandbox_emails(url: str) -> set[str]:
     async with (
         aiohttp.ClientSession() as session,
-        session.get(f"{url}/_sandbox/contacts", params={"locationId": LOCATION}) as response,
+        session.get(
+            f"{url}/_sandbox/contacts", params={"locationId": LOCATION, "unmasked": "1"}
+        ) as response,
     ):
         body = await response.json()
     return {c["email"] for c in body["contacts"] if "email" in c}

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from aiohttp import web
 
-from consumer.highlevel.client import HighLevelClient, Timeouts
+from consumer.highlevel.client import MAX_BODY_BYTES, HighLevelClient, Timeouts
 from consumer.highlevel.verdicts import Answer, Verdict
 from consumer.sandbox.server import Sandbox, run_sandbox
 from consumer.sandbox.settings import Faults, RateLimits
@@ -114,3 +115,82 @@ async def test_nothing_listening_is_a_retryable_connection_error() -> None:
         await c.close()
     assert (answer.verdict, answer.status) == (Verdict.RETRY, None)
     assert answer.error == "connection: ClientConnectorError"
+
+
+@pytest.fixture
+async def tiny() -> AsyncIterator[tuple[str, list[str]]]:
+    """A tiny HTTP server: records each request's raw path; ``/big`` answers 2 MiB with a
+    Content-Length, ``/stream`` 2 MiB chunked (no length), anything else ``{}``."""
+    seen: list[str] = []
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        seen.append(request.raw_path)
+        if request.path.startswith("/big"):
+            return web.Response(body=b"x" * (2 << 20), content_type="application/json")
+        if request.path.startswith("/stream"):
+            response = web.StreamResponse()
+            response.enable_chunked_encoding()
+            await response.prepare(request)
+            for _ in range(32):
+                await response.write(b"y" * 65_536)
+            await response.write_eof()
+            return response
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}", seen
+    finally:
+        await runner.cleanup()
+
+
+async def test_the_contact_id_is_escaped_into_its_path_segment(
+    tiny: tuple[str, list[str]],
+) -> None:
+    """Issue 15, finding 8: an id with ``/``, ``?``, ``#`` or ``%`` cannot reach another path,
+    query or fragment; a dot segment (which URLs resolve away) is not sent."""
+    url, seen = tiny
+    c = HighLevelClient(base_url=url)
+    try:
+        answer = await c.add_tags(token=TOKEN, contact_id="a/../../locations/x?y=1#z%", tags=["t"])
+        assert answer.verdict is Verdict.DELIVERED
+        for dots in ("..", ".", ""):
+            refused = await c.add_tags(token=TOKEN, contact_id=dots, tags=["t"])
+            assert (refused.verdict, refused.status) == (Verdict.REJECTED, None)
+            assert refused.error == f"contact id {dots!r} cannot name a contact in a URL path"
+    finally:
+        await c.close()
+    assert seen == ["/contacts/a%2F..%2F..%2Flocations%2Fx%3Fy=1%23z%25/tags"]
+
+
+async def test_the_sandbox_reads_an_escaped_id_as_one_unknown_contact(
+    client: HighLevelClient, sandbox: Sandbox
+) -> None:
+    """Unescaped, ``x/../../upsert`` would resolve to ``/upsert/tags``; escaped it is an
+    unknown contact id of the tags route (HighLevel's 400)."""
+    answer = await client.add_tags(token=TOKEN, contact_id="x/../../upsert", tags=["t"])
+    assert (answer.verdict, answer.status) == (Verdict.REJECTED, 400)
+    assert sandbox.requests[-1]["contactId"] == "x/../../upsert"
+
+
+@pytest.mark.parametrize("path", ["/big", "/stream"], ids=["content-length", "chunked"])
+async def test_a_body_over_the_cap_is_not_read_and_is_retryable(
+    tiny: tuple[str, list[str]], path: str
+) -> None:
+    """Issue 15, finding 8: a 2 MiB answer (announced or streamed) is cut at 1 MiB: a RETRY
+    saying why, nothing parsed."""
+    url, _ = tiny
+    c = HighLevelClient(base_url=url + path)
+    try:
+        answer = await c.upsert(token=TOKEN, payload=SAM)
+    finally:
+        await c.close()
+    assert (answer.verdict, answer.status) == (Verdict.RETRY, 200)
+    assert answer.error == f"response body over {MAX_BODY_BYTES} bytes: not read"
+    assert answer.body == {}

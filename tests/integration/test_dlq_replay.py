@@ -3,6 +3,8 @@ real broker. Dead letters are built exactly as the engine builds them (dead_lett
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import uuid
 from collections.abc import Callable
 
@@ -13,7 +15,15 @@ from confluent_kafka import Message
 from consumer.core.deadletter import REJECTED_BY_HIGHLEVEL, Failure, dead_letter_headers
 from consumer.core.events import Record
 from consumer.kafka.producer import KafkaProducer
-from tests.integration.consumer_harness import end_offsets, read_all, run_command
+from consumer.sandbox.server import run_sandbox
+from tests.integration.consumer_harness import (
+    committed_offsets,
+    end_offsets,
+    produce,
+    read_all,
+    run_command,
+    start_consumer,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # make check leaves it out
 
@@ -58,6 +68,7 @@ async def test_replay_resends_selected_originals_once_and_dry_run_sends_nothing(
     group = f"replay-{uuid.uuid4().hex[:8]}"
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "KAFKA_TOPICS": f"{source},{other_source}",
         "KAFKA_GROUP_ID": group,
         "KAFKA_DEAD_LETTER_TOPIC": dead,
     }
@@ -129,6 +140,7 @@ async def test_replay_to_a_missing_topic_fails_with_exit_1_and_commits_nothing(
     gone = f"never-created-{uuid.uuid4().hex[:8]}"
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "KAFKA_TOPICS": gone,
         "KAFKA_GROUP_ID": f"replay-{uuid.uuid4().hex[:8]}",
         "KAFKA_DEAD_LETTER_TOPIC": dead,
     }
@@ -197,6 +209,7 @@ async def test_replay_stops_at_the_end_captured_at_start_even_into_its_own_topic
     dead = new_topic()
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "KAFKA_TOPICS": dead,  # --to must name a topic the configuration reads
         "KAFKA_GROUP_ID": f"replay-{uuid.uuid4().hex[:8]}",
         "KAFKA_DEAD_LETTER_TOPIC": dead,
     }
@@ -213,3 +226,95 @@ async def test_replay_stops_at_the_end_captured_at_start_even_into_its_own_topic
     code, out, err = await dlq(env, "replay", "--to", dead, "--reason", REJECTED_BY_HIGHLEVEL)
     assert code == 0, err
     assert "replayed 0, skipped by filter 3, failed 0" in out
+
+
+async def test_replay_sends_only_to_topics_the_configuration_reads(
+    kafka_bootstrap: str, new_topic: Callable[..., str]
+) -> None:
+    """Issue 15, finding 4: a dead letter whose ghl.source.topic names an existing topic the
+    consumer does not read (a forged header) is refused and reported, never sent; ``--to``
+    outside kafka.topics is a configuration error."""
+    source, elsewhere, dead = new_topic(), new_topic(), new_topic()
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "KAFKA_TOPICS": source,
+        "KAFKA_GROUP_ID": f"replay-{uuid.uuid4().hex[:8]}",
+        "KAFKA_DEAD_LETTER_TOPIC": dead,
+    }
+    failure = Failure(reason=REJECTED_BY_HIGHLEVEL, error="422", integration_id="default")
+    await put_dead_letters(
+        kafka_bootstrap,
+        dead,
+        [(Record(elsewhere, 0, 0, b"user-1", event(1)), failure)],
+    )
+    code, out, err = await dlq(env, "replay", "--to", elsewhere)
+    assert code == 2
+    assert f"--to: topic '{elsewhere}' is not one this consumer reads (kafka.topics)" in err
+    code, out, err = await dlq(env, "replay")
+    assert code == 1
+    assert "replayed 0, skipped by filter 0, failed 1" in out
+    assert f"topic '{elsewhere}' is not one this consumer reads (kafka.topics): refused" in err
+    assert total(kafka_bootstrap, elsewhere) == 0
+    code, out, err = await dlq(env, "replay", "--to", source)  # the operator's explicit choice
+    assert code == 0, err
+    assert f"replayed 1 ({source}: 1)" in out
+
+
+async def test_a_replay_read_by_the_running_consumer_is_delivered_not_dropped_as_duplicate(
+    kafka_bootstrap: str, new_topic: Callable[..., str]
+) -> None:
+    """Issue 15, finding 3. The consumer read an identify (its messageId now in its 24-hour
+    de-duplication window); the upsert is dead-lettered (here: the dead letter is written as
+    the engine writes it, and the contact removed from HighLevel). ``dlq replay`` sends the
+    copy back to the source topic while the same consumer runs: it must reach HighLevel."""
+    location, token = "ve9EPM428h8vShlRW1KT", "pit-replay-secret-token"
+    source, dead = new_topic(), new_topic()
+    group = f"replay-run-{uuid.uuid4().hex[:8]}"
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "KAFKA_TOPICS": source,
+        "KAFKA_GROUP_ID": group,
+        "KAFKA_DEAD_LETTER_TOPIC": dead,
+        "GHL_LOCATION_ID": location,
+    }
+    value = orjson.dumps(
+        {
+            "type": "identify",
+            "messageId": "m-replayed-once",
+            "userId": "user-7",
+            "traits": {"email": "user7@example.com", "first_name": "Seven"},
+        }
+    )
+    produce(kafka_bootstrap, source, [(b"user-7", value)])
+
+    async def settled(offset: int) -> None:
+        async with asyncio.timeout(60):
+            while committed_offsets(kafka_bootstrap, group, source, 1) != {0: offset}:
+                assert consumer.returncode is None, await consumer.stderr.read()  # type: ignore[union-attr]
+                await asyncio.sleep(0.3)
+
+    async with run_sandbox(locations={location: token}) as sandbox:
+        contacts = sandbox.state.locations[location].contacts
+        consumer = await start_consumer(
+            {**env, "GHL_ACCESS_TOKEN": token, "GHL_API_BASE_URL": sandbox.url}
+        )
+        try:
+            await settled(1)
+            assert len(contacts) == 1
+            sandbox.state.clear()  # as if the upsert had never reached HighLevel
+            rejected = Failure(
+                reason=REJECTED_BY_HIGHLEVEL, error="HighLevel answered 422", status=422
+            )
+            original = Record(source, 0, 0, b"user-7", value)
+            await put_dead_letters(kafka_bootstrap, dead, [(original, rejected)])
+            code, out, err = await dlq(env, "replay")
+            assert code == 0, out + err
+            assert f"replayed 1 ({source}: 1)" in out
+            await settled(2)
+            assert [c.fields["email"] for c in contacts.values()] == ["user7@example.com"]
+        finally:
+            if consumer.returncode is None:
+                consumer.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(30):
+                _, consumer_log = await consumer.communicate()
+    assert consumer.returncode == 0, consumer_log.decode()

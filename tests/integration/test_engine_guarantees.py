@@ -209,7 +209,7 @@ async def test_no_offset_is_committed_before_its_event_is_delivered(
                             if now == before:
                                 break
                             before = now
-                    async with http.post(f"{url}/_sandbox/save") as r:
+                    async with http.post(f"{url}/_sandbox/save", json={}) as r:
                         assert r.status == 200
                     assert await stop_process(sandbox, signal.SIGKILL) == -signal.SIGKILL
                     outage_started = len(sampler.samples)
@@ -221,7 +221,9 @@ async def test_no_offset_is_committed_before_its_event_is_delivered(
                     async with asyncio.timeout(60):
                         await until_committed(sampler, ends, [member])
                     contacts = (
-                        await sandbox_get(http, url, f"/_sandbox/contacts?locationId={LOCATION}")
+                        await sandbox_get(
+                            http, url, f"/_sandbox/contacts?locationId={LOCATION}&unmasked=1"
+                        )
                     )["contacts"]
                     delivered_after = await landed_at(http, url)
                 finally:

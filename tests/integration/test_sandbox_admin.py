@@ -3,6 +3,7 @@ sockets (and a real child process for the command line)."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import signal
 import time
@@ -14,6 +15,7 @@ import aiohttp
 import orjson
 import pytest
 
+from consumer.commands.sandbox import add_arguments
 from consumer.sandbox import Faults, Sandbox, run_sandbox, sandbox_process
 from consumer.sandbox.process import sandbox_command
 
@@ -56,7 +58,9 @@ async def upsert(
 
 
 async def admin(http: aiohttp.ClientSession, method: str, url: str, body: Any = None) -> Any:
-    async with http.request(method, url, json=body) as response:
+    """An admin call as a client should make it: changes carry a JSON body ({} by default)."""
+    sent = None if method == "GET" else ({} if body is None else body)
+    async with http.request(method, url, json=sent) as response:
         assert response.status == 200, await response.text()
         return await response.json()
 
@@ -164,13 +168,15 @@ async def test_contacts_requests_and_counters_are_inspectable(
     await upsert(http, sandbox.url, "bad-email")
     await upsert(http, sandbox.url, "x@example.com", token="wrong")
 
-    listed = await admin(http, "GET", f"{sandbox.url}/_sandbox/contacts?locationId={L1}")
+    listed = await admin(
+        http, "GET", f"{sandbox.url}/_sandbox/contacts?locationId={L1}&unmasked=1"
+    )
     assert listed["locationId"] == L1
     assert [c["email"] for c in listed["contacts"]] == ["sam@example.com"]
     empty = await admin(http, "GET", f"{sandbox.url}/_sandbox/contacts?locationId={L2}")
     assert empty["contacts"] == []
 
-    log = await admin(http, "GET", f"{sandbox.url}/_sandbox/requests")
+    log = await admin(http, "GET", f"{sandbox.url}/_sandbox/requests?unmasked=1")
     assert [(e["status"], e["locationId"]) for e in log["requests"]] == [
         (200, L1),
         (200, L1),
@@ -194,6 +200,61 @@ async def test_contacts_requests_and_counters_are_inspectable(
         "contacts": 1,
         "dailyUsed": 3,
     }
+
+
+async def test_admin_listings_mask_email_and_phone_unless_asked(
+    sandbox: Sandbox, http: aiohttp.ClientSession
+) -> None:
+    """Issue 15, finding 9: the admin API shows personal data masked by default."""
+    body = {"locationId": L1, "email": "sam@example.com", "phone": "+14155550142"}
+    async with http.post(f"{sandbox.url}/contacts/upsert", json=body, headers=HEADERS) as r:
+        assert r.status == 200
+    url = f"{sandbox.url}/_sandbox/contacts?locationId={L1}"
+    [masked] = (await admin(http, "GET", url))["contacts"]
+    assert (masked["email"], masked["emailLowerCase"], masked["phone"]) == (
+        "s***@example.com",
+        "s***@example.com",
+        "+1******0142",
+    )
+    [logged] = (await admin(http, "GET", f"{sandbox.url}/_sandbox/requests"))["requests"]
+    assert logged["body"] == {**body, "email": "s***@example.com", "phone": "+1******0142"}
+    listings = [url, f"{sandbox.url}/_sandbox/requests"]
+    everything = orjson.dumps([await admin(http, "GET", u) for u in listings]).decode()
+    assert "sam@example.com" not in everything
+    assert "5550142" not in everything
+    [unmasked] = (await admin(http, "GET", url + "&unmasked=1"))["contacts"]
+    assert (unmasked["email"], unmasked["phone"]) == ("sam@example.com", "+14155550142")
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/_sandbox/reset"),
+        ("POST", "/_sandbox/reset-daily"),
+        ("POST", "/_sandbox/save"),
+        ("PUT", "/_sandbox/faults"),
+        ("PUT", "/_sandbox/limits"),
+        ("PUT", "/_sandbox/scopes"),
+    ],
+)
+async def test_admin_changes_refuse_what_a_web_page_can_send(
+    sandbox: Sandbox, http: aiohttp.ClientSession, method: str, path: str
+) -> None:
+    """Issue 15, finding 9: an HTML form (url-encoded, multipart, text/plain) or a bodiless
+    request cannot change the sandbox: 415, nothing changed."""
+    await upsert(http, sandbox.url, "sam@example.com")
+    form = aiohttp.FormData({"failRate": "1"})
+    for sent in (
+        {"data": form},
+        {"data": b'{"failRate": 1}', "headers": {"Content-Type": "text/plain"}},
+        {"data": aiohttp.FormData({"f": "1"}, default_to_multipart=True)},
+        {},
+    ):
+        async with http.request(method, sandbox.url + path, **sent) as response:
+            assert response.status == 415, await response.text()
+            assert "application/json" in (await response.json())["error"]
+    assert len(sandbox.contacts(L1)) == 1
+    assert sandbox.state.locations[L1].faults == Faults()
 
 
 async def test_admin_contacts_needs_a_known_location(
@@ -245,7 +306,7 @@ async def test_state_file_round_trip(tmp_path: Path, http: aiohttp.ClientSession
 async def test_save_without_state_file_is_refused(
     sandbox: Sandbox, http: aiohttp.ClientSession
 ) -> None:
-    async with http.post(f"{sandbox.url}/_sandbox/save") as response:
+    async with http.post(f"{sandbox.url}/_sandbox/save", json={}) as response:
         assert response.status == 400
 
 
@@ -313,3 +374,10 @@ async def test_cli_exits_0_on_sigterm_and_2_on_invalid_settings() -> None:
     _, stderr = await asyncio.wait_for(invalid.communicate(), 30)
     assert invalid.returncode == 2
     assert b"fault rates" in stderr
+
+
+def test_the_command_binds_loopback_by_default() -> None:
+    """Issue 15, finding 9: the admin API has no authentication; only --host exposes it."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert parser.parse_args([]).host == "127.0.0.1"

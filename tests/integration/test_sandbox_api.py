@@ -511,7 +511,9 @@ async def test_daily_budget_429_until_the_admin_resets_it(
     clock.now += 5  # waiting seconds does not help with the daily budget
     assert (await upsert(http, sandbox, email="late@example.com"))[0] == 429
 
-    async with http.post(f"{sandbox.url}/_sandbox/reset-daily?locationId={L1}") as response:
+    async with http.post(
+        f"{sandbox.url}/_sandbox/reset-daily?locationId={L1}", json={}
+    ) as response:
         assert response.status == 200
         counters = await response.json()
     assert counters["locations"][L1]["dailyUsed"] == 0

@@ -182,6 +182,22 @@ def test_drops_count_by_reason_and_duplicates_are_accounted_as_duplicate() -> No
     assert ledger.unaccounted == ()
 
 
+def test_a_replayed_dead_letter_is_expected_in_highlevel_not_counted_as_a_duplicate() -> None:
+    """The replay of a dead letter (same messageId, ``ghl.replayed_from``) must reach
+    HighLevel: the audit expects it, it does not account for it as a duplicate."""
+    stream = Stream()
+    rejected = stream.add(identify(1, 0, first_name="Bad"))
+    dlq = dead_letters((rejected, Failure(reason="rejected_by_highlevel", error="422")))
+    copy = Record(
+        "events", 0, 1, rejected.key, rejected.value, (("ghl.replayed_from", b"dlq/0/0"),)
+    )
+    stream.records.append(copy)
+    ledger = ledger_of(stream, dlq=dlq)
+    assert ledger.dropped == {}
+    assert ledger.dead_lettered == 1
+    assert ledger.contacts[("default", "user-1")].last == "events/0/1"
+
+
 def test_rejects_are_accounted_only_when_dead_lettered() -> None:
     stream = Stream()
     poison = stream.add(b"{broken json", key=b"user-1")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from consumer.core.deadletter import replayed_from
 from consumer.core.dedupe import MessageDeduper
 
 
@@ -50,3 +51,22 @@ def test_the_same_record_read_again_is_not_a_duplicate_of_itself() -> None:
     assert d.check("m1", 3.0, ("events", 1, 7)) is True
     assert d.check("m1", 4.0) is True
     assert len(d) == 1
+
+
+def test_a_replayed_dead_letter_is_not_a_duplicate_of_its_original() -> None:
+    """``dlq replay`` copies a dead letter back to its source topic within the TTL: a new
+    origin. A second copy of the same dead letter (a rerun) is a duplicate; a copy of
+    another dead letter of the id (the replay failed again and was replayed again) is not."""
+    d = MessageDeduper(max_entries=10, ttl_seconds=86_400)
+    assert d.check("m1", 0.0, ("events", 0, 7)) is False
+    assert d.check("m1", 3600.0, ("events", 0, 90), replay_of="events.dead-letter/0/3") is False
+    assert d.check("m1", 3601.0, ("events", 0, 91), replay_of="events.dead-letter/0/3") is True
+    assert d.check("m1", 3602.0, ("events", 0, 92), replay_of="events.dead-letter/0/8") is False
+    assert d.check("m1", 3603.0, ("events", 0, 93)) is True  # a plain repeat still is
+
+
+def test_replayed_from_reads_the_replay_header() -> None:
+    assert replayed_from((("trace", b"x"), ("ghl.replayed_from", b"dlq/0/3"))) == "dlq/0/3"
+    assert replayed_from((("trace", b"x"),)) is None
+    # The deduper keeps it for the TTL: a value no replay writes is not held.
+    assert replayed_from((("ghl.replayed_from", b"t" * 5_000 + b"/0/3"),)) is None

@@ -198,6 +198,36 @@ async def test_a_partition_assigned_back_redelivers_its_waiting_work_not_a_dupli
     assert engine.stats.dropped == {}
 
 
+async def test_a_replayed_dead_letter_is_delivered_not_dropped_as_a_duplicate() -> None:
+    """Issue 15, finding 3: the original is rejected (dead-lettered); ``dlq replay`` copies
+    it back to the source topic, within this member's de-duplication window. The copy is a new
+    origin: delivered. A second copy of the same dead letter (a rerun) is a duplicate."""
+    event = {**GUIDE_IDENTIFY, "messageId": "m-lead-987"}
+    (original,) = records("events", 0, [("lead-987", event)])
+    replay = (("ghl.replayed_from", b"events.dead-letter/0/0"),)
+    copies = [
+        Record("events", 0, offset, original.key, original.value, replay) for offset in (1, 2)
+    ]
+    source = MemorySource({("events", 0): [original]})
+    answers = iter([422])
+    highlevel = FakeHighLevel(script=lambda payload: next(answers, 200))
+    sink = MemorySink()
+    engine = build(source, highlevel, sink=sink)
+    stop = asyncio.Event()
+    task = asyncio.create_task(engine.run(stop))
+    async with asyncio.timeout(5):
+        while committed(source) != 1:
+            await asyncio.sleep(0.01)
+        assert highlevel.upserts == []  # rejected: dead-lettered
+        source.records[("events", 0)].extend(copies)
+        while committed(source) != 3:
+            await asyncio.sleep(0.01)
+    stop.set()
+    await task
+    assert len(highlevel.upserts) == 1
+    assert engine.stats.dropped == {"duplicate": 1}
+
+
 async def test_revoke_waits_for_work_in_flight_and_never_resends_it_after() -> None:
     source = MemorySource({("events", 0): records("events", 0, [("lead-987", GUIDE_IDENTIFY)])})
     highlevel = FakeHighLevel(script=lambda payload: 503, delay=lambda payload: 0.3)

@@ -229,6 +229,7 @@ async def test_replay_sends_selected_originals_and_commits_past_skipped_ones() -
         sender,
         selection=Selection(reasons=frozenset({"rejected_by_highlevel"})),
         to=None,
+        configured_topics=frozenset({"events"}),
         existing_topics=frozenset({"events"}),
         out=io.StringIO(),
     )
@@ -251,6 +252,7 @@ async def test_replay_commit_stops_at_the_first_failure_of_a_partition() -> None
         sender,
         selection=Selection(reasons=frozenset({"rejected_by_highlevel"})),
         to=None,
+        configured_topics=frozenset({"events"}),
         existing_topics=frozenset({"events"}),
         out=io.StringIO(),
     )
@@ -266,6 +268,7 @@ async def test_replay_fails_records_without_an_existing_target_and_honours_to() 
         sender,
         selection=Selection(),
         to=None,
+        configured_topics=frozenset({"events", "retry", "gone"}),
         existing_topics=frozenset({"events", "retry"}),
         out=io.StringIO(),
     )
@@ -278,12 +281,40 @@ async def test_replay_fails_records_without_an_existing_target_and_honours_to() 
         sender,
         selection=Selection(),
         to="retry",
+        configured_topics=frozenset({"events", "retry", "gone"}),
         existing_topics=frozenset({"events", "retry"}),
         out=io.StringIO(),
     )
     assert (summary.replayed, summary.failed) == (2, 0)
     assert [topic for topic, _, _ in sender.sent] == ["retry", "retry"]
     assert dict(summary.by_target) == {"retry": 2}
+
+
+async def test_a_source_topic_the_consumer_does_not_read_is_refused_not_sent(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 15, finding 4: anyone able to write to the dead-letter topic could name any topic
+    in ``ghl.source.topic``; replay sends only to the topics the configuration names."""
+    batch = [dead_letter(0, source_topic="payments"), dead_letter(1)]
+    sender = FakeReplayWriter()
+    for producer in (sender, None):  # the dry run refuses it too
+        reader = FakeReader([batch])
+        summary = await replay(
+            reader,
+            producer,
+            selection=Selection(),
+            to=None,
+            configured_topics=frozenset({"events"}),
+            existing_topics=frozenset({"events", "payments"}),
+            out=io.StringIO(),
+        )
+        assert (summary.replayed, summary.failed) == (1, 1)
+        assert dict(summary.by_target) == {"events": 1}
+    assert [topic for topic, _, _ in sender.sent] == ["events"]
+    assert reader.commits == []  # the dry run; the real one committed nothing past offset 0
+    assert "topic 'payments' is not one this consumer reads (kafka.topics): refused" in (
+        caplog.text
+    )
 
 
 async def test_dry_run_prints_sends_and_commits_nothing() -> None:
@@ -294,6 +325,7 @@ async def test_dry_run_prints_sends_and_commits_nothing() -> None:
         None,
         selection=Selection(reasons=frozenset({"rejected_by_highlevel"})),
         to=None,
+        configured_topics=frozenset({"events"}),
         existing_topics=frozenset({"events"}),
         out=out,
     )
@@ -321,6 +353,7 @@ async def test_a_dead_letter_that_left_its_value_out_is_reported_not_replayed() 
         sender,
         selection=Selection(),
         to=None,
+        configured_topics=frozenset({"events"}),
         existing_topics=frozenset({"events"}),
         out=io.StringIO(),
     )
