@@ -13,7 +13,8 @@ where a secret comes from, never its value.
 
 Environment, overriding the file:
 ``KAFKA_BOOTSTRAP_SERVERS``, ``KAFKA_TOPICS`` (comma list), ``KAFKA_GROUP_ID``,
-``KAFKA_AUTO_OFFSET_RESET``, ``GHL_API_BASE_URL``, ``METRICS_PORT``, ``REDIS_URL``; and for the
+``KAFKA_AUTO_OFFSET_RESET``, ``GHL_API_BASE_URL`` (``http://`` only to a loopback host unless
+``GHL_ALLOW_INSECURE_HTTP=true``), ``METRICS_PORT``, ``REDIS_URL``; and for the
 integration with id ``default``: ``GHL_LOCATION_ID``, ``GHL_ACCESS_TOKEN``,
 ``GHL_CONSENT_CATEGORY``, ``GHL_DEFAULT_PHONE_REGION``. With no ``[[integrations]]`` in the file
 (or no file) and ``GHL_LOCATION_ID`` + ``GHL_ACCESS_TOKEN`` set, one integration ``default``

@@ -93,6 +93,8 @@ class KafkaSettings:
 @dataclass(frozen=True, slots=True)
 class HighLevelSettings:
     api_base_url: str = "https://services.leadconnectorhq.com"
+    # http:// to a host other than loopback sends the bearer tokens in clear: refused unless set
+    allow_insecure_http: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
+from consumer.config import load_settings
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,6 +89,11 @@ def test_compose_consumer_is_wired_to_its_neighbours() -> None:
     assert env["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
     assert env["REDIS_URL"].startswith("redis://redis:")
     assert "http://sandbox:8900" in env["GHL_API_BASE_URL"]
+    # the sandbox is not loopback from the consumer's container: plain http is allowed explicitly
+    defaults = {
+        name: re.sub(r"\$\{\w+:-(.*)\}", r"\1", str(value)) for name, value in env.items()
+    }
+    assert load_settings(None, defaults).highlevel.api_base_url == "http://sandbox:8900"
     assert int(env["METRICS_PORT"]) == METRICS_PORT
     prometheus = yaml.safe_load(PROMETHEUS.read_text())
     targets = prometheus["scrape_configs"][0]["static_configs"][0]["targets"]
