@@ -9,7 +9,8 @@ overrides below (``docs/architecture.md``, "Configuration"), validates everythin
 a frozen ``Settings`` tree, or raises ``ConfigError`` whose message names the field
 (``integrations[1].location_id: required``, ``KAFKA_TOPICS: ...``). Tokens are ``Secret``
 values: masked in repr/str, the raw value only through ``Secret.reveal()``; error messages name
-where a secret comes from, never its value.
+where a secret comes from, never its value. ``read_secret_file`` reads a ``{ file = ... }``
+secret anew (a rotated token).
 
 Environment, overriding the file:
 ``KAFKA_BOOTSTRAP_SERVERS``, ``KAFKA_TOPICS`` (comma list), ``KAFKA_GROUP_ID``,
@@ -35,6 +36,7 @@ from consumer.config.settings import (
     Secret,
     Settings,
 )
+from consumer.config.tables import read_secret_file
 
 __all__ = [
     "DeliverySettings",
@@ -48,4 +50,5 @@ __all__ = [
     "Secret",
     "Settings",
     "load_settings",
+    "read_secret_file",
 ]

@@ -31,6 +31,7 @@ class Secret:
 
     _value: str | None
     source: str  # where it comes from, e.g. "environment variable GHL_ACCESS_TOKEN"; not secret
+    file: str | None = None  # the file it was read from ({ file = ... }), to read it anew
 
     @classmethod
     def unread(cls, source: str) -> Secret:

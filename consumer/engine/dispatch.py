@@ -352,7 +352,7 @@ class Dispatcher:
                 self._check_answer(upsert, payload, answer)
             if answer.verdict is Verdict.DELIVERED and upsert.tags_to_add():
                 answer = await self._add_tags(work, token, answer)
-            await self._settle(work, answer, loop.time())
+            await self._settle(work, answer, loop.time(), token)
         except Exception:  # a bug must not strand the key in flight forever
             logger.exception("delivery failed unexpectedly; retrying")
             if not self._drop_revoked(work):
@@ -462,8 +462,9 @@ class Dispatcher:
 
     # -- outcomes -------------------------------------------------------------------------------
 
-    async def _settle(self, work: _Work, answer: Answer, now: float) -> None:
-        """Act on the answer that decides ``work``: complete, dead-letter, retry or park."""
+    async def _settle(self, work: _Work, answer: Answer, now: float, token: str) -> None:
+        """Act on the answer that decides ``work`` (sent with ``token``): complete,
+        dead-letter, retry or park."""
         integration_id = work.item.integration_id
         verdict = answer.verdict
         if verdict is Verdict.DELIVERED:
@@ -486,6 +487,17 @@ class Dispatcher:
                 self._stats.dead_lettered += 1
             self._metrics.dead_lettered(REJECTED_BY_HIGHLEVEL, len(work.tickets))
             self._complete(work)
+        elif verdict is Verdict.UNAUTHORIZED and self._credentials.reread(integration_id) != token:
+            # A rotated token (e.g. its Secret file changed): sent again with it, nothing parks.
+            logger.warning(
+                "integration %s: HighLevel refused its token; sending again with the token "
+                "read anew",
+                integration_id,
+            )
+            if not self._drop_revoked(work):
+                self._stats.retries += 1
+                self._metrics.retry(integration_id, answer)
+                self._scheduler.retry(work, at=now)
         elif verdict is Verdict.UNAUTHORIZED:
             if self._parking_state.unauthorized(integration_id, now):
                 logger.error(

@@ -509,7 +509,7 @@ def test_ghl_allow_insecure_http_overrides_the_file(tmp_path: Path) -> None:
     """docker-compose.yml reaches the sandbox as http://sandbox:8900 on its own network."""
     env = {**ENV, "GHL_API_BASE_URL": "http://sandbox:8900", "GHL_ALLOW_INSECURE_HTTP": "true"}
     assert load_settings(None, env).highlevel.allow_insecure_http
-    with pytest.raises(ConfigError, match="^GHL_API_BASE_URL: http:// only for a loopback"):
+    with pytest.raises(ConfigError, match=r"^GHL_API_BASE_URL: http:// only for a loopback"):
         load(
             tmp_path,
             "[highlevel]\nallow_insecure_http = true\n",
