@@ -16,7 +16,8 @@ Flow of an upsert once the engine has offered it (steps 3 and 4 of ``consumer.en
 4. ``complete``: a record is done when every outcome of it is done (``Ticket.settle``); its
    offset completes.
 
-Parking (``consumer.engine.parking``): work of an integration answering 401/403, of a location
+Parking (``consumer.engine.parking``): work of an integration answering 401/403 (once its token,
+read anew from its source, is still the refused one: a rotated token is sent at once), of a location
 whose daily budget is spent, or of a contact failing past ``max_retry``, goes to the parking
 topic and its offsets complete, so the partitions move on. A second feed, a consumer group on
 the parking topic, brings parked upserts back through the same scheduler; they are delivered
