@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: help deps venv demo test check lint typecheck imports pytest kafka-up kafka-down clean
+.PHONY: help deps venv lock demo test check lint typecheck imports pytest kafka-up kafka-down clean
 
 help:
 	@echo "make demo        local Kafka + the sandbox HighLevel + sample events, end to end"
@@ -12,19 +12,32 @@ help:
 	@echo "make check       the same minus the tests marked slow: the loop to run all day"
 	@echo "make kafka-up    start (or reuse) a local Kafka on 127.0.0.1:\$${KAFKA_PORT:-9092}"
 	@echo "make kafka-down  stop it"
+	@echo "make lock        regenerate requirements*.lock (hashes) from pyproject.toml; UPGRADE=1: newest"
 	@echo "make fidelity    the real-world corpus through the mapper: BENCHMARKS.md's fidelity section"
 
 # System packages (Java, Maven, redis-server) when missing; see tools/system-deps.sh.
 deps:
 	@tools/system-deps.sh
 
-$(BIN)/.installed: pyproject.toml
+# The dependencies exactly as locked, each checked against its hashes; then the package alone.
+# `pip check` fails when pyproject.toml asks for something the lock does not hold: `make lock`.
+$(BIN)/.installed: requirements-dev.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --require-hashes -r requirements-dev.lock
+	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/pip check
 	touch $@
 
 venv: $(BIN)/.installed
+
+# Regenerate requirements.lock (the image's) and requirements-dev.lock (CI's) from
+# pyproject.toml, for every platform and Python >= 3.11, keeping the pinned versions that still
+# fit; UPGRADE=1 moves every pin to the newest release.
+LOCK := $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes \
+	--custom-compile-command "make lock" $(if $(UPGRADE),--upgrade) -q
+lock: venv
+	$(LOCK) -o requirements.lock
+	$(LOCK) --extra dev -o requirements-dev.lock
 
 demo: venv
 	@tools/system-deps.sh kafka

@@ -13,7 +13,9 @@ import argparse
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 
 from consumer.commands.preamble import (
@@ -25,12 +27,12 @@ from consumer.commands.preamble import (
     run_command,
     stop_on_signals,
 )
-from consumer.config import Integration, KafkaSettings, Settings
+from consumer.config import Integration, KafkaSettings, Secret, Settings, read_secret_file
 from consumer.core.mapping import build_mapper
 from consumer.core.profiles import ChangelogProfileStore
 from consumer.engine.engine import Engine, EngineOptions
 from consumer.engine.stats import EngineStats
-from consumer.errors import KafkaAdapterError
+from consumer.errors import ConfigError, KafkaAdapterError
 from consumer.highlevel.client import HighLevelClient, Timeouts
 from consumer.kafka.admin import TopicSpec, ensure_topics
 from consumer.kafka.clients import GroupProtocol
@@ -184,7 +186,7 @@ async def running_consumer(settings: Settings) -> AsyncIterator[Components]:
             mapper=mapper,
             limiter=limiter,
             sender=client,
-            credentials=SettingsCredentials({i.id: i for i in settings.integrations}),
+            credentials=SettingsCredentials(settings.integrations),
             locations={i.id: i.location_id for i in settings.integrations},
             dead_letter_topic=kafka.dead_letter_topic,
             parking_log=parking,
@@ -232,16 +234,88 @@ async def running_consumer(settings: Settings) -> AsyncIterator[Components]:
         await producer.close()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
+class _FollowedFile:
+    """A token given as ``{ file = ... }``: the value last read, and the file's
+    (mtime, size, inode) when last checked (None: not yet)."""
+
+    secret: Secret
+    path: str
+    stamp: tuple[int, int, int] | None = None
+    checked_at: float = float("-inf")
+
+
 class SettingsCredentials:
     """The engine's ``Credentials``: each configured integration's private integration token,
-    revealed only when a request is sent."""
+    revealed only when a request is sent.
 
-    integrations: Mapping[str, Integration]
+    A token given as ``{ file = ... }`` (a mounted Kubernetes Secret) follows its file: at most
+    once per ``check_interval`` seconds a request stats it, and reads it anew when its mtime,
+    size or inode changed; ``reread`` (after a 401) reads it anew at once. A file that cannot
+    be read or is empty keeps the token read before (a warning naming the file, never the
+    token). Tokens from the environment never change. Event loop thread only."""
+
+    __slots__ = ("_check_interval", "_clock", "_files", "_fixed")
+
+    def __init__(
+        self,
+        integrations: Iterable[Integration],
+        *,
+        check_interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._check_interval = check_interval
+        self._clock = clock
+        self._fixed: dict[str, Secret] = {}
+        self._files: dict[str, _FollowedFile] = {}
+        for integration in integrations:
+            secret = integration.access_token
+            if secret.file is None:
+                self._fixed[integration.id] = secret
+            else:
+                self._files[integration.id] = _FollowedFile(secret, secret.file)
 
     def token(self, integration_id: str) -> str:
         """Raises KeyError for an integration that is not configured."""
-        return self.integrations[integration_id].access_token.reveal()
+        followed = self._files.get(integration_id)
+        if followed is None:
+            return self._fixed[integration_id].reveal()
+        now = self._clock()
+        if now - followed.checked_at >= self._check_interval:
+            self._check(integration_id, followed, now, force=False)
+        return followed.secret.reveal()
+
+    def reread(self, integration_id: str) -> str:
+        """Raises KeyError for an integration that is not configured."""
+        followed = self._files.get(integration_id)
+        if followed is None:
+            return self._fixed[integration_id].reveal()
+        self._check(integration_id, followed, self._clock(), force=True)
+        return followed.secret.reveal()
+
+    def _check(
+        self, integration_id: str, followed: _FollowedFile, now: float, *, force: bool
+    ) -> None:
+        """Stat the file; read it when it changed (always with ``force``); keep a new token."""
+        followed.checked_at = now
+        where = f"integration {integration_id}: access_token"
+        try:
+            stat = os.stat(followed.path)
+        except OSError as exc:
+            logger.warning("%s: cannot read file %s: %s", where, followed.path, exc.strerror)
+            return
+        stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        if stamp == followed.stamp and not force:
+            return
+        try:
+            value = read_secret_file(followed.path, where)
+        except ConfigError as exc:
+            logger.warning("%s; keeping the token read before", exc)
+            return
+        followed.stamp = stamp
+        if value != followed.secret.reveal():
+            followed.secret = Secret(value, followed.secret.source, file=followed.path)
+            logger.warning("%s: a new token read from file %s", where, followed.path)
 
 
 async def run_consumer(settings: Settings, stop: asyncio.Event) -> EngineStats:

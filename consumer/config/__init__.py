@@ -9,11 +9,13 @@ overrides below (``docs/architecture.md``, "Configuration"), validates everythin
 a frozen ``Settings`` tree, or raises ``ConfigError`` whose message names the field
 (``integrations[1].location_id: required``, ``KAFKA_TOPICS: ...``). Tokens are ``Secret``
 values: masked in repr/str, the raw value only through ``Secret.reveal()``; error messages name
-where a secret comes from, never its value.
+where a secret comes from, never its value. ``read_secret_file`` reads a ``{ file = ... }``
+secret anew (a rotated token).
 
 Environment, overriding the file:
 ``KAFKA_BOOTSTRAP_SERVERS``, ``KAFKA_TOPICS`` (comma list), ``KAFKA_GROUP_ID``,
-``KAFKA_AUTO_OFFSET_RESET``, ``GHL_API_BASE_URL``, ``METRICS_PORT``, ``REDIS_URL``; and for the
+``KAFKA_AUTO_OFFSET_RESET``, ``GHL_API_BASE_URL`` (``http://`` only to a loopback host unless
+``GHL_ALLOW_INSECURE_HTTP=true``), ``METRICS_PORT``, ``REDIS_URL``; and for the
 integration with id ``default``: ``GHL_LOCATION_ID``, ``GHL_ACCESS_TOKEN``,
 ``GHL_CONSENT_CATEGORY``, ``GHL_DEFAULT_PHONE_REGION``. With no ``[[integrations]]`` in the file
 (or no file) and ``GHL_LOCATION_ID`` + ``GHL_ACCESS_TOKEN`` set, one integration ``default``
@@ -34,6 +36,7 @@ from consumer.config.settings import (
     Secret,
     Settings,
 )
+from consumer.config.tables import read_secret_file
 
 __all__ = [
     "DeliverySettings",
@@ -47,4 +50,5 @@ __all__ = [
     "Secret",
     "Settings",
     "load_settings",
+    "read_secret_file",
 ]

@@ -5,9 +5,11 @@ values of ``consumer.config.settings``. Validation names the field in every ``Co
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 import tomllib
 import typing
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -140,7 +142,35 @@ def _env_highlevel(section: HighLevelSettings, environ: Mapping[str, str]) -> Hi
     if "@" in url.split("://", 1)[1].split("/", 1)[0]:
         # the URL is logged and shown; credentials belong in the integration's token
         raise ConfigError(f"{where}: must not carry user:password@ (the token authenticates)")
-    return HighLevelSettings(api_base_url=url.rstrip("/"))
+    allow = section.allow_insecure_http
+    if "GHL_ALLOW_INSECURE_HTTP" in environ:
+        flag = environ["GHL_ALLOW_INSECURE_HTTP"].strip().lower()
+        if flag not in ("true", "false"):
+            raise ConfigError("GHL_ALLOW_INSECURE_HTTP: expected true or false")
+        allow = flag == "true"
+    if url.startswith("http://") and not allow and not _loopback(url):
+        # every request carries a bearer token: in clear only to this machine
+        raise ConfigError(
+            f"{where}: http:// only for a loopback host (127.0.0.1, ::1, localhost); use "
+            "https://, or set highlevel.allow_insecure_http = true"
+        )
+    return HighLevelSettings(api_base_url=url.rstrip("/"), allow_insecure_http=allow)
+
+
+def _loopback(url: str) -> bool:
+    """Whether ``url``'s host is this machine: 127.0.0.0/8, ::1 or localhost."""
+    try:
+        host = urllib.parse.urlsplit(url).hostname
+    except ValueError:  # e.g. an unbalanced [ in the host
+        return False
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 _REDIS_SCHEMES: Final = ("redis://", "rediss://", "unix://")

@@ -31,6 +31,7 @@ class Secret:
 
     _value: str | None
     source: str  # where it comes from, e.g. "environment variable GHL_ACCESS_TOKEN"; not secret
+    file: str | None = None  # the file it was read from ({ file = ... }), to read it anew
 
     @classmethod
     def unread(cls, source: str) -> Secret:
@@ -98,6 +99,8 @@ class KafkaSettings:
 @dataclass(frozen=True, slots=True)
 class HighLevelSettings:
     api_base_url: str = "https://services.leadconnectorhq.com"
+    # http:// to a host other than loopback sends the bearer tokens in clear: refused unless set
+    allow_insecure_http: bool = False
 
 
 @dataclass(frozen=True, slots=True)

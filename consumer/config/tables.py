@@ -50,19 +50,25 @@ def read_secret(spec: object, where: str, environ: Mapping[str, str], read: bool
     source = f"environment variable {name}" if kind == "env" else f"file {name}"
     if not read:
         return Secret.unread(source)
-    if kind == "env":
-        value = environ.get(name, "").strip()
-        if not value:
-            raise ConfigError(f"{where}: environment variable {name} is not set")
-    else:
-        try:
-            value = Path(name).read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-            raise ConfigError(f"{where}: cannot read file {name}: {reason}") from None
-        if not value:
-            raise ConfigError(f"{where}: file {name} is empty")
+    if kind == "file":
+        return Secret(read_secret_file(name, where), source, file=name)
+    value = environ.get(name, "").strip()
+    if not value:
+        raise ConfigError(f"{where}: environment variable {name} is not set")
     return Secret(value, source)
+
+
+def read_secret_file(path: str, where: str) -> str:
+    """The secret held in file ``path``, stripped. ConfigError naming ``where`` and the file
+    (never its content) when it cannot be read, is not UTF-8 or is empty."""
+    try:
+        value = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f"{where}: cannot read file {path}: {reason}") from None
+    if not value:
+        raise ConfigError(f"{where}: file {path} is empty")
+    return value
 
 
 def dotted_path(text: object, where: str) -> tuple[str, ...]:

@@ -16,7 +16,8 @@ Flow of an upsert once the engine has offered it (steps 3 and 4 of ``consumer.en
 4. ``complete``: a record is done when every outcome of it is done (``Ticket.settle``); its
    offset completes.
 
-Parking (``consumer.engine.parking``): work of an integration answering 401/403, of a location
+Parking (``consumer.engine.parking``): work of an integration answering 401/403 (once its token,
+read anew from its source, is still the refused one: a rotated token is sent at once), of a location
 whose daily budget is spent, or of a contact failing past ``max_retry``, goes to the parking
 topic and its offsets complete, so the partitions move on. A second feed, a consumer group on
 the parking topic, brings parked upserts back through the same scheduler; they are delivered
@@ -352,7 +353,7 @@ class Dispatcher:
                 self._check_answer(upsert, payload, answer)
             if answer.verdict is Verdict.DELIVERED and upsert.tags_to_add():
                 answer = await self._add_tags(work, token, answer)
-            await self._settle(work, answer, loop.time())
+            await self._settle(work, answer, loop.time(), token)
         except Exception:  # a bug must not strand the key in flight forever
             logger.exception("delivery failed unexpectedly; retrying")
             if not self._drop_revoked(work):
@@ -462,8 +463,9 @@ class Dispatcher:
 
     # -- outcomes -------------------------------------------------------------------------------
 
-    async def _settle(self, work: _Work, answer: Answer, now: float) -> None:
-        """Act on the answer that decides ``work``: complete, dead-letter, retry or park."""
+    async def _settle(self, work: _Work, answer: Answer, now: float, token: str) -> None:
+        """Act on the answer that decides ``work`` (sent with ``token``): complete,
+        dead-letter, retry or park."""
         integration_id = work.item.integration_id
         verdict = answer.verdict
         if verdict is Verdict.DELIVERED:
@@ -486,6 +488,17 @@ class Dispatcher:
                 self._stats.dead_lettered += 1
             self._metrics.dead_lettered(REJECTED_BY_HIGHLEVEL, len(work.tickets))
             self._complete(work)
+        elif verdict is Verdict.UNAUTHORIZED and self._credentials.reread(integration_id) != token:
+            # A rotated token (e.g. its Secret file changed): sent again with it, nothing parks.
+            logger.warning(
+                "integration %s: HighLevel refused its token; sending again with the token "
+                "read anew",
+                integration_id,
+            )
+            if not self._drop_revoked(work):
+                self._stats.retries += 1
+                self._metrics.retry(integration_id, answer)
+                self._scheduler.retry(work, at=now)
         elif verdict is Verdict.UNAUTHORIZED:
             if self._parking_state.unauthorized(integration_id, now):
                 logger.error(

@@ -145,7 +145,14 @@ class Credentials(Protocol):
     seam OAuth tokens will use). Asked once per request, so a token may change between calls."""
 
     def token(self, integration_id: str) -> str:
-        """The token to send for ``integration_id`` (one the engine was configured with)."""
+        """The token to send for ``integration_id`` (one the engine was configured with).
+        Cheap: called for every request."""
+        ...
+
+    def reread(self, integration_id: str) -> str:
+        """The token read again from its source now, after HighLevel refused it (401/403): a
+        rotated token is picked up before the integration's events park. The same token when
+        its source has no other."""
         ...
 
 

@@ -52,6 +52,7 @@ def build(
     metrics: Metrics | None = None,
     debugger: RecentDeliveries | None = None,
     parking: MemoryParkingLog | None = None,
+    credentials: StaticCredentials | None = None,
     **options: float,
 ) -> Engine:
     settings = load_settings(
@@ -84,7 +85,7 @@ def build(
         mapper=mapper,
         limiter=limiter,
         sender=highlevel,
-        credentials=StaticCredentials({"default": TOKEN}),
+        credentials=credentials or StaticCredentials({"default": TOKEN}),
         locations={"default": LOCATION},
         dead_letter_topic="events.dlq",
         metrics=metrics or Metrics(integrations={"default": LOCATION}, topics=["events"]),

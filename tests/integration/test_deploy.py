@@ -10,11 +10,14 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from consumer.config import load_settings
 
 pytestmark = pytest.mark.integration
 
@@ -87,6 +90,11 @@ def test_compose_consumer_is_wired_to_its_neighbours() -> None:
     assert env["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
     assert env["REDIS_URL"].startswith("redis://redis:")
     assert "http://sandbox:8900" in env["GHL_API_BASE_URL"]
+    # the sandbox is not loopback from the consumer's container: plain http is allowed explicitly
+    defaults = {
+        name: re.sub(r"\$\{\w+:-(.*)\}", r"\1", str(value)) for name, value in env.items()
+    }
+    assert load_settings(None, defaults).highlevel.api_base_url == "http://sandbox:8900"
     assert int(env["METRICS_PORT"]) == METRICS_PORT
     prometheus = yaml.safe_load(PROMETHEUS.read_text())
     targets = prometheus["scrape_configs"][0]["static_configs"][0]["targets"]
@@ -115,7 +123,11 @@ def test_compose_mounts_files_that_exist() -> None:
 
 def test_dockerfile_is_small_and_runs_as_non_root() -> None:
     text = DOCKERFILE.read_text()
-    stages = re.findall(r"^FROM (\S+)", text, re.MULTILINE)
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)$", text[: text.index("\nFROM ")], re.MULTILINE))
+    stages = [
+        re.sub(r"\$\{(\w+)\}", lambda m: args[m[1]], image)
+        for image in re.findall(r"^FROM (\S+)", text, re.MULTILINE)
+    ]
     assert stages
     assert all("slim" in image for image in stages)
     final = text[text.rindex("\nFROM ") :]
@@ -129,6 +141,28 @@ def test_dockerfile_is_small_and_runs_as_non_root() -> None:
             assert (ROOT / path).exists(), path
     ignore = (ROOT / "deploy" / "Dockerfile.dockerignore").read_text()
     assert "*" in ignore.splitlines(), "the build context must exclude everything by default"
+
+
+def test_the_image_is_built_from_pinned_inputs() -> None:
+    """The base image by its full version, named once; every dependency from the hashed lock
+    (issue 15)."""
+    text = DOCKERFILE.read_text()
+    [image] = re.findall(r"^ARG PYTHON_IMAGE=(\S+)$", text, re.MULTILINE)
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", image), image
+    assert re.findall(r"^FROM (\S+)", text, re.MULTILINE) == ["${PYTHON_IMAGE}"] * 2
+    assert "-r requirements.lock" in text
+    assert text.count("--require-hashes") == 2  # wheels built, and installed, from the lock
+    assert "!requirements.lock" in (ROOT / "deploy" / "Dockerfile.dockerignore").read_text()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime, dev = project["dependencies"], project["optional-dependencies"]["dev"]
+    for lock, wanted in (("requirements.lock", runtime), ("requirements-dev.lock", runtime + dev)):
+        text = (ROOT / lock).read_text()
+        pinned = re.findall(r"^([\w.-]+)==\S+(?: ;[^\\]*)? \\$", text, re.MULTILINE)
+        hashed = re.findall(r"^[\w.-]+==\S+(?: ;[^\\]*)? \\\n    --hash=sha256:\w{64}", text, re.M)
+        assert len(pinned) == len(hashed) == len(re.findall(r"^\S+==", text, re.M)), lock
+        names = {name.lower().replace("_", "-") for name in pinned}
+        for requirement in wanted:
+            assert re.split(r"[<>=\[ ]", requirement)[0].lower() in names, (lock, requirement)
 
 
 # -- kubernetes ---------------------------------------------------------------------------------

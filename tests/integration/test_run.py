@@ -112,6 +112,15 @@ async def test_run_delivers_commits_dead_letters_and_stops_cleanly_on_sigterm(
             {"GHL_LOCATION_ID": LOCATION, "GHL_ACCESS_TOKEN": TOKEN, "REDIS_URL": "localhost"},
             "REDIS_URL: expected a redis://, rediss://, unix:// URL, or empty",
         ),
+        (  # the bearer token would travel in clear (issue 15)
+            {
+                "GHL_LOCATION_ID": LOCATION,
+                "GHL_ACCESS_TOKEN": TOKEN,
+                "GHL_API_BASE_URL": "http://gw.example:8080",
+            },
+            "GHL_API_BASE_URL: http:// only for a loopback host (127.0.0.1, ::1, localhost); "
+            "use https://, or set highlevel.allow_insecure_http = true",
+        ),
     ],
 )
 async def test_run_refuses_bad_settings_before_consuming_anything(

@@ -136,13 +136,22 @@ class MemoryParkingLog:
         return []
 
 
-@dataclass(frozen=True)
+@dataclass
 class StaticCredentials:
-    """Fixed tokens per integration id."""
+    """Tokens per integration id, as last read. ``rotated``: the tokens their source holds
+    now, taken by ``reread`` (as after a 401); ``rereads`` counts those calls."""
 
-    tokens: Mapping[str, str]
+    tokens: dict[str, str]
+    rotated: dict[str, str] = field(default_factory=dict)
+    rereads: int = 0
 
     def token(self, integration_id: str) -> str:
+        return self.tokens[integration_id]
+
+    def reread(self, integration_id: str) -> str:
+        self.rereads += 1
+        if integration_id in self.rotated:
+            self.tokens[integration_id] = self.rotated[integration_id]
         return self.tokens[integration_id]
 
 
@@ -172,6 +181,7 @@ class FakeHighLevel:
     400 with HighLevel's refusal (and recorded in ``refused``)."""
 
     script: Callable[[Mapping[str, object]], int | None] = lambda payload: 200
+    revoked: frozenset[str] = frozenset()  # tokens answered 401
     delay: Callable[[Mapping[str, object]], float] = lambda payload: 0.0
     upserts: list[dict[str, object]] = field(default_factory=list)
     tag_calls: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
@@ -196,7 +206,7 @@ class FakeHighLevel:
             if "dnd" in payload and payload.get("email") in self.permanent_dnd:
                 self.refused.append(dict(payload))
                 return answer(400, message=PERMANENT_DND_REFUSAL)
-            status = self.script(payload)
+            status = 401 if token in self.revoked else self.script(payload)
             if status in (200, 201):
                 self.upserts.append(dict(payload))
                 echoed = {k: v for k, v in payload.items() if k not in self.drops}

@@ -441,6 +441,8 @@ def test_settings_bounded_by_each_other_or_by_form_name_the_field(
         ("KAFKA_SESSION_TIMEOUT_MS", "6s", "expected a number of milliseconds"),
         ("GHL_API_BASE_URL", "services.leadconnectorhq.com", "expected an http(s):// URL"),
         ("GHL_API_BASE_URL", "https://u:pit-secret-value@gw.example", "must not carry user:"),
+        ("GHL_API_BASE_URL", "http://gw.example", "http:// only for a loopback host"),
+        ("GHL_ALLOW_INSECURE_HTTP", "yes", "expected true or false"),
         ("METRICS_PORT", "-1", "expected a port number"),
         ("METRICS_HOST", "", "must not be empty"),
         ("REDIS_URL", "127.0.0.1:6379", "expected a redis://"),
@@ -491,3 +493,61 @@ def test_a_retention_below_an_hour_or_not_milliseconds_is_refused(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         load(tmp_path, text, {**ENV, **environ})
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8900",
+        "http://127.3.2.1",
+        "http://[::1]:8900",
+        "http://localhost:8900",
+        "http://LOCALHOST",
+        "https://gw.example",
+    ],
+)
+def test_the_base_url_may_be_plain_http_only_to_a_loopback_host(url: str) -> None:
+    assert load_settings(None, {**ENV, "GHL_API_BASE_URL": url}).highlevel.api_base_url == url
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://gw.example",
+        "http://10.0.0.7:8900",
+        "http://[::ffff:10.0.0.7]",
+        "http://localhost.gw.example",
+        "http://128.0.0.1",
+        "http://0.0.0.0:8900",
+    ],
+)
+def test_a_plain_http_base_url_to_another_host_stops_start_up(tmp_path: Path, url: str) -> None:
+    """The bearer token would travel in clear (issue 15, finding 6)."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, {**ENV, "GHL_API_BASE_URL": url})
+    assert str(caught.value).startswith("GHL_API_BASE_URL: http:// only for a loopback host")
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, f"[highlevel]\napi_base_url = '{url}'\n", ENV)
+    assert str(caught.value).startswith("highlevel.api_base_url: http:// only for a loopback")
+
+
+def test_allow_insecure_http_lets_a_plain_http_base_url_through(tmp_path: Path) -> None:
+    settings = load(
+        tmp_path,
+        "[highlevel]\nallow_insecure_http = true\n",
+        {**ENV, "GHL_API_BASE_URL": "http://gw.example:8080/"},
+    )
+    assert settings.highlevel.api_base_url == "http://gw.example:8080"
+    assert settings.highlevel.allow_insecure_http
+
+
+def test_ghl_allow_insecure_http_overrides_the_file(tmp_path: Path) -> None:
+    """docker-compose.yml reaches the sandbox as http://sandbox:8900 on its own network."""
+    env = {**ENV, "GHL_API_BASE_URL": "http://sandbox:8900", "GHL_ALLOW_INSECURE_HTTP": "true"}
+    assert load_settings(None, env).highlevel.allow_insecure_http
+    with pytest.raises(ConfigError, match=r"^GHL_API_BASE_URL: http:// only for a loopback"):
+        load(
+            tmp_path,
+            "[highlevel]\nallow_insecure_http = true\n",
+            {**env, "GHL_ALLOW_INSECURE_HTTP": "false"},
+        )

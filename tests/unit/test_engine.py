@@ -13,7 +13,13 @@ from consumer.observe.metrics import Metrics
 from consumer.observe.recent_deliveries import RecentDeliveries
 from tests.harness.engine import TOKEN, build, committed, records, run_until
 from tests.harness.guide import GUIDE_IDENTIFY, GUIDE_LEAD, GUIDE_UPSERT, LOCATION
-from tests.unit.engine_fakes import FakeHighLevel, MemoryParkingLog, MemorySink, MemorySource
+from tests.unit.engine_fakes import (
+    FakeHighLevel,
+    MemoryParkingLog,
+    MemorySink,
+    MemorySource,
+    StaticCredentials,
+)
 
 pytestmark = pytest.mark.virtual_time
 
@@ -337,6 +343,35 @@ async def test_an_unauthorized_integration_parks_its_events_and_replays_them_onc
     assert len(highlevel.upserts) == 1
     assert highlevel.upserts[0]["email"] == "sam@example.com"
     assert engine.snapshot().unhealthy == frozenset()
+
+
+async def test_a_rotated_token_is_read_after_a_401_and_nothing_parks() -> None:
+    """Issue 15: the token's source holds a new token (a rotated Private Integration token);
+    the 401 to the old one makes the dispatcher read it again and send with it."""
+    source = MemorySource({("events", 0): records("events", 0, [("lead-987", GUIDE_IDENTIFY)])})
+    highlevel = FakeHighLevel(revoked=frozenset({TOKEN}))
+    parking = MemoryParkingLog()
+    credentials = StaticCredentials({"default": TOKEN}, rotated={"default": "pit-rotated"})
+    engine = build(source, highlevel, parking=parking, credentials=credentials)
+    await run_until(engine, lambda: committed(source) == 1)
+    assert highlevel.tokens == [TOKEN, "pit-rotated"]
+    assert [u["email"] for u in highlevel.upserts] == ["sam@example.com"]
+    assert parking.source.records.get(("parking", 0), []) == []
+    assert credentials.rereads == 1
+    assert engine.snapshot().unhealthy == frozenset()
+
+
+async def test_a_refused_token_with_no_new_one_parks_after_one_reread() -> None:
+    source = MemorySource({("events", 0): records("events", 0, [("lead-987", GUIDE_IDENTIFY)])})
+    highlevel = FakeHighLevel(revoked=frozenset({TOKEN}))
+    parking = MemoryParkingLog()
+    credentials = StaticCredentials({"default": TOKEN})
+    engine = build(source, highlevel, parking=parking, credentials=credentials)
+    await run_until(engine, lambda: committed(source) == 1)
+    [parked] = parking.source.records[("parking", 0)]
+    assert dict(parked.headers)["ghl.park.reason"] == b"unauthorized"
+    assert highlevel.tokens == [TOKEN]
+    assert credentials.rereads == 1
 
 
 async def test_a_contact_failing_past_max_retry_is_parked_and_its_newer_events_follow_it() -> None:
