@@ -250,7 +250,8 @@ class _Debugger:
             isinstance(offered, str) and hmac.compare_digest(offered.encode(), self.token)
         ):
             return _login_page(status=401, failed=True)
-        response = web.HTTPSeeOther("debug")  # relative: GET /debug, behind any path prefix
+        # relative: GET /debug, behind any path prefix
+        response = web.Response(status=303, headers={"Location": "debug"})
         response.set_cookie(
             SESSION_COOKIE,
             self.sessions.issue(time.time()),
