@@ -241,6 +241,7 @@ class _Debugger:
         return web.Response(text=_page(shown), content_type="text/html", headers=_PAGE_HEADERS)
 
     async def login(self, request: web.Request) -> web.Response:
+        # A browser sends Origin with a form POST: another page's (or "null") is refused.
         origin = request.headers.get("Origin")
         if origin is not None and urlsplit(origin).netloc != request.host:
             raise web.HTTPForbidden(text="login from another origin")
@@ -570,6 +571,8 @@ _PAGE_HEADERS: Final = {
 }
 _LOGIN_HEADERS: Final = {
     **_PAGE_HEADERS,
+    # The form's POST then carries its Origin (no-referrer makes it "null"), checked by login.
+    "Referrer-Policy": "same-origin",
     "Content-Security-Policy": (
         f"default-src 'none'; style-src {_csp_hash(_STYLE)}; base-uri 'none'; "
         "form-action 'self'; frame-ancestors 'none'"
