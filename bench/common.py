@@ -340,11 +340,13 @@ async def consumer_processes(
                     runner += ["-m", "cProfile", "-o", str(profile)]
                 argv = [*runner, "-m", "consumer", "run", "--config", path]
                 argv += ["--log-level", "WARNING"]
-                # METRICS_PORT=0: each process serves /metrics on a free port, none collide
+                # *_PORT=0: each process serves /metrics and /debug on free ports, none collide
                 children.append(
                     await stack.enter_async_context(
                         child_process(
-                            argv, env={"METRICS_PORT": "0", **env}, name=f"{name}-{index}"
+                            argv,
+                            env={"METRICS_PORT": "0", "DEBUG_PORT": "0", **env},
+                            name=f"{name}-{index}",
                         )
                     )
                 )

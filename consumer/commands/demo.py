@@ -91,6 +91,7 @@ async def _demo(bootstrap: str, events: int, users: int, linger: float) -> int:
             "GHL_ACCESS_TOKEN": TOKEN,
             "GHL_API_BASE_URL": sandbox.url,
             "METRICS_PORT": os.environ.get("METRICS_PORT", "0"),
+            "DEBUG_PORT": os.environ.get("DEBUG_PORT", "0"),
         }
         try:
             settings = load_settings(None, environ)
@@ -100,8 +101,8 @@ async def _demo(bootstrap: str, events: int, users: int, linger: float) -> int:
         started = time.monotonic()
         print(f"demo: {produced} records on topic {topic}; consuming as group {group}")
         async with running_consumer(settings) as consumer:
-            url = consumer.web.url
-            print(f"demo: metrics at {url}/metrics, event debugger at {url}/debug")
+            url, debug_url = consumer.web.url, consumer.debug_web.url
+            print(f"demo: metrics at {url}/metrics, event debugger at {debug_url}/debug")
             stop = asyncio.Event()
             run = asyncio.create_task(consumer.engine.run(stop))
             engine = consumer.engine
@@ -111,7 +112,7 @@ async def _demo(bootstrap: str, events: int, users: int, linger: float) -> int:
                 await asyncio.sleep(0.2)
             await asyncio.sleep(settings.engine.commit_interval_ms / 1000 * 2)
             if linger > 0:
-                print(f"demo: lingering {linger:.0f}s; open {consumer.web.url}/debug")
+                print(f"demo: lingering {linger:.0f}s; open {debug_url}/debug")
                 await asyncio.sleep(linger)
             stop.set()
             await run

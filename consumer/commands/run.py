@@ -42,7 +42,7 @@ from consumer.kafka.source import KafkaSource
 from consumer.observe.metrics import Metrics
 from consumer.observe.readiness import Observed
 from consumer.observe.recent_deliveries import RecentDeliveries
-from consumer.observe.web import WebServer, serve_web
+from consumer.observe.web import WebServer, serve_debugger, serve_web
 from consumer.ratelimit.budget import Budget
 from consumer.ratelimit.limiter import LimiterBackend, LocalBackend, RateLimiter
 from consumer.state.changelog import ProfileChangelog
@@ -62,7 +62,8 @@ class Components:
     metrics: Metrics
     debugger: RecentDeliveries
     profiles: ChangelogProfileStore
-    web: WebServer
+    web: WebServer  # /metrics, /healthz, /readyz
+    debug_web: WebServer  # the Event Debugger (/debug)
 
 
 def engine_options(settings: Settings) -> EngineOptions:
@@ -148,6 +149,7 @@ async def running_consumer(settings: Settings) -> AsyncIterator[Components]:
     debugger = RecentDeliveries(
         integrations=[i.id for i in settings.integrations],
         capacity=settings.metrics.debugger_capacity,
+        show_personal_data=settings.debug.show_personal_data,
     )
     producer = KafkaProducer(bootstrap=kafka.bootstrap_servers, extra=extra)
     client: HighLevelClient | None = None
@@ -210,19 +212,39 @@ async def running_consumer(settings: Settings) -> AsyncIterator[Components]:
             profiles=profiles,
             stall_seconds=settings.metrics.stall_seconds,
         )
-        token = settings.metrics.debug_token
-        async with serve_web(
-            host=settings.metrics.host,
-            port=settings.metrics.port,
-            metrics=metrics,
-            readiness=state.readiness,
-            state=state.snapshot,
-            debugger=debugger,
-            access_token=token.reveal() if token is not None else None,
-        ) as web:
-            logger.info("metrics on %s/metrics, event debugger on %s/debug", web.url, web.url)
+        debug = settings.debug
+        async with (
+            serve_web(
+                host=settings.metrics.host,
+                port=settings.metrics.port,
+                metrics=metrics,
+                readiness=state.readiness,
+                state=state.snapshot,
+            ) as web,
+            serve_debugger(
+                host=debug.host,
+                port=debug.port,
+                debugger=debugger,
+                access_token=None if debug.access_token is None else debug.access_token.reveal(),
+                allowed_hosts=debug.allowed_hosts,
+                max_streams=debug.max_streams,
+                session_seconds=debug.session_seconds,
+            ) as debug_web,
+        ):
+            logger.info(
+                "metrics on %s/metrics, event debugger on %s/debug", web.url, debug_web.url
+            )
             yield Components(
-                engine, source, producer, client, limiter, metrics, debugger, profiles, web
+                engine,
+                source,
+                producer,
+                client,
+                limiter,
+                metrics,
+                debugger,
+                profiles,
+                web,
+                debug_web,
             )
     finally:
         if parking is not None:

@@ -15,7 +15,9 @@ secret anew (a rotated token).
 Environment, overriding the file:
 ``KAFKA_BOOTSTRAP_SERVERS``, ``KAFKA_TOPICS`` (comma list), ``KAFKA_GROUP_ID``,
 ``KAFKA_AUTO_OFFSET_RESET``, ``GHL_API_BASE_URL`` (``http://`` only to a loopback host unless
-``GHL_ALLOW_INSECURE_HTTP=true``), ``METRICS_PORT``, ``REDIS_URL``; and for the
+``GHL_ALLOW_INSECURE_HTTP=true``), ``METRICS_PORT``, ``METRICS_HOST``, ``DEBUG_HOST``,
+``DEBUG_PORT``, ``DEBUG_ALLOWED_HOSTS`` (comma list), ``DEBUG_ACCESS_TOKEN`` (environment
+only), ``REDIS_URL``; and for the
 integration with id ``default``: ``GHL_LOCATION_ID``, ``GHL_ACCESS_TOKEN``,
 ``GHL_CONSENT_CATEGORY``, ``GHL_DEFAULT_PHONE_REGION``. With no ``[[integrations]]`` in the file
 (or no file) and ``GHL_LOCATION_ID`` + ``GHL_ACCESS_TOKEN`` set, one integration ``default``
@@ -25,6 +27,7 @@ receives every event. When the file defines integrations but none has id ``defau
 
 from consumer.config.loader import load_settings
 from consumer.config.settings import (
+    DebugSettings,
     DeliverySettings,
     EngineSettings,
     HighLevelSettings,
@@ -39,6 +42,7 @@ from consumer.config.settings import (
 from consumer.config.tables import read_secret_file
 
 __all__ = [
+    "DebugSettings",
     "DeliverySettings",
     "EngineSettings",
     "HighLevelSettings",

@@ -18,6 +18,7 @@ from typing import Any, Final
 from consumer.config.integrations import read_integrations
 from consumer.config.settings import (
     PLAIN_SECTIONS,
+    DebugSettings,
     HighLevelSettings,
     KafkaSettings,
     MetricsSettings,
@@ -43,7 +44,7 @@ _SENSITIVE_KEY = re.compile(
     r"password|passphrase|secret|token|credential|private|key\.pem|oauthbearer\.config",
     re.IGNORECASE,
 )
-_TOP_LEVEL: Final = frozenset((*PLAIN_SECTIONS, "kafka", "integrations"))
+_TOP_LEVEL: Final = frozenset((*PLAIN_SECTIONS, "kafka", "debug", "integrations"))
 
 
 def load_settings(
@@ -72,6 +73,7 @@ def load_settings(
     sections["highlevel"] = _env_highlevel(sections["highlevel"], environ)
     sections["metrics"] = _env_metrics(sections["metrics"], environ)
     sections["redis"] = _env_redis(sections["redis"], environ)
+    sections["debug"] = _debug(subtable(doc, "debug", "debug"), environ)
     kafka = _kafka(
         subtable(doc, "kafka", "kafka"),
         environ,
@@ -185,26 +187,63 @@ def _env_redis(section: RedisSettings, environ: Mapping[str, str]) -> RedisSetti
 
 
 def _env_metrics(section: MetricsSettings, environ: Mapping[str, str]) -> MetricsSettings:
-    port = section.port
-    if "METRICS_PORT" in environ:
-        text = environ["METRICS_PORT"].strip()
-        if not text.isdigit():
-            raise ConfigError("METRICS_PORT: expected a port number")
-        port = int(text)
-    if port > 65535:
-        where = "METRICS_PORT" if "METRICS_PORT" in environ else "metrics.port"
-        raise ConfigError(f"{where}: must be at most 65535")
-    host = environ.get("METRICS_HOST", section.host).strip()
-    if not host:
-        where = "METRICS_HOST" if "METRICS_HOST" in environ else "metrics.host"
-        raise ConfigError(f"{where}: must not be empty")
-    token = environ.get("DEBUG_ACCESS_TOKEN", "")
     return dataclasses.replace(
         section,
-        port=port,
-        host=host,
-        debug_token=Secret(token, "environment variable DEBUG_ACCESS_TOKEN") if token else None,
+        port=_env_port(environ, "METRICS_PORT", section.port, "metrics.port"),
+        host=_env_host(environ, "METRICS_HOST", section.host, "metrics.host"),
     )
+
+
+def _debug(table: Mapping[str, Any], environ: Mapping[str, str]) -> DebugSettings:
+    plain = {key: value for key, value in table.items() if key != "allowed_hosts"}
+    section: DebugSettings = _plain_section(DebugSettings, plain, "debug")
+    if "DEBUG_ALLOWED_HOSTS" in environ:
+        raw = environ["DEBUG_ALLOWED_HOSTS"]
+        allowed = [h.strip().lower() for h in raw.split(",") if h.strip()]
+    else:
+        allowed = string_list(table.get("allowed_hosts", []), "debug.allowed_hosts")
+    host = _env_host(environ, "DEBUG_HOST", section.host, "debug.host")
+    token = environ.get("DEBUG_ACCESS_TOKEN", "")
+    if not token and not _is_loopback(host):
+        where = "DEBUG_HOST" if "DEBUG_HOST" in environ else "debug.host"
+        raise ConfigError(
+            f"{where}: {host} is not a loopback address and the Event Debugger shows contact "
+            "data: set DEBUG_ACCESS_TOKEN, or bind 127.0.0.1 and use kubectl port-forward"
+        )
+    return dataclasses.replace(
+        section,
+        host=host,
+        port=_env_port(environ, "DEBUG_PORT", section.port, "debug.port"),
+        allowed_hosts=tuple(dict.fromkeys(h.lower() for h in allowed)),
+        access_token=Secret(token, "environment variable DEBUG_ACCESS_TOKEN") if token else None,
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name other than localhost may resolve anywhere
+
+
+def _env_port(environ: Mapping[str, str], name: str, port: int, where: str) -> int:
+    if name in environ:
+        text = environ[name].strip()
+        if not text.isdigit():
+            raise ConfigError(f"{name}: expected a port number")
+        port, where = int(text), name
+    if port > 65535:
+        raise ConfigError(f"{where}: must be at most 65535")
+    return port
+
+
+def _env_host(environ: Mapping[str, str], name: str, host: str, where: str) -> str:
+    host = environ.get(name, host).strip()
+    if not host:
+        raise ConfigError(f"{name if name in environ else where}: must not be empty")
+    return host
 
 
 def _kafka(table: dict[str, Any], environ: Mapping[str, str], read_secrets: bool) -> KafkaSettings:

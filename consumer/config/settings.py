@@ -106,11 +106,25 @@ class HighLevelSettings:
 @dataclass(frozen=True, slots=True)
 class MetricsSettings:
     port: int = field(default=9464, metadata={"min": 0})
-    host: str = "127.0.0.1"  # the debugger shows (masked) contact data: local-only by default
+    host: str = "127.0.0.1"  # /metrics, /healthz, /readyz only: the debugger has its own
     stall_seconds: float = field(default=300.0, metadata={"min": 1})
     debugger_capacity: int = field(default=200, metadata={"min": 1})
-    # Guards /debug when set; from the environment only (DEBUG_ACCESS_TOKEN), never the file.
-    debug_token: Secret | None = field(default=None, metadata={"env_only": True})
+
+
+@dataclass(frozen=True, slots=True)
+class DebugSettings:
+    """``[debug]``: the Event Debugger's own listener. The loader refuses a ``host`` that is not
+    loopback without ``access_token``."""
+
+    host: str = "127.0.0.1"
+    port: int = field(default=9465, metadata={"min": 0})
+    # Host header values answered besides the loopback names and ``host`` (DNS rebinding).
+    allowed_hosts: tuple[str, ...] = ()
+    max_streams: int = field(default=8, metadata={"min": 1})  # live (SSE) pages at once
+    session_seconds: int = field(default=900, metadata={"min": 60})  # the login cookie's life
+    show_personal_data: bool = False  # names, addresses, custom values, ids shown in clear
+    # From the environment only (DEBUG_ACCESS_TOKEN), never the file.
+    access_token: Secret | None = field(default=None, metadata={"env_only": True})
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +197,7 @@ class Settings:
     kafka: KafkaSettings = KafkaSettings()
     highlevel: HighLevelSettings = HighLevelSettings()
     metrics: MetricsSettings = MetricsSettings()
+    debug: DebugSettings = DebugSettings()
     redis: RedisSettings = RedisSettings()
     mapping: MappingSettings = MappingSettings()
     engine: EngineSettings = EngineSettings()

@@ -9,19 +9,28 @@ Guarantees:
 * Bounded: at most ``capacity`` entries per configured integration (oldest evicted first);
   recording for an integration that is not configured raises ValueError.
 * Masked: an entry never holds an email or phone in clear. ``email`` / ``phone`` in the payload
-  go through ``consumer.core.normalise.mask_email`` / ``mask_phone``; the contact key, HighLevel's
-  message and the error text have every email-like and phone-like substring masked the same
-  way. Tokens are never passed in: ``record`` takes no credentials.
+  go through ``consumer.core.normalise.mask_email`` / ``mask_phone``; HighLevel's message and
+  the error text have every email-like and phone-like substring masked the same way.
+* Personal data hidden unless ``show_personal_data``: every other payload field except
+  ``NEVER_PERSONAL`` (names, addresses, company, birth date, ...), every custom field's value
+  (its id stays) and the contact key (a user id, anonymous id or email) become ``hidden:`` and
+  8 hex digits of a hash keyed per instance (``Hider``): equal values show equal tags, so the
+  operator can follow one person, but a value cannot be read back or confirmed by hashing a
+  guess. With ``show_personal_data`` they are kept as sent (email and phone still masked).
+* Tokens are never passed in: ``record`` takes no credentials.
 
-Pure: the caller passes the wall-clock time; no I/O. Subscribers are called synchronously from
-``record`` (the web server's live feed uses them to wake up). Not thread-safe: the engine and
+Pure: the caller passes the wall-clock time; no I/O (the hash key is random unless given).
+Subscribers are called synchronously from ``record`` (the web server's live feed uses them to
+wake up). Not thread-safe: the engine and
 the web server share one event loop.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import re
+import secrets
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +41,8 @@ from consumer.core.normalise import mask_email, mask_phone
 from consumer.highlevel.verdicts import Answer
 
 MAX_EVENT_NAMES: Final = 10  # distinct event names kept per entry; ``event_count`` counts all
+# Upsert fields shown as sent whatever the setting: how the request was built, not who it is for.
+NEVER_PERSONAL: Final = frozenset(("locationId", "tags", "source", "dnd", "dndSettings"))
 
 # Anything shaped like an email, or like a phone number (optional +, 7 to 15 digits with
 # spaces, dots, dashes or brackets between them), in free text.
@@ -45,9 +56,21 @@ def mask_text(text: str) -> str:
     return _PHONE_IN_TEXT.sub(lambda m: mask_phone(m.group()), text)
 
 
-def mask_payload(payload: Mapping[str, object]) -> dict[str, object]:
-    """A copy of an upsert payload fit to show: ``email`` and ``phone`` masked, every other
-    field as sent (names, tags and custom fields help the operator and are not identifiers)."""
+@dataclass(frozen=True, slots=True, repr=False)
+class Hider:
+    """A personal value as ``hidden:`` + 8 hex digits of its BLAKE2b hash keyed with ``key``."""
+
+    key: bytes
+
+    def __call__(self, value: object) -> str:
+        digest = hashlib.blake2b(str(value).encode(), key=self.key, digest_size=4)
+        return f"hidden:{digest.hexdigest()}"
+
+
+def mask_payload(payload: Mapping[str, object], hide: Hider | None = None) -> dict[str, object]:
+    """A copy of an upsert payload fit to show: ``email`` and ``phone`` masked; with ``hide``,
+    every other field but ``NEVER_PERSONAL`` hidden, and each custom field's value (its id
+    kept). Without ``hide`` the other fields are kept as sent."""
     shown = dict(payload)
     email = shown.get("email")
     if isinstance(email, str):
@@ -55,7 +78,22 @@ def mask_payload(payload: Mapping[str, object]) -> dict[str, object]:
     phone = shown.get("phone")
     if isinstance(phone, str):
         shown["phone"] = mask_phone(phone)
+    if hide is None:
+        return shown
+    for name, value in shown.items():
+        if name in NEVER_PERSONAL or name in ("email", "phone"):
+            continue
+        if name == "customFields" and isinstance(value, list):
+            shown[name] = [_hide_custom(item, hide) for item in value]
+        else:
+            shown[name] = hide(value)
     return shown
+
+
+def _hide_custom(item: object, hide: Hider) -> object:
+    if not isinstance(item, dict):
+        return hide(item)
+    return {k: v if k in ("id", "key") else hide(v) for k, v in item.items()}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -112,7 +150,16 @@ Subscriber = Callable[[DeliveryEntry], None]
 class RecentDeliveries:
     """Ring buffers of ``DeliveryEntry``, one per configured integration (see module doc)."""
 
-    def __init__(self, *, integrations: Iterable[str], capacity: int = 200) -> None:
+    def __init__(
+        self,
+        *,
+        integrations: Iterable[str],
+        capacity: int = 200,
+        show_personal_data: bool = False,
+        hash_key: bytes | None = None,
+    ) -> None:
+        """``show_personal_data``: keep names, addresses, custom values and contact keys as
+        sent; ``hash_key``: the hidden values' hash key (default: random per instance)."""
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
         self._buffers: dict[str, deque[DeliveryEntry]] = {
@@ -121,6 +168,11 @@ class RecentDeliveries:
         self._seq = itertools.count(1)
         self._last_seq = 0
         self._subscribers: list[Subscriber] = []
+        self._hide = None if show_personal_data else Hider(hash_key or secrets.token_bytes(16))
+
+    @property
+    def show_personal_data(self) -> bool:
+        return self._hide is None
 
     @property
     def integrations(self) -> list[str]:
@@ -161,8 +213,8 @@ class RecentDeliveries:
             endpoint=endpoint,
             events=tuple(itertools.islice(dict.fromkeys(events), MAX_EVENT_NAMES)),
             event_count=len(events),
-            contact_key=mask_text(contact_key),
-            payload=mask_payload(payload),
+            contact_key=mask_text(contact_key) if self._hide is None else self._hide(contact_key),
+            payload=mask_payload(payload, self._hide),
             outcome=str(answer.verdict),
             status=answer.status,
             message=mask_text(answer.message),

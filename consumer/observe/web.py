@@ -1,23 +1,34 @@
-"""The consumer's HTTP side: Prometheus metrics, health, readiness and the Event Debugger.
+"""The consumer's HTTP side: two aiohttp servers in the engine's event loop.
 
-``serve_web`` runs one aiohttp server in the engine's event loop (``METRICS_PORT``):
+``serve_web``, the metrics listener (``metrics.host``/``metrics.port``), for Prometheus and the
+kubelet; no access control, nothing personal:
 
 - ``GET /metrics``: Prometheus text format; the state gauges are refreshed first (``state``).
 - ``GET /healthz``: 200 while the process serves requests.
 - ``GET /readyz``: 200 ``{"ready": true}``, or 503 ``{"ready": false, "reasons": [...]}`` when
   no partition is assigned, the broker is unreachable or a partition is stalled
   (``consumer.observe.readiness.Readiness``).
-- ``GET /debug``: the Event Debugger page (recent deliveries, filters, live updates).
+
+``serve_debugger``, the Event Debugger's own listener (``debug.host``/``debug.port``,
+127.0.0.1 by default):
+
+- ``GET /debug``: the page (recent deliveries, filters, live updates); without access, a login
+  form (401). ``POST /debug`` (form field ``token``) logs in: 303 back to ``/debug`` with a
+  session cookie (HttpOnly, SameSite=Strict, Path=/debug, ``session_seconds`` long, signed
+  with a key of this process: it never holds the token, a restart ends every session).
 - ``GET /debug/deliveries.json``: recent deliveries, newest first; query ``integration``,
   ``outcome``, ``after`` (seq), ``limit``.
 - ``GET /debug/events``: Server-Sent Events, each new delivery as one ``data:`` JSON line
-  (``id:`` is its seq; ``after`` or ``Last-Event-ID`` resumes).
+  (``id:`` is its seq; ``after`` or ``Last-Event-ID`` resumes). At most ``max_streams`` at
+  once: 503 beyond.
 
-Access: the server binds ``127.0.0.1`` unless told otherwise. With ``access_token`` set, every
-``/debug`` path needs it as ``?token=`` or ``Authorization: Bearer`` (compared in constant
-time); ``/metrics`` and the probes stay open for Prometheus and the kubelet. The access log is
-off, so a token in a query string is never logged; the page never displays it. Deliveries are
-masked by ``consumer.observe.recent_deliveries`` before they get here.
+Access, checked in this order on every debugger request: the Host header must name an allowed
+host (the loopback names, the bound host, ``allowed_hosts``), else 421, so a DNS-rebound name
+never reaches the page; a ``token`` query parameter is refused (400): the token never travels
+in a URL; with ``access_token`` set, an ``Authorization: Bearer`` header (when present, the
+only thing that counts) or the session cookie is required, else 401 (compared in constant
+time). The access log is off. Deliveries are masked by ``consumer.observe.recent_deliveries``
+before they get here.
 """
 
 from __future__ import annotations
@@ -28,9 +39,12 @@ import contextlib
 import hashlib
 import hmac
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Final
+from urllib.parse import urlsplit
 
 import orjson
 from aiohttp import web
@@ -44,8 +58,12 @@ from consumer.observe.recent_deliveries import DeliveryEntry, RecentDeliveries
 logger = logging.getLogger(__name__)
 
 DEFAULT_HOST: Final = "127.0.0.1"
+LOOPBACK_NAMES: Final = frozenset(("localhost", "127.0.0.1", "::1"))
 HEARTBEAT_S: Final = 15.0  # SSE comment line interval: proxies keep the stream, dead peers show
 MAX_LIMIT: Final = 1000
+MAX_STREAMS: Final = 8
+SESSION_S: Final = 900.0
+SESSION_COOKIE: Final = "ghl_debug_session"
 # The classic text format: what ``generate_latest`` writes for our (all legacy-valid) names,
 # and what every Prometheus version parses.
 METRICS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
@@ -53,7 +71,7 @@ METRICS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
 @dataclass(frozen=True, slots=True)
 class WebServer:
-    """The running server: where it listens."""
+    """A running server: where it listens."""
 
     host: str
     port: int
@@ -64,18 +82,14 @@ class WebServer:
         return f"http://{host}:{self.port}"
 
 
-@dataclass(slots=True, eq=False)
-class _Handlers:
+# -- the metrics listener ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Probes:
     metrics: Metrics
     readiness: Callable[[], Readiness]
     state: Callable[[], Awaitable[StateSnapshot]] | None
-    debugger: RecentDeliveries | None
-    token: bytes | None
-    heartbeat_s: float
-    closing: bool = False
-    streams: set[asyncio.Event] = field(default_factory=set)
-
-    # -- metrics and probes ------------------------------------------------------------------
 
     async def metrics_page(self, request: web.Request) -> web.Response:
         if self.state is not None:
@@ -97,36 +111,163 @@ class _Handlers:
             return _json({"ready": True})
         return _json({"ready": False, "reasons": readiness.reasons()}, status=503)
 
-    # -- the debugger ------------------------------------------------------------------------
 
-    def _check_access(self, request: web.Request) -> None:
+@contextlib.asynccontextmanager
+async def serve_web(
+    *,
+    port: int,
+    metrics: Metrics,
+    readiness: Callable[[], Readiness],
+    host: str = DEFAULT_HOST,
+    state: Callable[[], Awaitable[StateSnapshot]] | None = None,
+) -> AsyncIterator[WebServer]:
+    """Serve ``/metrics``, ``/healthz`` and ``/readyz`` until the block exits; yields the bound
+    ``WebServer`` (``port=0``: a free port).
+
+    ``readiness`` is called per ``/readyz`` request and must not block; ``state`` is awaited per
+    ``/metrics`` scrape to refresh the state gauges (its failure is logged; the scrape still
+    answers). Raises ConfigError naming the address when it cannot be bound (in use, not
+    local).
+    """
+    probes = _Probes(metrics, readiness, state)
+    app = web.Application()
+    app.router.add_get("/metrics", probes.metrics_page)
+    app.router.add_get("/healthz", probes.healthz)
+    app.router.add_get("/readyz", probes.readyz)
+    async with _serving(app, host, port, "metrics.host/port (METRICS_HOST/METRICS_PORT)") as srv:
+        logger.info("serving /metrics, /healthz, /readyz on %s", srv.url)
+        yield srv
+
+
+@contextlib.asynccontextmanager
+async def _serving(
+    app: web.Application, host: str, port: int, where: str
+) -> AsyncIterator[WebServer]:
+    # access_log=None: nothing a client sends (paths, headers) reaches a log line.
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+    await runner.setup()
+    try:
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as exc:
+            raise ConfigError(
+                f"{where}: cannot listen on {host}:{port}: {exc.strerror or exc}"
+            ) from None
+        bound_host, bound_port = runner.addresses[0][:2]
+        yield WebServer(bound_host, bound_port)
+    finally:
+        await runner.cleanup()
+
+
+# -- the debugger listener ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class _Sessions:
+    """Login cookies: ``<expiry>.<HMAC of it>`` under a key of this process (never the token),
+    valid until the expiry (wall-clock seconds)."""
+
+    lifetime_s: float
+    key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+
+    def issue(self, now: float) -> str:
+        expiry = str(int(now + self.lifetime_s))
+        return f"{expiry}.{self._sign(expiry)}"
+
+    def valid(self, cookie: str, now: float) -> bool:
+        expiry, _, signature = cookie.partition(".")
+        if not expiry.isdigit() or not hmac.compare_digest(signature, self._sign(expiry)):
+            return False
+        return now < int(expiry) <= now + self.lifetime_s
+
+    def _sign(self, expiry: str) -> str:
+        return hmac.new(self.key, expiry.encode(), hashlib.sha256).hexdigest()
+
+
+@dataclass(slots=True, eq=False)
+class _Debugger:
+    debugger: RecentDeliveries
+    token: bytes | None
+    allowed_hosts: frozenset[str]
+    sessions: _Sessions
+    max_streams: int
+    heartbeat_s: float
+    closing: bool = False
+    streams: set[asyncio.Event] = field(default_factory=set)
+
+    @web.middleware
+    async def guard(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        if _host_name(request.host) not in self.allowed_hosts:
+            # DNS rebinding: a page on another name must not reach this one.
+            return web.Response(
+                status=421,
+                text="Host not allowed: add it to debug.allowed_hosts (DEBUG_ALLOWED_HOSTS)",
+            )
+        if "token" in request.query:
+            return web.Response(
+                status=400,
+                text="the access token is never accepted in a URL: send it as "
+                "Authorization: Bearer, or log in at /debug",
+            )
+        return await handler(request)
+
+    def _authorized(self, request: web.Request) -> bool:
         if self.token is None:
-            return
-        offered = request.query.get("token", "")
-        header = request.headers.get("Authorization", "")
-        if header.startswith("Bearer "):
-            offered = header.removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(offered.encode(), self.token):
+            return True
+        header = request.headers.get("Authorization")
+        if header is not None:
+            scheme, _, offered = header.partition(" ")
+            return scheme.lower() == "bearer" and hmac.compare_digest(
+                offered.strip().encode(), self.token
+            )
+        return self.sessions.valid(request.cookies.get(SESSION_COOKIE, ""), time.time())
+
+    def _require_access(self, request: web.Request) -> None:
+        if not self._authorized(request):
             raise web.HTTPUnauthorized(
                 text='{"error": "access token required"}',
                 content_type="application/json",
                 headers={"WWW-Authenticate": "Bearer"},
             )
 
-    def _require_debugger(self, request: web.Request) -> RecentDeliveries:
-        self._check_access(request)
-        if self.debugger is None:
-            raise web.HTTPNotFound(text="the debugger is off")
-        return self.debugger
-
     async def page(self, request: web.Request) -> web.Response:
-        self._require_debugger(request)
-        return web.Response(text=PAGE, content_type="text/html", headers=_PAGE_HEADERS)
+        if not self._authorized(request):
+            return _login_page(status=401)
+        shown = self.debugger.show_personal_data
+        return web.Response(text=_page(shown), content_type="text/html", headers=_PAGE_HEADERS)
+
+    async def login(self, request: web.Request) -> web.Response:
+        # A browser sends Origin with a form POST: another page's (or "null") is refused.
+        origin = request.headers.get("Origin")
+        if origin is not None and urlsplit(origin).netloc != request.host:
+            raise web.HTTPForbidden(text="login from another origin")
+        form = await request.post()
+        offered = form.get("token")
+        if self.token is not None and not (
+            isinstance(offered, str) and hmac.compare_digest(offered.encode(), self.token)
+        ):
+            return _login_page(status=401, failed=True)
+        # relative: GET /debug, behind any path prefix
+        response = web.Response(status=303, headers={"Location": "debug"})
+        response.set_cookie(
+            SESSION_COOKIE,
+            self.sessions.issue(time.time()),
+            max_age=int(self.sessions.lifetime_s),
+            path="/debug",
+            httponly=True,
+            samesite="Strict",
+            secure=request.secure,
+        )
+        return response
 
     async def deliveries(self, request: web.Request) -> web.Response:
-        debugger = self._require_debugger(request)
+        self._require_access(request)
         query = request.query
-        entries = debugger.recent(
+        entries = self.debugger.recent(
             integration=query.get("integration") or None,
             outcome=query.get("outcome") or None,
             after=_int_param(query.get("after"), 0),
@@ -134,32 +275,38 @@ class _Handlers:
         )
         return _json(
             {
-                "integrations": debugger.integrations,
+                "integrations": self.debugger.integrations,
                 "outcomes": [str(v) for v in Verdict],
-                "last_seq": debugger.last_seq,
+                "last_seq": self.debugger.last_seq,
                 "deliveries": [e.to_json() for e in entries],
             }
         )
 
     async def events(self, request: web.Request) -> web.StreamResponse:
-        debugger = self._require_debugger(request)
+        self._require_access(request)
         after = _int_param(request.query.get("after") or request.headers.get("Last-Event-ID"), 0)
-        response = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream",
-                "Cache-Control": "no-cache",
-                "X-Accel-Buffering": "no",  # nginx: do not buffer the stream
-            }
-        )
-        await response.prepare(request)
+        if len(self.streams) >= self.max_streams:
+            return _json(
+                {"error": f"at most {self.max_streams} live streams (debug.max_streams)"},
+                status=503,
+                headers={"Retry-After": "10"},
+            )
         wake = asyncio.Event()
-        self.streams.add(wake)
-        unsubscribe = debugger.subscribe(lambda _entry: wake.set())
+        self.streams.add(wake)  # before the first await: the cap holds under concurrency
+        unsubscribe = self.debugger.subscribe(lambda _entry: wake.set())
         try:
+            response = web.StreamResponse(
+                headers={
+                    "Content-Type": "text/event-stream",
+                    "Cache-Control": "no-cache",
+                    "X-Accel-Buffering": "no",  # nginx: do not buffer the stream
+                }
+            )
+            await response.prepare(request)
             with contextlib.suppress(ConnectionResetError):  # the page went away
                 while not self.closing:
                     wake.clear()  # before reading: an entry recorded during the writes wakes us
-                    for entry in reversed(debugger.recent(after=after, limit=MAX_LIMIT)):
+                    for entry in reversed(self.debugger.recent(after=after, limit=MAX_LIMIT)):
                         await response.write(_sse(entry))
                         after = entry.seq
                     try:
@@ -179,67 +326,64 @@ class _Handlers:
 
 
 @contextlib.asynccontextmanager
-async def serve_web(
+async def serve_debugger(
     *,
     port: int,
-    metrics: Metrics,
-    readiness: Callable[[], Readiness],
+    debugger: RecentDeliveries,
     host: str = DEFAULT_HOST,
-    state: Callable[[], Awaitable[StateSnapshot]] | None = None,
-    debugger: RecentDeliveries | None = None,
     access_token: str | None = None,
+    allowed_hosts: Collection[str] = (),
+    max_streams: int = MAX_STREAMS,
+    session_seconds: float = SESSION_S,
     heartbeat_s: float = HEARTBEAT_S,
 ) -> AsyncIterator[WebServer]:
-    """Serve until the block exits; yields the bound ``WebServer`` (``port=0``: a free port).
+    """Serve the Event Debugger (``/debug``...) until the block exits; yields the bound
+    ``WebServer`` (``port=0``: a free port).
 
-    ``readiness`` is called per ``/readyz`` request and must not block; ``state`` is awaited per
-    ``/metrics`` scrape to refresh the state gauges (its failure is logged; the scrape still
-    answers). ``debugger`` None disables the ``/debug`` paths (404). ``access_token`` (None or
-    empty: no token) guards ``/debug``. Raises ConfigError naming the address when it cannot
-    be bound (in use, not local). On exit, live debugger streams end and the socket closes.
+    ``access_token`` (None or empty: none) guards every path; the caller refuses a host that is
+    not loopback without one (``consumer.config``). ``allowed_hosts``: Host header names
+    answered besides ``LOOPBACK_NAMES`` and ``host``. Raises ConfigError naming the address
+    when it cannot be bound. On exit, live streams end and the socket closes.
     """
-    handlers = _Handlers(
-        metrics=metrics,
-        readiness=readiness,
-        state=state,
+    allowed = {*LOOPBACK_NAMES, *(h.lower() for h in allowed_hosts)}
+    if host not in ("0.0.0.0", "::", ""):
+        allowed.add(host.strip("[]").lower())
+    handlers = _Debugger(
         debugger=debugger,
         token=access_token.encode() if access_token else None,
+        allowed_hosts=frozenset(allowed),
+        sessions=_Sessions(session_seconds),
+        max_streams=max_streams,
         heartbeat_s=heartbeat_s,
     )
-    app = web.Application()
-    app.router.add_get("/metrics", handlers.metrics_page)
-    app.router.add_get("/healthz", handlers.healthz)
-    app.router.add_get("/readyz", handlers.readyz)
+    app = web.Application(middlewares=[handlers.guard], client_max_size=4096)
     app.router.add_get("/debug", handlers.page)
+    app.router.add_post("/debug", handlers.login)
     app.router.add_get("/debug/deliveries.json", handlers.deliveries)
     app.router.add_get("/debug/events", handlers.events)
     app.on_shutdown.append(handlers.on_shutdown)
-    # access_log=None: a ?token= must never reach a log line.
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
-    await runner.setup()
-    try:
-        try:
-            await web.TCPSite(runner, host, port).start()
-        except OSError as exc:
-            raise ConfigError(
-                f"metrics.host/port (METRICS_HOST/METRICS_PORT): cannot listen on "
-                f"{host}:{port}: {exc.strerror or exc}"
-            ) from None
-        bound_host, bound_port = runner.addresses[0][:2]
-        server = WebServer(bound_host, bound_port)
+    async with _serving(app, host, port, "debug.host/port (DEBUG_HOST/DEBUG_PORT)") as srv:
         logger.info(
-            "serving /metrics, /healthz, /readyz%s on %s",
-            ", /debug" if debugger is not None else "",
-            server.url,
+            "serving the event debugger on %s/debug (%s)",
+            srv.url,
+            "access token required" if handlers.token is not None else "no access token",
         )
-        yield server
-    finally:
-        await runner.cleanup()
+        yield srv
 
 
-def _json(body: object, *, status: int = 200) -> web.Response:
+def _host_name(host: str) -> str:
+    """The name of a Host header, without its port, lowercased (``[::1]:9465`` -> ``::1``)."""
+    if host.startswith("["):
+        return host[1:].partition("]")[0].lower()
+    name, colon, port = host.rpartition(":")
+    return (name if colon and port.isdigit() else host).lower()
+
+
+def _json(
+    body: object, *, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
     return web.Response(
-        body=orjson.dumps(body), status=status, content_type="application/json"
+        body=orjson.dumps(body), status=status, content_type="application/json", headers=headers
     )
 
 
@@ -298,14 +442,14 @@ tr.rate_limited .outcome, tr.retry .outcome { color:var(--warn); }
 tr.rejected .outcome, tr.unauthorized .outcome { color:var(--bad); }
 .muted { color:var(--muted); }
 #empty { padding:24px 20px; color:var(--muted); }
+form.login { max-width:360px; margin:48px auto; padding:20px; background:#fff;
+             border:1px solid var(--line); border-radius:8px; }
+form.login input { display:block; width:100%; margin:8px 0 12px; padding:6px; font:inherit; }
+.failed { color:var(--bad); }
 """
 
 _SCRIPT: Final = """
 "use strict";
-const params = new URLSearchParams(location.search);
-const token = params.get("token");
-const withToken = (path) => token ? path + (path.includes("?") ? "&" : "?") + "token=" +
-  encodeURIComponent(token) : path;
 const KEEP = 1000;
 let entries = [];
 let lastSeq = 0;
@@ -386,17 +530,22 @@ function fail(message) {
 }
 
 async function start() {
-  const response = await fetch(withToken("debug/deliveries.json"));
-  if (!response.ok) { fail(response.status === 401 ? "Access token required." :
+  // Same origin: the session cookie (or nothing, without a token) goes along; no token in URLs.
+  const response = await fetch("debug/deliveries.json");
+  if (!response.ok) { fail(response.status === 401 ? "Session expired: reload to log in." :
                            "Could not load deliveries (" + response.status + ")."); return; }
   const data = await response.json();
   fillSelect($("integration"), data.integrations);
   fillSelect($("outcome"), data.outcomes);
   for (const d of data.deliveries.slice().reverse()) add(d);
   render();
-  const source = new EventSource(withToken("debug/events?after=" + lastSeq));
+  const source = new EventSource("debug/events?after=" + lastSeq);
   source.onopen = () => { $("live").className = "on"; $("live").textContent = "live"; };
-  source.onerror = () => { $("live").className = "off"; $("live").textContent = "reconnecting"; };
+  source.onerror = () => {
+    $("live").className = "off";
+    // CLOSED: refused (session expired, or too many live pages); otherwise it retries.
+    $("live").textContent = source.readyState === EventSource.CLOSED ? "offline" : "reconnecting";
+  };
   source.onmessage = (message) => { add(JSON.parse(message.data)); render(); };
 }
 
@@ -420,8 +569,17 @@ _PAGE_HEADERS: Final = {
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-store",
 }
+_LOGIN_HEADERS: Final = {
+    **_PAGE_HEADERS,
+    # The form's POST then carries its Origin (no-referrer makes it "null"), checked by login.
+    "Referrer-Policy": "same-origin",
+    "Content-Security-Policy": (
+        f"default-src 'none'; style-src {_csp_hash(_STYLE)}; base-uri 'none'; "
+        "form-action 'self'; frame-ancestors 'none'"
+    ),
+}
 
-PAGE: Final = f"""<!doctype html>
+_HEAD: Final = f"""<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
@@ -430,9 +588,18 @@ PAGE: Final = f"""<!doctype html>
 <style>{_STYLE}</style>
 </head>
 <body>
-<header>
+"""
+
+
+def _page(show_personal_data: bool) -> str:
+    shown = (
+        "email and phone masked, other personal data shown (debug.show_personal_data)"
+        if show_personal_data
+        else "personal data masked"
+    )
+    return f"""{_HEAD}<header>
   <h1>Event Debugger</h1>
-  <span class="sub">recent HighLevel deliveries, email and phone masked</span>
+  <span class="sub">recent HighLevel deliveries, {shown}</span>
   <span id="live" class="off">connecting</span>
 </header>
 <div class="bar">
@@ -451,3 +618,21 @@ PAGE: Final = f"""<!doctype html>
 </body>
 </html>
 """
+
+
+def _login_page(*, status: int, failed: bool = False) -> web.Response:
+    # POST to the page's own URL (relative: works behind a path prefix); never a GET form, so
+    # the token is never in a URL or the history.
+    notice = '<p class="failed">Wrong access token.</p>' if failed else ""
+    text = f"""{_HEAD}<header><h1>Event Debugger</h1></header>
+<form class="login" method="post" action="debug">
+  <label for="token">Access token (DEBUG_ACCESS_TOKEN)</label>
+  <input id="token" name="token" type="password" autocomplete="current-password" required>
+  {notice}<button type="submit">Log in</button>
+</form>
+</body>
+</html>
+"""
+    return web.Response(
+        text=text, status=status, content_type="text/html", headers=_LOGIN_HEADERS
+    )

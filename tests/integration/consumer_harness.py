@@ -100,7 +100,8 @@ def read_all(bootstrap: str, topic: str, *, expect: int, seconds: float = 30.0) 
 
 async def start_consumer(env: Mapping[str, str], *args: str) -> asyncio.subprocess.Process:
     """Start ``python -m consumer run`` with ``env`` added to this process's environment (and
-    ``METRICS_PORT=0`` unless given, so several consumers can run side by side)."""
+    ``METRICS_PORT=0`` and ``DEBUG_PORT=0`` unless given, so several consumers can run side by
+    side)."""
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -108,7 +109,7 @@ async def start_consumer(env: Mapping[str, str], *args: str) -> asyncio.subproce
         "run",
         *args,
         cwd=ROOT,
-        env={**os.environ, "METRICS_PORT": "0", **env},
+        env={**os.environ, "METRICS_PORT": "0", "DEBUG_PORT": "0", **env},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         preexec_fn=die_with_parent,
@@ -278,7 +279,7 @@ async def run_command(
         "consumer",
         *args,
         cwd=ROOT,
-        env={**base, **env},
+        env={**base, "DEBUG_PORT": "0", **env},  # DEBUG_PORT: side by side with a consumer
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )

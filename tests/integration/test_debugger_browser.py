@@ -1,29 +1,28 @@
 """The Event Debugger in a real headless browser (Debian's chromium driven by Playwright).
 
-Feeds deliveries into a ``RecentDeliveries``, serves it with ``serve_web`` and checks what an
-operator sees: rows, masking, filters, live updates, no token on the page, no HTML injection through
-payload values. Takes the README's screenshot; with ``UPDATE_SCREENSHOT=1`` it replaces
-docs/event-debugger.png (otherwise the tree stays clean). Fails, never skips,
-without chromium (``apt-get install chromium``) or the ``playwright`` package (dev extras);
-Playwright's own browser download is never used.
+Feeds deliveries into a ``RecentDeliveries``, serves it with ``serve_debugger`` and checks what
+an operator sees: the login form, rows, masking, filters, live updates, no token on the page or
+in a URL, no HTML injection through payload values. Takes the README's screenshot; with
+``UPDATE_SCREENSHOT=1`` it replaces docs/event-debugger.png (otherwise the tree stays clean).
+Fails, never skips, without chromium (``apt-get install chromium``) or the ``playwright``
+package (dev extras); Playwright's own browser download is never used.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from playwright.async_api import BrowserContext, Page, async_playwright, expect
+from playwright.async_api import BrowserContext, Page, Response, async_playwright, expect
 
 from consumer.highlevel.verdicts import Answer, classify
-from consumer.observe.metrics import Metrics
-from consumer.observe.readiness import Readiness
 from consumer.observe.recent_deliveries import RecentDeliveries
-from consumer.observe.web import WebServer, serve_web
+from consumer.observe.web import SESSION_COOKIE, WebServer, serve_debugger
 from tests.harness.guide import GUIDE_UPSERT
 
 pytestmark = pytest.mark.integration
@@ -81,7 +80,7 @@ def deliver(
 def feed(debugger: RecentDeliveries) -> None:
     deliver(debugger, "eu-shop", EU, 201, events=("Signed Up",), contact="user-311",
             trace_id="3f1c9a2e-7d4b-4c1e-9a55-0c8e2b7d1f40", latency_s=0.112)
-    deliver(debugger, "default", {**GUIDE_UPSERT, "firstName": "<img src=x id=injected>"}, 422,
+    deliver(debugger, "default", {**GUIDE_UPSERT, "tags": ["<img src=x id=injected>"]}, 422,
             contact="lead-555",
             message="property favouriteColour should not exist",
             trace_id="a8b2c7d1-0e3f-4a6b-9c8d-7e6f5a4b3c2d", latency_s=0.061)
@@ -103,13 +102,7 @@ def debugger() -> RecentDeliveries:
 
 @pytest.fixture
 async def server(debugger: RecentDeliveries) -> AsyncIterator[WebServer]:
-    async with serve_web(
-        port=0,
-        metrics=Metrics(integrations={"default": "ve9EPM428h8vShlRW1KT"}),
-        readiness=lambda: Readiness(assigned=True, broker_reachable=True),
-        debugger=debugger,
-        access_token=TOKEN,
-    ) as running:
+    async with serve_debugger(port=0, debugger=debugger, access_token=TOKEN) as running:
         yield running
 
 
@@ -144,9 +137,16 @@ async def test_event_debugger_in_a_browser(
     feed(debugger)
     errors: list[str] = []
     page = await open_page(browser, server.url, errors)
-    response = await page.goto(f"{server.url}/debug?token={TOKEN}")
-    assert response is not None
-    assert response.status == 200
+    await log_in(page, server.url, TOKEN)
+    # the login form's own 401 is the only failed load so far
+    assert errors == ["Failed to load resource: the server responded with a status of 401 "
+                      "(Unauthorized)"]
+    errors.clear()
+    assert page.url == f"{server.url}/debug"  # never a token in the address bar
+    [session] = await browser.cookies()
+    assert session["name"] == SESSION_COOKIE
+    assert (session["httpOnly"], session["sameSite"]) == (True, "Strict")
+    assert TOKEN not in session["value"]
     rows = page.locator("tr.delivery")
     await expect(rows).to_have_count(6)
     await expect(page.locator("#live")).to_have_text("live")
@@ -157,6 +157,8 @@ async def test_event_debugger_in_a_browser(
     await expect(first.locator(".payload")).to_contain_text('phone: "+1******0142"')
     await expect(first.locator(".status")).to_have_text("201")
     await expect(first.locator(".trace")).to_have_text("5e0f4c3b-2a19-4d8e-b7c6-a5f4e3d2c1b0")
+    await expect(first.locator(".payload")).to_contain_text('firstName: "hidden:')
+    await expect(first.locator(".contact")).to_have_text(re.compile(r"^hidden:[0-9a-f]{8}$"))
     rejected = page.locator("tr.delivery.rejected")
     await expect(rejected.locator(".message")).to_have_text(
         "property favouriteColour should not exist"
@@ -167,7 +169,9 @@ async def test_event_debugger_in_a_browser(
     assert await page.locator("#injected").count() == 0
     body = await page.inner_text("body")
     html = await page.content()
-    for secret in ("sam@example.com", "jane.doe@example.org", "4155550142", "7700900123", TOKEN):
+    personal = ("sam@example.com", "jane.doe@example.org", "4155550142", "7700900123",
+                "Rivera", "Jane", "lead-987", "user-311")
+    for secret in (*personal, TOKEN):
         assert secret not in body
         assert secret not in html
 
@@ -210,4 +214,26 @@ async def test_without_the_token_the_browser_gets_nothing(
     response = await page.goto(f"{server.url}/debug")
     assert response is not None
     assert response.status == 401
-    assert "lead-987" not in await page.content()
+    assert await page.locator("tr.delivery").count() == 0
+    response = await log_in(page, server.url, "not-the-token")
+    assert response.status == 401
+    await expect(page.locator(".failed")).to_have_text("Wrong access token.")
+    assert await page.locator("tr.delivery").count() == 0
+    assert await browser.cookies() == []
+    # a token in the URL is refused outright, even the right one
+    response = await page.goto(f"{server.url}/debug?token={TOKEN}")
+    assert response is not None
+    assert response.status == 400
+
+
+async def log_in(page: Page, url: str, token: str) -> Response:
+    """Open /debug, get the login form, submit ``token``; the response to the POST's outcome."""
+    response = await page.goto(f"{url}/debug")
+    assert response is not None
+    assert response.status == 401
+    await page.fill("#token", token)
+    async with page.expect_navigation() as navigation:
+        await page.click("button[type=submit]")
+    landed = await navigation.value
+    assert landed is not None
+    return landed

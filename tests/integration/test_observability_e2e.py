@@ -45,7 +45,7 @@ async def test_prometheus_scrapes_a_running_consumer_and_the_debugger_shows_deli
     ] + [(b"u0", orjson.dumps({"type": "page", "userId": "u0"}))] * 5
     produce(kafka_bootstrap, topic, records)
     ends = end_offsets(kafka_bootstrap, topic, 2)
-    metrics_port = free_port()
+    metrics_port, debug_port = free_port(), free_port()
     base = f"http://127.0.0.1:{metrics_port}"
     async with run_sandbox(locations={LOCATION: TOKEN}) as sandbox:
         process = await start_consumer(
@@ -57,6 +57,7 @@ async def test_prometheus_scrapes_a_running_consumer_and_the_debugger_shows_deli
                 "GHL_ACCESS_TOKEN": TOKEN,
                 "GHL_API_BASE_URL": sandbox.url,
                 "METRICS_PORT": str(metrics_port),
+                "DEBUG_PORT": str(debug_port),
             }
         )
         try:
@@ -84,8 +85,11 @@ async def test_prometheus_scrapes_a_running_consumer_and_the_debugger_shows_deli
                     )
                     async with http.get(f"{base}/readyz") as ready:
                         assert ready.status == 200, await ready.text()
-                    async with http.get(f"{base}/debug/deliveries.json") as deliveries:
+                    debugger = f"http://127.0.0.1:{debug_port}/debug/deliveries.json"
+                    async with http.get(debugger) as deliveries:
                         shown = await deliveries.text()
+                    async with http.get(f"{base}/debug/deliveries.json") as absent:
+                        assert absent.status == 404  # not on the port Prometheus scrapes
                     async with http.get(f"{base}/metrics") as exposition:
                         scraped = await exposition.text()
         finally:
@@ -96,5 +100,6 @@ async def test_prometheus_scrapes_a_running_consumer_and_the_debugger_shows_deli
     assert entries, shown
     assert "u3@example.com" not in shown
     assert "u***@example.com" in shown
+    assert '"contact_key":"hidden:' in shown  # the user id is not shown
     for channel in (shown, scraped, stderr.decode()):
         assert TOKEN not in channel

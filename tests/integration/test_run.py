@@ -121,6 +121,13 @@ async def test_run_delivers_commits_dead_letters_and_stops_cleanly_on_sigterm(
             "GHL_API_BASE_URL: http:// only for a loopback host (127.0.0.1, ::1, localhost); "
             "use https://, or set highlevel.allow_insecure_http = true",
         ),
+        (
+            # The metrics port may face the cluster; the debugger only with a token.
+            {"GHL_LOCATION_ID": LOCATION, "GHL_ACCESS_TOKEN": TOKEN,
+             "METRICS_HOST": "0.0.0.0", "DEBUG_HOST": "0.0.0.0"},
+            "DEBUG_HOST: 0.0.0.0 is not a loopback address and the Event Debugger shows contact "
+            "data: set DEBUG_ACCESS_TOKEN, or bind 127.0.0.1 and use kubectl port-forward",
+        ),
     ],
 )
 async def test_run_refuses_bad_settings_before_consuming_anything(

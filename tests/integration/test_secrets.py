@@ -7,11 +7,13 @@ and the password in ``REDIS_URL`` (a Redis that refuses connections). It is driv
 error paths: 5xx answers, hangs and reset connections; a 401 for one integration (parking); a
 422 (dead letter); malformed records (dead letter); HighLevel refusing connections; SIGTERM.
 Bad configurations add start-up errors (the exceptions an operator sees). Then every output
-channel is collected (logs, /metrics, /healthz, /readyz, the debugger's page, JSON and SSE
-stream, the dead-letter, parking and profile topics with their headers, ``dlq list``, ``dlq
-replay --dry-run``, ``audit``, ``map``) and searched for each secret in the forms it could take
-(raw, URL-encoded, base64 alone or inside a ``Bearer`` or basic-auth value); the logs are
-searched for every input email address and phone number, which may appear only masked.
+channel is collected (logs, /metrics, /healthz, /readyz on the metrics listener; the debugger's
+own listener: its login form and answers, page, JSON and SSE stream; the dead-letter, parking
+and profile topics with their headers, ``dlq list``, ``dlq replay --dry-run``, ``audit``,
+``map``) and searched for each secret in the forms it could take (raw, URL-encoded, base64 alone
+or inside a ``Bearer`` or basic-auth value); the logs are searched for every input email address
+and phone number, which may appear only masked, and the debugger for the names and user ids,
+which it hides.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from aiohttp import web
 from confluent_kafka import Message
 
 from consumer.highlevel.client import HighLevelClient
+from consumer.observe.web import SESSION_COOKIE
 from tests.integration.consumer_harness import (
     ProcessLog,
     committed_offsets,
@@ -211,9 +214,10 @@ async def wait_for_commits(kafka: SecuredBroker, group: str, topic: str, log: Pr
         raise AssertionError(f"offsets not committed in 30 s:\n{log.text()[-3000:]}") from None
 
 
-async def follow_stream(http: aiohttp.ClientSession, url: str, into: list[str]) -> None:
+async def follow_stream(
+    http: aiohttp.ClientSession, url: str, headers: Mapping[str, str], into: list[str]
+) -> None:
     """Append the debugger's Server-Sent Events to ``into`` until cancelled."""
-    headers = {"Authorization": f"Bearer {DEBUG_TOKEN}"}
     async with http.get(url, headers=headers, timeout=aiohttp.ClientTimeout()) as response:
         assert response.status == 200
         async for chunk in response.content.iter_any():
@@ -266,8 +270,9 @@ async def test_no_secret_in_any_output_channel_and_no_personal_data_in_the_logs(
     token_file.write_text(OK_TOKEN + "\n")
     config = tmp_path / "config.toml"
     config.write_text(config_text(kafka, topic, group, token_file))
-    metrics_port = free_port()
+    metrics_port, debug_port = free_port(), free_port()
     base = f"http://127.0.0.1:{metrics_port}"
+    debug = f"http://127.0.0.1:{debug_port}"
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": kafka.secure_bootstrap,
         "KAFKA_SASL_PASSWORD": SASL_PASSWORD,
@@ -275,6 +280,7 @@ async def test_no_secret_in_any_output_channel_and_no_personal_data_in_the_logs(
         "DEBUG_ACCESS_TOKEN": DEBUG_TOKEN,
         "REDIS_URL": f"redis://:{quote(REDIS_PASSWORD, safe='')}@127.0.0.1:{free_port()}/0",
         "METRICS_PORT": str(metrics_port),
+        "DEBUG_PORT": str(debug_port),
     }
     # BAD_LOCATION's token at the sandbox is another one: the consumer's gets 401.
     locations = {OK_LOCATION: OK_TOKEN, BAD_LOCATION: "pit-the-sandbox-knows-another"}
@@ -302,7 +308,20 @@ async def test_no_secret_in_any_output_channel_and_no_personal_data_in_the_logs(
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
             async with asyncio.timeout(30):
                 await log.wait_for("event debugger on")
-            follower = asyncio.create_task(follow_stream(http, f"{base}/debug/events", stream))
+            # The login form's answer carries the session cookie (aiohttp's jar refuses IPs).
+            async with http.get(f"{debug}/debug") as response:
+                assert response.status == 401
+                shown["/debug login form"] = await response.text()
+            async with http.post(
+                f"{debug}/debug", data={"token": DEBUG_TOKEN}, allow_redirects=False
+            ) as response:
+                assert response.status == 303
+                shown["POST /debug"] = await response.text() + str(response.headers)
+                cookie = f"{SESSION_COOKIE}={response.cookies[SESSION_COOKIE].value}"
+            session = {"Cookie": cookie}
+            follower = asyncio.create_task(
+                follow_stream(http, f"{debug}/debug/events", session, stream)
+            )
 
             def retried(*reasons: str) -> Callable[[str], bool]:
                 return lambda text: all(
@@ -338,17 +357,24 @@ async def test_no_secret_in_any_output_channel_and_no_personal_data_in_the_logs(
                     shown[path] = await response.text()
             bearer = {"Authorization": f"Bearer {DEBUG_TOKEN}"}
             for path in ("/debug", "/debug/deliveries.json?limit=1000"):
-                async with http.get(base + path, headers=bearer) as response:
+                async with http.get(debug + path, headers=bearer) as response:
                     assert response.status == 200
                     shown[path] = await response.text()
-            async with http.get(f"{base}/debug", params={"token": DEBUG_TOKEN}) as response:
-                assert response.status == 200
-                shown["/debug?token="] = await response.text()
+                async with http.get(debug + path, headers=session) as response:
+                    assert response.status == 200
+                    shown[f"{path} (session)"] = await response.text()
+                async with http.get(base + path, headers=bearer) as response:
+                    assert response.status == 404  # the metrics listener has no debugger
             for path in ("/debug", "/debug/deliveries.json", "/debug/events"):
-                for offered in ({}, {"token": "wrong"}):  # no token, a wrong one
-                    async with http.get(base + path, params=offered) as response:
-                        assert response.status == 401, path
+                # no token, a wrong one, the right one in the URL
+                for offered, status in (({}, 401), ({"token": "wrong"}, 400),
+                                        ({"token": DEBUG_TOKEN}, 400)):
+                    async with http.get(debug + path, params=offered) as response:
+                        assert response.status == status, path
                         shown[f"{path} refused {offered}"] = await response.text()
+            async with http.post(f"{debug}/debug", data={"token": "wrong"}) as response:
+                assert response.status == 401
+                shown["POST /debug wrong"] = await response.text() + str(response.headers)
             follower.cancel()
             await asyncio.gather(follower, return_exceptions=True)
             shown["/debug/events"] = "".join(stream)
@@ -401,14 +427,21 @@ async def test_no_secret_in_any_output_channel_and_no_personal_data_in_the_logs(
          {}, "sasl.passwd"),
         ("unbindable metrics address", config.read_text(), {"METRICS_HOST": "192.0.2.1"},
          "cannot listen on 192.0.2.1"),
+        ("unbindable debugger address", config.read_text(), {"DEBUG_HOST": "192.0.2.1"},
+         "debug.host/port (DEBUG_HOST/DEBUG_PORT): cannot listen on 192.0.2.1"),
+        ("debugger facing the network without a token", config.read_text(),
+         {"DEBUG_HOST": "0.0.0.0", "DEBUG_ACCESS_TOKEN": ""},
+         "DEBUG_HOST: 0.0.0.0 is not a loopback address"),
     ):
         bad = tmp_path / "bad.toml"
         bad.write_text(text)
-        run_env = {**env, "GHL_API_BASE_URL": url, "METRICS_PORT": "0", **extra_env}
+        run_env = {
+            **env, "GHL_API_BASE_URL": url, "METRICS_PORT": "0", "DEBUG_PORT": "0", **extra_env
+        }
         code, out, err = await run_command(
             run_env, "run", "--config", str(bad), "--log-level", "DEBUG", seconds=60
         )
-        assert code != 0, (name, err[-2000:])
+        assert code == 2, (name, err[-2000:])
         assert expected in out + err, (name, err[-2000:])
         logs[f"start-up error: {name}"] = out + err
 
@@ -427,17 +460,26 @@ async def test_no_secret_in_any_output_channel_and_no_personal_data_in_the_logs(
         if value.lower() in text.lower()
     )
     assert not unmasked, unmasked
+    debugger_shown = {k: v for k, v in shown.items() if "debug" in k.lower()}
+    hidden = sorted(
+        f"{value} in {channel}"
+        for channel, text in debugger_shown.items()
+        for value in ["Canary", *(p[0] for p in PEOPLE + PARKED)]
+        if value in text
+    )
+    assert not hidden, hidden
 
     # The channels carried what they should, so finding nothing in them means something.
     assert (dead_letters, parked) == (4, 2)
     for reason in ("invalid_json", "invalid_utf8", "wrong_type", "rejected_by_highlevel"):
         assert reason in channels["dead-letter topic"], reason
     assert "l***@example.com" in shown["/debug/deliveries.json?limit=1000"]
+    assert '"firstName":"hidden:' in shown["/debug/deliveries.json?limit=1000 (session)"]
     assert "+1******0101" in shown["/debug/events"]
     assert "rejected_by_highlevel" in shown["dlq list --json"]
     assert "contact" in shown[f"forget --email {EMAILS[0]} --delete-contact"]
-    # The debugger is local-only by default (METRICS_HOST unset) and needs DEBUG_ACCESS_TOKEN.
-    assert f"event debugger on http://127.0.0.1:{metrics_port}/debug" in logs["run (stderr)"]
+    # The debugger is local-only by default (DEBUG_HOST unset), on its own port.
+    assert f"event debugger on {debug}/debug" in logs["run (stderr)"]
     assert "SCRAM-SHA-512" in logs["run (stderr)"]  # librdkafka's security debugging was on
     assert "401" in logs["run (stderr)"]
 

@@ -445,6 +445,11 @@ def test_settings_bounded_by_each_other_or_by_form_name_the_field(
         ("GHL_ALLOW_INSECURE_HTTP", "yes", "expected true or false"),
         ("METRICS_PORT", "-1", "expected a port number"),
         ("METRICS_HOST", "", "must not be empty"),
+        ("DEBUG_PORT", "ninety", "expected a port number"),
+        ("DEBUG_PORT", "70000", "must be at most 65535"),
+        ("DEBUG_HOST", " ", "must not be empty"),
+        ("DEBUG_HOST", "0.0.0.0", "0.0.0.0 is not a loopback address"),
+        ("DEBUG_HOST", "debugger.internal", "debugger.internal is not a loopback address"),
         ("REDIS_URL", "127.0.0.1:6379", "expected a redis://"),
         ("GHL_ACCESS_TOKEN", "", "must not be empty"),
         ("GHL_CONSENT_CATEGORY", "", "expected a non-empty string"),
@@ -551,3 +556,61 @@ def test_ghl_allow_insecure_http_overrides_the_file(tmp_path: Path) -> None:
             "[highlevel]\nallow_insecure_http = true\n",
             {**env, "GHL_ALLOW_INSECURE_HTTP": "false"},
         )
+
+
+def test_the_debugger_has_its_own_loopback_listener_by_default() -> None:
+    settings = load_settings(None, {**ENV, "METRICS_HOST": "0.0.0.0"})
+    debug = settings.debug
+    assert (settings.metrics.host, debug.host, debug.port) == ("0.0.0.0", "127.0.0.1", 9465)
+    assert (debug.max_streams, debug.session_seconds, debug.allowed_hosts) == (8, 900, ())
+    assert debug.show_personal_data is False
+    assert debug.access_token is None
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "LocalHost"])
+def test_a_loopback_debugger_needs_no_token(host: str) -> None:
+    assert load_settings(None, {**ENV, "DEBUG_HOST": host}).debug.host == host
+
+
+def test_debugger_settings_from_the_file_and_the_environment(tmp_path: Path) -> None:
+    text = """
+[debug]
+host = "0.0.0.0"
+port = 9700
+allowed_hosts = ["Debugger.Example.org", "10.0.0.7"]
+max_streams = 2
+session_seconds = 120
+show_personal_data = true
+"""
+    environ = {**ENV, "DEBUG_ACCESS_TOKEN": "dbg-secret-value"}
+    debug = load(tmp_path, text, environ).debug
+    assert (debug.host, debug.port, debug.max_streams, debug.session_seconds) == (
+        "0.0.0.0", 9700, 2, 120
+    )
+    assert debug.allowed_hosts == ("debugger.example.org", "10.0.0.7")
+    assert debug.show_personal_data is True
+    assert debug.access_token is not None
+    assert debug.access_token.reveal() == "dbg-secret-value"
+    assert "dbg-secret-value" not in repr(debug)
+    environ |= {"DEBUG_HOST": "127.0.0.1", "DEBUG_PORT": "0", "DEBUG_ALLOWED_HOSTS": "a, B,,"}
+    debug = load(tmp_path, text, environ).debug
+    assert (debug.host, debug.port, debug.allowed_hosts) == ("127.0.0.1", 0, ("a", "b"))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[debug]\nhost = "0.0.0.0"', "debug.host: 0.0.0.0 is not a loopback address"),
+        ("[debug]\nmax_streams = 0", "debug.max_streams: must be at least 1"),
+        ("[debug]\nsession_seconds = 5", "debug.session_seconds: must be at least 60"),
+        ('[debug]\nshow_personal_data = "yes"', "debug.show_personal_data: expected true or"),
+        ("[debug]\nallowed_hosts = [1]", "debug.allowed_hosts: expected a list of non-empty"),
+        ("[debug]\naccess_token = \"x\"", "debug.access_token: unknown setting"),
+    ],
+)
+def test_debugger_settings_errors_name_the_field(
+    text: str, message: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, text, ENV)
+    assert str(caught.value).startswith(message)

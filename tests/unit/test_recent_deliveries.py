@@ -10,7 +10,9 @@ import pytest
 from consumer.core.events import OmitReason, Omitted
 from consumer.highlevel.verdicts import Answer, classify
 from consumer.observe.recent_deliveries import (
+    NEVER_PERSONAL,
     DeliveryEntry,
+    Hider,
     RecentDeliveries,
     mask_payload,
     mask_text,
@@ -58,14 +60,24 @@ def record(
     )
 
 
+KEY = b"k" * 16
+HIDE = Hider(KEY)
+
+
 def test_entry_holds_masked_payload_and_the_answer() -> None:
-    debugger = RecentDeliveries(integrations=["acme"])
+    debugger = RecentDeliveries(integrations=["acme"], hash_key=KEY)
     entry = record(debugger)
     assert entry.payload == {
-        **GUIDE_UPSERT,
+        "locationId": GUIDE_UPSERT["locationId"],
         "email": "s***@example.com",
         "phone": "+1******0142",
+        "firstName": HIDE("Sam"),
+        "lastName": HIDE("Rivera"),
+        "source": "Pricing Page Form",
+        "tags": ["website-lead"],
+        "dnd": False,
     }
+    assert entry.contact_key == HIDE("lead-987")
     assert entry.outcome == "delivered"
     assert entry.status == 201
     assert entry.trace_id == "trace-1"
@@ -73,8 +85,70 @@ def test_entry_holds_masked_payload_and_the_answer() -> None:
     assert entry.events == ("identify", "Lead Generated")
     assert entry.event_count == 2
     text = json.dumps(entry.to_json())
-    assert "sam@example.com" not in text
-    assert "4155550142" not in text
+    for personal in ("sam@example.com", "4155550142", "Sam", "Rivera", "lead-987"):
+        assert personal not in text
+
+
+PERSONAL = {
+    "locationId": "L",
+    "email": "sam@example.com",
+    "phone": "+14155550142",
+    "firstName": "Sam",
+    "lastName": "Rivera",
+    "name": "Sam Rivera",
+    "companyName": "Rivera Bikes",
+    "address1": "12 Mission St",
+    "city": "San Francisco",
+    "state": "CA",
+    "postalCode": "94105",
+    "country": "US",
+    "website": "https://rivera.example",
+    "dateOfBirth": "1990-04-01",
+    "timezone": "America/Los_Angeles",
+    "gender": "female",
+    "source": "Pricing Page Form",
+    "tags": ["website-lead"],
+    "dnd": False,
+    "customFields": [{"id": "cf-plan", "field_value": "pro"},
+                     {"id": "cf-colours", "field_value": ["teal", "red"]}],
+}
+
+
+def test_every_personal_field_is_hidden_by_default() -> None:
+    shown = mask_payload(PERSONAL, HIDE)
+    assert set(shown) == set(PERSONAL)  # present or absent stays visible
+    for name in ("locationId", "source", "tags", "dnd"):
+        assert shown[name] == PERSONAL[name]
+    assert (shown["email"], shown["phone"]) == ("s***@example.com", "+1******0142")
+    assert shown["customFields"] == [
+        {"id": "cf-plan", "field_value": HIDE("pro")},
+        {"id": "cf-colours", "field_value": HIDE(["teal", "red"])},
+    ]
+    text = json.dumps(shown)
+    for name, value in PERSONAL.items():
+        if name not in {*NEVER_PERSONAL, "email", "phone"} and isinstance(value, str):
+            assert shown[name] == HIDE(value)
+            assert value not in text, name
+    assert "pro" not in text.replace("cf-plan", "")
+    assert "teal" not in text
+
+
+def test_hidden_values_are_equal_for_equal_input_and_keyed_per_instance() -> None:
+    assert HIDE("Sam") == HIDE("Sam") != HIDE("Samuel")
+    assert HIDE("Sam").startswith("hidden:")
+    assert len(HIDE("Sam")) == len("hidden:") + 8
+    assert Hider(b"other-key-16byte")("Sam") != HIDE("Sam")
+    one, two = RecentDeliveries(integrations=["acme"]), RecentDeliveries(integrations=["acme"])
+    assert record(one).contact_key != record(two).contact_key  # random key per instance
+
+
+def test_show_personal_data_keeps_what_was_sent_but_email_and_phone() -> None:
+    debugger = RecentDeliveries(integrations=["acme"], show_personal_data=True)
+    assert debugger.show_personal_data
+    entry = record(debugger, contact_key="Sam.Rivera@Example.com")
+    assert entry.payload == {**GUIDE_UPSERT, "email": "s***@example.com",
+                             "phone": "+1******0142"}
+    assert entry.contact_key == "S***@Example.com"
 
 
 def test_entry_lists_the_fields_left_out_by_name_never_by_value() -> None:
@@ -98,14 +172,14 @@ def test_entry_lists_the_fields_left_out_by_name_never_by_value() -> None:
 
 
 def test_contact_key_and_highlevel_message_are_masked() -> None:
-    debugger = RecentDeliveries(integrations=["acme"])
+    debugger = RecentDeliveries(integrations=["acme"], hash_key=KEY)
     entry = record(
         debugger,
         status=422,
         contact_key="Sam.Rivera@Example.com",
         message="duplicate contact sam@example.com / +1 (415) 555-0142",
     )
-    assert entry.contact_key == "S***@Example.com"
+    assert entry.contact_key == HIDE("Sam.Rivera@Example.com")
     assert "sam@example.com" not in entry.message
     assert "555-0142" not in entry.message
     assert entry.message.startswith("duplicate contact s***@example.com / +1")
