@@ -206,6 +206,7 @@ def main(args: argparse.Namespace) -> int:
             placeholder_location=None if args.delete_contact else _PLACEHOLDER_LOCATION,
             read_secrets=args.delete_contact,
             kafka_secrets=True,
+            profile_keys=True,  # to search encrypted profiles for the email
         )
         work = forget(settings, who, delete_contact=args.delete_contact, out=sys.stdout)
         return asyncio.run(work)

@@ -94,6 +94,7 @@ def load(
     placeholder_location: str | None = None,
     read_secrets: bool = True,
     kafka_secrets: bool | None = None,
+    profile_keys: bool | None = None,
 ) -> Settings:
     """``load_settings`` over ``config`` and ``os.environ``; when ``needs_placeholder``,
     ``placeholder_location`` (if given) stands in for ``GHL_LOCATION_ID``. Raises ConfigError
@@ -101,7 +102,13 @@ def load(
     environ = dict(os.environ)
     if placeholder_location is not None and needs_placeholder(config):
         environ["GHL_LOCATION_ID"] = placeholder_location
-    return load_settings(config, environ, read_secrets=read_secrets, kafka_secrets=kafka_secrets)
+    return load_settings(
+        config,
+        environ,
+        read_secrets=read_secrets,
+        kafka_secrets=kafka_secrets,
+        profile_keys=profile_keys,
+    )
 
 
 def profile_cipher(settings: Settings) -> ProfileCipher:

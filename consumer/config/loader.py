@@ -59,6 +59,7 @@ def load_settings(
     *,
     read_secrets: bool = True,
     kafka_secrets: bool | None = None,
+    profile_keys: bool | None = None,
 ) -> Settings:
     """Read ``path`` (TOML; None = no file) and ``environ``; validate; return Settings.
 
@@ -66,7 +67,9 @@ def load_settings(
     become ``Secret.unread``): for commands that send nothing to HighLevel. ``kafka_secrets``
     (default: ``read_secrets``) decides the same for the ``[kafka.librdkafka]`` secrets: the
     operator commands that read Kafka without HighLevel tokens (dlq, audit) pass True, the dry
-    run reads neither. Raises ConfigError.
+    run reads neither. ``profile_keys`` (default: ``read_secrets``) decides it for the
+    ``[profiles]`` encryption keys: ``run`` and ``forget`` read them, which checks each is 32
+    bytes. Raises ConfigError.
     """
     doc: dict[str, Any] = _read_toml(path) if path is not None else {}
     for key in doc:
@@ -83,7 +86,11 @@ def load_settings(
     if kafka_secrets is None:
         kafka_secrets = read_secrets
     kafka = _kafka(subtable(doc, "kafka", "kafka"), environ, kafka_secrets)
-    sections["profiles"] = _profiles(subtable(doc, "profiles", "profiles"), environ, kafka_secrets)
+    sections["profiles"] = _profiles(
+        subtable(doc, "profiles", "profiles"),
+        environ,
+        read_secrets if profile_keys is None else profile_keys,
+    )
     integrations = read_integrations(doc.get("integrations"), environ, read_secrets)
     return Settings(integrations=integrations, kafka=kafka, config_path=path, **sections)
 
@@ -348,8 +355,7 @@ def _kafka(table: dict[str, Any], environ: Mapping[str, str], read_secrets: bool
 def _profiles(
     table: Mapping[str, Any], environ: Mapping[str, str], read_secrets: bool
 ) -> ProfilesSettings:
-    """``[profiles]``: the keys are read (and checked: 32 bytes in base64) with the Kafka
-    secrets, since they guard data on Kafka."""
+    """``[profiles]``; when ``read_secrets``, each key is read and checked (32 bytes, base64)."""
     reject_unknown_keys(table, ("encryption_keys", "encryption_key_id"), "profiles")
     entries = table.get("encryption_keys", [])
     if not isinstance(entries, list):

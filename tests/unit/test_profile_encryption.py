@@ -208,10 +208,14 @@ def test_profiles_errors_name_the_field(tmp_path: Path, text: str, message: str)
     assert message in str(caught.value)
 
 
-def test_keys_are_not_read_when_kafka_secrets_are_not(tmp_path: Path) -> None:
+def test_keys_are_read_only_by_the_commands_that_need_them(tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
-    path.write_text(
-        '[profiles]\nencryption_keys = [{ id = "k1", key = { env = "UNSET" } }]\n'
-    )
-    settings = load_settings(str(path), ENV, read_secrets=False)  # the dry run
-    assert [k.id for k in settings.profiles.encryption_keys] == ["k1"]
+    path.write_text('[profiles]\nencryption_keys = [{ id = "k1", key = { env = "UNSET" } }]\n')
+    # the dry run, dlq and audit: the key need not be set
+    for kafka_secrets in (False, True):
+        settings = load_settings(str(path), ENV, read_secrets=False, kafka_secrets=kafka_secrets)
+        assert [k.id for k in settings.profiles.encryption_keys] == ["k1"]
+    with pytest.raises(ConfigError, match="UNSET is not set"):  # run
+        load_settings(str(path), ENV)
+    with pytest.raises(ConfigError, match="UNSET is not set"):  # forget
+        load_settings(str(path), ENV, read_secrets=False, profile_keys=True)
