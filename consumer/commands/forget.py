@@ -38,6 +38,7 @@ from consumer.commands.preamble import (
     add_log_level_argument,
     configure_logging,
     load,
+    profile_cipher,
     run_command,
 )
 from consumer.config import Settings
@@ -97,6 +98,7 @@ async def forget(settings: Settings, who: Subject, *, delete_contact: bool, out:
         key=None if who.kind == "email" else who.value,
         email=who.value if who.kind == "email" else None,
         extra=extra,
+        cipher=profile_cipher(settings),
     )
     keys = sorted(profiles.keys() | ({who.value} if who.kind != "email" else set()))
     emails = sorted(
@@ -204,6 +206,7 @@ def main(args: argparse.Namespace) -> int:
             placeholder_location=None if args.delete_contact else _PLACEHOLDER_LOCATION,
             read_secrets=args.delete_contact,
             kafka_secrets=True,
+            profile_keys=True,  # to search encrypted profiles for the email
         )
         work = forget(settings, who, delete_contact=args.delete_contact, out=sys.stdout)
         return asyncio.run(work)

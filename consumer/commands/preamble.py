@@ -28,6 +28,7 @@ from typing import Final
 
 from consumer.config import Settings, load_settings
 from consumer.errors import ConfigError
+from consumer.state.encryption import ProfileCipher
 
 CONFIG_HELP: Final = "TOML configuration file (default: $GHL_CONFIG; the environment overrides it)"
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -93,6 +94,7 @@ def load(
     placeholder_location: str | None = None,
     read_secrets: bool = True,
     kafka_secrets: bool | None = None,
+    profile_keys: bool | None = None,
 ) -> Settings:
     """``load_settings`` over ``config`` and ``os.environ``; when ``needs_placeholder``,
     ``placeholder_location`` (if given) stands in for ``GHL_LOCATION_ID``. Raises ConfigError
@@ -100,7 +102,19 @@ def load(
     environ = dict(os.environ)
     if placeholder_location is not None and needs_placeholder(config):
         environ["GHL_LOCATION_ID"] = placeholder_location
-    return load_settings(config, environ, read_secrets=read_secrets, kafka_secrets=kafka_secrets)
+    return load_settings(
+        config,
+        environ,
+        read_secrets=read_secrets,
+        kafka_secrets=kafka_secrets,
+        profile_keys=profile_keys,
+    )
+
+
+def profile_cipher(settings: Settings) -> ProfileCipher:
+    """The profile changelog's cipher from ``[profiles]`` (no keys: values plain both ways)."""
+    profiles = settings.profiles
+    return ProfileCipher(profiles.keys(), profiles.encryption_key_id or None)
 
 
 def stop_on_signals() -> asyncio.Event:

@@ -24,6 +24,7 @@ from consumer.commands.preamble import (
     add_log_level_argument,
     configure_logging,
     load,
+    profile_cipher,
     run_command,
     stop_on_signals,
 )
@@ -201,6 +202,7 @@ async def running_consumer(settings: Settings) -> AsyncIterator[Components]:
                 metrics=metrics,
                 extra=extra,
                 erasure_check_seconds=settings.mapping.erasure_check_seconds,
+                cipher=profile_cipher(settings),
             ),
             options=engine_options(settings),
         )

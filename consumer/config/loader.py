@@ -22,9 +22,12 @@ from consumer.config.settings import (
     HighLevelSettings,
     KafkaSettings,
     MetricsSettings,
+    ProfileKey,
+    ProfilesSettings,
     RedisSettings,
     Secret,
     Settings,
+    aes_key,
 )
 from consumer.config.tables import read_secret, reject_unknown_keys, string_list, subtable
 from consumer.errors import ConfigError
@@ -44,7 +47,10 @@ _SENSITIVE_KEY = re.compile(
     r"password|passphrase|secret|token|credential|private|key\.pem|oauthbearer\.config",
     re.IGNORECASE,
 )
-_TOP_LEVEL: Final = frozenset((*PLAIN_SECTIONS, "kafka", "debug", "integrations"))
+_TOP_LEVEL: Final = frozenset(
+    (*PLAIN_SECTIONS, "kafka", "debug", "profiles", "integrations")
+)
+_KEY_ID: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 def load_settings(
@@ -53,6 +59,7 @@ def load_settings(
     *,
     read_secrets: bool = True,
     kafka_secrets: bool | None = None,
+    profile_keys: bool | None = None,
 ) -> Settings:
     """Read ``path`` (TOML; None = no file) and ``environ``; validate; return Settings.
 
@@ -60,7 +67,9 @@ def load_settings(
     become ``Secret.unread``): for commands that send nothing to HighLevel. ``kafka_secrets``
     (default: ``read_secrets``) decides the same for the ``[kafka.librdkafka]`` secrets: the
     operator commands that read Kafka without HighLevel tokens (dlq, audit) pass True, the dry
-    run reads neither. Raises ConfigError.
+    run reads neither. ``profile_keys`` (default: ``read_secrets``) decides it for the
+    ``[profiles]`` encryption keys: ``run`` and ``forget`` read them, which checks each is 32
+    bytes. Raises ConfigError.
     """
     doc: dict[str, Any] = _read_toml(path) if path is not None else {}
     for key in doc:
@@ -74,10 +83,13 @@ def load_settings(
     sections["metrics"] = _env_metrics(sections["metrics"], environ)
     sections["redis"] = _env_redis(sections["redis"], environ)
     sections["debug"] = _debug(subtable(doc, "debug", "debug"), environ)
-    kafka = _kafka(
-        subtable(doc, "kafka", "kafka"),
+    if kafka_secrets is None:
+        kafka_secrets = read_secrets
+    kafka = _kafka(subtable(doc, "kafka", "kafka"), environ, kafka_secrets)
+    sections["profiles"] = _profiles(
+        subtable(doc, "profiles", "profiles"),
         environ,
-        read_secrets if kafka_secrets is None else kafka_secrets,
+        read_secrets if profile_keys is None else profile_keys,
     )
     integrations = read_integrations(doc.get("integrations"), environ, read_secrets)
     return Settings(integrations=integrations, kafka=kafka, config_path=path, **sections)
@@ -338,6 +350,44 @@ def _kafka(table: dict[str, Any], environ: Mapping[str, str], read_secrets: bool
         session_timeout_ms=session_timeout,
         librdkafka=MappingProxyType(passthrough),
     )
+
+
+def _profiles(
+    table: Mapping[str, Any], environ: Mapping[str, str], read_secrets: bool
+) -> ProfilesSettings:
+    """``[profiles]``; when ``read_secrets``, each key is read and checked (32 bytes, base64)."""
+    reject_unknown_keys(table, ("encryption_keys", "encryption_key_id"), "profiles")
+    entries = table.get("encryption_keys", [])
+    if not isinstance(entries, list):
+        raise ConfigError('profiles.encryption_keys: expected a list of { id = ..., key = ... }')
+    keys: list[ProfileKey] = []
+    for n, entry in enumerate(entries):
+        where = f"profiles.encryption_keys[{n}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: expected a table {{ id = ..., key = ... }}")
+        reject_unknown_keys(entry, ("id", "key"), where)
+        key_id = entry.get("id")
+        if not isinstance(key_id, str) or not _KEY_ID.fullmatch(key_id):
+            raise ConfigError(f"{where}.id: expected 1 to 64 of A-Z a-z 0-9 . _ -")
+        if any(k.id == key_id for k in keys):
+            raise ConfigError(f"{where}.id: {key_id!r} is given twice")
+        if "key" not in entry:
+            raise ConfigError(f'{where}.key: required ({{ env = "NAME" }} or {{ file = "PATH" }})')
+        secret = read_secret(entry["key"], f"{where}.key", environ, read_secrets)
+        if read_secrets:
+            try:
+                aes_key(secret.reveal())
+            except ValueError as exc:
+                raise ConfigError(f"{where}.key ({secret.source}): {exc}") from None
+        keys.append(ProfileKey(key_id, secret))
+    write_key = table.get("encryption_key_id", "")
+    if not isinstance(write_key, str):
+        raise ConfigError("profiles.encryption_key_id: expected a string")
+    if write_key and write_key not in {k.id for k in keys}:
+        raise ConfigError(
+            f"profiles.encryption_key_id: {write_key!r} is not an id in profiles.encryption_keys"
+        )
+    return ProfilesSettings(encryption_keys=tuple(keys), encryption_key_id=write_key)
 
 
 def _retention(

@@ -10,6 +10,8 @@ keeps it out of the file.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -127,6 +129,45 @@ class DebugSettings:
     access_token: Secret | None = field(default=None, metadata={"env_only": True})
 
 
+AES_KEY_BYTES: Final = 32
+
+
+def aes_key(text: str) -> bytes:
+    """An AES-256 key given as base64 (``openssl rand -base64 32``): its 32 bytes. Raises
+    ValueError naming the length found, never the text."""
+    try:
+        key = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("not base64 (create one with: openssl rand -base64 32)") from None
+    if len(key) != AES_KEY_BYTES:
+        raise ValueError(
+            f"{len(key)} bytes, AES-256 needs {AES_KEY_BYTES} (openssl rand -base64 32)"
+        )
+    return key
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileKey:
+    """One ``[profiles] encryption_keys`` entry: the id recorded in every value it seals."""
+
+    id: str
+    key: Secret  # base64 of 32 bytes; checked by the loader when read
+
+
+@dataclass(frozen=True, slots=True)
+class ProfilesSettings:
+    """``[profiles]``: encryption at rest of the profile changelog's values. ``encryption_keys``
+    are every key a value may be sealed with; ``encryption_key_id`` the one new values use (empty:
+    values are written plain, sealed ones still read)."""
+
+    encryption_keys: tuple[ProfileKey, ...] = ()
+    encryption_key_id: str = ""
+
+    def keys(self) -> dict[str, bytes]:
+        """Key id -> key bytes, revealed: hand them to the cipher, never log them."""
+        return {k.id: aes_key(k.key.reveal()) for k in self.encryption_keys}
+
+
 @dataclass(frozen=True, slots=True)
 class RedisSettings:
     url: str = ""  # empty = no Redis (single instance, local rate limiter)
@@ -198,6 +239,7 @@ class Settings:
     highlevel: HighLevelSettings = HighLevelSettings()
     metrics: MetricsSettings = MetricsSettings()
     debug: DebugSettings = DebugSettings()
+    profiles: ProfilesSettings = ProfilesSettings()
     redis: RedisSettings = RedisSettings()
     mapping: MappingSettings = MappingSettings()
     engine: EngineSettings = EngineSettings()

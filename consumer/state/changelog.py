@@ -16,6 +16,9 @@ person's keys. ``follow`` runs beside the engine and reads the changelog's new r
 ``erasure_check_seconds``: a tombstone drops that profile from memory at once, so every running
 member forgets the person within that interval, without a rebalance; a restore applies
 tombstones too. Other members' profile writes are left to the next restore, as before.
+
+Encryption at rest (``[profiles] encryption_keys``): with a ``ProfileCipher`` the values written
+are sealed (``consumer.state.encryption``) and the values read are opened; keys stay in clear.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from consumer.core.profiles import ChangelogProfileStore, PersonProfiles, Profil
 from consumer.errors import KafkaAdapterError, ProfileDecodeError
 from consumer.kafka.clients import Setting
 from consumer.kafka.reader import PartitionRange, TopicReader
+from consumer.state.encryption import ProfileCipher
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +58,10 @@ class ProfileChangelog:
         metrics: RestoreMetrics,
         extra: Mapping[str, Setting] | None = None,
         erasure_check_seconds: float = 10.0,
+        cipher: ProfileCipher | None = None,
     ) -> None:
         self.store = store
+        self._cipher = cipher or ProfileCipher({})
         self.topic = topic
         self._bootstrap = bootstrap
         self._metrics = metrics
@@ -65,7 +71,11 @@ class ProfileChangelog:
         self._read_to: dict[tuple[str, int], int] | None = None
 
     def take_writes(self) -> list[tuple[str, bytes]]:
-        return self.store.take_writes()
+        """The store's writes, each value sealed when encryption is on."""
+        writes = self.store.take_writes()
+        if not self._cipher.encrypts:
+            return writes
+        return [(key, self._cipher.seal(key, value)) for key, value in writes]
 
     def written(self, key: str) -> None:
         self.store.written(key)
@@ -84,11 +94,16 @@ class ProfileChangelog:
                         continue
                     key = record.key.decode("utf-8", "backslashreplace")
                     try:
-                        if self.store.restore(key, record.value):
+                        value = record.value
+                        if value is not None:
+                            value = self._cipher.open(key, value)
+                        if self.store.restore(key, value):
                             applied += 1
                         else:
                             skipped += 1
-                    except ProfileDecodeError:
+                    except ProfileDecodeError as exc:
+                        if bad == 0:
+                            logger.warning("profile changelog %s: %s", self.topic, exc)
                         bad += 1
             self._advance(ranges)
         finally:
@@ -152,18 +167,38 @@ async def read_person(
     key: str | None = None,
     email: str | None = None,
     extra: Mapping[str, Setting] | None = None,
+    cipher: ProfileCipher | None = None,
 ) -> dict[str, Profile]:
     """The changelog's current profiles of one person: the one under ``key`` and those holding
-    ``email`` (normalised), by key (``PersonProfiles``). Reads the whole topic to its current
-    end; {} when the topic does not exist. Raises ``KafkaAdapterError``."""
+    ``email`` (normalised), by key (``PersonProfiles``), encrypted values opened with
+    ``cipher``. Reads the whole topic to its current end; {} when the topic does not exist. A
+    value that cannot be opened (key id not configured, tampered) is skipped with a warning
+    naming how many: the person may have more profiles. Raises ``KafkaAdapterError``."""
+    cipher = cipher or ProfileCipher({})
     person = PersonProfiles(key=key, email=email)
+    unreadable = 0
     reader = TopicReader(bootstrap=bootstrap, extra=extra)
     try:
         await reader.open([topic])
         while records := await reader.read(5_000):
             for record in records:
-                if record.key is not None:
-                    person.feed(record.key.decode("utf-8", "backslashreplace"), record.value)
+                if record.key is None:
+                    continue
+                record_key = record.key.decode("utf-8", "backslashreplace")
+                try:
+                    value = record.value and cipher.open(record_key, record.value)
+                except ProfileDecodeError as exc:
+                    if unreadable == 0:
+                        logger.warning("profile changelog %s: %s", topic, exc)
+                    unreadable += 1
+                    continue
+                person.feed(record_key, value)
     finally:
         await reader.close()
+    if unreadable:
+        logger.warning(
+            "profile changelog %s: %d value(s) could not be decrypted and were not searched",
+            topic,
+            unreadable,
+        )
     return person.profiles

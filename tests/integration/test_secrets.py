@@ -1,9 +1,10 @@
 """No secret leaves the consumer, and personal data reaches its logs only masked (issue 9).
 
 One ``ghl-consumer run`` at its most verbose (``--log-level DEBUG`` and librdkafka's ``debug``
-contexts for configuration and security) holds five secrets: a HighLevel token from a file,
-another from the environment, ``DEBUG_ACCESS_TOKEN``, the SASL password of its SASL_SSL broker
-and the password in ``REDIS_URL`` (a Redis that refuses connections). It is driven through the
+contexts for configuration and security) holds six secrets: a HighLevel token from a file,
+another from the environment, ``DEBUG_ACCESS_TOKEN``, the SASL password of its SASL_SSL broker,
+the password in ``REDIS_URL`` (a Redis that refuses connections) and the profile changelog's
+encryption key (so the profile topic must hold no email either). It is driven through the
 error paths: 5xx answers, hangs and reset connections; a 401 for one integration (parking); a
 422 (dead letter); malformed records (dead letter); HighLevel refusing connections; SIGTERM.
 Bad configurations add start-up errors (the exceptions an operator sees). Then every output
@@ -58,12 +59,14 @@ OK_TOKEN = "pit-CanaryOk/4f9e+7Qz="  # integration "ok", read from a file
 BAD_TOKEN = "pit-CanaryBad/8c1d+2Wx="  # integration "bad", from the environment; HighLevel: 401
 DEBUG_TOKEN = "dbg-CanaryDebug/5a7b+9Ky="
 REDIS_PASSWORD = "redis-CanaryRedis/3e8f+1Tm="
+PROFILE_KEY = base64.b64encode(b"CanaryProfileKey/6d2c+8Ln=012345").decode()  # 32 bytes
 SECRETS = {
     "HighLevel token (file)": OK_TOKEN,
     "HighLevel token (environment)": BAD_TOKEN,
     "DEBUG_ACCESS_TOKEN": DEBUG_TOKEN,
     "SASL password": SASL_PASSWORD,
     "Redis password": REDIS_PASSWORD,
+    "profile encryption key": PROFILE_KEY,
 }
 
 
@@ -150,6 +153,10 @@ rate_sustained = 1000
 [engine]
 coalesce_window_ms = 0
 progress_interval_seconds = 1
+
+[profiles]
+encryption_key_id = "k1"
+encryption_keys = [{{ id = "k1", key = {{ env = "PROFILE_KEY_K1" }} }}]
 
 [[integrations]]
 id = "ok"
@@ -277,6 +284,7 @@ async def test_no_secret_in_any_output_channel_and_no_personal_data_in_the_logs(
         "KAFKA_BOOTSTRAP_SERVERS": kafka.secure_bootstrap,
         "KAFKA_SASL_PASSWORD": SASL_PASSWORD,
         "GHL_TOKEN_BAD": BAD_TOKEN,
+        "PROFILE_KEY_K1": PROFILE_KEY,
         "DEBUG_ACCESS_TOKEN": DEBUG_TOKEN,
         "REDIS_URL": f"redis://:{quote(REDIS_PASSWORD, safe='')}@127.0.0.1:{free_port()}/0",
         "METRICS_PORT": str(metrics_port),
@@ -429,6 +437,8 @@ async def test_no_secret_in_any_output_channel_and_no_personal_data_in_the_logs(
          "cannot listen on 192.0.2.1"),
         ("unbindable debugger address", config.read_text(), {"DEBUG_HOST": "192.0.2.1"},
          "debug.host/port (DEBUG_HOST/DEBUG_PORT): cannot listen on 192.0.2.1"),
+        ("profile key of the wrong length", config.read_text(),
+         {"PROFILE_KEY_K1": PROFILE_KEY[:-8]}, "profiles.encryption_keys[0].key"),
         ("debugger facing the network without a token", config.read_text(),
          {"DEBUG_HOST": "0.0.0.0", "DEBUG_ACCESS_TOKEN": ""},
          "DEBUG_HOST: 0.0.0.0 is not a loopback address"),
@@ -460,6 +470,9 @@ async def test_no_secret_in_any_output_channel_and_no_personal_data_in_the_logs(
         if value.lower() in text.lower()
     )
     assert not unmasked, unmasked
+    at_rest = [e for e in EMAILS if e.lower() in channels["profile changelog"].lower()]
+    assert not at_rest, at_rest  # the profile values are encrypted
+    assert "lk-0" in channels["profile changelog"]  # its keys are not: it was read
     debugger_shown = {k: v for k, v in shown.items() if "debug" in k.lower()}
     hidden = sorted(
         f"{value} in {channel}"
