@@ -5,5 +5,6 @@ aiohttp, ``Version: 2021-07-28``) and the meaning of each answer (``verdicts``: 
 engine acts on, and the fields HighLevel silently did not apply).
 
 May import: aiohttp (``client`` only: ``verdicts`` is pure and is what the engine imports),
+``consumer.core`` (its normalisers, so an answer is read as the mapping wrote it),
 orjson and ``consumer.errors``. Never: the engine, Kafka, the commands.
 """

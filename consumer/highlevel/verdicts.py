@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 
+from consumer.core.normalise import normalise_date_of_birth
+
 
 class Verdict(StrEnum):
     """What an answer means; also the ``outcome`` label of delivery metrics."""
@@ -187,8 +189,6 @@ def custom_value_applied(sent: object, got: object) -> bool:
 
 
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
-_DATE_YMD = re.compile(r"(\d{4})([/\-._])(\d{2})\2(\d{2})")
-_DATE_MDY = re.compile(r"(\d{2})([/\-._])(\d{2})\2(\d{4})")
 
 
 def _number(value: object) -> float | None:
@@ -214,15 +214,4 @@ def _as_date(value: object) -> str | None:
             return dt.datetime.fromtimestamp(value / 1000, dt.UTC).date().isoformat()
         except (OverflowError, OSError, ValueError):
             return None
-    if not isinstance(value, str):
-        return None
-    if match := _DATE_YMD.fullmatch(value):
-        year, month, day = match.group(1, 3, 4)
-    elif match := _DATE_MDY.fullmatch(value):
-        month, day, year = match.group(1, 3, 4)
-    else:
-        return None
-    try:
-        return dt.date(int(year), int(month), int(day)).isoformat()
-    except ValueError:
-        return None
+    return normalise_date_of_birth(value) if isinstance(value, str) else None
