@@ -31,8 +31,6 @@ Caveats (also in ``--help``)
       end offsets, or by people and workflows in HighLevel, differ from what is expected.
     - Contact keys that share an email or phone are one HighLevel contact: the expected state
       of each key is checked against it, and the older one may differ.
-    - The replay topic (``kafka.replay_topic``, copies of ``dlq replay``) is not read: a
-      replayed event is accounted for once, as its original, dead-lettered.
     - Records deleted by retention are not audited; the profile a later event relies on may
       then be incomplete (the audit's expected contact lacks those fields, which is lenient).
     - The HighLevel side is the sandbox only (``/_sandbox/contacts``).
@@ -152,8 +150,7 @@ the sandbox's, found by email, else phone. Prints a summary and every UNACCOUNTE
 Caveats: HighLevel's own pitfalls show up as field mismatches (a field silently not applied when
 the email and the phone belong to two contacts; in tag mode upsert, earlier tags replaced by a
 later upsert). Duplicates (same messageId) count as dropped "duplicate". Run it once the
-consumer has caught up: later events, or edits made in HighLevel, show as mismatches. The replay
-topic is not read: a replayed event counts once, as its dead-lettered original.
+consumer has caught up: later events, or edits made in HighLevel, show as mismatches.
 
 Exit status: 0 nothing unaccounted, 1 something unaccounted, 2 the audit could not run."""
 

@@ -95,13 +95,14 @@ PROFILE_MAX_COMPACTION_LAG_MS = 86_400_000
 
 def consumer_topics(kafka: KafkaSettings) -> list[TopicSpec]:
     """The topics ``run`` creates when missing (existing ones are left as they are): the
-    dead-letter, replay and parking topics hold raw events, so they expire
-    (``dead_letter_retention_ms`` for the first two, ``parking_retention_ms``); the profile
-    changelog is compacted, within ``PROFILE_MAX_COMPACTION_LAG_MS``."""
-    dead_letter_retention = {"retention.ms": str(kafka.dead_letter_retention_ms)}
+    dead-letter and parking topics hold raw events, so they expire
+    (``dead_letter_retention_ms``, ``parking_retention_ms``); the profile changelog is
+    compacted, within ``PROFILE_MAX_COMPACTION_LAG_MS``."""
     return [
-        TopicSpec(kafka.dead_letter_topic, config=dead_letter_retention),
-        TopicSpec(kafka.replay_topic, config=dead_letter_retention),
+        TopicSpec(
+            kafka.dead_letter_topic,
+            config={"retention.ms": str(kafka.dead_letter_retention_ms)},
+        ),
         TopicSpec(
             kafka.profile_topic,
             config={
@@ -143,9 +144,8 @@ async def running_consumer(settings: Settings) -> AsyncIterator[Components]:
     returned by then). Raises ConfigError for settings the components refuse."""
     kafka = settings.kafka
     extra = kafka.extra_settings()
-    read_topics = (*kafka.topics, kafka.replay_topic)  # dlq replay copies beside the sources
     metrics = Metrics(
-        integrations={i.id: i.location_id for i in settings.integrations}, topics=read_topics
+        integrations={i.id: i.location_id for i in settings.integrations}, topics=kafka.topics
     )
     debugger = RecentDeliveries(
         integrations=[i.id for i in settings.integrations],
@@ -162,7 +162,7 @@ async def running_consumer(settings: Settings) -> AsyncIterator[Components]:
         source = KafkaSource(
             bootstrap=kafka.bootstrap_servers,
             group_id=kafka.group_id,
-            topics=read_topics,
+            topics=kafka.topics,
             auto_offset_reset="latest" if kafka.auto_offset_reset == "latest" else "earliest",
             group_protocol=protocol,
             session_timeout_ms=kafka.session_timeout_ms,
@@ -192,8 +192,6 @@ async def running_consumer(settings: Settings) -> AsyncIterator[Components]:
             credentials=SettingsCredentials(settings.integrations),
             locations={i.id: i.location_id for i in settings.integrations},
             dead_letter_topic=kafka.dead_letter_topic,
-            replay_topic=kafka.replay_topic,
-            source_topics=kafka.topics,
             parking_log=parking,
             metrics=metrics,
             recorder=debugger,

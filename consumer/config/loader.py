@@ -272,7 +272,6 @@ def _kafka(table: dict[str, Any], environ: Mapping[str, str], read_secrets: bool
             "profile_topic",
             "parking_topic",
             "erasure_topic",
-            "replay_topic",
             "dead_letter_retention_ms",
             "parking_retention_ms",
             "session_timeout_ms",
@@ -305,7 +304,6 @@ def _kafka(table: dict[str, Any], environ: Mapping[str, str], read_secrets: bool
     profiles, _ = text("profile_topic", "KAFKA_PROFILE_TOPIC", f"{group}.profiles")
     parking, _ = text("parking_topic", "KAFKA_PARKING_TOPIC", f"{group}.parking")
     erasures, _ = text("erasure_topic", "KAFKA_ERASURE_TOPIC", f"{group}.erasures")
-    replays, replays_where = text("replay_topic", "KAFKA_REPLAY_TOPIC", f"{group}.replay")
     session_timeout = _session_timeout(table, environ, protocol)
 
     if "KAFKA_TOPICS" in environ:
@@ -316,8 +314,6 @@ def _kafka(table: dict[str, Any], environ: Mapping[str, str], read_secrets: bool
         topics_where = "kafka.topics"
     if not topics:
         raise ConfigError(f"{topics_where}: at least one topic is required")
-    if replays in topics:
-        raise ConfigError(f"{replays_where}: {replays} is one of {topics_where}: name another")
 
     passthrough: dict[str, str | Secret] = {}
     for key, value in subtable(table, "librdkafka", "kafka.librdkafka").items():
@@ -345,7 +341,6 @@ def _kafka(table: dict[str, Any], environ: Mapping[str, str], read_secrets: bool
         profile_topic=profiles,
         parking_topic=parking,
         erasure_topic=erasures,
-        replay_topic=replays,
         dead_letter_retention_ms=_retention(
             table, environ, "dead_letter_retention_ms", defaults.dead_letter_retention_ms
         ),

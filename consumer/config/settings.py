@@ -79,12 +79,8 @@ class KafkaSettings:
     profile_topic: str = ""  # compacted changelog of profiles; empty: "<group_id>.profiles"
     parking_topic: str = ""  # parked upserts; empty: "<group_id>.parking" (its group: the same)
     erasure_topic: str = ""  # `ghl-consumer forget` records; empty: "<group_id>.erasures"
-    # `ghl-consumer dlq replay` copies; read by `run` beside `topics` (same group), each routed
-    # as its `ghl.original_topic` header says; empty: "<group_id>.replay"
-    replay_topic: str = ""
-    # retention.ms given to the dead-letter and parking topics when the consumer creates them
-    # (the replay topic gets the dead-letter one): they hold raw events (personal data).
-    # Default 14 days.
+    # retention.ms given to the dead-letter and parking topics when the consumer creates them:
+    # they hold raw events (personal data). Default 14 days.
     dead_letter_retention_ms: int = 14 * 86_400_000
     parking_retention_ms: int = 14 * 86_400_000
     # classic protocol only (KIP-848 sets it broker-side): how long a silent member keeps its

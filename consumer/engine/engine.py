@@ -4,8 +4,7 @@ Flow per record (``docs/architecture.md``, "Data flow"), all on the event loop t
 
 1. ``admit``: the partition's ``PartitionOffsets`` says whether the record still needs work
    (a restored offset map may say it was delivered before a restart).
-2. ``map``: ``Mapper.map_record`` gives one outcome per routed integration (a replay-topic
-   record routed as its ``ghl.original_topic``). Drops complete at
+2. ``map``: ``Mapper.map_record`` gives one outcome per routed integration. Drops complete at
    once; rejects go to the dead-letter topic; upserts go to the ``Dispatcher``
    (``consumer.engine.dispatch``), which coalesces, delivers, retries and parks them (steps 3
    and 4).
@@ -33,10 +32,10 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from consumer.core.deadletter import ORIGINAL_TOPIC, Failure, original_topic, replayed_from
+from consumer.core.deadletter import Failure, replayed_from
 from consumer.core.events import ContactUpsert, Drop, Record
 from consumer.core.mapping import Mapper
 from consumer.engine.backpressure import Backpressure, Decision
@@ -187,10 +186,7 @@ class Engine:
 
     ``credentials`` gives each request's token; ``locations`` maps every configured
     integration id to its location id. ``parking_log`` is the parking topic (its ``source`` is
-    the second feed); ``metrics`` and ``recorder`` observe every outcome. A record ``source``
-    yields from ``replay_topic`` (``dlq replay`` copies) is mapped as a record of the topic its
-    ``ghl.original_topic`` header names, which must be one of ``source_topics``; otherwise it
-    is dead-lettered (``invalid_replay``).
+    the second feed); ``metrics`` and ``recorder`` observe every outcome.
 
     ``run`` returns after ``stop`` is set and the engine has drained (bounded by
     ``drain_timeout``), committed and closed the sources. Raises only for programming errors;
@@ -212,8 +208,6 @@ class Engine:
         metrics: EngineMetrics,
         recorder: DeliveryRecorder,
         profile_log: ProfileLog | None = None,
-        replay_topic: str | None = None,
-        source_topics: Collection[str] = (),
         options: EngineOptions = EngineOptions(),
         rng: random.Random | None = None,
         wall_clock: Callable[[], float] = time.time,
@@ -222,8 +216,6 @@ class Engine:
         self._locations = dict(locations)
         self._metrics = metrics
         self._profile_log = profile_log
-        self._replay_topic = replay_topic
-        self._source_topics = frozenset(source_topics)
         self._options = options
         self._wall_clock = wall_clock
         self.stats = EngineStats()
@@ -362,20 +354,10 @@ class Engine:
             self.stats.skipped_done += 1
             self._metrics.skipped(record.topic)
             return
-        topic = record.topic
-        if topic == self._replay_topic:
-            topic = original_topic(record.headers) or ""
-            if topic not in self._source_topics:
-                failure = Failure(
-                    reason="invalid_replay",
-                    error=f"{ORIGINAL_TOPIC}: not one of kafka.topics ({topic[:64]!r})",
-                )
-                self._tasks.spawn(self._dead_letter(Ticket(record, partition, 1), failure))
-                return
         outcomes = self._mapper.map_record(
             value=record.value or b"",
             key=record.key,
-            topic=topic,
+            topic=record.topic,
             now=wall,
             # a record re-read after its partition came back is not a duplicate of itself
             origin=(record.topic, record.partition, record.offset),

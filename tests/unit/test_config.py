@@ -474,7 +474,6 @@ def test_topics_holding_raw_events_expire_after_14_days_unless_configured(
     retention = {spec.name: spec.config.get("retention.ms") for spec in specs}
     assert retention == {
         "ghl-consumer.dead-letter": "1209600000",
-        "ghl-consumer.replay": "1209600000",  # copies of dead letters: the same retention
         "ghl-consumer.profiles": None,  # compacted: a profile lives until it is forgotten
         "ghl-consumer.parking": "1209600000",
     }
@@ -484,18 +483,6 @@ def test_topics_holding_raw_events_expire_after_14_days_unless_configured(
         86_400_000,
         3_600_000,
     )
-
-
-def test_the_replay_topic_defaults_after_the_group_and_is_never_a_source_topic(
-    tmp_path: Path,
-) -> None:
-    assert load_settings(None, ENV).kafka.replay_topic == "ghl-consumer.replay"
-    text = '[kafka]\ngroup_id = "crm"\n'
-    assert load(tmp_path, text, ENV).kafka.replay_topic == "crm.replay"
-    settings = load(tmp_path, text, {**ENV, "KAFKA_REPLAY_TOPIC": "crm.again"})
-    assert settings.kafka.replay_topic == "crm.again"
-    with pytest.raises(ConfigError, match=r"kafka\.replay_topic: events is one of KAFKA_TOPICS"):
-        load(tmp_path, '[kafka]\nreplay_topic = "events"\n', {**ENV, "KAFKA_TOPICS": "events"})
 
 
 @pytest.mark.parametrize(

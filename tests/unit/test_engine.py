@@ -8,9 +8,7 @@ import random
 import orjson
 import pytest
 
-from consumer.core.deadletter import read_failure
 from consumer.core.events import Record
-from consumer.core.targets import Routing
 from consumer.observe.metrics import Metrics
 from consumer.observe.recent_deliveries import RecentDeliveries
 from tests.harness.engine import TOKEN, build, committed, records, run_until
@@ -234,39 +232,6 @@ async def test_a_replayed_dead_letter_is_delivered_not_dropped_as_a_duplicate() 
     await task
     assert len(highlevel.upserts) == 1
     assert engine.stats.dropped == {"duplicate": 1}
-
-
-async def test_a_replay_topic_copy_routes_as_its_original_topic() -> None:
-    """Issue 15, finding 4: ``dlq replay`` writes to the replay topic, read beside the source
-    topics; a copy there is routed as a record of the topic its ``ghl.original_topic`` names
-    (here an integration restricted to ``events`` receives it), and a copy naming no
-    configured topic is dead-lettered, never routed as the replay topic."""
-    (original,) = records("events", 0, [("lead-987", GUIDE_IDENTIFY)])
-    copies = [
-        Record("events.replay", 0, offset, original.key, original.value, headers)
-        for offset, headers in enumerate(
-            [
-                (("ghl.replayed_from", b"events.dlq/0/0"), ("ghl.original_topic", b"events")),
-                (("ghl.original_topic", b"payments"),),
-                (),
-            ]
-        )
-    ]
-    source = MemorySource({("events.replay", 0): copies})
-    highlevel, sink = FakeHighLevel(), MemorySink()
-    engine = build(
-        source,
-        highlevel,
-        sink=sink,
-        routing=Routing(topics=frozenset({"events"})),
-        replay_topic="events.replay",
-    )
-    await run_until(engine, lambda: committed(source, "events.replay", 0) == 3)
-    assert len(highlevel.upserts) == 1
-    assert engine.stats.dropped == {}
-    dead = [headers for topic, _, _, headers in sink.produced if topic == "events.dlq"]
-    assert [read_failure(h)["reason"] for h in dead] == ["invalid_replay"] * 2
-    assert [read_failure(h)["source.offset"] for h in dead] == ["1", "2"]
 
 
 async def test_revoke_waits_for_work_in_flight_and_never_resends_it_after() -> None:
