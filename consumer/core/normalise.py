@@ -228,9 +228,10 @@ def mask_phone(phone: str) -> str:
 
 
 # Anything shaped like an email, or like a phone number (optional +, 7 to 15 digits with
-# spaces, dots, dashes or brackets between them), in free text.
+# spaces, dots, dashes or brackets between them, not inside a word: "t-6e512121905e", a topic
+# name, or "2026-12-06T18:29", a time, are left alone), in free text.
 _EMAIL_IN_TEXT: Final = re.compile(r"[^\s@<>\"',;:()\[\]]+@[^\s@<>\"',;:()\[\]]+")
-_PHONE_IN_TEXT: Final = re.compile(r"\+?\d(?:[\s().-]?\d){6,14}")
+_PHONE_IN_TEXT: Final = re.compile(r"(?<![\w+])\+?\d(?:[\s().-]?\d){6,14}(?!\w)")
 
 
 def mask_text(text: str) -> str:
