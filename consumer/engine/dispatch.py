@@ -46,6 +46,7 @@ from dataclasses import dataclass
 
 from consumer.core.deadletter import REJECTED_BY_HIGHLEVEL, Failure
 from consumer.core.events import ContactUpsert, Record
+from consumer.core.normalise import mask_email, mask_phone
 from consumer.engine.offsets import PartitionOffsets
 from consumer.engine.outbox import Outbox
 from consumer.engine.parking import ParkingState, ParkReason, decode_parked, encode_parked
@@ -382,20 +383,23 @@ class Dispatcher:
         self, work: _Work, token: str, payload: Mapping[str, object], channel: str
     ) -> tuple[dict[str, object], Answer]:
         """HighLevel refused ``payload`` because the contact's ``channel`` DND is permanent:
-        count and log it (the contact's email or phone, which the log pipeline masks,
-        ``consumer.observe.logs``), and send the same upsert without ``dnd`` and
+        count and log it (contact masked), and send the same upsert without ``dnd`` and
         ``dndSettings``. Returns that payload and the answer that decides the work."""
         upsert = work.item
         self._stats.permanent_dnd_kept += 1
         self._metrics.permanent_dnd_kept(upsert.integration_id, channel)
         email, phone = upsert.fields.get("email"), upsert.fields.get("phone")
-        contact = email if isinstance(email, str) else phone if isinstance(phone, str) else None
+        contact = (
+            mask_email(email)
+            if isinstance(email, str)
+            else mask_phone(phone) if isinstance(phone, str) else "(no email or phone)"
+        )
         logger.warning(
             "integration %s: HighLevel keeps the permanent %s DND of contact %s; sending the "
             "update again without dnd",
             upsert.integration_id,
             channel,
-            contact or "(no email or phone)",
+            contact,
         )
         without = {name: value for name, value in payload.items() if name not in DND_FIELDS}
         try:
