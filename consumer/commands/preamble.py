@@ -92,7 +92,8 @@ def configure_logging(
     try:
         fmt = logs.log_format(log_format, os.environ, sys.stderr)
     except ValueError as exc:
-        raise SystemExit(f"ghl-consumer: configuration error: {exc}") from None
+        print(f"ghl-consumer: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     logs.configure_logging(level, fmt, timestamps=timestamps)
 
 

@@ -220,8 +220,12 @@ def test_the_format_is_chosen_by_flag_then_environment_then_terminal() -> None:
 
 
 def test_a_bad_log_format_in_the_environment_stops_the_command(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("LOG_FORMAT", "xml")
-    with pytest.raises(SystemExit, match="configuration error: LOG_FORMAT: 'xml'"):
+    with pytest.raises(SystemExit) as exit_:
         command_logging("INFO")
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == (
+        "ghl-consumer: configuration error: LOG_FORMAT: 'xml' is not one of json, console\n"
+    )
