@@ -5,6 +5,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 
 .PHONY: help deps venv lock demo test check lint typecheck imports pytest kafka-up kafka-down clean
+.PHONY: image
+
+# The image's name, here and as docker-compose.yml's default (GHL_CONSUMER_IMAGE), the Helm
+# chart's image.repository; its tag defaults to pyproject.toml's version.
+IMAGE ?= ghcr.io/ghl-consumer/ghl-consumer
+IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
 
 help:
 	@echo "make demo        local Kafka + the sandbox HighLevel + sample events, end to end"
@@ -13,6 +19,7 @@ help:
 	@echo "make kafka-up    start (or reuse) a local Kafka on 127.0.0.1:\$${KAFKA_PORT:-9092}"
 	@echo "make kafka-down  stop it"
 	@echo "make lock        regenerate requirements*.lock (hashes) from pyproject.toml; UPGRADE=1: newest"
+	@echo "make image       build $(IMAGE):$(IMAGE_TAG) (IMAGE=, IMAGE_TAG=; needs Docker)"
 	@echo "make fidelity    the real-world corpus through the mapper: BENCHMARKS.md's fidelity section"
 
 # System packages (Java, Maven, redis-server) when missing; see tools/system-deps.sh.
@@ -68,6 +75,11 @@ check: lint typecheck imports venv deps
 
 kafka-up:
 	@tools/kafka/kafka.sh up
+
+# Works with BuildKit and with the legacy builder; the context is the repository root, filtered
+# by .dockerignore.
+image:
+	docker build -f deploy/Dockerfile -t $(IMAGE):$(IMAGE_TAG) .
 
 kafka-down:
 	@tools/kafka/kafka.sh down

@@ -8,26 +8,40 @@
 4. The real consumer (``consumer.commands.run.running_consumer``) runs until every record is
    done and committed, then shuts down as on SIGTERM.
 5. It prints what reached the sandbox, what coalescing saved, drops by reason, dead letters.
+
+``ghl-consumer demo --load --rate R [--topic T] [--events N]``: a load generator instead (the
+compose stack's ``loadgen``): the same sample stream without end (or ``N`` records), at a
+steady ``R`` records a second, to topic ``T``, with ``POISON`` records (broken JSON, an
+identify with no usable email or phone: both dead-lettered) mixed in, one every
+``--poison-every`` records. It runs until SIGTERM or SIGINT, then waits for the broker to
+acknowledge what it sent, prints how many records it produced and exits 0; a record the broker
+refuses makes it exit 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
 import os
 import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Final, cast
 
 import orjson
 
+from consumer.commands.preamble import add_log_level_argument, configure_logging, stop_on_signals
 from consumer.commands.run import running_consumer
 from consumer.commands.samples import generate
 from consumer.config import load_settings
 from consumer.core.normalise import mask_email
 from consumer.engine.engine import Engine
+from consumer.engine.ports import Produced
 from consumer.engine.stats import EngineStats
 from consumer.errors import ConfigError
 from consumer.kafka.admin import TopicSpec, ensure_topics
@@ -38,11 +52,53 @@ LOCATION_ID = "ve9EPM428h8vShlRW1KT"  # the integration guide's example location
 TOKEN = "demo-private-integration-token"  # noqa: S105 - the sandbox's own demo token
 LAUNCHER = Path(__file__).resolve().parents[2] / "tools" / "kafka" / "kafka.sh"
 PARTITIONS = 3
+DEMO_EVENTS = 2_000
+LOAD_IDENTITY_SHARE = 0.3  # more identity events than the demo's 0.2: the dashboard moves
+PROGRESS_INTERVAL_S = 10.0
+# Two records a real stream also carries: broken JSON, and an identify with no usable email or
+# phone from a visitor never seen before. Both end in the dead-letter topic.
+POISON: Final = (
+    (b"user-0", b"{this is not json"),
+    (
+        b"visitor-x",
+        orjson.dumps(
+            {"type": "identify", "userId": "visitor-x", "traits": {"email": "not-an-email"}}
+        ),
+    ),
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--events", type=int, default=2_000, help="sample events (%(default)s)")
-    parser.add_argument("--users", type=int, default=150, help="distinct users (%(default)s)")
+    parser.add_argument(
+        "--events",
+        type=_positive(int),
+        default=None,
+        help=f"sample events (default {DEMO_EVENTS}; with --load: until stopped)",
+    )
+    parser.add_argument(
+        "--users", type=_positive(int), default=150, help="distinct users (%(default)s)"
+    )
+    load = parser.add_argument_group("load generator (--load)")
+    load.add_argument(
+        "--load",
+        action="store_true",
+        help="only produce sample events at --rate until SIGTERM/SIGINT (no sandbox, no consumer)",
+    )
+    load.add_argument(
+        "--rate",
+        type=_positive(float),
+        default=20.0,
+        help="records a second (%(default)s)",
+    )
+    load.add_argument("--topic", default="events", help="topic written to (%(default)s)")
+    load.add_argument(
+        "--poison-every",
+        type=_positive(int),
+        default=200,
+        metavar="N",
+        help="one dead-letter record (broken JSON or no usable identity) every N (%(default)s)",
+    )
+    add_log_level_argument(parser, default="WARNING")
     parser.add_argument(
         "--linger",
         type=float,
@@ -53,13 +109,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """0 when every sample record was delivered, dropped or dead-lettered and committed."""
+    """The demo: 0 when every sample record was delivered, dropped or dead-lettered and
+    committed. ``--load``: 0 when every record produced was acknowledged."""
+    configure_logging(args.log_level, log_format=args.log_format, timestamps=True)
     try:
         bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or _local_broker()
     except RuntimeError as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 1
-    return asyncio.run(_demo(bootstrap, args.events, args.users, args.linger))
+    if args.load:
+        return asyncio.run(
+            _load(bootstrap, args.topic, args.rate, args.events, args.users, args.poison_every)
+        )
+    events = DEMO_EVENTS if args.events is None else args.events
+    return asyncio.run(_demo(bootstrap, events, args.users, args.linger))
+
+
+def _positive(kind: Callable[[str], float]) -> Callable[[str], Any]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
+        return value
+
+    return parse
 
 
 def _local_broker() -> str:
@@ -123,6 +199,61 @@ async def _demo(bootstrap: str, events: int, users: int, linger: float) -> int:
     return 0 if done else 1
 
 
+async def _load(
+    bootstrap: str, topic: str, rate: float, events: int | None, users: int, poison_every: int
+) -> int:
+    stop = stop_on_signals()
+    await ensure_topics(bootstrap, [TopicSpec(topic, partitions=PARTITIONS)])
+    producer = KafkaProducer(bootstrap=bootstrap, client_id="ghl-consumer-loadgen")
+    kinds: Counter[str] = Counter()
+    failed: list[BaseException] = []
+    print(f"load: producing {rate:g} records/s to {topic} on {bootstrap} until stopped", flush=True)
+    stream = generate(users=users, events=None, identity_share=LOAD_IDENTITY_SHARE, seed=23)
+    started = last_report = time.monotonic()
+    sent = 0
+    try:
+        while not stop.is_set() and (events is None or sent < events):
+            if (sent + 1) % poison_every == 0:
+                key, value = POISON[(sent // poison_every) % len(POISON)]
+                kind = "poison"
+            else:
+                record = next(stream)
+                key, value, kind = record.key, record.value, record.kind
+            future = await producer.send(topic, key=key, value=value)
+            future.add_done_callback(functools.partial(_failed, failed=failed))
+            kinds[kind] += 1
+            sent += 1
+            now = time.monotonic()
+            if now - last_report >= PROGRESS_INTERVAL_S:
+                last_report = now
+                print(_load_line(kinds, now - started), flush=True)
+            # Steady pace: record n leaves at started + n / rate, however long send took.
+            delay = started + sent / rate - now
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+    finally:
+        await producer.close()  # waits for the broker's acknowledgements
+    print(_load_line(kinds, time.monotonic() - started) + "; stopped", flush=True)
+    if failed:
+        print(f"load: {len(failed)} records refused: {failed[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _failed(future: asyncio.Future[Produced], failed: list[BaseException]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        failed.append(cast(BaseException, future.exception()))
+
+
+def _load_line(kinds: Counter[str], elapsed: float) -> str:
+    """``load: produced N records in T s (R/s): analytics a, identify i, ...``"""
+    produced = sum(kinds.values())
+    rate = produced / elapsed if elapsed > 0 else 0.0
+    mix = ", ".join(f"{kind} {n}" for kind, n in sorted(kinds.items()))
+    return f"load: produced {produced} records in {elapsed:.1f}s ({rate:.1f}/s): {mix}"
+
+
 def _drained(engine: Engine, produced: int) -> bool:
     snapshot = engine.snapshot()
     return (
@@ -140,18 +271,7 @@ async def _produce(bootstrap: str, topic: str, events: int, users: int) -> Count
         for record in generate(users=users, events=events):
             pending.append(await producer.send(topic, key=record.key, value=record.value))
             kinds[record.kind] += 1
-        # Two records a real stream also carries: broken JSON, and an identify with no usable
-        # email or phone from a visitor never seen before. Both end in the dead-letter topic.
-        poison = [
-            (b"user-0", b"{this is not json"),
-            (
-                b"visitor-x",
-                orjson.dumps(
-                    {"type": "identify", "userId": "visitor-x", "traits": {"email": "not-an-email"}}
-                ),
-            ),
-        ]
-        for key, value in poison:
+        for key, value in POISON:
             pending.append(await producer.send(topic, key=key, value=value))
             kinds["poison"] += 1
         await asyncio.gather(*pending)

@@ -197,7 +197,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """``ghl-consumer forget``: see the module docstring for the exit status."""
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, log_format=args.log_format)
 
     def body() -> int:
         who = subject(args)

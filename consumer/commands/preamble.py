@@ -1,24 +1,25 @@
-"""What every subcommand does around its work, written once: the ``--config`` and
-``--log-level`` flags, logging on stderr, reading the settings, and turning the errors a command
-expects into one stderr line and an exit status instead of a traceback.
+"""What every subcommand does around its work, written once: the ``--config``, ``--log-level``
+and ``--log-format`` flags, logging on stderr (``consumer.observe.logs``), reading the settings,
+and turning the errors a command expects into one stderr line and an exit status instead of a
+traceback.
 
 A subcommand's ``main`` reads::
 
     def main(args: argparse.Namespace) -> int:
-        configure_logging(args.log_level, timestamps=True)
+        configure_logging(args.log_level, log_format=args.log_format, timestamps=True)
         return run_command("ghl-consumer", lambda: work(load(args.config)), KAFKA_DOWN)
 
 ``run_command`` always maps ``ConfigError`` to ``<prog>: configuration error: <message>``, exit
 2; every other expected error is a ``Failure`` the command passes. This module imports only
-``consumer.config`` and ``consumer.errors``, so that ``ghl-consumer map`` loads neither
-librdkafka nor aiohttp: a command names its adapters' errors itself.
+``consumer.config``, ``consumer.errors``, ``consumer.state.encryption`` and
+``consumer.observe.logs``, so that ``ghl-consumer map`` loads neither librdkafka nor aiohttp:
+a command names its adapters' errors itself.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import signal
 import sys
@@ -28,6 +29,8 @@ from typing import Final
 
 from consumer.config import Settings, load_settings
 from consumer.errors import ConfigError
+from consumer.observe import logs
+from consumer.observe.logs import LOG_FORMATS
 from consumer.state.encryption import ProfileCipher
 
 CONFIG_HELP: Final = "TOML configuration file (default: $GHL_CONFIG; the environment overrides it)"
@@ -61,8 +64,8 @@ def add_config_argument(
 
 
 def add_log_level_argument(parser: argparse.ArgumentParser, *, default: str) -> None:
-    """``--log-level LEVEL``, one of ``LOG_LEVELS`` in any case; read it with
-    ``configure_logging``."""
+    """``--log-level LEVEL``, one of ``LOG_LEVELS`` in any case, and ``--log-format FORMAT``
+    (``json`` or ``console``); read them with ``configure_logging``."""
     parser.add_argument(
         "--log-level",
         default=default,
@@ -70,15 +73,28 @@ def add_log_level_argument(parser: argparse.ArgumentParser, *, default: str) -> 
         choices=LOG_LEVELS,
         help="stderr log level (default %(default)s)",
     )
-
-
-def configure_logging(level: str, *, timestamps: bool = False) -> None:
-    """Log to stderr at ``level``: one line per record, with the time for the long-running
-    commands (``timestamps``), without it for the one-shot operator tools."""
-    fmt = "%(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(
-        level=level, format=f"%(asctime)s {fmt}" if timestamps else fmt, stream=sys.stderr
+    parser.add_argument(
+        "--log-format",
+        type=str.lower,
+        choices=LOG_FORMATS,
+        help="stderr log lines: JSON objects or aligned text (default: $LOG_FORMAT, else "
+        "console on a terminal and json otherwise)",
     )
+
+
+def configure_logging(
+    level: str, *, log_format: str | None = None, timestamps: bool = False
+) -> None:
+    """Log to stderr at ``level`` through ``consumer.observe.logs`` (masked, ``extra=`` fields
+    as keys) in ``log_format``, else ``$LOG_FORMAT``, else console on a terminal and JSON
+    otherwise; with the time for the long-running commands (``timestamps``). A bad
+    ``LOG_FORMAT`` exits with status 2 and one stderr line."""
+    try:
+        fmt = logs.log_format(log_format, os.environ, sys.stderr)
+    except ValueError as exc:
+        print(f"ghl-consumer: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    logs.configure_logging(level, fmt, timestamps=timestamps)
 
 
 def needs_placeholder(config: str | None) -> bool:

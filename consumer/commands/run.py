@@ -357,7 +357,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """``ghl-consumer run``: 0 after a clean shutdown, 1 when Kafka fails at start-up (one line,
     no traceback: e.g. unreachable), 2 for a configuration error."""
-    configure_logging(args.log_level, timestamps=True)
+    configure_logging(args.log_level, log_format=args.log_format, timestamps=True)
 
     def serve() -> int:
         asyncio.run(_serve(load(args.config)))

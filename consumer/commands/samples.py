@@ -7,6 +7,7 @@ user id, as the collectors' Kafka sinks key them. The same seed gives the same s
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -44,18 +45,19 @@ def _identity(rng: random.Random, n: int) -> dict[str, object]:
 def generate(
     *,
     users: int,
-    events: int,
+    events: int | None,
     identity_share: float = 0.2,
     seed: int = 7,
     consent: bool = True,
 ) -> Iterator[SampleRecord]:
-    """Yield ``events`` records over ``users`` users; about ``identity_share`` of them are
-    identity-bearing (identify, "Signed Up", "Lead Generated"), the rest analytics noise."""
+    """Yield ``events`` records (None: without end) over ``users`` users; about
+    ``identity_share`` of them are identity-bearing (identify, "Signed Up", "Lead
+    Generated"), the rest analytics noise."""
     rng = random.Random(seed)
     consent_context: dict[str, object] = (
         {"consent": {"categoryPreferences": {"marketing": True}}} if consent else {}
     )
-    for n in range(events):
+    for n in itertools.count() if events is None else range(events):
         user = rng.randrange(users)
         user_id = f"user-{user}"
         base: dict[str, object] = {

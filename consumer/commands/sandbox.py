@@ -120,7 +120,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM; print the base URL as the first stdout line. Exit code 0,
     or 2 when the settings are invalid."""
-    configure_logging(args.log_level, timestamps=True)
+    configure_logging(args.log_level, log_format=args.log_format, timestamps=True)
     try:
         limits = RateLimits(args.burst, args.interval_ms, args.daily, enforced=not args.unlimited)
         faults = Faults(

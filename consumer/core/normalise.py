@@ -225,3 +225,17 @@ def mask_phone(phone: str) -> str:
     if len(phone) <= 6:
         return "*" * len(phone)
     return phone[:2] + "*" * (len(phone) - 6) + phone[-4:]
+
+
+# Anything shaped like an email, or like a phone number (optional +, 7 to 15 digits with
+# spaces, dots, dashes or brackets between them, not inside a word: "t-6e512121905e", a topic
+# name, or "2026-12-06T18:29", a time, are left alone), in free text.
+_EMAIL_IN_TEXT: Final = re.compile(r"[^\s@<>\"',;:()\[\]]+@[^\s@<>\"',;:()\[\]]+")
+_PHONE_IN_TEXT: Final = re.compile(r"(?<![\w+])\+?\d(?:[\s().-]?\d){6,14}(?!\w)")
+
+
+def mask_text(text: str) -> str:
+    """For logs and the debugger: ``text`` with every email-like substring masked by
+    ``mask_email`` and every phone-like one (7 to 15 digits) by ``mask_phone``."""
+    text = _EMAIL_IN_TEXT.sub(lambda m: mask_email(m.group()), text)
+    return _PHONE_IN_TEXT.sub(lambda m: mask_phone(m.group()), text)

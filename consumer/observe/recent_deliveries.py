@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import re
 import secrets
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -37,24 +36,12 @@ from dataclasses import dataclass
 from typing import Final
 
 from consumer.core.events import Omitted
-from consumer.core.normalise import mask_email, mask_phone
+from consumer.core.normalise import mask_email, mask_phone, mask_text
 from consumer.highlevel.verdicts import Answer
 
 MAX_EVENT_NAMES: Final = 10  # distinct event names kept per entry; ``event_count`` counts all
 # Upsert fields shown as sent whatever the setting: how the request was built, not who it is for.
 NEVER_PERSONAL: Final = frozenset(("locationId", "tags", "source", "dnd", "dndSettings"))
-
-# Anything shaped like an email, or like a phone number (optional +, 7 to 15 digits with
-# spaces, dots, dashes or brackets between them), in free text.
-_EMAIL_IN_TEXT = re.compile(r"[^\s@<>\"',;:()\[\]]+@[^\s@<>\"',;:()\[\]]+")
-_PHONE_IN_TEXT = re.compile(r"\+?\d(?:[\s().-]?\d){6,14}")
-
-
-def mask_text(text: str) -> str:
-    """``text`` with every email-like and phone-like substring masked."""
-    text = _EMAIL_IN_TEXT.sub(lambda m: mask_email(m.group()), text)
-    return _PHONE_IN_TEXT.sub(lambda m: mask_phone(m.group()), text)
-
 
 @dataclass(frozen=True, slots=True, repr=False)
 class Hider:

@@ -72,6 +72,8 @@ def dashboard_queries() -> list[tuple[str, set[str]]]:
         for target in panel.get("targets", [])
     ]
     for variable in board["templating"]["list"]:
+        if variable["type"] != "query":
+            continue  # the datasource variable queries no metric
         query = variable["query"]["query"]
         queries.append((f"variable {variable['name']}", set(_LABEL_VALUES.findall(query))))
     return queries
@@ -132,18 +134,30 @@ def test_dashboard_covers_what_operators_watch() -> None:
         assert wanted in titles
 
 
-def test_dashboard_panels_use_the_provisioned_datasource() -> None:
+def test_dashboard_queries_go_through_its_datasource_variable() -> None:
+    """No hard-coded datasource uid: a `datasource` variable over the Prometheus datasources
+    (the provisioned one is the default), so the dashboard imports into any Grafana."""
+    board = dashboard()
+    variables = board["templating"]["list"]
+    [source] = [v for v in variables if v["name"] == "datasource"]
+    assert source["type"] == "datasource"
+    assert source["query"] == "prometheus"
     provisioned = yaml.safe_load(DATASOURCES.read_text())["datasources"]
-    uids = {source["uid"] for source in provisioned}
-    panels = list(all_panels(dashboard()["panels"]))
+    assert [s["type"] for s in provisioned if s.get("isDefault")] == ["prometheus"]
+    uids = re.findall(r'"uid":\s*"([^"]*)"', DASHBOARD.read_text())
+    assert set(uids) == {board["uid"], "${datasource}"}  # the dashboard's own uid, nothing else
+    panels = list(all_panels(board["panels"]))
     ids = [panel["id"] for panel in panels]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
     for panel in panels:
         if panel["type"] == "row":
             continue
-        assert panel["datasource"]["uid"] in uids, panel["title"]
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
         for target in panel["targets"]:
-            assert target["datasource"]["uid"] in uids, panel["title"]
+            assert target["datasource"]["uid"] == "${datasource}", panel["title"]
+    for variable in variables:
+        if variable["type"] == "query":
+            assert variable["datasource"]["uid"] == "${datasource}", variable["name"]
 
 
 def test_alerts_cover_what_the_issue_asks_for() -> None:

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from consumer.core.events import OmitReason, Omitted
+from consumer.core.normalise import mask_text
 from consumer.highlevel.verdicts import Answer, classify
 from consumer.observe.recent_deliveries import (
     NEVER_PERSONAL,
@@ -15,7 +16,6 @@ from consumer.observe.recent_deliveries import (
     Hider,
     RecentDeliveries,
     mask_payload,
-    mask_text,
 )
 from tests.harness.guide import GUIDE_UPSERT
 
