@@ -7,6 +7,7 @@ import asyncio
 import signal
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import orjson
 import pytest
@@ -15,6 +16,7 @@ from confluent_kafka import Message
 from consumer.core.deadletter import REJECTED_BY_HIGHLEVEL, Failure, dead_letter_headers
 from consumer.core.events import Record
 from consumer.kafka.producer import KafkaProducer
+from consumer.sandbox.custom_fields import FieldDefinition
 from consumer.sandbox.server import run_sandbox
 from tests.integration.consumer_harness import (
     committed_offsets,
@@ -307,8 +309,10 @@ async def test_a_replay_read_by_the_running_consumer_is_delivered_not_dropped_as
     produce(kafka_bootstrap, source, [(b"user-7", value)])
 
     async def settled(offset: int, topic: str = source) -> None:
+        # the replay topic is read by a group of its own, named after it
+        reader = replays if topic == replays else group
         async with asyncio.timeout(60):
-            while committed_offsets(kafka_bootstrap, group, topic, 1) != {0: offset}:
+            while committed_offsets(kafka_bootstrap, reader, topic, 1) != {0: offset}:
                 assert consumer.returncode is None, await consumer.stderr.read()  # type: ignore[union-attr]
                 await asyncio.sleep(0.3)
 
@@ -334,6 +338,8 @@ async def test_a_replay_read_by_the_running_consumer_is_delivered_not_dropped_as
             # another consumer group of the shared source topic: nothing new to read
             assert total(kafka_bootstrap, source) == 1
             assert len(read_all(kafka_bootstrap, source, expect=2, seconds=3)) == 1
+            # the main group never held the replay partition
+            assert committed_offsets(kafka_bootstrap, group, replays, 1) == {0: -1001}
 
             sandbox.state.clear()
             await put_dead_letters(kafka_bootstrap, dead, [(original, rejected)])
@@ -348,3 +354,141 @@ async def test_a_replay_read_by_the_running_consumer_is_delivered_not_dropped_as
             async with asyncio.timeout(30):
                 _, consumer_log = await consumer.communicate()
     assert consumer.returncode == 0, consumer_log.decode()
+
+
+PLAN_FIELDS = [
+    FieldDefinition("cfPlan", "SINGLE_OPTIONS", picklist_options=("gold", "silver")),
+    FieldDefinition("cfPlanName", "TEXT"),
+]
+
+
+def plan_config(path: Path, location: str, field: str) -> Path:
+    """A consumer configuration sending ``traits.plan`` to custom field ``field``."""
+    path.write_text(
+        f"""
+[engine]
+coalesce_window_ms = 0
+
+[[integrations]]
+id = "default"
+location_id = "{location}"
+access_token = {{ env = "GHL_ACCESS_TOKEN" }}
+
+[[integrations.fields.custom]]
+id = "{field}"
+source = "traits.plan"
+"""
+    )
+    return path
+
+
+async def test_a_dead_letter_fixed_by_configuration_is_delivered_through_the_replay_topic(
+    kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    """Issue 15, finding 4, end to end. HighLevel refuses an event under the first
+    configuration (its plan is not one of the picklist field's options): the consumer
+    dead-letters it. With the configuration fixed (the plan goes to a text field) and the
+    consumer restarted, ``dlq replay`` writes the copy to the replay topic, which the consumer
+    reads in a group of its own and delivers; the source topic receives nothing (a second
+    consumer group of it reads only the original), the main group never holds the replay
+    partition. ``--to-source`` puts a copy into the source topic itself. A record written to
+    the replay topic that names a topic the consumer does not read (a tampered
+    ``ghl.original_topic``) is dead-lettered ``invalid_replay``, never delivered."""
+    location, token = "ve9EPM428h8vShlRW1KT", "pit-replay-fixed-token"
+    source, dead, elsewhere = new_topic(), new_topic(), new_topic()
+    group = f"replay-fix-{uuid.uuid4().hex[:8]}"
+    replays = f"{group}.replay"
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "KAFKA_TOPICS": source,
+        "KAFKA_GROUP_ID": group,
+        "KAFKA_DEAD_LETTER_TOPIC": dead,
+        "GHL_ACCESS_TOKEN": token,
+    }
+    wrong = plan_config(tmp_path / "wrong.toml", location, "cfPlan")
+    fixed = plan_config(tmp_path / "fixed.toml", location, "cfPlanName")
+    value = orjson.dumps(
+        {
+            "type": "identify",
+            "messageId": "m-platinum",
+            "userId": "user-9",
+            "traits": {"email": "user9@example.com", "plan": "platinum"},
+        }
+    )
+    produce(kafka_bootstrap, source, [(b"user-9", value)])
+
+    async def committed(reader: str, topic: str, offset: int) -> None:
+        async with asyncio.timeout(60):
+            while committed_offsets(kafka_bootstrap, reader, topic, 1) != {0: offset}:
+                assert consumer.returncode is None, await consumer.stderr.read()  # type: ignore[union-attr]
+                await asyncio.sleep(0.3)
+
+    async def stop() -> str:
+        if consumer.returncode is None:
+            consumer.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            _, log = await consumer.communicate()
+        assert consumer.returncode == 0, log.decode()
+        return log.decode()
+
+    async with run_sandbox(locations={location: token}, custom_fields=PLAN_FIELDS) as sandbox:
+        contacts = sandbox.state.locations[location].contacts
+        run_env = {**env, "GHL_API_BASE_URL": sandbox.url}
+        consumer = await start_consumer(run_env, "--config", str(wrong))
+        try:
+            await committed(group, source, 1)
+            assert contacts == {}
+            assert total(kafka_bootstrap, dead) == 1  # rejected_by_highlevel (422)
+        finally:
+            await stop()
+        consumer = await start_consumer(run_env, "--config", str(fixed))
+        try:
+            code, out, err = await dlq(
+                env, "replay", "--config", str(fixed), "--reason", REJECTED_BY_HIGHLEVEL
+            )
+            assert code == 0, out + err
+            assert f"replayed 1 ({replays}: 1)" in out
+            await committed(replays, replays, 1)  # the replay group, named after its topic
+            [contact] = contacts.values()
+            assert contact.custom_fields == {"cfPlanName": "platinum"}
+            assert total(kafka_bootstrap, source) == 1
+            assert len(read_all(kafka_bootstrap, source, expect=2, seconds=3)) == 1
+            assert committed_offsets(kafka_bootstrap, group, replays, 1) == {0: -1001}
+
+            # the operator's explicit choice: into the source topic, which every group reads
+            # (another dead letter of the event: a copy of the same one again is a duplicate)
+            sandbox.state.clear()
+            original = Record(source, 0, 0, b"user-9", value)
+            rejected = Failure(reason=REJECTED_BY_HIGHLEVEL, error="422", status=422)
+            await put_dead_letters(kafka_bootstrap, dead, [(original, rejected)])
+            code, out, err = await dlq(env, "replay", "--config", str(fixed), "--to-source")
+            assert code == 0, out + err
+            assert f"replayed 1 ({source}: 1)" in out
+            await committed(group, source, 2)
+            assert [c.custom_fields for c in contacts.values()] == [{"cfPlanName": "platinum"}]
+            assert len(read_all(kafka_bootstrap, source, expect=3, seconds=3)) == 2
+
+            # a tampered copy in the replay topic: dead-lettered, never routed as that topic
+            sandbox.state.clear()
+            forged = Record(
+                replays, 0, 0, b"user-9", value, (("ghl.original_topic", elsewhere.encode()),)
+            )
+            writer = KafkaProducer(bootstrap=kafka_bootstrap)
+            try:
+                await writer.produce(
+                    replays, key=forged.key, value=forged.value, headers=list(forged.headers)
+                )
+            finally:
+                await writer.close()
+            await committed(replays, replays, 2)
+            assert contacts == {}
+            assert total(kafka_bootstrap, elsewhere) == 0
+        finally:
+            log = await stop()
+    assert token not in log
+    letters = read_all(kafka_bootstrap, dead, expect=3, seconds=10)
+    assert len(letters) == 3
+    failure = dict(headers_of(letters[2]))
+    assert failure["ghl.reason"] == b"invalid_replay"
+    assert failure["ghl.source.topic"] == replays.encode()
+    assert failure["ghl.original_topic"] == elsewhere.encode()
