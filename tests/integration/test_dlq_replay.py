@@ -454,6 +454,14 @@ async def test_a_dead_letter_fixed_by_configuration_is_delivered_through_the_rep
             assert total(kafka_bootstrap, source) == 1
             assert len(read_all(kafka_bootstrap, source, expect=2, seconds=3)) == 1
             assert committed_offsets(kafka_bootstrap, group, replays, 1) == {0: -1001}
+            # the audit reads the replay topic: the copy is expected in HighLevel, and is there
+            code, out, err = await run_command(
+                env, "audit", "--config", str(fixed), "--sandbox", sandbox.url, "--json"
+            )
+            report = orjson.loads(out)
+            assert code == 0, out + err
+            assert (report["records"], report["replays"], report["dead_lettered"]) == (1, 1, 1)
+            assert report["contacts"] == {"expected": 1, "matching": 1}
 
             # the operator's explicit choice: into the source topic, which every group reads
             # (another dead letter of the event: a copy of the same one again is a duplicate)
