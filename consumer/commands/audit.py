@@ -3,8 +3,9 @@ reached HighLevel (its contact there holds what the events say), the dead-letter
 parking topic, or have been dropped for a reason; anything else is UNACCOUNTED.
 
 Method
-    1. Capture the end offsets of the source topics, then of the dead-letter and parking
-       topics (an absent topic counts as empty), and read them all up to those ends.
+    1. Capture the end offsets of the source topics, then of the replay topic (``dlq replay``'s
+       copies), then of the dead-letter and parking topics (an absent topic counts as empty),
+       and read them all up to those ends.
     2. Index dead letters and parked records by their ``ghl.source.topic`` /
        ``ghl.source.partition`` / ``ghl.source.offset`` headers (and ``ghl.integration``).
     3. Run every source record, in offset order per partition (a user's records share a
@@ -13,6 +14,9 @@ Method
        was dead-lettered or parked for that integration, counts there (a reject found in
        neither is unaccounted); the other upserts fold, in order, with
        ``ContactUpsert.merged_with`` into the expected contact per (integration, contact key).
+       Then the replay topic's copies, each as a record of the topic its
+       ``ghl.original_topic`` names (one naming no topic of ``kafka.topics`` must be
+       dead-lettered ``invalid_replay``, as the consumer does).
     4. Read each configured location's contacts from the sandbox and find each expected
        contact by email, else phone. Every expected field must equal the contact's (email
        compared case-insensitively, phone in E.164, ``dnd`` equal unless HighLevel keeps a
@@ -31,6 +35,8 @@ Caveats (also in ``--help``)
       end offsets, or by people and workflows in HighLevel, differ from what is expected.
     - Contact keys that share an email or phone are one HighLevel contact: the expected state
       of each key is checked against it, and the older one may differ.
+    - Replay copies fold after every source record, as if delivered last: a source event
+      delivered after a replay of the same contact may show as a mismatch.
     - Records deleted by retention are not audited; the profile a later event relies on may
       then be incomplete (the audit's expected contact lacks those fields, which is lenient).
     - The HighLevel side is the sandbox only (``/_sandbox/contacts``).
@@ -97,6 +103,7 @@ async def run_audit(
     settings: Settings,
     *,
     topics: Sequence[str],
+    replay_topic: str,
     dead_letter_topic: str,
     parking_topic: str,
     sandbox_url: str,
@@ -104,13 +111,19 @@ async def run_audit(
     """The whole audit (method steps 1-4). Raises ``AuditError`` for a source topic that does
     not exist, ``SandboxError`` and ``KafkaAdapterError``."""
     source, source_sizes = await _open(settings, topics)
+    replays: TopicReader | None = None
     try:
         missing = [t for t in topics if t not in source_sizes]
         if missing:
             raise AuditError(f"source topic {missing[0]} does not exist")
-        indexes: dict[str, SourceIndex] = {}
         sizes: dict[str, int] = dict(source_sizes)
         absent: list[str] = []
+        replays, found = await _open(settings, [replay_topic])
+        if replay_topic in found:
+            sizes[replay_topic] = found[replay_topic]
+        else:
+            absent.append(replay_topic)
+        indexes: dict[str, SourceIndex] = {}
         for topic in (dead_letter_topic, parking_topic):
             reader, found = await _open(settings, [topic])
             try:
@@ -126,10 +139,16 @@ async def run_audit(
             build_mapper(settings.targets(), settings.mapping.options()),
             dead_letters=indexes[dead_letter_topic],
             parked=indexes[parking_topic],
+            source_topics=settings.kafka.topics,
         )
         await _read_all(source, expected)
+        if replay_topic in sizes:
+            while batch := await replays.read():
+                expected.add_replays(batch)
     finally:
         await source.close()
+        if replays is not None:
+            await replays.close()
     ledger = expected.ledger()
     contacts = await read_contacts(
         sandbox_url, (i.location_id for i in settings.integrations)
@@ -150,7 +169,9 @@ the sandbox's, found by email, else phone. Prints a summary and every UNACCOUNTE
 Caveats: HighLevel's own pitfalls show up as field mismatches (a field silently not applied when
 the email and the phone belong to two contacts; in tag mode upsert, earlier tags replaced by a
 later upsert). Duplicates (same messageId) count as dropped "duplicate". Run it once the
-consumer has caught up: later events, or edits made in HighLevel, show as mismatches.
+consumer has caught up: later events, or edits made in HighLevel, show as mismatches. Copies in
+the replay topic (dlq replay) count as records of the topic they stand for, after every source
+record.
 
 Exit status: 0 nothing unaccounted, 1 something unaccounted, 2 the audit could not run."""
 
@@ -178,6 +199,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="TOPIC",
         help="default: kafka.parking_topic; a topic that does not exist is empty",
     )
+    parser.add_argument(
+        "--replay-topic",
+        metavar="TOPIC",
+        help="default: kafka.replay_topic; a topic that does not exist is empty",
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -192,6 +218,7 @@ def main(args: argparse.Namespace) -> int:
             run_audit(
                 settings,
                 topics=args.topic or kafka.topics,
+                replay_topic=args.replay_topic or kafka.replay_topic,
                 dead_letter_topic=args.dead_letter_topic or kafka.dead_letter_topic,
                 parking_topic=args.parking_topic or kafka.parking_topic,
                 sandbox_url=args.sandbox,

@@ -12,11 +12,11 @@ result, as JSON or as the human summary. No I/O: HighLevel's contacts come in as
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TextIO
 
-from consumer.core.deadletter import read_failure, replayed_from
+from consumer.core.deadletter import original_topic, read_failure, replayed_from
 from consumer.core.events import ContactUpsert, Drop, Record, Reject
 from consumer.core.mapping import Mapper
 from consumer.engine.parking import parked_sources
@@ -102,7 +102,8 @@ class Ledger:
     """Where the source records went, before looking at HighLevel. Counts are per outcome
     (one per routed integration; a record-level drop or reject counts once)."""
 
-    records: int
+    records: int  # source records
+    replays: int  # copies read from the replay topic (``dlq replay``)
     identity_events: int  # records with at least one upsert outcome
     dead_lettered: int
     parked: int
@@ -113,15 +114,26 @@ class Ledger:
 
 class ExpectedContacts:
     """Folds source records into the contacts HighLevel should hold (method step 3). Feed
-    records with ``add`` in offset order per partition, then read ``ledger()``. ``mapper`` must
-    be fresh (its profiles and deduper are the audit's own); ``dead_letters`` and ``parked``
-    must be complete before the first ``add``. Pure apart from the mapper's state."""
+    records with ``add`` in offset order per partition, then the replay topic's copies with
+    ``add_replays``, then read ``ledger()``. ``mapper`` must be fresh (its profiles and deduper
+    are the audit's own); ``dead_letters`` and ``parked`` must be complete before the first
+    ``add``; ``source_topics`` are the topics a replay copy may stand for (``kafka.topics``, as
+    the consumer checks them). Pure apart from the mapper's state."""
 
-    def __init__(self, mapper: Mapper, *, dead_letters: SourceIndex, parked: SourceIndex) -> None:
+    def __init__(
+        self,
+        mapper: Mapper,
+        *,
+        dead_letters: SourceIndex,
+        parked: SourceIndex,
+        source_topics: Collection[str] = (),
+    ) -> None:
         self._mapper = mapper
         self._dead_letters = dead_letters
         self._parked = parked
+        self._source_topics = frozenset(source_topics)
         self._records = 0
+        self._replays = 0
         self._identity_events = 0
         self._dead_lettered = 0
         self._parked_count = 0
@@ -131,17 +143,37 @@ class ExpectedContacts:
 
     def add(self, records: Iterable[Record]) -> None:
         for record in records:
-            self._add(record)
+            self._records += 1
+            self._add(record, record.topic)
 
-    def _add(self, record: Record) -> None:
-        self._records += 1
+    def add_replays(self, records: Iterable[Record]) -> None:
+        """Copies ``dlq replay`` wrote to the replay topic, in offset order, after every source
+        record (the consumer reads a copy after its original): each is accounted for as a
+        record of the topic its ``ghl.original_topic`` names. A copy naming no topic of
+        ``source_topics`` must be dead-lettered (``invalid_replay``), as the consumer does."""
+        for record in records:
+            self._replays += 1
+            topic = original_topic(record.headers)
+            if topic is not None and topic in self._source_topics:
+                self._add(record, topic)
+                continue
+            if self._dead_letters.holds((record.topic, record.partition, record.offset), None):
+                self._dead_lettered += 1
+            else:
+                label = f"{record.topic}/{record.partition}/{record.offset}"
+                self._unaccounted.append(
+                    Unaccounted(label, f"{NOT_DEAD_LETTERED} (invalid_replay)")
+                )
+
+    def _add(self, record: Record, topic: str) -> None:
+        """Account for ``record`` routed as a record of ``topic``."""
         where = (record.topic, record.partition, record.offset)
         label = f"{record.topic}/{record.partition}/{record.offset}"
         now = record.timestamp_ms / 1000 if record.timestamp_ms is not None else 0.0
         outcomes = self._mapper.map_record(
             value=record.value or b"",
             key=record.key,
-            topic=record.topic,
+            topic=topic,
             now=now,
             origin=where,
             replay_of=replayed_from(record.headers),
@@ -174,6 +206,7 @@ class ExpectedContacts:
     def ledger(self) -> Ledger:
         return Ledger(
             records=self._records,
+            replays=self._replays,
             identity_events=self._identity_events,
             dead_lettered=self._dead_lettered,
             parked=self._parked_count,
@@ -293,8 +326,8 @@ class Report:
 
     ledger: Ledger
     comparison: Comparison
-    topics: Mapping[str, int]  # topic -> records read (sources, dead letters, parking)
-    absent: tuple[str, ...]  # dead-letter / parking topics that do not exist
+    topics: Mapping[str, int]  # topic -> records read (sources, replays, dead letters, parking)
+    absent: tuple[str, ...]  # replay / dead-letter / parking topics that do not exist
 
     @property
     def unaccounted(self) -> tuple[Unaccounted, ...]:
@@ -305,6 +338,7 @@ class Report:
         return {
             "ok": not self.unaccounted,
             "records": ledger.records,
+            "replays": ledger.replays,
             "identity_events": ledger.identity_events,
             "contacts": {"expected": len(ledger.contacts), "matching": comparison.matching},
             "delivered_events": comparison.delivered_events,
@@ -335,6 +369,7 @@ class Report:
         unaccounted_events = sum(u.events for u in self.unaccounted)
         rows = (
             ("source records", str(ledger.records)),
+            ("replay copies", str(ledger.replays)),
             ("identity events audited", str(ledger.identity_events)),
             ("contacts expected", str(len(ledger.contacts))),
             (

@@ -2,20 +2,25 @@
 (``dlq replay``).
 
 Replay reads the dead-letter topic (``kafka.dead_letter_topic``) with its own consumer group
-(``<group_id>.dlq-replay``), from that group's committed offsets (``--from-beginning``: from
-the start) up to the end offsets captured when it starts, so it never reads what it writes.
-Each selected dead letter is re-produced with its ORIGINAL key, value and headers (the ``ghl.*``
-headers removed, ``ghl.replayed_from: <dlq topic>/<partition>/<offset>`` added) to its source
-topic (``ghl.source.topic``) or ``--to``. Only to a topic this consumer reads
-(``kafka.topics``): a ``--to`` outside them is a configuration error (exit 2), and a dead letter
-whose ``ghl.source.topic`` names another topic (written by anyone able to write to the
-dead-letter topic) is refused and reported as failed, never sent. The consumer then reads the
-copy as a new origin, never a duplicate of the original (``consumer.core.dedupe``). The
-group's offset moves past a record only once the
-broker confirmed its copy (or the filter skipped it), so a second replay re-sends nothing the
-first already re-sent; per partition it stops moving at the first failure, so a rerun retries
-from there (re-sending the later records of that partition that did go through: the consumer's
-upsert absorbs such repeats).
+(``<group_id>.dlq-replay``), from that group's committed offsets (``--from-beginning``: from the
+start) up to the end offsets captured when it starts, so it never reads what it writes. Each
+selected dead letter is re-produced with its ORIGINAL key, value and headers (the ``ghl.*``
+headers removed, ``ghl.replayed_from: <dlq topic>/<partition>/<offset>`` added) to the replay
+topic (``kafka.replay_topic``) with ``ghl.original_topic: <source topic>``: ``ghl-consumer run``
+reads that topic in a consumer group of its own (named after the topic) and routes the copy as a
+record of its source topic, so no other consumer group of the (shared) source topic re-reads it.
+``--to-source`` writes into the source topic itself instead, the operator's explicit choice:
+every consumer group of that topic then reads the copy. The source topic is ``ghl.source.topic``
+(for a replayed copy that failed again: ``ghl.original_topic``) or ``--to``, and must be a topic
+this consumer reads (``kafka.topics``): a ``--to`` outside them is a configuration error (exit
+2), and a dead letter whose header names another topic (written by anyone able to write to the
+dead-letter topic) is refused and reported as failed, never sent
+(``dlq_selection.replay_target``). The consumer then reads the copy as a new origin, never a
+duplicate of the original (``consumer.core.dedupe``). The group's offset moves past a record
+only once the broker confirmed its copy (or the filter skipped it), so a second replay re-sends
+nothing the first already re-sent; per partition it stops moving at the first failure, so a
+rerun retries from there (re-sending the later records of that partition that did go through:
+the consumer's upsert absorbs such repeats).
 
 Records are replayed as they were: a value the consumer rejects (``invalid_json``...) is
 dead-lettered again. Select by ``--reason`` (e.g. ``rejected_by_highlevel`` after fixing a
@@ -49,10 +54,13 @@ from consumer.commands.dlq_selection import (
     CommitPoints,
     Group,
     ReplaySummary,
+    ReplayTarget,
     Selection,
+    not_read,
     parse_time,
     render_groups,
     replay_headers,
+    replay_target,
     summarise,
     where,
 )
@@ -109,14 +117,17 @@ async def replay(
     *,
     selection: Selection,
     to: str | None,
+    to_source: bool,
     configured_topics: frozenset[str],
+    replay_topic: str,
     existing_topics: frozenset[str],
     out: TextIO,
 ) -> ReplaySummary:
     """Re-send the selected records ``reader`` yields (opened on the dead-letter topic, from
-    the replay group's offsets) to ``to`` or their ``ghl.source.topic``, only when that is one
-    of ``configured_topics`` (the topics the consumer reads); any other target is a failure,
-    not sent. ``producer`` None is the dry run: print what would be sent,
+    the replay group's offsets) to ``replay_topic``, or with ``to_source`` into their source
+    topic (``to`` or their ``ghl.source.topic``), only when that source topic is one of
+    ``configured_topics`` (the topics the consumer reads): ``replay_target``; any other is a
+    failure, not sent. ``producer`` None is the dry run: print what would be sent,
     send and commit nothing. Commits the group's offsets after each batch, once the broker has
     confirmed every copy in it. Raises ``KafkaAdapterError`` when reading or committing fails."""
     summary = ReplaySummary()
@@ -142,37 +153,43 @@ async def replay(
                 )
                 steps.append((record, None, None))
                 continue
-            target = to or failure.get("source.topic")
-            if target is None:
-                steps.append((record, None, "no ghl.source.topic header; give --to"))
+            target = replay_target(
+                failure,
+                to=to,
+                to_source=to_source,
+                configured_topics=configured_topics,
+                replay_topic=replay_topic,
+            )
+            if isinstance(target, str):
+                steps.append((record, None, target))
                 continue
-            if target not in configured_topics:
-                steps.append((record, target, f"{_not_read(target)}: refused"))
-                continue
-            if target not in existing_topics:
-                steps.append((record, target, f"topic {target} does not exist"))
+            if target.topic not in existing_topics:
+                steps.append((record, target.topic, _missing(target.topic, replay_topic)))
                 continue
             if producer is None:
                 print(
-                    f"would replay {where(record)} -> {target} "
+                    f"would replay {where(record)} -> {_shown(target)} "
                     f"(reason {failure.get('reason', '-')}, "
                     f"integration {failure.get('integration', '-')}, "
                     f"{len(record.value or b'')} bytes)",
                     file=out,
                 )
                 summary.replayed += 1
-                summary.by_target[target] += 1
+                summary.by_target[target.topic] += 1
                 continue
             try:
                 future = await producer.send(
-                    target, key=record.key, value=record.value, headers=replay_headers(record)
+                    target.topic,
+                    key=record.key,
+                    value=record.value,
+                    headers=replay_headers(record, target),
                 )
             except ProduceFailedError as exc:
-                steps.append((record, target, str(exc)))
+                steps.append((record, target.topic, str(exc)))
                 continue
-            steps.append((record, target, future))
+            steps.append((record, target.topic, future))
         # In order, so a partition's commit point never passes a record that failed before it.
-        for record, target, step in steps:
+        for record, written, step in steps:
             if isinstance(step, str):
                 _failed(summary, points, record, step)
                 continue
@@ -183,16 +200,23 @@ async def replay(
                     _failed(summary, points, record, str(exc))
                     continue
                 summary.replayed += 1
-                summary.by_target[str(target)] += 1
+                summary.by_target[str(written)] += 1
             points.done(record)
         if producer is not None:
             await reader.commit(points.take())
     return summary
 
 
-def _not_read(topic: str) -> str:
-    # The topic name is printed with repr: a forged header may hold any characters.
-    return f"topic {topic!r} is not one this consumer reads (kafka.topics)"
+def _shown(target: ReplayTarget) -> str:
+    if target.topic == target.original:
+        return target.topic
+    return f"{target.topic} (as {target.original})"
+
+
+def _missing(topic: str, replay_topic: str) -> str:
+    if topic == replay_topic:
+        return f"topic {topic} does not exist (ghl-consumer run creates it at start-up)"
+    return f"topic {topic} does not exist"
 
 
 def _failed(summary: ReplaySummary, points: CommitPoints, record: Record, why: str) -> None:
@@ -205,7 +229,7 @@ async def _replay_command(args: argparse.Namespace, settings: Settings, out: Tex
     kafka = settings.kafka
     configured = frozenset(kafka.topics)
     if args.to is not None and args.to not in configured:
-        raise ConfigError(f"--to: {_not_read(args.to)}: {', '.join(kafka.topics)}")
+        raise ConfigError(f"--to: {not_read(args.to)}: {', '.join(kafka.topics)}")
     topic = args.topic or kafka.dead_letter_topic
     group = args.group or kafka.group_id + REPLAY_GROUP_SUFFIX
     extra = kafka.extra_settings()
@@ -237,7 +261,9 @@ async def _replay_command(args: argparse.Namespace, settings: Settings, out: Tex
             producer,
             selection=args.selection,
             to=args.to,
+            to_source=args.to_source,
             configured_topics=configured,
+            replay_topic=kafka.replay_topic,
             existing_topics=existing,
             out=out,
         )
@@ -310,9 +336,14 @@ async def _list_command(args: argparse.Namespace, settings: Settings, out: TextI
 # -- command line ------------------------------------------------------------------------------
 
 _REPLAY_HELP = """\
-Re-send dead letters to the topic they came from (ghl.source.topic, or --to), with their
-original key, value and headers (ghl.* removed, ghl.replayed_from added). Only to a topic of
-kafka.topics: a dead letter naming another source topic is refused (counted as failed).
+Re-send dead letters to the replay topic (kafka.replay_topic), which ghl-consumer run reads
+in a consumer group of its own, routing each copy as a record of the topic it came from
+(ghl.source.topic, or --to): other consumer groups of the source topics see nothing.
+--to-source writes into the source topic itself instead: EVERY consumer group of that topic
+(other services too) then reads the copies again.
+Copies keep the original key, value and headers (ghl.* removed, ghl.replayed_from and
+ghl.original_topic added). Only for a source topic of kafka.topics: a dead letter naming
+another is refused (counted as failed).
 Reads from the replay group's committed offsets up to the end captured at start; commits only
 after the broker confirmed each copy, so running it again re-sends nothing already re-sent.
 Records are replayed AS THEY ARE: a value the consumer rejects (invalid_json, no_identifier...)
@@ -357,7 +388,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     replay_parser.add_argument(
         "--to",
         metavar="TOPIC",
-        help="send every copy here instead of its ghl.source.topic (one of kafka.topics)",
+        help="replay every copy as a record of this topic instead of its ghl.source.topic "
+        "(one of kafka.topics)",
+    )
+    replay_parser.add_argument(
+        "--to-source",
+        action="store_true",
+        help="write the copies into their source topic itself instead of kafka.replay_topic: "
+        "EVERY consumer group of that topic reads them again",
     )
     replay_parser.add_argument(
         "--group",

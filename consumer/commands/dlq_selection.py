@@ -1,5 +1,6 @@
 """What the ``dlq`` commands decide, pure: which dead letters a selection takes
-(``Selection``), the headers of a replayed copy (``replay_headers``), how far the replay group
+(``Selection``), where a copy goes (``replay_target``), the headers of a replayed copy
+(``replay_headers``), how far the replay group
 may commit (``CommitPoints``), and the ``dlq list`` summary (``summarise``, ``render_groups``).
 The commands and the replay loop that read and write Kafka are ``consumer.commands.dlq``.
 
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final, TextIO
 
-from consumer.core.deadletter import HEADER_PREFIX, REPLAYED_FROM
+from consumer.core.deadletter import HEADER_PREFIX, ORIGINAL_TOPIC, REPLAYED_FROM
 from consumer.core.events import Record
 
 _MAX_ERRORS_SHOWN: Final = 3
@@ -57,11 +58,54 @@ def parse_time(text: str) -> datetime | None:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-def replay_headers(record: Record) -> list[tuple[str, bytes]]:
+@dataclass(frozen=True, slots=True)
+class ReplayTarget:
+    """Where a dead letter's copy is written (``topic``) and the source topic it stands for
+    (``original``, routed as such by ``ghl-consumer run``); equal with ``--to-source``."""
+
+    topic: str
+    original: str
+
+
+def not_read(topic: str) -> str:
+    """Why a topic is refused as a replay's source topic. The name is printed with repr: a
+    forged header may hold any characters."""
+    return f"topic {topic!r} is not one this consumer reads (kafka.topics)"
+
+
+def replay_target(
+    failure: Mapping[str, str],
+    *,
+    to: str | None,
+    to_source: bool,
+    configured_topics: frozenset[str],
+    replay_topic: str,
+) -> ReplayTarget | str:
+    """Where the copy of the dead letter with ``failure`` (its ``read_failure`` headers) goes,
+    or why it cannot be replayed (text). Its source topic is ``to``, else its
+    ``ghl.source.topic``, else, for a copy read from ``replay_topic`` that failed again, the
+    ``ghl.original_topic`` it was routed as; it must be one of ``configured_topics``. The copy
+    is written to ``replay_topic``, which only this consumer group reads, or into the source
+    topic itself with ``to_source`` (every consumer group of that topic then reads it)."""
+    source = failure.get("source.topic")
+    if source == replay_topic:
+        source = failure.get("original_topic")
+    original = to or source
+    if original is None:
+        return "no ghl.source.topic header; give --to"
+    if original not in configured_topics:
+        return f"{not_read(original)}: refused"
+    return ReplayTarget(original if to_source else replay_topic, original)
+
+
+def replay_headers(record: Record, target: ReplayTarget) -> list[tuple[str, bytes]]:
     """The headers of a dead letter's replayed copy: the original record's own headers in
-    their order (every ``ghl.*`` header removed), then ``ghl.replayed_from``."""
+    their order (every ``ghl.*`` header removed), then ``ghl.replayed_from``, then, for a copy
+    written to the replay topic, ``ghl.original_topic``."""
     headers = [(k, v) for k, v in record.headers if not k.startswith(HEADER_PREFIX)]
     headers.append((REPLAYED_FROM, f"{record.topic}/{record.partition}/{record.offset}".encode()))
+    if target.topic != target.original:
+        headers.append((ORIGINAL_TOPIC, target.original.encode()))
     return headers
 
 

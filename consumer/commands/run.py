@@ -95,14 +95,13 @@ PROFILE_MAX_COMPACTION_LAG_MS = 86_400_000
 
 def consumer_topics(kafka: KafkaSettings) -> list[TopicSpec]:
     """The topics ``run`` creates when missing (existing ones are left as they are): the
-    dead-letter and parking topics hold raw events, so they expire
-    (``dead_letter_retention_ms``, ``parking_retention_ms``); the profile changelog is
-    compacted, within ``PROFILE_MAX_COMPACTION_LAG_MS``."""
+    dead-letter, replay and parking topics hold raw events, so they expire
+    (``dead_letter_retention_ms`` for the first two, ``parking_retention_ms``); the profile
+    changelog is compacted, within ``PROFILE_MAX_COMPACTION_LAG_MS``."""
+    dead_letter_retention = {"retention.ms": str(kafka.dead_letter_retention_ms)}
     return [
-        TopicSpec(
-            kafka.dead_letter_topic,
-            config={"retention.ms": str(kafka.dead_letter_retention_ms)},
-        ),
+        TopicSpec(kafka.dead_letter_topic, config=dead_letter_retention),
+        TopicSpec(kafka.replay_topic, config=dead_letter_retention),
         TopicSpec(
             kafka.profile_topic,
             config={
@@ -145,7 +144,8 @@ async def running_consumer(settings: Settings) -> AsyncIterator[Components]:
     kafka = settings.kafka
     extra = kafka.extra_settings()
     metrics = Metrics(
-        integrations={i.id: i.location_id for i in settings.integrations}, topics=kafka.topics
+        integrations={i.id: i.location_id for i in settings.integrations},
+        topics=(*kafka.topics, kafka.replay_topic),
     )
     debugger = RecentDeliveries(
         integrations=[i.id for i in settings.integrations],
@@ -166,6 +166,18 @@ async def running_consumer(settings: Settings) -> AsyncIterator[Components]:
             auto_offset_reset="latest" if kafka.auto_offset_reset == "latest" else "earliest",
             group_protocol=protocol,
             session_timeout_ms=kafka.session_timeout_ms,
+            extra=extra,
+        )
+        # dlq replay's copies: a group of its own, named after its topic (as parking's), so
+        # the main group's members share the source partitions alone. From the earliest
+        # offset: copies written before the group first joined are read.
+        replays = KafkaSource(
+            bootstrap=kafka.bootstrap_servers,
+            group_id=kafka.replay_topic,
+            topics=[kafka.replay_topic],
+            group_protocol=protocol,
+            session_timeout_ms=kafka.session_timeout_ms,
+            client_id="ghl-consumer-replay",
             extra=extra,
         )
         parking = KafkaParkingLog(
@@ -192,6 +204,8 @@ async def running_consumer(settings: Settings) -> AsyncIterator[Components]:
             credentials=SettingsCredentials(settings.integrations),
             locations={i.id: i.location_id for i in settings.integrations},
             dead_letter_topic=kafka.dead_letter_topic,
+            replay_source=replays,
+            source_topics=kafka.topics,
             parking_log=parking,
             metrics=metrics,
             recorder=debugger,

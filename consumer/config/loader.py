@@ -272,6 +272,7 @@ def _kafka(table: dict[str, Any], environ: Mapping[str, str], read_secrets: bool
             "profile_topic",
             "parking_topic",
             "erasure_topic",
+            "replay_topic",
             "dead_letter_retention_ms",
             "parking_retention_ms",
             "session_timeout_ms",
@@ -304,6 +305,7 @@ def _kafka(table: dict[str, Any], environ: Mapping[str, str], read_secrets: bool
     profiles, _ = text("profile_topic", "KAFKA_PROFILE_TOPIC", f"{group}.profiles")
     parking, _ = text("parking_topic", "KAFKA_PARKING_TOPIC", f"{group}.parking")
     erasures, _ = text("erasure_topic", "KAFKA_ERASURE_TOPIC", f"{group}.erasures")
+    replays, replays_where = text("replay_topic", "KAFKA_REPLAY_TOPIC", f"{group}.replay")
     session_timeout = _session_timeout(table, environ, protocol)
 
     if "KAFKA_TOPICS" in environ:
@@ -314,6 +316,19 @@ def _kafka(table: dict[str, Any], environ: Mapping[str, str], read_secrets: bool
         topics_where = "kafka.topics"
     if not topics:
         raise ConfigError(f"{topics_where}: at least one topic is required")
+    if replays in topics:
+        raise ConfigError(f"{replays_where}: {replays} is one of {topics_where}: name another")
+    # The replay group is named after the replay topic: sharing a name with the main group or
+    # another own topic (parking's group too) would mix their members or their records.
+    for name, what in (
+        (group, "the group id"),
+        (dead_letter, "the dead-letter topic"),
+        (profiles, "the profile topic"),
+        (parking, "the parking topic"),
+        (erasures, "the erasure topic"),
+    ):
+        if replays == name:
+            raise ConfigError(f"{replays_where}: {replays} is {what}: name another")
 
     passthrough: dict[str, str | Secret] = {}
     for key, value in subtable(table, "librdkafka", "kafka.librdkafka").items():
@@ -341,6 +356,7 @@ def _kafka(table: dict[str, Any], environ: Mapping[str, str], read_secrets: bool
         profile_topic=profiles,
         parking_topic=parking,
         erasure_topic=erasures,
+        replay_topic=replays,
         dead_letter_retention_ms=_retention(
             table, environ, "dead_letter_retention_ms", defaults.dead_letter_retention_ms
         ),

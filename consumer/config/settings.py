@@ -79,8 +79,13 @@ class KafkaSettings:
     profile_topic: str = ""  # compacted changelog of profiles; empty: "<group_id>.profiles"
     parking_topic: str = ""  # parked upserts; empty: "<group_id>.parking" (its group: the same)
     erasure_topic: str = ""  # `ghl-consumer forget` records; empty: "<group_id>.erasures"
-    # retention.ms given to the dead-letter and parking topics when the consumer creates them:
-    # they hold raw events (personal data). Default 14 days.
+    # `ghl-consumer dlq replay` copies; `run` reads it in a group of its own (named after the
+    # topic, as parking's), routing each copy as its `ghl.original_topic` header says (one of
+    # `topics`); empty: "<group_id>.replay"
+    replay_topic: str = ""
+    # retention.ms given to the dead-letter and parking topics when the consumer creates them
+    # (the replay topic gets the dead-letter one): they hold raw events (personal data).
+    # Default 14 days.
     dead_letter_retention_ms: int = 14 * 86_400_000
     parking_retention_ms: int = 14 * 86_400_000
     # classic protocol only (KIP-848 sets it broker-side): how long a silent member keeps its

@@ -15,11 +15,14 @@ Headers (all UTF-8 text), after the original record's own headers:
 ``ghl.source.offset``
 ``ghl.failed_at``           ISO 8601 UTC time of the decision
 ``ghl.omitted``             what was left out to fit the size budget (see below), if any
+``ghl.original_topic``      a copy read from the replay topic: the topic it was routed as
 ==========================  ===========================================================
 
 Only the dead letter's own ``ghl.*`` headers are written: any ``ghl.*`` header on the original
 record is dropped, so input can never spoof the reason or the source coordinates that
-``ghl-consumer audit`` and ``dlq replay`` read.
+``ghl-consumer audit`` and ``dlq replay`` read. (``ghl.original_topic`` is the one taken from
+the record: ``dlq replay`` follows it only for dead letters of the replay topic, and only to a
+topic of ``kafka.topics``.)
 
 Size: a dead letter must fit one produce request (librdkafka refuses a record over its
 ``message.max.bytes``, 1,000,000 by default, outright, and retrying it would stall the
@@ -48,6 +51,11 @@ HEADER_PREFIX: Final = "ghl."
 REPLAYED_FROM: Final = HEADER_PREFIX + "replayed_from"
 """Header naming the dead letter a replayed record was copied from: ``<topic>/<p>/<offset>``
 (written by ``ghl-consumer dlq replay``)."""
+
+ORIGINAL_TOPIC: Final = HEADER_PREFIX + "original_topic"
+"""Header of a copy ``dlq replay`` wrote to the replay topic (``kafka.replay_topic``): the
+source topic the copy stands for. ``ghl-consumer run`` routes the copy as a record of that topic
+(``routing.topics``), and refuses it unless it is one of ``kafka.topics``."""
 
 DEAD_LETTER_MAX_BYTES: Final = 900_000
 """Budget of one dead letter's key + value + headers: under librdkafka's default
@@ -83,6 +91,14 @@ def replayed_from(headers: Sequence[tuple[str, bytes]]) -> str | None:
     return None
 
 
+def original_topic(headers: Sequence[tuple[str, bytes]]) -> str | None:
+    """The ``ghl.original_topic`` header of a record as text, or None when absent."""
+    for name, value in headers:
+        if name == ORIGINAL_TOPIC:
+            return value.decode("utf-8", "backslashreplace")
+    return None
+
+
 def dead_letter_headers(
     record: Record, failure: Failure, *, now: float
 ) -> list[tuple[str, bytes]]:
@@ -101,6 +117,8 @@ def dead_letter_headers(
         ("source.partition", record.partition),
         ("source.offset", record.offset),
         ("failed_at", datetime.fromtimestamp(now, UTC).isoformat()),
+        # a replayed copy that failed again: so that replaying it again routes it the same way
+        ("original_topic", original_topic(record.headers)),
     ]
     headers.extend(
         (HEADER_PREFIX + name, str(value).encode()) for name, value in fields if value is not None

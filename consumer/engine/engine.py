@@ -4,23 +4,31 @@ Flow per record (``docs/architecture.md``, "Data flow"), all on the event loop t
 
 1. ``admit``: the partition's ``PartitionOffsets`` says whether the record still needs work
    (a restored offset map may say it was delivered before a restart).
-2. ``map``: ``Mapper.map_record`` gives one outcome per routed integration. Drops complete at
-   once; rejects go to the dead-letter topic; upserts go to the ``Dispatcher``
-   (``consumer.engine.dispatch``), which coalesces, delivers, retries and parks them (steps 3
-   and 4).
+2. ``map``: ``Mapper.map_record`` gives one outcome per routed integration (a record of the
+   replay feed is routed as its ``ghl.original_topic``). Drops complete at once; rejects go
+   to the dead-letter topic; upserts go to the ``Dispatcher`` (``consumer.engine.dispatch``),
+   which coalesces, delivers, retries and parks them (steps 3 and 4).
 5. ``commit``: on a timer, on revoke and at shutdown, each owned partition commits its
    contiguous done offset plus the offset map of done offsets above it
    (``consumer.engine.offsets``).
 
 After every poll, ``consumer.engine.backpressure`` decides which partitions to pause or resume.
 
+Feeds: the event feed (the source topics, the main consumer group), the parking feed (the
+parking topic, a group named after it) and, when given, the replay feed (``dlq replay``'s
+copies, the replay topic, a group named after it). Each feed is its own consumer group, so the
+main group's assignment depends on the source partitions alone. Records of the replay feed go
+through the same steps as the event feed's (admit, map, dedupe, deliver, dead-letter), under
+the same contact keys (so per-contact order and the dispatcher's identity lock hold across both
+feeds), and commit after delivery likewise.
+
 Rebalance handling (``docs/architecture.md``, "Rebalance handling"; ``_FeedListener``): before
-any record of newly assigned event partitions, the engine restores the profile store and learns
-the contacts parked by their previous owner. Inside ``on_revoked`` (before the partitions move)
-it lets work of those partitions already being sent or parked finish (bounded by
-``revoke_wait``, longer than an HTTP timeout), commits them, then revokes them in the tracker,
-whose guard ignores late completions; their not-yet-sent work is discarded (the new owner
-re-reads it). Lost partitions are revoked without a commit.
+any record of newly assigned event or replay partitions, the engine restores the profile store
+and learns the contacts parked by their previous owner. Inside ``on_revoked`` (before the
+partitions move) it lets work of those partitions already being sent or parked finish (bounded
+by ``revoke_wait``, longer than an HTTP timeout), commits them, then revokes them in the
+tracker, whose guard ignores late completions; their not-yet-sent work is discarded (the new
+owner re-reads it). Lost partitions are revoked without a commit.
 
 Not thread-safe by design: the Kafka adapter runs rebalance callbacks on the loop.
 """
@@ -32,10 +40,11 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
-from consumer.core.deadletter import Failure, replayed_from
+from consumer.core.deadletter import ORIGINAL_TOPIC, Failure, original_topic, replayed_from
 from consumer.core.events import ContactUpsert, Drop, Record
 from consumer.core.mapping import Mapper
 from consumer.engine.backpressure import Backpressure, Decision
@@ -186,7 +195,11 @@ class Engine:
 
     ``credentials`` gives each request's token; ``locations`` maps every configured
     integration id to its location id. ``parking_log`` is the parking topic (its ``source`` is
-    the second feed); ``metrics`` and ``recorder`` observe every outcome.
+    the second feed); ``metrics`` and ``recorder`` observe every outcome. ``replay_source``,
+    when given, is the third feed: the replay topic's group (``dlq replay`` copies). Each of its
+    records is mapped as a record of the topic its ``ghl.original_topic`` header names, which
+    must be one of ``source_topics``; otherwise it is dead-lettered (``invalid_replay``), never
+    routed as another topic.
 
     ``run`` returns after ``stop`` is set and the engine has drained (bounded by
     ``drain_timeout``), committed and closed the sources. Raises only for programming errors;
@@ -208,6 +221,8 @@ class Engine:
         metrics: EngineMetrics,
         recorder: DeliveryRecorder,
         profile_log: ProfileLog | None = None,
+        replay_source: Source | None = None,
+        source_topics: Collection[str] = (),
         options: EngineOptions = EngineOptions(),
         rng: random.Random | None = None,
         wall_clock: Callable[[], float] = time.time,
@@ -216,6 +231,7 @@ class Engine:
         self._locations = dict(locations)
         self._metrics = metrics
         self._profile_log = profile_log
+        self._source_topics = frozenset(source_topics)
         self._options = options
         self._wall_clock = wall_clock
         self.stats = EngineStats()
@@ -252,31 +268,30 @@ class Engine:
             max_buffered_bytes=options.max_buffered_bytes,
         )
         self._main = _Feed("events", source)
-        self._replay = _Feed("parking", parking_log.source)
+        self._parking = _Feed("parking", parking_log.source)
+        self._replays = None if replay_source is None else _Feed("replay", replay_source)
+        self._feeds = tuple(
+            f for f in (self._main, self._parking, self._replays) if f is not None
+        )
+        self._restore_lock = asyncio.Lock()  # one restore at a time (two feeds ask for one)
         self._tasks = TaskSet()  # dead letters and profile writes of intake
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; then drain, commit and close (see the class doc)."""
-        feeds = (self._main, self._replay)
-        await self._main.source.start(
-            _FeedListener(
-                self._main,
-                self._dispatcher,
-                self._metrics,
-                revoke_wait=self._options.revoke_wait,
-                prepare=self._restore,
+        feeds = self._feeds
+        for feed in feeds:
+            await feed.source.start(
+                _FeedListener(
+                    feed,
+                    self._dispatcher,
+                    self._metrics,
+                    revoke_wait=self._options.revoke_wait,
+                    # parked upserts need no profiles; new work (events, replays) does
+                    prepare=None if feed is self._parking else self._restore,
+                )
             )
-        )
-        await self._replay.source.start(
-            _FeedListener(
-                self._replay,
-                self._dispatcher,
-                self._metrics,
-                revoke_wait=self._options.revoke_wait,
-            )
-        )
         background = [
             asyncio.create_task(self._commit_loop(), name="commit"),
             asyncio.create_task(self._progress_loop(), name="progress"),
@@ -303,16 +318,19 @@ class Engine:
             logger.info("engine stopped: %s", self.progress_line())
 
     async def _restore(self) -> None:
-        """Before any record of newly assigned event partitions, learn what their previous
-        owner (another instance, or this one before a restart) left: the profiles it wrote,
-        and the contacts with upserts waiting in the parking topic (their newer work parks)."""
-        if self._profile_log is not None:
-            await self._profile_log.restore()
-        await self._dispatcher.load_parked()
+        """Before any record of newly assigned event or replay partitions, learn what their
+        previous owner (another instance, or this one before a restart) left: the profiles it
+        wrote, and the contacts with upserts waiting in the parking topic (their newer work
+        parks). One restore at a time: a feed assigned while another's restore runs waits for
+        it, then restores anew (what the previous owner wrote after that one began counts)."""
+        async with self._restore_lock:
+            if self._profile_log is not None:
+                await self._profile_log.restore()
+            await self._dispatcher.load_parked()
 
     async def _intake_loop(self, feed: _Feed, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
-        ingest = self._ingest if feed is self._main else self._ingest_parked
+        ingest = self._ingest_parked if feed is self._parking else partial(self._ingest, feed)
         while not stop.is_set():
             records = await feed.source.poll_batch(
                 self._options.poll_batch, self._options.poll_timeout
@@ -344,8 +362,10 @@ class Engine:
 
     # -- intake ---------------------------------------------------------------------------------
 
-    def _ingest(self, record: Record, now: float, wall: float) -> None:
-        partition = self._main.tracker.get(record.topic, record.partition)
+    def _ingest(self, feed: _Feed, record: Record, now: float, wall: float) -> None:
+        """A record of the event feed, or of the replay feed (routed as the source topic its
+        ``ghl.original_topic`` names, which must be configured)."""
+        partition = feed.tracker.get(record.topic, record.partition)
         if partition is None:
             return  # revoked while the batch was in flight; the new owner reads it
         self.stats.consumed += 1
@@ -354,10 +374,20 @@ class Engine:
             self.stats.skipped_done += 1
             self._metrics.skipped(record.topic)
             return
+        topic = record.topic
+        if feed is self._replays:
+            topic = original_topic(record.headers) or ""
+            if topic not in self._source_topics:
+                failure = Failure(
+                    reason="invalid_replay",
+                    error=f"{ORIGINAL_TOPIC}: not one of kafka.topics ({topic[:64]!r})",
+                )
+                self._tasks.spawn(self._dead_letter(Ticket(record, partition, 1), failure))
+                return
         outcomes = self._mapper.map_record(
             value=record.value or b"",
             key=record.key,
-            topic=record.topic,
+            topic=topic,
             now=wall,
             # a record re-read after its partition came back is not a duplicate of itself
             origin=(record.topic, record.partition, record.offset),
@@ -388,7 +418,7 @@ class Engine:
                 self._tasks.spawn(self._dead_letter(ticket, failure))
 
     def _ingest_parked(self, record: Record, now: float, wall: float) -> None:
-        partition = self._replay.tracker.get(record.topic, record.partition)
+        partition = self._parking.tracker.get(record.topic, record.partition)
         if partition is None or not partition.admit(record.offset, record.size):
             return
         upsert = decode_parked(record.value)
@@ -421,7 +451,7 @@ class Engine:
     async def _commit_loop(self) -> None:
         while True:
             await asyncio.sleep(self._options.commit_interval)
-            for feed in (self._main, self._replay):
+            for feed in self._feeds:
                 await feed.commit()
 
     # -- state ----------------------------------------------------------------------------------
@@ -431,10 +461,10 @@ class Engine:
         return self._dispatcher.tickets + self._outbox.held
 
     def _buffered_bytes(self) -> int:
-        """Bytes of the records admitted and not done, on both feeds."""
+        """Bytes of the records admitted and not done, on every feed."""
         return sum(
             partition.incomplete_bytes
-            for feed in (self._main, self._replay)
+            for feed in self._feeds
             for partition in feed.tracker.owned()
         )
 

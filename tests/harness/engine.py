@@ -6,6 +6,7 @@ virtual-time loop (``tests/virtual_time.py``), so the short intervals below cost
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from collections.abc import Callable
 
@@ -16,6 +17,7 @@ from consumer.core.dedupe import MessageDeduper
 from consumer.core.events import Record
 from consumer.core.mapping import Mapper
 from consumer.core.profiles import InMemoryProfileStore
+from consumer.core.targets import Routing
 from consumer.engine.engine import Engine, EngineOptions
 from consumer.engine.offsets import PartitionStats
 from consumer.observe.metrics import Metrics
@@ -53,13 +55,21 @@ def build(
     debugger: RecentDeliveries | None = None,
     parking: MemoryParkingLog | None = None,
     credentials: StaticCredentials | None = None,
+    routing: Routing | None = None,
+    replays: MemorySource | None = None,
     **options: float,
 ) -> Engine:
+    """An engine over fakes, reading topic ``events`` from ``source`` (and ``dlq replay``
+    copies from ``replays``, the replay feed); ``routing``: the default integration's, instead
+    of every event."""
     settings = load_settings(
         None, {"GHL_LOCATION_ID": LOCATION, "GHL_ACCESS_TOKEN": TOKEN}
     )
+    targets = settings.targets()
+    if routing is not None:
+        targets = [dataclasses.replace(t, routing=routing) for t in targets]
     mapper = Mapper(
-        settings.targets(),
+        targets,
         profiles=InMemoryProfileStore(),
         deduper=MessageDeduper(max_entries=10_000, ttl_seconds=3600),
     )
@@ -88,6 +98,8 @@ def build(
         credentials=credentials or StaticCredentials({"default": TOKEN}),
         locations={"default": LOCATION},
         dead_letter_topic="events.dlq",
+        replay_source=replays,
+        source_topics=("events",),
         metrics=metrics or Metrics(integrations={"default": LOCATION}, topics=["events"]),
         recorder=debugger or RecentDeliveries(integrations=["default"]),
         options=EngineOptions(**{**defaults, **options}),  # type: ignore[arg-type]

@@ -27,7 +27,7 @@ from consumer.core.dedupe import MessageDeduper
 from consumer.core.events import ContactUpsert, Record, TagMode
 from consumer.core.mapping import Mapper, build_mapper
 from consumer.core.profiles import InMemoryProfileStore
-from consumer.core.targets import CustomFieldMapping, Target
+from consumer.core.targets import CustomFieldMapping, Routing, Target
 from consumer.engine.parking import ParkReason, encode_parked
 from consumer.sandbox.schema import validate_upsert
 from consumer.sandbox.state import SandboxState
@@ -196,6 +196,60 @@ def test_a_replayed_dead_letter_is_expected_in_highlevel_not_counted_as_a_duplic
     assert ledger.dropped == {}
     assert ledger.dead_lettered == 1
     assert ledger.contacts[("default", "user-1")].last == "events/0/1"
+
+
+def test_a_copy_in_the_replay_topic_folds_as_a_record_of_its_original_topic() -> None:
+    """``dlq replay`` writes copies to the replay topic: the audit reads them after the source
+    records, each as a record of the topic its ``ghl.original_topic`` names (an integration
+    restricted to ``events`` expects it), never as a duplicate of its original."""
+    stream = Stream()
+    stream.add(identify(1, 0))
+    rejected = stream.add(identify(1, 1, first_name="Fixed"))
+    dlq = dead_letters((rejected, Failure(reason="rejected_by_highlevel", error="422")))
+    copy = Record(
+        "grp.replay",
+        0,
+        0,
+        rejected.key,
+        rejected.value,
+        (("ghl.replayed_from", b"dlq/0/0"), ("ghl.original_topic", b"events")),
+    )
+    expected = ExpectedContacts(
+        mapper(target(routing=Routing(topics=frozenset({"events"})))),
+        dead_letters=dlq,
+        parked=SourceIndex(),
+        source_topics=("events",),
+    )
+    expected.add(stream.records)
+    expected.add_replays([copy])
+    ledger = expected.ledger()
+    assert (ledger.records, ledger.replays, ledger.dead_lettered) == (2, 1, 1)
+    assert ledger.dropped == {}
+    want = ledger.contacts[("default", "user-1")]
+    assert (want.last, want.events) == ("grp.replay/0/0", 2)
+    assert want.upsert.fields["firstName"] == "Fixed"
+    assert ledger.unaccounted == ()
+
+
+def test_a_replay_copy_naming_no_source_topic_must_be_dead_lettered() -> None:
+    """The consumer dead-letters (``invalid_replay``) a copy whose ``ghl.original_topic`` is
+    absent or not configured: the audit accounts for it only when it is there."""
+    forged = [
+        Record("grp.replay", 0, offset, b"user-1", orjson.dumps(identify(1, 0)), headers)
+        for offset, headers in enumerate([(("ghl.original_topic", b"payments"),), ()])
+    ]
+    dlq = dead_letters((forged[0], Failure(reason="invalid_replay", error="not configured")))
+    expected = ExpectedContacts(
+        mapper(), dead_letters=dlq, parked=SourceIndex(), source_topics=("events",)
+    )
+    expected.add_replays(forged)
+    ledger = expected.ledger()
+    assert (ledger.replays, ledger.dead_lettered, ledger.contacts) == (2, 1, {})
+    [missing] = ledger.unaccounted
+    assert (missing.subject, missing.problem) == (
+        "grp.replay/0/1",
+        f"{NOT_DEAD_LETTERED} (invalid_replay)",
+    )
 
 
 def test_rejects_are_accounted_only_when_dead_lettered() -> None:

@@ -474,6 +474,7 @@ def test_topics_holding_raw_events_expire_after_14_days_unless_configured(
     retention = {spec.name: spec.config.get("retention.ms") for spec in specs}
     assert retention == {
         "ghl-consumer.dead-letter": "1209600000",
+        "ghl-consumer.replay": "1209600000",  # copies of dead letters: the same retention
         "ghl-consumer.profiles": None,  # compacted: a profile lives until it is forgotten
         "ghl-consumer.parking": "1209600000",
     }
@@ -483,6 +484,37 @@ def test_topics_holding_raw_events_expire_after_14_days_unless_configured(
         86_400_000,
         3_600_000,
     )
+
+
+def test_the_replay_topic_defaults_after_the_group_and_is_never_a_source_topic(
+    tmp_path: Path,
+) -> None:
+    assert load_settings(None, ENV).kafka.replay_topic == "ghl-consumer.replay"
+    text = '[kafka]\ngroup_id = "crm"\n'
+    assert load(tmp_path, text, ENV).kafka.replay_topic == "crm.replay"
+    settings = load(tmp_path, text, {**ENV, "KAFKA_REPLAY_TOPIC": "crm.again"})
+    assert settings.kafka.replay_topic == "crm.again"
+    with pytest.raises(ConfigError, match=r"kafka\.replay_topic: events is one of KAFKA_TOPICS"):
+        load(tmp_path, '[kafka]\nreplay_topic = "events"\n', {**ENV, "KAFKA_TOPICS": "events"})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('group_id = "crm"\nreplay_topic = "crm"', "crm is the group id"),
+        ('replay_topic = "ghl-consumer.parking"', "is the parking topic"),
+        ('replay_topic = "ghl-consumer.dead-letter"', "is the dead-letter topic"),
+        ('replay_topic = "x"\nprofile_topic = "x"', "x is the profile topic"),
+        ('replay_topic = "x"\nerasure_topic = "x"', "x is the erasure topic"),
+    ],
+)
+def test_the_replay_topic_names_a_group_of_its_own(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    """The replay feed's group is named after the replay topic: sharing the main group's name
+    would put the replay partition back among the source partitions' members."""
+    with pytest.raises(ConfigError, match=rf"kafka\.replay_topic: .*{message}: name another"):
+        load(tmp_path, f"[kafka]\n{text}\n", ENV)
 
 
 @pytest.mark.parametrize(

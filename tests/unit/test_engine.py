@@ -8,7 +8,9 @@ import random
 import orjson
 import pytest
 
+from consumer.core.deadletter import read_failure
 from consumer.core.events import Record
+from consumer.core.targets import Routing
 from consumer.observe.metrics import Metrics
 from consumer.observe.recent_deliveries import RecentDeliveries
 from tests.harness.engine import TOKEN, build, committed, records, run_until
@@ -232,6 +234,158 @@ async def test_a_replayed_dead_letter_is_delivered_not_dropped_as_a_duplicate() 
     await task
     assert len(highlevel.upserts) == 1
     assert engine.stats.dropped == {"duplicate": 1}
+
+
+def replay_copies(
+    original: Record, headers: list[tuple[tuple[str, bytes], ...]]
+) -> list[Record]:
+    """Copies of ``original`` as ``dlq replay`` writes them to the replay topic
+    (``events.replay``, partition 0), one per header tuple, offsets from 0."""
+    return [
+        Record("events.replay", 0, offset, original.key, original.value, copy_headers)
+        for offset, copy_headers in enumerate(headers)
+    ]
+
+
+async def test_the_replay_feed_routes_a_copy_as_its_original_topic_and_commits_it_apart() -> None:
+    """Issue 15, finding 4: ``dlq replay`` writes to the replay topic, read by a feed (a
+    consumer group) of its own. A copy is routed as a record of the topic its
+    ``ghl.original_topic`` names (here an integration restricted to ``events`` receives it); a
+    copy naming no configured topic is dead-lettered, never routed as another topic. The
+    replay feed's offsets are committed on its own source; the event feed's source never sees
+    a replay partition."""
+    (original,) = records("events", 0, [("lead-987", GUIDE_IDENTIFY)])
+    copies = replay_copies(
+        original,
+        [
+            (("ghl.replayed_from", b"events.dlq/0/0"), ("ghl.original_topic", b"events")),
+            (("ghl.original_topic", b"payments"),),
+            (),
+        ],
+    )
+    source = MemorySource({("events", 0): []})
+    replays = MemorySource({("events.replay", 0): copies})
+    highlevel, sink = FakeHighLevel(), MemorySink()
+    engine = build(
+        source,
+        highlevel,
+        sink=sink,
+        routing=Routing(topics=frozenset({"events"})),
+        replays=replays,
+    )
+    await run_until(engine, lambda: committed(replays, "events.replay", 0) == 3)
+    assert len(highlevel.upserts) == 1
+    assert highlevel.upserts[0]["email"] == GUIDE_UPSERT["email"]
+    assert engine.stats.dropped == {}
+    dead = [headers for topic, _, _, headers in sink.produced if topic == "events.dlq"]
+    failures = [read_failure(h) for h in dead]
+    assert [f["reason"] for f in failures] == ["invalid_replay"] * 2
+    assert [(f["source.topic"], f["source.offset"]) for f in failures] == [
+        ("events.replay", "1"),
+        ("events.replay", "2"),
+    ]
+    assert failures[0]["original_topic"] == "payments"  # kept: a rerun is checked again
+    assert "payments" in failures[0]["error"]
+    assert set(source.committed) <= {("events", 0)}  # the event feed: source partitions only
+
+
+async def test_a_replayed_copy_is_committed_only_after_its_delivery() -> None:
+    """As for source records: while HighLevel answers 503 the replay feed commits nothing
+    past the copy; once delivered, its offset is committed."""
+    (original,) = records("events", 0, [("lead-987", GUIDE_IDENTIFY)])
+    (copy,) = replay_copies(original, [(("ghl.original_topic", b"events"),)])
+    replays = MemorySource({("events.replay", 0): [copy]})
+    failing = True
+    highlevel = FakeHighLevel(script=lambda payload: 503 if failing else 200)
+    engine = build(MemorySource({("events", 0): []}), highlevel, replays=replays)
+    stop = asyncio.Event()
+    task = asyncio.create_task(engine.run(stop))
+    async with asyncio.timeout(5):
+        while highlevel.calls < 3:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # several commit intervals
+        assert committed(replays, "events.replay", 0) in (None, 0)
+        failing = False
+        while committed(replays, "events.replay", 0) != 1:
+            await asyncio.sleep(0.01)
+    stop.set()
+    await task
+    assert len(highlevel.upserts) == 1
+    assert engine.stats.delivered_events == 1
+
+
+async def test_source_and_replay_work_of_one_identity_is_never_in_flight_together() -> None:
+    """Per-identity order within an instance holds across the two feeds: for each of 20
+    people an event of the source topic (anonymous id) and a replayed copy (user id), carrying
+    the same email, each slow to answer, are never sent at the same time (the dispatcher's
+    identity lock); a replayed copy under the same contact key as a source event queues
+    behind it like any later event of that key."""
+    source_events: list[tuple[str, dict[str, object]]] = []
+    replayed: list[tuple[str, dict[str, object]]] = []
+    for person in range(20):
+        traits = {"email": f"p{person}@example.com"}
+        anonymous = {"type": "identify", "anonymousId": f"anon-{person}", "traits": traits}
+        identified = {"type": "identify", "userId": f"user-{person}", "traits": traits}
+        source_events.append((f"anon-{person}", anonymous))
+        replayed.append((f"user-{person}", identified))
+    header = (("ghl.original_topic", b"events"),)
+    copies = [
+        Record("events.replay", 0, r.offset, r.key, r.value, header)
+        for r in records("events.replay", 0, replayed)
+    ]
+    source = MemorySource({("events", 0): records("events", 0, source_events)})
+    replays = MemorySource({("events.replay", 0): copies})
+    highlevel = FakeHighLevel(delay=lambda payload: 0.05)
+    engine = build(source, highlevel, replays=replays, max_in_flight=64)
+    await run_until(
+        engine,
+        lambda: committed(source) == 20 and committed(replays, "events.replay", 0) == 20,
+    )
+    assert highlevel.max_in_flight_per_contact == 1
+    assert len(highlevel.upserts) == 40
+    assert engine.stats.delivered_events == 40
+
+
+async def test_the_replay_feed_restores_before_its_records_one_restore_at_a_time() -> None:
+    """A replayed copy is new work, like a source record: before the first record of newly
+    assigned replay partitions the engine learns what the previous owner left (the parking
+    topic's contacts here, the profiles too). Restores never overlap."""
+
+    class CountingParkingLog(MemoryParkingLog):
+        reads = 0
+        overlapping = 0
+        running = 0
+
+        async def unreplayed(self) -> list[Record]:
+            self.reads += 1
+            self.running += 1
+            self.overlapping = max(self.overlapping, self.running)
+            await asyncio.sleep(0.05)
+            self.running -= 1
+            return []
+
+    parking = CountingParkingLog()
+    source = MemorySource({("events", 0): []})
+    replays = MemorySource({("events.replay", 0): []})
+    engine = build(source, FakeHighLevel(), parking=parking, replays=replays)
+    stop = asyncio.Event()
+    task = asyncio.create_task(engine.run(stop))
+    async with asyncio.timeout(5):
+        while parking.reads < 2 or parking.running:
+            await asyncio.sleep(0.01)
+        assert parking.reads == 2  # the event feed's assignment, then the replay feed's
+        await replays.revoke([("events.replay", 0)])
+        await replays.assign([("events.replay", 0)])
+        assert parking.reads == 3  # a replay partition alone is assigned: restored first
+        await source.revoke([("events", 0)])
+        await replays.revoke([("events.replay", 0)])
+        await asyncio.gather(
+            source.assign([("events", 0)]), replays.assign([("events.replay", 0)])
+        )
+    stop.set()
+    await task
+    assert parking.reads == 5
+    assert parking.overlapping == 1  # the two assigned together restored one after the other
 
 
 async def test_revoke_waits_for_work_in_flight_and_never_resends_it_after() -> None:

@@ -14,20 +14,28 @@ from consumer.commands.dlq import replay
 from consumer.commands.dlq_selection import (
     REPLAYED_FROM,
     CommitPoints,
+    ReplayTarget,
     Selection,
     error_text,
     parse_time,
     render_groups,
     replay_headers,
+    replay_target,
     summarise,
 )
 from consumer.core import deadletter
-from consumer.core.deadletter import Failure, dead_letter_headers, read_failure
+from consumer.core.deadletter import (
+    ORIGINAL_TOPIC,
+    Failure,
+    dead_letter_headers,
+    read_failure,
+)
 from consumer.core.events import Record
 from consumer.engine.ports import Produced
 from consumer.errors import ProduceFailedError
 
 DLQ = "grp.dead-letter"
+REPLAY = "grp.replay"
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC).timestamp()
 
 
@@ -116,9 +124,66 @@ def test_replay_headers_keep_original_headers_drop_ghl_and_name_the_dead_letter(
     record = dead_letter(
         42, original_headers=(("trace", b"abc"), ("ghl.replayed_from", b"old/0/1"), ("z", b"1"))
     )
-    headers = replay_headers(record)
+    headers = replay_headers(record, ReplayTarget("events", "events"))
     assert headers == [("trace", b"abc"), ("z", b"1"), (REPLAYED_FROM, f"{DLQ}/0/42".encode())]
     assert not [k for k, _ in headers if k.startswith("ghl.") and k != REPLAYED_FROM]
+    # a copy written to the replay topic names the topic it stands for, last
+    assert replay_headers(record, ReplayTarget(REPLAY, "events"))[3:] == [
+        (ORIGINAL_TOPIC, b"events")
+    ]
+
+
+# -- replay target (issue 15, finding 4) -----------------------------------------------------
+
+
+def target_of(failure: dict[str, str], **kwargs: object) -> ReplayTarget | str:
+    options: dict[str, object] = {
+        "to": None,
+        "to_source": False,
+        "configured_topics": frozenset({"events", "retry"}),
+        "replay_topic": REPLAY,
+    }
+    options.update(kwargs)
+    return replay_target(failure, **options)  # type: ignore[arg-type]
+
+
+def test_a_replay_goes_to_the_replay_topic_unless_the_operator_says_to_source() -> None:
+    failure = {"source.topic": "events"}
+    assert target_of(failure) == ReplayTarget(REPLAY, "events")
+    assert target_of(failure, to="retry") == ReplayTarget(REPLAY, "retry")
+    assert target_of(failure, to_source=True) == ReplayTarget("events", "events")
+    assert target_of(failure, to="retry", to_source=True) == ReplayTarget("retry", "retry")
+
+
+def test_a_replay_target_must_be_a_configured_source_topic() -> None:
+    refused = "topic 'payments' is not one this consumer reads (kafka.topics): refused"
+    assert target_of({"source.topic": "payments"}) == refused
+    assert target_of({"source.topic": "payments"}, to_source=True) == refused
+    assert target_of({}) == "no ghl.source.topic header; give --to"
+    # ghl.original_topic is followed only for dead letters of the replay topic
+    assert target_of({"source.topic": "x", "original_topic": "events"}) == (
+        "topic 'x' is not one this consumer reads (kafka.topics): refused"
+    )
+
+
+def test_a_replayed_copy_that_failed_again_replays_as_its_original_topic() -> None:
+    """Its dead letter's source is the replay topic; ``ghl.original_topic`` (copied from the
+    copy) says which source topic it stood for, still checked against the configuration."""
+    again = {"source.topic": REPLAY, "original_topic": "retry"}
+    assert target_of(again) == ReplayTarget(REPLAY, "retry")
+    assert target_of(again, to_source=True) == ReplayTarget("retry", "retry")
+    forged = {"source.topic": REPLAY, "original_topic": "payments"}
+    assert target_of(forged) == (
+        "topic 'payments' is not one this consumer reads (kafka.topics): refused"
+    )
+    assert target_of({"source.topic": REPLAY}) == "no ghl.source.topic header; give --to"
+
+
+def test_a_dead_letter_of_a_replayed_copy_keeps_the_topic_it_stood_for() -> None:
+    copy = Record(REPLAY, 0, 3, b"k", b"{}", ((ORIGINAL_TOPIC, b"retry"),))
+    failure = read_failure(dead_letter_headers(copy, Failure(reason="x", error="y"), now=T0))
+    assert (failure["source.topic"], failure["original_topic"]) == (REPLAY, "retry")
+    assert target_of(failure) == ReplayTarget(REPLAY, "retry")
 
 
 # -- commit points -------------------------------------------------------------------------------
@@ -229,7 +294,9 @@ async def test_replay_sends_selected_originals_and_commits_past_skipped_ones() -
         sender,
         selection=Selection(reasons=frozenset({"rejected_by_highlevel"})),
         to=None,
+        to_source=True,
         configured_topics=frozenset({"events"}),
+        replay_topic=REPLAY,
         existing_topics=frozenset({"events"}),
         out=io.StringIO(),
     )
@@ -252,7 +319,9 @@ async def test_replay_commit_stops_at_the_first_failure_of_a_partition() -> None
         sender,
         selection=Selection(reasons=frozenset({"rejected_by_highlevel"})),
         to=None,
+        to_source=True,
         configured_topics=frozenset({"events"}),
+        replay_topic=REPLAY,
         existing_topics=frozenset({"events"}),
         out=io.StringIO(),
     )
@@ -268,7 +337,9 @@ async def test_replay_fails_records_without_an_existing_target_and_honours_to() 
         sender,
         selection=Selection(),
         to=None,
+        to_source=True,
         configured_topics=frozenset({"events", "retry", "gone"}),
+        replay_topic=REPLAY,
         existing_topics=frozenset({"events", "retry"}),
         out=io.StringIO(),
     )
@@ -281,7 +352,9 @@ async def test_replay_fails_records_without_an_existing_target_and_honours_to() 
         sender,
         selection=Selection(),
         to="retry",
+        to_source=True,
         configured_topics=frozenset({"events", "retry", "gone"}),
+        replay_topic=REPLAY,
         existing_topics=frozenset({"events", "retry"}),
         out=io.StringIO(),
     )
@@ -304,7 +377,9 @@ async def test_a_source_topic_the_consumer_does_not_read_is_refused_not_sent(
             producer,
             selection=Selection(),
             to=None,
+            to_source=True,
             configured_topics=frozenset({"events"}),
+            replay_topic=REPLAY,
             existing_topics=frozenset({"events", "payments"}),
             out=io.StringIO(),
         )
@@ -325,7 +400,9 @@ async def test_dry_run_prints_sends_and_commits_nothing() -> None:
         None,
         selection=Selection(reasons=frozenset({"rejected_by_highlevel"})),
         to=None,
+        to_source=True,
         configured_topics=frozenset({"events"}),
+        replay_topic=REPLAY,
         existing_topics=frozenset({"events"}),
         out=out,
     )
@@ -353,10 +430,53 @@ async def test_a_dead_letter_that_left_its_value_out_is_reported_not_replayed() 
         sender,
         selection=Selection(),
         to=None,
+        to_source=True,
         configured_topics=frozenset({"events"}),
+        replay_topic=REPLAY,
         existing_topics=frozenset({"events"}),
         out=io.StringIO(),
     )
     assert (summary.replayed, summary.failed, summary.unreplayable) == (2, 0, 1)
     assert all(value is not None for _, value, _ in sender.sent)
     assert reader.commits == [{(DLQ, 0): 3}]
+
+
+async def test_replay_writes_to_the_replay_topic_by_default() -> None:
+    """Issue 15, finding 4: the copies go to the replay topic, which only this consumer group
+    reads, each naming its source topic; the source topic itself receives nothing."""
+    reader, sender = FakeReader([[dead_letter(0), dead_letter(1, source_topic="retry")]]), (
+        FakeReplayWriter()
+    )
+    out = io.StringIO()
+    summary = await replay(
+        reader,
+        sender,
+        selection=Selection(),
+        to=None,
+        to_source=False,
+        configured_topics=frozenset({"events", "retry"}),
+        replay_topic=REPLAY,
+        existing_topics=frozenset({"events", "retry", REPLAY}),
+        out=out,
+    )
+    assert (summary.replayed, summary.failed) == (2, 0)
+    assert dict(summary.by_target) == {REPLAY: 2}
+    assert [(topic, headers[-1]) for topic, _, headers in sender.sent] == [
+        (REPLAY, (ORIGINAL_TOPIC, b"events")),
+        (REPLAY, (ORIGINAL_TOPIC, b"retry")),
+    ]
+    assert reader.commits == [{(DLQ, 0): 2}]
+
+    reader = FakeReader([[dead_letter(0)]])  # the replay topic is created by `run`
+    summary = await replay(
+        reader,
+        None,
+        selection=Selection(),
+        to=None,
+        to_source=False,
+        configured_topics=frozenset({"events"}),
+        replay_topic=REPLAY,
+        existing_topics=frozenset({"events"}),
+        out=out,
+    )
+    assert summary.failed == 1
