@@ -189,13 +189,13 @@ class Mapper:
         targets = self._router.route(event, topic)
         if not targets:
             return [_NOT_ROUTED]
-        if event.message_id is not None and self._deduper.check(
-            event.message_id, now, origin, replay_of
-        ):
-            return [_DUPLICATE]
         user_key = contact_key or event.user_id or event.anonymous_id
         if user_key is None:
             return [_NO_USER]
+        if event.message_id is not None and self._deduper.check(
+            user_key, event.message_id, now, origin, replay_of
+        ):
+            return [_DUPLICATE]
         if event.anonymous_id is not None and event.anonymous_id != user_key:
             self._stitch(event.anonymous_id, user_key)
         if event.type == "alias":

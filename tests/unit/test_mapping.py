@@ -808,6 +808,23 @@ def test_duplicate_message_ids_are_dropped_within_the_ttl() -> None:
     assert isinstance(h.record(orjson.dumps(identify(BASE)), now=3603.0)[0], ContactUpsert)
 
 
+def test_a_message_id_is_a_duplicate_only_for_the_same_contact_key() -> None:
+    """Ids are remembered per contact key (record key, else userId, else anonymousId): another
+    user's event with the same messageId is delivered; a repeat under the same key, whether
+    the key comes from the record or the event, is a duplicate."""
+    h = Harness()
+    first = orjson.dumps(identify(BASE, messageId="shared"))
+    other = orjson.dumps(identify(BASE, userId="u2", messageId="shared"))
+    assert isinstance(h.record(first)[0], ContactUpsert)
+    assert isinstance(h.record(other)[0], ContactUpsert)
+    assert h.record(other, key=b"u2") == [Drop(Reason.DUPLICATE)]
+    assert isinstance(h.record(other, key=b"u3")[0], ContactUpsert)
+    # no user key at all: rejected as such, whatever the id
+    rejected = h.one({"type": "identify", "messageId": "shared", "traits": BASE})
+    assert isinstance(rejected, Reject)
+    assert rejected.reason is Reason.INVALID_EVENT
+
+
 # -- routing -------------------------------------------------------------------------------------
 
 
