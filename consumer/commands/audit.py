@@ -64,7 +64,7 @@ from consumer.config import Settings
 from consumer.core.mapping import build_mapper
 from consumer.errors import AuditError, KafkaAdapterError, SandboxError
 from consumer.kafka.reader import TopicReader
-from consumer.sandbox.admin import read_contacts
+from consumer.sandbox.admin import read_contacts, read_match_priorities
 
 
 async def _read_all(reader: TopicReader, sink: SourceIndex | ExpectedContacts) -> int:
@@ -131,10 +131,10 @@ async def run_audit(
     finally:
         await source.close()
     ledger = expected.ledger()
-    contacts = await read_contacts(
-        sandbox_url, (i.location_id for i in settings.integrations)
-    )
-    return Report(ledger, compare(ledger.contacts, contacts), sizes, tuple(absent))
+    locations = [i.location_id for i in settings.integrations]
+    contacts = await read_contacts(sandbox_url, locations)
+    priorities = await read_match_priorities(sandbox_url, locations)
+    return Report(ledger, compare(ledger.contacts, contacts, priorities), sizes, tuple(absent))
 
 
 # -- command line ------------------------------------------------------------------------------
