@@ -825,6 +825,22 @@ def test_a_message_id_is_a_duplicate_only_for_the_same_contact_key() -> None:
     assert rejected.reason is Reason.INVALID_EVENT
 
 
+def test_identity_of_names_the_user_key_and_the_profiles_a_record_stitches() -> None:
+    """What the audit learns about a record without mapping it: its user key and the keys
+    whose profiles mapping it may fold in (anonymousId, an alias's previousId)."""
+    mapper = Harness().mapper
+    event = identify(BASE, anonymousId="dev-1")
+    assert mapper.identity_of(value=orjson.dumps(event), key=None) == ("u1", ("dev-1",))
+    assert mapper.identity_of(value=orjson.dumps(event), key=b"crm-1") == ("crm-1", ("dev-1",))
+    alias = {"type": "alias", "userId": "u1", "previousId": "old-id", "anonymousId": "u1"}
+    assert mapper.identity_of(value=orjson.dumps(alias), key=None) == ("u1", ("old-id",))
+    anonymous = {"type": "identify", "anonymousId": "dev-1"}
+    assert mapper.identity_of(value=orjson.dumps(anonymous), key=None) == ("dev-1", ())
+    assert mapper.identity_of(value=b"{broken", key=b"u1") == ("", ())
+    assert mapper.identity_of(value=orjson.dumps({"type": "identify"}), key=None) == ("", ())
+    assert mapper.profile("u1") is None  # nothing was mapped
+
+
 # -- routing -------------------------------------------------------------------------------------
 
 
