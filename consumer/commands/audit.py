@@ -12,29 +12,35 @@ Method
        partition), through a fresh ``Mapper`` built from the configuration, as ``ghl-consumer
        map`` does. Per outcome: a drop counts by its reason; a reject, or an upsert whose record
        was dead-lettered or parked for that integration, counts there (a reject found in
-       neither is unaccounted); the other upserts fold, in order, with
+       neither is unaccounted, unless a profile stitched in from another partition explains
+       it: ``stitch_order_rejects``); the other upserts fold, in order, with
        ``ContactUpsert.merged_with`` into the expected contact per (integration, contact key).
        Then the replay topic's copies, each as a record of the topic its
        ``ghl.original_topic`` names (one naming no topic of ``kafka.topics`` must be
        dead-lettered ``invalid_replay``, as the consumer does).
-    4. Read each configured location's contacts from the sandbox and find each expected
-       contact by email, else phone. Every expected field must equal the contact's (email
-       compared case-insensitively, phone in E.164, ``dnd`` equal unless HighLevel keeps a
-       permanent DND, custom fields by id after HighLevel's conversion by type); the expected
-       tags must all be on the contact, trimmed and lowercased as HighLevel stores them. A
-       missing contact or a differing field makes the contact key and all its folded events
-       unaccounted.
+    4. Read each configured location's contacts and duplicate setting from the sandbox. Keys
+       that send an email or phone the setting matches on are one contact; a key's contact is
+       one its identifiers (else its cluster's) find. Every expected field must equal the
+       contact's (email compared case-insensitively, phone in E.164, ``dnd`` equal unless
+       HighLevel keeps a permanent DND, custom fields by id after HighLevel's conversion by
+       type), or differ as an order of the partitions or HighLevel's matching rules allow
+       (``audit_ledger.compare``: another writer's value, an identifier held by another
+       contact, fields sent before an email change, create-only ``gender``, a stitched
+       profile read in the other order; each counted); the expected tags must all be on the
+       contact, trimmed and lowercased as HighLevel stores them. A missing contact or another
+       differing field makes the contact key and all its folded events unaccounted.
 
 Caveats (also in ``--help``)
-    - HighLevel's own pitfalls show up as mismatches, and are reported as such: a field
-      silently not applied because the email and the phone belong to two different contacts;
-      in tag mode ``upsert``, tags of an earlier event replaced by a later upsert's tags.
-    - Duplicates are found by ``messageId`` as the consumer finds them (the record timestamp
-      stands in for the time); a duplicate is accounted as dropped ``duplicate``.
+    - In tag mode ``upsert``, tags of an earlier event replaced by a later upsert's tags show
+      up as a mismatch (HighLevel's pitfall, reported as such).
+    - Duplicates are found by user key and ``messageId`` as the consumer finds them (the
+      record timestamp stands in for the time); a duplicate is accounted as dropped
+      ``duplicate``.
     - Run it once the consumer has caught up: contacts changed by events after the captured
       end offsets, or by people and workflows in HighLevel, differ from what is expected.
-    - Contact keys that share an email or phone are one HighLevel contact: the expected state
-      of each key is checked against it, and the older one may differ.
+    - Where several keys write one contact, or a key's records depend on a profile stitched
+      from another partition, a field may hold any value an order of the partitions allows:
+      a lost update is then caught only when the contact holds a value no order gives.
     - Replay copies fold after every source record, as if delivered last: a source event
       delivered after a replay of the same contact may show as a mismatch.
     - Records deleted by retention are not audited; the profile a later event relies on may
@@ -70,7 +76,7 @@ from consumer.config import Settings
 from consumer.core.mapping import build_mapper
 from consumer.errors import AuditError, KafkaAdapterError, SandboxError
 from consumer.kafka.reader import TopicReader
-from consumer.sandbox.admin import read_contacts
+from consumer.sandbox.admin import read_contacts, read_match_priorities
 
 
 async def _read_all(reader: TopicReader, sink: SourceIndex | ExpectedContacts) -> int:
@@ -150,10 +156,10 @@ async def run_audit(
         if replays is not None:
             await replays.close()
     ledger = expected.ledger()
-    contacts = await read_contacts(
-        sandbox_url, (i.location_id for i in settings.integrations)
-    )
-    return Report(ledger, compare(ledger.contacts, contacts), sizes, tuple(absent))
+    locations = [i.location_id for i in settings.integrations]
+    contacts = await read_contacts(sandbox_url, locations)
+    priorities = await read_match_priorities(sandbox_url, locations)
+    return Report(ledger, compare(ledger.contacts, contacts, priorities), sizes, tuple(absent))
 
 
 # -- command line ------------------------------------------------------------------------------
@@ -162,14 +168,16 @@ _HELP = """\
 Account for every event of the source topics: each identity event must have reached HighLevel
 (its contact holds what the events say), the dead-letter topic or the parking topic; other
 events must be dropped for a reason (not_mapped, duplicate...). Replays the topics through the
-mapping in offset order, folds the upserts per contact, and compares each expected contact with
-the sandbox's, found by email, else phone. Prints a summary and every UNACCOUNTED contact key
-(missing contact, or the names of the differing fields) or record.
+mapping in offset order, folds the upserts per contact key, and compares each with the
+sandbox's contact, matched as the location's duplicate setting matches (keys sharing an email or
+phone are one contact). Where the order the consumer read partitions in changes the result, any
+final state that order allows is accepted and counted under "allowed differences". Prints a
+summary and every UNACCOUNTED contact key (missing contact, or the names of the differing
+fields) or record.
 
-Caveats: HighLevel's own pitfalls show up as field mismatches (a field silently not applied when
-the email and the phone belong to two contacts; in tag mode upsert, earlier tags replaced by a
-later upsert). Duplicates (same messageId) count as dropped "duplicate". Run it once the
-consumer has caught up: later events, or edits made in HighLevel, show as mismatches. Copies in
+Caveats: in tag mode upsert, earlier tags replaced by a later upsert show as a mismatch.
+Duplicates (same user and messageId) count as dropped "duplicate". Run it once the consumer has
+caught up: later events, or edits made in HighLevel, show as mismatches. Copies in
 the replay topic (dlq replay) count as records of the topic they stand for, after every source
 record.
 

@@ -1,7 +1,13 @@
 """``messageId`` deduplication: bounded in entries and in time.
 
-SDKs retry sends and collectors may forward an event twice; the same ``messageId`` within the
-TTL is a duplicate. Memory is bounded: past ``max_entries`` the oldest ids are forgotten first.
+SDKs retry sends and collectors may forward an event twice; the same ``messageId`` for the same
+contact key within the TTL is a duplicate. Ids are remembered per contact key (the record key,
+else userId, else anonymousId). Records keyed by user, as the integration guide asks, share a
+partition per key and are read in offset order, so which copy is the duplicate never depends on
+the order partitions are read in (the engine reads them concurrently, ``ghl-consumer audit``
+one after another, and both decide alike). The same messageId under two keys (fixtures and test
+tools reuse ids) is two events. Memory is bounded: past ``max_entries`` the oldest ids are
+forgotten first.
 In-process only (a restart forgets), which is what at-least-once redelivery needs: a record
 redelivered after a crash was never delivered and must be processed again. For the same reason a
 duplicate is another *record* with a seen id: given the record's ``origin`` (its topic,
@@ -37,9 +43,11 @@ class MessageDeduper:
             raise ValueError("max_entries must be >= 1 and ttl_seconds > 0")
         self._max_entries = max_entries
         self._ttl = ttl_seconds
-        # id, or (id, replay_of) for a replay -> (first seen, hash of the first record's
+        # (contact key, id, replay_of or None) -> (first seen, hash of the first record's
         # origin), oldest first
-        self._seen: OrderedDict[str | tuple[str, str], tuple[float, int | None]] = OrderedDict()
+        self._seen: OrderedDict[tuple[str, str, str | None], tuple[float, int | None]] = (
+            OrderedDict()
+        )
         self.evicted = 0  # forgotten because of the bound (not the TTL), for a metric
 
     def __len__(self) -> int:
@@ -47,14 +55,16 @@ class MessageDeduper:
 
     def check(
         self,
+        contact_key: str,
         message_id: str,
         now: float,
         origin: Hashable | None = None,
         replay_of: str | None = None,
     ) -> bool:
-        """True when ``message_id`` was seen within the TTL in another record (a duplicate).
-        Otherwise remember it as seen at ``now`` in ``origin`` and return False. The record
-        first seen with the id, read again (same ``origin``, not None), is not a duplicate.
+        """True when ``message_id`` was seen for ``contact_key`` within the TTL in another
+        record (a duplicate). Otherwise remember it as seen at ``now`` in ``origin`` and return
+        False. The record first seen with the id, read again (same ``origin``, not None), is
+        not a duplicate.
         ``replay_of`` (a replayed dead letter's source, see the module docstring) keys the id
         apart: a replay is compared only with other replays of the same dead letter.
         A duplicate does not extend the TTL."""
@@ -67,7 +77,7 @@ class MessageDeduper:
                 break
             del seen[oldest_id]
         where = None if origin is None else hash(origin)
-        key = message_id if replay_of is None else (message_id, replay_of)
+        key = (contact_key, message_id, replay_of)
         if key in seen:
             first_origin = seen[key][1]
             return where is None or first_origin != where

@@ -107,6 +107,25 @@ def _previous_id(event: Event, limits: Limits) -> str | None:
     return None
 
 
+def _contact_key(key: bytes | None) -> str | None:
+    """A record key as the contact key: any bytes (not UTF-8: backslash escapes); empty or
+    absent -> None."""
+    return key.decode("utf-8", "backslashreplace") if key else None
+
+
+def _stitch_sources(event: Event, user_key: str, limits: Limits) -> tuple[str, ...]:
+    """The keys whose stored profiles mapping ``event`` folds into ``user_key``'s (identity
+    stitching, ``Mapper._stitch``): its anonymousId, an alias's previousId; in that order."""
+    sources = []
+    if event.anonymous_id is not None and event.anonymous_id != user_key:
+        sources.append(event.anonymous_id)
+    if event.type == "alias":
+        previous = _previous_id(event, limits)
+        if previous is not None and previous != user_key:
+            sources.append(previous)
+    return tuple(sources)
+
+
 class Mapper:
     """Maps records to outcomes for ``targets``.
 
@@ -164,15 +183,35 @@ class Mapper:
         event = decode(value, self._limits)
         if isinstance(event, Reject):
             return [event]
-        contact_key = key.decode("utf-8", "backslashreplace") if key else None
         return self.map_event(
             event,
-            contact_key=contact_key,
+            contact_key=_contact_key(key),
             topic=topic,
             now=now,
             origin=origin,
             replay_of=replay_of,
         )
+
+    def profile(self, user_key: str) -> Profile | None:
+        """The profile stored for ``user_key`` now (read-only use: ``ghl-consumer audit``)."""
+        return self._profiles.get(user_key)
+
+    def identity_of(self, *, value: bytes, key: bytes | None) -> tuple[str, tuple[str, ...]]:
+        """The user key a record maps under (its key, else userId, else anonymousId) and the
+        keys whose stored profiles mapping it may fold into that key's (identity stitching:
+        its anonymousId, an alias's previousId). ``("", ())`` when the record does not decode
+        or has no user key. Pure: reads neither the profiles nor the deduper; for
+        ``ghl-consumer audit``, which must know which records depend on another key's
+        history."""
+        if key is not None and len(key) > self._limits.max_field_chars:
+            return "", ()
+        event = decode(value, self._limits)
+        if isinstance(event, Reject):
+            return "", ()
+        user_key = _contact_key(key) or event.user_id or event.anonymous_id
+        if user_key is None:
+            return "", ()
+        return user_key, _stitch_sources(event, user_key, self._limits)
 
     def map_event(
         self,
@@ -189,19 +228,15 @@ class Mapper:
         targets = self._router.route(event, topic)
         if not targets:
             return [_NOT_ROUTED]
-        if event.message_id is not None and self._deduper.check(
-            event.message_id, now, origin, replay_of
-        ):
-            return [_DUPLICATE]
         user_key = contact_key or event.user_id or event.anonymous_id
         if user_key is None:
             return [_NO_USER]
-        if event.anonymous_id is not None and event.anonymous_id != user_key:
-            self._stitch(event.anonymous_id, user_key)
-        if event.type == "alias":
-            previous = _previous_id(event, self._limits)
-            if previous is not None and previous != user_key:
-                self._stitch(previous, user_key)
+        if event.message_id is not None and self._deduper.check(
+            user_key, event.message_id, now, origin, replay_of
+        ):
+            return [_DUPLICATE]
+        for other_key in _stitch_sources(event, user_key, self._limits):
+            self._stitch(other_key, user_key)
         actions = [self._action(event, target) for target in targets]
         mapped = any(action is not None for action in actions)
         limits = self._limits

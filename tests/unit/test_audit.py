@@ -4,11 +4,13 @@ and parking topics, and comparing with HighLevel's contacts (rendered by the san
 from __future__ import annotations
 
 import io
+import itertools
 from typing import Any
 
 import orjson
 
 from consumer.commands.audit_ledger import (
+    ALLOWED_RULES,
     MISMATCH,
     MISSING,
     NOT_DEAD_LETTERED,
@@ -24,12 +26,13 @@ from consumer.commands.audit_ledger import (
 from consumer.config import load_settings
 from consumer.core.deadletter import REJECTED_BY_HIGHLEVEL, Failure, dead_letter_headers
 from consumer.core.dedupe import MessageDeduper
-from consumer.core.events import ContactUpsert, Record, TagMode
+from consumer.core.events import ContactUpsert, Drop, Record, TagMode
 from consumer.core.mapping import Mapper, build_mapper
 from consumer.core.profiles import InMemoryProfileStore
 from consumer.core.targets import CustomFieldMapping, Routing, Target
 from consumer.engine.parking import ParkReason, encode_parked
 from consumer.sandbox.schema import validate_upsert
+from consumer.sandbox.settings import DuplicateSettings
 from consumer.sandbox.state import SandboxState
 
 LOCATION = "ve9EPM428h8vShlRW1KT"
@@ -76,16 +79,20 @@ def lead(user: int, version: int, tag: str) -> dict[str, Any]:
 
 
 class Stream:
-    """Records of one partition of topic ``events``, offsets from 0, keyed by userId."""
+    """Records of one partition of topic ``events``, offsets from 0, keyed by userId (else
+    anonymousId)."""
 
-    def __init__(self) -> None:
+    def __init__(self, partition: int = 0) -> None:
+        self.partition = partition
         self.records: list[Record] = []
 
     def add(self, value: dict[str, Any] | bytes, key: bytes | None = None) -> Record:
         raw = value if isinstance(value, bytes) else orjson.dumps(value)
         if key is None and isinstance(value, dict):
-            key = str(value.get("userId")).encode()
-        record = Record("events", 0, len(self.records), key, raw, (), 1_700_000_000_000)
+            key = str(value.get("userId") or value.get("anonymousId")).encode()
+        record = Record(
+            "events", self.partition, len(self.records), key, raw, (), 1_700_000_000_000
+        )
         self.records.append(record)
         return record
 
@@ -125,9 +132,12 @@ def upserts_of(stream: Stream, the_mapper: Mapper) -> list[ContactUpsert]:
     ]
 
 
-def delivered(*upserts: ContactUpsert) -> dict[str, list[dict[str, Any]]]:
-    """The contacts a sandbox holds after receiving ``upserts`` (tags added in tag mode add)."""
-    state = SandboxState({LOCATION: "t1", OTHER_LOCATION: "t2"})
+def delivered(
+    *upserts: ContactUpsert, duplicates: DuplicateSettings | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """The contacts a sandbox holds after receiving ``upserts`` (tags added in tag mode add),
+    its locations matching by ``duplicates``."""
+    state = SandboxState({LOCATION: "t1", OTHER_LOCATION: "t2"}, duplicates=duplicates)
     for upsert in upserts:
         location = state.locations[upsert.location_id]
         result = state.upsert(location, validate_upsert(upsert.payload()), now=0.0)
@@ -331,7 +341,8 @@ def test_what_the_consumer_would_deliver_matches() -> None:
     for event in (identify(1, 0), identify(1, 1), lead(1, 0, "website-lead")):
         stream.add(event)
     result = compare(ledger.contacts, delivered(*upserts_of(stream, mapper())))
-    assert result == Comparison(matching=1, delivered_events=3, unaccounted=())
+    allowed_nothing = dict.fromkeys(ALLOWED_RULES, 0)
+    assert result == Comparison(1, 3, (), contacts=1, allowed=allowed_nothing)
 
 
 def test_a_missing_contact_is_unaccounted_with_its_events() -> None:
@@ -452,6 +463,209 @@ def test_custom_fields_are_compared_by_id() -> None:
     assert wrong.fields == ("customFields.plan-field",)
 
 
+# -- several keys, several partitions (issue 20) ---------------------------------------------------
+
+
+_MESSAGE_IDS = itertools.count()
+
+
+def person(user: str, email: str | None, **traits: Any) -> dict[str, Any]:
+    """An identify of ``user`` (no consent) with a fresh messageId unless one is given."""
+    message_id = traits.pop("messageId", f"m-{next(_MESSAGE_IDS)}")
+    body = {"email": email, **traits} if email else traits
+    return {"type": "identify", "userId": user, "messageId": message_id, "traits": body}
+
+
+def ledger_across(*streams: Stream, dlq: SourceIndex | None = None) -> Ledger:
+    """The ledger of ``streams`` read one partition after another, as the audit does."""
+    expected = ExpectedContacts(mapper(), dead_letters=dlq or SourceIndex(), parked=SourceIndex())
+    for stream in streams:
+        expected.add(stream.records)
+    return expected.ledger()
+
+
+def consumed(
+    *records: Record, duplicates: DuplicateSettings | None = None
+) -> tuple[dict[str, list[dict[str, Any]]], SourceIndex]:
+    """What the consumer leaves when it reads ``records`` in this order, each upsert sent as
+    it comes: the sandbox's contacts, and its dead letters."""
+    the_mapper = mapper()
+    upserts, rejected = [], []
+    for r in records:
+        where = (r.topic, r.partition, r.offset)
+        for outcome in the_mapper.map_record(
+            value=r.value or b"", key=r.key, topic=r.topic, now=0, origin=where
+        ):
+            if isinstance(outcome, ContactUpsert):
+                upserts.append(outcome)
+            elif not isinstance(outcome, Drop):
+                rejected.append((r, Failure(reason=outcome.reason.value, error="rejected")))
+    return delivered(*upserts, duplicates=duplicates), dead_letters(*rejected)
+
+
+def test_a_message_id_reused_by_two_users_on_two_partitions_is_no_duplicate_in_any_order() -> None:
+    """Fixtures reuse messageIds across users: both events are delivered, whichever partition
+    is read first, so the engine and the audit agree; a repeat for the same user still is a
+    duplicate."""
+    zero, one = Stream(0), Stream(1)
+    zero.add(person("ann", "ann@example.com", messageId="shared"))
+    one.add(person("bob", "bob@example.com", messageId="shared"))
+    one.add(person("bob", "bob@example.com", messageId="shared"))
+    for order in ((zero, one), (one, zero)):
+        ledger = ledger_across(*order)
+        assert ledger.dropped == {"duplicate": 1}
+        assert set(ledger.contacts) == {("default", "ann"), ("default", "bob")}
+        assert ledger.unaccounted == ()
+
+
+def test_user_ids_sharing_an_email_expect_one_contact_and_either_order_is_accepted() -> None:
+    """Two user ids on two partitions write the same email: one HighLevel contact, whose
+    firstName is whichever the consumer applied last; both orders account for everything."""
+    zero, one = Stream(0), Stream(1)
+    zero.add(person("web-7", "Sam@Example.com", first_name="Sam"))
+    one.add(person("crm-7", "sam@example.com", first_name="Samuel", last_name="Rivera"))
+    ledger = ledger_across(zero, one)
+    for order in ((zero, one), (one, zero)):
+        contacts, _ = consumed(*order[0].records, *order[1].records)
+        assert len(contacts[LOCATION]) == 1
+        result = compare(ledger.contacts, contacts)
+        assert result.unaccounted == ()
+        assert (result.contacts, result.matching, result.delivered_events) == (1, 1, 2)
+        assert result.allowed["other_writer"] == 1  # the firstName of the earlier writer
+
+
+def test_on_one_partition_only_the_later_writer_is_accepted() -> None:
+    """Two keys of one contact on one partition: offset order is the order HighLevel saw, so
+    only the later key's value is a valid final state, and a contact holding the earlier one
+    is a mismatch for the later key."""
+    stream = Stream(0)
+    stream.add(person("web-7", "sam@example.com", first_name="Sam"))
+    stream.add(person("crm-7", "sam@example.com", first_name="Samuel"))
+    ledger = ledger_across(stream)
+    contacts, _ = consumed(*stream.records)
+    assert compare(ledger.contacts, contacts).unaccounted == ()
+    contacts[LOCATION][0]["firstName"] = "Sam"  # as if crm-7's update was lost
+    [wrong] = compare(ledger.contacts, contacts).unaccounted
+    assert (wrong.subject, wrong.fields) == ("default/crm-7", ("firstName",))
+
+
+def test_a_value_no_writer_sent_is_still_a_mismatch() -> None:
+    zero, one = Stream(0), Stream(1)
+    zero.add(person("web-7", "sam@example.com", first_name="Sam"))
+    one.add(person("crm-7", "sam@example.com", first_name="Samuel"))
+    ledger = ledger_across(zero, one)
+    contacts, _ = consumed(*zero.records, *one.records)
+    contacts[LOCATION][0]["firstName"] = "Edited"
+    assert [u.subject for u in compare(ledger.contacts, contacts).unaccounted] == [
+        "default/crm-7",
+        "default/web-7",
+    ]
+
+
+def test_keys_cluster_by_the_identifiers_the_duplicate_setting_matches_on() -> None:
+    """Two keys sharing only a phone are one contact when the location matches on phone too,
+    two when it matches on email only (HighLevel then creates a second contact)."""
+    zero, one = Stream(0), Stream(1)
+    zero.add(person("ann", "ann@example.com", phone="+1 415 555 0100"))
+    one.add(person("bob", "bob@example.com", phone="+1 415 555 0100"))
+    ledger = ledger_across(zero, one)
+    email_only = DuplicateSettings(priority=("email",))
+    for priority, duplicates, count in (
+        (("email", "phone"), None, 1),
+        (("email",), email_only, 2),
+    ):
+        contacts, _ = consumed(*zero.records, *one.records, duplicates=duplicates)
+        assert len(contacts[LOCATION]) == count
+        result = compare(ledger.contacts, contacts, {LOCATION: priority})
+        assert (result.contacts, result.unaccounted) == (count, ())
+
+
+def test_a_phone_held_by_another_contact_is_allowed_as_highlevel_ignores_it() -> None:
+    """bob's contact exists by email; his later event carries ann's phone, which HighLevel
+    does not apply (it belongs to ann's contact)."""
+    zero, one = Stream(0), Stream(1)
+    zero.add(person("ann", "ann@example.com", phone="+1 415 555 0100"))
+    one.add(person("bob", "bob@example.com"))
+    one.add(person("bob", "bob@example.com", phone="+1 415 555 0100"))
+    ledger = ledger_across(zero, one)
+    contacts, _ = consumed(*zero.records, *one.records)
+    bob = next(c for c in contacts[LOCATION] if c["email"] == "bob@example.com")
+    assert "phone" not in bob
+    result = compare(ledger.contacts, contacts)
+    assert result.unaccounted == ()
+    assert result.allowed["identifier_on_another_contact"] == 1
+
+
+def test_gender_is_applied_only_when_the_contact_is_created() -> None:
+    stream = Stream(0)
+    stream.add(person("ann", "ann@example.com", first_name="Ann"))
+    stream.add(person("ann", "ann@example.com", gender="female"))
+    ledger = ledger_across(stream)
+    contacts, _ = consumed(*stream.records)
+    assert "gender" not in contacts[LOCATION][0]
+    result = compare(ledger.contacts, contacts)
+    assert (result.unaccounted, result.allowed["create_only"]) == ((), 1)
+    contacts[LOCATION][0]["gender"] = "male"  # nobody sent that
+    assert compare(ledger.contacts, contacts).unaccounted[0].fields == ("gender",)
+
+
+def test_fields_sent_before_a_key_changed_its_email_may_be_on_the_older_contact() -> None:
+    """Sent one at a time, a key's events before and after an email change reach two
+    contacts; folded into one upsert (the engine coalesces), one. Both are accepted."""
+    stream = Stream(0)
+    stream.add(person("ann", "ann@old.example", city="Lyon"))
+    lead = {"type": "track", "event": "Lead Generated", "userId": "ann", "messageId": "lead"}
+    stream.add({**lead, "properties": {"source": "Pricing Page Form"}})
+    stream.add(person("ann", "ann@new.example", first_name="Ann"))
+    ledger = ledger_across(stream)
+    contacts, _ = consumed(*stream.records)
+    assert len(contacts[LOCATION]) == 2  # identity fields (city) follow the profile to both
+    result = compare(ledger.contacts, contacts)
+    assert (result.unaccounted, result.allowed["earlier_identity"]) == ((), 1)  # source
+    contacts[LOCATION][0]["source"] = "elsewhere"
+    assert compare(ledger.contacts, contacts).unaccounted[0].fields == ("source",)
+    folded = delivered(ledger.contacts[("default", "ann")].upsert)
+    assert compare(ledger.contacts, folded).unaccounted == ()
+
+
+def test_a_profile_stitched_across_partitions_makes_the_outcome_depend_on_read_order() -> None:
+    """The device's anonymous profile (partition 1) holds the email; the user's event
+    (partition 0) names the device. Read after the device, it is delivered with that email;
+    the audit reads partition 0 first and finds it rejected: accounted as ``stitch_order``.
+    On one partition the order is known, and a missing dead letter stays unaccounted."""
+    device = {"type": "identify", "anonymousId": "dev-1", "traits": {"email": "ann@example.com"}}
+    user = {"type": "identify", "userId": "ann", "anonymousId": "dev-1"}
+    zero, one = Stream(0), Stream(1)
+    one.add(device)
+    zero.add({**user, "traits": {"first_name": "Ann"}})
+    contacts, dlq = consumed(*one.records, *zero.records)
+    assert dlq.records == 0
+    ledger = ledger_across(zero, one, dlq=dlq)
+    assert (ledger.stitch_order, ledger.unaccounted) == (1, ())
+    assert compare(ledger.contacts, contacts).unaccounted == ()
+
+    same = Stream(0)
+    same.add({**user, "traits": {"first_name": "Ann"}})
+    same.add(device)
+    [lost] = ledger_across(same).unaccounted
+    assert lost.problem == f"{NOT_DEAD_LETTERED} (no_identifier)"
+
+
+def test_values_a_stitched_profile_gave_may_be_missing_when_the_consumer_read_it_later() -> None:
+    """The user's later event carries the device's city only if the device was read first;
+    the audit expects it, the consumer (device read last) did not send it."""
+    zero, one = Stream(0), Stream(1)
+    device = {"email": "d@example.com", "city": "Lyon"}
+    one.add({"type": "identify", "anonymousId": "dev-1", "traits": device})
+    user = {"email": "ann@example.com"}
+    zero.add({"type": "identify", "userId": "ann", "anonymousId": "dev-1", "traits": user})
+    ledger = ledger_across(one, zero)
+    assert ledger.contacts[("default", "ann")].upsert.fields["city"] == "Lyon"
+    contacts, _ = consumed(*zero.records, *one.records)
+    result = compare(ledger.contacts, contacts)
+    assert (result.unaccounted, result.allowed["stitch_order"]) == ((), 1)
+
+
 # -- report ---------------------------------------------------------------------------------------
 
 
@@ -475,6 +689,11 @@ def test_report_names_unaccounted_keys_and_fields_never_values() -> None:
     data = report.to_json()
     assert data["ok"] is False
     assert data["contacts"] == {"expected": 2, "matching": 0}
+    assert data["contact_keys"] == 2
+    assert data["allowed_differences"] == dict.fromkeys(ALLOWED_RULES, 0)
+    assert data["stitch_order_rejects"] == 0
+    assert "contacts expected        2 (2 contact key(s))" in text
+    assert "allowed differences      0" in text
     assert data["dropped"] == {"not_mapped": 1}
     assert [u["subject"] for u in data["unaccounted"]] == ["default/user-1", "default/user-2"]
 

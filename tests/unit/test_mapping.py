@@ -808,6 +808,39 @@ def test_duplicate_message_ids_are_dropped_within_the_ttl() -> None:
     assert isinstance(h.record(orjson.dumps(identify(BASE)), now=3603.0)[0], ContactUpsert)
 
 
+def test_a_message_id_is_a_duplicate_only_for_the_same_contact_key() -> None:
+    """Ids are remembered per contact key (record key, else userId, else anonymousId): another
+    user's event with the same messageId is delivered; a repeat under the same key, whether
+    the key comes from the record or the event, is a duplicate."""
+    h = Harness()
+    first = orjson.dumps(identify(BASE, messageId="shared"))
+    other = orjson.dumps(identify(BASE, userId="u2", messageId="shared"))
+    assert isinstance(h.record(first)[0], ContactUpsert)
+    assert isinstance(h.record(other)[0], ContactUpsert)
+    assert h.record(other, key=b"u2") == [Drop(Reason.DUPLICATE)]
+    assert isinstance(h.record(other, key=b"u3")[0], ContactUpsert)
+    # no user key at all: rejected as such, whatever the id
+    rejected = h.one({"type": "identify", "messageId": "shared", "traits": BASE})
+    assert isinstance(rejected, Reject)
+    assert rejected.reason is Reason.INVALID_EVENT
+
+
+def test_identity_of_names_the_user_key_and_the_profiles_a_record_stitches() -> None:
+    """What the audit learns about a record without mapping it: its user key and the keys
+    whose profiles mapping it may fold in (anonymousId, an alias's previousId)."""
+    mapper = Harness().mapper
+    event = identify(BASE, anonymousId="dev-1")
+    assert mapper.identity_of(value=orjson.dumps(event), key=None) == ("u1", ("dev-1",))
+    assert mapper.identity_of(value=orjson.dumps(event), key=b"crm-1") == ("crm-1", ("dev-1",))
+    alias = {"type": "alias", "userId": "u1", "previousId": "old-id", "anonymousId": "u1"}
+    assert mapper.identity_of(value=orjson.dumps(alias), key=None) == ("u1", ("old-id",))
+    anonymous = {"type": "identify", "anonymousId": "dev-1"}
+    assert mapper.identity_of(value=orjson.dumps(anonymous), key=None) == ("dev-1", ())
+    assert mapper.identity_of(value=b"{broken", key=b"u1") == ("", ())
+    assert mapper.identity_of(value=orjson.dumps({"type": "identify"}), key=None) == ("", ())
+    assert mapper.profile("u1") is None  # nothing was mapped
+
+
 # -- routing -------------------------------------------------------------------------------------
 
 
