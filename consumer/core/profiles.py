@@ -148,10 +148,13 @@ class ChangelogProfileStore(InMemoryProfileStore):
 
     Contract with the engine, which owns the Kafka side:
 
-    - ``put`` records a changed profile (an unchanged one records nothing) as an unsent write;
-      after mapping a record the engine calls ``take_writes`` and produces each write, and the
-      record's offset completes only once the broker confirmed them (``written``), so a
-      committed offset never refers to a profile change that could be lost.
+    - ``put`` records a changed profile (an unchanged one records nothing) as an unsent write
+      and counts it in ``changes``; changes to one key before the next ``take_writes`` coalesce
+      into one write (the latest profile). After mapping a poll batch the engine calls
+      ``take_writes`` and produces the writes, and the offsets of the records that changed a
+      profile (``changes`` moved while mapping them) complete only once the broker confirmed
+      them (``written``, once per write), so a committed offset never refers to a profile
+      change that could be lost.
     - ``restore`` applies a changelog record read back from Kafka (at start-up and when
       partitions are assigned). A key with a write of ours still unconfirmed is skipped: memory
       holds a newer profile than the log can.
@@ -161,8 +164,9 @@ class ChangelogProfileStore(InMemoryProfileStore):
 
     def __init__(self, max_entries: int = 1_000_000) -> None:
         super().__init__(max_entries)
-        self._unsent: list[tuple[str, bytes]] = []
-        self._unconfirmed: dict[str, int] = {}
+        self._unsent: dict[str, bytes] = {}
+        self._unconfirmed: dict[str, int] = {}  # key -> writes unsent or unconfirmed
+        self.changes = 0
 
     def put(self, key: str, profile: Profile) -> None:
         data = profile.to_bytes()
@@ -170,12 +174,15 @@ class ChangelogProfileStore(InMemoryProfileStore):
             self._profiles.move_to_end(key)
             return
         self._store(key, data)
-        self._unsent.append((key, data))
-        self._unconfirmed[key] = self._unconfirmed.get(key, 0) + 1
+        self.changes += 1
+        if key not in self._unsent:
+            self._unconfirmed[key] = self._unconfirmed.get(key, 0) + 1
+        self._unsent[key] = data
 
     def take_writes(self) -> list[tuple[str, bytes]]:
-        """The changes recorded since the last call, oldest first, as (key, value) records."""
-        writes, self._unsent = self._unsent, []
+        """The changes recorded since the last call as (key, value) records: one per key, its
+        latest profile, in the order the keys first changed."""
+        writes, self._unsent = list(self._unsent.items()), {}
         return writes
 
     def written(self, key: str) -> None:
