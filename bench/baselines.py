@@ -2,6 +2,9 @@
 
 - ``bare``: the ceiling of reading. A bare confluent-kafka consume loop (``consume`` in batches
   of 500, nothing done per record) reading a topic from the start in a fresh group.
+- ``ceiling``: the least work any consumer of these events must do, the yardstick of the
+  engine's hot path: the same consume loop, plus per record ``orjson.loads``, reading the
+  event's type and name, and keeping the last offset per partition (nothing is committed).
 - ``naive``: the consumer a typical engineer writes first. Poll one message, map it with the
   same ``Mapper`` the consumer uses, one ``requests`` POST per upsert (on 429: sleep for
   Retry-After, else one second, and retry; any other failure is printed and skipped), then a
@@ -12,6 +15,7 @@
 Each command runs in its own process, like the consumer, and prints one JSON line::
 
     python bench/baselines.py bare --bootstrap B --topic T --expect N
+    python bench/baselines.py ceiling --bootstrap B --topic T --expect N
     python bench/baselines.py naive --bootstrap B --topic T --url URL --expect N --max-seconds S
         (the integration from GHL_LOCATION_ID / GHL_ACCESS_TOKEN, as ``ghl-consumer run``)
 
@@ -98,6 +102,47 @@ def bare(bootstrap: str, topic: str, group: str, expect: int, timeout: float) ->
     }
 
 
+def ceiling(
+    bootstrap: str, topic: str, group: str, expect: int, timeout: float
+) -> dict[str, object]:
+    consumer = _consumer(bootstrap, topic, group)
+    count = 0
+    first = last = 0.0
+    cpu_first = 0.0
+    offsets: dict[int, int] = {}
+    kinds: dict[str, int] = {}
+    started = time.monotonic()
+    try:
+        while count < expect and time.monotonic() - started < timeout:
+            messages = consumer.consume(500, 0.5)
+            if not messages:
+                continue
+            now = time.monotonic()
+            if count == 0:
+                first, cpu_first = now, time.process_time()
+            for message in messages:
+                if message.error() is not None:
+                    continue
+                event = orjson.loads(message.value() or b"{}")
+                kind = event.get("event") if event.get("type") == "track" else event.get("type")
+                kinds[kind] = kinds.get(kind, 0) + 1
+                offsets[message.partition()] = message.offset()  # type: ignore[index]
+                count += 1
+            last = now
+        cpu = time.process_time() - cpu_first
+    finally:
+        consumer.close()
+    seconds = last - first
+    return {
+        "events": count,
+        "seconds": round(seconds, 3),
+        "events_per_s": round(count / seconds, 1) if seconds > 0 else 0.0,
+        "cpu_seconds": round(cpu, 3),
+        "cpu_us_per_event": round(cpu / max(1, count) * 1e6, 2),
+        "partitions": len(offsets),
+    }
+
+
 def naive(
     bootstrap: str, topic: str, group: str, url: str, expect: int, max_seconds: float
 ) -> dict[str, object]:
@@ -167,7 +212,7 @@ def naive(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("bare", "naive"):
+    for name in ("bare", "ceiling", "naive"):
         p = sub.add_parser(name)
         p.add_argument("--bootstrap", required=True)
         p.add_argument("--topic", required=True)
@@ -179,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "bare":
         result = bare(args.bootstrap, args.topic, args.group, args.expect, args.max_seconds)
+    elif args.command == "ceiling":
+        result = ceiling(args.bootstrap, args.topic, args.group, args.expect, args.max_seconds)
     else:
         result = naive(
             args.bootstrap, args.topic, args.group, args.url, args.expect, args.max_seconds
