@@ -502,9 +502,7 @@ async def scenario_hotpath(bench: Bench) -> dict[str, Any]:
                 [r["consumer"]["consumer_cpu_us_per_event"] for r in runs]
             ),
             "ceiling_events_per_s": spread([r["ceiling"]["events_per_s"] for r in runs]),
-            "ceiling_cpu_us_per_event": spread(
-                [r["ceiling"]["cpu_us_per_event"] for r in runs], 2
-            ),
+            "ceiling_cpu_us_per_event": spread([r["ceiling"]["cpu_us_per_event"] for r in runs], 2),
             "ratio_to_ceiling": spread([r["ratio_to_ceiling"] for r in runs], 3),
             "cpu_ratio": spread([r["cpu_ratio"] for r in runs], 3),
             "runs": runs,
@@ -547,12 +545,34 @@ async def scenario_upserts(bench: Bench) -> dict[str, Any]:
             contacts = len(await probe.contacts())
         async with sandbox() as probe:
             naive = await run_naive(bench, topic, probe.url, expect=total, seconds=naive_seconds)
+        async with sandbox() as probe:
+            argv = [BASELINES, "client", "--bootstrap", bench.bootstrap, "--topic", topic]
+            argv += ["--url", probe.url, "--expect", str(total)]
+            env = {"GHL_LOCATION_ID": LOCATION, "GHL_ACCESS_TOKEN": TOKEN}
+            client = await asyncio.to_thread(run_script, argv, timeout=600, env=env)
         figures = consumer_figures(drain)
-        runs.append({"consumer": figures, "contacts": contacts, "naive": naive})
+        cpu_per_upsert = round(
+            figures["consumer_cpu_us_per_event"]
+            * figures["drained_events"]
+            / max(1, figures["answers_2xx"]),
+            1,
+        )
+        runs.append(
+            {
+                "consumer": figures,
+                "contacts": contacts,
+                "naive": naive,
+                "client": client,
+                "consumer_cpu_us_per_upsert": cpu_per_upsert,
+                "cpu_ratio_to_client": round(cpu_per_upsert / client["cpu_us_per_request"], 2),
+            }
+        )
         print(
             f"  consumer {figures['upserts_per_s']:,.0f} upserts/s (consumer CPU "
-            f"{figures['consumer_cpu_share']}, sandbox CPU {figures['sandbox_cpu_share']}), "
-            f"naive {naive['http_calls_per_s']:,.0f}/s",
+            f"{figures['consumer_cpu_share']}, {cpu_per_upsert} us per upsert; sandbox CPU "
+            f"{figures['sandbox_cpu_share']}), naive {naive['http_calls_per_s']:,.0f}/s, "
+            f"bare client {client['requests_per_s']:,.0f}/s ({client['cpu_us_per_request']} us "
+            "per request)",
             flush=True,
         )
     median = spread([r["consumer"]["upserts_per_s"] for r in runs])
@@ -566,8 +586,12 @@ async def scenario_upserts(bench: Bench) -> dict[str, Any]:
         "ratio_to_naive": round(median["median"] / naive_median["median"], 1),
         "consumer_cpu_share": spread([r["consumer"]["consumer_cpu_share"] for r in runs], 2),
         "sandbox_cpu_share": spread([r["consumer"]["sandbox_cpu_share"] for r in runs], 2),
+        "consumer_cpu_us_per_upsert": spread([r["consumer_cpu_us_per_upsert"] for r in runs]),
+        "client_cpu_us_per_request": spread([r["client"]["cpu_us_per_request"] for r in runs]),
+        "client_requests_per_s": spread([r["client"]["requests_per_s"] for r in runs]),
+        "cpu_ratio_to_client": spread([r["cpu_ratio_to_client"] for r in runs], 2),
         "runs": runs,
-        "target": {"upserts_per_s": 2000},
+        "target": {"upserts_per_s": 2000, "cpu_ratio_to_client": 1.5},
     }
 
 
