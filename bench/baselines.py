@@ -2,16 +2,25 @@
 
 - ``bare``: the ceiling of reading. A bare confluent-kafka consume loop (``consume`` in batches
   of 500, nothing done per record) reading a topic from the start in a fresh group.
+- ``ceiling``: the least work any consumer of these events must do, the yardstick of the
+  engine's hot path: the same consume loop, plus per record ``orjson.loads``, reading the
+  event's type and name, and keeping the last offset per partition (nothing is committed).
 - ``naive``: the consumer a typical engineer writes first. Poll one message, map it with the
   same ``Mapper`` the consumer uses, one ``requests`` POST per upsert (on 429: sleep for
   Retry-After, else one second, and retry; any other failure is printed and skipped), then a
   synchronous commit of that message.
+- ``client``: the ceiling of sending. A bare aiohttp client loop posting the upsert payloads
+  the consumer would send for the same topic (mapped beforehand, not timed) to the same
+  sandbox, ``--in-flight`` (64) at a time over one pooled session: requests/s and CPU per
+  request, next to the consumer's CPU per delivered upsert.
 - ``orjson_loads_rate``: the ceiling of decoding, ``orjson.loads`` over the same values
   (called in-process by ``bench_e2e.py``).
 
 Each command runs in its own process, like the consumer, and prints one JSON line::
 
     python bench/baselines.py bare --bootstrap B --topic T --expect N
+    python bench/baselines.py ceiling --bootstrap B --topic T --expect N
+    python bench/baselines.py client --bootstrap B --topic T --url URL --expect N [--in-flight 64]
     python bench/baselines.py naive --bootstrap B --topic T --url URL --expect N --max-seconds S
         (the integration from GHL_LOCATION_ID / GHL_ACCESS_TOKEN, as ``ghl-consumer run``)
 
@@ -22,6 +31,7 @@ record handled (the same way the consumer is timed, from its first commit to its
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
@@ -29,6 +39,7 @@ import time
 import uuid
 from collections.abc import Sequence
 
+import aiohttp
 import orjson
 import requests
 from confluent_kafka import Consumer
@@ -95,6 +106,106 @@ def bare(bootstrap: str, topic: str, group: str, expect: int, timeout: float) ->
         "cpu_seconds": round(cpu, 3),
         "wall_seconds": round(last - started, 3),
         "timeline": timeline,
+    }
+
+
+def ceiling(
+    bootstrap: str, topic: str, group: str, expect: int, timeout: float
+) -> dict[str, object]:
+    consumer = _consumer(bootstrap, topic, group)
+    count = 0
+    first = last = 0.0
+    cpu_first = 0.0
+    offsets: dict[int, int] = {}
+    kinds: dict[str, int] = {}
+    started = time.monotonic()
+    try:
+        while count < expect and time.monotonic() - started < timeout:
+            messages = consumer.consume(500, 0.5)
+            if not messages:
+                continue
+            now = time.monotonic()
+            if count == 0:
+                first, cpu_first = now, time.process_time()
+            for message in messages:
+                if message.error() is not None:
+                    continue
+                event = orjson.loads(message.value() or b"{}")
+                kind = event.get("event") if event.get("type") == "track" else event.get("type")
+                kinds[kind] = kinds.get(kind, 0) + 1
+                offsets[message.partition()] = message.offset()  # type: ignore[index]
+                count += 1
+            last = now
+        cpu = time.process_time() - cpu_first
+    finally:
+        consumer.close()
+    seconds = last - first
+    return {
+        "events": count,
+        "seconds": round(seconds, 3),
+        "events_per_s": round(count / seconds, 1) if seconds > 0 else 0.0,
+        "cpu_seconds": round(cpu, 3),
+        "cpu_us_per_event": round(cpu / max(1, count) * 1e6, 2),
+        "partitions": len(offsets),
+    }
+
+
+def client(bootstrap: str, topic: str, url: str, expect: int, in_flight: int) -> dict[str, object]:
+    settings = load_settings(None, os.environ)
+    integration = settings.integrations[0]
+    mapper = Mapper(
+        settings.targets(),
+        profiles=InMemoryProfileStore(),
+        deduper=MessageDeduper(max_entries=1_000_000, ttl_seconds=86_400),
+    )
+    consumer = _consumer(bootstrap, topic, f"bench-client-{uuid.uuid4().hex[:8]}")
+    bodies: list[bytes] = []
+    read = 0
+    try:
+        while read < expect:
+            for message in consumer.consume(500, 1.0):
+                if message.error() is not None:
+                    continue
+                read += 1
+                for outcome in mapper.map_record(
+                    value=message.value() or b"", key=message.key(), topic=topic, now=0.0
+                ):
+                    if isinstance(outcome, ContactUpsert):
+                        bodies.append(orjson.dumps(outcome.payload()))
+    finally:
+        consumer.close()
+    headers = {
+        "Authorization": f"Bearer {integration.access_token.reveal()}",
+        "Version": "2021-07-28",
+        "Content-Type": "application/json",
+        "Accept": "application/json",
+    }
+
+    async def post_all() -> tuple[float, float, int]:
+        queue = iter(bodies)
+        failed = 0
+        connector = aiohttp.TCPConnector(limit=in_flight)
+        async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+
+            async def worker() -> None:
+                nonlocal failed
+                for body in queue:
+                    async with session.post(f"{url}/contacts/upsert", data=body) as response:
+                        orjson.loads(await response.read())
+                        failed += response.status >= 300
+
+            started, cpu = time.monotonic(), time.process_time()
+            await asyncio.gather(*(worker() for _ in range(in_flight)))
+            return time.monotonic() - started, time.process_time() - cpu, failed
+
+    seconds, cpu, failed = asyncio.run(post_all())
+    return {
+        "requests": len(bodies),
+        "failed": failed,
+        "seconds": round(seconds, 3),
+        "requests_per_s": round(len(bodies) / seconds, 1),
+        "cpu_seconds": round(cpu, 3),
+        "cpu_us_per_request": round(cpu / max(1, len(bodies)) * 1e6, 1),
     }
 
 
@@ -167,18 +278,24 @@ def naive(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("bare", "naive"):
+    for name in ("bare", "ceiling", "client", "naive"):
         p = sub.add_parser(name)
         p.add_argument("--bootstrap", required=True)
         p.add_argument("--topic", required=True)
         p.add_argument("--expect", type=int, required=True, help="records to read, then stop")
         p.add_argument("--group", default=f"bench-{name}-{uuid.uuid4().hex[:8]}")
         p.add_argument("--max-seconds", type=float, default=600.0)
-        if name == "naive":
+        if name in ("client", "naive"):
             p.add_argument("--url", required=True, help="HighLevel (sandbox) base URL")
+        if name == "client":
+            p.add_argument("--in-flight", type=int, default=64)
     args = parser.parse_args(argv)
     if args.command == "bare":
         result = bare(args.bootstrap, args.topic, args.group, args.expect, args.max_seconds)
+    elif args.command == "ceiling":
+        result = ceiling(args.bootstrap, args.topic, args.group, args.expect, args.max_seconds)
+    elif args.command == "client":
+        result = client(args.bootstrap, args.topic, args.url, args.expect, args.in_flight)
     else:
         result = naive(
             args.bootstrap, args.topic, args.group, args.url, args.expect, args.max_seconds

@@ -6,6 +6,9 @@ Scenarios (``--scenario NAME``, repeatable; default all):
   analytics90   a pre-produced backlog, 90% analytics events: the consumer's drain rate (read,
                 map, deliver, commit) vs a bare confluent-kafka consume loop over the same
                 topic, vs the naive consumer; plus ``orjson.loads`` over the same values
+  hotpath       the engine's hot path against the decode-and-dispatch ceiling
+                (``baselines.py ceiling``): 100% analytics events with 2 and with 20 events
+                per user, and 90% analytics with 20 per user; events/s and CPU per event
   upserts       upsert-heavy backlog of distinct contacts to an unlimited sandbox, coalescing
                 window 0: upserts delivered per second, vs the naive consumer
   backlogged    one location at HighLevel's limits scaled down to 20 requests per 1 s (sandbox
@@ -426,6 +429,95 @@ async def scenario_analytics90(bench: Bench) -> dict[str, Any]:
     return doc
 
 
+# The hot path's workloads (issue 21): (name, events per user, share of identity events).
+HOT_PATH_WORKLOADS = (
+    ("analytics_only_2", 2, 0.0),
+    ("analytics_only_20", 20, 0.0),
+    ("analytics90_20", 20, 0.1),
+)
+
+
+def hot_path_backlog(bench: Bench, name: str, per_user: int, share: float) -> tuple[str, int]:
+    events = bench.size(200_000, 30_000)
+
+    def make() -> Iterator[tuple[bytes, bytes]]:
+        # consent on every event, as Datafly.js sends it (samples.generate's default)
+        for r in samples.generate(
+            users=events // per_user, events=events, identity_share=share, seed=11
+        ):
+            yield r.key, r.value
+
+    topic, total, _ = backlog_topic(bench, f"hot-{name}", make)
+    return topic, total
+
+
+async def scenario_hotpath(bench: Bench) -> dict[str, Any]:
+    """Each workload drained by the consumer and read by the decode-and-dispatch ceiling
+    (``baselines.py ceiling``), alternately, ``repeats`` times: events/s and CPU per event of
+    each, and their ratios."""
+    config = consumer_config(engine=ENGINE, delivery=UNLIMITED)
+    workloads: dict[str, Any] = {}
+    for name, per_user, share in HOT_PATH_WORKLOADS:
+        topic, total = hot_path_backlog(bench, name, per_user, share)
+        runs = []
+        for _ in range(bench.repeats):
+            argv = [BASELINES, "ceiling", "--bootstrap", bench.bootstrap, "--topic", topic]
+            argv += ["--expect", str(total)]
+            ceiling = await asyncio.to_thread(run_script, argv, timeout=600)
+            async with sandbox() as probe:
+                drain = await drain_with_consumer(
+                    bench,
+                    name,
+                    topic=topic,
+                    total=total,
+                    probe=probe,
+                    config=config,
+                    env=single_env(bench, topic, group_id("hot"), probe.url),
+                )
+            consumer = consumer_figures(drain)
+            runs.append(
+                {
+                    "consumer": consumer,
+                    "ceiling": ceiling,
+                    "ratio_to_ceiling": round(
+                        consumer["events_per_s"] / ceiling["events_per_s"], 3
+                    ),
+                    "cpu_ratio": round(
+                        ceiling["cpu_us_per_event"] / consumer["consumer_cpu_us_per_event"], 3
+                    ),
+                }
+            )
+            print(
+                f"  {name}: consumer {consumer['events_per_s']:,.0f} ev/s "
+                f"({consumer['consumer_cpu_us_per_event']} us CPU/ev), ceiling "
+                f"{ceiling['events_per_s']:,.0f} ev/s ({ceiling['cpu_us_per_event']} us CPU/ev)",
+                flush=True,
+            )
+        workloads[name] = {
+            "events": total,
+            "events_per_user": per_user,
+            "identity_share": share,
+            "consumer_events_per_s": spread([r["consumer"]["events_per_s"] for r in runs]),
+            "consumer_cpu_us_per_event": spread(
+                [r["consumer"]["consumer_cpu_us_per_event"] for r in runs]
+            ),
+            "ceiling_events_per_s": spread([r["ceiling"]["events_per_s"] for r in runs]),
+            "ceiling_cpu_us_per_event": spread([r["ceiling"]["cpu_us_per_event"] for r in runs], 2),
+            "ratio_to_ceiling": spread([r["ratio_to_ceiling"] for r in runs], 3),
+            "cpu_ratio": spread([r["cpu_ratio"] for r in runs], 3),
+            "runs": runs,
+        }
+    return {
+        "partitions": PARTITIONS,
+        "workloads": workloads,
+        "target": {
+            "analytics_only_20": 0.5,
+            "analytics_only_2": 0.3,
+            "analytics90_20": 0.25,
+        },
+    }
+
+
 async def scenario_upserts(bench: Bench) -> dict[str, Any]:
     events = bench.size(40_000, 8_000)
     rng = random.Random(5)
@@ -453,12 +545,34 @@ async def scenario_upserts(bench: Bench) -> dict[str, Any]:
             contacts = len(await probe.contacts())
         async with sandbox() as probe:
             naive = await run_naive(bench, topic, probe.url, expect=total, seconds=naive_seconds)
+        async with sandbox() as probe:
+            argv = [BASELINES, "client", "--bootstrap", bench.bootstrap, "--topic", topic]
+            argv += ["--url", probe.url, "--expect", str(total)]
+            env = {"GHL_LOCATION_ID": LOCATION, "GHL_ACCESS_TOKEN": TOKEN}
+            client = await asyncio.to_thread(run_script, argv, timeout=600, env=env)
         figures = consumer_figures(drain)
-        runs.append({"consumer": figures, "contacts": contacts, "naive": naive})
+        cpu_per_upsert = round(
+            figures["consumer_cpu_us_per_event"]
+            * figures["drained_events"]
+            / max(1, figures["answers_2xx"]),
+            1,
+        )
+        runs.append(
+            {
+                "consumer": figures,
+                "contacts": contacts,
+                "naive": naive,
+                "client": client,
+                "consumer_cpu_us_per_upsert": cpu_per_upsert,
+                "cpu_ratio_to_client": round(cpu_per_upsert / client["cpu_us_per_request"], 2),
+            }
+        )
         print(
             f"  consumer {figures['upserts_per_s']:,.0f} upserts/s (consumer CPU "
-            f"{figures['consumer_cpu_share']}, sandbox CPU {figures['sandbox_cpu_share']}), "
-            f"naive {naive['http_calls_per_s']:,.0f}/s",
+            f"{figures['consumer_cpu_share']}, {cpu_per_upsert} us per upsert; sandbox CPU "
+            f"{figures['sandbox_cpu_share']}), naive {naive['http_calls_per_s']:,.0f}/s, "
+            f"bare client {client['requests_per_s']:,.0f}/s ({client['cpu_us_per_request']} us "
+            "per request)",
             flush=True,
         )
     median = spread([r["consumer"]["upserts_per_s"] for r in runs])
@@ -472,8 +586,12 @@ async def scenario_upserts(bench: Bench) -> dict[str, Any]:
         "ratio_to_naive": round(median["median"] / naive_median["median"], 1),
         "consumer_cpu_share": spread([r["consumer"]["consumer_cpu_share"] for r in runs], 2),
         "sandbox_cpu_share": spread([r["consumer"]["sandbox_cpu_share"] for r in runs], 2),
+        "consumer_cpu_us_per_upsert": spread([r["consumer_cpu_us_per_upsert"] for r in runs]),
+        "client_cpu_us_per_request": spread([r["client"]["cpu_us_per_request"] for r in runs]),
+        "client_requests_per_s": spread([r["client"]["requests_per_s"] for r in runs]),
+        "cpu_ratio_to_client": spread([r["cpu_ratio_to_client"] for r in runs], 2),
         "runs": runs,
-        "target": {"upserts_per_s": 2000},
+        "target": {"upserts_per_s": 2000, "cpu_ratio_to_client": 1.5},
     }
 
 
@@ -965,6 +1083,7 @@ PROFILED = frozenset(("analytics90", "locations"))
 
 SCENARIOS: dict[str, Callable[[Bench], Awaitable[dict[str, Any]]]] = {
     "analytics90": scenario_analytics90,
+    "hotpath": scenario_hotpath,
     "upserts": scenario_upserts,
     "backlogged": scenario_backlogged,
     "locations": scenario_locations,

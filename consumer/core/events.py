@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Final
+from typing import Final, NamedTuple
 
 
 class Reason(StrEnum):
@@ -126,11 +126,16 @@ def json_type(value: object) -> str:
     return type(value).__name__
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
     """One Kafka record as the engine sees it (built by ``consumer.kafka.clients.to_record``;
     tests build them directly). ``headers`` keep the producer's order; ``timestamp_ms`` is the
-    record timestamp."""
+    record timestamp.
+
+    An immutable ``NamedTuple``, not a frozen dataclass like the other values: one is built
+    per consumed record, and a frozen dataclass's ``__init__`` (a call of
+    ``object.__setattr__`` per field) costs about three times a tuple's (``BENCHMARKS.md``,
+    "Hot path").
+    """
 
     topic: str
     partition: int
@@ -150,11 +155,14 @@ class Record:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(NamedTuple):
     """One decoded input event (Segment spec shape). Containers are the decoded JSON objects,
     empty when absent; ``raw`` is the whole decoded object (custom-field source paths and
-    routing by field read it). Treat all of it as read-only."""
+    routing by field read it). Treat all of it as read-only.
+
+    A ``NamedTuple`` for the reason ``Record`` is one (one per consumed record); its ``repr``
+    leaves out ``raw``, as a dataclass field with ``repr=False`` would: it holds personal data.
+    """
 
     type: str
     event: str | None  # track event name
@@ -165,7 +173,15 @@ class Event:
     context: Mapping[str, object]
     properties: Mapping[str, object]
     timestamp: str | None  # ``timestamp``, else ``originalTimestamp``, as sent
-    raw: Mapping[str, object] = field(repr=False)
+    raw: Mapping[str, object]
+
+    def __repr__(self) -> str:
+        return (
+            f"Event(type={self.type!r}, event={self.event!r}, user_id={self.user_id!r}, "
+            f"anonymous_id={self.anonymous_id!r}, message_id={self.message_id!r}, "
+            f"traits={self.traits!r}, context={self.context!r}, "
+            f"properties={self.properties!r}, timestamp={self.timestamp!r})"
+        )
 
     def lookup(self, path: tuple[str, ...]) -> object | None:
         """The value at a dotted path (already split) in ``raw``, or None when any step is

@@ -40,12 +40,13 @@ import contextlib
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 
 from consumer.core.deadletter import ORIGINAL_TOPIC, Failure, original_topic, replayed_from
-from consumer.core.events import ContactUpsert, Drop, Record
+from consumer.core.events import ContactUpsert, Drop, Outcome, Record
 from consumer.core.mapping import Mapper
 from consumer.engine.backpressure import Backpressure, Decision
 from consumer.engine.dispatch import Dispatcher, Ticket
@@ -188,6 +189,32 @@ class _FeedListener:
     def _forget(self, partitions: Sequence[tuple[str, int]]) -> None:
         self._feed.forget(partitions)
         self._dispatcher.forget_revoked()
+
+
+class _Tally:
+    """Counts of one poll batch, flushed to the stats and the metrics once (``flush``)."""
+
+    __slots__ = ("consumed", "dropped", "rejected", "skipped")
+
+    def __init__(self) -> None:
+        self.consumed: Counter[str] = Counter()  # by topic
+        self.skipped: Counter[str] = Counter()  # by topic
+        self.dropped: Counter[str] = Counter()  # by reason
+        self.rejected: Counter[str] = Counter()  # by reason
+
+    def flush(self, stats: EngineStats, metrics: EngineMetrics) -> None:
+        for topic, count in self.consumed.items():
+            metrics.consumed(topic, count)
+        stats.consumed += self.consumed.total()
+        for topic, count in self.skipped.items():
+            metrics.skipped(topic, count)
+        stats.skipped_done += self.skipped.total()
+        for reason, count in self.dropped.items():
+            metrics.dropped(reason, count)
+            stats.dropped[reason] += count
+        for reason, count in self.rejected.items():
+            metrics.rejected(reason, count)
+            stats.rejected[reason] += count
 
 
 class Engine:
@@ -336,10 +363,7 @@ class Engine:
                 self._options.poll_batch, self._options.poll_timeout
             )
             if records:
-                now = loop.time()
-                wall = self._wall_clock()
-                for record in records:
-                    ingest(record, now, wall)
+                ingest(records, loop.time(), self._wall_clock())
             decision = self._backpressure.decide(
                 feed.tracker.owned(),
                 feed.paused,
@@ -362,54 +386,82 @@ class Engine:
 
     # -- intake ---------------------------------------------------------------------------------
 
-    def _ingest(self, feed: _Feed, record: Record, now: float, wall: float) -> None:
-        """A record of the event feed, or of the replay feed (routed as the source topic its
-        ``ghl.original_topic`` names, which must be configured)."""
-        partition = feed.tracker.get(record.topic, record.partition)
-        if partition is None:
-            return  # revoked while the batch was in flight; the new owner reads it
-        self.stats.consumed += 1
-        self._metrics.consumed(record.topic)
-        if not partition.admit(record.offset, record.size):
-            self.stats.skipped_done += 1
-            self._metrics.skipped(record.topic)
-            return
-        topic = record.topic
-        if feed is self._replays:
-            topic = original_topic(record.headers) or ""
-            if topic not in self._source_topics:
-                failure = Failure(
-                    reason="invalid_replay",
-                    error=f"{ORIGINAL_TOPIC}: not one of kafka.topics ({topic[:64]!r})",
-                )
-                self._tasks.spawn(self._dead_letter(Ticket(record, partition, 1), failure))
-                return
-        outcomes = self._mapper.map_record(
-            value=record.value or b"",
-            key=record.key,
-            topic=topic,
-            now=wall,
-            # a record re-read after its partition came back is not a duplicate of itself
-            origin=(record.topic, record.partition, record.offset),
-            # a replayed dead letter is not a duplicate of its original
-            replay_of=replayed_from(record.headers),
-        )
-        writes = self._profile_log.take_writes() if self._profile_log is not None else []
-        ticket = Ticket(record, partition, len(outcomes) + len(writes))
-        for user_key, profile in writes:
-            self._tasks.spawn(self._persist_profile(ticket, user_key, profile))
+    def _ingest(self, feed: _Feed, records: Sequence[Record], now: float, wall: float) -> None:
+        """One poll batch of the event feed, or of the replay feed (each record routed as the
+        source topic its ``ghl.original_topic`` names, which must be configured), in one pass:
+        admit, map, route each outcome.
+
+        A record that completes at once (every outcome a drop, no profile change) is done as
+        soon as it is mapped: no ticket. Counters are tallied per batch and flushed once
+        (``_Tally``). The profile changes of the whole batch are produced together, one write
+        per user (``_persist_profiles``); the records that made them wait for it."""
+        tracker, mapper, log = feed.tracker, self._mapper, self._profile_log
+        replays = feed is self._replays
+        tally = _Tally()
+        waiting: list[Ticket] = []  # records whose profile changes are in this batch's writes
+        partition = None
+        for record in records:
+            if partition is None or (partition.topic, partition.partition) != (
+                record.topic,
+                record.partition,
+            ):
+                partition = tracker.get(record.topic, record.partition)
+                if partition is None:
+                    continue  # revoked while the batch was in flight; the new owner reads it
+            tally.consumed[record.topic] += 1
+            if not partition.admit(record.offset, record.size):
+                tally.skipped[record.topic] += 1
+                continue
+            topic = record.topic
+            if replays:
+                topic = original_topic(record.headers) or ""
+                if topic not in self._source_topics:
+                    failure = Failure(
+                        reason="invalid_replay",
+                        error=f"{ORIGINAL_TOPIC}: not one of kafka.topics ({topic[:64]!r})",
+                    )
+                    self._tasks.spawn(self._dead_letter(Ticket(record, partition, 1), failure))
+                    continue
+            changes = log.changes if log is not None else 0
+            outcomes = mapper.map_record(
+                value=record.value or b"",
+                key=record.key,
+                topic=topic,
+                now=wall,
+                # a record re-read after its partition came back is not a duplicate of itself
+                origin=(record.topic, record.partition, record.offset),
+                # a replayed dead letter is not a duplicate of its original
+                replay_of=replayed_from(record.headers) if record.headers else None,
+            )
+            wrote = log is not None and log.changes != changes
+            if not wrote and len(outcomes) == 1 and type(outcome := outcomes[0]) is Drop:
+                tally.dropped[outcome.reason] += 1
+                partition.complete(record.offset)
+                continue
+            ticket = Ticket(record, partition, len(outcomes) + wrote)
+            if wrote:
+                waiting.append(ticket)
+            self._route(ticket, outcomes, tally, now)
+        tally.flush(self.stats, self._metrics)
+        if waiting:
+            assert log is not None
+            self._tasks.spawn(self._persist_profiles(log.take_writes(), waiting))
+
+    def _route(
+        self, ticket: Ticket, outcomes: Sequence[Outcome], tally: _Tally, now: float
+    ) -> None:
+        """Send each outcome of ``ticket``'s record on: upserts to the dispatcher, drops settle,
+        rejects to the dead-letter topic."""
         for outcome in outcomes:
             if isinstance(outcome, ContactUpsert):
                 for omitted in outcome.omitted:
                     self._metrics.omitted_field(omitted.field, omitted.reason)
                 self._dispatcher.offer(outcome, ticket, now)
             elif isinstance(outcome, Drop):
-                self.stats.dropped[outcome.reason] += 1
-                self._metrics.dropped(outcome.reason)
+                tally.dropped[outcome.reason] += 1
                 ticket.settle()
             else:
-                self.stats.rejected[outcome.reason] += 1
-                self._metrics.rejected(outcome.reason)
+                tally.rejected[outcome.reason] += 1
                 failure = Failure(
                     reason=outcome.reason,
                     error=outcome.error,
@@ -417,7 +469,11 @@ class Engine:
                 )
                 self._tasks.spawn(self._dead_letter(ticket, failure))
 
-    def _ingest_parked(self, record: Record, now: float, wall: float) -> None:
+    def _ingest_parked(self, records: Sequence[Record], now: float, wall: float) -> None:
+        for record in records:
+            self._ingest_one_parked(record, now)
+
+    def _ingest_one_parked(self, record: Record, now: float) -> None:
         partition = self._parking.tracker.get(record.topic, record.partition)
         if partition is None or not partition.admit(record.offset, record.size):
             return
@@ -439,12 +495,20 @@ class Engine:
             self._metrics.dead_lettered(failure.reason)
             ticket.settle()
 
-    async def _persist_profile(self, ticket: Ticket, user_key: str, profile: bytes) -> None:
-        assert self._profile_log is not None
-        with self._outbox.holding():
-            await self._outbox.produce(self._profile_log.topic, user_key.encode(), profile, ())
-            self._profile_log.written(user_key)
-            ticket.settle()
+    async def _persist_profiles(
+        self, writes: Sequence[tuple[str, bytes]], tickets: Sequence[Ticket]
+    ) -> None:
+        """Produce one batch's profile writes together; once the broker has every one, the
+        records that made them (``tickets``) settle."""
+        log = self._profile_log
+        assert log is not None
+        with self._outbox.holding(len(tickets)):
+            records = [(key.encode(), value) for key, value in writes]
+            await self._outbox.produce_many(log.topic, records)
+            for key, _ in writes:
+                log.written(key)
+            for ticket in tickets:
+                ticket.settle()
 
     # -- commits --------------------------------------------------------------------------------
 

@@ -47,13 +47,13 @@ class Outbox:
         return self._held
 
     @contextlib.contextmanager
-    def holding(self) -> Iterator[None]:
-        """Count one record as buffered while the block runs (see the class doc)."""
-        self._held += 1
+    def holding(self, records: int = 1) -> Iterator[None]:
+        """Count ``records`` records as buffered while the block runs (see the class doc)."""
+        self._held += records
         try:
             yield
         finally:
-            self._held -= 1
+            self._held -= records
 
     async def produce(
         self,
@@ -72,6 +72,28 @@ class Outbox:
                 logger.exception("produce to %s failed; retrying in %.1fs", topic, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._retry_max)
+
+    async def produce_many(
+        self, topic: str, records: Sequence[tuple[bytes | None, bytes | None]]
+    ) -> None:
+        """Produce ``records`` ((key, value)) together; returns once the broker confirmed every
+        one, producing the failed ones again (logged) with the backoff of ``produce``. Two
+        records of one key keep their order only across calls: within a call, give each key
+        once."""
+        delay = self._retry_base
+        left = list(records)
+        while left:
+            results = await self._sink.produce_many(topic, left)
+            failed = [record for record, error in zip(left, results, strict=True) if error]
+            if failed:
+                error = next(error for error in results if error)
+                logger.warning(
+                    "produce of %d record(s) to %s failed (%s); retrying in %.1fs",
+                    len(failed), topic, error, delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry_max)
+            left = failed
 
     async def dead_letter(self, record: Record, failure: Failure) -> None:
         """Produce ``record``'s dead-letter copy, explained by ``failure`` (see ``produce``)."""

@@ -80,6 +80,15 @@ class Sink(Protocol):
         headers: Sequence[tuple[str, bytes]],
     ) -> Produced: ...
 
+    async def produce_many(
+        self, topic: str, records: Sequence[tuple[bytes | None, bytes | None]]
+    ) -> list[Exception | None]:
+        """Produce ``records`` ((key, value), no headers) together, for one wake-up of the
+        caller instead of one per record: returns once the broker answered for every one,
+        per record (in order) None when confirmed, else its failure. Never raises for a
+        record's failure."""
+        ...
+
 
 class ParkingLog(Protocol):
     """The parking topic seen from one instance (``consumer.commands.run`` builds it on Kafka)."""
@@ -114,8 +123,16 @@ class ProfileLog(Protocol):
 
     topic: str
 
+    @property
+    def changes(self) -> int:
+        """How many profile changes were recorded so far: a record whose ``map_record`` moved
+        it changed a profile, and its offset waits for the next ``take_writes`` to be
+        confirmed."""
+        ...
+
     def take_writes(self) -> list[tuple[str, bytes]]:
-        """Profile changes made by the last ``map_record`` call, as (key, value) records."""
+        """The profile changes recorded since the last call, one record per user key (its
+        latest profile: changes to one key coalesce), as (key, value) records."""
         ...
 
     def written(self, key: str) -> None:
@@ -176,13 +193,13 @@ class EngineMetrics(Protocol):
     Called on the event loop thread; each call is cheap and never raises for an unknown label
     value (the implementation bounds its labels)."""
 
-    def consumed(self, topic: str) -> None: ...
+    def consumed(self, topic: str, count: int = 1) -> None: ...
 
-    def skipped(self, topic: str) -> None: ...
+    def skipped(self, topic: str, count: int = 1) -> None: ...
 
-    def dropped(self, reason: str) -> None: ...
+    def dropped(self, reason: str, count: int = 1) -> None: ...
 
-    def rejected(self, reason: str) -> None: ...
+    def rejected(self, reason: str, count: int = 1) -> None: ...
 
     def coalesced(self, integration: str) -> None: ...
 

@@ -134,7 +134,7 @@ class HighLevelClient:
                 headers={"Authorization": f"Bearer {token}"},
             ) as response:
                 status = response.status
-                headers = MappingProxyType({k: v for k, v in response.headers.items()})
+                headers = MappingProxyType(dict(response.headers.items()))
                 raw = await self._read_capped(response)
             if raw is None:
                 return Answer(
@@ -176,8 +176,9 @@ class HighLevelClient:
     async def _read_capped(self, response: aiohttp.ClientResponse) -> bytes | None:
         """The body, or None when it is over the cap (announced or read so far)."""
         cap = self._max_body_bytes
-        if response.content_length is not None and response.content_length > cap:
-            return None
+        if response.content_length is not None:
+            # Announced (HighLevel's answers are): one read of a known, bounded size.
+            return await response.read() if response.content_length <= cap else None
         raw = bytearray()
         async for chunk in response.content.iter_chunked(_CHUNK_BYTES):
             raw += chunk

@@ -202,7 +202,9 @@ def to_record(message: Message) -> Record:
         headers=tuple(
             (name, value.encode() if isinstance(value, str) else value or b"")
             for name, value in headers
-        ),
+        )
+        if headers
+        else (),
         timestamp_ms=None if kind == TIMESTAMP_NOT_AVAILABLE else timestamp,
     )
 

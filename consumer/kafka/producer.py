@@ -122,6 +122,38 @@ class KafkaProducer:
             except KafkaException as exc:
                 raise ProduceFailedError(str(adapter_error(exc, "produce"))) from exc
 
+    async def produce_many(
+        self, topic: str, records: Sequence[tuple[bytes | None, bytes | None]]
+    ) -> list[Exception | None]:
+        """Write ``records`` ((key, value), no headers) and wait once for all of them: per
+        record, in order, None when the broker has it, else a ``ProduceFailedError`` (refused
+        outright, not delivered, or the producer closed). One future and one loop wake-up for
+        the whole batch, however many records (see ``_Batch``)."""
+        results: list[Exception | None] = [None] * len(records)
+        if not records:
+            return results
+        loop = asyncio.get_running_loop()
+        batch = _Batch(loop, results)
+        for index, (key, value) in enumerate(records):
+            if self._closed or self._closing.is_set():
+                batch.refused(index, ProduceFailedError("producer is closed"))
+                continue
+            while True:
+                try:
+                    self._producer.produce(
+                        topic, value=value, key=key, on_delivery=batch.callback(index)
+                    )
+                    batch.sent()
+                    break
+                except BufferError:
+                    await asyncio.sleep(0.05)  # queue full: the serving thread drains it
+                except KafkaException as exc:
+                    error = ProduceFailedError(str(adapter_error(exc, "produce")))
+                    batch.refused(index, error)
+                    break
+        await batch.wait()
+        return results
+
     async def close(self, timeout_s: float = 30.0) -> None:
         """Deliver what is queued (up to ``timeout_s``), fail the rest with
         ``ProduceFailedError``, stop the serving thread. Idempotent."""
@@ -181,3 +213,54 @@ def _delivery_callback(
             loop.call_soon_threadsafe(settle, err, where)
 
     return on_delivery
+
+
+class _Batch:
+    """The delivery reports of one ``produce_many``: librdkafka's serving thread records each
+    report in ``results`` and counts down; the last report wakes the loop once. Records are
+    counted as they are enqueued (``sent``), so a report that arrives while later records are
+    still being enqueued cannot end the batch early."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, results: list[Exception | None]) -> None:
+        self._loop = loop
+        self._results = results
+        self._lock = threading.Lock()
+        self._outstanding = 0  # enqueued, not yet reported
+        self._enqueuing = True
+        self._done = loop.create_future()
+
+    def callback(self, index: int) -> Callable[[KafkaError | None, Message], None]:
+        def on_delivery(err: KafkaError | None, _message: Message) -> None:
+            if err is not None:
+                self._results[index] = ProduceFailedError(
+                    f"not delivered: {err.str()}", retriable=err.retriable()
+                )
+            with self._lock:
+                self._outstanding -= 1
+                last = not self._outstanding and not self._enqueuing
+            if last:
+                self._wake()
+
+        return on_delivery
+
+    def sent(self) -> None:
+        with self._lock:
+            self._outstanding += 1
+
+    def refused(self, index: int, error: Exception) -> None:
+        self._results[index] = error
+
+    async def wait(self) -> None:
+        with self._lock:
+            self._enqueuing = False
+            pending = self._outstanding
+        if pending:
+            await self._done
+
+    def _wake(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is already closed: nobody waits
+            self._loop.call_soon_threadsafe(self._settle)
+
+    def _settle(self) -> None:
+        if not self._done.done():
+            self._done.set_result(None)

@@ -308,7 +308,7 @@ class KafkaSource:
                     raise KafkaAdapterError(f"kafka consumer failed: {err.str()}")
                 continue
             record = to_record(message)
-            if Partition(record.topic, record.partition) not in self._assigned:
+            if (record.topic, record.partition) not in self._assigned:
                 self.records_dropped_unowned += 1
                 continue
             records.append(record)

@@ -338,21 +338,21 @@ class Metrics:
 
     # -- hot path: called by the engine ---------------------------------------------------------
 
-    def consumed(self, topic: str) -> None:
-        """A record was read from Kafka."""
-        _child(self._consumed, topic).inc()
+    def consumed(self, topic: str, count: int = 1) -> None:
+        """``count`` records were read from Kafka."""
+        _child(self._consumed, topic).inc(count)
 
-    def skipped(self, topic: str) -> None:
-        """A record was skipped: the restored offset map says it is done."""
-        _child(self._skipped, topic).inc()
+    def skipped(self, topic: str, count: int = 1) -> None:
+        """``count`` records were skipped: the restored offset map says they are done."""
+        _child(self._skipped, topic).inc(count)
 
-    def dropped(self, reason: str) -> None:
-        """An event was deliberately not sent (a ``DROP_REASONS`` value)."""
-        _child(self._dropped, reason).inc()
+    def dropped(self, reason: str, count: int = 1) -> None:
+        """``count`` events were deliberately not sent (a ``DROP_REASONS`` value)."""
+        _child(self._dropped, reason).inc(count)
 
-    def rejected(self, reason: str) -> None:
-        """An event could not be used (a ``REJECT_REASONS`` value)."""
-        _child(self._rejected, reason).inc()
+    def rejected(self, reason: str, count: int = 1) -> None:
+        """``count`` events could not be used (a ``REJECT_REASONS`` value)."""
+        _child(self._rejected, reason).inc(count)
 
     def coalesced(self, integration: str) -> None:
         """An upsert folded into one already pending for the same contact."""

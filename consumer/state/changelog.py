@@ -1,9 +1,9 @@
 """The profile changelog: a compacted Kafka topic, keyed by user key, that makes the profile
 store durable (``docs/architecture.md``, "Profiles": profiles survive restarts and rebalances).
 
-Writes: the engine produces ``take_writes()`` after mapping each record and confirms each with
-``written`` (see ``ChangelogProfileStore``). Reads: ``restore`` reads the whole topic, up to its
-end offsets at the time of the call, into the store. The engine calls it on every assignment
+Writes: the engine produces ``take_writes()`` after mapping each poll batch and confirms each
+with ``written`` (see ``ChangelogProfileStore``). Reads: ``restore`` reads the whole topic, up
+to its end offsets at the time of the call, into the store. The engine calls it on every assignment
 before it admits a record of the new partitions, so an identify consumed on another instance
 (or before a crash) enriches a later "Lead Generated" here: that identify's profile write was
 confirmed before its offset was committed, hence before this instance resumed after it.
@@ -69,6 +69,10 @@ class ProfileChangelog:
         self._erasure_check = erasure_check_seconds
         # partition -> next offset ``follow`` reads; None until the first restore
         self._read_to: dict[tuple[str, int], int] | None = None
+
+    @property
+    def changes(self) -> int:
+        return self.store.changes
 
     def take_writes(self) -> list[tuple[str, bytes]]:
         """The store's writes, each value sealed when encryption is on."""

@@ -118,6 +118,20 @@ class MemorySink:
         log.append(Record(topic, 0, len(log), key, value, tuple(headers)))
         return Landed(topic, 0, len(log) - 1)
 
+    async def produce_many(
+        self, topic: str, records: Sequence[tuple[bytes | None, bytes | None]]
+    ) -> list[Exception | None]:
+        """Each record through ``produce`` (so a subclass's refusals apply), failures kept."""
+        results: list[Exception | None] = []
+        for key, value in records:
+            try:
+                await self.produce(topic, key=key, value=value, headers=())
+            except Exception as exc:  # noqa: BLE001 - a failure is a result here
+                results.append(exc)
+            else:
+                results.append(None)
+        return results
+
 
 class MemoryParkingLog:
     """The parking topic as one in-memory partition, read back by its own MemorySource."""
