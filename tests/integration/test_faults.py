@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import math
 import re
 import signal
@@ -120,7 +121,8 @@ def unshared_windows(members: Sequence[ProcessLog]) -> list[tuple[float, float]]
 
 
 def _stamp(line: str) -> float:
-    return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    """The time of one of ``run``'s JSON log lines (its ISO 8601 UTC ``timestamp``)."""
+    return datetime.fromisoformat(json.loads(line)["timestamp"]).timestamp()
 
 
 def statuses_429(requests: Sequence[dict[str, Any]]) -> int:
