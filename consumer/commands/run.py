@@ -139,9 +139,12 @@ async def _limiter_backend(settings: Settings) -> LimiterBackend:
 
 
 @contextlib.asynccontextmanager
-async def running_consumer(settings: Settings) -> AsyncIterator[Components]:
+async def running_consumer(
+    settings: Settings, stop: asyncio.Event | None = None
+) -> AsyncIterator[Components]:
     """Build every component, yield them, close them all on exit (the engine must have
-    returned by then). Raises ConfigError for settings the components refuse."""
+    returned by then). ``stop``: the event that starts the shutdown; once set, ``/readyz``
+    says "shutting down". Raises ConfigError for settings the components refuse."""
     kafka = settings.kafka
     extra = kafka.extra_settings()
     metrics = Metrics(
@@ -156,6 +159,7 @@ async def running_consumer(settings: Settings) -> AsyncIterator[Components]:
     client: HighLevelClient | None = None
     limiter: RateLimiter | None = None
     parking: KafkaParkingLog | None = None
+    heartbeat: asyncio.Task[None] | None = None
     try:
         await ensure_topics(kafka.bootstrap_servers, consumer_topics(kafka), extra=extra)
         protocol: GroupProtocol = "consumer" if kafka.group_protocol == "consumer" else "classic"
@@ -213,7 +217,9 @@ async def running_consumer(settings: Settings) -> AsyncIterator[Components]:
             limiter=limiter,
             profiles=profiles,
             stall_seconds=settings.metrics.stall_seconds,
+            stopping=(lambda: False) if stop is None else stop.is_set,
         )
+        heartbeat = asyncio.create_task(state.heartbeat(), name="liveness-heartbeat")
         debug = settings.debug
         async with (
             serve_web(
@@ -221,6 +227,7 @@ async def running_consumer(settings: Settings) -> AsyncIterator[Components]:
                 port=settings.metrics.port,
                 metrics=metrics,
                 readiness=state.readiness,
+                liveness=state.liveness,
                 state=state.snapshot,
             ) as web,
             serve_debugger(
@@ -249,6 +256,8 @@ async def running_consumer(settings: Settings) -> AsyncIterator[Components]:
                 debug_web,
             )
     finally:
+        if heartbeat is not None:
+            heartbeat.cancel()
         if parking is not None:
             await parking.close()
         if client is not None:
@@ -344,7 +353,7 @@ class SettingsCredentials:
 
 async def run_consumer(settings: Settings, stop: asyncio.Event) -> EngineStats:
     """Run until ``stop`` is set, then shut down in order; return the engine's counters."""
-    async with running_consumer(settings) as components:
+    async with running_consumer(settings, stop) as components:
         await components.engine.run(stop)
         return components.engine.stats
 

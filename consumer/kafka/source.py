@@ -180,6 +180,10 @@ class KafkaSource:
         # False after librdkafka reported all brokers down, until a commit succeeds or a
         # metadata request is answered (``_watch_broker``).
         self.broker_reachable = True
+        # Readiness and liveness (``consumer.observe.readiness``): see ``joined`` and
+        # ``last_poll_at``.
+        self._joined = False
+        self._last_poll_at = 0.0
         self._watcher: asyncio.Task[None] | None = None
         # Counters for metrics (read them; never reset).
         self.commits_refused = 0  # commit points dropped: partition no longer owned
@@ -213,6 +217,9 @@ class KafkaSource:
             )
         except KafkaException as exc:
             raise adapter_error(exc, "kafka consumer start") from exc
+        self._last_poll_at = asyncio.get_running_loop().time()
+        # KIP-848 announces no empty assignment: a member given no partition gets no callback.
+        self._joined = self.group_protocol == "consumer"
         self._watcher = asyncio.create_task(self._watch_broker(), name="kafka-broker-watch")
 
     async def _watch_broker(self) -> None:
@@ -290,6 +297,7 @@ class KafkaSource:
                 )
             except KafkaException as exc:
                 raise adapter_error(exc, "kafka consume") from exc
+            self._last_poll_at = asyncio.get_running_loop().time()
             return messages
 
     def _records(self, messages: list[Message]) -> list[Record]:
@@ -313,6 +321,27 @@ class KafkaSource:
                 continue
             records.append(record)
         return records
+
+    # -- probes ---------------------------------------------------------------------------------
+
+    @property
+    def joined(self) -> bool:
+        """Whether the member has joined its group. Classic protocol: its first assignment
+        arrived (an empty one too: a spare member has joined), and it was not lost since.
+        ``"consumer"`` protocol: from ``start`` on, since librdkafka calls no callback for a
+        member given no partition."""
+        return self._joined
+
+    @property
+    def last_poll_at(self) -> float:
+        """Event-loop time at which the last consume call returned (``start``'s time before
+        the first); ``max_poll_interval_s`` without one and librdkafka leaves the group."""
+        return self._last_poll_at
+
+    @property
+    def max_poll_interval_s(self) -> float:
+        """``max.poll.interval.ms`` in seconds, as configured (``extra`` may override it)."""
+        return float(self._config["max.poll.interval.ms"]) / 1000
 
     # -- flow control ---------------------------------------------------------------------------
 
@@ -438,6 +467,7 @@ class KafkaSource:
             yield self._require_started()
 
     async def _on_assign(self, aio: AIOConsumer, partitions: list[TopicPartition]) -> None:
+        self._joined = True
         token = _IN_CALLBACK.set(self)
         try:
             committed = await self._committed(aio, partitions)
@@ -503,6 +533,8 @@ class KafkaSource:
         await self._release(aio, partitions, lost=False)
 
     async def _on_lost(self, aio: AIOConsumer, partitions: list[TopicPartition]) -> None:
+        if self.group_protocol == "classic":  # out of the group until the next assignment
+            self._joined = False
         await self._release(aio, partitions, lost=True)
 
     async def _release(
