@@ -35,7 +35,7 @@ from consumer.engine.engine import Engine, EngineOptions
 from consumer.engine.stats import EngineStats
 from consumer.errors import ConfigError, KafkaAdapterError
 from consumer.highlevel.client import HighLevelClient, Timeouts
-from consumer.kafka.admin import TopicSpec, ensure_topics
+from consumer.kafka.admin import TopicSpec, TopicUse, start_up
 from consumer.kafka.clients import GroupProtocol
 from consumer.kafka.parking import KafkaParkingLog
 from consumer.kafka.producer import KafkaProducer
@@ -114,6 +114,18 @@ def consumer_topics(kafka: KafkaSettings) -> list[TopicSpec]:
     ]
 
 
+def topic_uses(kafka: KafkaSettings) -> list[TopicUse]:
+    """What ``run`` does on each topic: the ACLs it needs (README "Kafka ACLs"), checked at
+    start-up when ``kafka.create_topics`` is false. Parking and profiles are written and read
+    back; dead letters are only written."""
+    return [
+        *(TopicUse(topic, ("Read",)) for topic in kafka.topics),
+        TopicUse(kafka.dead_letter_topic, ("Write",)),
+        TopicUse(kafka.parking_topic, ("Read", "Write")),
+        TopicUse(kafka.profile_topic, ("Read", "Write")),
+    ]
+
+
 def budget(settings: Settings) -> Budget:
     """One location's rate budget from the ``[delivery]`` section (validated when loaded)."""
     d = settings.delivery
@@ -155,13 +167,22 @@ async def running_consumer(
         capacity=settings.metrics.debugger_capacity,
         show_personal_data=settings.debug.show_personal_data,
     )
+    # First, before any client that would log every failed connection attempt: one line when
+    # the bootstrap servers do not answer, and the topics created or checked.
+    await start_up(
+        kafka.bootstrap_servers,
+        create=consumer_topics(kafka),
+        uses=topic_uses(kafka),
+        create_topics=kafka.create_topics,
+        timeout_s=kafka.startup_timeout_seconds,
+        extra=extra,
+    )
     producer = KafkaProducer(bootstrap=kafka.bootstrap_servers, extra=extra)
     client: HighLevelClient | None = None
     limiter: RateLimiter | None = None
     parking: KafkaParkingLog | None = None
     heartbeat: asyncio.Task[None] | None = None
     try:
-        await ensure_topics(kafka.bootstrap_servers, consumer_topics(kafka), extra=extra)
         protocol: GroupProtocol = "consumer" if kafka.group_protocol == "consumer" else "classic"
         source = KafkaSource(
             bootstrap=kafka.bootstrap_servers,
@@ -365,7 +386,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """``ghl-consumer run``: 0 after a clean shutdown, 1 when Kafka fails at start-up (one line,
-    no traceback: e.g. unreachable), 2 for a configuration error."""
+    no traceback: e.g. unreachable for ``kafka.startup_timeout_seconds``), 2 for a
+    configuration error (a refused credential, a missing topic or ACL too)."""
     configure_logging(args.log_level, timestamps=True)
 
     def serve() -> int:
