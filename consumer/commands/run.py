@@ -51,6 +51,10 @@ from consumer.state.changelog import ProfileChangelog
 logger = logging.getLogger(__name__)
 
 
+class StoppedBeforeStart(Exception):
+    """``stop`` was set while ``running_consumer`` waited for Kafka: nothing ran (exit 0)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Components:
     """What ``run_consumer`` built, for callers that inspect a running consumer (tests, demo)."""
@@ -156,7 +160,9 @@ async def running_consumer(
 ) -> AsyncIterator[Components]:
     """Build every component, yield them, close them all on exit (the engine must have
     returned by then). ``stop``: the event that starts the shutdown; once set, ``/readyz``
-    says "shutting down". Raises ConfigError for settings the components refuse."""
+    says "shutting down", and set while waiting for Kafka at start-up it raises
+    ``StoppedBeforeStart``. Raises ConfigError for settings the components refuse or a missing
+    topic or ACL, KafkaAdapterError when Kafka does not answer in time."""
     kafka = settings.kafka
     extra = kafka.extra_settings()
     metrics = Metrics(
@@ -169,14 +175,17 @@ async def running_consumer(
     )
     # First, before any client that would log every failed connection attempt: one line when
     # the bootstrap servers do not answer, and the topics created or checked.
-    await start_up(
+    started = await start_up(
         kafka.bootstrap_servers,
         create=consumer_topics(kafka),
         uses=topic_uses(kafka),
         create_topics=kafka.create_topics,
         timeout_s=kafka.startup_timeout_seconds,
         extra=extra,
+        stop=stop,
     )
+    if not started:
+        raise StoppedBeforeStart("a signal arrived while waiting for the Kafka bootstrap servers")
     producer = KafkaProducer(bootstrap=kafka.bootstrap_servers, extra=extra)
     client: HighLevelClient | None = None
     limiter: RateLimiter | None = None
@@ -387,7 +396,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """``ghl-consumer run``: 0 after a clean shutdown, 1 when Kafka fails at start-up (one line,
     no traceback: e.g. unreachable for ``kafka.startup_timeout_seconds``), 2 for a
-    configuration error (a refused credential, a missing topic or ACL too)."""
+    configuration error (a refused credential, a missing topic or ACL too); 0 also when SIGTERM
+    arrives while it waits for Kafka."""
     configure_logging(args.log_level, timestamps=True)
 
     def serve() -> int:
@@ -395,7 +405,12 @@ def main(args: argparse.Namespace) -> int:
         return 0
 
     # Kafka unreachable at start-up: one line, not a traceback.
-    return run_command("ghl-consumer", serve, Failure((KafkaAdapterError,), "kafka", 1))
+    return run_command(
+        "ghl-consumer",
+        serve,
+        Failure((KafkaAdapterError,), "kafka", 1),
+        Failure((StoppedBeforeStart,), "stopped", 0),
+    )
 
 
 async def _serve(settings: Settings) -> None:

@@ -137,24 +137,32 @@ async def start_up(
     create_topics: bool,
     timeout_s: float,
     extra: Mapping[str, Setting] | None = None,
-) -> None:
+    stop: asyncio.Event | None = None,
+) -> bool:
     """What ``run`` does before its Kafka clients start: wait until a bootstrap server answers
     (after ``UNREACHABLE_NOTICE_S`` one warning line names the servers and the reason; after
     ``timeout_s``, 0 meaning never, ``KafkaAdapterError``); then ``ensure_topics(create)``
     when ``create_topics``, else ``check_topics(uses)``. librdkafka's own log lines are
-    dropped meanwhile. Raises ``ConfigError`` (refused credentials, missing topic or ACL)."""
+    dropped meanwhile. False when ``stop`` was set while waiting (nothing more was done), else
+    True. Raises ``ConfigError`` (refused credentials, missing topic or ACL)."""
     refusals: list[KafkaError] = []
     admin = _admin(bootstrap, extra, refusals, quiet=True)
-    await _wait_reachable(admin, bootstrap, refusals, timeout_s)
+    if not await _wait_reachable(admin, bootstrap, refusals, timeout_s, stop):
+        return False
     if create_topics:
         await _create(admin, create, refusals, timeout_s=30.0)
     else:
         await check_topics(admin, uses)
+    return True
 
 
 async def _wait_reachable(
-    admin: AdminClient, bootstrap: str, refusals: list[KafkaError], timeout_s: float
-) -> None:
+    admin: AdminClient,
+    bootstrap: str,
+    refusals: list[KafkaError],
+    timeout_s: float,
+    stop: asyncio.Event | None,
+) -> bool:
     started = time.monotonic()
     noticed = False
     while True:
@@ -162,9 +170,11 @@ async def _wait_reachable(
             await asyncio.to_thread(admin.list_topics, timeout=_PROBE_S)
             if noticed:
                 logger.warning("kafka bootstrap servers %s answer now", bootstrap)
-            return
+            return True
         except KafkaException:
             pass
+        if stop is not None and stop.is_set():
+            return False
         admin.poll(0)
         _raise_if_refused(refusals)
         waited = time.monotonic() - started
