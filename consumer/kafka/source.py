@@ -327,7 +327,8 @@ class KafkaSource:
     @property
     def joined(self) -> bool:
         """Whether the member has joined its group. Classic protocol: its first assignment
-        arrived (an empty one too: a spare member has joined), and it was not lost since.
+        is in effect (the listener's ``on_assigned`` returned; an empty assignment too: a spare
+        member has joined), and it was not lost since.
         ``"consumer"`` protocol: from ``start`` on, since librdkafka calls no callback for a
         member given no partition."""
         return self._joined
@@ -467,7 +468,6 @@ class KafkaSource:
             yield self._require_started()
 
     async def _on_assign(self, aio: AIOConsumer, partitions: list[TopicPartition]) -> None:
-        self._joined = True
         token = _IN_CALLBACK.set(self)
         try:
             committed = await self._committed(aio, partitions)
@@ -495,6 +495,7 @@ class KafkaSource:
                 ]
             )
             self._assigned.update(Partition(a.topic, a.partition) for a in assignments)
+            self._joined = True  # the assignment (possibly empty) is in effect
         finally:
             _IN_CALLBACK.reset(token)
 

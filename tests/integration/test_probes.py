@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 import signal
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import orjson
@@ -51,6 +52,15 @@ async def until_ready(http: aiohttp.ClientSession, member: ProcessLog, seconds: 
             assert member.process.returncode is None, member.text()[-3000:]
             await asyncio.sleep(0.2)
     return url
+
+
+async def answered(probe: Awaitable[tuple[int, Any]], member: ProcessLog) -> tuple[int, Any]:
+    """``probe``'s answer; when the member's server is gone, an AssertionError with its log."""
+    try:
+        return await probe
+    except aiohttp.ClientConnectionError:
+        await asyncio.sleep(1)  # let the log of an exiting member be read
+        raise AssertionError(f"no answer:\n{member.text()[-4000:]}") from None
 
 
 async def in_flight(http: aiohttp.ClientSession, url: str) -> float:
@@ -130,9 +140,10 @@ async def test_a_member_whose_broker_is_gone_is_not_ready_but_alive() -> None:
             member = ProcessLog(await start_consumer(env))
             try:
                 url = await until_ready(http, member, 60)
+                assert await owned_partitions(http, url, topic) == 1
                 await asyncio.to_thread(broker.stop)
                 async with asyncio.timeout(30):
-                    while (answer := await readiness(http, url))[0] != 503:
+                    while (answer := await answered(readiness(http, url), member))[0] != 503:
                         await asyncio.sleep(0.2)
                 assert "Kafka broker unreachable" in answer[1]["reasons"], answer
                 assert await liveness(http, url) == (200, {"status": "ok"})
