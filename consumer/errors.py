@@ -8,7 +8,7 @@
     |                             record; the caller decides (drop the stored profile, log, go on).
     +-- KafkaAdapterError         (consumer.kafka) a Kafka operation failed; ``retriable`` says
     |   |                         whether trying again may help. Raised by KafkaSource.poll_batch
-    |   |                         (fatal client errors), ensure_topics, TopicReader.
+    |   |                         (fatal client errors), ensure_topics, start_up, TopicReader.
     |   +-- CommitFailedError     a synchronous commit failed for some partitions (``failed``):
     |   |                         KafkaSource.commit, TopicReader.commit.
     |   +-- ProduceFailedError    a record was not delivered: KafkaProducer (set on the delivery

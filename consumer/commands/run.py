@@ -35,7 +35,7 @@ from consumer.engine.engine import Engine, EngineOptions
 from consumer.engine.stats import EngineStats
 from consumer.errors import ConfigError, KafkaAdapterError
 from consumer.highlevel.client import HighLevelClient, Timeouts
-from consumer.kafka.admin import TopicSpec, ensure_topics
+from consumer.kafka.admin import TopicSpec, TopicUse, start_up
 from consumer.kafka.clients import GroupProtocol
 from consumer.kafka.parking import KafkaParkingLog
 from consumer.kafka.producer import KafkaProducer
@@ -49,6 +49,10 @@ from consumer.ratelimit.limiter import LimiterBackend, LocalBackend, RateLimiter
 from consumer.state.changelog import ProfileChangelog
 
 logger = logging.getLogger(__name__)
+
+
+class StoppedBeforeStart(Exception):
+    """``stop`` was set while ``running_consumer`` waited for Kafka: nothing ran (exit 0)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +117,20 @@ def consumer_topics(kafka: KafkaSettings) -> list[TopicSpec]:
     ]
 
 
+def topic_uses(kafka: KafkaSettings) -> list[TopicUse]:
+    """What ``run`` does on each topic: the ACLs it needs (README "Kafka ACLs"), checked at
+    start-up when ``kafka.create_topics`` is false. Parking and profiles are written and read
+    back; dead letters are only written; the replay topic is only read (``dlq replay``
+    writes it)."""
+    return [
+        *(TopicUse(topic, ("Read",)) for topic in kafka.topics),
+        TopicUse(kafka.dead_letter_topic, ("Write",)),
+        TopicUse(kafka.replay_topic, ("Read",)),
+        TopicUse(kafka.parking_topic, ("Read", "Write")),
+        TopicUse(kafka.profile_topic, ("Read", "Write")),
+    ]
+
+
 def budget(settings: Settings) -> Budget:
     """One location's rate budget from the ``[delivery]`` section (validated when loaded)."""
     d = settings.delivery
@@ -138,9 +156,14 @@ async def _limiter_backend(settings: Settings) -> LimiterBackend:
 
 
 @contextlib.asynccontextmanager
-async def running_consumer(settings: Settings) -> AsyncIterator[Components]:
+async def running_consumer(
+    settings: Settings, stop: asyncio.Event | None = None
+) -> AsyncIterator[Components]:
     """Build every component, yield them, close them all on exit (the engine must have
-    returned by then). Raises ConfigError for settings the components refuse."""
+    returned by then). ``stop``: the event that starts the shutdown; once set, ``/readyz``
+    says "shutting down", and set while waiting for Kafka at start-up it raises
+    ``StoppedBeforeStart``. Raises ConfigError for settings the components refuse or a missing
+    topic or ACL, KafkaAdapterError when Kafka does not answer in time."""
     kafka = settings.kafka
     extra = kafka.extra_settings()
     metrics = Metrics(
@@ -152,12 +175,25 @@ async def running_consumer(settings: Settings) -> AsyncIterator[Components]:
         capacity=settings.metrics.debugger_capacity,
         show_personal_data=settings.debug.show_personal_data,
     )
+    # First, before any client that would log every failed connection attempt: one line when
+    # the bootstrap servers do not answer, and the topics created or checked.
+    started = await start_up(
+        kafka.bootstrap_servers,
+        create=consumer_topics(kafka),
+        uses=topic_uses(kafka),
+        create_topics=kafka.create_topics,
+        timeout_s=kafka.startup_timeout_seconds,
+        extra=extra,
+        stop=stop,
+    )
+    if not started:
+        raise StoppedBeforeStart("a signal arrived while waiting for the Kafka bootstrap servers")
     producer = KafkaProducer(bootstrap=kafka.bootstrap_servers, extra=extra)
     client: HighLevelClient | None = None
     limiter: RateLimiter | None = None
     parking: KafkaParkingLog | None = None
+    heartbeat: asyncio.Task[None] | None = None
     try:
-        await ensure_topics(kafka.bootstrap_servers, consumer_topics(kafka), extra=extra)
         protocol: GroupProtocol = "consumer" if kafka.group_protocol == "consumer" else "classic"
         source = KafkaSource(
             bootstrap=kafka.bootstrap_servers,
@@ -227,7 +263,9 @@ async def running_consumer(settings: Settings) -> AsyncIterator[Components]:
             limiter=limiter,
             profiles=profiles,
             stall_seconds=settings.metrics.stall_seconds,
+            stopping=(lambda: False) if stop is None else stop.is_set,
         )
+        heartbeat = asyncio.create_task(state.heartbeat(), name="liveness-heartbeat")
         debug = settings.debug
         async with (
             serve_web(
@@ -235,6 +273,7 @@ async def running_consumer(settings: Settings) -> AsyncIterator[Components]:
                 port=settings.metrics.port,
                 metrics=metrics,
                 readiness=state.readiness,
+                liveness=state.liveness,
                 state=state.snapshot,
             ) as web,
             serve_debugger(
@@ -263,6 +302,8 @@ async def running_consumer(settings: Settings) -> AsyncIterator[Components]:
                 debug_web,
             )
     finally:
+        if heartbeat is not None:
+            heartbeat.cancel()
         if parking is not None:
             await parking.close()
         if client is not None:
@@ -358,7 +399,7 @@ class SettingsCredentials:
 
 async def run_consumer(settings: Settings, stop: asyncio.Event) -> EngineStats:
     """Run until ``stop`` is set, then shut down in order; return the engine's counters."""
-    async with running_consumer(settings) as components:
+    async with running_consumer(settings, stop) as components:
         await components.engine.run(stop)
         return components.engine.stats
 
@@ -370,7 +411,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """``ghl-consumer run``: 0 after a clean shutdown, 1 when Kafka fails at start-up (one line,
-    no traceback: e.g. unreachable), 2 for a configuration error."""
+    no traceback: e.g. unreachable for ``kafka.startup_timeout_seconds``), 2 for a
+    configuration error (a refused credential, a missing topic or ACL too); 0 also when SIGTERM
+    arrives while it waits for Kafka."""
     configure_logging(args.log_level, log_format=args.log_format, timestamps=True)
 
     def serve() -> int:
@@ -378,7 +421,12 @@ def main(args: argparse.Namespace) -> int:
         return 0
 
     # Kafka unreachable at start-up: one line, not a traceback.
-    return run_command("ghl-consumer", serve, Failure((KafkaAdapterError,), "kafka", 1))
+    return run_command(
+        "ghl-consumer",
+        serve,
+        Failure((KafkaAdapterError,), "kafka", 1),
+        Failure((StoppedBeforeStart,), "stopped", 0),
+    )
 
 
 async def _serve(settings: Settings) -> None:

@@ -276,6 +276,8 @@ def _kafka(table: dict[str, Any], environ: Mapping[str, str], read_secrets: bool
             "dead_letter_retention_ms",
             "parking_retention_ms",
             "session_timeout_ms",
+            "create_topics",
+            "startup_timeout_seconds",
             "librdkafka",
         ),
         "kafka",
@@ -364,6 +366,8 @@ def _kafka(table: dict[str, Any], environ: Mapping[str, str], read_secrets: bool
             table, environ, "parking_retention_ms", defaults.parking_retention_ms
         ),
         session_timeout_ms=session_timeout,
+        create_topics=_create_topics(table, environ),
+        startup_timeout_seconds=_startup_timeout(table, environ),
         librdkafka=MappingProxyType(passthrough),
     )
 
@@ -418,6 +422,32 @@ def _retention(
         where, value = f"kafka.{key}", table.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < 3_600_000:
         raise ConfigError(f"{where}: expected milliseconds, at least 3600000 (one hour)")
+    return value
+
+
+def _create_topics(table: Mapping[str, Any], environ: Mapping[str, str]) -> bool:
+    """``kafka.create_topics`` or ``KAFKA_CREATE_TOPICS`` (true | false)."""
+    if "KAFKA_CREATE_TOPICS" in environ:
+        raw = environ["KAFKA_CREATE_TOPICS"].strip().lower()
+        if raw not in ("true", "false"):
+            raise ConfigError("KAFKA_CREATE_TOPICS: expected true or false")
+        return raw == "true"
+    value = table.get("create_topics", True)
+    if not isinstance(value, bool):
+        raise ConfigError("kafka.create_topics: expected true or false")
+    return value
+
+
+def _startup_timeout(table: Mapping[str, Any], environ: Mapping[str, str]) -> int:
+    """``kafka.startup_timeout_seconds`` or ``KAFKA_STARTUP_TIMEOUT_SECONDS``: 0 or more."""
+    env = "KAFKA_STARTUP_TIMEOUT_SECONDS"
+    if env in environ:
+        where, raw = env, environ[env].strip()
+        value: object = int(raw) if raw.isdigit() else raw
+    else:
+        where, value = "kafka.startup_timeout_seconds", table.get("startup_timeout_seconds", 60)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{where}: expected whole seconds, 0 (wait for ever) or more")
     return value
 
 

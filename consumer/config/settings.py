@@ -91,6 +91,13 @@ class KafkaSettings:
     # classic protocol only (KIP-848 sets it broker-side): how long a silent member keeps its
     # partitions. None: librdkafka's default (45 s).
     session_timeout_ms: int | None = None
+    # true: `run` creates its dead-letter, parking and profile topics when missing (CreateTopics,
+    # needs Create on the cluster). false: topics are made by an administrator (managed Kafka);
+    # `run` checks that every topic exists and that its ACLs allow what it does there.
+    create_topics: bool = True
+    # How long `run` waits at start-up for a bootstrap server to answer before it exits (status
+    # 1); 0: wait for ever.
+    startup_timeout_seconds: int = 60
     # extra librdkafka settings (security.protocol, sasl.*, ...), passed through as given
     librdkafka: Mapping[str, str | Secret] = field(default_factory=lambda: MappingProxyType({}))
 

@@ -7,7 +7,8 @@ Map (each module's docstring states its contracts and threading model)::
     source.py    KafkaSource: the consumer-group member the engine reads (AIOConsumer; rebalance
                  callbacks on the event loop)
     producer.py  KafkaProducer: the consumer's own topics (Producer + a delivery thread)
-    admin.py     ensure_topics, TopicSpec: topic creation at start-up (AdminClient)
+    admin.py     start_up (wait for the brokers, then ensure_topics or check_topics), TopicSpec,
+                 TopicUse: the consumer's topics and their ACLs at start-up (AdminClient)
     reader.py    TopicReader, PartitionRange: the one-pass reader of the operator commands
                  (a plain Consumer run through asyncio.to_thread)
     parking.py   KafkaParkingLog: consumer.engine.ports.ParkingLog on Kafka

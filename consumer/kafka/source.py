@@ -180,6 +180,10 @@ class KafkaSource:
         # False after librdkafka reported all brokers down, until a commit succeeds or a
         # metadata request is answered (``_watch_broker``).
         self.broker_reachable = True
+        # Readiness and liveness (``consumer.observe.readiness``): see ``joined`` and
+        # ``last_poll_at``.
+        self._joined = False
+        self._last_poll_at = 0.0
         self._watcher: asyncio.Task[None] | None = None
         # Counters for metrics (read them; never reset).
         self.commits_refused = 0  # commit points dropped: partition no longer owned
@@ -213,6 +217,9 @@ class KafkaSource:
             )
         except KafkaException as exc:
             raise adapter_error(exc, "kafka consumer start") from exc
+        self._last_poll_at = asyncio.get_running_loop().time()
+        # KIP-848 announces no empty assignment: a member given no partition gets no callback.
+        self._joined = self.group_protocol == "consumer"
         self._watcher = asyncio.create_task(self._watch_broker(), name="kafka-broker-watch")
 
     async def _watch_broker(self) -> None:
@@ -290,6 +297,7 @@ class KafkaSource:
                 )
             except KafkaException as exc:
                 raise adapter_error(exc, "kafka consume") from exc
+            self._last_poll_at = asyncio.get_running_loop().time()
             return messages
 
     def _records(self, messages: list[Message]) -> list[Record]:
@@ -313,6 +321,28 @@ class KafkaSource:
                 continue
             records.append(record)
         return records
+
+    # -- probes ---------------------------------------------------------------------------------
+
+    @property
+    def joined(self) -> bool:
+        """Whether the member has joined its group. Classic protocol: its first assignment
+        is in effect (the listener's ``on_assigned`` returned; an empty assignment too: a spare
+        member has joined), and it was not lost since.
+        ``"consumer"`` protocol: from ``start`` on, since librdkafka calls no callback for a
+        member given no partition."""
+        return self._joined
+
+    @property
+    def last_poll_at(self) -> float:
+        """Event-loop time at which the last consume call returned (``start``'s time before
+        the first); ``max_poll_interval_s`` without one and librdkafka leaves the group."""
+        return self._last_poll_at
+
+    @property
+    def max_poll_interval_s(self) -> float:
+        """``max.poll.interval.ms`` in seconds, as configured (``extra`` may override it)."""
+        return float(self._config["max.poll.interval.ms"]) / 1000
 
     # -- flow control ---------------------------------------------------------------------------
 
@@ -465,6 +495,7 @@ class KafkaSource:
                 ]
             )
             self._assigned.update(Partition(a.topic, a.partition) for a in assignments)
+            self._joined = True  # the assignment (possibly empty) is in effect
         finally:
             _IN_CALLBACK.reset(token)
 
@@ -503,6 +534,8 @@ class KafkaSource:
         await self._release(aio, partitions, lost=False)
 
     async def _on_lost(self, aio: AIOConsumer, partitions: list[TopicPartition]) -> None:
+        if self.group_protocol == "classic":  # out of the group until the next assignment
+            self._joined = False
         await self._release(aio, partitions, lost=True)
 
     async def _release(

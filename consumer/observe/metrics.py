@@ -26,6 +26,8 @@ ghl_replayed_events_total                   counter    integration
 ghl_partition_committed_offset              gauge      topic, partition
 ghl_partition_lag                           gauge      topic, partition
 ghl_partition_incomplete                    gauge      topic, partition
+ghl_partition_stalled                       gauge      topic, partition (1: work waits, no
+                                                       progress for ``metrics.stall_seconds``)
 ghl_partitions_paused                       gauge
 ghl_rebalances_total                        counter    kind (assigned | revoked | lost)
 ghl_profile_store_size                      gauge
@@ -143,11 +145,13 @@ class StateSnapshot:
     ``high_watermarks``: (topic, partition) -> the partition's high watermark (from
     ``KafkaSource.lag()``); lag is the watermark minus the committed offset (else the current
     commit point). ``unhealthy``: integration ids currently answered 401/403.
+    ``stalled``: the owned partitions ``StallDetector`` finds stalled.
     ``profile_store_size`` None leaves the gauge as it was.
     """
 
     partitions: Sequence[PartitionStats] = ()
     high_watermarks: Mapping[tuple[str, int], int] = field(default_factory=dict)
+    stalled: Collection[tuple[str, int]] = ()
     paused_partitions: int = 0
     limiters: Sequence[LimiterState] = ()
     unhealthy: Collection[str] = ()
@@ -254,6 +258,12 @@ class Metrics:
         self._incomplete = gauge(
             "ghl_partition_incomplete",
             "Records admitted and not done yet, per owned partition.",
+            ["topic", "partition"],
+        )
+        self._stalled = gauge(
+            "ghl_partition_stalled",
+            "1 while an owned partition has work but its commit point has not moved for "
+            "metrics.stall_seconds (the rate limiter not holding it), else 0.",
             ["topic", "partition"],
         )
         self._paused = gauge("ghl_partitions_paused", "Owned partitions paused (backpressure).")
@@ -425,10 +435,12 @@ class Metrics:
         """Set every state gauge from ``snapshot``; partitions no longer owned lose their
         series. Called by the web server before each exposition."""
         seen: set[tuple[str, str]] = set()
+        stalled = set(snapshot.stalled)
         for p in snapshot.partitions:
             labels = (p.topic if p.topic in self._consumed else OTHER, str(p.partition))
             seen.add(labels)
             self._incomplete.labels(*labels).set(p.incomplete)
+            self._stalled.labels(*labels).set(1 if (p.topic, p.partition) in stalled else 0)
             position = p.committed_offset if p.committed_offset is not None else p.commit_offset
             if p.committed_offset is not None:
                 self._committed.labels(*labels).set(p.committed_offset)
@@ -436,7 +448,7 @@ class Metrics:
             if high is not None and position is not None:
                 self._lag.labels(*labels).set(max(0, high - position))
         for labels in self._partition_labels - seen:
-            for gauge in (self._incomplete, self._committed, self._lag):
+            for gauge in (self._incomplete, self._committed, self._lag, self._stalled):
                 gauge.remove(*labels)  # a label set never set is ignored
         self._partition_labels = seen
         self._paused.set(snapshot.paused_partitions)

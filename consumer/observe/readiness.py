@@ -1,10 +1,23 @@
-"""Readiness, and the state ``/metrics`` and ``/readyz`` read from a running consumer.
+"""Readiness, liveness, and the state ``/metrics`` reads from a running consumer.
 
 ``Observed`` reads the engine only through ``Engine.snapshot()`` (plus the Kafka clients, the
 rate limiter and the profile store, each through the small Protocols below): ``snapshot`` builds
-the ``StateSnapshot`` the web server hands to ``Metrics.refresh`` before each scrape, and
-``readiness`` answers ``/readyz``. ``StallDetector`` (pure, takes ``now``) decides which
-partitions are stalled; ``Readiness`` is what ``/readyz`` reports.
+the ``StateSnapshot`` the web server hands to ``Metrics.refresh`` before each scrape,
+``readiness`` answers ``/readyz`` and ``liveness`` answers ``/healthz``.
+
+What the probes mean for a consumer-group member (docs/architecture.md, "Probes"):
+
+- Ready (``Readiness``): the configuration is loaded (the server runs only after it), the
+  broker is reachable, the member has joined its group, and no shutdown has begun. Holding no
+  partition is normal for a spare member and is ready: a rollout's surge pod must become Ready
+  while the group has fewer partitions than members.
+- Alive (``Liveness``, pure, takes ``now``): the event loop runs (a heartbeat it updates every
+  second is fresh) and the Kafka client is not stuck (a consume call returned within the
+  member's ``max.poll.interval.ms`` while the broker is reachable; during an outage polls wait
+  on the broker, and restarting would not help).
+- A stalled partition (work waiting, commit point not moving) makes neither probe fail: taking
+  the pod out of a Service no one calls, or restarting it, would not move the partition. It is
+  the gauge ``ghl_partition_stalled`` (``StallDetector``) and the ``GhlPartitionStalled`` alert.
 
 Called on the event loop thread by the web server's handlers.
 """
@@ -12,39 +25,87 @@ Called on the event loop thread by the web server's handlers.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 from consumer.engine.offsets import PartitionStats
 from consumer.engine.stats import EngineSnapshot
 from consumer.observe.metrics import StateSnapshot
 from consumer.ratelimit.budget import LimiterState
 
+HEARTBEAT_S: Final = 1.0  # how often ``Observed.heartbeat`` marks the event loop alive
+LOOP_STUCK_S: Final = 10.0  # a heartbeat older than this: the loop was blocked
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Readiness:
-    """What ``/readyz`` answers. The composition root fills it: ``assigned`` (owns at least one
-    partition), ``broker_reachable`` (the Kafka client's last error is not "all brokers down"),
-    ``stalled`` (from ``StallDetector``)."""
+    """What ``/readyz`` answers. ``joined``: the member joined its consumer group (its first
+    assignment arrived, possibly empty; see ``KafkaSource.joined``); ``broker_reachable``: no
+    Kafka client's last word is "all brokers down"; ``stopping``: SIGTERM (or SIGINT) arrived
+    and the consumer is draining."""
 
-    assigned: bool
+    joined: bool
     broker_reachable: bool
-    stalled: tuple[tuple[str, int], ...] = ()
+    stopping: bool = False
 
     @property
     def ready(self) -> bool:
-        return self.assigned and self.broker_reachable and not self.stalled
+        return self.joined and self.broker_reachable and not self.stopping
 
     def reasons(self) -> list[str]:
         """Why not ready (empty when ready), readable and free of personal data."""
         reasons = []
-        if not self.assigned:
-            reasons.append("no partitions assigned")
+        if self.stopping:
+            reasons.append("shutting down")
         if not self.broker_reachable:
             reasons.append("Kafka broker unreachable")
-        reasons.extend(f"partition {t}[{p}] stalled" for t, p in self.stalled)
+        if not self.joined:
+            reasons.append("consumer group not joined yet")
         return reasons
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """What ``/healthz`` answers: alive unless ``reasons`` says what is stuck."""
+
+    reasons: tuple[str, ...] = ()
+
+    @property
+    def alive(self) -> bool:
+        return not self.reasons
+
+
+class Liveness:
+    """Decides whether the process is stuck. Pure: callers pass ``now`` (the loop's clock).
+
+    ``beat(now)`` is called every ``HEARTBEAT_S`` by a task on the event loop; a heartbeat
+    older than ``loop_stuck_s`` means the loop was blocked that long. ``check`` also fails when
+    the Kafka client's last consume call returned more than ``poll_stuck_s`` ago while the
+    broker is reachable (librdkafka leaves the group after ``max.poll.interval.ms`` without a
+    poll; pass that). ``stopping``: after SIGTERM intake stops polling on purpose, so only the
+    loop counts.
+    """
+
+    def __init__(self, *, now: float, loop_stuck_s: float, poll_stuck_s: float) -> None:
+        if loop_stuck_s <= 0 or poll_stuck_s <= 0:
+            raise ValueError("loop_stuck_s and poll_stuck_s must be > 0")
+        self._loop_stuck = loop_stuck_s
+        self._poll_stuck = poll_stuck_s
+        self._beat = now
+
+    def beat(self, now: float) -> None:
+        self._beat = now
+
+    def check(
+        self, *, now: float, last_poll: float, broker_reachable: bool, stopping: bool
+    ) -> Health:
+        reasons = []
+        if now - self._beat > self._loop_stuck:
+            reasons.append(f"event loop blocked for {now - self._beat:.0f} s")
+        if not stopping and broker_reachable and now - last_poll > self._poll_stuck:
+            reasons.append(f"Kafka consume call has not returned for {now - last_poll:.0f} s")
+        return Health(tuple(reasons))
 
 
 class StallDetector:
@@ -103,6 +164,15 @@ class _Source(Protocol):
     @property
     def broker_reachable(self) -> bool: ...
 
+    @property
+    def joined(self) -> bool: ...
+
+    @property
+    def last_poll_at(self) -> float: ...
+
+    @property
+    def max_poll_interval_s(self) -> float: ...
+
     async def lag(self) -> Sequence[_Watermark]: ...
 
 
@@ -122,9 +192,11 @@ class _Sized(Protocol):
 
 
 class Observed:
-    """Reads a running consumer's state for ``/metrics`` (per scrape) and ``/readyz``.
-    ``stall_seconds``: how long a partition with work may keep its commit point before it
-    counts as stalled (``StallDetector``)."""
+    """Reads a running consumer's state for ``/metrics`` (per scrape), ``/readyz`` and
+    ``/healthz``. ``stall_seconds``: how long a partition with work may keep its commit point
+    before it counts as stalled (``StallDetector``, the ``ghl_partition_stalled`` gauge).
+    ``stopping``: whether shutdown has begun (the stop event's ``is_set``). Build it on the
+    event loop; run ``heartbeat`` as a task for as long as ``/healthz`` is served."""
 
     def __init__(
         self,
@@ -135,18 +207,32 @@ class Observed:
         limiter: _Limiter,
         profiles: _Sized,
         stall_seconds: float,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self._engine = engine
         self._source = source
         self._producer = producer
         self._limiter = limiter
         self._profiles = profiles
+        self._stopping = stopping
         self._stalls = StallDetector(after_s=stall_seconds)
+        self._loop = asyncio.get_running_loop()
+        self._liveness = Liveness(
+            now=self._loop.time(),
+            loop_stuck_s=LOOP_STUCK_S,
+            poll_stuck_s=source.max_poll_interval_s,
+        )
 
     async def snapshot(self) -> StateSnapshot:
-        """The state gauges' values now (reads the source's local lag state)."""
+        """The state gauges' values now (reads the source's local lag state); advances the
+        stall clocks."""
         engine = self._engine.snapshot()
         lags = await self._source.lag()
+        now = self._loop.time()
+        held = bool(engine.unhealthy) or any(
+            (state.paused_until or 0.0) > now or (state.daily_exhausted_until or 0.0) > now
+            for state in (self._limiter.snapshot(loc, now) for loc in self._limiter.locations())
+        )
         return StateSnapshot(
             partitions=engine.partitions,
             high_watermarks={
@@ -154,6 +240,7 @@ class Observed:
                 for lag in lags
                 if lag.high_watermark is not None
             },
+            stalled=self._stalls.check(engine.partitions, throttled=held, now=now),
             paused_partitions=engine.paused_partitions,
             limiters=[self._limiter.snapshot(loc) for loc in self._limiter.locations()],
             unhealthy=engine.unhealthy,
@@ -163,18 +250,30 @@ class Observed:
             profile_store_size=len(self._profiles),
         )
 
+    def _broker_reachable(self) -> bool:
+        # The source's client hears of an outage late when a commit is waiting for the
+        # broker (it serves no callback meanwhile); the producer's hears at once.
+        return self._source.broker_reachable and self._producer.broker_reachable
+
     def readiness(self) -> Readiness:
-        """What ``/readyz`` answers now; advances the stall clocks."""
-        engine = self._engine.snapshot()
-        now = asyncio.get_running_loop().time()
-        held = bool(engine.unhealthy) or any(
-            (state.paused_until or 0.0) > now or (state.daily_exhausted_until or 0.0) > now
-            for state in (self._limiter.snapshot(loc, now) for loc in self._limiter.locations())
-        )
+        """What ``/readyz`` answers now."""
         return Readiness(
-            assigned=bool(engine.partitions),
-            # The source's client hears of an outage late when a commit is waiting for the
-            # broker (it serves no callback meanwhile); the producer's hears at once.
-            broker_reachable=self._source.broker_reachable and self._producer.broker_reachable,
-            stalled=self._stalls.check(engine.partitions, throttled=held, now=now),
+            joined=self._source.joined,
+            broker_reachable=self._broker_reachable(),
+            stopping=self._stopping(),
         )
+
+    def liveness(self) -> Health:
+        """What ``/healthz`` answers now."""
+        return self._liveness.check(
+            now=self._loop.time(),
+            last_poll=self._source.last_poll_at,
+            broker_reachable=self._broker_reachable(),
+            stopping=self._stopping(),
+        )
+
+    async def heartbeat(self) -> None:
+        """Mark the event loop alive every ``HEARTBEAT_S`` until cancelled."""
+        while True:
+            self._liveness.beat(self._loop.time())
+            await asyncio.sleep(HEARTBEAT_S)

@@ -4,10 +4,12 @@
 kubelet; no access control, nothing personal:
 
 - ``GET /metrics``: Prometheus text format; the state gauges are refreshed first (``state``).
-- ``GET /healthz``: 200 while the process serves requests.
+- ``GET /healthz`` (liveness): 200 ``{"status": "ok"}``, or 503 ``{"status": "stuck",
+  "reasons": [...]}`` when the event loop or the Kafka client is stuck
+  (``consumer.observe.readiness.Liveness``).
 - ``GET /readyz``: 200 ``{"ready": true}``, or 503 ``{"ready": false, "reasons": [...]}`` when
-  no partition is assigned, the broker is unreachable or a partition is stalled
-  (``consumer.observe.readiness.Readiness``).
+  the broker is unreachable, the member has not joined its group yet, or it is shutting down
+  (``consumer.observe.readiness.Readiness``; a member holding no partition is ready).
 
 ``serve_debugger``, the Event Debugger's own listener (``debug.host``/``debug.port``,
 127.0.0.1 by default):
@@ -52,7 +54,7 @@ from aiohttp import web
 from consumer.errors import ConfigError
 from consumer.highlevel.verdicts import Verdict
 from consumer.observe.metrics import Metrics, StateSnapshot
-from consumer.observe.readiness import Readiness
+from consumer.observe.readiness import Health, Readiness
 from consumer.observe.recent_deliveries import DeliveryEntry, RecentDeliveries
 
 logger = logging.getLogger(__name__)
@@ -89,6 +91,7 @@ class WebServer:
 class _Probes:
     metrics: Metrics
     readiness: Callable[[], Readiness]
+    liveness: Callable[[], Health] | None
     state: Callable[[], Awaitable[StateSnapshot]] | None
 
     async def metrics_page(self, request: web.Request) -> web.Response:
@@ -103,7 +106,10 @@ class _Probes:
         )
 
     async def healthz(self, request: web.Request) -> web.Response:
-        return _json({"status": "ok"})
+        health = Health() if self.liveness is None else self.liveness()
+        if health.alive:
+            return _json({"status": "ok"})
+        return _json({"status": "stuck", "reasons": list(health.reasons)}, status=503)
 
     async def readyz(self, request: web.Request) -> web.Response:
         readiness = self.readiness()
@@ -120,16 +126,18 @@ async def serve_web(
     readiness: Callable[[], Readiness],
     host: str = DEFAULT_HOST,
     state: Callable[[], Awaitable[StateSnapshot]] | None = None,
+    liveness: Callable[[], Health] | None = None,
 ) -> AsyncIterator[WebServer]:
     """Serve ``/metrics``, ``/healthz`` and ``/readyz`` until the block exits; yields the bound
     ``WebServer`` (``port=0``: a free port).
 
-    ``readiness`` is called per ``/readyz`` request and must not block; ``state`` is awaited per
+    ``readiness`` is called per ``/readyz`` request, ``liveness`` per ``/healthz`` request
+    (None: always alive); neither may block. ``state`` is awaited per
     ``/metrics`` scrape to refresh the state gauges (its failure is logged; the scrape still
     answers). Raises ConfigError naming the address when it cannot be bound (in use, not
     local).
     """
-    probes = _Probes(metrics, readiness, state)
+    probes = _Probes(metrics, readiness, liveness, state)
     app = web.Application()
     app.router.add_get("/metrics", probes.metrics_page)
     app.router.add_get("/healthz", probes.healthz)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
+import aiohttp
 from confluent_kafka import (
     Consumer,
     KafkaError,
@@ -287,3 +290,23 @@ async def run_command(
         stdout, stderr = await process.communicate()
     assert process.returncode is not None
     return process.returncode, stdout.decode(), stderr.decode()
+
+
+def metrics_url(member: ProcessLog) -> str:
+    """The base URL of a consumer's metrics server, from its start-up log line."""
+    for line in member.lines:
+        if found := re.search(r"metrics on (http://\S+)/metrics", line):
+            return found.group(1)
+    raise AssertionError(f"no metrics URL logged:\n{member.text()[-2000:]}")
+
+
+async def readiness(http: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
+    """``/readyz``'s status and JSON body at the metrics server ``url``."""
+    async with http.get(f"{url}/readyz") as response:
+        return response.status, await response.json()
+
+
+async def liveness(http: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
+    """``/healthz``'s status and JSON body at the metrics server ``url``."""
+    async with http.get(f"{url}/healthz") as response:
+        return response.status, await response.json()

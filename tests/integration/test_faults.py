@@ -21,7 +21,6 @@ import contextlib
 import itertools
 import json
 import math
-import re
 import signal
 import time
 import uuid
@@ -54,7 +53,13 @@ from tests.harness.stream import (
     until_committed,
     versions_round,
 )
-from tests.integration.consumer_harness import CommitSampler, ProcessLog, stop_process
+from tests.integration.consumer_harness import (
+    CommitSampler,
+    ProcessLog,
+    metrics_url,
+    readiness,
+    stop_process,
+)
 from tests.integration.redis_server import RedisServer
 from tests.kafka_broker import LocalBroker, create_topic
 
@@ -88,19 +93,6 @@ async def live_stream(
         version += 1
         await asyncio.sleep(interval_s)
     return produced
-
-
-def metrics_url(member: ProcessLog) -> str:
-    """The base URL of a consumer's metrics server, from its start-up log line."""
-    for line in member.lines:
-        if found := re.search(r"metrics on (http://\S+)/metrics", line):
-            return found.group(1)
-    raise AssertionError(f"no metrics URL logged:\n{member.text()[-2000:]}")
-
-
-async def readiness(http: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
-    async with http.get(f"{url}/readyz") as response:
-        return response.status, await response.json()
 
 
 def unshared_windows(members: Sequence[ProcessLog]) -> list[tuple[float, float]]:

@@ -1,8 +1,12 @@
 """Kafka security settings pass through ``[kafka.librdkafka]`` to every Kafka client of the CLI:
 ``ghl-consumer run``, ``dlq`` and ``audit`` against a real broker whose only listener they are
-given is SASL_SSL (SCRAM-SHA-512 over TLS with a private CA) or SSL with client certificates
-(mutual TLS). A wrong password or an untrusted certificate stops ``run`` at once with
-librdkafka's reason, never the password (issue 9)."""
+given is SASL_SSL (SCRAM-SHA-512 or PLAIN over TLS with a private CA) or SSL with client
+certificates (mutual TLS). A wrong password or an untrusted certificate stops ``run`` at once with
+librdkafka's reason, never the password (issue 9).
+
+On a managed cluster (issue 16) the PLAIN user has only the ACLs the README lists: with
+``kafka.create_topics = false`` ``run`` delivers with exactly those; one missing, or a refused
+CreateTopics, stops start-up with exit 2 and a message naming the topic and the ACL."""
 
 from __future__ import annotations
 
@@ -25,8 +29,8 @@ from tests.integration.consumer_harness import (
     start_consumer,
     stop_process,
 )
+from tests.integration.secure_kafka import PLAIN_PASSWORD, SecuredBroker
 from tests.integration.secure_kafka import SASL_PASSWORD as PASSWORD
-from tests.integration.secure_kafka import SecuredBroker
 from tests.kafka_broker import create_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # make check leaves it out
@@ -142,3 +146,134 @@ async def test_a_refused_connection_stops_start_up_with_the_reason_but_no_passwo
     assert "Traceback" not in err
     for secret in (PASSWORD, WRONG_PASSWORD, TOKEN):
         assert secret not in out + err
+
+
+def managed_setup(
+    kafka: SecuredBroker, tmp_path: Path, *, create_topics: bool
+) -> tuple[str, str, Path, dict[str, str]]:
+    """A source topic, a group, and a config for the PLAIN user (which has no ACL yet)."""
+    topic = create_topic(kafka.bootstrap)
+    group = f"managed-{uuid.uuid4().hex[:8]}"
+    table = kafka.plain_table('{ env = "KAFKA_SASL_PASSWORD" }')
+    config = tmp_path / "config.toml"
+    config.write_text(
+        "[kafka]\n"
+        f'topics = ["{topic}"]\n'
+        f'group_id = "{group}"\n'
+        f"create_topics = {'true' if create_topics else 'false'}\n" + table
+    )
+    env = {
+        **secured_env(kafka.secure_bootstrap),
+        "GHL_ACCESS_TOKEN": TOKEN,
+        "KAFKA_SASL_PASSWORD": PLAIN_PASSWORD,
+    }
+    return topic, group, config, env
+
+
+def readme_acls(topic: str, group: str) -> list[tuple[str, str, str]]:
+    """The README's ACL list ("Kafka ACLs") for ``create_topics = false``."""
+    names = ("dead-letter", "parking", "profiles", "replay")
+    dead_letter, parking, profiles, replay = (f"{group}.{n}" for n in names)
+    return [
+        ("topic", topic, "Read"),
+        ("group", group, "Read"),
+        ("topic", dead_letter, "Write"),
+        ("topic", replay, "Read"),
+        ("group", replay, "Read"),  # the replay feed's group is named after its topic
+        ("topic", parking, "Read"),
+        ("topic", parking, "Write"),
+        ("group", parking, "Read"),  # the parking feed's group is named after its topic
+        ("topic", profiles, "Read"),
+        ("topic", profiles, "Write"),
+    ]
+
+
+def admin_creates_topics(kafka: SecuredBroker, group: str) -> None:
+    names = ("dead-letter", "parking", "profiles", "replay")
+    kafka.create_topics(*(f"{group}.{name}" for name in names))
+
+
+async def test_sasl_plain_with_only_the_documented_acls_delivers(
+    secure_kafka: SecuredBroker, tmp_path: Path
+) -> None:
+    kafka = secure_kafka
+    topic, group, config, env = managed_setup(kafka, tmp_path, create_topics=False)
+    admin_creates_topics(kafka, group)
+    kafka.grant(*readme_acls(topic, group))
+    events = [
+        {"type": "identify", "userId": f"user-{i}", "traits": {"email": f"p{i}@example.com"}}
+        for i in range(USERS)
+    ]
+    produce(kafka.bootstrap, topic, ((e["userId"].encode(), orjson.dumps(e)) for e in events))
+    ends = end_offsets(kafka.bootstrap, topic, 1)
+    async with run_sandbox(locations={LOCATION: TOKEN}) as sandbox:
+        consumer = await start_consumer(
+            {**env, "GHL_API_BASE_URL": sandbox.url}, "--config", str(config)
+        )
+        log = ProcessLog(consumer)
+        try:
+            async with asyncio.timeout(60):
+                while committed_offsets(kafka.bootstrap, group, topic, 1) != ends:
+                    assert consumer.returncode is None, log.text()[-3000:]
+                    await asyncio.sleep(0.3)
+        except TimeoutError:
+            raise AssertionError(f"not all committed in 60 s:\n{log.text()[-3000:]}") from None
+        finally:
+            await stop_process(consumer, signal.SIGTERM)
+        assert await log.finished() == 0, log.text()[-3000:]
+        assert sorted(c["email"] for c in sandbox.contacts(LOCATION)) == [
+            f"p{i}@example.com" for i in range(USERS)
+        ]
+    assert "AUTHORIZATION" not in log.text().upper(), log.text()[-3000:]
+    assert PLAIN_PASSWORD not in log.text()
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("no Write on the dead-letter topic", "needs Write on topic {group}.dead-letter"),
+        ("no Read on the source topic", "needs Read on topic {topic}"),
+        ("a topic missing", "topic {group}.profiles does not exist"),
+    ],
+)
+async def test_create_topics_false_names_the_missing_topic_or_acl(
+    secure_kafka: SecuredBroker, tmp_path: Path, case: str, expected: str
+) -> None:
+    kafka = secure_kafka
+    topic, group, config, env = managed_setup(kafka, tmp_path, create_topics=False)
+    grants = readme_acls(topic, group)
+    if case == "a topic missing":
+        kafka.create_topics(f"{group}.dead-letter", f"{group}.parking")
+    else:
+        admin_creates_topics(kafka, group)
+        left_out = (
+            ("topic", f"{group}.dead-letter", "Write")
+            if case.startswith("no Write")
+            else ("topic", topic, "Read")
+        )
+        grants.remove(left_out)
+    kafka.grant(*grants)
+    code, out, err = await run_command(env, "run", "--config", str(config), seconds=30)
+    assert code == 2, err[-3000:]
+    message = err.strip().splitlines()[-1]
+    assert message.startswith("ghl-consumer: configuration error: kafka.create_topics = false: ")
+    assert expected.format(group=group, topic=topic) in message, message
+    assert "Traceback" not in err
+    assert PLAIN_PASSWORD not in out + err
+
+
+async def test_a_refused_create_topics_says_authorisation_and_names_the_acl(
+    secure_kafka: SecuredBroker, tmp_path: Path
+) -> None:
+    """The topics exist, the ACLs for using them are granted, but not Create: CreateTopics is
+    refused (the broker checks Create before existence), and the message says so."""
+    kafka = secure_kafka
+    topic, group, config, env = managed_setup(kafka, tmp_path, create_topics=True)
+    admin_creates_topics(kafka, group)
+    kafka.grant(*readme_acls(topic, group))
+    code, _, err = await run_command(env, "run", "--config", str(config), seconds=30)
+    assert code == 2, err[-3000:]
+    message = err.strip().splitlines()[-1]
+    assert "configuration error: kafka: not authorised to create topic" in message, message
+    assert "Create on cluster" in message
+    assert "kafka.create_topics = false" in message

@@ -14,6 +14,7 @@ import pytest
 
 from consumer.sandbox.server import run_sandbox
 from tests.integration.consumer_harness import (
+    ProcessLog,
     committed_offsets,
     end_offsets,
     produce,
@@ -160,7 +161,7 @@ async def test_run_start_up_failures_are_one_line_naming_the_cause(
 ) -> None:
     """What an operator meets first, each as one line and no traceback: a librdkafka setting
     librdkafka does not know (exit 2, naming the table), the metrics port already taken
-    (exit 2, naming the address), and no broker answering (exit 1)."""
+    (exit 2, naming the address). No broker answering: the next test."""
     topic = new_topic()
     base = {
         "GHL_LOCATION_ID": LOCATION,
@@ -193,9 +194,54 @@ async def test_run_start_up_failures_are_one_line_naming_the_cause(
         f"cannot listen on 127.0.0.1:{port}: "
     )
 
-    code, _, stderr = await run_command(
-        {**base, "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"}, "run", seconds=120
+
+
+async def unreachable_run(env: dict[str, str]) -> ProcessLog:
+    """``run`` against a closed port: nothing listens there, every connection is refused."""
+    port = free_port()
+    consumer = await start_consumer(
+        {
+            **env,
+            "GHL_LOCATION_ID": LOCATION,
+            "GHL_ACCESS_TOKEN": TOKEN,
+            "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}",
+        }
     )
-    assert code == 1
-    assert "Traceback" not in stderr
-    assert stderr.splitlines()[-1].startswith("ghl-consumer: kafka: ")
+    return ProcessLog(consumer)
+
+
+async def test_kafka_unreachable_at_start_up_is_one_line_then_exit_after_the_timeout() -> None:
+    started = asyncio.get_running_loop().time()
+    log = await unreachable_run({"KAFKA_STARTUP_TIMEOUT_SECONDS": "7"})
+    async with asyncio.timeout(10):
+        await log.wait_for("kafka bootstrap servers 127.0.0.1:")
+    said = asyncio.get_running_loop().time() - started
+    async with asyncio.timeout(30):
+        assert await log.finished() == 1
+    took = asyncio.get_running_loop().time() - started
+    lines = log.lines
+    assert said < 10, log.text()
+    assert 7 <= took < 20, (took, log.text())
+    # "starting", the one warning, and the exit line: no wall of librdkafka lines
+    assert len(lines) <= 3, log.text()
+    assert "unreachable" in lines[-2]
+    assert "retrying for up to 7 s" in lines[-2]
+    assert "Connection refused" in lines[-2]
+    assert lines[-1].startswith("ghl-consumer: kafka: bootstrap servers 127.0.0.1:")
+    assert "unreachable for 7 s" in lines[-1]
+    assert "Traceback" not in log.text()
+
+
+async def test_with_no_start_up_timeout_run_waits_for_kafka_and_sigterm_ends_it() -> None:
+    log = await unreachable_run({"KAFKA_STARTUP_TIMEOUT_SECONDS": "0"})
+    async with asyncio.timeout(10):
+        await log.wait_for("retrying until they answer")
+    await asyncio.sleep(3)
+    assert log.process.returncode is None  # still waiting
+    log.process.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(10):
+        assert await log.finished() == 0
+    assert len(log.lines) <= 3, log.text()
+    assert log.lines[-1] == (
+        "ghl-consumer: stopped: a signal arrived while waiting for the Kafka bootstrap servers"
+    )

@@ -16,7 +16,7 @@ import pytest
 from consumer.engine.offsets import PartitionStats
 from consumer.highlevel.verdicts import Answer, classify
 from consumer.observe.metrics import Metrics, StateSnapshot
-from consumer.observe.readiness import Readiness
+from consumer.observe.readiness import Health, Readiness
 from consumer.observe.recent_deliveries import RecentDeliveries
 from consumer.observe.web import SESSION_COOKIE, WebServer, serve_debugger, serve_web
 
@@ -49,7 +49,8 @@ class Probe:
     """What the engine would fill: readiness inputs and the scrape-time state."""
 
     def __init__(self) -> None:
-        self.readiness = Readiness(assigned=True, broker_reachable=True)
+        self.readiness = Readiness(joined=True, broker_reachable=True)
+        self.health = Health()
         self.state_calls = 0
         self.fail_state = False
 
@@ -80,7 +81,11 @@ def probe() -> Probe:
 @pytest.fixture
 async def server(metrics: Metrics, probe: Probe) -> AsyncIterator[WebServer]:
     async with serve_web(
-        port=0, metrics=metrics, readiness=lambda: probe.readiness, state=probe.state
+        port=0,
+        metrics=metrics,
+        readiness=lambda: probe.readiness,
+        liveness=lambda: probe.health,
+        state=probe.state,
     ) as running:
         yield running
 
@@ -144,12 +149,19 @@ async def test_healthz_and_readyz(
         assert (response.status, await response.json()) == (200, {"status": "ok"})
     async with http.get(f"{server.url}/readyz") as response:
         assert (response.status, await response.json()) == (200, {"ready": True})
-    probe.readiness = Readiness(assigned=True, broker_reachable=False, stalled=(("events", 2),))
+    probe.readiness = Readiness(joined=True, broker_reachable=False, stopping=True)
     async with http.get(f"{server.url}/readyz") as response:
         assert response.status == 503
         assert await response.json() == {
             "ready": False,
-            "reasons": ["Kafka broker unreachable", "partition events[2] stalled"],
+            "reasons": ["shutting down", "Kafka broker unreachable"],
+        }
+    probe.health = Health(("event loop blocked for 12 s",))
+    async with http.get(f"{server.url}/healthz") as response:
+        assert response.status == 503
+        assert await response.json() == {
+            "status": "stuck",
+            "reasons": ["event loop blocked for 12 s"],
         }
 
 
@@ -454,12 +466,12 @@ async def test_readyz_names_its_reasons(
         serve_web(
             port=0,
             metrics=metrics,
-            readiness=lambda: Readiness(assigned=False, broker_reachable=True),
+            readiness=lambda: Readiness(joined=False, broker_reachable=True),
         ) as running,
         http.get(f"{running.url}/readyz") as response,
     ):
         assert response.status == 503
-        assert (await response.json())["reasons"] == ["no partitions assigned"]
+        assert (await response.json())["reasons"] == ["consumer group not joined yet"]
 
 
 @pytest.mark.slow

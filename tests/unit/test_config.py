@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from consumer.commands.run import consumer_topics
+from consumer.commands.run import consumer_topics, topic_uses
 from consumer.config import Secret, Settings, load_settings
 from consumer.core.events import ConsentMode, PresetEvent, TagMode
 from consumer.core.targets import CustomFieldMapping, Routing
@@ -646,3 +646,36 @@ def test_debugger_settings_errors_name_the_field(
     with pytest.raises(ConfigError) as caught:
         load(tmp_path, text, ENV)
     assert str(caught.value).startswith(message)
+
+
+def test_create_topics_and_the_start_up_timeout(tmp_path: Path) -> None:
+    defaults = load_settings(None, ENV).kafka
+    assert (defaults.create_topics, defaults.startup_timeout_seconds) == (True, 60)
+    text = "[kafka]\ncreate_topics = false\nstartup_timeout_seconds = 0\n"
+    kafka = load(tmp_path, text, ENV).kafka
+    assert (kafka.create_topics, kafka.startup_timeout_seconds) == (False, 0)
+    environ = {**ENV, "KAFKA_CREATE_TOPICS": "TRUE", "KAFKA_STARTUP_TIMEOUT_SECONDS": "15"}
+    kafka = load(tmp_path, text, environ).kafka
+    assert (kafka.create_topics, kafka.startup_timeout_seconds) == (True, 15)
+    assert [(u.name, u.operations) for u in topic_uses(kafka)] == [
+        ("events", ("Read",)),
+        ("ghl-consumer.dead-letter", ("Write",)),
+        ("ghl-consumer.parking", ("Read", "Write")),
+        ("ghl-consumer.profiles", ("Read", "Write")),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "message"),
+    [
+        ("[kafka]\ncreate_topics = 'no'\n", {}, "kafka.create_topics: expected true or false"),
+        ("", {"KAFKA_CREATE_TOPICS": "0"}, "KAFKA_CREATE_TOPICS: expected true or false"),
+        ("[kafka]\nstartup_timeout_seconds = -1\n", {}, "kafka.startup_timeout_seconds"),
+        ("", {"KAFKA_STARTUP_TIMEOUT_SECONDS": "1m"}, "KAFKA_STARTUP_TIMEOUT_SECONDS: expected"),
+    ],
+)
+def test_bad_create_topics_or_start_up_timeout_is_refused(
+    tmp_path: Path, text: str, environ: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load(tmp_path, text, {**ENV, **environ})

@@ -84,6 +84,7 @@ EXPECTED_SERIES = {
     "ghl_partition_committed_offset",
     "ghl_partition_lag",
     "ghl_partition_incomplete",
+    "ghl_partition_stalled",
     "ghl_partitions_paused",
     "ghl_rebalances_total",
     "ghl_profile_store_size",
@@ -255,6 +256,7 @@ def test_refresh_sets_partition_limiter_and_process_gauges(metrics: Metrics) -> 
             partitions=[partition_stats(0, incomplete=3, committed=100, commit=100),
                         partition_stats(1, committed=None, commit=5)],
             high_watermarks={("events", 0): 150, ("events", 1): 9},
+            stalled=[("events", 0)],
             paused_partitions=1,
             limiters=[limiter("loc-acme", remaining=42, daily=199_000),
                       limiter("loc-stranger", remaining=1)],
@@ -268,6 +270,8 @@ def test_refresh_sets_partition_limiter_and_process_gauges(metrics: Metrics) -> 
     assert value(metrics, "ghl_partition_committed_offset", topic="events", partition="0") == 100
     assert value(metrics, "ghl_partition_lag", topic="events", partition="0") == 50
     assert value(metrics, "ghl_partition_incomplete", topic="events", partition="0") == 3
+    assert value(metrics, "ghl_partition_stalled", topic="events", partition="0") == 1
+    assert value(metrics, "ghl_partition_stalled", topic="events", partition="1") == 0
     # nothing committed yet: lag is measured from where consumption would resume
     assert value(metrics, "ghl_partition_committed_offset", topic="events", partition="1") is None
     assert value(metrics, "ghl_partition_lag", topic="events", partition="1") == 4
@@ -292,6 +296,7 @@ def test_refresh_drops_series_of_partitions_no_longer_owned(metrics: Metrics) ->
     assert value(metrics, "ghl_partition_incomplete", topic="events", partition="0") == 0
     assert value(metrics, "ghl_partition_incomplete", topic="events", partition="1") is None
     assert value(metrics, "ghl_partition_lag", topic="events", partition="1") is None
+    assert value(metrics, "ghl_partition_stalled", topic="events", partition="1") is None
     assert value(metrics, "ghl_ratelimit_fallback_active") == 1
 
 

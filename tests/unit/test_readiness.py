@@ -1,25 +1,68 @@
-"""consumer.observe.readiness: stall detection, what /readyz answers, and what the running
-consumer's state reader reads from ``Engine.snapshot()``."""
+"""consumer.observe.readiness: what /readyz and /healthz answer for a consumer-group member,
+stall detection (a metric, not a probe), and what the running consumer's state reader reads
+from ``Engine.snapshot()``."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
+from consumer.engine.offsets import PartitionStats
 from consumer.engine.stats import EngineSnapshot
-from consumer.observe.readiness import Observed, Readiness, StallDetector
+from consumer.observe.readiness import Liveness, Observed, Readiness, StallDetector
 from consumer.ratelimit.budget import LimiterState
 from tests.harness.engine import partition_stats
 
 
-def test_readiness_reasons() -> None:
-    assert Readiness(assigned=True, broker_reachable=True).ready
-    not_ready = Readiness(assigned=False, broker_reachable=False, stalled=(("events", 3),))
+def test_ready_means_joined_reachable_and_not_stopping() -> None:
+    assert Readiness(joined=True, broker_reachable=True).ready
+    not_ready = Readiness(joined=False, broker_reachable=False, stopping=True)
     assert not not_ready.ready
     assert not_ready.reasons() == [
-        "no partitions assigned",
+        "shutting down",
         "Kafka broker unreachable",
-        "partition events[3] stalled",
+        "consumer group not joined yet",
     ]
+    assert Readiness(joined=True, broker_reachable=True, stopping=True).reasons() == [
+        "shutting down"
+    ]
+
+
+def test_alive_while_the_loop_beats_and_polls_return() -> None:
+    probe = Liveness(now=0, loop_stuck_s=10, poll_stuck_s=300)
+    for t in range(1, 400):
+        probe.beat(t)
+        # polls return every 0.1 s
+        assert probe.check(now=t, last_poll=t - 0.1, broker_reachable=True, stopping=False).alive
+
+
+def test_a_blocked_event_loop_fails_liveness() -> None:
+    probe = Liveness(now=0, loop_stuck_s=10, poll_stuck_s=300)
+    probe.beat(100)
+    assert probe.check(now=110, last_poll=110, broker_reachable=True, stopping=False).alive
+    health = probe.check(now=125, last_poll=125, broker_reachable=True, stopping=False)
+    assert health.reasons == ("event loop blocked for 25 s",)
+    probe.beat(126)
+    assert probe.check(now=126, last_poll=126, broker_reachable=True, stopping=False).alive
+
+
+def test_a_consume_call_stuck_beyond_max_poll_interval_fails_liveness_unless_explained() -> None:
+    probe = Liveness(now=0, loop_stuck_s=10, poll_stuck_s=300)
+    probe.beat(400)
+    assert probe.check(now=400, last_poll=100, broker_reachable=True, stopping=False).alive
+    stuck = probe.check(now=400.5, last_poll=100, broker_reachable=True, stopping=False)
+    assert stuck.reasons == ("Kafka consume call has not returned for 300 s",)
+    # A broker outage holds polls (a commit waits for the coordinator): restarting would not
+    # help, readiness reports it. Draining after SIGTERM stops polling on purpose.
+    probe.beat(500)
+    assert probe.check(now=500, last_poll=100, broker_reachable=False, stopping=False).alive
+    assert probe.check(now=500, last_poll=100, broker_reachable=True, stopping=True).alive
+
+
+def test_liveness_rejects_non_positive_limits() -> None:
+    with pytest.raises(ValueError, match="must be > 0"):
+        Liveness(now=0, loop_stuck_s=0, poll_stuck_s=1)
 
 
 def test_stall_needs_incomplete_work_and_no_progress_for_the_whole_period() -> None:
@@ -70,6 +113,9 @@ class _Watermark:
 
 class _Client:
     broker_reachable = True
+    joined = False
+    last_poll_at = 0.0
+    max_poll_interval_s = 300.0
 
     async def lag(self) -> list[_Watermark]:
         return [_Watermark(0, 25), _Watermark(1, None)]
@@ -100,15 +146,30 @@ class _Engine:
         return self.state
 
 
-def observed(engine: _Engine, *, stall_seconds: float = 60) -> Observed:
+def observed(
+    engine: _Engine, *, stall_seconds: float = 60, stopping: bool = False
+) -> tuple[Observed, _Client]:
     client = _Client()
-    return Observed(
+    state = Observed(
         engine=engine,
         source=client,
         producer=client,
         limiter=_Limiter(),
         profiles=["p1", "p2"],
         stall_seconds=stall_seconds,
+        stopping=lambda: stopping,
+    )
+    return state, client
+
+
+def snapshot(*partitions: PartitionStats) -> EngineSnapshot:
+    return EngineSnapshot(
+        partitions=partitions,
+        paused_partitions=0,
+        unhealthy=frozenset(),
+        buffered_records=0,
+        buffered_bytes=0,
+        in_flight=0,
     )
 
 
@@ -123,33 +184,56 @@ async def test_the_scrape_state_comes_from_the_engine_snapshot() -> None:
             in_flight=3,
         )
     )
-    state = await observed(engine).snapshot()
+    state = await observed(engine)[0].snapshot()
     assert state.partitions == engine.state.partitions
     assert state.high_watermarks == {("events", 0): 25}
     assert (state.paused_partitions, set(state.unhealthy)) == (1, {"acme"})
     assert (state.buffered_records, state.buffered_bytes, state.requests_in_flight) == (7, 700, 3)
     assert [s.location_id for s in state.limiters] == ["loc-acme"]
     assert state.profile_store_size == 2
+    assert state.stalled == ()
 
 
-async def test_ready_when_assigned_and_reachable_not_before() -> None:
-    empty = EngineSnapshot(
-        partitions=(),
-        paused_partitions=0,
-        unhealthy=frozenset(),
-        buffered_records=0,
-        buffered_bytes=0,
-        in_flight=0,
-    )
-    engine = _Engine(empty)
-    probe = observed(engine)
-    assert probe.readiness().reasons() == ["no partitions assigned"]
-    engine.state = EngineSnapshot(
-        partitions=(partition_stats(0),),
-        paused_partitions=0,
-        unhealthy=frozenset(),
-        buffered_records=0,
-        buffered_bytes=0,
-        in_flight=0,
-    )
+async def test_a_spare_member_with_no_partitions_is_ready_once_joined() -> None:
+    probe, client = observed(_Engine(snapshot()))
+    assert probe.readiness().reasons() == ["consumer group not joined yet"]
+    client.joined = True  # the first (empty) assignment arrived
     assert probe.readiness().ready
+    client.broker_reachable = False
+    assert probe.readiness().reasons() == ["Kafka broker unreachable"]
+
+
+async def test_shutting_down_is_not_ready() -> None:
+    probe, client = observed(_Engine(snapshot(partition_stats(0))), stopping=True)
+    client.joined = True
+    assert probe.readiness().reasons() == ["shutting down"]
+
+
+async def test_a_stalled_partition_is_a_metric_and_leaves_readiness_alone() -> None:
+    engine = _Engine(snapshot(partition_stats(0, incomplete=5, commit=10)))
+    probe, client = observed(engine, stall_seconds=0.01)
+    client.joined = True
+    assert (await probe.snapshot()).stalled == ()
+    await asyncio.sleep(0.02)
+    assert (await probe.snapshot()).stalled == (("events", 0),)
+    assert probe.readiness().ready
+
+
+async def test_liveness_reads_the_source_poll_time_on_the_loop_clock() -> None:
+    probe, client = observed(_Engine(snapshot()))
+    now = asyncio.get_running_loop().time()
+    client.last_poll_at = now
+    assert probe.liveness().alive
+    client.last_poll_at = now - client.max_poll_interval_s - 1
+    assert probe.liveness().reasons[0].startswith("Kafka consume call has not returned")
+
+
+async def test_the_heartbeat_keeps_the_loop_marked_alive() -> None:
+    probe, client = observed(_Engine(snapshot()))
+    client.last_poll_at = float("inf")  # polls are not what this test is about
+    beating = asyncio.create_task(probe.heartbeat())
+    try:
+        await asyncio.sleep(0)
+        assert probe.liveness().alive
+    finally:
+        beating.cancel()

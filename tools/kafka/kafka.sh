@@ -17,7 +17,13 @@
 #   KAFKA_SECURE_PORT  SASL_SSL on 127.0.0.1:$KAFKA_SECURE_PORT, SCRAM-SHA-512, one user
 #                      ${KAFKA_SASL_USERNAME:-ghl-consumer} whose password is $KAFKA_SASL_PASSWORD
 #                      (required then); the user is created when the storage is formatted (the
-#                      first start of a state directory), later starts keep it.
+#                      first start of a state directory), later starts keep it. With
+#                      $KAFKA_PLAIN_PASSWORD set, SASL/PLAIN on the same listener too, one user
+#                      ${KAFKA_PLAIN_USERNAME:-ghl-plain} (listed in the broker's JAAS config).
+#                      The listener's broker runs an ACL authorizer (StandardAuthorizer): the
+#                      PLAINTEXT and controller principal (ANONYMOUS), the SCRAM user and the
+#                      mutual-TLS client are super users; the PLAIN user may do only what ACLs
+#                      grant it (tests grant them through the PLAINTEXT listener).
 #   KAFKA_TLS_PORT     SSL on 127.0.0.1:$KAFKA_TLS_PORT with client certificates required (mutual
 #                      TLS); the client's certificate and key: $state/tls/client.pem, client.key.
 # TLS: a CA, a broker certificate (for localhost and 127.0.0.1) and a client certificate, made
@@ -37,6 +43,8 @@ timeout=${KAFKA_START_TIMEOUT:-90}
 secure_port=${KAFKA_SECURE_PORT:-}
 tls_port=${KAFKA_TLS_PORT:-}
 sasl_user=${KAFKA_SASL_USERNAME:-ghl-consumer}
+plain_user=${KAFKA_PLAIN_USERNAME:-ghl-plain}
+plain_password=${KAFKA_PLAIN_PASSWORD:-}
 tls="$state/tls"
 
 say() { printf 'kafka: %s\n' "$*" >&2; }
@@ -105,12 +113,21 @@ log.retention.hours=24
 log.segment.bytes=67108864
 PROPS
   if [ -n "$secure_port" ]; then
+    local mechanisms=SCRAM-SHA-512
+    [ -n "$plain_password" ] && mechanisms="SCRAM-SHA-512,PLAIN"
     cat >>"$state/server.properties" <<PROPS
-listener.name.secured.sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.secured.sasl.enabled.mechanisms=$mechanisms
 listener.name.secured.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 listener.name.secured.ssl.keystore.type=PEM
 listener.name.secured.ssl.keystore.location=$tls/broker-keystore.pem
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:ANONYMOUS;User:$sasl_user;User:CN=ghl-consumer
 PROPS
+    if [ -n "$plain_password" ]; then
+      # The password sits in the state directory's server.properties (a test broker's).
+      printf '%s\n' "listener.name.secured.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$plain_user=\"$plain_password\";" \
+        >>"$state/server.properties"
+    fi
   fi
   if [ -n "$tls_port" ]; then
     cat >>"$state/server.properties" <<PROPS
@@ -211,7 +228,7 @@ up() {
   done
   say "ready on 127.0.0.1:$port (log: $log)"
   if [ -n "$secure_port" ]; then
-    say "SASL_SSL (SCRAM-SHA-512, user $sasl_user) on 127.0.0.1:$secure_port; CA: $tls/ca.pem"
+    say "SASL_SSL (SCRAM-SHA-512, user $sasl_user${plain_password:+; PLAIN, user $plain_user}) on 127.0.0.1:$secure_port; CA: $tls/ca.pem"
   fi
   if [ -n "$tls_port" ]; then
     say "SSL with client certificates ($tls/client.pem, client.key) on 127.0.0.1:$tls_port; CA: $tls/ca.pem"
