@@ -660,6 +660,7 @@ def test_create_topics_and_the_start_up_timeout(tmp_path: Path) -> None:
     assert [(u.name, u.operations) for u in topic_uses(kafka)] == [
         ("events", ("Read",)),
         ("ghl-consumer.dead-letter", ("Write",)),
+        ("ghl-consumer.replay", ("Read",)),
         ("ghl-consumer.parking", ("Read", "Write")),
         ("ghl-consumer.profiles", ("Read", "Write")),
     ]
