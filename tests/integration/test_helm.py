@@ -377,6 +377,26 @@ def test_managed_example_config(tmp_path: Path) -> None:
     assert settings.kafka.create_topics is False
 
 
+def test_further_settings_reach_the_consumer(tmp_path: Path) -> None:
+    values = {
+        "kafka": {
+            "extra": {"session_timeout_ms": 30000, "dead_letter_topic": "ghl.dlq"},
+            "librdkafka": {"fetch.max.bytes": 4194304, "enable.ssl.certificate.verification": True},
+        },
+        "extraConfigToml": "[engine]\nmax_in_flight = 32\n",
+    }
+    (tmp_path / "values.yaml").write_text(yaml.safe_dump(values))
+    settings = pod_settings(render("--values", str(tmp_path / "values.yaml")), tmp_path)
+    assert settings.kafka.session_timeout_ms == 30000
+    assert settings.kafka.dead_letter_topic == "ghl.dlq"
+    assert settings.kafka.librdkafka["fetch.max.bytes"] == "4194304"
+    assert settings.kafka.librdkafka["enable.ssl.certificate.verification"] == "true"
+    assert settings.engine.max_in_flight == 32
+    assert "kafka.extra.group_id: set by the chart" in render_error(
+        "--set", "kafka.extra.group_id=other"
+    )
+
+
 def test_tokens_as_environment_variables(tmp_path: Path) -> None:
     objects = render(*SECURED, "--set", "tokenAs=env")
     settings = pod_settings(objects, tmp_path)

@@ -99,6 +99,11 @@ GHL_TOKEN_{{ regexReplaceAll "[^A-Z0-9]" (upper .) "_" }}
 {{- fail (printf "kafka.librdkafka.%s: set by the chart from kafka.securityProtocol, kafka.sasl and kafka.tls" $key) -}}
 {{- end -}}
 {{- end -}}
+{{- range $key, $_ := $v.kafka.extra -}}
+{{- if has $key (list "bootstrap_servers" "topics" "group_id" "auto_offset_reset" "create_topics" "librdkafka") -}}
+{{- fail (printf "kafka.extra.%s: set by the chart from kafka's own values" $key) -}}
+{{- end -}}
+{{- end -}}
 {{- $ids := dict -}}
 {{- range $i, $integration := $v.integrations -}}
 {{- if hasKey $ids $integration.id -}}
