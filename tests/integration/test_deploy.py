@@ -1,4 +1,5 @@
-"""docker-compose.yml, deploy/Dockerfile, deploy/k8s and deploy/prometheus.yml hold together.
+"""docker-compose.yml, deploy/Dockerfile and deploy/prometheus.yml hold together (the Helm chart:
+test_helm.py).
 
 ``docker compose config`` (or Debian's ``docker-compose``) validates the compose file without a
 Docker engine; ``promtool`` (Debian's ``prometheus``) validates the Prometheus config. Both are
@@ -27,7 +28,6 @@ COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 MAKEFILE = ROOT / "Makefile"
-K8S = ROOT / "deploy" / "k8s"
 PROMETHEUS = ROOT / "deploy" / "prometheus.yml"
 METRICS_PORT = 9464  # the default of metrics.port (docs/architecture.md, "Configuration")
 
@@ -48,16 +48,6 @@ def compose_command() -> list[str]:
 def compose() -> dict[str, Any]:
     loaded: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
     return loaded
-
-
-def k8s_objects() -> dict[str, dict[str, Any]]:
-    """kind -> object of every manifest named in kustomization.yaml."""
-    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
-    objects = {}
-    for name in kustomization["resources"]:
-        for document in yaml.safe_load_all((K8S / name).read_text()):
-            objects[document["kind"]] = document
-    return objects
 
 
 # -- docker compose -----------------------------------------------------------------------------
@@ -272,63 +262,6 @@ def test_the_image_is_built_from_pinned_inputs() -> None:
         names = {name.lower().replace("_", "-") for name in pinned}
         for requirement in wanted:
             assert re.split(r"[<>=\[ ]", requirement)[0].lower() in names, (lock, requirement)
-
-
-# -- kubernetes ---------------------------------------------------------------------------------
-
-
-def test_k8s_has_every_piece() -> None:
-    kinds = set(k8s_objects())
-    assert {"Deployment", "ConfigMap", "Service", "ScaledObject", "PodDisruptionBudget"} <= kinds
-
-
-def test_k8s_deployment_probes_and_security() -> None:
-    objects = k8s_objects()
-    pod = objects["Deployment"]["spec"]["template"]
-    container = pod["spec"]["containers"][0]
-    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports["metrics"] == METRICS_PORT
-    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
-    assert container["securityContext"]["readOnlyRootFilesystem"] is True
-    # tokens come from the Secret, never from the ConfigMap
-    secrets = {
-        e["name"]: e["valueFrom"]["secretKeyRef"]["name"]
-        for e in container["env"]
-        if "secretKeyRef" in e.get("valueFrom", {})
-    }
-    assert secrets["GHL_ACCESS_TOKEN"] == "ghl-consumer"
-    example = yaml.safe_load((K8S / "secret.example.yaml").read_text())
-    assert set(secrets) <= set(example["stringData"])
-    config = objects["ConfigMap"]["data"]
-    assert not any("TOKEN" in key for key in config)
-    assert int(config["METRICS_PORT"]) == METRICS_PORT
-
-
-def test_k8s_selectors_match_the_pods() -> None:
-    objects = k8s_objects()
-    labels = objects["Deployment"]["spec"]["template"]["metadata"]["labels"]
-    for kind in ("Service", "PodDisruptionBudget"):
-        spec = objects[kind]["spec"]
-        selector = spec["selector"].get("matchLabels", spec["selector"])
-        assert selector.items() <= labels.items(), kind
-
-
-def test_scaled_object_follows_the_sizing_rule() -> None:
-    objects = k8s_objects()
-    scaled = objects["ScaledObject"]["spec"]
-    assert scaled["scaleTargetRef"]["name"] == objects["Deployment"]["metadata"]["name"]
-    trigger = scaled["triggers"][0]
-    assert trigger["type"] == "kafka"
-    config = objects["ConfigMap"]["data"]
-    assert trigger["metadata"]["consumerGroup"] == config["KAFKA_GROUP_ID"]
-    assert trigger["metadata"]["topic"] in config["KAFKA_TOPICS"].split(",")
-    assert trigger["metadata"]["allowIdleConsumers"] == "false"
-    # instances <= partitions: the topic the compose stack creates has as many partitions
-    init = " ".join(compose()["services"]["kafka-init"]["command"])
-    partitions = int(re.search(r"--partitions (\d+)", init).group(1))  # type: ignore[union-attr]
-    assert 1 <= scaled["minReplicaCount"] <= scaled["maxReplicaCount"] <= partitions
 
 
 # -- prometheus ---------------------------------------------------------------------------------

@@ -1,0 +1,579 @@
+"""The Helm chart (deploy/helm/ghl-consumer) renders valid manifests that hold together with
+the consumer.
+
+``helm lint`` and ``helm template`` run for real: helm is required (``tools/system-deps.sh``
+builds it into ``.tools/bin``), the tests fail, never skip, without it. Every rendered object
+of a built-in kind is checked against the Kubernetes schemas of ``K8S_VERSION``
+(kubernetes-validate, strict: unknown fields fail); the custom resources (KEDA, Prometheus
+Operator) by the structural schemas below. Two renderings: the chart's defaults and
+``deploy/helm/values-managed.yaml`` (SASL_SSL + KEDA + external Redis + ServiceMonitor +
+NetworkPolicy), the example the README walks through.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import shutil
+import subprocess
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from consumer.config import Secret, load_settings
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "deploy" / "helm" / "ghl-consumer"
+MANAGED = ROOT / "deploy" / "helm" / "values-managed.yaml"
+WEB = ROOT / "consumer" / "observe" / "web.py"
+K8S_VERSION = "1.33.0"  # the oldest minor version of a managed cluster still supported in 2026
+NAMESPACE = "ghl-prod"
+RENDERINGS = {"default": (), "managed": ("--values", str(MANAGED))}
+SECURED = ("--values", str(MANAGED))
+
+
+def helm() -> str:
+    local = ROOT / ".tools" / "bin" / "helm"
+    found = str(local) if local.exists() else shutil.which("helm")
+    assert found, "helm not found: tools/system-deps.sh builds it into .tools/bin"
+    return found
+
+
+def run_helm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([helm(), *args], capture_output=True, text=True, check=False)
+
+
+@functools.cache
+def render(*args: str) -> tuple[dict[str, Any], ...]:
+    result = run_helm("template", "ghl", str(CHART), "--namespace", NAMESPACE, *args)
+    assert result.returncode == 0, result.stderr
+    return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
+
+
+def render_error(*args: str) -> str:
+    """The error of a rendering that must fail."""
+    result = run_helm("template", "ghl", str(CHART), "--namespace", NAMESPACE, *args)
+    assert result.returncode != 0, f"rendered with {args}"
+    return result.stderr
+
+
+def one(objects: tuple[dict[str, Any], ...], kind: str, component: str = "consumer") -> Any:
+    found = [
+        o
+        for o in objects
+        if o["kind"] == kind
+        and o["metadata"]["labels"].get("app.kubernetes.io/component", component) == component
+    ]
+    assert len(found) == 1, (kind, component, len(found))
+    return found[0]
+
+
+def kinds(objects: tuple[dict[str, Any], ...]) -> list[str]:
+    return [o["kind"] for o in objects]
+
+
+def container(objects: tuple[dict[str, Any], ...]) -> Any:
+    [consumer] = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    return consumer
+
+
+# -- custom resources: the fields the chart uses, by structure ----------------------------------
+
+_STR = {"type": "string", "minLength": 1}
+_INT = {"type": "integer"}
+
+
+def _obj(required: dict[str, Any], optional: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": list(required),
+        "properties": {**required, **(optional or {})},
+        "additionalProperties": False,
+    }
+
+
+_METADATA = {"type": "object", "required": ["name", "namespace", "labels"]}
+_LABELS = {"type": "object", "additionalProperties": {"type": "string"}, "minProperties": 1}
+_SELECTOR = _obj({"matchLabels": _LABELS})
+_ENDPOINT = _obj({"port": _STR, "path": _STR, "interval": _STR})
+CRD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
+    ("keda.sh/v1alpha1", "ScaledObject"): _obj(
+        {
+            "scaleTargetRef": _obj({"name": _STR}),
+            "minReplicaCount": _INT,
+            "maxReplicaCount": _INT,
+            "triggers": {
+                "type": "array",
+                "minItems": 1,
+                "items": _obj(
+                    {
+                        "type": {"const": "kafka"},
+                        "metadata": {
+                            "type": "object",
+                            "additionalProperties": {"type": "string"},
+                        },
+                    },
+                    {"authenticationRef": _obj({"name": _STR})},
+                ),
+            },
+        },
+        {"pollingInterval": _INT, "cooldownPeriod": _INT, "advanced": {"type": "object"}},
+    ),
+    ("keda.sh/v1alpha1", "TriggerAuthentication"): _obj(
+        {
+            "secretTargetRef": {
+                "type": "array",
+                "minItems": 1,
+                "items": _obj({"parameter": _STR, "name": _STR, "key": _STR}),
+            }
+        }
+    ),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): _obj(
+        {"selector": _SELECTOR, "endpoints": {"type": "array", "items": _ENDPOINT}}
+    ),
+    ("monitoring.coreos.com/v1", "PodMonitor"): _obj(
+        {"selector": _SELECTOR, "podMetricsEndpoints": {"type": "array", "items": _ENDPOINT}}
+    ),
+}
+
+
+def validate(document: dict[str, Any]) -> None:
+    schema = CRD_SCHEMAS.get((document["apiVersion"], document["kind"]))
+    if schema is None:
+        kubernetes_validate.validate(document, K8S_VERSION, strict=True)
+        return
+    jsonschema.validate(document["metadata"], _METADATA)
+    assert set(document) == {"apiVersion", "kind", "metadata", "spec"}, document["kind"]
+    jsonschema.validate(document["spec"], schema)
+
+
+# -- the configuration the pods get -------------------------------------------------------------
+
+
+def walk(value: Any) -> Iterator[Any]:
+    yield value
+    children = value.values() if isinstance(value, dict) else value
+    if isinstance(value, dict | list):
+        for child in children:
+            yield from walk(child)
+
+
+def secret_value(name: str, key: str) -> str:
+    """What a test puts into Secret ``name``, key ``key``: a marker never in the chart (a URL
+    with a password for a Redis URL)."""
+    if key == "url":
+        return f"rediss://:secret-{name}@redis.example.com:6380/0"
+    return f"secret-{name}-{key}"
+
+
+def pod_environment(objects: tuple[dict[str, Any], ...]) -> dict[str, str]:
+    env = {}
+    for entry in container(objects)["env"]:
+        if "value" in entry:
+            env[entry["name"]] = entry["value"]
+        else:
+            ref = entry["valueFrom"]["secretKeyRef"]
+            env[entry["name"]] = secret_value(ref["name"], ref["key"])
+    return env
+
+
+def mounted_files(objects: tuple[dict[str, Any], ...], root: Path) -> dict[str, Path]:
+    """The files the container's Secret volumes provide, written under ``root``: mount path
+    of each volume -> its directory there."""
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {}
+    for mount in container(objects)["volumeMounts"]:
+        volume = volumes[mount["name"]]
+        sources = [s["secret"] for s in volume.get("projected", {}).get("sources", [])]
+        if "secret" in volume:
+            sources.append({"name": volume["secret"]["secretName"], **volume["secret"]})
+        if not sources:
+            continue
+        directory = root / mount["name"]
+        for source in sources:
+            for item in source["items"]:
+                path = directory / item["path"]
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(secret_value(source["name"], item["key"]))
+        mounts[mount["mountPath"]] = directory
+    return mounts
+
+
+def pod_settings(objects: tuple[dict[str, Any], ...], root: Path) -> Any:
+    """``load_settings`` over what a pod sees: the rendered config.toml at the path the args
+    name, the Deployment's environment, the Secret volumes' files (each placed under ``root``
+    and the config's paths pointed there)."""
+    consumer = container(objects)
+    args = consumer["args"]
+    config_path = args[args.index("--config") + 1]
+    [mount] = [m for m in consumer["volumeMounts"] if m["mountPath"] == config_path]
+    text = one(objects, "ConfigMap")["data"][mount["subPath"]]
+    for mount_path, directory in mounted_files(objects, root).items():
+        text = text.replace(f'"{mount_path}/', f'"{directory}/')
+    (root / "config.toml").write_text(text)
+    return load_settings(str(root / "config.toml"), pod_environment(objects))
+
+
+# -- tests --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", RENDERINGS.values(), ids=RENDERINGS.keys())
+def test_helm_lint(values: tuple[str, ...]) -> None:
+    result = run_helm("lint", "--strict", str(CHART), *values)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("values", RENDERINGS.values(), ids=RENDERINGS.keys())
+def test_rendered_manifests_are_valid(values: tuple[str, ...]) -> None:
+    objects = render(*values)
+    assert {"Deployment", "ConfigMap", "Service", "PodDisruptionBudget"} <= set(kinds(objects))
+    for document in objects:
+        validate(document)
+        assert document["metadata"]["namespace"] == NAMESPACE, document["kind"]
+
+
+def test_the_custom_resource_check_catches_mistakes() -> None:
+    scaled = next(o for o in render(*SECURED) if o["kind"] == "ScaledObject")
+    broken = {**scaled, "spec": {**scaled["spec"], "minReplicas": 1}}  # KEDA's name differs
+    with pytest.raises(jsonschema.ValidationError):
+        validate(broken)
+    service = one(render(), "Service")
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate({**service, "spec": {**service["spec"], "port": 9464}})
+
+
+def test_defaults_and_managed_example_render_what_they_promise() -> None:
+    assert sorted(kinds(render())) == sorted(
+        ["ConfigMap", "Deployment", "Deployment", "Service", "Service", "PodDisruptionBudget"]
+    )  # the consumer and the bundled Redis
+    assert sorted(kinds(render(*SECURED))) == sorted(
+        [
+            "ConfigMap",
+            "Deployment",
+            "Service",
+            "PodDisruptionBudget",
+            "NetworkPolicy",
+            "ScaledObject",
+            "TriggerAuthentication",
+            "ServiceMonitor",
+        ]
+    )
+
+
+def test_image_defaults_to_the_released_version() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert chart["appVersion"] == project["version"]
+    image = container(render())["image"]
+    assert image == f"ghcr.io/ghl-consumer/ghl-consumer:{chart['appVersion']}"
+    assert container(render("--set", "image.tag=1.2.3"))["image"].endswith(":1.2.3")
+
+
+def test_keda_owns_the_replica_count() -> None:
+    assert one(render(), "Deployment")["spec"]["replicas"] == 2
+    assert "replicas" not in one(render(*SECURED), "Deployment")["spec"]
+    scaled = one(render(*SECURED), "ScaledObject")
+    assert (
+        scaled["spec"]["scaleTargetRef"]["name"]
+        == one(render(*SECURED), "Deployment")["metadata"]["name"]
+    )
+    assert (scaled["spec"]["minReplicaCount"], scaled["spec"]["maxReplicaCount"]) == (1, 6)
+
+
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [
+        (("--set", "replicaCount=7"), "replicaCount (7) > kafka.partitions (6)"),
+        ((*SECURED, "--set", "keda.maxReplicas=8"), "keda.maxReplicas (8) > kafka.partitions"),
+        ((*SECURED, "--set", "keda.minReplicas=7"), "keda.minReplicas"),
+    ],
+)
+def test_the_sizing_rule_is_enforced(values: tuple[str, ...], field: str) -> None:
+    assert field in render_error(*values)
+
+
+def test_keda_reads_the_lag_the_consumer_makes(tmp_path: Path) -> None:
+    objects = render(*SECURED)
+    settings = pod_settings(objects, tmp_path)
+    triggers = one(objects, "ScaledObject")["spec"]["triggers"]
+    assert [t["metadata"]["topic"] for t in triggers] == list(settings.kafka.topics)
+    librdkafka = settings.kafka.librdkafka
+    for trigger in triggers:
+        meta = trigger["metadata"]
+        assert meta["bootstrapServers"] == settings.kafka.bootstrap_servers
+        assert meta["consumerGroup"] == settings.kafka.group_id
+        assert meta["offsetResetPolicy"] == settings.kafka.auto_offset_reset
+        assert meta["allowIdleConsumers"] == "false"  # never more members than partitions
+        assert librdkafka["security.protocol"] == "SASL_SSL"
+        assert (meta["sasl"], meta["tls"]) == ("scram_sha512", "enable")
+        assert librdkafka["sasl.mechanism"] == "SCRAM-SHA-512"
+        auth = trigger["authenticationRef"]["name"]
+        assert auth == one(objects, "TriggerAuthentication")["metadata"]["name"]
+
+
+def test_trigger_authentication_uses_the_consumer_secrets(tmp_path: Path) -> None:
+    """Every credential KEDA gets is the one the consumer reads, from the same Secret key."""
+    objects = render(*SECURED)
+    settings = pod_settings(objects, tmp_path)
+    refs = one(objects, "TriggerAuthentication")["spec"]["secretTargetRef"]
+    given = {r["parameter"]: secret_value(r["name"], r["key"]) for r in refs}
+    assert set(given) == {"username", "password", "ca"}
+    librdkafka = settings.kafka.extra_settings()
+    assert given["username"] == librdkafka["sasl.username"]
+    assert given["password"] == librdkafka["sasl.password"]
+    assert Path(librdkafka["ssl.ca.location"]).read_text() == given["ca"]
+
+
+def test_mutual_tls_gives_keda_and_the_consumer_the_same_files(tmp_path: Path) -> None:
+    objects = render(
+        *SECURED,
+        "--set",
+        "kafka.securityProtocol=SSL,kafka.tls.certKey=tls.crt,kafka.tls.keyKey=tls.key",
+    )
+    settings = pod_settings(objects, tmp_path).kafka.extra_settings()
+    refs = one(objects, "TriggerAuthentication")["spec"]["secretTargetRef"]
+    given = {r["parameter"]: secret_value(r["name"], r["key"]) for r in refs}
+    assert set(given) == {"ca", "cert", "key"}
+    for parameter, setting in (
+        ("ca", "ssl.ca.location"),
+        ("cert", "ssl.certificate.location"),
+        ("key", "ssl.key.location"),
+    ):
+        assert Path(settings[setting]).read_text() == given[parameter]
+    trigger = one(objects, "ScaledObject")["spec"]["triggers"][0]["metadata"]
+    assert (trigger["sasl"], trigger["tls"]) == ("none", "enable")
+    assert "sasl.username" not in settings
+
+
+@pytest.mark.parametrize("values", RENDERINGS.values(), ids=RENDERINGS.keys())
+def test_the_rendered_config_loads_with_the_pod_environment(
+    values: tuple[str, ...], tmp_path: Path
+) -> None:
+    settings = pod_settings(render(*values), tmp_path)
+    assert settings.metrics.host == "0.0.0.0"
+    for integration in settings.integrations:
+        # tokens come from the Secret (a file by default), the value is what the Secret holds
+        assert integration.access_token.file is not None
+        assert integration.access_token.reveal() == secret_value(
+            "ghl-consumer-tokens", integration.id
+        )
+    assert settings.kafka.topics == ("events",)
+
+
+def test_managed_example_config(tmp_path: Path) -> None:
+    settings = pod_settings(render(*SECURED), tmp_path)
+    assert [i.id for i in settings.integrations] == ["default", "eu-shop"]
+    assert settings.redis.url == secret_value("ghl-consumer-redis", "url")
+    assert settings.kafka.bootstrap_servers == "kafka-prod.example.aivencloud.com:24563"
+    assert settings.kafka.create_topics is False
+
+
+def test_further_settings_reach_the_consumer(tmp_path: Path) -> None:
+    values = {
+        "kafka": {
+            "extra": {"session_timeout_ms": 30000, "dead_letter_topic": "ghl.dlq"},
+            "librdkafka": {"fetch.max.bytes": 4194304, "enable.ssl.certificate.verification": True},
+        },
+        "extraConfigToml": "[engine]\nmax_in_flight = 32\n",
+    }
+    (tmp_path / "values.yaml").write_text(yaml.safe_dump(values))
+    settings = pod_settings(render("--values", str(tmp_path / "values.yaml")), tmp_path)
+    assert settings.kafka.session_timeout_ms == 30000
+    assert settings.kafka.dead_letter_topic == "ghl.dlq"
+    assert settings.kafka.librdkafka["fetch.max.bytes"] == "4194304"
+    assert settings.kafka.librdkafka["enable.ssl.certificate.verification"] == "true"
+    assert settings.engine.max_in_flight == 32
+    assert "kafka.extra.group_id: set by the chart" in render_error(
+        "--set", "kafka.extra.group_id=other"
+    )
+
+
+def test_tokens_as_environment_variables(tmp_path: Path) -> None:
+    objects = render(*SECURED, "--set", "tokenAs=env")
+    settings = pod_settings(objects, tmp_path)
+    env = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]
+        for e in container(objects)["env"]
+        if "valueFrom" in e
+    }
+    assert env["GHL_TOKEN_EU_SHOP"] == {"name": "ghl-consumer-tokens", "key": "eu-shop"}
+    tokens = {i.id: i.access_token for i in settings.integrations}
+    assert tokens["eu-shop"].source == "environment variable GHL_TOKEN_EU_SHOP"
+    assert tokens["eu-shop"].reveal() == secret_value("ghl-consumer-tokens", "eu-shop")
+
+
+@pytest.mark.parametrize("values", RENDERINGS.values(), ids=RENDERINGS.keys())
+def test_probes_match_the_consumer_and_its_routes(values: tuple[str, ...], tmp_path: Path) -> None:
+    objects = render(*values)
+    settings = pod_settings(objects, tmp_path)
+    consumer = container(objects)
+    ports = {p["name"]: p["containerPort"] for p in consumer["ports"]}
+    assert ports == {"metrics": settings.metrics.port}
+    routes = set(re.findall(r'router\.add_get\("(/\w+)"', WEB.read_text()))
+    assert consumer["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert consumer["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert {"/readyz", "/healthz"} <= routes
+    service = one(objects, "Service")
+    assert service["spec"]["ports"][0]["targetPort"] == "metrics"
+    assert service["spec"]["selector"].items() <= (
+        one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"].items()
+    )
+
+
+def test_a_changed_metrics_port_moves_everything(tmp_path: Path) -> None:
+    objects = render("--set", "metrics.port=9100")
+    assert pod_settings(objects, tmp_path).metrics.port == 9100
+    assert container(objects)["ports"][0]["containerPort"] == 9100
+    assert one(objects, "Service")["spec"]["ports"][0]["port"] == 9100
+    annotations = one(objects, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == "9100"
+
+
+def scrapes(objects: tuple[dict[str, Any], ...]) -> list[str]:
+    """Every way a Prometheus setup would find the consumer's pods."""
+    found = [o["kind"] for o in objects if o["kind"] in ("PodMonitor", "ServiceMonitor")]
+    for o in objects:
+        if (
+            o["kind"] == "Deployment"
+            and o["metadata"]["labels"].get("app.kubernetes.io/component") == "consumer"
+        ):
+            annotations = o["spec"]["template"]["metadata"].get("annotations", {})
+            if annotations.get("prometheus.io/scrape") == "true":
+                found.append("pod annotations")
+        if "prometheus.io/scrape" in o["metadata"].get("annotations", {}):
+            found.append(f"{o['kind']} annotations")
+    return found
+
+
+def test_each_pod_is_scraped_once() -> None:
+    assert scrapes(render()) == ["pod annotations"]
+    assert scrapes(render(*SECURED)) == ["ServiceMonitor"]
+    assert scrapes(render("--set", "metrics.podMonitor.enabled=true")) == ["PodMonitor"]
+    assert scrapes(render("--set", "metrics.podAnnotations=false")) == []
+    both = "metrics.podMonitor.enabled=true,metrics.serviceMonitor.enabled=true"
+    assert "scrape every pod twice" in render_error("--set", both)
+
+
+def test_rollout_strategy_and_disruption_budget() -> None:
+    for values in RENDERINGS.values():
+        objects = render(*values)
+        deployment = one(objects, "Deployment")
+        assert deployment["spec"]["strategy"] == {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+        }
+        budget = one(objects, "PodDisruptionBudget")
+        assert budget["spec"]["maxUnavailable"] == 1
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_pods_run_locked_down() -> None:
+    for values in RENDERINGS.values():
+        objects = render(*values)
+        for deployment in (o for o in objects if o["kind"] == "Deployment"):
+            pod = deployment["spec"]["template"]["spec"]
+            assert pod["securityContext"]["runAsNonRoot"] is True
+            assert pod["automountServiceAccountToken"] is False
+            for c in pod["containers"]:
+                assert c["securityContext"]["readOnlyRootFilesystem"] is True
+                assert c["securityContext"]["allowPrivilegeEscalation"] is False
+                assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+                assert "memory" in c["resources"]["limits"]
+
+
+def test_redis_is_wired(tmp_path: Path) -> None:
+    objects = render()
+    redis = one(objects, "Service", "redis")
+    env = pod_environment(objects)
+    assert env["REDIS_URL"] == f"redis://{redis['metadata']['name']}:6379/0"
+    assert pod_settings(objects, tmp_path).redis.url == env["REDIS_URL"]
+    pods = one(objects, "Deployment", "redis")["spec"]["template"]["metadata"]["labels"]
+    assert redis["spec"]["selector"].items() <= pods.items()
+    assert "REDIS_URL" not in pod_environment(render("--set", "redis.bundled=false,replicaCount=1"))
+    assert "redis.bundled=true or redis.external.existingSecret" in render_error(
+        "--set", "redis.bundled=false"
+    )
+
+
+def test_network_policy() -> None:
+    objects = render(*SECURED)
+    [policy] = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    spec = policy["spec"]
+    [ingress] = spec["ingress"]
+    assert ingress["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    assert ingress["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
+    egress = {p["port"] for rule in spec["egress"] for p in rule["ports"]}
+    assert egress == {53, 24563, 443, 6380}  # DNS, the bootstrap's port, HighLevel, Redis
+    pods = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert spec["podSelector"]["matchLabels"].items() <= pods.items()
+    # the bundled Redis: reachable from the consumer only
+    bundled = render("--set", "networkPolicy.enabled=true")
+    redis_policy = next(o for o in bundled if o["metadata"]["name"].endswith("-redis"))
+    assert redis_policy["spec"]["egress"] == []
+    [source] = redis_policy["spec"]["ingress"][0]["from"]
+    assert source["podSelector"]["matchLabels"].items() <= pods.items()
+
+
+@pytest.mark.parametrize("values", RENDERINGS.values(), ids=RENDERINGS.keys())
+def test_no_secret_in_the_rendered_manifests(values: tuple[str, ...], tmp_path: Path) -> None:
+    objects = render(*values)
+    assert "Secret" not in kinds(objects)
+    for entry in container(objects)["env"]:
+        if re.search(r"TOKEN|PASSWORD|USERNAME|SECRET", entry["name"]) or (
+            entry["name"] == "REDIS_URL" and "@" in entry.get("value", "@")
+        ):
+            assert set(entry) == {"name", "valueFrom"}, entry["name"]
+    settings = pod_settings(objects, tmp_path)
+    for secret in (v for v in settings.kafka.librdkafka.values() if isinstance(v, Secret)):
+        assert secret.source.startswith("environment variable"), secret.source
+    text = yaml.safe_dump_all(objects)
+    assert "secret-" not in text  # no test Secret value could be rendered
+
+
+INTEGRATION = {"id": "default", "locationId": "ve9EPM428h8vShlRW1KT"}
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"integrations": [{**INTEGRATION, "token": "pit-12345"}]}, "/integrations/0/token"),
+        (
+            {"kafka": {"librdkafka": {"sasl.password": "hunter2"}}},
+            "kafka.librdkafka.sasl.password: a secret is never a value",
+        ),
+        (
+            {
+                "integrations": [
+                    {
+                        **INTEGRATION,
+                        "token": {"secretName": "tokens", "key": "default"},
+                        "extraToml": 'access_token = "pit-12345"',
+                    }
+                ]
+            },
+            "integrations[0].extraToml: the token comes from integrations[0].token",
+        ),
+        ({"kafka": {"securityProtocol": "SASL_SSL"}}, "kafka.sasl.existingSecret: required"),
+        ({"kafka": {"tls": {"certKey": "tls.crt"}}}, "kafka.tls.existingSecret: required"),
+    ],
+)
+def test_values_that_would_leak_or_break_are_refused(
+    values: dict[str, Any], message: str, tmp_path: Path
+) -> None:
+    (tmp_path / "values.yaml").write_text(yaml.safe_dump(values))
+    error = render_error("--values", str(tmp_path / "values.yaml"))
+    assert message in error
+    assert "pit-12345" not in error
+    assert "hunter2" not in error
