@@ -107,7 +107,8 @@ def test_expiry_is_checked_only_when_the_oldest_id_can_have_expired() -> None:
     assert deduper.check("u", "a", now=0.0) is False
     assert deduper.check("u", "b", now=5.0) is False
     assert deduper.check("u", "c", now=6.0) is False  # over the bound: "a" is evicted
-    assert len(deduper) == 2 and deduper.evicted == 1
+    assert len(deduper) == 2
+    assert deduper.evicted == 1
     assert deduper.check("u", "b", now=9.0) is True  # still within b's TTL
     assert deduper.check("u", "d", now=15.5) is False  # b (5.0) expired; c (6.0) still here
     assert deduper.check("u", "c", now=15.9) is True
