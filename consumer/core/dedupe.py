@@ -49,6 +49,8 @@ class MessageDeduper:
             OrderedDict()
         )
         self.evicted = 0  # forgotten because of the bound (not the TTL), for a metric
+        # When the oldest entry expires (-inf: unknown, look): most calls need not look.
+        self._expires_at = float("inf")
 
     def __len__(self) -> int:
         return len(self._seen)
@@ -69,20 +71,30 @@ class MessageDeduper:
         apart: a replay is compared only with other replays of the same dead letter.
         A duplicate does not extend the TTL."""
         seen = self._seen
-        horizon = now - self._ttl
-        # Entries are in first-seen order, so expired ones are at the front.
-        while seen:
-            oldest_id, (first_seen, _) = next(iter(seen.items()))
-            if first_seen > horizon:
-                break
-            del seen[oldest_id]
+        if now >= self._expires_at:
+            self._expire(now)
         where = None if origin is None else hash(origin)
         key = (contact_key, message_id, replay_of)
         if key in seen:
             first_origin = seen[key][1]
             return where is None or first_origin != where
+        if not seen:
+            self._expires_at = now + self._ttl
         seen[key] = (now, where)
         if len(seen) > self._max_entries:
             seen.popitem(last=False)
             self.evicted += 1
+            self._expires_at = float("-inf")  # the oldest entry changed
         return False
+
+    def _expire(self, now: float) -> None:
+        """Forget the ids first seen a TTL or longer before ``now``; note when the next one
+        expires. Entries are in first-seen order, so expired ones are at the front."""
+        seen, horizon = self._seen, now - self._ttl
+        while seen:
+            oldest, (first_seen, _) = next(iter(seen.items()))
+            if first_seen > horizon:
+                self._expires_at = first_seen + self._ttl
+                return
+            del seen[oldest]
+        self._expires_at = float("inf")

@@ -346,9 +346,10 @@ def _custom_value(value: object, limits: Limits) -> CustomValue | OmitReason | N
 
 
 def consent_decisions(
-    event: Event, categories: frozenset[str], omitted: list[Omitted]
+    event: Event, categories: Sequence[str], omitted: list[Omitted]
 ) -> dict[str, bool]:
-    """Consent decisions on the event for ``categories`` (granted -> True). First match wins:
+    """Consent decisions on the event for ``categories`` (distinct, sorted: the decisions
+    come in that order; granted -> True). First match wins:
     ``context.consent.canonical``, ``.categories``, ``context.consent[cat]``,
     ``.categoryPreferences``, then RudderStack's ``context.consentManagement`` (denied ids
     checked before allowed ones, so a contradiction errs on the side of do-not-disturb). A
@@ -365,7 +366,7 @@ def consent_decisions(
         _omit_consent(omitted, "context.consentManagement")
         management = None
     decisions: dict[str, bool] = {}
-    for category in sorted(categories):
+    for category in categories:
         decision = _consent_decision(consent or {}, management or {}, category, omitted)
         if decision is not None:
             decisions[category] = decision

@@ -150,7 +150,7 @@ class Mapper:
         # Outcomes are immutable values: build the frequent ones once.
         self._not_mapped = {t.id: Drop(Reason.NOT_MAPPED, t.id) for t in targets}
         self._all_targets = self._router.route_all
-        self._all_categories = frozenset(t.consent_category for t in targets)
+        self._all_categories = tuple(sorted({t.consent_category for t in targets}))
 
     def map_record(
         self,
@@ -356,15 +356,18 @@ class Mapper:
         self._profiles.put(other_key, EMPTY_PROFILE)
 
     def _remember_consent(self, user_key: str, decisions: Mapping[str, bool]) -> None:
+        if self._profiles.consent_holds(user_key, decisions):
+            return  # the common case: the user's consent as before
         stored = self._profiles.get(user_key) or EMPTY_PROFILE
         consent = {**stored.consent, **decisions}
         if consent != stored.consent:
             self._profiles.put(user_key, Profile(fields=stored.fields, consent=consent))
 
-    def _categories(self, targets: Sequence[Target]) -> frozenset[str]:
+    def _categories(self, targets: Sequence[Target]) -> tuple[str, ...]:
+        """The consent categories of ``targets``, distinct and sorted."""
         if targets is self._all_targets:
             return self._all_categories
-        return frozenset(t.consent_category for t in targets)
+        return tuple(sorted({t.consent_category for t in targets}))
 
     @staticmethod
     def _action(event: Event, target: Target) -> PresetEvent | None:

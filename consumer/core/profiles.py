@@ -79,6 +79,12 @@ class Profile:
 EMPTY_PROFILE: Final = Profile()
 
 
+def _consent_suffix(decisions: Mapping[str, bool]) -> bytes:
+    """How ``to_bytes`` ends for a profile whose consent is exactly ``decisions`` (the ``c``
+    object is last; orjson keeps insertion order, which ``{**stored, **decisions}`` gives)."""
+    return b'"c":' + orjson.dumps(decisions) + b"}"
+
+
 class PersonProfiles:
     """One person's profiles, found by feeding a changelog in order (``ghl-consumer forget``):
     the profile under ``key`` and every profile whose email is ``email`` (normalised as
@@ -116,6 +122,12 @@ class ProfileStore(Protocol):
 
     def put(self, key: str, profile: Profile) -> None: ...
 
+    def consent_holds(self, key: str, decisions: Mapping[str, bool]) -> bool:
+        """True when ``key``'s stored consent already has every one of ``decisions`` (so
+        remembering them would change nothing). The mapper asks this for every analytics
+        event that carries consent: it must be cheaper than ``get``."""
+        ...
+
 
 class InMemoryProfileStore:
     """A ``ProfileStore`` in a dict, bounded: past ``max_entries`` the least recently used
@@ -144,6 +156,16 @@ class InMemoryProfileStore:
 
     def put(self, key: str, profile: Profile) -> None:
         self._store(key, profile.to_bytes())
+
+    def consent_holds(self, key: str, decisions: Mapping[str, bool]) -> bool:
+        data = self._profiles.get(key)
+        if data is None:
+            return not decisions
+        self._profiles.move_to_end(key)
+        if data.endswith(_consent_suffix(decisions)):
+            return True  # the stored consent is exactly ``decisions``: no decode needed
+        consent = Profile.from_own_bytes(data).consent
+        return all(consent.get(category) == granted for category, granted in decisions.items())
 
     def _store(self, key: str, data: bytes) -> None:
         # A copy: orjson's output keeps its whole working buffer (about 4 KB) allocated for as

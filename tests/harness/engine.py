@@ -28,6 +28,7 @@ from tests.harness.guide import LOCATION
 from tests.unit.engine_fakes import (
     FakeHighLevel,
     MemoryParkingLog,
+    MemoryProfileLog,
     MemorySink,
     MemorySource,
     StaticCredentials,
@@ -57,6 +58,7 @@ def build(
     credentials: StaticCredentials | None = None,
     routing: Routing | None = None,
     replays: MemorySource | None = None,
+    profile_log: MemoryProfileLog | None = None,
     **options: float,
 ) -> Engine:
     """An engine over fakes, reading topic ``events`` from ``source`` (and ``dlq replay``
@@ -70,7 +72,7 @@ def build(
         targets = [dataclasses.replace(t, routing=routing) for t in targets]
     mapper = Mapper(
         targets,
-        profiles=InMemoryProfileStore(),
+        profiles=profile_log.store if profile_log is not None else InMemoryProfileStore(),
         deduper=MessageDeduper(max_entries=10_000, ttl_seconds=3600),
     )
     limiter = RateLimiter(
@@ -99,6 +101,7 @@ def build(
         locations={"default": LOCATION},
         dead_letter_topic="events.dlq",
         replay_source=replays,
+        profile_log=profile_log,
         source_topics=("events",),
         metrics=metrics or Metrics(integrations={"default": LOCATION}, topics=["events"]),
         recorder=debugger or RecentDeliveries(integrations=["default"]),

@@ -443,3 +443,22 @@ async def test_undeliverable_record_fails_its_future(kafka_bootstrap: str) -> No
             await asyncio.wait_for(future, 30)
     finally:
         await producer.close(timeout_s=5)
+
+
+async def test_produce_many_waits_once_for_every_record_and_reports_each_failure(
+    kafka_bootstrap: str, new_topic: Callable[..., str], members: Callable[..., Awaitable[Member]]
+) -> None:
+    topic = new_topic(partitions=1)
+    producer = KafkaProducer(bootstrap=kafka_bootstrap, extra={"message.max.bytes": 2000})
+    try:
+        records = [(f"k{i}".encode(), f"v{i}".encode()) for i in range(200)]
+        records.insert(100, (b"big", b"x" * 5000))  # refused outright: over message.max.bytes
+        results = await asyncio.wait_for(producer.produce_many(topic, records), 30)
+        assert [i for i, error in enumerate(results) if error is not None] == [100]
+        assert isinstance(results[100], ProduceFailedError)
+        assert await producer.produce_many(topic, []) == []
+    finally:
+        await producer.close()
+    reader = await members(topic, group_name())
+    await poll_until([reader], lambda: len(reader.records) == 200)
+    assert [r.key for r in reader.records] == [k for k, _ in records if k != b"big"]

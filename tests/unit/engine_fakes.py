@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from consumer.core.events import Record
+from consumer.core.profiles import ChangelogProfileStore
 from consumer.engine.offsets import Assignment, CommitPoint
 from consumer.engine.ports import RebalanceListener
 from consumer.highlevel.verdicts import Answer, Verdict, classify
@@ -131,6 +132,32 @@ class MemorySink:
             else:
                 results.append(None)
         return results
+
+
+class MemoryProfileLog:
+    """The profile changelog without Kafka: a ``ChangelogProfileStore`` whose writes the engine
+    produces through its sink to ``topic``; nothing to restore, no erasures to follow."""
+
+    topic = "profiles"
+
+    def __init__(self) -> None:
+        self.store = ChangelogProfileStore()
+
+    @property
+    def changes(self) -> int:
+        return self.store.changes
+
+    def take_writes(self) -> list[tuple[str, bytes]]:
+        return self.store.take_writes()
+
+    def written(self, key: str) -> None:
+        self.store.written(key)
+
+    async def restore(self) -> None:
+        return None
+
+    async def follow(self) -> None:
+        await asyncio.Event().wait()
 
 
 class MemoryParkingLog:

@@ -100,3 +100,18 @@ def test_replayed_from_reads_the_replay_header() -> None:
     assert replayed_from((("trace", b"x"),)) is None
     # The deduper keeps it for the TTL: a value no replay writes is not held.
     assert replayed_from((("ghl.replayed_from", b"t" * 5_000 + b"/0/3"),)) is None
+
+
+def test_expiry_is_checked_only_when_the_oldest_id_can_have_expired() -> None:
+    deduper = MessageDeduper(max_entries=2, ttl_seconds=10)
+    assert deduper.check("u", "a", now=0.0) is False
+    assert deduper.check("u", "b", now=5.0) is False
+    assert deduper.check("u", "c", now=6.0) is False  # over the bound: "a" is evicted
+    assert len(deduper) == 2
+    assert deduper.evicted == 1
+    assert deduper.check("u", "b", now=9.0) is True  # still within b's TTL
+    assert deduper.check("u", "d", now=15.5) is False  # b (5.0) expired; c (6.0) still here
+    assert deduper.check("u", "c", now=15.9) is True
+    assert deduper.check("u", "b", now=15.9) is False  # forgotten: new again
+    assert deduper.check("u", "x", now=100.0) is False  # everything older expired
+    assert len(deduper) == 1

@@ -118,3 +118,32 @@ def test_forget_wins_over_an_unconfirmed_write_but_a_restored_tombstone_does_not
     assert store.forget("u1") is True  # a tombstone read while running: erasure wins
     assert store.get("u1") is None
     assert store.forget("u1") is False
+
+
+def test_consent_holds_without_decoding_when_the_stored_consent_is_exactly_the_decisions() -> None:
+    store = InMemoryProfileStore()
+    assert store.consent_holds("u1", {}) is True  # nothing to remember, nothing stored
+    assert store.consent_holds("u1", {"marketing": True}) is False
+    store.put("u1", Profile(fields={"email": "sam@example.com"}, consent={"marketing": True}))
+    assert store.consent_holds("u1", {"marketing": True}) is True
+    assert store.consent_holds("u1", {"marketing": False}) is False
+    # a subset of what is stored holds too (the slow path: the profile is decoded)
+    store.put("u2", Profile(consent={"marketing": True, "analytics": False}))
+    assert store.consent_holds("u2", {"analytics": False}) is True
+    assert store.consent_holds("u2", {"analytics": True}) is False
+    assert store.consent_holds("u2", {"sms": True}) is False
+
+
+def test_changelog_store_coalesces_changes_to_one_key_into_its_latest_write() -> None:
+    store = ChangelogProfileStore()
+    first = Profile(consent={"marketing": True})
+    second = Profile(consent={"marketing": False})
+    store.put("u1", first)
+    store.put("u2", first)
+    store.put("u1", second)
+    assert store.changes == 3
+    assert store.take_writes() == [("u1", second.to_bytes()), ("u2", first.to_bytes())]
+    # one write of u1 is unconfirmed: a restore of u1 is skipped until it is confirmed
+    assert store.restore("u1", first.to_bytes()) is False
+    store.written("u1")
+    assert store.restore("u1", first.to_bytes()) is True
