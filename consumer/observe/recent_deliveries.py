@@ -422,7 +422,8 @@ class RecentDeliveries:
 
     def _newest_first(self) -> list[_Raw]:
         both = [*self._drops, *self._others]
-        both.sort(key=lambda raw: raw[4], reverse=True)  # stable: ties keep arrival order
+        both.reverse()  # newest first within each ring, which the stable sort keeps for ties
+        both.sort(key=lambda raw: raw[4], reverse=True)
         return both
 
     def _entry(self, raw: _Raw) -> tuple[OutcomeEntry, frozenset[str]]:
