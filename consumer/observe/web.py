@@ -599,6 +599,8 @@ async function search() {
   const data = await response.json();
   $("found-deliveries").replaceChildren(...data.deliveries.map(row));
   $("found-outcomes").replaceChildren(...data.outcomes.map(outcomeRow));
+  $("found-deliveries").parentElement.style.display = data.deliveries.length ? "" : "none";
+  $("found-outcomes").parentElement.style.display = data.outcomes.length ? "" : "none";
   $("found-count").textContent = data.deliveries.length + " deliveries, " +
                                  data.outcomes.length + " other outcomes";
   $("results").style.display = "block";
