@@ -358,7 +358,10 @@ class RecentDeliveries:
     # -- outcomes other than requests (the engine's OutcomeRecorder) ---------------------------
 
     def dropped(self, record: Record, reason: str, integration: str | None, now: float) -> None:
-        """Keep a dropped record (the engine's hot path: an append, nothing else)."""
+        """Keep a dropped record (the engine's hot path: a length check and an append)."""
+        value = record.value  # a drop decoded, so its key is within max_field_chars
+        if value is not None and len(value) > KEPT_VALUE_BYTES:
+            record = _kept(record)
         self._drops.append(("dropped", record, reason, integration, now, None))
 
     def rejected(

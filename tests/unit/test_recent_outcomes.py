@@ -170,7 +170,10 @@ def test_a_value_too_large_to_keep_shows_its_coordinates_and_reason_only() -> No
     debugger = RecentDeliveries(integrations=["acme"], hash_key=KEY)
     big = Record("events", 2, 40, b"user-big", b"x" * (KEPT_VALUE_BYTES + 1))
     debugger.rejected(big, "invalid_json", "not JSON", None, NOW)
-    [entry] = debugger.outcomes()
+    debugger.dropped(big._replace(offset=41), "not_mapped", None, NOW - 1)
+    for kept in (*debugger._drops, *debugger._others):
+        assert kept[1].value is None
+    entry = debugger.outcomes()[0]
     assert (entry.topic, entry.partition, entry.offset, entry.reason) == ("events", 2, 40,
                                                                           "invalid_json")
     assert entry.contact_key == HIDE("user-big")
