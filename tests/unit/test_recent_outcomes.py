@@ -11,7 +11,7 @@ import pytest
 
 from consumer.core.deadletter import ORIGINAL_TOPIC, Failure
 from consumer.core.events import ContactUpsert, Record
-from consumer.engine.parking import ParkReason, encode_parked
+from consumer.engine.parking import ParkReason, decode_parked, encode_parked
 from consumer.highlevel.verdicts import Answer, classify
 from consumer.observe.recent_deliveries import (
     KEPT_VALUE_BYTES,
@@ -168,16 +168,20 @@ def test_drops_and_other_outcomes_have_their_own_bounded_rings() -> None:
 
 def test_a_value_too_large_to_keep_shows_its_coordinates_and_reason_only() -> None:
     debugger = RecentDeliveries(integrations=["acme"], hash_key=KEY)
-    big = Record("events", 2, 40, b"user-big", b"x" * (KEPT_VALUE_BYTES + 1))
-    debugger.rejected(big, "invalid_json", "not JSON", None, NOW)
+    padded = {"type": "page", "userId": "user-big", "messageId": "m-big",
+              "properties": {"pad": "x" * KEPT_VALUE_BYTES}}
+    big = Record("events", 2, 40, b"user-big", orjson.dumps(padded))
+    small = big._replace(offset=42, value=orjson.dumps({**padded, "properties": {}}))
+    debugger.rejected(big, "invalid_event", "too big to keep", None, NOW)
     debugger.dropped(big._replace(offset=41), "not_mapped", None, NOW - 1)
-    for kept in (*debugger._drops, *debugger._others):
-        assert kept[1].value is None
-    entry = debugger.outcomes()[0]
-    assert (entry.topic, entry.partition, entry.offset, entry.reason) == ("events", 2, 40,
-                                                                          "invalid_json")
-    assert entry.contact_key == HIDE("user-big")
-    assert entry.events == entry.message_ids == ()
+    debugger.dropped(small, "not_mapped", None, NOW - 2)
+    shown = {e.offset: e for e in debugger.outcomes()}
+    assert (shown[40].topic, shown[40].partition, shown[40].reason) == ("events", 2,
+                                                                      "invalid_event")
+    for offset in (40, 41):  # neither ring kept the value: nothing read from it
+        assert shown[offset].contact_key == HIDE("user-big")
+        assert shown[offset].events == shown[offset].message_ids == ()
+    assert shown[42].message_ids == ("m-big",)
 
 
 def test_an_undecodable_record_shows_its_key() -> None:
@@ -295,3 +299,24 @@ async def test_the_engine_records_parked_and_replayed_records() -> None:
     assert replayed.topic == "parking"
     assert replayed.sources == ("events/0/0",)
     assert replayed.contact_key == parked.contact_key
+
+
+def test_message_ids_fold_with_coalescing_and_survive_parking() -> None:
+    newer = ContactUpsert(
+        integration_id="acme",
+        location_id=LOCATION,
+        contact_key=EMAIL,
+        fields={"firstName": "Janet"},
+        message_ids=("msg-10",),
+    )
+    merged = UPSERT.merged_with(newer)
+    assert merged.message_ids == ("msg-9", "msg-10")
+    _, value, _ = encode_parked(merged, [], ParkReason.DAILY_BUDGET)
+    parked = decode_parked(value)
+    assert parked is not None
+    assert parked.message_ids == ("msg-9", "msg-10")
+    older = orjson.loads(value)
+    del older["messageIds"]  # a parking record written before messageIds were kept
+    decoded = decode_parked(orjson.dumps(older))
+    assert decoded is not None
+    assert decoded.message_ids == ()
