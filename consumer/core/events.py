@@ -229,6 +229,9 @@ class ContactUpsert:
     # Fields the events carried but that were left out (wrong type, too long, invalid), in the
     # order found: reported (map output, metrics, debugger), never sent, not part of equality.
     omitted: tuple[Omitted, ...] = field(default=(), compare=False)
+    # The messageIds of the events folded into this upsert, oldest first: for the debugger's
+    # search, never sent, not part of equality.
+    message_ids: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         unknown = set(self.fields) - STANDARD_FIELDS
@@ -287,6 +290,7 @@ class ContactUpsert:
             tag_mode=self.tag_mode,
             events=self.events + newer.events,
             omitted=self.omitted + tuple(o for o in newer.omitted if o not in self.omitted),
+            message_ids=self.message_ids + newer.message_ids,
         )
 
 

@@ -113,6 +113,12 @@ def _contact_key(key: bytes | None) -> str | None:
     return key.decode("utf-8", "backslashreplace") if key else None
 
 
+def user_key_of(key: bytes | None, event: Event) -> str | None:
+    """The user key a record maps under: its key (``_contact_key``), else the event's userId,
+    else its anonymousId; None when it has none."""
+    return _contact_key(key) or event.user_id or event.anonymous_id
+
+
 def _stitch_sources(event: Event, user_key: str, limits: Limits) -> tuple[str, ...]:
     """The keys whose stored profiles mapping ``event`` folds into ``user_key``'s (identity
     stitching, ``Mapper._stitch``): its anonymousId, an alias's previousId; in that order."""
@@ -208,7 +214,7 @@ class Mapper:
         event = decode(value, self._limits)
         if isinstance(event, Reject):
             return "", ()
-        user_key = _contact_key(key) or event.user_id or event.anonymous_id
+        user_key = user_key_of(key, event)
         if user_key is None:
             return "", ()
         return user_key, _stitch_sources(event, user_key, self._limits)
@@ -255,14 +261,16 @@ class Mapper:
             for target, action in zip(targets, actions, strict=True)
         ]
         label = event.event if event.type == "track" and event.event else event.type
+        message_ids = () if event.message_id is None else (event.message_id,)
         return self._map_identity(
-            user_key, label, targets, extras, candidates, decisions, omitted
+            user_key, label, message_ids, targets, extras, candidates, decisions, omitted
         )
 
     def _map_identity(
         self,
         user_key: str,
         label: str,
+        message_ids: tuple[str, ...],
         targets: Sequence[Target],
         extras: Sequence[Extras | None],
         candidates: Mapping[str, list[Candidate]],
@@ -319,6 +327,7 @@ class Mapper:
                     tag_mode=target.tag_mode,
                     events=(label,),
                     omitted=tuple(reported),
+                    message_ids=message_ids,
                 )
             )
 

@@ -459,6 +459,8 @@ class Dispatcher:
             attempts=work.attempts + 1,
             now=self._wall_clock(),
             omitted=upsert.omitted,
+            message_ids=upsert.message_ids,
+            sources=[ticket.record for ticket in work.tickets],
         )
 
     # -- outcomes -------------------------------------------------------------------------------
@@ -486,6 +488,7 @@ class Dispatcher:
             for ticket in work.tickets:
                 await self._outbox.dead_letter(ticket.record, failure)
                 self._stats.dead_lettered += 1
+                self._recorder.dead_lettered(ticket.record, failure, self._wall_clock())
             self._metrics.dead_lettered(REJECTED_BY_HIGHLEVEL, len(work.tickets))
             self._complete(work)
         elif verdict is Verdict.UNAUTHORIZED and self._credentials.reread(integration_id) != token:
@@ -557,6 +560,8 @@ class Dispatcher:
         key_of_contact = (upsert.integration_id, upsert.contact_key)
         self._parking_state.parked(key_of_contact, landed.partition, landed.offset)
         self._stats.parked[reason] += len(work.tickets)
+        records = [ticket.record for ticket in work.tickets]
+        self._recorder.parked(records, upsert, reason, self._wall_clock())
         self._metrics.parked(upsert.integration_id, reason, len(work.tickets))
         self._complete(work)
         self._wake(upsert.location_id)

@@ -257,6 +257,7 @@ class Engine:
         self._mapper = mapper
         self._locations = dict(locations)
         self._metrics = metrics
+        self._recorder = recorder
         self._profile_log = profile_log
         self._source_topics = frozenset(source_topics)
         self._options = options
@@ -397,6 +398,8 @@ class Engine:
         per user (``_persist_profiles``); the records that made them wait for it."""
         tracker, mapper, log = feed.tracker, self._mapper, self._profile_log
         replays = feed is self._replays
+        recorder = self._recorder
+        dropped = recorder.dropped
         tally = _Tally()
         waiting: list[Ticket] = []  # records whose profile changes are in this batch's writes
         partition = None
@@ -420,8 +423,10 @@ class Engine:
                         reason="invalid_replay",
                         error=f"{ORIGINAL_TOPIC}: not one of kafka.topics ({topic[:64]!r})",
                     )
+                    recorder.rejected(record, failure.reason, failure.error, None, wall)
                     self._tasks.spawn(self._dead_letter(Ticket(record, partition, 1), failure))
                     continue
+                recorder.replayed(record, None, wall)
             changes = log.changes if log is not None else 0
             outcomes = mapper.map_record(
                 value=record.value or b"",
@@ -436,22 +441,24 @@ class Engine:
             wrote = log is not None and log.changes != changes
             if not wrote and len(outcomes) == 1 and type(outcome := outcomes[0]) is Drop:
                 tally.dropped[outcome.reason] += 1
+                dropped(record, outcome.reason, outcome.integration_id, wall)
                 partition.complete(record.offset)
                 continue
             ticket = Ticket(record, partition, len(outcomes) + wrote)
             if wrote:
                 waiting.append(ticket)
-            self._route(ticket, outcomes, tally, now)
+            self._route(ticket, outcomes, tally, now, wall)
         tally.flush(self.stats, self._metrics)
         if waiting:
             assert log is not None
             self._tasks.spawn(self._persist_profiles(log.take_writes(), waiting))
 
     def _route(
-        self, ticket: Ticket, outcomes: Sequence[Outcome], tally: _Tally, now: float
+        self, ticket: Ticket, outcomes: Sequence[Outcome], tally: _Tally, now: float, wall: float
     ) -> None:
         """Send each outcome of ``ticket``'s record on: upserts to the dispatcher, drops settle,
-        rejects to the dead-letter topic."""
+        rejects to the dead-letter topic. ``now``: loop time; ``wall``: wall-clock time."""
+        record = ticket.record
         for outcome in outcomes:
             if isinstance(outcome, ContactUpsert):
                 for omitted in outcome.omitted:
@@ -459,9 +466,13 @@ class Engine:
                 self._dispatcher.offer(outcome, ticket, now)
             elif isinstance(outcome, Drop):
                 tally.dropped[outcome.reason] += 1
+                self._recorder.dropped(record, outcome.reason, outcome.integration_id, wall)
                 ticket.settle()
             else:
                 tally.rejected[outcome.reason] += 1
+                self._recorder.rejected(
+                    record, outcome.reason, outcome.error, outcome.integration_id, wall
+                )
                 failure = Failure(
                     reason=outcome.reason,
                     error=outcome.error,
@@ -471,9 +482,9 @@ class Engine:
 
     def _ingest_parked(self, records: Sequence[Record], now: float, wall: float) -> None:
         for record in records:
-            self._ingest_one_parked(record, now)
+            self._ingest_one_parked(record, now, wall)
 
-    def _ingest_one_parked(self, record: Record, now: float) -> None:
+    def _ingest_one_parked(self, record: Record, now: float, wall: float) -> None:
         partition = self._parking.tracker.get(record.topic, record.partition)
         if partition is None or not partition.admit(record.offset, record.size):
             return
@@ -482,10 +493,12 @@ class Engine:
         if upsert is None or upsert.integration_id not in self._locations:
             error = "not a parked upsert" if upsert is None else "integration not configured"
             failure = Failure(reason="invalid_parked", error=error)
+            self._recorder.rejected(record, failure.reason, error, None, wall)
             self._tasks.spawn(self._dead_letter(ticket, failure))
             return
         self.stats.replayed += 1
         self._metrics.replayed(upsert.integration_id)
+        self._recorder.replayed(record, upsert, wall)
         self._dispatcher.offer(upsert, ticket, now, replay=True)
 
     async def _dead_letter(self, ticket: Ticket, failure: Failure) -> None:
@@ -493,6 +506,7 @@ class Engine:
             await self._outbox.dead_letter(ticket.record, failure)
             self.stats.dead_lettered += 1
             self._metrics.dead_lettered(failure.reason)
+            self._recorder.dead_lettered(ticket.record, failure, self._wall_clock())
             ticket.settle()
 
     async def _persist_profiles(

@@ -70,6 +70,7 @@ def encode_parked(
             },
             "tagMode": upsert.tag_mode.value,
             "events": list(upsert.events),
+            "messageIds": list(upsert.message_ids),
         }
     )
     headers = [
@@ -99,6 +100,7 @@ def decode_parked(value: bytes | None) -> ContactUpsert | None:
             custom_fields=custom,
             tag_mode=TagMode(doc["tagMode"]),
             events=tuple(doc["events"]),
+            message_ids=tuple(doc.get("messageIds", ())),  # absent in older parking records
         )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
         return None

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from consumer.core.events import Omitted, Record
+from consumer.core.deadletter import Failure
+from consumer.core.events import ContactUpsert, Omitted, Record
 from consumer.engine.offsets import Assignment, CommitPoint
 from consumer.engine.parking import ParkReason
 from consumer.highlevel.verdicts import Answer
@@ -224,10 +225,46 @@ class EngineMetrics(Protocol):
     def permanent_dnd_kept(self, integration: str, channel: str) -> None: ...
 
 
-class DeliveryRecorder(Protocol):
-    """Remembers each HighLevel request for the Event Debugger
-    (``consumer.observe.recent_deliveries.RecentDeliveries``). Never given a token; masks what
-    it keeps. Called on the event loop thread after every answer."""
+class OutcomeRecorder(Protocol):
+    """Remembers what happened to records that did not (or not only) become a HighLevel
+    request, for the Event Debugger (``consumer.observe.recent_deliveries.RecentDeliveries``):
+    drops (a ``duplicate`` drop included), rejects, dead letters, parked work and replays.
+    Called on the event loop thread; never given a token. ``now`` is wall-clock seconds.
+
+    ``dropped`` is on the hot path (once per dropped record): it must keep a reference and
+    return, leaving decoding, masking and formatting to whoever reads the entries."""
+
+    def dropped(self, record: Record, reason: str, integration: str | None, now: float) -> None:
+        """``record`` was dropped for ``reason`` (for ``integration``; None: record-level)."""
+        ...
+
+    def rejected(
+        self, record: Record, reason: str, error: str, integration: str | None, now: float
+    ) -> None:
+        """``record`` cannot be used (``error`` names the field and any omitted fields, never a
+        value); its dead letter is being written."""
+        ...
+
+    def dead_lettered(self, record: Record, failure: Failure, now: float) -> None:
+        """The broker confirmed ``record``'s dead letter."""
+        ...
+
+    def parked(
+        self, records: Sequence[Record], upsert: ContactUpsert, reason: ParkReason, now: float
+    ) -> None:
+        """``upsert``, folded from ``records``, is in the parking topic (broker confirmed)."""
+        ...
+
+    def replayed(self, record: Record, upsert: ContactUpsert | None, now: float) -> None:
+        """``record`` came back through a replay feed: a parking record (``upsert`` is what it
+        holds) or a ``dlq replay`` copy of the replay topic (``upsert`` None)."""
+        ...
+
+
+class DeliveryRecorder(OutcomeRecorder, Protocol):
+    """The Event Debugger's port (``consumer.observe.recent_deliveries.RecentDeliveries``):
+    each HighLevel request (``record``, called on the event loop thread after every answer)
+    and every other outcome (``OutcomeRecorder``). Never given a token; masks what it shows."""
 
     def record(
         self,
@@ -242,8 +279,11 @@ class DeliveryRecorder(Protocol):
         attempts: int,
         now: float,
         omitted: Sequence[Omitted] = (),
+        message_ids: Sequence[str] = (),
+        sources: Sequence[Record] = (),
     ) -> object:
         """``attempts``: this request's attempt number (1 for the first); ``now``: wall-clock
-        seconds; ``omitted``: fields of the events left out of the payload. The return value
-        is the implementation's own (the engine ignores it)."""
+        seconds; ``omitted``: fields of the events left out of the payload; ``message_ids``:
+        the events' messageIds; ``sources``: the records folded into the request. The return
+        value is the implementation's own (the engine ignores it)."""
         ...

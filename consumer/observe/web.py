@@ -20,6 +20,12 @@ kubelet; no access control, nothing personal:
   with a key of this process: it never holds the token, a restart ends every session).
 - ``GET /debug/deliveries.json``: recent deliveries, newest first; query ``integration``,
   ``outcome``, ``after`` (seq), ``limit``.
+- ``GET /debug/outcomes.json``: recent outcomes other than requests (dropped, duplicate,
+  rejected, dead-lettered, parked, replayed), newest first; query ``kind``, ``integration``,
+  ``limit``.
+- ``GET /debug/search.json?q=...``: this member's recent deliveries and outcomes of one user
+  key, userId, anonymousId or messageId (exact match); 400 without ``q``. Only what this
+  member holds in memory: ``ghl-consumer trace`` searches the topic itself.
 - ``GET /debug/events``: Server-Sent Events, each new delivery as one ``data:`` JSON line
   (``id:`` is its seq; ``after`` or ``Last-Event-ID`` resumes). At most ``max_streams`` at
   once: 503 beyond.
@@ -55,7 +61,7 @@ from consumer.errors import ConfigError
 from consumer.highlevel.verdicts import Verdict
 from consumer.observe.metrics import Metrics, StateSnapshot
 from consumer.observe.readiness import Health, Readiness
-from consumer.observe.recent_deliveries import DeliveryEntry, RecentDeliveries
+from consumer.observe.recent_deliveries import OUTCOME_KINDS, DeliveryEntry, RecentDeliveries
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +69,7 @@ DEFAULT_HOST: Final = "127.0.0.1"
 LOOPBACK_NAMES: Final = frozenset(("localhost", "127.0.0.1", "::1"))
 HEARTBEAT_S: Final = 15.0  # SSE comment line interval: proxies keep the stream, dead peers show
 MAX_LIMIT: Final = 1000
+MAX_QUERY_CHARS: Final = 1024  # a search query: a user key or messageId, at most a field's size
 MAX_STREAMS: Final = 8
 SESSION_S: Final = 900.0
 SESSION_COOKIE: Final = "ghl_debug_session"
@@ -290,6 +297,34 @@ class _Debugger:
             }
         )
 
+    async def outcomes(self, request: web.Request) -> web.Response:
+        self._require_access(request)
+        query = request.query
+        entries = self.debugger.outcomes(
+            kind=query.get("kind") or None,
+            integration=query.get("integration") or None,
+            limit=min(_int_param(query.get("limit"), MAX_LIMIT), MAX_LIMIT),
+        )
+        return _json({"kinds": list(OUTCOME_KINDS), "outcomes": [e.to_json() for e in entries]})
+
+    async def search(self, request: web.Request) -> web.Response:
+        self._require_access(request)
+        text = request.query.get("q", "").strip()
+        if not text or len(text) > MAX_QUERY_CHARS:
+            raise web.HTTPBadRequest(
+                text=f"q: a user id, anonymous id or messageId of 1 to {MAX_QUERY_CHARS} "
+                "characters"
+            )
+        found = self.debugger.search(text, limit=MAX_LIMIT)
+        return _json(
+            {
+                "scope": "this member's recent records in memory; ghl-consumer trace searches "
+                "the topic",
+                "deliveries": [e.to_json() for e in found.deliveries],
+                "outcomes": [e.to_json() for e in found.outcomes],
+            }
+        )
+
     async def events(self, request: web.Request) -> web.StreamResponse:
         self._require_access(request)
         after = _int_param(request.query.get("after") or request.headers.get("Last-Event-ID"), 0)
@@ -368,6 +403,8 @@ async def serve_debugger(
     app.router.add_get("/debug", handlers.page)
     app.router.add_post("/debug", handlers.login)
     app.router.add_get("/debug/deliveries.json", handlers.deliveries)
+    app.router.add_get("/debug/outcomes.json", handlers.outcomes)
+    app.router.add_get("/debug/search.json", handlers.search)
     app.router.add_get("/debug/events", handlers.events)
     app.on_shutdown.append(handlers.on_shutdown)
     async with _serving(app, host, port, "debug.host/port (DEBUG_HOST/DEBUG_PORT)") as srv:
@@ -449,11 +486,19 @@ tr.delivered .outcome { color:var(--ok); }
 tr.rate_limited .outcome, tr.retry .outcome { color:var(--warn); }
 tr.rejected .outcome, tr.unauthorized .outcome { color:var(--bad); }
 .muted { color:var(--muted); }
-#empty { padding:24px 20px; color:var(--muted); }
+#empty, #outcome-empty { padding:24px 20px; color:var(--muted); }
 form.login { max-width:360px; margin:48px auto; padding:20px; background:#fff;
              border:1px solid var(--line); border-radius:8px; }
 form.login input { display:block; width:100%; margin:8px 0 12px; padding:6px; font:inherit; }
 .failed { color:var(--bad); }
+h2 { font-size:15px; margin:0; padding:14px 20px 8px; font-weight:600; }
+.bar input { padding:3px 6px; font:inherit; width:320px; }
+.note { color:var(--muted); font-size:12px; }
+#results { display:none; border-bottom:3px solid var(--line); }
+tr.kind-dropped .outcome, tr.kind-duplicate .outcome, tr.kind-replayed .outcome
+  { color:var(--muted); }
+tr.kind-parked .outcome { color:var(--warn); }
+tr.kind-rejected .outcome, tr.kind-dead_lettered .outcome { color:var(--bad); }
 """
 
 _SCRIPT: Final = """
@@ -512,6 +557,63 @@ function row(d) {
   return tr;
 }
 
+function outcomeRow(o) {
+  const tr = el("tr", null, "outcome-entry kind-" + o.kind);
+  tr.dataset.kind = o.kind;
+  tr.appendChild(el("td", new Date(o.at * 1000).toLocaleTimeString([], {hour12: false}), "mono"));
+  const kind = el("td");
+  kind.appendChild(el("div", o.kind, "outcome"));
+  if (o.reason) kind.appendChild(el("div", o.reason, "muted reason"));
+  tr.appendChild(kind);
+  const where = el("td", null, "mono");
+  where.appendChild(el("div", o.topic + "/" + o.partition + "/" + o.offset, "coordinates"));
+  if (o.original_topic) where.appendChild(el("div", "as " + o.original_topic, "muted"));
+  if (o.record_time !== null) {
+    where.appendChild(el("div", "record " + new Date(o.record_time * 1000).toISOString(), "muted"));
+  }
+  tr.appendChild(where);
+  tr.appendChild(el("td", o.integration || "(record)"));
+  const events = el("td");
+  for (const name of o.events) events.appendChild(el("span", name, "chip"));
+  tr.appendChild(events);
+  tr.appendChild(el("td", o.contact_key || "", "mono contact"));
+  tr.appendChild(el("td", o.message_ids.join(" "), "mono message-id"));
+  const detail = el("td", null, "detail");
+  if (o.error) detail.appendChild(el("div", o.error, "error"));
+  if (o.status !== null) detail.appendChild(el("div", "HighLevel " + o.status + " " +
+                                               (o.message || ""), "message"));
+  if (o.trace_id) detail.appendChild(el("div", "traceId " + o.trace_id, "muted trace"));
+  for (const s of o.sources) detail.appendChild(el("div", "from " + s, "muted mono"));
+  tr.appendChild(detail);
+  return tr;
+}
+
+async function loadOutcomes() {
+  const kind = $("kind").value;
+  const response = await fetch("debug/outcomes.json?limit=200" +
+                               (kind ? "&kind=" + encodeURIComponent(kind) : ""));
+  if (!response.ok) return;
+  const data = await response.json();
+  fillSelect($("kind"), data.kinds);
+  $("outcome-rows").replaceChildren(...data.outcomes.map(outcomeRow));
+  $("outcome-empty").style.display = data.outcomes.length ? "none" : "block";
+}
+
+async function search() {
+  const q = $("q").value.trim();
+  if (!q) { $("results").style.display = "none"; return; }
+  const response = await fetch("debug/search.json?q=" + encodeURIComponent(q));
+  if (!response.ok) { fail("Search failed (" + response.status + ")."); return; }
+  const data = await response.json();
+  $("found-deliveries").replaceChildren(...data.deliveries.map(row));
+  $("found-outcomes").replaceChildren(...data.outcomes.map(outcomeRow));
+  $("found-deliveries").parentElement.style.display = data.deliveries.length ? "" : "none";
+  $("found-outcomes").parentElement.style.display = data.outcomes.length ? "" : "none";
+  $("found-count").textContent = data.deliveries.length + " deliveries, " +
+                                 data.outcomes.length + " other outcomes";
+  $("results").style.display = "block";
+}
+
 function render() {
   const integration = $("integration").value;
   const outcome = $("outcome").value;
@@ -555,10 +657,17 @@ async function start() {
     $("live").textContent = source.readyState === EventSource.CLOSED ? "offline" : "reconnecting";
   };
   source.onmessage = (message) => { add(JSON.parse(message.data)); render(); };
+  await loadOutcomes();
+  setInterval(() => loadOutcomes().catch(() => {}), 3000);
 }
 
 $("integration").addEventListener("change", render);
 $("outcome").addEventListener("change", render);
+$("kind").addEventListener("change", () => loadOutcomes().catch((e) => fail(String(e))));
+$("find").addEventListener("click", () => search().catch((e) => fail(String(e))));
+$("q").addEventListener("keydown", (e) => {
+  if (e.key === "Enter") search().catch((err) => fail(String(err)));
+});
 start().catch((e) => fail(String(e)));
 """
 
@@ -607,7 +716,7 @@ def _page(show_personal_data: bool) -> str:
     )
     return f"""{_HEAD}<header>
   <h1>Event Debugger</h1>
-  <span class="sub">recent HighLevel deliveries, {shown}</span>
+  <span class="sub">recent HighLevel deliveries and other outcomes, {shown}</span>
   <span id="live" class="off">connecting</span>
 </header>
 <div class="bar">
@@ -615,13 +724,47 @@ def _page(show_personal_data: bool) -> str:
   <label>Outcome<select id="outcome"><option value="">all</option></select></label>
   <span id="count"></span>
 </div>
+<div class="bar">
+  <label for="q">Search</label>
+  <input id="q" type="search" placeholder="user id, anonymous id or messageId">
+  <button id="find" type="button">Find</button>
+  <span class="note">Searches this member's recent records only (what it holds in memory);
+  <code>ghl-consumer trace</code> searches the topic.</span>
+</div>
 <div id="error"></div>
+<section id="results">
+  <h2>Search results <span id="found-count" class="note"></span></h2>
+  <table>
+    <thead><tr><th>Time</th><th>Integration</th><th>Events</th><th>Contact</th>
+    <th>Payload sent</th><th>HighLevel</th><th>Message</th><th>traceId</th><th>Latency</th>
+    <th>Attempt</th></tr></thead>
+    <tbody id="found-deliveries"></tbody>
+  </table>
+  <table>
+    <thead><tr><th>Time</th><th>Outcome</th><th>Record</th><th>Integration</th><th>Events</th>
+    <th>Contact</th><th>messageId</th><th>Detail</th></tr></thead>
+    <tbody id="found-outcomes"></tbody>
+  </table>
+</section>
+<h2>Deliveries</h2>
 <table>
   <thead><tr><th>Time</th><th>Integration</th><th>Events</th><th>Contact</th><th>Payload sent</th>
   <th>HighLevel</th><th>Message</th><th>traceId</th><th>Latency</th><th>Attempt</th></tr></thead>
   <tbody id="rows"></tbody>
 </table>
 <div id="empty">No deliveries yet.</div>
+<h2>Other outcomes</h2>
+<div class="bar">
+  <label>Outcome<select id="kind"><option value="">all</option></select></label>
+  <span class="note">dropped, duplicate, rejected, dead-lettered, parked and replayed records;
+  refreshed every 3 s</span>
+</div>
+<table>
+  <thead><tr><th>Time</th><th>Outcome</th><th>Record</th><th>Integration</th><th>Events</th>
+  <th>Contact</th><th>messageId</th><th>Detail</th></tr></thead>
+  <tbody id="outcome-rows"></tbody>
+</table>
+<div id="outcome-empty">No other outcomes yet.</div>
 <script>{_SCRIPT}</script>
 </body>
 </html>

@@ -17,9 +17,12 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import orjson
 import pytest
 from playwright.async_api import BrowserContext, Page, Response, async_playwright, expect
 
+from consumer.core.deadletter import Failure
+from consumer.core.events import Record
 from consumer.highlevel.verdicts import Answer, classify
 from consumer.observe.recent_deliveries import RecentDeliveries
 from consumer.observe.web import SESSION_COOKIE, WebServer, serve_debugger
@@ -95,6 +98,22 @@ def feed(debugger: RecentDeliveries) -> None:
             trace_id="5e0f4c3b-2a19-4d8e-b7c6-a5f4e3d2c1b0", latency_s=0.097, attempts=2)
 
 
+def other_outcomes(debugger: RecentDeliveries) -> None:
+    """A drop, a duplicate, a reject and its dead letter of Jane's records."""
+    def jane(offset: int, message_id: str, event: str) -> Record:
+        value = {"type": "track", "event": event, "userId": "user-311",
+                 "messageId": message_id, "traits": {"email": EU["email"]}}
+        return Record("events", 2, offset, b"user-311", orjson.dumps(value), (), 1_765_000_000_000)
+
+    now = time.time()
+    debugger.dropped(jane(40, "m-page-1", "Page Viewed"), "not_mapped", "eu-shop", now)
+    debugger.dropped(jane(41, "m-page-1", "Page Viewed"), "duplicate", None, now + 0.1)
+    debugger.rejected(jane(42, "m-bad-1", "Signed Up"), "no_identifier",
+                      "no email or phone: traits.email omitted (invalid)", "eu-shop", now + 0.2)
+    failure = Failure(reason="no_identifier", error="no email or phone", integration_id="eu-shop")
+    debugger.dead_lettered(jane(42, "m-bad-1", "Signed Up"), failure, now + 0.3)
+
+
 @pytest.fixture
 def debugger() -> RecentDeliveries:
     return RecentDeliveries(integrations=["default", "eu-shop"])
@@ -135,6 +154,7 @@ async def test_event_debugger_in_a_browser(
     server: WebServer, debugger: RecentDeliveries, browser: BrowserContext, tmp_path: Path
 ) -> None:
     feed(debugger)
+    other_outcomes(debugger)
     errors: list[str] = []
     page = await open_page(browser, server.url, errors)
     await log_in(page, server.url, TOKEN)
@@ -147,7 +167,7 @@ async def test_event_debugger_in_a_browser(
     assert session["name"] == SESSION_COOKIE
     assert (session["httpOnly"], session["sameSite"]) == (True, "Strict")
     assert TOKEN not in session["value"]
-    rows = page.locator("tr.delivery")
+    rows = page.locator("#rows tr.delivery")
     await expect(rows).to_have_count(6)
     await expect(page.locator("#live")).to_have_text("live")
 
@@ -159,11 +179,11 @@ async def test_event_debugger_in_a_browser(
     await expect(first.locator(".trace")).to_have_text("5e0f4c3b-2a19-4d8e-b7c6-a5f4e3d2c1b0")
     await expect(first.locator(".payload")).to_contain_text('firstName: "hidden:')
     await expect(first.locator(".contact")).to_have_text(re.compile(r"^hidden:[0-9a-f]{8}$"))
-    rejected = page.locator("tr.delivery.rejected")
+    rejected = page.locator("#rows tr.delivery.rejected")
     await expect(rejected.locator(".message")).to_have_text(
         "property favouriteColour should not exist"
     )
-    await expect(page.locator("tr.delivery.retry .status")).to_have_text("no answer")
+    await expect(page.locator("#rows tr.delivery.retry .status")).to_have_text("no answer")
     # a payload value is text, never markup
     await expect(rejected.locator(".payload")).to_contain_text("<img src=x id=injected>")
     assert await page.locator("#injected").count() == 0
@@ -196,6 +216,36 @@ async def test_event_debugger_in_a_browser(
     await expect(rows.nth(0)).to_have_attribute("data-seq", "7")
     await expect(rows.nth(0).locator(".payload")).to_contain_text("j***@example.org")
     await expect(rows.nth(0).locator(".payload")).to_contain_text("+4*******0123")
+
+    # other outcomes: newest first, with their record, reason and messageId; masked
+    outcomes = page.locator("#outcome-rows tr.outcome-entry")
+    await expect(outcomes).to_have_count(4)
+    kinds = await outcomes.evaluate_all("rs => rs.map(r => r.dataset.kind)")
+    assert kinds == ["dead_lettered", "rejected", "duplicate", "dropped"]
+    await expect(outcomes.nth(1).locator(".coordinates")).to_have_text("events/2/42")
+    await expect(outcomes.nth(1).locator(".error")).to_contain_text("traits.email omitted")
+    await expect(outcomes.nth(3).locator(".message-id")).to_have_text("m-page-1")
+    await expect(outcomes.nth(3).locator(".contact")).to_have_text(
+        re.compile(r"^hidden:[0-9a-f]{8}$")
+    )
+    await page.select_option("#kind", "duplicate")
+    await expect(outcomes).to_have_count(1)
+    await page.select_option("#kind", "")
+    await expect(outcomes).to_have_count(4)
+
+    # search: one person's records, this member's memory only
+    await expect(page.locator(".bar .note").first).to_contain_text("ghl-consumer trace")
+    await page.fill("#q", "user-311")
+    await page.press("#q", "Enter")
+    await expect(page.locator("#found-deliveries tr.delivery")).to_have_count(3)
+    await expect(page.locator("#found-outcomes tr.outcome-entry")).to_have_count(4)
+    await page.fill("#q", "m-bad-1")
+    await page.click("#find")
+    await expect(page.locator("#found-outcomes tr.outcome-entry")).to_have_count(2)
+    await expect(page.locator("#found-deliveries tr.delivery")).to_have_count(0)
+    body = await page.inner_text("body")
+    for secret in ("jane.doe@example.org", TOKEN):
+        assert secret not in body
 
     assert errors == []  # no CSP violation, no script error
     shot = tmp_path / "event-debugger.png"

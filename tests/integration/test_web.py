@@ -13,6 +13,7 @@ import aiohttp
 import orjson
 import pytest
 
+from consumer.core.events import Record
 from consumer.engine.offsets import PartitionStats
 from consumer.highlevel.verdicts import Answer, classify
 from consumer.observe.metrics import Metrics, StateSnapshot
@@ -210,7 +211,15 @@ async def test_binds_loopback_by_default_apart_from_metrics(
     assert debug_server.port not in (0, server.port)
 
 
-@pytest.mark.parametrize("path", ["/debug/deliveries.json", "/debug/events"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/debug/deliveries.json",
+        "/debug/events",
+        "/debug/outcomes.json",
+        "/debug/search.json?q=lead-987",
+    ],
+)
 async def test_debug_feeds_need_the_token(
     debug_server: WebServer, http: aiohttp.ClientSession, debugger: RecentDeliveries, path: str
 ) -> None:
@@ -409,6 +418,57 @@ async def test_deliveries_json_is_masked_and_filtered(
         assert [d["seq"] for d in (await response.json())["deliveries"]] == [3]
     async with http.get(url, headers=BEARER, params={"after": "x"}) as response:
         assert response.status == 400
+
+
+def drop(debugger: RecentDeliveries, offset: int, message_id: str) -> None:
+    value = {"type": "page", "userId": "lead-987", "messageId": message_id,
+             "traits": {"email": "sam@example.com", "phone": "+14155550142"}}
+    record = Record("events", 0, offset, b"sam@example.com", orjson.dumps(value))
+    debugger.dropped(record, "not_mapped", None, time.time())
+
+
+async def test_outcomes_json_is_masked_and_filtered_by_kind(
+    debug_server: WebServer, http: aiohttp.ClientSession, debugger: RecentDeliveries
+) -> None:
+    drop(debugger, 7, "m-7")
+    debugger.rejected(Record("events", 1, 3, b"u-2", b"{"), "invalid_json", "not JSON", None, 1.0)
+    url = f"{debug_server.url}/debug/outcomes.json"
+    async with http.get(url, headers=BEARER) as response:
+        body = await response.read()
+    for personal in (b"sam@example.com", b"4155550142", b"lead-987"):
+        assert personal not in body
+    data = orjson.loads(body)
+    assert "duplicate" in data["kinds"]
+    assert [(o["kind"], o["offset"]) for o in data["outcomes"]] == [("dropped", 7),
+                                                                  ("rejected", 3)]
+    assert data["outcomes"][0]["message_ids"] == ["m-7"]
+    async with http.get(url, headers=BEARER, params={"kind": "rejected"}) as response:
+        assert [o["offset"] for o in (await response.json())["outcomes"]] == [3]
+
+
+async def test_search_json_finds_a_persons_records_masked(
+    debug_server: WebServer, http: aiohttp.ClientSession, debugger: RecentDeliveries
+) -> None:
+    drop(debugger, 7, "m-7")
+    drop(debugger, 8, "m-8")
+    deliver(debugger)  # contact key lead-987
+    url = f"{debug_server.url}/debug/search.json"
+    async with http.get(url, headers=BEARER, params={"q": "lead-987"}) as response:
+        assert response.status == 200
+        body = await response.read()
+    for personal in (b"sam@example.com", b"4155550142", b"lead-987"):
+        assert personal not in body
+    data = orjson.loads(body)
+    assert "this member" in data["scope"]
+    assert "ghl-consumer trace" in data["scope"]
+    assert [o["offset"] for o in data["outcomes"]] == [8, 7]
+    assert len(data["deliveries"]) == 1
+    async with http.get(url, headers=BEARER, params={"q": "m-7"}) as response:
+        found = await response.json()
+    assert ([o["offset"] for o in found["outcomes"]], found["deliveries"]) == ([7], [])
+    for bad in ({}, {"q": "  "}, {"q": "x" * 1025}):
+        async with http.get(url, headers=BEARER, params=bad) as response:
+            assert response.status == 400
 
 
 async def read_event(response: aiohttp.ClientResponse) -> dict[str, object]:
