@@ -82,9 +82,10 @@ class MessageDeduper:
             self._expires_at = now + self._ttl
         seen[key] = (now, where)
         if len(seen) > self._max_entries:
-            seen.popitem(last=False)
+            _, (first_seen, _) = seen.popitem(last=False)
             self.evicted += 1
-            self._expires_at = float("-inf")  # the oldest entry changed
+            # the new oldest entry was seen no earlier: it expires no earlier than this
+            self._expires_at = first_seen + self._ttl
         return False
 
     def _expire(self, now: float) -> None:

@@ -148,11 +148,10 @@ class Record(NamedTuple):
     @property
     def size(self) -> int:
         """Bytes this record holds: key, value and header values (what backpressure counts)."""
-        return (
-            len(self.key or b"")
-            + len(self.value or b"")
-            + sum(len(name) + len(value) for name, value in self.headers)
-        )
+        size = len(self.key or b"") + len(self.value or b"")
+        if self.headers:
+            size += sum(len(name) + len(value) for name, value in self.headers)
+        return size
 
 
 class Event(NamedTuple):

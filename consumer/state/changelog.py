@@ -45,9 +45,10 @@ class RestoreMetrics(Protocol):
 
 
 class ProfileChangelog:
-    """``store`` plus its topic. ``restore`` raises ``KafkaAdapterError`` when the topic cannot
-    be read (the engine's rebalance callback then fails, which stops the consumer: better than
-    mapping without the profiles it promised to keep)."""
+    """``store`` plus its topic. ``restore`` reads the topic again after a Kafka error (a
+    leader moving, a broker restarting), with backoff, for up to ``restore_retry_seconds``;
+    then it raises ``KafkaAdapterError`` (the engine's rebalance callback then fails, which
+    stops the consumer: better than mapping without the profiles it promised to keep)."""
 
     def __init__(
         self,
@@ -59,8 +60,10 @@ class ProfileChangelog:
         extra: Mapping[str, Setting] | None = None,
         erasure_check_seconds: float = 10.0,
         cipher: ProfileCipher | None = None,
+        restore_retry_seconds: float = 60.0,
     ) -> None:
         self.store = store
+        self._restore_retry_s = restore_retry_seconds
         self._cipher = cipher or ProfileCipher({})
         self.topic = topic
         self._bootstrap = bootstrap
@@ -85,7 +88,29 @@ class ProfileChangelog:
         self.store.written(key)
 
     async def restore(self) -> None:
-        """Read the changelog to its current end into the store; records the time taken."""
+        """Read the changelog to its current end into the store; records the time taken. A
+        Kafka error starts the read over (applying a record twice, in order, is harmless)
+        after 1, 2, 4... s (at most 10), until ``restore_retry_seconds`` have passed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._restore_retry_s
+        delay = 1.0
+        while True:
+            try:
+                await self._restore_once()
+                return
+            except KafkaAdapterError as exc:
+                if loop.time() + delay > deadline:
+                    raise
+                logger.warning(
+                    "profile changelog %s: restore failed (%s); reading it again in %.0fs",
+                    self.topic,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def _restore_once(self) -> None:
         started = time.perf_counter()
         reader = TopicReader(bootstrap=self._bootstrap, extra=self._extra)
         applied = skipped = bad = 0
