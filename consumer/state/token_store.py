@@ -219,6 +219,20 @@ class TokenStore:
             obtained_at=float(text["obtained_at"]),
         )
 
+    async def location_tokens(self, company_id: str) -> dict[str, LocationToken]:
+        """Every location token shared for the installation, by location id (for status)."""
+        prefix = self._key(company_id, ":loc:")
+        found: dict[str, LocationToken] = {}
+        try:
+            keys = [_text(k) async for k in self._client.scan_iter(match=_glob(prefix) + "*")]
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from None
+        for key in sorted(keys):
+            token = await self.read_location(company_id, key[len(prefix) :])
+            if token is not None:
+                found[key[len(prefix) :]] = token
+        return found
+
     async def _hash(self, key: str) -> dict[str, str]:
         fields = await _call(self._client.hgetall(key))
         return {_text(k): _text(v) for k, v in fields.items()}
@@ -252,6 +266,11 @@ def _fields(grant: TokenGrant, now: float) -> list[str]:
     ]  # fmt: skip
 
 
+def _glob(text: str) -> str:
+    """``text`` with Redis's glob characters escaped (a company id is the operator's)."""
+    return "".join("\\" + char if char in "*?[]\\" else char for char in text)
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -260,5 +279,9 @@ async def _call(awaitable: Awaitable[_T]) -> _T:
     try:
         return await awaitable
     except (RedisError, OSError) as exc:
-        raise TokenStoreError(f"token store: Redis: {type(exc).__name__}: {exc}") from None
+        raise _unavailable(exc) from None
+
+
+def _unavailable(exc: Exception) -> TokenStoreError:
+    return TokenStoreError(f"token store: Redis: {type(exc).__name__}: {exc}")
 
