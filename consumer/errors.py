@@ -18,8 +18,18 @@
     +-- SandboxError              (consumer.sandbox.admin) the sandbox's admin API did not answer
     |                             with what was asked (unreachable, not 200, not a contact list).
     +-- DailyBudgetExhausted      (consumer.ratelimit) a location's daily request budget is spent.
-                                  Retriable after its ``until``; the engine holds or parks the
-                                  location's events meanwhile.
+    |                             Retriable after its ``until``; the engine holds or parks the
+    |                             location's events meanwhile.
+    +-- OAuthError                (consumer.highlevel.oauth) an /oauth/* call failed: ``status``
+    |   |                         (None: no answer) and ``retriable`` (a transport failure, 429,
+    |   |                         5xx). Never carries a token or the client secret.
+    |   +-- InvalidGrant          400 ``invalid_grant``: the code or refresh token is spent,
+    |                             superseded or unknown. Not retriable with the same token.
+    +-- InstallationBroken        (consumer.state.oauth_tokens) an installation's stored refresh
+    |                             token no longer works (or nothing was stored): every replica
+    |                             stops refreshing it until ``ghl-consumer oauth reconnect``.
+    +-- TokenStoreError           (consumer.state.token_store) the shared token store (Redis) did
+                                  not answer. Retriable: no token is guessed meanwhile.
 
 Bad *events* are not exceptions: decoding and mapping return ``Reject`` values (see
 ``consumer.core.events``), because a poison record is data to dead-letter, not a crash.
@@ -84,3 +94,36 @@ class DailyBudgetExhausted(ConsumerError):
         super().__init__(f"daily budget exhausted for location {location_id} until {until:.0f}")
         self.location_id = location_id
         self.until = until
+
+
+class OAuthError(ConsumerError):
+    """An ``/oauth/*`` call failed. ``status`` is the HTTP status (None when no answer came);
+    ``retriable``: the same call may succeed later (transport failure, 429, 5xx)."""
+
+    def __init__(self, message: str, *, status: int | None, retriable: bool) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retriable = retriable
+
+
+class InvalidGrant(OAuthError):
+    """HighLevel refused the code or refresh token (400 ``invalid_grant``, e.g. ``Invalid grant:
+    refresh token is invalid``): it was used, superseded or never issued."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status=400, retriable=False)
+
+
+class InstallationBroken(ConsumerError):
+    """The installation ``company_id`` cannot get tokens: its stored refresh token was refused
+    after the store was read again (``reason``), or it was never installed. Recovered by
+    ``ghl-consumer oauth reconnect`` (or ``oauth exchange``)."""
+
+    def __init__(self, company_id: str, reason: str) -> None:
+        super().__init__(f"OAuth installation {company_id} is broken: {reason}")
+        self.company_id = company_id
+        self.reason = reason
+
+
+class TokenStoreError(ConsumerError):
+    """The shared token store did not answer (Redis unreachable or failing). Retriable."""

@@ -30,6 +30,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "consumer.commands.forget",
         "erase a person: profiles, optionally the HighLevel contact; records the erasure",
     ),
+    "oauth": (
+        "consumer.commands.oauth",
+        "OAuth app installations: exchange an install code, status, reconnect",
+    ),
     "demo": ("consumer.commands.demo", "local Kafka + sandbox + sample events, end to end"),
 }
 

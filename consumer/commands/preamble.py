@@ -111,6 +111,8 @@ def load(
     read_secrets: bool = True,
     kafka_secrets: bool | None = None,
     profile_keys: bool | None = None,
+    oauth_secrets: bool | None = None,
+    integrations_required: bool = True,
 ) -> Settings:
     """``load_settings`` over ``config`` and ``os.environ``; when ``needs_placeholder``,
     ``placeholder_location`` (if given) stands in for ``GHL_LOCATION_ID``. Raises ConfigError
@@ -124,6 +126,8 @@ def load(
         read_secrets=read_secrets,
         kafka_secrets=kafka_secrets,
         profile_keys=profile_keys,
+        oauth_secrets=oauth_secrets,
+        integrations_required=integrations_required,
     )
 
 

@@ -18,6 +18,7 @@ import orjson
 
 from consumer.commands.preamble import add_log_level_argument, configure_logging, stop_on_signals
 from consumer.sandbox.custom_fields import FieldDefinition, parse_definitions
+from consumer.sandbox.oauth import OAuthSettings
 from consumer.sandbox.server import run_sandbox
 from consumer.sandbox.settings import IDENTIFIERS, DuplicateSettings, Faults, RateLimits
 
@@ -108,6 +109,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         '({"customFields": [{"id", "dataType", "picklistOptions"?}]}): unknown ids are then '
         "dropped and values converted by type (default: any field is stored as sent)",
     )
+    oauth_defaults = OAuthSettings()
+    oauth = parser.add_argument_group(
+        "OAuth app (installed in one company over every location served)"
+    )
+    oauth.add_argument("--oauth-client-id", default=oauth_defaults.client_id)
+    oauth.add_argument("--oauth-client-secret", default=oauth_defaults.client_secret)
+    oauth.add_argument("--oauth-app-id", default=oauth_defaults.app_id)
+    oauth.add_argument("--oauth-company", default=oauth_defaults.company_id, help="company id")
+    oauth.add_argument(
+        "--oauth-locations",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N more locations in the installation (oauth-location-01...), reachable only "
+        "with OAuth tokens (default 0)",
+    )
+    oauth.add_argument(
+        "--access-token-ttl",
+        type=float,
+        default=oauth_defaults.access_ttl_s,
+        metavar="SECONDS",
+        help="access token lifetime (%(default)s; PUT /_sandbox/oauth changes it)",
+    )
+    oauth.add_argument(
+        "--refresh-token-ttl",
+        type=float,
+        default=oauth_defaults.refresh_ttl_s,
+        metavar="SECONDS",
+        help="refresh token lifetime (%(default)s)",
+    )
     parser.add_argument(
         "--state-file", type=Path, default=None, help="load contacts from / save them to this file"
     )
@@ -134,6 +165,16 @@ def main(args: argparse.Namespace) -> int:
             args.allow_duplicates, args.duplicate_priority, args.race_window_ms
         )
         custom_fields = _custom_fields(args.custom_fields)
+        oauth = OAuthSettings(
+            client_id=args.oauth_client_id,
+            client_secret=args.oauth_client_secret,
+            app_id=args.oauth_app_id,
+            company_id=args.oauth_company,
+            access_ttl_s=args.access_token_ttl,
+            refresh_ttl_s=args.refresh_token_ttl,
+        )
+        if args.oauth_locations < 0:
+            raise ValueError("--oauth-locations must not be negative")
     except (ValueError, OSError) as error:
         print(f"ghl-consumer sandbox: {error}", file=sys.stderr)
         return 2
@@ -156,6 +197,8 @@ def main(args: argparse.Namespace) -> int:
             state_file=args.state_file,
             seed=args.seed,
             request_log_size=args.request_log_size,
+            oauth=oauth,
+            oauth_locations=args.oauth_locations,
         )
     )
     return 0

@@ -1,8 +1,9 @@
 """Settings: the one reader of configuration files and the environment, and the frozen tree
 it returns. Import from here: the names below are the package's API. Inside: ``settings`` (the
 values), ``loader`` (``load_settings``: the file, the plain sections, ``[kafka]``, environment
-overrides), ``integrations`` (``[[integrations]]`` and ``GHL_*``), ``tables`` (typed reading
-with field-naming errors). May import ``consumer.core`` and ``consumer.errors`` only.
+overrides), ``integrations`` (``[[integrations]]`` and ``GHL_*``), ``oauth`` (``[[oauth]]``),
+``tables`` (typed reading with field-naming errors). May import ``consumer.core`` and
+``consumer.errors`` only.
 
 ``load_settings(path, environ)`` reads an optional TOML file, applies the environment
 overrides below (``docs/architecture.md``, "Configuration"), validates everything and returns
@@ -35,6 +36,7 @@ from consumer.config.settings import (
     KafkaSettings,
     MappingSettings,
     MetricsSettings,
+    OAuthApp,
     ProfileKey,
     ProfilesSettings,
     RedisSettings,
@@ -52,6 +54,7 @@ __all__ = [
     "KafkaSettings",
     "MappingSettings",
     "MetricsSettings",
+    "OAuthApp",
     "ProfileKey",
     "ProfilesSettings",
     "RedisSettings",

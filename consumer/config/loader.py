@@ -16,10 +16,12 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from consumer.config.integrations import read_integrations
+from consumer.config.oauth import read_oauth_apps
 from consumer.config.settings import (
     PLAIN_SECTIONS,
     DebugSettings,
     HighLevelSettings,
+    Integration,
     KafkaSettings,
     MetricsSettings,
     ProfileKey,
@@ -48,7 +50,7 @@ _SENSITIVE_KEY = re.compile(
     re.IGNORECASE,
 )
 _TOP_LEVEL: Final = frozenset(
-    (*PLAIN_SECTIONS, "kafka", "debug", "profiles", "integrations")
+    (*PLAIN_SECTIONS, "kafka", "debug", "profiles", "integrations", "oauth")
 )
 _KEY_ID: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
@@ -60,6 +62,8 @@ def load_settings(
     read_secrets: bool = True,
     kafka_secrets: bool | None = None,
     profile_keys: bool | None = None,
+    oauth_secrets: bool | None = None,
+    integrations_required: bool = True,
 ) -> Settings:
     """Read ``path`` (TOML; None = no file) and ``environ``; validate; return Settings.
 
@@ -69,7 +73,9 @@ def load_settings(
     operator commands that read Kafka without HighLevel tokens (dlq, audit) pass True, the dry
     run reads neither. ``profile_keys`` (default: ``read_secrets``) decides it for the
     ``[profiles]`` encryption keys: ``run`` and ``forget`` read them, which checks each is 32
-    bytes. Raises ConfigError.
+    bytes. ``oauth_secrets`` (default: ``read_secrets``) decides it for the ``[[oauth]]``
+    client secrets. ``integrations_required=False`` accepts a configuration without any
+    integration (the ``oauth`` commands need only ``[[oauth]]``). Raises ConfigError.
     """
     doc: dict[str, Any] = _read_toml(path) if path is not None else {}
     for key in doc:
@@ -91,7 +97,17 @@ def load_settings(
         environ,
         read_secrets if profile_keys is None else profile_keys,
     )
-    integrations = read_integrations(doc.get("integrations"), environ, read_secrets)
+    integrations: tuple[Integration, ...] = ()
+    if integrations_required or doc.get("integrations") or "GHL_LOCATION_ID" in environ:
+        integrations = read_integrations(doc.get("integrations"), environ, read_secrets)
+    sections["oauth"] = read_oauth_apps(
+        doc.get("oauth"), environ, read_secrets if oauth_secrets is None else oauth_secrets
+    )
+    if sections["oauth"] and not sections["redis"].url:
+        raise ConfigError(
+            "redis.url: required with [[oauth]] (REDIS_URL): the token store every replica "
+            "shares"
+        )
     return Settings(integrations=integrations, kafka=kafka, config_path=path, **sections)
 
 

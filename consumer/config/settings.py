@@ -68,6 +68,21 @@ class Integration:
         return self.target.location_id
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OAuthApp:
+    """A Marketplace app installed in a company (agency), from an ``[[oauth]]`` table: how to
+    reach its locations with OAuth tokens (``consumer.state.oauth_tokens``). ``locations`` are
+    the ones listed; with ``discover`` the installation's are asked for instead."""
+
+    id: str
+    client_id: str
+    client_secret: Secret
+    app_id: str
+    company_id: str
+    locations: tuple[str, ...] = ()
+    discover: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class KafkaSettings:
     bootstrap_servers: str = "localhost:9092"
@@ -256,6 +271,7 @@ class Settings:
     mapping: MappingSettings = MappingSettings()
     engine: EngineSettings = EngineSettings()
     delivery: DeliverySettings = DeliverySettings()
+    oauth: tuple[OAuthApp, ...] = ()
     config_path: str | None = None
 
     def targets(self) -> tuple[Target, ...]:

@@ -48,7 +48,7 @@ from consumer.ratelimit.budget import (
 )
 from consumer.ratelimit.limiter import LocalBackend
 
-__all__ = ["RedisBackend"]
+__all__ = ["RedisBackend", "connect"]
 
 logger = logging.getLogger(__name__)
 
@@ -193,6 +193,22 @@ def _opt(value: float | None) -> str:
     return "" if value is None else str(value)
 
 
+def connect(url: str, *, timeout_s: float = 0.5, max_connections: int = 32) -> Redis:
+    """A lazily connecting client of ``url`` (``redis://[:password@]host:port/db``) whose
+    commands fail fast: no client-side retries, every wait bounded by ``timeout_s`` (a busy
+    pool included). Shared by the rate limiter and the OAuth token store
+    (``consumer.state.token_store``)."""
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=timeout_s,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 0),
+    )
+    return Redis(connection_pool=pool)
+
+
 class RedisBackend:
     """``LimiterBackend`` whose budgets live in Redis and are shared by every instance.
 
@@ -260,18 +276,11 @@ class RedisBackend:
         max_connections: int = 32,
         **kwargs: Any,
     ) -> RedisBackend:
-        """Connect lazily to ``url`` (``redis://[:password@]host:port/db``). Commands fail
-        fast (no client-side retries): a failure is the cue to fall back, not to wait."""
+        """Connect lazily to ``url`` (``connect``). Commands fail fast: a failure is the cue
+        to fall back, not to wait."""
         kwargs.setdefault("max_concurrent_calls", max(1, max_connections - 2))
-        pool = BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=timeout_s,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),
-        )
-        return cls(Redis(connection_pool=pool), budget, owns_client=True, **kwargs)
+        client = connect(url, timeout_s=timeout_s, max_connections=max_connections)
+        return cls(client, budget, owns_client=True, **kwargs)
 
     def _location_keys(self, location_id: str) -> list[str]:
         keys = self._keys.get(location_id)

@@ -68,6 +68,12 @@ from aiohttp import web
 
 from consumer.core.normalise import mask_email, mask_phone
 from consumer.sandbox.custom_fields import FieldDefinition, convert, parse_definitions
+from consumer.sandbox.oauth import (
+    OAuthRefused,
+    OAuthSettings,
+    OAuthState,
+    installation_locations,
+)
 from consumer.sandbox.rate_window import RateDecision
 from consumer.sandbox.schema import (
     BadRequest,
@@ -138,8 +144,10 @@ class Sandbox:
         retry_after: bool = False,
         request_log_size: int = 10_000,
         state_file: Path | None = None,
+        oauth: OAuthState | None = None,
     ) -> None:
         self.state = state
+        self.oauth = oauth or OAuthState(OAuthSettings(), list(state.locations))
         self.url = ""
         self.retry_after = retry_after
         self.state_file = state_file
@@ -188,6 +196,14 @@ class Sandbox:
         app.router.add_get(
             "/contacts/search/duplicate", self._api(self._search_duplicate, _READ)
         )
+        app.router.add_post("/oauth/token", self._oauth_token)
+        app.router.add_post("/oauth/locationToken", self._oauth_location_token)
+        app.router.add_get("/oauth/installedLocations", self._oauth_installed_locations)
+        app.router.add_post("/oauth/reconnect", self._oauth_reconnect)
+        app.router.add_get("/_sandbox/oauth", self._admin_oauth)
+        app.router.add_put("/_sandbox/oauth", self._admin_oauth_update)
+        app.router.add_post("/_sandbox/oauth/code", self._admin_oauth_code)
+        app.router.add_post("/_sandbox/oauth/invalidate", self._admin_oauth_invalidate)
         app.router.add_get("/_sandbox/contacts", self._admin_contacts)
         app.router.add_get("/_sandbox/requests", self._admin_requests)
         app.router.add_get("/_sandbox/counters", self._admin_counters)
@@ -274,15 +290,17 @@ class Sandbox:
             self._log(request, None, 401, trace_id)
             return _json(401, _NO_VERSION if version is None else _BAD_VERSION, {})
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        location = self.state.location_for_token(token) if scheme == "Bearer" else None
+        now = self._clock()
+        location, allowed = (
+            self._authorise(token, scope, now) if scheme == "Bearer" else (None, False)
+        )
         if location is None:
             self.unauthorized += 1
             self._log(request, None, 401, trace_id)
             return _json(401, _INVALID_JWT, {})
-        if not self.state.has_scope(token, scope):
+        if not allowed:
             self._log(request, location.id, 401, trace_id, missingScope=scope)
             return _json(401, _NO_SCOPE, {})
-        now = self._clock()
         decision = location.rate.take(now, location.limits)
         headers = _rate_headers(decision)
         if not decision.allowed:
@@ -300,6 +318,18 @@ class Sandbox:
             if faults.latency_ms:
                 await asyncio.sleep(faults.latency_ms / 1000)
         return _Admitted(location, trace_id, headers, fault, now)
+
+    def _authorise(self, token: str, scope: str, now: float) -> tuple[Location | None, bool]:
+        """The location ``token`` reaches (a Private Integration token, or an unexpired OAuth
+        Location token) and whether it holds ``scope``; (None, False) for any other token (an
+        expired one, a Company token)."""
+        location = self.state.location_for_token(token)
+        if location is not None:
+            return location, self.state.has_scope(token, scope)
+        grant = self.oauth.access(token, now)
+        if grant is None or grant.location_id is None:
+            return None, False
+        return self.state.locations[grant.location_id], scope in grant.scopes
 
     async def _upsert(self, request: web.Request, admitted: _Admitted) -> web.Response:
         location, trace_id = admitted.location, admitted.trace_id
@@ -401,6 +431,101 @@ class Sandbox:
         self._done(request, admitted, 200, contactId=contact.id if contact else None)
         answer = {"contact": contact.to_json() if contact else None, "traceId": admitted.trace_id}
         return _json(200, answer, admitted.headers)
+
+    # -- OAuth (consumer.sandbox.oauth holds the rules) ----------------------------------------
+
+    async def _oauth_token(self, request: web.Request) -> web.Response:
+        """``POST /oauth/token``, form-encoded (both grants)."""
+        form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+        return self._oauth_answer(request, lambda now: self.oauth.token(form, now))
+
+    async def _oauth_location_token(self, request: web.Request) -> web.Response:
+        """``POST /oauth/locationToken``: Bearer Company token, Version, form companyId and
+        locationId."""
+        refused = _version_refused(request)
+        if refused is not None:
+            return self._oauth_log(request, refused)
+        form = await request.post()
+        token = _bearer(request)
+        company_id, location_id = str(form.get("companyId", "")), str(form.get("locationId", ""))
+        return self._oauth_answer(
+            request,
+            lambda now: self.oauth.location_token(token, company_id, location_id, now),
+        )
+
+    async def _oauth_installed_locations(self, request: web.Request) -> web.Response:
+        """``GET /oauth/installedLocations?companyId=&appId=``: Bearer Company token, Version."""
+        refused = _version_refused(request)
+        if refused is not None:
+            return self._oauth_log(request, refused)
+        token, query = _bearer(request), request.query
+        company_id, app_id = query.get("companyId", ""), query.get("appId", "")
+        return self._oauth_answer(
+            request,
+            lambda now: self.oauth.installed_locations(token, company_id, app_id, now),
+        )
+
+    async def _oauth_reconnect(self, request: web.Request) -> web.Response:
+        """``POST /oauth/reconnect``, JSON ``{clientKey, clientSecret, companyId | locationId}``."""
+        try:
+            body = parse_object(await request.read())
+        except BadRequest:
+            return self._oauth_log(request, _json(400, _BAD_REQUEST, {}))
+        return self._oauth_answer(request, lambda now: self.oauth.reconnect(body, now))
+
+    def _oauth_answer(
+        self, request: web.Request, answer: Callable[[float], dict[str, Any]]
+    ) -> web.Response:
+        """200 with ``answer(now)`` (and a traceId), or the refusal it raised; logged."""
+        try:
+            body = answer(self._clock())
+        except OAuthRefused as refused:
+            return self._oauth_log(request, _json(refused.status, refused.body, {}))
+        return self._oauth_log(request, _json(200, {**body, "traceId": str(uuid.uuid4())}, {}))
+
+    def _oauth_log(self, request: web.Request, response: web.Response) -> web.Response:
+        """Log an OAuth request (path and status: never a token or a secret)."""
+        self._log(request, None, response.status, str(uuid.uuid4()))
+        return response
+
+    async def _admin_oauth(self, request: web.Request) -> web.Response:
+        return _admin_json(self.oauth.to_json(self._clock()))
+
+    async def _admin_oauth_update(self, request: web.Request) -> web.Response:
+        """``PUT /_sandbox/oauth``: ``{"accessTtlS"?: s, "refreshTtlS"?: s}`` for tokens issued
+        from now on."""
+        try:
+            changes = parse_object(await request.read())
+            self.oauth.settings = self.oauth.settings.with_lifetimes(changes)
+        except BadRequest:
+            return _admin_error(400, "body must be a JSON object")
+        except ValueError as error:
+            return _admin_error(400, str(error))
+        return await self._admin_oauth(request)
+
+    async def _admin_oauth_code(self, request: web.Request) -> web.Response:
+        """``POST /_sandbox/oauth/code``: ``{"locationId"?: ID}``: the authorization code an
+        install of the app (in the company, or in one location) redirects with."""
+        try:
+            body = parse_object(await request.read())
+            code = self.oauth.issue_code(body.get("locationId"), self._clock())
+        except BadRequest:
+            return _admin_error(400, "body must be a JSON object")
+        except KeyError:
+            return _admin_error(404, "the app is not installed in that location")
+        return _admin_json({"code": code})
+
+    async def _admin_oauth_invalidate(self, request: web.Request) -> web.Response:
+        """``POST /_sandbox/oauth/invalidate``: ``{"locationId"?: ID}``: the current refresh
+        token of the company's grant (or the location's) stops working, behind the consumer's
+        back. 404 when that grant holds none."""
+        try:
+            body = parse_object(await request.read())
+        except BadRequest:
+            return _admin_error(400, "body must be a JSON object")
+        if not self.oauth.invalidate(body.get("locationId")):
+            return _admin_error(404, "no refresh token issued for that grant")
+        return await self._admin_oauth(request)
 
     def _find_contact(
         self, request: web.Request, admitted: _Admitted, contact_id: str
@@ -634,6 +759,19 @@ class Sandbox:
         self._stopping.set()
 
 
+def _bearer(request: web.Request) -> str:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token if scheme == "Bearer" else ""
+
+
+def _version_refused(request: web.Request) -> web.Response | None:
+    """The 401 for a missing or other ``Version`` header, None when it is right."""
+    version = request.headers.get("Version")
+    if version == API_VERSION:
+        return None
+    return _json(401, _NO_VERSION if version is None else _BAD_VERSION, {})
+
+
 def _rate_headers(decision: RateDecision) -> dict[str, str]:
     limits = decision.limits
     return {
@@ -738,6 +876,8 @@ async def run_sandbox(
     seed: int | None = None,
     clock: Callable[[], float] = time.time,
     request_log_size: int = 10_000,
+    oauth: OAuthSettings | None = None,
+    oauth_locations: int = 0,
 ) -> AsyncIterator[Sandbox]:
     """Serve a sandbox in this event loop until the block exits; yields the :class:`Sandbox`.
 
@@ -747,6 +887,10 @@ async def run_sandbox(
     ``state_file`` the state is loaded at start, saved every ``autosave_interval`` seconds when
     changed, and on exit. On exit hanging requests are released (their connections reset) and
     the socket is closed.
+
+    OAuth (``consumer.sandbox.oauth``): the app ``oauth`` (default ``OAuthSettings()``) is
+    installed in its company over every location served, plus ``oauth_locations`` more
+    (``oauth-location-01``..., served without a Private Integration token).
 
     Usage::
 
@@ -760,6 +904,9 @@ async def run_sandbox(
         faults=faults,
         custom_fields={d.id: d for d in custom_fields} if custom_fields is not None else None,
     )
+    installed = installation_locations(state.locations, oauth_locations)
+    for location_id in installed:
+        state.add_location(location_id)
     sandbox = Sandbox(
         state,
         clock=clock,
@@ -767,6 +914,7 @@ async def run_sandbox(
         retry_after=retry_after,
         request_log_size=request_log_size,
         state_file=state_file,
+        oauth=OAuthState(oauth or OAuthSettings(), installed),
     )
     sandbox.load()
     runner = web.AppRunner(sandbox.app(), access_log=None, shutdown_timeout=1.0)

@@ -226,6 +226,12 @@ class SandboxState:
     ) -> None:
         pairs = list(locations.items()) if isinstance(locations, Mapping) else list(locations)
         self._new_id = new_id
+        self._defaults = (
+            limits or RateLimits(),
+            duplicates or DuplicateSettings(),
+            faults or Faults(),
+            custom_fields,
+        )
         self._tokens: dict[str, Location] = {}
         self._scopes: dict[str, frozenset[str]] = {}
         self.locations: dict[str, Location] = {}
@@ -233,18 +239,24 @@ class SandboxState:
         self.changes = 0
         """Incremented on every contact change; the persistence task saves when it moved."""
         for location_id, token in pairs:
-            location = self.locations.get(location_id)
-            if location is None:
-                location = Location(
-                    location_id,
-                    limits or RateLimits(),
-                    duplicates or DuplicateSettings(),
-                    faults or Faults(),
-                    dict(custom_fields) if custom_fields is not None else None,
-                )
-                self.locations[location_id] = location
-            self._tokens[token] = location
+            self._tokens[token] = self.add_location(location_id)
             self._scopes[token] = SCOPES
+
+    def add_location(self, location_id: str) -> Location:
+        """The location ``location_id``, created with the initial settings when new (a location
+        reached only through OAuth has no Private Integration token)."""
+        location = self.locations.get(location_id)
+        if location is None:
+            limits, duplicates, faults, custom_fields = self._defaults
+            location = Location(
+                location_id,
+                limits,
+                duplicates,
+                faults,
+                dict(custom_fields) if custom_fields is not None else None,
+            )
+            self.locations[location_id] = location
+        return location
 
     def location_for_token(self, token: str) -> Location | None:
         return self._tokens.get(token)

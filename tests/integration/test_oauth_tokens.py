@@ -1,0 +1,251 @@
+"""The shared OAuth token store against a real redis-server and the sandbox over TCP: several
+replicas (each its own OAuthClient, TokenStore and OAuthTokens) refresh one installation
+exactly once, recover from a lease holder killed before refreshing, re-read the store after an
+invalid grant, park on an installation invalidated behind their back until a reconnect, and
+share location tokens that the sandbox accepts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
+from typing import Any
+
+import aiohttp
+import pytest
+
+from consumer.errors import InstallationBroken, InvalidGrant, OAuthError
+from consumer.highlevel.oauth import OAuthClient, TokenGrant
+from consumer.sandbox import Sandbox, run_sandbox
+from consumer.sandbox.oauth import OAuthSettings
+from consumer.state.oauth_tokens import OAuthTokens
+from consumer.state.token_store import TokenStore
+from tests.integration.redis_server import RedisServer
+
+pytestmark = pytest.mark.integration
+
+APP = OAuthSettings(company_id="agency-1", access_ttl_s=20)
+
+
+class Clock:
+    """Epoch seconds the tests move (token expiries); Redis leases expire in real time."""
+
+    def __init__(self) -> None:
+        self.now = 1_790_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def sandbox(clock: Clock) -> AsyncIterator[Sandbox]:
+    async with run_sandbox(locations={}, clock=clock, oauth=APP, oauth_locations=2) as running:
+        yield running
+
+
+class SlowClient(OAuthClient):
+    """Waits ``delay`` (real seconds) before sending each refresh."""
+
+    delay = 0.0
+
+    async def refresh(self, refresh_token: str, *, user_type: str = "Company") -> TokenGrant:
+        await asyncio.sleep(self.delay)
+        return await super().refresh(refresh_token, user_type=user_type)
+
+
+class Replicas:
+    def __init__(self, sandbox: Sandbox, redis_url: str, clock: Clock) -> None:
+        self.sandbox, self.redis_url, self.clock = sandbox, redis_url, clock
+        self.stack = AsyncExitStack()
+
+    async def client(self, cls: type[OAuthClient] = OAuthClient) -> OAuthClient:
+        client = cls(
+            base_url=self.sandbox.url, client_id=APP.client_id, client_secret=APP.client_secret
+        )
+        self.stack.push_async_callback(client.close)
+        return client
+
+    def store(self, lease_s: float = 30.0) -> TokenStore:
+        store = TokenStore.from_url(self.redis_url, lease_s=lease_s)
+        self.stack.push_async_callback(store.aclose)
+        return store
+
+    async def replica(
+        self, *, lease_s: float = 30.0, client: OAuthClient | None = None
+    ) -> OAuthTokens:
+        return OAuthTokens(
+            store=self.store(lease_s),
+            client=client or await self.client(),
+            company_id=APP.company_id,
+            margin_s=2.0,
+            poll_s=0.02,
+            wait_s=10.0,
+            clock=self.clock,
+        )
+
+    async def install(self) -> None:
+        """What `oauth exchange` does: an install code -> tokens -> the store."""
+        code = self.sandbox.oauth.issue_code(None, self.clock())
+        grant = await (await self.client()).exchange_code(code)
+        await self.store().install(APP.company_id, grant, self.clock())
+
+    def counters(self) -> dict[str, int]:
+        return dict(self.sandbox.oauth.counters)
+
+
+@pytest.fixture
+async def replicas(
+    sandbox: Sandbox, redis_server: RedisServer, clock: Clock
+) -> AsyncIterator[Replicas]:
+    group = Replicas(sandbox, redis_server.url, clock)
+    async with group.stack:
+        yield group
+
+
+async def test_three_concurrent_refreshers_refresh_exactly_once_per_expiry(
+    replicas: Replicas, clock: Clock
+) -> None:
+    await replicas.install()
+    three = [await replicas.replica() for _ in range(3)]
+    for round_ in range(1, 6):
+        clock.now += 20  # every replica's copy and the stored token are stale
+        tokens = await asyncio.gather(*(r.company_token() for r in three for _ in range(4)))
+        assert len(set(tokens)) == 1
+        assert replicas.counters().get("refreshes") == round_
+    assert "refreshReuses" not in replicas.counters()
+    assert sum(r.refreshes for r in three) == 5
+    stored = await replicas.store().read(APP.company_id)
+    assert stored is not None
+    assert stored.generation == 6
+
+
+async def test_a_lease_holder_killed_before_storing_is_recovered_from_without_reuse(
+    replicas: Replicas, clock: Clock
+) -> None:
+    await replicas.install()
+    clock.now += 20
+    dead = await replicas.store(lease_s=0.5).acquire_lease(APP.company_id)
+    assert dead is not None  # a replica took the lease, then was SIGKILLed: never released
+    survivor = await replicas.replica(lease_s=0.5)
+    started = asyncio.get_running_loop().time()
+    token = await survivor.company_token()
+    assert asyncio.get_running_loop().time() - started >= 0.3  # it waited for the lease
+    assert await upsert_allowed(replicas, token)
+    assert replicas.counters()["refreshes"] == 1
+    assert "refreshReuses" not in replicas.counters()
+
+
+async def test_invalid_grant_rereads_the_store_and_uses_another_replicas_refresh(
+    replicas: Replicas, clock: Clock
+) -> None:
+    """A's lease expires while its refresh is slow; B refreshes and stores; A's refresh is
+    refused (a reuse of the token B spent), A reads the store and takes B's grant."""
+    await replicas.install()
+    clock.now += 20
+    slow = await replicas.client(SlowClient)
+    assert isinstance(slow, SlowClient)
+    slow.delay = 0.8
+    a = await replicas.replica(lease_s=0.3, client=slow)
+    b = await replicas.replica(lease_s=0.3)
+    a_task = asyncio.create_task(a.company_token())
+    await asyncio.sleep(0.5)  # A holds an expired lease, its refresh not yet sent
+    b_token = await b.company_token()
+    assert await a_task == b_token
+    counters = replicas.counters()
+    assert (counters["refreshes"], counters["refreshReuses"]) == (1, 1)
+    stored = await replicas.store().read(APP.company_id)
+    assert stored is not None
+    assert not stored.broken
+
+
+async def test_invalidated_behind_our_back_breaks_every_replica_until_reconnect(
+    replicas: Replicas, clock: Clock
+) -> None:
+    await replicas.install()
+    assert replicas.sandbox.oauth.invalidate(None)
+    clock.now += 20
+    first, second = await replicas.replica(), await replicas.replica()
+    with pytest.raises(InstallationBroken, match="refresh token is invalid"):
+        await first.company_token()
+    with pytest.raises(InstallationBroken):
+        await second.company_token()
+    assert replicas.counters()["invalidGrants"] == 1  # the second never tried
+    client = await replicas.client()
+    code = await client.reconnect(company_id=APP.company_id)
+    await replicas.store().install(APP.company_id, await client.exchange_code(code), clock())
+    assert await first.company_token() == await second.company_token()
+
+
+async def test_location_tokens_are_minted_once_shared_and_accepted_by_the_sandbox(
+    replicas: Replicas, clock: Clock
+) -> None:
+    await replicas.install()
+    a, b = await replicas.replica(), await replicas.replica()
+    minted = await asyncio.gather(*(a.location_token("oauth-location-01") for _ in range(5)))
+    shared = await b.location_token("oauth-location-01")
+    assert set(minted) == {shared}
+    assert replicas.counters()["locationTokens"] == 1
+    status = await upsert(replicas.sandbox, shared, "oauth-location-01")
+    assert status == 200
+    clock.now += 19  # within the margin before expiry: minted anew (after a refresh)
+    fresh = await b.location_token("oauth-location-01")
+    assert fresh != shared
+    assert replicas.counters()["locationTokens"] == 2
+    clock.now += 1
+    assert await upsert(replicas.sandbox, shared, "oauth-location-01") == 401
+    assert await upsert(replicas.sandbox, fresh, "oauth-location-01") == 200
+
+
+async def upsert_allowed(replicas: Replicas, company_token: str) -> bool:
+    """Whether ``company_token`` is a valid Company token (it can list the installation)."""
+    client = await replicas.client()
+    listed = await client.installed_locations(
+        company_token, company_id=APP.company_id, app_id=APP.app_id
+    )
+    return listed == ["oauth-location-01", "oauth-location-02"]
+
+
+async def upsert(sandbox: Sandbox, token: str, location_id: str) -> int:
+    headers: dict[str, Any] = {"Authorization": f"Bearer {token}", "Version": "2021-07-28"}
+    body = {"locationId": location_id, "email": "ada@example.com"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{sandbox.url}/contacts/upsert", json=body, headers=headers) as response,
+    ):
+        return response.status
+
+
+async def test_client_errors_are_typed_and_never_carry_a_secret(replicas: Replicas) -> None:
+    bad = OAuthClient(
+        base_url=replicas.sandbox.url, client_id=APP.client_id, client_secret="s3cret-value"
+    )
+    try:
+        with pytest.raises(OAuthError) as refused:
+            await bad.refresh("rt-value")
+        assert (refused.value.status, refused.value.retriable) == (401, False)
+        assert "s3cret-value" not in str(refused.value)
+    finally:
+        await bad.close()
+    client = await replicas.client()
+    with pytest.raises(InvalidGrant, match="refresh token is invalid") as invalid:
+        await client.refresh("never-issued")
+    assert "never-issued" not in str(invalid.value)
+    down = OAuthClient(base_url="http://127.0.0.1:9", client_id="c", client_secret="s")
+    try:
+        with pytest.raises(OAuthError) as unreachable:
+            await down.exchange_code("code")
+        assert unreachable.value.retriable
+        assert unreachable.value.status is None
+    finally:
+        await down.close()

@@ -1,0 +1,110 @@
+"""``[[oauth]]`` tables: validated at start-up with messages naming the field; the client
+secret a ``Secret`` read from env or file, never printed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from consumer.config import Settings, load_settings
+from consumer.errors import ConfigError
+
+ENV = {
+    "GHL_LOCATION_ID": "LOC",
+    "GHL_ACCESS_TOKEN": "pit-value",
+    "REDIS_URL": "redis://127.0.0.1:6379/0",
+    "APP_SECRET": "client-secret-value",
+}
+APP = """
+[[oauth]]
+client_id = "app1-abc"
+client_secret = { env = "APP_SECRET" }
+app_id = "app1"
+company_id = "agency-1"
+"""
+
+
+def load(
+    tmp_path: Path, text: str, environ: dict[str, str] | None = None, **options: bool
+) -> Settings:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return load_settings(str(path), ENV if environ is None else environ, **options)
+
+
+def error(tmp_path: Path, text: str, environ: dict[str, str] | None = None, **options: bool) -> str:
+    with pytest.raises(ConfigError) as raised:
+        load(tmp_path, text, environ, **options)
+    assert "client-secret-value" not in str(raised.value)
+    return str(raised.value)
+
+
+def test_listed_locations_and_a_secret_never_printed(tmp_path: Path) -> None:
+    settings = load(tmp_path, APP + 'locations = ["loc-a", "loc-b"]\n')
+    (app,) = settings.oauth
+    assert (app.id, app.client_id, app.app_id, app.company_id) == (
+        "oauth", "app1-abc", "app1", "agency-1",
+    )
+    assert app.locations == ("loc-a", "loc-b")
+    assert not app.discover
+    assert app.client_secret.reveal() == "client-secret-value"
+    assert "client-secret-value" not in repr(settings)
+
+
+def test_discovered_locations_and_a_secret_from_a_file(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("from-file\n")
+    text = APP.replace('{ env = "APP_SECRET" }', f'{{ file = "{secret}" }}') + "discover = true\n"
+    (app,) = load(tmp_path, text).oauth
+    assert app.discover
+    assert app.locations == ()
+    assert app.client_secret.reveal() == "from-file"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (APP.replace('company_id = "agency-1"\n', "") + "discover = true\n",
+         "oauth[0].company_id: required"),
+        (APP.replace('client_secret = { env = "APP_SECRET" }\n', "") + "discover = true\n",
+         "oauth[0].client_secret: required"),
+        (APP.replace('{ env = "APP_SECRET" }', '"client-secret-value"') + "discover = true\n",
+         "oauth[0].client_secret: give"),
+        (APP, "oauth[0].locations: required"),
+        (APP + "locations = []\n", "oauth[0].locations: must not be empty"),
+        (APP + 'locations = ["a"]\ndiscover = true\n', "not both"),
+        (APP + 'discover = "yes"\n', "oauth[0].discover: expected true or false"),
+        (APP + "discover = true\nscopes = []\n", "oauth[0].scopes: unknown setting"),
+        (APP + "discover = true\n" + APP + "discover = true\n", "oauth[0].id: required"),
+        (APP + 'id = "a"\ndiscover = true\n' + APP + 'id = "b"\ndiscover = true\n',
+         "oauth[1].company_id: 'agency-1' is configured twice"),
+    ],
+)
+def test_invalid_tables_name_the_field(tmp_path: Path, text: str, message: str) -> None:
+    assert message in error(tmp_path, text)
+
+
+def test_the_secret_must_be_set_unless_left_unread(tmp_path: Path) -> None:
+    environ = {k: v for k, v in ENV.items() if k != "APP_SECRET"}
+    text = APP + "discover = true\n"
+    assert "environment variable APP_SECRET is not set" in error(tmp_path, text, environ)
+    (app,) = load(tmp_path, text, environ, oauth_secrets=False).oauth
+    with pytest.raises(ConfigError):
+        app.client_secret.reveal()
+
+
+def test_redis_is_required_with_oauth(tmp_path: Path) -> None:
+    environ = {k: v for k, v in ENV.items() if k != "REDIS_URL"}
+    assert "redis.url: required with [[oauth]]" in error(
+        tmp_path, APP + "discover = true\n", environ
+    )
+
+
+def test_the_oauth_commands_need_no_integration(tmp_path: Path) -> None:
+    environ = {"REDIS_URL": ENV["REDIS_URL"], "APP_SECRET": "x"}
+    text = APP + "discover = true\n"
+    assert "integrations: none configured" in error(tmp_path, text, environ)
+    settings = load(tmp_path, text, environ, integrations_required=False)
+    assert settings.integrations == ()
+    assert len(settings.oauth) == 1
