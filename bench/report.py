@@ -223,18 +223,22 @@ def targets(docs: dict[str, Doc]) -> list[list[str]]:
             verdict(rate >= 50_000),
             command_of(docs, "mapping"),
         ])
-    a = docs.get("e2e_analytics90")
-    if a:
-        ratio = a["ratio_to_bare"]
-        rows.append([
-            "E2E, 90% analytics: events/s >= 40% of a bare consume loop",
-            f"{rng(a['consumer_events_per_s'])} ev/s",
-            f"bare loop {rng(a['bare_events_per_s'])} ev/s; naive "
-            f"{rng(a['naive_events_per_s'])} ev/s",
-            f"{rng(ratio, 3)} of bare; {a['ratio_to_naive']}x naive",
-            verdict(ratio["median"] >= 0.40),
-            command_of(docs, "e2e_analytics90"),
-        ])
+    h = docs.get("e2e_hotpath")
+    if h:
+        for name, work in h["workloads"].items():
+            goal = h["target"][name]
+            ratio = work["ratio_to_ceiling"]
+            rows.append([
+                f"Hot path, {name.replace('_', ' ')} ({work['events_per_user']} events/user): "
+                f"events/s >= {goal:.0%} of the decode-and-dispatch ceiling",
+                f"{rng(work['consumer_events_per_s'])} ev/s, "
+                f"{rng(work['consumer_cpu_us_per_event'], 1)} us CPU/ev",
+                f"ceiling {rng(work['ceiling_events_per_s'])} ev/s, "
+                f"{rng(work['ceiling_cpu_us_per_event'], 2)} us CPU/ev",
+                f"{rng(ratio, 3)} of ceiling",
+                verdict(ratio["median"] >= goal),
+                command_of(docs, "e2e_hotpath"),
+            ])
     u = docs.get("e2e_upserts")
     s = docs.get("sandbox")
     if u:
@@ -249,6 +253,17 @@ def targets(docs: dict[str, Doc]) -> list[list[str]]:
             verdict(u["upserts_per_s"]["median"] >= 2000),
             command_of(docs, "e2e_upserts"),
         ])
+        if "cpu_ratio_to_client" in u:
+            ratio = u["cpu_ratio_to_client"]
+            rows.append([
+                "CPU per delivered upsert <= 1.5x a bare aiohttp client loop's per request",
+                f"{rng(u['consumer_cpu_us_per_upsert'])} us per upsert",
+                f"bare client {rng(u['client_cpu_us_per_request'])} us per request "
+                f"({rng(u['client_requests_per_s'])} req/s, 64 in flight)",
+                f"{rng(ratio, 2)}x the bare client",
+                verdict(ratio["median"] <= 1.5),
+                command_of(docs, "e2e_upserts"),
+            ])
     b = docs.get("e2e_backlog1m")
     if b:
         rows.append([
