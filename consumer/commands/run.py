@@ -97,7 +97,9 @@ def consumer_topics(kafka: KafkaSettings) -> list[TopicSpec]:
     """The topics ``run`` creates when missing (existing ones are left as they are): the
     dead-letter, replay and parking topics hold raw events, so they expire
     (``dead_letter_retention_ms`` for the first two, ``parking_retention_ms``); the profile
-    changelog is compacted, within ``PROFILE_MAX_COMPACTION_LAG_MS``."""
+    changelog is compacted, within ``PROFILE_MAX_COMPACTION_LAG_MS``; the delivery topic (no
+    personal data, several records per contact: not compactable) expires after
+    ``delivery_retention_ms``."""
     dead_letter_retention = {"retention.ms": str(kafka.dead_letter_retention_ms)}
     return [
         TopicSpec(kafka.dead_letter_topic, config=dead_letter_retention),
@@ -110,6 +112,9 @@ def consumer_topics(kafka: KafkaSettings) -> list[TopicSpec]:
             },
         ),
         TopicSpec(kafka.parking_topic, config={"retention.ms": str(kafka.parking_retention_ms)}),
+        TopicSpec(
+            kafka.delivery_topic, config={"retention.ms": str(kafka.delivery_retention_ms)}
+        ),
     ]
 
 
@@ -206,6 +211,7 @@ async def running_consumer(settings: Settings) -> AsyncIterator[Components]:
             dead_letter_topic=kafka.dead_letter_topic,
             replay_source=replays,
             source_topics=kafka.topics,
+            delivery_topic=kafka.delivery_topic,
             parking_log=parking,
             metrics=metrics,
             recorder=debugger,

@@ -223,6 +223,10 @@ class EngineMetrics(Protocol):
 
     def permanent_dnd_kept(self, integration: str, channel: str) -> None: ...
 
+    def delivery_records(self, result: str, count: int) -> None:
+        """``count`` delivery records were ``written`` to the delivery topic, or ``failed``."""
+        ...
+
 
 class DeliveryRecorder(Protocol):
     """Remembers each HighLevel request for the Event Debugger

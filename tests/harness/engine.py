@@ -57,6 +57,7 @@ def build(
     credentials: StaticCredentials | None = None,
     routing: Routing | None = None,
     replays: MemorySource | None = None,
+    delivery_topic: str | None = None,
     **options: float,
 ) -> Engine:
     """An engine over fakes, reading topic ``events`` from ``source`` (and ``dlq replay``
@@ -100,6 +101,7 @@ def build(
         dead_letter_topic="events.dlq",
         replay_source=replays,
         source_topics=("events",),
+        delivery_topic=delivery_topic,
         metrics=metrics or Metrics(integrations={"default": LOCATION}, topics=["events"]),
         recorder=debugger or RecentDeliveries(integrations=["default"]),
         options=EngineOptions(**{**defaults, **options}),  # type: ignore[arg-type]
