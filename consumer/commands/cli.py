@@ -30,6 +30,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "consumer.commands.forget",
         "erase a person: profiles, optionally the HighLevel contact; records the erasure",
     ),
+    "trace": (
+        "consumer.commands.trace",
+        "one person's events end to end: mapping, commit, HighLevel call, DLQ, parking",
+    ),
     "demo": ("consumer.commands.demo", "local Kafka + sandbox + sample events, end to end"),
 }
 
