@@ -126,9 +126,11 @@ def partitions_of(
     keys: Collection[str], counts: Mapping[str, int], partitioners: Sequence[Partitioner] | None
 ) -> set[tuple[str, int]]:
     """The (topic, partition) pairs records keyed by ``keys`` may be in; every partition when
-    ``partitioners`` is None."""
+    ``partitioners`` is None. A topic of no partitions (absent) has none."""
     found: set[tuple[str, int]] = set()
     for topic, count in counts.items():
+        if count <= 0:
+            continue
         if partitioners is None:
             found.update((topic, p) for p in range(count))
             continue

@@ -34,3 +34,15 @@ def test_crc32_is_the_ieee_crc_librdkafka_uses() -> None:
     # rd_crc32's check value; the partition a real librdkafka producer picks is checked in
     # tests/integration/test_trace.py
     assert partition_for(b"123456789", 0xFFFFFFFF, "crc32") == 0xCBF43926 % 0xFFFFFFFF
+
+
+def test_trace_reads_the_partitions_of_each_key_and_none_of_a_missing_topic() -> None:
+    from consumer.commands.trace import partitions_of
+
+    counts = {"events": 12, "missing": 0}
+    one = partitions_of(["lead-987"], counts, ("crc32",))
+    assert one == {("events", partition_for(b"lead-987", 12, "crc32"))}
+    both = partitions_of(["lead-987"], counts, ("crc32", "murmur2"))
+    assert one <= both
+    assert len(both) <= 2
+    assert partitions_of(["lead-987"], counts, None) == {("events", p) for p in range(12)}
