@@ -138,9 +138,10 @@ class DeliveryLog:
             await asyncio.sleep(self._flush_interval)
             await self.flush()
 
-    async def flush(self) -> None:
-        """Produce what is buffered; count written and failed records. Never raises for a
-        produce failure."""
+    async def flush(self, within: float | None = None) -> None:
+        """Produce what is buffered; count written and failed records (those the broker has
+        not confirmed ``within`` seconds count as failed: shutdown must not wait out
+        a broker outage). Never raises for a produce failure."""
         if self._overflowed:
             logger.warning(
                 "delivery records: buffer full, %d record(s) not written", self._overflowed
@@ -151,9 +152,13 @@ class DeliveryLog:
         if not batch:
             return
         try:
-            results: Sequence[Exception | None] = await self._sink.produce_many(
-                self.topic, batch
-            )
+            async with asyncio.timeout(within):
+                results: Sequence[Exception | None] = await self._sink.produce_many(
+                    self.topic, batch
+                )
+        except asyncio.CancelledError:  # shutdown while the broker had not confirmed them
+            self._metrics.delivery_records("failed", len(batch))
+            raise
         except Exception as exc:  # noqa: BLE001 - best effort: counted and logged
             results = [exc] * len(batch)
         failed = [error for error in results if error is not None]

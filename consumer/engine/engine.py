@@ -350,8 +350,8 @@ class Engine:
             await asyncio.gather(*background, *intakes, return_exceptions=True)
             await self._dispatcher.close()
             await self._tasks.cancel_all()
-            if self._delivery_log is not None:  # before the final commits
-                await self._delivery_log.flush()
+            if self._delivery_log is not None:  # before the final commits, bounded
+                await self._delivery_log.flush(within=self._options.drain_timeout)
             for feed in feeds:
                 await feed.commit()
                 await feed.source.close()

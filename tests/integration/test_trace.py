@@ -194,6 +194,16 @@ async def test_trace_gives_each_persons_journey_and_never_joins_the_group(
             assert park["replayed"] is False
             assert park["at"].startswith(f"{group}.parking/")
 
+            # A window: from long ago, the same records (the broker's time index gives the
+            # start offset); up to long ago, none.
+            since = await _trace(env, "--user-id", "lead-987", "--since", "2000-01-01")
+            assert [r["offset"] for r in since] == [r["offset"] for r in sam]
+            code, out, err = await run_command(
+                env, "trace", "--user-id", "lead-987", "--until", "2000-01-01T00:00Z"
+            )
+            assert (code, out) == (1, "")
+            assert "no records found" in err
+
             # By email (the profile changelog) and by messageId: the same records.
             by_email = await _trace(env, "--email", "SAM@example.com")
             assert [r["offset"] for r in by_email] == [r["offset"] for r in sam]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 import orjson
@@ -116,6 +117,32 @@ async def test_a_record_the_broker_refuses_is_counted_and_never_holds_the_offset
     engine = build(source, FakeHighLevel(), sink=sink, metrics=metrics, delivery_topic=TOPIC)
     await run_until(engine, lambda: committed(source) == 1)
     assert delivered(sink) == []
+    assert metrics.registry.get_sample_value(
+        "ghl_delivery_records_total", {"result": "failed"}
+    ) == 1
+
+
+class _SilentBroker(MemorySink):
+    async def produce_many(
+        self, topic: str, records: Sequence[tuple[bytes | None, bytes | None]]
+    ) -> list[Exception | None]:
+        if topic == TOPIC:
+            await asyncio.sleep(3600)  # a broker outage: no delivery report comes
+        return await super().produce_many(topic, records)
+
+
+async def test_shutdown_waits_for_the_last_records_no_longer_than_the_drain_timeout() -> None:
+    sink = _SilentBroker()
+    source = MemorySource({("events", 0): records("events", 0, [("lead-987", GUIDE_IDENTIFY)])})
+    metrics = Metrics(integrations={"default": LOCATION}, topics=["events"])
+    engine = build(
+        source, FakeHighLevel(), sink=sink, metrics=metrics, delivery_topic=TOPIC,
+        drain_timeout=2.0,
+    )
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await run_until(engine, lambda: committed(source) == 1)
+    assert loop.time() - started < 10
     assert metrics.registry.get_sample_value(
         "ghl_delivery_records_total", {"result": "failed"}
     ) == 1
