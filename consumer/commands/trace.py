@@ -421,13 +421,14 @@ def write(result: Mapping[str, object], out: TextIO, *, as_json: bool) -> None:
     assert isinstance(entries, list)
     for entry in entries:
         out.write(text_line(entry) + "\n")
-    for found in result.get("highlevel", []):  # type: ignore[attr-defined]
+    highlevel = result.get("highlevel")
+    for found in highlevel if isinstance(highlevel, list) else []:
+        where = f"HighLevel [{found['integration']}]"
         if "error" in found:
-            out.write(f"HighLevel [{found['integration']}]: {found['status']} {found['error']}\n")
+            out.write(f"{where}: {found['status']} {found['error']}\n")
             continue
         differs = ", ".join(found["differs"]) or "nothing"
-        contact = orjson.dumps(found["contact"]).decode()
-        out.write(f"HighLevel [{found['integration']}]: {contact}; differs: {differs}\n")
+        out.write(f"{where}: {orjson.dumps(found['contact']).decode()}; differs: {differs}\n")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

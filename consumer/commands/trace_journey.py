@@ -240,9 +240,8 @@ def _next(
 def text_line(entry: Mapping[str, object]) -> str:
     """The one-line form of a ``journey`` entry."""
     where = f"{entry['topic']}/{entry['partition']}/{entry['offset']}"
-    committed = {True: "committed", False: "not committed", None: "no commit"}[
-        entry["committed"]  # type: ignore[index]
-    ]
+    state = entry["committed"]
+    committed = "no commit" if state is None else "committed" if state else "not committed"
     mapping = "; ".join(_decision_text(d) for d in _dicts(entry["mapping"]))
     going = "; ".join(_next_text(n) for n in _dicts(entry["next"]))
     return f"{entry['time']} {where} | {mapping} | {committed} | {going}"

@@ -126,3 +126,24 @@ def test_done_without_a_delivery_record_is_said_and_undone_is_pending() -> None:
     assert done["next"] == [{"outcome": "no_delivery_record"}]
     assert undone["next"] == [{"outcome": "pending"}]
     assert "no delivery record names its call" in text_line(done)
+
+
+def test_the_text_report_ends_with_the_highlevel_contacts() -> None:
+    import io
+
+    from consumer.commands.trace import write
+
+    out = io.StringIO()
+    result = {
+        "records": [],
+        "highlevel": [
+            {"integration": "default", "status": 200, "contact": {"email": "s***@example.com"},
+             "differs": ["firstName"]},
+            {"integration": "legacy", "status": 401, "error": "Invalid JWT"},
+        ],
+    }
+    write(result, out, as_json=False)
+    assert out.getvalue().splitlines() == [
+        'HighLevel [default]: {"email":"s***@example.com"}; differs: firstName',
+        "HighLevel [legacy]: 401 Invalid JWT",
+    ]
