@@ -31,6 +31,7 @@ COMMANDS = {
     "mapping": ".venv/bin/python bench/bench_mapping.py",
     "sandbox": ".venv/bin/python bench/bench_sandbox.py",
     "ratelimit": ".venv/bin/python bench/bench_ratelimit.py",
+    "trace": ".venv/bin/python bench/bench_trace.py",
 }
 
 
@@ -239,6 +240,17 @@ def targets(docs: dict[str, Doc]) -> list[list[str]]:
                 verdict(ratio["median"] >= goal),
                 command_of(docs, "e2e_hotpath"),
             ])
+    t = docs.get("trace")
+    if t:
+        one, whole = t["trace_one_partition_s"], t["trace_all_partitions_s"]
+        rows.append([
+            f"trace finds a user's records in a {t['events']:,}-record topic in seconds",
+            f"{rng(one, 2)} s (one partition of {t['partitions']})",
+            f"every partition: {rng(whole, 2)} s",
+            f"{whole['median'] / one['median']:.1f}x faster",
+            verdict(one["median"] <= 10),
+            command_of(docs, "trace"),
+        ])
     u = docs.get("e2e_upserts")
     s = docs.get("sandbox")
     if u:
@@ -591,6 +603,7 @@ def render(docs: dict[str, Doc], made: dict[str, str], plot_dir: str) -> str:
         )
         out += [""]
 
+    out += trace_section(docs.get("trace"))
     out += fidelity_section(docs.get("fidelity"))
     out += soak_section(docs.get("soak"), made, plot_dir)
     out += ["## Load average and code version of each results file", ""]
@@ -611,6 +624,37 @@ def render(docs: dict[str, Doc], made: dict[str, str], plot_dir: str) -> str:
 
 LISTED = 40  # rows of a per-event list in the report; the results file holds every one
 MISS_ORDER = ("to_fix", "elsewhere", "envelope")  # identity misses, the actionable ones first
+
+
+def trace_section(t: Doc | None) -> list[str]:
+    """``bench/bench_trace.py``'s figures: trace by user id, and the delivery record's size."""
+    if not t:
+        return []
+    out = ["## Tracing one person", ""]
+    out += [
+        f"`ghl-consumer trace --user-id U --json` as a subprocess (interpreter start and Kafka "
+        f"connections included) on a topic of {t['events']:,} records over {t['users']:,} users "
+        f"keyed by user id, {t['partitions']} partitions, for the user with the most records "
+        f"({t['records_found']}); reading every partition found the same records "
+        f"({t['records_found_reading_all']}).",
+        "",
+    ]
+    out += table(
+        ["partitions read", "seconds"],
+        [
+            ["one (`--partitioner crc32`)", rng(t["trace_one_partition_s"], 2)],
+            ["at most two (`both`, the default)", num(t["trace_default_both_s"], 2)],
+            ["every one (`--partitioner all`)", rng(t["trace_all_partitions_s"], 2)],
+        ],
+    )
+    out += [
+        "",
+        f"A delivery record (key and value, one source record, a traceId and a contact id) is "
+        f"{t['delivery_record_bytes']} B: about {t['delivery_topic_mb_per_million_calls']} MB "
+        f"per million HighLevel calls on the delivery topic before compression.",
+        "",
+    ]
+    return out
 
 
 def fidelity_section(doc: Doc | None) -> list[str]:

@@ -1,5 +1,5 @@
 """The ``ghl-consumer`` command line: ``cli`` dispatches to one module per subcommand (``run``,
-``map_events``, ``dlq``, ``audit``, ``forget``, ``demo``, ``sandbox``), each with
+``map_events``, ``dlq``, ``audit``, ``forget``, ``trace``, ``demo``, ``sandbox``), each with
 ``add_arguments(parser)`` and ``main(args) -> int``; ``preamble`` is what they share
 (``--config``, ``--log-level``, logging, settings, errors as exit statuses).
 

@@ -34,6 +34,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "consumer.commands.oauth",
         "OAuth app installations: exchange an install code, status, reconnect",
     ),
+    "trace": (
+        "consumer.commands.trace",
+        "one person's events end to end: mapping, commit, HighLevel call, DLQ, parking",
+    ),
     "demo": ("consumer.commands.demo", "local Kafka + sandbox + sample events, end to end"),
 }
 

@@ -101,7 +101,9 @@ def consumer_topics(kafka: KafkaSettings) -> list[TopicSpec]:
     """The topics ``run`` creates when missing (existing ones are left as they are): the
     dead-letter, replay and parking topics hold raw events, so they expire
     (``dead_letter_retention_ms`` for the first two, ``parking_retention_ms``); the profile
-    changelog is compacted, within ``PROFILE_MAX_COMPACTION_LAG_MS``."""
+    changelog is compacted, within ``PROFILE_MAX_COMPACTION_LAG_MS``; the delivery topic (no
+    personal data, several records per contact: not compactable) expires after
+    ``delivery_retention_ms``."""
     dead_letter_retention = {"retention.ms": str(kafka.dead_letter_retention_ms)}
     return [
         TopicSpec(kafka.dead_letter_topic, config=dead_letter_retention),
@@ -114,18 +116,22 @@ def consumer_topics(kafka: KafkaSettings) -> list[TopicSpec]:
             },
         ),
         TopicSpec(kafka.parking_topic, config={"retention.ms": str(kafka.parking_retention_ms)}),
+        TopicSpec(
+            kafka.delivery_topic, config={"retention.ms": str(kafka.delivery_retention_ms)}
+        ),
     ]
 
 
 def topic_uses(kafka: KafkaSettings) -> list[TopicUse]:
     """What ``run`` does on each topic: the ACLs it needs (README "Kafka ACLs"), checked at
     start-up when ``kafka.create_topics`` is false. Parking and profiles are written and read
-    back; dead letters are only written; the replay topic is only read (``dlq replay``
-    writes it)."""
+    back; dead letters and delivery records are only written; the replay topic is only read
+    (``dlq replay`` writes it)."""
     return [
         *(TopicUse(topic, ("Read",)) for topic in kafka.topics),
         TopicUse(kafka.dead_letter_topic, ("Write",)),
         TopicUse(kafka.replay_topic, ("Read",)),
+        TopicUse(kafka.delivery_topic, ("Write",)),
         TopicUse(kafka.parking_topic, ("Read", "Write")),
         TopicUse(kafka.profile_topic, ("Read", "Write")),
     ]
@@ -242,6 +248,7 @@ async def running_consumer(
             dead_letter_topic=kafka.dead_letter_topic,
             replay_source=replays,
             source_topics=kafka.topics,
+            delivery_topic=kafka.delivery_topic,
             parking_log=parking,
             metrics=metrics,
             recorder=debugger,

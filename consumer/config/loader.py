@@ -289,8 +289,10 @@ def _kafka(table: dict[str, Any], environ: Mapping[str, str], read_secrets: bool
             "parking_topic",
             "erasure_topic",
             "replay_topic",
+            "delivery_topic",
             "dead_letter_retention_ms",
             "parking_retention_ms",
+            "delivery_retention_ms",
             "session_timeout_ms",
             "create_topics",
             "startup_timeout_seconds",
@@ -324,6 +326,7 @@ def _kafka(table: dict[str, Any], environ: Mapping[str, str], read_secrets: bool
     parking, _ = text("parking_topic", "KAFKA_PARKING_TOPIC", f"{group}.parking")
     erasures, _ = text("erasure_topic", "KAFKA_ERASURE_TOPIC", f"{group}.erasures")
     replays, replays_where = text("replay_topic", "KAFKA_REPLAY_TOPIC", f"{group}.replay")
+    deliveries, _ = text("delivery_topic", "KAFKA_DELIVERY_TOPIC", f"{group}.deliveries")
     session_timeout = _session_timeout(table, environ, protocol)
 
     if "KAFKA_TOPICS" in environ:
@@ -344,6 +347,7 @@ def _kafka(table: dict[str, Any], environ: Mapping[str, str], read_secrets: bool
         (profiles, "the profile topic"),
         (parking, "the parking topic"),
         (erasures, "the erasure topic"),
+        (deliveries, "the delivery topic"),
     ):
         if replays == name:
             raise ConfigError(f"{replays_where}: {replays} is {what}: name another")
@@ -375,11 +379,15 @@ def _kafka(table: dict[str, Any], environ: Mapping[str, str], read_secrets: bool
         parking_topic=parking,
         erasure_topic=erasures,
         replay_topic=replays,
+        delivery_topic=deliveries,
         dead_letter_retention_ms=_retention(
             table, environ, "dead_letter_retention_ms", defaults.dead_letter_retention_ms
         ),
         parking_retention_ms=_retention(
             table, environ, "parking_retention_ms", defaults.parking_retention_ms
+        ),
+        delivery_retention_ms=_retention(
+            table, environ, "delivery_retention_ms", defaults.delivery_retention_ms
         ),
         session_timeout_ms=session_timeout,
         create_topics=_create_topics(table, environ),

@@ -94,6 +94,8 @@ class KafkaSettings:
     profile_topic: str = ""  # compacted changelog of profiles; empty: "<group_id>.profiles"
     parking_topic: str = ""  # parked upserts; empty: "<group_id>.parking" (its group: the same)
     erasure_topic: str = ""  # `ghl-consumer forget` records; empty: "<group_id>.erasures"
+    # one record per HighLevel call, for `ghl-consumer trace`; empty: "<group_id>.deliveries"
+    delivery_topic: str = ""
     # `ghl-consumer dlq replay` copies; `run` reads it in a group of its own (named after the
     # topic, as parking's), routing each copy as its `ghl.original_topic` header says (one of
     # `topics`); empty: "<group_id>.replay"
@@ -103,6 +105,9 @@ class KafkaSettings:
     # Default 14 days.
     dead_letter_retention_ms: int = 14 * 86_400_000
     parking_retention_ms: int = 14 * 86_400_000
+    # retention.ms of the delivery topic when the consumer creates it (no personal data; how
+    # far back `trace` can name the HighLevel call). Default 7 days.
+    delivery_retention_ms: int = 7 * 86_400_000
     # classic protocol only (KIP-848 sets it broker-side): how long a silent member keeps its
     # partitions. None: librdkafka's default (45 s).
     session_timeout_ms: int | None = None

@@ -3,7 +3,8 @@
 Lives here: the ports (``ports``: every seam the engine talks through, as Protocols), the
 engine's lifecycle, intake, commits and rebalance handling (``engine``), dispatch per location
 lane with delivery, retry and parking decisions (``dispatch``), pure backpressure
-(``backpressure``), the produces of its own records (``outbox``), its counters and snapshot
+(``backpressure``), the produces of its own records (``outbox``), the delivery records, one
+per HighLevel call, batched best effort (``deliveries``), its counters and snapshot
 (``stats``), its background tasks (``tasks``), the keyed scheduler (``scheduler``), the offset
 tracker and its commit metadata (``offsets``) and the parking state and record format
 (``parking``).

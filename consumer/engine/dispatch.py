@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from consumer.core.deadletter import REJECTED_BY_HIGHLEVEL, Failure
 from consumer.core.events import ContactUpsert, Record
 from consumer.core.normalise import mask_email, mask_phone
+from consumer.engine.deliveries import DeliveryLog, DeliveryRecord, contact_digest
 from consumer.engine.offsets import PartitionOffsets
 from consumer.engine.outbox import Outbox
 from consumer.engine.parking import ParkingState, ParkReason, decode_parked, encode_parked
@@ -113,7 +114,8 @@ class Dispatcher:
     """Lanes, delivery, retries and parking decisions (see the module docstring).
 
     ``locations``: integration id -> its location id (the lane); ``credentials`` gives each
-    request's token. Times are in seconds; ``rng`` jitters the backoff. The engine calls
+    request's token; ``delivery_log``, when given, gets a ``DeliveryRecord`` per call. Times
+    are in seconds; ``rng`` jitters the backoff. The engine calls
     ``offer`` for every upsert, runs ``run_releases`` as a background task and ``close`` at
     shutdown. No method raises for a delivery failure: failures are outcomes.
     """
@@ -129,6 +131,7 @@ class Dispatcher:
         outbox: Outbox,
         metrics: EngineMetrics,
         recorder: DeliveryRecorder,
+        delivery_log: DeliveryLog | None = None,
         stats: EngineStats,
         coalesce_window: float,
         max_in_flight: int,
@@ -148,6 +151,7 @@ class Dispatcher:
         self._outbox = outbox
         self._metrics = metrics
         self._recorder = recorder
+        self._delivery_log = delivery_log
         self._stats = stats
         self._retry_base = retry_base
         self._retry_max = retry_max
@@ -448,6 +452,29 @@ class Dispatcher:
             self._limiter.observe(
                 upsert.location_id, status=answer.status, headers=answer.headers
             )
+        now = self._wall_clock()
+        if self._delivery_log is not None:
+            contact = answer.contact
+            contact_id = contact.get("id") if contact is not None else None
+            self._delivery_log.add(
+                DeliveryRecord(
+                    time=now,
+                    integration=upsert.integration_id,
+                    location=upsert.location_id,
+                    endpoint=endpoint.value,
+                    status=answer.status,
+                    verdict=answer.verdict.value,
+                    trace_id=answer.trace_id,
+                    latency_ms=answer.latency_s * 1000,
+                    attempt=work.attempts + 1,
+                    contact=contact_digest(upsert.contact_key),
+                    sources=tuple(
+                        (t.record.topic, t.record.partition, t.record.offset)
+                        for t in work.tickets
+                    ),
+                    contact_id=contact_id if isinstance(contact_id, str) else None,
+                )
+            )
         self._recorder.record(
             integration=upsert.integration_id,
             location_id=upsert.location_id,
@@ -457,7 +484,7 @@ class Dispatcher:
             payload=payload,
             answer=answer,
             attempts=work.attempts + 1,
-            now=self._wall_clock(),
+            now=now,
             omitted=upsert.omitted,
             message_ids=upsert.message_ids,
             sources=[ticket.record for ticket in work.tickets],

@@ -49,6 +49,7 @@ from consumer.core.deadletter import ORIGINAL_TOPIC, Failure, original_topic, re
 from consumer.core.events import ContactUpsert, Drop, Outcome, Record
 from consumer.core.mapping import Mapper
 from consumer.engine.backpressure import Backpressure, Decision
+from consumer.engine.deliveries import DeliveryLog
 from consumer.engine.dispatch import Dispatcher, Ticket
 from consumer.engine.offsets import Assignment, OffsetTracker
 from consumer.engine.outbox import Outbox
@@ -226,7 +227,8 @@ class Engine:
     when given, is the third feed: the replay topic's group (``dlq replay`` copies). Each of its
     records is mapped as a record of the topic its ``ghl.original_topic`` header names, which
     must be one of ``source_topics``; otherwise it is dead-lettered (``invalid_replay``), never
-    routed as another topic.
+    routed as another topic. ``delivery_topic``, when given, receives a delivery record per
+    HighLevel call (``consumer.engine.deliveries``: best effort, produced through ``sink``).
 
     ``run`` returns after ``stop`` is set and the engine has drained (bounded by
     ``drain_timeout``), committed and closed the sources. Raises only for programming errors;
@@ -250,6 +252,7 @@ class Engine:
         profile_log: ProfileLog | None = None,
         replay_source: Source | None = None,
         source_topics: Collection[str] = (),
+        delivery_topic: str | None = None,
         options: EngineOptions = EngineOptions(),
         rng: random.Random | None = None,
         wall_clock: Callable[[], float] = time.time,
@@ -270,6 +273,11 @@ class Engine:
             retry_max=options.retry_max,
             wall_clock=wall_clock,
         )
+        self._delivery_log = (
+            None
+            if delivery_topic is None
+            else DeliveryLog(sink=sink, topic=delivery_topic, metrics=metrics)
+        )
         self._dispatcher = Dispatcher(
             limiter=limiter,
             sender=sender,
@@ -279,6 +287,7 @@ class Engine:
             outbox=self._outbox,
             metrics=metrics,
             recorder=recorder,
+            delivery_log=self._delivery_log,
             stats=self.stats,
             coalesce_window=options.coalesce_window,
             max_in_flight=options.max_in_flight,
@@ -327,6 +336,8 @@ class Engine:
         ]
         if self._profile_log is not None:
             background.append(asyncio.create_task(self._profile_log.follow(), name="erasures"))
+        if self._delivery_log is not None:
+            background.append(asyncio.create_task(self._delivery_log.run(), name="deliveries"))
         intakes = [
             asyncio.create_task(self._intake_loop(feed, stop), name=f"intake-{feed.name}")
             for feed in feeds
@@ -340,6 +351,8 @@ class Engine:
             await asyncio.gather(*background, *intakes, return_exceptions=True)
             await self._dispatcher.close()
             await self._tasks.cancel_all()
+            if self._delivery_log is not None:  # before the final commits, bounded
+                await self._delivery_log.flush(within=self._options.drain_timeout)
             for feed in feeds:
                 await feed.commit()
                 await feed.source.close()

@@ -224,6 +224,10 @@ class EngineMetrics(Protocol):
 
     def permanent_dnd_kept(self, integration: str, channel: str) -> None: ...
 
+    def delivery_records(self, result: str, count: int) -> None:
+        """``count`` delivery records were ``written`` to the delivery topic, or ``failed``."""
+        ...
+
 
 class OutcomeRecorder(Protocol):
     """Remembers what happened to records that did not (or not only) become a HighLevel

@@ -12,6 +12,7 @@ Map (each module's docstring states its contracts and threading model)::
     reader.py    TopicReader, PartitionRange: the one-pass reader of the operator commands
                  (a plain Consumer run through asyncio.to_thread)
     parking.py   KafkaParkingLog: consumer.engine.ports.ParkingLog on Kafka
+    partitioner.py  crc32 / murmur2: the partition a producer gave a key (for trace)
 
 Errors raised here are ``consumer.errors``' ``KafkaAdapterError`` tree (and ``ConfigError``).
 

@@ -19,7 +19,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,21 +106,37 @@ class TopicReader:
         """Names of the topics the broker has (one metadata request; never creates topics)."""
         return await asyncio.to_thread(self._existing_topics)
 
+    async def partition_counts(self, topics: Sequence[str]) -> dict[str, int]:
+        """How many partitions each of ``topics`` has (one metadata request); a topic that does
+        not exist is absent."""
+        return await asyncio.to_thread(self._partition_counts, list(topics))
+
     async def open(
         self,
         topics: Sequence[str],
         *,
         from_committed: bool = False,
         start: Mapping[tuple[str, int], int] | None = None,
+        only: Collection[tuple[str, int]] | None = None,
+        since_ms: int | None = None,
     ) -> list[PartitionRange]:
         """Capture the end offset of every partition of ``topics`` and start reading there from
         the beginning, or (``from_committed``, needs ``group_id``) from the group's committed
         offsets, or from the ``start`` offsets given per (topic, partition); the beginning where
-        there is none. Returns every partition's range, empty ones included; a topic that does
-        not exist has no ranges. Call once."""
+        there is none. ``only``: just these (topic, partition) pairs; ``since_ms``: from the
+        first record timestamped at or after it (the broker's time index), where no start
+        offset says otherwise. Returns every read partition's range, empty ones included; a
+        topic that does not exist has no ranges. Call once."""
         if from_committed and not self._grouped:
             raise ValueError("TopicReader.open(from_committed=True) needs a group_id")
-        return await asyncio.to_thread(self._open, list(topics), from_committed, dict(start or {}))
+        return await asyncio.to_thread(
+            self._open,
+            list(topics),
+            from_committed,
+            dict(start or {}),
+            None if only is None else frozenset(only),
+            since_ms,
+        )
 
     async def read(self, max_records: int = 1000) -> list[Record]:
         """The next records (at most ``max_records``); ``[]`` once every range is read. Raises
@@ -151,6 +167,23 @@ class TopicReader:
             raise adapter_error(exc, "committed offsets") from exc
         return {tp.partition: tp.offset for tp in found if tp.offset >= 0}
 
+    async def committed_points(
+        self, partitions: Sequence[tuple[str, int]]
+    ) -> dict[tuple[str, int], tuple[int, str | None]]:
+        """The reader's group's committed (offset, metadata) per (topic, partition), absent
+        where the group has none: a read, never a commit nor a join. Needs ``group_id``."""
+        if not self._grouped:
+            raise ValueError("TopicReader.committed_points needs a group_id")
+        try:
+            found = await asyncio.to_thread(
+                committed_offsets, self._consumer, list(partitions), timeout_s=self._timeout_s
+            )
+        except KafkaException as exc:
+            raise adapter_error(exc, "committed offsets") from exc
+        return {
+            (tp.topic, tp.partition): (tp.offset, tp.metadata) for tp in found if tp.offset >= 0
+        }
+
     async def close(self) -> None:
         """Release the client (nothing to leave: the reader never joined a group)."""
         await asyncio.to_thread(self._consumer.close)
@@ -165,8 +198,24 @@ class TopicReader:
             raise adapter_error(exc, "listing topics") from exc
         return frozenset(name for name, meta in metadata.topics.items() if meta.error is None)
 
+    def _partition_counts(self, topics: list[str]) -> dict[str, int]:
+        try:
+            metadata = self._consumer.list_topics(timeout=self._timeout_s)
+        except KafkaException as exc:
+            raise adapter_error(exc, "listing topics") from exc
+        return {
+            topic: len(meta.partitions)
+            for topic in topics
+            if (meta := metadata.topics.get(topic)) is not None and meta.error is None
+        }
+
     def _open(
-        self, topics: list[str], from_committed: bool, given: dict[tuple[str, int], int]
+        self,
+        topics: list[str],
+        from_committed: bool,
+        given: dict[tuple[str, int], int],
+        only: frozenset[tuple[str, int]] | None,
+        since_ms: int | None,
     ) -> list[PartitionRange]:
         consumer = self._consumer
         try:
@@ -176,6 +225,7 @@ class TopicReader:
                 for topic in dict.fromkeys(topics)
                 if (meta := metadata.topics.get(topic)) is not None and meta.error is None
                 for number in sorted(meta.partitions)
+                if only is None or (topic, number) in only
             ]
             committed = {Partition(t, p): offset for (t, p), offset in given.items()}
             if from_committed and partitions:
@@ -187,6 +237,14 @@ class TopicReader:
                 for tp in found:
                     if tp.offset >= 0:
                         committed[Partition(tp.topic, tp.partition)] = tp.offset
+            if since_ms is not None and partitions:
+                request = [TopicPartition(tp.topic, tp.partition, since_ms) for tp in partitions]
+                for tp in consumer.offsets_for_times(request, timeout=self._timeout_s):
+                    where = Partition(tp.topic, tp.partition)
+                    if tp.offset >= 0 and where not in committed:
+                        committed[where] = tp.offset
+                    elif tp.offset < 0 and where not in committed:  # nothing that recent
+                        committed[where] = 1 << 62  # clamped to the end below
             ranges = []
             for tp in partitions:
                 low, high = consumer.get_watermark_offsets(tp, timeout=self._timeout_s)

@@ -38,6 +38,7 @@ ghl_fields_omitted_total                    counter    field (``OMITTABLE_FIELDS
                                                        (``OmitReason``: wrong_type | too_long |
                                                        invalid | no_region)
 ghl_permanent_dnd_kept_total                counter    integration, channel (``DND_CHANNELS``)
+ghl_delivery_records_total                  counter    result (written | failed)
 ghl_buffered_records                        gauge
 ghl_buffered_bytes                          gauge      (keys, values, headers of those records)
 ghl_requests_in_flight                      gauge
@@ -292,6 +293,11 @@ class Metrics:
             "Upserts HighLevel refused to lift a permanent DND for, sent again without dnd.",
             ["integration", "channel"],
         )
+        delivery_records = counter(
+            "ghl_delivery_records",
+            "Delivery records (one per HighLevel call) written to the delivery topic, or not.",
+            ["result"],
+        )
         self._buffered = gauge("ghl_buffered_records", "Records admitted and not done yet.")
         self._buffered_bytes = gauge(
             "ghl_buffered_bytes", "Bytes of the records admitted and not done yet."
@@ -322,6 +328,7 @@ class Metrics:
         self._dnd_kept = {
             (i, c): dnd_kept.labels(i, c) for i in self._integrations for c in _bound(DND_CHANNELS)
         }
+        self._delivery_records = {r: delivery_records.labels(r) for r in ("written", "failed")}
         self._ignored = ignored  # children made on first use: field names are a closed set
         self._partition_labels: set[tuple[str, str]] = set()
         for integration in integrations:
@@ -423,6 +430,10 @@ class Metrics:
         integration = integration if integration in self._location_of else OTHER
         channel = channel if channel in DND_CHANNELS else OTHER
         self._dnd_kept[integration, channel].inc()
+
+    def delivery_records(self, result: str, count: int) -> None:
+        """``count`` delivery records were ``written`` to the delivery topic, or ``failed``."""
+        self._delivery_records["written" if result == "written" else "failed"].inc(count)
 
     def profile_restored(self, seconds: float, size: int) -> None:
         """The profile store finished restoring: how long it took and what it holds."""

@@ -59,6 +59,7 @@ def build(
     routing: Routing | None = None,
     replays: MemorySource | None = None,
     profile_log: MemoryProfileLog | None = None,
+    delivery_topic: str | None = None,
     **options: float,
 ) -> Engine:
     """An engine over fakes, reading topic ``events`` from ``source`` (and ``dlq replay``
@@ -103,6 +104,7 @@ def build(
         replay_source=replays,
         profile_log=profile_log,
         source_topics=("events",),
+        delivery_topic=delivery_topic,
         metrics=metrics or Metrics(integrations={"default": LOCATION}, topics=["events"]),
         recorder=debugger or RecentDeliveries(integrations=["default"]),
         options=EngineOptions(**{**defaults, **options}),  # type: ignore[arg-type]

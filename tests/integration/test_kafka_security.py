@@ -172,12 +172,13 @@ def managed_setup(
 
 def readme_acls(topic: str, group: str) -> list[tuple[str, str, str]]:
     """The README's ACL list ("Kafka ACLs") for ``create_topics = false``."""
-    names = ("dead-letter", "parking", "profiles", "replay")
-    dead_letter, parking, profiles, replay = (f"{group}.{n}" for n in names)
+    names = ("dead-letter", "parking", "profiles", "replay", "deliveries")
+    dead_letter, parking, profiles, replay, deliveries = (f"{group}.{n}" for n in names)
     return [
         ("topic", topic, "Read"),
         ("group", group, "Read"),
         ("topic", dead_letter, "Write"),
+        ("topic", deliveries, "Write"),
         ("topic", replay, "Read"),
         ("group", replay, "Read"),  # the replay feed's group is named after its topic
         ("topic", parking, "Read"),
@@ -189,7 +190,7 @@ def readme_acls(topic: str, group: str) -> list[tuple[str, str, str]]:
 
 
 def admin_creates_topics(kafka: SecuredBroker, group: str) -> None:
-    names = ("dead-letter", "parking", "profiles", "replay")
+    names = ("dead-letter", "parking", "profiles", "replay", "deliveries")
     kafka.create_topics(*(f"{group}.{name}" for name in names))
 
 

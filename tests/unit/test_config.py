@@ -477,6 +477,7 @@ def test_topics_holding_raw_events_expire_after_14_days_unless_configured(
         "ghl-consumer.replay": "1209600000",  # copies of dead letters: the same retention
         "ghl-consumer.profiles": None,  # compacted: a profile lives until it is forgotten
         "ghl-consumer.parking": "1209600000",
+        "ghl-consumer.deliveries": "604800000",  # no personal data: 7 days
     }
     text = "[kafka]\ndead_letter_retention_ms = 86400000\n"
     settings = load(tmp_path, text, {**ENV, "KAFKA_PARKING_RETENTION_MS": "3600000"})
@@ -661,6 +662,7 @@ def test_create_topics_and_the_start_up_timeout(tmp_path: Path) -> None:
         ("events", ("Read",)),
         ("ghl-consumer.dead-letter", ("Write",)),
         ("ghl-consumer.replay", ("Read",)),
+        ("ghl-consumer.deliveries", ("Write",)),
         ("ghl-consumer.parking", ("Read", "Write")),
         ("ghl-consumer.profiles", ("Read", "Write")),
     ]

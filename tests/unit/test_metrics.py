@@ -93,6 +93,7 @@ EXPECTED_SERIES = {
     "ghl_ignored_fields_total",
     "ghl_fields_omitted_total",
     "ghl_permanent_dnd_kept_total",
+    "ghl_delivery_records_total",
     "ghl_buffered_records",
     "ghl_buffered_bytes",
     "ghl_requests_in_flight",
