@@ -129,7 +129,7 @@ async def forget(settings: Settings, who: Subject, *, delete_contact: bool, out:
             "subject": {"kind": who.kind, "hash": who.digest},
             "profilesTombstoned": len(keys),
             "profileTopic": kafka.profile_topic,
-            "contacts": contacts,  # integration id -> deleted | none | failed
+            "contacts": contacts,  # integration id -> deleted | none | failed | skipped
         }
         landed = await producer.produce(kafka.erasure_topic, key=None, value=orjson.dumps(record))
     finally:
@@ -140,11 +140,20 @@ async def forget(settings: Settings, who: Subject, *, delete_contact: bool, out:
 
 async def _delete_contacts(settings: Settings, emails: list[str], out: TextIO) -> dict[str, str]:
     """Delete, in every configured integration's location, the contact holding each of
-    ``emails``; returns integration id -> ``deleted``, ``none`` or ``failed``."""
+    ``emails``; returns integration id -> ``deleted``, ``none``, ``failed`` or ``skipped``
+    (an OAuth integration)."""
     results: dict[str, str] = {}
     client = HighLevelClient(base_url=settings.highlevel.api_base_url)
     try:
         for integration in settings.integrations:
+            if integration.access_token is None:
+                results[integration.id] = "skipped"
+                print(
+                    f"HighLevel {integration.id}: skipped: an OAuth integration (forget "
+                    "--delete-contact reaches private integration tokens' locations only)",
+                    file=out,
+                )
+                continue
             token = integration.access_token.reveal()
             outcome = "none"
             for email in emails:

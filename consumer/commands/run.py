@@ -13,11 +13,10 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
-import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
+from consumer.commands.credentials import EngineCredentials, Installation, SettingsCredentials
 from consumer.commands.preamble import (
     Failure,
     add_config_argument,
@@ -28,13 +27,14 @@ from consumer.commands.preamble import (
     run_command,
     stop_on_signals,
 )
-from consumer.config import Integration, KafkaSettings, Secret, Settings, read_secret_file
+from consumer.config import KafkaSettings, Settings
 from consumer.core.mapping import build_mapper
 from consumer.core.profiles import ChangelogProfileStore
 from consumer.engine.engine import Engine, EngineOptions
 from consumer.engine.stats import EngineStats
-from consumer.errors import ConfigError, KafkaAdapterError
+from consumer.errors import KafkaAdapterError
 from consumer.highlevel.client import HighLevelClient, Timeouts
+from consumer.highlevel.oauth import OAuthClient
 from consumer.kafka.admin import TopicSpec, TopicUse, start_up
 from consumer.kafka.clients import GroupProtocol
 from consumer.kafka.parking import KafkaParkingLog
@@ -47,6 +47,7 @@ from consumer.observe.web import WebServer, serve_debugger, serve_web
 from consumer.ratelimit.budget import Budget
 from consumer.ratelimit.limiter import LimiterBackend, LocalBackend, RateLimiter
 from consumer.state.changelog import ProfileChangelog
+from consumer.state.oauth_tokens import OAuthTokens
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +162,28 @@ async def _limiter_backend(settings: Settings) -> LimiterBackend:
     )
 
 
+def _installations(
+    settings: Settings, closers: list[Callable[[], Awaitable[None]]]
+) -> dict[str, Installation]:
+    """Each ``[[oauth]]`` app's installation over one shared token store; what must be closed
+    is appended to ``closers``."""
+    from consumer.state.token_store import TokenStore  # only with [[oauth]] (Redis)
+
+    store = TokenStore.from_url(settings.redis.url)
+    closers.append(store.aclose)
+    installations = {}
+    for app in settings.oauth:
+        client = OAuthClient(
+            base_url=settings.highlevel.api_base_url,
+            client_id=app.client_id,
+            client_secret=app.client_secret.reveal(),
+        )
+        closers.insert(0, client.close)
+        tokens = OAuthTokens(store=store, client=client, company_id=app.company_id)
+        installations[app.id] = Installation.build(app, tokens, client)
+    return installations
+
+
 @contextlib.asynccontextmanager
 async def running_consumer(
     settings: Settings, stop: asyncio.Event | None = None
@@ -175,6 +198,7 @@ async def running_consumer(
     metrics = Metrics(
         integrations={i.id: i.location_id for i in settings.integrations},
         topics=(*kafka.topics, kafka.replay_topic),
+        installations=[app.id for app in settings.oauth],
     )
     debugger = RecentDeliveries(
         integrations=[i.id for i in settings.integrations],
@@ -199,6 +223,9 @@ async def running_consumer(
     limiter: RateLimiter | None = None
     parking: KafkaParkingLog | None = None
     heartbeat: asyncio.Task[None] | None = None
+    upkeep: asyncio.Task[None] | None = None
+    installations: dict[str, Installation] = {}
+    closers: list[Callable[[], Awaitable[None]]] = []  # the OAuth clients and token store
     try:
         protocol: GroupProtocol = "consumer" if kafka.group_protocol == "consumer" else "classic"
         source = KafkaSource(
@@ -235,6 +262,16 @@ async def running_consumer(
             max_connections=settings.engine.max_in_flight,
         )
         limiter = RateLimiter(await _limiter_backend(settings))
+        if settings.oauth:
+            installations = _installations(settings, closers)
+        credentials = EngineCredentials(
+            settings.integrations,
+            SettingsCredentials(settings.integrations),
+            installations,
+            metrics,
+        )
+        await credentials.check()  # the installations' locations, before any event is routed
+        upkeep = asyncio.create_task(credentials.maintain(), name="oauth-upkeep")
         profiles = ChangelogProfileStore(settings.mapping.profile_max_entries)
         mapper = build_mapper(settings.targets(), settings.mapping.options(), profiles)
         engine = Engine(
@@ -243,7 +280,7 @@ async def running_consumer(
             mapper=mapper,
             limiter=limiter,
             sender=client,
-            credentials=SettingsCredentials(settings.integrations),
+            credentials=credentials,
             locations={i.id: i.location_id for i in settings.integrations},
             dead_letter_topic=kafka.dead_letter_topic,
             replay_source=replays,
@@ -311,6 +348,11 @@ async def running_consumer(
     finally:
         if heartbeat is not None:
             heartbeat.cancel()
+        if upkeep is not None:
+            upkeep.cancel()
+            await asyncio.gather(upkeep, return_exceptions=True)
+        for close in closers:
+            await close()
         if parking is not None:
             await parking.close()
         if client is not None:
@@ -318,90 +360,6 @@ async def running_consumer(
         if limiter is not None:
             await limiter.aclose()
         await producer.close()
-
-
-@dataclass(slots=True)
-class _FollowedFile:
-    """A token given as ``{ file = ... }``: the value last read, and the file's
-    (mtime, size, inode) when last checked (None: not yet)."""
-
-    secret: Secret
-    path: str
-    stamp: tuple[int, int, int] | None = None
-    checked_at: float = float("-inf")
-
-
-class SettingsCredentials:
-    """The engine's ``Credentials``: each configured integration's private integration token,
-    revealed only when a request is sent.
-
-    A token given as ``{ file = ... }`` (a mounted Kubernetes Secret) follows its file: at most
-    once per ``check_interval`` seconds a request stats it, and reads it anew when its mtime,
-    size or inode changed; ``reread`` (after a 401) reads it anew at once. A file that cannot
-    be read or is empty keeps the token read before (a warning naming the file, never the
-    token). Tokens from the environment never change. Event loop thread only."""
-
-    __slots__ = ("_check_interval", "_clock", "_files", "_fixed")
-
-    def __init__(
-        self,
-        integrations: Iterable[Integration],
-        *,
-        check_interval: float = 1.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._check_interval = check_interval
-        self._clock = clock
-        self._fixed: dict[str, Secret] = {}
-        self._files: dict[str, _FollowedFile] = {}
-        for integration in integrations:
-            secret = integration.access_token
-            if secret.file is None:
-                self._fixed[integration.id] = secret
-            else:
-                self._files[integration.id] = _FollowedFile(secret, secret.file)
-
-    def token(self, integration_id: str) -> str:
-        """Raises KeyError for an integration that is not configured."""
-        followed = self._files.get(integration_id)
-        if followed is None:
-            return self._fixed[integration_id].reveal()
-        now = self._clock()
-        if now - followed.checked_at >= self._check_interval:
-            self._check(integration_id, followed, now, force=False)
-        return followed.secret.reveal()
-
-    def reread(self, integration_id: str) -> str:
-        """Raises KeyError for an integration that is not configured."""
-        followed = self._files.get(integration_id)
-        if followed is None:
-            return self._fixed[integration_id].reveal()
-        self._check(integration_id, followed, self._clock(), force=True)
-        return followed.secret.reveal()
-
-    def _check(
-        self, integration_id: str, followed: _FollowedFile, now: float, *, force: bool
-    ) -> None:
-        """Stat the file; read it when it changed (always with ``force``); keep a new token."""
-        followed.checked_at = now
-        where = f"integration {integration_id}: access_token"
-        try:
-            stat = os.stat(followed.path)
-        except OSError as exc:
-            logger.warning("%s: cannot read file %s: %s", where, followed.path, exc.strerror)
-            return
-        stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
-        if stamp == followed.stamp and not force:
-            return
-        try:
-            value = read_secret_file(followed.path, where)
-        except ConfigError as exc:
-            logger.warning("%s; keeping the token read before", exc)
-            return
-        followed.stamp = stamp
-        if value != followed.secret.reveal():
-            followed.secret = Secret(value, followed.secret.source, file=followed.path)
-            logger.warning("%s: a new token read from file %s", where, followed.path)
 
 
 async def run_consumer(settings: Settings, stop: asyncio.Event) -> EngineStats:

@@ -375,12 +375,15 @@ async def _highlevel(
         for outcome in outs:
             if isinstance(outcome, ContactUpsert) and isinstance(outcome.fields.get("email"), str):
                 last[outcome.integration_id] = outcome.payload()
-    shown = []
+    shown: list[dict[str, object]] = []
     client = HighLevelClient(base_url=settings.highlevel.api_base_url)
     try:
         for integration in settings.integrations:
             sent = last.get(integration.id)
             if sent is None:
+                continue
+            if integration.access_token is None:  # an OAuth integration: no static token here
+                shown.append({"integration": integration.id, "skipped": "OAuth integration"})
                 continue
             answer = await client.find_by_email(
                 token=integration.access_token.reveal(),
@@ -424,6 +427,9 @@ def write(result: Mapping[str, object], out: TextIO, *, as_json: bool) -> None:
     highlevel = result.get("highlevel")
     for found in highlevel if isinstance(highlevel, list) else []:
         where = f"HighLevel [{found['integration']}]"
+        if "skipped" in found:
+            out.write(f"{where}: not looked up ({found['skipped']})\n")
+            continue
         if "error" in found:
             out.write(f"{where}: {found['status']} {found['error']}\n")
             continue

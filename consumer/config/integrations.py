@@ -26,6 +26,8 @@ _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _INTEGRATION_KEYS: Final = (
     "id",
     "location_id",
+    "location_path",
+    "oauth",
     "access_token",
     "consent_category",
     "consent_mode",
@@ -108,12 +110,27 @@ def _integration(
         return table.get(key), f"{where}.{key}"
 
     location, location_where = setting("location_id", "GHL_LOCATION_ID")
-    if location is None or location == "":
+    oauth = table.get("oauth")
+    if oauth is not None and (not isinstance(oauth, str) or not oauth.strip()):
+        raise ConfigError(f"{where}.oauth: expected the id of an [[oauth]] table")
+    location_path = None
+    if "location_path" in table:
+        if oauth is None:
+            raise ConfigError(f"{where}.location_path: only with oauth = \"<[[oauth]] id>\"")
+        if location is not None:
+            raise ConfigError(f"{where}: location_id and location_path exclude each other")
+        location_path = dotted_path(table["location_path"], f"{where}.location_path")
+        location = ""
+    elif location is None or location == "":
         raise ConfigError(f"{location_where}: required")
     if not isinstance(location, str):
         raise ConfigError(f"{location_where}: expected a string")
 
-    if "GHL_ACCESS_TOKEN" in env:
+    token: Secret | None = None
+    if oauth is not None:
+        if "access_token" in table or "GHL_ACCESS_TOKEN" in env:
+            raise ConfigError(f"{where}: access_token and oauth exclude each other")
+    elif "GHL_ACCESS_TOKEN" in env:
         source = "environment variable GHL_ACCESS_TOKEN"
         token_value = env["GHL_ACCESS_TOKEN"].strip()
         if read_secrets and not token_value:
@@ -167,8 +184,11 @@ def _integration(
         default_source=default_source,
         aliases=_aliases(subtable(table, "events", f"{where}.events"), f"{where}.events"),
         routing=_routing(subtable(table, "routing", f"{where}.routing"), f"{where}.routing"),
+        location_path=location_path,
     )
-    return Integration(target=target, access_token=token)
+    return Integration(
+        target=target, access_token=token, oauth=None if oauth is None else oauth.strip()
+    )
 
 
 def _optional_text(table: dict[str, Any], key: str, where: str) -> str | None:

@@ -24,6 +24,7 @@ from consumer.config.settings import (
     Integration,
     KafkaSettings,
     MetricsSettings,
+    OAuthApp,
     ProfileKey,
     ProfilesSettings,
     RedisSettings,
@@ -103,12 +104,37 @@ def load_settings(
     sections["oauth"] = read_oauth_apps(
         doc.get("oauth"), environ, read_secrets if oauth_secrets is None else oauth_secrets
     )
+    _check_oauth_integrations(integrations, sections["oauth"])
     if sections["oauth"] and not sections["redis"].url:
         raise ConfigError(
             "redis.url: required with [[oauth]] (REDIS_URL): the token store every replica "
             "shares"
         )
     return Settings(integrations=integrations, kafka=kafka, config_path=path, **sections)
+
+
+def _check_oauth_integrations(
+    integrations: tuple[Integration, ...], apps: tuple[OAuthApp, ...]
+) -> None:
+    """Each ``oauth = "<id>"`` names an ``[[oauth]]`` table, and a fixed ``location_id`` is
+    one the table lists (when it does not discover its locations). Raises ConfigError."""
+    by_id = {app.id: app for app in apps}
+    for index, integration in enumerate(integrations):
+        if integration.oauth is None:
+            continue
+        app = by_id.get(integration.oauth)
+        if app is None:
+            known = ", ".join(by_id) or "none"
+            raise ConfigError(
+                f"integrations[{index}].oauth: no [[oauth]] table with id "
+                f"{integration.oauth!r} (known: {known})"
+            )
+        location = integration.location_id
+        if location and not app.discover and location not in app.locations:
+            raise ConfigError(
+                f"integrations[{index}].location_id: {location!r} is not one of "
+                f"[[oauth]] {app.id}'s locations"
+            )
 
 
 def _read_toml(path: str) -> dict[str, Any]:

@@ -9,6 +9,7 @@ and its locations, listed or discovered. Example::
     app_id = "66f1..."                              # the part of client_id before the "-"
     company_id = "5DP4iH6HLkQsiKESj6rh"
     locations = ["ve9EPM428h8vShlRW1KT"]            # or: discover = true
+    discover_seconds = 300                          # how often discovery asks again
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ _KEYS: Final = (
     "company_id",
     "locations",
     "discover",
+    "discover_seconds",
 )
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 DEFAULT_OAUTH_ID: Final = "oauth"
@@ -105,6 +107,9 @@ def _app(
             raise ConfigError(f"{where}.locations: a location is listed twice")
     else:
         locations = []
+    every = table.get("discover_seconds", 300)
+    if isinstance(every, bool) or not isinstance(every, int | float) or every < 1:
+        raise ConfigError(f"{where}.discover_seconds: expected a number of seconds, at least 1")
     return OAuthApp(
         id=ident,
         client_id=client_id,
@@ -113,4 +118,5 @@ def _app(
         company_id=company_id,
         locations=tuple(locations),
         discover=discover,
+        discover_seconds=float(every),
     )

@@ -53,11 +53,15 @@ class Secret:
 
 @dataclass(frozen=True, slots=True)
 class Integration:
-    """One HighLevel sub-account (location): how events map onto its contacts (``target``, what
-    the core reads, without the token) and the token that reaches it."""
+    """One HighLevel sub-account (location), or with ``oauth`` the locations of an OAuth
+    installation: how events map onto their contacts (``target``, what the core reads, without
+    the token) and what reaches them: a private integration token (``access_token``), or the
+    ``[[oauth]]`` table with this id (``oauth``; ``access_token`` is then None). Exactly one of
+    the two is set."""
 
     target: Target
-    access_token: Secret
+    access_token: Secret | None
+    oauth: str | None = None
 
     @property
     def id(self) -> str:
@@ -81,6 +85,8 @@ class OAuthApp:
     company_id: str
     locations: tuple[str, ...] = ()
     discover: bool = False
+    discover_seconds: float = 300.0
+    """How often ``run`` asks ``/oauth/installedLocations`` again (with ``discover``)."""
 
 
 @dataclass(frozen=True, slots=True)

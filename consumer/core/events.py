@@ -33,6 +33,8 @@ class Reason(StrEnum):
     WRONG_TYPE = "wrong_type"  # an envelope field (type, ids, containers) has the wrong type
     INVALID_EVENT = "invalid_event"  # structurally wrong, e.g. track without event name, no user
     NO_IDENTIFIER = "no_identifier"  # neither a usable email nor phone: HighLevel would answer 422
+    # an OAuth integration's location path names no location, or one the app is not installed in
+    UNKNOWN_LOCATION = "unknown_location"
 
 
 class OmitReason(StrEnum):

@@ -263,11 +263,12 @@ class Mapper:
         label = event.event if event.type == "track" and event.event else event.type
         message_ids = () if event.message_id is None else (event.message_id,)
         return self._map_identity(
-            user_key, label, message_ids, targets, extras, candidates, decisions, omitted
+            event, user_key, label, message_ids, targets, extras, candidates, decisions, omitted
         )
 
     def _map_identity(
         self,
+        event: Event,
         user_key: str,
         label: str,
         message_ids: tuple[str, ...],
@@ -316,10 +317,19 @@ class Mapper:
                 error = no_identifier_error(reported, removed)
                 outcomes.append(Reject(Reason.NO_IDENTIFIER, error, target.id))
                 continue
+            location_id = target.location_id
+            if target.location_path is not None:
+                named = event.lookup(target.location_path)
+                if not isinstance(named, str) or not named.strip():
+                    path = ".".join(target.location_path)
+                    error = f"{path}: expected a location id (a non-empty string)"
+                    outcomes.append(Reject(Reason.UNKNOWN_LOCATION, error, target.id))
+                    continue
+                location_id = named.strip()
             outcomes.append(
                 ContactUpsert(
                     integration_id=target.id,
-                    location_id=target.location_id,
+                    location_id=location_id,
                     contact_key=user_key,
                     fields=fields,
                     tags=() if "tags" in removed else tags,

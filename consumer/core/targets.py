@@ -41,7 +41,8 @@ class CustomFieldMapping:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Target:
     """One integration as routing and mapping read it: its id (the outcomes' ``integration_id``),
-    the location the upserts go to, and the mapping choices. Defaults are the Default preset's.
+    the location the upserts go to (or the event path naming it), and the mapping choices.
+    Defaults are the Default preset's.
 
     ``static_tags`` go on every upsert (with the event's own); ``static_source`` is every
     upsert's ``source``, ``default_source`` the one used when the event names none."""
@@ -59,3 +60,6 @@ class Target:
     custom_fields: tuple[CustomFieldMapping, ...] = ()
     aliases: Mapping[str, PresetEvent] = field(default_factory=lambda: MappingProxyType({}))
     routing: Routing = Routing()
+    location_path: tuple[str, ...] | None = None
+    """Set: each event names its location at this path (an OAuth integration reaching every
+    location of an installation); ``location_id`` is then empty."""

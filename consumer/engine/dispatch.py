@@ -63,7 +63,12 @@ from consumer.engine.ports import (
 from consumer.engine.scheduler import KeyedScheduler, Work
 from consumer.engine.stats import EngineStats
 from consumer.engine.tasks import TaskSet
-from consumer.errors import DailyBudgetExhausted
+from consumer.errors import (
+    DailyBudgetExhausted,
+    InstallationBroken,
+    OAuthError,
+    TokenStoreError,
+)
 from consumer.highlevel.verdicts import (
     DND_FIELDS,
     Answer,
@@ -113,11 +118,11 @@ def upsert_identities(upsert: ContactUpsert) -> tuple[tuple[str, str, str], ...]
 class Dispatcher:
     """Lanes, delivery, retries and parking decisions (see the module docstring).
 
-    ``locations``: integration id -> its location id (the lane); ``credentials`` gives each
-    request's token; ``delivery_log``, when given, gets a ``DeliveryRecord`` per call. Times
-    are in seconds; ``rng`` jitters the backoff. The engine calls
-    ``offer`` for every upsert, runs ``run_releases`` as a background task and ``close`` at
-    shutdown. No method raises for a delivery failure: failures are outcomes.
+    Lanes are locations (each upsert's own); ``credentials`` gives each request's token;
+    ``delivery_log``, when given, gets a ``DeliveryRecord`` per call. Times are in seconds;
+    ``rng`` jitters the backoff. The engine calls ``offer`` for every upsert, runs
+    ``run_releases`` as a background task and ``close`` at shutdown. No method raises for a
+    delivery failure: failures are outcomes.
     """
 
     def __init__(
@@ -126,7 +131,6 @@ class Dispatcher:
         limiter: Limiter,
         sender: Sender,
         credentials: Credentials,
-        locations: Mapping[str, str],
         parking_log: ParkingLog,
         outbox: Outbox,
         metrics: EngineMetrics,
@@ -146,7 +150,6 @@ class Dispatcher:
         self._limiter = limiter
         self._sender = sender
         self._credentials = credentials
-        self._locations = locations
         self._parking_log = parking_log
         self._outbox = outbox
         self._metrics = metrics
@@ -243,8 +246,9 @@ class Dispatcher:
             except Exception:
                 logger.exception("reading the parking group's offsets failed; will retry")
                 continue
-            for integration_id, _ in self._parking_state.replayed(committed):
-                self._wake(self._locations[integration_id])
+            if self._parking_state.replayed(committed):
+                for lane in list(self._lane_wakeups):  # rare: the released contacts' lanes
+                    self._wake(lane)
 
     # -- lanes ----------------------------------------------------------------------------------
 
@@ -343,9 +347,14 @@ class Dispatcher:
         """Send one work, act on the answer, release the slot. Never raises."""
         loop = asyncio.get_running_loop()
         upsert = work.item
-        token = self._credentials.token(upsert.integration_id)
         self._active.add(work)
         try:
+            try:
+                token = await self._credentials.token(upsert.integration_id, upsert.location_id)
+            except (InstallationBroken, OAuthError, TokenStoreError) as failure:
+                permit.release(sent=False)
+                await self._without_token(work, failure, loop.time())
+                return
             payload = upsert.payload()
             with permit:
                 answer = await self._sender.upsert(token=token, payload=payload)
@@ -492,6 +501,35 @@ class Dispatcher:
 
     # -- outcomes -------------------------------------------------------------------------------
 
+    async def _without_token(
+        self, work: _Work, failure: InstallationBroken | OAuthError | TokenStoreError, now: float
+    ) -> None:
+        """No token to send ``work`` with: a broken OAuth installation parks the integration's
+        events (probed as after a 401); HighLevel refusing to mint one (not retriable) rejects
+        the work; a failure that may pass (Redis, HighLevel's OAuth endpoints) retries it."""
+        integration_id = work.item.integration_id
+        if isinstance(failure, InstallationBroken):
+            if self._parking_state.unauthorized(
+                integration_id, now, ParkReason.INSTALLATION_BROKEN
+            ):
+                logger.error(
+                    "integration %s: %s; parking its events, probing every %.0fs",
+                    integration_id,
+                    failure,
+                    self._probe_interval,
+                )
+            answer = Answer(verdict=Verdict.UNAUTHORIZED, status=None, latency_s=0.0)
+            await self._retry_or_park(work, answer, now, ParkReason.INSTALLATION_BROKEN)
+            return
+        if isinstance(failure, OAuthError) and not failure.retriable:
+            answer = Answer(
+                verdict=Verdict.REJECTED, status=failure.status, latency_s=0.0, message=str(failure)
+            )
+        else:
+            logger.warning("integration %s: no token yet: %s", integration_id, failure)
+            answer = Answer(verdict=Verdict.RETRY, status=None, latency_s=0.0, error="no token")
+        await self._settle(work, answer, now, "")
+
     async def _settle(self, work: _Work, answer: Answer, now: float, token: str) -> None:
         """Act on the answer that decides ``work`` (sent with ``token``): complete,
         dead-letter, retry or park."""
@@ -518,8 +556,9 @@ class Dispatcher:
                 self._recorder.dead_lettered(ticket.record, failure, self._wall_clock())
             self._metrics.dead_lettered(REJECTED_BY_HIGHLEVEL, len(work.tickets))
             self._complete(work)
-        elif verdict is Verdict.UNAUTHORIZED and self._credentials.reread(integration_id) != token:
-            # A rotated token (e.g. its Secret file changed): sent again with it, nothing parks.
+        elif verdict is Verdict.UNAUTHORIZED and await self._reread(work, token) != token:
+            # A rotated token (e.g. its Secret file changed), another OAuth location token:
+            # sent again with it, nothing parks.
             logger.warning(
                 "integration %s: HighLevel refused its token; sending again with the token "
                 "read anew",
@@ -548,6 +587,20 @@ class Dispatcher:
             failing_for = 0.0 if first is None else now - first
             reason = ParkReason.RETRY_EXHAUSTED if failing_for >= self._max_retry else None
             await self._retry_or_park(work, answer, now, reason)
+
+    async def _reread(self, work: _Work, refused: str) -> str:
+        """``Credentials.reread`` for ``work``'s integration and location; ``refused`` when
+        no other token could be obtained (the 401 is then handled as such)."""
+        upsert = work.item
+        try:
+            return await self._credentials.reread(
+                upsert.integration_id, upsert.location_id, refused
+            )
+        except (InstallationBroken, OAuthError, TokenStoreError) as failure:
+            logger.warning(
+                "integration %s: no other token after a 401: %s", upsert.integration_id, failure
+            )
+            return refused
 
     async def _retry_or_park(
         self, work: _Work, answer: Answer, now: float, park: ParkReason | None

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from consumer.core.deadletter import ORIGINAL_TOPIC, Failure, original_topic, replayed_from
-from consumer.core.events import ContactUpsert, Drop, Outcome, Record
+from consumer.core.events import ContactUpsert, Drop, Outcome, Reason, Record, Reject
 from consumer.core.mapping import Mapper
 from consumer.engine.backpressure import Backpressure, Decision
 from consumer.engine.deliveries import DeliveryLog
@@ -221,8 +221,10 @@ class _Tally:
 class Engine:
     """One consumer-group member's processing. Build it, then ``await run(stop)``.
 
-    ``credentials`` gives each request's token; ``locations`` maps every configured
-    integration id to its location id. ``parking_log`` is the parking topic (its ``source`` is
+    ``credentials`` gives each request's token and says which locations an OAuth
+    integration serves (an upsert to another is rejected, ``unknown_location``); ``locations``
+    maps every configured integration id to its location id ("" for one whose events choose
+    it). ``parking_log`` is the parking topic (its ``source`` is
     the second feed); ``metrics`` and ``recorder`` observe every outcome. ``replay_source``,
     when given, is the third feed: the replay topic's group (``dlq replay`` copies). Each of its
     records is mapped as a record of the topic its ``ghl.original_topic`` header names, which
@@ -258,6 +260,7 @@ class Engine:
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._mapper = mapper
+        self._credentials = credentials
         self._locations = dict(locations)
         self._metrics = metrics
         self._recorder = recorder
@@ -282,7 +285,6 @@ class Engine:
             limiter=limiter,
             sender=sender,
             credentials=credentials,
-            locations=self._locations,
             parking_log=parking_log,
             outbox=self._outbox,
             metrics=metrics,
@@ -474,6 +476,14 @@ class Engine:
         record = ticket.record
         for outcome in outcomes:
             if isinstance(outcome, ContactUpsert):
+                if not self._credentials.serves(outcome.integration_id, outcome.location_id):
+                    outcome = Reject(
+                        Reason.UNKNOWN_LOCATION,
+                        f"location {outcome.location_id[:64]!r}: the app is not installed there",
+                        outcome.integration_id,
+                    )
+                    self._reject(ticket, outcome, tally, wall)
+                    continue
                 for omitted in outcome.omitted:
                     self._metrics.omitted_field(omitted.field, omitted.reason)
                 self._dispatcher.offer(outcome, ticket, now)
@@ -482,16 +492,18 @@ class Engine:
                 self._recorder.dropped(record, outcome.reason, outcome.integration_id, wall)
                 ticket.settle()
             else:
-                tally.rejected[outcome.reason] += 1
-                self._recorder.rejected(
-                    record, outcome.reason, outcome.error, outcome.integration_id, wall
-                )
-                failure = Failure(
-                    reason=outcome.reason,
-                    error=outcome.error,
-                    integration_id=outcome.integration_id,
-                )
-                self._tasks.spawn(self._dead_letter(ticket, failure))
+                self._reject(ticket, outcome, tally, wall)
+
+    def _reject(self, ticket: Ticket, outcome: Reject, tally: _Tally, wall: float) -> None:
+        """Dead-letter ``ticket``'s record for ``outcome`` (its offset waits for the broker)."""
+        tally.rejected[outcome.reason] += 1
+        self._recorder.rejected(
+            ticket.record, outcome.reason, outcome.error, outcome.integration_id, wall
+        )
+        failure = Failure(
+            reason=outcome.reason, error=outcome.error, integration_id=outcome.integration_id
+        )
+        self._tasks.spawn(self._dead_letter(ticket, failure))
 
     def _ingest_parked(self, records: Sequence[Record], now: float, wall: float) -> None:
         for record in records:

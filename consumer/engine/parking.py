@@ -42,6 +42,7 @@ class ParkReason(StrEnum):
     DAILY_BUDGET = "daily_budget"
     RETRY_EXHAUSTED = "retry_exhausted"
     CONTACT_PARKED = "contact_parked"  # an older upsert of the contact waits in the topic
+    INSTALLATION_BROKEN = "installation_broken"  # its OAuth installation needs a reconnect
 
 
 # -- the record format ---------------------------------------------------------------------------
@@ -167,12 +168,13 @@ class ParkingState:
         )
         return until if until > now else None
 
-    def unauthorized(self, integration_id: str, now: float) -> bool:
-        """Record a 401/403; True when the integration was healthy until now."""
+    def unauthorized(
+        self, integration_id: str, now: float, reason: ParkReason = ParkReason.UNAUTHORIZED
+    ) -> bool:
+        """Record a 401/403 (or, ``reason`` INSTALLATION_BROKEN, no token at all); True when
+        the integration was healthy until now."""
         new = integration_id not in self._integrations
-        self._integrations[integration_id] = _Held(
-            ParkReason.UNAUTHORIZED, now + self._probe_interval
-        )
+        self._integrations[integration_id] = _Held(reason, now + self._probe_interval)
         return new
 
     def healthy(self, integration_id: str) -> bool:

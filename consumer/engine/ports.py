@@ -159,18 +159,34 @@ class Limiter(Protocol):
 
 
 class Credentials(Protocol):
-    """The integrations' HighLevel tokens (``consumer.commands.run`` adapts the settings; the
-    seam OAuth tokens will use). Asked once per request, so a token may change between calls."""
+    """The integrations' HighLevel tokens (``consumer.commands.run`` adapts the settings'
+    private integration tokens and the OAuth installations). Asked once per request, so a token
+    may change between calls.
 
-    def token(self, integration_id: str) -> str:
-        """The token to send for ``integration_id`` (one the engine was configured with).
-        Cheap: called for every request."""
+    ``token`` and ``reread`` may raise ``consumer.errors.InstallationBroken`` (the OAuth
+    installation needs ``ghl-consumer oauth reconnect``: the integration's events park),
+    ``OAuthError`` (HighLevel did not mint a token: retried when ``retriable``, else the work is
+    refused) or ``TokenStoreError`` (Redis did not answer: retried)."""
+
+    async def token(self, integration_id: str, location_id: str) -> str:
+        """The token to send for ``integration_id`` to ``location_id`` (one the engine was
+        configured with). Cheap while the token is cached (no I/O): called for every
+        request."""
         ...
 
-    def reread(self, integration_id: str) -> str:
-        """The token read again from its source now, after HighLevel refused it (401/403): a
-        rotated token is picked up before the integration's events park. The same token when
-        its source has no other."""
+    async def reread(self, integration_id: str, location_id: str, refused: str) -> str:
+        """A token obtained again from its source now, after HighLevel refused ``refused``
+        (401/403): a rotated private token, or another OAuth location token (re-read from the
+        shared store, else minted once: a token that was itself obtained this way is not
+        replaced again), is sent before the integration's events park. ``refused`` when the
+        source has no other."""
+        ...
+
+    def serves(self, integration_id: str, location_id: str) -> bool:
+        """Whether ``integration_id`` may send to ``location_id``: always for an integration
+        with a fixed location; for an OAuth integration that takes its location from the
+        event, whether the app is installed there (as listed, or as last discovered; True
+        while the installation's locations were never discovered). Cheap, no I/O."""
         ...
 
 

@@ -42,6 +42,12 @@ ghl_delivery_records_total                  counter    result (written | failed)
 ghl_buffered_records                        gauge
 ghl_buffered_bytes                          gauge      (keys, values, headers of those records)
 ghl_requests_in_flight                      gauge
+ghl_oauth_refreshes_total                   counter    installation (``[[oauth]]`` id; refreshes
+                                                       of its company token by this process)
+ghl_oauth_failures_total                    counter    installation, kind (``OAUTH_FAILURES``)
+ghl_oauth_token_expiry_seconds              gauge      installation (company token's time left)
+ghl_oauth_installation_broken               gauge      installation (1: needs ``oauth reconnect``)
+ghl_oauth_locations                         gauge      installation (locations served)
 ==========================================  =========  ==========================================
 
 Two kinds of input. Counters and histograms are driven by the engine's hot path through small
@@ -78,6 +84,9 @@ OTHER: Final = "other"
 """The label value that stands for anything outside a label's configured or closed set."""
 
 DROP_REASONS: Final = (Reason.NOT_ROUTED, Reason.NOT_MAPPED, Reason.DUPLICATE)
+OAUTH_FAILURES: Final = ("broken", "highlevel", "token_store")
+"""Why an OAuth token could not be had: the installation is broken, HighLevel's OAuth endpoints
+failed or refused, Redis did not answer."""
 REJECT_REASONS: Final = tuple(r for r in Reason if r not in DROP_REASONS)
 DEAD_LETTER_REASONS: Final = (*REJECT_REASONS, REJECTED_BY_HIGHLEVEL)
 _OMIT_REASONS: Final = frozenset(OmitReason)
@@ -176,7 +185,11 @@ class Metrics:
     """
 
     def __init__(
-        self, *, integrations: Mapping[str, str], topics: Iterable[str] = ()
+        self,
+        *,
+        integrations: Mapping[str, str],
+        topics: Iterable[str] = (),
+        installations: Iterable[str] = (),
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._location_of = dict(integrations)
@@ -303,6 +316,33 @@ class Metrics:
             "ghl_buffered_bytes", "Bytes of the records admitted and not done yet."
         )
         self._in_flight = gauge("ghl_requests_in_flight", "HighLevel requests in flight.")
+        installs = _bound(installations)
+        refreshes = counter(
+            "ghl_oauth_refreshes", "Company token refreshes made by this process.", ["installation"]
+        )
+        failures = counter(
+            "ghl_oauth_failures", "OAuth tokens that could not be had.", ["installation", "kind"]
+        )
+        expiry = gauge(
+            "ghl_oauth_token_expiry_seconds",
+            "Seconds until the installation's company access token expires.",
+            ["installation"],
+        )
+        broken = gauge(
+            "ghl_oauth_installation_broken",
+            "1 while the installation needs `ghl-consumer oauth reconnect`.",
+            ["installation"],
+        )
+        served = gauge(
+            "ghl_oauth_locations", "Locations the installation serves.", ["installation"]
+        )
+        self._oauth_refreshes = {i: refreshes.labels(i) for i in installs}
+        self._oauth_failures = {
+            (i, k): failures.labels(i, k) for i in installs for k in OAUTH_FAILURES
+        }
+        self._oauth_expiry = {i: expiry.labels(i) for i in installs}
+        self._oauth_broken = {i: broken.labels(i) for i in installs}
+        self._oauth_locations = {i: served.labels(i) for i in installs}
 
         # Label children bound once: the hot path is a dict lookup plus an increment.
         self._consumed = {t: consumed.labels(t) for t in self._topics}
@@ -417,6 +457,25 @@ class Metrics:
         integration = integration if integration in self._location_of else OTHER
         name = field_name if field_name in FIELD_NAMES else OTHER
         self._ignored.labels(integration, name).inc()
+
+    def oauth_refreshed(self, installation: str, count: int) -> None:
+        """This process refreshed ``installation``'s company token ``count`` more times."""
+        _child(self._oauth_refreshes, installation).inc(count)
+
+    def oauth_failed(self, installation: str, kind: str) -> None:
+        """A token of ``installation`` could not be had (``kind``: one of ``OAUTH_FAILURES``)."""
+        installation = installation if installation in self._oauth_broken else OTHER
+        self._oauth_failures[installation, kind if kind in OAUTH_FAILURES else "highlevel"].inc()
+
+    def oauth_state(
+        self, installation: str, *, expires_in: float | None, broken: bool, locations: int
+    ) -> None:
+        """``installation`` as last checked: its company token's seconds left (None: unknown,
+        left as it was), broken or not, how many locations it serves."""
+        if expires_in is not None:
+            _child(self._oauth_expiry, installation).set(expires_in)
+        _child(self._oauth_broken, installation).set(1 if broken else 0)
+        _child(self._oauth_locations, installation).set(locations)
 
     def omitted_field(self, field_name: str, reason: str) -> None:
         """A field of a mapped event was left out of its upsert (``Omitted``)."""

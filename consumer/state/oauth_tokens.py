@@ -28,9 +28,13 @@ with the Company token (``POST /oauth/locationToken``) and shared through the st
 expires. Concurrent callers in one replica wait for one mint; replicas may mint concurrently
 (each mint is valid; it costs a request, never a token).
 
+``renew_location_token(location_id, refused)``: after a 401 to ``refused``, another token
+(the store's, else minted): at most one renewal per token, so a location answers 401 at most
+once per token lifetime before its events are handled as unauthorized.
+
 Callers: the commands (``oauth status`` reads the store directly), and the engine through the
-``Credentials`` port (not wired yet). ``clock`` is epoch seconds (tokens' expiries are shared
-between machines); ``sleep`` is awaited between polls (tests pass a fast one).
+``Credentials`` port (``consumer.commands.credentials``). ``clock`` is epoch seconds (tokens'
+expiries are shared between machines); ``sleep`` is awaited between polls (tests pass a fast one).
 """
 
 from __future__ import annotations
@@ -76,8 +80,14 @@ class OAuthTokens:
         self._company_lock = asyncio.Lock()
         self._locations: dict[str, LocationToken] = {}
         self._location_locks: dict[str, asyncio.Lock] = {}
+        self._renewed: dict[str, str] = {}  # location -> token minted after a 401
         self.refreshes = 0
         """Refreshes this replica made (each one stored)."""
+
+    @property
+    def company_expires_at(self) -> float | None:
+        """When the company token this replica holds expires (epoch s); None before one."""
+        return None if self._company is None else self._company.expires_at
 
     async def company_token(self) -> str:
         """A fresh Company access token. Raises ``InstallationBroken``, ``OAuthError``
@@ -102,6 +112,25 @@ class OAuthTokens:
             token = await self._store.read_location(self.company_id, location_id)
             if token is None or not token.fresh(self._clock(), self._margin_s):
                 token = await self._mint(location_id)
+            self._locations[location_id] = token
+            return token.access_token
+
+    async def renew_location_token(self, location_id: str, refused: str) -> str:
+        """A location token other than ``refused`` (HighLevel answered 401 to it): the one
+        another coroutine or replica obtained meanwhile, else one minted now. ``refused``
+        itself when it was minted by this method (a renewed token refused too is not an expiry:
+        minting again would only repeat the 401). Raises as ``location_token``."""
+        lock = self._location_locks.setdefault(location_id, asyncio.Lock())
+        async with lock:
+            cached = self._locations.get(location_id)
+            if cached is not None and cached.access_token != refused:
+                return cached.access_token
+            if self._renewed.get(location_id) == refused:
+                return refused
+            token = await self._store.read_location(self.company_id, location_id)
+            if token is None or token.access_token == refused:
+                token = await self._mint(location_id)
+                self._renewed[location_id] = token.access_token
             self._locations[location_id] = token
             return token.access_token
 

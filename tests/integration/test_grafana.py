@@ -130,6 +130,8 @@ def test_dashboard_covers_what_operators_watch() -> None:
         "Lag per partition",
         "Dead letters by reason",
         "Parked and replayed",
+        "OAuth token expiry and state",
+        "OAuth refreshes and failures",
     ):
         assert wanted in titles
 
@@ -168,6 +170,7 @@ def test_alerts_cover_what_the_issue_asks_for() -> None:
         "GhlRateLimited",
         "GhlDailyBudgetNearlySpent",
         "GhlDeadLettersGrowing",
+        "GhlOAuthInstallationBroken",
     } <= names
     for rule in rules():
         assert rule["labels"]["severity"] in {"warning", "critical"}
@@ -205,6 +208,7 @@ def test_rules_fire_on_synthetic_series(tmp_path: Path) -> None:
         ('ghl_integration_healthy{job="c",integration="acme"}', "1x10 0x30"),
         ('ghl_ratelimit_daily_remaining{job="c",location="loc-acme"}', "30000-1000x40"),
         ('ghl_buffered_records{job="c"}', "0x40"),
+        ('ghl_oauth_installation_broken{job="c",installation="agency"}', "0x10 1x30"),
     ]
     expectations = [
         ("GhlPartitionStalled", "30m", [{
@@ -231,6 +235,16 @@ def test_rules_fire_on_synthetic_series(tmp_path: Path) -> None:
             },
         }]),
         ("GhlConsumerAbsent", "20m", []),
+        ("GhlOAuthInstallationBroken", "11m", []),
+        ("GhlOAuthInstallationBroken", "20m", [{
+            "exp_labels": {"severity": "critical", "job": "c", "installation": "agency"},
+            "exp_annotations": {
+                "summary": "OAuth installation agency is broken",
+                "description": description["GhlOAuthInstallationBroken"].replace(
+                    "{{ $labels.installation }}", "agency"
+                ),
+            },
+        }]),
     ]
     shutil.copy(ALERTS, tmp_path / "alerts.yml")
     spec = {

@@ -1,8 +1,8 @@
 """The shared OAuth token store against a real redis-server and the sandbox over TCP: several
 replicas (each its own OAuthClient, TokenStore and OAuthTokens) refresh one installation
 exactly once, recover from a lease holder killed before refreshing, re-read the store after an
-invalid grant, park on an installation invalidated behind their back until a reconnect, and
-share location tokens that the sandbox accepts."""
+invalid grant, park on an installation invalidated behind their back until a reconnect, share
+location tokens that the sandbox accepts, and renew a refused one once."""
 
 from __future__ import annotations
 
@@ -205,6 +205,25 @@ async def test_location_tokens_are_minted_once_shared_and_accepted_by_the_sandbo
     clock.now += 1
     assert await upsert(replicas.sandbox, shared, "oauth-location-01") == 401
     assert await upsert(replicas.sandbox, fresh, "oauth-location-01") == 200
+
+
+async def test_a_refused_location_token_is_renewed_once_and_shared(
+    replicas: Replicas,
+) -> None:
+    """After a 401 (a token HighLevel dropped before its expiry), one replica mints another,
+    the others take it from the store; the renewed token refused too is not renewed again (its
+    401 is a real refusal: the events then park instead of a 401 storm)."""
+    await replicas.install()
+    a, b = await replicas.replica(), await replicas.replica()
+    refused = await a.location_token("oauth-location-01")
+    renewed = await a.renew_location_token("oauth-location-01", refused)
+    assert renewed != refused
+    assert await b.renew_location_token("oauth-location-01", refused) == renewed
+    assert await a.renew_location_token("oauth-location-01", refused) == renewed
+    assert replicas.counters()["locationTokens"] == 2
+    assert await a.renew_location_token("oauth-location-01", renewed) == renewed
+    assert replicas.counters()["locationTokens"] == 2
+    assert await upsert(replicas.sandbox, renewed, "oauth-location-01") == 200
 
 
 async def upsert_allowed(replicas: Replicas, company_token: str) -> bool:

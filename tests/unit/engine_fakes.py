@@ -180,20 +180,34 @@ class MemoryParkingLog:
 @dataclass
 class StaticCredentials:
     """Tokens per integration id, as last read. ``rotated``: the tokens their source holds
-    now, taken by ``reread`` (as after a 401); ``rereads`` counts those calls."""
+    now, taken by ``reread`` (as after a 401); ``rereads`` counts those calls. ``installed``:
+    the locations each OAuth-like integration serves (absent: every one); ``failure``: raised
+    by ``token`` and ``reread`` while set (a broken installation, Redis down)."""
 
     tokens: dict[str, str]
     rotated: dict[str, str] = field(default_factory=dict)
     rereads: int = 0
+    installed: dict[str, frozenset[str]] = field(default_factory=dict)
+    failure: Exception | None = None
+    asked: list[tuple[str, str]] = field(default_factory=list)
 
-    def token(self, integration_id: str) -> str:
+    async def token(self, integration_id: str, location_id: str) -> str:
+        self.asked.append((integration_id, location_id))
+        if self.failure is not None:
+            raise self.failure
         return self.tokens[integration_id]
 
-    def reread(self, integration_id: str) -> str:
+    async def reread(self, integration_id: str, location_id: str, refused: str) -> str:
         self.rereads += 1
+        if self.failure is not None:
+            raise self.failure
         if integration_id in self.rotated:
             self.tokens[integration_id] = self.rotated[integration_id]
         return self.tokens[integration_id]
+
+    def serves(self, integration_id: str, location_id: str) -> bool:
+        installed = self.installed.get(integration_id)
+        return installed is None or location_id in installed
 
 
 PERMANENT_DND_REFUSAL = "Not authorized to update permanent dnd setting for SMS"

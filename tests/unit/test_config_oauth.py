@@ -108,3 +108,54 @@ def test_the_oauth_commands_need_no_integration(tmp_path: Path) -> None:
     settings = load(tmp_path, text, environ, integrations_required=False)
     assert settings.integrations == ()
     assert len(settings.oauth) == 1
+
+
+NO_GHL = {k: v for k, v in ENV.items() if not k.startswith("GHL_")}
+OAUTH_INTEGRATION = """
+[[integrations]]
+id = "agency-events"
+oauth = "oauth"
+location_path = "context.groupId"
+"""
+
+
+def test_an_integration_reaching_the_installation_by_a_location_path(tmp_path: Path) -> None:
+    text = APP + "discover = true\ndiscover_seconds = 60\n" + OAUTH_INTEGRATION
+    settings = load(tmp_path, text, NO_GHL)
+    (integration,) = settings.integrations
+    assert (integration.oauth, integration.access_token) == ("oauth", None)
+    assert integration.target.location_path == ("context", "groupId")
+    assert integration.location_id == ""
+    assert settings.oauth[0].discover_seconds == 60
+
+
+@pytest.mark.parametrize(
+    ("integration", "message"),
+    [
+        ('oauth = "nope"\nlocation_path = "a.b"', "integrations[0].oauth: no [[oauth]] table"),
+        ('oauth = "oauth"\nlocation_id = "loc-z"', "'loc-z' is not one of [[oauth]] oauth's"),
+        (
+            'oauth = "oauth"\nlocation_path = "a"\nlocation_id = "loc-a"',
+            "location_id and location_path exclude each other",
+        ),
+        (
+            'oauth = "oauth"\nlocation_id = "loc-a"\naccess_token = { env = "APP_SECRET" }',
+            "access_token and oauth exclude each other",
+        ),
+        (
+            'location_path = "a"\naccess_token = { env = "APP_SECRET" }',
+            "integrations[0].location_path: only with oauth",
+        ),
+        ('oauth = "oauth"\nlocation_path = "a..b"', "not a dotted path"),
+    ],
+)
+def test_oauth_integrations_are_validated_against_their_table(
+    tmp_path: Path, integration: str, message: str
+) -> None:
+    text = APP + 'locations = ["loc-a"]\n[[integrations]]\nid = "x"\n' + integration + "\n"
+    assert message in error(tmp_path, text, NO_GHL)
+
+
+def test_discover_seconds_must_be_a_positive_number(tmp_path: Path) -> None:
+    text = APP + "discover = true\ndiscover_seconds = 0\n"
+    assert "oauth[0].discover_seconds: expected a number" in error(tmp_path, text)

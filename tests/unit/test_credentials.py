@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from consumer.commands.run import SettingsCredentials
+from consumer.commands.credentials import SettingsCredentials
 from consumer.config import Settings, load_settings
 
 CONFIG = """
@@ -47,36 +47,36 @@ def rotate(path: Path, token: str) -> None:
     os.replace(fresh, path)
 
 
-def test_a_changed_token_file_is_read_at_most_once_per_interval(tmp_path: Path) -> None:
+async def test_a_changed_token_file_is_read_at_most_once_per_interval(tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("pit-old\n")
     clock = Clock()
     credentials = SettingsCredentials(settings(tmp_path, token_file).integrations, clock=clock)
-    assert credentials.token("filed") == "pit-old"
-    assert credentials.token("env") == "pit-env"
+    assert await credentials.token("filed", "L") == "pit-old"
+    assert await credentials.token("env", "L") == "pit-env"
     rotate(token_file, "pit-new")
     clock.now += 0.5
-    assert credentials.token("filed") == "pit-old"  # checked less than a second ago
+    assert await credentials.token("filed", "L") == "pit-old"  # checked less than a second ago
     clock.now += 0.5
-    assert credentials.token("filed") == "pit-new"
-    assert credentials.token("env") == "pit-env"
+    assert await credentials.token("filed", "L") == "pit-new"
+    assert await credentials.token("env", "L") == "pit-env"
 
 
-def test_reread_reads_the_file_at_once(tmp_path: Path) -> None:
+async def test_reread_reads_the_file_at_once(tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("pit-old")
     clock = Clock()
     credentials = SettingsCredentials(settings(tmp_path, token_file).integrations, clock=clock)
-    assert credentials.token("filed") == "pit-old"
+    assert await credentials.token("filed", "L") == "pit-old"
     rotate(token_file, "pit-new")
-    assert credentials.reread("filed") == "pit-new"
-    assert credentials.token("filed") == "pit-new"
-    assert credentials.reread("env") == "pit-env"
+    assert await credentials.reread("filed", "L", "") == "pit-new"
+    assert await credentials.token("filed", "L") == "pit-new"
+    assert await credentials.reread("env", "L", "") == "pit-env"
     with pytest.raises(KeyError):
-        credentials.reread("unknown")
+        await credentials.reread("unknown", "L", "")
 
 
-def test_an_emptied_or_missing_file_keeps_the_last_token_and_never_logs_it(
+async def test_an_emptied_or_missing_file_keeps_the_last_token_and_never_logs_it(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     token_file = tmp_path / "token"
@@ -84,11 +84,11 @@ def test_an_emptied_or_missing_file_keeps_the_last_token_and_never_logs_it(
     credentials = SettingsCredentials(settings(tmp_path, token_file).integrations)
     caplog.set_level(logging.INFO)
     token_file.write_text("")
-    assert credentials.reread("filed") == "pit-old"
+    assert await credentials.reread("filed", "L", "") == "pit-old"
     token_file.unlink()
-    assert credentials.reread("filed") == "pit-old"
+    assert await credentials.reread("filed", "L", "") == "pit-old"
     rotate(token_file, "pit-new")
-    assert credentials.reread("filed") == "pit-new"
+    assert await credentials.reread("filed", "L", "") == "pit-new"
     messages = [r.getMessage() for r in caplog.records]
     assert any(f"file {token_file} is empty" in m for m in messages)
     assert any("No such file" in m for m in messages)

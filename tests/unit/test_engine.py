@@ -11,6 +11,7 @@ import pytest
 from consumer.core.deadletter import read_failure
 from consumer.core.events import Record
 from consumer.core.targets import Routing
+from consumer.errors import InstallationBroken, OAuthError, TokenStoreError
 from consumer.observe.metrics import Metrics
 from consumer.observe.recent_deliveries import RecentDeliveries
 from tests.harness.engine import TOKEN, build, committed, records, run_until
@@ -526,6 +527,108 @@ async def test_a_refused_token_with_no_new_one_parks_after_one_reread() -> None:
     assert dict(parked.headers)["ghl.park.reason"] == b"unauthorized"
     assert highlevel.tokens == [TOKEN]
     assert credentials.rereads == 1
+
+
+async def test_a_broken_installation_parks_in_order_and_replays_once_reconnected() -> None:
+    """OAuth: no token at all (the installation needs ``oauth reconnect``): the events park
+    with their own reason, in order, probes ask for a token again, and once it is back the
+    parked upserts arrive in order."""
+    events = [
+        ("lead-987", {**GUIDE_IDENTIFY, "traits": {**GUIDE_IDENTIFY["traits"], "first_name": n}})  # type: ignore[dict-item]
+        for n in ("v1", "v2", "v3")
+    ]
+    all_records = records("events", 0, events)
+    source = MemorySource({("events", 0): all_records[:1]})
+    highlevel = FakeHighLevel()
+    parking = MemoryParkingLog()
+    credentials = StaticCredentials(
+        {"default": TOKEN}, failure=InstallationBroken("agency-1", "refresh token is invalid")
+    )
+    engine = build(
+        source,
+        highlevel,
+        parking=parking,
+        credentials=credentials,
+        unauthorized_probe_interval=0.1,
+        coalesce_window=0.0,
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(engine.run(stop))
+    async with asyncio.timeout(5):
+        while committed(source) != 1:
+            await asyncio.sleep(0.01)
+    source.records[("events", 0)].extend(all_records[1:])  # after the first parked
+    async with asyncio.timeout(5):
+        while committed(source) != 3:
+            await asyncio.sleep(0.01)
+    parked = parking.source.records[("parking", 0)]
+    reasons = [dict(record.headers)["ghl.park.reason"] for record in parked]
+    assert reasons[0] == b"installation_broken"
+    assert set(reasons[1:]) <= {b"installation_broken", b"contact_parked"}
+    await asyncio.sleep(0.25)  # probes find no token: nothing sent, nothing lost
+    assert highlevel.upserts == []
+    credentials.failure = None  # `oauth reconnect` stored a new grant
+    async with asyncio.timeout(5):
+        while committed(parking.source, "parking") != len(parked):
+            await asyncio.sleep(0.01)
+    stop.set()
+    await task
+    assert [u["firstName"] for u in highlevel.upserts][-1] == "v3"
+    names = [u["firstName"] for u in highlevel.upserts]
+    assert names == sorted(names)  # in order
+    assert engine.snapshot().unhealthy == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("failure", "reason"),
+    [
+        (OAuthError("locationToken: 400", status=400, retriable=False), "rejected_by_highlevel"),
+        (TokenStoreError("token store: Redis: ConnectionError"), None),
+    ],
+)
+async def test_no_token_rejects_a_refused_mint_and_retries_a_passing_failure(
+    failure: Exception, reason: str | None
+) -> None:
+    source = MemorySource({("events", 0): records("events", 0, [("lead-987", GUIDE_IDENTIFY)])})
+    highlevel = FakeHighLevel()
+    sink = MemorySink()
+    credentials = StaticCredentials({"default": TOKEN}, failure=failure)
+    engine = build(source, highlevel, sink=sink, credentials=credentials, retry_base=0.01)
+    stop = asyncio.Event()
+    task = asyncio.create_task(engine.run(stop))
+    if reason is None:
+        async with asyncio.timeout(5):
+            while len(credentials.asked) < 3:
+                await asyncio.sleep(0.01)
+        assert committed(source) in (None, 0)  # retried, not done
+        credentials.failure = None
+    async with asyncio.timeout(5):
+        while committed(source) != 1:
+            await asyncio.sleep(0.01)
+    stop.set()
+    await task
+    letters = [read_failure(h) for topic, _, _, h in sink.produced if topic == "events.dlq"]
+    if reason is None:
+        assert len(highlevel.upserts) == 1
+        assert letters == []
+    else:
+        assert [letter["reason"] for letter in letters] == [reason]
+        assert highlevel.upserts == []
+
+
+async def test_an_upsert_to_a_location_the_app_is_not_installed_in_is_rejected() -> None:
+    source = MemorySource({("events", 0): records("events", 0, [("lead-987", GUIDE_IDENTIFY)])})
+    highlevel = FakeHighLevel()
+    sink = MemorySink()
+    credentials = StaticCredentials({"default": TOKEN}, installed={"default": frozenset({"L9"})})
+    engine = build(source, highlevel, sink=sink, credentials=credentials)
+    await run_until(engine, lambda: committed(source) == 1)
+    [failure] = [read_failure(h) for topic, _, _, h in sink.produced if topic == "events.dlq"]
+    assert failure["reason"] == "unknown_location"
+    assert LOCATION in failure["error"]
+    assert highlevel.upserts == []
+    assert credentials.asked == []
+    assert engine.stats.rejected["unknown_location"] == 1
 
 
 async def test_a_contact_failing_past_max_retry_is_parked_and_its_newer_events_follow_it() -> None:

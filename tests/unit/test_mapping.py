@@ -1144,3 +1144,19 @@ def test_build_mapper_uses_the_store_it_is_given_even_an_empty_one() -> None:
     )
     assert store.get("u1") is not None
     assert store.take_writes()
+
+
+def test_an_oauth_target_takes_its_location_from_the_event() -> None:
+    harness = Harness(target(location_id="", location_path=("context", "groupId")))
+    event = {"type": "identify", "userId": "u1", "traits": {"email": "ada@example.com"}}
+    chosen = harness.one({**event, "context": {"groupId": " loc-7 "}})
+    assert isinstance(chosen, ContactUpsert)
+    assert chosen.location_id == "loc-7"
+    assert chosen.payload()["locationId"] == "loc-7"
+    for context in ({}, {"groupId": ""}, {"groupId": 7}):
+        rejected = harness.one({**event, "userId": "u2", "context": context})
+        assert rejected == Reject(
+            Reason.UNKNOWN_LOCATION,
+            "context.groupId: expected a location id (a non-empty string)",
+            "default",
+        )

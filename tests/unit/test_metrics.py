@@ -97,6 +97,11 @@ EXPECTED_SERIES = {
     "ghl_buffered_records",
     "ghl_buffered_bytes",
     "ghl_requests_in_flight",
+    "ghl_oauth_refreshes_total",
+    "ghl_oauth_failures_total",
+    "ghl_oauth_token_expiry_seconds",
+    "ghl_oauth_installation_broken",
+    "ghl_oauth_locations",
 }
 
 
@@ -314,3 +319,20 @@ def test_exposition_is_text_format_without_secrets(metrics: Metrics) -> None:
     text = metrics.exposition().decode()
     assert 'ghl_events_consumed_total{topic="events"} 1.0' in text
     assert "# TYPE ghl_http_request_duration_seconds histogram" in text
+
+
+def test_oauth_series_are_per_installation_and_bounded() -> None:
+    metrics = Metrics(integrations=INTEGRATIONS, installations=["agency"])
+    metrics.oauth_refreshed("agency", 2)
+    metrics.oauth_failed("agency", "broken")
+    metrics.oauth_failed("elsewhere", "no-such-kind")
+    metrics.oauth_state("agency", expires_in=12.5, broken=True, locations=20)
+    metrics.oauth_state("agency", expires_in=None, broken=True, locations=20)
+    assert value(metrics, "ghl_oauth_refreshes_total", installation="agency") == 2
+    assert value(metrics, "ghl_oauth_failures_total", installation="agency", kind="broken") == 1
+    assert (
+        value(metrics, "ghl_oauth_failures_total", installation=OTHER, kind="highlevel") == 1
+    )
+    assert value(metrics, "ghl_oauth_token_expiry_seconds", installation="agency") == 12.5
+    assert value(metrics, "ghl_oauth_installation_broken", installation="agency") == 1
+    assert value(metrics, "ghl_oauth_locations", installation="agency") == 20
