@@ -37,12 +37,12 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import aiohttp
 import orjson
 import requests
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, Message
 
 from consumer.config import load_settings
 from consumer.core.dedupe import MessageDeduper
@@ -75,7 +75,17 @@ def _consumer(bootstrap: str, topic: str, group: str) -> Consumer:
     return consumer
 
 
-def bare(bootstrap: str, topic: str, group: str, expect: int, timeout: float) -> dict[str, object]:
+def _timed_loop(
+    bootstrap: str,
+    topic: str,
+    group: str,
+    expect: int,
+    timeout: float,
+    handle: Callable[[list[Message]], int],
+) -> dict[str, object]:
+    """``consume(500)`` from the start of ``topic`` until ``expect`` records were handled
+    (``handle`` takes a batch, returns how many it counted) or ``timeout``; timed from the
+    first record received to the last, wall clock and process CPU."""
     consumer = _consumer(bootstrap, topic, group)
     count = 0
     first = last = 0.0
@@ -90,7 +100,7 @@ def bare(bootstrap: str, topic: str, group: str, expect: int, timeout: float) ->
             now = time.monotonic()
             if count == 0:
                 first, cpu_first = now, time.process_time()
-            count += sum(1 for m in messages if m.error() is None)
+            count += handle(messages)
             last = now
             if not timeline or now - started - timeline[-1][0] >= 0.1:
                 timeline.append([round(now - started, 3), count])
@@ -104,50 +114,44 @@ def bare(bootstrap: str, topic: str, group: str, expect: int, timeout: float) ->
         "seconds": round(seconds, 3),
         "events_per_s": round(count / seconds, 1) if seconds > 0 else 0.0,
         "cpu_seconds": round(cpu, 3),
+        "cpu_us_per_event": round(cpu / max(1, count) * 1e6, 2),
         "wall_seconds": round(last - started, 3),
         "timeline": timeline,
     }
 
 
+def bare(bootstrap: str, topic: str, group: str, expect: int, timeout: float) -> dict[str, object]:
+    return _timed_loop(
+        bootstrap,
+        topic,
+        group,
+        expect,
+        timeout,
+        lambda messages: sum(1 for m in messages if m.error() is None),
+    )
+
+
 def ceiling(
     bootstrap: str, topic: str, group: str, expect: int, timeout: float
 ) -> dict[str, object]:
-    consumer = _consumer(bootstrap, topic, group)
-    count = 0
-    first = last = 0.0
-    cpu_first = 0.0
-    offsets: dict[int, int] = {}
-    kinds: dict[str, int] = {}
-    started = time.monotonic()
-    try:
-        while count < expect and time.monotonic() - started < timeout:
-            messages = consumer.consume(500, 0.5)
-            if not messages:
+    offsets: dict[int | None, int | None] = {}
+    kinds: dict[object, int] = {}
+
+    def decode_and_dispatch(messages: list[Message]) -> int:
+        count = 0
+        for message in messages:
+            if message.error() is not None:
                 continue
-            now = time.monotonic()
-            if count == 0:
-                first, cpu_first = now, time.process_time()
-            for message in messages:
-                if message.error() is not None:
-                    continue
-                event = orjson.loads(message.value() or b"{}")
-                kind = event.get("event") if event.get("type") == "track" else event.get("type")
-                kinds[kind] = kinds.get(kind, 0) + 1
-                offsets[message.partition()] = message.offset()  # type: ignore[index]
-                count += 1
-            last = now
-        cpu = time.process_time() - cpu_first
-    finally:
-        consumer.close()
-    seconds = last - first
-    return {
-        "events": count,
-        "seconds": round(seconds, 3),
-        "events_per_s": round(count / seconds, 1) if seconds > 0 else 0.0,
-        "cpu_seconds": round(cpu, 3),
-        "cpu_us_per_event": round(cpu / max(1, count) * 1e6, 2),
-        "partitions": len(offsets),
-    }
+            event = orjson.loads(message.value() or b"{}")
+            kind = event.get("event") if event.get("type") == "track" else event.get("type")
+            kinds[kind] = kinds.get(kind, 0) + 1
+            offsets[message.partition()] = message.offset()
+            count += 1
+        return count
+
+    result = _timed_loop(bootstrap, topic, group, expect, timeout, decode_and_dispatch)
+    del result["timeline"]
+    return {**result, "partitions": len(offsets)}
 
 
 def client(bootstrap: str, topic: str, url: str, expect: int, in_flight: int) -> dict[str, object]:
