@@ -20,6 +20,7 @@ from consumer.sandbox import Sandbox, run_sandbox
 from consumer.sandbox.oauth import OAuthSettings
 from consumer.state.oauth_tokens import OAuthTokens
 from consumer.state.token_store import TokenStore
+from tests.harness.clock import ManualClock
 from tests.integration.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -27,19 +28,11 @@ pytestmark = pytest.mark.integration
 APP = OAuthSettings(company_id="agency-1", access_ttl_s=20)
 
 
-class Clock:
-    """Epoch seconds the tests move (token expiries); Redis leases expire in real time."""
-
-    def __init__(self) -> None:
-        self.now = 1_790_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> ManualClock:
+    return ManualClock()
 
 
 @pytest.fixture
@@ -49,7 +42,7 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-async def sandbox(clock: Clock) -> AsyncIterator[Sandbox]:
+async def sandbox(clock: ManualClock) -> AsyncIterator[Sandbox]:
     async with run_sandbox(locations={}, clock=clock, oauth=APP, oauth_locations=2) as running:
         yield running
 
@@ -65,7 +58,7 @@ class SlowClient(OAuthClient):
 
 
 class Replicas:
-    def __init__(self, sandbox: Sandbox, redis_url: str, clock: Clock) -> None:
+    def __init__(self, sandbox: Sandbox, redis_url: str, clock: ManualClock) -> None:
         self.sandbox, self.redis_url, self.clock = sandbox, redis_url, clock
         self.stack = AsyncExitStack()
 
@@ -106,7 +99,7 @@ class Replicas:
 
 @pytest.fixture
 async def replicas(
-    sandbox: Sandbox, redis_server: RedisServer, clock: Clock
+    sandbox: Sandbox, redis_server: RedisServer, clock: ManualClock
 ) -> AsyncIterator[Replicas]:
     group = Replicas(sandbox, redis_server.url, clock)
     async with group.stack:
@@ -114,7 +107,7 @@ async def replicas(
 
 
 async def test_three_concurrent_refreshers_refresh_exactly_once_per_expiry(
-    replicas: Replicas, clock: Clock
+    replicas: Replicas, clock: ManualClock
 ) -> None:
     await replicas.install()
     three = [await replicas.replica() for _ in range(3)]
@@ -131,7 +124,7 @@ async def test_three_concurrent_refreshers_refresh_exactly_once_per_expiry(
 
 
 async def test_a_lease_holder_killed_before_storing_is_recovered_from_without_reuse(
-    replicas: Replicas, clock: Clock
+    replicas: Replicas, clock: ManualClock
 ) -> None:
     await replicas.install()
     clock.now += 20
@@ -147,7 +140,7 @@ async def test_a_lease_holder_killed_before_storing_is_recovered_from_without_re
 
 
 async def test_invalid_grant_rereads_the_store_and_uses_another_replicas_refresh(
-    replicas: Replicas, clock: Clock
+    replicas: Replicas, clock: ManualClock
 ) -> None:
     """A's lease expires while its refresh is slow; B refreshes and stores; A's refresh is
     refused (a reuse of the token B spent), A reads the store and takes B's grant."""
@@ -170,7 +163,7 @@ async def test_invalid_grant_rereads_the_store_and_uses_another_replicas_refresh
 
 
 async def test_invalidated_behind_our_back_breaks_every_replica_until_reconnect(
-    replicas: Replicas, clock: Clock
+    replicas: Replicas, clock: ManualClock
 ) -> None:
     await replicas.install()
     assert replicas.sandbox.oauth.invalidate(None)
@@ -188,7 +181,7 @@ async def test_invalidated_behind_our_back_breaks_every_replica_until_reconnect(
 
 
 async def test_location_tokens_are_minted_once_shared_and_accepted_by_the_sandbox(
-    replicas: Replicas, clock: Clock
+    replicas: Replicas, clock: ManualClock
 ) -> None:
     await replicas.install()
     a, b = await replicas.replica(), await replicas.replica()

@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 from consumer.sandbox import DuplicateSettings, RateLimits, Sandbox, run_sandbox
+from tests.harness.clock import ManualClock
 
 pytestmark = pytest.mark.integration
 
@@ -25,21 +26,15 @@ RATE_HEADERS = (
 )
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_790_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> ManualClock:
+    return ManualClock()
 
 
 @pytest.fixture
-async def sandbox(clock: Clock) -> AsyncIterator[Sandbox]:
+async def sandbox(clock: ManualClock) -> AsyncIterator[Sandbox]:
     async with run_sandbox(
         locations=[(L1, T1), (L2, T2)],
         limits=RateLimits(burst=5, interval_ms=1000, daily=1000),
@@ -465,7 +460,7 @@ async def test_contacts_are_scoped_to_the_token_location(
 
 
 async def test_429_exactly_after_the_burst_and_headers_on_every_answer(
-    sandbox: Sandbox, http: aiohttp.ClientSession, clock: Clock
+    sandbox: Sandbox, http: aiohttp.ClientSession, clock: ManualClock
 ) -> None:
     remaining = []
     for n in range(5):
@@ -499,7 +494,7 @@ async def test_429_exactly_after_the_burst_and_headers_on_every_answer(
 
 
 async def test_daily_budget_429_until_the_admin_resets_it(
-    sandbox: Sandbox, http: aiohttp.ClientSession, clock: Clock
+    sandbox: Sandbox, http: aiohttp.ClientSession, clock: ManualClock
 ) -> None:
     sandbox.configure(L1, limits=RateLimits(burst=100, interval_ms=1000, daily=3))
     for n in range(3):
@@ -546,7 +541,7 @@ async def test_limits_change_at_runtime_over_the_admin_endpoint(
 
 
 async def test_retry_after_is_sent_only_when_enabled(
-    http: aiohttp.ClientSession, clock: Clock
+    http: aiohttp.ClientSession, clock: ManualClock
 ) -> None:
     limits = RateLimits(burst=1, interval_ms=10_000, daily=1000)
     async with run_sandbox(

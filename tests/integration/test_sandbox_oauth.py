@@ -12,6 +12,7 @@ import pytest
 
 from consumer.sandbox import Sandbox, run_sandbox
 from consumer.sandbox.oauth import INVALID_REFRESH, OAuthSettings
+from tests.harness.clock import ManualClock
 
 pytestmark = pytest.mark.integration
 
@@ -19,21 +20,15 @@ APP = OAuthSettings(company_id="agency-1", access_ttl_s=20)
 VERSION = {"Version": "2021-07-28"}
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_790_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> ManualClock:
+    return ManualClock()
 
 
 @pytest.fixture
-async def sandbox(clock: Clock) -> AsyncIterator[Sandbox]:
+async def sandbox(clock: ManualClock) -> AsyncIterator[Sandbox]:
     async with run_sandbox(
         locations=[("pit-location", "pit-token")], clock=clock, oauth=APP, oauth_locations=3
     ) as running:
@@ -106,7 +101,7 @@ async def test_token_grants_rotate_and_reuse_is_400_and_counted(
 
 
 async def test_location_token_upserts_for_its_location_until_it_expires(
-    sandbox: Sandbox, http: aiohttp.ClientSession, clock: Clock
+    sandbox: Sandbox, http: aiohttp.ClientSession, clock: ManualClock
 ) -> None:
     company = await install(http, sandbox)
     bearer = {"Authorization": f"Bearer {company['access_token']}", **VERSION}

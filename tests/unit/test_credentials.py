@@ -12,6 +12,7 @@ import pytest
 
 from consumer.commands.credentials import SettingsCredentials
 from consumer.config import Settings, load_settings
+from tests.harness.clock import ManualClock
 
 CONFIG = """
 [[integrations]]
@@ -26,12 +27,6 @@ access_token = {{ env = "TOKEN_ENV" }}
 """
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def settings(tmp_path: Path, token_file: Path) -> Settings:
@@ -50,7 +45,7 @@ def rotate(path: Path, token: str) -> None:
 async def test_a_changed_token_file_is_read_at_most_once_per_interval(tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("pit-old\n")
-    clock = Clock()
+    clock = ManualClock(100.0)
     credentials = SettingsCredentials(settings(tmp_path, token_file).integrations, clock=clock)
     assert await credentials.token("filed", "L") == "pit-old"
     assert await credentials.token("env", "L") == "pit-env"
@@ -65,7 +60,7 @@ async def test_a_changed_token_file_is_read_at_most_once_per_interval(tmp_path: 
 async def test_reread_reads_the_file_at_once(tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("pit-old")
-    clock = Clock()
+    clock = ManualClock(100.0)
     credentials = SettingsCredentials(settings(tmp_path, token_file).integrations, clock=clock)
     assert await credentials.token("filed", "L") == "pit-old"
     rotate(token_file, "pit-new")
