@@ -29,6 +29,13 @@ Method
        profile read in the other order; each counted); the expected tags must all be on the
        contact, trimmed and lowercased as HighLevel stores them. A missing contact or another
        differing field makes the contact key and all its folded events unaccounted.
+    5. Read the delivery topic (``kafka.delivery_topic``, end offsets captured after the
+       others: a call's record is written after the call) with the same decoder ``trace``
+       uses, and name, under every UNACCOUNTED contact key (and in ``--json`` for every
+       expected contact), the HighLevel calls that carried its records (endpoint, status,
+       verdict, traceId, time), matched by integration and contact digest; "no delivery
+       record" when none does. A delivery topic that does not exist (deployments older than
+       delivery records) is no error: the report says "no delivery records" once.
 
 Caveats (also in ``--help``)
     - In tag mode ``upsert``, tags of an earlier event replaced by a later upsert's tags show
@@ -50,9 +57,9 @@ Caveats (also in ``--help``)
 Exit status: 0 when nothing is unaccounted, 1 otherwise, 2 when the audit cannot run
 (configuration error, missing source topic, Kafka or sandbox unreachable).
 
-The accounting (steps 2-4: ``SourceIndex``, ``ExpectedContacts``, ``compare``, ``Report``) is
-pure and unit-tested, in ``consumer.commands.audit_ledger``; this module reads Kafka and the
-sandbox (``run_audit``) and is the command line (``main``).
+The accounting (steps 2-5: ``SourceIndex``, ``ExpectedContacts``, ``compare``, ``Calls``,
+``Report``) is pure and unit-tested, in ``consumer.commands.audit_ledger``; this module reads
+Kafka and the sandbox (``run_audit``) and is the command line (``main``).
 """
 
 from __future__ import annotations
@@ -64,7 +71,7 @@ from collections.abc import Sequence
 
 import orjson
 
-from consumer.commands.audit_ledger import ExpectedContacts, Report, SourceIndex, compare
+from consumer.commands.audit_ledger import Calls, ExpectedContacts, Report, SourceIndex, compare
 from consumer.commands.preamble import (
     Failure,
     add_config_argument,
@@ -79,7 +86,9 @@ from consumer.kafka.reader import TopicReader
 from consumer.sandbox.admin import read_contacts, read_match_priorities
 
 
-async def _read_all(reader: TopicReader, sink: SourceIndex | ExpectedContacts) -> int:
+async def _read_all(
+    reader: TopicReader, sink: SourceIndex | ExpectedContacts | Calls
+) -> int:
     count = 0
     while batch := await reader.read():
         sink.add(batch)
@@ -112,9 +121,10 @@ async def run_audit(
     replay_topic: str,
     dead_letter_topic: str,
     parking_topic: str,
+    delivery_topic: str,
     sandbox_url: str,
 ) -> Report:
-    """The whole audit (method steps 1-4). Raises ``AuditError`` for a source topic that does
+    """The whole audit (method steps 1-5). Raises ``AuditError`` for a source topic that does
     not exist, ``SandboxError`` and ``KafkaAdapterError``."""
     source, source_sizes = await _open(settings, topics)
     replays: TopicReader | None = None
@@ -155,11 +165,22 @@ async def run_audit(
         await source.close()
         if replays is not None:
             await replays.close()
+    calls: Calls | None = None
+    reader, found = await _open(settings, [delivery_topic])
+    try:
+        if delivery_topic in found:
+            calls = Calls()
+            sizes[delivery_topic] = await _read_all(reader, calls)
+        else:
+            absent.append(delivery_topic)
+    finally:
+        await reader.close()
     ledger = expected.ledger()
     locations = [i.location_id for i in settings.integrations]
     contacts = await read_contacts(sandbox_url, locations)
     priorities = await read_match_priorities(sandbox_url, locations)
-    return Report(ledger, compare(ledger.contacts, contacts, priorities), sizes, tuple(absent))
+    comparison = compare(ledger.contacts, contacts, priorities)
+    return Report(ledger, comparison, sizes, tuple(absent), calls)
 
 
 # -- command line ------------------------------------------------------------------------------
@@ -173,7 +194,8 @@ sandbox's contact, matched as the location's duplicate setting matches (keys sha
 phone are one contact). Where the order the consumer read partitions in changes the result, any
 final state that order allows is accepted and counted under "allowed differences". Prints a
 summary and every UNACCOUNTED contact key (missing contact, or the names of the differing
-fields) or record.
+fields; under it, the HighLevel calls the delivery topic names for it, or "no delivery
+record") or record.
 
 Caveats: in tag mode upsert, earlier tags replaced by a later upsert show as a mismatch.
 Duplicates (same user and messageId) count as dropped "duplicate". Run it once the consumer has
@@ -212,6 +234,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="TOPIC",
         help="default: kafka.replay_topic; a topic that does not exist is empty",
     )
+    parser.add_argument(
+        "--delivery-topic",
+        metavar="TOPIC",
+        help="default: kafka.delivery_topic; names the HighLevel calls of each contact key "
+        "(a topic that does not exist: no delivery records)",
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -229,6 +257,7 @@ def main(args: argparse.Namespace) -> int:
                 replay_topic=args.replay_topic or kafka.replay_topic,
                 dead_letter_topic=args.dead_letter_topic or kafka.dead_letter_topic,
                 parking_topic=args.parking_topic or kafka.parking_topic,
+                delivery_topic=args.delivery_topic or kafka.delivery_topic,
                 sandbox_url=args.sandbox,
             )
         )

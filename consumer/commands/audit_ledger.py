@@ -5,7 +5,9 @@ and feeds them here.
 
 ``SourceIndex`` indexes a topic of the consumer's by source coordinates; ``ExpectedContacts``
 folds source records, in offset order per partition, into a ``Ledger``; ``compare`` checks the
-ledger's contacts against HighLevel's (``contact_mismatches`` per contact); ``Report`` is the
+ledger's contacts against HighLevel's (``contact_mismatches`` per contact); ``Calls`` indexes
+the delivery topic's records (``consumer.engine.deliveries``) by contact key, so that the
+report names the HighLevel calls that carried a contact key's records; ``Report`` is the
 result, as JSON or as the human summary. No I/O: HighLevel's contacts come in as mappings.
 """
 
@@ -16,9 +18,11 @@ from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Generic, TextIO, TypeVar
 
+from consumer.commands.trace_journey import iso
 from consumer.core.deadletter import original_topic, read_failure, replayed_from
 from consumer.core.events import ContactUpsert, Drop, FieldValue, Reason, Record, Reject
 from consumer.core.mapping import Mapper
+from consumer.engine.deliveries import DeliveryRecord, contact_digest
 from consumer.engine.parking import parked_sources
 from consumer.highlevel.verdicts import custom_value_applied, tags_applied
 from consumer.sandbox.settings import IDENTIFIERS
@@ -77,6 +81,55 @@ class SourceIndex:
         return integration_id is None or None in named or integration_id in named
 
 
+class Calls:
+    """The HighLevel calls the delivery topic names (method step 5), by (integration, contact
+    digest): a delivery record keys its contact by ``contact_digest``, never the contact key
+    itself. Records of another format version, or not delivery records at all, are counted in
+    ``unreadable`` and otherwise ignored."""
+
+    def __init__(self) -> None:
+        self._calls: dict[tuple[str, str], list[DeliveryRecord]] = {}
+        self.records = 0
+        self.unreadable = 0
+
+    def add(self, records: Iterable[Record]) -> None:
+        for record in records:
+            self.records += 1
+            call = DeliveryRecord.decode(record.value)
+            if call is None:
+                self.unreadable += 1
+                continue
+            self._calls.setdefault((call.integration, call.contact), []).append(call)
+
+    def of(self, key: ContactKey) -> list[DeliveryRecord]:
+        """The calls for contact key ``key`` (integration id, contact key), oldest first."""
+        found = self._calls.get((key[0], contact_digest(key[1])), [])
+        return sorted(found, key=lambda call: call.time)
+
+
+def call_json(call: DeliveryRecord) -> dict[str, object]:
+    """What the report says of one HighLevel call (no personal data: the delivery record has
+    none)."""
+    return {
+        "endpoint": call.endpoint,
+        "status": call.status,
+        "verdict": call.verdict,
+        "traceId": call.trace_id,
+        "time": iso(call.time * 1000),
+        "contactId": call.contact_id,
+        "sources": len(call.sources),
+    }
+
+
+def call_text(call: DeliveryRecord) -> str:
+    """One line for one HighLevel call, as the report prints it under a contact key."""
+    return (
+        f"call {call.endpoint} {call.status} {call.verdict} at {iso(call.time * 1000)} "
+        f"(traceId {call.trace_id}, contact {call.contact_id}, "
+        f"{len(call.sources)} record(s))"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Write:
     """The upsert that last wrote a field: its record and the identifiers it sent (HighLevel
@@ -114,13 +167,14 @@ class Expected:
 @dataclass(frozen=True, slots=True)
 class Unaccounted:
     """Something the audit cannot account for. ``subject`` is ``integration/contact key`` for
-    a contact, ``topic/partition/offset`` for a record; ``fields`` the differing field names
-    (never their values)."""
+    a contact (``key`` then names it), ``topic/partition/offset`` for a record; ``fields`` the
+    differing field names (never their values)."""
 
     subject: str
     problem: str
     fields: tuple[str, ...] = ()
     events: int = 1
+    key: ContactKey | None = None
 
     def describe(self) -> str:
         fields = f": {', '.join(self.fields)}" if self.fields else ""
@@ -593,7 +647,7 @@ def compare(
         subject = f"{key[0]}/{key[1]}"
         root = clusters.root(key)
         if not found[key]:
-            unaccounted.append(Unaccounted(subject, MISSING, events=want.events))
+            unaccounted.append(Unaccounted(subject, MISSING, events=want.events, key=key))
             failed.add(root)
             continue
         location = want.upsert.location_id
@@ -617,7 +671,9 @@ def compare(
         wrong, rules = best
         allowed.update(rules)
         if wrong:
-            unaccounted.append(Unaccounted(subject, MISMATCH, tuple(wrong), events=want.events))
+            unaccounted.append(
+                Unaccounted(subject, MISMATCH, tuple(wrong), events=want.events, key=key)
+            )
             failed.add(root)
             continue
         delivered[root] += want.events
@@ -736,12 +792,21 @@ def _earliest_per_partition(writers: Iterable[Expected]) -> list[Expected]:
 
 @dataclass(frozen=True, slots=True)
 class Report:
-    """The audit's result: the ledger, the comparison, and what was read."""
+    """The audit's result: the ledger, the comparison, what was read, and the HighLevel calls
+    the delivery topic names (``calls`` None: that topic does not exist, as in deployments
+    older than delivery records; the report then says "no delivery records" once)."""
 
     ledger: Ledger
     comparison: Comparison
     topics: Mapping[str, int]  # topic -> records read (sources, replays, dead letters, parking)
-    absent: tuple[str, ...]  # replay / dead-letter / parking topics that do not exist
+    absent: tuple[str, ...]  # replay / dead-letter / parking / delivery topics that do not exist
+    calls: Calls | None = None
+
+    def calls_of(self, key: ContactKey) -> list[dict[str, object]] | None:
+        """The calls that carried ``key``'s records, as JSON; None without delivery records."""
+        if self.calls is None:
+            return None
+        return [call_json(call) for call in self.calls.of(key)]
 
     @property
     def unaccounted(self) -> tuple[Unaccounted, ...]:
@@ -762,14 +827,24 @@ class Report:
             "dropped": dict(sorted(ledger.dropped.items())),
             "stitch_order_rejects": ledger.stitch_order,
             "allowed_differences": dict(comparison.allowed),
+            "delivery_records": None if self.calls is None else self.calls.records,
             "unaccounted": [
                 {
                     "subject": u.subject,
                     "problem": u.problem,
                     "fields": list(u.fields),
                     "events": u.events,
+                    **({} if u.key is None else {"calls": self.calls_of(u.key)}),
                 }
                 for u in self.unaccounted
+            ],
+            "expected": [
+                {
+                    "subject": f"{key[0]}/{key[1]}",
+                    "events": want.events,
+                    "calls": self.calls_of(key),
+                }
+                for key, want in sorted(ledger.contacts.items())
             ],
             "topics": dict(self.topics),
             "absent_topics": list(self.absent),
@@ -782,6 +857,8 @@ class Report:
         print(f"records read: {read}", file=out)
         for topic in self.absent:
             print(f"topic {topic} does not exist: treated as empty", file=out)
+        if self.calls is None:
+            print("no delivery records: the HighLevel calls are not named", file=out)
         dropped = ", ".join(f"{r} {n}" for r, n in sorted(ledger.dropped.items())) or "0"
         unaccounted_events = sum(u.events for u in self.unaccounted)
         allowed = (
@@ -803,6 +880,7 @@ class Report:
             ("parked", str(ledger.parked)),
             ("dropped", dropped),
             ("stitch-order rejects", str(ledger.stitch_order)),
+            ("delivery records", _delivery_records(self.calls)),
             ("allowed differences", allowed),
             ("UNACCOUNTED", f"{len(self.unaccounted)} ({unaccounted_events} event(s))"),
         )
@@ -810,3 +888,17 @@ class Report:
             print(f"{label:<24} {value}", file=out)
         for item in self.unaccounted:
             print(f"UNACCOUNTED {item.describe()}", file=out)
+            if item.key is None or self.calls is None:
+                continue
+            calls = self.calls.of(item.key)
+            for call in calls:
+                print(f"  {call_text(call)}", file=out)
+            if not calls:
+                print("  no delivery record", file=out)
+
+
+def _delivery_records(calls: Calls | None) -> str:
+    if calls is None:
+        return "none (no delivery topic)"
+    unreadable = f" ({calls.unreadable} unreadable)" if calls.unreadable else ""
+    return f"{calls.records}{unreadable}"

@@ -16,8 +16,9 @@ holding it, from the profile changelog) or ``--message-id``, and optionally ``--
    ``kafka.librdkafka.partitioner`` says so): which HighLevel call carried each record, with
    which others it was coalesced, why it was dead-lettered, where it was parked and whether
    the parking group replayed it;
-4. with ``--highlevel``, asks each integration's location for the contact with the email last
-   sent (``GET /contacts/search/duplicate``) and names the fields that differ from it.
+4. with ``--highlevel``, asks each integration's location for the contact with the email the
+   last upsert sent, or its phone when it sent no email (``GET /contacts/search/duplicate``,
+   ``email`` or ``number``), and names the fields that differ from it.
 
 It prints one line per record (``--json``: one JSON document, see
 ``consumer.commands.trace_journey``), personal data masked (emails and phones partly, other
@@ -368,12 +369,13 @@ async def _highlevel(
     outcomes: Sequence[Sequence[Outcome]],
     mask: Callable[[Mapping[str, object]], dict[str, object]],
 ) -> list[dict[str, object]]:
-    """Per integration with an upsert: the contact HighLevel holds for the email last sent,
-    and the fields of that upsert it does not reflect."""
+    """Per integration with an upsert: the contact HighLevel holds for the last upsert's email
+    (``"by": "email"``), or its phone when it sent none (``"by": "phone"``), and the fields of
+    that upsert it does not reflect."""
     last: dict[str, Mapping[str, object]] = {}
     for outs in outcomes:
         for outcome in outs:
-            if isinstance(outcome, ContactUpsert) and isinstance(outcome.fields.get("email"), str):
+            if isinstance(outcome, ContactUpsert):
                 last[outcome.integration_id] = outcome.payload()
     shown: list[dict[str, object]] = []
     client = HighLevelClient(base_url=settings.highlevel.api_base_url)
@@ -385,12 +387,22 @@ async def _highlevel(
             if integration.access_token is None:  # an OAuth integration: no static token here
                 shown.append({"integration": integration.id, "skipped": "OAuth integration"})
                 continue
-            answer = await client.find_by_email(
-                token=integration.access_token.reveal(),
-                location_id=integration.location_id,
-                email=str(sent["email"]),
-            )
-            entry: dict[str, object] = {"integration": integration.id, "status": answer.status}
+            token, location = integration.access_token.reveal(), integration.location_id
+            email, phone = sent.get("email"), sent.get("phone")
+            if isinstance(email, str):
+                by = "email"
+                answer = await client.find_by_email(token=token, location_id=location, email=email)
+            elif isinstance(phone, str):
+                by = "phone"
+                answer = await client.find_by_phone(token=token, location_id=location, phone=phone)
+            else:
+                shown.append({"integration": integration.id, "skipped": "no email or phone"})
+                continue
+            entry: dict[str, object] = {
+                "integration": integration.id,
+                "by": by,
+                "status": answer.status,
+            }
             if answer.status != 200:
                 entry["error"] = answer.message or answer.error
             else:
@@ -434,7 +446,8 @@ def write(result: Mapping[str, object], out: TextIO, *, as_json: bool) -> None:
             out.write(f"{where}: {found['status']} {found['error']}\n")
             continue
         differs = ", ".join(found["differs"]) or "nothing"
-        out.write(f"{where}: {orjson.dumps(found['contact']).decode()}; differs: {differs}\n")
+        contact = orjson.dumps(found["contact"]).decode()
+        out.write(f"{where} by {found['by']}: {contact}; differs: {differs}\n")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,8 +1,8 @@
 """HighLevel's contacts API over aiohttp.
 
 ``HighLevelClient`` owns one ``aiohttp.ClientSession`` (pooled keep-alive connections) and sends
-``POST /contacts/upsert`` and ``POST /contacts/{id}/tags`` (and, for ``ghl-consumer forget``,
-``GET /contacts/search/duplicate`` and ``DELETE /contacts/{id}``) with
+``POST /contacts/upsert`` and ``POST /contacts/{id}/tags`` (and, for ``ghl-consumer forget`` and
+``trace``, ``GET /contacts/search/duplicate`` and ``DELETE /contacts/{id}``) with
 ``Authorization: Bearer`` and ``Version: 2021-07-28``. It never raises for an HTTP status or a
 transport failure: every call returns an ``Answer`` whose ``verdict``
 (``consumer.highlevel.verdicts``, which also tabulates what the engine does with each)
@@ -98,12 +98,16 @@ class HighLevelClient:
     async def find_by_email(self, *, token: str, location_id: str, email: str) -> Answer:
         """``GET /contacts/search/duplicate``: the location's contact with ``email`` (HighLevel's
         own matching), in ``body["contact"]`` (None when there is none)."""
-        return await self._send(
-            "GET",
-            "/contacts/search/duplicate",
-            token,
-            params={"locationId": location_id, "email": email},
-        )
+        return await self._find(token, {"locationId": location_id, "email": email})
+
+    async def find_by_phone(self, *, token: str, location_id: str, phone: str) -> Answer:
+        """``GET /contacts/search/duplicate`` with ``number`` (``phone`` in E.164, its ``+``
+        percent-escaped as HighLevel requires): the location's contact with that phone, as
+        ``find_by_email`` answers."""
+        return await self._find(token, {"locationId": location_id, "number": phone})
+
+    async def _find(self, token: str, params: Mapping[str, str]) -> Answer:
+        return await self._send("GET", "/contacts/search/duplicate", token, params=params)
 
     async def delete_contact(self, *, token: str, contact_id: str) -> Answer:
         """``DELETE /contacts/{contact_id}``; the id is escaped as in ``add_tags``."""

@@ -134,15 +134,23 @@ def _email(name: str, value: Any, errors: list[str]) -> Any:
 
 
 def _phone(name: str, value: Any, errors: list[str]) -> Any:
-    if isinstance(value, str):
-        try:
-            number = phonenumbers.parse(value, PHONE_DEFAULT_REGION)
-        except phonenumbers.NumberParseException:
-            number = None
-        if number is not None and phonenumbers.is_possible_number(number):
-            return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-    errors.append(f"{name} must be a valid phone number")
-    return value
+    phone = e164(value) if isinstance(value, str) else None
+    if phone is None:
+        errors.append(f"{name} must be a valid phone number")
+        return value
+    return phone
+
+
+def e164(value: str) -> str | None:
+    """``value`` in E.164, as an upsert's ``phone`` is stored (national numbers in
+    ``PHONE_DEFAULT_REGION``); None when it is not a possible phone number."""
+    try:
+        number = phonenumbers.parse(value, PHONE_DEFAULT_REGION)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_possible_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
 def parse_date(value: Any) -> str | None:

@@ -78,6 +78,7 @@ from consumer.sandbox.rate_window import RateDecision
 from consumer.sandbox.schema import (
     BadRequest,
     Unprocessable,
+    e164,
     parse_object,
     validate_dnd_settings,
     validate_tags,
@@ -419,14 +420,18 @@ class Sandbox:
 
     async def _search_duplicate(self, request: web.Request, admitted: _Admitted) -> web.Response:
         """``GET /contacts/search/duplicate?locationId=&email=&number=``: the contact the
-        location's duplicate rule would match, or ``{"contact": null}``."""
+        location's duplicate rule would match, or ``{"contact": null}``. ``number`` is read as
+        an upsert's ``phone`` is stored (E.164; a number that is not a phone matches none)."""
         query = request.query
         if query.get("locationId") != admitted.location.id:
             status, body = (403, _FORBIDDEN) if "locationId" in query else (400, _BAD_REQUEST)
             self._done(request, admitted, status)
             return _json(status, body, admitted.headers)
+        number = query.get("number", "")
         contact = self.state.find(
-            admitted.location, email=query.get("email", ""), phone=query.get("number", "")
+            admitted.location,
+            email=query.get("email", ""),
+            phone=(e164(number) or "") if number else "",
         )
         self._done(request, admitted, 200, contactId=contact.id if contact else None)
         answer = {"contact": contact.to_json() if contact else None, "traceId": admitted.trace_id}

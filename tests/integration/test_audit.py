@@ -125,6 +125,23 @@ async def test_audit_accounts_for_everything_then_names_missing_and_changed_cont
         assert report["parked"] == 0
         assert report["dropped"] == {"duplicate": 1, "not_mapped": USERS * 3}
         assert report["absent_topics"] == []  # the consumer creates its parking topic
+        # Each contact key's HighLevel calls, named from the delivery topic: the upserts the
+        # sandbox answered (their traceIds), user-0's first among them.
+        upserts = {
+            r["traceId"]: r for r in sandbox.requests if r["path"] == "/contacts/upsert"
+        }
+        assert report["delivery_records"] >= len(upserts)
+        assert [e["subject"] for e in report["expected"]] == sorted(
+            f"default/user-{user}" for user in range(USERS)
+        )
+        for entry in report["expected"]:
+            assert entry["calls"], entry
+            for named in entry["calls"]:
+                answered = upserts[named["traceId"]]
+                assert (named["endpoint"], named["verdict"]) == ("upsert", "delivered")
+                assert named["status"] == answered["status"]
+                assert named["contactId"] == answered["contactId"]
+        user_3_calls = next(e for e in report["expected"] if e["subject"] == "default/user-3")
 
         # A contact disappears from HighLevel (user-3: three identifies, one lead) and another is
         # edited there.
@@ -133,7 +150,26 @@ async def test_audit_accounts_for_everything_then_names_missing_and_changed_cont
         contact_of(sandbox, 4).fields["firstName"] = "Edited In HighLevel"
 
         code, out, err = await audit(env, "--sandbox", sandbox.url)
-    assert code == 1, out + err
+        assert code == 1, out + err
+        # An older deployment, without delivery records: the same verdict, said once.
+        code, older, err = await audit(
+            env, "--sandbox", sandbox.url, "--delivery-topic", f"{group}.no-such-topic"
+        )
+    assert code == 1, older + err
+    assert older.count("no delivery records") == 1
+    assert "  call " not in older
+    assert "UNACCOUNTED default/user-3: missing contact (4 event(s))" in older
+    # The missing contact's calls: what HighLevel answered, though it no longer holds it.
+    lines = out.splitlines()
+    at = lines.index("UNACCOUNTED default/user-3: missing contact (4 event(s))")
+    shown = lines[at + 1 : at + 1 + len(user_3_calls["calls"])]
+    assert [line.split(" at ")[0] for line in shown] == [
+        f"  call upsert {c['status']} delivered" for c in user_3_calls["calls"]
+    ]
+    assert all(f"traceId {c['traceId']}" in line for c, line in zip(
+        user_3_calls["calls"], shown, strict=True
+    ))
+    assert "no delivery record" not in out
     assert "UNACCOUNTED default/user-3: missing contact (4 event(s))" in out
     assert "UNACCOUNTED default/user-4: field mismatch: firstName (3 event(s))" in out
     assert "delivered and matching   10 contact(s)" in out

@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from consumer.highlevel.client import HighLevelClient
 from consumer.sandbox import DuplicateSettings, RateLimits, Sandbox, run_sandbox
 from tests.harness.clock import ManualClock
 
@@ -454,6 +455,37 @@ async def test_contacts_are_scoped_to_the_token_location(
     status, answer, _ = await call(http, "GET", f"{sandbox.url}/contacts/doesNotExist0000000")
     assert status == 400
     assert answer["message"] == "Contact not found"
+
+
+async def test_search_duplicate_finds_by_email_or_by_number(
+    sandbox: Sandbox, http: aiohttp.ClientSession, clock: Clock
+) -> None:
+    _, by_phone, _ = await upsert(http, sandbox, phone="+14155550123", firstName="Pat")
+    _, by_email, _ = await upsert(http, sandbox, email="sam@example.com")
+    client = HighLevelClient(base_url=sandbox.url)
+    try:
+        # The client escapes the "+" (HighLevel's parameter is ``number``); a national number
+        # is read as the upsert stored it (E.164).
+        for number in ("+14155550123", "(415) 555-0123"):
+            found = await client.find_by_phone(token=T1, location_id=L1, phone=number)
+            assert found.status == 200
+            assert found.body["contact"]["id"] == by_phone["contact"]["id"]
+            assert found.body["contact"]["phone"] == "+14155550123"
+        found = await client.find_by_email(token=T1, location_id=L1, email="SAM@example.com")
+        assert found.body["contact"]["id"] == by_email["contact"]["id"]
+        clock.now += 1  # past the burst of 5
+        for number in ("+14155550199", "not a phone"):
+            found = await client.find_by_phone(token=T1, location_id=L1, phone=number)
+            assert (found.status, found.message, found.contact) == (200, "", None)
+        # Another location's token, and no locationId: refused as the other endpoints do.
+        found = await client.find_by_phone(token=T2, location_id=L1, phone="+14155550123")
+        assert found.status == 403
+    finally:
+        await client.close()
+    status, _, _ = await call(
+        http, "GET", f"{sandbox.url}/contacts/search/duplicate?number=%2B14155550123"
+    )
+    assert status == 400
 
 
 # -- rate limits --------------------------------------------------------------------------

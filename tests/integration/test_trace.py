@@ -15,6 +15,7 @@ import orjson
 import pytest
 from confluent_kafka.admin import AdminClient
 
+from consumer.core.normalise import mask_phone
 from consumer.sandbox.server import run_sandbox
 from tests.harness.guide import GUIDE_IDENTIFY, GUIDE_LEAD, GUIDE_UPSERT, LOCATION
 from tests.integration.consumer_harness import (
@@ -62,6 +63,12 @@ DUPLICATE = {
     "userId": "dup-1",
     "messageId": "m-dup",
     "traits": {"email": "dup@example.com"},
+}
+PHONE_ONLY = {
+    "type": "identify",
+    "userId": "phone-1",
+    "messageId": "m-phone",
+    "traits": {"phone": "+14155550123", "firstName": "Pat"},
 }
 PARKED = {
     "type": "identify",
@@ -115,6 +122,7 @@ async def test_trace_gives_each_persons_journey_and_never_joins_the_group(
             (b"dup-1", orjson.dumps(DUPLICATE)),
             (b"dup-1", orjson.dumps(DUPLICATE)),
             (b"park-1", orjson.dumps(PARKED)),
+            (b"phone-1", orjson.dumps(PHONE_ONLY)),
         ],
     )
     async with run_sandbox(
@@ -143,7 +151,9 @@ async def test_trace_gives_each_persons_journey_and_never_joins_the_group(
             members = _members(kafka_bootstrap, group)
             groups = _groups(kafka_bootstrap)
             committed = committed_offsets(kafka_bootstrap, group, topic, PARTITIONS)
-            [contact] = [c for c in sandbox.contacts(LOCATION) if c["email"] == "sam@example.com"]
+            [contact] = [
+                c for c in sandbox.contacts(LOCATION) if c.get("email") == "sam@example.com"
+            ]
 
             # The guide's flow: two events coalesced into one call, the contact as sent.
             sam = await _trace(env, "--user-id", "lead-987", "--partitioner", "crc32")
@@ -216,9 +226,19 @@ async def test_trace_gives_each_persons_journey_and_never_joins_the_group(
             )
             assert code == 0, err
             [found] = orjson.loads(out)["highlevel"]
-            assert found["integration"] == "default"
+            assert (found["integration"], found["by"]) == ("default", "email")
             assert found["differs"] == []
             assert found["contact"]["email"] == "s***@example.com"
+            # No email sent: HighLevel is searched by phone (``number``).
+            code, out, err = await run_command(
+                env, "trace", "--user-id", "phone-1", "--highlevel", "--json"
+            )
+            assert code == 0, err
+            [found] = orjson.loads(out)["highlevel"]
+            assert (found["by"], found["status"], found["differs"]) == ("phone", 200, [])
+            assert found["contact"]["firstName"] != "Pat"  # masked
+            assert "+14155550123" not in out
+            assert found["contact"]["phone"] == mask_phone("+14155550123")
 
             # Text, masked by default: one line per record, no email in clear anywhere.
             code, out, err = await run_command(env, "trace", "--email", "sam@example.com")

@@ -14,6 +14,7 @@ from consumer.commands.audit_ledger import (
     MISMATCH,
     MISSING,
     NOT_DEAD_LETTERED,
+    Calls,
     Comparison,
     Expected,
     ExpectedContacts,
@@ -30,6 +31,7 @@ from consumer.core.events import ContactUpsert, Drop, Record, TagMode
 from consumer.core.mapping import Mapper, build_mapper
 from consumer.core.profiles import InMemoryProfileStore
 from consumer.core.targets import CustomFieldMapping, Routing, Target
+from consumer.engine.deliveries import DeliveryRecord, contact_digest
 from consumer.engine.parking import ParkReason, encode_parked
 from consumer.sandbox.schema import validate_upsert
 from consumer.sandbox.settings import DuplicateSettings
@@ -696,6 +698,109 @@ def test_report_names_unaccounted_keys_and_fields_never_values() -> None:
     assert "allowed differences      0" in text
     assert data["dropped"] == {"not_mapped": 1}
     assert [u["subject"] for u in data["unaccounted"]] == ["default/user-1", "default/user-2"]
+
+
+def call(user: int, offsets: tuple[int, ...], *, time: float, integration: str = "default",
+         status: int = 200, verdict: str = "delivered") -> DeliveryRecord:
+    """The delivery record of one call carrying ``offsets`` of partition 0 for ``user-N``."""
+    return DeliveryRecord(
+        time=time,
+        integration=integration,
+        location=LOCATION,
+        endpoint="upsert",
+        status=status,
+        verdict=verdict,
+        trace_id=f"trace-{integration}-{offsets[0]}",
+        latency_ms=12.0,
+        attempt=1,
+        contact=contact_digest(f"user-{user}"),
+        sources=tuple(("events", 0, offset) for offset in offsets),
+        contact_id=f"contact-{user}",
+    )
+
+
+def delivery_topic(*calls: DeliveryRecord | bytes) -> Calls:
+    index = Calls()
+    records = []
+    for n, item in enumerate(calls):
+        key, value = item.encode() if isinstance(item, DeliveryRecord) else (None, item)
+        records.append(Record("g.deliveries", 0, n, key, value, ()))
+    index.add(records)
+    return index
+
+
+def three_users_two_unaccounted() -> tuple[Ledger, Comparison]:
+    """user-1 (offsets 0, 1) mismatches, user-2 (2) is missing, user-3 (3) matches."""
+    stream = Stream()
+    for event in (identify(1, 0), identify(1, 1), identify(2, 0), identify(3, 0)):
+        stream.add(event)
+    ledger = ledger_of(stream)
+    contacts = delivered(
+        ledger.contacts[("default", "user-1")].upsert, ledger.contacts[("default", "user-3")].upsert
+    )
+    contacts[LOCATION][0]["firstName"] = "tampered"
+    return ledger, compare(ledger.contacts, contacts)
+
+
+def test_report_names_the_highlevel_calls_of_each_unaccounted_contact_key() -> None:
+    ledger, comparison = three_users_two_unaccounted()
+    calls = delivery_topic(
+        call(1, (1,), time=1_700_000_002.5),  # out of time order on the topic
+        call(1, (0,), time=1_700_000_001.0, status=201),
+        call(1, (0,), time=1_700_000_003.0, integration="legacy", status=401,
+             verdict="unauthorized"),  # another integration's call: not user-1's of default
+        call(3, (3,), time=1_700_000_004.0),
+        b"not a delivery record",
+    )
+    report = Report(ledger, comparison, {"events": 4, "g.deliveries": 5}, (), calls)
+    out = io.StringIO()
+    report.render(out)
+    lines = out.getvalue().splitlines()
+    first = lines.index("UNACCOUNTED default/user-1: field mismatch: firstName (2 event(s))")
+    assert lines[first + 1 : first + 4] == [
+        "  call upsert 201 delivered at 2023-11-14T22:13:21.000Z "
+        "(traceId trace-default-0, contact contact-1, 1 record(s))",
+        "  call upsert 200 delivered at 2023-11-14T22:13:22.500Z "
+        "(traceId trace-default-1, contact contact-1, 1 record(s))",
+        "UNACCOUNTED default/user-2: missing contact (1 event(s))",
+    ]
+    assert lines[-1] == "  no delivery record"
+    assert "delivery records         5 (1 unreadable)" in lines
+    assert "no delivery records" not in "\n".join(lines[:first])
+    data = report.to_json()
+    assert data["delivery_records"] == 5
+    mismatch, missing = data["unaccounted"]
+    assert [c["time"] for c in mismatch["calls"]] == [
+        "2023-11-14T22:13:21.000Z", "2023-11-14T22:13:22.500Z"
+    ]
+    assert mismatch["calls"][0] == {
+        "endpoint": "upsert", "status": 201, "verdict": "delivered",
+        "traceId": "trace-default-0", "time": "2023-11-14T22:13:21.000Z",
+        "contactId": "contact-1", "sources": 1,
+    }
+    assert missing["calls"] == []
+    # --json names the calls of every expected contact, matching ones too.
+    assert [(e["subject"], len(e["calls"])) for e in data["expected"]] == [
+        ("default/user-1", 2), ("default/user-2", 0), ("default/user-3", 1)
+    ]
+
+
+def test_without_a_delivery_topic_the_report_says_no_delivery_records_once() -> None:
+    ledger, comparison = three_users_two_unaccounted()
+    report = Report(ledger, comparison, {"events": 4}, ("g.deliveries",))
+    out = io.StringIO()
+    report.render(out)
+    text = out.getvalue()
+    assert text.count("no delivery records") == 1
+    assert "no delivery record\n" not in text
+    assert "  call " not in text
+    assert "delivery records         none (no delivery topic)" in text
+    assert "topic g.deliveries does not exist: treated as empty" in text
+    data = report.to_json()
+    assert data["delivery_records"] is None
+    assert [u["calls"] for u in data["unaccounted"]] == [None, None]
+    assert [e["calls"] for e in data["expected"]] == [None, None, None]
+    assert data["ok"] is False
 
 
 def test_build_mapper_follows_the_configuration() -> None:

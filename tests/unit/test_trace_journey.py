@@ -137,13 +137,15 @@ def test_the_text_report_ends_with_the_highlevel_contacts() -> None:
     result = {
         "records": [],
         "highlevel": [
-            {"integration": "default", "status": 200, "contact": {"email": "s***@example.com"},
-             "differs": ["firstName"]},
-            {"integration": "legacy", "status": 401, "error": "Invalid JWT"},
+            {"integration": "default", "by": "email", "status": 200,
+             "contact": {"email": "s***@example.com"}, "differs": ["firstName"]},
+            {"integration": "legacy", "by": "phone", "status": 401, "error": "Invalid JWT"},
+            {"integration": "other", "skipped": "OAuth integration"},
         ],
     }
     write(result, out, as_json=False)
     assert out.getvalue().splitlines() == [
-        'HighLevel [default]: {"email":"s***@example.com"}; differs: firstName',
+        'HighLevel [default] by email: {"email":"s***@example.com"}; differs: firstName',
         "HighLevel [legacy]: 401 Invalid JWT",
+        "HighLevel [other]: not looked up (OAuth integration)",
     ]
