@@ -458,7 +458,7 @@ async def test_contacts_are_scoped_to_the_token_location(
 
 
 async def test_search_duplicate_finds_by_email_or_by_number(
-    sandbox: Sandbox, http: aiohttp.ClientSession, clock: Clock
+    sandbox: Sandbox, http: aiohttp.ClientSession, clock: ManualClock
 ) -> None:
     _, by_phone, _ = await upsert(http, sandbox, phone="+14155550123", firstName="Pat")
     _, by_email, _ = await upsert(http, sandbox, email="sam@example.com")
