@@ -4,7 +4,9 @@ Workload: a realistic mix over 100,000 users: 80% analytics events (page views, 
 cart events) and 20% identity events (identify with phones in national and international
 formats, "Signed Up", "Lead Generated"), with SDK-like context (library, page, user agent,
 consent). The ceiling is ``orjson.loads`` alone over the same lines, in the same run. Phone
-parsing, the known slow step, is measured uncached and through the LRU cache.
+parsing, the known slow step, is measured uncached and through the LRU cache. Also timed: the
+hot path's analytics workload (``samples.generate``: analytics events only, consent on every
+event, 20 per user, keyed by user), the mapper's share of ``bench_e2e.py --scenario hotpath``.
 
 Usage: ``.venv/bin/python bench/bench_mapping.py [--events N] [--repeats R]``. Prints a table
 and writes ``bench/results/mapping.json``.
@@ -26,6 +28,7 @@ from typing import Any
 
 import orjson
 
+from consumer.commands.samples import generate as samples_generate
 from consumer.core.dedupe import MessageDeduper
 from consumer.core.mapping import Mapper
 from consumer.core.normalise import PhoneNormaliser, parse_phone
@@ -225,8 +228,28 @@ def main() -> int:
             time_it(lambda: [phones(p, r) for _ in range(10) for p, r in samples])  # noqa: B023
         )
 
+    # The hot path's analytics workload (issue 21): analytics events only, consent on every
+    # event as Datafly.js sends it, 20 per user, keyed by user as the engine maps them.
+    analytics = [
+        (r.key, r.value)
+        for r in samples_generate(
+            users=args.events // 20, events=args.events, identity_share=0.0, seed=SEED
+        )
+    ]
+
+    def map_analytics(mapper: Mapper) -> None:
+        map_record = mapper.map_record
+        for index, (key, value) in enumerate(analytics):
+            map_record(value=value, key=key, topic="events", now=float(index))
+
+    analytics_times: list[float] = []
+    for _ in range(args.repeats):
+        fresh = new_mapper()
+        analytics_times.append(time_it(lambda: map_analytics(fresh)))  # noqa: B023
+
     loads = summary(loads_times, len(lines))
     mapping = summary(map_times, len(lines))
+    analytics_mapping = summary(analytics_times, len(analytics))
     uncached = summary(uncached_times, len(samples))
     cached = summary(cached_times, 10 * len(samples))
     results_doc = {
@@ -241,6 +264,7 @@ def main() -> int:
         "outcomes_first_repeat": dict(outcomes),
         "orjson_loads": loads,
         "map_record": mapping,
+        "map_record_analytics_20_per_user": analytics_mapping,
         "ratio_to_orjson_ceiling": mapping["events_per_s"] / loads["events_per_s"],
         "phone_parse": {
             "calls": len(samples),
