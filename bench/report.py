@@ -578,6 +578,7 @@ def render(docs: dict[str, Doc], made: dict[str, str], plot_dir: str) -> str:
 
     out += fidelity_section(docs.get("fidelity"))
     out += soak_section(docs.get("soak"), made, plot_dir)
+    out += state_section(docs.get("state"))
     out += ["## Load average and code version of each results file", ""]
     def code(doc: Doc) -> str:
         machine = doc.get("machine")
@@ -758,6 +759,44 @@ def soak_section(soak: Doc | None, made: dict[str, str], plot_dir: str) -> list[
     if "soak" in made:
         out += [f"![soak]({plot_dir}/{made['soak']})", ""]
     return out
+
+
+def state_section(doc: Doc | None) -> list[str]:
+    """``bench/bench_state.py``: the embedded stores measured for the partitioned profile
+    state (the choice and its reason: ``docs/architecture.md``, "Profiles")."""
+    if not doc:
+        return []
+    measured = [r for r in doc["results"] if "skipped" not in r]
+    if not measured:
+        return []
+    first = measured[0]
+    out = ["## Profile state stores (issue 19)", ""]
+    out += [
+        f"{first['profiles']:,} profiles of {first['value_bytes']} B (`Profile.to_bytes`), "
+        f"keys in no order, in one store, written in transactions of {first['batch']} (one "
+        "poll batch each); 100,000 random gets of stored keys and 100,000 of missing ones; "
+        "20,000 puts each in its own transaction; then one partition's restore "
+        f"({first['restore_partition_records']:,} changelog records, 1/{doc['partitions']} of "
+        "them, validated and written sorted in transactions of 50,000 with the checkpoint) "
+        "into a fresh store: the store's share of a restore (reading Kafka costs the same for "
+        "every store, about 65,000 records/s here, issue 19). Each store in its own "
+        "interpreter; RSS includes the interpreter (about 30 MB). RssAnon is the process's "
+        "own memory, RssFile mapped file pages (LMDB maps its file: its pages count as RSS but "
+        f"the kernel can drop them). Command: `.venv/bin/python {doc['command']}`.",
+        "",
+    ]
+    out += table(
+        ["store", "batch writes/s", "gets/s", "single puts/s", "restore of a partition",
+         "peak RSS MB", "RssAnon / RssFile MB (store open)", "disk MB"],
+        [[r["store"], num(r["batch_write_per_s"]), num(r["get_per_s"]), num(r["put_per_s"]),
+          f"{r['restore_partition_s']} s ({num(r['restore_per_s'])}/s)", str(r["peak_rss_mb"]),
+          f"{r['rss_anon_open_mb']} / {r['rss_file_open_mb']}", str(r["disk_mb"])]
+         for r in measured],
+    )
+    skipped = [f"{r['store']} ({r['skipped']})" for r in doc["results"] if "skipped" in r]
+    if skipped:
+        out += ["", "Not measured: " + ", ".join(skipped) + "."]
+    return [*out, ""]
 
 
 def profile_section(doc: Doc) -> list[str]:
