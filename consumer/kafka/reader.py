@@ -19,7 +19,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,15 +112,20 @@ class TopicReader:
         *,
         from_committed: bool = False,
         start: Mapping[tuple[str, int], int] | None = None,
+        only: Collection[tuple[str, int]] | None = None,
     ) -> list[PartitionRange]:
-        """Capture the end offset of every partition of ``topics`` and start reading there from
-        the beginning, or (``from_committed``, needs ``group_id``) from the group's committed
-        offsets, or from the ``start`` offsets given per (topic, partition); the beginning where
+        """Capture the end offset of every partition of ``topics`` (or of those of them in
+        ``only``) and start reading there from the beginning, or (``from_committed``, needs
+        ``group_id``) from the group's committed offsets, or from the ``start`` offsets given
+        per (topic, partition), brought within the partition's offsets; the beginning where
         there is none. Returns every partition's range, empty ones included; a topic that does
         not exist has no ranges. Call once."""
         if from_committed and not self._grouped:
             raise ValueError("TopicReader.open(from_committed=True) needs a group_id")
-        return await asyncio.to_thread(self._open, list(topics), from_committed, dict(start or {}))
+        wanted = None if only is None else frozenset(only)
+        return await asyncio.to_thread(
+            self._open, list(topics), from_committed, dict(start or {}), wanted
+        )
 
     async def read(self, max_records: int = 1000) -> list[Record]:
         """The next records (at most ``max_records``); ``[]`` once every range is read. Raises
@@ -166,7 +171,11 @@ class TopicReader:
         return frozenset(name for name, meta in metadata.topics.items() if meta.error is None)
 
     def _open(
-        self, topics: list[str], from_committed: bool, given: dict[tuple[str, int], int]
+        self,
+        topics: list[str],
+        from_committed: bool,
+        given: dict[tuple[str, int], int],
+        wanted: frozenset[tuple[str, int]] | None,
     ) -> list[PartitionRange]:
         consumer = self._consumer
         try:
@@ -176,6 +185,7 @@ class TopicReader:
                 for topic in dict.fromkeys(topics)
                 if (meta := metadata.topics.get(topic)) is not None and meta.error is None
                 for number in sorted(meta.partitions)
+                if wanted is None or (topic, number) in wanted
             ]
             committed = {Partition(t, p): offset for (t, p), offset in given.items()}
             if from_committed and partitions:

@@ -26,7 +26,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from consumer.core.profiles import ChangelogProfileStore, PersonProfiles, Profile
@@ -34,6 +35,7 @@ from consumer.errors import KafkaAdapterError, ProfileDecodeError
 from consumer.kafka.clients import Setting
 from consumer.kafka.reader import PartitionRange, TopicReader
 from consumer.state.encryption import ProfileCipher
+from consumer.state.profile_state import Opened, PartitionedProfileStore
 
 logger = logging.getLogger(__name__)
 
@@ -231,3 +233,105 @@ async def read_person(
             unreadable,
         )
     return person.profiles
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionRestored:
+    """One partition's restore (``restore_partitions``): the changelog offsets read, the records
+    applied, skipped (a write of ours unconfirmed) and unreadable, and why the local state was
+    rebuilt from the start (None: only the tail since its checkpoint was read)."""
+
+    partition: int
+    start: int
+    end: int
+    applied: int
+    skipped: int
+    unreadable: int
+    rebuilt: str | None
+
+
+async def restore_partitions(
+    store: PartitionedProfileStore,
+    partitions: Collection[int],
+    *,
+    topic: str,
+    bootstrap: str,
+    extra: Mapping[str, Setting] | None = None,
+    cipher: ProfileCipher | None = None,
+) -> list[PartitionRestored]:
+    """Open ``partitions`` in ``store`` and bring each up to its changelog partition's current
+    end, reading only that partition, from the local checkpoint when the state was kept. A
+    checkpoint the changelog cannot continue (past its end: the topic was recreated; before its
+    start: records the state never saw were deleted) rebuilds that partition from the start.
+    Each partition's checkpoint is its end offset once read. Raises ``KafkaAdapterError`` (the
+    partitions stay open, marked unclean: the next open rebuilds them)."""
+    cipher = cipher or ProfileCipher({})
+    opened = {p: store.open(p) for p in partitions}
+    ranges = await _read_partitions(store, opened, topic, bootstrap, extra, cipher)
+    for r in ranges:
+        store.checkpoint(r.partition, r.end)
+        logger.info(
+            "profile changelog %s[%d]: offsets %d-%d read (%s), %d applied, %d newer here, "
+            "%d unreadable",
+            topic, r.partition, r.start, r.end,
+            "tail" if r.rebuilt is None else f"rebuilt: {r.rebuilt}",
+            r.applied, r.skipped, r.unreadable,
+        )
+    return ranges
+
+
+async def _read_partitions(
+    store: PartitionedProfileStore,
+    opened: Mapping[int, Opened],
+    topic: str,
+    bootstrap: str,
+    extra: Mapping[str, Setting] | None,
+    cipher: ProfileCipher,
+) -> list[PartitionRestored]:
+    rebuilt = {p: o.rebuilt for p, o in opened.items()}
+    start = {(topic, p): o.start for p, o in opened.items()}
+    reader = TopicReader(bootstrap=bootstrap, extra=extra)
+    try:
+        ranges = await reader.open([topic], start=start, only=start.keys())
+        stale = [r for r in ranges if r.start != start[(topic, r.partition)]]
+        if stale:  # the changelog cannot continue these checkpoints: read them whole
+            await reader.close()
+            for r in stale:
+                rebuilt[r.partition] = (
+                    f"checkpoint {start[(topic, r.partition)]} outside the changelog's offsets"
+                )
+                store.reset(r.partition)
+                start[(topic, r.partition)] = 0
+            reader = TopicReader(bootstrap=bootstrap, extra=extra)
+            ranges = await reader.open([topic], start=start, only=start.keys())
+        counts = {r.partition: [0, 0, 0] for r in ranges}  # applied, skipped, unreadable
+        while records := await reader.read(5_000):
+            for record in records:
+                count = counts[record.partition]
+                if record.key is None:
+                    count[2] += 1
+                    continue
+                key = record.key.decode("utf-8", "backslashreplace")
+                try:
+                    value = record.value
+                    if value is not None:
+                        value = cipher.open(key, value)
+                    count[0 if store.restore(record.partition, key, value) else 1] += 1
+                except ProfileDecodeError as exc:
+                    if count[2] == 0:
+                        logger.warning("profile changelog %s[%d]: %s", topic, record.partition, exc)
+                    count[2] += 1
+    finally:
+        await reader.close()
+    return [
+        PartitionRestored(
+            partition=r.partition,
+            start=r.start,
+            end=r.end,
+            applied=counts[r.partition][0],
+            skipped=counts[r.partition][1],
+            unreadable=counts[r.partition][2],
+            rebuilt=rebuilt[r.partition],
+        )
+        for r in ranges
+    ]

@@ -133,14 +133,8 @@ class PartitionedProfileStore:
         db, why = self._connect_checked(path, partition) if path.exists() else (None, "none")
         reason: str | None = why
         if db is None:
-            _remove(path)
-            db = self._connect(path)
-            db.executescript(
-                "CREATE TABLE p (k TEXT PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID;"
-                "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);"
-            )
+            db = self._create(path, partition)
             checkpoint = 0
-            _write_meta(db, partition=partition, topic=self._topic, checkpoint=0, clean=False)
         else:
             checkpoint = int(_read_meta(db)["checkpoint"])
             with db:
@@ -164,14 +158,19 @@ class PartitionedProfileStore:
         if self._current is part:
             self._current = None
         clean = not any(p == partition for p, _ in self._unconfirmed)
-        for key in [k for k in self._unsent if k[0] == partition]:
-            del self._unsent[key]
-        for key in [k for k in self._unconfirmed if k[0] == partition]:
-            del self._unconfirmed[key]
-        for key in [k for k in self._cache if k[0] == partition]:
-            del self._cache[key]
+        self._drop_memory(partition)
         self._flush(part, clean=clean)
         part.db.close()
+
+    def reset(self, partition: int) -> None:
+        """Discard open ``partition``'s local state (the changelog cannot continue its
+        checkpoint): it stays open, empty, with checkpoint 0, to be restored from the start."""
+        part = self._parts[partition]
+        part.db.close()
+        self._drop_memory(partition)
+        part.pending.clear()
+        part.db = self._create(self._dir / f"{partition}.db", partition)
+        part.checkpoint = 0
 
     def select(self, partition: int) -> None:
         """The partition ``get``, ``put`` and ``consent_holds`` act on from now (it must be
@@ -319,6 +318,23 @@ class PartitionedProfileStore:
                 "UPDATE meta SET value = ? WHERE name = ?",
                 [(str(part.checkpoint), "checkpoint"), ("1" if clean else "0", "clean")],
             )
+
+    def _drop_memory(self, partition: int) -> None:
+        """Forget ``partition``'s cached profiles and its unsent and unconfirmed writes."""
+        for held in (self._unsent, self._unconfirmed, self._cache):
+            for ident in [i for i in held if i[0] == partition]:
+                del held[ident]
+
+    def _create(self, path: Path, partition: int) -> sqlite3.Connection:
+        """A new, empty file for ``partition`` in place of any at ``path``."""
+        _remove(path)
+        db = self._connect(path)
+        db.executescript(
+            "CREATE TABLE p (k TEXT PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID;"
+            "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);"
+        )
+        _write_meta(db, partition=partition, topic=self._topic, checkpoint=0, clean=False)
+        return db
 
     def _connect(self, path: Path) -> sqlite3.Connection:
         db = sqlite3.connect(path, isolation_level=None)
