@@ -11,9 +11,10 @@ in the same transaction, into a fresh store: the store's side of a restore; read
 the same whatever the store), peak RSS and disk use.
 
     PYTHONPATH=$PWD .venv/bin/python bench/bench_state.py [--profiles 1000000] \
-        [--stores sqlite,lmdb,rocksdict] [--out bench/results/state.json]
+        [--stores sqlite,lmdb,rocksdict] [--repeats 3] [--out bench/results/state.json]
 
-A store whose module is not installed is reported as skipped.
+Each figure is the median (and min, max) of ``--repeats`` runs, the stores interleaved. A store
+whose module is not installed is reported as skipped.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import json
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -256,6 +258,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--profiles", type=int, default=1_000_000)
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--stores", default="sqlite,lmdb,rocksdict")
     parser.add_argument("--out", type=Path, default=Path("bench/results/state.json"))
     parser.add_argument("--one", help=argparse.SUPPRESS)  # child: measure one store
@@ -263,21 +266,42 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.one:
         print(json.dumps(_measure(args.one, args.profiles, args.partitions, args.batch)))
         return
-    results: list[dict[str, object]] = []
+    stores = args.stores.split(",")
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in stores}
+    skipped = {}
     started, load_start = time.time(), loadavg()
-    for name in args.stores.split(","):
+    for name in stores:
         module = _STORES[name][1]
         probe = subprocess.run([sys.executable, "-c", f"import {module}"], check=False)
         if probe.returncode != 0:
-            results.append({"store": name, "skipped": f"{module} not installed"})
+            skipped[name] = f"{module} not installed"
+    for _ in range(args.repeats):  # stores interleaved: a noisy spell hits each alike
+        for name in stores:
+            if name in skipped:
+                continue
+            child = subprocess.run(
+                [sys.executable, __file__, "--one", name, "--profiles", str(args.profiles),
+                 "--partitions", str(args.partitions), "--batch", str(args.batch)],
+                check=True, capture_output=True, text=True, env={**os.environ},
+            )
+            runs[name].append(json.loads(child.stdout))
+            print(child.stdout.strip(), flush=True)
+    results: list[dict[str, object]] = []
+    for name in stores:
+        if name in skipped:
+            results.append({"store": name, "skipped": skipped[name]})
             continue
-        child = subprocess.run(
-            [sys.executable, __file__, "--one", name, "--profiles", str(args.profiles),
-             "--partitions", str(args.partitions), "--batch", str(args.batch)],
-            check=True, capture_output=True, text=True, env={**os.environ},
-        )
-        results.append(json.loads(child.stdout))
-        print(json.dumps(results[-1]), flush=True)
+        figures = [k for k, v in runs[name][0].items() if isinstance(v, int | float)]
+        results.append({
+            "store": name,
+            "repeats": len(runs[name]),
+            **{
+                spread: {k: agg([run[k] for run in runs[name]]) for k in figures}
+                for spread, agg in (
+                    ("median", statistics.median), ("min", min), ("max", max)
+                )
+            },
+        })
     shown = ["bench/bench_state.py", *(argv if argv is not None else sys.argv[1:])]
     write_result(args.out, {
         "command": " ".join(shown),

@@ -769,28 +769,36 @@ def state_section(doc: Doc | None) -> list[str]:
     measured = [r for r in doc["results"] if "skipped" not in r]
     if not measured:
         return []
-    first = measured[0]
+
+    def fig(r: Doc, name: str, digits: int = 0) -> str:
+        low, mid, high = (r[spread][name] for spread in ("min", "median", "max"))
+        text = num(mid, digits)
+        return text if low == high else f"{text} ({num(low, digits)}..{num(high, digits)})"
+
+    first = measured[0]["median"]
     out = ["## Profile state stores (issue 19)", ""]
     out += [
-        f"{first['profiles']:,} profiles of {first['value_bytes']} B (`Profile.to_bytes`), "
-        f"keys in no order, in one store, written in transactions of {first['batch']} (one "
+        f"{first['profiles']:,.0f} profiles of {first['value_bytes']:.0f} B (`Profile.to_bytes`), "
+        f"keys in no order, in one store, written in transactions of {first['batch']:.0f} (one "
         "poll batch each); 100,000 random gets of stored keys and 100,000 of missing ones; "
         "20,000 puts each in its own transaction; then one partition's restore "
-        f"({first['restore_partition_records']:,} changelog records, 1/{doc['partitions']} of "
+        f"({first['restore_partition_records']:,.0f} changelog records, 1/{doc['partitions']} of "
         "them, validated and written sorted in transactions of 50,000 with the checkpoint) "
         "into a fresh store: the store's share of a restore (reading Kafka costs the same for "
         "every store, about 65,000 records/s here, issue 19). Each store in its own "
         "interpreter; RSS includes the interpreter (about 30 MB). RssAnon is the process's "
         "own memory, RssFile mapped file pages (LMDB maps its file: its pages count as RSS but "
-        f"the kernel can drop them). Command: `.venv/bin/python {doc['command']}`.",
+        f"the kernel can drop them). Median (min..max) of {measured[0]['repeats']} runs, the "
+        f"stores interleaved. Command: `.venv/bin/python {doc['command']}`.",
         "",
     ]
     out += table(
-        ["store", "batch writes/s", "gets/s", "single puts/s", "restore of a partition",
+        ["store", "batch writes/s", "gets/s", "single puts/s", "restore of a partition, /s",
          "peak RSS MB", "RssAnon / RssFile MB (store open)", "disk MB"],
-        [[r["store"], num(r["batch_write_per_s"]), num(r["get_per_s"]), num(r["put_per_s"]),
-          f"{r['restore_partition_s']} s ({num(r['restore_per_s'])}/s)", str(r["peak_rss_mb"]),
-          f"{r['rss_anon_open_mb']} / {r['rss_file_open_mb']}", str(r["disk_mb"])]
+        [[r["store"], fig(r, "batch_write_per_s"), fig(r, "get_per_s"), fig(r, "put_per_s"),
+          fig(r, "restore_per_s"), fig(r, "peak_rss_mb", 1),
+          f"{fig(r, 'rss_anon_open_mb', 1)} / {fig(r, 'rss_file_open_mb', 1)}",
+          fig(r, "disk_mb", 1)]
          for r in measured],
     )
     skipped = [f"{r['store']} ({r['skipped']})" for r in doc["results"] if "skipped" in r]
