@@ -130,7 +130,9 @@ class PartitionedProfileStore:
             raise ValueError(f"profile state: partition {partition} is already open")
         self._dir.mkdir(parents=True, exist_ok=True)
         path = self._dir / f"{partition}.db"
-        db, why = self._connect_checked(path, partition) if path.exists() else (None, "none")
+        db, why = (None, "no local state")
+        if path.exists():
+            db, why = self._connect_checked(path, partition)
         reason: str | None = why
         if db is None:
             db = self._create(path, partition)

@@ -35,8 +35,8 @@ async def test_only_the_assigned_partitions_are_read_then_only_their_tail(
     store = PartitionedProfileStore(tmp_path, topic)
     restored = await restore_partitions(store, [0, 2], topic=topic, bootstrap=kafka_bootstrap)
     assert [(r.partition, r.start, r.end, r.applied, r.rebuilt) for r in restored] == [
-        (0, 0, 5, 5, "none"),
-        (2, 0, 5, 5, "none"),
+        (0, 0, 5, 5, "no local state"),
+        (2, 0, 5, 5, "no local state"),
     ]
     store.select(2)
     assert store.get("p2-u4") == Profile.from_bytes(profile(4))

@@ -36,7 +36,7 @@ def confirm(s: PartitionedProfileStore) -> list[tuple[int, str, bytes]]:
 
 def test_a_new_partition_starts_empty_from_the_changelog_start(tmp_path: Path) -> None:
     s = store(tmp_path)
-    assert s.open(0) == Opened(partition=0, start=0, rebuilt="none")
+    assert s.open(0) == Opened(partition=0, start=0, rebuilt="no local state")
     s.select(0)
     assert s.get("u1") is None
     assert s.consent_holds("u1", {})
