@@ -10,7 +10,7 @@ from pathlib import Path
 from confluent_kafka import Producer
 
 from consumer.core.profiles import Profile
-from consumer.state.changelog import restore_partitions
+from consumer.state.changelog import PartitionedProfileChangelog, restore_partitions
 from consumer.state.profile_state import PartitionedProfileStore
 
 
@@ -72,3 +72,37 @@ async def test_a_checkpoint_past_the_changelog_end_rebuilds_the_partition(
     assert store.get("stale") is None
     assert store.get("u0") == Profile.from_bytes(profile(7))
     assert store.checkpoint_of(0) == 1
+
+
+async def test_the_partitioned_changelog_erases_checkpoints_and_restarts_from_the_tail(
+    kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    topic = new_topic(partitions=2)
+    produce(kafka_bootstrap, topic, [(1, "u1", profile(1)), (1, "u2", profile(2))])
+    log = PartitionedProfileChangelog(
+        store=PartitionedProfileStore(tmp_path, topic), topic=topic, bootstrap=kafka_bootstrap
+    )
+    restored = await log.assign([0, 1])
+    assert [(r.partition, r.end, r.applied) for r in restored] == [(0, 0, 0), (1, 2, 2)]
+    log.select(1)
+    log.store.put("u3", Profile.from_bytes(profile(3)))
+    writes = log.take_writes()
+    assert writes == [(1, "u3", profile(3))]
+    produce(kafka_bootstrap, topic, writes)  # as the engine does, to the record's partition
+    log.written(1, "u3")
+    produce(kafka_bootstrap, topic, [(1, "u1", None)])  # ghl-consumer forget
+    assert await log.follow_once() == 1
+    assert log.store.get("u1") is None
+    assert log.store.checkpoint_of(1) == 4
+    log.release([0, 1])
+
+    again = PartitionedProfileChangelog(
+        store=PartitionedProfileStore(tmp_path, topic), topic=topic, bootstrap=kafka_bootstrap
+    )
+    restored = await again.assign([1])
+    assert [(r.start, r.end, r.applied, r.rebuilt) for r in restored] == [(4, 4, 0, None)]
+    again.select(1)
+    assert again.store.get("u1") is None
+    assert again.store.get("u2") == Profile.from_bytes(profile(2))
+    assert again.store.get("u3") == Profile.from_bytes(profile(3))
+    again.release([1])
