@@ -36,6 +36,7 @@ from typing import Protocol
 
 from bench.common import loadavg, machine_facts, write_result
 from consumer.core.profiles import Profile
+from consumer.state.profile_state import PartitionedProfileStore
 
 _GETS = 200_000
 _PUTS = 20_000
@@ -253,6 +254,47 @@ def _measure(name: str, profiles: int, partitions: int, batch: int) -> dict[str,
         shutil.rmtree(root, ignore_errors=True)
 
 
+def _measure_member(profiles: int, partitions: int) -> dict[str, object]:
+    """A member's ``PartitionedProfileStore`` holding ``profiles`` over ``partitions``
+    partitions, restored through ``restore`` and ``checkpoint`` as ``restore_partitions`` does
+    (the Kafka read left out), then 200,000 gets of random users through its cache."""
+    root = Path(tempfile.mkdtemp(prefix="bench-state-member-"))
+    try:
+        store = PartitionedProfileStore(root, "bench.profiles")
+        for p in range(partitions):
+            store.open(p)
+        restore_s = 0.0
+        for i, (key, value) in enumerate(_profiles(profiles, 5)):
+            started = time.perf_counter()
+            store.restore(i % partitions, key.decode(), value)
+            restore_s += time.perf_counter() - started
+        started = time.perf_counter()
+        for p in range(partitions):
+            store.checkpoint(p, profiles // partitions)
+        restore_s += time.perf_counter() - started
+        rng = random.Random(6)
+        started = time.perf_counter()
+        for _ in range(_GETS):
+            i = rng.randrange(profiles)  # the i-th profile made: partition i % partitions
+            store.select(i % partitions)
+            assert store.get(f"user{i * _SPREAD % profiles:08d}") is not None
+        get_s = time.perf_counter() - started
+        memory = _memory()
+        store.close_all()
+        return {
+            "profiles": profiles,
+            "partitions": partitions,
+            "restore_per_s": round(profiles / restore_s),
+            "get_per_s": round(_GETS / get_s),
+            "cache_hit_rate": round(store.hits / (store.hits + store.misses), 3),
+            "peak_rss_mb": memory["VmHWM"],
+            "rss_anon_mb": memory["RssAnon"],
+            "disk_mb": round(_disk(root), 1),
+        }
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profiles", type=int, default=1_000_000)
@@ -261,8 +303,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--stores", default="sqlite,lmdb,rocksdict")
     parser.add_argument("--out", type=Path, default=Path("bench/results/state.json"))
+    parser.add_argument(
+        "--member-profiles", type=int, default=0,
+        help="also measure PartitionedProfileStore holding this many (0: not)",
+    )
+    parser.add_argument("--member-partitions", type=int, default=3)
     parser.add_argument("--one", help=argparse.SUPPRESS)  # child: measure one store
+    parser.add_argument("--member", action="store_true", help=argparse.SUPPRESS)  # child
     args = parser.parse_args(argv)
+    if args.member:
+        print(json.dumps(_measure_member(args.member_profiles, args.member_partitions)))
+        return
     if args.one:
         print(json.dumps(_measure(args.one, args.profiles, args.partitions, args.batch)))
         return
@@ -302,6 +353,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                 )
             },
         })
+    member = None
+    if args.member_profiles:
+        child = subprocess.run(
+            [sys.executable, __file__, "--member", "--member-profiles",
+             str(args.member_profiles), "--member-partitions", str(args.member_partitions)],
+            check=True, capture_output=True, text=True,
+        )
+        member = json.loads(child.stdout)
+        print(child.stdout.strip(), flush=True)
     shown = ["bench/bench_state.py", *(argv if argv is not None else sys.argv[1:])]
     write_result(args.out, {
         "command": " ".join(shown),
@@ -311,6 +371,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "machine": machine_facts(),
         "partitions": args.partitions,
         "results": results,
+        "member": member,
     })
 
 
