@@ -801,6 +801,19 @@ def state_section(doc: Doc | None) -> list[str]:
           fig(r, "disk_mb", 1)]
          for r in measured],
     )
+    member = doc.get("member")
+    if member:
+        out += [
+            "",
+            f"The chosen store as a member holds it (`PartitionedProfileStore`, default cache "
+            f"of 100,000 profiles, 8 MB SQLite page cache per partition): {member['profiles']:,} "
+            f"profiles over {member['partitions']} partitions (a member's half of "
+            f"{2 * member['profiles']:,} over {2 * member['partitions']}) restored at "
+            f"{num(member['restore_per_s'])}/s (validation and writes; the Kafka read left "
+            f"out), then {num(member['get_per_s'])} gets/s of random users (cache hit rate "
+            f"{member['cache_hit_rate']:.1%}); peak RSS {member['peak_rss_mb']} MB, "
+            f"{member['rss_anon_mb']} MB anonymous at the end, disk {member['disk_mb']} MB.",
+        ]
     skipped = [f"{r['store']} ({r['skipped']})" for r in doc["results"] if "skipped" in r]
     if skipped:
         out += ["", "Not measured: " + ", ".join(skipped) + "."]
