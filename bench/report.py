@@ -608,6 +608,7 @@ def render(docs: dict[str, Doc], made: dict[str, str], plot_dir: str) -> str:
     out += trace_section(docs.get("trace"))
     out += fidelity_section(docs.get("fidelity"))
     out += soak_section(docs.get("soak"), made, plot_dir)
+    out += state_section(docs.get("state"))
     out += ["## Load average and code version of each results file", ""]
     def code(doc: Doc) -> str:
         machine = doc.get("machine")
@@ -893,6 +894,65 @@ def soak_section(soak: Doc | None, made: dict[str, str], plot_dir: str) -> list[
     if "soak" in made:
         out += [f"![soak]({plot_dir}/{made['soak']})", ""]
     return out
+
+
+def state_section(doc: Doc | None) -> list[str]:
+    """``bench/bench_state.py``: the embedded stores measured for the partitioned profile
+    state (the choice and its reason: ``docs/architecture.md``, "Profiles")."""
+    if not doc:
+        return []
+    measured = [r for r in doc["results"] if "skipped" not in r]
+    if not measured:
+        return []
+
+    def fig(r: Doc, name: str, digits: int = 0) -> str:
+        low, mid, high = (r[spread][name] for spread in ("min", "median", "max"))
+        text = num(mid, digits)
+        return text if low == high else f"{text} ({num(low, digits)}..{num(high, digits)})"
+
+    first = measured[0]["median"]
+    out = ["## Profile state stores (issue 19)", ""]
+    out += [
+        f"{first['profiles']:,.0f} profiles of {first['value_bytes']:.0f} B (`Profile.to_bytes`), "
+        f"keys in no order, in one store, written in transactions of {first['batch']:.0f} (one "
+        "poll batch each); 100,000 random gets of stored keys and 100,000 of missing ones; "
+        "20,000 puts each in its own transaction; then one partition's restore "
+        f"({first['restore_partition_records']:,.0f} changelog records, 1/{doc['partitions']} of "
+        "them, validated and written sorted in transactions of 50,000 with the checkpoint) "
+        "into a fresh store: the store's share of a restore (reading Kafka costs the same for "
+        "every store, about 65,000 records/s here, issue 19). Each store in its own "
+        "interpreter; RSS includes the interpreter (about 30 MB). RssAnon is the process's "
+        "own memory, RssFile mapped file pages (LMDB maps its file: its pages count as RSS but "
+        f"the kernel can drop them). Median (min..max) of {measured[0]['repeats']} runs, the "
+        f"stores interleaved. Command: `.venv/bin/python {doc['command']}`.",
+        "",
+    ]
+    out += table(
+        ["store", "batch writes/s", "gets/s", "single puts/s", "restore of a partition, /s",
+         "peak RSS MB", "RssAnon / RssFile MB (store open)", "disk MB"],
+        [[r["store"], fig(r, "batch_write_per_s"), fig(r, "get_per_s"), fig(r, "put_per_s"),
+          fig(r, "restore_per_s"), fig(r, "peak_rss_mb", 1),
+          f"{fig(r, 'rss_anon_open_mb', 1)} / {fig(r, 'rss_file_open_mb', 1)}",
+          fig(r, "disk_mb", 1)]
+         for r in measured],
+    )
+    member = doc.get("member")
+    if member:
+        out += [
+            "",
+            f"The chosen store as a member holds it (`PartitionedProfileStore`, default cache "
+            f"of 100,000 profiles, 8 MB SQLite page cache per partition): {member['profiles']:,} "
+            f"profiles over {member['partitions']} partitions (a member's half of "
+            f"{2 * member['profiles']:,} over {2 * member['partitions']}) restored at "
+            f"{num(member['restore_per_s'])}/s (validation and writes; the Kafka read left "
+            f"out), then {num(member['get_per_s'])} gets/s of random users (cache hit rate "
+            f"{member['cache_hit_rate']:.1%}); peak RSS {member['peak_rss_mb']} MB, "
+            f"{member['rss_anon_mb']} MB anonymous at the end, disk {member['disk_mb']} MB.",
+        ]
+    skipped = [f"{r['store']} ({r['skipped']})" for r in doc["results"] if "skipped" in r]
+    if skipped:
+        out += ["", "Not measured: " + ", ".join(skipped) + "."]
+    return [*out, ""]
 
 
 def profile_section(doc: Doc) -> list[str]:

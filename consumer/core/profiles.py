@@ -79,7 +79,7 @@ class Profile:
 EMPTY_PROFILE: Final = Profile()
 
 
-def _consent_suffix(decisions: Mapping[str, bool]) -> bytes:
+def consent_suffix(decisions: Mapping[str, bool]) -> bytes:
     """How ``to_bytes`` ends for a profile whose consent is exactly ``decisions`` (the ``c``
     object is last; orjson keeps insertion order, which ``{**stored, **decisions}`` gives)."""
     return b'"c":' + orjson.dumps(decisions) + b"}"
@@ -162,7 +162,7 @@ class InMemoryProfileStore:
         if data is None:
             return not decisions
         self._profiles.move_to_end(key)
-        if data.endswith(_consent_suffix(decisions)):
+        if data.endswith(consent_suffix(decisions)):
             return True  # the stored consent is exactly ``decisions``: no decode needed
         consent = Profile.from_own_bytes(data).consent
         return all(consent.get(category) == granted for category, granted in decisions.items())

@@ -26,7 +26,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from consumer.core.profiles import ChangelogProfileStore, PersonProfiles, Profile
@@ -34,6 +35,7 @@ from consumer.errors import KafkaAdapterError, ProfileDecodeError
 from consumer.kafka.clients import Setting
 from consumer.kafka.reader import PartitionRange, TopicReader
 from consumer.state.encryption import ProfileCipher
+from consumer.state.profile_state import Opened, PartitionedProfileStore
 
 logger = logging.getLogger(__name__)
 
@@ -91,24 +93,7 @@ class ProfileChangelog:
         """Read the changelog to its current end into the store; records the time taken. A
         Kafka error starts the read over (applying a record twice, in order, is harmless)
         after 1, 2, 4... s (at most 10), until ``restore_retry_seconds`` have passed."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._restore_retry_s
-        delay = 1.0
-        while True:
-            try:
-                await self._restore_once()
-                return
-            except KafkaAdapterError as exc:
-                if loop.time() + delay > deadline:
-                    raise
-                logger.warning(
-                    "profile changelog %s: restore failed (%s); reading it again in %.0fs",
-                    self.topic,
-                    exc,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        await _retrying(self._restore_once, self.topic, self._restore_retry_s)
 
     async def _restore_once(self) -> None:
         started = time.perf_counter()
@@ -189,6 +174,31 @@ class ProfileChangelog:
         self._read_to = read_to
 
 
+async def _retrying(
+    restore: Callable[[], Awaitable[None]], topic: str, retry_seconds: float
+) -> None:
+    """Await ``restore()``; after a ``KafkaAdapterError`` await it again after 1, 2, 4... s (at
+    most 10) until ``retry_seconds`` have passed, then raise the error."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + retry_seconds
+    delay = 1.0
+    while True:
+        try:
+            await restore()
+            return
+        except KafkaAdapterError as exc:
+            if loop.time() + delay > deadline:
+                raise
+            logger.warning(
+                "profile changelog %s: restore failed (%s); reading it again in %.0fs",
+                topic,
+                exc,
+                delay,
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
 async def read_person(
     *,
     bootstrap: str,
@@ -231,3 +241,233 @@ async def read_person(
             unreadable,
         )
     return person.profiles
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionRestored:
+    """One partition's restore (``restore_partitions``): the changelog offsets read, the records
+    applied, skipped (a write of ours unconfirmed) and unreadable, and why the local state was
+    rebuilt from the start (None: only the tail since its checkpoint was read)."""
+
+    partition: int
+    start: int
+    end: int
+    applied: int
+    skipped: int
+    unreadable: int
+    rebuilt: str | None
+
+
+async def restore_partitions(
+    store: PartitionedProfileStore,
+    partitions: Collection[int],
+    *,
+    topic: str,
+    bootstrap: str,
+    extra: Mapping[str, Setting] | None = None,
+    cipher: ProfileCipher | None = None,
+) -> list[PartitionRestored]:
+    """Open ``partitions`` in ``store`` and bring each up to its changelog partition's current
+    end, reading only that partition, from the local checkpoint when the state was kept. A
+    checkpoint the changelog cannot continue (past its end: the topic was recreated; before its
+    start: records the state never saw were deleted) rebuilds that partition from the start.
+    Each partition's checkpoint is its end offset once read. Raises ``KafkaAdapterError`` (the
+    partitions stay open, marked unclean: the next open rebuilds them)."""
+    cipher = cipher or ProfileCipher({})
+    opened = {p: store.open(p) for p in partitions}
+    ranges = await _read_partitions(store, opened, topic, bootstrap, extra, cipher)
+    for r in ranges:
+        store.checkpoint(r.partition, r.end)
+        logger.info(
+            "profile changelog %s[%d]: offsets %d-%d read (%s), %d applied, %d newer here, "
+            "%d unreadable",
+            topic, r.partition, r.start, r.end,
+            "tail" if r.rebuilt is None else f"rebuilt: {r.rebuilt}",
+            r.applied, r.skipped, r.unreadable,
+        )
+    return ranges
+
+
+async def _read_partitions(
+    store: PartitionedProfileStore,
+    opened: Mapping[int, Opened],
+    topic: str,
+    bootstrap: str,
+    extra: Mapping[str, Setting] | None,
+    cipher: ProfileCipher,
+) -> list[PartitionRestored]:
+    rebuilt = {p: o.rebuilt for p, o in opened.items()}
+    start = {(topic, p): o.start for p, o in opened.items()}
+    reader = TopicReader(bootstrap=bootstrap, extra=extra)
+    try:
+        ranges = await reader.open([topic], start=start, only=start.keys())
+        stale = [r for r in ranges if r.start != start[(topic, r.partition)]]
+        if stale:  # the changelog cannot continue these checkpoints: read them whole
+            await reader.close()
+            for r in stale:
+                rebuilt[r.partition] = (
+                    f"checkpoint {start[(topic, r.partition)]} outside the changelog's offsets"
+                )
+                store.reset(r.partition)
+                start[(topic, r.partition)] = 0
+            reader = TopicReader(bootstrap=bootstrap, extra=extra)
+            ranges = await reader.open([topic], start=start, only=start.keys())
+        counts = {r.partition: [0, 0, 0] for r in ranges}  # applied, skipped, unreadable
+        while records := await reader.read(5_000):
+            for record in records:
+                count = counts[record.partition]
+                if record.key is None:
+                    count[2] += 1
+                    continue
+                key = record.key.decode("utf-8", "backslashreplace")
+                try:
+                    value = record.value
+                    if value is not None:
+                        value = cipher.open(key, value)
+                    count[0 if store.restore(record.partition, key, value) else 1] += 1
+                except ProfileDecodeError as exc:
+                    if count[2] == 0:
+                        logger.warning("profile changelog %s[%d]: %s", topic, record.partition, exc)
+                    count[2] += 1
+    finally:
+        await reader.close()
+    return [
+        PartitionRestored(
+            partition=r.partition,
+            start=r.start,
+            end=r.end,
+            applied=counts[r.partition][0],
+            skipped=counts[r.partition][1],
+            unreadable=counts[r.partition][2],
+            rebuilt=rebuilt[r.partition],
+        )
+        for r in ranges
+    ]
+
+
+class PartitionedProfileChangelog:
+    """The changelog side of a ``PartitionedProfileStore``, for the co-partitioned mode the
+    engine does not use yet (issue 19; ``docs/architecture.md``, "Profiles"): the changelog has
+    the input topic's partitions and a profile is written to the changelog partition of the
+    record that changed it.
+
+    ``assign`` restores the newly assigned partitions only (``restore_partitions``), retried
+    after a Kafka error like ``ProfileChangelog.restore``; ``release`` closes revoked or lost
+    ones at their last checkpoint. ``follow`` reads, every ``erasure_check_seconds``, what was
+    appended to each owned changelog partition since: a tombstone erases that profile (erasure
+    wins over a write of ours), other records are ours (already held); then that partition's
+    checkpoint moves to where the pass ended. ``take_writes`` seals values when encryption is
+    on. Event-loop only."""
+
+    def __init__(
+        self,
+        *,
+        store: PartitionedProfileStore,
+        topic: str,
+        bootstrap: str,
+        extra: Mapping[str, Setting] | None = None,
+        erasure_check_seconds: float = 10.0,
+        cipher: ProfileCipher | None = None,
+        restore_retry_seconds: float = 60.0,
+    ) -> None:
+        self.store = store
+        self.topic = topic
+        self._bootstrap = bootstrap
+        self._extra = extra
+        self._erasure_check = erasure_check_seconds
+        self._cipher = cipher or ProfileCipher({})
+        self._restore_retry_s = restore_retry_seconds
+        self._read_to: dict[int, int] = {}  # owned partition -> next offset ``follow`` reads
+
+    @property
+    def changes(self) -> int:
+        return self.store.changes
+
+    def select(self, partition: int) -> None:
+        self.store.select(partition)
+
+    def take_writes(self) -> list[tuple[int, str, bytes]]:
+        """The store's writes as (partition, key, value), each value sealed when encryption
+        is on."""
+        writes = self.store.take_writes()
+        if not self._cipher.encrypts:
+            return writes
+        return [(p, key, self._cipher.seal(key, value)) for p, key, value in writes]
+
+    def written(self, partition: int, key: str) -> None:
+        self.store.written(partition, key)
+
+    async def assign(self, partitions: Collection[int]) -> list[PartitionRestored]:
+        """Restore ``partitions`` (newly assigned). A failed attempt closes them again at their
+        previous checkpoint (what it applied is replayed by the next one). Raises
+        ``KafkaAdapterError`` after ``restore_retry_seconds``."""
+        restored: list[PartitionRestored] = []
+
+        async def attempt() -> None:
+            try:
+                restored[:] = await restore_partitions(
+                    self.store,
+                    partitions,
+                    topic=self.topic,
+                    bootstrap=self._bootstrap,
+                    extra=self._extra,
+                    cipher=self._cipher,
+                )
+            except BaseException:
+                for p in set(partitions) & self.store.partitions:
+                    self.store.close(p)
+                raise
+
+        await _retrying(attempt, self.topic, self._restore_retry_s)
+        for r in restored:
+            self._read_to[r.partition] = r.end
+        return restored
+
+    def release(self, partitions: Collection[int]) -> None:
+        """Close ``partitions`` (revoked or lost) where they are."""
+        for p in partitions:
+            if p in self.store.partitions:
+                self.store.close(p)
+            self._read_to.pop(p, None)
+
+    async def follow(self) -> None:
+        """Erase tombstoned profiles every ``erasure_check_seconds`` and checkpoint the owned
+        partitions (see the class doc). Runs until cancelled; a pass that fails is logged and
+        tried again at the next interval."""
+        while True:
+            await asyncio.sleep(self._erasure_check)
+            try:
+                erased = await self.follow_once()
+            except KafkaAdapterError as exc:
+                logger.warning("profile changelog %s: erasures not read: %s", self.topic, exc)
+                continue
+            if erased:
+                logger.info("profiles erased (tombstones in %s): %d", self.topic, erased)
+
+    async def follow_once(self) -> int:
+        """One ``follow`` pass over the partitions owned now; returns how many profiles it
+        erased."""
+        start = {(self.topic, p): offset for p, offset in self._read_to.items()}
+        if not start:
+            return 0
+        reader = TopicReader(bootstrap=self._bootstrap, extra=self._extra)
+        erased = 0
+        try:
+            ranges = await reader.open([self.topic], start=start, only=start.keys())
+            while records := await reader.read(5_000):
+                for record in records:
+                    if (
+                        record.value is None
+                        and record.key is not None
+                        and record.partition in self._read_to  # not released meanwhile
+                    ):
+                        key = record.key.decode("utf-8", "backslashreplace")
+                        erased += self.store.forget(record.partition, key)
+        finally:
+            await reader.close()
+        for r in ranges:
+            # not released (and perhaps restored anew) while the pass ran
+            if self._read_to.get(r.partition) == start[(self.topic, r.partition)]:
+                self._read_to[r.partition] = r.end
+                self.store.checkpoint(r.partition, r.end)
+        return erased

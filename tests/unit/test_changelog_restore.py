@@ -4,6 +4,7 @@ by reading the changelog again, and gives up only after ``restore_retry_seconds`
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,7 @@ from consumer.core.profiles import ChangelogProfileStore, Profile
 from consumer.errors import KafkaAdapterError
 from consumer.kafka.reader import PartitionRange
 from consumer.state import changelog
+from consumer.state.profile_state import PartitionedProfileStore
 
 pytestmark = pytest.mark.virtual_time
 
@@ -73,3 +75,29 @@ async def test_it_gives_up_after_the_retry_time(monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(KafkaAdapterError, match="Not leader"):
         await log(retry_seconds=5).restore()
     assert FlakyReader.opened == 3  # at 0, 1 and 3 s; the next try would be after 7 s
+
+
+class FlakyPartitionReader(FlakyReader):
+    """``FlakyReader`` as ``restore_partitions`` opens it (chosen partitions, from offsets)."""
+
+    async def open(  # type: ignore[override]
+        self, topics: Sequence[str], *, start: object = None, only: object = None
+    ) -> list[PartitionRange]:
+        return await super().open(topics)
+
+
+async def test_a_partitioned_restore_that_fails_is_tried_again_from_its_checkpoint(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(changelog, "TopicReader", FlakyPartitionReader)
+    FlakyReader.failures, FlakyReader.opened = 1, 0
+    log = changelog.PartitionedProfileChangelog(
+        store=PartitionedProfileStore(tmp_path, "profiles"),
+        topic="profiles",
+        bootstrap="unused:9092",
+    )
+    restored = await log.assign([0])
+    assert FlakyReader.opened == 2  # the failed attempt closed partition 0; the next reopened it
+    assert [(r.partition, r.end, r.applied) for r in restored] == [(0, 1, 1)]
+    log.select(0)
+    assert log.store.get("u1") == PROFILE

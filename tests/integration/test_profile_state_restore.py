@@ -1,0 +1,108 @@
+"""``restore_partitions`` against a real broker: only the partitions asked for are read, a
+partition whose local state was kept reads only the changelog's tail since its checkpoint, and
+a checkpoint the changelog cannot continue (a recreated topic) rebuilds the partition."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from confluent_kafka import Producer
+
+from consumer.core.profiles import Profile
+from consumer.state.changelog import PartitionedProfileChangelog, restore_partitions
+from consumer.state.profile_state import PartitionedProfileStore
+
+
+def profile(n: int) -> bytes:
+    return Profile(fields={"email": f"u{n}@example.com"}).to_bytes()
+
+
+def produce(bootstrap: str, topic: str, records: list[tuple[int, str, bytes | None]]) -> None:
+    """(partition, key, value) records, each to the partition it names."""
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    for partition, key, value in records:
+        producer.produce(topic, key=key.encode(), value=value, partition=partition)
+    assert producer.flush(30) == 0
+
+
+async def test_only_the_assigned_partitions_are_read_then_only_their_tail(
+    kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    topic = new_topic(partitions=3)
+    records = [(p, f"p{p}-u{n}", profile(n)) for p in range(3) for n in range(5)]
+    produce(kafka_bootstrap, topic, records)
+    store = PartitionedProfileStore(tmp_path, topic)
+    restored = await restore_partitions(store, [0, 2], topic=topic, bootstrap=kafka_bootstrap)
+    assert [(r.partition, r.start, r.end, r.applied, r.rebuilt) for r in restored] == [
+        (0, 0, 5, 5, "no local state"),
+        (2, 0, 5, 5, "no local state"),
+    ]
+    store.select(2)
+    assert store.get("p2-u4") == Profile.from_bytes(profile(4))
+    assert store.get("p1-u4") is None  # partition 1 is another member's
+    store.close_all()
+
+    produce(kafka_bootstrap, topic, [(0, "p0-u0", None), (0, "p0-new", profile(9))])
+    again = PartitionedProfileStore(tmp_path, topic)
+    restored = await restore_partitions(again, [0], topic=topic, bootstrap=kafka_bootstrap)
+    assert [(r.start, r.end, r.applied, r.rebuilt) for r in restored] == [(5, 7, 2, None)]
+    again.select(0)
+    assert again.get("p0-u0") is None  # the tombstone in the tail
+    assert again.get("p0-u3") == Profile.from_bytes(profile(3))  # from the local file
+    assert again.get("p0-new") == Profile.from_bytes(profile(9))
+    again.close_all()
+
+
+async def test_a_checkpoint_past_the_changelog_end_rebuilds_the_partition(
+    kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    new = new_topic(partitions=1)
+    produce(kafka_bootstrap, new, [(0, "u0", profile(7))])
+    store = PartitionedProfileStore(tmp_path, new)
+    store.open(0)
+    store.select(0)
+    store.restore(0, "stale", profile(1))
+    store.checkpoint(0, 4)  # as if the topic had held 4 records, then was recreated
+    store.close(0)
+    restored = await restore_partitions(store, [0], topic=new, bootstrap=kafka_bootstrap)
+    assert [(r.start, r.end, r.applied) for r in restored] == [(0, 1, 1)]
+    assert restored[0].rebuilt == "checkpoint 4 outside the changelog's offsets"
+    store.select(0)
+    assert store.get("stale") is None
+    assert store.get("u0") == Profile.from_bytes(profile(7))
+    assert store.checkpoint_of(0) == 1
+
+
+async def test_the_partitioned_changelog_erases_checkpoints_and_restarts_from_the_tail(
+    kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    topic = new_topic(partitions=2)
+    produce(kafka_bootstrap, topic, [(1, "u1", profile(1)), (1, "u2", profile(2))])
+    log = PartitionedProfileChangelog(
+        store=PartitionedProfileStore(tmp_path, topic), topic=topic, bootstrap=kafka_bootstrap
+    )
+    restored = await log.assign([0, 1])
+    assert [(r.partition, r.end, r.applied) for r in restored] == [(0, 0, 0), (1, 2, 2)]
+    log.select(1)
+    log.store.put("u3", Profile.from_bytes(profile(3)))
+    writes = log.take_writes()
+    assert writes == [(1, "u3", profile(3))]
+    produce(kafka_bootstrap, topic, writes)  # as the engine does, to the record's partition
+    log.written(1, "u3")
+    produce(kafka_bootstrap, topic, [(1, "u1", None)])  # ghl-consumer forget
+    assert await log.follow_once() == 1
+    assert log.store.get("u1") is None
+    assert log.store.checkpoint_of(1) == 4
+    log.release([0, 1])
+
+    again = PartitionedProfileChangelog(
+        store=PartitionedProfileStore(tmp_path, topic), topic=topic, bootstrap=kafka_bootstrap
+    )
+    restored = await again.assign([1])
+    assert [(r.start, r.end, r.applied, r.rebuilt) for r in restored] == [(4, 4, 0, None)]
+    again.select(1)
+    assert again.store.get("u1") is None
+    assert again.store.get("u2") == Profile.from_bytes(profile(2))
+    assert again.store.get("u3") == Profile.from_bytes(profile(3))
+    again.release([1])
