@@ -24,7 +24,9 @@ from consumer.highlevel.verdicts import custom_value_applied, tags_applied
 from consumer.sandbox.settings import IDENTIFIERS
 
 ContactKey = tuple[str, str]
-"""(integration id, contact key): one expected HighLevel contact."""
+"""(integration id, contact key): one expected HighLevel contact. For an integration whose
+events choose their location (``location_path``, OAuth) the first part is ``integration
+id/location id``: a contact key's contacts are grouped per location."""
 _Key = TypeVar("_Key", str, ContactKey)
 Coordinates = tuple[str, int, int]
 """(topic, partition, offset) of a source record."""
@@ -145,6 +147,11 @@ class Ledger:
     unaccounted: tuple[Unaccounted, ...]
     stitch_order: int = 0
 
+    def locations(self) -> frozenset[str]:
+        """The locations the expected contacts are in (an integration whose events choose
+        their location adds every location its delivered events named)."""
+        return frozenset(want.upsert.location_id for want in self.contacts.values())
+
 
 class _Fold:
     """One contact key's delivered upserts so far (``ExpectedContacts``'s working state)."""
@@ -213,7 +220,9 @@ class ExpectedContacts:
     ``add_replays``, then read ``ledger()``. ``mapper`` must be fresh (its profiles and deduper
     are the audit's own); ``dead_letters`` and ``parked`` must be complete before the first
     ``add``; ``source_topics`` are the topics a replay copy may stand for (``kafka.topics``, as
-    the consumer checks them). Pure apart from the mapper's state."""
+    the consumer checks them); ``located_by_event`` the integrations whose events choose their
+    location (``location_path``): their contacts are keyed per location (``ContactKey``).
+    Pure apart from the mapper's state."""
 
     def __init__(
         self,
@@ -222,8 +231,10 @@ class ExpectedContacts:
         dead_letters: SourceIndex,
         parked: SourceIndex,
         source_topics: Collection[str] = (),
+        located_by_event: Collection[str] = (),
     ) -> None:
         self._mapper = mapper
+        self._located_by_event = frozenset(located_by_event)
         self._dead_letters = dead_letters
         self._parked = parked
         self._source_topics = frozenset(source_topics)
@@ -315,7 +326,10 @@ class ExpectedContacts:
                 self._fold(outcome, where)
 
     def _fold(self, upsert: ContactUpsert, where: Coordinates) -> None:
-        key = (upsert.integration_id, upsert.contact_key)
+        integration_id = upsert.integration_id
+        if integration_id in self._located_by_event:
+            integration_id = f"{integration_id}/{upsert.location_id}"
+        key = (integration_id, upsert.contact_key)
         fold = self._folds.get(key)
         if fold is None:
             fold = self._folds[key] = _Fold(upsert, where)
@@ -569,9 +583,9 @@ def compare(
         for location, found in contacts.items()
     }
     clusters = _identity_clusters(expected, priorities)
-    members: dict[ContactKey, list[Expected]] = {}
+    members: dict[ContactKey, dict[ContactKey, Expected]] = {}
     for key, want in expected.items():
-        members.setdefault(clusters.root(key), []).append(want)
+        members.setdefault(clusters.root(key), {})[key] = want
     # the contacts a key may be at: the one its own identifiers find, else those its
     # cluster's find (another key changed the contact's identifiers since)
     found: dict[ContactKey, list[Mapping[str, Any]]] = {}
@@ -581,7 +595,7 @@ def compare(
         directory = directories.get(location, _Directory())
         own = directory.find_all([*_identifiers(want.upsert), *sorted(want.identifiers)])
         found[key] = own or directory.find_all(
-            sorted({i for w in members[clusters.root(key)] for i in w.identifiers})
+            sorted({i for w in members[clusters.root(key)].values() for i in w.identifiers})
         )
         for contact in found[key]:
             found_at.setdefault((location, contact.get("id")), {})[key] = want
@@ -600,15 +614,15 @@ def compare(
         best: tuple[list[str], Counter[str]] | None = None
         for contact in found[key]:
             writers = found_at[(location, contact.get("id"))]
-            others = {_key_of(w): w for w in members[root]}
-            for writer in writers.values():
-                others.update((_key_of(w), w) for w in _stitched(writer, expected))
+            others = dict(members[root])
+            for writer_key, writer in writers.items():
+                others.update(_stitched(writer_key, writer, expected))
             context = _Context(
                 contact,
                 directories[location],
                 list(writers.values()),
                 [w for k, w in others.items() if k not in writers],
-                _stitched(want, expected),
+                list(_stitched(key, want, expected).values()),
             )
             checked = context.check(want)
             if best is None or len(checked[0]) < len(best[0]):
@@ -631,18 +645,12 @@ def compare(
     )
 
 
-def _key_of(want: Expected) -> ContactKey:
-    return want.upsert.integration_id, want.upsert.contact_key
-
-
-def _stitched(want: Expected, expected: Mapping[ContactKey, Expected]) -> list[Expected]:
-    """The expected contacts of ``want.stitched_from`` (same integration)."""
-    integration_id = want.upsert.integration_id
-    return [
-        expected[(integration_id, k)]
-        for k in sorted(want.stitched_from)
-        if (integration_id, k) in expected
-    ]
+def _stitched(
+    key: ContactKey, want: Expected, expected: Mapping[ContactKey, Expected]
+) -> dict[ContactKey, Expected]:
+    """The expected contacts of ``want.stitched_from`` (``key``'s integration and location)."""
+    keys = [(key[0], k) for k in sorted(want.stitched_from)]
+    return {k: expected[k] for k in keys if k in expected}
 
 
 @dataclass(frozen=True, slots=True)

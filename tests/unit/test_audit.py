@@ -345,6 +345,45 @@ def test_what_the_consumer_would_deliver_matches() -> None:
     assert result == Comparison(1, 3, (), contacts=1, allowed=allowed_nothing)
 
 
+def test_an_integration_whose_events_choose_the_location_is_audited_per_location() -> None:
+    """OAuth: ``location_path`` names the location in each event; one user key's events in
+    two locations are two contacts, each compared with its own location's."""
+    oauth = target("agency", location_id="", location_path=("context", "groupId"))
+    events = [
+        {**identify(1, version), "context": {"groupId": location}}
+        for version, location in ((0, LOCATION), (1, OTHER_LOCATION), (2, LOCATION))
+    ]
+    stream = Stream()
+    for event in events:
+        stream.add(event)
+    expected = ExpectedContacts(
+        mapper(oauth),
+        dead_letters=SourceIndex(),
+        parked=SourceIndex(),
+        located_by_event=["agency"],
+    )
+    expected.add(stream.records)
+    ledger = expected.ledger()
+    assert ledger.locations() == {LOCATION, OTHER_LOCATION}
+    here = ledger.contacts[(f"agency/{LOCATION}", "user-1")]
+    there = ledger.contacts[(f"agency/{OTHER_LOCATION}", "user-1")]
+    assert (here.events, here.upsert.fields["firstName"]) == (2, "v2")
+    assert (there.events, there.upsert.fields["firstName"]) == (1, "v1")
+
+    contacts = delivered(*upserts_of(stream, mapper(oauth)))
+    result = compare(ledger.contacts, contacts)
+    assert (result.contacts, result.matching, result.delivered_events) == (2, 2, 3)
+    assert result.unaccounted == ()
+
+    # The other location's contact lost: only that location's key is unaccounted.
+    result = compare(ledger.contacts, {LOCATION: contacts[LOCATION]})
+    [missing] = result.unaccounted
+    assert (missing.subject, missing.problem) == (f"agency/{OTHER_LOCATION}/user-1", MISSING)
+    # A contact of the right person in the wrong location does not count.
+    swapped = {LOCATION: contacts[OTHER_LOCATION], OTHER_LOCATION: contacts[LOCATION]}
+    assert {u.problem for u in compare(ledger.contacts, swapped).unaccounted} == {MISMATCH}
+
+
 def test_a_missing_contact_is_unaccounted_with_its_events() -> None:
     ledger = expected_after(identify(1, 0), identify(1, 1), identify(2, 0))
     only_user_2 = delivered(ledger.contacts[("default", "user-2")].upsert)
