@@ -99,7 +99,8 @@ class Expected:
     value) its upserts sent; ``stitched_from`` the other contact keys whose profiles its
     records may have folded in, or emptied, in an order this audit cannot know (identity
     stitching across partitions), and ``stitched_values`` every value their profiles held,
-    per field; ``sent`` every value its upserts sent, per standard field."""
+    per field; ``sent`` every value its upserts sent, per standard field; ``parked`` the key's
+    upserts whose records are in the parking topic (not folded in)."""
 
     upsert: ContactUpsert
     events: int
@@ -111,6 +112,7 @@ class Expected:
     stitched_from: frozenset[str] = frozenset()
     stitched_values: Mapping[str, frozenset[str]] = field(default_factory=dict)
     sent: Mapping[str, frozenset[FieldValue]] = field(default_factory=dict)
+    parked: tuple[ContactUpsert, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +183,10 @@ class _Fold:
         self.identifiers.update(_identifiers(upsert))
 
     def expected(
-        self, stitched_from: frozenset[str], stitched_values: Mapping[str, frozenset[str]]
+        self,
+        stitched_from: frozenset[str],
+        stitched_values: Mapping[str, frozenset[str]],
+        parked: Sequence[ContactUpsert],
     ) -> Expected:
         return Expected(
             self.upsert,
@@ -194,6 +199,7 @@ class _Fold:
             stitched_from=stitched_from,
             stitched_values=stitched_values,
             sent={name: frozenset(values) for name, values in self.sent.items()},
+            parked=tuple(parked),
         )
 
 
@@ -245,6 +251,7 @@ class ExpectedContacts:
         self._parked_count = 0
         self._dropped: Counter[str] = Counter()
         self._folds: dict[ContactKey, _Fold] = {}
+        self._parked_upserts: dict[ContactKey, list[ContactUpsert]] = {}
         self._unaccounted: list[Unaccounted] = []
         # identity stitching: user key -> partitions its records are on; (user key, stitched
         # key, partition of the record that stitched it)
@@ -315,6 +322,8 @@ class ExpectedContacts:
                 self._dead_lettered += 1
             elif self._parked.holds(where, outcome.integration_id):
                 self._parked_count += 1
+                if isinstance(outcome, ContactUpsert):
+                    self._parked_upserts.setdefault(self._key(outcome), []).append(outcome)
             elif isinstance(outcome, Reject):
                 if outcome.reason is Reason.NO_IDENTIFIER and user_key:
                     self._pending.append((label, user_key))
@@ -325,11 +334,14 @@ class ExpectedContacts:
             else:
                 self._fold(outcome, where)
 
-    def _fold(self, upsert: ContactUpsert, where: Coordinates) -> None:
+    def _key(self, upsert: ContactUpsert) -> ContactKey:
         integration_id = upsert.integration_id
         if integration_id in self._located_by_event:
             integration_id = f"{integration_id}/{upsert.location_id}"
-        key = (integration_id, upsert.contact_key)
+        return integration_id, upsert.contact_key
+
+    def _fold(self, upsert: ContactUpsert, where: Coordinates) -> None:
+        key = self._key(upsert)
         fold = self._folds.get(key)
         if fold is None:
             fold = self._folds[key] = _Fold(upsert, where)
@@ -386,6 +398,7 @@ class ExpectedContacts:
                 key: fold.expected(
                     dependent.get(key[1], frozenset()),
                     self._held_by(dependent.get(key[1], frozenset())),
+                    self._parked_upserts.get(key, ()),
                 )
                 for key, fold in self._folds.items()
             },
@@ -537,6 +550,7 @@ ALLOWED_RULES: Final = (
     "earlier_identity",
     "create_only",
     "stitch_order",
+    "parked",
 )
 
 
@@ -574,7 +588,11 @@ def compare(
     - ``stitch_order``: the contact lacks a value the key holds from the profile of a key
       stitched into its from another partition (``Expected.stitched_from``: the consumer
       may have read that key after this one's records), or holds a value such a profile of
-      one of its writers held.
+      one of its writers held;
+    - ``parked``: the contact holds what one of the key's parked upserts sent
+      (``Expected.parked``): a parked record may have been delivered by a member that died
+      before committing it (the member that read it again parked it), or from the parking
+      topic since.
 
     Contact keys sorted."""
     priorities = priorities or {}
@@ -705,6 +723,11 @@ class _Context:
             if name in w.written
         ):
             return "other_writer"
+        if any(
+            name in _written_names(parked) and _holds(name, parked, contact)
+            for parked in want.parked
+        ):
+            return "parked"
         actual = contact.get(name)
         if value is not None and (
             (

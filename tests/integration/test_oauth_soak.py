@@ -247,7 +247,7 @@ class RefreshKiller:
         self._sandbox = sandbox
         self._members = members
         self._armed = False
-        self._answered: asyncio.Queue[tuple[float, int, bool]] = asyncio.Queue()
+        self._answered: asyncio.Queue[tuple[float, int, int | None]] = asyncio.Queue()
         original = sandbox._oauth_answer
 
         def answer(request: web.Request, make: Callable[[float], Any]) -> web.Response:
@@ -262,13 +262,12 @@ class RefreshKiller:
         sandbox._oauth_answer = answer  # type: ignore[method-assign]
 
     def _on_refresh(self, port: int) -> None:
-        killed = False
+        asker = None
         if IN_WINDOW:
             asker = owner_of_port(self._members.pids(), port)
             if asker is not None:
                 os.kill(self._members.pids()[asker], signal.SIGKILL)
-                killed = True
-        self._answered.put_nowait((time.monotonic(), port, killed))
+        self._answered.put_nowait((time.monotonic(), port, asker))
 
     async def kill(self, started: float, deadline: float, redis_url: str) -> Kill:
         """Wait (until ``deadline``) for a Company refresh and SIGKILL its asker; else SIGKILL a
@@ -282,9 +281,9 @@ class RefreshKiller:
                         answered_at, port, killed = await self._answered.get()
                 except TimeoutError:
                     break
-                asker = owner_of_port(self._members.pids(), port)
+                asker = killed if killed is not None else owner_of_port(self._members.pids(), port)
                 if asker is not None:
-                    if not killed:
+                    if killed is None:
                         os.kill(self._members.pids()[asker], signal.SIGKILL)
                     kill = Kill(0.0, asker, (time.monotonic() - answered_at) * 1000)
                     break

@@ -291,6 +291,30 @@ def test_upserts_dead_lettered_or_parked_are_not_expected_in_highlevel() -> None
     assert ledger.contacts[("default", "user-1")].upsert.fields["firstName"] == "v0"
 
 
+def test_a_contact_may_hold_what_a_parked_upsert_of_its_key_sent() -> None:
+    """A member delivers v1 and dies before committing it; the member that reads it again
+    parks it (the installation broke meanwhile): HighLevel holds v1, the audit expects v0
+    and allows v1 as ``parked``. A value no upsert of the key sent is still a mismatch."""
+    stream = Stream()
+    stream.add(identify(1, 0))
+    parked_record = stream.add(identify(1, 1, city="Lyon"))
+    parked = dead_letters(
+        (parked_record, Failure(reason="installation_broken", error="", integration_id="default"))
+    )
+    ledger = ledger_of(stream, parked=parked)
+    want = ledger.contacts[("default", "user-1")]
+    assert (want.upsert.fields["firstName"], len(want.parked)) == ("v0", 1)
+    contacts = delivered(*upserts_of(stream, mapper()))
+    result = compare(ledger.contacts, contacts)
+    assert result.unaccounted == ()
+    assert result.allowed["parked"] == 1  # firstName; city is not expected, so not compared
+    assert compare(ledger.contacts, delivered(want.upsert)).allowed["parked"] == 0
+
+    contacts[LOCATION][0]["firstName"] = "v7"
+    [wrong] = compare(ledger.contacts, contacts).unaccounted
+    assert wrong.fields == ("firstName",)
+
+
 def test_a_dead_letter_for_one_integration_does_not_account_for_another() -> None:
     stream = Stream()
     record = stream.add(identify(1, 0))
