@@ -5,9 +5,15 @@ about every 15 s and every Location token is minted again as often. Traffic flow
 ``GHL_OAUTH_SOAK_SECONDS`` (default 60; the issue's full run is 300 s:
 ``GHL_OAUTH_SOAK_SECONDS=300``) while one member is SIGKILLed and restarted every ~20 s. Each
 kill waits for the sandbox to answer a Company refresh and kills the member that asked for it
-at once (it is found by the TCP port it asked from): a kill in the middle of a refresh, racing
-the member's write of the new refresh token to Redis. When no refresh comes within the slot, a
-member is killed anyway.
+(found by the TCP port it asked from) as soon as the test's loop sees the answer, racing the
+member's write of the new refresh token to Redis; whether it had stored it is recorded. When
+no refresh comes within the slot, a member is killed anyway.
+
+``GHL_OAUTH_SOAK_KILL_IN_WINDOW=1`` kills the asker from inside the sandbox's handler instead,
+before the answer leaves: certainly between HighLevel's answer and the Redis write, where the
+design loses the refresh token (``consumer.state.oauth_tokens``). The test then fails, on
+purpose, at ``refreshReuses``: the next refresh presents the spent token and the installation
+breaks until ``oauth reconnect``.
 
 Asserted: every event is delivered or accounted for by ``ghl-consumer audit`` (0 unaccounted);
 no refresh token was presented twice (the sandbox's ``refreshReuses`` is 0: a member killed
@@ -399,8 +405,12 @@ async def test_members_killed_mid_refresh_lose_no_event_and_reuse_no_refresh_tok
     )
     assert code == 0, out + err[-3000:]
     report = orjson.loads(out)
+    print(
+        f"audit: {report['records']} records, {report['delivered_events']} events delivered, "
+        f"{report['dead_lettered']} dead-lettered, {report['parked']} parked, "
+        f"{len(report['unaccounted'])} unaccounted; allowed {report['allowed_differences']}"
+    )
     assert report["unaccounted"] == []
-    assert report["delivered_events"] > 0.9 * (report["identity_events"] - report["dead_lettered"])
     assert report["dead_lettered"] >= SECONDS * RATE // 50 * 0.9  # the unknown location's
     assert len(kills) >= max(1, int(SECONDS // KILL_EVERY_S) - 1)
     assert any(kill.delay_ms is not None for kill in kills), "no kill landed on a refresh"
@@ -411,6 +421,7 @@ async def test_members_killed_mid_refresh_lose_no_event_and_reuse_no_refresh_tok
     )
     assert stored is not None
     assert not stored.broken, stored.broken
+    assert report["delivered_events"] > 0.9 * (report["identity_events"] - report["dead_lettered"])
     for location, count in unauthorized.items():
         issued_for_location = grants.get(location, {}).get("generation", 0)
         assert count <= issued_for_location, (location, count, issued_for_location)
