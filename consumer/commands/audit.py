@@ -18,7 +18,10 @@ Method
        Then the replay topic's copies, each as a record of the topic its
        ``ghl.original_topic`` names (one naming no topic of ``kafka.topics`` must be
        dead-lettered ``invalid_replay``, as the consumer does).
-    4. Read each configured location's contacts and duplicate setting from the sandbox. Keys
+    4. Read each configured location's contacts and duplicate setting from the sandbox, and
+       those of every location an integration's events chose (``location_path``, OAuth: its
+       contact keys are grouped per location, ``integration/location/key``; a location the
+       sandbox does not serve holds no contact, so what was expected there is missing). Keys
        that send an email or phone the setting matches on are one contact; a key's contact is
        one its identifiers (else its cluster's) find. Every expected field must equal the
        contact's (email compared case-insensitively, phone in E.164, ``dnd`` equal unless
@@ -83,7 +86,7 @@ from consumer.config import Settings
 from consumer.core.mapping import build_mapper
 from consumer.errors import AuditError, KafkaAdapterError, SandboxError
 from consumer.kafka.reader import TopicReader
-from consumer.sandbox.admin import read_contacts, read_match_priorities
+from consumer.sandbox.admin import read_contacts, read_locations, read_match_priorities
 
 
 async def _read_all(
@@ -126,6 +129,9 @@ async def run_audit(
 ) -> Report:
     """The whole audit (method steps 1-5). Raises ``AuditError`` for a source topic that does
     not exist, ``SandboxError`` and ``KafkaAdapterError``."""
+    located_by_event = [
+        i.id for i in settings.integrations if i.target.location_path is not None
+    ]
     source, source_sizes = await _open(settings, topics)
     replays: TopicReader | None = None
     try:
@@ -156,6 +162,7 @@ async def run_audit(
             dead_letters=indexes[dead_letter_topic],
             parked=indexes[parking_topic],
             source_topics=settings.kafka.topics,
+            located_by_event=located_by_event,
         )
         await _read_all(source, expected)
         if replay_topic in sizes:
@@ -176,9 +183,14 @@ async def run_audit(
     finally:
         await reader.close()
     ledger = expected.ledger()
-    locations = [i.location_id for i in settings.integrations]
-    contacts = await read_contacts(sandbox_url, locations)
-    priorities = await read_match_priorities(sandbox_url, locations)
+    locations = {
+        i.location_id for i in settings.integrations if i.id not in located_by_event
+    }
+    named = ledger.locations() - locations
+    if named:  # by events: a location the sandbox does not serve holds no contact
+        locations |= named & await read_locations(sandbox_url)
+    contacts = await read_contacts(sandbox_url, sorted(locations))
+    priorities = await read_match_priorities(sandbox_url, sorted(locations))
     comparison = compare(ledger.contacts, contacts, priorities)
     return Report(ledger, comparison, sizes, tuple(absent), calls)
 

@@ -28,7 +28,9 @@ from consumer.highlevel.verdicts import custom_value_applied, tags_applied
 from consumer.sandbox.settings import IDENTIFIERS
 
 ContactKey = tuple[str, str]
-"""(integration id, contact key): one expected HighLevel contact."""
+"""(integration id, contact key): one expected HighLevel contact. For an integration whose
+events choose their location (``location_path``, OAuth) the first part is ``integration
+id/location id``: a contact key's contacts are grouped per location."""
 _Key = TypeVar("_Key", str, ContactKey)
 Coordinates = tuple[str, int, int]
 """(topic, partition, offset) of a source record."""
@@ -150,7 +152,8 @@ class Expected:
     value) its upserts sent; ``stitched_from`` the other contact keys whose profiles its
     records may have folded in, or emptied, in an order this audit cannot know (identity
     stitching across partitions), and ``stitched_values`` every value their profiles held,
-    per field; ``sent`` every value its upserts sent, per standard field."""
+    per field; ``sent`` every value its upserts sent, per standard field; ``parked`` the key's
+    upserts whose records are in the parking topic (not folded in)."""
 
     upsert: ContactUpsert
     events: int
@@ -162,6 +165,7 @@ class Expected:
     stitched_from: frozenset[str] = frozenset()
     stitched_values: Mapping[str, frozenset[str]] = field(default_factory=dict)
     sent: Mapping[str, frozenset[FieldValue]] = field(default_factory=dict)
+    parked: tuple[ContactUpsert, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +203,11 @@ class Ledger:
     unaccounted: tuple[Unaccounted, ...]
     stitch_order: int = 0
 
+    def locations(self) -> frozenset[str]:
+        """The locations the expected contacts are in (an integration whose events choose
+        their location adds every location its delivered events named)."""
+        return frozenset(want.upsert.location_id for want in self.contacts.values())
+
 
 class _Fold:
     """One contact key's delivered upserts so far (``ExpectedContacts``'s working state)."""
@@ -228,7 +237,10 @@ class _Fold:
         self.identifiers.update(_identifiers(upsert))
 
     def expected(
-        self, stitched_from: frozenset[str], stitched_values: Mapping[str, frozenset[str]]
+        self,
+        stitched_from: frozenset[str],
+        stitched_values: Mapping[str, frozenset[str]],
+        parked: Sequence[ContactUpsert],
     ) -> Expected:
         return Expected(
             self.upsert,
@@ -241,6 +253,7 @@ class _Fold:
             stitched_from=stitched_from,
             stitched_values=stitched_values,
             sent={name: frozenset(values) for name, values in self.sent.items()},
+            parked=tuple(parked),
         )
 
 
@@ -267,7 +280,9 @@ class ExpectedContacts:
     ``add_replays``, then read ``ledger()``. ``mapper`` must be fresh (its profiles and deduper
     are the audit's own); ``dead_letters`` and ``parked`` must be complete before the first
     ``add``; ``source_topics`` are the topics a replay copy may stand for (``kafka.topics``, as
-    the consumer checks them). Pure apart from the mapper's state."""
+    the consumer checks them); ``located_by_event`` the integrations whose events choose their
+    location (``location_path``): their contacts are keyed per location (``ContactKey``).
+    Pure apart from the mapper's state."""
 
     def __init__(
         self,
@@ -276,8 +291,10 @@ class ExpectedContacts:
         dead_letters: SourceIndex,
         parked: SourceIndex,
         source_topics: Collection[str] = (),
+        located_by_event: Collection[str] = (),
     ) -> None:
         self._mapper = mapper
+        self._located_by_event = frozenset(located_by_event)
         self._dead_letters = dead_letters
         self._parked = parked
         self._source_topics = frozenset(source_topics)
@@ -288,6 +305,7 @@ class ExpectedContacts:
         self._parked_count = 0
         self._dropped: Counter[str] = Counter()
         self._folds: dict[ContactKey, _Fold] = {}
+        self._parked_upserts: dict[ContactKey, list[ContactUpsert]] = {}
         self._unaccounted: list[Unaccounted] = []
         # identity stitching: user key -> partitions its records are on; (user key, stitched
         # key, partition of the record that stitched it)
@@ -358,6 +376,8 @@ class ExpectedContacts:
                 self._dead_lettered += 1
             elif self._parked.holds(where, outcome.integration_id):
                 self._parked_count += 1
+                if isinstance(outcome, ContactUpsert):
+                    self._parked_upserts.setdefault(self._key(outcome), []).append(outcome)
             elif isinstance(outcome, Reject):
                 if outcome.reason is Reason.NO_IDENTIFIER and user_key:
                     self._pending.append((label, user_key))
@@ -368,8 +388,14 @@ class ExpectedContacts:
             else:
                 self._fold(outcome, where)
 
+    def _key(self, upsert: ContactUpsert) -> ContactKey:
+        integration_id = upsert.integration_id
+        if integration_id in self._located_by_event:
+            integration_id = f"{integration_id}/{upsert.location_id}"
+        return integration_id, upsert.contact_key
+
     def _fold(self, upsert: ContactUpsert, where: Coordinates) -> None:
-        key = (upsert.integration_id, upsert.contact_key)
+        key = self._key(upsert)
         fold = self._folds.get(key)
         if fold is None:
             fold = self._folds[key] = _Fold(upsert, where)
@@ -426,6 +452,7 @@ class ExpectedContacts:
                 key: fold.expected(
                     dependent.get(key[1], frozenset()),
                     self._held_by(dependent.get(key[1], frozenset())),
+                    self._parked_upserts.get(key, ()),
                 )
                 for key, fold in self._folds.items()
             },
@@ -577,6 +604,7 @@ ALLOWED_RULES: Final = (
     "earlier_identity",
     "create_only",
     "stitch_order",
+    "parked",
 )
 
 
@@ -614,7 +642,11 @@ def compare(
     - ``stitch_order``: the contact lacks a value the key holds from the profile of a key
       stitched into its from another partition (``Expected.stitched_from``: the consumer
       may have read that key after this one's records), or holds a value such a profile of
-      one of its writers held.
+      one of its writers held;
+    - ``parked``: the contact holds what one of the key's parked upserts sent
+      (``Expected.parked``): a parked record may have been delivered by a member that died
+      before committing it (the member that read it again parked it), or from the parking
+      topic since.
 
     Contact keys sorted."""
     priorities = priorities or {}
@@ -623,9 +655,9 @@ def compare(
         for location, found in contacts.items()
     }
     clusters = _identity_clusters(expected, priorities)
-    members: dict[ContactKey, list[Expected]] = {}
+    members: dict[ContactKey, dict[ContactKey, Expected]] = {}
     for key, want in expected.items():
-        members.setdefault(clusters.root(key), []).append(want)
+        members.setdefault(clusters.root(key), {})[key] = want
     # the contacts a key may be at: the one its own identifiers find, else those its
     # cluster's find (another key changed the contact's identifiers since)
     found: dict[ContactKey, list[Mapping[str, Any]]] = {}
@@ -635,7 +667,7 @@ def compare(
         directory = directories.get(location, _Directory())
         own = directory.find_all([*_identifiers(want.upsert), *sorted(want.identifiers)])
         found[key] = own or directory.find_all(
-            sorted({i for w in members[clusters.root(key)] for i in w.identifiers})
+            sorted({i for w in members[clusters.root(key)].values() for i in w.identifiers})
         )
         for contact in found[key]:
             found_at.setdefault((location, contact.get("id")), {})[key] = want
@@ -654,15 +686,15 @@ def compare(
         best: tuple[list[str], Counter[str]] | None = None
         for contact in found[key]:
             writers = found_at[(location, contact.get("id"))]
-            others = {_key_of(w): w for w in members[root]}
-            for writer in writers.values():
-                others.update((_key_of(w), w) for w in _stitched(writer, expected))
+            others = dict(members[root])
+            for writer_key, writer in writers.items():
+                others.update(_stitched(writer_key, writer, expected))
             context = _Context(
                 contact,
                 directories[location],
                 list(writers.values()),
                 [w for k, w in others.items() if k not in writers],
-                _stitched(want, expected),
+                list(_stitched(key, want, expected).values()),
             )
             checked = context.check(want)
             if best is None or len(checked[0]) < len(best[0]):
@@ -687,18 +719,12 @@ def compare(
     )
 
 
-def _key_of(want: Expected) -> ContactKey:
-    return want.upsert.integration_id, want.upsert.contact_key
-
-
-def _stitched(want: Expected, expected: Mapping[ContactKey, Expected]) -> list[Expected]:
-    """The expected contacts of ``want.stitched_from`` (same integration)."""
-    integration_id = want.upsert.integration_id
-    return [
-        expected[(integration_id, k)]
-        for k in sorted(want.stitched_from)
-        if (integration_id, k) in expected
-    ]
+def _stitched(
+    key: ContactKey, want: Expected, expected: Mapping[ContactKey, Expected]
+) -> dict[ContactKey, Expected]:
+    """The expected contacts of ``want.stitched_from`` (``key``'s integration and location)."""
+    keys = [(key[0], k) for k in sorted(want.stitched_from)]
+    return {k: expected[k] for k in keys if k in expected}
 
 
 @dataclass(frozen=True, slots=True)
@@ -753,6 +779,11 @@ class _Context:
             if name in w.written
         ):
             return "other_writer"
+        if any(
+            name in _written_names(parked) and _holds(name, parked, contact)
+            for parked in want.parked
+        ):
+            return "parked"
         actual = contact.get(name)
         if value is not None and (
             (

@@ -52,6 +52,16 @@ async def read_match_priorities(
     return result
 
 
+async def read_locations(url: str, *, timeout_s: float = 30.0) -> frozenset[str]:
+    """The ids of the locations the sandbox serves, from ``GET /_sandbox/settings``. Raises
+    ``SandboxError`` when it does not answer 200 with a location table."""
+    body = (await _get_all(url, {"": ("settings", {})}, timeout_s))[""]
+    locations = body.get("locations") if isinstance(body, dict) else None
+    if not isinstance(locations, Mapping):
+        raise SandboxError(f"sandbox {url}: /_sandbox/settings: no location table")
+    return frozenset(str(location_id) for location_id in locations)
+
+
 async def _get_all(
     url: str, requests: Mapping[str, tuple[str, Mapping[str, str]]], timeout_s: float
 ) -> dict[str, Any]:

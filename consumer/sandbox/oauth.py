@@ -228,6 +228,12 @@ class OAuthState:
             return None
         return grant
 
+    def issued_to(self, access_token: str) -> str | None:
+        """The location an OAuth Location access token was issued for, expired or not; None
+        for any other token."""
+        grant = self._access.get(access_token)
+        return None if grant is None else grant.location_id
+
     def issue_code(self, location_id: str | None, now: float) -> str:
         """An authorization code for the company (None) or a location: what HighLevel's install
         redirect carries."""

@@ -24,7 +24,8 @@ budget is counted, so none).
 Auth and version answers, as callers report them from the live API (docs/highlevel.md, "Known
 pitfalls" and "Sandbox fidelity"):
 - Unknown or missing token: 401 ``{"statusCode":401,"message":"Invalid JWT"}``
-  (highlevel-api-docs#213).
+  (highlevel-api-docs#213). An expired OAuth Location token too; its request log entry then
+  names the location it was issued for (``tokenLocationId``; never the token).
 - A known token without the endpoint's scope (``contacts.write`` for the upsert and the tags
   endpoint, ``contacts.readonly`` for ``GET /contacts/{id}``): 401 ``The token is not authorized
   for this scope.`` (live reports; not 403). Scopes are set per token with ``PUT
@@ -297,7 +298,9 @@ class Sandbox:
         )
         if location is None:
             self.unauthorized += 1
-            self._log(request, None, 401, trace_id)
+            issued_to = self.oauth.issued_to(token) if token else None
+            extra = {} if issued_to is None else {"tokenLocationId": issued_to}
+            self._log(request, None, 401, trace_id, **extra)
             return _json(401, _INVALID_JWT, {})
         if not allowed:
             self._log(request, location.id, 401, trace_id, missingScope=scope)

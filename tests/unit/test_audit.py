@@ -293,6 +293,30 @@ def test_upserts_dead_lettered_or_parked_are_not_expected_in_highlevel() -> None
     assert ledger.contacts[("default", "user-1")].upsert.fields["firstName"] == "v0"
 
 
+def test_a_contact_may_hold_what_a_parked_upsert_of_its_key_sent() -> None:
+    """A member delivers v1 and dies before committing it; the member that reads it again
+    parks it (the installation broke meanwhile): HighLevel holds v1, the audit expects v0
+    and allows v1 as ``parked``. A value no upsert of the key sent is still a mismatch."""
+    stream = Stream()
+    stream.add(identify(1, 0))
+    parked_record = stream.add(identify(1, 1, city="Lyon"))
+    parked = dead_letters(
+        (parked_record, Failure(reason="installation_broken", error="", integration_id="default"))
+    )
+    ledger = ledger_of(stream, parked=parked)
+    want = ledger.contacts[("default", "user-1")]
+    assert (want.upsert.fields["firstName"], len(want.parked)) == ("v0", 1)
+    contacts = delivered(*upserts_of(stream, mapper()))
+    result = compare(ledger.contacts, contacts)
+    assert result.unaccounted == ()
+    assert result.allowed["parked"] == 1  # firstName; city is not expected, so not compared
+    assert compare(ledger.contacts, delivered(want.upsert)).allowed["parked"] == 0
+
+    contacts[LOCATION][0]["firstName"] = "v7"
+    [wrong] = compare(ledger.contacts, contacts).unaccounted
+    assert wrong.fields == ("firstName",)
+
+
 def test_a_dead_letter_for_one_integration_does_not_account_for_another() -> None:
     stream = Stream()
     record = stream.add(identify(1, 0))
@@ -345,6 +369,45 @@ def test_what_the_consumer_would_deliver_matches() -> None:
     result = compare(ledger.contacts, delivered(*upserts_of(stream, mapper())))
     allowed_nothing = dict.fromkeys(ALLOWED_RULES, 0)
     assert result == Comparison(1, 3, (), contacts=1, allowed=allowed_nothing)
+
+
+def test_an_integration_whose_events_choose_the_location_is_audited_per_location() -> None:
+    """OAuth: ``location_path`` names the location in each event; one user key's events in
+    two locations are two contacts, each compared with its own location's."""
+    oauth = target("agency", location_id="", location_path=("context", "groupId"))
+    events = [
+        {**identify(1, version), "context": {"groupId": location}}
+        for version, location in ((0, LOCATION), (1, OTHER_LOCATION), (2, LOCATION))
+    ]
+    stream = Stream()
+    for event in events:
+        stream.add(event)
+    expected = ExpectedContacts(
+        mapper(oauth),
+        dead_letters=SourceIndex(),
+        parked=SourceIndex(),
+        located_by_event=["agency"],
+    )
+    expected.add(stream.records)
+    ledger = expected.ledger()
+    assert ledger.locations() == {LOCATION, OTHER_LOCATION}
+    here = ledger.contacts[(f"agency/{LOCATION}", "user-1")]
+    there = ledger.contacts[(f"agency/{OTHER_LOCATION}", "user-1")]
+    assert (here.events, here.upsert.fields["firstName"]) == (2, "v2")
+    assert (there.events, there.upsert.fields["firstName"]) == (1, "v1")
+
+    contacts = delivered(*upserts_of(stream, mapper(oauth)))
+    result = compare(ledger.contacts, contacts)
+    assert (result.contacts, result.matching, result.delivered_events) == (2, 2, 3)
+    assert result.unaccounted == ()
+
+    # The other location's contact lost: only that location's key is unaccounted.
+    result = compare(ledger.contacts, {LOCATION: contacts[LOCATION]})
+    [missing] = result.unaccounted
+    assert (missing.subject, missing.problem) == (f"agency/{OTHER_LOCATION}/user-1", MISSING)
+    # A contact of the right person in the wrong location does not count.
+    swapped = {LOCATION: contacts[OTHER_LOCATION], OTHER_LOCATION: contacts[LOCATION]}
+    assert {u.problem for u in compare(ledger.contacts, swapped).unaccounted} == {MISMATCH}
 
 
 def test_a_missing_contact_is_unaccounted_with_its_events() -> None:

@@ -1,0 +1,432 @@
+"""Issue 17's "Done when" soak for OAuth, scaled for CI: three ``ghl-consumer run`` members in one
+group share one installation (a real broker, redis-server, the sandbox over TCP); its 20
+locations are discovered; the sandbox's tokens live 20 s, so the Company token is refreshed
+about every 15 s and every Location token is minted again as often. Traffic flows for
+``GHL_OAUTH_SOAK_SECONDS`` (default 60; the issue's full run is 300 s:
+``GHL_OAUTH_SOAK_SECONDS=300``) while one member is SIGKILLed and restarted every ~20 s. Each
+kill waits for the sandbox to answer a Company refresh and kills the member that asked for it
+(found by the TCP port it asked from) as soon as the test's loop sees the answer, racing the
+member's write of the new refresh token to Redis; whether it had stored it is recorded. When
+no refresh comes within the slot, a member is killed anyway.
+
+``GHL_OAUTH_SOAK_KILL_IN_WINDOW=1`` kills the asker from inside the sandbox's handler instead,
+before the answer leaves: certainly between HighLevel's answer and the Redis write, where the
+design loses the refresh token (``consumer.state.oauth_tokens``). The test then fails, on
+purpose, at ``refreshReuses``: the next refresh presents the spent token and the installation
+breaks until ``oauth reconnect``.
+
+Asserted: every event is delivered or accounted for by ``ghl-consumer audit`` (0 unaccounted);
+no refresh token was presented twice (the sandbox's ``refreshReuses`` is 0: a member killed
+between HighLevel's answer and the Redis write would lose the new refresh token, and the next
+refresh would present the spent one; see ``consumer.state.oauth_tokens``); the installation
+never broke; no location answered upserts 401 more often than it was issued tokens (each
+expires once); no token value (access, refresh, code) nor the client secret in any member's
+log, metrics page or debugger page. What happened (kills, which were mid-refresh, refreshes,
+401s) is printed for the record (``pytest -s``)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import re
+import signal
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+
+from consumer.highlevel.oauth import OAuthClient
+from consumer.sandbox import Sandbox, run_sandbox
+from consumer.sandbox.oauth import OAuthSettings
+from consumer.state.token_store import TokenStore
+from tests.integration.consumer_harness import (
+    ProcessLog,
+    committed_offsets,
+    end_offsets,
+    produce_rounds,
+    run_command,
+    start_consumer,
+    stop_process,
+)
+from tests.integration.redis_server import RedisServer
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SECONDS = float(os.environ.get("GHL_OAUTH_SOAK_SECONDS", "60"))
+IN_WINDOW = os.environ.get("GHL_OAUTH_SOAK_KILL_IN_WINDOW") == "1"
+KILL_EVERY_S = 20.0
+TTL = 20.0  # seconds: Company and Location tokens
+MEMBERS = 3
+LOCATION_COUNT = 20
+USERS = 4  # per location
+RATE = 20  # events per second
+PARTITIONS = 6
+APP = OAuthSettings(company_id="agency-soak", client_secret="soak-secret-value", access_ttl_s=TTL)
+CONFIG = f"""
+[engine]
+coalesce_window_ms = 0
+
+[delivery]
+unauthorized_probe_seconds = 1
+
+[[oauth]]
+id = "agency"
+client_id = "{APP.client_id}"
+client_secret = {{ env = "TEST_OAUTH_SECRET" }}
+app_id = "{APP.app_id}"
+company_id = "{APP.company_id}"
+discover = true
+
+[[integrations]]
+id = "agency-events"
+oauth = "agency"
+location_path = "context.groupId"
+"""
+UNKNOWN = "loc-not-installed"
+
+
+def locations() -> list[str]:
+    return [f"oauth-location-{n:02d}" for n in range(1, LOCATION_COUNT + 1)]
+
+
+def traffic(seconds: float) -> Iterator[list[tuple[bytes, bytes]]]:
+    """One round a second: RATE identify events over every location's users, versions rising
+    per contact; one in 50 names a location the app is not installed in."""
+    where = locations()
+    versions: Counter[str] = Counter()
+    for second in range(int(seconds)):
+        batch = []
+        for n in range(RATE):
+            location = UNKNOWN if (second * RATE + n) % 50 == 49 else random.choice(where)
+            user = random.randrange(USERS)
+            key = f"{location}-u{user}"
+            versions[key] += 1
+            event = {
+                "type": "identify",
+                "userId": key,
+                "messageId": f"{key}-{versions[key]}",
+                "traits": {
+                    "email": f"u{user}@example.com",
+                    "first_name": f"v{versions[key]:04d}",
+                },
+                "context": {"groupId": location},
+            }
+            batch.append((key.encode(), orjson.dumps(event)))
+        yield batch
+
+
+async def install(sandbox: Sandbox, redis_url: str) -> None:
+    """What ``oauth exchange --code`` does (the CLI is tested on its own)."""
+    client = OAuthClient(
+        base_url=sandbox.url, client_id=APP.client_id, client_secret=APP.client_secret
+    )
+    store = TokenStore.from_url(redis_url)
+    try:
+        grant = await client.exchange_code(sandbox.oauth.issue_code(None, time.time()))
+        await store.install(APP.company_id, grant, time.time())
+    finally:
+        await client.close()
+        await store.aclose()
+
+
+def record_tokens(sandbox: Sandbox) -> list[str]:
+    """Every token and code value the sandbox issues from now on."""
+    issued: list[str] = []
+    make = sandbox.oauth.new_token
+
+    def new_token() -> str:
+        issued.append(make())
+        return issued[-1]
+
+    sandbox.oauth.new_token = new_token
+    return issued
+
+
+def owner_of_port(pids: dict[int, int], port: int) -> int | None:
+    """The member (index into ``pids``: member -> pid) holding a local TCP socket on ``port``,
+    from /proc (Linux)."""
+    inodes: dict[str, int] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if not os.path.exists(table):
+            continue
+        with open(table) as lines:
+            next(lines)
+            for line in lines:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes[fields[9]] = port
+    for member, pid in pids.items():
+        try:
+            links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        except OSError:
+            continue
+        if any(link[len("socket:[") : -1] in inodes for link in links if link.startswith("sock")):
+            return member
+    return None
+
+
+class Members:
+    """The group's members: started, killed, restarted; every one's log kept."""
+
+    def __init__(self, env: dict[str, str], config: Path) -> None:
+        self._env = env
+        self._config = config
+        self.current: dict[int, ProcessLog] = {}
+        self.logs: list[ProcessLog] = []
+
+    async def start(self, member: int) -> None:
+        process = await start_consumer(
+            self._env, "--config", str(self._config), "--log-level", "DEBUG"
+        )
+        log = ProcessLog(process)
+        self.current[member] = log
+        self.logs.append(log)
+
+    def pids(self) -> dict[int, int]:
+        return {m: log.process.pid for m, log in self.current.items()}
+
+    async def kill(self, member: int) -> None:
+        await stop_process(self.current[member].process, signal.SIGKILL)
+        await self.current[member].finished()
+
+    async def pages(self, http: aiohttp.ClientSession) -> list[str]:
+        """Every running member's metrics page and debugger pages (a member killed meanwhile
+        is skipped)."""
+        texts: list[str] = []
+        for log in list(self.current.values()):
+            try:
+                texts += await self._pages(http, log)
+            except aiohttp.ClientConnectionError:
+                async with asyncio.timeout(10):
+                    await log.process.wait()  # killed while scraped; else this raises
+        return texts
+
+    @staticmethod
+    async def _pages(http: aiohttp.ClientSession, log: ProcessLog) -> list[str]:
+        texts = []
+        if log.process.returncode is None:
+            urls = [line for line in log.lines if "event debugger on" in line]
+            if not urls:
+                return texts
+            metrics, debug = re.findall(r"(http://\S+?)/(?:metrics|debug)\b", urls[-1])[:2]
+            for url in (
+                f"{metrics}/metrics",
+                f"{debug}/debug",
+                f"{debug}/debug/deliveries.json",
+                f"{debug}/debug/outcomes.json",
+            ):
+                async with http.get(url) as response:
+                    assert response.status == 200, url
+                    texts.append(await response.text())
+        return texts
+
+
+@dataclass
+class Kill:
+    """One SIGKILL: when (seconds into the run), which member, and for a kill on a refresh the
+    milliseconds from the sandbox's answer to the signal and whether the member had stored the
+    new refresh token in Redis by then (False: it was lost with the member)."""
+
+    at: float
+    member: int
+    delay_ms: float | None = None
+    stored: bool | None = None
+
+
+class RefreshKiller:
+    """SIGKILLs the member whose Company refresh the sandbox just answered (found by the TCP
+    port it asked from). ``IN_WINDOW``: from inside the sandbox's handler, before the answer is
+    sent (the member is certainly killed between HighLevel's answer and its Redis write); else
+    from the test's loop as soon as it sees the answer."""
+
+    def __init__(self, sandbox: Sandbox, members: Members) -> None:
+        self._sandbox = sandbox
+        self._members = members
+        self._armed = False
+        self._answered: asyncio.Queue[tuple[float, int, int | None]] = asyncio.Queue()
+        original = sandbox._oauth_answer
+
+        def answer(request: web.Request, make: Callable[[float], Any]) -> web.Response:
+            before = sandbox.oauth.counters.get("refreshes", 0)
+            response = original(request, make)
+            peer = request.transport.get_extra_info("peername") if request.transport else None
+            refreshed = sandbox.oauth.counters.get("refreshes", 0) > before
+            if self._armed and refreshed and response.status == 200 and peer:
+                self._on_refresh(int(peer[1]))
+            return response
+
+        sandbox._oauth_answer = answer  # type: ignore[method-assign]
+
+    def _on_refresh(self, port: int) -> None:
+        asker = None
+        if IN_WINDOW:
+            asker = owner_of_port(self._members.pids(), port)
+            if asker is not None:
+                os.kill(self._members.pids()[asker], signal.SIGKILL)
+        self._answered.put_nowait((time.monotonic(), port, asker))
+
+    async def kill(self, started: float, deadline: float, redis_url: str) -> Kill:
+        """Wait (until ``deadline``) for a Company refresh and SIGKILL its asker; else SIGKILL a
+        random member. Restart the member."""
+        self._armed = True
+        kill = Kill(0.0, random.randrange(MEMBERS))
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    async with asyncio.timeout(left):
+                        answered_at, port, killed = await self._answered.get()
+                except TimeoutError:
+                    break
+                asker = killed if killed is not None else owner_of_port(self._members.pids(), port)
+                if asker is not None:
+                    if killed is None:
+                        os.kill(self._members.pids()[asker], signal.SIGKILL)
+                    kill = Kill(0.0, asker, (time.monotonic() - answered_at) * 1000)
+                    break
+        finally:
+            self._armed = False
+        await self._members.kill(kill.member)
+        kill.at = time.monotonic() - started
+        if kill.delay_ms is not None:
+            kill.stored = await self._stored(redis_url)
+        await self._members.start(kill.member)
+        return kill
+
+    async def _stored(self, redis_url: str) -> bool:
+        """Whether Redis holds the refresh token the sandbox issued last."""
+        store = TokenStore.from_url(redis_url)
+        try:
+            stored = await store.read(APP.company_id)
+        finally:
+            await store.aclose()
+        current = self._sandbox.oauth._grants[None].refresh_token
+        return stored is not None and stored.refresh_token == current
+
+
+@pytest.mark.timeout(600 + 2 * SECONDS)
+async def test_members_killed_mid_refresh_lose_no_event_and_reuse_no_refresh_token(
+    kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    topic = new_topic(partitions=PARTITIONS)
+    group = f"oauth-soak-{uuid.uuid4().hex[:8]}"
+    config = tmp_path / "config.toml"
+    config.write_text(CONFIG)
+    kills: list[Kill] = []
+    with RedisServer() as redis:
+        async with run_sandbox(
+            locations={}, oauth=APP, oauth_locations=LOCATION_COUNT, request_log_size=1_000_000
+        ) as sandbox:
+            issued = record_tokens(sandbox)
+            await install(sandbox, redis.url)
+            env = {
+                "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+                "KAFKA_TOPICS": topic,
+                "KAFKA_GROUP_ID": group,
+                "GHL_API_BASE_URL": sandbox.url,
+                "REDIS_URL": redis.url,
+                "TEST_OAUTH_SECRET": APP.client_secret,
+            }
+            members = Members(env, config)
+            killer = RefreshKiller(sandbox, members)
+            pages: list[str] = []
+            scrapes: list[asyncio.Task[list[str]]] = []
+            try:
+                for member in range(MEMBERS):
+                    await members.start(member)
+                started = time.monotonic()
+                producing = threading.Thread(
+                    target=produce_rounds,
+                    args=(kafka_bootstrap, topic, list(traffic(SECONDS))),
+                    kwargs={"interval_s": 1.0},
+                    daemon=True,
+                )
+                producing.start()
+                async with aiohttp.ClientSession() as http:
+                    slot = 1
+                    while time.monotonic() - started < SECONDS - 2:
+                        await asyncio.sleep(5)  # the restarted member starts first
+                        # (in the background: a member's /metrics may wait out a rebalance)
+                        scrapes.append(asyncio.create_task(members.pages(http)))
+                        slot_end = started + slot * KILL_EVERY_S
+                        kills.append(await killer.kill(started, slot_end, redis.url))
+                        slot += 1
+                    await asyncio.to_thread(producing.join, 120)
+                    assert not producing.is_alive()
+                    ends = end_offsets(kafka_bootstrap, topic, PARTITIONS)
+                    async with asyncio.timeout(180):
+                        while committed_offsets(kafka_bootstrap, group, topic, PARTITIONS) != ends:
+                            await asyncio.sleep(0.5)
+                    drained = time.monotonic() - started
+                    scrapes.append(asyncio.create_task(members.pages(http)))
+                    for scraped in await asyncio.gather(*scrapes):
+                        pages += scraped
+                code, out, err = await run_command(
+                    {
+                        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+                        "KAFKA_TOPICS": topic,
+                        "KAFKA_GROUP_ID": group,
+                        "REDIS_URL": redis.url,  # the configuration names [[oauth]]
+                    },
+                    "audit", "--config", str(config), "--sandbox", sandbox.url, "--json",
+                )  # fmt: skip
+                store = TokenStore.from_url(redis.url)
+                try:
+                    stored = await store.read(APP.company_id)
+                finally:
+                    await store.aclose()
+            finally:
+                for member in list(members.current):
+                    await stop_process(members.current[member].process)
+                for log in members.logs:
+                    await log.finished()
+            counters = dict(sandbox.oauth.counters)
+            grants = sandbox.oauth.to_json(time.time())["grants"]
+            requests = list(sandbox.requests)
+
+    unauthorized: Counter[str] = Counter()
+    for request in requests:
+        if request["path"] == "/contacts/upsert" and request["status"] == 401:
+            unauthorized[str(request.get("tokenLocationId") or request.get("locationId"))] += 1
+    shown = [(round(k.at), k.member, k.delay_ms and round(k.delay_ms, 1), k.stored) for k in kills]
+    print(
+        f"\nOAuth soak: {SECONDS:.0f} s, drained at {drained:.0f} s; kills (s, member, ms "
+        f"after a refresh answer, new refresh token stored by then): {shown}; "
+        f"sandbox counters {counters}; 401s by location {dict(unauthorized)}"
+    )
+    assert code == 0, out + err[-3000:]
+    report = orjson.loads(out)
+    print(
+        f"audit: {report['records']} records, {report['delivered_events']} events delivered, "
+        f"{report['dead_lettered']} dead-lettered, {report['parked']} parked, "
+        f"{len(report['unaccounted'])} unaccounted; allowed {report['allowed_differences']}"
+    )
+    assert report["unaccounted"] == []
+    assert report["dead_lettered"] >= SECONDS * RATE // 50 * 0.9  # the unknown location's
+    assert len(kills) >= max(1, int(SECONDS // KILL_EVERY_S) - 1)
+    assert any(kill.delay_ms is not None for kill in kills), "no kill landed on a refresh"
+
+    assert counters.get("refreshReuses", 0) == 0, (
+        "a refresh token was presented twice: a member killed between HighLevel's refresh "
+        f"answer and its Redis write lost the new refresh token (kills: {kills})"
+    )
+    assert stored is not None
+    assert not stored.broken, stored.broken
+    assert report["delivered_events"] > 0.9 * (report["identity_events"] - report["dead_lettered"])
+    for location, count in unauthorized.items():
+        issued_for_location = grants.get(location, {}).get("generation", 0)
+        assert count <= issued_for_location, (location, count, issued_for_location)
+
+    secrets = [*issued, APP.client_secret]
+    texts = [log.text() for log in members.logs] + pages + [out, err]
+    leaked = [n for n, text in enumerate(texts) for secret in secrets if secret in text]
+    assert not leaked
