@@ -99,7 +99,9 @@ class Ticket:
             self.partition.complete(self.record.offset)
 
 
-_Key = tuple[str, str, str]  # (integration id, contact key, "replay" or "")
+# (integration id, location id, contact key, "replay" or ""): an integration whose events
+# choose their location (OAuth) reaches one user key in several locations, each its own contact
+_Key = tuple[str, str, str, str]
 _Work = Work[ContactUpsert, Ticket]
 
 
@@ -200,7 +202,12 @@ class Dispatcher:
         folds into pending work of its contact. Replayed upserts get a key of their own: they
         never fold into new ones (which park behind them until the parking group has committed
         past the contact), so new events never wait on a replay that keeps failing."""
-        key: _Key = (upsert.integration_id, upsert.contact_key, "replay" if replay else "")
+        key: _Key = (
+            upsert.integration_id,
+            upsert.location_id,
+            upsert.contact_key,
+            "replay" if replay else "",
+        )
         if self._scheduler.offer(key, upsert.location_id, upsert, ticket, now=now):
             self._stats.coalesced += 1
             self._metrics.coalesced(upsert.integration_id)

@@ -9,8 +9,10 @@ from collections.abc import Sequence
 import orjson
 import pytest
 
-from consumer.core.events import Record
+from consumer.core.events import ContactUpsert, Record
 from consumer.core.profiles import Profile
+from consumer.engine.dispatch import Ticket
+from consumer.engine.offsets import PartitionOffsets
 from consumer.observe.metrics import Metrics
 from tests.harness.engine import build, committed, run_until
 from tests.harness.guide import LOCATION
@@ -94,3 +96,23 @@ async def test_drops_without_profile_changes_complete_at_once_and_are_counted_pe
     text = metrics.exposition().decode()
     assert 'ghl_events_consumed_total{topic="events"} 50.0' in text
     assert 'ghl_events_dropped_total{reason="not_mapped"} 50.0' in text
+
+
+async def test_one_user_key_in_two_locations_is_two_contacts_pending_apart() -> None:
+    """An integration whose events choose their location (OAuth ``location_path``) reaches one
+    user key in several locations: each is its own HighLevel contact, so their upserts never
+    fold together (folding upserts of two locations is refused by ``merged_with``)."""
+    engine = build(MemorySource({("events", 0): []}), FakeHighLevel(), coalesce_window=60.0)
+    partition = PartitionOffsets("events", 0, committed=None)
+    for offset, location in enumerate(("loc-a", "loc-b", "loc-a")):
+        partition.admit(offset)
+        record = Record("events", 0, offset, b"u1", b"{}")
+        upsert = ContactUpsert(
+            integration_id="default",
+            location_id=location,
+            contact_key="u1",
+            fields={"email": "sam@example.com"},
+        )
+        engine._dispatcher.offer(upsert, Ticket(record, partition, 1), now=0.0)
+    assert engine._dispatcher.tickets == 3
+    assert engine.stats.coalesced == 1  # the second loc-a upsert folded into the first
