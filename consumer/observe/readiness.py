@@ -25,6 +25,7 @@ Called on the event loop thread by the web server's handlers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
@@ -36,6 +37,10 @@ from consumer.ratelimit.budget import LimiterState
 
 HEARTBEAT_S: Final = 1.0  # how often ``Observed.heartbeat`` marks the event loop alive
 LOOP_STUCK_S: Final = 10.0  # a heartbeat older than this: the loop was blocked
+# How long a scrape waits for the Kafka client's lag: a rebalance holds the client (the revoke
+# callback may wait for in-flight deliveries, seconds); the scrape then reports the last lag
+# read instead of outlasting Prometheus' scrape timeout.
+LAG_WAIT_S: Final = 2.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -216,6 +221,7 @@ class Observed:
         self._profiles = profiles
         self._stopping = stopping
         self._stalls = StallDetector(after_s=stall_seconds)
+        self._last_lags: Sequence[_Watermark] = []
         self._loop = asyncio.get_running_loop()
         self._liveness = Liveness(
             now=self._loop.time(),
@@ -224,10 +230,13 @@ class Observed:
         )
 
     async def snapshot(self) -> StateSnapshot:
-        """The state gauges' values now (reads the source's local lag state); advances the
-        stall clocks."""
+        """The state gauges' values now (reads the source's local lag state, waiting at most
+        ``LAG_WAIT_S`` for the client, else the last lag read); advances the stall clocks."""
         engine = self._engine.snapshot()
-        lags = await self._source.lag()
+        # the client busy (a rebalance): the last lag read
+        with contextlib.suppress(TimeoutError):
+            self._last_lags = await asyncio.wait_for(self._source.lag(), LAG_WAIT_S)
+        lags = self._last_lags
         now = self._loop.time()
         held = bool(engine.unhealthy) or any(
             (state.paused_until or 0.0) > now or (state.daily_exhausted_until or 0.0) > now

@@ -10,7 +10,13 @@ import pytest
 
 from consumer.engine.offsets import PartitionStats
 from consumer.engine.stats import EngineSnapshot
-from consumer.observe.readiness import Liveness, Observed, Readiness, StallDetector
+from consumer.observe.readiness import (
+    LAG_WAIT_S,
+    Liveness,
+    Observed,
+    Readiness,
+    StallDetector,
+)
 from consumer.ratelimit.budget import LimiterState
 from tests.harness.engine import partition_stats
 
@@ -237,3 +243,21 @@ async def test_the_heartbeat_keeps_the_loop_marked_alive() -> None:
         assert probe.liveness().alive
     finally:
         beating.cancel()
+
+
+@pytest.mark.virtual_time
+async def test_a_scrape_during_a_rebalance_reports_the_last_lag_instead_of_waiting() -> None:
+    probe, client = observed(_Engine(snapshot()))
+    assert (await probe.snapshot()).high_watermarks == {("events", 0): 25}
+    held = asyncio.Event()  # the client's lock, held by a rebalance callback
+
+    async def busy() -> list[_Watermark]:
+        await held.wait()
+        return []
+
+    client.lag = busy  # type: ignore[method-assign]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    state = await probe.snapshot()
+    assert loop.time() - started == pytest.approx(LAG_WAIT_S, abs=0.1)
+    assert state.high_watermarks == {("events", 0): 25}  # the last lag read
