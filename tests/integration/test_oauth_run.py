@@ -19,10 +19,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from consumer.highlevel.oauth import OAuthClient
 from consumer.sandbox import Sandbox, run_sandbox
 from consumer.sandbox.oauth import OAuthSettings
 from consumer.state.token_store import TokenStore
+from tests.harness.oauth import install, oauth_config
 from tests.integration.consumer_harness import (
     committed_offsets,
     end_offsets,
@@ -38,26 +38,7 @@ TTL = 6.0  # seconds: company and location tokens (refreshed 1.5 s before they e
 APP = OAuthSettings(company_id="agency-1", client_secret="run-secret-value", access_ttl_s=TTL)
 ROOT = Path(__file__).parents[2]
 LOCATIONS = ("oauth-location-01", "oauth-location-02", "oauth-location-03")
-CONFIG = f"""
-[engine]
-coalesce_window_ms = 0
-
-[delivery]
-unauthorized_probe_seconds = 1
-
-[[oauth]]
-id = "agency"
-client_id = "{APP.client_id}"
-client_secret = {{ env = "TEST_OAUTH_SECRET" }}
-app_id = "{APP.app_id}"
-company_id = "{APP.company_id}"
-discover = true
-
-[[integrations]]
-id = "agency-events"
-oauth = "agency"
-location_path = "context.groupId"
-"""
+CONFIG = oauth_config(APP)
 
 
 def identify(location: str, user: int, version: int) -> tuple[bytes, bytes]:
@@ -71,19 +52,6 @@ def identify(location: str, user: int, version: int) -> tuple[bytes, bytes]:
     }
     return key.encode(), orjson.dumps(event)
 
-
-async def install(sandbox: Sandbox, redis_url: str) -> None:
-    """What ``oauth exchange --code`` does (the CLI is tested on its own)."""
-    client = OAuthClient(
-        base_url=sandbox.url, client_id=APP.client_id, client_secret=APP.client_secret
-    )
-    store = TokenStore.from_url(redis_url)
-    try:
-        grant = await client.exchange_code(sandbox.oauth.issue_code(None, time.time()))
-        await store.install(APP.company_id, grant, time.time())
-    finally:
-        await client.close()
-        await store.aclose()
 
 
 async def broken(redis_url: str) -> str:
@@ -126,7 +94,7 @@ async def test_a_broken_installation_parks_in_order_and_reconnect_recovers_it(
     config.write_text(CONFIG)
     with RedisServer() as redis:
         async with run_sandbox(locations={}, oauth=APP, oauth_locations=3) as sandbox:
-            await install(sandbox, redis.url)
+            await install(sandbox, redis.url, APP)
             first = [identify(loc, user, 0) for loc in LOCATIONS for user in range(2)]
             unknown = identify("loc-not-installed", 9, 0)
             produce(kafka_bootstrap, topic, [*first, unknown])

@@ -45,10 +45,10 @@ import orjson
 import pytest
 from aiohttp import web
 
-from consumer.highlevel.oauth import OAuthClient
 from consumer.sandbox import Sandbox, run_sandbox
 from consumer.sandbox.oauth import OAuthSettings
 from consumer.state.token_store import TokenStore
+from tests.harness.oauth import install, oauth_config
 from tests.integration.consumer_harness import (
     ProcessLog,
     committed_offsets,
@@ -72,26 +72,7 @@ USERS = 4  # per location
 RATE = 20  # events per second
 PARTITIONS = 6
 APP = OAuthSettings(company_id="agency-soak", client_secret="soak-secret-value", access_ttl_s=TTL)
-CONFIG = f"""
-[engine]
-coalesce_window_ms = 0
-
-[delivery]
-unauthorized_probe_seconds = 1
-
-[[oauth]]
-id = "agency"
-client_id = "{APP.client_id}"
-client_secret = {{ env = "TEST_OAUTH_SECRET" }}
-app_id = "{APP.app_id}"
-company_id = "{APP.company_id}"
-discover = true
-
-[[integrations]]
-id = "agency-events"
-oauth = "agency"
-location_path = "context.groupId"
-"""
+CONFIG = oauth_config(APP)
 UNKNOWN = "loc-not-installed"
 
 
@@ -124,19 +105,6 @@ def traffic(seconds: float) -> Iterator[list[tuple[bytes, bytes]]]:
             batch.append((key.encode(), orjson.dumps(event)))
         yield batch
 
-
-async def install(sandbox: Sandbox, redis_url: str) -> None:
-    """What ``oauth exchange --code`` does (the CLI is tested on its own)."""
-    client = OAuthClient(
-        base_url=sandbox.url, client_id=APP.client_id, client_secret=APP.client_secret
-    )
-    store = TokenStore.from_url(redis_url)
-    try:
-        grant = await client.exchange_code(sandbox.oauth.issue_code(None, time.time()))
-        await store.install(APP.company_id, grant, time.time())
-    finally:
-        await client.close()
-        await store.aclose()
 
 
 def record_tokens(sandbox: Sandbox) -> list[str]:
@@ -327,7 +295,7 @@ async def test_members_killed_mid_refresh_lose_no_event_and_reuse_no_refresh_tok
             locations={}, oauth=APP, oauth_locations=LOCATION_COUNT, request_log_size=1_000_000
         ) as sandbox:
             issued = record_tokens(sandbox)
-            await install(sandbox, redis.url)
+            await install(sandbox, redis.url, APP)
             env = {
                 "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
                 "KAFKA_TOPICS": topic,
