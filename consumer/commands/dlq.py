@@ -71,11 +71,12 @@ from consumer.commands.preamble import (
     load,
     run_command,
 )
-from consumer.config import Settings
+from consumer.config import REPLAY_CO_PARTITIONED, Settings
 from consumer.core.deadletter import read_failure
 from consumer.core.events import Record
 from consumer.engine.ports import Produced
 from consumer.errors import ConfigError, KafkaAdapterError, ProduceFailedError
+from consumer.kafka.admin import CoPartition
 from consumer.kafka.producer import KafkaProducer
 from consumer.kafka.reader import TopicReader
 
@@ -108,6 +109,7 @@ class ReplayWriter(Protocol):
         key: bytes | None,
         value: bytes | None,
         headers: Sequence[tuple[str, bytes]] = (),
+        partition: int | None = None,
     ) -> asyncio.Future[Produced]: ...
 
 
@@ -122,12 +124,15 @@ async def replay(
     replay_topic: str,
     existing_topics: frozenset[str],
     out: TextIO,
+    partitions: int | None = None,
 ) -> ReplaySummary:
     """Re-send the selected records ``reader`` yields (opened on the dead-letter topic, from
     the replay group's offsets) to ``replay_topic``, or with ``to_source`` into their source
     topic (``to`` or their ``ghl.source.topic``), only when that source topic is one of
     ``configured_topics`` (the topics the consumer reads): ``replay_target``; any other is a
-    failure, not sent. ``producer`` None is the dry run: print what would be sent,
+    failure, not sent. ``partitions``: the replay topic is co-partitioned with the source
+    topic, that many partitions each; each copy goes to its original's partition
+    (``replay_target``). ``producer`` None is the dry run: print what would be sent,
     send and commit nothing. Commits the group's offsets after each batch, once the broker has
     confirmed every copy in it. Raises ``KafkaAdapterError`` when reading or committing fails."""
     summary = ReplaySummary()
@@ -159,6 +164,7 @@ async def replay(
                 to_source=to_source,
                 configured_topics=configured_topics,
                 replay_topic=replay_topic,
+                partitions=partitions,
             )
             if isinstance(target, str):
                 steps.append((record, None, target))
@@ -183,6 +189,7 @@ async def replay(
                     key=record.key,
                     value=record.value,
                     headers=replay_headers(record, target),
+                    partition=target.partition,
                 )
             except ProduceFailedError as exc:
                 steps.append((record, target.topic, str(exc)))
@@ -208,9 +215,10 @@ async def replay(
 
 
 def _shown(target: ReplayTarget) -> str:
+    where = target.topic if target.partition is None else f"{target.topic}[{target.partition}]"
     if target.topic == target.original:
-        return target.topic
-    return f"{target.topic} (as {target.original})"
+        return where
+    return f"{where} (as {target.original})"
 
 
 def _missing(topic: str, replay_topic: str) -> str:
@@ -249,6 +257,9 @@ async def _replay_command(args: argparse.Namespace, settings: Settings, out: Tex
         if topic not in existing:
             print(f"dead-letter topic {topic} does not exist: nothing to replay", file=out)
             return 0
+        partitions = None
+        if settings.replay_co_partitioned:
+            partitions = await _co_partitions(reader, settings)
         ranges = await reader.open([topic], from_committed=not args.from_beginning)
         pending = sum(r.end - r.start for r in ranges)
         print(
@@ -266,6 +277,7 @@ async def _replay_command(args: argparse.Namespace, settings: Settings, out: Tex
             replay_topic=kafka.replay_topic,
             existing_topics=existing,
             out=out,
+            partitions=partitions,
         )
     finally:
         if producer is not None:
@@ -279,6 +291,22 @@ async def _replay_command(args: argparse.Namespace, settings: Settings, out: Tex
         file=out,
     )
     return 1 if summary.failed or summary.unreplayable else 0
+
+
+async def _co_partitions(reader: TopicReader, settings: Settings) -> int:
+    """The source topic's partition count, which the replay topic has too when co-partitioned
+    (``Settings.replay_co_partitioned``). Raises ``ConfigError`` when the source topic does
+    not exist or the replay topic has another count (``ghl-consumer run`` refuses to start
+    then too); a replay topic not created yet fails each copy instead."""
+    kafka = settings.kafka
+    rule = CoPartition(kafka.replay_topic, kafka.topics[0], REPLAY_CO_PARTITIONED)
+    counts = await reader.partition_counts([rule.source, rule.topic])
+    if rule.source not in counts:
+        raise ConfigError(f"kafka.topics: topic {rule.source} does not exist")
+    wanted = counts[rule.source]
+    if counts.get(rule.topic, wanted) != wanted:
+        raise ConfigError(rule.mismatch(counts[rule.topic], wanted))
+    return wanted
 
 
 async def list_dead_letters(reader: TopicReader, selection: Selection) -> tuple[list[Group], int]:

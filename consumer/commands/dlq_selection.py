@@ -61,10 +61,13 @@ def parse_time(text: str) -> datetime | None:
 @dataclass(frozen=True, slots=True)
 class ReplayTarget:
     """Where a dead letter's copy is written (``topic``) and the source topic it stands for
-    (``original``, routed as such by ``ghl-consumer run``); equal with ``--to-source``."""
+    (``original``, routed as such by ``ghl-consumer run``); equal with ``--to-source``.
+    ``partition``: the partition it is written to, or None for the producer's partitioner on
+    its key."""
 
     topic: str
     original: str
+    partition: int | None = None
 
 
 def not_read(topic: str) -> str:
@@ -80,13 +83,20 @@ def replay_target(
     to_source: bool,
     configured_topics: frozenset[str],
     replay_topic: str,
+    partitions: int | None = None,
 ) -> ReplayTarget | str:
     """Where the copy of the dead letter with ``failure`` (its ``read_failure`` headers) goes,
     or why it cannot be replayed (text). Its source topic is ``to``, else its
     ``ghl.source.topic``, else, for a copy read from ``replay_topic`` that failed again, the
     ``ghl.original_topic`` it was routed as; it must be one of ``configured_topics``. The copy
     is written to ``replay_topic``, which only this consumer group reads, or into the source
-    topic itself with ``to_source`` (every consumer group of that topic then reads it)."""
+    topic itself with ``to_source`` (every consumer group of that topic then reads it).
+
+    ``partitions``, given when the replay topic is co-partitioned with the source topic (that
+    many partitions each): the copy goes to the partition its original was read from,
+    ``ghl.source.partition`` (for a copy that failed again, the replay partition it was read
+    from: the same number); without that header, to the producer's partitioner on its key.
+    A partition that is not a number below ``partitions`` is refused."""
     source = failure.get("source.topic")
     if source == replay_topic:
         source = failure.get("original_topic")
@@ -95,7 +105,16 @@ def replay_target(
         return "no ghl.source.topic header; give --to"
     if original not in configured_topics:
         return f"{not_read(original)}: refused"
-    return ReplayTarget(original if to_source else replay_topic, original)
+    topic = original if to_source else replay_topic
+    raw = failure.get("source.partition")
+    if partitions is None or raw is None:
+        return ReplayTarget(topic, original)
+    if not (raw.isascii() and raw.isdigit() and int(raw) < partitions):
+        return (
+            f"ghl.source.partition {raw[:16]!r} is not a partition of {original} "
+            f"(0 to {partitions - 1}): refused"
+        )
+    return ReplayTarget(topic, original, int(raw))
 
 
 def replay_headers(record: Record, target: ReplayTarget) -> list[tuple[str, bytes]]:

@@ -27,7 +27,7 @@ from consumer.commands.preamble import (
     run_command,
     stop_on_signals,
 )
-from consumer.config import KafkaSettings, Settings
+from consumer.config import REPLAY_CO_PARTITIONED, KafkaSettings, Settings
 from consumer.core.mapping import build_mapper
 from consumer.core.profiles import ChangelogProfileStore
 from consumer.engine.engine import Engine, EngineOptions
@@ -35,7 +35,7 @@ from consumer.engine.stats import EngineStats
 from consumer.errors import KafkaAdapterError
 from consumer.highlevel.client import HighLevelClient, Timeouts
 from consumer.highlevel.oauth import OAuthClient
-from consumer.kafka.admin import TopicSpec, TopicUse, start_up
+from consumer.kafka.admin import CoPartition, TopicSpec, TopicUse, start_up
 from consumer.kafka.clients import GroupProtocol
 from consumer.kafka.parking import KafkaParkingLog
 from consumer.kafka.producer import KafkaProducer
@@ -207,6 +207,7 @@ async def running_consumer(
     )
     # First, before any client that would log every failed connection attempt: one line when
     # the bootstrap servers do not answer, and the topics created or checked.
+    co_partitioned = settings.replay_co_partitioned
     started = await start_up(
         kafka.bootstrap_servers,
         create=consumer_topics(kafka),
@@ -215,6 +216,11 @@ async def running_consumer(
         timeout_s=kafka.startup_timeout_seconds,
         extra=extra,
         stop=stop,
+        co_partitioned=(
+            [CoPartition(kafka.replay_topic, kafka.topics[0], REPLAY_CO_PARTITIONED)]
+            if co_partitioned
+            else []
+        ),
     )
     if not started:
         raise StoppedBeforeStart("a signal arrived while waiting for the Kafka bootstrap servers")
@@ -239,7 +245,9 @@ async def running_consumer(
         )
         # dlq replay's copies: a group of its own, named after its topic (as parking's), so
         # the main group's members share the source partitions alone. From the earliest
-        # offset: copies written before the group first joined are read.
+        # offset: copies written before the group first joined are read. Co-partitioned, the
+        # engine assigns the replay partitions of the source partitions this member owns (the
+        # offsets are committed in that group all the same, which then has no members).
         replays = KafkaSource(
             bootstrap=kafka.bootstrap_servers,
             group_id=kafka.replay_topic,
@@ -248,6 +256,7 @@ async def running_consumer(
             session_timeout_ms=kafka.session_timeout_ms,
             client_id="ghl-consumer-replay",
             extra=extra,
+            subscribe=not co_partitioned,
         )
         parking = KafkaParkingLog(
             topic=kafka.parking_topic,
@@ -283,7 +292,8 @@ async def running_consumer(
             credentials=credentials,
             locations={i.id: i.location_id for i in settings.integrations},
             dead_letter_topic=kafka.dead_letter_topic,
-            replay_source=replays,
+            replay_source=None if co_partitioned else replays,
+            replay_follower=replays if co_partitioned else None,
             source_topics=kafka.topics,
             delivery_topic=kafka.delivery_topic,
             parking_log=parking,

@@ -426,7 +426,7 @@ def _profiles(
     table: Mapping[str, Any], environ: Mapping[str, str], read_secrets: bool
 ) -> ProfilesSettings:
     """``[profiles]``; when ``read_secrets``, each key is read and checked (32 bytes, base64)."""
-    reject_unknown_keys(table, ("encryption_keys", "encryption_key_id"), "profiles")
+    reject_unknown_keys(table, ("encryption_keys", "encryption_key_id", "state_dir"), "profiles")
     entries = table.get("encryption_keys", [])
     if not isinstance(entries, list):
         raise ConfigError('profiles.encryption_keys: expected a list of { id = ..., key = ... }')
@@ -457,7 +457,12 @@ def _profiles(
         raise ConfigError(
             f"profiles.encryption_key_id: {write_key!r} is not an id in profiles.encryption_keys"
         )
-    return ProfilesSettings(encryption_keys=tuple(keys), encryption_key_id=write_key)
+    state_dir = table.get("state_dir", "")
+    if not isinstance(state_dir, str):
+        raise ConfigError("profiles.state_dir: expected a string (a directory path)")
+    return ProfilesSettings(
+        encryption_keys=tuple(keys), encryption_key_id=write_key, state_dir=state_dir
+    )
 
 
 def _retention(

@@ -196,10 +196,12 @@ class ProfileKey:
 class ProfilesSettings:
     """``[profiles]``: encryption at rest of the profile changelog's values. ``encryption_keys``
     are every key a value may be sealed with; ``encryption_key_id`` the one new values use (empty:
-    values are written plain, sealed ones still read)."""
+    values are written plain, sealed ones still read). ``state_dir``: where partitioned profile
+    state lives (empty: every member holds the whole changelog)."""
 
     encryption_keys: tuple[ProfileKey, ...] = ()
     encryption_key_id: str = ""
+    state_dir: str = ""
 
     def keys(self) -> dict[str, bytes]:
         """Key id -> key bytes, revealed: hand them to the cipher, never log them."""
@@ -288,6 +290,22 @@ class Settings:
     def targets(self) -> tuple[Target, ...]:
         """The integrations as the core's routing and mapping targets (no tokens)."""
         return tuple(integration.target for integration in self.integrations)
+
+    @property
+    def replay_co_partitioned(self) -> bool:
+        """Whether the replay topic is co-partitioned with the one source topic (partitioned
+        profile state: ``profiles.state_dir`` set, one topic in ``kafka.topics``): it has the
+        source topic's partition count, ``dlq replay`` writes each copy to its original's
+        partition, and each member reads the replay partitions of the source partitions it
+        owns. Otherwise the replay topic is read by a consumer group of its own."""
+        return bool(self.profiles.state_dir) and len(self.kafka.topics) == 1
+
+
+REPLAY_CO_PARTITIONED: Final = (
+    "profiles.state_dir is set: each member reads the replay partitions of the source "
+    "partitions it owns, and dlq replay writes each copy to its original's partition"
+)
+"""Why the replay topic must have the source topic's partition count, for error messages."""
 
 
 PLAIN_SECTIONS: Final[dict[str, type]] = {

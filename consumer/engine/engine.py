@@ -17,7 +17,9 @@ After every poll, ``consumer.engine.backpressure`` decides which partitions to p
 Feeds: the event feed (the source topics, the main consumer group), the parking feed (the
 parking topic, a group named after it) and, when given, the replay feed (``dlq replay``'s
 copies, the replay topic, a group named after it). Each feed is its own consumer group, so the
-main group's assignment depends on the source partitions alone. Records of the replay feed go
+main group's assignment depends on the source partitions alone. The replay feed may instead be
+co-partitioned with the event feed (``replay_follower``): it then joins no group and reads
+exactly the replay partitions whose event partitions this member owns. Records of the replay feed go
 through the same steps as the event feed's (admit, map, dedupe, deliver, dead-letter), under
 the same contact keys (so per-contact order and the dispatcher's identity lock hold across both
 feeds), and commit after delivery likewise.
@@ -28,7 +30,10 @@ and learns the contacts parked by their previous owner. Inside ``on_revoked`` (b
 partitions move) it lets work of those partitions already being sent or parked finish (bounded
 by ``revoke_wait``, longer than an HTTP timeout), commits them, then revokes them in the
 tracker, whose guard ignores late completions; their not-yet-sent work is discarded (the new
-owner re-reads it). Lost partitions are revoked without a commit.
+owner re-reads it). Lost partitions are revoked without a commit. A co-partitioned replay feed
+follows the event feed's assignment: replay partition p is assigned after event partition p
+was assigned and restored, and revoked (its in-flight work waited for, committed) or lost
+before event partition p is.
 
 Not thread-safe by design: the Kafka adapter runs rebalance callbacks on the loop.
 """
@@ -58,6 +63,7 @@ from consumer.engine.ports import (
     Credentials,
     DeliveryRecorder,
     EngineMetrics,
+    FollowingSource,
     Limiter,
     ParkingLog,
     ProfileLog,
@@ -139,7 +145,10 @@ class _Feed:
 class _FeedListener:
     """Rebalance handling of one feed (its source's ``RebalanceListener``; called on the event
     loop). ``prepare``, when given, is awaited before non-empty assignments are tracked: the
-    event feed restores the state the previous owner left (see the module docstring)."""
+    event feed restores the state the previous owner left (see the module docstring).
+    ``follower``, when given (the event feed's, in co-partitioned mode), is made to own the
+    same partition numbers as this feed: after an assignment is tracked, and before a revoked
+    or lost partition is let go here."""
 
     def __init__(
         self,
@@ -149,12 +158,14 @@ class _FeedListener:
         *,
         revoke_wait: float,
         prepare: Callable[[], Awaitable[None]] | None = None,
+        follower: FollowingSource | None = None,
     ) -> None:
         self._feed = feed
         self._dispatcher = dispatcher
         self._metrics = metrics
         self._revoke_wait = revoke_wait
         self._prepare = prepare
+        self._follower = follower
 
     async def on_assigned(self, partitions: Sequence[Assignment]) -> None:
         if partitions and self._prepare is not None:
@@ -167,8 +178,27 @@ class _FeedListener:
         logger.info(
             "%s: assigned %s", self._feed.name, [(a.topic, a.partition) for a in partitions]
         )
+        if partitions:
+            await self._follow()
+
+    async def _follow(self, leaving: Sequence[tuple[str, int]] = (), *, lost: bool = False) -> None:
+        """Make the follower own the partition numbers this feed owns, ``leaving`` excepted."""
+        if self._follower is None:
+            return
+        gone = set(leaving)
+        await self._follower.follow(
+            {
+                p.partition
+                for p in self._feed.tracker.owned()
+                if (p.topic, p.partition) not in gone
+            },
+            lost=lost,
+        )
 
     async def on_revoked(self, partitions: Sequence[tuple[str, int]]) -> None:
+        # The follower's partitions go first, their in-flight work waited for and committed,
+        # so a replayed copy is never handled after the event partition has moved.
+        await self._follow(partitions)
         # Work of these partitions already sent (or being parked) finishes first: otherwise a
         # slow answer, or its retry, could land after the new owner's newer upsert. Its
         # completions then make it into the final commit.
@@ -183,6 +213,7 @@ class _FeedListener:
         logger.info("%s: revoked %s", self._feed.name, list(partitions))
 
     async def on_lost(self, partitions: Sequence[tuple[str, int]]) -> None:
+        await self._follow(partitions, lost=True)
         self._forget(partitions)
         self._metrics.rebalance(RebalanceKind.LOST)
         logger.warning("%s: lost %s (no commit possible)", self._feed.name, list(partitions))
@@ -226,8 +257,11 @@ class Engine:
     maps every configured integration id to its location id ("" for one whose events choose
     it). ``parking_log`` is the parking topic (its ``source`` is
     the second feed); ``metrics`` and ``recorder`` observe every outcome. ``replay_source``,
-    when given, is the third feed: the replay topic's group (``dlq replay`` copies). Each of its
-    records is mapped as a record of the topic its ``ghl.original_topic`` header names, which
+    when given, is the third feed: the replay topic's group (``dlq replay`` copies); or
+    ``replay_follower`` (not both): the replay topic co-partitioned with the one source topic,
+    whose partitions the engine assigns as the event feed's assignment changes (see the module
+    docstring), so a copy is read by the member holding its original partition's state. Each
+    of its records is mapped as a record of the topic its ``ghl.original_topic`` header names, which
     must be one of ``source_topics``; otherwise it is dead-lettered (``invalid_replay``), never
     routed as another topic. ``delivery_topic``, when given, receives a delivery record per
     HighLevel call (``consumer.engine.deliveries``: best effort, produced through ``sink``).
@@ -253,6 +287,7 @@ class Engine:
         recorder: DeliveryRecorder,
         profile_log: ProfileLog | None = None,
         replay_source: Source | None = None,
+        replay_follower: FollowingSource | None = None,
         source_topics: Collection[str] = (),
         delivery_topic: str | None = None,
         options: EngineOptions = EngineOptions(),
@@ -308,7 +343,11 @@ class Engine:
         )
         self._main = _Feed("events", source)
         self._parking = _Feed("parking", parking_log.source)
-        self._replays = None if replay_source is None else _Feed("replay", replay_source)
+        if replay_source is not None and replay_follower is not None:
+            raise ValueError("Engine: give replay_source or replay_follower, not both")
+        self._follower = replay_follower
+        replays = replay_source or replay_follower
+        self._replays = None if replays is None else _Feed("replay", replays)
         self._feeds = tuple(
             f for f in (self._main, self._parking, self._replays) if f is not None
         )
@@ -320,15 +359,19 @@ class Engine:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; then drain, commit and close (see the class doc)."""
         feeds = self._feeds
-        for feed in feeds:
+        # The event feed last: an assignment of it makes a following replay feed assign.
+        for feed in (*feeds[1:], feeds[0]):
+            # Parked upserts need no profiles; new work (events, replays) does, and a following
+            # replay feed's partitions come only after the event feed's restored them.
+            restores = feed is self._main or (feed is self._replays and self._follower is None)
             await feed.source.start(
                 _FeedListener(
                     feed,
                     self._dispatcher,
                     self._metrics,
                     revoke_wait=self._options.revoke_wait,
-                    # parked upserts need no profiles; new work (events, replays) does
-                    prepare=None if feed is self._parking else self._restore,
+                    prepare=self._restore if restores else None,
+                    follower=self._follower if feed is self._main else None,
                 )
             )
         background = [

@@ -10,7 +10,7 @@ unit tests implement them in memory (``tests/unit/engine_fakes.py``). Values tha
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -40,6 +40,17 @@ class Source(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class FollowingSource(Source, Protocol):
+    """A source whose partitions the engine assigns instead of a consumer group
+    (``KafkaSource(subscribe=False)``): the replay feed co-partitioned with the event feed."""
+
+    async def follow(self, partitions: Collection[int], *, lost: bool = False) -> None:
+        """Own exactly ``partitions`` of the source's one topic. Owned ones not named go first,
+        through ``on_revoked`` (``on_lost`` with ``lost``: nothing of them is committed); new
+        ones then through ``on_assigned``, before any of their records is returned."""
+        ...
 
 
 class RebalanceListener(Protocol):

@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -87,6 +87,25 @@ class TopicUse:
     operations: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class CoPartition:
+    """``topic`` must have as many partitions as ``source`` (its partition p holds what
+    belongs with ``source``'s partition p); ``why`` says what requires it, for the error."""
+
+    topic: str
+    source: str
+    why: str
+
+    def mismatch(self, partitions: int, wanted: int) -> str:
+        """The error for ``topic`` found with ``partitions`` where ``source`` has ``wanted``."""
+        return (
+            f"topic {self.topic} has {partitions} partition(s), topic {self.source} has "
+            f"{wanted}: {self.topic} must have {wanted} ({self.why}); recreate it with "
+            f"{wanted} partitions once its records are handled (or, if it has fewer, add "
+            "partitions)"
+        )
+
+
 _OPERATIONS: Final = {"Read": AclOperation.READ, "Write": AclOperation.WRITE}
 
 # During start-up librdkafka's own lines are not logged: it reports a refused connection once
@@ -138,22 +157,61 @@ async def start_up(
     timeout_s: float,
     extra: Mapping[str, Setting] | None = None,
     stop: asyncio.Event | None = None,
+    co_partitioned: Sequence[CoPartition] = (),
 ) -> bool:
     """What ``run`` does before its Kafka clients start: wait until a bootstrap server answers
     (after ``UNREACHABLE_NOTICE_S`` one warning line names the servers and the reason; after
     ``timeout_s``, 0 meaning never, ``KafkaAdapterError``); then ``ensure_topics(create)``
-    when ``create_topics``, else ``check_topics(uses)``. librdkafka's own log lines are
-    dropped meanwhile. False when ``stop`` was set while waiting (nothing more was done), else
-    True. Raises ``ConfigError`` (refused credentials, missing topic or ACL)."""
+    when ``create_topics``, else ``check_topics(uses)``. Each topic of ``co_partitioned`` is
+    created with its source's partition count, and one that exists with another count is
+    refused (``ConfigError``, ``CoPartition.mismatch``), as is a missing source. librdkafka's
+    own log lines are dropped meanwhile. False when ``stop`` was set while waiting (nothing
+    more was done), else True. Raises ``ConfigError`` (refused credentials, missing topic or
+    ACL, partition counts)."""
     refusals: list[KafkaError] = []
     admin = _admin(bootstrap, extra, refusals, quiet=True)
     if not await _wait_reachable(admin, bootstrap, refusals, timeout_s, stop):
         return False
+    create = await _co_partition(admin, create, co_partitioned)
     if create_topics:
         await _create(admin, create, refusals, timeout_s=30.0)
     else:
         await check_topics(admin, uses)
     return True
+
+
+async def _co_partition(
+    admin: AdminClient, create: Sequence[TopicSpec], co_partitioned: Sequence[CoPartition]
+) -> list[TopicSpec]:
+    """``create`` with each co-partitioned topic's partition count set to its source's, after
+    checking every such topic that exists already (one metadata request). Raises
+    ``ConfigError`` for a missing source topic or an existing topic with another count."""
+    if not co_partitioned:
+        return list(create)
+    try:
+        metadata = await asyncio.to_thread(admin.list_topics, timeout=30.0)
+    except KafkaException as exc:
+        raise adapter_error(exc, "listing topics") from exc
+    counts = {
+        name: len(meta.partitions)
+        for name, meta in metadata.topics.items()
+        if meta.error is None
+    }
+    wanted: dict[str, int] = {}
+    for rule in co_partitioned:
+        if rule.source not in counts:
+            raise ConfigError(
+                f"topic {rule.source} does not exist: {rule.topic} must have its partition "
+                f"count ({rule.why})"
+            )
+        wanted[rule.topic] = counts[rule.source]
+        found = counts.get(rule.topic)
+        if found is not None and found != wanted[rule.topic]:
+            raise ConfigError(rule.mismatch(found, wanted[rule.topic]))
+    return [
+        replace(spec, partitions=wanted[spec.name]) if spec.name in wanted else spec
+        for spec in create
+    ]
 
 
 async def _wait_reachable(

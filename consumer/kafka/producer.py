@@ -99,12 +99,14 @@ class KafkaProducer:
         key: bytes | None,
         value: bytes | None,
         headers: Sequence[tuple[str, bytes]] = (),
+        partition: int | None = None,
     ) -> asyncio.Future[Produced]:
         """Enqueue one record without waiting for the broker, to pipeline many: the returned
         future resolves to ``Produced`` once the broker has it, or fails with
-        ``ProduceFailedError``. Waits (without blocking the loop) while librdkafka's local
+        ``ProduceFailedError``. ``partition``: where to write it (None: the configured
+        partitioner on ``key``). Waits (without blocking the loop) while librdkafka's local
         queue is full. Raises ``ProduceFailedError`` when closed or the record is refused
-        outright (e.g. too large)."""
+        outright (e.g. too large, or a partition the topic does not have)."""
         if self._closed or self._closing.is_set():
             raise ProduceFailedError("producer is closed")
         loop = asyncio.get_running_loop()
@@ -114,7 +116,13 @@ class KafkaProducer:
             try:
                 # Enqueue only: librdkafka never blocks here, so the loop thread may call it.
                 self._producer.produce(
-                    topic, value=value, key=key, headers=list(headers), on_delivery=on_delivery
+                    topic,
+                    value=value,
+                    key=key,
+                    headers=list(headers),
+                    on_delivery=on_delivery,
+                    # -1: unassigned (librdkafka's RD_KAFKA_PARTITION_UA), the partitioner picks
+                    partition=-1 if partition is None else partition,
                 )
                 return future
             except BufferError:

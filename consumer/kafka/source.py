@@ -25,6 +25,16 @@ Rebalance protocols
     broker-side and refused here). Both are incremental: callbacks name only the partitions that
     move, and the others keep being fetched throughout.
 
+Assigned by the application (``subscribe=False``)
+    The source then joins no group: ``start`` does not subscribe, and ``follow(partitions)``
+    assigns and unassigns partitions of its one topic, as the engine decides (the replay feed
+    co-partitioned with the event feed follows the event feed's assignment). Each change runs
+    the same listener callbacks as a rebalance would (``on_assigned`` with the group's committed
+    offsets and metadata, ``on_revoked`` or ``on_lost``), so offset tracking works unchanged.
+    Offsets are committed in the group ``group_id`` all the same: the broker accepts commits of
+    a member outside the group while no member is subscribed to it. ``group_protocol`` does not
+    matter then (it governs subscriptions only).
+
 Pause across rebalances
     librdkafka keeps an application pause on the partition object across unassign and
     re-assign (only its own internal pause is reset on assign), and keeps it for partitions
@@ -51,7 +61,7 @@ import contextlib
 import contextvars
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -141,8 +151,12 @@ class KafkaSource:
         fetch_max_bytes: int = 2 * 1024 * 1024,
         max_partition_fetch_bytes: int = 1024 * 1024,
         extra: Mapping[str, Setting] | None = None,
+        subscribe: bool = True,
     ) -> None:
         """Validate and store the configuration; nothing connects before ``start``.
+
+        ``subscribe=False``: the source joins no group; its partitions (of exactly one topic)
+        are assigned by ``follow`` (see the module docstring).
 
         ``session_timeout_ms`` / ``heartbeat_interval_ms`` apply to the classic protocol only
         (KIP-848 sets them broker-side). ``extra``: further librdkafka settings passed through
@@ -151,6 +165,8 @@ class KafkaSource:
         """
         if not topics:
             raise ConfigError("kafka topics: at least one topic is required")
+        if not subscribe and len(topics) != 1:
+            raise ConfigError("kafka source assigned by follow(): exactly one topic is required")
         config = member_config(
             bootstrap=bootstrap,
             group_id=group_id,
@@ -168,6 +184,7 @@ class KafkaSource:
         self.group_protocol: GroupProtocol = group_protocol
         self._config = config
         self._topics = list(topics)
+        self._subscribe = subscribe
         self._aio: AIOConsumer | None = None
         self._listener: RebalanceListener | None = None
         self._lock = asyncio.Lock()
@@ -194,9 +211,10 @@ class KafkaSource:
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self, listener: RebalanceListener) -> None:
-        """Create the client and subscribe. Returns at once: joining the group and the first
-        ``on_assigned`` happen inside the following ``poll_batch`` calls. Raises
-        ``KafkaAdapterError`` (e.g. an invalid librdkafka setting in ``extra``)."""
+        """Create the client and subscribe (with ``subscribe=False``: only create it; ``follow``
+        assigns). Returns at once: joining the group and the first ``on_assigned`` happen
+        inside the following ``poll_batch`` calls. Raises ``KafkaAdapterError`` (e.g. an
+        invalid librdkafka setting in ``extra``)."""
         if self._aio is not None:
             raise RuntimeError("KafkaSource.start() called twice")
         self._listener = listener
@@ -209,17 +227,19 @@ class KafkaSource:
         except KafkaException as exc:
             raise new_client_error(exc, "kafka consumer") from exc
         try:
-            await self._aio.subscribe(
-                self._topics,
-                on_assign=self._on_assign,
-                on_revoke=self._on_revoke,
-                on_lost=self._on_lost,
-            )
+            if self._subscribe:
+                await self._aio.subscribe(
+                    self._topics,
+                    on_assign=self._on_assign,
+                    on_revoke=self._on_revoke,
+                    on_lost=self._on_lost,
+                )
         except KafkaException as exc:
             raise adapter_error(exc, "kafka consumer start") from exc
         self._last_poll_at = asyncio.get_running_loop().time()
         # KIP-848 announces no empty assignment: a member given no partition gets no callback.
-        self._joined = self.group_protocol == "consumer"
+        # A source assigned by follow() joins no group: nothing to wait for.
+        self._joined = self.group_protocol == "consumer" or not self._subscribe
         self._watcher = asyncio.create_task(self._watch_broker(), name="kafka-broker-watch")
 
     async def _watch_broker(self) -> None:
@@ -242,8 +262,9 @@ class KafkaSource:
     async def close(self) -> None:
         """Leave the group cleanly: ``on_revoked`` runs for every owned partition (commit
         there), then the member leaves so others take its partitions at once, without waiting
-        for a session timeout. Records fetched but not yet returned are dropped (they were
-        never admitted, so never committed). Idempotent."""
+        for a session timeout (a source assigned by ``follow`` releases what it still owns the
+        same way). Records fetched but not yet returned are dropped (they were never admitted,
+        so never committed). Idempotent."""
         if self._aio is None or self._closed:
             return
         if self._watcher is not None:
@@ -255,6 +276,8 @@ class KafkaSource:
                 with contextlib.suppress(Exception):
                     await self._inflight
                 self._inflight = None
+            if not self._subscribe and self._assigned:
+                await self._release(self._aio, topic_partitions(sorted(self._assigned)), lost=False)
             self._closing = True
             await self._aio.close()
             self._closed = True
@@ -375,6 +398,31 @@ class KafkaSource:
             if targets:
                 await aio.resume(topic_partitions(targets))
                 self._paused.difference_update(targets)
+
+    async def follow(self, partitions: Collection[int], *, lost: bool = False) -> None:
+        """Own exactly ``partitions`` of the topic (a source built with ``subscribe=False``).
+        Owned partitions not named are released first: ``on_revoked`` (commit there), or with
+        ``lost`` ``on_lost`` (nothing of them may be committed any more), then unassigned.
+        Partitions newly named are then assigned as a rebalance would: ``on_assigned`` with the
+        group's committed offsets and metadata, then fetched from exactly those (without one,
+        ``auto_offset_reset``). Waits for a poll in progress (at most its ``timeout_s``).
+        Raises ``RuntimeError`` on a subscribing source, ``KafkaAdapterError``, and whatever
+        the listener raised."""
+        if self._subscribe:
+            raise RuntimeError("KafkaSource.follow() needs a source built with subscribe=False")
+        async with self._lock:
+            aio = self._require_started()
+            topic = self._topics[0]
+            wanted = {Partition(topic, p) for p in partitions}
+            gone = sorted(self._assigned - wanted)
+            new = sorted(wanted - self._assigned)
+            try:
+                if gone:
+                    await self._release(aio, topic_partitions(gone), lost=lost)
+                if new:
+                    await self._on_assign(aio, topic_partitions(new))
+            except KafkaException as exc:
+                raise adapter_error(exc, "kafka assign") from exc
 
     # -- committing -----------------------------------------------------------------------------
 

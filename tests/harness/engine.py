@@ -58,13 +58,15 @@ def build(
     credentials: StaticCredentials | None = None,
     routing: Routing | None = None,
     replays: MemorySource | None = None,
+    replays_follow: bool = False,
     profile_log: MemoryProfileLog | None = None,
     delivery_topic: str | None = None,
     **options: float,
 ) -> Engine:
     """An engine over fakes, reading topic ``events`` from ``source`` (and ``dlq replay``
-    copies from ``replays``, the replay feed); ``routing``: the default integration's, instead
-    of every event."""
+    copies from ``replays``, the replay feed: in a group of its own, or with ``replays_follow``
+    co-partitioned, following the event feed's assignment); ``routing``: the default
+    integration's, instead of every event."""
     settings = load_settings(
         None, {"GHL_LOCATION_ID": LOCATION, "GHL_ACCESS_TOKEN": TOKEN}
     )
@@ -101,7 +103,8 @@ def build(
         credentials=credentials or StaticCredentials({"default": TOKEN}),
         locations={"default": LOCATION},
         dead_letter_topic="events.dlq",
-        replay_source=replays,
+        replay_source=None if replays_follow else replays,
+        replay_follower=replays if replays_follow else None,
         profile_log=profile_log,
         source_topics=("events",),
         delivery_topic=delivery_topic,

@@ -8,7 +8,7 @@ are proven again against a real broker and the sandbox over HTTP in tests/integr
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -23,7 +23,12 @@ TP = tuple[str, int]
 
 @dataclass
 class MemorySource:
-    """Partitions as lists of records; ``poll_batch`` reads unpaused partitions in order."""
+    """Partitions as lists of records; ``poll_batch`` reads unpaused partitions in order.
+    ``start`` assigns every partition, or none with ``subscribe=False`` (then ``follow``
+    assigns, as ``KafkaSource(subscribe=False)``). ``journal``, when given (it may be shared by
+    several sources), receives ``(kind, partitions)`` for every assignment change as it takes
+    effect: an assignment before the listener hears of it, a revocation or loss once the
+    listener returned."""
 
     records: dict[TP, list[Record]]
     committed: dict[TP, tuple[int, str]] = field(default_factory=dict)
@@ -32,13 +37,17 @@ class MemorySource:
     commits: list[list[CommitPoint]] = field(default_factory=list)
     listener: RebalanceListener | None = None
     closed: bool = False
+    subscribe: bool = True
+    journal: list[tuple[str, list[TP]]] | None = None
 
     async def start(self, listener: RebalanceListener) -> None:
         self.listener = listener
-        await self.assign(list(self.records))
+        if self.subscribe:
+            await self.assign(list(self.records))
 
     async def assign(self, partitions: Sequence[TP]) -> None:
         assert self.listener is not None
+        self._note("assigned", partitions)
         assignments = []
         for tp in partitions:
             offset, metadata = self.committed.get(tp, (None, None))
@@ -46,12 +55,33 @@ class MemorySource:
             assignments.append(Assignment(tp[0], tp[1], offset, metadata))
         await self.listener.on_assigned(assignments)
 
-    async def revoke(self, partitions: Sequence[TP]) -> None:
+    async def revoke(self, partitions: Sequence[TP], *, lost: bool = False) -> None:
         assert self.listener is not None
-        await self.listener.on_revoked(partitions)
+        if lost:
+            await self.listener.on_lost(partitions)
+        else:
+            await self.listener.on_revoked(partitions)
+        self._note("lost" if lost else "revoked", partitions)
         for tp in partitions:
             self.positions.pop(tp, None)
             self.paused.discard(tp)
+
+    async def follow(self, partitions: Collection[int], *, lost: bool = False) -> None:
+        """As ``KafkaSource.follow``: own exactly ``partitions`` of the (one) topic."""
+        assert not self.subscribe
+        assert self.listener is not None
+        (topic,) = {t for t, _ in self.records}
+        wanted = {(topic, p) for p in partitions}
+        gone = sorted(set(self.positions) - wanted)
+        new = sorted(wanted - set(self.positions))
+        if gone:
+            await self.revoke(gone, lost=lost)
+        if new:
+            await self.assign(new)
+
+    def _note(self, kind: str, partitions: Sequence[TP]) -> None:
+        if self.journal is not None:
+            self.journal.append((kind, list(partitions)))
 
     async def poll_batch(self, max_records: int, timeout_s: float) -> list[Record]:
         batch: list[Record] = []

@@ -40,9 +40,13 @@ T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC).timestamp()
 
 
 def original(
-    offset: int, *, topic: str = "events", headers: tuple[tuple[str, bytes], ...] = ()
+    offset: int,
+    *,
+    topic: str = "events",
+    headers: tuple[tuple[str, bytes], ...] = (),
+    partition: int = 0,
 ) -> Record:
-    return Record(topic, 0, offset, b"user-1", b'{"type":"identify"}', headers)
+    return Record(topic, partition, offset, b"user-1", b'{"type":"identify"}', headers)
 
 
 def dead_letter(
@@ -55,8 +59,11 @@ def dead_letter(
     now: float = T0,
     original_headers: tuple[tuple[str, bytes], ...] = (("trace", b"abc"),),
     partition: int = 0,
+    source_partition: int = 0,
 ) -> Record:
-    source = original(source_offset, topic=source_topic, headers=original_headers)
+    source = original(
+        source_offset, topic=source_topic, headers=original_headers, partition=source_partition
+    )
     headers = dead_letter_headers(
         source,
         Failure(
@@ -186,6 +193,30 @@ def test_a_dead_letter_of_a_replayed_copy_keeps_the_topic_it_stood_for() -> None
     assert target_of(failure) == ReplayTarget(REPLAY, "retry")
 
 
+def test_co_partitioned_a_copy_goes_to_its_originals_partition() -> None:
+    """Issue 19: with the replay topic co-partitioned with the source topic (6 partitions
+    each), a copy goes to the partition of its original (``ghl.source.partition``); a copy
+    that failed again was read from that same replay partition. Without the header: the
+    producer's partitioner on the key. A partition the topic does not have is refused."""
+    assert target_of({"source.topic": "events", "source.partition": "4"}, partitions=6) == (
+        ReplayTarget(REPLAY, "events", 4)
+    )
+    assert target_of(
+        {"source.topic": "events", "source.partition": "4"}, partitions=6, to_source=True
+    ) == ReplayTarget("events", "events", 4)
+    again = {"source.topic": REPLAY, "source.partition": "5", "original_topic": "events"}
+    assert target_of(again, partitions=6) == ReplayTarget(REPLAY, "events", 5)
+    assert target_of({"source.topic": "events"}, partitions=6) == ReplayTarget(REPLAY, "events")
+    for bad in ("6", "-1", "x", "\u0663"):  # the last: an Arabic-Indic digit 3
+        assert target_of({"source.topic": "events", "source.partition": bad}, partitions=6) == (
+            f"ghl.source.partition {bad!r} is not a partition of events (0 to 5): refused"
+        )
+    # not co-partitioned: the partitioner decides, whatever the header says
+    assert target_of({"source.topic": "events", "source.partition": "4"}) == (
+        ReplayTarget(REPLAY, "events")
+    )
+
+
 # -- commit points -------------------------------------------------------------------------------
 
 
@@ -257,10 +288,12 @@ class FakeReader:
 
 
 class FakeReplayWriter:
-    """Confirms every record, except those whose key is in ``refuse``."""
+    """Confirms every record, except those whose key is in ``refuse``; ``partitions`` notes
+    the partition each was sent to (None: the partitioner's choice)."""
 
     def __init__(self, refuse: frozenset[int] = frozenset()) -> None:
         self.sent: list[tuple[str, bytes | None, list[tuple[str, bytes]]]] = []
+        self.partitions: list[int | None] = []
         self.refuse = refuse
 
     async def send(
@@ -270,10 +303,12 @@ class FakeReplayWriter:
         key: bytes | None,
         value: bytes | None,
         headers: Sequence[tuple[str, bytes]] = (),
+        partition: int | None = None,
     ) -> asyncio.Future[Produced]:
         future: asyncio.Future[Produced] = asyncio.get_running_loop().create_future()
         offset = len(self.sent)
         self.sent.append((topic, value, list(headers)))
+        self.partitions.append(partition)
         source_offset = int(dict(headers)[REPLAYED_FROM].decode().rsplit("/", 1)[1])
         if source_offset in self.refuse:
             future.set_exception(ProduceFailedError("not delivered: broker says no"))
@@ -480,3 +515,44 @@ async def test_replay_writes_to_the_replay_topic_by_default() -> None:
         out=out,
     )
     assert summary.failed == 1
+
+
+async def test_co_partitioned_replay_writes_each_copy_to_its_originals_partition() -> None:
+    """Issue 19: the copies land in the replay partition of their original's partition, so the
+    member owning that source partition (and its profiles) reads them; a dead letter naming a
+    partition the topic does not have is failed, not sent, and blocks its commit point."""
+    letters = [
+        dead_letter(0, source_partition=3),
+        dead_letter(1, source_partition=0),
+        dead_letter(0, source_partition=9, partition=1),
+    ]
+    reader, sender = FakeReader([letters]), FakeReplayWriter()
+    summary = await replay(
+        reader,
+        sender,
+        selection=Selection(),
+        to=None,
+        to_source=False,
+        configured_topics=frozenset({"events"}),
+        replay_topic=REPLAY,
+        existing_topics=frozenset({"events", REPLAY}),
+        out=io.StringIO(),
+        partitions=6,
+    )
+    assert (summary.replayed, summary.failed) == (2, 1)
+    assert sender.partitions == [3, 0]
+    assert reader.commits == [{(DLQ, 0): 2}]
+    out = io.StringIO()
+    await replay(
+        FakeReader([letters[:1]]),
+        None,
+        selection=Selection(),
+        to=None,
+        to_source=False,
+        configured_topics=frozenset({"events"}),
+        replay_topic=REPLAY,
+        existing_topics=frozenset({"events", REPLAY}),
+        out=out,
+        partitions=6,
+    )
+    assert f"-> {REPLAY}[3] (as events) " in out.getvalue()
