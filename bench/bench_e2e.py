@@ -577,7 +577,7 @@ async def scenario_upserts(bench: Bench) -> dict[str, Any]:
         )
     median = spread([r["consumer"]["upserts_per_s"] for r in runs])
     naive_median = spread([r["naive"]["http_calls_per_s"] for r in runs])
-    return {
+    doc = {
         "events": total,
         "distinct_contacts": len(set(users)),
         "coalesce_window_ms": 0,
@@ -593,6 +593,23 @@ async def scenario_upserts(bench: Bench) -> dict[str, Any]:
         "runs": runs,
         "target": {"upserts_per_s": 2000, "cpu_ratio_to_client": 1.5},
     }
+    if bench.profile:
+
+        async def one(path: Path) -> object:
+            async with sandbox() as probe:
+                return await drain_with_consumer(
+                    bench,
+                    "upserts-prof",
+                    topic=topic,
+                    total=total,
+                    probe=probe,
+                    config=config,
+                    env=single_env(bench, topic, group_id("upsp"), probe.url),
+                    profile=path,
+                )
+
+        doc["profile"] = await profile_run(bench, "upserts", one)
+    return doc
 
 
 def window_rate(log: list[tuple[float, int]], interval: float) -> dict[str, float]:
@@ -1079,7 +1096,7 @@ async def scenario_memory(bench: Bench) -> dict[str, Any]:
     return {"events": total, "users": users, "runs_per_variant": repeats, "variants": rows}
 
 
-PROFILED = frozenset(("analytics90", "locations"))
+PROFILED = frozenset(("analytics90", "locations", "upserts"))
 
 SCENARIOS: dict[str, Callable[[Bench], Awaitable[dict[str, Any]]]] = {
     "analytics90": scenario_analytics90,
