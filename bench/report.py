@@ -276,6 +276,18 @@ def targets(docs: dict[str, Doc]) -> list[list[str]]:
                 verdict(ratio["median"] <= 1.5),
                 command_of(docs, "e2e_upserts"),
             ])
+        if "cpu_ratio_to_floor" in u:
+            floor = u["cpu_ratio_to_floor"]
+            rows.append([
+                "CPU per delivered upsert <= 1.5x the least any consumer spends (the bare "
+                "client's preparation: consume, decode, map, serialise; plus its posting)",
+                f"{rng(u['consumer_cpu_us_per_upsert'])} us per upsert",
+                f"bare client {rng(u['client_prepare_cpu_us_per_request'])} us preparing + "
+                f"{rng(u['client_cpu_us_per_request'])} us posting per request",
+                f"{rng(floor, 2)}x the floor",
+                verdict(floor["median"] <= 1.5),
+                command_of(docs, "e2e_upserts"),
+            ])
     b = docs.get("e2e_backlog1m")
     if b:
         rows.append([

@@ -7,9 +7,11 @@ HighLevel answer, and the ``OutcomeRecorder`` methods (``dropped``, ``rejected``
 ``dead_lettered``, ``parked``, ``replayed``) for everything else; ``consumer.observe.web``
 serves ``recent``, ``outcomes`` and ``search`` as JSON and streams new deliveries to the page.
 
-Outcomes are kept raw and shown late: ``dropped`` runs once per dropped record on the engine's
-hot path, so it only appends (the record, the reason, the time) to a bounded deque; decoding,
-masking and formatting (``OutcomeEntry``) happen when the page asks. Two rings of
+Everything is kept raw and shown late: ``record`` runs once per HighLevel answer and
+``dropped`` once per dropped record on the engine's hot path, so each only appends (the
+request and its answer; the record, the reason, the time) to a bounded deque; masking, hiding,
+decoding and formatting (``DeliveryEntry``, ``OutcomeEntry``) happen when the page asks, or at
+once for a request while a subscriber (the live page) watches. Two rings of
 ``outcome_capacity`` each, so a flood of drops never evicts the rarer rejects, dead letters,
 parked and replayed records: drops (``duplicate`` ones included), and the rest. A kept record
 holds its key and value; a value over ``KEPT_VALUE_BYTES`` is not kept (its entry shows the
@@ -20,9 +22,10 @@ Guarantees:
 
 * Bounded: at most ``capacity`` entries per configured integration (oldest evicted first);
   recording for an integration that is not configured raises ValueError.
-* Masked: an entry never holds an email or phone in clear. ``email`` / ``phone`` in the payload
-  go through ``consumer.core.normalise.mask_email`` / ``mask_phone``; HighLevel's message and
-  the error text have every email-like and phone-like substring masked the same way.
+* Masked: an entry shown never holds an email or phone in clear. ``email`` / ``phone`` in the
+  payload go through ``consumer.core.normalise.mask_email`` / ``mask_phone``; HighLevel's
+  message and the error text have every email-like and phone-like substring masked the same
+  way.
 * Personal data hidden unless ``show_personal_data``: every other payload field except
   ``NEVER_PERSONAL`` (names, addresses, company, birth date, ...), every custom field's value
   (its id stays) and the contact key (a user id, anonymous id or email) become ``hidden:`` and
@@ -47,7 +50,7 @@ import secrets
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from consumer.core.deadletter import Failure, original_topic
 from consumer.core.decode import decode
@@ -211,6 +214,24 @@ class OutcomeEntry:
         }
 
 
+class _RawDelivery(NamedTuple):
+    """What a delivery ring keeps: ``record``'s arguments as given, and the entry's number."""
+
+    seq: int
+    at: float
+    integration: str
+    location_id: str
+    endpoint: str
+    events: Sequence[str]
+    contact_key: str
+    payload: Mapping[str, object]
+    answer: Answer
+    attempts: int
+    omitted: Sequence[Omitted]
+    message_ids: Sequence[str]
+    sources: Sequence[Record]
+
+
 # What the rings keep, raw: (kind, record, reason, integration, at, detail); detail is the
 # reject's error, the dead letter's Failure, or the replayed parking record's upsert.
 _Raw = tuple[str, Record, "str | None", "str | None", float, object]
@@ -247,7 +268,7 @@ class RecentDeliveries:
             raise ValueError("capacity and outcome_capacity must be >= 1")
         self._drops: deque[_Raw] = deque(maxlen=outcome_capacity)
         self._others: deque[_Raw] = deque(maxlen=outcome_capacity)
-        self._buffers: dict[str, deque[DeliveryEntry]] = {
+        self._buffers: dict[str, deque[_RawDelivery]] = {
             i: deque(maxlen=capacity) for i in integrations
         }
         self._seq = itertools.count(1)
@@ -283,44 +304,57 @@ class RecentDeliveries:
         omitted: Sequence[Omitted] = (),
         message_ids: Sequence[str] = (),
         sources: Sequence[Record] = (),
-    ) -> DeliveryEntry:
-        """Remember one HighLevel request and its answer; masks before storing. ``events``: the
-        names of the events folded into the request (``identify``, ``Lead Generated`` ...);
-        ``attempts``: this request's attempt number (1 for the first); ``omitted``: fields of
-        the events left out of the payload (names and reasons only); ``message_ids`` and
-        ``sources``: the events' messageIds and records (the first ``MAX_IDS`` kept). Raises
+    ) -> None:
+        """Remember one HighLevel request and its answer (the engine's delivery path: an
+        append; masking happens when an entry is shown, or now when a subscriber watches).
+        ``events``: the names of the events folded into the request (``identify``, ``Lead
+        Generated`` ...); ``attempts``: this request's attempt number (1 for the first);
+        ``omitted``: fields of the events left out of the payload (names and reasons only);
+        ``message_ids`` and ``sources``: the events' messageIds and records (the first
+        ``MAX_IDS`` shown). ``payload`` and the sequences must not change afterwards. Raises
         ValueError for an integration that is not configured."""
         buffer = self._buffers.get(integration)
         if buffer is None:
             raise ValueError(f"not a configured integration: {integration!r}")
-        entry = DeliveryEntry(
-            seq=next(self._seq),
-            at=now,
-            integration=integration,
-            location_id=location_id,
-            endpoint=endpoint,
-            events=tuple(itertools.islice(dict.fromkeys(events), MAX_EVENT_NAMES)),
-            event_count=len(events),
-            contact_key=self._show_key(contact_key),
-            payload=mask_payload(payload, self._hide),
+        seq = next(self._seq)
+        raw = _RawDelivery(
+            seq, now, integration, location_id, endpoint, events, contact_key, payload,
+            answer, attempts, omitted, message_ids, sources,
+        )  # fmt: skip
+        buffer.append(raw)
+        self._last_seq = seq
+        if self._subscribers:
+            entry = self._delivery(raw)
+            for subscriber in list(self._subscribers):
+                subscriber(entry)
+
+    def _delivery(self, raw: _RawDelivery) -> DeliveryEntry:
+        """The shown (masked, hidden) entry of a kept request."""
+        answer = raw.answer
+        return DeliveryEntry(
+            seq=raw.seq,
+            at=raw.at,
+            integration=raw.integration,
+            location_id=raw.location_id,
+            endpoint=raw.endpoint,
+            events=tuple(itertools.islice(dict.fromkeys(raw.events), MAX_EVENT_NAMES)),
+            event_count=len(raw.events),
+            contact_key=self._show_key(raw.contact_key),
+            payload=mask_payload(raw.payload, self._hide),
             outcome=str(answer.verdict),
             status=answer.status,
             message=mask_text(answer.message),
             trace_id=answer.trace_id,
             error=None if answer.error is None else mask_text(answer.error),
             latency_ms=round(answer.latency_s * 1000, 1),
-            attempts=attempts,
-            omitted=tuple((o.field, o.reason.value, o.path) for o in omitted),
-            message_ids=tuple(mask_text(m) for m in itertools.islice(message_ids, MAX_IDS)),
+            attempts=raw.attempts,
+            omitted=tuple((o.field, o.reason.value, o.path) for o in raw.omitted),
+            message_ids=tuple(mask_text(m) for m in itertools.islice(raw.message_ids, MAX_IDS)),
             sources=tuple(
-                f"{r.topic}/{r.partition}/{r.offset}" for r in itertools.islice(sources, MAX_IDS)
+                f"{r.topic}/{r.partition}/{r.offset}"
+                for r in itertools.islice(raw.sources, MAX_IDS)
             ),
         )
-        buffer.append(entry)
-        self._last_seq = entry.seq
-        for subscriber in list(self._subscribers):
-            subscriber(entry)
-        return entry
 
     def recent(
         self,
@@ -333,17 +367,17 @@ class RecentDeliveries:
         """Entries newest first, optionally only one integration's, one outcome's, and those
         with ``seq > after``; at most ``limit``. An unknown integration gives an empty list."""
         if integration is None:
-            buffers: Iterable[deque[DeliveryEntry]] = self._buffers.values()
+            buffers: Iterable[deque[_RawDelivery]] = self._buffers.values()
         else:
             buffers = [self._buffers.get(integration, deque())]
-        entries = [
-            e
+        kept = [
+            raw
             for buffer in buffers
-            for e in buffer
-            if e.seq > after and (outcome is None or e.outcome == outcome)
+            for raw in buffer
+            if raw.seq > after and (outcome is None or str(raw.answer.verdict) == outcome)
         ]
-        entries.sort(key=lambda e: e.seq, reverse=True)
-        return entries if limit is None else entries[:limit]
+        kept.sort(key=lambda raw: raw.seq, reverse=True)
+        return [self._delivery(raw) for raw in (kept if limit is None else kept[:limit])]
 
     def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
         """Call ``subscriber`` with each new entry; returns the function that unsubscribes."""
