@@ -196,10 +196,17 @@ class ProfileKey:
 class ProfilesSettings:
     """``[profiles]``: encryption at rest of the profile changelog's values. ``encryption_keys``
     are every key a value may be sealed with; ``encryption_key_id`` the one new values use (empty:
-    values are written plain, sealed ones still read)."""
+    values are written plain, sealed ones still read).
+
+    ``state_dir``: empty keeps every profile in memory and reads the whole changelog on every
+    assignment; set, each member keeps only the profiles of the event partitions it owns, on
+    disk under this directory (partitioned state: one input topic, the changelog with its
+    partition count), with at most ``cache_entries`` of them in memory."""
 
     encryption_keys: tuple[ProfileKey, ...] = ()
     encryption_key_id: str = ""
+    state_dir: str = ""
+    cache_entries: int = 100_000
 
     def keys(self) -> dict[str, bytes]:
         """Key id -> key bytes, revealed: hand them to the cipher, never log them."""

@@ -24,11 +24,15 @@ feeds), and commit after delivery likewise.
 
 Rebalance handling (``docs/architecture.md``, "Rebalance handling"; ``_FeedListener``): before
 any record of newly assigned event or replay partitions, the engine restores the profile store
-and learns the contacts parked by their previous owner. Inside ``on_revoked`` (before the
-partitions move) it lets work of those partitions already being sent or parked finish (bounded
-by ``revoke_wait``, longer than an HTTP timeout), commits them, then revokes them in the
-tracker, whose guard ignores late completions; their not-yet-sent work is discarded (the new
-owner re-reads it). Lost partitions are revoked without a commit.
+and learns the contacts parked by their previous owner. With partitioned profile state
+(``ProfileLog.partitioned``) only the new event partitions are restored, in the background,
+while they stay paused (``_Restores``): the other partitions keep being delivered.
+
+Inside ``on_revoked`` (before the partitions move) it lets work of those partitions already
+being sent or parked finish (bounded by ``revoke_wait``, longer than an HTTP timeout), commits
+them, then revokes them in the tracker, whose guard ignores late completions; their
+not-yet-sent work is discarded (the new owner re-reads it). Lost partitions are revoked without
+a commit. Partitioned profile state of revoked or lost partitions is released then.
 
 Not thread-safe by design: the Kafka adapter runs rebalance callbacks on the loop.
 """
@@ -41,7 +45,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -102,7 +106,8 @@ class _Feed:
         self.name = name
         self.source = source
         self.tracker = OffsetTracker()
-        self.paused: set[tuple[str, int]] = set()
+        self.paused: set[tuple[str, int]] = set()  # by backpressure
+        self.restores: _Restores | None = None  # partitioned profile state: the event feed
 
     async def commit(self, only: Sequence[tuple[str, int]] | None = None) -> None:
         """Commit what the owned partitions (or ``only`` those) have new to commit. A failure is
@@ -123,10 +128,13 @@ class _Feed:
             await self.source.pause(decision.pause)
             self.paused.update(decision.pause)
             logger.debug("%s: paused %s", self.name, decision.pause)
-        if decision.resume:
-            await self.source.resume(decision.resume)
-            self.paused.difference_update(decision.resume)
-            logger.debug("%s: resumed %s", self.name, decision.resume)
+        resume = decision.resume
+        if resume and self.restores is not None:  # paused for a restore until it is done
+            resume = tuple(tp for tp in resume if tp not in self.restores.waiting)
+        if resume:
+            await self.source.resume(resume)
+            self.paused.difference_update(resume)
+            logger.debug("%s: resumed %s", self.name, resume)
 
     def forget(self, partitions: Sequence[tuple[str, int]]) -> None:
         """Stop tracking ``partitions`` (revoked or lost): late completions are ignored and
@@ -134,6 +142,66 @@ class _Feed:
         for topic, partition in partitions:
             self.tracker.revoke(topic, partition)
             self.paused.discard((topic, partition))
+
+
+class _Restores:
+    """The profile restores of one feed's newly assigned partitions (partitioned profile
+    state): records of a partition wait only for that partition's restore.
+
+    ``assigned`` (inside the rebalance callback) pauses the new partitions, which takes effect
+    as they are assigned, before any record of them is fetched, and queues them. ``step`` (the
+    intake loop, after each poll, outside any callback) starts the queued restores as one
+    background task and resumes the partitions whose restore is done, unless backpressure
+    paused them meanwhile (``_Feed.apply`` never resumes a partition in ``waiting``); a
+    restore that failed raises there, which stops the engine as a failed callback would.
+    ``released`` (inside ``on_revoked``/``on_lost``) waits for a running restore of those
+    partitions (bounded by the profile log's own retries: it touches no source), then
+    releases their profiles."""
+
+    def __init__(
+        self,
+        feed: _Feed,
+        restore: Callable[[Sequence[int]], Coroutine[None, None, None]],
+        log: ProfileLog,
+    ) -> None:
+        self._feed = feed
+        self._restore = restore
+        self._log = log
+        self._queued: list[tuple[str, int]] = []
+        self._running: dict[asyncio.Task[None], tuple[tuple[str, int], ...]] = {}
+
+    @property
+    def waiting(self) -> frozenset[tuple[str, int]]:
+        """Partitions queued or being restored."""
+        running = (tp for tps in self._running.values() for tp in tps)
+        return frozenset((*self._queued, *running))
+
+    async def assigned(self, partitions: Sequence[tuple[str, int]]) -> None:
+        await self._feed.source.pause(partitions)
+        self._queued.extend(partitions)
+
+    async def step(self) -> None:
+        if self._queued:
+            batch, self._queued = tuple(self._queued), []
+            restore = self._restore([p for _, p in batch])
+            name = f"restore-{self._feed.name}"
+            self._running[asyncio.create_task(restore, name=name)] = batch
+        for finished in [t for t in self._running if t.done()]:
+            batch = self._running.pop(finished)
+            finished.result()  # a restore that failed stops the engine
+            tracker, paused = self._feed.tracker, self._feed.paused
+            ready = [tp for tp in batch if tracker.get(*tp) is not None and tp not in paused]
+            if ready:
+                await self._feed.source.resume(ready)
+            logger.info("%s: profiles restored for %s", self._feed.name, list(batch))
+
+    async def released(self, partitions: Sequence[tuple[str, int]]) -> None:
+        gone = set(partitions)
+        self._queued = [tp for tp in self._queued if tp not in gone]
+        running = [t for t, batch in self._running.items() if gone.intersection(batch)]
+        if running:
+            await asyncio.wait(running)
+        self._log.release([p for _, p in partitions])
 
 
 class _FeedListener:
@@ -159,6 +227,8 @@ class _FeedListener:
     async def on_assigned(self, partitions: Sequence[Assignment]) -> None:
         if partitions and self._prepare is not None:
             await self._prepare()
+        if partitions and self._feed.restores is not None:
+            await self._feed.restores.assigned([(a.topic, a.partition) for a in partitions])
         for a in partitions:
             self._feed.tracker.assign(
                 a.topic, a.partition, committed=a.committed, metadata=a.metadata
@@ -178,18 +248,20 @@ class _FeedListener:
             async with asyncio.timeout(self._revoke_wait):
                 await self._dispatcher.wait_for_in_flight(leaving)
         await self._feed.commit(only=partitions)
-        self._forget(partitions)
+        await self._forget(partitions)
         self._metrics.rebalance(RebalanceKind.REVOKED)
         logger.info("%s: revoked %s", self._feed.name, list(partitions))
 
     async def on_lost(self, partitions: Sequence[tuple[str, int]]) -> None:
-        self._forget(partitions)
+        await self._forget(partitions)
         self._metrics.rebalance(RebalanceKind.LOST)
         logger.warning("%s: lost %s (no commit possible)", self._feed.name, list(partitions))
 
-    def _forget(self, partitions: Sequence[tuple[str, int]]) -> None:
+    async def _forget(self, partitions: Sequence[tuple[str, int]]) -> None:
         self._feed.forget(partitions)
         self._dispatcher.forget_revoked()
+        if self._feed.restores is not None:
+            await self._feed.restores.released(partitions)
 
 
 class _Tally:
@@ -312,6 +384,8 @@ class Engine:
         self._feeds = tuple(
             f for f in (self._main, self._parking, self._replays) if f is not None
         )
+        if profile_log is not None and profile_log.partitioned:
+            self._main.restores = _Restores(self._main, self._restore, profile_log)
         self._restore_lock = asyncio.Lock()  # one restore at a time (two feeds ask for one)
         self._tasks = TaskSet()  # dead letters and profile writes of intake
 
@@ -327,8 +401,11 @@ class Engine:
                     self._dispatcher,
                     self._metrics,
                     revoke_wait=self._options.revoke_wait,
-                    # parked upserts need no profiles; new work (events, replays) does
-                    prepare=None if feed is self._parking else self._restore,
+                    # parked upserts need no profiles; new work (events, replays) does,
+                    # unless the event feed restores its partitions itself (``_Restores``)
+                    prepare=None
+                    if feed is self._parking or feed.restores is not None
+                    else self._restore,
                 )
             )
         background = [
@@ -360,15 +437,18 @@ class Engine:
                 await feed.source.close()
             logger.info("engine stopped: %s", self.progress_line())
 
-    async def _restore(self) -> None:
+    async def _restore(self, partitions: Sequence[int] = ()) -> None:
         """Before any record of newly assigned event or replay partitions, learn what their
         previous owner (another instance, or this one before a restart) left: the profiles it
-        wrote, and the contacts with upserts waiting in the parking topic (their newer work
-        parks). One restore at a time: a feed assigned while another's restore runs waits for
-        it, then restores anew (what the previous owner wrote after that one began counts)."""
+        wrote (the whole changelog; partitioned: those of the event ``partitions`` given, none
+        for the replay feed), and the contacts with upserts waiting in the parking topic (their
+        newer work parks). One restore at a time: a feed assigned while another's restore runs
+        waits for it, then restores anew (what the previous owner wrote after that one began
+        counts)."""
+        log = self._profile_log
         async with self._restore_lock:
-            if self._profile_log is not None:
-                await self._profile_log.restore()
+            if log is not None and (partitions or not log.partitioned):
+                await log.assign(partitions)
             await self._dispatcher.load_parked()
 
     async def _intake_loop(self, feed: _Feed, stop: asyncio.Event) -> None:
@@ -380,6 +460,8 @@ class Engine:
             )
             if records:
                 ingest(records, loop.time(), self._wall_clock())
+            if feed.restores is not None:
+                await feed.restores.step()
             decision = self._backpressure.decide(
                 feed.tracker.owned(),
                 feed.paused,
@@ -426,6 +508,8 @@ class Engine:
                 partition = tracker.get(record.topic, record.partition)
                 if partition is None:
                     continue  # revoked while the batch was in flight; the new owner reads it
+                if log is not None:  # the profiles this record's mapping reads and writes
+                    log.select(record.partition)
             tally.consumed[record.topic] += 1
             if not partition.admit(record.offset, record.size):
                 tally.skipped[record.topic] += 1
@@ -535,17 +619,26 @@ class Engine:
             ticket.settle()
 
     async def _persist_profiles(
-        self, writes: Sequence[tuple[str, bytes]], tickets: Sequence[Ticket]
+        self, writes: Sequence[tuple[int | None, str, bytes]], tickets: Sequence[Ticket]
     ) -> None:
-        """Produce one batch's profile writes together; once the broker has every one, the
-        records that made them (``tickets``) settle."""
+        """Produce one batch's profile writes together, each to the changelog partition it
+        names (partitioned: the partition of the record that made it, never the
+        partitioner's choice); once the broker has every one, the records that made them
+        (``tickets``) settle."""
         log = self._profile_log
         assert log is not None
+        by_partition: dict[int | None, list[tuple[bytes | None, bytes | None]]] = {}
+        for partition, key, value in writes:
+            by_partition.setdefault(partition, []).append((key.encode(), value))
         with self._outbox.holding(len(tickets)):
-            records = [(key.encode(), value) for key, value in writes]
-            await self._outbox.produce_many(log.topic, records)
-            for key, _ in writes:
-                log.written(key)
+            await asyncio.gather(
+                *(
+                    self._outbox.produce_many(log.topic, records, partition=partition)
+                    for partition, records in by_partition.items()
+                )
+            )
+            for partition, key, _ in writes:
+                log.written(partition, key)
             for ticket in tickets:
                 ticket.settle()
 

@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -49,12 +49,16 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class TopicSpec:
-    """A topic ``ensure_topics`` creates when missing; None means the broker's default."""
+    """A topic ``ensure_topics`` creates when missing; None means the broker's default.
+    ``partitions_of``: ``start_up`` creates it with that topic's partition count and refuses
+    an existing one with another count (``setting`` names what asked for it, for the error)."""
 
     name: str
     partitions: int | None = None
     replication_factor: int | None = None
     config: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    partitions_of: str | None = None
+    setting: str = ""
 
 
 # Client errors that waiting does not heal: the broker refused the credentials or the TLS handshake
@@ -149,11 +153,62 @@ async def start_up(
     admin = _admin(bootstrap, extra, refusals, quiet=True)
     if not await _wait_reachable(admin, bootstrap, refusals, timeout_s, stop):
         return False
+    create = await _co_partitioned(admin, create)
     if create_topics:
         await _create(admin, create, refusals, timeout_s=30.0)
     else:
         await check_topics(admin, uses)
+    await _check_partition_counts(admin, create)
     return True
+
+
+async def _partition_counts(admin: AdminClient, names: Sequence[str]) -> dict[str, int]:
+    """The partition count of each of ``names`` that exists."""
+    metadata = await asyncio.to_thread(admin.list_topics, timeout=30.0)
+    return {
+        name: len(metadata.topics[name].partitions)
+        for name in names
+        if name in metadata.topics and metadata.topics[name].error is None
+    }
+
+
+async def _co_partitioned(admin: AdminClient, specs: Sequence[TopicSpec]) -> list[TopicSpec]:
+    """``specs`` with each ``partitions_of`` resolved to that topic's partition count. Raises
+    ``ConfigError`` when that topic does not exist (nothing to match)."""
+    wanted = [spec.partitions_of for spec in specs if spec.partitions_of is not None]
+    if not wanted:
+        return list(specs)
+    counts = await _partition_counts(admin, wanted)
+    resolved = []
+    for spec in specs:
+        if spec.partitions_of is not None:
+            if spec.partitions_of not in counts:
+                raise ConfigError(
+                    f"{spec.setting}: topic {spec.partitions_of} does not exist; topic "
+                    f"{spec.name} must have its partition count, so create it first"
+                )
+            spec = replace(spec, partitions=counts[spec.partitions_of])
+        resolved.append(spec)
+    return resolved
+
+
+async def _check_partition_counts(admin: AdminClient, specs: Sequence[TopicSpec]) -> None:
+    """Raise ``ConfigError`` when a topic created or found for a ``partitions_of`` spec has
+    another partition count than that topic."""
+    specs = [spec for spec in specs if spec.partitions_of is not None]
+    if not specs:
+        return
+    counts = await _partition_counts(admin, [spec.name for spec in specs])
+    for spec in specs:
+        found = counts.get(spec.name)
+        if found is not None and found != spec.partitions:
+            raise ConfigError(
+                f"{spec.setting}: topic {spec.name} has {found} partitions, topic "
+                f"{spec.partitions_of} has {spec.partitions}: they must be equal (a profile "
+                f"lives in the changelog partition of its events' partition). Recreate "
+                f"{spec.name} with {spec.partitions} partitions (its profiles are rebuilt from "
+                "the events that follow), or use another kafka.profile_topic"
+            )
 
 
 async def _wait_reachable(
