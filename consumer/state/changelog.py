@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from consumer.core.profiles import ChangelogProfileStore, PersonProfiles, Profile
+from consumer.core.profiles import ChangelogProfileStore, PersonProfiles
 from consumer.errors import KafkaAdapterError, ProfileDecodeError
 from consumer.kafka.clients import Setting
 from consumer.kafka.reader import PartitionRange, TopicReader
@@ -242,10 +242,11 @@ async def read_person(
     email: str | None = None,
     extra: Mapping[str, Setting] | None = None,
     cipher: ProfileCipher | None = None,
-) -> dict[str, Profile]:
+) -> PersonProfiles:
     """The changelog's current profiles of one person: the one under ``key`` and those holding
-    ``email`` (normalised), by key (``PersonProfiles``), encrypted values opened with
-    ``cipher``. Reads the whole topic to its current end; {} when the topic does not exist. A
+    ``email`` (normalised), by key and with the partitions holding them (``PersonProfiles``),
+    encrypted values opened with ``cipher``. Reads the whole topic to its current end; none
+    when the topic does not exist. A
     value that cannot be opened (key id not configured, tampered) is skipped with a warning
     naming how many: the person may have more profiles. Raises ``KafkaAdapterError``."""
     cipher = cipher or ProfileCipher({})
@@ -266,7 +267,7 @@ async def read_person(
                         logger.warning("profile changelog %s: %s", topic, exc)
                     unreadable += 1
                     continue
-                person.feed(record_key, value)
+                person.feed(record_key, value, record.partition)
     finally:
         await reader.close()
     if unreadable:
@@ -275,7 +276,7 @@ async def read_person(
             topic,
             unreadable,
         )
-    return person.profiles
+    return person
 
 
 @dataclass(frozen=True, slots=True)
