@@ -6,7 +6,9 @@ the anonymousId) or ``--email``, it
 
 1. reads the profile changelog for the person's profiles: the one under the key given, and
    every profile holding the email (given, or held by that profile);
-2. writes a tombstone for each of their keys: compaction removes the values from the topic
+2. writes a tombstone for each of their keys, in every changelog partition holding one of its
+   profiles (partitioned profile state: its events' partitions): compaction removes the
+   values from the topic
    (within the profile topic's ``max.compaction.lag.ms``), and every running member drops them
    from memory within ``mapping.erasure_check_seconds`` (``ProfileChangelog.follow``);
 3. with ``--delete-contact``, for each configured integration, finds the HighLevel contact by
@@ -26,6 +28,7 @@ import argparse
 import asyncio
 import hashlib
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final, TextIO
@@ -92,7 +95,7 @@ async def forget(settings: Settings, who: Subject, *, delete_contact: bool, out:
     ``KafkaAdapterError`` (nothing is recorded as erased then: run it again)."""
     kafka = settings.kafka
     extra = kafka.extra_settings()
-    profiles = await read_person(
+    person = await read_person(
         bootstrap=kafka.bootstrap_servers,
         topic=kafka.profile_topic,
         key=None if who.kind == "email" else who.value,
@@ -100,6 +103,7 @@ async def forget(settings: Settings, who: Subject, *, delete_contact: bool, out:
         extra=extra,
         cipher=profile_cipher(settings),
     )
+    profiles, partitions = person.profiles, person.partitions
     keys = sorted(profiles.keys() | ({who.value} if who.kind != "email" else set()))
     emails = sorted(
         {p.fields["email"] for p in profiles.values() if "email" in p.fields}
@@ -113,7 +117,8 @@ async def forget(settings: Settings, who: Subject, *, delete_contact: bool, out:
     producer = KafkaProducer(bootstrap=kafka.bootstrap_servers, extra=extra)
     try:
         for key in keys:
-            await producer.produce(kafka.profile_topic, key=key.encode(), value=None)
+            where: Sequence[int | None] = partitions.get(key, [None])
+            await _tombstone(producer, kafka.profile_topic, key, where)
         print(
             f"forgot {who.masked}: {len(profiles)} profile(s) found, {len(keys)} key(s) "
             f"tombstoned in {kafka.profile_topic}; running members drop them within "
@@ -136,6 +141,18 @@ async def forget(settings: Settings, who: Subject, *, delete_contact: bool, out:
         await producer.close()
     print(f"erasure record: {landed.topic}[{landed.partition}]@{landed.offset}", file=out)
     return 1 if "failed" in contacts.values() else 0
+
+
+async def _tombstone(
+    producer: KafkaProducer, topic: str, key: str, partitions: Sequence[int | None]
+) -> None:
+    """A tombstone for ``key`` in each of ``partitions`` holding its profile (partitioned
+    profile state keeps a profile in its events' partition, not its key's; None: the
+    partitioner's, for a key with no profile found). Raises ``ProduceFailedError``."""
+    for partition in partitions:
+        [failure] = await producer.produce_many(topic, [(key.encode(), None)], partition=partition)
+        if failure is not None:
+            raise failure
 
 
 async def _delete_contacts(settings: Settings, emails: list[str], out: TextIO) -> dict[str, str]:

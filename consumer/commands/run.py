@@ -15,6 +15,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from consumer.commands.credentials import EngineCredentials, Installation, SettingsCredentials
 from consumer.commands.preamble import (
@@ -27,7 +28,12 @@ from consumer.commands.preamble import (
     run_command,
     stop_on_signals,
 )
-from consumer.config import REPLAY_CO_PARTITIONED, KafkaSettings, Settings
+from consumer.config import (
+    PROFILES_CO_PARTITIONED,
+    REPLAY_CO_PARTITIONED,
+    KafkaSettings,
+    Settings,
+)
 from consumer.core.mapping import build_mapper
 from consumer.core.profiles import ChangelogProfileStore
 from consumer.engine.engine import Engine, EngineOptions
@@ -46,8 +52,13 @@ from consumer.observe.recent_deliveries import RecentDeliveries
 from consumer.observe.web import WebServer, serve_debugger, serve_web
 from consumer.ratelimit.budget import Budget
 from consumer.ratelimit.limiter import LimiterBackend, LocalBackend, RateLimiter
-from consumer.state.changelog import ProfileChangelog
+from consumer.state.changelog import (
+    ChangelogTopic,
+    PartitionedProfileChangelog,
+    ProfileChangelog,
+)
 from consumer.state.oauth_tokens import OAuthTokens
+from consumer.state.profile_state import PartitionedProfileStore
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +78,7 @@ class Components:
     limiter: RateLimiter
     metrics: Metrics
     debugger: RecentDeliveries
-    profiles: ChangelogProfileStore
+    profiles: ChangelogProfileStore | PartitionedProfileStore
     web: WebServer  # /metrics, /healthz, /readyz
     debug_web: WebServer  # the Event Debugger (/debug)
 
@@ -102,9 +113,10 @@ def consumer_topics(kafka: KafkaSettings) -> list[TopicSpec]:
     """The topics ``run`` creates when missing (existing ones are left as they are): the
     dead-letter, replay and parking topics hold raw events, so they expire
     (``dead_letter_retention_ms`` for the first two, ``parking_retention_ms``); the profile
-    changelog is compacted, within ``PROFILE_MAX_COMPACTION_LAG_MS``; the delivery topic (no
-    personal data, several records per contact: not compactable) expires after
-    ``delivery_retention_ms``."""
+    changelog is compacted, within ``PROFILE_MAX_COMPACTION_LAG_MS`` (with partitioned
+    profile state it has the input topic's partition count: ``co_partitioned_topics``); the
+    delivery topic (no personal data, several records per contact: not compactable)
+    expires after ``delivery_retention_ms``."""
     dead_letter_retention = {"retention.ms": str(kafka.dead_letter_retention_ms)}
     return [
         TopicSpec(kafka.dead_letter_topic, config=dead_letter_retention),
@@ -120,6 +132,19 @@ def consumer_topics(kafka: KafkaSettings) -> list[TopicSpec]:
         TopicSpec(
             kafka.delivery_topic, config={"retention.ms": str(kafka.delivery_retention_ms)}
         ),
+    ]
+
+
+def co_partitioned_topics(settings: Settings) -> list[CoPartition]:
+    """With partitioned profile state (``profiles.state_dir``, one input topic) the profile
+    changelog and the replay topic have the input topic's partition count: partition p of each
+    holds what belongs with the events of partition p."""
+    if not settings.replay_co_partitioned:
+        return []
+    kafka = settings.kafka
+    return [
+        CoPartition(kafka.profile_topic, kafka.topics[0], PROFILES_CO_PARTITIONED),
+        CoPartition(kafka.replay_topic, kafka.topics[0], REPLAY_CO_PARTITIONED),
     ]
 
 
@@ -184,6 +209,34 @@ def _installations(
     return installations
 
 
+def _profiles(
+    settings: Settings, metrics: Metrics
+) -> tuple[
+    ChangelogProfileStore | PartitionedProfileStore,
+    ProfileChangelog | PartitionedProfileChangelog,
+]:
+    """The profile store and its changelog: every profile in memory, or with ``[profiles]
+    state_dir`` only the owned partitions', on disk (``docs/architecture.md``, "Profiles")."""
+    kafka = settings.kafka
+    changelog = ChangelogTopic(
+        topic=kafka.profile_topic,
+        bootstrap=kafka.bootstrap_servers,
+        extra=kafka.extra_settings(),
+        cipher=profile_cipher(settings),
+        erasure_check_seconds=settings.mapping.erasure_check_seconds,
+    )
+    if not settings.profiles.state_dir:
+        store = ChangelogProfileStore(settings.mapping.profile_max_entries)
+        return store, ProfileChangelog(store=store, changelog=changelog, metrics=metrics)
+    partitioned = PartitionedProfileStore(
+        Path(settings.profiles.state_dir),
+        kafka.profile_topic,
+        cache_entries=settings.profiles.cache_entries,
+    )
+    log = PartitionedProfileChangelog(store=partitioned, changelog=changelog, metrics=metrics)
+    return partitioned, log
+
+
 @contextlib.asynccontextmanager
 async def running_consumer(
     settings: Settings, stop: asyncio.Event | None = None
@@ -216,11 +269,7 @@ async def running_consumer(
         timeout_s=kafka.startup_timeout_seconds,
         extra=extra,
         stop=stop,
-        co_partitioned=(
-            [CoPartition(kafka.replay_topic, kafka.topics[0], REPLAY_CO_PARTITIONED)]
-            if co_partitioned
-            else []
-        ),
+        co_partitioned=co_partitioned_topics(settings),
     )
     if not started:
         raise StoppedBeforeStart("a signal arrived while waiting for the Kafka bootstrap servers")
@@ -230,6 +279,7 @@ async def running_consumer(
     parking: KafkaParkingLog | None = None
     heartbeat: asyncio.Task[None] | None = None
     upkeep: asyncio.Task[None] | None = None
+    profiles: ChangelogProfileStore | PartitionedProfileStore | None = None
     installations: dict[str, Installation] = {}
     closers: list[Callable[[], Awaitable[None]]] = []  # the OAuth clients and token store
     try:
@@ -281,7 +331,7 @@ async def running_consumer(
         )
         await credentials.check()  # the installations' locations, before any event is routed
         upkeep = asyncio.create_task(credentials.maintain(), name="oauth-upkeep")
-        profiles = ChangelogProfileStore(settings.mapping.profile_max_entries)
+        profiles, profile_log = _profiles(settings, metrics)
         mapper = build_mapper(settings.targets(), settings.mapping.options(), profiles)
         engine = Engine(
             source=source,
@@ -299,15 +349,7 @@ async def running_consumer(
             parking_log=parking,
             metrics=metrics,
             recorder=debugger,
-            profile_log=ProfileChangelog(
-                store=profiles,
-                topic=kafka.profile_topic,
-                bootstrap=kafka.bootstrap_servers,
-                metrics=metrics,
-                extra=extra,
-                erasure_check_seconds=settings.mapping.erasure_check_seconds,
-                cipher=profile_cipher(settings),
-            ),
+            profile_log=profile_log,
             options=engine_options(settings),
         )
         state = Observed(
@@ -356,6 +398,8 @@ async def running_consumer(
                 debug_web,
             )
     finally:
+        if isinstance(profiles, PartitionedProfileStore):  # files left open after a failure
+            profiles.close_all()
         if heartbeat is not None:
             heartbeat.cancel()
         if upkeep is not None:

@@ -230,14 +230,14 @@ async def trace(
     bootstrap, extra = kafka.bootstrap_servers, kafka.extra_settings()
     keys: set[str] = set()
     if who.kind == "email":
-        profiles = await read_person(
+        person = await read_person(
             bootstrap=bootstrap,
             topic=kafka.profile_topic,
             email=who.value,
             extra=extra,
             cipher=profile_cipher(settings),
         )
-        keys.update(profiles)
+        keys.update(person.profiles)
     elif who.kind != "message-id":
         keys.add(who.value)
     counts = await _counts(bootstrap, extra, kafka.topics)

@@ -28,6 +28,7 @@ receives every event. When the file defines integrations but none has id ``defau
 
 from consumer.config.loader import load_settings
 from consumer.config.settings import (
+    PROFILES_CO_PARTITIONED,
     REPLAY_CO_PARTITIONED,
     DebugSettings,
     DeliverySettings,
@@ -47,6 +48,7 @@ from consumer.config.settings import (
 from consumer.config.tables import read_secret_file
 
 __all__ = [
+    "PROFILES_CO_PARTITIONED",
     "REPLAY_CO_PARTITIONED",
     "DebugSettings",
     "DeliverySettings",

@@ -98,6 +98,7 @@ def load_settings(
         environ,
         read_secrets if profile_keys is None else profile_keys,
     )
+    _check_partitioned_profiles(sections["profiles"], kafka)
     integrations: tuple[Integration, ...] = ()
     if integrations_required or doc.get("integrations") or "GHL_LOCATION_ID" in environ:
         integrations = read_integrations(doc.get("integrations"), environ, read_secrets)
@@ -426,7 +427,9 @@ def _profiles(
     table: Mapping[str, Any], environ: Mapping[str, str], read_secrets: bool
 ) -> ProfilesSettings:
     """``[profiles]``; when ``read_secrets``, each key is read and checked (32 bytes, base64)."""
-    reject_unknown_keys(table, ("encryption_keys", "encryption_key_id", "state_dir"), "profiles")
+    reject_unknown_keys(
+        table, ("encryption_keys", "encryption_key_id", "state_dir", "cache_entries"), "profiles"
+    )
     entries = table.get("encryption_keys", [])
     if not isinstance(entries, list):
         raise ConfigError('profiles.encryption_keys: expected a list of { id = ..., key = ... }')
@@ -459,10 +462,28 @@ def _profiles(
         )
     state_dir = table.get("state_dir", "")
     if not isinstance(state_dir, str):
-        raise ConfigError("profiles.state_dir: expected a string (a directory path)")
+        raise ConfigError("profiles.state_dir: expected a directory path (a string)")
+    cache_entries = table.get("cache_entries", 100_000)
+    if type(cache_entries) is not int or cache_entries < 1:
+        raise ConfigError("profiles.cache_entries: expected a whole number >= 1")
     return ProfilesSettings(
-        encryption_keys=tuple(keys), encryption_key_id=write_key, state_dir=state_dir
+        encryption_keys=tuple(keys),
+        encryption_key_id=write_key,
+        state_dir=state_dir.strip(),
+        cache_entries=cache_entries,
     )
+
+
+def _check_partitioned_profiles(profiles: ProfilesSettings, kafka: KafkaSettings) -> None:
+    """Partitioned profile state keeps a profile in the changelog partition of its events'
+    partition: that holds for one input topic only. Raises ConfigError."""
+    if profiles.state_dir and len(kafka.topics) != 1:
+        raise ConfigError(
+            f"profiles.state_dir: partitioned profile state needs exactly one topic in "
+            f"kafka.topics (it has {len(kafka.topics)}: {', '.join(kafka.topics)}); a "
+            "profile lives in the changelog partition of its events' partition. Use one "
+            "topic, keyed by the user, or leave profiles.state_dir empty"
+        )
 
 
 def _retention(

@@ -196,12 +196,17 @@ class ProfileKey:
 class ProfilesSettings:
     """``[profiles]``: encryption at rest of the profile changelog's values. ``encryption_keys``
     are every key a value may be sealed with; ``encryption_key_id`` the one new values use (empty:
-    values are written plain, sealed ones still read). ``state_dir``: where partitioned profile
-    state lives (empty: every member holds the whole changelog)."""
+    values are written plain, sealed ones still read).
+
+    ``state_dir``: empty keeps every profile in memory and reads the whole changelog on every
+    assignment; set, each member keeps only the profiles of the event partitions it owns, on
+    disk under this directory (partitioned state: one input topic, the changelog with its
+    partition count), with at most ``cache_entries`` of them in memory."""
 
     encryption_keys: tuple[ProfileKey, ...] = ()
     encryption_key_id: str = ""
     state_dir: str = ""
+    cache_entries: int = 100_000
 
     def keys(self) -> dict[str, bytes]:
         """Key id -> key bytes, revealed: hand them to the cipher, never log them."""
@@ -294,13 +299,18 @@ class Settings:
     @property
     def replay_co_partitioned(self) -> bool:
         """Whether the replay topic is co-partitioned with the one source topic (partitioned
-        profile state: ``profiles.state_dir`` set, one topic in ``kafka.topics``): it has the
-        source topic's partition count, ``dlq replay`` writes each copy to its original's
-        partition, and each member reads the replay partitions of the source partitions it
-        owns. Otherwise the replay topic is read by a consumer group of its own."""
-        return bool(self.profiles.state_dir) and len(self.kafka.topics) == 1
+        profile state: ``profiles.state_dir`` set, which the loader accepts with one topic in
+        ``kafka.topics`` only): it has the source topic's partition count, ``dlq replay``
+        writes each copy to its original's partition, and each member reads the replay
+        partitions of the source partitions it owns. Otherwise the replay topic is read by a
+        consumer group of its own."""
+        return bool(self.profiles.state_dir)
 
 
+PROFILES_CO_PARTITIONED: Final = (
+    "profiles.state_dir is set: a profile lives in the changelog partition of its events' "
+    "partition"
+)
 REPLAY_CO_PARTITIONED: Final = (
     "profiles.state_dir is set: each member reads the replay partitions of the source "
     "partitions it owns, and dlq replay writes each copy to its original's partition"

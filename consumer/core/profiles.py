@@ -88,16 +88,31 @@ def consent_suffix(decisions: Mapping[str, bool]) -> bytes:
 class PersonProfiles:
     """One person's profiles, found by feeding a changelog in order (``ghl-consumer forget``):
     the profile under ``key`` and every profile whose email is ``email`` (normalised as
-    profiles store it, ``normalise_email``), each as its latest record leaves it. A record that
-    is not a profile is skipped (it holds nothing this can read)."""
+    profiles store it, ``normalise_email``), each as its latest record in its changelog
+    partition leaves it (partitioned profile state may hold one key in several partitions).
+    A record that is not a profile is skipped (it holds nothing this can read)."""
 
     def __init__(self, *, key: str | None = None, email: str | None = None) -> None:
         self._key = key
         self._email = email
-        self.profiles: dict[str, Profile] = {}
+        self._held: dict[tuple[str, int], Profile] = {}
 
-    def feed(self, key: str, value: bytes | None) -> None:
-        """Apply one changelog record (None: a tombstone)."""
+    @property
+    def profiles(self) -> dict[str, Profile]:
+        """The person's profiles by key (of a key held in several partitions, the one fed
+        last)."""
+        return {key: profile for (key, _), profile in self._held.items()}
+
+    @property
+    def partitions(self) -> dict[str, list[int]]:
+        """The changelog partitions holding each of those keys' profiles."""
+        held: dict[str, list[int]] = {}
+        for key, partition in sorted(self._held):
+            held.setdefault(key, []).append(partition)
+        return held
+
+    def feed(self, key: str, value: bytes | None, partition: int = 0) -> None:
+        """Apply one record of changelog ``partition`` (``value`` None: a tombstone)."""
         try:
             profile = Profile.from_bytes(value) if value is not None else None
         except ProfileDecodeError:
@@ -105,9 +120,10 @@ class PersonProfiles:
         if profile is not None and (
             key == self._key or (self._email and profile.fields.get("email") == self._email)
         ):
-            self.profiles[key] = profile
+            self._held.pop((key, partition), None)  # the latest fed last
+            self._held[(key, partition)] = profile
         else:
-            self.profiles.pop(key, None)
+            self._held.pop((key, partition), None)
 
 
 class ProfileStore(Protocol):

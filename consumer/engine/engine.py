@@ -26,14 +26,18 @@ feeds), and commit after delivery likewise.
 
 Rebalance handling (``docs/architecture.md``, "Rebalance handling"; ``_FeedListener``): before
 any record of newly assigned event or replay partitions, the engine restores the profile store
-and learns the contacts parked by their previous owner. Inside ``on_revoked`` (before the
-partitions move) it lets work of those partitions already being sent or parked finish (bounded
-by ``revoke_wait``, longer than an HTTP timeout), commits them, then revokes them in the
-tracker, whose guard ignores late completions; their not-yet-sent work is discarded (the new
-owner re-reads it). Lost partitions are revoked without a commit. A co-partitioned replay feed
-follows the event feed's assignment: replay partition p is assigned after event partition p
-was assigned and restored, and revoked (its in-flight work waited for, committed) or lost
-before event partition p is.
+and learns the contacts parked by their previous owner. With partitioned profile state
+(``ProfileLog.partitioned``) only the new event partitions are restored, in the background,
+while they stay paused (``_Restores``): the other partitions keep being delivered.
+
+Inside ``on_revoked`` (before the partitions move) it lets work of those partitions already
+being sent or parked finish (bounded by ``revoke_wait``, longer than an HTTP timeout), commits
+them, then revokes them in the tracker, whose guard ignores late completions; their
+not-yet-sent work is discarded (the new owner re-reads it). Lost partitions are revoked without
+a commit. Partitioned profile state of revoked or lost partitions is released then. A
+co-partitioned replay feed follows the event feed's assignment: replay partition p is assigned
+after event partition p was assigned and its profiles restored, and revoked (its in-flight work
+waited for, committed) or lost before event partition p is.
 
 Not thread-safe by design: the Kafka adapter runs rebalance callbacks on the loop.
 """
@@ -46,7 +50,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -108,7 +112,8 @@ class _Feed:
         self.name = name
         self.source = source
         self.tracker = OffsetTracker()
-        self.paused: set[tuple[str, int]] = set()
+        self.paused: set[tuple[str, int]] = set()  # by backpressure
+        self.restores: _Restores | None = None  # partitioned profile state: the event feed
 
     async def commit(self, only: Sequence[tuple[str, int]] | None = None) -> None:
         """Commit what the owned partitions (or ``only`` those) have new to commit. A failure is
@@ -129,10 +134,13 @@ class _Feed:
             await self.source.pause(decision.pause)
             self.paused.update(decision.pause)
             logger.debug("%s: paused %s", self.name, decision.pause)
-        if decision.resume:
-            await self.source.resume(decision.resume)
-            self.paused.difference_update(decision.resume)
-            logger.debug("%s: resumed %s", self.name, decision.resume)
+        resume = decision.resume
+        if resume and self.restores is not None:  # paused for a restore until it is done
+            resume = tuple(tp for tp in resume if tp not in self.restores.waiting)
+        if resume:
+            await self.source.resume(resume)
+            self.paused.difference_update(resume)
+            logger.debug("%s: resumed %s", self.name, resume)
 
     def forget(self, partitions: Sequence[tuple[str, int]]) -> None:
         """Stop tracking ``partitions`` (revoked or lost): late completions are ignored and
@@ -140,6 +148,93 @@ class _Feed:
         for topic, partition in partitions:
             self.tracker.revoke(topic, partition)
             self.paused.discard((topic, partition))
+
+
+async def _lead(
+    feed: _Feed,
+    follower: FollowingSource | None,
+    leaving: Sequence[tuple[str, int]] = (),
+    *,
+    lost: bool = False,
+) -> None:
+    """Make ``follower`` own the partition numbers ``feed`` owns with their profiles restored
+    (none still in ``feed.restores.waiting``), ``leaving`` excepted."""
+    if follower is None:
+        return
+    gone = set(leaving)
+    if feed.restores is not None:
+        gone.update(feed.restores.waiting)
+    await follower.follow(
+        {p.partition for p in feed.tracker.owned() if (p.topic, p.partition) not in gone},
+        lost=lost,
+    )
+
+
+class _Restores:
+    """The profile restores of one feed's newly assigned partitions (partitioned profile
+    state): records of a partition wait only for that partition's restore.
+
+    ``assigned`` (inside the rebalance callback) pauses the new partitions, which takes effect
+    as they are assigned, before any record of them is fetched, and queues them. ``step`` (the
+    intake loop, after each poll, outside any callback) starts the queued restores as one
+    background task and resumes the partitions whose restore is done, unless backpressure
+    paused them meanwhile (``_Feed.apply`` never resumes a partition in ``waiting``); a
+    restore that failed raises there, which stops the engine as a failed callback would.
+    ``released`` (inside ``on_revoked``/``on_lost``) waits for a running restore of those
+    partitions (bounded by the profile log's own retries: it touches no source), then
+    releases their profiles. A ``follower`` (the co-partitioned replay feed) is given a
+    partition once its restore is done."""
+
+    def __init__(
+        self,
+        feed: _Feed,
+        restore: Callable[[Sequence[int]], Coroutine[None, None, None]],
+        log: ProfileLog,
+        *,
+        follower: FollowingSource | None = None,
+    ) -> None:
+        self._feed = feed
+        self._follower = follower
+        self._restore = restore
+        self._log = log
+        self._queued: list[tuple[str, int]] = []
+        self._running: dict[asyncio.Task[None], tuple[tuple[str, int], ...]] = {}
+
+    @property
+    def waiting(self) -> frozenset[tuple[str, int]]:
+        """Partitions queued or being restored."""
+        running = (tp for tps in self._running.values() for tp in tps)
+        return frozenset((*self._queued, *running))
+
+    async def assigned(self, partitions: Sequence[tuple[str, int]]) -> None:
+        await self._feed.source.pause(partitions)
+        self._queued.extend(partitions)
+
+    async def step(self) -> None:
+        if self._queued:
+            batch, self._queued = tuple(self._queued), []
+            restore = self._restore([p for _, p in batch])
+            name = f"restore-{self._feed.name}"
+            self._running[asyncio.create_task(restore, name=name)] = batch
+        finished = [t for t in self._running if t.done()]
+        for task in finished:
+            batch = self._running.pop(task)
+            task.result()  # a restore that failed stops the engine
+            tracker, paused = self._feed.tracker, self._feed.paused
+            ready = [tp for tp in batch if tracker.get(*tp) is not None and tp not in paused]
+            if ready:
+                await self._feed.source.resume(ready)
+            logger.info("%s: profiles restored for %s", self._feed.name, list(batch))
+        if finished:
+            await _lead(self._feed, self._follower)
+
+    async def released(self, partitions: Sequence[tuple[str, int]]) -> None:
+        gone = set(partitions)
+        self._queued = [tp for tp in self._queued if tp not in gone]
+        running = [t for t, batch in self._running.items() if gone.intersection(batch)]
+        if running:
+            await asyncio.wait(running)
+        self._log.release([p for _, p in partitions])
 
 
 class _FeedListener:
@@ -170,6 +265,8 @@ class _FeedListener:
     async def on_assigned(self, partitions: Sequence[Assignment]) -> None:
         if partitions and self._prepare is not None:
             await self._prepare()
+        if partitions and self._feed.restores is not None:
+            await self._feed.restores.assigned([(a.topic, a.partition) for a in partitions])
         for a in partitions:
             self._feed.tracker.assign(
                 a.topic, a.partition, committed=a.committed, metadata=a.metadata
@@ -182,18 +279,7 @@ class _FeedListener:
             await self._follow()
 
     async def _follow(self, leaving: Sequence[tuple[str, int]] = (), *, lost: bool = False) -> None:
-        """Make the follower own the partition numbers this feed owns, ``leaving`` excepted."""
-        if self._follower is None:
-            return
-        gone = set(leaving)
-        await self._follower.follow(
-            {
-                p.partition
-                for p in self._feed.tracker.owned()
-                if (p.topic, p.partition) not in gone
-            },
-            lost=lost,
-        )
+        await _lead(self._feed, self._follower, leaving, lost=lost)
 
     async def on_revoked(self, partitions: Sequence[tuple[str, int]]) -> None:
         # The follower's partitions go first, their in-flight work waited for and committed,
@@ -208,19 +294,21 @@ class _FeedListener:
             async with asyncio.timeout(self._revoke_wait):
                 await self._dispatcher.wait_for_in_flight(leaving)
         await self._feed.commit(only=partitions)
-        self._forget(partitions)
+        await self._forget(partitions)
         self._metrics.rebalance(RebalanceKind.REVOKED)
         logger.info("%s: revoked %s", self._feed.name, list(partitions))
 
     async def on_lost(self, partitions: Sequence[tuple[str, int]]) -> None:
         await self._follow(partitions, lost=True)
-        self._forget(partitions)
+        await self._forget(partitions)
         self._metrics.rebalance(RebalanceKind.LOST)
         logger.warning("%s: lost %s (no commit possible)", self._feed.name, list(partitions))
 
-    def _forget(self, partitions: Sequence[tuple[str, int]]) -> None:
+    async def _forget(self, partitions: Sequence[tuple[str, int]]) -> None:
         self._feed.forget(partitions)
         self._dispatcher.forget_revoked()
+        if self._feed.restores is not None:
+            await self._feed.restores.released(partitions)
 
 
 class _Tally:
@@ -351,6 +439,10 @@ class Engine:
         self._feeds = tuple(
             f for f in (self._main, self._parking, self._replays) if f is not None
         )
+        if profile_log is not None and profile_log.partitioned:
+            self._main.restores = _Restores(
+                self._main, self._restore, profile_log, follower=replay_follower
+            )
         self._restore_lock = asyncio.Lock()  # one restore at a time (two feeds ask for one)
         self._tasks = TaskSet()  # dead letters and profile writes of intake
 
@@ -362,8 +454,12 @@ class Engine:
         # The event feed last: an assignment of it makes a following replay feed assign.
         for feed in (*feeds[1:], feeds[0]):
             # Parked upserts need no profiles; new work (events, replays) does, and a following
-            # replay feed's partitions come only after the event feed's restored them.
-            restores = feed is self._main or (feed is self._replays and self._follower is None)
+            # replay feed's partitions come only after the event feed's restored them. With
+            # partitioned profile state the event feed restores its partitions itself
+            # (``_Restores``), in the background.
+            restores = (feed is self._main and feed.restores is None) or (
+                feed is self._replays and self._follower is None
+            )
             await feed.source.start(
                 _FeedListener(
                     feed,
@@ -403,15 +499,18 @@ class Engine:
                 await feed.source.close()
             logger.info("engine stopped: %s", self.progress_line())
 
-    async def _restore(self) -> None:
+    async def _restore(self, partitions: Sequence[int] = ()) -> None:
         """Before any record of newly assigned event or replay partitions, learn what their
         previous owner (another instance, or this one before a restart) left: the profiles it
-        wrote, and the contacts with upserts waiting in the parking topic (their newer work
-        parks). One restore at a time: a feed assigned while another's restore runs waits for
-        it, then restores anew (what the previous owner wrote after that one began counts)."""
+        wrote (the whole changelog; partitioned: those of the event ``partitions`` given, none
+        for the replay feed), and the contacts with upserts waiting in the parking topic (their
+        newer work parks). One restore at a time: a feed assigned while another's restore runs
+        waits for it, then restores anew (what the previous owner wrote after that one began
+        counts)."""
+        log = self._profile_log
         async with self._restore_lock:
-            if self._profile_log is not None:
-                await self._profile_log.restore()
+            if log is not None and (partitions or not log.partitioned):
+                await log.assign(partitions)
             await self._dispatcher.load_parked()
 
     async def _intake_loop(self, feed: _Feed, stop: asyncio.Event) -> None:
@@ -423,6 +522,8 @@ class Engine:
             )
             if records:
                 ingest(records, loop.time(), self._wall_clock())
+            if feed.restores is not None:
+                await feed.restores.step()
             decision = self._backpressure.decide(
                 feed.tracker.owned(),
                 feed.paused,
@@ -469,6 +570,8 @@ class Engine:
                 partition = tracker.get(record.topic, record.partition)
                 if partition is None:
                     continue  # revoked while the batch was in flight; the new owner reads it
+                if log is not None:  # the profiles this record's mapping reads and writes
+                    log.select(record.partition)
             tally.consumed[record.topic] += 1
             if not partition.admit(record.offset, record.size):
                 tally.skipped[record.topic] += 1
@@ -578,17 +681,26 @@ class Engine:
             ticket.settle()
 
     async def _persist_profiles(
-        self, writes: Sequence[tuple[str, bytes]], tickets: Sequence[Ticket]
+        self, writes: Sequence[tuple[int | None, str, bytes]], tickets: Sequence[Ticket]
     ) -> None:
-        """Produce one batch's profile writes together; once the broker has every one, the
-        records that made them (``tickets``) settle."""
+        """Produce one batch's profile writes together, each to the changelog partition it
+        names (partitioned: the partition of the record that made it, never the
+        partitioner's choice); once the broker has every one, the records that made them
+        (``tickets``) settle."""
         log = self._profile_log
         assert log is not None
+        by_partition: dict[int | None, list[tuple[bytes | None, bytes | None]]] = {}
+        for partition, key, value in writes:
+            by_partition.setdefault(partition, []).append((key.encode(), value))
         with self._outbox.holding(len(tickets)):
-            records = [(key.encode(), value) for key, value in writes]
-            await self._outbox.produce_many(log.topic, records)
-            for key, _ in writes:
-                log.written(key)
+            await asyncio.gather(
+                *(
+                    self._outbox.produce_many(log.topic, records, partition=partition)
+                    for partition, records in by_partition.items()
+                )
+            )
+            for partition, key, _ in writes:
+                log.written(partition, key)
             for ticket in tickets:
                 ticket.settle()
 

@@ -74,16 +74,20 @@ class Outbox:
                 delay = min(delay * 2, self._retry_max)
 
     async def produce_many(
-        self, topic: str, records: Sequence[tuple[bytes | None, bytes | None]]
+        self,
+        topic: str,
+        records: Sequence[tuple[bytes | None, bytes | None]],
+        *,
+        partition: int | None = None,
     ) -> None:
-        """Produce ``records`` ((key, value)) together; returns once the broker confirmed every
-        one, producing the failed ones again (logged) with the backoff of ``produce``. Two
-        records of one key keep their order only across calls: within a call, give each key
-        once."""
+        """Produce ``records`` ((key, value)) together, to ``partition`` (None: by key);
+        returns once the broker confirmed every one, producing the failed ones again (logged)
+        with the backoff of ``produce``. Two records of one key keep their order only across
+        calls: within a call, give each key once."""
         delay = self._retry_base
         left = list(records)
         while left:
-            results = await self._sink.produce_many(topic, left)
+            results = await self._sink.produce_many(topic, left, partition=partition)
             failed = [record for record, error in zip(left, results, strict=True) if error]
             if failed:
                 error = next(error for error in results if error)

@@ -93,12 +93,17 @@ class Sink(Protocol):
     ) -> Produced: ...
 
     async def produce_many(
-        self, topic: str, records: Sequence[tuple[bytes | None, bytes | None]]
+        self,
+        topic: str,
+        records: Sequence[tuple[bytes | None, bytes | None]],
+        *,
+        partition: int | None = None,
     ) -> list[Exception | None]:
         """Produce ``records`` ((key, value), no headers) together, for one wake-up of the
         caller instead of one per record: returns once the broker answered for every one,
         per record (in order) None when confirmed, else its failure. Never raises for a
-        record's failure."""
+        record's failure. ``partition``: every record goes to that partition (None: the
+        partitioner chooses by key)."""
         ...
 
 
@@ -131,9 +136,23 @@ class Sender(Protocol):
 
 
 class ProfileLog(Protocol):
-    """Makes the mapper's profile store durable (``consumer.state.changelog.ProfileChangelog``)."""
+    """Makes the mapper's profile store durable (``consumer.state.changelog``): the whole
+    changelog in memory (``ProfileChangelog``) or, ``partitioned``, only the changelog
+    partitions of the event partitions this member owns (``PartitionedProfileChangelog``).
+
+    Partitions are the event partitions, which in the partitioned mode are the changelog's
+    (one input topic, the same partition count). The engine ``select``s a record's partition
+    before mapping it; each write of ``take_writes`` names the changelog partition it must be
+    produced to (None: the partitioner's choice by key, in the whole-changelog mode)."""
 
     topic: str
+
+    @property
+    def partitioned(self) -> bool:
+        """True: ``assign`` restores only the partitions it names, so the engine runs it in the
+        background while those partitions are paused; False: ``assign`` reads the whole
+        changelog, inside the rebalance callback, before any new record is admitted."""
+        ...
 
     @property
     def changes(self) -> int:
@@ -142,17 +161,29 @@ class ProfileLog(Protocol):
         confirmed."""
         ...
 
-    def take_writes(self) -> list[tuple[str, bytes]]:
-        """The profile changes recorded since the last call, one record per user key (its
-        latest profile: changes to one key coalesce), as (key, value) records."""
+    def select(self, partition: int) -> bool:
+        """The partition of the record mapped next. False when its profiles are not held here
+        (partitioned mode, a partition this member does not own): that record is then mapped
+        without stored profiles and changes none."""
         ...
 
-    def written(self, key: str) -> None:
+    def take_writes(self) -> list[tuple[int | None, str, bytes]]:
+        """The profile changes recorded since the last call, one record per partition and user
+        key (its latest profile: changes to one key coalesce), as (partition, key, value)."""
+        ...
+
+    def written(self, partition: int | None, key: str) -> None:
         """The broker confirmed one of those writes."""
         ...
 
-    async def restore(self) -> None:
-        """Read the changelog into the store (called on every assignment)."""
+    async def assign(self, partitions: Sequence[int]) -> None:
+        """Restore the profiles of newly assigned event ``partitions`` (the whole changelog
+        when not ``partitioned``). Raises ``consumer.errors.KafkaAdapterError`` when the
+        changelog cannot be read (after its own retries)."""
+        ...
+
+    def release(self, partitions: Sequence[int]) -> None:
+        """Event ``partitions`` were revoked or lost: drop their profiles (partitioned mode)."""
         ...
 
     async def follow(self) -> None:

@@ -131,12 +131,18 @@ class KafkaProducer:
                 raise ProduceFailedError(str(adapter_error(exc, "produce"))) from exc
 
     async def produce_many(
-        self, topic: str, records: Sequence[tuple[bytes | None, bytes | None]]
+        self,
+        topic: str,
+        records: Sequence[tuple[bytes | None, bytes | None]],
+        *,
+        partition: int | None = None,
     ) -> list[Exception | None]:
         """Write ``records`` ((key, value), no headers) and wait once for all of them: per
         record, in order, None when the broker has it, else a ``ProduceFailedError`` (refused
         outright, not delivered, or the producer closed). One future and one loop wake-up for
-        the whole batch, however many records (see ``_Batch``)."""
+        the whole batch, however many records (see ``_Batch``). ``partition``: all of them to
+        that partition (None: librdkafka's partitioner, by key)."""
+        where = -1 if partition is None else partition  # librdkafka's "unassigned"
         results: list[Exception | None] = [None] * len(records)
         if not records:
             return results
@@ -149,7 +155,11 @@ class KafkaProducer:
             while True:
                 try:
                     self._producer.produce(
-                        topic, value=value, key=key, on_delivery=batch.callback(index)
+                        topic,
+                        value=value,
+                        key=key,
+                        partition=where,
+                        on_delivery=batch.callback(index),
                     )
                     batch.sent()
                     break

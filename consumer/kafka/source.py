@@ -190,6 +190,7 @@ class KafkaSource:
         self._lock = asyncio.Lock()
         self._inflight: asyncio.Task[list[Message]] | None = None
         self._assigned: set[Partition] = set()
+        self._assigning: set[Partition] = set()  # during ``on_assigned``
         self._paused: set[Partition] = set()
         self._fatal: KafkaError | None = None
         self._closing = False
@@ -383,13 +384,16 @@ class KafkaSource:
         """Stop fetching these partitions (owned ones; others are ignored). Records of them
         already prefetched are discarded by librdkafka and fetched again after ``resume``;
         a batch returned before the pause may still hold some. Pause survives rebalances for
-        partitions that stay assigned."""
+        partitions that stay assigned. Called from ``on_assigned`` for partitions being
+        assigned, the pause takes effect as they are assigned, before any record of them is
+        returned (the listener may hold them until it has restored their state)."""
         async with self._serial() as aio:
             wanted = {Partition(*p) for p in partitions}
-            targets = sorted(wanted & (self._assigned - self._paused))
-            if targets:
-                await aio.pause(topic_partitions(targets))
-                self._paused.update(targets)
+            targets = wanted & ((self._assigned | self._assigning) - self._paused)
+            now = sorted(targets - self._assigning)
+            if now:
+                await aio.pause(topic_partitions(now))
+            self._paused.update(targets)  # those being assigned: paused once assigned
 
     async def resume(self, partitions: Iterable[tuple[str, int]]) -> None:
         """Fetch these paused partitions again, from the next offset not yet returned."""
@@ -532,6 +536,7 @@ class KafkaSource:
                 "kafka partitions assigned",
                 extra={"partitions": [f"{a.topic}[{a.partition}]" for a in assignments]},
             )
+            self._assigning = {Partition(a.topic, a.partition) for a in assignments}
             await self._require_listener().on_assigned(assignments)
             # Start exactly at the offsets the listener was given (one read of the commit).
             await aio.incremental_assign(
@@ -542,9 +547,15 @@ class KafkaSource:
                     for a in assignments
                 ]
             )
-            self._assigned.update(Partition(a.topic, a.partition) for a in assignments)
+            # Paused by the listener: before this callback returns, so the consume call that
+            # runs it returns none of their records (a prefetch is discarded by the pause).
+            held = sorted(self._paused & self._assigning)
+            if held:
+                await aio.pause(topic_partitions(held))
+            self._assigned.update(self._assigning)
             self._joined = True  # the assignment (possibly empty) is in effect
         finally:
+            self._assigning = set()
             _IN_CALLBACK.reset(token)
 
     async def _committed(

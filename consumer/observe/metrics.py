@@ -30,8 +30,14 @@ ghl_partition_stalled                       gauge      topic, partition (1: work
                                                        progress for ``metrics.stall_seconds``)
 ghl_partitions_paused                       gauge
 ghl_rebalances_total                        counter    kind (assigned | revoked | lost)
-ghl_profile_store_size                      gauge
-ghl_profile_restore_seconds                 gauge      (duration of the last restore)
+ghl_profile_store_size                      gauge      (profiles held by this member)
+ghl_profile_restore_seconds                 gauge      partition (changelog partition, "all":
+                                                       the whole changelog; the last restore)
+ghl_profile_restore_records_total           counter    partition (changelog records read)
+ghl_profile_state_profiles                  gauge      partition (partitioned state: profiles
+                                                       held for an owned changelog partition)
+ghl_profile_cache_hits_total                counter    (partitioned state: lookups answered
+ghl_profile_cache_misses_total              counter    from memory, or read from disk)
 ghl_integration_healthy                     gauge      integration (0 while answering 401/403)
 ghl_ignored_fields_total                    counter    integration, field (HighLevel field names)
 ghl_fields_omitted_total                    counter    field (``OMITTABLE_FIELDS``), reason
@@ -156,7 +162,9 @@ class StateSnapshot:
     ``KafkaSource.lag()``); lag is the watermark minus the committed offset (else the current
     commit point). ``unhealthy``: integration ids currently answered 401/403.
     ``stalled``: the owned partitions ``StallDetector`` finds stalled.
-    ``profile_store_size`` None leaves the gauge as it was.
+    ``profile_store_size`` None leaves the gauge as it was. Partitioned profile state:
+    ``profile_partitions`` (changelog partition -> profiles held) and the cache's lookups so
+    far, ``profile_cache_hits`` and ``profile_cache_misses`` (None: not partitioned).
     """
 
     partitions: Sequence[PartitionStats] = ()
@@ -169,6 +177,9 @@ class StateSnapshot:
     buffered_bytes: int = 0
     requests_in_flight: int = 0
     profile_store_size: int | None = None
+    profile_partitions: Mapping[int, int] = field(default_factory=dict)
+    profile_cache_hits: int | None = None
+    profile_cache_misses: int | None = None
 
 
 def _bound(values: Iterable[str]) -> tuple[str, ...]:
@@ -284,8 +295,27 @@ class Metrics:
         rebalances = counter("ghl_rebalances", "Rebalance callbacks.", ["kind"])
         self._profile_size = gauge("ghl_profile_store_size", "Profiles remembered.")
         self._profile_restore = gauge(
-            "ghl_profile_restore_seconds", "Duration of the last profile store restore."
+            "ghl_profile_restore_seconds",
+            "Duration of the last profile restore, per changelog partition (all: whole).",
+            ["partition"],
         )
+        self._profile_restore_records = counter(
+            "ghl_profile_restore_records",
+            "Profile changelog records read by restores, per changelog partition.",
+            ["partition"],
+        )
+        self._profile_state = gauge(
+            "ghl_profile_state_profiles",
+            "Profiles held for an owned changelog partition (partitioned state).",
+            ["partition"],
+        )
+        self._cache_hits = counter(
+            "ghl_profile_cache_hits", "Profile lookups answered from memory (partitioned state)."
+        )
+        self._cache_misses = counter(
+            "ghl_profile_cache_misses", "Profile lookups read from disk (partitioned state)."
+        )
+        self._cache_seen = (0, 0)  # the store's hits and misses at the last refresh
         self._healthy = gauge(
             "ghl_integration_healthy",
             "0 while the integration's token is refused (401/403), else 1.",
@@ -494,10 +524,23 @@ class Metrics:
         """``count`` delivery records were ``written`` to the delivery topic, or ``failed``."""
         self._delivery_records["written" if result == "written" else "failed"].inc(count)
 
-    def profile_restored(self, seconds: float, size: int) -> None:
-        """The profile store finished restoring: how long it took and what it holds."""
-        self._profile_restore.set(seconds)
-        self._profile_size.set(size)
+    def profile_restored(
+        self, partition: int | None, seconds: float, records: int, size: int
+    ) -> None:
+        """A restore of changelog ``partition`` (None: the whole changelog) read ``records``
+        in ``seconds``; ``size`` profiles are held for it (for every partition when None)."""
+        label = "all" if partition is None else str(partition)
+        self._profile_restore.labels(label).set(seconds)
+        self._profile_restore_records.labels(label).inc(records)
+        if partition is None:
+            self._profile_size.set(size)
+        else:
+            self._profile_state.labels(label).set(size)
+
+    def profile_released(self, partition: int) -> None:
+        """Changelog ``partition``'s profiles left this member: its series go."""
+        for metric in (self._profile_restore, self._profile_restore_records, self._profile_state):
+            metric.remove(str(partition))  # a label set never set is ignored
 
     # -- scrape time ----------------------------------------------------------------------------
 
@@ -537,6 +580,13 @@ class Metrics:
         self._in_flight.set(snapshot.requests_in_flight)
         if snapshot.profile_store_size is not None:
             self._profile_size.set(snapshot.profile_store_size)
+        for partition, size in snapshot.profile_partitions.items():
+            self._profile_state.labels(str(partition)).set(size)
+        if snapshot.profile_cache_hits is not None and snapshot.profile_cache_misses is not None:
+            hits, misses = snapshot.profile_cache_hits, snapshot.profile_cache_misses
+            self._cache_hits.inc(max(0, hits - self._cache_seen[0]))
+            self._cache_misses.inc(max(0, misses - self._cache_seen[1]))
+            self._cache_seen = (hits, misses)
 
 
 def _child(children: Mapping[str, _V], value: str) -> _V:

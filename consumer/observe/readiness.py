@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Final, Protocol, runtime_checkable
 
 from consumer.engine.offsets import PartitionStats
 from consumer.engine.stats import EngineSnapshot
@@ -196,6 +196,18 @@ class _Sized(Protocol):
     def __len__(self) -> int: ...
 
 
+@runtime_checkable
+class _PartitionedProfiles(Protocol):
+    """``consumer.state.profile_state.PartitionedProfileStore``: what the metrics read."""
+
+    hits: int
+    misses: int
+
+    def __len__(self) -> int: ...
+
+    def sizes(self) -> dict[int, int]: ...
+
+
 class Observed:
     """Reads a running consumer's state for ``/metrics`` (per scrape), ``/readyz`` and
     ``/healthz``. ``stall_seconds``: how long a partition with work may keep its commit point
@@ -210,7 +222,7 @@ class Observed:
         source: _Source,
         producer: _Producer,
         limiter: _Limiter,
-        profiles: _Sized,
+        profiles: _Sized | _PartitionedProfiles,
         stall_seconds: float,
         stopping: Callable[[], bool] = lambda: False,
     ) -> None:
@@ -238,6 +250,8 @@ class Observed:
             self._last_lags = await asyncio.wait_for(self._source.lag(), LAG_WAIT_S)
         lags = self._last_lags
         now = self._loop.time()
+        store = self._profiles
+        partitioned = store if isinstance(store, _PartitionedProfiles) else None
         held = bool(engine.unhealthy) or any(
             (state.paused_until or 0.0) > now or (state.daily_exhausted_until or 0.0) > now
             for state in (self._limiter.snapshot(loc, now) for loc in self._limiter.locations())
@@ -257,6 +271,9 @@ class Observed:
             buffered_bytes=engine.buffered_bytes,
             requests_in_flight=engine.in_flight,
             profile_store_size=len(self._profiles),
+            profile_partitions={} if partitioned is None else partitioned.sizes(),
+            profile_cache_hits=None if partitioned is None else partitioned.hits,
+            profile_cache_misses=None if partitioned is None else partitioned.misses,
         )
 
     def _broker_reachable(self) -> bool:

@@ -19,6 +19,10 @@ tombstones too. Other members' profile writes are left to the next restore, as b
 
 Encryption at rest (``[profiles] encryption_keys``): with a ``ProfileCipher`` the values written
 are sealed (``consumer.state.encryption``) and the values read are opened; keys stay in clear.
+
+Two shapes of the engine's ``ProfileLog`` port over one ``ChangelogTopic``: ``ProfileChangelog``
+(every profile in memory, the whole topic read on every assignment) and, with ``[profiles]
+state_dir``, ``PartitionedProfileChangelog`` (only the owned partitions, on disk).
 """
 
 from __future__ import annotations
@@ -27,10 +31,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
-from consumer.core.profiles import ChangelogProfileStore, PersonProfiles, Profile
+from consumer.core.profiles import ChangelogProfileStore, PersonProfiles
 from consumer.errors import KafkaAdapterError, ProfileDecodeError
 from consumer.kafka.clients import Setting
 from consumer.kafka.reader import PartitionRange, TopicReader
@@ -41,63 +45,94 @@ logger = logging.getLogger(__name__)
 
 
 class RestoreMetrics(Protocol):
-    """Where a restore is reported (``consumer.observe.metrics.Metrics``)."""
+    """Where restores are reported (``consumer.observe.metrics.Metrics``)."""
 
-    def profile_restored(self, seconds: float, size: int) -> None: ...
+    def profile_restored(
+        self, partition: int | None, seconds: float, records: int, size: int
+    ) -> None:
+        """A restore of ``partition`` (None: the whole changelog) read ``records`` records
+        in ``seconds``; ``size`` profiles are held for it now."""
+        ...
+
+    def profile_released(self, partition: int) -> None:
+        """``partition``'s profiles left this member: its series go."""
+        ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChangelogTopic:
+    """The changelog and how both shapes read it: ``extra`` librdkafka settings, ``cipher``
+    for values at rest, a ``follow`` pass every ``erasure_check_seconds``, a failed restore
+    read again for up to ``restore_retry_seconds``."""
+
+    topic: str
+    bootstrap: str
+    extra: Mapping[str, Setting] | None = None
+    cipher: ProfileCipher = field(default_factory=lambda: ProfileCipher({}))
+    erasure_check_seconds: float = 10.0
+    restore_retry_seconds: float = 60.0
+
+    def reader(self) -> TopicReader:
+        return TopicReader(bootstrap=self.bootstrap, extra=self.extra)
 
 
 class ProfileChangelog:
-    """``store`` plus its topic. ``restore`` reads the topic again after a Kafka error (a
-    leader moving, a broker restarting), with backoff, for up to ``restore_retry_seconds``;
-    then it raises ``KafkaAdapterError`` (the engine's rebalance callback then fails, which
-    stops the consumer: better than mapping without the profiles it promised to keep)."""
+    """``store`` plus its topic, the whole-changelog shape of ``ProfileLog`` (not
+    ``partitioned``: writes go to the partition of their key, ``release`` keeps everything).
+    ``assign`` reads the topic again after a Kafka error (a leader moving, a broker
+    restarting), with backoff, for up to ``restore_retry_seconds``; then it raises
+    ``KafkaAdapterError`` (the engine's rebalance callback then fails, which stops the
+    consumer: better than mapping without the profiles it promised to keep)."""
+
+    partitioned = False
 
     def __init__(
-        self,
-        *,
-        store: ChangelogProfileStore,
-        topic: str,
-        bootstrap: str,
-        metrics: RestoreMetrics,
-        extra: Mapping[str, Setting] | None = None,
-        erasure_check_seconds: float = 10.0,
-        cipher: ProfileCipher | None = None,
-        restore_retry_seconds: float = 60.0,
+        self, *, store: ChangelogProfileStore, changelog: ChangelogTopic, metrics: RestoreMetrics
     ) -> None:
         self.store = store
-        self._restore_retry_s = restore_retry_seconds
-        self._cipher = cipher or ProfileCipher({})
-        self.topic = topic
-        self._bootstrap = bootstrap
+        self.topic = changelog.topic
+        self._changelog = changelog
+        self._cipher = changelog.cipher
         self._metrics = metrics
-        self._extra = extra
-        self._erasure_check = erasure_check_seconds
         # partition -> next offset ``follow`` reads; None until the first restore
         self._read_to: dict[tuple[str, int], int] | None = None
+
+    def select(self, partition: int) -> bool:
+        """Every profile is held here: nothing to select."""
+        return True
 
     @property
     def changes(self) -> int:
         return self.store.changes
 
-    def take_writes(self) -> list[tuple[str, bytes]]:
-        """The store's writes, each value sealed when encryption is on."""
-        writes = self.store.take_writes()
-        if not self._cipher.encrypts:
-            return writes
-        return [(key, self._cipher.seal(key, value)) for key, value in writes]
+    def take_writes(self) -> list[tuple[int | None, str, bytes]]:
+        """The store's writes (partition None: the partitioner's, by key), each value sealed
+        when encryption is on."""
+        seal = self._cipher.seal if self._cipher.encrypts else None
+        return [
+            (None, key, value if seal is None else seal(key, value))
+            for key, value in self.store.take_writes()
+        ]
 
-    def written(self, key: str) -> None:
+    def written(self, partition: int | None, key: str) -> None:
         self.store.written(key)
+
+    async def assign(self, partitions: Sequence[int]) -> None:
+        """Whatever was assigned: read the whole changelog (``restore``)."""
+        await self.restore()
+
+    def release(self, partitions: Sequence[int]) -> None:
+        """Every profile stays held."""
 
     async def restore(self) -> None:
         """Read the changelog to its current end into the store; records the time taken. A
         Kafka error starts the read over (applying a record twice, in order, is harmless)
         after 1, 2, 4... s (at most 10), until ``restore_retry_seconds`` have passed."""
-        await _retrying(self._restore_once, self.topic, self._restore_retry_s)
+        await _retrying(self._restore_once, self.topic, self._changelog.restore_retry_seconds)
 
     async def _restore_once(self) -> None:
         started = time.perf_counter()
-        reader = TopicReader(bootstrap=self._bootstrap, extra=self._extra)
+        reader = self._changelog.reader()
         applied = skipped = bad = 0
         try:
             ranges = await reader.open([self.topic])
@@ -123,7 +158,7 @@ class ProfileChangelog:
         finally:
             await reader.close()
         seconds = time.perf_counter() - started
-        self._metrics.profile_restored(seconds, len(self.store))
+        self._metrics.profile_restored(None, seconds, applied + skipped + bad, len(self.store))
         logger.info(
             "profiles restored from %s in %.2fs: %d applied, %d newer here, %d unreadable; %d held",
             self.topic,
@@ -140,7 +175,7 @@ class ProfileChangelog:
         the end of the first restore. Runs until cancelled; a pass that fails is logged and
         tried again at the next interval (the engine's own work goes on)."""
         while True:
-            await asyncio.sleep(self._erasure_check)
+            await asyncio.sleep(self._changelog.erasure_check_seconds)
             if self._read_to is None:
                 continue
             try:
@@ -152,7 +187,7 @@ class ProfileChangelog:
                 logger.info("profiles erased (tombstones in %s): %d", self.topic, erased)
 
     async def _erase_tombstoned(self, start: dict[tuple[str, int], int]) -> int:
-        reader = TopicReader(bootstrap=self._bootstrap, extra=self._extra)
+        reader = self._changelog.reader()
         erased = 0
         try:
             ranges = await reader.open([self.topic], start=start)
@@ -207,10 +242,11 @@ async def read_person(
     email: str | None = None,
     extra: Mapping[str, Setting] | None = None,
     cipher: ProfileCipher | None = None,
-) -> dict[str, Profile]:
+) -> PersonProfiles:
     """The changelog's current profiles of one person: the one under ``key`` and those holding
-    ``email`` (normalised), by key (``PersonProfiles``), encrypted values opened with
-    ``cipher``. Reads the whole topic to its current end; {} when the topic does not exist. A
+    ``email`` (normalised), by key and with the partitions holding them (``PersonProfiles``),
+    encrypted values opened with ``cipher``. Reads the whole topic to its current end; none
+    when the topic does not exist. A
     value that cannot be opened (key id not configured, tampered) is skipped with a warning
     naming how many: the person may have more profiles. Raises ``KafkaAdapterError``."""
     cipher = cipher or ProfileCipher({})
@@ -231,7 +267,7 @@ async def read_person(
                         logger.warning("profile changelog %s: %s", topic, exc)
                     unreadable += 1
                     continue
-                person.feed(record_key, value)
+                person.feed(record_key, value, record.partition)
     finally:
         await reader.close()
     if unreadable:
@@ -240,7 +276,7 @@ async def read_person(
             topic,
             unreadable,
         )
-    return person.profiles
+    return person
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,13 +295,7 @@ class PartitionRestored:
 
 
 async def restore_partitions(
-    store: PartitionedProfileStore,
-    partitions: Collection[int],
-    *,
-    topic: str,
-    bootstrap: str,
-    extra: Mapping[str, Setting] | None = None,
-    cipher: ProfileCipher | None = None,
+    store: PartitionedProfileStore, partitions: Collection[int], changelog: ChangelogTopic
 ) -> list[PartitionRestored]:
     """Open ``partitions`` in ``store`` and bring each up to its changelog partition's current
     end, reading only that partition, from the local checkpoint when the state was kept. A
@@ -273,32 +303,27 @@ async def restore_partitions(
     start: records the state never saw were deleted) rebuilds that partition from the start.
     Each partition's checkpoint is its end offset once read. Raises ``KafkaAdapterError`` (the
     partitions stay open, marked unclean: the next open rebuilds them)."""
-    cipher = cipher or ProfileCipher({})
     opened = {p: store.open(p) for p in partitions}
-    ranges = await _read_partitions(store, opened, topic, bootstrap, extra, cipher)
+    ranges = await _read_partitions(store, opened, changelog)
     for r in ranges:
         store.checkpoint(r.partition, r.end)
         logger.info(
             "profile changelog %s[%d]: offsets %d-%d read (%s), %d applied, %d newer here, "
-            "%d unreadable",
-            topic, r.partition, r.start, r.end,
+            "%d unreadable; %d held",
+            changelog.topic, r.partition, r.start, r.end,
             "tail" if r.rebuilt is None else f"rebuilt: {r.rebuilt}",
-            r.applied, r.skipped, r.unreadable,
+            r.applied, r.skipped, r.unreadable, store.recount(r.partition),
         )
     return ranges
 
 
 async def _read_partitions(
-    store: PartitionedProfileStore,
-    opened: Mapping[int, Opened],
-    topic: str,
-    bootstrap: str,
-    extra: Mapping[str, Setting] | None,
-    cipher: ProfileCipher,
+    store: PartitionedProfileStore, opened: Mapping[int, Opened], changelog: ChangelogTopic
 ) -> list[PartitionRestored]:
+    topic, cipher = changelog.topic, changelog.cipher
     rebuilt = {p: o.rebuilt for p, o in opened.items()}
     start = {(topic, p): o.start for p, o in opened.items()}
-    reader = TopicReader(bootstrap=bootstrap, extra=extra)
+    reader = changelog.reader()
     try:
         ranges = await reader.open([topic], start=start, only=start.keys())
         stale = [r for r in ranges if r.start != start[(topic, r.partition)]]
@@ -310,7 +335,7 @@ async def _read_partitions(
                 )
                 store.reset(r.partition)
                 start[(topic, r.partition)] = 0
-            reader = TopicReader(bootstrap=bootstrap, extra=extra)
+            reader = changelog.reader()
             ranges = await reader.open([topic], start=start, only=start.keys())
         counts = {r.partition: [0, 0, 0] for r in ranges}  # applied, skipped, unreadable
         while records := await reader.read(5_000):
@@ -346,9 +371,9 @@ async def _read_partitions(
 
 
 class PartitionedProfileChangelog:
-    """The changelog side of a ``PartitionedProfileStore``, for the co-partitioned mode the
-    engine does not use yet (issue 19; ``docs/architecture.md``, "Profiles"): the changelog has
-    the input topic's partitions and a profile is written to the changelog partition of the
+    """The partitioned shape of ``ProfileLog`` over a ``PartitionedProfileStore``
+    (``[profiles] state_dir``; ``docs/architecture.md``, "Profiles"): the changelog has the
+    input topic's partitions and a profile is written to the changelog partition of the
     record that changed it.
 
     ``assign`` restores the newly assigned partitions only (``restore_partitions``), retried
@@ -359,75 +384,71 @@ class PartitionedProfileChangelog:
     checkpoint moves to where the pass ended. ``take_writes`` seals values when encryption is
     on. Event-loop only."""
 
+    partitioned = True
+
     def __init__(
         self,
         *,
         store: PartitionedProfileStore,
-        topic: str,
-        bootstrap: str,
-        extra: Mapping[str, Setting] | None = None,
-        erasure_check_seconds: float = 10.0,
-        cipher: ProfileCipher | None = None,
-        restore_retry_seconds: float = 60.0,
+        changelog: ChangelogTopic,
+        metrics: RestoreMetrics,
     ) -> None:
         self.store = store
-        self.topic = topic
-        self._bootstrap = bootstrap
-        self._extra = extra
-        self._erasure_check = erasure_check_seconds
-        self._cipher = cipher or ProfileCipher({})
-        self._restore_retry_s = restore_retry_seconds
+        self.topic = changelog.topic
+        self._changelog = changelog
+        self._cipher = changelog.cipher
+        self._metrics = metrics
         self._read_to: dict[int, int] = {}  # owned partition -> next offset ``follow`` reads
 
     @property
     def changes(self) -> int:
         return self.store.changes
 
-    def select(self, partition: int) -> None:
-        self.store.select(partition)
+    def select(self, partition: int) -> bool:
+        return self.store.select(partition)
 
-    def take_writes(self) -> list[tuple[int, str, bytes]]:
+    def take_writes(self) -> list[tuple[int | None, str, bytes]]:
         """The store's writes as (partition, key, value), each value sealed when encryption
         is on."""
-        writes = self.store.take_writes()
-        if not self._cipher.encrypts:
-            return writes
-        return [(p, key, self._cipher.seal(key, value)) for p, key, value in writes]
+        seal = self._cipher.seal if self._cipher.encrypts else None
+        return [
+            (p, key, value if seal is None else seal(key, value))
+            for p, key, value in self.store.take_writes()
+        ]
 
-    def written(self, partition: int, key: str) -> None:
+    def written(self, partition: int | None, key: str) -> None:
+        assert partition is not None  # every write of this shape names its partition
         self.store.written(partition, key)
 
-    async def assign(self, partitions: Collection[int]) -> list[PartitionRestored]:
+    async def assign(self, partitions: Collection[int]) -> None:
         """Restore ``partitions`` (newly assigned). A failed attempt closes them again at their
         previous checkpoint (what it applied is replayed by the next one). Raises
         ``KafkaAdapterError`` after ``restore_retry_seconds``."""
         restored: list[PartitionRestored] = []
+        started = time.perf_counter()
 
         async def attempt() -> None:
             try:
-                restored[:] = await restore_partitions(
-                    self.store,
-                    partitions,
-                    topic=self.topic,
-                    bootstrap=self._bootstrap,
-                    extra=self._extra,
-                    cipher=self._cipher,
-                )
+                restored[:] = await restore_partitions(self.store, partitions, self._changelog)
             except BaseException:
                 for p in set(partitions) & self.store.partitions:
                     self.store.close(p)
                 raise
 
-        await _retrying(attempt, self.topic, self._restore_retry_s)
+        await _retrying(attempt, self.topic, self._changelog.restore_retry_seconds)
+        seconds = time.perf_counter() - started
+        sizes = self.store.sizes()
         for r in restored:
             self._read_to[r.partition] = r.end
-        return restored
+            records = r.applied + r.skipped + r.unreadable
+            self._metrics.profile_restored(r.partition, seconds, records, sizes[r.partition])
 
     def release(self, partitions: Collection[int]) -> None:
         """Close ``partitions`` (revoked or lost) where they are."""
         for p in partitions:
             if p in self.store.partitions:
                 self.store.close(p)
+                self._metrics.profile_released(p)
             self._read_to.pop(p, None)
 
     async def follow(self) -> None:
@@ -435,7 +456,7 @@ class PartitionedProfileChangelog:
         partitions (see the class doc). Runs until cancelled; a pass that fails is logged and
         tried again at the next interval."""
         while True:
-            await asyncio.sleep(self._erasure_check)
+            await asyncio.sleep(self._changelog.erasure_check_seconds)
             try:
                 erased = await self.follow_once()
             except KafkaAdapterError as exc:
@@ -450,7 +471,7 @@ class PartitionedProfileChangelog:
         start = {(self.topic, p): offset for p, offset in self._read_to.items()}
         if not start:
             return 0
-        reader = TopicReader(bootstrap=self._bootstrap, extra=self._extra)
+        reader = self._changelog.reader()
         erased = 0
         try:
             ranges = await reader.open([self.topic], start=start, only=start.keys())

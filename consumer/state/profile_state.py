@@ -65,13 +65,14 @@ class _Partition:
     """One partition's file, its checkpoint and its writes not yet in the file
     (key -> encoded profile, or None for a deletion)."""
 
-    __slots__ = ("checkpoint", "db", "number", "pending")
+    __slots__ = ("checkpoint", "db", "number", "pending", "size")
 
     def __init__(self, number: int, db: sqlite3.Connection, checkpoint: int) -> None:
         self.number = number
         self.db = db
         self.checkpoint = checkpoint
         self.pending: dict[str, bytes | None] = {}
+        self.size = 0  # profiles held: counted by ``recount``, then kept by put and forget
 
 
 class PartitionedProfileStore:
@@ -110,6 +111,7 @@ class PartitionedProfileStore:
         self._flush_entries = flush_entries
         self._parts: dict[int, _Partition] = {}
         self._current: _Partition | None = None
+        self._detached = False  # the partition selected last is not open here
         self._cache: OrderedDict[tuple[int, str], bytes] = OrderedDict()
         self._unsent: dict[tuple[int, str], bytes] = {}
         self._unconfirmed: dict[tuple[int, str], int] = {}
@@ -122,6 +124,23 @@ class PartitionedProfileStore:
     def partitions(self) -> frozenset[int]:
         """The partitions open now."""
         return frozenset(self._parts)
+
+    def __len__(self) -> int:
+        """Profiles held over every open partition (see ``sizes``)."""
+        return sum(part.size for part in self._parts.values())
+
+    def sizes(self) -> dict[int, int]:
+        """Profiles held per open partition: exact after ``recount``, then kept up to date by
+        the mapper's ``put`` and by ``forget`` (a restore's records count at its ``recount``)."""
+        return {number: part.size for number, part in self._parts.items()}
+
+    def recount(self, partition: int) -> int:
+        """Count ``partition``'s profiles (written and waiting): a scan of its file, so called
+        once a restore is done, not per record."""
+        part = self._parts[partition]
+        self._flush(part, clean=False)
+        part.size = part.db.execute("SELECT count(*) FROM p").fetchone()[0]
+        return part.size
 
     def open(self, partition: int) -> Opened:
         """Open ``partition``'s local state (see the module doc for when it is trusted) and
@@ -172,27 +191,34 @@ class PartitionedProfileStore:
         self._drop_memory(partition)
         part.pending.clear()
         part.db = self._create(self._dir / f"{partition}.db", partition)
-        part.checkpoint = 0
+        part.checkpoint = part.size = 0
 
-    def select(self, partition: int) -> None:
-        """The partition ``get``, ``put`` and ``consent_holds`` act on from now (it must be
-        open)."""
-        part = self._parts.get(partition)
-        if part is None:
-            raise KeyError(f"profile state: partition {partition} is not open")
-        self._current = part
+    def select(self, partition: int) -> bool:
+        """The partition ``get``, ``put`` and ``consent_holds`` act on from now. False when it
+        is not open: until the next ``select`` the store is then detached (``get`` finds
+        nothing, ``consent_holds`` holds only for no decisions, ``put`` records nothing), so a
+        record of a partition whose profiles live elsewhere is mapped without them."""
+        self._current = part = self._parts.get(partition)
+        self._detached = part is None
+        return part is not None
 
     # -- the mapper's side ----------------------------------------------------------------------
 
     def get(self, key: str) -> Profile | None:
+        if self._detached:
+            return None
         data = self._lookup(self._selected(), key)
         return Profile.from_own_bytes(data) if data else None
 
     def put(self, key: str, profile: Profile) -> None:
+        if self._detached:
+            return
         part = self._selected()
         data = memoryview(profile.to_bytes()).tobytes()  # orjson's buffer is not kept alive
-        if self._lookup(part, key) == data:
+        previous = self._lookup(part, key)
+        if previous == data:
             return
+        part.size += not previous
         self._set(part, key, data)
         self.changes += 1
         ident = (part.number, key)
@@ -201,7 +227,7 @@ class PartitionedProfileStore:
         self._unsent[ident] = data
 
     def consent_holds(self, key: str, decisions: Mapping[str, bool]) -> bool:
-        data = self._lookup(self._selected(), key)
+        data = _ABSENT if self._detached else self._lookup(self._selected(), key)
         if not data:
             return not decisions
         if data.endswith(consent_suffix(decisions)):
@@ -245,6 +271,7 @@ class PartitionedProfileStore:
         profile was held."""
         part = self._parts[partition]
         held = bool(self._lookup(part, key))
+        part.size -= held
         self._unsent.pop((partition, key), None)
         self._unconfirmed.pop((partition, key), None)
         self._set(part, key, None)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Sequence
 from typing import Protocol
 
 import pytest
@@ -105,8 +105,9 @@ class Member:
     record in the order they happened, and commits ``on_revoke_commit`` from ``on_revoked``
     (as the engine commits its final points there)."""
 
-    def __init__(self, source: Source) -> None:
+    def __init__(self, source: Source, pause_on_assign: Collection[int] = ()) -> None:
         self.source = source
+        self.pause_on_assign = pause_on_assign  # partitions paused inside ``on_assigned``
         self.log: list[tuple[str, tuple[str, int]]] = []
         self.records: list[Record] = []
         self.assigned: dict[tuple[str, int], Assignment] = {}
@@ -117,6 +118,9 @@ class Member:
         for a in partitions:
             self.log.append(("assigned", (a.topic, a.partition)))
             self.assigned[(a.topic, a.partition)] = a
+        held = [(a.topic, a.partition) for a in partitions if a.partition in self.pause_on_assign]
+        if held:
+            await self.source.pause(held)
 
     async def on_revoked(self, partitions: Sequence[tuple[str, int]]) -> None:
         for topic, partition in partitions:
@@ -150,13 +154,14 @@ class Member:
 
 
 @pytest.fixture
-async def members(cluster: Cluster) -> AsyncIterator[Callable[[], Awaitable[Member]]]:
-    """Factory: ``await members()`` starts a new member of ``cluster``'s group; every member
-    still open is closed at the end."""
+async def members(cluster: Cluster) -> AsyncIterator[Callable[..., Awaitable[Member]]]:
+    """Factory: ``await members()`` starts a new member of ``cluster``'s group (``await
+    members(pause_on_assign={0})``: one that pauses partition 0 as it is assigned); every
+    member still open is closed at the end."""
     started: list[Member] = []
 
-    async def start() -> Member:
-        member = Member(cluster.member())
+    async def start(pause_on_assign: Collection[int] = ()) -> Member:
+        member = Member(cluster.member(), pause_on_assign)
         await member.source.start(member)
         started.append(member)
         return member

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from consumer.engine.offsets import CommitPoint
 from tests.contract.conftest import PARTITIONS, Cluster, Member
 
-Members = Callable[[], Awaitable[Member]]
+Members = Callable[..., Awaitable[Member]]
 
 
 def values(partition: int, start: int, stop: int) -> list[bytes]:
@@ -69,6 +69,24 @@ async def test_a_paused_partition_returns_nothing_until_resumed(
     await member.poll_until(lambda: len(member.offsets(*paused)) >= 10)
     assert member.offsets(*paused) == list(range(10))
     assert [r.value for r in member.records if r.partition == 0] == values(0, 0, 10)
+
+
+async def test_a_partition_paused_as_it_is_assigned_returns_nothing_until_resumed(
+    cluster: Cluster, members: Members
+) -> None:
+    # What the engine does while it restores a new partition's profiles in the background.
+    for partition in range(PARTITIONS):
+        await cluster.produce(partition, values(partition, 0, 5))
+    member = await members(pause_on_assign={0})
+    others = range(1, PARTITIONS)
+    await member.poll_until(
+        lambda: all(len(member.offsets(cluster.topic, p)) == 5 for p in others)
+    )
+    await member.poll_for(1.0)  # time enough for the paused partition's records to show
+    assert member.offsets(cluster.topic, 0) == []
+    await member.source.resume([(cluster.topic, 0)])
+    await member.poll_until(lambda: len(member.offsets(cluster.topic, 0)) >= 5)
+    assert member.offsets(cluster.topic, 0) == list(range(5))
 
 
 async def test_a_new_member_starts_at_the_committed_offset_with_its_metadata(

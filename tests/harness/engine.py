@@ -28,6 +28,7 @@ from tests.harness.guide import LOCATION
 from tests.unit.engine_fakes import (
     FakeHighLevel,
     MemoryParkingLog,
+    MemoryPartitionedLog,
     MemoryProfileLog,
     MemorySink,
     MemorySource,
@@ -59,7 +60,7 @@ def build(
     routing: Routing | None = None,
     replays: MemorySource | None = None,
     replays_follow: bool = False,
-    profile_log: MemoryProfileLog | None = None,
+    profile_log: MemoryProfileLog | MemoryPartitionedLog | None = None,
     delivery_topic: str | None = None,
     **options: float,
 ) -> Engine:

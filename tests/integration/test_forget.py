@@ -12,17 +12,18 @@ from pathlib import Path
 
 import orjson
 import pytest
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from consumer.commands.run import PROFILE_MAX_COMPACTION_LAG_MS, consumer_topics
 from consumer.config import load_settings
 from consumer.kafka.admin import ensure_topics
+from consumer.kafka.partitioner import partition_for
 from consumer.sandbox.server import run_sandbox
 from tests.harness.guide import GUIDE_IDENTIFY, GUIDE_LEAD, LOCATION
 from tests.integration.consumer_harness import (
     committed_offsets,
     end_offsets,
-    produce,
     read_all,
     run_command,
     start_consumer,
@@ -65,21 +66,37 @@ async def test_dead_letter_and_parking_topics_are_created_with_a_retention(
     assert profiles["max.compaction.lag.ms"] == str(PROFILE_MAX_COMPACTION_LAG_MS)
 
 
-async def _until_committed(bootstrap: str, group: str, topic: str) -> None:
-    ends = end_offsets(bootstrap, topic, 1)
+async def _until_committed(bootstrap: str, group: str, topic: str, partitions: int = 1) -> None:
+    ends = {p: end for p, end in end_offsets(bootstrap, topic, partitions).items() if end}
     async with asyncio.timeout(60):
-        while committed_offsets(bootstrap, group, topic, 1) != ends:
+        while {
+            p: offset
+            for p, offset in committed_offsets(bootstrap, group, topic, partitions).items()
+            if p in ends
+        } != ends:
             await asyncio.sleep(0.3)
 
 
+def _produce_to(bootstrap: str, topic: str, partition: int, key: bytes, value: bytes) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    producer.produce(topic, key=key, value=value, partition=partition)
+    assert producer.flush(30) == 0
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("partitioned", [False, True], ids=["whole", "partitioned"])
 async def test_forget_by_email_erases_the_profile_the_contact_and_records_it(
-    kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+    kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path, partitioned: bool
 ) -> None:
-    topic = new_topic(partitions=1)
+    topic = new_topic(partitions=2)
+    # Partitioned profile state keeps a profile in the changelog partition of its event's
+    # partition: put the event where the key's hash would not, so only a tombstone written
+    # to that partition (not the partitioner's) erases it.
+    partition = 1 - partition_for(b"lead-987", 2, "crc32")
     group = f"forget-{uuid.uuid4().hex[:8]}"
     config = tmp_path / "consumer.toml"
-    config.write_text("[mapping]\nerasure_check_seconds = 0.5\n")
+    state = f'[profiles]\nstate_dir = "{tmp_path / "state"}"\n' if partitioned else ""
+    config.write_text(f"[mapping]\nerasure_check_seconds = 0.5\n{state}")
     async with run_sandbox(locations={LOCATION: TOKEN}) as sandbox:
         env = {
             "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
@@ -90,10 +107,10 @@ async def test_forget_by_email_erases_the_profile_the_contact_and_records_it(
             "GHL_API_BASE_URL": sandbox.url,
             "GHL_CONFIG": str(config),
         }
-        produce(kafka_bootstrap, topic, [(b"lead-987", orjson.dumps(GUIDE_IDENTIFY))])
+        _produce_to(kafka_bootstrap, topic, partition, b"lead-987", orjson.dumps(GUIDE_IDENTIFY))
         consumer = await start_consumer(env)
         try:
-            await _until_committed(kafka_bootstrap, group, topic)
+            await _until_committed(kafka_bootstrap, group, topic, 2)
             [contact] = sandbox.contacts(LOCATION)
             assert contact["email"] == "sam@example.com"
 
@@ -109,8 +126,8 @@ async def test_forget_by_email_erases_the_profile_the_contact_and_records_it(
             forgotten_at = len(sandbox.requests)
 
             await asyncio.sleep(2)  # > erasure_check_seconds: the running member has read it
-            produce(kafka_bootstrap, topic, [(b"lead-987", orjson.dumps(GUIDE_LEAD))])
-            await _until_committed(kafka_bootstrap, group, topic)
+            _produce_to(kafka_bootstrap, topic, partition, b"lead-987", orjson.dumps(GUIDE_LEAD))
+            await _until_committed(kafka_bootstrap, group, topic, 2)
         finally:
             consumer.send_signal(signal.SIGTERM)
             _, stderr = await consumer.communicate()
@@ -123,10 +140,10 @@ async def test_forget_by_email_erases_the_profile_the_contact_and_records_it(
     assert all(c.get("email") != "sam@example.com" for c in contacts)
     assert b"sam@example.com" not in orjson.dumps(after)
 
-    changelog = [
-        (m.key(), m.value())
-        for m in read_all(kafka_bootstrap, f"{group}.profiles", expect=10, seconds=5)
-    ]
+    messages = read_all(kafka_bootstrap, f"{group}.profiles", expect=10, seconds=5)
+    if partitioned:  # the profile and its tombstone: in the event's partition, not the key's
+        assert {m.partition() for m in messages} == {partition}
+    changelog = [(m.key(), m.value()) for m in messages]
     tombstone = changelog.index((b"lead-987", None))
     assert b"sam@example.com" in (changelog[0][1] or b"")
     assert all(b"sam@example.com" not in (v or b"") for _, v in changelog[tombstone:])

@@ -10,12 +10,33 @@ from pathlib import Path
 from confluent_kafka import Producer
 
 from consumer.core.profiles import Profile
-from consumer.state.changelog import PartitionedProfileChangelog, restore_partitions
+from consumer.state.changelog import (
+    ChangelogTopic,
+    PartitionedProfileChangelog,
+    restore_partitions,
+)
 from consumer.state.profile_state import PartitionedProfileStore
 
 
 def profile(n: int) -> bytes:
     return Profile(fields={"email": f"u{n}@example.com"}).to_bytes()
+
+
+class Restores:
+    """``RestoreMetrics`` that remembers (partition, records read, profiles held) per
+    restore and the partitions released."""
+
+    def __init__(self) -> None:
+        self.restored: list[tuple[int | None, int, int]] = []
+        self.released: list[int] = []
+
+    def profile_restored(
+        self, partition: int | None, seconds: float, records: int, size: int
+    ) -> None:
+        self.restored.append((partition, records, size))
+
+    def profile_released(self, partition: int) -> None:
+        self.released.append(partition)
 
 
 def produce(bootstrap: str, topic: str, records: list[tuple[int, str, bytes | None]]) -> None:
@@ -33,7 +54,8 @@ async def test_only_the_assigned_partitions_are_read_then_only_their_tail(
     records = [(p, f"p{p}-u{n}", profile(n)) for p in range(3) for n in range(5)]
     produce(kafka_bootstrap, topic, records)
     store = PartitionedProfileStore(tmp_path, topic)
-    restored = await restore_partitions(store, [0, 2], topic=topic, bootstrap=kafka_bootstrap)
+    changelog = ChangelogTopic(topic=topic, bootstrap=kafka_bootstrap)
+    restored = await restore_partitions(store, [0, 2], changelog)
     assert [(r.partition, r.start, r.end, r.applied, r.rebuilt) for r in restored] == [
         (0, 0, 5, 5, "no local state"),
         (2, 0, 5, 5, "no local state"),
@@ -45,7 +67,7 @@ async def test_only_the_assigned_partitions_are_read_then_only_their_tail(
 
     produce(kafka_bootstrap, topic, [(0, "p0-u0", None), (0, "p0-new", profile(9))])
     again = PartitionedProfileStore(tmp_path, topic)
-    restored = await restore_partitions(again, [0], topic=topic, bootstrap=kafka_bootstrap)
+    restored = await restore_partitions(again, [0], changelog)
     assert [(r.start, r.end, r.applied, r.rebuilt) for r in restored] == [(5, 7, 2, None)]
     again.select(0)
     assert again.get("p0-u0") is None  # the tombstone in the tail
@@ -65,7 +87,8 @@ async def test_a_checkpoint_past_the_changelog_end_rebuilds_the_partition(
     store.restore(0, "stale", profile(1))
     store.checkpoint(0, 4)  # as if the topic had held 4 records, then was recreated
     store.close(0)
-    restored = await restore_partitions(store, [0], topic=new, bootstrap=kafka_bootstrap)
+    changelog = ChangelogTopic(topic=new, bootstrap=kafka_bootstrap)
+    restored = await restore_partitions(store, [0], changelog)
     assert [(r.start, r.end, r.applied) for r in restored] == [(0, 1, 1)]
     assert restored[0].rebuilt == "checkpoint 4 outside the changelog's offsets"
     store.select(0)
@@ -79,11 +102,14 @@ async def test_the_partitioned_changelog_erases_checkpoints_and_restarts_from_th
 ) -> None:
     topic = new_topic(partitions=2)
     produce(kafka_bootstrap, topic, [(1, "u1", profile(1)), (1, "u2", profile(2))])
+    changelog = ChangelogTopic(topic=topic, bootstrap=kafka_bootstrap)
+    metrics = Restores()
     log = PartitionedProfileChangelog(
-        store=PartitionedProfileStore(tmp_path, topic), topic=topic, bootstrap=kafka_bootstrap
+        store=PartitionedProfileStore(tmp_path, topic), changelog=changelog, metrics=metrics
     )
-    restored = await log.assign([0, 1])
-    assert [(r.partition, r.end, r.applied) for r in restored] == [(0, 0, 0), (1, 2, 2)]
+    await log.assign([0, 1])
+    assert metrics.restored == [(0, 0, 0), (1, 2, 2)]
+    assert log.store.checkpoint_of(1) == 2
     log.select(1)
     log.store.put("u3", Profile.from_bytes(profile(3)))
     writes = log.take_writes()
@@ -94,13 +120,16 @@ async def test_the_partitioned_changelog_erases_checkpoints_and_restarts_from_th
     assert await log.follow_once() == 1
     assert log.store.get("u1") is None
     assert log.store.checkpoint_of(1) == 4
+    assert log.store.sizes() == {0: 0, 1: 2}  # u2 and u3
     log.release([0, 1])
+    assert metrics.released == [0, 1]
 
     again = PartitionedProfileChangelog(
-        store=PartitionedProfileStore(tmp_path, topic), topic=topic, bootstrap=kafka_bootstrap
+        store=PartitionedProfileStore(tmp_path, topic), changelog=changelog, metrics=metrics
     )
-    restored = await again.assign([1])
-    assert [(r.start, r.end, r.applied, r.rebuilt) for r in restored] == [(4, 4, 0, None)]
+    await again.assign([1])
+    assert metrics.restored[-1] == (1, 0, 2)  # the file was kept: nothing left to read
+    assert again.store.checkpoint_of(1) == 4
     again.select(1)
     assert again.store.get("u1") is None
     assert again.store.get("u2") == Profile.from_bytes(profile(2))

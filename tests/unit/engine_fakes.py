@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 
 from consumer.core.events import Record
@@ -17,6 +18,7 @@ from consumer.core.profiles import ChangelogProfileStore
 from consumer.engine.offsets import Assignment, CommitPoint
 from consumer.engine.ports import RebalanceListener
 from consumer.highlevel.verdicts import Answer, Verdict, classify
+from consumer.state.profile_state import PartitionedProfileStore
 
 TP = tuple[str, int]
 
@@ -132,6 +134,7 @@ class MemorySink:
         default_factory=list
     )
     forward: dict[str, MemorySource] = field(default_factory=dict)
+    placed: list[tuple[str, bytes | None, int | None]] = field(default_factory=list)
 
     async def produce(
         self,
@@ -150,11 +153,17 @@ class MemorySink:
         return Landed(topic, 0, len(log) - 1)
 
     async def produce_many(
-        self, topic: str, records: Sequence[tuple[bytes | None, bytes | None]]
+        self,
+        topic: str,
+        records: Sequence[tuple[bytes | None, bytes | None]],
+        *,
+        partition: int | None = None,
     ) -> list[Exception | None]:
-        """Each record through ``produce`` (so a subclass's refusals apply), failures kept."""
+        """Each record through ``produce`` (so a subclass's refusals apply), failures kept;
+        (topic, key, the ``partition`` asked for) of each in ``placed``."""
         results: list[Exception | None] = []
         for key, value in records:
+            self.placed.append((topic, key, partition))
             try:
                 await self.produce(topic, key=key, value=value, headers=())
             except Exception as exc:  # noqa: BLE001 - a failure is a result here
@@ -165,10 +174,12 @@ class MemorySink:
 
 
 class MemoryProfileLog:
-    """The profile changelog without Kafka: a ``ChangelogProfileStore`` whose writes the engine
-    produces through its sink to ``topic``; nothing to restore, no erasures to follow."""
+    """The profile changelog without Kafka, whole-changelog shape: a ``ChangelogProfileStore``
+    whose writes the engine produces through its sink to ``topic``; nothing to restore, no
+    erasures to follow."""
 
     topic = "profiles"
+    partitioned = False
 
     def __init__(self) -> None:
         self.store = ChangelogProfileStore()
@@ -177,14 +188,65 @@ class MemoryProfileLog:
     def changes(self) -> int:
         return self.store.changes
 
-    def take_writes(self) -> list[tuple[str, bytes]]:
-        return self.store.take_writes()
+    def select(self, partition: int) -> bool:
+        return True
 
-    def written(self, key: str) -> None:
+    def take_writes(self) -> list[tuple[int | None, str, bytes]]:
+        return [(None, key, value) for key, value in self.store.take_writes()]
+
+    def written(self, partition: int | None, key: str) -> None:
         self.store.written(key)
 
-    async def restore(self) -> None:
+    async def assign(self, partitions: Sequence[int]) -> None:
         return None
+
+    def release(self, partitions: Sequence[int]) -> None:
+        return None
+
+    async def follow(self) -> None:
+        await asyncio.Event().wait()
+
+
+class MemoryPartitionedLog:
+    """The partitioned shape without Kafka: a real ``PartitionedProfileStore`` under
+    ``state_dir`` whose ``assign`` opens the partitions (nothing to read) once ``gate`` is
+    open; ``assigned`` and ``released`` remember the calls."""
+
+    topic = "profiles"
+    partitioned = True
+
+    def __init__(self, state_dir: Path) -> None:
+        self.store = PartitionedProfileStore(state_dir, self.topic)
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.assigned: list[list[int]] = []
+        self.released: list[list[int]] = []
+
+    @property
+    def changes(self) -> int:
+        return self.store.changes
+
+    def select(self, partition: int) -> bool:
+        return self.store.select(partition)
+
+    def take_writes(self) -> list[tuple[int | None, str, bytes]]:
+        return list(self.store.take_writes())
+
+    def written(self, partition: int | None, key: str) -> None:
+        assert partition is not None
+        self.store.written(partition, key)
+
+    async def assign(self, partitions: Sequence[int]) -> None:
+        self.assigned.append(list(partitions))
+        await self.gate.wait()
+        for p in partitions:
+            self.store.open(p)
+
+    def release(self, partitions: Sequence[int]) -> None:
+        self.released.append(list(partitions))
+        for p in partitions:
+            if p in self.store.partitions:
+                self.store.close(p)
 
     async def follow(self) -> None:
         await asyncio.Event().wait()

@@ -45,18 +45,30 @@ class FlakyReader:
         return None
 
 
-class NoMetrics:
-    def profile_restored(self, seconds: float, size: int) -> None:
+class Restores:
+    """``RestoreMetrics`` that remembers (partition, records read, profiles held)."""
+
+    def __init__(self) -> None:
+        self.restored: list[tuple[int | None, int, int]] = []
+
+    def profile_restored(
+        self, partition: int | None, seconds: float, records: int, size: int
+    ) -> None:
+        self.restored.append((partition, records, size))
+
+    def profile_released(self, partition: int) -> None:
         return None
+
+
+def topic(retry_seconds: float = 60) -> changelog.ChangelogTopic:
+    return changelog.ChangelogTopic(
+        topic="profiles", bootstrap="unused:9092", restore_retry_seconds=retry_seconds
+    )
 
 
 def log(retry_seconds: float) -> changelog.ProfileChangelog:
     return changelog.ProfileChangelog(
-        store=ChangelogProfileStore(),
-        topic="profiles",
-        bootstrap="unused:9092",
-        metrics=NoMetrics(),
-        restore_retry_seconds=retry_seconds,
+        store=ChangelogProfileStore(), changelog=topic(retry_seconds), metrics=Restores()
     )
 
 
@@ -91,13 +103,13 @@ async def test_a_partitioned_restore_that_fails_is_tried_again_from_its_checkpoi
 ) -> None:
     monkeypatch.setattr(changelog, "TopicReader", FlakyPartitionReader)
     FlakyReader.failures, FlakyReader.opened = 1, 0
+    metrics = Restores()
     log = changelog.PartitionedProfileChangelog(
-        store=PartitionedProfileStore(tmp_path, "profiles"),
-        topic="profiles",
-        bootstrap="unused:9092",
+        store=PartitionedProfileStore(tmp_path, "profiles"), changelog=topic(), metrics=metrics
     )
-    restored = await log.assign([0])
+    await log.assign([0])
     assert FlakyReader.opened == 2  # the failed attempt closed partition 0; the next reopened it
-    assert [(r.partition, r.end, r.applied) for r in restored] == [(0, 1, 1)]
+    assert metrics.restored == [(0, 1, 1)]
+    assert log.store.checkpoint_of(0) == 1
     log.select(0)
     assert log.store.get("u1") == PROFILE

@@ -521,16 +521,17 @@ def test_the_replay_topic_names_a_group_of_its_own(
 def test_the_replay_topic_is_co_partitioned_with_one_source_topic_when_state_dir_is_set(
     tmp_path: Path,
 ) -> None:
-    """Issue 19: partitioned profile state (``profiles.state_dir``) over one source topic
-    co-partitions the replay topic; without a state directory, or over several source topics,
-    the replay topic keeps a consumer group of its own."""
+    """Issue 19: partitioned profile state (``profiles.state_dir``, one source topic: several
+    are refused) co-partitions the replay topic; without a state directory the replay topic
+    keeps a consumer group of its own."""
     state = '[profiles]\nstate_dir = "/var/lib/ghl"\n'
     settings = load(tmp_path, state, {**ENV, "KAFKA_TOPICS": "events"})
     assert settings.profiles.state_dir == "/var/lib/ghl"
     assert settings.replay_co_partitioned
-    assert not load(tmp_path, state, {**ENV, "KAFKA_TOPICS": "a,b"}).replay_co_partitioned
+    with pytest.raises(ConfigError, match=r"profiles\.state_dir: .* exactly one topic"):
+        load(tmp_path, state, {**ENV, "KAFKA_TOPICS": "a,b"})
     assert not load(tmp_path, "", {**ENV, "KAFKA_TOPICS": "events"}).replay_co_partitioned
-    with pytest.raises(ConfigError, match=r"profiles\.state_dir: expected a string"):
+    with pytest.raises(ConfigError, match=r"profiles\.state_dir: expected a directory path"):
         load(tmp_path, "[profiles]\nstate_dir = 1\n", ENV)
 
 

@@ -124,11 +124,15 @@ async def test_a_record_the_broker_refuses_is_counted_and_never_holds_the_offset
 
 class _SilentBroker(MemorySink):
     async def produce_many(
-        self, topic: str, records: Sequence[tuple[bytes | None, bytes | None]]
+        self,
+        topic: str,
+        records: Sequence[tuple[bytes | None, bytes | None]],
+        *,
+        partition: int | None = None,
     ) -> list[Exception | None]:
         if topic == TOPIC:
             await asyncio.sleep(3600)  # a broker outage: no delivery report comes
-        return await super().produce_many(topic, records)
+        return await super().produce_many(topic, records, partition=partition)
 
 
 async def test_shutdown_waits_for_the_last_records_no_longer_than_the_drain_timeout() -> None:

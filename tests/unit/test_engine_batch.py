@@ -30,11 +30,15 @@ class GatedSink(MemorySink):
         self.batches: list[tuple[str, list[tuple[bytes | None, bytes | None]]]] = []
 
     async def produce_many(
-        self, topic: str, records: Sequence[tuple[bytes | None, bytes | None]]
+        self,
+        topic: str,
+        records: Sequence[tuple[bytes | None, bytes | None]],
+        *,
+        partition: int | None = None,
     ) -> list[Exception | None]:
         self.batches.append((topic, list(records)))
         await self.gate.wait()
-        return await super().produce_many(topic, records)
+        return await super().produce_many(topic, records, partition=partition)
 
 
 def page(user: str, n: int, consent: bool) -> Record:
@@ -87,7 +91,7 @@ async def test_drops_without_profile_changes_complete_at_once_and_are_counted_pe
     log = MemoryProfileLog()
     log.store.put("u1", Profile(consent={"marketing": True}))  # consent as before: no writes
     log.take_writes()
-    log.written("u1")
+    log.written(None, "u1")
     metrics = Metrics(integrations={"default": LOCATION}, topics=["events"])
     engine = build(source, FakeHighLevel(), metrics=metrics, profile_log=log)
     await run_until(engine, lambda: committed(source) == 50)

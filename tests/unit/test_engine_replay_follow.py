@@ -6,12 +6,18 @@ before the event partition is."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
 from consumer.core.events import Record
 from tests.harness.engine import build, committed, records
-from tests.unit.engine_fakes import FakeHighLevel, MemoryParkingLog, MemorySource
+from tests.unit.engine_fakes import (
+    FakeHighLevel,
+    MemoryParkingLog,
+    MemoryPartitionedLog,
+    MemorySource,
+)
 
 pytestmark = pytest.mark.virtual_time
 
@@ -120,3 +126,33 @@ async def test_a_replay_partition_goes_before_its_event_partition_revoked_after_
     await task
     assert set(replays.positions) == set()  # closing released the rest
 
+
+
+async def test_with_partitioned_profiles_a_replay_partition_waits_for_its_restore(
+    tmp_path: Path,
+) -> None:
+    """Partitioned profile state restores event partitions in the background: the replay
+    partition of an event partition still restoring is not assigned until that restore is
+    done, and its copies are mapped with the restored profiles."""
+    source = MemorySource({("events", 0): []})
+    replays = MemorySource(
+        {("events.replay", 0): copies(0, "user-0")}, subscribe=False, journal=[]
+    )
+    log = MemoryPartitionedLog(tmp_path)
+    log.gate.clear()  # the restore of events/0 hangs until the gate opens
+    highlevel = FakeHighLevel()
+    engine = build(source, highlevel, replays=replays, replays_follow=True, profile_log=log)
+    stop = asyncio.Event()
+    task = asyncio.create_task(engine.run(stop))
+    async with asyncio.timeout(5):
+        while not log.assigned:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # several polls while the restore hangs
+        assert replays.journal == []  # nothing of the replay topic assigned yet
+        log.gate.set()
+        while committed(replays, "events.replay", 0) != 1:
+            await asyncio.sleep(0.01)
+    stop.set()
+    await task
+    assert replays.journal[0] == ("assigned", [("events.replay", 0)])
+    assert [u["email"] for u in highlevel.upserts] == ["user-0@example.com"]

@@ -89,6 +89,10 @@ EXPECTED_SERIES = {
     "ghl_rebalances_total",
     "ghl_profile_store_size",
     "ghl_profile_restore_seconds",
+    "ghl_profile_restore_records_total",
+    "ghl_profile_state_profiles",
+    "ghl_profile_cache_hits_total",
+    "ghl_profile_cache_misses_total",
     "ghl_integration_healthy",
     "ghl_ignored_fields_total",
     "ghl_fields_omitted_total",
@@ -248,9 +252,36 @@ def test_dead_letters_parking_replay_rebalances(metrics: Metrics) -> None:
 
 
 def test_profile_restore(metrics: Metrics) -> None:
-    metrics.profile_restored(2.5, 1200)
-    assert value(metrics, "ghl_profile_restore_seconds") == 2.5
+    metrics.profile_restored(None, 2.5, 1300, 1200)
+    assert value(metrics, "ghl_profile_restore_seconds", partition="all") == 2.5
+    assert value(metrics, "ghl_profile_restore_records_total", partition="all") == 1300
     assert value(metrics, "ghl_profile_store_size") == 1200
+
+
+def test_partitioned_restores_are_per_partition_and_go_with_it(metrics: Metrics) -> None:
+    metrics.profile_restored(3, 1.5, 40, 30)
+    metrics.profile_restored(3, 0.5, 2, 31)  # a second restore: a tail
+    metrics.profile_restored(4, 0.25, 7, 7)
+    assert value(metrics, "ghl_profile_restore_seconds", partition="3") == 0.5
+    assert value(metrics, "ghl_profile_restore_records_total", partition="3") == 42
+    assert value(metrics, "ghl_profile_state_profiles", partition="3") == 31
+    metrics.profile_released(3)
+    for name in ("ghl_profile_restore_seconds", "ghl_profile_state_profiles"):
+        assert value(metrics, name, partition="3") is None
+    assert value(metrics, "ghl_profile_restore_records_total", partition="3") is None
+    assert value(metrics, "ghl_profile_state_profiles", partition="4") == 7
+
+
+def test_the_profile_cache_counts_follow_the_store(metrics: Metrics) -> None:
+    metrics.refresh(
+        StateSnapshot(profile_partitions={0: 5}, profile_cache_hits=90, profile_cache_misses=10)
+    )
+    metrics.refresh(
+        StateSnapshot(profile_partitions={0: 6}, profile_cache_hits=95, profile_cache_misses=12)
+    )
+    assert value(metrics, "ghl_profile_cache_hits_total") == 95
+    assert value(metrics, "ghl_profile_cache_misses_total") == 12
+    assert value(metrics, "ghl_profile_state_profiles", partition="0") == 6
 
 
 # -- scrape-time gauges ---------------------------------------------------------------------------

@@ -22,7 +22,11 @@ class FlakySink(MemorySink):
         self.calls: list[list[bytes | None]] = []
 
     async def produce_many(
-        self, topic: str, records: Sequence[tuple[bytes | None, bytes | None]]
+        self,
+        topic: str,
+        records: Sequence[tuple[bytes | None, bytes | None]],
+        *,
+        partition: int | None = None,
     ) -> list[Exception | None]:
         self.calls.append([key for key, _ in records])
         results: list[Exception | None] = []

@@ -13,7 +13,7 @@ from consumer.commands.preamble import profile_cipher
 from consumer.config import load_settings
 from consumer.core.profiles import ChangelogProfileStore, PersonProfiles, Profile
 from consumer.errors import ConfigError, ProfileDecodeError
-from consumer.state.changelog import ProfileChangelog
+from consumer.state.changelog import ChangelogTopic, ProfileChangelog
 from consumer.state.encryption import ProfileCipher
 
 K1, K2 = os.urandom(32), os.urandom(32)
@@ -93,7 +93,12 @@ def test_the_cipher_refuses_a_key_that_is_not_aes_256() -> None:
 
 
 class _Metrics:
-    def profile_restored(self, seconds: float, size: int) -> None:
+    def profile_restored(
+        self, partition: int | None, seconds: float, records: int, size: int
+    ) -> None:
+        pass
+
+    def profile_released(self, partition: int) -> None:
         pass
 
 
@@ -101,14 +106,14 @@ def test_the_changelog_seals_what_the_store_writes() -> None:
     store = ChangelogProfileStore()
     log = ProfileChangelog(
         store=store,
-        topic="t",
-        bootstrap="unused:9092",
+        changelog=ChangelogTopic(
+            topic="t", bootstrap="unused:9092", cipher=ProfileCipher({"k1": K1}, "k1")
+        ),
         metrics=_Metrics(),
-        cipher=ProfileCipher({"k1": K1}, "k1"),
     )
     store.put("user-1", PROFILE)
-    [(key, value)] = log.take_writes()
-    assert key == "user-1"
+    [(partition, key, value)] = log.take_writes()
+    assert (partition, key) == (None, "user-1")  # the partitioner's choice, by key
     assert b"sam@example.com" not in value
     person = PersonProfiles(email="sam@example.com")
     person.feed(key, ProfileCipher({"k1": K1}).open(key, value))

@@ -192,8 +192,6 @@ def test_calls_name_an_open_partition(tmp_path: Path) -> None:
     s = store(tmp_path)
     with pytest.raises(RuntimeError, match="no partition selected"):
         s.get("u1")
-    with pytest.raises(KeyError):
-        s.select(4)
     s.open(4)
     with pytest.raises(ValueError, match="already open"):
         s.open(4)
@@ -201,6 +199,46 @@ def test_calls_name_an_open_partition(tmp_path: Path) -> None:
     s.close(4)
     with pytest.raises(RuntimeError):
         s.put("u1", ADA)  # the closed partition is no longer selected
+
+
+def test_a_partition_not_open_here_is_mapped_without_profiles_and_changes_none(
+    tmp_path: Path,
+) -> None:
+    s = store(tmp_path)
+    s.open(0)
+    assert s.select(0)
+    s.put("u1", ADA)
+    assert not s.select(1)  # another member's partition (a replayed copy, say)
+    assert s.get("u1") is None
+    assert s.consent_holds("u1", {})
+    assert not s.consent_holds("u1", {"marketing": True})
+    changes = s.changes
+    s.put("u1", BOB)
+    assert s.changes == changes
+    assert s.take_writes() == [(0, "u1", ADA.to_bytes())]
+    assert s.select(0)
+    assert s.get("u1") == ADA
+
+
+def test_sizes_count_the_profiles_held_per_partition(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    s.open(0)
+    s.open(1)
+    s.restore(0, "a", ADA.to_bytes())
+    s.restore(0, "b", BOB.to_bytes())
+    assert s.recount(0) == 2
+    s.select(0)
+    s.put("c", ADA)
+    s.put("a", BOB)  # a change, not a new profile
+    s.select(1)
+    s.put("a", ADA)  # the same key in another partition is another profile
+    assert s.sizes() == {0: 3, 1: 1}
+    assert s.forget(0, "b")
+    assert not s.forget(0, "missing")
+    assert s.sizes() == {0: 2, 1: 1}
+    assert len(s) == 3
+    s.close(1)
+    assert s.sizes() == {0: 2}
 
 
 def test_the_mapper_stitches_within_the_selected_partition(tmp_path: Path) -> None:

@@ -110,6 +110,19 @@ def test_person_profiles_by_key() -> None:
     assert person.profiles == {"u2": Profile.from_bytes(_record("kim@example.com"))}
 
 
+def test_person_profiles_name_every_partition_holding_a_key() -> None:
+    # partitioned profile state: one key's profile in the partitions of its events
+    person = PersonProfiles(email="sam@example.com")
+    person.feed("u1", _record("sam@example.com"), 0)
+    person.feed("u1", _record("sam@example.com"), 3)
+    person.feed("u2", _record("sam@example.com"), 1)
+    person.feed("u2", None, 1)  # forgotten in its only partition
+    person.feed("u3", _record("sam@example.com"), 2)
+    person.feed("u3", _record("kim@example.com"), 5)  # another person's profile there
+    assert person.partitions == {"u1": [0, 3], "u3": [2]}
+    assert sorted(person.profiles) == ["u1", "u3"]
+
+
 def test_forget_wins_over_an_unconfirmed_write_but_a_restored_tombstone_does_not() -> None:
     store = ChangelogProfileStore()
     store.put("u1", Profile(fields={"email": "sam@example.com"}))  # unconfirmed
