@@ -63,16 +63,23 @@ async def until_committed(bootstrap: str, group: str, topic: str) -> None:
             await asyncio.sleep(0.3)
 
 
-async def held(http: aiohttp.ClientSession, member: ProcessLog) -> dict[int, float]:
-    """``ghl_profile_state_profiles`` of ``member``: changelog partition -> profiles held."""
+async def by_partition(
+    http: aiohttp.ClientSession, member: ProcessLog, sample_name: str
+) -> dict[int, float]:
+    """One of ``member``'s per-partition series: changelog partition -> value."""
     async with http.get(f"{metrics_url(member)}/metrics") as response:
         text = await response.text()
     return {
         int(sample.labels["partition"]): sample.value
         for family in text_string_to_metric_families(text)
-        if family.name == "ghl_profile_state_profiles"
         for sample in family.samples
+        if sample.name == sample_name
     }
+
+
+async def held(http: aiohttp.ClientSession, member: ProcessLog) -> dict[int, float]:
+    """``ghl_profile_state_profiles`` of ``member``: changelog partition -> profiles held."""
+    return await by_partition(http, member, "ghl_profile_state_profiles")
 
 
 async def until_held(
@@ -157,8 +164,8 @@ async def test_members_hold_their_partitions_and_a_returning_partition_reads_onl
             produce(kafka_bootstrap, topic, [lead(u) for u in newcomers[:3]])
             await until_committed(kafka_bootstrap, group, topic)
             assert upserts(sandbox.requests) == before + 3
+            assert await stop_process(a.process) == 0
         finally:
-            # SIGKILL: files left open, not closed cleanly
             await stop_process(a.process, signal.SIGKILL)
             await a.finished()
             print(a.text()[-6000:])  # shown when the test fails
@@ -168,17 +175,31 @@ async def test_members_hold_their_partitions_and_a_returning_partition_reads_onl
                 print(b.text()[-6000:])
         contacts = {c["email"] for c in sandbox.contacts(LOCATION)}
         assert {f"{u}@example.com" for u in [*users, *newcomers]} == contacts
+        profiles = len(users) + len(newcomers)
 
-        again = ProcessLog(await start_consumer({**env("a"), **base}))
-        try:
-            async with asyncio.timeout(60):
-                await again.wait_for("events: profiles restored for")
-            assert sum((await held(http, again)).values()) == len(users) + len(newcomers)
-            for partition in range(PARTITIONS):
-                assert "rebuilt: not closed cleanly" in restored_lines(again, partition)[-1]
-        finally:
-            assert await stop_process(again.process) == 0, again.text()[-3000:]
-            await again.finished()
+        # A restart with the state directory intact reads only the tail since the checkpoint
+        # (at most the last erasure_check_seconds of writes); then SIGKILL leaves every file
+        # open, and the next start rebuilds them all from the changelog.
+        for signal_sent, read in ((signal.SIGKILL, "(tail)"), (signal.SIGTERM, "rebuilt")):
+            again = ProcessLog(await start_consumer({**env("a"), **base}))
+            try:
+                async with asyncio.timeout(60):
+                    await again.wait_for("events: profiles restored for")
+                assert sum((await held(http, again)).values()) == profiles
+                records = await by_partition(
+                    http, again, "ghl_profile_restore_records_total"
+                )
+                for partition in range(PARTITIONS):
+                    assert read in restored_lines(again, partition)[-1]
+                if read == "(tail)":
+                    assert sum(records.values()) < len(newcomers)
+                else:
+                    assert "not closed cleanly" in restored_lines(again, 0)[-1]
+                    assert sum(records.values()) >= profiles  # the whole changelog
+            finally:
+                await stop_process(again.process, signal_sent)
+                await again.finished()
+                print(again.text()[-3000:])
 
 
 async def test_start_up_refuses_a_changelog_with_another_partition_count(
