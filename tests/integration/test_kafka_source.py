@@ -462,3 +462,22 @@ async def test_produce_many_waits_once_for_every_record_and_reports_each_failure
     reader = await members(topic, group_name())
     await poll_until([reader], lambda: len(reader.records) == 200)
     assert [r.key for r in reader.records] == [k for k, _ in records if k != b"big"]
+
+
+async def test_produce_many_to_a_partition_puts_every_record_there_whatever_its_key(
+    kafka_bootstrap: str, new_topic: Callable[..., str], members: Callable[..., Awaitable[Member]]
+) -> None:
+    # The profile changelog of partitioned profile state: a write goes to its record's
+    # partition, not where its key hashes to.
+    topic = new_topic(partitions=3)
+    producer = KafkaProducer(bootstrap=kafka_bootstrap)
+    try:
+        records: list[tuple[bytes | None, bytes | None]] = [
+            (f"k{i}".encode(), b"v") for i in range(30)
+        ]
+        assert await producer.produce_many(topic, records, partition=2) == [None] * 30
+    finally:
+        await producer.close()
+    reader = await members(topic, group_name())
+    await poll_until([reader], lambda: len(reader.records) == 30)
+    assert {r.partition for r in reader.records} == {2}

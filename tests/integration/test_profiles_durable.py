@@ -37,13 +37,17 @@ async def _until_committed(bootstrap: str, group: str, topic: str) -> None:
             await asyncio.sleep(0.3)
 
 
+@pytest.mark.parametrize("partitioned", [False, True], ids=["whole", "partitioned"])
 async def test_an_identify_before_a_crash_enriches_a_lead_after_it(
-    kafka_bootstrap: str, new_topic: Callable[..., str]
+    kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path, partitioned: bool
 ) -> None:
     topic = new_topic(partitions=1)
     group = f"profiles-{uuid.uuid4().hex[:8]}"
+    config = tmp_path / "consumer.toml"  # partitioned: the killed member's file is rebuilt
+    config.write_text(f'[profiles]\nstate_dir = "{tmp_path / "state"}"\n' if partitioned else "")
     async with run_sandbox(locations={LOCATION: TOKEN}) as sandbox:
         env = {
+            "GHL_CONFIG": str(config),
             "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
             "KAFKA_TOPICS": topic,
             "KAFKA_GROUP_ID": group,

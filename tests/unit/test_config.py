@@ -699,3 +699,28 @@ def test_bad_create_topics_or_start_up_timeout_is_refused(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         load(tmp_path, text, {**ENV, **environ})
+
+
+def test_profile_state_is_whole_by_default_and_partitioned_with_a_state_dir(
+    tmp_path: Path,
+) -> None:
+    assert load_settings(None, ENV).profiles.state_dir == ""
+    settings = load(
+        tmp_path, '[profiles]\nstate_dir = "/var/lib/ghl"\ncache_entries = 5000\n', ENV
+    )
+    assert settings.profiles.state_dir == "/var/lib/ghl"
+    assert settings.profiles.cache_entries == 5000
+    with pytest.raises(ConfigError, match=r"profiles\.cache_entries: expected a whole number"):
+        load(tmp_path, "[profiles]\ncache_entries = 0\n", ENV)
+    with pytest.raises(ConfigError, match=r"profiles\.state_dir: expected a directory"):
+        load(tmp_path, "[profiles]\nstate_dir = 3\n", ENV)
+
+
+def test_partitioned_profile_state_refuses_several_input_topics(tmp_path: Path) -> None:
+    text = '[profiles]\nstate_dir = "/var/lib/ghl"\n[kafka]\ntopics = ["web", "app"]\n'
+    with pytest.raises(ConfigError, match=r"exactly one topic in kafka\.topics \(it has 2: web"):
+        load(tmp_path, text, ENV)
+    assert load(tmp_path, '[kafka]\ntopics = ["web", "app"]\n', ENV).kafka.topics == (
+        "web",
+        "app",
+    )
