@@ -226,5 +226,5 @@ async def test_start_up_refuses_a_changelog_with_another_partition_count(
         seconds=60,
     )
     assert code == 2, err
-    assert f"topic {group}.profiles has 1 partitions, topic {topic} has 3" in err
+    assert f"topic {group}.profiles has 1 partition(s), topic {topic} has 3" in err
     assert "profiles.state_dir" in err
