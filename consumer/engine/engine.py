@@ -19,7 +19,10 @@ parking topic, a group named after it) and, when given, the replay feed (``dlq r
 copies, the replay topic, a group named after it). Each feed is its own consumer group, so the
 main group's assignment depends on the source partitions alone. The replay feed may instead be
 co-partitioned with the event feed (``replay_follower``): it then joins no group and reads
-exactly the replay partitions whose event partitions this member owns. Records of the replay feed go
+exactly the replay partitions whose event partitions this member owns. With partitioned
+profile state, a fourth feed follows the event feed the same way: the stitch topic
+(``Stitching``), which carries identity stitching across partitions (``_ingest_stitch``;
+``docs/architecture.md``, "Profiles"). Records of the replay feed go
 through the same steps as the event feed's (admit, map, dedupe, deliver, dead-letter), under
 the same contact keys (so per-contact order and the dispatcher's identity lock hold across both
 feeds), and commit after delivery likewise.
@@ -34,10 +37,10 @@ Inside ``on_revoked`` (before the partitions move) it lets work of those partiti
 being sent or parked finish (bounded by ``revoke_wait``, longer than an HTTP timeout), commits
 them, then revokes them in the tracker, whose guard ignores late completions; their
 not-yet-sent work is discarded (the new owner re-reads it). Lost partitions are revoked without
-a commit. Partitioned profile state of revoked or lost partitions is released then. A
-co-partitioned replay feed follows the event feed's assignment: replay partition p is assigned
-after event partition p was assigned and its profiles restored, and revoked (its in-flight work
-waited for, committed) or lost before event partition p is.
+a commit. Partitioned profile state of revoked or lost partitions is released then. The
+following feeds (co-partitioned replay, stitch) follow the event feed's assignment: their
+partition p is assigned after event partition p was assigned and its profiles restored, and
+revoked (its in-flight work waited for, committed) or lost before event partition p is.
 
 Not thread-safe by design: the Kafka adapter runs rebalance callbacks on the loop.
 """
