@@ -15,6 +15,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from consumer.commands.credentials import EngineCredentials, Installation, SettingsCredentials
@@ -28,15 +29,17 @@ from consumer.commands.preamble import (
     run_command,
     stop_on_signals,
 )
+from consumer.commands.trace import partitions_of
 from consumer.config import (
     PROFILES_CO_PARTITIONED,
     REPLAY_CO_PARTITIONED,
+    STITCH_CO_PARTITIONED,
     KafkaSettings,
     Settings,
 )
 from consumer.core.mapping import build_mapper
 from consumer.core.profiles import ChangelogProfileStore
-from consumer.engine.engine import Engine, EngineOptions
+from consumer.engine.engine import Engine, EngineOptions, Stitching
 from consumer.engine.stats import EngineStats
 from consumer.errors import KafkaAdapterError
 from consumer.highlevel.client import HighLevelClient, Timeouts
@@ -44,6 +47,7 @@ from consumer.highlevel.oauth import OAuthClient
 from consumer.kafka.admin import CoPartition, TopicSpec, TopicUse, start_up
 from consumer.kafka.clients import GroupProtocol
 from consumer.kafka.parking import KafkaParkingLog
+from consumer.kafka.partitioner import PARTITIONERS
 from consumer.kafka.producer import KafkaProducer
 from consumer.kafka.source import KafkaSource
 from consumer.observe.metrics import Metrics
@@ -109,15 +113,19 @@ def engine_options(settings: Settings) -> EngineOptions:
 PROFILE_MAX_COMPACTION_LAG_MS = 86_400_000
 
 
-def consumer_topics(kafka: KafkaSettings) -> list[TopicSpec]:
+def consumer_topics(kafka: KafkaSettings, *, stitching: bool = False) -> list[TopicSpec]:
     """The topics ``run`` creates when missing (existing ones are left as they are): the
     dead-letter, replay and parking topics hold raw events, so they expire
     (``dead_letter_retention_ms`` for the first two, ``parking_retention_ms``); the profile
     changelog is compacted, within ``PROFILE_MAX_COMPACTION_LAG_MS`` (with partitioned
     profile state it has the input topic's partition count: ``co_partitioned_topics``); the
     delivery topic (no personal data, several records per contact: not compactable)
-    expires after ``delivery_retention_ms``."""
+    expires after ``delivery_retention_ms``. With ``stitching`` (partitioned profile state)
+    the stitch topic too: it carries profiles (personal data, sealed when encryption is on)
+    for seconds, but must outlive an outage of the group as the events asking for them do, so
+    it expires after ``dead_letter_retention_ms`` as well."""
     dead_letter_retention = {"retention.ms": str(kafka.dead_letter_retention_ms)}
+    stitch = [TopicSpec(kafka.stitch_topic, config=dead_letter_retention)] if stitching else []
     return [
         TopicSpec(kafka.dead_letter_topic, config=dead_letter_retention),
         TopicSpec(kafka.replay_topic, config=dead_letter_retention),
@@ -132,27 +140,31 @@ def consumer_topics(kafka: KafkaSettings) -> list[TopicSpec]:
         TopicSpec(
             kafka.delivery_topic, config={"retention.ms": str(kafka.delivery_retention_ms)}
         ),
+        *stitch,
     ]
 
 
 def co_partitioned_topics(settings: Settings) -> list[CoPartition]:
     """With partitioned profile state (``profiles.state_dir``, one input topic) the profile
-    changelog and the replay topic have the input topic's partition count: partition p of each
-    holds what belongs with the events of partition p."""
+    changelog, the replay topic and the stitch topic have the input topic's partition count:
+    partition p of each holds what belongs with the events of partition p."""
     if not settings.replay_co_partitioned:
         return []
     kafka = settings.kafka
     return [
         CoPartition(kafka.profile_topic, kafka.topics[0], PROFILES_CO_PARTITIONED),
         CoPartition(kafka.replay_topic, kafka.topics[0], REPLAY_CO_PARTITIONED),
+        CoPartition(kafka.stitch_topic, kafka.topics[0], STITCH_CO_PARTITIONED),
     ]
 
 
-def topic_uses(kafka: KafkaSettings) -> list[TopicUse]:
+def topic_uses(kafka: KafkaSettings, *, stitching: bool = False) -> list[TopicUse]:
     """What ``run`` does on each topic: the ACLs it needs (README "Kafka ACLs"), checked at
     start-up when ``kafka.create_topics`` is false. Parking and profiles are written and read
     back; dead letters and delivery records are only written; the replay topic is only read
-    (``dlq replay`` writes it)."""
+    (``dlq replay`` writes it); with ``stitching`` (partitioned profile state) the stitch
+    topic is written and read back."""
+    stitch = [TopicUse(kafka.stitch_topic, ("Read", "Write"))] if stitching else []
     return [
         *(TopicUse(topic, ("Read",)) for topic in kafka.topics),
         TopicUse(kafka.dead_letter_topic, ("Write",)),
@@ -160,7 +172,17 @@ def topic_uses(kafka: KafkaSettings) -> list[TopicUse]:
         TopicUse(kafka.delivery_topic, ("Write",)),
         TopicUse(kafka.parking_topic, ("Read", "Write")),
         TopicUse(kafka.profile_topic, ("Read", "Write")),
+        *stitch,
     ]
+
+
+def source_partitions_of(key: str, *, topic: str, partitions: int) -> frozenset[int]:
+    """Every partition of the input ``topic`` (``partitions`` of them) a record keyed ``key``
+    may be in: its producers' partitioner is not configured, so both defaults are candidates
+    (librdkafka's CRC-32 and the Java client's murmur2, as ``ghl-consumer trace`` assumes by
+    default); a stitch request to a partition not holding the profile is answered with
+    nothing."""
+    return frozenset(p for _, p in partitions_of((key,), {topic: partitions}, PARTITIONERS))
 
 
 def budget(settings: Settings) -> Budget:
@@ -263,15 +285,15 @@ async def running_consumer(
     co_partitioned = settings.replay_co_partitioned
     started = await start_up(
         kafka.bootstrap_servers,
-        create=consumer_topics(kafka),
-        uses=topic_uses(kafka),
+        create=consumer_topics(kafka, stitching=co_partitioned),
+        uses=topic_uses(kafka, stitching=co_partitioned),
         create_topics=kafka.create_topics,
         timeout_s=kafka.startup_timeout_seconds,
         extra=extra,
         stop=stop,
         co_partitioned=co_partitioned_topics(settings),
     )
-    if not started:
+    if started is None:
         raise StoppedBeforeStart("a signal arrived while waiting for the Kafka bootstrap servers")
     producer = KafkaProducer(bootstrap=kafka.bootstrap_servers, extra=extra)
     client: HighLevelClient | None = None
@@ -308,6 +330,28 @@ async def running_consumer(
             extra=extra,
             subscribe=not co_partitioned,
         )
+        stitching = None
+        if co_partitioned:
+            stitching = Stitching(
+                topic=kafka.stitch_topic,
+                # like the co-partitioned replay feed: assigned by the engine, committing in a
+                # group named after the topic
+                source=KafkaSource(
+                    bootstrap=kafka.bootstrap_servers,
+                    group_id=kafka.stitch_topic,
+                    topics=[kafka.stitch_topic],
+                    group_protocol=protocol,
+                    session_timeout_ms=kafka.session_timeout_ms,
+                    client_id="ghl-consumer-stitch",
+                    extra=extra,
+                    subscribe=False,
+                ),
+                partitions_of=partial(
+                    source_partitions_of,
+                    topic=kafka.topics[0],
+                    partitions=started[kafka.topics[0]],
+                ),
+            )
         parking = KafkaParkingLog(
             topic=kafka.parking_topic,
             bootstrap=kafka.bootstrap_servers,
@@ -332,7 +376,12 @@ async def running_consumer(
         await credentials.check()  # the installations' locations, before any event is routed
         upkeep = asyncio.create_task(credentials.maintain(), name="oauth-upkeep")
         profiles, profile_log = _profiles(settings, metrics)
-        mapper = build_mapper(settings.targets(), settings.mapping.options(), profiles)
+        mapper = build_mapper(
+            settings.targets(),
+            settings.mapping.options(),
+            profiles,
+            stitch_across=stitching is not None,
+        )
         engine = Engine(
             source=source,
             sink=producer,
@@ -344,6 +393,7 @@ async def running_consumer(
             dead_letter_topic=kafka.dead_letter_topic,
             replay_source=None if co_partitioned else replays,
             replay_follower=replays if co_partitioned else None,
+            stitching=stitching,
             source_topics=kafka.topics,
             delivery_topic=kafka.delivery_topic,
             parking_log=parking,

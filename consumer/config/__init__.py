@@ -30,6 +30,7 @@ from consumer.config.loader import load_settings
 from consumer.config.settings import (
     PROFILES_CO_PARTITIONED,
     REPLAY_CO_PARTITIONED,
+    STITCH_CO_PARTITIONED,
     DebugSettings,
     DeliverySettings,
     EngineSettings,
@@ -50,6 +51,7 @@ from consumer.config.tables import read_secret_file
 __all__ = [
     "PROFILES_CO_PARTITIONED",
     "REPLAY_CO_PARTITIONED",
+    "STITCH_CO_PARTITIONED",
     "DebugSettings",
     "DeliverySettings",
     "EngineSettings",

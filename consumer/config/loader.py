@@ -316,6 +316,7 @@ def _kafka(table: dict[str, Any], environ: Mapping[str, str], read_secrets: bool
             "parking_topic",
             "erasure_topic",
             "replay_topic",
+            "stitch_topic",
             "delivery_topic",
             "dead_letter_retention_ms",
             "parking_retention_ms",
@@ -353,6 +354,7 @@ def _kafka(table: dict[str, Any], environ: Mapping[str, str], read_secrets: bool
     parking, _ = text("parking_topic", "KAFKA_PARKING_TOPIC", f"{group}.parking")
     erasures, _ = text("erasure_topic", "KAFKA_ERASURE_TOPIC", f"{group}.erasures")
     replays, replays_where = text("replay_topic", "KAFKA_REPLAY_TOPIC", f"{group}.replay")
+    stitches, stitches_where = text("stitch_topic", "KAFKA_STITCH_TOPIC", f"{group}.stitch")
     deliveries, _ = text("delivery_topic", "KAFKA_DELIVERY_TOPIC", f"{group}.deliveries")
     session_timeout = _session_timeout(table, environ, protocol)
 
@@ -364,20 +366,25 @@ def _kafka(table: dict[str, Any], environ: Mapping[str, str], read_secrets: bool
         topics_where = "kafka.topics"
     if not topics:
         raise ConfigError(f"{topics_where}: at least one topic is required")
-    if replays in topics:
-        raise ConfigError(f"{replays_where}: {replays} is one of {topics_where}: name another")
-    # The replay group is named after the replay topic: sharing a name with the main group or
-    # another own topic (parking's group too) would mix their members or their records.
-    for name, what in (
+    # The replay and stitch groups are named after their topics: sharing a name with the main
+    # group or another own topic (parking's group too) would mix their members or records.
+    others = (
         (group, "the group id"),
         (dead_letter, "the dead-letter topic"),
         (profiles, "the profile topic"),
         (parking, "the parking topic"),
         (erasures, "the erasure topic"),
         (deliveries, "the delivery topic"),
+    )
+    for topic, where, earlier in (
+        (replays, replays_where, others),
+        (stitches, stitches_where, (*others, (replays, "the replay topic"))),
     ):
-        if replays == name:
-            raise ConfigError(f"{replays_where}: {replays} is {what}: name another")
+        if topic in topics:
+            raise ConfigError(f"{where}: {topic} is one of {topics_where}: name another")
+        for name, what in earlier:
+            if topic == name:
+                raise ConfigError(f"{where}: {topic} is {what}: name another")
 
     passthrough: dict[str, str | Secret] = {}
     for key, value in subtable(table, "librdkafka", "kafka.librdkafka").items():
@@ -406,6 +413,7 @@ def _kafka(table: dict[str, Any], environ: Mapping[str, str], read_secrets: bool
         parking_topic=parking,
         erasure_topic=erasures,
         replay_topic=replays,
+        stitch_topic=stitches,
         delivery_topic=deliveries,
         dead_letter_retention_ms=_retention(
             table, environ, "dead_letter_retention_ms", defaults.dead_letter_retention_ms

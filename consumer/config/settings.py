@@ -106,6 +106,10 @@ class KafkaSettings:
     # topic, as parking's), routing each copy as its `ghl.original_topic` header says (one of
     # `topics`); empty: "<group_id>.replay"
     replay_topic: str = ""
+    # identity stitching across partitions (with `[profiles] state_dir` only): requests and
+    # merges of profiles, co-partitioned with `topics`, read by the engine as it owns the event
+    # partitions (committing in a group named after the topic); empty: "<group_id>.stitch"
+    stitch_topic: str = ""
     # retention.ms given to the dead-letter and parking topics when the consumer creates them
     # (the replay topic gets the dead-letter one): they hold raw events (personal data).
     # Default 14 days.
@@ -316,6 +320,10 @@ REPLAY_CO_PARTITIONED: Final = (
     "partitions it owns, and dlq replay writes each copy to its original's partition"
 )
 """Why the replay topic must have the source topic's partition count, for error messages."""
+STITCH_CO_PARTITIONED: Final = (
+    "profiles.state_dir is set: a stitch request or merge goes to the partition of the "
+    "profile it is for, read by the member owning that source partition"
+)
 
 
 PLAIN_SECTIONS: Final[dict[str, type]] = {

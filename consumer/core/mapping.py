@@ -12,7 +12,11 @@ event: ``consumer.core.extract``):
   (fields a target removes are not listed); only the envelope (``decode``), a missing user
   and ``no_identifier`` reject.
 - Identity stitching: the profile stored under an event's anonymousId (when the user key is
-  another id) or under an alias's ``previousId`` is merged into the user's, once.
+  another id) or under an alias's ``previousId`` is merged into the user's, once. Across
+  partitions (``stitch_across``: partitioned profile state, where that profile may live in
+  another partition) a profile not held here is reported (``take_unstitched``) for the engine
+  to ask for through the stitch topic (``consumer.core.stitch``); ``hand_over`` and ``fold``
+  are the two ends of that exchange.
 - The profile is updated from every routed, valid, non-duplicate event (also ones not mapped
   or rejected for ``no_identifier``), so consent and traits seen on page views count later.
 
@@ -72,10 +76,15 @@ class MappingOptions:
 
 
 def build_mapper(
-    targets: Sequence[Target], options: MappingOptions, profiles: ProfileStore | None = None
+    targets: Sequence[Target],
+    options: MappingOptions,
+    profiles: ProfileStore | None = None,
+    *,
+    stitch_across: bool = False,
 ) -> Mapper:
     """A mapper for ``targets`` with an empty deduper and ``profiles`` (default: an empty
-    in-memory store bounded by ``options.profile_max_entries``)."""
+    in-memory store bounded by ``options.profile_max_entries``); ``stitch_across``: see
+    ``Mapper``."""
     if profiles is None:  # not ``or``: an empty store is falsy (it has a length)
         profiles = InMemoryProfileStore(options.profile_max_entries)
     return Mapper(
@@ -86,6 +95,7 @@ def build_mapper(
         ),
         limits=options.limits,
         phone_cache_size=options.phone_cache_size,
+        stitch_across=stitch_across,
     )
 
 
@@ -137,6 +147,12 @@ class Mapper:
 
     ``map_record`` is the engine's entry point; it never raises for any record content. It reads
     and updates ``profiles`` and ``deduper``; it is not thread-safe (one mapper per thread).
+
+    ``stitch_across`` (partitioned profile state: ``profiles`` holds the partition of the record
+    being mapped): a profile to stitch that is not held here at all may be in another
+    partition. The mapper then records ``(its key, the user key)`` for ``take_unstitched`` and
+    stores an empty profile under that key here, so that it is asked for once from this
+    partition, not for every later event naming it (as a local stitch empties it).
     """
 
     def __init__(
@@ -147,8 +163,11 @@ class Mapper:
         deduper: MessageDeduper,
         limits: Limits = Limits(),  # noqa: B008 - frozen value
         phone_cache_size: int = 65_536,
+        stitch_across: bool = False,
     ) -> None:
         self._router = Router(targets)
+        self._stitch_across = stitch_across
+        self._unstitched: list[tuple[str, str]] = []
         self._profiles = profiles
         self._deduper = deduper
         self._limits = limits
@@ -358,21 +377,51 @@ class Mapper:
             self._profiles.put(user_key, Profile(fields=remembered, consent=consent))
         return outcomes
 
-    def _stitch(self, other_key: str, user_key: str) -> None:
-        """Identity stitching: fold the profile stored under ``other_key`` (an anonymousId now
-        seen with a userId, or an alias's previousId) into ``user_key``'s. The user's own
-        values win; the other profile fills the gaps and is then emptied, so it is merged once
-        and a later user of the same device id does not inherit it."""
-        other = self._profiles.get(other_key)
+    def take_unstitched(self) -> list[tuple[str, str]]:
+        """The stitches found since the last call whose source profile is not held here
+        (``stitch_across`` only): ``(source key, user key)``, in the order met. The engine
+        asks for each through the stitch topic."""
+        if not self._unstitched:
+            return []
+        unstitched, self._unstitched = self._unstitched, []
+        return unstitched
+
+    def hand_over(self, key: str) -> Profile | None:
+        """The stitch topic's request, on the member holding ``key``'s profile: that profile
+        when it holds anything, which is then emptied (handed over once); else None."""
+        other = self._profiles.get(key)
         if other is None or not (other.fields or other.consent):
-            return
+            return None
+        self._profiles.put(key, EMPTY_PROFILE)
+        return other
+
+    def fold(self, user_key: str, other: Profile) -> bool:
+        """Fold ``other`` into ``user_key``'s profile: the user's own values win, ``other``
+        fills the gaps. Idempotent. Returns whether the user's profile changed."""
         stored = self._profiles.get(user_key) or EMPTY_PROFILE
         merged = Profile(
             fields={**other.fields, **stored.fields}, consent={**other.consent, **stored.consent}
         )
-        if merged != stored:
-            self._profiles.put(user_key, merged)
-        self._profiles.put(other_key, EMPTY_PROFILE)
+        if merged == stored:
+            return False
+        self._profiles.put(user_key, merged)
+        return True
+
+    def _stitch(self, other_key: str, user_key: str) -> None:
+        """Identity stitching: fold the profile stored under ``other_key`` (an anonymousId now
+        seen with a userId, or an alias's previousId) into ``user_key``'s. The user's own
+        values win; the other profile fills the gaps and is then emptied, so it is merged once
+        and a later user of the same device id does not inherit it. Not held here at all, with
+        ``stitch_across``: reported for the stitch topic (see the class doc)."""
+        other = self._profiles.get(other_key)
+        if other is None:
+            if self._stitch_across:
+                self._unstitched.append((other_key, user_key))
+                self._profiles.put(other_key, EMPTY_PROFILE)
+            return
+        if other.fields or other.consent:
+            self.fold(user_key, other)
+            self._profiles.put(other_key, EMPTY_PROFILE)
 
     def _remember_consent(self, user_key: str, decisions: Mapping[str, bool]) -> None:
         if self._profiles.consent_holds(user_key, decisions):

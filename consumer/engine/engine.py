@@ -19,7 +19,10 @@ parking topic, a group named after it) and, when given, the replay feed (``dlq r
 copies, the replay topic, a group named after it). Each feed is its own consumer group, so the
 main group's assignment depends on the source partitions alone. The replay feed may instead be
 co-partitioned with the event feed (``replay_follower``): it then joins no group and reads
-exactly the replay partitions whose event partitions this member owns. Records of the replay feed go
+exactly the replay partitions whose event partitions this member owns. With partitioned
+profile state, a fourth feed follows the event feed the same way: the stitch topic
+(``Stitching``), which carries identity stitching across partitions (``_ingest_stitch``;
+``docs/architecture.md``, "Profiles"). Records of the replay feed go
 through the same steps as the event feed's (admit, map, dedupe, deliver, dead-letter), under
 the same contact keys (so per-contact order and the dispatcher's identity lock hold across both
 feeds), and commit after delivery likewise.
@@ -34,10 +37,10 @@ Inside ``on_revoked`` (before the partitions move) it lets work of those partiti
 being sent or parked finish (bounded by ``revoke_wait``, longer than an HTTP timeout), commits
 them, then revokes them in the tracker, whose guard ignores late completions; their
 not-yet-sent work is discarded (the new owner re-reads it). Lost partitions are revoked without
-a commit. Partitioned profile state of revoked or lost partitions is released then. A
-co-partitioned replay feed follows the event feed's assignment: replay partition p is assigned
-after event partition p was assigned and its profiles restored, and revoked (its in-flight work
-waited for, committed) or lost before event partition p is.
+a commit. Partitioned profile state of revoked or lost partitions is released then. The
+following feeds (co-partitioned replay, stitch) follow the event feed's assignment: their
+partition p is assigned after event partition p was assigned and its profiles restored, and
+revoked (its in-flight work waited for, committed) or lost before event partition p is.
 
 Not thread-safe by design: the Kafka adapter runs rebalance callbacks on the loop.
 """
@@ -57,6 +60,8 @@ from functools import partial
 from consumer.core.deadletter import ORIGINAL_TOPIC, Failure, original_topic, replayed_from
 from consumer.core.events import ContactUpsert, Drop, Outcome, Reason, Record, Reject
 from consumer.core.mapping import Mapper
+from consumer.core.profiles import Profile
+from consumer.core.stitch import BadStitch, StitchMerge, StitchRequest, decode_stitch
 from consumer.engine.backpressure import Backpressure, Decision
 from consumer.engine.deliveries import DeliveryLog
 from consumer.engine.dispatch import Dispatcher, Ticket
@@ -78,6 +83,7 @@ from consumer.engine.ports import (
 )
 from consumer.engine.stats import EngineSnapshot, EngineStats
 from consumer.engine.tasks import TaskSet
+from consumer.errors import ProfileDecodeError
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +108,19 @@ class EngineOptions:
     unauthorized_probe_interval: float = 30.0
     parking_check_interval: float = 5.0  # how often replayed contacts are released
     revoke_wait: float = 15.0  # on revoke: how long in-flight work of those partitions may finish
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Stitching:
+    """Identity stitching across partitions (partitioned profile state; ``docs/architecture.md``,
+    "Profiles"): the stitch topic ``topic``, read by ``source`` co-partitioned with the event
+    feed (it follows the event feed's assignment, as the co-partitioned replay feed does), and
+    ``partitions_of(key)``: every event partition a record keyed ``key`` may be in (the input
+    producers' partitioner over the input's partition count; several when it is not known)."""
+
+    topic: str
+    source: FollowingSource
+    partitions_of: Callable[[str], Collection[int]]
 
 
 class _Feed:
@@ -152,22 +171,22 @@ class _Feed:
 
 async def _lead(
     feed: _Feed,
-    follower: FollowingSource | None,
+    followers: Sequence[FollowingSource],
     leaving: Sequence[tuple[str, int]] = (),
     *,
     lost: bool = False,
 ) -> None:
-    """Make ``follower`` own the partition numbers ``feed`` owns with their profiles restored
-    (none still in ``feed.restores.waiting``), ``leaving`` excepted."""
-    if follower is None:
+    """Make each of ``followers`` own the partition numbers ``feed`` owns with their profiles
+    restored (none still in ``feed.restores.waiting``), ``leaving`` excepted; one after the
+    other, in order."""
+    if not followers:
         return
     gone = set(leaving)
     if feed.restores is not None:
         gone.update(feed.restores.waiting)
-    await follower.follow(
-        {p.partition for p in feed.tracker.owned() if (p.topic, p.partition) not in gone},
-        lost=lost,
-    )
+    partitions = {p.partition for p in feed.tracker.owned() if (p.topic, p.partition) not in gone}
+    for follower in followers:
+        await follower.follow(partitions, lost=lost)
 
 
 class _Restores:
@@ -182,8 +201,8 @@ class _Restores:
     restore that failed raises there, which stops the engine as a failed callback would.
     ``released`` (inside ``on_revoked``/``on_lost``) waits for a running restore of those
     partitions (bounded by the profile log's own retries: it touches no source), then
-    releases their profiles. A ``follower`` (the co-partitioned replay feed) is given a
-    partition once its restore is done."""
+    releases their profiles. The ``followers`` (the co-partitioned replay and stitch feeds)
+    are given a partition once its restore is done."""
 
     def __init__(
         self,
@@ -191,10 +210,10 @@ class _Restores:
         restore: Callable[[Sequence[int]], Coroutine[None, None, None]],
         log: ProfileLog,
         *,
-        follower: FollowingSource | None = None,
+        followers: Sequence[FollowingSource] = (),
     ) -> None:
         self._feed = feed
-        self._follower = follower
+        self._followers = followers
         self._restore = restore
         self._log = log
         self._queued: list[tuple[str, int]] = []
@@ -226,7 +245,7 @@ class _Restores:
                 await self._feed.source.resume(ready)
             logger.info("%s: profiles restored for %s", self._feed.name, list(batch))
         if finished:
-            await _lead(self._feed, self._follower)
+            await _lead(self._feed, self._followers)
 
     async def released(self, partitions: Sequence[tuple[str, int]]) -> None:
         gone = set(partitions)
@@ -241,7 +260,7 @@ class _FeedListener:
     """Rebalance handling of one feed (its source's ``RebalanceListener``; called on the event
     loop). ``prepare``, when given, is awaited before non-empty assignments are tracked: the
     event feed restores the state the previous owner left (see the module docstring).
-    ``follower``, when given (the event feed's, in co-partitioned mode), is made to own the
+    ``followers`` (the event feed's co-partitioned replay and stitch feeds) are made to own the
     same partition numbers as this feed: after an assignment is tracked, and before a revoked
     or lost partition is let go here."""
 
@@ -253,14 +272,14 @@ class _FeedListener:
         *,
         revoke_wait: float,
         prepare: Callable[[], Awaitable[None]] | None = None,
-        follower: FollowingSource | None = None,
+        followers: Sequence[FollowingSource] = (),
     ) -> None:
         self._feed = feed
         self._dispatcher = dispatcher
         self._metrics = metrics
         self._revoke_wait = revoke_wait
         self._prepare = prepare
-        self._follower = follower
+        self._followers = followers
 
     async def on_assigned(self, partitions: Sequence[Assignment]) -> None:
         if partitions and self._prepare is not None:
@@ -279,11 +298,12 @@ class _FeedListener:
             await self._follow()
 
     async def _follow(self, leaving: Sequence[tuple[str, int]] = (), *, lost: bool = False) -> None:
-        await _lead(self._feed, self._follower, leaving, lost=lost)
+        await _lead(self._feed, self._followers, leaving, lost=lost)
 
     async def on_revoked(self, partitions: Sequence[tuple[str, int]]) -> None:
-        # The follower's partitions go first, their in-flight work waited for and committed,
-        # so a replayed copy is never handled after the event partition has moved.
+        # The followers' partitions go first, their in-flight work waited for and committed,
+        # so a replayed copy or a stitch record is never handled after the event partition
+        # has moved.
         await self._follow(partitions)
         # Work of these partitions already sent (or being parked) finishes first: otherwise a
         # slow answer, or its retry, could land after the new owner's newer upsert. Its
@@ -353,6 +373,9 @@ class Engine:
     must be one of ``source_topics``; otherwise it is dead-lettered (``invalid_replay``), never
     routed as another topic. ``delivery_topic``, when given, receives a delivery record per
     HighLevel call (``consumer.engine.deliveries``: best effort, produced through ``sink``).
+    ``stitching``, with a partitioned ``profile_log`` and a mapper built with
+    ``stitch_across``: the stitch topic's feed, which carries identity stitching across
+    partitions (``_ingest`` asks, ``_ingest_stitch`` answers and folds).
 
     ``run`` returns after ``stop`` is set and the engine has drained (bounded by
     ``drain_timeout``), committed and closed the sources. Raises only for programming errors;
@@ -376,6 +399,7 @@ class Engine:
         profile_log: ProfileLog | None = None,
         replay_source: Source | None = None,
         replay_follower: FollowingSource | None = None,
+        stitching: Stitching | None = None,
         source_topics: Collection[str] = (),
         delivery_topic: str | None = None,
         options: EngineOptions = EngineOptions(),
@@ -433,15 +457,25 @@ class Engine:
         self._parking = _Feed("parking", parking_log.source)
         if replay_source is not None and replay_follower is not None:
             raise ValueError("Engine: give replay_source or replay_follower, not both")
-        self._follower = replay_follower
+        if stitching is not None and (profile_log is None or not profile_log.partitioned):
+            raise ValueError("Engine: stitching needs a partitioned profile_log")
+        self._stitching = stitching
+        self._followers = tuple(
+            f
+            for f in (replay_follower, None if stitching is None else stitching.source)
+            if f is not None
+        )
         replays = replay_source or replay_follower
         self._replays = None if replays is None else _Feed("replay", replays)
+        self._stitches = None if stitching is None else _Feed("stitch", stitching.source)
         self._feeds = tuple(
-            f for f in (self._main, self._parking, self._replays) if f is not None
+            f
+            for f in (self._main, self._parking, self._replays, self._stitches)
+            if f is not None
         )
         if profile_log is not None and profile_log.partitioned:
             self._main.restores = _Restores(
-                self._main, self._restore, profile_log, follower=replay_follower
+                self._main, self._restore, profile_log, followers=self._followers
             )
         self._restore_lock = asyncio.Lock()  # one restore at a time (two feeds ask for one)
         self._tasks = TaskSet()  # dead letters and profile writes of intake
@@ -451,14 +485,14 @@ class Engine:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; then drain, commit and close (see the class doc)."""
         feeds = self._feeds
-        # The event feed last: an assignment of it makes a following replay feed assign.
+        # The event feed last: an assignment of it makes the following feeds assign.
         for feed in (*feeds[1:], feeds[0]):
             # Parked upserts need no profiles; new work (events, replays) does, and a following
-            # replay feed's partitions come only after the event feed's restored them. With
+            # feed's partitions come only after the event feed's restored them. With
             # partitioned profile state the event feed restores its partitions itself
             # (``_Restores``), in the background.
             restores = (feed is self._main and feed.restores is None) or (
-                feed is self._replays and self._follower is None
+                feed is self._replays and feed.source not in self._followers
             )
             await feed.source.start(
                 _FeedListener(
@@ -467,7 +501,7 @@ class Engine:
                     self._metrics,
                     revoke_wait=self._options.revoke_wait,
                     prepare=self._restore if restores else None,
-                    follower=self._follower if feed is self._main else None,
+                    followers=self._followers if feed is self._main else (),
                 )
             )
         background = [
@@ -515,7 +549,13 @@ class Engine:
 
     async def _intake_loop(self, feed: _Feed, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
-        ingest = self._ingest_parked if feed is self._parking else partial(self._ingest, feed)
+        ingest = (
+            self._ingest_parked
+            if feed is self._parking
+            else self._ingest_stitch
+            if feed is self._stitches
+            else partial(self._ingest, feed)
+        )
         while not stop.is_set():
             records = await feed.source.poll_batch(
                 self._options.poll_batch, self._options.poll_timeout
@@ -554,13 +594,17 @@ class Engine:
         A record that completes at once (every outcome a drop, no profile change) is done as
         soon as it is mapped: no ticket. Counters are tallied per batch and flushed once
         (``_Tally``). The profile changes of the whole batch are produced together, one write
-        per user (``_persist_profiles``); the records that made them wait for it."""
+        per user (``_persist_profiles``); the records that made them wait for it. So do the
+        records whose mapping met a profile to stitch held in another partition: a request
+        to the stitch topic (``_stitch_requests``), confirmed before the profile writes."""
         tracker, mapper, log = feed.tracker, self._mapper, self._profile_log
         replays = feed is self._replays
+        stitching = self._stitching is not None
         recorder = self._recorder
         dropped = recorder.dropped
         tally = _Tally()
         waiting: list[Ticket] = []  # records whose profile changes are in this batch's writes
+        requests: list[tuple[int, StitchRequest]] = []  # (stitch partition, request)
         partition = None
         for record in records:
             if partition is None or (partition.topic, partition.partition) != (
@@ -600,6 +644,9 @@ class Engine:
                 replay_of=replayed_from(record.headers) if record.headers else None,
             )
             wrote = log is not None and log.changes != changes
+            if stitching and (asked := self._stitch_requests(record.partition)):
+                requests.extend(asked)
+                wrote = True
             if not wrote and len(outcomes) == 1 and type(outcome := outcomes[0]) is Drop:
                 tally.dropped[outcome.reason] += 1
                 dropped(record, outcome.reason, outcome.integration_id, wall)
@@ -612,7 +659,66 @@ class Engine:
         tally.flush(self.stats, self._metrics)
         if waiting:
             assert log is not None
-            self._tasks.spawn(self._persist_profiles(log.take_writes(), waiting))
+            self._tasks.spawn(self._persist_profiles(log.take_writes(), waiting, requests))
+
+    def _stitch_requests(self, partition: int) -> list[tuple[int, StitchRequest]]:
+        """The stitch requests of the record of event ``partition`` just mapped: one per
+        profile it could not stitch here (``Mapper.take_unstitched``) and per other partition
+        that profile's events may be in."""
+        assert self._stitching is not None
+        partitions_of = self._stitching.partitions_of
+        return [
+            (where, StitchRequest(source=source, target=target, partition=partition))
+            for source, target in self._mapper.take_unstitched()
+            for where in sorted(partitions_of(source))
+            if where != partition
+        ]
+
+    def _ingest_stitch(self, records: Sequence[Record], now: float, wall: float) -> None:
+        """One poll batch of the stitch feed (``consumer.core.stitch``), each record in the
+        profiles of its own partition (the follower owns only restored ones). A request: the
+        profile it names, when one is held, is emptied here and sent as a merge to the
+        requester's partition; the record completes once the merge, then the emptied profile,
+        are confirmed. A merge: folded into its user's profile, the record completes once that
+        write is confirmed. Nothing to do: complete at once. Neither, or a merge whose profile
+        cannot be opened: dead-lettered (``invalid_stitch``)."""
+        assert self._stitches is not None
+        assert self._profile_log is not None
+        tracker, log, mapper = self._stitches.tracker, self._profile_log, self._mapper
+        for record in records:
+            partition = tracker.get(record.topic, record.partition)
+            if partition is None or not partition.admit(record.offset, record.size):
+                continue
+            ticket = Ticket(record, partition, 1)
+            stitch = decode_stitch(record.key, record.value)
+            log.select(record.partition)
+            if isinstance(stitch, StitchRequest):
+                handed = mapper.hand_over(stitch.source)
+                if handed is None:
+                    partition.complete(record.offset)
+                    continue
+                merge = StitchMerge(
+                    source=stitch.source,
+                    target=stitch.target,
+                    profile=log.seal(stitch.target, handed.to_bytes()),
+                )
+                stitches = [(stitch.partition, merge)]
+                self._tasks.spawn(self._persist_profiles(log.take_writes(), [ticket], stitches))
+                continue
+            if isinstance(stitch, StitchMerge):
+                try:
+                    other = Profile.from_bytes(log.open(stitch.target, stitch.profile))
+                except ProfileDecodeError as exc:
+                    stitch = BadStitch(f"stitch merge: {exc}")
+                else:
+                    if mapper.fold(stitch.target, other):
+                        self._tasks.spawn(self._persist_profiles(log.take_writes(), [ticket]))
+                    else:
+                        partition.complete(record.offset)
+                    continue
+            failure = Failure(reason="invalid_stitch", error=stitch.error)
+            self._recorder.rejected(record, failure.reason, failure.error, None, wall)
+            self._tasks.spawn(self._dead_letter(ticket, failure))
 
     def _route(
         self, ticket: Ticket, outcomes: Sequence[Outcome], tally: _Tally, now: float, wall: float
@@ -681,18 +787,27 @@ class Engine:
             ticket.settle()
 
     async def _persist_profiles(
-        self, writes: Sequence[tuple[int | None, str, bytes]], tickets: Sequence[Ticket]
+        self,
+        writes: Sequence[tuple[int | None, str, bytes]],
+        tickets: Sequence[Ticket],
+        stitches: Sequence[tuple[int, StitchRequest | StitchMerge]] = (),
     ) -> None:
         """Produce one batch's profile writes together, each to the changelog partition it
         names (partitioned: the partition of the record that made it, never the
         partitioner's choice); once the broker has every one, the records that made them
-        (``tickets``) settle."""
+        (``tickets``) settle. ``stitches`` ((stitch partition, record)) are produced first and
+        confirmed before any write: a write that says "asked for" or "handed over" never
+        reaches the changelog without the stitch record that does it (a crash between the two
+        makes the record be read and asked again, which is harmless)."""
         log = self._profile_log
         assert log is not None
         by_partition: dict[int | None, list[tuple[bytes | None, bytes | None]]] = {}
         for partition, key, value in writes:
             by_partition.setdefault(partition, []).append((key.encode(), value))
         with self._outbox.holding(len(tickets)):
+            if stitches:
+                assert self._stitching is not None
+                await self._produce_stitches(self._stitching.topic, stitches)
             await asyncio.gather(
                 *(
                     self._outbox.produce_many(log.topic, records, partition=partition)
@@ -703,6 +818,21 @@ class Engine:
                 log.written(partition, key)
             for ticket in tickets:
                 ticket.settle()
+
+    async def _produce_stitches(
+        self, topic: str, stitches: Sequence[tuple[int, StitchRequest | StitchMerge]]
+    ) -> None:
+        """Produce ``stitches`` to their partitions of ``topic``; returns once all are
+        confirmed (the outbox retries failures)."""
+        by_partition: dict[int, list[tuple[bytes | None, bytes | None]]] = {}
+        for partition, stitch in stitches:
+            by_partition.setdefault(partition, []).append((stitch.key(), stitch.value()))
+        await asyncio.gather(
+            *(
+                self._outbox.produce_many(topic, records, partition=partition)
+                for partition, records in by_partition.items()
+            )
+        )
 
     # -- commits --------------------------------------------------------------------------------
 

@@ -191,6 +191,17 @@ class ProfileLog(Protocol):
         cancelled (the engine runs it beside its other background tasks)."""
         ...
 
+    def seal(self, key: str, value: bytes) -> bytes:
+        """``value`` (a profile's bytes) sealed with the ``[profiles]`` encryption for a record
+        keyed ``key``, as the changelog's values are (unchanged without encryption): for a
+        profile carried by another topic (a stitch merge)."""
+        ...
+
+    def open(self, key: str, value: bytes) -> bytes:
+        """The inverse of ``seal``. Raises ``consumer.errors.ProfileDecodeError`` when
+        ``value`` cannot be opened (key id not configured, tampered, moved to another key)."""
+        ...
+
 
 class Limiter(Protocol):
     """Per-location rate budgets (``consumer.ratelimit.limiter.RateLimiter``)."""

@@ -158,36 +158,38 @@ async def start_up(
     extra: Mapping[str, Setting] | None = None,
     stop: asyncio.Event | None = None,
     co_partitioned: Sequence[CoPartition] = (),
-) -> bool:
+) -> dict[str, int] | None:
     """What ``run`` does before its Kafka clients start: wait until a bootstrap server answers
     (after ``UNREACHABLE_NOTICE_S`` one warning line names the servers and the reason; after
     ``timeout_s``, 0 meaning never, ``KafkaAdapterError``); then ``ensure_topics(create)``
     when ``create_topics``, else ``check_topics(uses)``. Each topic of ``co_partitioned`` is
     created with its source's partition count, and one that exists with another count is
     refused (``ConfigError``, ``CoPartition.mismatch``), as is a missing source. librdkafka's
-    own log lines are dropped meanwhile. False when ``stop`` was set while waiting (nothing
-    more was done), else True. Raises ``ConfigError`` (refused credentials, missing topic or
-    ACL, partition counts)."""
+    own log lines are dropped meanwhile. None when ``stop`` was set while waiting (nothing
+    more was done), else the partition count of each source topic of ``co_partitioned``
+    (empty without). Raises ``ConfigError`` (refused credentials, missing topic or ACL,
+    partition counts)."""
     refusals: list[KafkaError] = []
     admin = _admin(bootstrap, extra, refusals, quiet=True)
     if not await _wait_reachable(admin, bootstrap, refusals, timeout_s, stop):
-        return False
-    create = await _co_partition(admin, create, co_partitioned)
+        return None
+    create, sources = await _co_partition(admin, create, co_partitioned)
     if create_topics:
         await _create(admin, create, refusals, timeout_s=30.0)
     else:
         await check_topics(admin, uses)
-    return True
+    return sources
 
 
 async def _co_partition(
     admin: AdminClient, create: Sequence[TopicSpec], co_partitioned: Sequence[CoPartition]
-) -> list[TopicSpec]:
+) -> tuple[list[TopicSpec], dict[str, int]]:
     """``create`` with each co-partitioned topic's partition count set to its source's, after
-    checking every such topic that exists already (one metadata request). Raises
-    ``ConfigError`` for a missing source topic or an existing topic with another count."""
+    checking every such topic that exists already (one metadata request), and the sources'
+    partition counts. Raises ``ConfigError`` for a missing source topic or an existing topic
+    with another count."""
     if not co_partitioned:
-        return list(create)
+        return list(create), {}
     try:
         metadata = await asyncio.to_thread(admin.list_topics, timeout=30.0)
     except KafkaException as exc:
@@ -208,10 +210,11 @@ async def _co_partition(
         found = counts.get(rule.topic)
         if found is not None and found != wanted[rule.topic]:
             raise ConfigError(rule.mismatch(found, wanted[rule.topic]))
-    return [
+    specs = [
         replace(spec, partitions=wanted[spec.name]) if spec.name in wanted else spec
         for spec in create
     ]
+    return specs, {rule.source: counts[rule.source] for rule in co_partitioned}
 
 
 async def _wait_reachable(

@@ -117,6 +117,12 @@ class ProfileChangelog:
     def written(self, partition: int | None, key: str) -> None:
         self.store.written(key)
 
+    def seal(self, key: str, value: bytes) -> bytes:
+        return self._cipher.seal(key, value)
+
+    def open(self, key: str, value: bytes) -> bytes:
+        return self._cipher.open(key, value)
+
     async def assign(self, partitions: Sequence[int]) -> None:
         """Whatever was assigned: read the whole changelog (``restore``)."""
         await self.restore()
@@ -419,6 +425,12 @@ class PartitionedProfileChangelog:
     def written(self, partition: int | None, key: str) -> None:
         assert partition is not None  # every write of this shape names its partition
         self.store.written(partition, key)
+
+    def seal(self, key: str, value: bytes) -> bytes:
+        return self._cipher.seal(key, value)
+
+    def open(self, key: str, value: bytes) -> bytes:
+        return self._cipher.open(key, value)
 
     async def assign(self, partitions: Collection[int]) -> None:
         """Restore ``partitions`` (newly assigned). A failed attempt closes them again at their

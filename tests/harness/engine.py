@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import orjson
 
@@ -18,7 +18,7 @@ from consumer.core.events import Record
 from consumer.core.mapping import Mapper
 from consumer.core.profiles import InMemoryProfileStore
 from consumer.core.targets import Routing
-from consumer.engine.engine import Engine, EngineOptions
+from consumer.engine.engine import Engine, EngineOptions, Stitching
 from consumer.engine.offsets import PartitionStats
 from consumer.observe.metrics import Metrics
 from consumer.observe.recent_deliveries import RecentDeliveries
@@ -62,12 +62,16 @@ def build(
     replays_follow: bool = False,
     profile_log: MemoryProfileLog | MemoryPartitionedLog | None = None,
     delivery_topic: str | None = None,
+    stitches: MemorySource | None = None,
+    partitions_of: Callable[[str], Collection[int]] | None = None,
     **options: float,
 ) -> Engine:
     """An engine over fakes, reading topic ``events`` from ``source`` (and ``dlq replay``
     copies from ``replays``, the replay feed: in a group of its own, or with ``replays_follow``
     co-partitioned, following the event feed's assignment); ``routing``: the default
-    integration's, instead of every event."""
+    integration's, instead of every event. ``stitches``: the stitch topic ``stitch`` (a
+    following source, fed by ``sink``), with ``partitions_of`` the input's partitioner (needs
+    a partitioned ``profile_log``)."""
     settings = load_settings(
         None, {"GHL_LOCATION_ID": LOCATION, "GHL_ACCESS_TOKEN": TOKEN}
     )
@@ -78,6 +82,7 @@ def build(
         targets,
         profiles=profile_log.store if profile_log is not None else InMemoryProfileStore(),
         deduper=MessageDeduper(max_entries=10_000, ttl_seconds=3600),
+        stitch_across=stitches is not None,
     )
     limiter = RateLimiter(
         LocalBackend(Budget(burst_max=10_000, sustained_per_interval=10_000, interval_s=1.0))
@@ -94,6 +99,11 @@ def build(
     sink = sink or MemorySink()
     parking = parking or MemoryParkingLog()
     sink.forward[parking.topic] = parking.source
+    stitching = None
+    if stitches is not None:
+        assert partitions_of is not None
+        sink.forward["stitch"] = stitches
+        stitching = Stitching(topic="stitch", source=stitches, partitions_of=partitions_of)
     return Engine(
         source=source,
         sink=sink,
@@ -107,6 +117,7 @@ def build(
         replay_source=None if replays_follow else replays,
         replay_follower=replays if replays_follow else None,
         profile_log=profile_log,
+        stitching=stitching,
         source_topics=("events",),
         delivery_topic=delivery_topic,
         metrics=metrics or Metrics(integrations={"default": LOCATION}, topics=["events"]),

@@ -170,10 +170,15 @@ def managed_setup(
     return topic, group, config, env
 
 
-def readme_acls(topic: str, group: str) -> list[tuple[str, str, str]]:
-    """The README's ACL list ("Kafka ACLs") for ``create_topics = false``."""
+def readme_acls(
+    topic: str, group: str, *, state_dir: bool = False
+) -> list[tuple[str, str, str]]:
+    """The README's ACL list ("Kafka ACLs") for ``create_topics = false``; ``state_dir``: with
+    partitioned profile state (the stitch topic and its group too)."""
     names = ("dead-letter", "parking", "profiles", "replay", "deliveries")
     dead_letter, parking, profiles, replay, deliveries = (f"{group}.{n}" for n in names)
+    stitch = f"{group}.stitch"
+    stitching = [("topic", stitch, "Read"), ("topic", stitch, "Write"), ("group", stitch, "Read")]
     return [
         ("topic", topic, "Read"),
         ("group", group, "Read"),
@@ -186,11 +191,14 @@ def readme_acls(topic: str, group: str) -> list[tuple[str, str, str]]:
         ("group", parking, "Read"),  # the parking feed's group is named after its topic
         ("topic", profiles, "Read"),
         ("topic", profiles, "Write"),
+        *(stitching if state_dir else []),
     ]
 
 
-def admin_creates_topics(kafka: SecuredBroker, group: str) -> None:
-    names = ("dead-letter", "parking", "profiles", "replay", "deliveries")
+def admin_creates_topics(kafka: SecuredBroker, group: str, *, state_dir: bool = False) -> None:
+    names = ["dead-letter", "parking", "profiles", "replay", "deliveries"]
+    if state_dir:
+        names.append("stitch")
     kafka.create_topics(*(f"{group}.{name}" for name in names))
 
 
@@ -235,6 +243,7 @@ async def test_sasl_plain_with_only_the_documented_acls_delivers(
         ("no Write on the dead-letter topic", "needs Write on topic {group}.dead-letter"),
         ("no Read on the source topic", "needs Read on topic {topic}"),
         ("a topic missing", "topic {group}.profiles does not exist"),
+        ("no Write on the stitch topic (state_dir)", "needs Write on topic {group}.stitch"),
     ],
 )
 async def test_create_topics_false_names_the_missing_topic_or_acl(
@@ -242,16 +251,19 @@ async def test_create_topics_false_names_the_missing_topic_or_acl(
 ) -> None:
     kafka = secure_kafka
     topic, group, config, env = managed_setup(kafka, tmp_path, create_topics=False)
-    grants = readme_acls(topic, group)
+    state_dir = case.endswith("(state_dir)")  # partitioned profile state: the stitch topic too
+    if state_dir:
+        with config.open("a") as file:
+            file.write(f'[profiles]\nstate_dir = "{tmp_path / "state"}"\n')
+    grants = readme_acls(topic, group, state_dir=state_dir)
     if case == "a topic missing":
         kafka.create_topics(f"{group}.dead-letter", f"{group}.parking")
     else:
-        admin_creates_topics(kafka, group)
-        left_out = (
-            ("topic", f"{group}.dead-letter", "Write")
-            if case.startswith("no Write")
-            else ("topic", topic, "Read")
-        )
+        admin_creates_topics(kafka, group, state_dir=state_dir)
+        left_out = {
+            "no Write on the dead-letter topic": ("topic", f"{group}.dead-letter", "Write"),
+            "no Read on the source topic": ("topic", topic, "Read"),
+        }.get(case, ("topic", f"{group}.stitch", "Write"))
         grants.remove(left_out)
     kafka.grant(*grants)
     code, out, err = await run_command(env, "run", "--config", str(config), seconds=30)

@@ -18,6 +18,7 @@ from consumer.core.profiles import ChangelogProfileStore
 from consumer.engine.offsets import Assignment, CommitPoint
 from consumer.engine.ports import RebalanceListener
 from consumer.highlevel.verdicts import Answer, Verdict, classify
+from consumer.state.encryption import ProfileCipher
 from consumer.state.profile_state import PartitionedProfileStore
 
 TP = tuple[str, int]
@@ -128,7 +129,8 @@ class Landed:
 @dataclass
 class MemorySink:
     """Records what is produced; topics in ``forward`` also land in that MemorySource's
-    partition 0 (so the engine can read back what it parked)."""
+    partition 0, or the partition ``produce_many`` names (so the engine can read back what it
+    parked, or produced to its stitch topic)."""
 
     produced: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]] = field(
         default_factory=list
@@ -148,9 +150,20 @@ class MemorySink:
         target = self.forward.get(topic)
         if target is None:
             return Landed(topic, 0, len(self.produced) - 1)
-        log = target.records[(topic, 0)]
-        log.append(Record(topic, 0, len(log), key, value, tuple(headers)))
-        return Landed(topic, 0, len(log) - 1)
+        return self._land(target, topic, 0, key, value, headers)
+
+    @staticmethod
+    def _land(
+        target: MemorySource,
+        topic: str,
+        partition: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]],
+    ) -> Landed:
+        log = target.records.setdefault((topic, partition), [])
+        log.append(Record(topic, partition, len(log), key, value, tuple(headers)))
+        return Landed(topic, partition, len(log) - 1)
 
     async def produce_many(
         self,
@@ -164,7 +177,13 @@ class MemorySink:
         results: list[Exception | None] = []
         for key, value in records:
             self.placed.append((topic, key, partition))
+            target = self.forward.get(topic)
             try:
+                if target is not None and partition is not None:
+                    self.produced.append((topic, key, value, []))
+                    self._land(target, topic, partition, key, value, ())
+                    results.append(None)
+                    continue
                 await self.produce(topic, key=key, value=value, headers=())
             except Exception as exc:  # noqa: BLE001 - a failure is a result here
                 results.append(exc)
@@ -206,17 +225,25 @@ class MemoryProfileLog:
     async def follow(self) -> None:
         await asyncio.Event().wait()
 
+    def seal(self, key: str, value: bytes) -> bytes:
+        return value
+
+    def open(self, key: str, value: bytes) -> bytes:
+        return value
+
 
 class MemoryPartitionedLog:
     """The partitioned shape without Kafka: a real ``PartitionedProfileStore`` under
     ``state_dir`` whose ``assign`` opens the partitions (nothing to read) once ``gate`` is
-    open; ``assigned`` and ``released`` remember the calls."""
+    open; ``assigned`` and ``released`` remember the calls. ``cipher`` seals and opens
+    profiles carried elsewhere (none: plain)."""
 
     topic = "profiles"
     partitioned = True
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, cipher: ProfileCipher | None = None) -> None:
         self.store = PartitionedProfileStore(state_dir, self.topic)
+        self.cipher = cipher or ProfileCipher({})
         self.gate = asyncio.Event()
         self.gate.set()
         self.assigned: list[list[int]] = []
@@ -250,6 +277,12 @@ class MemoryPartitionedLog:
 
     async def follow(self) -> None:
         await asyncio.Event().wait()
+
+    def seal(self, key: str, value: bytes) -> bytes:
+        return self.cipher.seal(key, value)
+
+    def open(self, key: str, value: bytes) -> bytes:
+        return self.cipher.open(key, value)
 
 
 class MemoryParkingLog:

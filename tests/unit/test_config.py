@@ -11,6 +11,7 @@ from consumer.config import Secret, Settings, load_settings
 from consumer.core.events import ConsentMode, PresetEvent, TagMode
 from consumer.core.targets import CustomFieldMapping, Routing
 from consumer.errors import ConfigError
+from consumer.kafka.admin import TopicUse
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "config.toml"
 ENV = {"GHL_LOCATION_ID": "LOC", "GHL_ACCESS_TOKEN": "pit-secret-value"}
@@ -479,6 +480,13 @@ def test_topics_holding_raw_events_expire_after_14_days_unless_configured(
         "ghl-consumer.parking": "1209600000",
         "ghl-consumer.deliveries": "604800000",  # no personal data: 7 days
     }
+    # with partitioned profile state, the stitch topic: profiles in flight, kept as long as
+    # the dead letters (it must outlive an outage of the group)
+    stitch = consumer_topics(settings.kafka, stitching=True)[-1]
+    assert (stitch.name, stitch.config) == (
+        "ghl-consumer.stitch",
+        {"retention.ms": "1209600000"},
+    )
     text = "[kafka]\ndead_letter_retention_ms = 86400000\n"
     settings = load(tmp_path, text, {**ENV, "KAFKA_PARKING_RETENTION_MS": "3600000"})
     assert (settings.kafka.dead_letter_retention_ms, settings.kafka.parking_retention_ms) == (
@@ -497,6 +505,24 @@ def test_the_replay_topic_defaults_after_the_group_and_is_never_a_source_topic(
     assert settings.kafka.replay_topic == "crm.again"
     with pytest.raises(ConfigError, match=r"kafka\.replay_topic: events is one of KAFKA_TOPICS"):
         load(tmp_path, '[kafka]\nreplay_topic = "events"\n', {**ENV, "KAFKA_TOPICS": "events"})
+
+
+def test_the_stitch_topic_defaults_after_the_group_and_names_a_group_of_its_own(
+    tmp_path: Path,
+) -> None:
+    assert load_settings(None, ENV).kafka.stitch_topic == "ghl-consumer.stitch"
+    text = '[kafka]\ngroup_id = "crm"\n'
+    assert load(tmp_path, text, ENV).kafka.stitch_topic == "crm.stitch"
+    settings = load(tmp_path, text, {**ENV, "KAFKA_STITCH_TOPIC": "crm.merge"})
+    assert settings.kafka.stitch_topic == "crm.merge"
+    for text, message in (
+        ('stitch_topic = "events"', "events is one of KAFKA_TOPICS"),
+        ('group_id = "crm"\nstitch_topic = "crm"', "crm is the group id"),
+        ('stitch_topic = "ghl-consumer.replay"', "is the replay topic"),
+        ('stitch_topic = "x"\nprofile_topic = "x"', "x is the profile topic"),
+    ):
+        with pytest.raises(ConfigError, match=rf"kafka\.stitch_topic: .*{message}: name another"):
+            load(tmp_path, f"[kafka]\n{text}\n", {**ENV, "KAFKA_TOPICS": "events"})
 
 
 @pytest.mark.parametrize(
@@ -683,6 +709,9 @@ def test_create_topics_and_the_start_up_timeout(tmp_path: Path) -> None:
         ("ghl-consumer.parking", ("Read", "Write")),
         ("ghl-consumer.profiles", ("Read", "Write")),
     ]
+    assert topic_uses(kafka, stitching=True)[-1] == TopicUse(
+        "ghl-consumer.stitch", ("Read", "Write")
+    )
 
 
 @pytest.mark.parametrize(

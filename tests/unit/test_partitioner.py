@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import zlib
+
 import pytest
 
+from consumer.commands.run import source_partitions_of
 from consumer.kafka.partitioner import murmur2, partition_for
 
 
@@ -46,3 +49,11 @@ def test_trace_reads_the_partitions_of_each_key_and_none_of_a_missing_topic() ->
     assert one <= both
     assert len(both) <= 2
     assert partitions_of(["lead-987"], counts, None) == {("events", p) for p in range(12)}
+
+
+def test_a_stitch_request_goes_to_every_partition_either_default_partitioner_gives() -> None:
+    """``run`` does not know the input producers' partitioner: a profile to stitch is asked
+    for in the partitions of both defaults (one when they agree)."""
+    for key in ("anon-1", "u1", "a-much-longer-anonymous-id-0123456789"):
+        expected = {zlib.crc32(key.encode()) % 6, (murmur2(key.encode()) & 0x7FFFFFFF) % 6}
+        assert source_partitions_of(key, topic="events", partitions=6) == expected
