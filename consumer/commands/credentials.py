@@ -9,9 +9,12 @@ replica's copy while it is fresh, and goes to Redis (or mints) only near its exp
 ``EngineCredentials.check`` (once before the engine starts, then every ``check_seconds`` from
 ``maintain``) keeps each installation's company token fresh (refreshed here rather than by a
 request), asks ``/oauth/installedLocations`` again every ``discover_seconds`` for a
-discovering installation, and sets the ``ghl_oauth_*`` gauges. Failures are logged when the
-state changes, never raised: a broken installation's events park (the dispatcher), and
-``ghl-consumer oauth reconnect`` stores a new grant that the next check or request reads.
+discovering installation, counts reconnects (this replica's automatic ones, and the results
+``ghl-consumer oauth reconnect`` left in the store) and sets the ``ghl_oauth_*`` gauges.
+Failures are logged when the state changes, never raised: a lost refresh token is recovered by
+an automatic reconnect (``consumer.state.oauth_tokens``); a broken installation's events park
+(the dispatcher), and ``ghl-consumer oauth reconnect`` stores a new grant that the next check
+or request reads.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ import asyncio
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from consumer.config import Integration, OAuthApp, Secret, read_secret_file
 from consumer.errors import ConfigError, InstallationBroken, OAuthError, TokenStoreError
@@ -134,6 +138,7 @@ class Installation:
     locations: frozenset[str] | None = None
     discovered_at: float = float("-inf")
     refreshes_counted: int = 0
+    reconnects_counted: Counter[str] = field(default_factory=Counter)
     broken: bool = False
 
     @classmethod
@@ -241,6 +246,14 @@ class EngineCredentials:
         installation.broken = broken
         self._metrics.oauth_refreshed(app.id, tokens.refreshes - installation.refreshes_counted)
         installation.refreshes_counted = tokens.refreshes
+        for result, count in (tokens.reconnects - installation.reconnects_counted).items():
+            self._metrics.oauth_reconnected(app.id, "auto", result, count)
+        installation.reconnects_counted = Counter(tokens.reconnects)
+        try:
+            for result in await tokens.take_reconnect_results():
+                self._metrics.oauth_reconnected(app.id, "command", result, 1)
+        except TokenStoreError as failure:
+            logger.debug("oauth %s: reconnect results not read: %s", app.id, failure)
         expires_at = tokens.company_expires_at
         self._metrics.oauth_state(
             app.id,

@@ -179,7 +179,13 @@ def _installations(
             client_secret=app.client_secret.reveal(),
         )
         closers.insert(0, client.close)
-        tokens = OAuthTokens(store=store, client=client, company_id=app.company_id)
+        tokens = OAuthTokens(
+            store=store,
+            client=client,
+            company_id=app.company_id,
+            auto_reconnect=app.auto_reconnect,
+            reconnect_interval_s=app.reconnect_interval_seconds,
+        )
         installations[app.id] = Installation.build(app, tokens, client)
     return installations
 
