@@ -48,7 +48,7 @@ from aiohttp import web
 from consumer.sandbox import Sandbox, run_sandbox
 from consumer.sandbox.oauth import OAuthSettings
 from consumer.state.token_store import TokenStore
-from tests.harness.oauth import install, oauth_config
+from tests.harness.oauth import install, oauth_config, record_tokens
 from tests.integration.consumer_harness import (
     ProcessLog,
     committed_offsets,
@@ -105,19 +105,6 @@ def traffic(seconds: float) -> Iterator[list[tuple[bytes, bytes]]]:
             batch.append((key.encode(), orjson.dumps(event)))
         yield batch
 
-
-
-def record_tokens(sandbox: Sandbox) -> list[str]:
-    """Every token and code value the sandbox issues from now on."""
-    issued: list[str] = []
-    make = sandbox.oauth.new_token
-
-    def new_token() -> str:
-        issued.append(make())
-        return issued[-1]
-
-    sandbox.oauth.new_token = new_token
-    return issued
 
 
 def owner_of_port(pids: dict[int, int], port: int) -> int | None:
