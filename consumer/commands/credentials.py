@@ -24,10 +24,10 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from consumer.config import Integration, OAuthApp, Secret, read_secret_file
+from consumer.config import Integration, OAuthApp, Secret, Settings, read_secret_file
 from consumer.errors import ConfigError, InstallationBroken, OAuthError, TokenStoreError
 from consumer.highlevel.oauth import OAuthClient
 from consumer.observe.metrics import Metrics
@@ -261,3 +261,32 @@ class EngineCredentials:
             broken=broken,
             locations=len(installation.locations or ()),
         )
+
+
+def open_installations(
+    settings: Settings, closers: list[Callable[[], Awaitable[None]]]
+) -> dict[str, Installation]:
+    """Each ``[[oauth]]`` app's installation (by id) over one shared token store, as ``run``
+    and ``forget --delete-contact`` use them; what must be closed is appended to ``closers``
+    (awaited in order)."""
+    from consumer.state.token_store import TokenStore  # only with [[oauth]] (Redis)
+
+    store = TokenStore.from_url(settings.redis.url)
+    closers.append(store.aclose)
+    installations = {}
+    for app in settings.oauth:
+        client = OAuthClient(
+            base_url=settings.highlevel.api_base_url,
+            client_id=app.client_id,
+            client_secret=app.client_secret.reveal(),
+        )
+        closers.insert(0, client.close)
+        tokens = OAuthTokens(
+            store=store,
+            client=client,
+            company_id=app.company_id,
+            auto_reconnect=app.auto_reconnect,
+            reconnect_interval_s=app.reconnect_interval_seconds,
+        )
+        installations[app.id] = Installation.build(app, tokens, client)
+    return installations

@@ -69,6 +69,7 @@ def main(args: argparse.Namespace) -> int:
             kafka_secrets=False,
             profile_keys=False,
             oauth_secrets=args.action != "status",
+            token_store=True,
             integrations_required=False,
         )
         apps = selected_apps(settings, args.app, every=args.action == "status")

@@ -16,7 +16,12 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-from consumer.commands.credentials import EngineCredentials, Installation, SettingsCredentials
+from consumer.commands.credentials import (
+    EngineCredentials,
+    Installation,
+    SettingsCredentials,
+    open_installations,
+)
 from consumer.commands.preamble import (
     Failure,
     add_config_argument,
@@ -34,7 +39,6 @@ from consumer.engine.engine import Engine, EngineOptions
 from consumer.engine.stats import EngineStats
 from consumer.errors import KafkaAdapterError
 from consumer.highlevel.client import HighLevelClient, Timeouts
-from consumer.highlevel.oauth import OAuthClient
 from consumer.kafka.admin import TopicSpec, TopicUse, start_up
 from consumer.kafka.clients import GroupProtocol
 from consumer.kafka.parking import KafkaParkingLog
@@ -47,7 +51,6 @@ from consumer.observe.web import WebServer, serve_debugger, serve_web
 from consumer.ratelimit.budget import Budget
 from consumer.ratelimit.limiter import LimiterBackend, LocalBackend, RateLimiter
 from consumer.state.changelog import ProfileChangelog
-from consumer.state.oauth_tokens import OAuthTokens
 
 logger = logging.getLogger(__name__)
 
@@ -162,34 +165,6 @@ async def _limiter_backend(settings: Settings) -> LimiterBackend:
     )
 
 
-def _installations(
-    settings: Settings, closers: list[Callable[[], Awaitable[None]]]
-) -> dict[str, Installation]:
-    """Each ``[[oauth]]`` app's installation over one shared token store; what must be closed
-    is appended to ``closers``."""
-    from consumer.state.token_store import TokenStore  # only with [[oauth]] (Redis)
-
-    store = TokenStore.from_url(settings.redis.url)
-    closers.append(store.aclose)
-    installations = {}
-    for app in settings.oauth:
-        client = OAuthClient(
-            base_url=settings.highlevel.api_base_url,
-            client_id=app.client_id,
-            client_secret=app.client_secret.reveal(),
-        )
-        closers.insert(0, client.close)
-        tokens = OAuthTokens(
-            store=store,
-            client=client,
-            company_id=app.company_id,
-            auto_reconnect=app.auto_reconnect,
-            reconnect_interval_s=app.reconnect_interval_seconds,
-        )
-        installations[app.id] = Installation.build(app, tokens, client)
-    return installations
-
-
 @contextlib.asynccontextmanager
 async def running_consumer(
     settings: Settings, stop: asyncio.Event | None = None
@@ -269,7 +244,7 @@ async def running_consumer(
         )
         limiter = RateLimiter(await _limiter_backend(settings))
         if settings.oauth:
-            installations = _installations(settings, closers)
+            installations = open_installations(settings, closers)
         credentials = EngineCredentials(
             settings.integrations,
             SettingsCredentials(settings.integrations),

@@ -94,11 +94,16 @@ def test_the_secret_must_be_set_unless_left_unread(tmp_path: Path) -> None:
         app.client_secret.reveal()
 
 
-def test_redis_is_required_with_oauth(tmp_path: Path) -> None:
+def test_redis_is_required_with_oauth_by_the_commands_that_use_tokens(tmp_path: Path) -> None:
     environ = {k: v for k, v in ENV.items() if k != "REDIS_URL"}
-    assert "redis.url: required with [[oauth]]" in error(
-        tmp_path, APP + "discover = true\n", environ
+    text = APP + "discover = true\n"
+    assert "redis.url: required with [[oauth]]" in error(tmp_path, text, environ)
+    assert "redis.url: required" in error(
+        tmp_path, text, environ, read_secrets=False, token_store=True
     )
+    # audit, dlq, the dry run: nothing read from the token store
+    (app,) = load(tmp_path, text, environ, read_secrets=False, kafka_secrets=True).oauth
+    assert app.company_id == "agency-1"
 
 
 def test_the_oauth_commands_need_no_integration(tmp_path: Path) -> None:
