@@ -224,6 +224,30 @@ async def test_a_lost_refresh_token_is_recovered_by_exactly_one_automatic_reconn
     assert APP.client_secret not in caplog.text
 
 
+async def test_a_holder_whose_lease_expired_leaves_the_reconnect_to_the_next_holder(
+    replicas: Replicas, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The refused refresh outlasted the lease: another replica may hold it now, so this one
+    does not reconnect but looks again (and, holding the lease again, reconnects)."""
+    await replicas.install()
+    slow = await replicas.client(SlowClient)
+    assert isinstance(slow, SlowClient)
+    slow.delay = 0.5
+    replica = await replicas.replica(lease_s=0.3, client=slow)
+    await lose_the_refresh_token(replicas)
+    clock.now += 20
+    task = asyncio.create_task(replica.company_token())
+    while "lease expired before a reconnect" not in caplog.text:
+        await asyncio.sleep(0.05)
+    slow.delay = 0.0
+    token = await task
+    assert await upsert_allowed(replicas, token)
+    counters = replicas.counters()
+    assert counters["reconnects"] == 1  # only once a refusal came within the lease
+    assert counters["refreshReuses"] >= 2  # (a slow refresh already under way is refused too)
+    assert replica.reconnects == Counter(ok=1)
+
+
 async def test_a_refused_reconnect_breaks_the_installation_once_for_every_replica(
     replicas: Replicas, clock: ManualClock
 ) -> None:
