@@ -247,8 +247,9 @@ class OAuthTokens:
                 attempt += 1
                 if attempt == _STORE_ATTEMPTS:
                     logger.error(
-                        "oauth: installation %s: the refreshed grant could not be stored; "
-                        "the installation will need `ghl-consumer oauth reconnect`",
+                        "oauth: installation %s: the new grant could not be stored; its refresh "
+                        "token is lost (an automatic reconnect, or `ghl-consumer oauth "
+                        "reconnect`, recovers it)",
                         self.company_id,
                         extra={"event": "oauth_store_failed", "company_id": self.company_id},
                     )
