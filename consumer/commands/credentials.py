@@ -9,9 +9,12 @@ replica's copy while it is fresh, and goes to Redis (or mints) only near its exp
 ``EngineCredentials.check`` (once before the engine starts, then every ``check_seconds`` from
 ``maintain``) keeps each installation's company token fresh (refreshed here rather than by a
 request), asks ``/oauth/installedLocations`` again every ``discover_seconds`` for a
-discovering installation, and sets the ``ghl_oauth_*`` gauges. Failures are logged when the
-state changes, never raised: a broken installation's events park (the dispatcher), and
-``ghl-consumer oauth reconnect`` stores a new grant that the next check or request reads.
+discovering installation, counts reconnects (this replica's automatic ones, and the results
+``ghl-consumer oauth reconnect`` left in the store) and sets the ``ghl_oauth_*`` gauges.
+Failures are logged when the state changes, never raised: a lost refresh token is recovered by
+an automatic reconnect (``consumer.state.oauth_tokens``); a broken installation's events park
+(the dispatcher), and ``ghl-consumer oauth reconnect`` stores a new grant that the next check
+or request reads.
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 
-from consumer.config import Integration, OAuthApp, Secret, read_secret_file
+from consumer.config import Integration, OAuthApp, Secret, Settings, read_secret_file
 from consumer.errors import ConfigError, InstallationBroken, OAuthError, TokenStoreError
 from consumer.highlevel.oauth import OAuthClient
 from consumer.observe.metrics import Metrics
@@ -134,6 +138,7 @@ class Installation:
     locations: frozenset[str] | None = None
     discovered_at: float = float("-inf")
     refreshes_counted: int = 0
+    reconnects_counted: Counter[str] = field(default_factory=Counter)
     broken: bool = False
 
     @classmethod
@@ -241,6 +246,14 @@ class EngineCredentials:
         installation.broken = broken
         self._metrics.oauth_refreshed(app.id, tokens.refreshes - installation.refreshes_counted)
         installation.refreshes_counted = tokens.refreshes
+        for result, count in (tokens.reconnects - installation.reconnects_counted).items():
+            self._metrics.oauth_reconnected(app.id, "auto", result, count)
+        installation.reconnects_counted = Counter(tokens.reconnects)
+        try:
+            for result in await tokens.take_reconnect_results():
+                self._metrics.oauth_reconnected(app.id, "command", result, 1)
+        except TokenStoreError as failure:
+            logger.debug("oauth %s: reconnect results not read: %s", app.id, failure)
         expires_at = tokens.company_expires_at
         self._metrics.oauth_state(
             app.id,
@@ -248,3 +261,32 @@ class EngineCredentials:
             broken=broken,
             locations=len(installation.locations or ()),
         )
+
+
+def open_installations(
+    settings: Settings, closers: list[Callable[[], Awaitable[None]]]
+) -> dict[str, Installation]:
+    """Each ``[[oauth]]`` app's installation (by id) over one shared token store, as ``run``
+    and ``forget --delete-contact`` use them; what must be closed is appended to ``closers``
+    (awaited in order)."""
+    from consumer.state.token_store import TokenStore  # only with [[oauth]] (Redis)
+
+    store = TokenStore.from_url(settings.redis.url)
+    closers.append(store.aclose)
+    installations = {}
+    for app in settings.oauth:
+        client = OAuthClient(
+            base_url=settings.highlevel.api_base_url,
+            client_id=app.client_id,
+            client_secret=app.client_secret.reveal(),
+        )
+        closers.insert(0, client.close)
+        tokens = OAuthTokens(
+            store=store,
+            client=client,
+            company_id=app.company_id,
+            auto_reconnect=app.auto_reconnect,
+            reconnect_interval_s=app.reconnect_interval_seconds,
+        )
+        installations[app.id] = Installation.build(app, tokens, client)
+    return installations

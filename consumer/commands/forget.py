@@ -12,7 +12,10 @@ the anonymousId) or ``--email``, it
    (within the profile topic's ``max.compaction.lag.ms``), and every running member drops them
    from memory within ``mapping.erasure_check_seconds`` (``ProfileChangelog.follow``);
 3. with ``--delete-contact``, for each configured integration, finds the HighLevel contact by
-   each of those emails (``GET /contacts/search/duplicate``) and deletes it;
+   each of those emails (``GET /contacts/search/duplicate``) and deletes it: in its location
+   with its private integration token, or, for an OAuth integration, in each location it
+   reaches (its fixed one, else the installation's listed or discovered locations) with that
+   location's token from the shared token store (``REDIS_URL``), as ``run`` gets them;
 4. writes an erasure record to ``kafka.erasure_topic``: when, what was done, and a SHA-256 of
    the identifier given, never the identifier itself.
 
@@ -28,13 +31,14 @@ import argparse
 import asyncio
 import hashlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final, TextIO
 
 import orjson
 
+from consumer.commands.credentials import Installation, open_installations
 from consumer.commands.preamble import (
     Failure,
     add_config_argument,
@@ -44,9 +48,15 @@ from consumer.commands.preamble import (
     profile_cipher,
     run_command,
 )
-from consumer.config import Settings
+from consumer.config import Integration, Settings
 from consumer.core.normalise import mask_email, normalise_email
-from consumer.errors import ConfigError, KafkaAdapterError
+from consumer.errors import (
+    ConfigError,
+    InstallationBroken,
+    KafkaAdapterError,
+    OAuthError,
+    TokenStoreError,
+)
 from consumer.highlevel.client import HighLevelClient
 from consumer.highlevel.verdicts import Answer
 from consumer.kafka.admin import TopicSpec, ensure_topics
@@ -127,14 +137,14 @@ async def forget(settings: Settings, who: Subject, *, delete_contact: bool, out:
         )
         contacts: dict[str, str] = {}
         if delete_contact:
-            contacts = await _delete_contacts(settings, emails, out)
+            contacts = await delete_contacts(settings, emails, out)
         record = {
             "type": "erasure",
             "at": datetime.now(UTC).isoformat(timespec="seconds"),
             "subject": {"kind": who.kind, "hash": who.digest},
             "profilesTombstoned": len(keys),
             "profileTopic": kafka.profile_topic,
-            "contacts": contacts,  # integration id -> deleted | none | failed | skipped
+            "contacts": contacts,  # integration id -> deleted | none | failed
         }
         landed = await producer.produce(kafka.erasure_topic, key=None, value=orjson.dumps(record))
     finally:
@@ -155,49 +165,99 @@ async def _tombstone(
             raise failure
 
 
-async def _delete_contacts(settings: Settings, emails: list[str], out: TextIO) -> dict[str, str]:
-    """Delete, in every configured integration's location, the contact holding each of
-    ``emails``; returns integration id -> ``deleted``, ``none``, ``failed`` or ``skipped``
-    (an OAuth integration)."""
+async def delete_contacts(settings: Settings, emails: list[str], out: TextIO) -> dict[str, str]:
+    """Delete, in every location each configured integration reaches, the contact holding each
+    of ``emails``; returns integration id -> ``deleted``, ``none`` or ``failed`` (any of its
+    locations failed, or its OAuth tokens could not be had: run it again)."""
     results: dict[str, str] = {}
     client = HighLevelClient(base_url=settings.highlevel.api_base_url)
+    closers: list[Callable[[], Awaitable[None]]] = []
     try:
+        installations = open_installations(settings, closers) if settings.oauth else {}
         for integration in settings.integrations:
-            if integration.access_token is None:
-                results[integration.id] = "skipped"
-                print(
-                    f"HighLevel {integration.id}: skipped: an OAuth integration (forget "
-                    "--delete-contact reaches private integration tokens' locations only)",
-                    file=out,
+            where = f"HighLevel {integration.id}"
+            if integration.oauth is not None:
+                outcomes = await _delete_with_oauth(
+                    client, installations[integration.oauth], integration, emails, out
                 )
-                continue
-            token = integration.access_token.reveal()
-            outcome = "none"
-            for email in emails:
-                found = await client.find_by_email(
-                    token=token, location_id=integration.location_id, email=email
-                )
-                contact = found.contact if found.status == 200 else None
-                contact_id = contact.get("id") if contact is not None else None
-                if found.status != 200:
-                    outcome = "failed"
-                    print(f"HighLevel {integration.id}: search failed: {_why(found)}", file=out)
-                    continue
-                if not isinstance(contact_id, str):
-                    continue
-                deleted = await client.delete_contact(token=token, contact_id=contact_id)
-                if deleted.status == 200:
-                    outcome = "deleted" if outcome != "failed" else outcome
-                    print(f"HighLevel {integration.id}: contact {contact_id} deleted", file=out)
-                else:
-                    outcome = "failed"
-                    print(f"HighLevel {integration.id}: delete failed: {_why(deleted)}", file=out)
+            else:
+                assert integration.access_token is not None  # exactly one of the two is set
+                token = integration.access_token.reveal()
+                outcomes = [
+                    await _delete_in(client, token, integration.location_id, emails, where, out)
+                ]
+            outcome = "failed" if "failed" in outcomes else "none"
+            outcome = "deleted" if outcome == "none" and "deleted" in outcomes else outcome
             if outcome == "none":
-                print(f"HighLevel {integration.id}: no contact with that email", file=out)
+                print(f"{where}: no contact with that email", file=out)
             results[integration.id] = outcome
     finally:
         await client.close()
+        for close in closers:
+            await close()
     return results
+
+
+async def _delete_with_oauth(
+    client: HighLevelClient,
+    installation: Installation,
+    integration: Integration,
+    emails: list[str],
+    out: TextIO,
+) -> list[str]:
+    """``_delete_in`` each location the OAuth ``integration`` reaches, with its token."""
+    where = f"HighLevel {integration.id}"
+    app, tokens = installation.app, installation.tokens
+    try:
+        if integration.target.location_path is None:
+            locations = [integration.location_id]
+        elif not app.discover:
+            locations = list(app.locations)
+        else:
+            locations = await installation.client.installed_locations(
+                await tokens.company_token(), company_id=app.company_id, app_id=app.app_id
+            )
+        outcomes = []
+        for location in locations:
+            token = await tokens.location_token(location)
+            outcomes.append(
+                await _delete_in(client, token, location, emails, f"{where} {location}", out)
+            )
+    except (InstallationBroken, OAuthError, TokenStoreError) as failure:
+        print(f"{where}: no OAuth token: {failure}", file=out)
+        return ["failed"]
+    return outcomes
+
+
+async def _delete_in(
+    client: HighLevelClient,
+    token: str,
+    location_id: str,
+    emails: list[str],
+    where: str,
+    out: TextIO,
+) -> str:
+    """Delete the contact holding each of ``emails`` in ``location_id``: ``deleted``,
+    ``none`` or ``failed``."""
+    outcome = "none"
+    for email in emails:
+        found = await client.find_by_email(token=token, location_id=location_id, email=email)
+        contact = found.contact if found.status == 200 else None
+        contact_id = contact.get("id") if contact is not None else None
+        if found.status != 200:
+            outcome = "failed"
+            print(f"{where}: search failed: {_why(found)}", file=out)
+            continue
+        if not isinstance(contact_id, str):
+            continue
+        deleted = await client.delete_contact(token=token, contact_id=contact_id)
+        if deleted.status == 200:
+            outcome = "deleted" if outcome != "failed" else outcome
+            print(f"{where}: contact {contact_id} deleted", file=out)
+        else:
+            outcome = "failed"
+            print(f"{where}: delete failed: {_why(deleted)}", file=out)
+    return outcome
 
 
 def _why(answer: Answer) -> str:
@@ -216,8 +276,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--delete-contact",
         action="store_true",
-        help="also delete the HighLevel contact with the person's email, in every configured "
-        "location (needs the integrations' tokens)",
+        help="also delete the HighLevel contact with the person's email, in every location "
+        "the integrations reach (needs their tokens; OAuth ones through REDIS_URL)",
     )
 
 

@@ -7,7 +7,9 @@ configuration; README, "HighLevel at agency scale: OAuth").
   last refresh, broken or not, and the location tokens shared; never a token value. No HTTP.
 - ``oauth reconnect``: HighLevel's ``POST /oauth/reconnect`` gives a new code for the
   installation, exchanged and stored as above: recovers an installation whose refresh token
-  was lost (marked broken).
+  was lost (marked broken: ``run`` recovers by itself unless ``auto_reconnect = false`` or
+  its own reconnect failed). Its result (ok, refused, failed) is left in the store for a
+  ``run`` replica to count (``ghl_oauth_reconnects_total{trigger="command"}``).
 
 ``--app ID`` picks the ``[[oauth]]`` table (not needed when there is one). Exit status: 0 done
 (``status``: every installation shown is healthy); 1 ``status`` found an installation broken or
@@ -67,6 +69,7 @@ def main(args: argparse.Namespace) -> int:
             kafka_secrets=False,
             profile_keys=False,
             oauth_secrets=args.action != "status",
+            token_store=True,
             integrations_required=False,
         )
         apps = selected_apps(settings, args.app, every=args.action == "status")
@@ -108,17 +111,28 @@ async def install(settings: Settings, app: OAuthApp, *, code: str | None, out: T
         client_secret=app.client_secret.reveal(),
     )
     store = TokenStore.from_url(settings.redis.url)
+    reconnecting = code is None
     try:
-        if code is None:
-            code = await client.reconnect(company_id=app.company_id)
-        now = time.time()
-        grant = await client.exchange_code(code)
-        if grant.company_id and grant.company_id != app.company_id:
-            raise ConfigError(
-                f"the code is for company {grant.company_id}, [[oauth]] {app.id} names "
-                f"{app.company_id}: nothing stored"
-            )
-        generation = await store.install(app.company_id, grant, now)
+        try:
+            if code is None:
+                code = await client.reconnect(company_id=app.company_id)
+            now = time.time()
+            grant = await client.exchange_code(code)
+            if grant.company_id and grant.company_id != app.company_id:
+                raise ConfigError(
+                    f"the code is for company {grant.company_id}, [[oauth]] {app.id} names "
+                    f"{app.company_id}: nothing stored"
+                )
+            generation = await store.install(app.company_id, grant, now)
+        except (OAuthError, ConfigError) as failure:
+            if reconnecting:
+                retriable = isinstance(failure, OAuthError) and failure.retriable
+                await store.add_reconnect_result(
+                    app.company_id, "failed" if retriable else "refused"
+                )
+            raise
+        if reconnecting:
+            await store.add_reconnect_result(app.company_id, "ok")
         locations = await _locations(client, app, grant)
     finally:
         await client.close()

@@ -112,6 +112,7 @@ def load(
     kafka_secrets: bool | None = None,
     profile_keys: bool | None = None,
     oauth_secrets: bool | None = None,
+    token_store: bool | None = None,
     integrations_required: bool = True,
 ) -> Settings:
     """``load_settings`` over ``config`` and ``os.environ``; when ``needs_placeholder``,
@@ -127,6 +128,7 @@ def load(
         kafka_secrets=kafka_secrets,
         profile_keys=profile_keys,
         oauth_secrets=oauth_secrets,
+        token_store=token_store,
         integrations_required=integrations_required,
     )
 

@@ -18,7 +18,12 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from consumer.commands.credentials import EngineCredentials, Installation, SettingsCredentials
+from consumer.commands.credentials import (
+    EngineCredentials,
+    Installation,
+    SettingsCredentials,
+    open_installations,
+)
 from consumer.commands.preamble import (
     Failure,
     add_config_argument,
@@ -43,7 +48,6 @@ from consumer.engine.engine import Engine, EngineOptions, Stitching
 from consumer.engine.stats import EngineStats
 from consumer.errors import KafkaAdapterError
 from consumer.highlevel.client import HighLevelClient, Timeouts
-from consumer.highlevel.oauth import OAuthClient
 from consumer.kafka.admin import CoPartition, TopicSpec, TopicUse, start_up
 from consumer.kafka.clients import GroupProtocol
 from consumer.kafka.parking import KafkaParkingLog
@@ -61,7 +65,6 @@ from consumer.state.changelog import (
     PartitionedProfileChangelog,
     ProfileChangelog,
 )
-from consumer.state.oauth_tokens import OAuthTokens
 from consumer.state.profile_state import PartitionedProfileStore
 
 logger = logging.getLogger(__name__)
@@ -209,28 +212,6 @@ async def _limiter_backend(settings: Settings) -> LimiterBackend:
     )
 
 
-def _installations(
-    settings: Settings, closers: list[Callable[[], Awaitable[None]]]
-) -> dict[str, Installation]:
-    """Each ``[[oauth]]`` app's installation over one shared token store; what must be closed
-    is appended to ``closers``."""
-    from consumer.state.token_store import TokenStore  # only with [[oauth]] (Redis)
-
-    store = TokenStore.from_url(settings.redis.url)
-    closers.append(store.aclose)
-    installations = {}
-    for app in settings.oauth:
-        client = OAuthClient(
-            base_url=settings.highlevel.api_base_url,
-            client_id=app.client_id,
-            client_secret=app.client_secret.reveal(),
-        )
-        closers.insert(0, client.close)
-        tokens = OAuthTokens(store=store, client=client, company_id=app.company_id)
-        installations[app.id] = Installation.build(app, tokens, client)
-    return installations
-
-
 def _profiles(
     settings: Settings, metrics: Metrics
 ) -> tuple[
@@ -366,7 +347,7 @@ async def running_consumer(
         )
         limiter = RateLimiter(await _limiter_backend(settings))
         if settings.oauth:
-            installations = _installations(settings, closers)
+            installations = open_installations(settings, closers)
         credentials = EngineCredentials(
             settings.integrations,
             SettingsCredentials(settings.integrations),

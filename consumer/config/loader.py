@@ -64,6 +64,7 @@ def load_settings(
     kafka_secrets: bool | None = None,
     profile_keys: bool | None = None,
     oauth_secrets: bool | None = None,
+    token_store: bool | None = None,
     integrations_required: bool = True,
 ) -> Settings:
     """Read ``path`` (TOML; None = no file) and ``environ``; validate; return Settings.
@@ -75,7 +76,10 @@ def load_settings(
     run reads neither. ``profile_keys`` (default: ``read_secrets``) decides it for the
     ``[profiles]`` encryption keys: ``run`` and ``forget`` read them, which checks each is 32
     bytes. ``oauth_secrets`` (default: ``read_secrets``) decides it for the ``[[oauth]]``
-    client secrets. ``integrations_required=False`` accepts a configuration without any
+    client secrets. ``token_store`` (default: ``oauth_secrets``) says whether the command uses
+    the OAuth token store: with ``[[oauth]]`` it then needs ``redis.url``; commands that never
+    reach HighLevel's OAuth (audit, dlq, the dry run) do not. ``integrations_required=False``
+    accepts a configuration without any
     integration (the ``oauth`` commands need only ``[[oauth]]``). Raises ConfigError.
     """
     doc: dict[str, Any] = _read_toml(path) if path is not None else {}
@@ -102,11 +106,12 @@ def load_settings(
     integrations: tuple[Integration, ...] = ()
     if integrations_required or doc.get("integrations") or "GHL_LOCATION_ID" in environ:
         integrations = read_integrations(doc.get("integrations"), environ, read_secrets)
-    sections["oauth"] = read_oauth_apps(
-        doc.get("oauth"), environ, read_secrets if oauth_secrets is None else oauth_secrets
-    )
+    if oauth_secrets is None:
+        oauth_secrets = read_secrets
+    sections["oauth"] = read_oauth_apps(doc.get("oauth"), environ, oauth_secrets)
     _check_oauth_integrations(integrations, sections["oauth"])
-    if sections["oauth"] and not sections["redis"].url:
+    uses_store = oauth_secrets if token_store is None else token_store
+    if sections["oauth"] and uses_store and not sections["redis"].url:
         raise ConfigError(
             "redis.url: required with [[oauth]] (REDIS_URL): the token store every replica "
             "shares"

@@ -10,6 +10,8 @@ and its locations, listed or discovered. Example::
     company_id = "5DP4iH6HLkQsiKESj6rh"
     locations = ["ve9EPM428h8vShlRW1KT"]            # or: discover = true
     discover_seconds = 300                          # how often discovery asks again
+    auto_reconnect = true                           # recover a lost refresh token itself
+    reconnect_interval_seconds = 600                # the least time between two of those
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ _KEYS: Final = (
     "locations",
     "discover",
     "discover_seconds",
+    "auto_reconnect",
+    "reconnect_interval_seconds",
 )
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 DEFAULT_OAUTH_ID: Final = "oauth"
@@ -107,9 +111,10 @@ def _app(
             raise ConfigError(f"{where}.locations: a location is listed twice")
     else:
         locations = []
-    every = table.get("discover_seconds", 300)
-    if isinstance(every, bool) or not isinstance(every, int | float) or every < 1:
-        raise ConfigError(f"{where}.discover_seconds: expected a number of seconds, at least 1")
+    every = _seconds(table, "discover_seconds", 300, where)
+    auto_reconnect = table.get("auto_reconnect", True)
+    if not isinstance(auto_reconnect, bool):
+        raise ConfigError(f"{where}.auto_reconnect: expected true or false")
     return OAuthApp(
         id=ident,
         client_id=client_id,
@@ -118,5 +123,14 @@ def _app(
         company_id=company_id,
         locations=tuple(locations),
         discover=discover,
-        discover_seconds=float(every),
+        discover_seconds=every,
+        auto_reconnect=auto_reconnect,
+        reconnect_interval_seconds=_seconds(table, "reconnect_interval_seconds", 600, where),
     )
+
+
+def _seconds(table: Mapping[str, Any], key: str, default: float, where: str) -> float:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 1:
+        raise ConfigError(f"{where}.{key}: expected a number of seconds, at least 1")
+    return float(value)

@@ -87,6 +87,12 @@ class OAuthApp:
     discover: bool = False
     discover_seconds: float = 300.0
     """How often ``run`` asks ``/oauth/installedLocations`` again (with ``discover``)."""
+    auto_reconnect: bool = True
+    """Whether ``run`` recovers a lost refresh token itself (``POST /oauth/reconnect``);
+    false: the installation stays broken until ``ghl-consumer oauth reconnect``."""
+    reconnect_interval_seconds: float = 600.0
+    """The least time between two automatic reconnects: a token lost again sooner marks the
+    installation broken (a person must look)."""
 
 
 @dataclass(frozen=True, slots=True)

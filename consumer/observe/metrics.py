@@ -54,6 +54,8 @@ ghl_oauth_failures_total                    counter    installation, kind (``OAU
 ghl_oauth_token_expiry_seconds              gauge      installation (company token's time left)
 ghl_oauth_installation_broken               gauge      installation (1: needs ``oauth reconnect``)
 ghl_oauth_locations                         gauge      installation (locations served)
+ghl_oauth_reconnects_total                  counter    installation, trigger (auto | command),
+                                                       result (``RECONNECT_RESULTS``)
 ==========================================  =========  ==========================================
 
 Two kinds of input. Counters and histograms are driven by the engine's hot path through small
@@ -83,6 +85,7 @@ from consumer.engine.parking import ParkReason
 from consumer.engine.ports import Endpoint, RebalanceKind
 from consumer.highlevel.verdicts import DND_CHANNELS, Answer
 from consumer.ratelimit.budget import LimiterState
+from consumer.state.oauth_tokens import RECONNECT_RESULTS
 
 _V = TypeVar("_V")
 
@@ -93,6 +96,9 @@ DROP_REASONS: Final = (Reason.NOT_ROUTED, Reason.NOT_MAPPED, Reason.DUPLICATE)
 OAUTH_FAILURES: Final = ("broken", "highlevel", "token_store")
 """Why an OAuth token could not be had: the installation is broken, HighLevel's OAuth endpoints
 failed or refused, Redis did not answer."""
+RECONNECT_TRIGGERS: Final = ("auto", "command")
+"""Who reconnected an installation: a ``run`` replica whose refresh token was lost, or
+``ghl-consumer oauth reconnect`` (counted by the first ``run`` replica to see its result)."""
 REJECT_REASONS: Final = tuple(r for r in Reason if r not in DROP_REASONS)
 DEAD_LETTER_REASONS: Final = (*REJECT_REASONS, REJECTED_BY_HIGHLEVEL)
 _OMIT_REASONS: Final = frozenset(OmitReason)
@@ -366,6 +372,17 @@ class Metrics:
         served = gauge(
             "ghl_oauth_locations", "Locations the installation serves.", ["installation"]
         )
+        reconnects = counter(
+            "ghl_oauth_reconnects",
+            "Reconnects of the installation (a new grant from POST /oauth/reconnect), by result.",
+            ["installation", "trigger", "result"],
+        )
+        self._oauth_reconnects = {
+            (i, t, r): reconnects.labels(i, t, r)
+            for i in installs
+            for t in RECONNECT_TRIGGERS
+            for r in RECONNECT_RESULTS
+        }
         self._oauth_refreshes = {i: refreshes.labels(i) for i in installs}
         self._oauth_failures = {
             (i, k): failures.labels(i, k) for i in installs for k in OAUTH_FAILURES
@@ -496,6 +513,14 @@ class Metrics:
         """A token of ``installation`` could not be had (``kind``: one of ``OAUTH_FAILURES``)."""
         installation = installation if installation in self._oauth_broken else OTHER
         self._oauth_failures[installation, kind if kind in OAUTH_FAILURES else "highlevel"].inc()
+
+    def oauth_reconnected(self, installation: str, trigger: str, result: str, count: int) -> None:
+        """``count`` more reconnects of ``installation`` by ``trigger`` ended with ``result``
+        (one of ``RECONNECT_RESULTS``)."""
+        installation = installation if installation in self._oauth_broken else OTHER
+        trigger = trigger if trigger in RECONNECT_TRIGGERS else "command"
+        result = result if result in RECONNECT_RESULTS else "failed"
+        self._oauth_reconnects[installation, trigger, result].inc(count)
 
     def oauth_state(
         self, installation: str, *, expires_in: float | None, broken: bool, locations: int

@@ -21,6 +21,10 @@ Behaviour emulated (docs/highlevel.md, "OAuth"):
   company or location id give a new authorization code.
 - :meth:`OAuthState.invalidate`: the grant's current refresh token stops working (what happens
   when HighLevel loses it, or another party used it): the consumer then needs ``reconnect``.
+- :meth:`OAuthState.uninstall`: the app is uninstalled from the company: the company's refresh
+  token stops working and ``reconnect`` answers 400 until the app is installed again (the next
+  ``issue_code``, what an install redirects with). Access tokens already issued run out on
+  their own.
 
 Sandbox choices where HighLevel documents nothing: error bodies follow RFC 6749
 (``{"error": "invalid_grant", "error_description": "..."}``; HighLevel's message for a reused
@@ -145,6 +149,11 @@ class OAuthState:
     """Every refresh token ever issued -> its grant's key."""
     _used: set[str] = field(default_factory=set)
     """Refresh tokens spent by a refresh (presenting one again is a reuse)."""
+    reused: list[str] = field(default_factory=list)
+    """Each spent refresh token presented again (``refreshReuses``), in order: for tests that
+    must tell one reuse from another; never shown by ``to_json``."""
+    installed: bool = True
+    """False after ``uninstall`` until the next ``issue_code``."""
 
     def count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
@@ -203,6 +212,9 @@ class OAuthState:
         """``POST /oauth/reconnect``: a new authorization code for the company or a location."""
         self._check_client(body.get("clientKey"), body.get("clientSecret"))
         company_id, location_id = body.get("companyId"), body.get("locationId")
+        if not self.installed:
+            self.count("refusedReconnects")
+            raise OAuthRefused(400, "invalid_request", "the app is not installed in this company")
         if location_id is not None:
             if location_id not in self.location_ids:
                 raise OAuthRefused(400, "invalid_request", "the app is not installed there")
@@ -239,6 +251,7 @@ class OAuthState:
         redirect carries."""
         if location_id is not None and location_id not in self.location_ids:
             raise KeyError(location_id)
+        self.installed = True
         code = self.new_token()
         self._codes[code] = (location_id, now + self.settings.code_ttl_s)
         return code
@@ -252,6 +265,13 @@ class OAuthState:
         self.count("invalidated")
         return True
 
+    def uninstall(self) -> None:
+        """The app is uninstalled from the company: its refresh token stops working and
+        ``reconnect`` is refused until the next ``issue_code`` (an install)."""
+        self.installed = False
+        self.invalidate(None)
+        self.count("uninstalls")
+
     def to_json(self, now: float) -> dict[str, Any]:
         """Settings, counters and each grant's state: never a token value."""
         s = self.settings
@@ -260,6 +280,7 @@ class OAuthState:
             "appId": s.app_id,
             "companyId": s.company_id,
             "locations": list(self.location_ids),
+            "installed": self.installed,
             "accessTtlS": s.access_ttl_s,
             "refreshTtlS": s.refresh_ttl_s,
             "counters": dict(self.counters),
@@ -303,6 +324,7 @@ class OAuthState:
         grant = self._grants[key]
         if refresh_token in self._used:
             self.count("refreshReuses")
+            self.reused.append(refresh_token)
             raise _invalid_grant(INVALID_REFRESH)
         if grant.refresh_token != refresh_token or now >= grant.refresh_expires_at:
             # superseded by a newer code exchange, invalidated, or expired

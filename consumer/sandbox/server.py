@@ -206,6 +206,7 @@ class Sandbox:
         app.router.add_put("/_sandbox/oauth", self._admin_oauth_update)
         app.router.add_post("/_sandbox/oauth/code", self._admin_oauth_code)
         app.router.add_post("/_sandbox/oauth/invalidate", self._admin_oauth_invalidate)
+        app.router.add_post("/_sandbox/oauth/uninstall", self._admin_oauth_uninstall)
         app.router.add_get("/_sandbox/contacts", self._admin_contacts)
         app.router.add_get("/_sandbox/requests", self._admin_requests)
         app.router.add_get("/_sandbox/counters", self._admin_counters)
@@ -513,7 +514,8 @@ class Sandbox:
 
     async def _admin_oauth_code(self, request: web.Request) -> web.Response:
         """``POST /_sandbox/oauth/code``: ``{"locationId"?: ID}``: the authorization code an
-        install of the app (in the company, or in one location) redirects with."""
+        install of the app (in the company, or in one location) redirects with; it installs
+        the app again after ``/_sandbox/oauth/uninstall``."""
         try:
             body = parse_object(await request.read())
             code = self.oauth.issue_code(body.get("locationId"), self._clock())
@@ -533,6 +535,13 @@ class Sandbox:
             return _admin_error(400, "body must be a JSON object")
         if not self.oauth.invalidate(body.get("locationId")):
             return _admin_error(404, "no refresh token issued for that grant")
+        return await self._admin_oauth(request)
+
+    async def _admin_oauth_uninstall(self, request: web.Request) -> web.Response:
+        """``POST /_sandbox/oauth/uninstall``: the app is uninstalled from the company: its
+        refresh token stops working and ``/oauth/reconnect`` answers 400 until an install
+        (``POST /_sandbox/oauth/code``)."""
+        self.oauth.uninstall()
         return await self._admin_oauth(request)
 
     def _find_contact(

@@ -13,14 +13,25 @@
    token** (``TokenStore.store_refreshed``: a compare-and-set on the fence and the generation).
    The lease is released in every case.
 4. A refresh answered ``invalid_grant`` reads the store again: if it holds another generation,
-   a replica refreshed meanwhile and that one is used. Otherwise the installation is marked
-   broken in the store (every replica then raises ``InstallationBroken`` without refreshing)
-   until ``ghl-consumer oauth exchange`` / ``reconnect`` stores a new grant.
+   a replica refreshed meanwhile and that one is used. Otherwise the stored refresh token is
+   lost (spent by a replica killed before it stored the answer, or used by someone else):
+5. with ``auto_reconnect``, the lease holder (and only it) recovers the installation: it renews
+   its lease, asks ``POST /oauth/reconnect`` (the app's client key and secret) for a new
+   authorization code, exchanges it, and **stores the grant (fenced, as a refresh's) before
+   using it**. A retriable failure (timeout, 429, 5xx) is tried again, ``_RECONNECT_ATTEMPTS``
+   times in all with a doubling pause, the lease renewed before each attempt. An automatic
+   reconnect less than ``reconnect_interval_s`` after the previous one (``reconnected_at`` in
+   the store) is not made: tokens lost that often mean a bug or another party using the app's
+   tokens, which a person must look at.
+6. Otherwise (``auto_reconnect`` off, HighLevel refused the reconnect or the code, the retries
+   ran out, too soon) the installation is marked broken in the store (every replica then raises
+   ``InstallationBroken`` without refreshing) until ``ghl-consumer oauth exchange`` /
+   ``reconnect`` stores a new grant. The reason is logged, never a token or the secret.
 
 A replica killed while holding the lease, before refreshing, leaves the stored refresh token
 unspent: the lease expires and another replica refreshes it. One killed after HighLevel
-answered and before the store took the answer has lost the only valid refresh token: the next
-refresher's ``invalid_grant`` marks the installation broken (``reconnect`` recovers it). The
+answered and before the store took the answer has lost the only valid refresh token: once its
+lease expires, the next refresher's ``invalid_grant`` leads to the reconnect of step 5. The
 window is one HTTP round trip and one Redis write.
 
 ``location_token(location_id)``: this replica's copy or the store's while fresh, else minted
@@ -42,7 +53,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
+from typing import Final
 
 from consumer.errors import InstallationBroken, InvalidGrant, OAuthError, TokenStoreError
 from consumer.highlevel.oauth import OAuthClient, TokenGrant
@@ -51,6 +64,11 @@ from consumer.state.token_store import Lease, LocationToken, StoredGrant, TokenS
 logger = logging.getLogger(__name__)
 
 _STORE_ATTEMPTS = 5
+_RECONNECT_ATTEMPTS = 3
+RECONNECT_RESULTS: Final = ("ok", "refused", "failed", "too_soon")
+"""How a reconnect ended: a grant stored; HighLevel refused it (the app uninstalled, 4xx);
+retriable failures until the attempts ran out (or the grant could not be stored); not tried,
+the previous automatic one being too recent."""
 
 
 class OAuthTokens:
@@ -65,6 +83,8 @@ class OAuthTokens:
         margin_s: float = 300.0,
         wait_s: float = 45.0,
         poll_s: float = 0.2,
+        auto_reconnect: bool = True,
+        reconnect_interval_s: float = 600.0,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -74,6 +94,8 @@ class OAuthTokens:
         self._margin_s = margin_s
         self._wait_s = wait_s
         self._poll_s = poll_s
+        self._auto_reconnect = auto_reconnect
+        self._reconnect_interval_s = reconnect_interval_s
         self._clock = clock
         self._sleep = sleep
         self._company: StoredGrant | None = None
@@ -83,6 +105,8 @@ class OAuthTokens:
         self._renewed: dict[str, str] = {}  # location -> token minted after a 401
         self.refreshes = 0
         """Refreshes this replica made (each one stored)."""
+        self.reconnects: Counter[str] = Counter()
+        """Automatic reconnects this replica made, by result (``RECONNECT_RESULTS``)."""
 
     @property
     def company_expires_at(self) -> float | None:
@@ -100,6 +124,11 @@ class OAuthTokens:
             stored = await self._fresh_company()
             self._company = stored
             return stored.access_token
+
+    async def take_reconnect_results(self) -> list[str]:
+        """The results of ``oauth reconnect`` commands no replica has counted yet
+        (``TokenStore.take_reconnect_results``). Raises ``TokenStoreError``."""
+        return await self._store.take_reconnect_results(self.company_id)
 
     async def location_token(self, location_id: str) -> str:
         """A fresh access token of ``location_id`` (minted when none is). Raises as
@@ -177,7 +206,7 @@ class OAuthTokens:
         try:
             grant = await self._client.refresh(stored.refresh_token)
         except InvalidGrant as refused:
-            return await self._after_invalid_grant(stored, str(refused))
+            return await self._after_invalid_grant(lease, stored, str(refused))
         self.refreshes += 1
         generation = await self._store_answer(lease, stored.generation, grant, now)
         if generation is None:
@@ -197,7 +226,13 @@ class OAuthTokens:
         return await self._read()
 
     async def _store_answer(
-        self, lease: Lease, from_generation: int, grant: TokenGrant, now: float
+        self,
+        lease: Lease,
+        from_generation: int,
+        grant: TokenGrant,
+        now: float,
+        *,
+        reconnected: bool = False,
     ) -> int | None:
         """``store_refreshed``, tried again while Redis does not answer (``_STORE_ATTEMPTS``
         times): the old refresh token is spent, so this answer is the installation's only
@@ -206,24 +241,34 @@ class OAuthTokens:
         while True:
             try:
                 return await self._store.store_refreshed(
-                    self.company_id, lease, from_generation, grant, now
+                    self.company_id, lease, from_generation, grant, now, reconnected=reconnected
                 )
             except TokenStoreError:
                 attempt += 1
                 if attempt == _STORE_ATTEMPTS:
                     logger.error(
-                        "oauth: installation %s: the refreshed grant could not be stored; "
-                        "the installation will need `ghl-consumer oauth reconnect`",
+                        "oauth: installation %s: the new grant could not be stored; its refresh "
+                        "token is lost (an automatic reconnect, or `ghl-consumer oauth "
+                        "reconnect`, recovers it)",
                         self.company_id,
                         extra={"event": "oauth_store_failed", "company_id": self.company_id},
                     )
                     raise
                 await self._sleep(0.2 * 2**attempt)
 
-    async def _after_invalid_grant(self, used: StoredGrant, reason: str) -> StoredGrant | None:
+    async def _after_invalid_grant(
+        self, lease: Lease, used: StoredGrant, refused: str
+    ) -> StoredGrant | None:
+        """Steps 4 to 6: the grant to use, None to look again, or ``InstallationBroken``."""
         again = await self._read()
         if again.generation != used.generation:
             return None  # another replica refreshed (or a reconnect landed): use that
+        reason = refused
+        if self._auto_reconnect:
+            outcome = await self._reconnect(lease, again)
+            if not isinstance(outcome, str):
+                return outcome
+            reason = f"{refused}; automatic reconnect {outcome}"
         marked = await self._store.mark_broken(self.company_id, used.generation, reason)
         if not marked:
             return None
@@ -234,6 +279,81 @@ class OAuthTokens:
             extra={"event": "oauth_installation_broken", "company_id": self.company_id},
         )
         raise InstallationBroken(self.company_id, reason)
+
+    async def _reconnect(self, lease: Lease, lost: StoredGrant) -> StoredGrant | str | None:
+        """Step 5, holding ``lease``, the store holding ``lost``: the grant a reconnect stored;
+        why none was (the caller marks the installation broken); None when the lease expired
+        or the store moved on meanwhile (look again)."""
+        since = self._clock() - (lost.reconnected_at or float("-inf"))
+        if since < self._reconnect_interval_s:
+            return self._not_reconnected(
+                "too_soon",
+                f"not made: the previous one was {since:.0f}s ago "
+                f"(less than {self._reconnect_interval_s:.0f}s)",
+            )
+        failure = ""
+        for attempt in range(_RECONNECT_ATTEMPTS):
+            if attempt:
+                await self._sleep(2.0 ** (attempt - 1))
+            if not await self._store.renew_lease(self.company_id, lease):
+                logger.warning(
+                    "oauth: installation %s: the refresh lease expired before a reconnect; "
+                    "looking again",
+                    self.company_id,
+                    extra={"event": "oauth_reconnect_lease_lost", "company_id": self.company_id},
+                )
+                return None
+            now = self._clock()
+            try:
+                grant = await self._client.exchange_code(
+                    await self._client.reconnect(company_id=self.company_id)
+                )
+            except OAuthError as error:
+                failure = str(error)
+                if not error.retriable:
+                    return self._not_reconnected("refused", f"refused: {failure}")
+                continue
+            if grant.company_id and grant.company_id != self.company_id:
+                return self._not_reconnected(
+                    "refused", f"refused: the code is for company {grant.company_id}"
+                )
+            try:
+                generation = await self._store_answer(
+                    lease, lost.generation, grant, now, reconnected=True
+                )
+            except TokenStoreError:
+                self.reconnects["failed"] += 1
+                raise
+            if generation is None:
+                logger.warning(
+                    "oauth: installation %s: the store moved on during a reconnect; using its "
+                    "grant",
+                    self.company_id,
+                    extra={"event": "oauth_reconnect_superseded", "company_id": self.company_id},
+                )
+                return None
+            self.reconnects["ok"] += 1
+            logger.warning(
+                "oauth: installation %s: its refresh token was lost; recovered by an automatic "
+                "reconnect (generation %d)",
+                self.company_id,
+                generation,
+                extra={"event": "oauth_reconnected", "company_id": self.company_id},
+            )
+            return await self._read()
+        return self._not_reconnected(
+            "failed", f"failed {_RECONNECT_ATTEMPTS} times, last: {failure}"
+        )
+
+    def _not_reconnected(self, result: str, reason: str) -> str:
+        self.reconnects[result] += 1
+        logger.error(
+            "oauth: installation %s: automatic reconnect %s",
+            self.company_id,
+            reason,
+            extra={"event": "oauth_reconnect_failed", "company_id": self.company_id},
+        )
+        return reason
 
     async def _read(self) -> StoredGrant:
         stored = await self._store.read(self.company_id)

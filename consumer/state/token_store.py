@@ -10,18 +10,23 @@ Keys, per installation (company), in one hash slot (``{company}``)::
 
     {prefix}{<company>}              hash: access, refresh, expires_at, refreshed_at (epoch s),
                                      scope, user_id, generation (one per stored grant),
-                                     fence (of the write that stored it), broken (a reason)
+                                     fence (of the write that stored it), broken (a reason),
+                                     reconnected_at (epoch s of the last automatic reconnect)
     {prefix}{<company>}:lease        the refresh lease: the holder's fence, with a PX expiry
     {prefix}{<company>}:fence        the fence counter (INCR: strictly increasing)
     {prefix}{<company>}:loc:<id>     hash: access, expires_at, obtained_at of a location token,
                                      expiring with it (PEXPIRE)
+    {prefix}{<company>}:reconnects   list: results of ``oauth reconnect`` commands not yet
+                                     counted by a ``run`` replica (``take_reconnect_results``)
 
 Protocol (``consumer.state.oauth_tokens`` drives it): ``acquire_lease`` gives at most one
 holder a fence at a time; the holder reads the store again, refreshes, and
 ``store_refreshed(fence, from_generation)`` writes the new grant only if the store still holds
-``from_generation`` and no write with a later fence landed. It does not require the lease to be
-still held: a refresh that succeeded has spent the old token at HighLevel, so its answer is the
-only valid grant and must land unless the store has moved on. ``install`` (a code exchange)
+``from_generation`` and no write with a later fence landed. It does not require the lease to
+be still held: a refresh that succeeded has spent the old token at HighLevel, so its answer is
+the only valid grant and must land unless the store has moved on. An automatic reconnect's
+grant is stored the same way (``reconnected=True``); ``renew_lease`` gives the holder a full
+lease again before that longer step, if it still holds it. ``install`` (a code exchange)
 writes unconditionally and moves the generation on, so an older refresh's write is refused.
 
 Durability: Redis acknowledges a write once in memory. Run it with ``appendonly yes`` (and
@@ -60,6 +65,22 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+# KEYS: lease. ARGV: fence, lease ms. -> 1 renewed, 0 another fence holds it (or nobody).
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+# KEYS: list. -> its items, taken (each by exactly one caller).
+_TAKE_ALL = """
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+redis.call('DEL', KEYS[1])
+return items
+"""
+
+_RESULTS_TTL_S = 7 * 86_400
+"""How long command reconnect results wait for a ``run`` replica to count them."""
 
 # KEYS: hash. ARGV: fence, from generation, field/value pairs. -> the new generation, or 0.
 _STORE_REFRESHED = """
@@ -101,6 +122,8 @@ class StoredGrant:
     scope: str = ""
     broken: str = ""
     """Why the installation is broken; empty while it is not."""
+    reconnected_at: float | None = None
+    """When the last automatic reconnect stored a grant (epoch s); None: never."""
 
     def fresh(self, now: float, margin_s: float) -> bool:
         """Whether the access token is still good at ``now`` with ``margin_s`` to spare (at
@@ -145,6 +168,8 @@ class TokenStore:
         self._owns_client = owns_client
         self._acquire = client.register_script(_ACQUIRE)
         self._release = client.register_script(_RELEASE)
+        self._renew = client.register_script(_RENEW)
+        self._take_all = client.register_script(_TAKE_ALL)
         self._store_refreshed = client.register_script(_STORE_REFRESHED)
         self._install = client.register_script(_INSTALL)
         self._mark_broken = client.register_script(_MARK_BROKEN)
@@ -175,6 +200,7 @@ class TokenStore:
             generation=int(text["generation"]),
             scope=text.get("scope", ""),
             broken=text.get("broken", ""),
+            reconnected_at=float(text["reconnected_at"]) if "reconnected_at" in text else None,
         )
 
     async def acquire_lease(self, company_id: str) -> Lease | None:
@@ -188,12 +214,30 @@ class TokenStore:
         key = self._key(company_id, ":lease")
         await _call(self._release(keys=[key], args=[lease.fence]))
 
+    async def renew_lease(self, company_id: str, lease: Lease) -> bool:
+        """Give ``lease`` its full duration again; False when it expired (another replica may
+        hold the lease now: the caller must stop)."""
+        key = self._key(company_id, ":lease")
+        return bool(await _call(self._renew(keys=[key], args=[lease.fence, self._lease_ms])))
+
     async def store_refreshed(
-        self, company_id: str, lease: Lease, from_generation: int, grant: TokenGrant, now: float
+        self,
+        company_id: str,
+        lease: Lease,
+        from_generation: int,
+        grant: TokenGrant,
+        now: float,
+        *,
+        reconnected: bool = False,
     ) -> int | None:
-        """Store ``grant`` (the answer of refreshing generation ``from_generation``); the new
-        generation, or None when the store moved on (see the module docstring)."""
-        args: list[EncodableT] = [lease.fence, from_generation, *_fields(grant, now)]
+        """Store ``grant`` (the answer of refreshing generation ``from_generation``, or with
+        ``reconnected`` of the code an automatic reconnect gave, which also records
+        ``reconnected_at``); the new generation, or None when the store moved on (see the
+        module docstring)."""
+        fields = _fields(grant, now)
+        if reconnected:
+            fields += ["reconnected_at", repr(now)]
+        args: list[EncodableT] = [lease.fence, from_generation, *fields]
         stored = await _call(self._store_refreshed(keys=[self._key(company_id)], args=args))
         return int(stored) or None
 
@@ -207,6 +251,21 @@ class TokenStore:
         """Mark the installation broken if it still holds ``generation``; whether it did."""
         args: list[EncodableT] = [generation, reason]
         return bool(await _call(self._mark_broken(keys=[self._key(company_id)], args=args)))
+
+    async def add_reconnect_result(self, company_id: str, result: str) -> None:
+        """Record how an ``oauth reconnect`` command ended, for a ``run`` replica to count
+        (kept a week at most)."""
+        key = self._key(company_id, ":reconnects")
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.rpush(key, result)
+            pipe.expire(key, _RESULTS_TTL_S)
+            await _call(pipe.execute())
+
+    async def take_reconnect_results(self, company_id: str) -> list[str]:
+        """The results ``add_reconnect_result`` recorded since the last call (by any replica):
+        each one is returned to exactly one caller."""
+        key = self._key(company_id, ":reconnects")
+        return [_text(item) for item in await _call(self._take_all(keys=[key]))]
 
     async def read_location(self, company_id: str, location_id: str) -> LocationToken | None:
         """The location token shared by a replica, None when none (or it expired)."""

@@ -1,6 +1,7 @@
 """An OAuth installation for the tests that run ``ghl-consumer run`` on OAuth tokens: the
 configuration (one ``[[oauth]]`` app discovering its locations, one integration taking the
-location from ``context.groupId``) and the install that ``oauth exchange --code`` does."""
+location from ``context.groupId``), the install that ``oauth exchange --code`` does, and a
+record of every token the sandbox issues (to prove none reaches a log)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from consumer.sandbox.oauth import OAuthSettings
 from consumer.state.token_store import TokenStore
 
 
-def oauth_config(app: OAuthSettings) -> str:
+def oauth_config(
+    app: OAuthSettings, *, auto_reconnect: bool = True, reconnect_interval_s: int = 600
+) -> str:
     """config.toml for ``run``: ``app`` as ``[[oauth]] id = "agency"`` (its secret from
     ``TEST_OAUTH_SECRET``) and integration ``agency-events`` located by ``context.groupId``."""
     return f"""
@@ -29,6 +32,8 @@ client_secret = {{ env = "TEST_OAUTH_SECRET" }}
 app_id = "{app.app_id}"
 company_id = "{app.company_id}"
 discover = true
+auto_reconnect = {"true" if auto_reconnect else "false"}
+reconnect_interval_seconds = {reconnect_interval_s}
 
 [[integrations]]
 id = "agency-events"
@@ -50,3 +55,16 @@ async def install(sandbox: Sandbox, redis_url: str, app: OAuthSettings) -> None:
     finally:
         await client.close()
         await store.aclose()
+
+
+def record_tokens(sandbox: Sandbox) -> list[str]:
+    """Every token and code value the sandbox issues from now on."""
+    issued: list[str] = []
+    make = sandbox.oauth.new_token
+
+    def new_token() -> str:
+        issued.append(make())
+        return issued[-1]
+
+    sandbox.oauth.new_token = new_token
+    return issued

@@ -5,7 +5,9 @@ raw events."""
 from __future__ import annotations
 
 import asyncio
+import io
 import signal
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -15,12 +17,15 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, ConfigResource
 
+from consumer.commands.forget import delete_contacts
 from consumer.commands.run import PROFILE_MAX_COMPACTION_LAG_MS, consumer_topics
 from consumer.config import load_settings
 from consumer.kafka.admin import ensure_topics
 from consumer.kafka.partitioner import partition_for
+from consumer.sandbox.oauth import OAuthSettings
 from consumer.sandbox.server import run_sandbox
 from tests.harness.guide import GUIDE_IDENTIFY, GUIDE_LEAD, LOCATION
+from tests.harness.oauth import install, oauth_config, record_tokens
 from tests.integration.consumer_harness import (
     committed_offsets,
     end_offsets,
@@ -28,6 +33,7 @@ from tests.integration.consumer_harness import (
     run_command,
     start_consumer,
 )
+from tests.integration.redis_server import RedisServer
 
 pytestmark = [pytest.mark.integration]
 
@@ -158,3 +164,44 @@ async def test_forget_by_email_erases_the_profile_the_contact_and_records_it(
     assert record["contacts"] == {"default": "deleted"}
     assert b"sam" not in value.lower()
     assert b"example.com" not in value
+
+
+async def test_delete_contact_reaches_every_location_of_an_oauth_integration(
+    tmp_path: Path,
+) -> None:
+    """``forget --delete-contact`` with an OAuth integration (its locations discovered): the
+    person's contact is found and deleted in each location, with location tokens from the
+    shared token store; no token in what it prints."""
+    app = OAuthSettings(company_id="agency-forget", client_secret="forget-secret-value")
+    config = tmp_path / "config.toml"
+    config.write_text(oauth_config(app))
+    email = "sam@example.com"
+    with RedisServer() as redis:
+        async with run_sandbox(locations={}, oauth=app, oauth_locations=2) as sandbox:
+            issued = record_tokens(sandbox)
+            await install(sandbox, redis.url, app)
+            locations = ["oauth-location-01", "oauth-location-02"]
+            for location in locations:  # the person's contact in both, another in the first
+                for who in (email, "other@example.com")[: 2 if location == locations[0] else 1]:
+                    body = {"locationId": location, "email": who}
+                    sandbox.state.upsert(sandbox.state.locations[location], body, time.time())
+            settings = load_settings(
+                str(config),
+                {
+                    "GHL_API_BASE_URL": sandbox.url,
+                    "REDIS_URL": redis.url,
+                    "TEST_OAUTH_SECRET": app.client_secret,
+                },
+            )
+            out = io.StringIO()
+            results = await delete_contacts(settings, [email], out)
+            left = {loc: [c.get("email") for c in sandbox.contacts(loc)] for loc in locations}
+            again = await delete_contacts(settings, [email], io.StringIO())
+            minted = sandbox.oauth.counters.get("locationTokens")
+    assert results == {"agency-events": "deleted"}
+    assert left == {locations[0]: ["other@example.com"], locations[1]: []}
+    assert again == {"agency-events": "none"}
+    assert minted == 2  # one per location, shared through the store
+    printed = out.getvalue()
+    assert printed.count(" deleted") == 2, printed
+    assert not [value for value in [*issued, app.client_secret] if value in printed]

@@ -132,6 +132,7 @@ def test_dashboard_covers_what_operators_watch() -> None:
         "Parked and replayed",
         "OAuth token expiry and state",
         "OAuth refreshes and failures",
+        "OAuth reconnects",
     ):
         assert wanted in titles
 
@@ -171,6 +172,7 @@ def test_alerts_cover_what_the_issue_asks_for() -> None:
         "GhlDailyBudgetNearlySpent",
         "GhlDeadLettersGrowing",
         "GhlOAuthInstallationBroken",
+        "GhlOAuthReconnects",
     } <= names
     for rule in rules():
         assert rule["labels"]["severity"] in {"warning", "critical"}
@@ -209,6 +211,16 @@ def test_rules_fire_on_synthetic_series(tmp_path: Path) -> None:
         ('ghl_ratelimit_daily_remaining{job="c",location="loc-acme"}', "30000-1000x40"),
         ('ghl_buffered_records{job="c"}', "0x40"),
         ('ghl_oauth_installation_broken{job="c",installation="agency"}', "0x10 1x30"),
+        (
+            'ghl_oauth_reconnects_total{job="c",installation="agency",trigger="auto",'
+            'result="ok"}',
+            "0x10 1x10 3x20",
+        ),
+        (
+            'ghl_oauth_reconnects_total{job="c",installation="agency",trigger="command",'
+            'result="ok"}',
+            "0x10 5x30",
+        ),
     ]
     expectations = [
         ("GhlPartitionStalled", "30m", [{
@@ -242,6 +254,16 @@ def test_rules_fire_on_synthetic_series(tmp_path: Path) -> None:
                 "summary": "OAuth installation agency is broken",
                 "description": description["GhlOAuthInstallationBroken"].replace(
                     "{{ $labels.installation }}", "agency"
+                ),
+            },
+        }]),
+        ("GhlOAuthReconnects", "15m", []),  # one automatic reconnect: nothing to say
+        ("GhlOAuthReconnects", "40m", [{
+            "exp_labels": {"severity": "warning", "job": "c", "installation": "agency"},
+            "exp_annotations": {
+                "summary": "OAuth installation agency keeps losing its refresh token",
+                "description": description["GhlOAuthReconnects"].replace(
+                    "{{ $value | humanize }}", "3"
                 ),
             },
         }]),

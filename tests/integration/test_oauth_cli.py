@@ -118,6 +118,7 @@ async def test_install_status_broken_and_reconnect(
             store=store,
             client=client,
             company_id="agency-1",
+            auto_reconnect=False,  # `run` would reconnect by itself
             clock=lambda: time.time() + 86_400,  # a day later: the access token expired
         )
         with pytest.raises(InstallationBroken, match="refresh token is invalid"):
@@ -141,11 +142,22 @@ async def test_install_status_broken_and_reconnect(
     assert ": ok" in out
     seen.append(out + err)
 
+    sandbox.oauth.uninstall()
+    code, out, err = await cli(sandbox, redis_server, path, "reconnect")
+    assert code == 1
+    assert "not installed" in err
+    seen.append(out + err)
+
     issued += await stored_tokens(redis_server)
     for text in seen:
         assert not [token for token in issued if token in text]
         assert APP.client_secret not in text
     assert sandbox.oauth.counters.get("reconnects") == 1
+    store = TokenStore.from_url(redis_server.url)
+    try:  # left for a `run` replica to count (ghl_oauth_reconnects_total{trigger="command"})
+        assert await store.take_reconnect_results("agency-1") == ["ok", "refused"]
+    finally:
+        await store.aclose()
 
 
 async def test_configuration_errors_name_the_field(

@@ -1,12 +1,15 @@
 """The shared OAuth token store against a real redis-server and the sandbox over TCP: several
 replicas (each its own OAuthClient, TokenStore and OAuthTokens) refresh one installation
 exactly once, recover from a lease holder killed before refreshing, re-read the store after an
-invalid grant, park on an installation invalidated behind their back until a reconnect, share
-location tokens that the sandbox accepts, and renew a refused one once."""
+invalid grant, recover a lost refresh token by exactly one automatic reconnect (bounded: retried
+a few times, refused when the app is uninstalled, not repeated too soon), park on an
+installation invalidated behind their back until a reconnect when ``auto_reconnect`` is off,
+share location tokens that the sandbox accepts, and renew a refused one once."""
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from typing import Any
@@ -57,6 +60,24 @@ class SlowClient(OAuthClient):
         return await super().refresh(refresh_token, user_type=user_type)
 
 
+class FlakyClient(OAuthClient):
+    """``reconnect`` answers 503 the first ``failures`` times."""
+
+    failures = 0
+
+    async def reconnect(
+        self, *, company_id: str | None = None, location_id: str | None = None
+    ) -> str:
+        if self.failures:
+            self.failures -= 1
+            raise OAuthError("/oauth/reconnect: HTTP 503: down", status=503, retriable=True)
+        return await super().reconnect(company_id=company_id, location_id=location_id)
+
+
+async def no_wait(_: float) -> None:
+    await asyncio.sleep(0)
+
+
 class Replicas:
     def __init__(self, sandbox: Sandbox, redis_url: str, clock: ManualClock) -> None:
         self.sandbox, self.redis_url, self.clock = sandbox, redis_url, clock
@@ -75,7 +96,12 @@ class Replicas:
         return store
 
     async def replica(
-        self, *, lease_s: float = 30.0, client: OAuthClient | None = None
+        self,
+        *,
+        lease_s: float = 30.0,
+        client: OAuthClient | None = None,
+        auto_reconnect: bool = True,
+        reconnect_interval_s: float = 600.0,
     ) -> OAuthTokens:
         return OAuthTokens(
             store=self.store(lease_s),
@@ -84,7 +110,10 @@ class Replicas:
             margin_s=2.0,
             poll_s=0.02,
             wait_s=10.0,
+            auto_reconnect=auto_reconnect,
+            reconnect_interval_s=reconnect_interval_s,
             clock=self.clock,
+            sleep=no_wait,
         )
 
     async def install(self) -> None:
@@ -162,13 +191,137 @@ async def test_invalid_grant_rereads_the_store_and_uses_another_replicas_refresh
     assert not stored.broken
 
 
-async def test_invalidated_behind_our_back_breaks_every_replica_until_reconnect(
+async def lose_the_refresh_token(replicas: Replicas) -> None:
+    """What a replica SIGKILLed between HighLevel's refresh answer and its Redis write does:
+    spend the stored refresh token, store nothing."""
+    stored = await replicas.store().read(APP.company_id)
+    assert stored is not None
+    await (await replicas.client()).refresh(stored.refresh_token)
+
+
+async def test_a_lost_refresh_token_is_recovered_by_exactly_one_automatic_reconnect(
+    replicas: Replicas, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    await replicas.install()
+    await lose_the_refresh_token(replicas)
+    clock.now += 20
+    three = [await replicas.replica() for _ in range(3)]
+    tokens = await asyncio.gather(*(r.company_token() for r in three for _ in range(3)))
+    assert len(set(tokens)) == 1
+    assert await upsert_allowed(replicas, tokens[0])
+    counters = replicas.counters()
+    assert (counters["reconnects"], counters["refreshReuses"], counters["exchanges"]) == (1, 1, 2)
+    assert sum((r.reconnects for r in three), Counter()) == Counter(ok=1)
+    stored = await replicas.store().read(APP.company_id)
+    assert stored is not None
+    assert (stored.generation, stored.reconnected_at, stored.broken) == (2, clock.now, "")
+    assert stored.access_token == tokens[0]  # stored before it was used
+    clock.now += 20  # the recovered grant refreshes as any other
+    assert await three[1].company_token() != tokens[0]
+    assert replicas.counters()["refreshes"] == 2
+    assert "recovered by an automatic reconnect" in caplog.text
+    assert stored.refresh_token not in caplog.text
+    assert APP.client_secret not in caplog.text
+
+
+async def test_a_holder_whose_lease_expired_leaves_the_reconnect_to_the_next_holder(
+    replicas: Replicas, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The refused refresh outlasted the lease: another replica may hold it now, so this one
+    does not reconnect but looks again (and, holding the lease again, reconnects)."""
+    await replicas.install()
+    slow = await replicas.client(SlowClient)
+    assert isinstance(slow, SlowClient)
+    slow.delay = 0.5
+    replica = await replicas.replica(lease_s=0.3, client=slow)
+    await lose_the_refresh_token(replicas)
+    clock.now += 20
+    task = asyncio.create_task(replica.company_token())
+    while "lease expired before a reconnect" not in caplog.text:
+        await asyncio.sleep(0.05)
+    slow.delay = 0.0
+    token = await task
+    assert await upsert_allowed(replicas, token)
+    counters = replicas.counters()
+    assert counters["reconnects"] == 1  # only once a refusal came within the lease
+    assert counters["refreshReuses"] >= 2  # (a slow refresh already under way is refused too)
+    assert replica.reconnects == Counter(ok=1)
+
+
+async def test_a_refused_reconnect_breaks_the_installation_once_for_every_replica(
     replicas: Replicas, clock: ManualClock
 ) -> None:
     await replicas.install()
-    assert replicas.sandbox.oauth.invalidate(None)
+    replicas.sandbox.oauth.uninstall()  # the refresh token is spent and reconnect refused
     clock.now += 20
     first, second = await replicas.replica(), await replicas.replica()
+    with pytest.raises(InstallationBroken, match=r"automatic reconnect refused.*not installed"):
+        await first.company_token()
+    with pytest.raises(InstallationBroken):
+        await second.company_token()
+    assert replicas.counters()["refusedReconnects"] == 1  # the second never tried
+    assert first.reconnects == Counter(refused=1)
+    assert "reconnects" not in replicas.counters()
+
+
+async def test_reconnect_is_retried_a_bounded_number_of_times_then_breaks(
+    replicas: Replicas, clock: ManualClock
+) -> None:
+    await replicas.install()
+    flaky = await replicas.client(FlakyClient)
+    assert isinstance(flaky, FlakyClient)
+    flaky.failures = 2
+    replica = await replicas.replica(client=flaky)
+    await lose_the_refresh_token(replicas)
+    clock.now += 20
+    await replica.company_token()  # the third attempt succeeds
+    assert replica.reconnects == Counter(ok=1)
+    flaky.failures = 3
+    await lose_the_refresh_token(replicas)
+    clock.now += 700
+    with pytest.raises(InstallationBroken, match=r"failed 3 times, last: .*HTTP 503"):
+        await replica.company_token()
+    assert replica.reconnects == Counter(ok=1, failed=1)
+    assert replicas.counters()["reconnects"] == 1
+
+
+async def test_a_token_lost_again_soon_after_a_reconnect_breaks_the_installation(
+    replicas: Replicas, clock: ManualClock
+) -> None:
+    """Tokens lost twice within ``reconnect_interval_s``: a bug or another party using the
+    app's tokens; reconnecting again would fight it."""
+    await replicas.install()
+    replica = await replicas.replica(reconnect_interval_s=60)
+    for _ in range(2):
+        await lose_the_refresh_token(replicas)
+        clock.now += 61
+        await replica.company_token()
+    await lose_the_refresh_token(replicas)
+    clock.now += 20
+    with pytest.raises(InstallationBroken, match="previous one was 20s ago"):
+        await replica.company_token()
+    assert replica.reconnects == Counter(ok=2, too_soon=1)
+    assert replicas.counters()["reconnects"] == 2
+
+
+async def test_command_reconnect_results_are_counted_once(replicas: Replicas) -> None:
+    store = replicas.store()
+    await store.add_reconnect_result(APP.company_id, "ok")
+    await store.add_reconnect_result(APP.company_id, "refused")
+    a, b = await replicas.replica(), await replicas.replica()
+    taken = await asyncio.gather(a.take_reconnect_results(), b.take_reconnect_results())
+    assert sorted(taken, key=len) == [[], ["ok", "refused"]]
+
+
+async def test_invalidated_behind_our_back_breaks_every_replica_until_reconnect(
+    replicas: Replicas, clock: ManualClock
+) -> None:
+    """With ``auto_reconnect`` off (the behaviour before automatic recovery)."""
+    await replicas.install()
+    assert replicas.sandbox.oauth.invalidate(None)
+    clock.now += 20
+    first = await replicas.replica(auto_reconnect=False)
+    second = await replicas.replica(auto_reconnect=False)
     with pytest.raises(InstallationBroken, match="refresh token is invalid"):
         await first.company_token()
     with pytest.raises(InstallationBroken):

@@ -94,11 +94,16 @@ def test_the_secret_must_be_set_unless_left_unread(tmp_path: Path) -> None:
         app.client_secret.reveal()
 
 
-def test_redis_is_required_with_oauth(tmp_path: Path) -> None:
+def test_redis_is_required_with_oauth_by_the_commands_that_use_tokens(tmp_path: Path) -> None:
     environ = {k: v for k, v in ENV.items() if k != "REDIS_URL"}
-    assert "redis.url: required with [[oauth]]" in error(
-        tmp_path, APP + "discover = true\n", environ
+    text = APP + "discover = true\n"
+    assert "redis.url: required with [[oauth]]" in error(tmp_path, text, environ)
+    assert "redis.url: required" in error(
+        tmp_path, text, environ, read_secrets=False, token_store=True
     )
+    # audit, dlq, the dry run: nothing read from the token store
+    (app,) = load(tmp_path, text, environ, read_secrets=False, kafka_secrets=True).oauth
+    assert app.company_id == "agency-1"
 
 
 def test_the_oauth_commands_need_no_integration(tmp_path: Path) -> None:
@@ -159,3 +164,18 @@ def test_oauth_integrations_are_validated_against_their_table(
 def test_discover_seconds_must_be_a_positive_number(tmp_path: Path) -> None:
     text = APP + "discover = true\ndiscover_seconds = 0\n"
     assert "oauth[0].discover_seconds: expected a number" in error(tmp_path, text)
+
+
+def test_auto_reconnect_is_on_by_default_and_can_be_turned_off(tmp_path: Path) -> None:
+    listed = APP + 'locations = ["loc-a"]\n'
+    default = load(tmp_path, listed).oauth[0]
+    assert (default.auto_reconnect, default.reconnect_interval_seconds) == (True, 600.0)
+    text = listed + "auto_reconnect = false\nreconnect_interval_seconds = 30\n"
+    app = load(tmp_path, text).oauth[0]
+    assert (app.auto_reconnect, app.reconnect_interval_seconds) == (False, 30.0)
+    assert "oauth[0].auto_reconnect: expected true or false" in error(
+        tmp_path, listed + 'auto_reconnect = "no"\n'
+    )
+    assert "oauth[0].reconnect_interval_seconds: expected a number" in error(
+        tmp_path, listed + "reconnect_interval_seconds = 0\n"
+    )

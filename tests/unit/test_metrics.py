@@ -106,6 +106,7 @@ EXPECTED_SERIES = {
     "ghl_oauth_token_expiry_seconds",
     "ghl_oauth_installation_broken",
     "ghl_oauth_locations",
+    "ghl_oauth_reconnects_total",
 }
 
 
@@ -367,3 +368,18 @@ def test_oauth_series_are_per_installation_and_bounded() -> None:
     assert value(metrics, "ghl_oauth_token_expiry_seconds", installation="agency") == 12.5
     assert value(metrics, "ghl_oauth_installation_broken", installation="agency") == 1
     assert value(metrics, "ghl_oauth_locations", installation="agency") == 20
+
+
+def test_oauth_reconnects_are_counted_by_trigger_and_result() -> None:
+    metrics = Metrics(integrations=INTEGRATIONS, installations=["agency"])
+    metrics.oauth_reconnected("agency", "auto", "ok", 2)
+    metrics.oauth_reconnected("agency", "command", "refused", 1)
+    metrics.oauth_reconnected("elsewhere", "someone", "odd", 1)
+    labels = {"installation": "agency", "trigger": "auto", "result": "ok"}
+    assert value(metrics, "ghl_oauth_reconnects_total", **labels) == 2
+    labels = {"installation": "agency", "trigger": "command", "result": "refused"}
+    assert value(metrics, "ghl_oauth_reconnects_total", **labels) == 1
+    labels = {"installation": OTHER, "trigger": "command", "result": "failed"}
+    assert value(metrics, "ghl_oauth_reconnects_total", **labels) == 1
+    labels = {"installation": "agency", "trigger": "auto", "result": "too_soon"}
+    assert value(metrics, "ghl_oauth_reconnects_total", **labels) == 0

@@ -1,5 +1,5 @@
 """The sandbox's OAuth rules (consumer.sandbox.oauth), pure: codes, rotation, single-use refresh
-tokens, reuse counting, location tokens, reconnect, invalidation, lifetimes."""
+tokens, reuse counting, location tokens, reconnect, invalidation, uninstall, lifetimes."""
 
 from __future__ import annotations
 
@@ -161,6 +161,37 @@ def test_invalidate_then_reconnect_recovers_the_company_grant() -> None:
     refresh(oauth, again["refresh_token"])
     assert refused(lambda: oauth.reconnect({**creds, "companyId": "other"}, NOW)).status == 400
     assert refused(lambda: oauth.reconnect({"clientKey": APP.client_id}, NOW)).status == 401
+
+
+def test_uninstall_refuses_reconnect_until_the_app_is_installed_again() -> None:
+    oauth = state()
+    first = company_tokens(oauth)
+    oauth.uninstall()
+    assert oauth.to_json(NOW)["installed"] is False
+    assert refused(lambda: refresh(oauth, first["refresh_token"])).status == 400
+    creds = {"clientKey": APP.client_id, "clientSecret": APP.client_secret}
+    company = {**creds, "companyId": APP.company_id}
+    answer = refused(lambda: oauth.reconnect(company, NOW))
+    assert (answer.status, answer.body["error_description"]) == (
+        400,
+        "the app is not installed in this company",
+    )
+    assert oauth.counters["refusedReconnects"] == 1
+    company_tokens(oauth)  # an install redirects with a code
+    assert oauth.to_json(NOW)["installed"] is True
+    assert oauth.reconnect(company, NOW)["authorizationCode"]
+
+
+def test_reused_refresh_tokens_are_listed_in_order_but_never_shown() -> None:
+    oauth = state()
+    first = company_tokens(oauth)
+    second = refresh(oauth, first["refresh_token"])
+    refresh(oauth, second["refresh_token"])
+    for token in (second["refresh_token"], first["refresh_token"]):
+        refused(lambda token=token: refresh(oauth, token))
+    assert oauth.reused == [second["refresh_token"], first["refresh_token"]]
+    assert oauth.counters["refreshReuses"] == 2
+    assert first["refresh_token"] not in str(oauth.to_json(NOW))
 
 
 def test_to_json_never_holds_a_token_and_lifetimes_change() -> None:
