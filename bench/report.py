@@ -1018,7 +1018,7 @@ def state_restore_section(r: Doc | None) -> list[str]:
         f"encoded) generated straight into a compacted changelog of {r['partitions']} "
         f"partitions on the local broker at {num(gen['generate_per_s'])} records/s "
         f"({gen['generate_s']} s, keys spread by librdkafka's hash: "
-        f"{min(gen['records_per_partition'].values()):,}..."
+        f"{min(gen['records_per_partition'].values()):,}.."
         f"{max(gen['records_per_partition'].values()):,} per partition). A member's share "
         f"(partitions {', '.join(map(str, cold['owned']))}) is restored by "
         "`restore_partitions` into a fresh `PartitionedProfileStore` (cache "
