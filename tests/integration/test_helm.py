@@ -616,6 +616,10 @@ def test_profile_state_off_keeps_every_profile_in_memory() -> None:
         "--set", "profileState.enabled=false,profileState.persistent.enabled=true"
     )
     assert "/profileState/mountPath" in render_error("--set", "profileState.mountPath=state")
+    # the state follows one input topic's partitions (the consumer refuses more at start-up)
+    assert "kafka.topics has 2" in render_error("--set", "kafka.topics={events,orders}")
+    two = render("--set", "kafka.topics={events,orders},profileState.enabled=false")
+    assert "profiles" not in rendered_config(two)
 
 
 def test_extra_profiles_settings_join_the_charts(tmp_path: Path) -> None:

@@ -116,6 +116,9 @@ GHL_TOKEN_{{ regexReplaceAll "[^A-Z0-9]" (upper .) "_" }}
 {{- if and $v.profileState.persistent.enabled (not $v.profileState.enabled) -}}
 {{- fail "profileState.persistent.enabled needs profileState.enabled: the volumes hold the profile state" -}}
 {{- end -}}
+{{- if and $v.profileState.enabled (gt (len $v.kafka.topics) 1) -}}
+{{- fail (printf "profileState.enabled: the partitioned profile state follows one input topic's partitions, kafka.topics has %d; set profileState.enabled=false to keep every profile in memory" (len $v.kafka.topics)) -}}
+{{- end -}}
 {{- if and $v.profileState.enabled (regexMatch "(?m)^\\s*(state_dir|cache_entries)\\s*=" (default "" $v.extraConfigToml)) -}}
 {{- fail "extraConfigToml: [profiles] state_dir and cache_entries are set by the chart from profileState (mountPath, cacheEntries)" -}}
 {{- end -}}
