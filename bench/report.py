@@ -350,6 +350,56 @@ def targets(docs: dict[str, Doc]) -> list[list[str]]:
             verdict(f["met"]),
             f["command"],
         ])
+    rows += state_restore_targets(docs.get("state_restore"))
+    return rows
+
+
+def state_restore_targets(r: Doc | None) -> list[list[str]]:
+    """Issue 19's targets, from ``bench/bench_state_restore.py``."""
+    if not r:
+        return []
+    rows: list[list[str]] = []
+    cold, warm, gen = r["cold"], r["warm"], r["generated"]
+    whole = r.get("pair", {}).get("whole")
+    baseline = (
+        f"whole changelog in memory (today's mode), {whole['records_read']:,} profiles: "
+        f"{whole['peak_rss_mb']} MB" if whole else "-"
+    )
+    if "pair" in r:
+        members = r["pair"]["members"]
+        worst = max(m["peak_rss_mb"] for m in members)
+        rows.append([
+            f"{r['pair']['generated']['profiles']:,} profiles over {r['partitions']} partitions, "
+            "2 members: each holds about half, RSS per member <= 300 MB",
+            " / ".join(f"{m['records_read']:,} profiles, {m['peak_rss_mb']} MB" for m in members),
+            baseline,
+            f"{worst / whole['peak_rss_mb']:.2f}x baseline RSS" if whole else "-",
+            verdict(worst <= 300),
+            r["command"],
+        ])
+    rows.append([
+        f"{gen['profiles']:,} profiles generated into the changelog: a member's RSS <= 300 MB, "
+        "its disk measured",
+        f"{cold['peak_rss_mb']} MB peak RSS, {cold['disk_mb']:,.0f} MB on disk for "
+        f"{cold['records_read']:,} profiles ({len(cold['owned'])} of {r['partitions']} "
+        "partitions)",
+        baseline,
+        "-",
+        verdict(cold["peak_rss_mb"] <= 300),
+        r["command"],
+    ])
+    rows.append([
+        "restart of a member with its state directory intact reads only the changelog tail",
+        f"{warm['records_read']:,} records read in {warm['restore_s']} s",
+        f"tail written to its partitions: {r['tail']['written_to_owned']:,}; "
+        f"from scratch: {cold['records_read']:,} in {cold['restore_s']} s",
+        f"{cold['restore_s'] / warm['restore_s']:.0f}x faster",
+        verdict(
+            warm["records_read"] == r["tail"]["written_to_owned"]
+            and all(p["from_checkpoint"] for p in warm["partitions"])
+        ),
+        r["command"],
+    ])
     return rows
 
 
@@ -621,6 +671,7 @@ def render(docs: dict[str, Doc], made: dict[str, str], plot_dir: str) -> str:
     out += fidelity_section(docs.get("fidelity"))
     out += soak_section(docs.get("soak"), made, plot_dir)
     out += state_section(docs.get("state"))
+    out += state_restore_section(docs.get("state_restore"))
     out += ["## Load average and code version of each results file", ""]
     def code(doc: Doc) -> str:
         machine = doc.get("machine")
@@ -965,6 +1016,73 @@ def state_section(doc: Doc | None) -> list[str]:
     if skipped:
         out += ["", "Not measured: " + ", ".join(skipped) + "."]
     return [*out, ""]
+
+
+def state_restore_section(r: Doc | None) -> list[str]:
+    """``bench/bench_state_restore.py``: a member's share of the partitioned profile state
+    restored from a real changelog, from scratch and after a restart, and two members."""
+    if not r:
+        return []
+    gen, cold, warm = r["generated"], r["cold"], r["warm"]
+    out = ["## Profile state restored from the changelog (issue 19)", ""]
+    out += [
+        f"{gen['profiles']:,} realistic profiles (email, phone, names, consent; about 155 B "
+        f"encoded) generated straight into a compacted changelog of {r['partitions']} "
+        f"partitions on the local broker at {num(gen['generate_per_s'])} records/s "
+        f"({gen['generate_s']} s, keys spread by librdkafka's hash: "
+        f"{min(gen['records_per_partition'].values()):,}.."
+        f"{max(gen['records_per_partition'].values()):,} per partition). A member's share "
+        f"(partitions {', '.join(map(str, cold['owned']))}) is restored by "
+        "`restore_partitions` into a fresh `PartitionedProfileStore` (cache "
+        f"{cold['cache_entries']:,} profiles), one partition after the other, in a child "
+        "process of its own (RSS: the interpreter, librdkafka's reader and the store); then "
+        f"{r['tail']['records']:,} changed profiles are written over all partitions "
+        f"({r['tail']['written_to_owned']:,} into the member's) and the member restarts on the "
+        "same state directory. One run; load average "
+        f"{r['loadavg_start'][0]} -> {r['loadavg_end'][0]} on {r['machine']['cpus']} cores "
+        f"(shared). Command: `.venv/bin/python {r['command']}`.",
+        "",
+    ]
+
+    def row(name: str, m: Doc) -> list[str]:
+        rate = m["records_read"] / m["restore_s"] if m["restore_s"] else 0
+        return [name, f"{m['records_read']:,}", f"{m['restore_s']}", num(rate),
+                f"{m['peak_rss_mb']}", f"{m['rss_anon_mb']}", f"{m.get('disk_mb', '-')}"]
+
+    kib = cold["page_cache_kib"] // 1024
+    rows = [row(f"member, from scratch (SQLite page cache {kib} MB per partition)", cold)]
+    compared = r.get("cold_page_cache_compared")
+    if compared:
+        rows.append(row(
+            f"member, from scratch (page cache {compared['page_cache_kib'] // 1024} MB)",
+            compared,
+        ))
+    rows.append(row("member restarted, state kept (the tail only)", warm))
+    pair = r.get("pair")
+    if pair:
+        n = f"{pair['generated']['profiles']:,}"
+        rows += [row(f"{n}: member {i + 1} of 2 (at the same time)", m)
+                 for i, m in enumerate(pair["members"])]
+        if pair.get("whole"):
+            rows.append(row(f"{n}: whole changelog in memory (today's mode, baseline)",
+                            pair["whole"]))
+    out += table(
+        ["restore", "records read", "s", "records/s", "peak RSS MB", "RssAnon MB (end)",
+         "disk MB"],
+        rows,
+    )
+    per = ", ".join(
+        f"{p['partition']}: {p['records_read']:,} in {p['seconds']} s ({num(p['per_s'])}/s)"
+        for p in cold["partitions"]
+    )
+    bytes_per = cold["disk_mb"] * 2**20 / cold["records_read"]
+    out += [
+        "",
+        f"From scratch, per partition: {per}. On disk: {bytes_per:.0f} B per profile "
+        "(SQLite, key and value, write-ahead log folded in at close).",
+        "",
+    ]
+    return out
 
 
 def profile_section(doc: Doc) -> list[str]:

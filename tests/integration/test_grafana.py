@@ -173,6 +173,7 @@ def test_alerts_cover_what_the_issue_asks_for() -> None:
         "GhlDeadLettersGrowing",
         "GhlOAuthInstallationBroken",
         "GhlOAuthReconnects",
+        "GhlProfileRestoreSlow",
     } <= names
     for rule in rules():
         assert rule["labels"]["severity"] in {"warning", "critical"}
@@ -194,8 +195,9 @@ def test_promtool_accepts_the_rules() -> None:
 
 
 def test_rules_fire_on_synthetic_series(tmp_path: Path) -> None:
-    """``promtool test rules``: the stalled-partition, auth and daily-budget alerts fire when
-    they should, with their annotations rendered, and stay quiet otherwise."""
+    """``promtool test rules``: the stalled-partition, auth, daily-budget and slow profile
+    restore alerts fire when they should, with their annotations rendered, and stay quiet
+    otherwise."""
     description = {rule["alert"]: rule["annotations"]["description"] for rule in rules()}
     partition = 'job="c",topic="events",partition="{}"'
     series = [
@@ -221,6 +223,9 @@ def test_rules_fire_on_synthetic_series(tmp_path: Path) -> None:
             'result="ok"}',
             "0x10 5x30",
         ),
+        # partition 2's state rebuilt in 5 s, then (moved back after it grew) in 150 s
+        ('ghl_profile_restore_seconds{job="c",partition="2"}', "5x10 150x30"),
+        ('ghl_profile_restore_seconds{job="c",partition="3"}', "30x40"),
     ]
     expectations = [
         ("GhlPartitionStalled", "30m", [{
@@ -265,6 +270,16 @@ def test_rules_fire_on_synthetic_series(tmp_path: Path) -> None:
                 "description": description["GhlOAuthReconnects"].replace(
                     "{{ $value | humanize }}", "3"
                 ),
+            },
+        }]),
+    ]
+    expectations += [
+        ("GhlProfileRestoreSlow", "5m", []),
+        ("GhlProfileRestoreSlow", "20m", [{
+            "exp_labels": {"severity": "warning", "job": "c", "partition": "2"},
+            "exp_annotations": {
+                "summary": "Restoring profile partition 2 took 2m 30s",
+                "description": description["GhlProfileRestoreSlow"],
             },
         }]),
     ]

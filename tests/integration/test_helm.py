@@ -5,9 +5,10 @@ the consumer.
 builds it into ``.tools/bin``), the tests fail, never skip, without it. Every rendered object
 of a built-in kind is checked against the Kubernetes schemas of ``K8S_VERSION``
 (kubernetes-validate, strict: unknown fields fail); the custom resources (KEDA, Prometheus
-Operator) by the structural schemas below. Two renderings: the chart's defaults and
-``deploy/helm/values-managed.yaml`` (SASL_SSL + KEDA + external Redis + ServiceMonitor +
-NetworkPolicy), the example the README walks through.
+Operator) by the structural schemas below. Renderings: the chart's defaults (a Deployment, the
+profile state on an emptyDir), ``deploy/helm/values-managed.yaml`` (SASL_SSL + KEDA + external
+Redis + ServiceMonitor + NetworkPolicy), the example the README walks through, and each of them
+with the profile state on persistent volumes (a StatefulSet).
 """
 
 from __future__ import annotations
@@ -36,8 +37,15 @@ MANAGED = ROOT / "deploy" / "helm" / "values-managed.yaml"
 WEB = ROOT / "consumer" / "observe" / "web.py"
 K8S_VERSION = "1.33.0"  # the oldest minor version of a managed cluster still supported in 2026
 NAMESPACE = "ghl-prod"
-RENDERINGS = {"default": (), "managed": ("--values", str(MANAGED))}
+PERSISTENT = ("--set", "profileState.persistent.enabled=true")
 SECURED = ("--values", str(MANAGED))
+RENDERINGS = {
+    "default": (),
+    "managed": SECURED,
+    "persistent": PERSISTENT,
+    "managed-persistent": (*SECURED, *PERSISTENT),
+}
+WORKLOADS = ("Deployment", "StatefulSet")
 
 
 def helm() -> str:
@@ -80,8 +88,19 @@ def kinds(objects: tuple[dict[str, Any], ...]) -> list[str]:
     return [o["kind"] for o in objects]
 
 
+def workload(objects: tuple[dict[str, Any], ...]) -> Any:
+    """The consumer's Deployment, or its StatefulSet (profile state on persistent volumes)."""
+    [found] = [
+        o
+        for o in objects
+        if o["kind"] in WORKLOADS
+        and o["metadata"]["labels"]["app.kubernetes.io/component"] == "consumer"
+    ]
+    return found
+
+
 def container(objects: tuple[dict[str, Any], ...]) -> Any:
-    [consumer] = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    [consumer] = workload(objects)["spec"]["template"]["spec"]["containers"]
     return consumer
 
 
@@ -107,7 +126,9 @@ _ENDPOINT = _obj({"port": _STR, "path": _STR, "interval": _STR})
 CRD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
     ("keda.sh/v1alpha1", "ScaledObject"): _obj(
         {
-            "scaleTargetRef": _obj({"name": _STR}),
+            "scaleTargetRef": _obj(
+                {"name": _STR}, {"apiVersion": _STR, "kind": {"enum": list(WORKLOADS)}}
+            ),
             "minReplicaCount": _INT,
             "maxReplicaCount": _INT,
             "triggers": {
@@ -188,11 +209,11 @@ def pod_environment(objects: tuple[dict[str, Any], ...]) -> dict[str, str]:
 def mounted_files(objects: tuple[dict[str, Any], ...], root: Path) -> dict[str, Path]:
     """The files the container's Secret volumes provide, written under ``root``: mount path
     of each volume -> its directory there."""
-    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    pod = workload(objects)["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in pod["volumes"]}
     mounts = {}
     for mount in container(objects)["volumeMounts"]:
-        volume = volumes[mount["name"]]
+        volume = volumes.get(mount["name"], {})  # absent: a StatefulSet's claim
         sources = [s["secret"] for s in volume.get("projected", {}).get("sources", [])]
         if "secret" in volume:
             sources.append({"name": volume["secret"]["secretName"], **volume["secret"]})
@@ -235,7 +256,9 @@ def test_helm_lint(values: tuple[str, ...]) -> None:
 @pytest.mark.parametrize("values", RENDERINGS.values(), ids=RENDERINGS.keys())
 def test_rendered_manifests_are_valid(values: tuple[str, ...]) -> None:
     objects = render(*values)
-    assert {"Deployment", "ConfigMap", "Service", "PodDisruptionBudget"} <= set(kinds(objects))
+    assert {"ConfigMap", "Service", "PodDisruptionBudget"} <= set(kinds(objects))
+    expected = "StatefulSet" if PERSISTENT[1] in values else "Deployment"
+    assert workload(objects)["kind"] == expected
     for document in objects:
         validate(document)
         assert document["metadata"]["namespace"] == NAMESPACE, document["kind"]
@@ -267,6 +290,10 @@ def test_defaults_and_managed_example_render_what_they_promise() -> None:
             "ServiceMonitor",
         ]
     )
+    # persistent profile state: the consumer's StatefulSet in place of its Deployment
+    assert sorted(kinds(render(*SECURED, *PERSISTENT))) == sorted(
+        ["StatefulSet" if k == "Deployment" else k for k in kinds(render(*SECURED))]
+    )
 
 
 def test_image_defaults_to_the_released_version() -> None:
@@ -278,14 +305,18 @@ def test_image_defaults_to_the_released_version() -> None:
     assert container(render("--set", "image.tag=1.2.3"))["image"].endswith(":1.2.3")
 
 
-def test_keda_owns_the_replica_count() -> None:
-    assert one(render(), "Deployment")["spec"]["replicas"] == 2
-    assert "replicas" not in one(render(*SECURED), "Deployment")["spec"]
-    scaled = one(render(*SECURED), "ScaledObject")
-    assert (
-        scaled["spec"]["scaleTargetRef"]["name"]
-        == one(render(*SECURED), "Deployment")["metadata"]["name"]
-    )
+@pytest.mark.parametrize("persistent", [(), PERSISTENT], ids=["deployment", "statefulset"])
+def test_keda_owns_the_replica_count(persistent: tuple[str, ...]) -> None:
+    assert workload(render(*persistent))["spec"]["replicas"] == 2
+    objects = render(*SECURED, *persistent)
+    target = workload(objects)
+    assert "replicas" not in target["spec"]
+    scaled = one(objects, "ScaledObject")
+    assert scaled["spec"]["scaleTargetRef"] == {
+        "apiVersion": target["apiVersion"],
+        "kind": target["kind"],
+        "name": target["metadata"]["name"],
+    }
     assert (scaled["spec"]["minReplicaCount"], scaled["spec"]["maxReplicaCount"]) == (1, 6)
 
 
@@ -425,7 +456,7 @@ def test_probes_match_the_consumer_and_its_routes(values: tuple[str, ...], tmp_p
     service = one(objects, "Service")
     assert service["spec"]["ports"][0]["targetPort"] == "metrics"
     assert service["spec"]["selector"].items() <= (
-        one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"].items()
+        workload(objects)["spec"]["template"]["metadata"]["labels"].items()
     )
 
 
@@ -434,7 +465,7 @@ def test_a_changed_metrics_port_moves_everything(tmp_path: Path) -> None:
     assert pod_settings(objects, tmp_path).metrics.port == 9100
     assert container(objects)["ports"][0]["containerPort"] == 9100
     assert one(objects, "Service")["spec"]["ports"][0]["port"] == 9100
-    annotations = one(objects, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    annotations = workload(objects)["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == "9100"
 
 
@@ -443,7 +474,7 @@ def scrapes(objects: tuple[dict[str, Any], ...]) -> list[str]:
     found = [o["kind"] for o in objects if o["kind"] in ("PodMonitor", "ServiceMonitor")]
     for o in objects:
         if (
-            o["kind"] == "Deployment"
+            o["kind"] in WORKLOADS
             and o["metadata"]["labels"].get("app.kubernetes.io/component") == "consumer"
         ):
             annotations = o["spec"]["template"]["metadata"].get("annotations", {})
@@ -456,6 +487,8 @@ def scrapes(objects: tuple[dict[str, Any], ...]) -> list[str]:
 
 def test_each_pod_is_scraped_once() -> None:
     assert scrapes(render()) == ["pod annotations"]
+    assert scrapes(render(*PERSISTENT)) == ["pod annotations"]
+    assert scrapes(render(*SECURED, *PERSISTENT)) == ["ServiceMonitor"]
     assert scrapes(render(*SECURED)) == ["ServiceMonitor"]
     assert scrapes(render("--set", "metrics.podMonitor.enabled=true")) == ["PodMonitor"]
     assert scrapes(render("--set", "metrics.podAnnotations=false")) == []
@@ -466,21 +499,26 @@ def test_each_pod_is_scraped_once() -> None:
 def test_rollout_strategy_and_disruption_budget() -> None:
     for values in RENDERINGS.values():
         objects = render(*values)
-        deployment = one(objects, "Deployment")
-        assert deployment["spec"]["strategy"] == {
-            "type": "RollingUpdate",
-            "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
-        }
+        consumer = workload(objects)
+        if consumer["kind"] == "Deployment":
+            assert consumer["spec"]["strategy"] == {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+            }
+        else:  # one pod at a time, replaced by one of the same name and claim
+            assert consumer["spec"]["updateStrategy"] == {"type": "RollingUpdate"}
+            assert consumer["spec"]["podManagementPolicy"] == "Parallel"
+            assert consumer["spec"]["serviceName"] == one(objects, "Service")["metadata"]["name"]
         budget = one(objects, "PodDisruptionBudget")
         assert budget["spec"]["maxUnavailable"] == 1
-        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        labels = consumer["spec"]["template"]["metadata"]["labels"]
         assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items()
 
 
 def test_pods_run_locked_down() -> None:
     for values in RENDERINGS.values():
         objects = render(*values)
-        for deployment in (o for o in objects if o["kind"] == "Deployment"):
+        for deployment in (o for o in objects if o["kind"] in WORKLOADS):
             pod = deployment["spec"]["template"]["spec"]
             assert pod["securityContext"]["runAsNonRoot"] is True
             assert pod["automountServiceAccountToken"] is False
@@ -489,6 +527,124 @@ def test_pods_run_locked_down() -> None:
                 assert c["securityContext"]["allowPrivilegeEscalation"] is False
                 assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
                 assert "memory" in c["resources"]["limits"]
+
+
+def rendered_config(objects: tuple[dict[str, Any], ...]) -> dict[str, Any]:
+    """The consumer's config.toml as rendered, parsed."""
+    config: dict[str, Any] = tomllib.loads(one(objects, "ConfigMap")["data"]["config.toml"])
+    return config
+
+
+def state_mount(objects: tuple[dict[str, Any], ...]) -> Any:
+    [mount] = [m for m in container(objects)["volumeMounts"] if m["name"] == "state"]
+    return mount
+
+
+@pytest.mark.parametrize("values", RENDERINGS.values(), ids=RENDERINGS.keys())
+def test_profile_state_lives_on_a_writable_volume(values: tuple[str, ...]) -> None:
+    objects = render(*values)
+    consumer = workload(objects)
+    pod = consumer["spec"]["template"]["spec"]
+    mount = state_mount(objects)
+    assert mount == {"name": "state", "mountPath": "/var/lib/ghl-consumer/state"}  # writable
+    # the root filesystem stays read-only: the volume (and /tmp) are the only writable places
+    assert container(objects)["securityContext"]["readOnlyRootFilesystem"] is True
+    # a persistent volume's files belong to the pod's group, whatever uid wrote them before
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+    profiles = rendered_config(objects)["profiles"]
+    assert profiles == {"state_dir": mount["mountPath"], "cache_entries": 100_000}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    if consumer["kind"] == "Deployment":
+        assert volumes["state"] == {"name": "state", "emptyDir": {"sizeLimit": "2Gi"}}
+        return
+    assert "state" not in volumes  # each pod's claim, from the template
+    [claim] = consumer["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "state"
+    assert claim["spec"] == {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": "4Gi"}},
+    }  # no storageClassName: the cluster's default class
+    assert consumer["spec"]["persistentVolumeClaimRetentionPolicy"] == {
+        "whenScaled": "Retain",
+        "whenDeleted": "Retain",
+    }
+
+
+@pytest.mark.parametrize("values", [(), PERSISTENT], ids=["emptydir", "persistent"])
+def test_the_profile_state_settings_reach_the_consumer(
+    values: tuple[str, ...], tmp_path: Path
+) -> None:
+    objects = render(*values)
+    settings = pod_settings(objects, tmp_path)
+    assert settings.profiles.state_dir == state_mount(objects)["mountPath"]
+    assert settings.profiles.cache_entries == 100_000
+
+
+def test_profile_state_values() -> None:
+    objects = render(
+        "--set",
+        "profileState.mountPath=/state,profileState.cacheEntries=250000,"
+        "profileState.emptyDir.sizeLimit=10Gi",
+    )
+    assert state_mount(objects)["mountPath"] == "/state"
+    assert rendered_config(objects)["profiles"] == {"state_dir": "/state", "cache_entries": 250000}
+    pod = workload(objects)["spec"]["template"]["spec"]
+    assert {"name": "state", "emptyDir": {"sizeLimit": "10Gi"}} in pod["volumes"]
+    stateful = workload(
+        render(
+            *PERSISTENT,
+            "--set",
+            "profileState.persistent.storageClass=fast-ssd,profileState.persistent.size=20Gi,"
+            "profileState.persistent.whenScaled=Delete",
+        )
+    )["spec"]
+    [claim] = stateful["volumeClaimTemplates"]
+    assert claim["spec"]["storageClassName"] == "fast-ssd"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "20Gi"
+    assert stateful["persistentVolumeClaimRetentionPolicy"]["whenScaled"] == "Delete"
+
+
+def test_profile_state_off_keeps_every_profile_in_memory() -> None:
+    objects = render("--set", "profileState.enabled=false")
+    assert workload(objects)["kind"] == "Deployment"
+    assert "state" not in [m["name"] for m in container(objects)["volumeMounts"]]
+    assert "state" not in [
+        v["name"] for v in workload(objects)["spec"]["template"]["spec"]["volumes"]
+    ]
+    assert "profiles" not in rendered_config(objects)
+    assert "profileState.persistent.enabled needs profileState.enabled" in render_error(
+        "--set", "profileState.enabled=false,profileState.persistent.enabled=true"
+    )
+    assert "/profileState/mountPath" in render_error("--set", "profileState.mountPath=state")
+    # the state follows one input topic's partitions (the consumer refuses more at start-up)
+    assert "kafka.topics has 2" in render_error("--set", "kafka.topics={events,orders}")
+    two = render("--set", "kafka.topics={events,orders},profileState.enabled=false")
+    assert "profiles" not in rendered_config(two)
+
+
+def test_extra_profiles_settings_join_the_charts(tmp_path: Path) -> None:
+    """A [profiles] table in extraConfigToml (encryption keys) takes the chart's keys: a TOML
+    table is written once."""
+    extra = (
+        "[engine]\nmax_in_flight = 32\n\n[profiles]  # sealed at rest\n"
+        'encryption_key_id = "k1"\n'
+        'encryption_keys = [{ id = "k1", key = { env = "PROFILE_KEY" } }]\n\n'
+        "[delivery]\nmax_attempts = 5\n"
+    )
+    (tmp_path / "values.yaml").write_text(yaml.safe_dump({"extraConfigToml": extra}))
+    config = rendered_config(render("--values", str(tmp_path / "values.yaml")))
+    assert config["profiles"] == {
+        "state_dir": "/var/lib/ghl-consumer/state",
+        "cache_entries": 100_000,
+        "encryption_key_id": "k1",
+        "encryption_keys": [{"id": "k1", "key": {"env": "PROFILE_KEY"}}],
+    }
+    assert config["engine"] == {"max_in_flight": 32}
+    assert config["delivery"] == {"max_attempts": 5}
+    refused = "[profiles] state_dir and cache_entries are set by the chart from profileState"
+    assert refused in render_error("--set-string", "extraConfigToml=[profiles]\ncache_entries=5")
+    off = render("--set", "profileState.enabled=false", "--values", str(tmp_path / "values.yaml"))
+    assert "state_dir" not in rendered_config(off)["profiles"]
 
 
 def test_redis_is_wired(tmp_path: Path) -> None:
@@ -516,8 +672,10 @@ def test_network_policy() -> None:
     ]
     egress = {p["port"] for rule in spec["egress"] for p in rule["ports"]}
     assert egress == {53, 24563, 443, 6380}  # DNS, the bootstrap's port, HighLevel, Redis
-    pods = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    pods = workload(objects)["spec"]["template"]["metadata"]["labels"]
     assert spec["podSelector"]["matchLabels"].items() <= pods.items()
+    persistent = workload(render(*SECURED, *PERSISTENT))["spec"]["template"]["metadata"]
+    assert spec["podSelector"]["matchLabels"].items() <= persistent["labels"].items()
     # the bundled Redis: reachable from the consumer only
     bundled = render("--set", "networkPolicy.enabled=true")
     redis_policy = next(o for o in bundled if o["metadata"]["name"].endswith("-redis"))

@@ -52,6 +52,15 @@ app.kubernetes.io/component: redis
 {{/* Where the Kafka TLS Secret's files are mounted. */}}
 {{- define "ghl-consumer.kafkaTlsDir" -}}/etc/ghl-consumer/kafka-tls{{- end -}}
 
+{{/* The consumer's workload: a StatefulSet when its profile state is on persistent volumes. */}}
+{{- define "ghl-consumer.workloadKind" -}}
+{{- if and .Values.profileState.enabled .Values.profileState.persistent.enabled -}}
+StatefulSet
+{{- else -}}
+Deployment
+{{- end -}}
+{{- end -}}
+
 {{/* Where integration tokens are mounted (tokenAs: file): one file per integration id. */}}
 {{- define "ghl-consumer.tokenDir" -}}/var/run/secrets/ghl-consumer/tokens{{- end -}}
 
@@ -103,6 +112,15 @@ GHL_TOKEN_{{ regexReplaceAll "[^A-Z0-9]" (upper .) "_" }}
 {{- if has $key (list "bootstrap_servers" "topics" "group_id" "auto_offset_reset" "create_topics" "librdkafka") -}}
 {{- fail (printf "kafka.extra.%s: set by the chart from kafka's own values" $key) -}}
 {{- end -}}
+{{- end -}}
+{{- if and $v.profileState.persistent.enabled (not $v.profileState.enabled) -}}
+{{- fail "profileState.persistent.enabled needs profileState.enabled: the volumes hold the profile state" -}}
+{{- end -}}
+{{- if and $v.profileState.enabled (gt (len $v.kafka.topics) 1) -}}
+{{- fail (printf "profileState.enabled: the partitioned profile state follows one input topic's partitions, kafka.topics has %d; set profileState.enabled=false to keep every profile in memory" (len $v.kafka.topics)) -}}
+{{- end -}}
+{{- if and $v.profileState.enabled (regexMatch "(?m)^\\s*(state_dir|cache_entries)\\s*=" (default "" $v.extraConfigToml)) -}}
+{{- fail "extraConfigToml: [profiles] state_dir and cache_entries are set by the chart from profileState (mountPath, cacheEntries)" -}}
 {{- end -}}
 {{- $ids := dict -}}
 {{- range $i, $integration := $v.integrations -}}
