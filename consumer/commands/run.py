@@ -295,6 +295,10 @@ async def running_consumer(
             group_protocol=protocol,
             session_timeout_ms=kafka.session_timeout_ms,
             extra=extra,
+            # static membership for warm restarts of the event feed only: the other groups'
+            # members hold no local state, and a static member that stops is replaced only
+            # after the session timeout (the followers join no group at all)
+            group_instance_id=kafka.group_instance_id or None,
         )
         # dlq replay's copies: a group of its own, named after its topic (as parking's), so
         # the main group's members share the source partitions alone. From the earliest
