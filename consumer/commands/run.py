@@ -253,7 +253,12 @@ async def running_consumer(
     extra = kafka.extra_settings()
     metrics = Metrics(
         integrations={i.id: i.location_id for i in settings.integrations},
-        topics=(*kafka.topics, kafka.replay_topic),
+        # the stitch feed's records and partitions are labelled with its topic like the others
+        topics=(
+            *kafka.topics,
+            kafka.replay_topic,
+            *((kafka.stitch_topic,) if settings.replay_co_partitioned else ()),
+        ),
         installations=[app.id for app in settings.oauth],
     )
     debugger = RecentDeliveries(
