@@ -253,7 +253,12 @@ async def running_consumer(
     extra = kafka.extra_settings()
     metrics = Metrics(
         integrations={i.id: i.location_id for i in settings.integrations},
-        topics=(*kafka.topics, kafka.replay_topic),
+        # the stitch feed's records and partitions are labelled with its topic like the others
+        topics=(
+            *kafka.topics,
+            kafka.replay_topic,
+            *((kafka.stitch_topic,) if settings.replay_co_partitioned else ()),
+        ),
         installations=[app.id for app in settings.oauth],
     )
     debugger = RecentDeliveries(
@@ -295,6 +300,10 @@ async def running_consumer(
             group_protocol=protocol,
             session_timeout_ms=kafka.session_timeout_ms,
             extra=extra,
+            # static membership for warm restarts of the event feed only: the other groups'
+            # members hold no local state, and a static member that stops is replaced only
+            # after the session timeout (the followers join no group at all)
+            group_instance_id=kafka.group_instance_id or None,
         )
         # dlq replay's copies: a group of its own, named after its topic (as parking's), so
         # the main group's members share the source partitions alone. From the earliest

@@ -42,6 +42,7 @@ _OWNED_KAFKA_KEYS: Final = {
     "group.id": "kafka.group_id",
     "auto.offset.reset": "kafka.auto_offset_reset",
     "group.protocol": "kafka.group_protocol",
+    "group.instance.id": "kafka.group_instance_id",
 }
 # librdkafka properties whose value is secret (its own "sensitive" ones: sasl.password,
 # ssl.key.password, ssl.keystore.password, ssl.key.pem, sasl.oauthbearer.config,
@@ -54,6 +55,7 @@ _TOP_LEVEL: Final = frozenset(
     (*PLAIN_SECTIONS, "kafka", "debug", "profiles", "integrations", "oauth")
 )
 _KEY_ID: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_INSTANCE_ID: Final = re.compile(r"[A-Za-z0-9._-]{1,249}")  # the broker's rule (KIP-345)
 
 
 def load_settings(
@@ -327,6 +329,7 @@ def _kafka(table: dict[str, Any], environ: Mapping[str, str], read_secrets: bool
             "parking_retention_ms",
             "delivery_retention_ms",
             "session_timeout_ms",
+            "group_instance_id",
             "create_topics",
             "startup_timeout_seconds",
             "librdkafka",
@@ -430,6 +433,7 @@ def _kafka(table: dict[str, Any], environ: Mapping[str, str], read_secrets: bool
             table, environ, "delivery_retention_ms", defaults.delivery_retention_ms
         ),
         session_timeout_ms=session_timeout,
+        group_instance_id=_group_instance_id(table, environ),
         create_topics=_create_topics(table, environ),
         startup_timeout_seconds=_startup_timeout(table, environ),
         librdkafka=MappingProxyType(passthrough),
@@ -537,6 +541,24 @@ def _startup_timeout(table: Mapping[str, Any], environ: Mapping[str, str]) -> in
         where, value = "kafka.startup_timeout_seconds", table.get("startup_timeout_seconds", 60)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigError(f"{where}: expected whole seconds, 0 (wait for ever) or more")
+    return value
+
+
+def _group_instance_id(table: Mapping[str, Any], environ: Mapping[str, str]) -> str:
+    """``kafka.group_instance_id`` (``KAFKA_GROUP_INSTANCE_ID``): empty, or what the broker
+    accepts as ``group.instance.id`` (as a topic name: 1-249 of ``[A-Za-z0-9._-]``)."""
+    if "KAFKA_GROUP_INSTANCE_ID" in environ:
+        where, value = "KAFKA_GROUP_INSTANCE_ID", environ["KAFKA_GROUP_INSTANCE_ID"]
+    else:
+        where, value = "kafka.group_instance_id", table.get("group_instance_id", "")
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: expected a string")
+    value = value.strip()
+    if value and not _INSTANCE_ID.fullmatch(value):
+        raise ConfigError(
+            f"{where}: {value!r}: at most 249 of A-Z, a-z, 0-9, '.', '_', '-' (empty: dynamic "
+            "membership)"
+        )
     return value
 
 

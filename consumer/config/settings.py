@@ -127,6 +127,11 @@ class KafkaSettings:
     # classic protocol only (KIP-848 sets it broker-side): how long a silent member keeps its
     # partitions. None: librdkafka's default (45 s).
     session_timeout_ms: int | None = None
+    # static membership (KIP-345) of the event feed's member: the same id after a restart gets
+    # the same partitions back without a rebalance, if it returns within the session timeout
+    # (a StatefulSet's pod name: warm restarts of the partitioned profile state). A member with
+    # an id that stops is not replaced before the session timeout. Empty: dynamic membership.
+    group_instance_id: str = ""
     # true: `run` creates its dead-letter, parking and profile topics when missing (CreateTopics,
     # needs Create on the cluster). false: topics are made by an administrator (managed Kafka);
     # `run` checks that every topic exists and that its ACLs allow what it does there.

@@ -681,20 +681,29 @@ class Engine:
         requester's partition; the record completes once the merge, then the emptied profile,
         are confirmed. A merge: folded into its user's profile, the record completes once that
         write is confirmed. Nothing to do: complete at once. Neither, or a merge whose profile
-        cannot be opened: dead-lettered (``invalid_stitch``)."""
+        cannot be opened: dead-lettered (``invalid_stitch``). Counted in the consumed records
+        of the stitch topic and in the stitch metrics (``EngineMetrics.stitch_requests``,
+        ``stitch_merges``), never in the engine's event counts."""
         assert self._stitches is not None
         assert self._profile_log is not None
         tracker, log, mapper = self._stitches.tracker, self._profile_log, self._mapper
+        metrics = self._metrics
+        consumed: Counter[str] = Counter()  # by topic
         for record in records:
             partition = tracker.get(record.topic, record.partition)
-            if partition is None or not partition.admit(record.offset, record.size):
+            if partition is None:
+                continue  # revoked while the batch was in flight
+            consumed[record.topic] += 1
+            if not partition.admit(record.offset, record.size):
                 continue
             ticket = Ticket(record, partition, 1)
             stitch = decode_stitch(record.key, record.value)
             log.select(record.partition)
             if isinstance(stitch, StitchRequest):
+                metrics.stitch_requests("handled")
                 handed = mapper.hand_over(stitch.source)
                 if handed is None:
+                    metrics.stitch_merges("empty")
                     partition.complete(record.offset)
                     continue
                 merge = StitchMerge(
@@ -712,13 +721,17 @@ class Engine:
                     stitch = BadStitch(f"stitch merge: {exc}")
                 else:
                     if mapper.fold(stitch.target, other):
+                        metrics.stitch_merges("folded")
                         self._tasks.spawn(self._persist_profiles(log.take_writes(), [ticket]))
                     else:
+                        metrics.stitch_merges("unchanged")
                         partition.complete(record.offset)
                     continue
             failure = Failure(reason="invalid_stitch", error=stitch.error)
             self._recorder.rejected(record, failure.reason, failure.error, None, wall)
             self._tasks.spawn(self._dead_letter(ticket, failure))
+        for topic, count in consumed.items():
+            metrics.consumed(topic, count)
 
     def _route(
         self, ticket: Ticket, outcomes: Sequence[Outcome], tally: _Tally, now: float, wall: float
@@ -808,6 +821,12 @@ class Engine:
             if stitches:
                 assert self._stitching is not None
                 await self._produce_stitches(self._stitching.topic, stitches)
+                requests = sum(isinstance(stitch, StitchRequest) for _, stitch in stitches)
+                merges = len(stitches) - requests
+                if requests:
+                    self._metrics.stitch_requests("sent", requests)
+                if merges:
+                    self._metrics.stitch_merges("sent", merges)
             await asyncio.gather(
                 *(
                     self._outbox.produce_many(log.topic, records, partition=partition)

@@ -297,6 +297,16 @@ class EngineMetrics(Protocol):
         """``count`` delivery records were ``written`` to the delivery topic, or ``failed``."""
         ...
 
+    def stitch_requests(self, direction: str, count: int = 1) -> None:
+        """``count`` identity stitching requests were ``sent`` (confirmed on the stitch topic)
+        or ``handled`` (read from it and answered)."""
+        ...
+
+    def stitch_merges(self, result: str, count: int = 1) -> None:
+        """``count`` identity stitching merges: ``sent`` (confirmed) or ``empty`` (a request
+        found nothing to hand over), ``folded`` or ``unchanged`` (a merge received)."""
+        ...
+
 
 class OutcomeRecorder(Protocol):
     """Remembers what happened to records that did not (or not only) become a HighLevel

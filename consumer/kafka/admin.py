@@ -302,6 +302,26 @@ async def check_topics(admin: AdminClient, uses: Sequence[TopicUse]) -> None:
         )
 
 
+async def topic_id(
+    bootstrap: str,
+    topic: str,
+    *,
+    extra: Mapping[str, Setting] | None = None,
+    timeout_s: float = 30.0,
+) -> str:
+    """``topic``'s id (KIP-516), as text: a topic deleted and created again under the same name
+    gets a new one, though its partitions and offsets may look the same (one DescribeTopics
+    request; a consumer's metadata does not carry the id). Raises ``KafkaAdapterError`` (no
+    such topic, no answer within ``timeout_s``)."""
+    admin = _admin(bootstrap, extra, [])
+    [future] = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout_s).values()
+    try:
+        description = await asyncio.wrap_future(future)
+    except KafkaException as exc:
+        raise adapter_error(exc, f"describing topic {topic}") from exc
+    return str(description.topic_id)
+
+
 async def ensure_topics(
     bootstrap: str,
     topics: Sequence[TopicSpec],

@@ -92,6 +92,7 @@ _OWN_SETTINGS: Final = frozenset(
         "session.timeout.ms",
         "heartbeat.interval.ms",
         "group.protocol.type",
+        "group.instance.id",
     }
 )
 
@@ -109,6 +110,7 @@ def member_config(
     queued_max_messages_kbytes: int,
     fetch_max_bytes: int,
     max_partition_fetch_bytes: int,
+    group_instance_id: str | None,
     extra: Mapping[str, Setting] | None,
 ) -> dict[str, Any]:
     """The librdkafka settings of a consumer-group member (``KafkaSource``, which documents
@@ -135,6 +137,8 @@ def member_config(
         "fetch.max.bytes": fetch_max_bytes,
         "max.partition.fetch.bytes": max_partition_fetch_bytes,
     }
+    if group_instance_id:
+        config["group.instance.id"] = group_instance_id
     if group_protocol == "consumer":
         if session_timeout_ms is not None or heartbeat_interval_ms is not None:
             raise ConfigError(

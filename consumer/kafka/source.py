@@ -35,6 +35,17 @@ Assigned by the application (``subscribe=False``)
     a member outside the group while no member is subscribed to it. ``group_protocol`` does not
     matter then (it governs subscriptions only).
 
+Static membership (``group_instance_id``, KIP-345)
+    The member keeps its partitions across a restart that returns within the session timeout:
+    no rebalance, the same partitions (so the same local profile state). librdkafka sends no
+    LeaveGroup for a static member as it closes (KIP-848: a leave with epoch -2, which keeps
+    the assignment too), so ``close`` still runs ``on_revoked`` (commit, profile files closed
+    cleanly) but the partitions stay this instance's until the session timeout: a member that
+    stops for good is replaced only then. An instance id names a member in one group only:
+    two groups may use the same one. A source assigned by ``follow`` joins no group, so an
+    instance id would mean nothing there and is refused (Kafka 4.4 accepts its commits either
+    way: a commit with generation -1 to a group without members is not checked).
+
 Pause across rebalances
     librdkafka keeps an application pause on the partition object across unassign and
     re-assign (only its own internal pause is reset on assign), and keeps it for partitions
@@ -152,6 +163,7 @@ class KafkaSource:
         max_partition_fetch_bytes: int = 1024 * 1024,
         extra: Mapping[str, Setting] | None = None,
         subscribe: bool = True,
+        group_instance_id: str | None = None,
     ) -> None:
         """Validate and store the configuration; nothing connects before ``start``.
 
@@ -162,11 +174,19 @@ class KafkaSource:
         (KIP-848 sets them broker-side). ``extra``: further librdkafka settings passed through
         (``security.protocol``, ``sasl.*``, ``ssl.*``, ``group.remote.assignor``, ...); settings
         these keywords own are refused. Raises ``ConfigError``.
+
+        ``group_instance_id``: static membership (KIP-345, librdkafka's ``group.instance.id``),
+        for a subscribing source only (see "Static membership" in the module docstring).
         """
         if not topics:
             raise ConfigError("kafka topics: at least one topic is required")
         if not subscribe and len(topics) != 1:
             raise ConfigError("kafka source assigned by follow(): exactly one topic is required")
+        if not subscribe and group_instance_id:
+            raise ConfigError(
+                "kafka source assigned by follow(): it joins no group, so it takes no group "
+                "instance id"
+            )
         config = member_config(
             bootstrap=bootstrap,
             group_id=group_id,
@@ -179,6 +199,7 @@ class KafkaSource:
             queued_max_messages_kbytes=queued_max_messages_kbytes,
             fetch_max_bytes=fetch_max_bytes,
             max_partition_fetch_bytes=max_partition_fetch_bytes,
+            group_instance_id=group_instance_id,
             extra=extra,
         )
         self.group_protocol: GroupProtocol = group_protocol

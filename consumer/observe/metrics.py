@@ -45,6 +45,14 @@ ghl_fields_omitted_total                    counter    field (``OMITTABLE_FIELDS
                                                        invalid | no_region)
 ghl_permanent_dnd_kept_total                counter    integration, channel (``DND_CHANNELS``)
 ghl_delivery_records_total                  counter    result (written | failed)
+ghl_stitch_requests_total                   counter    direction (``STITCH_DIRECTIONS``: sent,
+                                                       confirmed on the stitch topic | handled,
+                                                       read and answered here)
+ghl_stitch_merges_total                     counter    result (``STITCH_MERGE_RESULTS``: sent,
+                                                       a held profile handed over, confirmed |
+                                                       empty, a request found none | folded, a
+                                                       merge changed the user's profile |
+                                                       unchanged, it did not: read again)
 ghl_buffered_records                        gauge
 ghl_buffered_bytes                          gauge      (keys, values, headers of those records)
 ghl_requests_in_flight                      gauge
@@ -99,6 +107,13 @@ failed or refused, Redis did not answer."""
 RECONNECT_TRIGGERS: Final = ("auto", "command")
 """Who reconnected an installation: a ``run`` replica whose refresh token was lost, or
 ``ghl-consumer oauth reconnect`` (counted by the first ``run`` replica to see its result)."""
+STITCH_DIRECTIONS: Final = ("sent", "handled")
+"""``ghl_stitch_requests_total``: requests this member sent (confirmed on the stitch topic),
+or read and answered (handing a profile over or finding none)."""
+STITCH_MERGE_RESULTS: Final = ("sent", "empty", "folded", "unchanged")
+"""``ghl_stitch_merges_total``: on the answering side a merge ``sent`` (a held profile handed
+over, confirmed) or none (``empty``: nothing held, or handed over before); on the asking side
+a merge received ``folded`` into the user's profile, or ``unchanged`` (folded before)."""
 REJECT_REASONS: Final = tuple(r for r in Reason if r not in DROP_REASONS)
 DEAD_LETTER_REASONS: Final = (*REJECT_REASONS, REJECTED_BY_HIGHLEVEL)
 _OMIT_REASONS: Final = frozenset(OmitReason)
@@ -347,6 +362,16 @@ class Metrics:
             "Delivery records (one per HighLevel call) written to the delivery topic, or not.",
             ["result"],
         )
+        stitch_requests = counter(
+            "ghl_stitch_requests",
+            "Identity stitching requests across partitions: sent, or handled here.",
+            ["direction"],
+        )
+        stitch_merges = counter(
+            "ghl_stitch_merges",
+            "Identity stitching merges: sent or empty (answering), folded or unchanged (asking).",
+            ["result"],
+        )
         self._buffered = gauge("ghl_buffered_records", "Records admitted and not done yet.")
         self._buffered_bytes = gauge(
             "ghl_buffered_bytes", "Bytes of the records admitted and not done yet."
@@ -416,6 +441,8 @@ class Metrics:
             (i, c): dnd_kept.labels(i, c) for i in self._integrations for c in _bound(DND_CHANNELS)
         }
         self._delivery_records = {r: delivery_records.labels(r) for r in ("written", "failed")}
+        self._stitch_requests = {d: stitch_requests.labels(d) for d in _bound(STITCH_DIRECTIONS)}
+        self._stitch_merges = {r: stitch_merges.labels(r) for r in _bound(STITCH_MERGE_RESULTS)}
         self._ignored = ignored  # children made on first use: field names are a closed set
         self._partition_labels: set[tuple[str, str]] = set()
         for integration in integrations:
@@ -548,6 +575,14 @@ class Metrics:
     def delivery_records(self, result: str, count: int) -> None:
         """``count`` delivery records were ``written`` to the delivery topic, or ``failed``."""
         self._delivery_records["written" if result == "written" else "failed"].inc(count)
+
+    def stitch_requests(self, direction: str, count: int = 1) -> None:
+        """``count`` stitch requests were ``sent`` (confirmed) or ``handled`` here."""
+        _child(self._stitch_requests, direction).inc(count)
+
+    def stitch_merges(self, result: str, count: int = 1) -> None:
+        """``count`` stitch merges, by ``result`` (``STITCH_MERGE_RESULTS``)."""
+        _child(self._stitch_merges, result).inc(count)
 
     def profile_restored(
         self, partition: int | None, seconds: float, records: int, size: int

@@ -36,6 +36,7 @@ from typing import Protocol
 
 from consumer.core.profiles import ChangelogProfileStore, PersonProfiles
 from consumer.errors import KafkaAdapterError, ProfileDecodeError
+from consumer.kafka.admin import topic_id
 from consumer.kafka.clients import Setting
 from consumer.kafka.reader import PartitionRange, TopicReader
 from consumer.state.encryption import ProfileCipher
@@ -74,6 +75,11 @@ class ChangelogTopic:
 
     def reader(self) -> TopicReader:
         return TopicReader(bootstrap=self.bootstrap, extra=self.extra)
+
+    async def topic_id(self) -> str:
+        """The changelog's topic id now (``kafka.admin.topic_id``). Raises
+        ``KafkaAdapterError``."""
+        return await topic_id(self.bootstrap, self.topic, extra=self.extra)
 
 
 class ProfileChangelog:
@@ -305,11 +311,14 @@ async def restore_partitions(
 ) -> list[PartitionRestored]:
     """Open ``partitions`` in ``store`` and bring each up to its changelog partition's current
     end, reading only that partition, from the local checkpoint when the state was kept. A
-    checkpoint the changelog cannot continue (past its end: the topic was recreated; before its
-    start: records the state never saw were deleted) rebuilds that partition from the start.
-    Each partition's checkpoint is its end offset once read. Raises ``KafkaAdapterError`` (the
-    partitions stay open, marked unclean: the next open rebuilds them)."""
-    opened = {p: store.open(p) for p in partitions}
+    file written under another topic id (the changelog was deleted and created again, whatever
+    its offsets) is rebuilt, as is one whose checkpoint the changelog cannot continue (past its
+    end: the topic was recreated; before its start: records the state never saw were deleted).
+    Each partition's checkpoint is its end offset once read. Raises ``KafkaAdapterError`` (when
+    the topic id cannot be had nothing is opened; later, the partitions stay open, marked
+    unclean: the next open rebuilds them)."""
+    current = await changelog.topic_id()
+    opened = {p: store.open(p, topic_id=current) for p in partitions}
     ranges = await _read_partitions(store, opened, changelog)
     for r in ranges:
         store.checkpoint(r.partition, r.end)

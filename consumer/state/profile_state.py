@@ -10,14 +10,15 @@ and its rates (at 1,000,000 profiles about 100,000 restored records/s and 146,00
 from the file on this machine) are above what one member maps.
 
 Layout: ``<state_dir>/<changelog topic>/<partition>.db``, tables ``p`` (key -> encoded profile,
-``Profile.to_bytes``) and ``meta`` (format, topic, partition, checkpoint, clean).
+``Profile.to_bytes``) and ``meta`` (format, topic, topic id, partition, checkpoint, clean).
 
-Trust: a partition's file is used only when its ``meta`` names this format, topic and
-partition, says it was closed cleanly (``clean``, written last by ``close`` in the transaction
-that flushes the rest, and cleared by ``open`` before anything else is written) and SQLite's
-``quick_check`` passes. Anything else (no file, another topic, a crash or a kill while open, a
-damaged file) discards the file and the partition is rebuilt from the changelog's start.
-``open`` says which, and why.
+Trust: a partition's file is used only when its ``meta`` names this format, topic, topic id
+(KIP-516: a changelog deleted and created again has a new one, even when its offsets reach as
+far as the file's checkpoint) and partition, says it was closed cleanly (``clean``, written
+last by ``close`` in the transaction that flushes the rest, and cleared by ``open`` before
+anything else is written) and SQLite's ``quick_check`` passes. Anything else (no file,
+another topic or topic id, a crash or a kill while open, a damaged file) discards the file and
+the partition is rebuilt from the changelog's start. ``open`` says which, and why.
 
 Checkpoint contract: ``checkpoint(partition, offset)`` states that every record of that
 changelog partition below ``offset`` is reflected here (applied, or superseded by a newer write
@@ -65,12 +66,15 @@ class _Partition:
     """One partition's file, its checkpoint and its writes not yet in the file
     (key -> encoded profile, or None for a deletion)."""
 
-    __slots__ = ("checkpoint", "db", "number", "pending", "size")
+    __slots__ = ("checkpoint", "db", "number", "pending", "size", "topic_id")
 
-    def __init__(self, number: int, db: sqlite3.Connection, checkpoint: int) -> None:
+    def __init__(
+        self, number: int, db: sqlite3.Connection, checkpoint: int, topic_id: str
+    ) -> None:
         self.number = number
         self.db = db
         self.checkpoint = checkpoint
+        self.topic_id = topic_id
         self.pending: dict[str, bytes | None] = {}
         self.size = 0  # profiles held: counted by ``recount``, then kept by put and forget
 
@@ -142,19 +146,21 @@ class PartitionedProfileStore:
         part.size = part.db.execute("SELECT count(*) FROM p").fetchone()[0]
         return part.size
 
-    def open(self, partition: int) -> Opened:
+    def open(self, partition: int, *, topic_id: str = "") -> Opened:
         """Open ``partition``'s local state (see the module doc for when it is trusted) and
-        mark it in use. Raises ``OSError`` when the state directory cannot be written."""
+        mark it in use. ``topic_id``: the changelog topic's id as it is now (``kafka.admin.
+        topic_id``; a file written under another is rebuilt; "" where no broker is involved).
+        Raises ``OSError`` when the state directory cannot be written."""
         if partition in self._parts:
             raise ValueError(f"profile state: partition {partition} is already open")
         self._dir.mkdir(parents=True, exist_ok=True)
         path = self._dir / f"{partition}.db"
         db, why = (None, "no local state")
         if path.exists():
-            db, why = self._connect_checked(path, partition)
+            db, why = self._connect_checked(path, partition, topic_id)
         reason: str | None = why
         if db is None:
-            db = self._create(path, partition)
+            db = self._create(path, partition, topic_id)
             checkpoint = 0
         else:
             checkpoint = int(_read_meta(db)["checkpoint"])
@@ -162,7 +168,7 @@ class PartitionedProfileStore:
                 db.execute("BEGIN")
                 db.execute("UPDATE meta SET value = '0' WHERE name = 'clean'")
             reason = None
-        self._parts[partition] = _Partition(partition, db, checkpoint)
+        self._parts[partition] = _Partition(partition, db, checkpoint, topic_id)
         if reason is not None:
             logger.info(
                 "profile state %s/%d: rebuilt from the changelog (%s)",
@@ -190,7 +196,7 @@ class PartitionedProfileStore:
         part.db.close()
         self._drop_memory(partition)
         part.pending.clear()
-        part.db = self._create(self._dir / f"{partition}.db", partition)
+        part.db = self._create(self._dir / f"{partition}.db", partition, part.topic_id)
         part.checkpoint = part.size = 0
 
     def select(self, partition: int) -> bool:
@@ -354,7 +360,7 @@ class PartitionedProfileStore:
             for ident in [i for i in held if i[0] == partition]:
                 del held[ident]
 
-    def _create(self, path: Path, partition: int) -> sqlite3.Connection:
+    def _create(self, path: Path, partition: int, topic_id: str) -> sqlite3.Connection:
         """A new, empty file for ``partition`` in place of any at ``path``."""
         _remove(path)
         db = self._connect(path)
@@ -362,7 +368,14 @@ class PartitionedProfileStore:
             "CREATE TABLE p (k TEXT PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID;"
             "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);"
         )
-        _write_meta(db, partition=partition, topic=self._topic, checkpoint=0, clean=False)
+        _write_meta(
+            db,
+            partition=partition,
+            topic=self._topic,
+            topic_id=topic_id,
+            checkpoint=0,
+            clean=False,
+        )
         return db
 
     def _connect(self, path: Path) -> sqlite3.Connection:
@@ -373,14 +386,19 @@ class PartitionedProfileStore:
         return db
 
     def _connect_checked(
-        self, path: Path, partition: int
+        self, path: Path, partition: int, topic_id: str
     ) -> tuple[sqlite3.Connection | None, str]:
         """The file's connection when it can be trusted, else (None, why not)."""
         db: sqlite3.Connection | None = None
         try:
             db = self._connect(path)
             meta = _read_meta(db)
-            expected = {"format": _FORMAT, "topic": self._topic, "partition": str(partition)}
+            expected = {
+                "format": _FORMAT,
+                "topic": self._topic,
+                "topic id": topic_id,  # absent in files written before it was recorded
+                "partition": str(partition),
+            }
             wrong = [name for name, value in expected.items() if meta.get(name) != value]
             if wrong:
                 reason = f"written for another {', '.join(wrong)}"
@@ -404,11 +422,18 @@ def _read_meta(db: sqlite3.Connection) -> dict[str, str]:
 
 
 def _write_meta(
-    db: sqlite3.Connection, *, partition: int, topic: str, checkpoint: int, clean: bool
+    db: sqlite3.Connection,
+    *,
+    partition: int,
+    topic: str,
+    topic_id: str,
+    checkpoint: int,
+    clean: bool,
 ) -> None:
     rows = {
         "format": _FORMAT,
         "topic": topic,
+        "topic id": topic_id,
         "partition": str(partition),
         "checkpoint": str(checkpoint),
         "clean": "1" if clean else "0",

@@ -133,6 +133,7 @@ def test_dashboard_covers_what_operators_watch() -> None:
         "OAuth token expiry and state",
         "OAuth refreshes and failures",
         "OAuth reconnects",
+        "Identity stitching across partitions",
     ):
         assert wanted in titles
 

@@ -195,11 +195,21 @@ def secret_value(name: str, key: str) -> str:
     return f"secret-{name}-{key}"
 
 
+POD_NAME = "ghl-ghl-consumer-0"
+POD_FIELDS = {"metadata.name": POD_NAME, "metadata.namespace": NAMESPACE}
+
+
 def pod_environment(objects: tuple[dict[str, Any], ...]) -> dict[str, str]:
-    env = {}
+    """The container's environment as the kubelet makes it, in the pod ``POD_NAME``: Secret
+    and field references resolved, ``$(NAME)`` replaced by an earlier variable's value."""
+    env: dict[str, str] = {}
     for entry in container(objects)["env"]:
         if "value" in entry:
-            env[entry["name"]] = entry["value"]
+            env[entry["name"]] = re.sub(
+                r"\$\((\w+)\)", lambda m: env.get(m[1], m[0]), entry["value"]
+            )
+        elif "fieldRef" in entry["valueFrom"]:
+            env[entry["name"]] = POD_FIELDS[entry["valueFrom"]["fieldRef"]["fieldPath"]]
         else:
             ref = entry["valueFrom"]["secretKeyRef"]
             env[entry["name"]] = secret_value(ref["name"], ref["key"])
@@ -602,6 +612,28 @@ def test_profile_state_values() -> None:
     assert claim["spec"]["storageClassName"] == "fast-ssd"
     assert claim["spec"]["resources"]["requests"]["storage"] == "20Gi"
     assert stateful["persistentVolumeClaimRetentionPolicy"]["whenScaled"] == "Delete"
+
+
+@pytest.mark.parametrize("values", RENDERINGS.values(), ids=RENDERINGS.keys())
+def test_a_statefulset_pod_is_a_static_member_named_after_itself(
+    values: tuple[str, ...], tmp_path: Path
+) -> None:
+    objects = render(*values)
+    instance = pod_settings(objects, tmp_path).kafka.group_instance_id
+    if workload(objects)["kind"] == "Deployment":  # no state survives a pod: dynamic membership
+        assert instance == ""
+        assert "KAFKA_GROUP_INSTANCE_ID" not in pod_environment(objects)
+    else:  # what the consumer is given: its pod's name, unique across namespaces
+        assert instance == f"{NAMESPACE}.{POD_NAME}"
+
+
+def test_static_membership_can_be_turned_off(tmp_path: Path) -> None:
+    objects = render(*PERSISTENT, "--set", "profileState.persistent.staticMembership=false")
+    assert workload(objects)["kind"] == "StatefulSet"
+    assert pod_settings(objects, tmp_path).kafka.group_instance_id == ""
+    assert "/profileState/persistent/staticMembership" in render_error(
+        *PERSISTENT, "--set", "profileState.persistent.staticMembership=yes"
+    )
 
 
 def test_profile_state_off_keeps_every_profile_in_memory() -> None:

@@ -1,13 +1,16 @@
 """``restore_partitions`` against a real broker: only the partitions asked for are read, a
 partition whose local state was kept reads only the changelog's tail since its checkpoint, and
-a checkpoint the changelog cannot continue (a recreated topic) rebuilds the partition."""
+a checkpoint the changelog cannot continue, or a changelog deleted and created again (another
+topic id, whatever its offsets), rebuilds the partition."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
-from confluent_kafka import Producer
+from confluent_kafka import KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from consumer.core.profiles import Profile
 from consumer.state.changelog import (
@@ -81,13 +84,13 @@ async def test_a_checkpoint_past_the_changelog_end_rebuilds_the_partition(
 ) -> None:
     new = new_topic(partitions=1)
     produce(kafka_bootstrap, new, [(0, "u0", profile(7))])
+    changelog = ChangelogTopic(topic=new, bootstrap=kafka_bootstrap)
     store = PartitionedProfileStore(tmp_path, new)
-    store.open(0)
+    store.open(0, topic_id=await changelog.topic_id())
     store.select(0)
     store.restore(0, "stale", profile(1))
-    store.checkpoint(0, 4)  # as if the topic had held 4 records, then was recreated
+    store.checkpoint(0, 4)  # as if the topic had held 4 records, then lost them unseen
     store.close(0)
-    changelog = ChangelogTopic(topic=new, bootstrap=kafka_bootstrap)
     restored = await restore_partitions(store, [0], changelog)
     assert [(r.start, r.end, r.applied) for r in restored] == [(0, 1, 1)]
     assert restored[0].rebuilt == "checkpoint 4 outside the changelog's offsets"
@@ -95,6 +98,46 @@ async def test_a_checkpoint_past_the_changelog_end_rebuilds_the_partition(
     assert store.get("stale") is None
     assert store.get("u0") == Profile.from_bytes(profile(7))
     assert store.checkpoint_of(0) == 1
+
+
+async def test_a_changelog_recreated_up_to_the_same_offsets_is_not_trusted(
+    kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    topic = new_topic(partitions=2)
+    produce(kafka_bootstrap, topic, [(0, "old-a", profile(1)), (0, "old-b", profile(2))])
+    changelog = ChangelogTopic(topic=topic, bootstrap=kafka_bootstrap)
+    store = PartitionedProfileStore(tmp_path, topic)
+    await restore_partitions(store, [0], changelog)
+    store.close_all()  # cleanly: checkpoint 2, trusted by a restart on this changelog
+    before = await changelog.topic_id()
+
+    # deleted and created again (same name, same partitions), written up to the same offset
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    admin.delete_topics([topic])[topic].result(timeout=30)
+    async with asyncio.timeout(60):
+        while True:
+            try:
+                admin.create_topics([NewTopic(topic, num_partitions=2)])[topic].result(30)
+                break
+            except KafkaException:  # still being deleted
+                await asyncio.sleep(0.5)
+    produce(kafka_bootstrap, topic, [(0, "new-a", profile(3)), (0, "new-b", profile(4))])
+    assert await changelog.topic_id() != before
+
+    again = PartitionedProfileStore(tmp_path, topic)
+    restored = await restore_partitions(again, [0], changelog)
+    assert [(r.start, r.end, r.applied, r.rebuilt) for r in restored] == [
+        (0, 2, 2, "written for another topic id")
+    ]
+    again.select(0)
+    assert again.get("old-a") is None  # nothing of the deleted changelog's state
+    assert again.get("new-b") == Profile.from_bytes(profile(4))
+    again.close_all()
+    # the rebuilt file belongs to the new changelog: the next restart reads its tail only
+    last = PartitionedProfileStore(tmp_path, topic)
+    [tail] = await restore_partitions(last, [0], changelog)
+    assert (tail.start, tail.rebuilt) == (2, None)
+    last.close_all()
 
 
 async def test_the_partitioned_changelog_erases_checkpoints_and_restarts_from_the_tail(

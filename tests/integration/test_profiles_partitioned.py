@@ -228,3 +228,83 @@ async def test_start_up_refuses_a_changelog_with_another_partition_count(
     assert code == 2, err
     assert f"topic {group}.profiles has 1 partition(s), topic {topic} has 3" in err
     assert "profiles.state_dir" in err
+
+
+async def test_a_static_member_restarted_within_the_session_timeout_keeps_its_partitions(
+    kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    """``kafka.group_instance_id`` (KIP-345): a member that stops (SIGTERM) and comes back
+    with the same id within the session timeout gets the same partitions back without a
+    rebalance, so it restores only the changelog's tail; the other member is never revoked
+    anything. One that stays away is replaced once the session timeout has passed."""
+    topic = new_topic(partitions=PARTITIONS)
+    group = f"pstatic-{uuid.uuid4().hex[:8]}"
+    session_ms = 12_000
+
+    def env(name: str) -> dict[str, str]:
+        config = tmp_path / f"{name}.toml"
+        config.write_text(
+            f'[profiles]\nstate_dir = "{tmp_path / name}"\n[mapping]\nerasure_check_seconds = 0.5\n'
+        )
+        return {
+            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "KAFKA_TOPICS": topic,
+            "KAFKA_GROUP_ID": group,
+            "KAFKA_GROUP_INSTANCE_ID": f"{group}-{name}",
+            "GHL_LOCATION_ID": LOCATION,
+            "GHL_ACCESS_TOKEN": TOKEN,
+            "KAFKA_SESSION_TIMEOUT_MS": str(session_ms),
+            "GHL_CONFIG": str(config),
+        }
+
+    users = [f"user-{n}" for n in range(60)]
+    async with run_sandbox(locations={LOCATION: TOKEN}) as sandbox, aiohttp.ClientSession() as http:
+        base = {"GHL_API_BASE_URL": sandbox.url}
+        a = ProcessLog(await start_consumer({**env("a"), **base}))
+        b = ProcessLog(await start_consumer({**env("b"), **base}))
+        members = [a, b]
+        try:
+            async with asyncio.timeout(90):  # both joined, each holding some partitions
+                while not (await held(http, a) if a.count("metrics on") else {}) or not (
+                    await held(http, b) if b.count("metrics on") else {}
+                ):
+                    await asyncio.sleep(0.3)
+            produce(kafka_bootstrap, topic, [identify(u) for u in users])
+            await until_committed(kafka_bootstrap, group, topic)
+            mine = await held(http, a)
+            theirs = await held(http, b)
+            assert set(mine) | set(theirs) == set(range(PARTITIONS))
+            assert sum(mine.values()) + sum(theirs.values()) == len(users)
+            revoked_in_b = b.count("kafka partitions revoked")
+
+            # A stops and comes back with its id well within the session timeout: the same
+            # partitions, read from its checkpoints (the tail only), none moved to B.
+            assert await stop_process(a.process) == 0
+            await a.finished()
+            a = ProcessLog(await start_consumer({**env("a"), **base}))
+            members.append(a)
+            async with asyncio.timeout(60):
+                await a.wait_for("events: profiles restored for")
+            assert await held(http, a) == mine
+            for partition in mine:
+                [line] = restored_lines(a, partition)
+                assert "(tail)" in line, line
+            records = await by_partition(http, a, "ghl_profile_restore_records_total")
+            assert set(records) == set(mine)
+            assert sum(records.values()) < sum(mine.values())  # never the whole changelog
+            assert b.count("kafka partitions revoked") == revoked_in_b
+            assert await held(http, b) == theirs
+
+            # A stops for good: its partitions wait for the session timeout, then go to B.
+            stopped = asyncio.get_running_loop().time()
+            assert await stop_process(a.process) == 0
+            async with asyncio.timeout(session_ms / 1000 + 30):
+                while len(await held(http, b)) != PARTITIONS:
+                    await asyncio.sleep(0.3)
+            waited = asyncio.get_running_loop().time() - stopped
+            assert waited >= session_ms / 1000 - 2, waited
+        finally:
+            for member in members:
+                await stop_process(member.process, signal.SIGKILL)
+                await member.finished()
+                print(member.text()[-4000:])  # shown when the test fails

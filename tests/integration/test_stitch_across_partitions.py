@@ -15,6 +15,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from consumer.kafka.partitioner import partition_for
 from consumer.sandbox import run_sandbox
@@ -30,6 +31,7 @@ from tests.integration.consumer_harness import (
     stop_process,
 )
 from tests.integration.test_replay_co_partitioned import (
+    consumed,
     group_members,
     owned,
     partition_count,
@@ -143,6 +145,16 @@ async def test_an_anonymous_phone_on_one_member_reaches_the_users_upsert_on_the_
                 ):
                     await asyncio.sleep(0.3)
             assert found.fields["phone"] == PHONE
+            first, second = [await scrape(http, url) for url in urls]
+            # each step counted by the member that took it: asked by the user's partition's
+            # owner, answered by the anonymous id's, folded back by the user's
+            assert counted(second, "ghl_stitch_requests_total", direction="sent") >= 1
+            assert counted(first, "ghl_stitch_requests_total", direction="handled") >= 1
+            assert counted(first, "ghl_stitch_merges_total", result="sent") == 1
+            assert counted(second, "ghl_stitch_merges_total", result="folded") == 1
+            # the stitch feed's records under their own topic label, as the replay feed's
+            assert consumed(first, stitches) >= 1
+            assert consumed(second, stitches) >= 1
             assert len(sandbox.state.locations[LOCATION].contacts) == 1  # none for the page
             assert group_members(kafka_bootstrap, stitches) == 0  # assigned, never subscribed
         finally:
@@ -153,6 +165,20 @@ async def test_an_anonymous_phone_on_one_member_reaches_the_users_upsert_on_the_
     for member in members:
         assert TOKEN not in member.text()
         assert PHONE not in member.text()
+
+
+def counted(metrics: str, name: str, **labels: str) -> float:
+    """The sample ``name`` with ``labels`` in a scrape (0 when absent)."""
+    wanted = {name: labels}
+    return next(
+        (
+            sample.value
+            for family in text_string_to_metric_families(metrics)
+            for sample in family.samples
+            if {sample.name: sample.labels} == wanted
+        ),
+        0.0,
+    )
 
 
 def _contact(sandbox: Sandbox, email: str) -> Contact | None:

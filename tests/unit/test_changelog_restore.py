@@ -102,6 +102,11 @@ async def test_a_partitioned_restore_that_fails_is_tried_again_from_its_checkpoi
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setattr(changelog, "TopicReader", FlakyPartitionReader)
+
+    async def topic_id(bootstrap: str, topic: str, **_: object) -> str:
+        return "changelog-id"  # no broker here: the id a DescribeTopics would give
+
+    monkeypatch.setattr(changelog, "topic_id", topic_id)
     FlakyReader.failures, FlakyReader.opened = 1, 0
     metrics = Restores()
     log = changelog.PartitionedProfileChangelog(

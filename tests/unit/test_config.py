@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,6 +13,8 @@ from consumer.core.events import ConsentMode, PresetEvent, TagMode
 from consumer.core.targets import CustomFieldMapping, Routing
 from consumer.errors import ConfigError
 from consumer.kafka.admin import TopicUse
+from consumer.kafka.clients import member_config
+from consumer.kafka.source import KafkaSource
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "config.toml"
 ENV = {"GHL_LOCATION_ID": "LOC", "GHL_ACCESS_TOKEN": "pit-secret-value"}
@@ -370,6 +373,59 @@ def test_session_timeout_is_for_the_classic_protocol_only() -> None:
         )
     with pytest.raises(ConfigError, match=r"^KAFKA_SESSION_TIMEOUT_MS: expected"):
         load_settings(None, {**base, "KAFKA_SESSION_TIMEOUT_MS": "soon"})
+
+
+def test_group_instance_id_gives_the_event_feed_static_membership() -> None:
+    base = {"GHL_LOCATION_ID": "L", "GHL_ACCESS_TOKEN": "t"}
+    assert load_settings(None, base).kafka.group_instance_id == ""  # dynamic membership
+    env = {**base, "KAFKA_GROUP_INSTANCE_ID": " ghl-consumer-2 "}
+    assert load_settings(None, env).kafka.group_instance_id == "ghl-consumer-2"
+    unset = {**base, "KAFKA_GROUP_INSTANCE_ID": ""}
+    assert load_settings(None, unset).kafka.group_instance_id == ""
+    with pytest.raises(ConfigError, match=r"^KAFKA_GROUP_INSTANCE_ID: 'pod 2': at most 249 of"):
+        load_settings(None, {**base, "KAFKA_GROUP_INSTANCE_ID": "pod 2"})
+    with pytest.raises(ConfigError, match=r"^KAFKA_GROUP_INSTANCE_ID: 'xx.*': at most 249 of"):
+        load_settings(None, {**base, "KAFKA_GROUP_INSTANCE_ID": "x" * 250})
+
+
+def test_group_instance_id_from_the_file(tmp_path: Path) -> None:
+    settings = load(tmp_path, "[kafka]\ngroup_instance_id = 'pod-0'\n", ENV)
+    assert settings.kafka.group_instance_id == "pod-0"
+    with pytest.raises(ConfigError, match=r"^kafka.group_instance_id: expected a string$"):
+        load(tmp_path, "[kafka]\ngroup_instance_id = 0\n", ENV)
+    with pytest.raises(
+        ConfigError, match=r"^kafka.librdkafka.group.instance.id: set kafka.group_instance_id"
+    ):
+        load(tmp_path, "[kafka.librdkafka]\n'group.instance.id' = 'pod-0'\n", ENV)
+
+
+def test_only_a_subscribing_source_takes_the_instance_id() -> None:
+    def config(instance: str | None, **extra: str) -> dict[str, Any]:
+        return member_config(
+            bootstrap="k:9092",
+            group_id="g",
+            auto_offset_reset="earliest",
+            group_protocol="classic",
+            client_id="c",
+            session_timeout_ms=None,
+            heartbeat_interval_ms=None,
+            max_poll_interval_ms=300_000,
+            queued_max_messages_kbytes=2048,
+            fetch_max_bytes=1024,
+            max_partition_fetch_bytes=1024,
+            group_instance_id=instance,
+            extra=extra,
+        )
+
+    assert config("pod-0")["group.instance.id"] == "pod-0"
+    assert "group.instance.id" not in config(None)
+    assert "group.instance.id" not in config("")
+    with pytest.raises(ConfigError, match=r"set by the source itself: \['group.instance.id'\]"):
+        config(None, **{"group.instance.id": "pod-0"})  # never through the pass-through table
+    with pytest.raises(ConfigError, match="joins no group, so it takes no group instance id"):
+        KafkaSource(
+            bootstrap="k:9092", group_id="g", topics=["t"], subscribe=False, group_instance_id="p"
+        )
 
 
 def _plain_fields() -> list[tuple[str, str, type, object]]:

@@ -17,8 +17,9 @@ import pytest
 from consumer.core.events import Record
 from consumer.core.profiles import Profile
 from consumer.core.stitch import StitchMerge, StitchRequest
+from consumer.observe.metrics import STITCH_DIRECTIONS, STITCH_MERGE_RESULTS, Metrics
 from consumer.state.encryption import ProfileCipher
-from tests.harness.engine import build, committed
+from tests.harness.engine import LOCATION, build, committed
 from tests.unit.engine_fakes import FakeHighLevel, MemoryPartitionedLog, MemorySink, MemorySource
 
 pytestmark = pytest.mark.virtual_time
@@ -74,9 +75,10 @@ async def test_an_anonymous_profile_in_another_partition_reaches_the_users_next_
     )
     stitches, sink, highlevel = stitch_source(), MemorySink(), FakeHighLevel()
     log = MemoryPartitionedLog(tmp_path)
+    metrics = stitch_metrics()
     engine = build(
         source, highlevel, sink=sink, profile_log=log, stitches=stitches,
-        partitions_of=lambda key: {PARTITION_OF[key]},
+        partitions_of=lambda key: {PARTITION_OF[key]}, metrics=metrics,
     )
     stop = asyncio.Event()
     task = asyncio.create_task(engine.run(stop))
@@ -102,6 +104,14 @@ async def test_an_anonymous_profile_in_another_partition_reaches_the_users_next_
     assert writes.index(("stitch", b"anon-1", 0)) < writes.index(("profiles", b"anon-1", 1))
     assert ("profiles", b"anon-1", 0) in writes[writes.index(("stitch", b"u1", 1)) :]
     assert held_at(tmp_path, 0, "anon-1") == Profile()
+    # one member asked, answered and folded: each step counted once
+    assert stitch_counts(metrics) == {
+        ("requests", "sent"): 1,
+        ("requests", "handled"): 1,
+        ("merges", "sent"): 1,
+        ("merges", "folded"): 1,
+        ("consumed", "stitch"): 2,
+    }
 
 
 async def test_the_asking_record_completes_only_once_its_request_is_confirmed(
@@ -156,9 +166,10 @@ async def test_a_request_for_nothing_held_completes_and_a_merge_is_sealed(
     stitches = MemorySource({("stitch", 0): requests, ("stitch", 1): []}, subscribe=False)
     source = MemorySource({("events", 0): [], ("events", 1): []})
     sink = MemorySink()
+    metrics = stitch_metrics()
     engine = build(
         source, FakeHighLevel(), sink=sink, profile_log=log, stitches=stitches,
-        partitions_of=lambda key: {PARTITION_OF[key]},
+        partitions_of=lambda key: {PARTITION_OF[key]}, metrics=metrics,
     )
     log.store.open(0)  # anon-1's profile is held in partition 0 before the member starts
     log.select(0)
@@ -183,6 +194,14 @@ async def test_a_request_for_nothing_held_completes_and_a_merge_is_sealed(
     assert b"447700900123" not in sealed
     assert Profile.from_bytes(cipher.open("u1", sealed)) == held
     assert held_at(tmp_path, 1, "u1") == held  # folded where u1's events are
+    assert stitch_counts(metrics) == {
+        ("requests", "sent"): 0,  # none asked by this member's events
+        ("requests", "handled"): 3,
+        ("merges", "sent"): 1,
+        ("merges", "empty"): 2,  # nothing held, then handed over already
+        ("merges", "folded"): 1,
+        ("consumed", "stitch"): 4,
+    }
 
 
 async def test_a_record_that_is_not_a_stitch_is_dead_lettered(tmp_path: Path) -> None:
@@ -210,6 +229,27 @@ async def test_a_record_that_is_not_a_stitch_is_dead_lettered(tmp_path: Path) ->
     dead = [headers for topic, _, _, headers in sink.produced if topic == "events.dlq"]
     reasons = [dict(h)["ghl.reason"] for h in dead]
     assert reasons == [b"invalid_stitch", b"invalid_stitch"]
+
+
+def stitch_metrics() -> Metrics:
+    return Metrics(integrations={"default": LOCATION}, topics=["events", "stitch"])
+
+
+def stitch_counts(metrics: Metrics) -> dict[tuple[str, str], float]:
+    """The stitch counters that moved, and the stitch topic's consumed records."""
+    counts = {
+        ("requests", d): metrics.registry.get_sample_value(
+            "ghl_stitch_requests_total", {"direction": d}
+        )
+        for d in STITCH_DIRECTIONS
+    } | {
+        ("merges", r): metrics.registry.get_sample_value("ghl_stitch_merges_total", {"result": r})
+        for r in STITCH_MERGE_RESULTS
+    }
+    counts["consumed", "stitch"] = metrics.registry.get_sample_value(
+        "ghl_events_consumed_total", {"topic": "stitch"}
+    )
+    return {k: v for k, v in counts.items() if v or k == ("requests", "sent")}
 
 
 def held_at(state_dir: Path, partition: int, key: str) -> Profile | None:

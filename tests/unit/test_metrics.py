@@ -98,6 +98,8 @@ EXPECTED_SERIES = {
     "ghl_fields_omitted_total",
     "ghl_permanent_dnd_kept_total",
     "ghl_delivery_records_total",
+    "ghl_stitch_requests_total",
+    "ghl_stitch_merges_total",
     "ghl_buffered_records",
     "ghl_buffered_bytes",
     "ghl_requests_in_flight",
@@ -383,3 +385,16 @@ def test_oauth_reconnects_are_counted_by_trigger_and_result() -> None:
     assert value(metrics, "ghl_oauth_reconnects_total", **labels) == 1
     labels = {"installation": "agency", "trigger": "auto", "result": "too_soon"}
     assert value(metrics, "ghl_oauth_reconnects_total", **labels) == 0
+
+
+def test_stitch_counters_have_closed_labels(metrics: Metrics) -> None:
+    metrics.stitch_requests("sent", 2)
+    metrics.stitch_requests("handled")
+    metrics.stitch_merges("folded")
+    metrics.stitch_merges("made-up")  # never a new series
+    assert value(metrics, "ghl_stitch_requests_total", direction="sent") == 2
+    assert value(metrics, "ghl_stitch_requests_total", direction="handled") == 1
+    assert value(metrics, "ghl_stitch_merges_total", result="folded") == 1
+    assert value(metrics, "ghl_stitch_merges_total", result=OTHER) == 1
+    assert value(metrics, "ghl_stitch_merges_total", result="empty") == 0  # present from start
+    assert series_label_values(metrics, "result") >= {"sent", "empty", "folded", "unchanged"}

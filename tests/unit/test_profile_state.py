@@ -257,3 +257,30 @@ def test_the_mapper_stitches_within_the_selected_partition(tmp_path: Path) -> No
     writes = {key: (partition, value) for partition, key, value in s.take_writes()}
     assert writes["u1"] == (2, Profile(fields={"email": "a@example.com"}).to_bytes())
     assert writes["anon-1"] == (2, Profile().to_bytes())
+
+
+def test_state_of_a_changelog_recreated_under_the_same_name_is_rebuilt(tmp_path: Path) -> None:
+    # the same topic, partition and checkpoint; only the topic id tells the two changelogs apart
+    s = store(tmp_path)
+    s.open(0, topic_id="id-before")
+    s.select(0)
+    s.put("u1", ADA)
+    confirm(s)
+    s.checkpoint(0, 5)
+    s.close(0)
+    kept = store(tmp_path)
+    assert kept.open(0, topic_id="id-before") == Opened(partition=0, start=5, rebuilt=None)
+    kept.close(0)
+    again = store(tmp_path)
+    opened = again.open(0, topic_id="id-after")
+    assert opened == Opened(partition=0, start=0, rebuilt="written for another topic id")
+    again.select(0)
+    assert again.get("u1") is None  # nothing of the old changelog's state is used
+    again.checkpoint(0, 1)
+    again.close(0)
+    # the rebuilt file is the new changelog's: trusted under its id, also after a reset
+    last = store(tmp_path)
+    assert last.open(0, topic_id="id-after").rebuilt is None
+    last.reset(0)
+    last.close(0)
+    assert store(tmp_path).open(0, topic_id="id-after").rebuilt is None
