@@ -51,6 +51,7 @@ from consumer.core.dedupe import MessageDeduper
 from consumer.core.events import ContactUpsert
 from consumer.core.mapping import Mapper
 from consumer.core.profiles import InMemoryProfileStore
+from consumer.kafka.clients import FETCH_QUEUE_BACKOFF_MS
 
 
 def orjson_loads_rate(values: Sequence[bytes], repeats: int = 3) -> float:
@@ -71,6 +72,10 @@ def _consumer(bootstrap: str, topic: str, group: str) -> Consumer:
             "group.id": group,
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
+            # as the consumer's members: librdkafka's default (1000 ms) stalls a partition for
+            # a second whenever its prefetch queue fills, which caps the rate of the loop, not
+            # its cost
+            "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
         }
     )
     consumer.subscribe([topic])

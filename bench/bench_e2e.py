@@ -83,6 +83,10 @@ from bench.common import (
     write_result,
 )
 from consumer.commands import samples
+from consumer.config import load_settings
+from consumer.core.dedupe import MessageDeduper
+from consumer.core.mapping import Mapper
+from consumer.core.profiles import InMemoryProfileStore
 from consumer.sandbox import sandbox_process
 
 LOCATION, TOKEN = "benchLocation0000001", "bench-token-0000001"
@@ -437,18 +441,43 @@ HOT_PATH_WORKLOADS = (
 )
 
 
-def hot_path_backlog(bench: Bench, name: str, per_user: int, share: float) -> tuple[str, int]:
+def hot_path_events(bench: Bench, per_user: int, share: float) -> list[tuple[bytes, bytes]]:
+    """A hot-path workload's records (key, value): consent on every event, as Datafly.js
+    sends it (``samples.generate``'s default)."""
     events = bench.size(200_000, 30_000)
-
-    def make() -> Iterator[tuple[bytes, bytes]]:
-        # consent on every event, as Datafly.js sends it (samples.generate's default)
+    return [
+        (r.key or b"", r.value or b"")
         for r in samples.generate(
             users=events // per_user, events=events, identity_share=share, seed=11
-        ):
-            yield r.key, r.value
+        )
+    ]
 
-    topic, total, _ = backlog_topic(bench, f"hot-{name}", make)
-    return topic, total
+
+def mapping_cpu(records: Sequence[tuple[bytes, bytes]], topic: str) -> dict[str, float]:
+    """CPU per record, in this process, of ``Mapper.map_record`` over ``records`` (a fresh
+    mapper of the bench's integration, as the consumer maps them) and of ``orjson.loads``
+    alone (its decode, counted once in the floor): the medians of 3 passes."""
+    settings = load_settings(None, {"GHL_LOCATION_ID": LOCATION, "GHL_ACCESS_TOKEN": TOKEN})
+    mapped, loaded = [], []
+    for _ in range(3):
+        mapper = Mapper(
+            settings.targets(),
+            profiles=InMemoryProfileStore(),
+            deduper=MessageDeduper(max_entries=100_000, ttl_seconds=86_400),
+        )
+        map_record = mapper.map_record
+        started = time.process_time()
+        for index, (key, value) in enumerate(records):
+            map_record(value=value, key=key, topic=topic, now=float(index))
+        mapped.append((time.process_time() - started) / len(records) * 1e6)
+        started = time.process_time()
+        for _key, value in records:
+            orjson.loads(value)
+        loaded.append((time.process_time() - started) / len(records) * 1e6)
+    return {
+        "map_record_cpu_us_per_event": round(sorted(mapped)[1], 2),
+        "orjson_loads_cpu_us_per_event": round(sorted(loaded)[1], 2),
+    }
 
 
 async def scenario_hotpath(bench: Bench) -> dict[str, Any]:
@@ -458,9 +487,11 @@ async def scenario_hotpath(bench: Bench) -> dict[str, Any]:
     config = consumer_config(engine=ENGINE, delivery=UNLIMITED)
     workloads: dict[str, Any] = {}
     for name, per_user, share in HOT_PATH_WORKLOADS:
-        topic, total = hot_path_backlog(bench, name, per_user, share)
+        records = hot_path_events(bench, per_user, share)
+        topic, total, _ = backlog_topic(bench, f"hot-{name}", lambda: iter(records))  # noqa: B023
         runs = []
         for _ in range(bench.repeats):
+            mapping = mapping_cpu(records, topic)
             argv = [BASELINES, "ceiling", "--bootstrap", bench.bootstrap, "--topic", topic]
             argv += ["--expect", str(total)]
             ceiling = await asyncio.to_thread(run_script, argv, timeout=600)
@@ -475,10 +506,22 @@ async def scenario_hotpath(bench: Bench) -> dict[str, Any]:
                     env=single_env(bench, topic, group_id("hot"), probe.url),
                 )
             consumer = consumer_figures(drain)
+            # The least any consumer of these events spends: reading and decoding them (the
+            # ceiling) and applying the mapping contract (map_record, its decode not twice).
+            # Analytics only: with identity events the floor would also post their upserts
+            # (the upserts scenario's floor).
+            floor = (
+                ceiling["cpu_us_per_event"]
+                + mapping["map_record_cpu_us_per_event"]
+                - mapping["orjson_loads_cpu_us_per_event"]
+            )
             runs.append(
                 {
                     "consumer": consumer,
                     "ceiling": ceiling,
+                    "mapping": mapping,
+                    "floor_cpu_us_per_event": round(floor, 2),
+                    "cpu_ratio_to_floor": round(consumer["consumer_cpu_us_per_event"] / floor, 2),
                     "ratio_to_ceiling": round(
                         consumer["events_per_s"] / ceiling["events_per_s"], 3
                     ),
@@ -490,7 +533,9 @@ async def scenario_hotpath(bench: Bench) -> dict[str, Any]:
             print(
                 f"  {name}: consumer {consumer['events_per_s']:,.0f} ev/s "
                 f"({consumer['consumer_cpu_us_per_event']} us CPU/ev), ceiling "
-                f"{ceiling['events_per_s']:,.0f} ev/s ({ceiling['cpu_us_per_event']} us CPU/ev)",
+                f"{ceiling['events_per_s']:,.0f} ev/s ({ceiling['cpu_us_per_event']} us CPU/ev), "
+                f"map_record {mapping['map_record_cpu_us_per_event']} us CPU/ev"
+                + (f": {runs[-1]['cpu_ratio_to_floor']}x the floor" if share == 0 else ""),
                 flush=True,
             )
         workloads[name] = {
@@ -505,6 +550,19 @@ async def scenario_hotpath(bench: Bench) -> dict[str, Any]:
             "ceiling_cpu_us_per_event": spread([r["ceiling"]["cpu_us_per_event"] for r in runs], 2),
             "ratio_to_ceiling": spread([r["ratio_to_ceiling"] for r in runs], 3),
             "cpu_ratio": spread([r["cpu_ratio"] for r in runs], 3),
+            "map_record_cpu_us_per_event": spread(
+                [r["mapping"]["map_record_cpu_us_per_event"] for r in runs], 2
+            ),
+            **(
+                {
+                    "floor_cpu_us_per_event": spread(
+                        [r["floor_cpu_us_per_event"] for r in runs], 2
+                    ),
+                    "cpu_ratio_to_floor": spread([r["cpu_ratio_to_floor"] for r in runs], 2),
+                }
+                if share == 0
+                else {}
+            ),
             "runs": runs,
         }
     return {
@@ -514,6 +572,7 @@ async def scenario_hotpath(bench: Bench) -> dict[str, Any]:
             "analytics_only_20": 0.5,
             "analytics_only_2": 0.3,
             "analytics90_20": 0.25,
+            "cpu_ratio_to_floor": 1.5,
         },
     }
 

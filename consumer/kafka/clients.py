@@ -97,6 +97,9 @@ _OWN_SETTINGS: Final = frozenset(
 )
 
 
+FETCH_QUEUE_BACKOFF_MS: Final = 20
+
+
 def member_config(
     *,
     bootstrap: str,
@@ -136,6 +139,11 @@ def member_config(
         "queued.max.messages.kbytes": queued_max_messages_kbytes,
         "fetch.max.bytes": fetch_max_bytes,
         "max.partition.fetch.bytes": max_partition_fetch_bytes,
+        # Once the small prefetch queue is full, librdkafka postpones the next fetch of a
+        # partition by this long (default 1000 ms) although the engine drains the queue in
+        # milliseconds: with the default a member read at most about 43,000 events/s
+        # (BENCHMARKS.md, "Hot path"). ``extra`` may set it.
+        "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
     }
     if group_instance_id:
         config["group.instance.id"] = group_instance_id
