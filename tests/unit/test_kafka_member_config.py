@@ -22,6 +22,7 @@ BASE: dict[str, Any] = {
     "fetch_max_bytes": 2 << 20,
     "max_partition_fetch_bytes": 1 << 20,
     "extra": None,
+    "group_instance_id": "",
 }
 
 
