@@ -257,7 +257,8 @@ async def test_trace_gives_each_persons_journey_and_never_joins_the_group(
             # Nothing about the group changed: same members, same commits, no new group.
             assert _members(kafka_bootstrap, group) == members
             assert committed_offsets(kafka_bootstrap, group, topic, PARTITIONS) == committed
-            assert _groups(kafka_bootstrap) == groups
+            # (groups of earlier tests may expire meanwhile: only a new group would be trace's)
+            assert _groups(kafka_bootstrap) <= groups
         finally:
             consumer.send_signal(signal.SIGTERM)
             _, stderr = await consumer.communicate()
