@@ -50,7 +50,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
@@ -168,12 +168,20 @@ class EventMix:
         return user_id.encode(), orjson.dumps(event), "track"
 
 
+class RecordSource(Protocol):
+    """What ``SteadyProducer`` produces: ``EventMix`` here, ``bench_state_restore``'s events."""
+
+    def next(self) -> tuple[bytes, bytes, str]:
+        """(key, value, kind) of the next record."""
+        ...
+
+
 class SteadyProducer(threading.Thread):
     """Produces ``rate`` records per second (idempotent, acks=all) until ``stop``. While the
     broker is away records wait in librdkafka's queue (up to 15 min) and the schedule catches
     up, so the average rate holds. ``produced`` counts acknowledged records."""
 
-    def __init__(self, bootstrap: str, topic: str, mix: EventMix, rate: float) -> None:
+    def __init__(self, bootstrap: str, topic: str, mix: RecordSource, rate: float) -> None:
         super().__init__(name="soak-producer", daemon=True)
         self._producer = Producer(
             {
