@@ -365,6 +365,7 @@ def targets(docs: dict[str, Doc]) -> list[list[str]]:
             f["command"],
         ])
     rows += state_restore_targets(docs.get("state_restore"))
+    rows += state_members_targets(docs.get("state_members"))
     return rows
 
 
@@ -415,6 +416,78 @@ def state_restore_targets(r: Doc | None) -> list[list[str]]:
         r["command"],
     ])
     return rows
+
+
+def _restart_from_tail(restart: Doc) -> bool:
+    """Every partition read from its checkpoint, and no more than the tail written since
+    (give or take the member's own last writes: 1% of the changelog)."""
+    extra = restart["records_read"] - restart["tail_written"]
+    return (all(r["how"] == "tail" for r in restart["restores"])
+            and extra <= 0.01 * restart["changelog_records"])
+
+
+def _join_met(join: Doc) -> bool:
+    """Only the moved partitions restored (by the new member, nothing again by the others),
+    and the kept partitions' commits paused no longer during that restore than one second
+    beyond their longest pause under steady load."""
+    restored = sorted(int(p) for p in join["restore_records_c"])
+    return (
+        restored == join["moved"]
+        and not join["restored_again_by_a_b"]
+        and join["longest_commit_gap_kept_during_restore_s"]
+        <= join["longest_commit_gap_before_join_s"] + 1.0
+    )
+
+
+def state_members_targets(r: Doc | None) -> list[list[str]]:
+    """Issue 19's targets with real members, from ``bench_state_restore.py --members``."""
+    if not r:
+        return []
+    pair, join, restart, whole = r["pair"], r["join"], r["restart"], r["whole"]
+    members = pair["members"]
+    worst = max(m["peak_rss_mb"] for m in members.values())
+    baseline = (f"one member, whole changelog in memory: {whole['peak_rss_mb']} MB "
+                f"(restore {whole['restore_s']:.1f} s)")
+    moved = ", ".join(map(str, join["moved"]))
+    return [
+        [
+            f"{r['generated']['profiles']:,} profiles over {r['partitions']} partitions, 2 "
+            "`ghl-consumer run` members (restore, then a backlog): each holds about half, "
+            "RSS per member <= 300 MB",
+            " / ".join(f"{len(m['partitions'])} partitions, {m['profiles_held']:,} profiles, "
+                       f"{m['peak_rss_mb']} MB" for m in members.values()),
+            baseline,
+            f"{worst / whole['peak_rss_mb']:.2f}x baseline RSS",
+            verdict(worst <= 300 and all(m["partitions"] for m in members.values())),
+            r["command"],
+        ],
+        [
+            "partitions move to a new member (cooperative rebalance, real members, live "
+            "load): only those restored; the other partitions keep delivering throughout",
+            f"moved {moved}: {sum(join['restore_records_c'].values()):,} records restored "
+            f"by the new member in {max(join['restore_s_c'].values())} s, "
+            f"{len(join['restored_again_by_a_b'])} restored again elsewhere; kept partitions' "
+            "longest commit gap during that restore "
+            f"{join['longest_commit_gap_kept_during_restore_s']} s (whole rebalance "
+            f"{join['longest_commit_gap_kept_s']} s)",
+            f"longest commit gap under steady load: {join['longest_commit_gap_before_join_s']} s",
+            "-",
+            verdict(_join_met(join)),
+            r["command"],
+        ],
+        [
+            "restart of a `ghl-consumer run` member with its state directory intact reads "
+            "only the changelog tail",
+            f"{restart['records_read']:,} records read in {max(restart['restore_s'].values())} s "
+            f"({sum(x['how'] == 'tail' for x in restart['restores'])} of "
+            f"{len(restart['restores'])} partitions from their checkpoint)",
+            f"tail written: {restart['tail_written']:,}; the changelog: "
+            f"{restart['changelog_records']:,} records",
+            "-",
+            verdict(_restart_from_tail(restart)),
+            r["command"],
+        ],
+    ]
 
 
 def table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -686,6 +759,7 @@ def render(docs: dict[str, Doc], made: dict[str, str], plot_dir: str) -> str:
     out += soak_section(docs.get("soak"), made, plot_dir)
     out += state_section(docs.get("state"))
     out += state_restore_section(docs.get("state_restore"))
+    out += state_members_section(docs.get("state_members"))
     out += ["## Load average and code version of each results file", ""]
     def code(doc: Doc) -> str:
         machine = doc.get("machine")
@@ -1101,6 +1175,77 @@ def state_restore_section(r: Doc | None) -> list[str]:
         "",
         f"From scratch, per partition: {per}. On disk: {bytes_per:.0f} B per profile "
         "(SQLite, key and value, write-ahead log folded in at close).",
+        "",
+    ]
+    return out
+
+
+def state_members_section(r: Doc | None) -> list[str]:
+    """``bench_state_restore.py --members``: issue 19's figures with real members."""
+    if not r:
+        return []
+    gen, pair, join, restart, whole = (
+        r["generated"], r["pair"], r["join"], r["restart"], r["whole"]
+    )
+    out = ["## Profile state with real members (issue 19)", ""]
+    out += [
+        f"{gen['profiles']:,} profiles generated into a compacted changelog of "
+        f"{r['partitions']} partitions (as above), a backlog of {r['backlog_events']:,} events "
+        "of those users keyed by user on an event topic of the same partition count (95% page "
+        "views, 5% \"Lead Generated\" without traits: only the user's profile makes them an "
+        "upsert), the sandbox unlimited. Members are `ghl-consumer run` processes of one "
+        "group, each with its own `[profiles] state_dir`; restores are read from their logs "
+        "and `/metrics`, commits from the group's committed offsets every 0.2 s, RSS from "
+        f"/proc. One run; load average {r['loadavg_start'][0]} -> {r['loadavg_end'][0]} on "
+        f"{r['machine']['cpus']} cores (shared with other work). Command: "
+        f"`.venv/bin/python {r['command']}`.",
+        "",
+    ]
+    rows = []
+    for name, m in pair["members"].items():
+        rows.append([
+            f"member {name} of 2, started together, restore then the backlog",
+            ", ".join(map(str, m["partitions"])), f"{m['profiles_held']:,}",
+            f"{sum(m['restore_records'].values()):,}", f"{max(m['restore_s'].values())}",
+            f"{m['peak_rss_mb']}",
+        ])
+    rows.append([
+        f"member c joins under {num(r['live_rate'])} events/s",
+        ", ".join(map(str, join["moved"])), "-",
+        f"{sum(join['restore_records_c'].values()):,}", f"{max(join['restore_s_c'].values())}",
+        f"{join['c_peak_rss_mb']}",
+    ])
+    rows.append([
+        f"member a restarted on its state directory, {restart['tail_written']:,} records "
+        "written to the changelog meanwhile",
+        ", ".join(restart["restore_records"]), "-", f"{restart['records_read']:,}",
+        f"{max(restart['restore_s'].values())}", f"{restart['peak_rss_mb']}",
+    ])
+    rows.append([
+        "baseline: one member, whole changelog in memory (no state directory)", "all", "-",
+        f"{whole['records_read']:,}", f"{whole['restore_s']:.2f}", f"{whole['peak_rss_mb']}",
+    ])
+    out += table(["member", "partitions", "profiles held", "changelog records restored",
+                  "restore s", "peak RSS MB"], rows)
+    gaps = ", ".join(f"{p}: {g} s" for p, g in join["gaps_s"].items())
+    out += [
+        "",
+        f"The pair drained the backlog {pair['drained_s']} s after their launch. When c "
+        f"joined, partitions {', '.join(map(str, join['moved']))} moved to it (before: "
+        + "; ".join(f"{n} {v}" for n, v in join["owned_before"].items())
+        + "; after: " + "; ".join(f"{n} {v}" for n, v in join["owned_after"].items())
+        + f"); a and b restored {len(join['restored_again_by_a_b'])} partitions again. "
+        "Longest gap between advances of a partition's committed offset: under steady load "
+        f"before the join {join['longest_commit_gap_before_join_s']} s; during c's restore, "
+        f"kept partitions {join['longest_commit_gap_kept_during_restore_s']} s; from c's "
+        f"launch until every partition was restored ({join['window_s']} s, the group's "
+        f"rebalance included), per partition: {gaps}. Restart: from launch to every "
+        f"partition restored {restart['launch_to_restored_s']} s. The baseline read "
+        f"{whole['records_read']:,} records for a changelog of "
+        f"{restart['changelog_records']:,}: in whole-changelog mode each feed's assignment "
+        "(the events' and the replay topic's) restores the whole changelog (`Engine._restore`"
+        "), so it is read twice at start; it drained "
+        f"{whole['events']:,} events {whole['drained_s']} s after its launch.",
         "",
     ]
     return out

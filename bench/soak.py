@@ -11,6 +11,14 @@ user, about 60% track and 29% page analytics, 10% identity (identify, "Signed Up
 "Lead Generated") whose ``first_name`` carries a per-user version (so order matters), 0.5%
 malformed (broken JSON, identify without email or phone) that must dead-letter.
 
+``--partitioned``: partitioned profile state, each member its own ``[profiles] state_dir``
+(one per slot, kept across that slot's restarts: a SIGKILL leaves its files open, so they are
+rebuilt; a SIGTERM closes them clean, so only the tail is read), and 1% of the mix anonymous
+visitors: a page view keyed by an anonymousId with a phone, later an identify by a userId
+naming it with an email only (stitched across partitions through the stitch topic), half of
+them a "Lead Generated" later still. The result counts the stitch topic's records, which the
+audit must not count as events.
+
 Fault schedule: every ``--fault-gap`` seconds the next of, in turn: SIGKILL a member and restart
 it; SIGTERM a member (a clean leave: rebalance) and restart it (never the last member, whose RSS
 over the whole run shows any growth); a ``--fault-window`` of sandbox
@@ -50,7 +58,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
@@ -83,6 +91,7 @@ KINDS = ("sigkill_member", "sigterm_member", "sandbox_faults", "redis_kill", "br
 LOCATIONS = {f"soakLocation{i:08d}": f"soak-token-{i}" for i in range(4)}
 SANDBOX_FAULTS = {"failRate": 0.3, "hangRate": 0.05, "resetRate": 0.15}
 NO_FAULTS = dict.fromkeys(SANDBOX_FAULTS, 0.0)
+VISITOR_SHARE = 0.01  # --partitioned: anonymous visitors who sign up later (EventMix._visitor)
 STOP_GRACE = 60.0  # a SIGTERMed member drains (engine.drain_timeout_seconds, 10 s) and commits
 
 
@@ -99,6 +108,7 @@ class SoakOptions:
     fault_window: float = 20.0
     sample_interval: float = 5.0
     drain_timeout: float = 600.0
+    partitioned: bool = False  # each member its own [profiles] state_dir; visitors in the mix
 
 
 # -- the event stream ---------------------------------------------------------------------------
@@ -108,15 +118,58 @@ class EventMix:
     """The soak's records, reproducible from ``seed`` (see the module docstring for the mix).
     Not thread-safe: one producer thread calls ``next``."""
 
-    def __init__(self, seed: int, users: int) -> None:
+    def __init__(self, seed: int, users: int, *, visitors: bool = False) -> None:
         self._rng = random.Random(seed)
         self._seed = seed
         self._users = users
         self._versions = [0] * users
         self._n = 0
+        self._visitors = visitors
+        self._due: list[tuple[int, bytes, bytes, str]] = []  # (due at n, key, value, kind)
 
     def next(self) -> tuple[bytes, bytes, str]:
         """(key, value, kind) of the next record."""
+        if self._due and self._due[0][0] <= self._n:
+            self._n += 1
+            _, key, value, kind = self._due.pop(0)
+            return key, value, kind
+        if self._visitors and self._rng.random() < VISITOR_SHARE:
+            return self._visitor()
+        return self._user()
+
+    def _visitor(self) -> tuple[bytes, bytes, str]:
+        """An anonymous page view (keyed by its anonymousId, so usually on another partition
+        than the user's) whose traits carry a phone; 20-200 records later the visitor signs
+        up under a userId naming that anonymousId, with an email only (a stitch across
+        partitions: the phone reaches HighLevel with the user's next upsert, if any); half of
+        them send a "Lead Generated" without traits 200-400 records after that."""
+        rng, n = self._rng, self._n
+        self._n += 1
+        visitor = n % (10_000 - self._users)  # phones after the users': one per visitor id
+        anonymous, user_id = f"anon-{self._seed}-{n}", f"visitor-{visitor}"
+        stamp = datetime.now(UTC).isoformat()
+        context = {"site": f"site-{visitor % len(LOCATIONS)}",
+                   "consent": {"marketing": "granted"}}
+        page = {"type": "page", "name": "Pricing", "anonymousId": anonymous,
+                "messageId": f"soak-{self._seed}-{n}", "timestamp": stamp,
+                "context": {**context,
+                            "traits": {"phone": f"+1 415 555 {self._users + visitor:04d}"}}}
+        sign_up = {"type": "identify", "userId": user_id, "anonymousId": anonymous,
+                   "messageId": f"soak-{self._seed}-{n}-identify", "timestamp": stamp,
+                   "context": context,
+                   "traits": {"email": f"visitor{visitor}@example.com", "first_name": "Visitor"}}
+        signed_up_at = n + rng.randrange(20, 200)
+        self._due.append((signed_up_at, user_id.encode(), orjson.dumps(sign_up), "visitor"))
+        if rng.random() < 0.5:
+            lead = {"type": "track", "event": "Lead Generated", "userId": user_id,
+                    "messageId": f"soak-{self._seed}-{n}-lead", "timestamp": stamp,
+                    "context": context, "properties": {"source": "Contact Form"}}
+            due = signed_up_at + rng.randrange(200, 400)
+            self._due.append((due, user_id.encode(), orjson.dumps(lead), "visitor"))
+        self._due.sort(key=lambda d: d[0])
+        return anonymous.encode(), orjson.dumps(page), "visitor"
+
+    def _user(self) -> tuple[bytes, bytes, str]:
         rng, n = self._rng, self._n
         self._n += 1
         user = rng.randrange(self._users)
@@ -168,12 +221,20 @@ class EventMix:
         return user_id.encode(), orjson.dumps(event), "track"
 
 
+class RecordSource(Protocol):
+    """What ``SteadyProducer`` produces: ``EventMix`` here, ``bench_state_restore``'s events."""
+
+    def next(self) -> tuple[bytes, bytes, str]:
+        """(key, value, kind) of the next record."""
+        ...
+
+
 class SteadyProducer(threading.Thread):
     """Produces ``rate`` records per second (idempotent, acks=all) until ``stop``. While the
     broker is away records wait in librdkafka's queue (up to 15 min) and the schedule catches
     up, so the average rate holds. ``produced`` counts acknowledged records."""
 
-    def __init__(self, bootstrap: str, topic: str, mix: EventMix, rate: float) -> None:
+    def __init__(self, bootstrap: str, topic: str, mix: RecordSource, rate: float) -> None:
         super().__init__(name="soak-producer", daemon=True)
         self._producer = Producer(
             {
@@ -233,20 +294,22 @@ class SteadyProducer(threading.Thread):
 
 
 class Members:
-    """``count`` ``ghl-consumer run`` processes in one group, by slot. Their stdout and stderr
-    go to ``logs/member-<slot>.log``. Faults mark a slot busy while they stop and restart it;
-    ``revive`` restarts any other slot whose process exited (an unexpected exit)."""
+    """``ghl-consumer run`` processes in one group, by slot, one per configuration file of
+    ``configs`` (the same file, or one per slot: each its own state directory, kept across its
+    restarts). Their stdout and stderr go to ``logs/member-<slot>.log``. Faults mark a slot
+    busy while they stop and restart it; ``revive`` restarts any other slot whose process
+    exited (an unexpected exit)."""
 
-    def __init__(self, count: int, env: dict[str, str], config: Path, logs: Path) -> None:
-        self._env, self._config, self._logs = env, config, logs
-        self.processes: list[asyncio.subprocess.Process | None] = [None] * count
+    def __init__(self, configs: list[Path], env: dict[str, str], logs: Path) -> None:
+        self._env, self._configs, self._logs = env, configs, logs
+        self.processes: list[asyncio.subprocess.Process | None] = [None] * len(configs)
         self._pumps: list[asyncio.Task[None]] = []
         self._busy: set[int] = set()
         self.unexpected: list[dict[str, Any]] = []
 
     async def start(self, slot: int) -> None:
         process = await start_consumer(
-            self._env, "--config", str(self._config), "--log-level", "WARNING"
+            self._env, "--config", str(self._configs[slot]), "--log-level", "WARNING"
         )
         self.processes[slot] = process
         log = self._logs / f"member-{slot}.log"
@@ -453,8 +516,8 @@ class Soak:
             await asyncio.to_thread(self.redis.start)
             sandbox, self.sandbox_url = await start_sandbox(LOCATIONS, "--seed", str(o.seed))
             stack.push_async_callback(stop_process, sandbox)
-            config = self.logs / "consumer.toml"
-            config.write_text(_config_toml())
+            configs = _configs(self.logs, o)
+            config = configs[0]  # the audit's: the state directory is no concern of it
             env = {
                 "KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap,
                 "KAFKA_TOPICS": self.topic,
@@ -464,7 +527,7 @@ class Soak:
                 "REDIS_URL": self.redis.url,
                 **{f"SOAK_TOKEN_{i}": token for i, token in enumerate(LOCATIONS.values())},
             }
-            members = self.members = Members(o.members, env, config, self.logs)
+            members = self.members = Members(configs, env, self.logs)
             exit_codes: list[int] = []
 
             async def close_members() -> None:
@@ -478,7 +541,8 @@ class Soak:
             print(f"soak: {o.duration:.0f} s at {o.rate:g} ev/s, topic {self.topic}, "
                   f"logs in {self.logs}", flush=True)
             producer = self.producer = SteadyProducer(
-                self.broker.bootstrap, self.topic, EventMix(o.seed, o.users), o.rate
+                self.broker.bootstrap, self.topic,
+                EventMix(o.seed, o.users, visitors=o.partitioned), o.rate,
             )
             self.started = time.monotonic()  # the clock of the samples and faults: the load
             producer.start()
@@ -501,11 +565,17 @@ class Soak:
                   else f"NOT drained after {o.drain_timeout:.0f} s", flush=True)
             await close_members()
             ends = await asyncio.to_thread(end_offsets, self.broker.bootstrap, self.topic)
+            stitches = (
+                sum((await asyncio.to_thread(
+                    end_offsets, self.broker.bootstrap, f"{self.group}.stitch"
+                )).values())
+                if o.partitioned else None
+            )
             audit = await self._audit(env, config)
         return self._document(
             machine=machine, load_start=load_start, produced_seconds=produced_seconds,
             drain_seconds=drain_seconds, exit_codes=exit_codes, ends=sum(ends.values()),
-            audit=audit,
+            audit=audit, stitches=stitches,
         )
 
     async def _audit(self, env: dict[str, str], config: Path) -> dict[str, Any]:
@@ -527,6 +597,8 @@ class Soak:
             "parked": report["parked"],
             "dropped": report["dropped"],
             "contacts": report["contacts"],
+            "allowed_differences": report["allowed_differences"],
+            "stitch_order_rejects": report["stitch_order_rejects"],
             "unaccounted_events": sum(u["events"] for u in unaccounted),
             "unaccounted": unaccounted[:20],
         }
@@ -534,6 +606,7 @@ class Soak:
     def _document(
         self, *, machine: dict[str, Any], load_start: list[float], produced_seconds: float,
         drain_seconds: float | None, exit_codes: list[int], ends: int, audit: dict[str, Any],
+        stitches: int | None,
     ) -> dict[str, Any]:
         o = self.o
         assert self.producer is not None
@@ -561,6 +634,9 @@ class Soak:
             "seed": o.seed,
             "members": o.members,
             "partitions": o.partitions,
+            # each member its own state directory; None: every profile in memory
+            "profile_state": "partitioned" if o.partitioned else "whole changelog",
+            "stitch_records": stitches,  # records of the stitch topic (not events)
             "locations": len(LOCATIONS),
             "logs": str(self.logs),
             "events": {
@@ -625,6 +701,21 @@ def _rss_summary(series: list[list[float | None]]) -> dict[str, Any]:
     }
 
 
+def _configs(logs: Path, o: SoakOptions) -> list[Path]:
+    """The members' configuration files: one for all, or (``partitioned``) one per slot with
+    its own ``[profiles] state_dir`` under ``logs``."""
+    if not o.partitioned:
+        config = logs / "consumer.toml"
+        config.write_text(_config_toml())
+        return [config] * o.members
+    configs = []
+    for slot in range(o.members):
+        config = logs / f"consumer-{slot}.toml"
+        config.write_text(_config_toml() + f'[profiles]\nstate_dir = "{logs / f"state-{slot}"}"\n')
+        configs.append(config)
+    return configs
+
+
 def _config_toml() -> str:
     integrations = [
         {
@@ -641,7 +732,8 @@ def _config_toml() -> str:
 
 def _argv_of(o: SoakOptions) -> str:
     return (f"--duration {o.duration:g} --rate {o.rate:g} --seed {o.seed} "
-            f"--fault-gap {o.fault_gap:g} --fault-window {o.fault_window:g}")
+            f"--fault-gap {o.fault_gap:g} --fault-window {o.fault_window:g}"
+            + (" --partitioned" if o.partitioned else ""))
 
 
 def summary(doc: dict[str, Any]) -> str:
@@ -649,7 +741,9 @@ def summary(doc: dict[str, Any]) -> str:
     faults = ", ".join(f"{k} {v}" for k, v in doc["faults"]["by_kind"].items())
     lines = [
         f"soak {'OK' if doc['ok'] else 'FAILED'}: {doc['duration_s']:g} s at "
-        f"{doc['rate_ev_per_s']:g} ev/s, {events['produced']:,} events produced",
+        f"{doc['rate_ev_per_s']:g} ev/s, {events['produced']:,} events produced, profile state "
+        f"{doc['profile_state']}"
+        + (f" ({doc['stitch_records']:,} stitch records)" if doc["stitch_records"] else ""),
         f"faults        {faults}",
         f"RSS MB        member {rss['witness']} (never restarted): first-quarter median "
         f"{rss['first_quarter_median']}, last-quarter median {rss['last_quarter_median']}; "
@@ -658,7 +752,8 @@ def summary(doc: dict[str, Any]) -> str:
         f"{doc['drain_seconds']} s",
         f"audit         exit {audit.get('exit_code')}, {audit.get('records', '?')} records, "
         f"{audit.get('unaccounted_events', '?')} unaccounted, dead-lettered "
-        f"{audit.get('dead_lettered', '?')}, delivered {audit.get('delivered_events', '?')}",
+        f"{audit.get('dead_lettered', '?')}, delivered {audit.get('delivered_events', '?')}, "
+        f"allowed differences {audit.get('allowed_differences', '?')}",
     ]
     lines += [f"PROBLEM       {p}" for p in doc["problems"]]
     return "\n".join(lines)
@@ -675,11 +770,16 @@ def parse_args(argv: list[str]) -> SoakOptions:
                         help="seconds of sandbox faults, and of the Redis outage")
     parser.add_argument("--sample-interval", type=float, default=5.0)
     parser.add_argument("--drain-timeout", type=float, default=600.0)
+    parser.add_argument(
+        "--partitioned", action="store_true",
+        help="partitioned profile state: each member its own [profiles] state_dir (kept "
+             "across its restarts), and anonymous visitors stitched across partitions in the mix",
+    )
     a = parser.parse_args(argv)
     return SoakOptions(
         duration=a.duration, rate=a.rate, seed=a.seed, out=a.out, fault_gap=a.fault_gap,
         fault_window=a.fault_window, sample_interval=a.sample_interval,
-        drain_timeout=a.drain_timeout,
+        drain_timeout=a.drain_timeout, partitioned=a.partitioned,
     )
 
 

@@ -3,7 +3,8 @@ real ``ghl-consumer run`` members, a real broker and the sandbox: each member ho
 profiles of the partitions it owns; a cooperative rebalance restores only the partitions that
 moved; a member given back partitions it held before reads only the changelog's tail; a member
 killed with SIGKILL rebuilds its state; a "Lead Generated" is enriched by an identify consumed
-by another member; start-up refuses a changelog whose partition count differs."""
+by another member; a broker killed while a member restores loses nothing; start-up refuses a
+changelog whose partition count differs."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
+from consumer.core.profiles import Profile
 from consumer.sandbox.server import run_sandbox
 from tests.harness.guide import LOCATION
 from tests.integration.consumer_harness import (
@@ -31,6 +33,7 @@ from tests.integration.consumer_harness import (
     start_consumer,
     stop_process,
 )
+from tests.kafka_broker import LocalBroker, create_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -52,9 +55,9 @@ def upserts(requests: Iterable[Mapping[str, object]]) -> int:
     return sum(r["path"] == "/contacts/upsert" and r["status"] in (200, 201) for r in requests)
 
 
-async def until_committed(bootstrap: str, group: str, topic: str) -> None:
+async def until_committed(bootstrap: str, group: str, topic: str, seconds: float = 90) -> None:
     ends = end_offsets(bootstrap, topic, PARTITIONS)
-    async with asyncio.timeout(90):
+    async with asyncio.timeout(seconds):
         while {
             p: o
             for p, o in committed_offsets(bootstrap, group, topic, PARTITIONS).items()
@@ -308,3 +311,76 @@ async def test_a_static_member_restarted_within_the_session_timeout_keeps_its_pa
                 await stop_process(member.process, signal.SIGKILL)
                 await member.finished()
                 print(member.text()[-4000:])  # shown when the test fails
+
+
+async def test_a_broker_killed_while_a_member_restores_loses_nothing(tmp_path: Path) -> None:
+    """The broker SIGKILLed while a member rebuilds its partitions from a changelog of 200,000
+    profiles, started again 5 s later: the member keeps running, the restore completes, every
+    "Lead Generated" (which needs its user's restored profile) reaches HighLevel, and the
+    member, stopped cleanly, restarts from its checkpoints (the tail only)."""
+    profiles, leads = 200_000, 300
+    broker = LocalBroker()
+    await asyncio.to_thread(broker.start)
+    try:
+        bootstrap = broker.bootstrap
+        topic = create_topic(bootstrap, partitions=PARTITIONS)
+        group = f"pstate-{uuid.uuid4().hex[:8]}"
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        changelog = NewTopic(f"{group}.profiles", num_partitions=PARTITIONS,
+                             config={"cleanup.policy": "compact"})
+        [future] = admin.create_topics([changelog]).values()
+        future.result(timeout=30)
+        # keyed by user like the events: each profile in its user's events' partition (in
+        # chunks: the harness's producer queue holds 100,000 records)
+        for chunk in range(0, profiles, 50_000):
+            produce(bootstrap, f"{group}.profiles", (
+                (f"user-{n}".encode(),
+                 Profile(fields={"email": f"user-{n}@example.com"}).to_bytes())
+                for n in range(chunk, chunk + 50_000)
+            ))
+        produce(bootstrap, topic, [lead(f"user-{n * 601}") for n in range(leads)])
+        config = tmp_path / "consumer.toml"
+        config.write_text(f'[profiles]\nstate_dir = "{tmp_path / "state"}"\n')
+        async with run_sandbox(locations={LOCATION: TOKEN}) as sandbox:
+            env = {
+                "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+                "KAFKA_TOPICS": topic,
+                "KAFKA_GROUP_ID": group,
+                "GHL_LOCATION_ID": LOCATION,
+                "GHL_ACCESS_TOKEN": TOKEN,
+                "GHL_API_BASE_URL": sandbox.url,
+                "KAFKA_SESSION_TIMEOUT_MS": "6000",
+                "GHL_CONFIG": str(config),
+            }
+            member = ProcessLog(await start_consumer(env))
+            try:
+                async with asyncio.timeout(120):
+                    await member.wait_for("rebuilt from the changelog (no local state)")
+                await asyncio.sleep(0.5)
+                # the premise: the restore is still under way when the broker goes
+                assert member.count("profiles restored for") == 0, member.text()[-3000:]
+                await asyncio.to_thread(broker.kill)
+                await asyncio.sleep(5)
+                await asyncio.to_thread(broker.start)
+                await until_committed(bootstrap, group, topic, seconds=240)
+                assert upserts(sandbox.requests) == leads
+                assert member.process.returncode is None
+                assert await stop_process(member.process) == 0
+            finally:
+                await stop_process(member.process, signal.SIGKILL)
+                await member.finished()
+                print(member.text()[-6000:])  # shown when the test fails
+
+            again = ProcessLog(await start_consumer(env))
+            try:
+                async with asyncio.timeout(120):
+                    await again.wait_for("events: profiles restored for")
+                for partition in range(PARTITIONS):
+                    assert "(tail)" in restored_lines(again, partition)[-1]
+                assert await stop_process(again.process) == 0
+            finally:
+                await stop_process(again.process, signal.SIGKILL)
+                await again.finished()
+                print(again.text()[-3000:])
+    finally:
+        await asyncio.to_thread(broker.close)
