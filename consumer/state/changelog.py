@@ -323,7 +323,9 @@ async def restore_partitions(
     for r in ranges:
         store.checkpoint(r.partition, r.end)
         logger.info(
-            "profile changelog %s[%d]: offsets %d-%d read (%s), %d applied, %d newer here, "
+            # "from N to M", not "N-M": the log's phone masking would star a digit run
+            "profile changelog %s[%d]: offsets from %d to %d read (%s), %d applied, "
+            "%d newer here, "
             "%d unreadable; %d held",
             changelog.topic, r.partition, r.start, r.end,
             "tail" if r.rebuilt is None else f"rebuilt: {r.rebuilt}",
