@@ -264,7 +264,7 @@ class EngineSettings:
     max_buffered: int = field(default=20_000, metadata={"min": 10})
     max_buffered_per_partition: int = field(default=5_000, metadata={"min": 10})
     # bytes of waiting records (keys, values, headers) before every partition pauses
-    max_buffered_bytes: int = field(default=64 * 1024 * 1024, metadata={"min": 1_048_576})
+    max_buffered_bytes: int = field(default=16 * 1024 * 1024, metadata={"min": 1_048_576})
     commit_interval_ms: int = field(default=1_000, metadata={"min": 10})
     drain_timeout_seconds: float = field(default=10.0, metadata={"min": 0})
     progress_interval_seconds: float = field(default=10.0, metadata={"min": 0.1})

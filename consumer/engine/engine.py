@@ -96,7 +96,7 @@ class EngineOptions:
     max_in_flight: int = 64
     max_buffered: int = 20_000
     max_buffered_per_partition: int = 5_000
-    max_buffered_bytes: int = 64 * 1024 * 1024
+    max_buffered_bytes: int = 16 * 1024 * 1024
     poll_batch: int = 500
     poll_timeout: float = 0.1
     commit_interval: float = 1.0

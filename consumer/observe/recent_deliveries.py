@@ -229,7 +229,7 @@ class _RawDelivery(NamedTuple):
     attempts: int
     omitted: Sequence[Omitted]
     message_ids: Sequence[str]
-    sources: Sequence[Record]
+    sources: tuple[tuple[str, int, int], ...]  # (topic, partition, offset): never the records
 
 
 # What the rings keep, raw: (kind, record, reason, integration, at, detail); detail is the
@@ -319,7 +319,10 @@ class RecentDeliveries:
         seq = next(self._seq)
         raw = _RawDelivery(
             seq, now, integration, location_id, endpoint, events, contact_key, payload,
-            answer, attempts, omitted, message_ids, sources,
+            answer, attempts, omitted, message_ids,
+            # coordinates only: a kept record would hold its value (up to a megabyte) for as
+            # long as the entry stays in the ring
+            tuple((r.topic, r.partition, r.offset) for r in itertools.islice(sources, MAX_IDS)),
         )  # fmt: skip
         buffer.append(raw)
         self._last_seq = seq
@@ -350,10 +353,7 @@ class RecentDeliveries:
             attempts=raw.attempts,
             omitted=tuple((o.field, o.reason.value, o.path) for o in raw.omitted),
             message_ids=tuple(mask_text(m) for m in itertools.islice(raw.message_ids, MAX_IDS)),
-            sources=tuple(
-                f"{r.topic}/{r.partition}/{r.offset}"
-                for r in itertools.islice(raw.sources, MAX_IDS)
-            ),
+            sources=tuple(f"{topic}/{part}/{offset}" for topic, part, offset in raw.sources),
         )
 
     def recent(
