@@ -4,10 +4,11 @@ filtered, newest first, subscribable."""
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
-from consumer.core.events import OmitReason, Omitted
+from consumer.core.events import OmitReason, Omitted, Record
 from consumer.core.normalise import mask_text
 from consumer.highlevel.verdicts import Answer, classify
 from consumer.observe.recent_deliveries import (
@@ -276,3 +277,27 @@ def test_subscribers_see_new_entries_until_they_unsubscribe() -> None:
 def test_capacity_must_be_positive() -> None:
     with pytest.raises(ValueError, match="capacity"):
         RecentDeliveries(integrations=["acme"], capacity=0)
+
+
+def test_an_entry_keeps_its_source_records_coordinates_not_the_records() -> None:
+    """A delivery entry stays in its ring for hundreds of requests: holding the source records
+    would hold their values (up to about a megabyte each) as long."""
+    debugger = RecentDeliveries(integrations=["acme"])
+    value = bytes(100_000)
+    before = sys.getrefcount(value)
+    source = Record("events", 3, 41, b"lead-987", value)
+    debugger.record(
+        integration="acme",
+        location_id="L",
+        endpoint="upsert",
+        events=["identify"],
+        contact_key="lead-987",
+        payload=GUIDE_UPSERT,
+        answer=answer(201),
+        attempts=1,
+        now=1.0,
+        sources=[source],
+    )
+    del source
+    assert sys.getrefcount(value) == before
+    assert debugger.recent()[0].sources == ("events/3/41",)
