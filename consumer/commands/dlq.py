@@ -258,7 +258,7 @@ async def _replay_command(args: argparse.Namespace, settings: Settings, out: Tex
             print(f"dead-letter topic {topic} does not exist: nothing to replay", file=out)
             return 0
         partitions = None
-        if settings.replay_co_partitioned:
+        if settings.partitioned_profiles:
             partitions = await _co_partitions(reader, settings)
         ranges = await reader.open([topic], from_committed=not args.from_beginning)
         pending = sum(r.end - r.start for r in ranges)
@@ -295,7 +295,7 @@ async def _replay_command(args: argparse.Namespace, settings: Settings, out: Tex
 
 async def _co_partitions(reader: TopicReader, settings: Settings) -> int:
     """The source topic's partition count, which the replay topic has too when co-partitioned
-    (``Settings.replay_co_partitioned``). Raises ``ConfigError`` when the source topic does
+    (``Settings.partitioned_profiles``). Raises ``ConfigError`` when the source topic does
     not exist or the replay topic has another count (``ghl-consumer run`` refuses to start
     then too); a replay topic not created yet fails each copy instead."""
     kafka = settings.kafka

@@ -151,7 +151,7 @@ def co_partitioned_topics(settings: Settings) -> list[CoPartition]:
     """With partitioned profile state (``profiles.state_dir``, one input topic) the profile
     changelog, the replay topic and the stitch topic have the input topic's partition count:
     partition p of each holds what belongs with the events of partition p."""
-    if not settings.replay_co_partitioned:
+    if not settings.partitioned_profiles:
         return []
     kafka = settings.kafka
     return [
@@ -257,7 +257,7 @@ async def running_consumer(
         topics=(
             *kafka.topics,
             kafka.replay_topic,
-            *((kafka.stitch_topic,) if settings.replay_co_partitioned else ()),
+            *((kafka.stitch_topic,) if settings.partitioned_profiles else ()),
         ),
         installations=[app.id for app in settings.oauth],
     )
@@ -268,11 +268,11 @@ async def running_consumer(
     )
     # First, before any client that would log every failed connection attempt: one line when
     # the bootstrap servers do not answer, and the topics created or checked.
-    co_partitioned = settings.replay_co_partitioned
+    partitioned = settings.partitioned_profiles
     started = await start_up(
         kafka.bootstrap_servers,
-        create=consumer_topics(kafka, stitching=co_partitioned),
-        uses=topic_uses(kafka, stitching=co_partitioned),
+        create=consumer_topics(kafka, stitching=partitioned),
+        uses=topic_uses(kafka, stitching=partitioned),
         create_topics=kafka.create_topics,
         timeout_s=kafka.startup_timeout_seconds,
         extra=extra,
@@ -310,32 +310,27 @@ async def running_consumer(
         # offset: copies written before the group first joined are read. Co-partitioned, the
         # engine assigns the replay partitions of the source partitions this member owns (the
         # offsets are committed in that group all the same, which then has no members).
-        replays = KafkaSource(
-            bootstrap=kafka.bootstrap_servers,
-            group_id=kafka.replay_topic,
-            topics=[kafka.replay_topic],
-            group_protocol=protocol,
-            session_timeout_ms=kafka.session_timeout_ms,
-            client_id="ghl-consumer-replay",
-            extra=extra,
-            subscribe=not co_partitioned,
-        )
+        def side_feed(topic: str, client_id: str, *, subscribe: bool) -> KafkaSource:
+            """A feed of one of the consumer's own topics, in a group named after it."""
+            return KafkaSource(
+                bootstrap=kafka.bootstrap_servers,
+                group_id=topic,
+                topics=[topic],
+                group_protocol=protocol,
+                session_timeout_ms=kafka.session_timeout_ms,
+                client_id=client_id,
+                extra=extra,
+                subscribe=subscribe,
+            )
+
+        replays = side_feed(kafka.replay_topic, "ghl-consumer-replay", subscribe=not partitioned)
         stitching = None
-        if co_partitioned:
+        if partitioned:
             stitching = Stitching(
                 topic=kafka.stitch_topic,
                 # like the co-partitioned replay feed: assigned by the engine, committing in a
                 # group named after the topic
-                source=KafkaSource(
-                    bootstrap=kafka.bootstrap_servers,
-                    group_id=kafka.stitch_topic,
-                    topics=[kafka.stitch_topic],
-                    group_protocol=protocol,
-                    session_timeout_ms=kafka.session_timeout_ms,
-                    client_id="ghl-consumer-stitch",
-                    extra=extra,
-                    subscribe=False,
-                ),
+                source=side_feed(kafka.stitch_topic, "ghl-consumer-stitch", subscribe=False),
                 partitions_of=partial(
                     source_partitions_of,
                     topic=kafka.topics[0],
@@ -381,8 +376,8 @@ async def running_consumer(
             credentials=credentials,
             locations={i.id: i.location_id for i in settings.integrations},
             dead_letter_topic=kafka.dead_letter_topic,
-            replay_source=None if co_partitioned else replays,
-            replay_follower=replays if co_partitioned else None,
+            replay_source=None if partitioned else replays,
+            replay_follower=replays if partitioned else None,
             stitching=stitching,
             source_topics=kafka.topics,
             delivery_topic=kafka.delivery_topic,

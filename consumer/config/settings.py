@@ -312,13 +312,14 @@ class Settings:
         return tuple(integration.target for integration in self.integrations)
 
     @property
-    def replay_co_partitioned(self) -> bool:
-        """Whether the replay topic is co-partitioned with the one source topic (partitioned
-        profile state: ``profiles.state_dir`` set, which the loader accepts with one topic in
-        ``kafka.topics`` only): it has the source topic's partition count, ``dlq replay``
-        writes each copy to its original's partition, and each member reads the replay
-        partitions of the source partitions it owns. Otherwise the replay topic is read by a
-        consumer group of its own."""
+    def partitioned_profiles(self) -> bool:
+        """Whether profile state is partitioned (``profiles.state_dir`` set, which the loader
+        accepts with one topic in ``kafka.topics`` only). Then the profile changelog, the
+        replay topic and the stitch topic are co-partitioned with the source topic: each has
+        its partition count, ``dlq replay`` writes each copy to its original's partition, and
+        each member reads the replay and stitch partitions of the source partitions it owns.
+        Otherwise the replay topic is read by a consumer group of its own and there is no
+        stitch topic."""
         return bool(self.profiles.state_dir)
 
 

@@ -609,10 +609,10 @@ def test_the_replay_topic_is_co_partitioned_with_one_source_topic_when_state_dir
     state = '[profiles]\nstate_dir = "/var/lib/ghl"\n'
     settings = load(tmp_path, state, {**ENV, "KAFKA_TOPICS": "events"})
     assert settings.profiles.state_dir == "/var/lib/ghl"
-    assert settings.replay_co_partitioned
+    assert settings.partitioned_profiles
     with pytest.raises(ConfigError, match=r"profiles\.state_dir: .* exactly one topic"):
         load(tmp_path, state, {**ENV, "KAFKA_TOPICS": "a,b"})
-    assert not load(tmp_path, "", {**ENV, "KAFKA_TOPICS": "events"}).replay_co_partitioned
+    assert not load(tmp_path, "", {**ENV, "KAFKA_TOPICS": "events"}).partitioned_profiles
     with pytest.raises(ConfigError, match=r"profiles\.state_dir: expected a directory path"):
         load(tmp_path, "[profiles]\nstate_dir = 1\n", ENV)
 
