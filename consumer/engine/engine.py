@@ -56,6 +56,8 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
+from itertools import groupby
+from operator import itemgetter
 
 from consumer.core.deadletter import ORIGINAL_TOPIC, Failure, original_topic, replayed_from
 from consumer.core.events import ContactUpsert, Drop, Outcome, Reason, Record, Reject
@@ -65,7 +67,7 @@ from consumer.core.stitch import BadStitch, StitchMerge, StitchRequest, decode_s
 from consumer.engine.backpressure import Backpressure, Decision
 from consumer.engine.deliveries import DeliveryLog
 from consumer.engine.dispatch import Dispatcher, Ticket
-from consumer.engine.offsets import Assignment, OffsetTracker
+from consumer.engine.offsets import Assignment, OffsetTracker, PartitionOffsets
 from consumer.engine.outbox import Outbox
 from consumer.engine.parking import decode_parked
 from consumer.engine.ports import (
@@ -86,6 +88,8 @@ from consumer.engine.tasks import TaskSet
 from consumer.errors import ProfileDecodeError
 
 logger = logging.getLogger(__name__)
+
+_PARTITION_OF = itemgetter(0, 1)  # a Record's (topic, partition): runs of one partition
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -588,11 +592,13 @@ class Engine:
 
     def _ingest(self, feed: _Feed, records: Sequence[Record], now: float, wall: float) -> None:
         """One poll batch of the event feed, or of the replay feed (each record routed as the
-        source topic its ``ghl.original_topic`` names, which must be configured), in one pass:
-        admit, map, route each outcome.
+        source topic its ``ghl.original_topic`` names, which must be configured), in one pass
+        over its runs of one partition (one offset tracker lookup, one profile partition
+        selected, per run): accept, map, route each outcome.
 
         A record that completes at once (every outcome a drop, no profile change) is done as
-        soon as it is mapped: no ticket. Counters are tallied per batch and flushed once
+        soon as it is mapped: no ticket, never tracked (``PartitionOffsets.passed``; with
+        nothing pending before it, the commit point simply moves past it). Counters are tallied per batch and flushed once
         (``_Tally``). The profile changes of the whole batch are produced together, one write
         per user (``_persist_profiles``); the records that made them wait for it. So do the
         records whose mapping met a profile to stitch held in another partition: a request
@@ -605,61 +611,69 @@ class Engine:
         tally = _Tally()
         waiting: list[Ticket] = []  # records whose profile changes are in this batch's writes
         requests: list[tuple[int, StitchRequest]] = []  # (stitch partition, request)
-        partition = None
-        for record in records:
-            if partition is None or (partition.topic, partition.partition) != (
-                record.topic,
-                record.partition,
-            ):
-                partition = tracker.get(record.topic, record.partition)
-                if partition is None:
-                    continue  # revoked while the batch was in flight; the new owner reads it
-                if log is not None:  # the profiles this record's mapping reads and writes
-                    log.select(record.partition)
-            tally.consumed[record.topic] += 1
-            if not partition.admit(record.offset, record.size):
-                tally.skipped[record.topic] += 1
-                continue
-            topic = record.topic
-            if replays:
-                topic = original_topic(record.headers) or ""
-                if topic not in self._source_topics:
-                    failure = Failure(
-                        reason="invalid_replay",
-                        error=f"{ORIGINAL_TOPIC}: not one of kafka.topics ({topic[:64]!r})",
-                    )
-                    recorder.rejected(record, failure.reason, failure.error, None, wall)
-                    self._tasks.spawn(self._dead_letter(Ticket(record, partition, 1), failure))
+        for (source, number), grouped in groupby(records, key=_PARTITION_OF):
+            partition = tracker.get(source, number)
+            if partition is None:
+                continue  # revoked while the batch was in flight; the new owner reads it
+            if log is not None:
+                log.select(number)  # the profiles this run's mapping reads and writes
+            run = list(grouped)
+            tally.consumed[source] += len(run)
+            for record in run:
+                _, _, offset, key, value, headers, _ = record
+                if not partition.accept(offset):
+                    tally.skipped[source] += 1
                     continue
-                recorder.replayed(record, None, wall)
-            changes = log.changes if log is not None else 0
-            outcomes = mapper.map_record(
-                value=record.value or b"",
-                key=record.key,
-                topic=topic,
-                now=wall,
-                # a record re-read after its partition came back is not a duplicate of itself
-                origin=(record.topic, record.partition, record.offset),
-                # a replayed dead letter is not a duplicate of its original
-                replay_of=replayed_from(record.headers) if record.headers else None,
-            )
-            wrote = log is not None and log.changes != changes
-            if stitching and (asked := self._stitch_requests(record.partition)):
-                requests.extend(asked)
-                wrote = True
-            if not wrote and len(outcomes) == 1 and type(outcome := outcomes[0]) is Drop:
-                tally.dropped[outcome.reason] += 1
-                dropped(record, outcome.reason, outcome.integration_id, wall)
-                partition.complete(record.offset)
-                continue
-            ticket = Ticket(record, partition, len(outcomes) + wrote)
-            if wrote:
-                waiting.append(ticket)
-            self._route(ticket, outcomes, tally, now, wall)
+                topic = source
+                if replays:
+                    topic = original_topic(headers) or ""
+                    if topic not in self._source_topics:
+                        self._invalid_replay(record, partition, topic, wall)
+                        continue
+                    recorder.replayed(record, None, wall)
+                changes = log.changes if log is not None else 0
+                outcomes = mapper.map_record(
+                    value=value or b"",
+                    key=key,
+                    topic=topic,
+                    now=wall,
+                    # a record re-read after its partition came back is not a duplicate of
+                    # itself
+                    origin=(source, number, offset),
+                    # a replayed dead letter is not a duplicate of its original
+                    replay_of=replayed_from(headers) if headers else None,
+                )
+                wrote = log is not None and log.changes != changes
+                if stitching and (asked := self._stitch_requests(number)):
+                    requests.extend(asked)
+                    wrote = True
+                if not wrote and len(outcomes) == 1 and type(outcome := outcomes[0]) is Drop:
+                    tally.dropped[outcome.reason] += 1
+                    dropped(record, outcome.reason, outcome.integration_id, wall)
+                    partition.passed(offset)
+                    continue
+                partition.track(offset, record.size)
+                ticket = Ticket(record, partition, len(outcomes) + wrote)
+                if wrote:
+                    waiting.append(ticket)
+                self._route(ticket, outcomes, tally, now, wall)
         tally.flush(self.stats, self._metrics)
         if waiting:
             assert log is not None
             self._tasks.spawn(self._persist_profiles(log.take_writes(), waiting, requests))
+
+    def _invalid_replay(
+        self, record: Record, partition: PartitionOffsets, topic: str, wall: float
+    ) -> None:
+        """A replay feed record (just accepted) whose ``ghl.original_topic`` is not a source
+        topic: dead-lettered (``invalid_replay``)."""
+        failure = Failure(
+            reason="invalid_replay",
+            error=f"{ORIGINAL_TOPIC}: not one of kafka.topics ({topic[:64]!r})",
+        )
+        self._recorder.rejected(record, failure.reason, failure.error, None, wall)
+        partition.track(record.offset, record.size)
+        self._tasks.spawn(self._dead_letter(Ticket(record, partition, 1), failure))
 
     def _stitch_requests(self, partition: int) -> list[tuple[int, StitchRequest]]:
         """The stitch requests of the record of event ``partition`` just mapped: one per

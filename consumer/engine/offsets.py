@@ -400,15 +400,26 @@ class PartitionOffsets:
 
     def admit(self, offset: int, size: int = 0) -> bool:
         """Register a fetched record of ``size`` bytes (counted in ``incomplete_bytes`` until it
-        completes). True: process it, and ``complete`` it when done. False:
-        do not process it, because the restored map says it is already done (counted in
-        ``skipped_done``; it counts as done here), or it is not ahead of the last admitted offset
-        (a duplicate), or this partition is revoked. Offsets must come in ascending order, gaps
-        allowed (compaction, transaction markers). One exception: the very first record may lie
-        below the committed offset (the log was truncated or recreated and the fetcher reset);
-        tracking then restarts from it and the restored map, which described another log, is
-        dropped.
-        """
+        completes). True: process it, and ``complete`` it when done. False: do not process it
+        (``accept`` says why). ``accept`` then ``track``."""
+        if not self.accept(offset):
+            return False
+        self.track(offset, size)
+        return True
+
+    def accept(self, offset: int) -> bool:
+        """Whether a fetched record still needs processing. False: do not process it, because
+        the restored map says it is already done (counted in ``skipped_done``; it counts as
+        done here), or it is not ahead of the last accepted offset (a duplicate), or this
+        partition is revoked. Offsets must come in ascending order, gaps allowed (compaction,
+        transaction markers). One exception: the very first record may lie below the
+        committed offset (the log was truncated or recreated and the fetcher reset); tracking
+        then restarts from it and the restored map, which described another log, is dropped.
+
+        True: the caller must say, before it accepts the next offset, whether the record is
+        done at once (``passed``: the engine's hot path, nothing held for it) or needs work
+        (``track``, then ``complete``). Between ``accept`` and that call the offset counts as
+        done."""
         if self._revoked:
             return False
         if self._next is not None and offset < self._next:
@@ -419,15 +430,24 @@ class PartitionOffsets:
         self._admitted_any = True
         self._next = offset + 1
         self._version += 1
-        if self._take_restored(offset):
+        if self._restored and self._take_restored(offset):
             self.skipped_done += 1
-            if self._pending:  # else the commit point simply moves past it
-                self._pending.append(offset)
+            self.passed(offset)
             return False
+        return True
+
+    def passed(self, offset: int) -> None:
+        """The offset just accepted is done at once. With nothing pending the commit point
+        simply moves past it (``accept`` moved it); else it waits, done, behind the pending
+        ones."""
+        if self._pending:
+            self._pending.append(offset)
+
+    def track(self, offset: int, size: int = 0) -> None:
+        """The offset just accepted needs work: it holds the commit point until ``complete``."""
         self._pending.append(offset)
         self._incomplete[offset] = size
         self._incomplete_bytes += size
-        return True
 
     def _take_restored(self, offset: int) -> bool:
         """Drop restored ranges below ``offset`` (offsets the log no longer has); True when

@@ -347,6 +347,7 @@ class KafkaSource:
 
     def _records(self, messages: list[Message]) -> list[Record]:
         records = []
+        assigned, where, owned = self._assigned, None, False
         for message in messages:
             err = message.error()
             if err is not None:
@@ -361,7 +362,10 @@ class KafkaSource:
                     raise KafkaAdapterError(f"kafka consumer failed: {err.str()}")
                 continue
             record = to_record(message)
-            if (record.topic, record.partition) not in self._assigned:
+            if record[:2] != where:  # a new run of one partition's records
+                where = record[:2]
+                owned = where in assigned
+            if not owned:
                 self.records_dropped_unowned += 1
                 continue
             records.append(record)

@@ -208,6 +208,40 @@ def test_commit_point_is_always_the_lowest_offset_not_done(
         assert tracker.commit_point() is None
 
 
+@settings(max_examples=200)
+@given(
+    st.lists(st.booleans(), min_size=1, max_size=300),
+    st.randoms(use_true_random=False),
+)
+def test_offsets_passed_at_once_commit_as_if_admitted_and_completed(
+    at_once: list[bool], rng: random.Random
+) -> None:
+    # The engine's hot path: a record dropped as soon as it is mapped is ``passed``, never
+    # tracked. The commit points must be those of admitting and completing it at once.
+    fast = PartitionOffsets("t", 0, committed=500)
+    slow = PartitionOffsets("t", 0, committed=500)
+    tracked = []
+    for offset, done in enumerate(at_once, start=500):
+        assert fast.accept(offset) is True
+        assert slow.admit(offset) is True
+        if done:
+            fast.passed(offset)
+            slow.complete(offset)
+        else:
+            fast.track(offset, 10)
+            tracked.append(offset)
+        assert fast.commit_point() == slow.commit_point()
+    assert fast.incomplete == len(tracked)
+    assert fast.incomplete_bytes == 10 * len(tracked)
+    rng.shuffle(tracked)
+    for offset in tracked:
+        fast.complete(offset)
+        slow.complete(offset)
+        assert fast.commit_point() == slow.commit_point()
+    assert fast.commit_point() == CommitPoint("t", 0, 500 + len(at_once), "")
+    assert fast.accept(500 + len(at_once) - 1) is False  # not ahead: a duplicate
+
+
 @settings(max_examples=100)
 @given(
     st.lists(st.booleans(), min_size=1, max_size=400),
