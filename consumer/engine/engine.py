@@ -598,11 +598,12 @@ class Engine:
 
         A record that completes at once (every outcome a drop, no profile change) is done as
         soon as it is mapped: no ticket, never tracked (``PartitionOffsets.passed``; with
-        nothing pending before it, the commit point simply moves past it). Counters are tallied per batch and flushed once
-        (``_Tally``). The profile changes of the whole batch are produced together, one write
-        per user (``_persist_profiles``); the records that made them wait for it. So do the
-        records whose mapping met a profile to stitch held in another partition: a request
-        to the stitch topic (``_stitch_requests``), confirmed before the profile writes."""
+        nothing pending before it, the commit point simply moves past it). Counters are
+        tallied per batch and flushed once (``_Tally``). The profile changes of the whole
+        batch are produced together, one write per user (``_persist_profiles``); the records
+        that made them wait for it. So do the records whose mapping met a profile to stitch
+        held in another partition: a request to the stitch topic (``_stitch_requests``),
+        confirmed before the profile writes."""
         tracker, mapper, log = feed.tracker, self._mapper, self._profile_log
         replays = feed is self._replays
         stitching = self._stitching is not None

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -147,28 +148,24 @@ class KafkaProducer:
         if not records:
             return results
         loop = asyncio.get_running_loop()
-        batch = _Batch(loop, results)
+        batch = _Batch(loop, records, results)
+        produce, on_delivery = self._producer.produce, batch.on_delivery
+        closed = self._closed or self._closing.is_set()
         for index, (key, value) in enumerate(records):
-            if self._closed or self._closing.is_set():
-                batch.refused(index, ProduceFailedError("producer is closed"))
-                continue
-            while True:
+            while not closed:
                 try:
-                    self._producer.produce(
-                        topic,
-                        value=value,
-                        key=key,
-                        partition=where,
-                        on_delivery=batch.callback(index),
-                    )
-                    batch.sent()
+                    produce(topic, value=value, key=key, partition=where, on_delivery=on_delivery)
+                    batch.sent += 1
                     break
                 except BufferError:
                     await asyncio.sleep(0.05)  # queue full: the serving thread drains it
+                    closed = self._closed or self._closing.is_set()
                 except KafkaException as exc:
                     error = ProduceFailedError(str(adapter_error(exc, "produce")))
                     batch.refused(index, error)
                     break
+            if closed:
+                batch.refused(index, ProduceFailedError("producer is closed"))
         await batch.wait()
         return results
 
@@ -234,46 +231,63 @@ def _delivery_callback(
 
 
 class _Batch:
-    """The delivery reports of one ``produce_many``: librdkafka's serving thread records each
-    report in ``results`` and counts down; the last report wakes the loop once. Records are
-    counted as they are enqueued (``sent``), so a report that arrives while later records are
-    still being enqueued cannot end the batch early."""
+    """The delivery reports of one ``produce_many``. librdkafka's serving thread counts each
+    report; the one that makes them all in wakes the loop once. One callback for every record:
+    a closure per record cost about 2 us per record, most of it in garbage collection of the
+    closures waiting for their reports. A report does not name its record's index, so a failed
+    one is kept as its (key, value) and given, once all are in, to the first record sent with
+    that content and not yet failed (records of equal content are interchangeable to a caller
+    that produces the failed ones again).
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, results: list[Exception | None]) -> None:
+    The loop thread counts the records enqueued (``sent``) and says when it is done enqueuing
+    (``wait``), so a report that arrives while later records are still being enqueued cannot
+    end the batch early. No lock: each thread's steps are single operations under the GIL (a
+    list append, a read), and whichever thread sees the last report counted also sees the
+    expected count, or the other one does (both may: waking twice is harmless)."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        records: Sequence[tuple[bytes | None, bytes | None]],
+        results: list[Exception | None],
+    ) -> None:
         self._loop = loop
+        self._records = records
         self._results = results
-        self._lock = threading.Lock()
-        self._outstanding = 0  # enqueued, not yet reported
-        self._enqueuing = True
+        self.sent = 0  # enqueued (the loop thread's count)
+        self._reported: list[None] = []  # one entry per report (the serving thread's)
+        self._failures: list[tuple[bytes | None, bytes | None, ProduceFailedError]] = []
+        self._expected = -1  # ``sent`` once enqueuing is over; -1 before
         self._done = loop.create_future()
 
-    def callback(self, index: int) -> Callable[[KafkaError | None, Message], None]:
-        def on_delivery(err: KafkaError | None, _message: Message) -> None:
-            if err is not None:
-                self._results[index] = ProduceFailedError(
-                    f"not delivered: {err.str()}", retriable=err.retriable()
-                )
-            with self._lock:
-                self._outstanding -= 1
-                last = not self._outstanding and not self._enqueuing
-            if last:
-                self._wake()
-
-        return on_delivery
-
-    def sent(self) -> None:
-        with self._lock:
-            self._outstanding += 1
+    def on_delivery(self, err: KafkaError | None, message: Message) -> None:
+        if err is not None:
+            failure = ProduceFailedError(f"not delivered: {err.str()}", retriable=err.retriable())
+            self._failures.append((message.key(), message.value(), failure))
+        reported = self._reported
+        reported.append(None)
+        if len(reported) == self._expected:
+            self._wake()
 
     def refused(self, index: int, error: Exception) -> None:
+        """The record at ``index`` was not enqueued (it gets no report)."""
         self._results[index] = error
 
     async def wait(self) -> None:
-        with self._lock:
-            self._enqueuing = False
-            pending = self._outstanding
-        if pending:
+        """Until every enqueued record is reported; then each failure is in ``results``."""
+        self._expected = self.sent
+        if len(self._reported) < self.sent:
             await self._done
+        if self._failures:
+            self._place_failures()
+
+    def _place_failures(self) -> None:
+        sent: dict[tuple[bytes | None, bytes | None], deque[int]] = {}
+        for index, (key, value) in enumerate(self._records):
+            if self._results[index] is None:  # refused records have their error already
+                sent.setdefault((key, value), deque()).append(index)
+        for key, value, failure in self._failures:
+            self._results[sent[(key, value)].popleft()] = failure
 
     def _wake(self) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is already closed: nobody waits
