@@ -15,6 +15,12 @@
   request, next to the consumer's CPU per delivered upsert. Its preparation (consume, decode,
   ``map_record``, serialise the body) is measured apart, as CPU per request: with the posting,
   the least CPU any consumer of that topic spends per upsert.
+- ``produce``: the least work of keeping profiles durable. A bare confluent-kafka producer
+  (idempotent, ``linger.ms`` 5, as the consumer's) writes ``--records`` records of
+  ``--value-bytes`` bytes, each under its own key, with one delivery report each (one shared
+  callback, served by a polling thread): CPU per record written. ``bench_e2e.py`` counts the
+  profile changelog writes a workload makes per event; with them, this is the durability
+  share of the floor.
 - ``orjson_loads_rate``: the ceiling of decoding, ``orjson.loads`` over the same values
   (called in-process by ``bench_e2e.py``).
 
@@ -23,6 +29,7 @@ Each command runs in its own process, like the consumer, and prints one JSON lin
     python bench/baselines.py bare --bootstrap B --topic T --expect N
     python bench/baselines.py ceiling --bootstrap B --topic T --expect N
     python bench/baselines.py client --bootstrap B --topic T --url URL --expect N [--in-flight 64]
+    python bench/baselines.py produce --bootstrap B --topic T --records N --value-bytes B
     python bench/baselines.py naive --bootstrap B --topic T --url URL --expect N --max-seconds S
         (the integration from GHL_LOCATION_ID / GHL_ACCESS_TOKEN, as ``ghl-consumer run``)
 
@@ -37,6 +44,7 @@ import asyncio
 import json
 import os
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -44,7 +52,7 @@ from collections.abc import Callable, Sequence
 import aiohttp
 import orjson
 import requests
-from confluent_kafka import Consumer, Message
+from confluent_kafka import Consumer, KafkaError, Message, Producer
 
 from consumer.config import load_settings
 from consumer.core.dedupe import MessageDeduper
@@ -159,6 +167,45 @@ def ceiling(
     result = _timed_loop(bootstrap, topic, group, expect, timeout, decode_and_dispatch)
     del result["timeline"]
     return {**result, "partitions": len(offsets)}
+
+
+def produce(bootstrap: str, topic: str, records: int, value_bytes: int) -> dict[str, object]:
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True}
+    )
+    value = b"x" * value_bytes
+    reported = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            producer.poll(0.1)
+
+    def on_delivery(err: KafkaError | None, _message: Message) -> None:
+        reported.append(err)
+
+    producer.produce(topic, value=value, key=b"warm-up", on_delivery=on_delivery)
+    producer.flush(30)  # the connection and the producer id, not timed
+    reported.clear()
+    thread = threading.Thread(target=serve)
+    thread.start()
+    started, cpu_started = time.monotonic(), time.process_time()
+    try:
+        for index in range(records):
+            producer.produce(topic, value=value, key=b"user-%d" % index, on_delivery=on_delivery)
+        while len(reported) < records:
+            time.sleep(0.001)
+        cpu, seconds = time.process_time() - cpu_started, time.monotonic() - started
+    finally:
+        stop.set()
+        thread.join()
+    return {
+        "records": records,
+        "value_bytes": value_bytes,
+        "failed": sum(1 for err in reported if err is not None),
+        "records_per_s": round(records / seconds, 1),
+        "cpu_us_per_record": round(cpu / records * 1e6, 2),
+    }
 
 
 def client(bootstrap: str, topic: str, url: str, expect: int, in_flight: int) -> dict[str, object]:
@@ -293,6 +340,11 @@ def naive(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("produce")
+    p.add_argument("--bootstrap", required=True)
+    p.add_argument("--topic", required=True)
+    p.add_argument("--records", type=int, required=True)
+    p.add_argument("--value-bytes", type=int, required=True)
     for name in ("bare", "ceiling", "client", "naive"):
         p = sub.add_parser(name)
         p.add_argument("--bootstrap", required=True)
@@ -309,6 +361,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = bare(args.bootstrap, args.topic, args.group, args.expect, args.max_seconds)
     elif args.command == "ceiling":
         result = ceiling(args.bootstrap, args.topic, args.group, args.expect, args.max_seconds)
+    elif args.command == "produce":
+        result = produce(args.bootstrap, args.topic, args.records, args.value_bytes)
     elif args.command == "client":
         result = client(args.bootstrap, args.topic, args.url, args.expect, args.in_flight)
     else:

@@ -86,7 +86,7 @@ from consumer.commands import samples
 from consumer.config import load_settings
 from consumer.core.dedupe import MessageDeduper
 from consumer.core.mapping import Mapper
-from consumer.core.profiles import InMemoryProfileStore
+from consumer.core.profiles import ChangelogProfileStore, InMemoryProfileStore
 from consumer.sandbox import sandbox_process
 
 LOCATION, TOKEN = "benchLocation0000001", "bench-token-0000001"
@@ -444,7 +444,7 @@ HOT_PATH_WORKLOADS = (
 def hot_path_events(bench: Bench, per_user: int, share: float) -> list[tuple[bytes, bytes]]:
     """A hot-path workload's records (key, value): consent on every event, as Datafly.js
     sends it (``samples.generate``'s default)."""
-    events = bench.size(200_000, 30_000)
+    events = bench.size(400_000, 30_000)  # a drain of 6-15 s: commits every 0.25 s move it <3%
     return [
         (r.key or b"", r.value or b"")
         for r in samples.generate(
@@ -456,16 +456,19 @@ def hot_path_events(bench: Bench, per_user: int, share: float) -> list[tuple[byt
 def mapping_cpu(records: Sequence[tuple[bytes, bytes]], topic: str) -> dict[str, float]:
     """CPU per record, in this process, of ``Mapper.map_record`` over ``records`` (a fresh
     mapper of the bench's integration, as the consumer maps them) and of ``orjson.loads``
-    alone (its decode, counted once in the floor): the medians of 3 passes."""
+    alone (its decode, counted once in the floor): the medians of 3 passes. Then, untimed, the
+    profile changelog writes the consumer makes for them: a ``ChangelogProfileStore``'s
+    writes taken after every 500 records (a poll batch; changes of one user within it are one
+    write), per record, and their mean value size."""
     settings = load_settings(None, {"GHL_LOCATION_ID": LOCATION, "GHL_ACCESS_TOKEN": TOKEN})
+
+    def mapper(profiles: InMemoryProfileStore) -> Mapper:
+        deduper = MessageDeduper(max_entries=100_000, ttl_seconds=86_400)
+        return Mapper(settings.targets(), profiles=profiles, deduper=deduper)
+
     mapped, loaded = [], []
     for _ in range(3):
-        mapper = Mapper(
-            settings.targets(),
-            profiles=InMemoryProfileStore(),
-            deduper=MessageDeduper(max_entries=100_000, ttl_seconds=86_400),
-        )
-        map_record = mapper.map_record
+        map_record = mapper(InMemoryProfileStore()).map_record
         started = time.process_time()
         for index, (key, value) in enumerate(records):
             map_record(value=value, key=key, topic=topic, now=float(index))
@@ -474,10 +477,34 @@ def mapping_cpu(records: Sequence[tuple[bytes, bytes]], topic: str) -> dict[str,
         for _key, value in records:
             orjson.loads(value)
         loaded.append((time.process_time() - started) / len(records) * 1e6)
+    store = ChangelogProfileStore()
+    map_record = mapper(store).map_record
+    writes = written = 0
+    for index, (key, value) in enumerate(records):
+        map_record(value=value, key=key, topic=topic, now=float(index))
+        if index % 500 == 499 or index == len(records) - 1:
+            taken = store.take_writes()
+            writes += len(taken)
+            written += sum(len(data) for _, data in taken)
     return {
         "map_record_cpu_us_per_event": round(sorted(mapped)[1], 2),
         "orjson_loads_cpu_us_per_event": round(sorted(loaded)[1], 2),
+        "changelog_writes_per_event": round(writes / len(records), 4),
+        "changelog_value_bytes": round(written / max(1, writes)),
     }
+
+
+def produce_cpu(bench: Bench, mapping: dict[str, float], events: int) -> dict[str, Any]:
+    """The bare producer's CPU per record (``baselines.py produce``) over as many records as
+    the workload's changelog writes, of their mean size, to a fresh topic of the changelog's
+    shape (the input's partition count)."""
+    writes = round(mapping["changelog_writes_per_event"] * events)
+    if writes == 0:
+        return {"records": 0, "cpu_us_per_record": 0.0}
+    topic = new_topic(bench.bootstrap, PARTITIONS, "bench-changelog")
+    argv = [BASELINES, "produce", "--bootstrap", bench.bootstrap, "--topic", topic]
+    argv += ["--records", str(writes), "--value-bytes", str(mapping["changelog_value_bytes"])]
+    return run_script(argv, timeout=600)
 
 
 async def scenario_hotpath(bench: Bench) -> dict[str, Any]:
@@ -492,6 +519,7 @@ async def scenario_hotpath(bench: Bench) -> dict[str, Any]:
         runs = []
         for _ in range(bench.repeats):
             mapping = mapping_cpu(records, topic)
+            produced = await asyncio.to_thread(produce_cpu, bench, mapping, len(records))
             argv = [BASELINES, "ceiling", "--bootstrap", bench.bootstrap, "--topic", topic]
             argv += ["--expect", str(total)]
             ceiling = await asyncio.to_thread(run_script, argv, timeout=600)
@@ -507,19 +535,24 @@ async def scenario_hotpath(bench: Bench) -> dict[str, Any]:
                 )
             consumer = consumer_figures(drain)
             # The least any consumer of these events spends: reading and decoding them (the
-            # ceiling) and applying the mapping contract (map_record, its decode not twice).
+            # ceiling), applying the mapping contract (map_record, its decode not twice) and
+            # making the profile changes it makes durable (a bare producer's writes).
             # Analytics only: with identity events the floor would also post their upserts
             # (the upserts scenario's floor).
+            durability = mapping["changelog_writes_per_event"] * produced["cpu_us_per_record"]
             floor = (
                 ceiling["cpu_us_per_event"]
                 + mapping["map_record_cpu_us_per_event"]
                 - mapping["orjson_loads_cpu_us_per_event"]
+                + durability
             )
             runs.append(
                 {
                     "consumer": consumer,
                     "ceiling": ceiling,
                     "mapping": mapping,
+                    "produce": produced,
+                    "durability_cpu_us_per_event": round(durability, 2),
                     "floor_cpu_us_per_event": round(floor, 2),
                     "cpu_ratio_to_floor": round(consumer["consumer_cpu_us_per_event"] / floor, 2),
                     "ratio_to_ceiling": round(
@@ -534,7 +567,9 @@ async def scenario_hotpath(bench: Bench) -> dict[str, Any]:
                 f"  {name}: consumer {consumer['events_per_s']:,.0f} ev/s "
                 f"({consumer['consumer_cpu_us_per_event']} us CPU/ev), ceiling "
                 f"{ceiling['events_per_s']:,.0f} ev/s ({ceiling['cpu_us_per_event']} us CPU/ev), "
-                f"map_record {mapping['map_record_cpu_us_per_event']} us CPU/ev"
+                f"map_record {mapping['map_record_cpu_us_per_event']} us CPU/ev, "
+                f"{mapping['changelog_writes_per_event']} profile writes/ev at "
+                f"{produced['cpu_us_per_record']} us"
                 + (f": {runs[-1]['cpu_ratio_to_floor']}x the floor" if share == 0 else ""),
                 flush=True,
             )
@@ -552,6 +587,13 @@ async def scenario_hotpath(bench: Bench) -> dict[str, Any]:
             "cpu_ratio": spread([r["cpu_ratio"] for r in runs], 3),
             "map_record_cpu_us_per_event": spread(
                 [r["mapping"]["map_record_cpu_us_per_event"] for r in runs], 2
+            ),
+            "changelog_writes_per_event": runs[-1]["mapping"]["changelog_writes_per_event"],
+            "produce_cpu_us_per_record": spread(
+                [r["produce"]["cpu_us_per_record"] for r in runs], 2
+            ),
+            "durability_cpu_us_per_event": spread(
+                [r["durability_cpu_us_per_event"] for r in runs], 2
             ),
             **(
                 {
