@@ -12,7 +12,7 @@ def test_objects_alive_at_start_up_leave_the_collectors_reach() -> None:
     alive = len(gc.get_objects())
     try:
         freeze_start_up_objects()
-        assert gc.get_freeze_count() >= alive * 0.9
-        assert len(gc.get_objects()) < alive * 0.1  # what a full collection still traverses
+        assert gc.get_freeze_count() > alive / 2  # the rest was garbage, collected first
+        assert len(gc.get_objects()) < alive / 10  # what a full collection still traverses
     finally:
         gc.unfreeze()
