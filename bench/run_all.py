@@ -5,7 +5,8 @@ mode (``make bench-quick``, a few minutes; one repeat, small sizes) writes every
 ``bench/results/quick/`` and never touches the full results or BENCHMARKS.md: run it before
 and after a hot-path change and compare the tables it prints.
 
-    .venv/bin/python bench/run_all.py [--quick] [--only mapping,sandbox,ratelimit,e2e,fidelity]
+    .venv/bin/python bench/run_all.py [--quick]
+        [--only mapping,engine,sandbox,ratelimit,e2e,fidelity]
 
 One broker serves all end-to-end scenarios (``KAFKA_BOOTSTRAP_SERVERS``, else one started
 for the run and stopped after). Exit status: 1 when a step failed (the others still run).
@@ -32,6 +33,7 @@ def steps(quick: bool) -> dict[str, list[str]]:
     if quick:
         return {
             "mapping": ["bench_mapping.py", "--events", "50000", "--repeats", "5"],
+            "engine": ["bench_engine.py", "--repeats", "1"],
             "sandbox": ["bench_sandbox.py", "--seconds", "3", "--repeats", "1"],
             "ratelimit": ["bench_ratelimit.py", "--quick", "--repeats", "1"],
             "e2e": ["bench_e2e.py", "--quick"],
@@ -39,6 +41,7 @@ def steps(quick: bool) -> dict[str, list[str]]:
         }
     return {
         "mapping": ["bench_mapping.py"],
+        "engine": ["bench_engine.py"],
         "sandbox": ["bench_sandbox.py"],
         "ratelimit": ["bench_ratelimit.py"],
         "e2e": ["bench_e2e.py", "--profile"],
@@ -48,6 +51,7 @@ def steps(quick: bool) -> dict[str, list[str]]:
 
 OUT_FILES = {
     "mapping": "mapping.json",
+    "engine": "engine.json",
     "sandbox": "sandbox.json",
     "ratelimit": "ratelimit.json",
     "fidelity": "fidelity.json",
@@ -58,7 +62,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument(
-        "--only", help="comma list of steps (mapping, sandbox, ratelimit, e2e, fidelity)"
+        "--only", help="comma list of steps (mapping, engine, sandbox, ratelimit, e2e, fidelity)"
     )
     args = parser.parse_args()
     out = results_dir(args.quick)
