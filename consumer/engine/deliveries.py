@@ -74,7 +74,7 @@ class DeliveryRecord:
             "latencyMs": round(self.latency_ms, 1),
             "attempt": self.attempt,
             "contact": self.contact,
-            "sources": [list(source) for source in self.sources],
+            "sources": self.sources,  # tuples: JSON arrays
             "contactId": self.contact_id,
         }
         return self.contact.encode(), orjson.dumps(value)

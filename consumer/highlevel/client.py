@@ -138,7 +138,7 @@ class HighLevelClient:
                 headers={"Authorization": f"Bearer {token}"},
             ) as response:
                 status = response.status
-                headers = MappingProxyType(dict(response.headers.items()))
+                headers = response.headers  # aiohttp's read-only, case-insensitive view
                 raw = await self._read_capped(response)
             if raw is None:
                 return Answer(

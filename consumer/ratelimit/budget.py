@@ -313,13 +313,16 @@ class LocationBudget:
     def observe(self, signal: RateSignal, now: float) -> None:
         """Adapt to an answer's headers; on 429, pause. Call before ``release`` of the same
         request (either order is safe; before is exact)."""
+        server_max, server_interval = self._server_max, self._server_interval
         if signal.max is not None and signal.max > 0:
-            self._server_max = signal.max
+            server_max = signal.max
         if signal.interval_s is not None:
-            self._server_interval = signal.interval_s
+            server_interval = signal.interval_s
         if signal.daily_limit is not None and signal.daily_limit > 0:
             self._daily_limit = min(self._budget.daily, signal.daily_limit)
-        self._apply_limits()
+        if server_max != self._server_max or server_interval != self._server_interval:
+            self._server_max, self._server_interval = server_max, server_interval
+            self._apply_limits()  # only when the announced limits change (rarely)
         if signal.remaining is not None:
             expiries = self._expiries
             while expiries and expiries[0] <= now:
