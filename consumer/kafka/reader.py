@@ -267,6 +267,7 @@ class TopicReader:
             except KafkaException as exc:
                 raise adapter_error(exc, "kafka read") from exc
             records = []
+            remaining = self._remaining
             for message in messages:
                 err = message.error()
                 if err is not None:
@@ -275,13 +276,15 @@ class TopicReader:
                     logger.warning("kafka read error: %s", err.str())
                     continue
                 record = to_record(message)
-                where = Partition(record.topic, record.partition)
-                end = self._remaining.get(where)
-                if end is None or record.offset >= end:
+                # (topic, partition) as a plain tuple: it finds the Partition key, and costs
+                # no NamedTuple construction per record read
+                end = remaining.get(record[:2])  # type: ignore[call-overload]
+                offset = record.offset
+                if end is None or offset >= end:
                     continue  # produced after open
                 records.append(record)
-                if record.offset + 1 >= end:
-                    self._finish([where])
+                if offset + 1 >= end:
+                    self._finish([Partition(record.topic, record.partition)])
             if records:
                 return records
             # Offsets may end in gaps (compaction, transaction markers): the position tells.
