@@ -192,7 +192,14 @@ def produce(bootstrap: str, topic: str, records: int, value_bytes: int) -> dict[
     started, cpu_started = time.monotonic(), time.process_time()
     try:
         for index in range(records):
-            producer.produce(topic, value=value, key=b"user-%d" % index, on_delivery=on_delivery)
+            while True:
+                try:
+                    producer.produce(
+                        topic, value=value, key=b"user-%d" % index, on_delivery=on_delivery
+                    )
+                    break
+                except BufferError:  # librdkafka's queue is full: the serving thread drains it
+                    time.sleep(0.001)
         while len(reported) < records:
             time.sleep(0.001)
         cpu, seconds = time.process_time() - cpu_started, time.monotonic() - started
