@@ -14,9 +14,10 @@ per user, spread over 6 partitions by key), three loops, each the best of ``--re
 - ``bookkeeping``: the same engine with ``map_record`` answering a fixed drop at once: what the
   engine itself spends per event, mapping aside.
 
-The end-to-end figures (``bench_e2e.py``) add librdkafka, the changelog producer and a noisy
-machine; these vary by a few percent between runs, so a change to the engine's per-record
-path shows here first. Prints a line per workload and writes ``bench/results/engine.json``.
+The end-to-end figures (``bench_e2e.py``) add librdkafka, the changelog producer and the
+other processes; these have neither, but a shared machine still moves them (up to 30% between
+two runs here): compare a change before and after in one sitting, best of several runs. Prints
+a line per workload and writes ``bench/results/engine.json``.
 """
 
 from __future__ import annotations
