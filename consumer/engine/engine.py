@@ -3,9 +3,11 @@
 Flow per record (``docs/architecture.md``, "Data flow"), all on the event loop thread:
 
 1. ``admit``: the partition's ``PartitionOffsets`` says whether the record still needs work
-   (a restored offset map may say it was delivered before a restart).
+   (``accept``: a restored offset map may say it was delivered before a restart).
 2. ``map``: ``Mapper.map_record`` gives one outcome per routed integration (a record of the
-   replay feed is routed as its ``ghl.original_topic``). Drops complete at once; rejects go
+   replay feed is routed as its ``ghl.original_topic``). A record whose outcomes are all
+   drops and that changed no profile is done at once, never tracked (``passed``); others are
+   ``track``ed until their last outcome settles (``complete``). Drops complete at once; rejects go
    to the dead-letter topic; upserts go to the ``Dispatcher`` (``consumer.engine.dispatch``),
    which coalesces, delivers, retries and parks them (steps 3 and 4).
 5. ``commit``: on a timer, on revoke and at shutdown, each owned partition commits its
