@@ -47,6 +47,8 @@ def record(
     contact_key: str = "lead-987",
     events: tuple[str, ...] = ("identify", "Lead Generated"),
     now: float = 1_700_000_000.0,
+    omitted: tuple[Omitted, ...] = (),
+    sources: tuple[Record, ...] = (),
 ) -> DeliveryEntry:
     debugger.record(
         integration=integration,
@@ -58,6 +60,8 @@ def record(
         answer=answer(status, message=message),
         attempts=1,
         now=now,
+        omitted=omitted,
+        sources=sources,
     )
     return debugger.recent(limit=1)[0]
 
@@ -155,19 +159,9 @@ def test_show_personal_data_keeps_what_was_sent_but_email_and_phone() -> None:
 
 def test_entry_lists_the_fields_left_out_by_name_never_by_value() -> None:
     debugger = RecentDeliveries(integrations=["acme"])
-    debugger.record(
-        integration="acme",
-        location_id="loc",
-        endpoint="upsert",
-        events=["identify"],
-        contact_key="u1",
-        payload=GUIDE_UPSERT,
-        answer=answer(201),
-        attempts=1,
-        now=1.0,
-        omitted=(Omitted("dateOfBirth", OmitReason.INVALID, "traits.birthday"),),
+    entry = record(
+        debugger, omitted=(Omitted("dateOfBirth", OmitReason.INVALID, "traits.birthday"),)
     )
-    entry = debugger.recent()[0]
     assert entry.to_json()["omitted"] == [
         {"field": "dateOfBirth", "reason": "invalid", "path": "traits.birthday"}
     ]
@@ -286,18 +280,7 @@ def test_an_entry_keeps_its_source_records_coordinates_not_the_records() -> None
     value = bytes(100_000)
     before = sys.getrefcount(value)
     source = Record("events", 3, 41, b"lead-987", value)
-    debugger.record(
-        integration="acme",
-        location_id="L",
-        endpoint="upsert",
-        events=["identify"],
-        contact_key="lead-987",
-        payload=GUIDE_UPSERT,
-        answer=answer(201),
-        attempts=1,
-        now=1.0,
-        sources=[source],
-    )
+    record(debugger, sources=(source,))
     del source
     assert sys.getrefcount(value) == before
     assert debugger.recent()[0].sources == ("events/3/41",)
