@@ -79,8 +79,9 @@ def workload(per_user: int) -> Partitions:
         users=EVENTS // per_user, events=EVENTS, identity_share=0.0, seed=11
     ):
         key = sample.key or b""
-        log = partitions[(TOPIC, zlib.crc32(key) % PARTITIONS)]
-        log.append(Record(TOPIC, zlib.crc32(key) % PARTITIONS, len(log), key, sample.value))
+        partition = zlib.crc32(key) % PARTITIONS
+        log = partitions[(TOPIC, partition)]
+        log.append(Record(TOPIC, partition, len(log), key, sample.value))
     return partitions
 
 
